@@ -1,0 +1,90 @@
+"""PTB-XL's metadata table: one row per ECG, with diagnoses, superclasses, patient and fold.
+
+Training, ingest and evaluation read PTB-XL through here so they agree on identity (one ECG per
+``ecg_id``, whatever its sampling rate) and on what "superclass" means: the ``diagnostic_class`` of every
+key of ``scp_codes`` that is a diagnostic statement, whatever its likelihood.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+
+SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
+AGE_OVER_89 = 300  # PTB-XL's de-identified "over 89"
+
+
+@dataclass(frozen=True)
+class PtbxlRow:
+    """One ECG of the PTB-XL table; ``root`` is the folder holding ptbxl_database.csv."""
+
+    ecg_id: int
+    patient_id: int | None
+    age: int | None
+    sex: str | None  # "M" / "F"
+    recorded_at: datetime | None
+    scp_codes: dict[str, float]
+    superclasses: frozenset[str]
+    fold: int
+    filename_lr: str
+    filename_hr: str
+    root: Path = field(compare=False)
+
+    def path(self, prefer_hr: bool = False) -> Path:
+        """Record path without extension; the 500 Hz file when asked for and present."""
+        if prefer_hr and self.filename_hr and (self.root / f"{self.filename_hr}.hea").is_file():
+            return self.root / self.filename_hr
+        return self.root / self.filename_lr
+
+
+@cache
+def diagnostic_classes(root: Path) -> dict[str, str]:
+    """SCP code -> diagnostic superclass, for the diagnostic statements only."""
+    out: dict[str, str] = {}
+    with (Path(root) / "scp_statements.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            code = row[""] if "" in row else next(iter(row.values()))
+            if row.get("diagnostic") == "1.0" and row.get("diagnostic_class"):
+                out[code] = row["diagnostic_class"]
+    return out
+
+
+def read_table(root: str | Path) -> list[PtbxlRow]:
+    """Every row of ``root/ptbxl_database.csv``, in ecg_id order."""
+    root = Path(root)
+    classes = diagnostic_classes(root)
+    rows = []
+    with (root / "ptbxl_database.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            codes = {str(k): float(v) for k, v in ast.literal_eval(row["scp_codes"] or "{}").items()}
+            rows.append(
+                PtbxlRow(
+                    ecg_id=int(row["ecg_id"]),
+                    patient_id=_int(row["patient_id"]),
+                    age=_int(row["age"]),
+                    sex={"0": "M", "1": "F"}.get(str(_int(row["sex"]))),
+                    recorded_at=_date(row["recording_date"]),
+                    scp_codes=codes,
+                    superclasses=frozenset(classes[c] for c in codes if c in classes),
+                    fold=int(row["strat_fold"]),
+                    filename_lr=row["filename_lr"],
+                    filename_hr=row["filename_hr"],
+                    root=root,
+                )
+            )
+    return sorted(rows, key=lambda r: r.ecg_id)
+
+
+def _int(value: str) -> int | None:
+    return int(float(value)) if value not in ("", None) else None
+
+
+def _date(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None

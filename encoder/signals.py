@@ -1,0 +1,230 @@
+"""Turn an ECG into the model's input: (12, 1000) float32, 10 s at 100 Hz, fixed lead order.
+
+Training, ingest and the service all prepare ECGs here, so a query is prepared exactly like the
+training data. numpy, scipy and wfdb only: no torch.
+
+Preparation, in order:
+1. map lead names (case-insensitive, ``AVR`` = ``aVR``) to the model's order; a missing III, aVR,
+   aVL or aVF is derived from I and II (Einthoven/Goldberger), any other missing lead is an error;
+2. convert units to mV (``uV``/``µV`` files are divided by 1000);
+3. resample to 100 Hz with a polyphase filter;
+4. keep the first 10 s (recordings of 8-10 s are zero-padded at the end, shorter ones rejected);
+5. remove baseline wander with a 0.5 Hz high-pass (zero-phase Butterworth);
+6. divide the whole ECG by one robust scale (RMS over the leads that are not flat), so relative lead
+   amplitudes survive while archive-level gain errors (files whose header gain is off by 5x or
+   1000x, as real archives have) do not change the embedding.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import wfdb
+from scipy import signal as sps
+
+MODEL_FS = 100
+MODEL_SECONDS = 10
+MODEL_SAMPLES = MODEL_FS * MODEL_SECONDS
+MIN_SECONDS = 8.0
+LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+NORMALISATION = "highpass-0.5Hz + global RMS over non-flat leads"
+HIGHPASS_HZ = 0.5
+FLAT_STD_MV = 1e-6
+CLIP = 20.0
+
+_LEAD_INDEX = {name.upper(): i for i, name in enumerate(LEADS)}
+_DERIVABLE = {"III", "AVR", "AVL", "AVF"}
+_HIGHPASS = sps.butter(2, HIGHPASS_HZ, btype="highpass", fs=MODEL_FS, output="sos")
+
+
+class SignalError(ValueError):
+    """An ECG that cannot be prepared; names the record and says why."""
+
+    def __init__(self, record: str, reason: str) -> None:
+        super().__init__(f"{record}: {reason}")
+        self.record = record
+        self.reason = reason
+
+
+class UnreadableRecord(SignalError):
+    """The file is missing, truncated or not WFDB."""
+
+
+class MissingLeads(SignalError):
+    """A lead the model needs is absent and cannot be derived."""
+
+
+class InvalidSamples(SignalError):
+    """NaN or infinite samples, a flat ECG, or an array of the wrong shape."""
+
+
+class TooShort(SignalError):
+    """Fewer than MIN_SECONDS seconds of signal."""
+
+
+@dataclass(frozen=True)
+class RawEcg:
+    """An ECG as stored: (n_leads, n_samples) in its own units, rate and lead order."""
+
+    record: str
+    signal: np.ndarray
+    fs: float
+    leads: tuple[str, ...]
+    units: tuple[str, ...]
+    comments: tuple[str, ...] = ()
+    recorded_at: datetime | None = None
+
+
+def read_wfdb(path: str | Path) -> RawEcg:
+    """Read a WFDB record (path without extension), tolerating headers that name the file with '.mat'."""
+    path = Path(path)
+    record = str(path)
+    if path.suffix in {".hea", ".dat", ".mat"}:
+        path = path.with_suffix("")
+    header = path.with_suffix(".hea")
+    if not header.is_file():
+        raise UnreadableRecord(record, f"no header file {header.name}")
+    try:
+        rec = _read_with_header_fix(path)
+    except SignalError:
+        raise
+    except Exception as exc:  # wfdb raises many unrelated types for corrupt files
+        raise UnreadableRecord(record, f"cannot read WFDB record ({type(exc).__name__}: {exc})") from exc
+    if rec.p_signal is None or rec.p_signal.ndim != 2:
+        raise UnreadableRecord(record, "record holds no signal")
+    recorded_at = None
+    if rec.base_date is not None and rec.base_time is not None:
+        recorded_at = datetime.combine(rec.base_date, rec.base_time)
+    return RawEcg(
+        record=record,
+        signal=np.asarray(rec.p_signal, dtype=np.float64).T,
+        fs=float(rec.fs),
+        leads=tuple(rec.sig_name),
+        units=tuple(u or "mV" for u in rec.units),
+        comments=tuple(rec.comments or ()),
+        recorded_at=recorded_at,
+    )
+
+
+def _read_with_header_fix(path: Path) -> wfdb.Record:
+    try:
+        return wfdb.rdrecord(str(path))
+    except wfdb.io.header.HeaderSyntaxError:
+        pass
+    # Some Challenge headers write the record name as 'E00001.mat'; rewrite that token in a scratch copy.
+    text = path.with_suffix(".hea").read_text(errors="replace").splitlines()
+    first = text[0].split()
+    first[0] = first[0].removesuffix(".mat")
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp) / first[0]
+        scratch.with_suffix(".hea").write_text("\n".join([" ".join(first), *text[1:]]) + "\n")
+        for line in text[1:]:
+            if line.strip() and not line.startswith("#"):
+                name = line.split()[0]
+                target = Path(tmp) / name
+                if not target.exists() and (path.parent / name).exists():
+                    target.symlink_to((path.parent / name).resolve())
+        return wfdb.rdrecord(str(scratch))
+
+
+def prepare(raw: RawEcg) -> np.ndarray:
+    """A RawEcg -> model input (12, MODEL_SAMPLES) float32."""
+    return prepare_array(raw.signal, raw.fs, raw.leads, units=raw.units, record=raw.record)
+
+
+def load(path: str | Path) -> np.ndarray:
+    """Read and prepare one WFDB record."""
+    return prepare(read_wfdb(path))
+
+
+def prepare_array(
+    signal: np.ndarray,
+    fs: float,
+    leads: tuple[str, ...] | list[str],
+    *,
+    units: tuple[str, ...] | list[str] | str = "mV",
+    record: str = "<ecg>",
+) -> np.ndarray:
+    """(n_leads, n_samples) at ``fs`` Hz with named leads -> model input (12, MODEL_SAMPLES) float32."""
+    x = np.asarray(signal, dtype=np.float64)
+    if x.ndim != 2:
+        raise InvalidSamples(record, f"expected a 2-D array (leads, samples), got shape {x.shape}")
+    if len(leads) != x.shape[0]:
+        raise InvalidSamples(record, f"{len(leads)} lead names for {x.shape[0]} signal rows")
+    if not (isinstance(fs, (int, float)) and math.isfinite(fs) and fs > 0):
+        raise InvalidSamples(record, f"invalid sampling rate {fs!r}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise InvalidSamples(record, f"{int(bad.sum())} NaN or infinite samples")
+    x = x * _unit_factors(units, x.shape[0], record)[:, None]
+    x = _to_model_leads(x, leads, record)
+    seconds = x.shape[1] / fs
+    if seconds < MIN_SECONDS:
+        raise TooShort(record, f"{seconds:.2f} s of signal, at least {MIN_SECONDS:g} s needed")
+    x = _resample(x[:, : int(math.ceil(MODEL_SECONDS * fs)) + 1], fs)[:, :MODEL_SAMPLES]
+    if x.shape[1] < MODEL_SAMPLES:
+        x = np.pad(x, ((0, 0), (0, MODEL_SAMPLES - x.shape[1])))
+    x = sps.sosfiltfilt(_HIGHPASS, x, axis=1)
+    return _normalise(x, record).astype(np.float32)
+
+
+def _unit_factors(units: tuple[str, ...] | list[str] | str, n: int, record: str) -> np.ndarray:
+    names = [units] * n if isinstance(units, str) else list(units)
+    factors = []
+    for unit in names:
+        u = (unit or "mV").strip().lower().replace("µ", "u")
+        if u in {"mv", ""}:
+            factors.append(1.0)
+        elif u == "uv":
+            factors.append(1e-3)
+        elif u == "v":
+            factors.append(1e3)
+        else:
+            raise InvalidSamples(record, f"unknown amplitude unit {unit!r}")
+    return np.asarray(factors)
+
+
+def _to_model_leads(x: np.ndarray, leads: tuple[str, ...] | list[str], record: str) -> np.ndarray:
+    given = {str(name).strip().upper(): i for i, name in enumerate(leads)}
+    out = np.zeros((len(LEADS), x.shape[1]))
+    missing = []
+    for j, name in enumerate(LEADS):
+        i = given.get(name.upper())
+        if i is None:
+            missing.append(name.upper())
+        else:
+            out[j] = x[i]
+    absent = [m for m in missing if m not in _DERIVABLE]
+    if absent or (missing and ("I" not in given or "II" not in given)):
+        raise MissingLeads(record, f"missing leads {', '.join(absent or missing)} (have {', '.join(leads)})")
+    lead_i, lead_ii = out[_LEAD_INDEX["I"]], out[_LEAD_INDEX["II"]]
+    derived = {
+        "III": lead_ii - lead_i,
+        "AVR": -(lead_i + lead_ii) / 2,
+        "AVL": lead_i - lead_ii / 2,
+        "AVF": lead_ii - lead_i / 2,
+    }
+    for name in missing:
+        out[_LEAD_INDEX[name]] = derived[name]
+    return out
+
+
+def _resample(x: np.ndarray, fs: float) -> np.ndarray:
+    if abs(fs - MODEL_FS) < 1e-9:
+        return x
+    ratio = Fraction(MODEL_FS / fs).limit_denominator(1000)
+    return sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=1)
+
+
+def _normalise(x: np.ndarray, record: str) -> np.ndarray:
+    live = x.std(axis=1) > FLAT_STD_MV
+    if not live.any():
+        raise InvalidSamples(record, "every lead is flat")
+    scale = float(np.sqrt(np.mean(x[live] ** 2)))
+    return np.clip(x / scale, -CLIP, CLIP)
