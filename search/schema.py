@@ -1,0 +1,123 @@
+"""The one schema for stored points and queries: payloads, filters and hits.
+
+These pydantic models cross every module line (ingest -> store -> service -> gRPC); conversions to
+Qdrant live in ``filters.py``/``store.py`` and to protobuf in ``server.py``, one function each.
+
+Privacy: a payload carries pseudonymous ids and clinical codes only. There is deliberately no field
+for names or free text, and ``extra="forbid"`` keeps anything else out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Sex = Literal["M", "F"]
+MAX_K = 1000
+POINT_NAMESPACE = uuid.UUID("6f1c1f2e-9a52-4c2b-8d53-3c1d0e4a7b10")
+
+
+class InvalidQuery(ValueError):
+    """A query or filter that cannot be answered as asked (maps to INVALID_ARGUMENT)."""
+
+
+class UnknownRecord(LookupError):
+    """A record id that is not in the collection (maps to NOT_FOUND)."""
+
+    def __init__(self, record_id: str) -> None:
+        super().__init__(f"unknown record id {record_id!r}")
+        self.record_id = record_id
+
+
+class StoreUnavailable(RuntimeError):
+    """The vector store cannot be reached or opened (maps to UNAVAILABLE)."""
+
+
+def point_id(record_id: str) -> str:
+    """Deterministic Qdrant point id (UUIDv5) of a record id: the same record always lands on one point."""
+    return str(uuid.uuid5(POINT_NAMESPACE, record_id))
+
+
+class EcgPayload(BaseModel):
+    """What is stored beside each embedding.
+
+    ``diagnoses`` is the normalised code list (SNOMED CT concept ids; a PTB-XL SCP statement with no
+    SNOMED counterpart stays as ``SCP:<code>``), ``source_codes`` keeps the originals as
+    ``SCP:<code>`` / ``SNOMED:<id>``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    record_id: str = Field(description="'<dataset>:<native id>', e.g. 'ptbxl:17' or 'georgia:E00001'")
+    dataset: str
+    patient_id: str | None = Field(default=None, description="pseudonymous patient id, if the source has one")
+    diagnoses: list[str] = Field(default_factory=list)
+    source_codes: list[str] = Field(default_factory=list)
+    scp_likelihoods: dict[str, float] = Field(default_factory=dict)
+    superclasses: list[str] = Field(default_factory=list)
+    age: int | None = Field(default=None, ge=0, le=130)
+    age_over_89: bool = False
+    sex: Sex | None = None
+    sampling_rate_hz: float
+    duration_s: float | None = None
+    recorded_at: datetime | None = None
+    source_path: str
+
+
+class SearchFilter(BaseModel):
+    """Payload conditions of a query; all given conditions must hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    diagnoses_any: list[str] = Field(default_factory=list)
+    diagnoses_all: list[str] = Field(default_factory=list)
+    diagnoses_none: list[str] = Field(default_factory=list)
+    age_min: int | None = Field(default=None, ge=0, le=130)
+    age_max: int | None = Field(default=None, ge=0, le=130)
+    sex: Sex | None = None
+    datasets: list[str] = Field(default_factory=list)
+    exclude_record_ids: list[str] = Field(default_factory=list)
+    exclude_patient_ids: list[str] = Field(default_factory=list)
+
+    @field_validator("diagnoses_any", "diagnoses_all", "diagnoses_none", "datasets")
+    @classmethod
+    def _no_blank_codes(cls, values: list[str]) -> list[str]:
+        cleaned = [v.strip() for v in values]
+        if any(not v for v in cleaned):
+            raise ValueError("empty code or name in list")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchFilter:
+        if self.age_min is not None and self.age_max is not None and self.age_min > self.age_max:
+            raise ValueError(f"age_min {self.age_min} > age_max {self.age_max}")
+        clash = (set(self.diagnoses_any) | set(self.diagnoses_all)) & set(self.diagnoses_none)
+        if clash and (set(self.diagnoses_all) & set(self.diagnoses_none) or set(self.diagnoses_any) <= clash):
+            raise ValueError(f"codes both required and excluded: {sorted(clash)}")
+        return self
+
+    def is_empty(self) -> bool:
+        return self == SearchFilter()
+
+
+class Hit(BaseModel):
+    """One neighbour: its record id, cosine similarity and payload."""
+
+    record_id: str
+    score: float
+    payload: EcgPayload
+
+
+class CollectionInfo(BaseModel):
+    """What a collection holds and which model made its vectors."""
+
+    name: str
+    count: int
+    dim: int
+    model_version: str
+    backend: str
+    indexed: bool = Field(description="HNSW built over every point (embedded store) / indexing finished")
+    diagnosis_counts: dict[str, int] = Field(default_factory=dict)
