@@ -1,0 +1,85 @@
+"""Hyperparameters of the encoder and its self-supervised training, as one frozen dataclass.
+
+No torch here: the CLI, the model card and tests read configs without loading torch. A config file
+(YAML) only overrides fields; every field has a default, so old checkpoints stay loadable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture, augmentations, loss weights and schedule."""
+
+    # architecture: a strided conv stem, residual stages, global average pooling
+    in_leads: int = 12
+    stem_channels: int = 32
+    stem_kernel: int = 9
+    stem_stride: int = 4
+    stage_channels: tuple[int, ...] = (48, 96, 160)
+    stage_kernels: tuple[int, ...] = (5, 5, 3)
+    embedding_dim: int = 256
+    projection_dim: int = 128
+    decoder_channels: int = 64
+
+    # views: two windows of ``window`` samples from one 10 s ECG
+    window: int = 500
+    random_crop: bool = True  # random windows; False = the fixed first and second halves
+
+    # augmentations of the "augmented" view
+    scale_min: float = 0.8
+    scale_max: float = 1.2
+    noise_std: float = 0.05
+    wander_amplitude: float = 0.2
+    wander_max_hz: float = 0.5
+    augment_pair: bool = False  # also augment both halves of the halves-contrast term
+
+    # loss: w_halves * NT-Xent(A, B) + w_augment * NT-Xent(A, aug A) + w_recon * MSE(decode(A), A)
+    temperature: float = 0.1
+    w_halves: float = 1.0
+    w_augment: float = 1.0
+    w_recon: float = 1.0
+
+    # schedule
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    eval_every: int = 1
+    train_folds: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+    val_fold: int = 9
+    max_records: int | None = None  # cap on training records (tests, smoke runs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-safe dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        """Build from a dict, ignoring unknown keys' absence but rejecting unknown names."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def with_overrides(self, **overrides: Any) -> EncoderConfig:
+        """A copy with the non-None overrides applied (CLI flags)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def load_config(path: str | Path | None) -> EncoderConfig:
+    """Read a YAML config file (a mapping of field overrides); None gives the defaults."""
+    if path is None:
+        return EncoderConfig()
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config fields")
+    return EncoderConfig.from_dict(data)
