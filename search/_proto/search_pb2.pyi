@@ -1,0 +1,301 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Filter(_message.Message):
+    __slots__ = ("diagnoses_any", "diagnoses_all", "diagnoses_none", "age_min", "age_max", "sex", "datasets", "exclude_record_ids", "exclude_patient_ids")
+    DIAGNOSES_ANY_FIELD_NUMBER: _ClassVar[int]
+    DIAGNOSES_ALL_FIELD_NUMBER: _ClassVar[int]
+    DIAGNOSES_NONE_FIELD_NUMBER: _ClassVar[int]
+    AGE_MIN_FIELD_NUMBER: _ClassVar[int]
+    AGE_MAX_FIELD_NUMBER: _ClassVar[int]
+    SEX_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_RECORD_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_PATIENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    diagnoses_any: _containers.RepeatedScalarFieldContainer[str]
+    diagnoses_all: _containers.RepeatedScalarFieldContainer[str]
+    diagnoses_none: _containers.RepeatedScalarFieldContainer[str]
+    age_min: int
+    age_max: int
+    sex: str
+    datasets: _containers.RepeatedScalarFieldContainer[str]
+    exclude_record_ids: _containers.RepeatedScalarFieldContainer[str]
+    exclude_patient_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, diagnoses_any: _Optional[_Iterable[str]] = ..., diagnoses_all: _Optional[_Iterable[str]] = ..., diagnoses_none: _Optional[_Iterable[str]] = ..., age_min: _Optional[int] = ..., age_max: _Optional[int] = ..., sex: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., exclude_record_ids: _Optional[_Iterable[str]] = ..., exclude_patient_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SearchOptions(_message.Message):
+    __slots__ = ("filter", "k", "score_threshold", "exact", "with_summary")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    WITH_SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    filter: Filter
+    k: int
+    score_threshold: float
+    exact: bool
+    with_summary: bool
+    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., exact: _Optional[bool] = ..., with_summary: _Optional[bool] = ...) -> None: ...
+
+class LeadSamples(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Ecg(_message.Message):
+    __slots__ = ("lead_names", "sampling_rate_hz", "units", "leads", "flat_samples", "n_leads")
+    LEAD_NAMES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    LEADS_FIELD_NUMBER: _ClassVar[int]
+    FLAT_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    N_LEADS_FIELD_NUMBER: _ClassVar[int]
+    lead_names: _containers.RepeatedScalarFieldContainer[str]
+    sampling_rate_hz: float
+    units: _containers.RepeatedScalarFieldContainer[str]
+    leads: _containers.RepeatedCompositeFieldContainer[LeadSamples]
+    flat_samples: _containers.RepeatedScalarFieldContainer[float]
+    n_leads: int
+    def __init__(self, lead_names: _Optional[_Iterable[str]] = ..., sampling_rate_hz: _Optional[float] = ..., units: _Optional[_Iterable[str]] = ..., leads: _Optional[_Iterable[_Union[LeadSamples, _Mapping]]] = ..., flat_samples: _Optional[_Iterable[float]] = ..., n_leads: _Optional[int] = ...) -> None: ...
+
+class Vector(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class SearchByRecordRequest(_message.Message):
+    __slots__ = ("record_id", "options")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    options: SearchOptions
+    def __init__(self, record_id: _Optional[str] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
+
+class SearchByEcgRequest(_message.Message):
+    __slots__ = ("ecg", "options")
+    ECG_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ecg: Ecg
+    options: SearchOptions
+    def __init__(self, ecg: _Optional[_Union[Ecg, _Mapping]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
+
+class SearchByVectorRequest(_message.Message):
+    __slots__ = ("vector", "options")
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    options: SearchOptions
+    def __init__(self, vector: _Optional[_Iterable[float]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
+
+class Payload(_message.Message):
+    __slots__ = ("record_id", "dataset", "patient_id", "diagnoses", "source_codes", "scp_likelihoods", "superclasses", "age", "age_over_89", "sex", "sampling_rate_hz", "duration_s", "recorded_at", "source_path")
+    class ScpLikelihoodsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DIAGNOSES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_CODES_FIELD_NUMBER: _ClassVar[int]
+    SCP_LIKELIHOODS_FIELD_NUMBER: _ClassVar[int]
+    SUPERCLASSES_FIELD_NUMBER: _ClassVar[int]
+    AGE_FIELD_NUMBER: _ClassVar[int]
+    AGE_OVER_89_FIELD_NUMBER: _ClassVar[int]
+    SEX_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_PATH_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    dataset: str
+    patient_id: str
+    diagnoses: _containers.RepeatedScalarFieldContainer[str]
+    source_codes: _containers.RepeatedScalarFieldContainer[str]
+    scp_likelihoods: _containers.ScalarMap[str, float]
+    superclasses: _containers.RepeatedScalarFieldContainer[str]
+    age: int
+    age_over_89: bool
+    sex: str
+    sampling_rate_hz: float
+    duration_s: float
+    recorded_at: str
+    source_path: str
+    def __init__(self, record_id: _Optional[str] = ..., dataset: _Optional[str] = ..., patient_id: _Optional[str] = ..., diagnoses: _Optional[_Iterable[str]] = ..., source_codes: _Optional[_Iterable[str]] = ..., scp_likelihoods: _Optional[_Mapping[str, float]] = ..., superclasses: _Optional[_Iterable[str]] = ..., age: _Optional[int] = ..., age_over_89: _Optional[bool] = ..., sex: _Optional[str] = ..., sampling_rate_hz: _Optional[float] = ..., duration_s: _Optional[float] = ..., recorded_at: _Optional[str] = ..., source_path: _Optional[str] = ...) -> None: ...
+
+class Hit(_message.Message):
+    __slots__ = ("record_id", "score", "payload")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    score: float
+    payload: Payload
+    def __init__(self, record_id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ...) -> None: ...
+
+class DiagnosisConcentration(_message.Message):
+    __slots__ = ("code", "description", "count", "fraction", "base_rate", "enrichment", "in_query")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    BASE_RATE_FIELD_NUMBER: _ClassVar[int]
+    ENRICHMENT_FIELD_NUMBER: _ClassVar[int]
+    IN_QUERY_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    description: str
+    count: int
+    fraction: float
+    base_rate: float
+    enrichment: float
+    in_query: bool
+    def __init__(self, code: _Optional[str] = ..., description: _Optional[str] = ..., count: _Optional[int] = ..., fraction: _Optional[float] = ..., base_rate: _Optional[float] = ..., enrichment: _Optional[float] = ..., in_query: _Optional[bool] = ...) -> None: ...
+
+class NeighbourhoodSummary(_message.Message):
+    __slots__ = ("n_neighbours", "collection_count", "diagnoses")
+    N_NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DIAGNOSES_FIELD_NUMBER: _ClassVar[int]
+    n_neighbours: int
+    collection_count: int
+    diagnoses: _containers.RepeatedCompositeFieldContainer[DiagnosisConcentration]
+    def __init__(self, n_neighbours: _Optional[int] = ..., collection_count: _Optional[int] = ..., diagnoses: _Optional[_Iterable[_Union[DiagnosisConcentration, _Mapping]]] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("hits", "summary")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    summary: NeighbourhoodSummary
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ...) -> None: ...
+
+class Query(_message.Message):
+    __slots__ = ("record_id", "ecg", "vector", "options")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    ECG_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    ecg: Ecg
+    vector: Vector
+    options: SearchOptions
+    def __init__(self, record_id: _Optional[str] = ..., ecg: _Optional[_Union[Ecg, _Mapping]] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
+
+class BatchSearchRequest(_message.Message):
+    __slots__ = ("queries",)
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedCompositeFieldContainer[Query]
+    def __init__(self, queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ...) -> None: ...
+
+class BatchSearchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ...) -> None: ...
+
+class GetRecordRequest(_message.Message):
+    __slots__ = ("record_id", "with_vector")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    with_vector: bool
+    def __init__(self, record_id: _Optional[str] = ..., with_vector: _Optional[bool] = ...) -> None: ...
+
+class GetRecordResponse(_message.Message):
+    __slots__ = ("payload", "vector")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    payload: Payload
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, payload: _Optional[_Union[Payload, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class CollectionInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelCard(_message.Message):
+    __slots__ = ("name", "version", "sampling_rate_hz", "input_samples", "lead_order", "embedding_dim", "normalisation", "initialisation", "json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LEAD_ORDER_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    NORMALISATION_FIELD_NUMBER: _ClassVar[int]
+    INITIALISATION_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    sampling_rate_hz: int
+    input_samples: int
+    lead_order: _containers.RepeatedScalarFieldContainer[str]
+    embedding_dim: int
+    normalisation: str
+    initialisation: str
+    json: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., sampling_rate_hz: _Optional[int] = ..., input_samples: _Optional[int] = ..., lead_order: _Optional[_Iterable[str]] = ..., embedding_dim: _Optional[int] = ..., normalisation: _Optional[str] = ..., initialisation: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+
+class CollectionInfoResponse(_message.Message):
+    __slots__ = ("name", "count", "dim", "model_version", "backend", "indexed", "diagnosis_counts", "model")
+    class DiagnosisCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_FIELD_NUMBER: _ClassVar[int]
+    DIAGNOSIS_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    count: int
+    dim: int
+    model_version: str
+    backend: str
+    indexed: bool
+    diagnosis_counts: _containers.ScalarMap[str, int]
+    model: ModelCard
+    def __init__(self, name: _Optional[str] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., indexed: _Optional[bool] = ..., diagnosis_counts: _Optional[_Mapping[str, int]] = ..., model: _Optional[_Union[ModelCard, _Mapping]] = ...) -> None: ...
+
+class ServerStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RpcStats(_message.Message):
+    __slots__ = ("method", "count", "errors", "p50_ms", "p95_ms", "p99_ms")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    count: int
+    errors: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    def __init__(self, method: _Optional[str] = ..., count: _Optional[int] = ..., errors: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ...) -> None: ...
+
+class ServerStatsResponse(_message.Message):
+    __slots__ = ("uptime_s", "rpcs")
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    RPCS_FIELD_NUMBER: _ClassVar[int]
+    uptime_s: float
+    rpcs: _containers.RepeatedCompositeFieldContainer[RpcStats]
+    def __init__(self, uptime_s: _Optional[float] = ..., rpcs: _Optional[_Iterable[_Union[RpcStats, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,35 @@
+"""Generated files are reproducible: regenerating them must give the committed bytes."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("proto_generate", REPO / "proto" / "generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_proto_regeneration_matches_committed(tmp_path: Path) -> None:
+    generator = _generator()
+    written = generator.generate(tmp_path)
+    assert {p.name for p in written} == set(generator.GENERATED)
+    for path in written:
+        committed = REPO / "search" / "_proto" / path.name
+        assert committed.read_bytes() == path.read_bytes(), (
+            f"{committed} is stale: run `python proto/generate.py`"
+        )
+
+
+def test_generated_imports_resolve_inside_the_package() -> None:
+    from ecgsearch.search._proto import search_pb2, search_pb2_grpc
+
+    assert search_pb2.DESCRIPTOR.package == "ecgsearch.v1"
+    assert "EcgSearch" in search_pb2.DESCRIPTOR.services_by_name
+    assert search_pb2_grpc.EcgSearchStub
