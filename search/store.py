@@ -7,12 +7,36 @@ Callers see the ``Store`` protocol only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+import json
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
+import grpc
 import numpy as np
-
-from ecgsearch.search.schema import CollectionInfo, EcgPayload, Hit, SearchFilter
+import qdrant_edge as edge
+from ecgsearch.search.filters import to_client, to_edge
+from ecgsearch.search.schema import (
+    MAX_K,
+    CollectionInfo,
+    EcgPayload,
+    Hit,
+    InvalidQuery,
+    SearchFilter,
+    StoreUnavailable,
+    UnknownRecord,
+    point_id,
+)
+from pydantic import BaseModel, ConfigDict, Field
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from qdrant_client.local.qdrant_local import QdrantLocal
 
 
 class Store(Protocol):
@@ -67,3 +91,642 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Flush and release the store (the embedded shard holds a lock until then)."""
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Point ``alias`` at ``collection``, replacing its old target: how a new model goes live."""
+
+
+class StoreError(RuntimeError):
+    """A store operation that cannot be done as asked (not a connectivity problem)."""
+
+
+class ModelMismatch(StoreError):
+    """The collection holds vectors of another model or dimension: they must never be mixed."""
+
+
+class IndexSettings(BaseModel):
+    """Index and search settings of a collection; build-time ones are fixed when it is created."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hnsw_m: int = Field(default=16, ge=4, le=128, description="HNSW edges per node")
+    hnsw_ef_construct: int = Field(default=128, ge=8, le=2048, description="HNSW build candidates")
+    search_ef: int = Field(default=128, ge=1, le=4096, description="HNSW search candidates when not given")
+    quantization: bool = Field(default=False, description="int8 scalar quantization (4x less vector RAM)")
+    rescore: bool = Field(default=True, description="rescore quantized candidates with float32 vectors")
+    oversampling: float = Field(default=2.0, ge=1.0, le=16.0, description="quantized candidates per result")
+    acorn: bool = Field(default=True, description="ACORN for filtered HNSW search (recall on broad filters)")
+    acorn_max_selectivity: float | None = Field(default=None, gt=0.0, le=1.0)
+    full_scan_threshold_kb: int = Field(
+        default=10_000, ge=0, description="below this many KB of matching vectors Qdrant searches exactly"
+    )
+    indexing_threshold_kb: int = Field(
+        default=1, ge=1, description="segments above this size get an HNSW graph when optimized"
+    )
+
+
+class CollectionManifest(BaseModel):
+    """What a collection was made with; the embedded store keeps it as JSON beside the shard."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    dim: int = Field(gt=0)
+    model_version: str
+    created: datetime
+    settings: IndexSettings = Field(default_factory=IndexSettings)
+
+
+PAYLOAD_INDEXES: dict[str, Literal["keyword", "integer"]] = {
+    "diagnoses": "keyword",
+    "age": "integer",
+    "sex": "keyword",
+    "dataset": "keyword",
+    "patient_id": "keyword",
+}
+BATCH = 512
+FACET_LIMIT = 10_000
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise StoreError(f"invalid collection or alias name {name!r}: use letters, digits, '.', '_', '-'")
+    return name
+
+
+def _check_k(k: int) -> None:
+    if not 1 <= k <= MAX_K:
+        raise InvalidQuery(f"k must be between 1 and {MAX_K}, got {k}")
+
+
+def _as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """Query or data vectors as a float32 (n, dim) matrix; InvalidQuery when the shape is wrong."""
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise InvalidQuery(f"vectors must have {dim} dimensions, got shape {tuple(np.shape(vectors))}")
+    if not np.all(np.isfinite(array)):
+        raise InvalidQuery("vectors contain NaN or infinite values")
+    return array
+
+
+def _payload_dict(payload: EcgPayload) -> dict[str, Any]:
+    """Stored form of a payload: JSON types, unknown fields left out so they match no condition."""
+    return payload.model_dump(mode="json", exclude_none=True)
+
+
+def _vector_of(stored: Any) -> np.ndarray:
+    if isinstance(stored, dict):  # named-vector form; ours is the unnamed default vector
+        stored = stored.get("", next(iter(stored.values())))
+    return np.asarray(stored, dtype=np.float32)
+
+
+def _hit(payload: dict[str, Any] | None, score: float) -> Hit:
+    model = EcgPayload.model_validate(payload or {})
+    return Hit(record_id=model.record_id, score=float(score), payload=model)
+
+
+def _check_match(existing: CollectionManifest, dim: int, model_version: str) -> None:
+    if existing.dim != dim or existing.model_version != model_version:
+        raise ModelMismatch(
+            f"collection {existing.name!r} holds {existing.dim}-d vectors of model "
+            f"{existing.model_version!r}, not {dim}-d vectors of {model_version!r}; vectors of two "
+            "models must not be mixed: create a new collection for the new model and switch the alias to it"
+        )
+
+
+class EdgeStore:
+    """Embedded store: one qdrant-edge shard per collection under ``path/collections/<name>/``.
+
+    Edge has no collections or aliases, so this class keeps them: ``manifest.json`` beside each shard
+    (dim, model version, settings) and ``path/aliases.json``. One process owns a shard at a time:
+    its write-ahead log is locked until ``close()``.
+    """
+
+    backend = "qdrant-edge"
+
+    def __init__(
+        self, path: str | Path, collection: str = "ecgs", settings: IndexSettings | None = None
+    ) -> None:
+        self.root = Path(path).expanduser()
+        self.requested = _check_name(collection)
+        self.name = self._aliases().get(collection, collection)
+        self._shard: edge.EdgeShard | None = None
+        self.manifest = self._read_manifest()
+        self.settings = settings or (self.manifest.settings if self.manifest else IndexSettings())
+        if self.manifest is not None:
+            self._shard = self._open(lambda: edge.EdgeShard.load(str(self._shard_dir)))
+
+    # -- layout ---------------------------------------------------------------------------------
+    @property
+    def _dir(self) -> Path:
+        return self.root / "collections" / self.name
+
+    @property
+    def _shard_dir(self) -> Path:
+        return self._dir / "shard"
+
+    @property
+    def _manifest_path(self) -> Path:
+        return self._dir / "manifest.json"
+
+    def _read_manifest(self) -> CollectionManifest | None:
+        if not self._manifest_path.is_file():
+            return None
+        return CollectionManifest.model_validate_json(self._manifest_path.read_text())
+
+    def _aliases(self) -> dict[str, str]:
+        path = self.root / "aliases.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _open(self, opener: Callable[[], edge.EdgeShard]) -> edge.EdgeShard:
+        try:
+            return opener()
+        except Exception as error:  # the binding raises plain Exception
+            if "WAL" in str(error) or "WouldBlock" in str(error):
+                raise StoreUnavailable(
+                    f"store {self._dir} is already open in another process (its write-ahead log is "
+                    "locked); stop that process (e.g. a running `ecgsearch serve`) or go through it"
+                ) from error
+            raise StoreUnavailable(f"cannot open store {self._dir}: {error}") from error
+
+    @property
+    def shard(self) -> edge.EdgeShard:
+        if self._shard is None:
+            raise StoreUnavailable(
+                f"collection {self.requested!r} does not exist in {self.root}; ingest ECGs first"
+            )
+        return self._shard
+
+    # -- Store protocol -------------------------------------------------------------------------
+    def create_collection(self, *, dim: int, model_version: str) -> None:
+        """Create the shard and its payload indexes (before any HNSW graph), or check the existing one."""
+        if self.manifest is not None:
+            _check_match(self.manifest, dim, model_version)
+            return
+        s = self.settings
+        config = edge.EdgeConfig(
+            vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
+            hnsw_config=edge.HnswIndexConfig(
+                m=s.hnsw_m, ef_construct=s.hnsw_ef_construct, full_scan_threshold=s.full_scan_threshold_kb
+            ),
+            quantization_config=(
+                edge.ScalarQuantizationConfig(type=edge.ScalarType.Int8, quantile=0.99, always_ram=True)
+                if s.quantization
+                else None
+            ),
+            optimizers=edge.EdgeOptimizersConfig(indexing_threshold=s.indexing_threshold_kb),
+        )
+        self._dir.mkdir(parents=True, exist_ok=True)
+        shard = self._open(lambda: edge.EdgeShard.create(str(self._shard_dir), config))
+        for field_name, kind in PAYLOAD_INDEXES.items():
+            schema = (
+                edge.IntegerIndexParams(lookup=True, range=True)
+                if kind == "integer"
+                else edge.PayloadSchemaType.Keyword
+            )
+            shard.update(edge.UpdateOperation.create_field_index(field_name, schema))
+        shard.flush()
+        manifest = CollectionManifest(
+            name=self.name, dim=dim, model_version=model_version, created=datetime.now(UTC), settings=s
+        )
+        _write_atomic(self._manifest_path, manifest.model_dump_json(indent=2))
+        self.manifest, self._shard = manifest, shard
+
+    def upsert(self, payloads: Sequence[EcgPayload], vectors: np.ndarray) -> None:
+        matrix = self._matrix(vectors)
+        if len(payloads) != len(matrix):
+            raise ValueError(f"{len(payloads)} payloads but {len(matrix)} vectors")
+        for start in range(0, len(payloads), BATCH):
+            points = [
+                edge.Point(point_id(p.record_id), v.tolist(), _payload_dict(p))
+                for p, v in zip(payloads[start : start + BATCH], matrix[start : start + BATCH], strict=True)
+            ]
+            self.shard.update(edge.UpdateOperation.upsert_points(points))
+
+    def existing(self, record_ids: Sequence[str]) -> set[str]:
+        by_point = {point_id(r): r for r in record_ids}
+        found: set[str] = set()
+        ids = list(by_point)
+        for start in range(0, len(ids), BATCH):
+            records = self.shard.retrieve(ids[start : start + BATCH], with_payload=False, with_vector=False)
+            found.update(by_point[str(r.id)] for r in records)
+        return found
+
+    def search(
+        self,
+        vector: np.ndarray,
+        *,
+        k: int,
+        filter: SearchFilter | None = None,
+        exact: bool = False,
+        ef: int | None = None,
+        score_threshold: float | None = None,
+    ) -> list[Hit]:
+        return self.search_batch(
+            vector, k=k, filter=filter, exact=exact, ef=ef, score_threshold=score_threshold
+        )[0]
+
+    def search_batch(
+        self,
+        vectors: np.ndarray,
+        *,
+        k: int,
+        filter: SearchFilter | None = None,
+        exact: bool = False,
+        ef: int | None = None,
+        score_threshold: float | None = None,
+    ) -> list[list[Hit]]:
+        _check_k(k)
+        matrix = self._matrix(vectors)
+        flt = to_edge(filter)
+        params = self._params(exact=exact, ef=ef, filtered=flt is not None)
+        requests = [
+            edge.QueryRequest(
+                limit=k,
+                query=edge.Query.Nearest(row.tolist()),
+                filter=flt,
+                params=params,
+                with_payload=True,
+                with_vector=False,
+                score_threshold=score_threshold,
+            )
+            for row in matrix
+        ]
+        results = (
+            [self.shard.query(requests[0])]
+            if len(requests) == 1
+            else self.shard.query_batch(edge.QueryBatchRequest(requests))
+        )
+        return [[_hit(p.payload, p.score) for p in points] for points in results]
+
+    def get(self, record_id: str) -> tuple[EcgPayload, np.ndarray]:
+        records = self.shard.retrieve([point_id(record_id)], with_payload=True, with_vector=True)
+        if not records:
+            raise UnknownRecord(record_id)
+        return EcgPayload.model_validate(records[0].payload), _vector_of(records[0].vector)
+
+    def count(self, filter: SearchFilter | None = None) -> int:
+        return self.shard.count(edge.CountRequest(exact=True, filter=to_edge(filter)))
+
+    def info(self) -> CollectionInfo:
+        manifest = self._manifest()
+        shard_info = self.shard.info()
+        facets = self.shard.facet(edge.FacetRequest(key="diagnoses", limit=FACET_LIMIT, exact=True))
+        return CollectionInfo(
+            name=self.name,
+            count=shard_info.points_count,
+            dim=manifest.dim,
+            model_version=manifest.model_version,
+            backend=self.backend,
+            indexed=shard_info.indexed_vectors_count >= shard_info.points_count,
+            diagnosis_counts={str(h.value): h.count for h in facets.hits},
+        )
+
+    def optimize(self) -> None:
+        self.shard.optimize()
+        self.shard.flush()
+
+    def close(self) -> None:
+        if self._shard is not None:
+            self._shard.flush()
+            self._shard.close()
+            self._shard = None
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Rewrite ``aliases.json`` atomically; processes with the old target open keep it until reopened."""
+        _check_name(alias)
+        if (self.root / "collections" / alias).is_dir():
+            raise StoreError(f"{alias!r} is a collection name; an alias must differ from every collection")
+        if not (self.root / "collections" / collection / "manifest.json").is_file():
+            raise StoreError(f"cannot point alias {alias!r} at missing collection {collection!r}")
+        aliases = self._aliases() | {alias: collection}
+        _write_atomic(self.root / "aliases.json", json.dumps(aliases, indent=2, sort_keys=True))
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _manifest(self) -> CollectionManifest:
+        if self.manifest is None:
+            self.shard  # raises StoreUnavailable naming the collection  # noqa: B018
+            raise AssertionError("unreachable")
+        return self.manifest
+
+    def _matrix(self, vectors: np.ndarray) -> np.ndarray:
+        return _as_matrix(vectors, self._manifest().dim)
+
+    def _params(self, *, exact: bool, ef: int | None, filtered: bool) -> edge.SearchParams:
+        s = self.settings
+        return edge.SearchParams(
+            hnsw_ef=ef or s.search_ef,
+            exact=exact,
+            quantization=(
+                edge.QuantizationSearchParams(rescore=s.rescore, oversampling=s.oversampling)
+                if s.quantization
+                else None
+            ),
+            acorn=(
+                edge.AcornSearchParams(enable=True, max_selectivity=s.acorn_max_selectivity)
+                if s.acorn and filtered
+                else None
+            ),
+        )
+
+    def __enter__(self) -> EdgeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ServerStore:
+    """Qdrant server or cluster through qdrant-client; also its local mode (``:memory:``, ``local_path``).
+
+    Model version and dim live in the collection's metadata; aliases are Qdrant's own. For a
+    3-node cluster create collections with ``shard_number=6, replication_factor=2``. Local mode is
+    brute force and ignores HNSW, quantization and payload indexes: it checks semantics, not speed.
+    """
+
+    backend = "qdrant-server"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        collection: str = "ecgs",
+        shard_number: int = 1,
+        replication_factor: int = 1,
+        prefer_grpc: bool = True,
+        *,
+        settings: IndexSettings | None = None,
+        client: QdrantClient | None = None,
+        local_path: str | Path | None = None,
+        timeout: int = 30,
+    ) -> None:
+        self.name = _check_name(collection)
+        self.settings = settings or IndexSettings()
+        self.shard_number, self.replication_factor = shard_number, replication_factor
+        if client is None:
+            if local_path is not None:
+                client = QdrantClient(path=str(local_path))
+            elif url == ":memory:":
+                client = QdrantClient(location=":memory:")
+            elif url is not None:
+                client = QdrantClient(url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=timeout)
+            else:
+                raise ValueError("ServerStore needs url, local_path or client")
+        self.client = client
+        self._local = isinstance(getattr(client, "_client", None), QdrantLocal)
+        if self._local:
+            self.backend = "qdrant-local"
+            warnings.filterwarnings("ignore", message="Payload indexes have no effect in the local Qdrant")
+            warnings.filterwarnings("ignore", message="Local mode performs exact")
+        self._dim: int | None = None
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run one client call; connection failures become StoreUnavailable."""
+        try:
+            return fn()
+        except (ResponseHandlingException, ConnectionError, grpc.RpcError) as error:
+            where = self.client.init_options.get("url")
+            raise StoreUnavailable(f"Qdrant at {where} is unreachable: {error}") from error
+        except UnexpectedResponse as error:
+            if error.status_code == 404:
+                raise StoreUnavailable(
+                    f"collection {self.name!r} does not exist; ingest ECGs first"
+                ) from error
+            raise
+
+    def _manifest(self) -> CollectionManifest:
+        if not self._call(lambda: self.client.collection_exists(self.name)):
+            raise StoreUnavailable(f"collection {self.name!r} does not exist; ingest ECGs first")
+        info = self._call(lambda: self.client.get_collection(self.name))
+        meta = info.config.metadata or {}
+        vectors = info.config.params.vectors
+        dim = int(meta.get("dim", getattr(vectors, "size", 0)))
+        return CollectionManifest(
+            name=self.name,
+            dim=dim,
+            model_version=str(meta.get("model_version", "")),
+            created=meta.get("created") or datetime.now(UTC),
+            settings=IndexSettings.model_validate(meta["settings"]) if "settings" in meta else self.settings,
+        )
+
+    def _dimension(self) -> int:
+        if self._dim is None:
+            self._dim = self._manifest().dim
+        return self._dim
+
+    def create_collection(self, *, dim: int, model_version: str) -> None:
+        if self._call(lambda: self.client.collection_exists(self.name)):
+            _check_match(self._manifest(), dim, model_version)
+            return
+        s = self.settings
+        meta = {
+            "dim": dim,
+            "model_version": model_version,
+            "created": datetime.now(UTC).isoformat(),
+            "settings": s.model_dump(),
+        }
+        self._call(
+            lambda: self.client.create_collection(
+                self.name,
+                vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
+                shard_number=self.shard_number,
+                replication_factor=self.replication_factor,
+                hnsw_config=qm.HnswConfigDiff(
+                    m=s.hnsw_m, ef_construct=s.hnsw_ef_construct, full_scan_threshold=s.full_scan_threshold_kb
+                ),
+                optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=s.indexing_threshold_kb),
+                quantization_config=(
+                    qm.ScalarQuantization(
+                        scalar=qm.ScalarQuantizationConfig(
+                            type=qm.ScalarType.INT8, quantile=0.99, always_ram=True
+                        )
+                    )
+                    if s.quantization
+                    else None
+                ),
+                metadata=meta,
+            )
+        )
+        for field_name, kind in PAYLOAD_INDEXES.items():
+            schema = (
+                qm.IntegerIndexParams(type=qm.IntegerIndexType.INTEGER, lookup=True, range=True)
+                if kind == "integer"
+                else qm.PayloadSchemaType.KEYWORD
+            )
+            self._call(
+                lambda f=field_name, sc=schema: self.client.create_payload_index(
+                    self.name, f, field_schema=sc, wait=True
+                )
+            )
+        self._dim = dim
+
+    def upsert(self, payloads: Sequence[EcgPayload], vectors: np.ndarray) -> None:
+        matrix = _as_matrix(vectors, self._dimension())
+        if len(payloads) != len(matrix):
+            raise ValueError(f"{len(payloads)} payloads but {len(matrix)} vectors")
+        for start in range(0, len(payloads), BATCH):
+            points = [
+                qm.PointStruct(id=point_id(p.record_id), vector=v.tolist(), payload=_payload_dict(p))
+                for p, v in zip(payloads[start : start + BATCH], matrix[start : start + BATCH], strict=True)
+            ]
+            self._call(lambda pts=points: self.client.upsert(self.name, points=pts, wait=True))
+
+    def existing(self, record_ids: Sequence[str]) -> set[str]:
+        by_point = {point_id(r): r for r in record_ids}
+        ids = list(by_point)
+        found: set[str] = set()
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start : start + BATCH]
+            records = self._call(
+                lambda c=chunk: self.client.retrieve(self.name, c, with_payload=False, with_vectors=False)
+            )
+            found.update(by_point[str(r.id)] for r in records)
+        return found
+
+    def search(
+        self,
+        vector: np.ndarray,
+        *,
+        k: int,
+        filter: SearchFilter | None = None,
+        exact: bool = False,
+        ef: int | None = None,
+        score_threshold: float | None = None,
+    ) -> list[Hit]:
+        return self.search_batch(
+            vector, k=k, filter=filter, exact=exact, ef=ef, score_threshold=score_threshold
+        )[0]
+
+    def search_batch(
+        self,
+        vectors: np.ndarray,
+        *,
+        k: int,
+        filter: SearchFilter | None = None,
+        exact: bool = False,
+        ef: int | None = None,
+        score_threshold: float | None = None,
+    ) -> list[list[Hit]]:
+        _check_k(k)
+        matrix = _as_matrix(vectors, self._dimension())
+        flt = to_client(filter)
+        s = self.settings
+        params = qm.SearchParams(
+            hnsw_ef=ef or s.search_ef,
+            exact=exact,
+            quantization=(
+                qm.QuantizationSearchParams(rescore=s.rescore, oversampling=s.oversampling)
+                if s.quantization
+                else None
+            ),
+            acorn=(
+                qm.AcornSearchParams(enable=True, max_selectivity=s.acorn_max_selectivity)
+                if s.acorn and flt is not None
+                else None
+            ),
+        )
+        requests = [
+            qm.QueryRequest(
+                query=row.tolist(),
+                filter=flt,
+                params=params,
+                limit=k,
+                with_payload=True,
+                score_threshold=score_threshold,
+            )
+            for row in matrix
+        ]
+        responses = self._call(lambda: self.client.query_batch_points(self.name, requests))
+        return [[_hit(p.payload, p.score) for p in r.points] for r in responses]
+
+    def get(self, record_id: str) -> tuple[EcgPayload, np.ndarray]:
+        records = self._call(
+            lambda: self.client.retrieve(
+                self.name, [point_id(record_id)], with_payload=True, with_vectors=True
+            )
+        )
+        if not records:
+            raise UnknownRecord(record_id)
+        return EcgPayload.model_validate(records[0].payload), _vector_of(records[0].vector)
+
+    def count(self, filter: SearchFilter | None = None) -> int:
+        result = self._call(lambda: self.client.count(self.name, count_filter=to_client(filter), exact=True))
+        return int(result.count)
+
+    def info(self) -> CollectionInfo:
+        manifest = self._manifest()
+        info = self._call(lambda: self.client.get_collection(self.name))
+        facets = self._call(lambda: self.client.facet(self.name, "diagnoses", limit=FACET_LIMIT, exact=True))
+        return CollectionInfo(
+            name=self.name,
+            count=self.count(),
+            dim=manifest.dim,
+            model_version=manifest.model_version,
+            backend=self.backend,
+            indexed=info.status == qm.CollectionStatus.GREEN,
+            diagnosis_counts={str(h.value): h.count for h in facets.hits},
+        )
+
+    def optimize(self, timeout_s: float = 3600.0) -> None:
+        """Wait until the server has finished indexing (it optimizes on its own)."""
+        deadline = time.monotonic() + timeout_s
+        while self._call(lambda: self.client.get_collection(self.name)).status != qm.CollectionStatus.GREEN:
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"collection {self.name!r} still indexing after {timeout_s:.0f} s")
+            time.sleep(1.0)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Switch (or create) the alias in one request, so readers never see it missing."""
+        _check_name(alias)
+        aliases = self._call(lambda: self.client.get_aliases()).aliases
+        operations: list[Any] = [
+            qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias))
+            for a in aliases
+            if a.alias_name == alias
+        ]
+        operations.append(
+            qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=collection, alias_name=alias))
+        )
+        self._call(lambda: self.client.update_collection_aliases(change_aliases_operations=operations))
+
+    def __enter__(self) -> ServerStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def default_store_path(home: str | Path | None = None) -> Path:
+    """``<home>/store``; home is ``$ECGSEARCH_HOME`` or ``~/.ecgsearch`` when the caller gives none."""
+    base = home if home is not None else os.environ.get("ECGSEARCH_HOME", "~/.ecgsearch")
+    return Path(base).expanduser() / "store"
+
+
+def open_store(
+    *,
+    path: str | Path | None = None,
+    url: str | None = None,
+    api_key: str | None = None,
+    collection: str = "ecgs",
+    settings: IndexSettings | None = None,
+    home: str | Path | None = None,
+) -> Store:
+    """The one place that picks a backend: ``url`` -> ServerStore, else the embedded store at ``path``."""
+    if path is not None and url is not None:
+        raise ValueError("give either path (embedded store) or url (Qdrant server), not both")
+    if url is not None:
+        return ServerStore(url=url, api_key=api_key, collection=collection, settings=settings)
+    return EdgeStore(path if path is not None else default_store_path(home), collection, settings)
