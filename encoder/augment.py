@@ -1,0 +1,64 @@
+"""Augmentations of prepared ECG windows: amplitude scaling, Gaussian noise, baseline wander; and views.
+
+All take an explicit ``torch.Generator`` so a seeded run draws the same augmentations every time.
+Amplitudes are in the prepared signal's units (ECG divided by its RMS, so ~1 is a typical sample).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from ecgsearch.encoder.config import EncoderConfig
+from ecgsearch.encoder.signals import MODEL_FS
+
+MIN_WANDER_HZ = 0.05
+
+
+def _uniform(shape: tuple[int, ...], low: float, high: float, g: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, generator=g)
+
+
+def scale(x: torch.Tensor, low: float, high: float, g: torch.Generator) -> torch.Tensor:
+    """Multiply each lead of each ECG by a factor drawn uniformly from [low, high]."""
+    return x * _uniform((x.shape[0], x.shape[1], 1), low, high, g).to(x)
+
+
+def gaussian_noise(x: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
+    """Add white Gaussian noise of standard deviation ``std``."""
+    return x + std * torch.randn(x.shape, generator=g).to(x)
+
+
+def baseline_wander(
+    x: torch.Tensor, amplitude: float, max_hz: float, g: torch.Generator, fs: float = MODEL_FS
+) -> torch.Tensor:
+    """Add one slow sinusoid per lead: MIN_WANDER_HZ..max_hz, random phase, amplitude up to ``amplitude``."""
+    n, leads, t = x.shape
+    freq = _uniform((n, leads, 1), MIN_WANDER_HZ, max_hz, g)
+    phase = _uniform((n, leads, 1), 0.0, 2 * math.pi, g)
+    amp = _uniform((n, leads, 1), 0.0, amplitude, g)
+    time = torch.arange(t, dtype=torch.float32) / fs
+    return x + (amp * torch.sin(2 * math.pi * freq * time + phase)).to(x)
+
+
+def augment(x: torch.Tensor, config: EncoderConfig, g: torch.Generator) -> torch.Tensor:
+    """The augmented view: scaling, then baseline wander, then noise."""
+    x = scale(x, config.scale_min, config.scale_max, g)
+    x = baseline_wander(x, config.wander_amplitude, config.wander_max_hz, g)
+    return gaussian_noise(x, config.noise_std, g)
+
+
+def two_windows(
+    x: torch.Tensor, window: int, random_crop: bool, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two windows of ``window`` samples per ECG: random starts, or the first and the last ``window``."""
+    n, _, t = x.shape
+    if window > t:
+        raise ValueError(f"window {window} longer than the ECG ({t} samples)")
+    if not random_crop:
+        return x[..., :window], x[..., t - window :]
+    idx = torch.arange(window)
+    starts = torch.randint(0, t - window + 1, (2, n), generator=g)
+    a = torch.gather(x, 2, (starts[0][:, None, None] + idx).expand(n, x.shape[1], window).to(x.device))
+    b = torch.gather(x, 2, (starts[1][:, None, None] + idx).expand(n, x.shape[1], window).to(x.device))
+    return a, b

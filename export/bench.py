@@ -1,0 +1,104 @@
+"""Encoder throughput: ECGs per second in onnxruntime (and torch when installed), per batch size.
+
+Torch is optional: without it only onnxruntime is measured. The torch model is rebuilt from the
+card's config with fresh weights; speed depends on the architecture, not the weight values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from ecgsearch.encoder.signals import LEADS, MODEL_SAMPLES
+from ecgsearch.export.runtime import Embedder
+
+
+def _rate(fn: Callable[[np.ndarray], object], x: np.ndarray, min_seconds: float) -> float:
+    fn(x)  # warm-up
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < min_seconds or n < 3:
+        fn(x)
+        n += 1
+    return n * len(x) / elapsed
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _torch_runner(embedder: Embedder, threads: int) -> tuple[Callable[[np.ndarray], object], str] | None:
+    try:
+        import torch
+        from ecgsearch.encoder.config import EncoderConfig
+        from ecgsearch.encoder.model import Encoder
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    config = EncoderConfig.from_dict(embedder.card.training.get("config") or {})
+    encoder = Encoder(config).eval()
+
+    def run(x: np.ndarray) -> object:
+        with torch.inference_mode():
+            return encoder(torch.from_numpy(x))
+
+    return run, torch.__version__
+
+
+def run_benchmark(
+    model: str | Path | None,
+    *,
+    threads: int = 2,
+    batch_sizes: list[int] | tuple[int, ...] = (1, 32, 256),
+    min_seconds: float = 3.0,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Time both runtimes at each batch size; write and return the results dict."""
+    embedder = Embedder(model, threads=threads)
+    rng = np.random.default_rng(0)
+    runners: list[tuple[str, Callable[[np.ndarray], object]]] = [("onnxruntime", embedder.embed)]
+    torch_runner = _torch_runner(embedder, threads)
+    if torch_runner is not None:
+        runners.append(("torch", torch_runner[0]))
+    rows = []
+    for size in batch_sizes:
+        x = rng.standard_normal((size, len(LEADS), MODEL_SAMPLES)).astype(np.float32)
+        for name, fn in runners:
+            rows.append({"runtime": name, "batch_size": size, "ecgs_per_s": _rate(fn, x, min_seconds)})
+    result = {
+        "benchmark": "encoder throughput, prepared ECGs (12 x 1000) per second",
+        "model": str(embedder.path),
+        "model_version": embedder.version,
+        "initialisation": embedder.card.initialisation,
+        "parameters": embedder.card.model_extra.get("parameters") if embedder.card.model_extra else None,
+        "threads": threads,
+        "min_seconds": min_seconds,
+        "results": rows,
+        "machine": {
+            "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "load_average_at_end": list(os.getloadavg()),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "onnxruntime": ort.__version__,
+            "torch": torch_runner[1] if torch_runner else None,
+        },
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
