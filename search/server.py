@@ -1,0 +1,425 @@
+"""The gRPC front of ``SearchService``: thin servicer, one error table, auth, health, reflection, metrics.
+
+Each RPC unpacks its request (``wire``), calls the service, packs the reply. Everything around the
+call (request id, latency, structured log line, error -> status mapping) is one interceptor, and the
+bearer-token check is another, so servicer methods never see tokens or exceptions.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import grpc
+import numpy as np
+from ecgsearch.encoder.signals import SignalError
+from ecgsearch.export.runtime import Embedder
+from ecgsearch.search import wire
+from ecgsearch.search._proto import search_pb2 as pb
+from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
+from ecgsearch.search.schema import InvalidQuery, StoreUnavailable, UnknownRecord
+from ecgsearch.search.service import DeadlineExceeded, SearchService, describe_validation
+from ecgsearch.search.settings import ServiceSettings
+from ecgsearch.search.store import Store, open_store
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgSearch"].full_name
+REQUEST_ID = "x-request-id"
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+RESERVOIR = 4096
+
+log = logging.getLogger("ecgsearch.server")
+
+# The one place exceptions become status codes; anything not listed is INTERNAL without details.
+ERROR_TABLE: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], grpc.StatusCode], ...] = (
+    ((InvalidQuery, ValidationError, SignalError), grpc.StatusCode.INVALID_ARGUMENT),
+    (UnknownRecord, grpc.StatusCode.NOT_FOUND),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+)
+
+
+def status_of(exc: BaseException, request_id: str) -> tuple[grpc.StatusCode, str]:
+    """Status code and caller-facing message of an exception raised while serving a request."""
+    for types, code in ERROR_TABLE:
+        if isinstance(exc, types):
+            message = describe_validation(exc) if isinstance(exc, ValidationError) else str(exc)
+            return code, message
+    return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+
+
+# --- servicer ------------------------------------------------------------------------------------
+
+
+class EcgSearchServicer(pb_grpc.EcgSearchServicer):
+    """Unpack -> service -> pack. ``service`` is None until the store and the model are open."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.service: SearchService | None = None
+        self.metrics = metrics
+
+    @property
+    def _svc(self) -> SearchService:
+        if self.service is None:
+            raise StoreUnavailable("the server is starting: store or model not open yet")
+        return self.service
+
+    def SearchByRecord(self, request: pb.SearchByRecordRequest, context: grpc.ServicerContext):  # noqa: N802
+        options = wire.options_from_proto(request.options)
+        result = self._svc.search_by_record(request.record_id, options, deadline=deadline_of(context))
+        return wire.result_to_proto(result)
+
+    def SearchByEcg(self, request: pb.SearchByEcgRequest, context: grpc.ServicerContext):  # noqa: N802
+        options = wire.options_from_proto(request.options)
+        ecg = wire.ecg_from_proto(request.ecg)
+        return wire.result_to_proto(self._svc.search_by_ecg(ecg, options, deadline=deadline_of(context)))
+
+    def SearchByVector(self, request: pb.SearchByVectorRequest, context: grpc.ServicerContext):  # noqa: N802
+        options = wire.options_from_proto(request.options)
+        vector = wire.vector_from_proto(request.vector)
+        return wire.result_to_proto(
+            self._svc.search_by_vector(vector, options, deadline=deadline_of(context))
+        )
+
+    def BatchSearch(self, request: pb.BatchSearchRequest, context: grpc.ServicerContext):  # noqa: N802
+        queries = [wire.query_from_proto(q) for q in request.queries]
+        results = self._svc.batch(queries, deadline=deadline_of(context))
+        return pb.BatchSearchResponse(results=[wire.result_to_proto(r) for r in results])
+
+    def GetRecord(self, request: pb.GetRecordRequest, context: grpc.ServicerContext):  # noqa: N802
+        payload, vector = self._svc.get_record(request.record_id, with_vector=request.with_vector)
+        reply = pb.GetRecordResponse(payload=wire.payload_to_proto(payload))
+        if vector is not None:
+            reply.vector[:] = vector.tolist()
+        return reply
+
+    def CollectionInfo(self, request: pb.CollectionInfoRequest, context: grpc.ServicerContext):  # noqa: N802
+        return wire.info_to_proto(self._svc.info(), self._svc.model_card)
+
+    def ServerStats(self, request: pb.ServerStatsRequest, context: grpc.ServicerContext):  # noqa: N802
+        return self.metrics.to_proto()
+
+
+def deadline_of(context: grpc.ServicerContext) -> float | None:
+    """The caller's deadline as a time.monotonic() instant (None without one)."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 1e9:
+        return None
+    return time.monotonic() + remaining
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+class Metrics:
+    """Per-RPC count, errors and latency percentiles over the most recent RESERVOIR calls."""
+
+    def __init__(self, size: int = RESERVOIR) -> None:
+        self.started = time.monotonic()
+        self._size = size
+        self._lock = threading.Lock()
+        self._calls: dict[str, list[int]] = {}
+        self._latency: dict[str, deque[float]] = {}
+
+    def record(self, method: str, seconds: float, ok: bool) -> None:
+        with self._lock:
+            counts = self._calls.setdefault(method, [0, 0])
+            counts[0] += 1
+            counts[1] += 0 if ok else 1
+            self._latency.setdefault(method, deque(maxlen=self._size)).append(seconds * 1000)
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            out = {}
+            for method, (count, errors) in sorted(self._calls.items()):
+                p50, p95, p99 = np.percentile(list(self._latency[method]), [50, 95, 99])
+                out[method] = {"count": count, "errors": errors, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99}
+            return out
+
+    def to_proto(self) -> pb.ServerStatsResponse:
+        rows = [
+            pb.RpcStats(method=m, count=int(s["count"]), errors=int(s["errors"]), **_percentiles(s))
+            for m, s in self.snapshot().items()
+        ]
+        return pb.ServerStatsResponse(uptime_s=time.monotonic() - self.started, rpcs=rows)
+
+
+def _percentiles(stats: dict[str, float]) -> dict[str, float]:
+    return {k: float(stats[k]) for k in ("p50_ms", "p95_ms", "p99_ms")}
+
+
+# --- interceptors --------------------------------------------------------------------------------
+
+
+def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
+    return {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+
+
+def _abort_with(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    def abort(request: Any, context: grpc.ServicerContext) -> None:
+        context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Reject calls without ``authorization: Bearer <token>`` naming an accepted token.
+
+    Health and reflection stay open so orchestrators and grpcurl can probe the server.
+    """
+
+    def __init__(self, tokens: list[str]) -> None:
+        if not tokens:
+            raise ValueError("no tokens given")
+        self._tokens = [t.encode() for t in tokens]
+
+    def _accepts(self, header: str | None) -> bool:
+        if not header or not header.startswith("Bearer "):
+            return False
+        offered = header.removeprefix("Bearer ").strip().encode()
+        ok = False
+        for token in self._tokens:  # every token compared, in constant time each
+            ok |= hmac.compare_digest(offered, token)
+        return ok
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
+        if details.method.startswith(EXEMPT_PREFIXES):
+            return continuation(details)
+        metadata = _metadata(details)
+        if self._accepts(metadata.get("authorization")):
+            return continuation(details)
+        log.warning(
+            "rejected",
+            extra={"fields": {"method": details.method, "request_id": metadata.get(REQUEST_ID)}},
+        )
+        return _abort_with(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+
+
+class ObserveInterceptor(grpc.ServerInterceptor):
+    """Request id, latency, one JSON log line, metrics and the error table around every service call."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
+        handler = continuation(details)
+        if (
+            handler is None
+            or handler.unary_unary is None
+            or not details.method.startswith(f"/{SERVICE_NAME}/")
+        ):
+            return handler
+        inner = handler.unary_unary
+        method = details.method.rsplit("/", 1)[-1]
+        request_id = _metadata(details).get(REQUEST_ID) or uuid.uuid4().hex
+
+        def observed(request: Any, context: grpc.ServicerContext) -> Any:
+            context.set_trailing_metadata(((REQUEST_ID, request_id),))
+            start = time.perf_counter()
+            code, message = grpc.StatusCode.OK, ""
+            try:
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExceeded("deadline exceeded before the request started")
+                return inner(request, context)
+            except Exception as exc:
+                code, message = status_of(exc, request_id)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception(
+                        "internal error", extra={"fields": {"method": method, "request_id": request_id}}
+                    )
+                context.abort(code, message)
+            finally:
+                seconds = time.perf_counter() - start
+                self.metrics.record(method, seconds, code is grpc.StatusCode.OK)
+                fields = {
+                    "method": method,
+                    "request_id": request_id,
+                    "code": code.name,
+                    "latency_ms": round(seconds * 1000, 3),
+                    "peer": context.peer(),
+                }
+                if message:
+                    fields["error"] = message
+                log.info("rpc", extra={"fields": fields})
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+# --- logging -------------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: what log shippers parse without configuration."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """JSON lines on stderr for the server's loggers (called by ``serve``, not on import)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("ecgsearch")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def run_server(
+    settings: ServiceSettings | None = None,
+    *,
+    store: Store | None = None,
+    embedder: Embedder | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    token: str | None = None,
+    insecure: bool | None = None,
+    max_message_mb: float | None = None,
+) -> Iterator[tuple[grpc.Server, int]]:
+    """Start the server, yield ``(server, bound_port)``, stop it gracefully on exit.
+
+    ``settings`` comes from the edge (``ServiceSettings()`` in ``serve``); keyword arguments override it,
+    so tests pass ``port=0, token="t", store=..., embedder=...``. A store or embedder passed in stays
+    open on exit; one opened here is closed here. Health reports SERVING only once both are open.
+    """
+    settings = (settings or ServiceSettings.model_construct()).model_copy(
+        update={
+            k: v
+            for k, v in {
+                "host": host,
+                "port": port,
+                "insecure": insecure,
+                "max_message_mb": max_message_mb,
+            }.items()
+            if v is not None
+        }
+    )
+    tokens = settings.token_list() + ([token] if token else [])
+    if not tokens and not settings.insecure and not settings.tls_client_ca:
+        raise ValueError(
+            "no bearer tokens configured: set ECGSEARCH_TOKENS or ECGSEARCH_TOKENS_FILE "
+            "(or ECGSEARCH_INSECURE=1 for local use only)"
+        )
+    limit = int(settings.max_message_mb * 1024 * 1024)
+    metrics = Metrics()
+    interceptors: list[grpc.ServerInterceptor] = [BearerTokenInterceptor(tokens)] if tokens else []
+    interceptors.append(ObserveInterceptor(metrics))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=settings.max_workers or min(32, 2 * (os.cpu_count() or 1) + 4)
+        ),
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    servicer = EcgSearchServicer(metrics)
+    pb_grpc.add_EcgSearchServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{settings.host}:{settings.port}"
+    bound = (
+        server.add_secure_port(address, _credentials(settings))
+        if settings.tls_cert
+        else server.add_insecure_port(address)
+    )
+    if bound == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    with ExitStack() as owned:
+        try:
+            if store is None:
+                store = open_store(
+                    path=settings.store_path,
+                    url=settings.qdrant_url,
+                    api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+                    collection=settings.collection,
+                )
+                owned.callback(store.close)
+            servicer.service = SearchService(store, embedder or Embedder(settings.model))
+            for name in ("", SERVICE_NAME):
+                health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            log.info(
+                "serving",
+                extra={
+                    "fields": {
+                        "address": f"{settings.host}:{bound}",
+                        "tls": bool(settings.tls_cert),
+                        "mutual_tls": bool(settings.tls_client_ca),
+                        "auth": bool(tokens),
+                    }
+                },
+            )
+            yield server, bound
+        finally:
+            health_servicer.enter_graceful_shutdown()
+            server.stop(settings.grace_s).wait()
+            log.info("stopped", extra={"fields": {"stats": metrics.snapshot()}})
+
+
+def _credentials(settings: ServiceSettings) -> grpc.ServerCredentials:
+    """TLS from PEM files; with a client CA, clients must present a certificate it signed (mTLS)."""
+    assert settings.tls_cert and settings.tls_key
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+class _Terminate(Exception):
+    """Raised in the main thread by SIGTERM so the server context exits through its graceful path."""
+
+
+def serve(settings: ServiceSettings) -> None:
+    """Run until SIGTERM or SIGINT, then drain: NOT_SERVING, grace period for in-flight calls, close."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise _Terminate(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with run_server(settings) as (server, _):
+            server.wait_for_termination()
+    except _Terminate as stop:
+        log.info("shutdown", extra={"fields": {"signal": str(stop)}})
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

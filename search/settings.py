@@ -1,0 +1,68 @@
+"""Service settings, read once at the edge (``serve``, containers) and passed down as one object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """How the gRPC service is configured. Every field reads the environment variable ``ECGSEARCH_<NAME>``.
+
+    Deployment files rely on these names; keep them stable.
+
+    - ``ECGSEARCH_STORE_PATH``: directory of an embedded (on-disk) store; or
+    - ``ECGSEARCH_QDRANT_URL`` (+ ``ECGSEARCH_QDRANT_API_KEY``): a Qdrant server or cluster.
+    - ``ECGSEARCH_COLLECTION``: collection name (default ``ecgs``).
+    - ``ECGSEARCH_MODEL``: ONNX model path (default: the bundled model).
+    - ``ECGSEARCH_HOST`` / ``ECGSEARCH_PORT``: listen address (default 127.0.0.1:50051;
+      containers set 0.0.0.0).
+    - ``ECGSEARCH_TOKENS``: comma-separated bearer tokens, or ``ECGSEARCH_TOKENS_FILE``: one token per line.
+    - ``ECGSEARCH_INSECURE``: allow no tokens at all (local use only; the server refuses to start otherwise).
+    - ``ECGSEARCH_TLS_CERT`` / ``ECGSEARCH_TLS_KEY``: PEM files to serve TLS; with ``ECGSEARCH_TLS_CLIENT_CA``
+      clients must present a certificate signed by that CA (mutual TLS).
+    - ``ECGSEARCH_MAX_MESSAGE_MB``: largest request or response in MiB (default 16).
+    - ``ECGSEARCH_MAX_WORKERS``: request threads (default: 2 x CPUs + 4, at most 32).
+    - ``ECGSEARCH_GRACE_S``: seconds in-flight requests get to finish on shutdown (default 10).
+    - ``ECGSEARCH_LOG_LEVEL``: DEBUG, INFO (default), WARNING or ERROR.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ECGSEARCH_", extra="ignore")
+
+    store_path: Path | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    collection: str = "ecgs"
+    model: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=50051, ge=0, le=65535)
+    tokens: str | None = None
+    tokens_file: Path | None = None
+    insecure: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    max_message_mb: float = Field(default=16, gt=0)
+    max_workers: int | None = Field(default=None, ge=1)
+    grace_s: float = Field(default=10.0, ge=0)
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServiceSettings:
+        if self.store_path and self.qdrant_url:
+            raise ValueError("set either STORE_PATH or QDRANT_URL, not both")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS_CERT and TLS_KEY go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("TLS_CLIENT_CA (mutual TLS) needs TLS_CERT and TLS_KEY")
+        return self
+
+    def token_list(self) -> list[str]:
+        """Accepted bearer tokens: TOKENS and TOKENS_FILE together (blank and '#' lines skipped)."""
+        found = [t.strip() for t in (self.tokens or "").split(",")]
+        if self.tokens_file:
+            lines = self.tokens_file.read_text().splitlines()
+            found += [line.strip() for line in lines if not line.strip().startswith("#")]
+        return [t for t in found if t]
