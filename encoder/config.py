@@ -55,7 +55,7 @@ class EncoderConfig:
     eval_every: int = 1
     train_folds: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
     val_fold: int = 9
-    max_records: int | None = None  # cap on training records (tests, smoke runs)
+    max_records: int | None = None  # cap on training and on validation records (tests, smoke runs)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-safe dict (tuples become lists)."""

@@ -44,10 +44,18 @@ class EcgArrays:
 
 
 def load_ptbxl(
-    data_root: str | Path, *, max_records: int | None = None, cache_dir: str | Path | None = None
+    data_root: str | Path,
+    *,
+    folds: Iterable[int] | None = None,
+    max_records: int | None = None,
+    cache_dir: str | Path | None = None,
 ) -> EcgArrays:
-    """Every PTB-XL row that prepares cleanly (first ``max_records`` rows if given), in ecg_id order."""
-    rows = ptbxl.read_table(Path(data_root) / "ptb-xl")[:max_records]
+    """PTB-XL rows (of ``folds``, the first ``max_records`` if given) that prepare cleanly, by ecg_id."""
+    rows = ptbxl.read_table(Path(data_root) / "ptb-xl")
+    if folds is not None:
+        wanted = set(folds)
+        rows = [r for r in rows if r.fold in wanted]
+    rows = rows[:max_records]
     x = _prepared(rows, cache_dir)
     keep = np.isfinite(x).all(axis=(1, 2))
     return EcgArrays(

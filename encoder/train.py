@@ -73,11 +73,9 @@ def train(
     torch.manual_seed(config.seed)
     model = SelfSupervised(config).to(dev)  # same seed -> same weights as export.onnx.random_encoder
 
-    data = load_ptbxl(data_root, cache_dir=cache_dir)
-    train_set = data.in_folds(config.train_folds)
-    if config.max_records is not None:
-        train_set = train_set.select(np.arange(len(train_set)) < config.max_records)
-    val = data.in_folds([config.val_fold])
+    cap = config.max_records
+    train_set = load_ptbxl(data_root, folds=config.train_folds, max_records=cap, cache_dir=cache_dir)
+    val = load_ptbxl(data_root, folds=[config.val_fold], max_records=cap, cache_dir=cache_dir)
     x_train = torch.from_numpy(train_set.x)
 
     steps_per_epoch = max(1, len(train_set) // config.batch_size)

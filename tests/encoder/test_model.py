@@ -1,0 +1,33 @@
+"""The encoder embeds 5 s windows and full 10 s ECGs alike; configs round-trip through YAML."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from ecgsearch.encoder.config import EncoderConfig, load_config
+from ecgsearch.encoder.model import Encoder, SelfSupervised, count_parameters
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("samples", [500, 1000])
+def test_embedding_shape_for_both_lengths(samples: int) -> None:
+    config = EncoderConfig()
+    model = SelfSupervised(config).eval()
+    with torch.no_grad():
+        h, p = model(torch.randn(3, 12, samples))
+        recon = model.decoder(h, samples)
+    assert h.shape == (3, config.embedding_dim)
+    assert p.shape == (3, config.projection_dim)
+    assert recon.shape == (3, 12, samples)
+
+
+def test_default_encoder_is_small() -> None:
+    assert 200_000 <= count_parameters(Encoder(EncoderConfig())) <= 400_000
+
+
+def test_committed_config_loads_and_round_trips() -> None:
+    config = load_config(REPO / "configs" / "default.yaml")
+    assert EncoderConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown config keys"):
+        EncoderConfig.from_dict({"no_such_field": 1})

@@ -1,0 +1,71 @@
+"""A tiny real training run: the loss falls, checkpoints resume, and the result exports to ONNX."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ecgsearch.encoder.config import EncoderConfig
+
+TINY = EncoderConfig(
+    stem_channels=8,
+    stage_channels=(16, 16),
+    stage_kernels=(5, 3),
+    embedding_dim=32,
+    projection_dim=16,
+    decoder_channels=8,
+    batch_size=16,
+    epochs=4,
+    lr=1e-2,
+    max_records=32,
+    seed=0,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    from ecgsearch.encoder.train import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    summary = train(TINY, data_dir, out, device="cpu")
+    return out, summary
+
+
+def test_loss_falls_and_metric_is_logged(tiny_run: tuple[Path, dict]) -> None:
+    out, summary = tiny_run
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+    assert log[-1]["loss_total"] < log[0]["loss_total"]
+    assert all(0.0 <= r["val_agreement"] <= 1.0 for r in log)
+    assert summary["data"]["n_train"] == 32 and summary["steps"] == 8
+    assert set(summary["final_losses"]) == {"halves", "augment", "recon", "total"}
+    assert (out / "best.pt").is_file()
+
+
+def test_resume_continues_from_last_checkpoint(tiny_run: tuple[Path, dict], data_dir: Path) -> None:
+    import torch
+    from ecgsearch.encoder.train import train
+
+    out, _ = tiny_run
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    assert {"state_dict", "config", "step", "optimizer"} <= set(ckpt)
+    assert EncoderConfig.from_dict(ckpt["config"]) == TINY
+    summary = train(TINY.with_overrides(epochs=5), data_dir, out, resume=True, device="cpu")
+    assert summary["epochs"] == 5 and summary["steps"] == 10
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5]
+
+
+def test_tiny_model_exports_with_parity(tiny_run: tuple[Path, dict], data_dir: Path, tmp_path: Path) -> None:
+    from ecgsearch.export.onnx import export_checkpoint
+    from ecgsearch.export.runtime import Embedder
+
+    out, _ = tiny_run
+    card = export_checkpoint(out / "best.pt", tmp_path / "tiny.onnx", data_dir)
+    assert card.parity["max_abs_diff"] < 1e-4
+    embedder = Embedder(tmp_path / "tiny.onnx", threads=1)
+    assert embedder.card == card and embedder.dim == 32 and embedder.card.initialisation == "trained"
+    assert embedder.card.training["data"]["n_train"] == 32
+    vectors = embedder.embed(np.random.default_rng(0).standard_normal((3, 12, 1000)))
+    assert vectors.shape == (3, 32)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
