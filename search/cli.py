@@ -1,7 +1,287 @@
-"""Commands of this part (filled in as the part lands)."""
+"""``ecgsearch serve``, ``query`` and ``bench service``: thin commands over the search service."""
 
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import grpc
 import typer
+from ecgsearch.search.service import DEFAULT_K, SearchResult, describe_validation
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+err = Console(stderr=True)
+
+
+def serve_command(
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            help="Embedded store directory (env ECGSEARCH_STORE_PATH; default: $ECGSEARCH_HOME/store)."
+        ),
+    ] = None,
+    qdrant_url: Annotated[
+        str | None,
+        typer.Option(help="Qdrant server instead of an embedded store (env ECGSEARCH_QDRANT_URL)."),
+    ] = None,
+    collection: Annotated[
+        str | None, typer.Option(help="Collection (env ECGSEARCH_COLLECTION; default: ecgs).")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="ONNX encoder (env ECGSEARCH_MODEL; default: bundled).")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Listen address (env ECGSEARCH_HOST; default: 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env ECGSEARCH_PORT; default: 50051).")] = None,
+    tokens_file: Annotated[
+        Path | None,
+        typer.Option(help="Bearer tokens, one per line (env ECGSEARCH_TOKENS_FILE or ECGSEARCH_TOKENS)."),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="Allow serving without tokens (local use only) (env ECGSEARCH_INSECURE)."
+        ),
+    ] = False,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="TLS certificate PEM (env ECGSEARCH_TLS_CERT).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key PEM (env ECGSEARCH_TLS_KEY).")] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(help="CA that signs client certificates: mutual TLS (env ECGSEARCH_TLS_CLIENT_CA)."),
+    ] = None,
+    max_message_mb: Annotated[
+        float | None, typer.Option(help="Largest message in MiB (default: 16).")
+    ] = None,
+    max_workers: Annotated[int | None, typer.Option(help="Request threads (default: 2 x CPUs + 4).")] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: INFO).")
+    ] = None,
+) -> None:
+    """Serve similarity search over gRPC (ecgsearch.v1.EcgSearch, health and reflection) until SIGTERM.
+
+    Every option also reads its ECGSEARCH_* environment variable; the command line wins. Clients need a
+    bearer token from ECGSEARCH_TOKENS (comma-separated) or ECGSEARCH_TOKENS_FILE unless --insecure.
+    Logs are JSON lines on stderr, one per request, with its request id and latency.
+
+    Examples:
+
+        ECGSEARCH_TOKENS=secret ecgsearch serve --store ./store
+
+        ecgsearch serve --store ./store --insecure --port 50052
+
+        ECGSEARCH_TOKENS_FILE=/run/secrets/tokens ecgsearch serve --qdrant-url http://qdrant:6333 \\
+            --host 0.0.0.0 --tls-cert server.pem --tls-key server.key
+    """
+    from ecgsearch.export.runtime import ModelError
+    from ecgsearch.search.schema import StoreUnavailable
+    from ecgsearch.search.server import configure_logging, serve
+    from ecgsearch.search.settings import ServiceSettings
+    from ecgsearch.search.store import StoreError
+
+    given = {
+        "store_path": store,
+        "qdrant_url": qdrant_url,
+        "collection": collection,
+        "model": model,
+        "host": host,
+        "port": port,
+        "tokens_file": tokens_file,
+        "insecure": insecure or None,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "tls_client_ca": tls_client_ca,
+        "max_message_mb": max_message_mb,
+        "max_workers": max_workers,
+        "log_level": log_level,
+    }
+    try:
+        settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        raise typer.BadParameter(describe_validation(exc)) from None
+    configure_logging(settings.log_level)
+    try:
+        serve(settings)
+    except (ValueError, OSError, StoreUnavailable, StoreError, ModelError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def query_command(
+    target: Annotated[
+        str, typer.Option(envvar="ECGSEARCH_TARGET", help="Server host:port.")
+    ] = "127.0.0.1:50051",
+    token: Annotated[str | None, typer.Option(envvar="ECGSEARCH_TOKEN", help="Bearer token.")] = None,
+    record_id: Annotated[str | None, typer.Option(help="Search by a stored record, e.g. ptbxl:17.")] = None,
+    wfdb: Annotated[
+        Path | None, typer.Option(help="Search by a WFDB record (path without extension).")
+    ] = None,
+    k: Annotated[int, typer.Option(help="Number of neighbours (1-1000).")] = DEFAULT_K,
+    diagnosis: Annotated[
+        list[str] | None, typer.Option(help="Keep neighbours with any of these codes.")
+    ] = None,
+    exclude_diagnosis: Annotated[
+        list[str] | None, typer.Option(help="Drop neighbours with these codes.")
+    ] = None,
+    age_min: Annotated[int | None, typer.Option(help="Minimum age.")] = None,
+    age_max: Annotated[int | None, typer.Option(help="Maximum age.")] = None,
+    sex: Annotated[str | None, typer.Option(help="M or F.")] = None,
+    dataset: Annotated[list[str] | None, typer.Option(help="Keep neighbours from these datasets.")] = None,
+    exclude_patient: Annotated[
+        list[str] | None, typer.Option(help="Drop neighbours of these patient ids.")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(help="Minimum cosine similarity.")] = None,
+    exact: Annotated[bool, typer.Option("--exact", help="Exact search instead of the index.")] = False,
+    summary: Annotated[
+        bool, typer.Option("--summary", help="Add the diagnosis concentration summary.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    tls: Annotated[bool, typer.Option("--tls", help="Connect with TLS (system roots).")] = False,
+    root_cert: Annotated[Path | None, typer.Option(help="CA certificate PEM for TLS.")] = None,
+    timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 30.0,
+) -> None:
+    """Find the ECGs most similar to a stored record or to a WFDB file, on a running server.
+
+    A WFDB file is read here and sent raw; the server prepares and encodes it like stored ECGs.
+    Diagnosis codes: SNOMED CT ids, Challenge abbreviations (AF, RBBB) or PTB-XL SCP codes (AFIB, SCP:IMI).
+
+    Examples:
+
+        ecgsearch query --target localhost:50051 --token secret --record-id ptbxl:17 --k 5
+
+        ECGSEARCH_TOKEN=secret ecgsearch query --wfdb ./records/E00001 --diagnosis AF --age-min 60 --summary
+
+        ecgsearch query --record-id ptbxl:17 --exclude-patient 15709 --json
+    """
+    from ecgsearch.search.client import EcgSearchClient
+    from ecgsearch.search.schema import SearchFilter
+
+    if (record_id is None) == (wfdb is None):
+        raise typer.BadParameter("give exactly one of --record-id or --wfdb")
+    try:
+        flt = SearchFilter(
+            diagnoses_any=diagnosis or [],
+            diagnoses_none=exclude_diagnosis or [],
+            age_min=age_min,
+            age_max=age_max,
+            sex=sex.upper() if sex else None,
+            datasets=dataset or [],
+            exclude_patient_ids=exclude_patient or [],
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(describe_validation(exc)) from None
+    options = {"k": k, "filter": flt, "score_threshold": threshold, "exact": exact, "with_summary": summary}
+    try:
+        with EcgSearchClient(target, token=token, tls=tls, root_cert=root_cert, timeout=timeout) as client:
+            if record_id is not None:
+                result = client.search_by_record(record_id, **options)
+            else:
+                result = client.search_by_wfdb(wfdb, **options)
+    except grpc.RpcError as exc:
+        err.print(f"[red]error:[/red] {exc.code().name}: {exc.details()}", highlight=False)
+        raise typer.Exit(1) from None
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
+    else:
+        print_result(result)
+
+
+def print_result(result: SearchResult) -> None:
+    """Hits as a table; the summary, when present, as a second one."""
+    from ecgsearch.search import codes
+
+    console = Console()
+    hits = Table("#", "record", "score", "age", "sex", "diagnoses", title="Nearest ECGs")
+    for rank, hit in enumerate(result.hits, 1):
+        p = hit.payload
+        names = ", ".join(codes.describe(c) for c in p.diagnoses)
+        hits.add_row(str(rank), hit.record_id, f"{hit.score:.4f}", str(p.age or ""), p.sex or "", names)
+    console.print(hits)
+    if result.summary is not None:
+        table = Table(
+            "code",
+            "description",
+            "count",
+            "fraction",
+            "base rate",
+            "enrichment",
+            "in query",
+            title=f"Diagnoses among {result.summary.n_neighbours} neighbours",
+        )
+        for row in result.summary.diagnoses:
+            table.add_row(
+                row.code,
+                row.description,
+                str(row.count),
+                f"{row.fraction:.2f}",
+                f"{row.base_rate:.3f}",
+                f"{row.enrichment:.2f}",
+                "yes" if row.in_query else "",
+            )
+        console.print(table)
+
+
+def bench_service_command(
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of load.")] = 20.0,
+    concurrency: Annotated[int, typer.Option(min=1, help="Client threads, one channel each.")] = 8,
+    store: Annotated[
+        Path | None, typer.Option(help="Serve this embedded store instead of building one.")
+    ] = None,
+    ptbxl: Annotated[Path | None, typer.Option(help="PTB-XL folder to build a temporary store from.")] = None,
+    records: Annotated[int, typer.Option(min=10, help="PTB-XL records in the temporary store.")] = 2000,
+    k: Annotated[int, typer.Option(min=1, max=1000, help="Neighbours per query.")] = DEFAULT_K,
+    model: Annotated[Path | None, typer.Option(help="ONNX encoder (default: bundled).")] = None,
+    out: Annotated[Path, typer.Option(help="Results JSON.")] = Path("results/service_load.json"),
+) -> None:
+    """Load the gRPC service with concurrent clients: QPS, p50/p95/p99 latency and errors.
+
+    Starts `ecgsearch serve` in its own process over --store, or over a temporary store that
+    `ecgsearch ingest` fills from --ptbxl, then runs --concurrency client threads for --duration
+    seconds, cycling through unfiltered and filtered searches by vector and by record id.
+
+    Examples:
+
+        ecgsearch bench service --ptbxl ../shared/data/ptb-xl --duration 20 --concurrency 8
+
+        ecgsearch bench service --store ./store --out results/service_load.json
+    """
+    from ecgsearch.search.loadbench import bench_service
+
+    if store is None and ptbxl is None:
+        raise typer.BadParameter("give --store or --ptbxl")
+    try:
+        report = bench_service(
+            duration=duration,
+            concurrency=concurrency,
+            store=store,
+            ptbxl=ptbxl,
+            records=records,
+            k=k,
+            model=model,
+        )
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"{report['qps']} QPS, p50 {report['latency_ms']['p50']} ms, p95 {report['latency_ms']['p95']} ms, "
+        f"p99 {report['latency_ms']['p99']} ms, {report['errors']} errors -> {out}",
+        file=sys.stderr,
+    )
 
 
 def register(app: typer.Typer, bench: typer.Typer, evaluate: typer.Typer) -> None:
     """Mount this part's commands on the root app and its groups."""
+    app.command("serve")(serve_command)
+    app.command("query")(query_command)
+    bench.command("service")(bench_service_command)

@@ -1,0 +1,191 @@
+"""A small Python client for the ecgsearch gRPC service; integrators can copy it as a starting point.
+
+Every method returns the same pydantic models the server uses (``Hit``, ``CollectionInfo``, ...). ECGs
+are sent raw, in their own rate, units and lead order: the server prepares them exactly like stored ECGs.
+
+    with EcgSearchClient("localhost:50051", token="...") as client:
+        result = client.search_by_record("ptbxl:17", k=10, diagnoses_any=["AF"], with_summary=True)
+        for hit in result.hits:
+            print(hit.record_id, hit.score, hit.payload.diagnoses)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from ecgsearch.encoder import signals
+from ecgsearch.export.card import ModelCard
+from ecgsearch.search import wire
+from ecgsearch.search._proto import search_pb2 as pb
+from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
+from ecgsearch.search.schema import CollectionInfo, EcgPayload, SearchFilter
+from ecgsearch.search.service import DEFAULT_K, EcgQuery, Query, SearchOptions, SearchResult
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class EcgSearchClient:
+    """One channel to one server. ``token`` is sent as ``authorization: Bearer <token>`` on every call.
+
+    ``tls=True`` uses the system roots (or ``root_cert``, a PEM path); ``client_cert``/``client_key`` add
+    a client certificate for mutual TLS. ``timeout`` (seconds) is every call's deadline.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        root_cert: str | Path | None = None,
+        client_cert: str | Path | None = None,
+        client_key: str | Path | None = None,
+        timeout: float | None = 30.0,
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if tls or root_cert or client_cert:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(root_cert),
+                private_key=_read(client_key),
+                certificate_chain=_read(client_cert),
+            )
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = pb_grpc.EcgSearchStub(self.channel)
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.last_request_id: str | None = None
+
+    # --- searches --------------------------------------------------------------------------------
+
+    def search_by_record(self, record_id: str, **options: Any) -> SearchResult:
+        """Neighbours of a stored record (never itself). Options: see ``options``."""
+        request = pb.SearchByRecordRequest(record_id=record_id, options=_options(**options))
+        return wire.result_from_proto(self._call(self.stub.SearchByRecord, request))
+
+    def search_by_ecg(
+        self,
+        signal: np.ndarray,
+        fs: float,
+        leads: Sequence[str],
+        *,
+        units: Sequence[str] | str = "mV",
+        **options: Any,
+    ) -> SearchResult:
+        """Neighbours of a raw (n_leads, n_samples) ECG at ``fs`` Hz with named leads."""
+        request = pb.SearchByEcgRequest(
+            ecg=wire.ecg_to_proto(signal, fs, leads, units), options=_options(**options)
+        )
+        return wire.result_from_proto(self._call(self.stub.SearchByEcg, request))
+
+    def search_by_wfdb(self, path: str | Path, **options: Any) -> SearchResult:
+        """Read a WFDB record here and send its raw samples (the server prepares them)."""
+        raw = signals.read_wfdb(path)
+        return self.search_by_ecg(raw.signal, raw.fs, raw.leads, units=raw.units, **options)
+
+    def search_by_vector(self, vector: np.ndarray | Sequence[float], **options: Any) -> SearchResult:
+        """Neighbours of an embedding made by the collection's model."""
+        values = np.asarray(vector, dtype=np.float32).ravel()
+        request = pb.SearchByVectorRequest(vector=values, options=_options(**options))
+        return wire.result_from_proto(self._call(self.stub.SearchByVector, request))
+
+    def batch(self, queries: Sequence[Query]) -> list[SearchResult]:
+        """Several queries (``service.Query``: record_id, ecg or vector, with options) in one call."""
+        request = pb.BatchSearchRequest(queries=[wire.query_to_proto(q) for q in queries])
+        reply = self._call(self.stub.BatchSearch, request)
+        return [wire.result_from_proto(r) for r in reply.results]
+
+    # --- records and collection ------------------------------------------------------------------
+
+    def get_record(
+        self, record_id: str, *, with_vector: bool = False
+    ) -> tuple[EcgPayload, np.ndarray | None]:
+        reply = self._call(
+            self.stub.GetRecord, pb.GetRecordRequest(record_id=record_id, with_vector=with_vector)
+        )
+        vector = np.asarray(reply.vector, dtype=np.float32) if with_vector else None
+        return wire.payload_from_proto(reply.payload), vector
+
+    def info(self) -> CollectionInfo:
+        return wire.info_from_proto(self._call(self.stub.CollectionInfo, pb.CollectionInfoRequest()))[0]
+
+    def model_card(self) -> ModelCard:
+        """The card of the model the server encodes ECG queries with."""
+        return wire.info_from_proto(self._call(self.stub.CollectionInfo, pb.CollectionInfoRequest()))[1]
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Per-RPC count, errors and latency percentiles (ms) since the server started."""
+        reply = self._call(self.stub.ServerStats, pb.ServerStatsRequest())
+        return {
+            r.method: {
+                "count": r.count,
+                "errors": r.errors,
+                "p50_ms": r.p50_ms,
+                "p95_ms": r.p95_ms,
+                "p99_ms": r.p99_ms,
+            }
+            for r in reply.rpcs
+        }
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    def _call(self, method: grpc.UnaryUnaryMultiCallable, request: Any) -> Any:
+        try:
+            reply, call = method.with_call(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            self.last_request_id = _request_id(error.trailing_metadata())  # type: ignore[attr-defined]
+            raise
+        self.last_request_id = _request_id(call.trailing_metadata())
+        return reply
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> EcgSearchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def options(
+    *,
+    k: int = DEFAULT_K,
+    score_threshold: float | None = None,
+    exact: bool = False,
+    with_summary: bool = False,
+    filter: SearchFilter | None = None,
+    **filter_fields: Any,
+) -> SearchOptions:
+    """Search options from keywords: filter fields (``diagnoses_any=["AF"]``, ``age_min=60``) or a filter."""
+    flt = filter if filter is not None else SearchFilter(**filter_fields)
+    return SearchOptions(
+        filter=flt, k=k, score_threshold=score_threshold, exact=exact, with_summary=with_summary
+    )
+
+
+def ecg_query(
+    signal: np.ndarray, fs: float, leads: Sequence[str], units: Sequence[str] | str = "mV"
+) -> EcgQuery:
+    """A raw ECG for ``batch``."""
+    return EcgQuery(signal=np.asarray(signal), fs=fs, leads=tuple(leads), units=units)
+
+
+def _options(**kwargs: Any) -> pb.SearchOptions:
+    return wire.options_to_proto(options(**kwargs))
+
+
+def _read(path: str | Path | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+def _request_id(metadata: Sequence[tuple[str, str]] | None) -> str | None:
+    return next((v for k, v in metadata or () if k == "x-request-id"), None)

@@ -1,0 +1,250 @@
+"""Load benchmark of the gRPC service: QPS and latency percentiles under concurrent clients.
+
+The server runs as its own process (``ecgsearch serve``), so client threads and server threads do not
+share one interpreter lock and the numbers are what a deployment sees. Query material is discovered
+through the service itself (a few broad searches, then GetRecord), so any store works; without one, a
+temporary store is filled from PTB-XL by ``ecgsearch ingest`` with the bundled model.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from ecgsearch.search.client import EcgSearchClient
+from ecgsearch.search.schema import SearchFilter
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+KINDS = ("vector", "vector_filtered", "record", "record_filtered")
+
+
+def bench_service(
+    *,
+    duration: float,
+    concurrency: int,
+    store: Path | None = None,
+    ptbxl: Path | None = None,
+    records: int = 2000,
+    k: int = 10,
+    model: Path | None = None,
+) -> dict[str, Any]:
+    """Start a server over ``store`` (or a fresh PTB-XL store), load it, return the results document."""
+    with tempfile.TemporaryDirectory(prefix="ecgsearch-bench-") as tmp:
+        built = False
+        if store is None:
+            if ptbxl is None:
+                raise ValueError("give --store or --ptbxl")
+            store = Path(tmp) / "store"
+            started = time.perf_counter()
+            ingest_ptbxl(ptbxl, store, limit=records, model=model)
+            built_s = time.perf_counter() - started
+            built = True
+        token = secrets.token_hex(16)
+        with (
+            server_process(store, token, model=model) as target,
+            EcgSearchClient(target, token=token, timeout=30) as client,
+        ):
+            info = client.info()
+            material = query_material(client, n=min(200, info.count))
+            flt = typical_filter(info.diagnosis_counts, info.count)
+            load = run_load(target, token, material, flt, duration=duration, concurrency=concurrency, k=k)
+            server_stats = client.stats()
+    return {
+        "benchmark": "service_load",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "parameters": {
+            "duration_s": duration,
+            "concurrency": concurrency,
+            "k": k,
+            "store": "temporary PTB-XL store" if built else str(store),
+            "records_requested": records if built else None,
+            "filter": flt.model_dump(exclude_defaults=True),
+            "query_kinds": list(KINDS),
+            "transport": "gRPC over 127.0.0.1, server in its own process, one channel per client thread",
+        },
+        "collection": info.model_dump(exclude={"diagnosis_counts"}),
+        "store_build_s": round(built_s, 2) if built else None,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "grpc": grpc.__version__,
+        },
+        **load,
+        "server_stats": server_stats,
+    }
+
+
+def ingest_ptbxl(ptbxl: Path, store: Path, *, limit: int, model: Path | None = None) -> None:
+    """Fill ``store`` with the first ``limit`` PTB-XL records through the ``ingest`` command."""
+    command = [*_cli(), "ingest", str(ptbxl), "--store", str(store), "--limit", str(limit), "--quiet"]
+    if model is not None:
+        command += ["--model", str(model)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode not in (0, 3):  # 3: finished with some records rejected
+        raise RuntimeError(f"ingest failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+
+
+@contextmanager
+def server_process(store: Path, token: str, *, model: Path | None = None) -> Iterator[str]:
+    """``ecgsearch serve`` on a free local port; yields its target once health says SERVING."""
+    port = _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ECGSEARCH_")},
+        "ECGSEARCH_STORE_PATH": str(store),
+        "ECGSEARCH_TOKENS": token,
+        "ECGSEARCH_PORT": str(port),
+        "ECGSEARCH_LOG_LEVEL": "WARNING",
+    }
+    if model is not None:
+        env["ECGSEARCH_MODEL"] = str(model)
+    process = subprocess.Popen([*_cli(), "serve"], env=env, stderr=subprocess.PIPE, text=True)
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_serving(target, process)
+        yield target
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def wait_serving(target: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"server exited: {process.stderr.read()[-2000:] if process.stderr else ''}"
+                )
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"server at {target} not SERVING after {timeout:.0f} s")
+
+
+def query_material(client: EcgSearchClient, n: int, seed: int = 0) -> dict[str, Any]:
+    """Record ids and their stored vectors, found through the service (any store, no scroll needed)."""
+    dim = client.info().dim
+    rng = np.random.default_rng(seed)
+    ids: list[str] = []
+    for _ in range(5):
+        probe = rng.standard_normal(dim).astype(np.float32)
+        ids += [h.record_id for h in client.search_by_vector(probe, k=min(1000, max(n, 10))).hits]
+    ids = list(dict.fromkeys(ids))[:n]
+    vectors = np.stack([client.get_record(i, with_vector=True)[1] for i in ids])
+    return {"record_ids": ids, "vectors": vectors}
+
+
+def typical_filter(diagnosis_counts: dict[str, int], count: int) -> SearchFilter:
+    """A diagnosis whose share is nearest 10% (a common clinical filter) and an age floor."""
+    if not diagnosis_counts or not count:
+        return SearchFilter(age_min=50)
+    code = min(diagnosis_counts, key=lambda c: abs(diagnosis_counts[c] / count - 0.10))
+    return SearchFilter(diagnoses_any=[code], age_min=50)
+
+
+def run_load(
+    target: str,
+    token: str,
+    material: dict[str, Any],
+    flt: SearchFilter,
+    *,
+    duration: float,
+    concurrency: int,
+    k: int = 10,
+) -> dict[str, Any]:
+    """``concurrency`` threads, one channel each, cycling through the query kinds until time is up."""
+    ids, vectors = material["record_ids"], material["vectors"]
+    samples: list[list[tuple[str, float, bool]]] = [[] for _ in range(concurrency)]
+    errors: list[str] = []
+    start_gate = threading.Barrier(concurrency + 1)
+
+    def worker(index: int) -> None:
+        rng = np.random.default_rng(index)
+        with EcgSearchClient(target, token=token, timeout=10) as client:
+            client.info()  # connect before the clock starts
+            start_gate.wait()
+            stop_at = time.monotonic() + duration
+            turn = index
+            while time.monotonic() < stop_at:
+                kind = KINDS[turn % len(KINDS)]
+                turn += 1
+                i = int(rng.integers(len(ids)))
+                filtered = kind.endswith("filtered")
+                began = time.perf_counter()
+                try:
+                    if kind.startswith("vector"):
+                        client.search_by_vector(vectors[i], k=k, filter=flt if filtered else None)
+                    else:
+                        client.search_by_record(ids[i], k=k, filter=flt if filtered else None)
+                    ok = True
+                except grpc.RpcError as error:
+                    ok = False
+                    errors.append(f"{kind}: {error.code().name} {error.details()}")
+                samples[index].append((kind, time.perf_counter() - began, ok))
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    start_gate.wait()
+    began = time.monotonic()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - began
+    flat = [s for per in samples for s in per]
+    return {
+        "elapsed_s": round(elapsed, 3),
+        "requests": len(flat),
+        "errors": sum(not ok for _, _, ok in flat),
+        "error_examples": sorted(set(errors))[:5],
+        "qps": round(len(flat) / elapsed, 1),
+        "latency_ms": _percentiles([t for _, t, _ in flat]),
+        "by_kind": {
+            kind: {
+                "requests": len(rows),
+                "qps": round(len(rows) / elapsed, 1),
+                "latency_ms": _percentiles([t for _, t, _ in rows]),
+            }
+            for kind in KINDS
+            if (rows := [s for s in flat if s[0] == kind])
+        },
+    }
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    if not seconds:
+        return {}
+    p50, p95, p99 = np.percentile(np.asarray(seconds) * 1000, [50, 95, 99])
+    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
+
+
+def _cli() -> list[str]:
+    return [sys.executable, "-m", "ecgsearch.cli.main"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
