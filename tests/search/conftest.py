@@ -1,0 +1,112 @@
+"""Store fixtures: a deterministic fake embedder and stores filled with real PTB-XL records."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ecgsearch.encoder import ptbxl, signals
+from ecgsearch.search import codes
+from ecgsearch.search.schema import EcgPayload
+from ecgsearch.search.store import EdgeStore, IndexSettings, ServerStore
+
+N_RECORDS = 60
+FAKE_DIM = 256
+FAKE_VERSION = "fake-projection-v1"
+
+
+class FakeEmbedder:
+    """A fixed random projection of a prepared ECG to a unit vector: deterministic, no model, no torch."""
+
+    dim = FAKE_DIM
+    version = FAKE_VERSION
+
+    def __init__(self, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        inputs = len(signals.LEADS) * signals.MODEL_SAMPLES
+        self._projection = (rng.standard_normal((inputs, FAKE_DIM)) / np.sqrt(inputs)).astype(np.float32)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        x = np.asarray(batch, dtype=np.float32)
+        if x.ndim == 2:
+            x = x[None]
+        out = x.reshape(len(x), -1) @ self._projection
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Payloads and their vectors, row for row."""
+
+    payloads: list[EcgPayload]
+    vectors: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def fake_embedder() -> FakeEmbedder:
+    return FakeEmbedder()
+
+
+def ptbxl_payload(row: ptbxl.PtbxlRow) -> EcgPayload:
+    diagnoses = list(dict.fromkeys(codes.scp_to_normalised(c) for c in row.scp_codes))
+    return EcgPayload(
+        record_id=f"ptbxl:{row.ecg_id}",
+        dataset="ptbxl",
+        patient_id=str(row.patient_id) if row.patient_id is not None else None,
+        diagnoses=diagnoses,
+        source_codes=[f"SCP:{c}" for c in row.scp_codes],
+        scp_likelihoods=row.scp_codes,
+        superclasses=sorted(row.superclasses),
+        age=row.age if row.age is not None and row.age <= 130 else None,
+        age_over_89=row.age is not None and row.age > 130,
+        sex=row.sex if row.sex in ("M", "F") else None,
+        sampling_rate_hz=100.0,
+        recorded_at=row.recorded_at,
+        source_path=row.filename_lr,
+    )
+
+
+@pytest.fixture(scope="session")
+def corpus(ptbxl_dir: Path, fake_embedder: FakeEmbedder) -> Corpus:
+    """The first N_RECORDS PTB-XL ECGs, embedded once per session; every 10th is relabelled "other"."""
+    rows = ptbxl.read_table(ptbxl_dir)[:N_RECORDS]
+    vectors = fake_embedder.embed(np.stack([signals.load(row.path()) for row in rows]))
+    payloads = [ptbxl_payload(row) for row in rows]
+    payloads = [
+        p.model_copy(update={"dataset": "other"}) if i % 10 == 0 else p for i, p in enumerate(payloads)
+    ]
+    return Corpus(payloads, vectors)
+
+
+# Small thresholds so 60 points get a real HNSW graph and filtered search goes through it.
+TEST_SETTINGS = IndexSettings(full_scan_threshold_kb=1, indexing_threshold_kb=1)
+
+
+@pytest.fixture
+def edge_store(tmp_path: Path, corpus: Corpus) -> Iterator[EdgeStore]:
+    store = EdgeStore(tmp_path / "store", "ecgs", TEST_SETTINGS)
+    store.create_collection(dim=FAKE_DIM, model_version=FAKE_VERSION)
+    store.upsert(corpus.payloads, corpus.vectors)
+    store.optimize()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def server_store(corpus: Corpus) -> Iterator[ServerStore]:
+    """qdrant-client local mode by default; a real server when QDRANT_URL is set."""
+    url = os.environ.get("QDRANT_URL")
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    store = ServerStore(url=url or ":memory:", api_key=os.environ.get("QDRANT_API_KEY"), collection=name)
+    store.create_collection(dim=FAKE_DIM, model_version=FAKE_VERSION)
+    store.upsert(corpus.payloads, corpus.vectors)
+    store.optimize()
+    yield store
+    if url:
+        store.client.delete_collection(name)
+    store.close()
