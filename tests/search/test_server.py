@@ -1,0 +1,397 @@
+"""The gRPC service end to end: a real server on 127.0.0.1, a real embedded store, the bundled ONNX model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from ecgsearch.cli.main import app
+from ecgsearch.encoder import signals
+from ecgsearch.export.runtime import Embedder
+from ecgsearch.ingest import sources
+from ecgsearch.search import codes
+from ecgsearch.search._proto import search_pb2 as pb
+from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
+from ecgsearch.search.client import EcgSearchClient
+from ecgsearch.search.schema import MAX_K, EcgPayload
+from ecgsearch.search.server import SERVICE_NAME, run_server
+from ecgsearch.search.store import EdgeStore
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from typer.testing import CliRunner
+
+N_RECORDS = 60
+TOKEN = "t"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+MAX_MESSAGE_MB = 2
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running server over a known corpus: what the tests compare the service against."""
+
+    target: str
+    channel: grpc.Channel
+    stub: pb_grpc.EcgSearchStub
+    payloads: list[EcgPayload]
+    vectors: np.ndarray
+    paths: list[Path]
+
+
+@pytest.fixture(scope="module")
+def grpc_server(ptbxl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """60 PTB-XL records embedded with the bundled model in an embedded store, served on a free port."""
+    embedder = Embedder()
+    candidates = list(sources.select(sources.enumerate_source(ptbxl_dir), limit=N_RECORDS))
+    records = [sources.load(c) for c in candidates]
+    vectors = embedder.embed(np.stack([r.signal for r in records]))
+    store = EdgeStore(tmp_path_factory.mktemp("served") / "store", "ecgs")
+    store.create_collection(dim=embedder.dim, model_version=embedder.version)
+    store.upsert([r.payload for r in records], vectors)
+    store.optimize()
+    try:
+        with run_server(
+            store=store, embedder=embedder, port=0, token=TOKEN, max_message_mb=MAX_MESSAGE_MB
+        ) as (_, port):
+            target = f"127.0.0.1:{port}"
+            with grpc.insecure_channel(target) as channel:
+                yield Served(
+                    target,
+                    channel,
+                    pb_grpc.EcgSearchStub(channel),
+                    [r.payload for r in records],
+                    vectors,
+                    [c.path for c in candidates],
+                )
+    finally:
+        store.close()
+
+
+def _code(call, request, **kwargs) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, metadata=kwargs.pop("metadata", AUTH), **kwargs)
+    return info.value.code(), info.value.details()
+
+
+def _brute_force(served: Served, query: np.ndarray, keep, k: int) -> list[str]:
+    scores = served.vectors @ query
+    order = [i for i in np.argsort(-scores, kind="stable") if keep(served.payloads[i])]
+    return [served.payloads[i].record_id for i in order[:k]]
+
+
+# --- auth, health, reflection --------------------------------------------------------------------
+
+
+def test_token_required(grpc_server: Served) -> None:
+    request = pb.CollectionInfoRequest()
+    assert _code(grpc_server.stub.CollectionInfo, request, metadata=())[0] == grpc.StatusCode.UNAUTHENTICATED
+    wrong = (("authorization", "Bearer nope"),)
+    assert (
+        _code(grpc_server.stub.CollectionInfo, request, metadata=wrong)[0] == grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert grpc_server.stub.CollectionInfo(request, metadata=AUTH).count == N_RECORDS
+
+
+def test_health_serving_without_token(grpc_server: Served) -> None:
+    stub = health_pb2_grpc.HealthStub(grpc_server.channel)
+    for service in ("", SERVICE_NAME):
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_service(grpc_server: Served) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(grpc_server.channel)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
+
+
+def test_request_id_is_echoed(grpc_server: Served) -> None:
+    metadata = (*AUTH, ("x-request-id", "req-123"))
+    _, call = grpc_server.stub.CollectionInfo.with_call(pb.CollectionInfoRequest(), metadata=metadata)
+    assert ("x-request-id", "req-123") in tuple(call.trailing_metadata())
+    _, call = grpc_server.stub.CollectionInfo.with_call(pb.CollectionInfoRequest(), metadata=AUTH)
+    assert dict(call.trailing_metadata())["x-request-id"]
+
+
+def test_no_tokens_refused_unless_insecure(grpc_server: Served) -> None:
+    with pytest.raises(ValueError, match="no bearer tokens"), run_server(port=0):
+        pass
+
+
+# --- search results ------------------------------------------------------------------------------
+
+
+def test_filtered_search_equals_brute_force(grpc_server: Served) -> None:
+    query = grpc_server.vectors[3]
+    code = codes.resolve("SR")
+    request = pb.SearchByVectorRequest(
+        vector=query.tolist(),
+        options=pb.SearchOptions(
+            k=7, exact=True, filter=pb.Filter(diagnoses_any=["SR"], age_min=40, age_max=80, sex="M")
+        ),
+    )
+    reply = grpc_server.stub.SearchByVector(request, metadata=AUTH)
+
+    def keep(p: EcgPayload) -> bool:
+        return code in p.diagnoses and p.age is not None and 40 <= p.age <= 80 and p.sex == "M"
+
+    expected = _brute_force(grpc_server, query, keep, 7)
+    assert [h.record_id for h in reply.hits] == expected
+    scores = {p.record_id: float(grpc_server.vectors[i] @ query) for i, p in enumerate(grpc_server.payloads)}
+    assert [h.score for h in reply.hits] == pytest.approx([scores[r] for r in expected], abs=1e-4)
+    assert expected, "the filter keeps some records"
+
+
+def test_search_by_record_excludes_itself(grpc_server: Served) -> None:
+    record = grpc_server.payloads[5]
+    reply = grpc_server.stub.SearchByRecord(
+        pb.SearchByRecordRequest(record_id=record.record_id, options=pb.SearchOptions(k=10, exact=True)),
+        metadata=AUTH,
+    )
+    ids = [h.record_id for h in reply.hits]
+    assert record.record_id not in ids and len(ids) == 10
+    expected = _brute_force(
+        grpc_server, grpc_server.vectors[5], lambda p: p.record_id != record.record_id, 10
+    )
+    assert ids == expected
+
+
+def test_search_by_raw_ecg_finds_the_record_first(grpc_server: Served) -> None:
+    raw = signals.read_wfdb(grpc_server.paths[8])
+    with EcgSearchClient(grpc_server.target, token=TOKEN) as client:
+        result = client.search_by_ecg(raw.signal, raw.fs, raw.leads, units=raw.units, k=3)
+        assert result.hits[0].record_id == grpc_server.payloads[8].record_id
+        assert result.hits[0].score == pytest.approx(1.0, abs=1e-3)
+        # the per-lead form of the same ECG gives the same answer
+        ecg = pb.Ecg(
+            lead_names=list(raw.leads),
+            sampling_rate_hz=raw.fs,
+            units=list(raw.units),
+            leads=[pb.LeadSamples(values=lead.tolist()) for lead in raw.signal],
+        )
+        reply = grpc_server.stub.SearchByEcg(pb.SearchByEcgRequest(ecg=ecg), metadata=AUTH)
+        assert reply.hits[0].record_id == grpc_server.payloads[8].record_id
+
+
+def test_summary_counts_and_enrichment(grpc_server: Served) -> None:
+    info = grpc_server.stub.CollectionInfo(pb.CollectionInfoRequest(), metadata=AUTH)
+    record = grpc_server.payloads[0]
+    reply = grpc_server.stub.SearchByRecord(
+        pb.SearchByRecordRequest(
+            record_id=record.record_id, options=pb.SearchOptions(k=12, exact=True, with_summary=True)
+        ),
+        metadata=AUTH,
+    )
+    hits = {h.record_id for h in reply.hits}
+    neighbours = [p for p in grpc_server.payloads if p.record_id in hits]
+    summary = reply.summary
+    assert summary.n_neighbours == 12 and summary.collection_count == N_RECORDS
+    total = {
+        c: sum(c in p.diagnoses for p in grpc_server.payloads)
+        for p in grpc_server.payloads
+        for c in p.diagnoses
+    }
+    for row in summary.diagnoses:
+        count = sum(row.code in p.diagnoses for p in neighbours)
+        assert row.count == count
+        assert row.fraction == pytest.approx(count / 12)
+        assert row.base_rate == pytest.approx(total[row.code] / N_RECORDS)
+        assert info.diagnosis_counts[row.code] == total[row.code]
+        assert row.enrichment == pytest.approx((count / 12) / (total[row.code] / N_RECORDS))
+        assert row.in_query == (row.code in record.diagnoses)
+        assert row.description == codes.describe(row.code)
+    assert {r.code for r in summary.diagnoses} == {c for p in neighbours for c in p.diagnoses}
+
+
+def test_batch_mixes_query_kinds(grpc_server: Served) -> None:
+    raw = signals.read_wfdb(grpc_server.paths[2])
+    request = pb.BatchSearchRequest(
+        queries=[
+            pb.Query(record_id=grpc_server.payloads[1].record_id, options=pb.SearchOptions(k=4)),
+            pb.Query(
+                ecg=pb.Ecg(
+                    lead_names=list(raw.leads),
+                    sampling_rate_hz=raw.fs,
+                    flat_samples=raw.signal.ravel().tolist(),
+                    n_leads=len(raw.leads),
+                ),
+                options=pb.SearchOptions(k=2),
+            ),
+            pb.Query(vector=pb.Vector(values=grpc_server.vectors[4].tolist())),
+        ]
+    )
+    reply = grpc_server.stub.BatchSearch(request, metadata=AUTH)
+    assert [len(r.hits) for r in reply.results] == [4, 2, 10]
+    assert reply.results[1].hits[0].record_id == grpc_server.payloads[2].record_id
+    assert reply.results[2].hits[0].record_id == grpc_server.payloads[4].record_id
+
+
+def test_get_record_and_info(grpc_server: Served) -> None:
+    with EcgSearchClient(grpc_server.target, token=TOKEN) as client:
+        payload, vector = client.get_record(grpc_server.payloads[7].record_id, with_vector=True)
+        assert payload == grpc_server.payloads[7]
+        assert vector == pytest.approx(grpc_server.vectors[7], abs=1e-6)
+        info, card = client.info(), client.model_card()
+        assert info.count == N_RECORDS and info.dim == card.embedding_dim
+        assert info.model_version == card.version
+        assert client.last_request_id
+        stats = client.stats()
+        assert (
+            stats["GetRecord"]["count"] >= 1 and stats["GetRecord"]["p99_ms"] >= stats["GetRecord"]["p50_ms"]
+        )
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_bad_input_is_reported_and_the_server_keeps_answering(grpc_server: Served) -> None:
+    stub = grpc_server.stub
+    raw = signals.read_wfdb(grpc_server.paths[0])
+    dim = grpc_server.vectors.shape[1]
+
+    def ecg(signal: np.ndarray, leads: list[str]) -> pb.SearchByEcgRequest:
+        flat = signal.ravel().tolist()
+        return pb.SearchByEcgRequest(
+            ecg=pb.Ecg(lead_names=leads, sampling_rate_hz=raw.fs, flat_samples=flat, n_leads=len(signal))
+        )
+
+    nan = raw.signal.copy()
+    nan[3, 10] = np.nan
+    inf = raw.signal.copy()
+    inf[0, 0] = np.inf
+    cases = [
+        (stub.SearchByEcg, ecg(raw.signal[:2], ["V1", "V2"]), "INVALID_ARGUMENT", "missing leads"),
+        (stub.SearchByEcg, ecg(nan, list(raw.leads)), "INVALID_ARGUMENT", "NaN or infinite"),
+        (stub.SearchByEcg, ecg(inf, list(raw.leads)), "INVALID_ARGUMENT", "NaN or infinite"),
+        (stub.SearchByEcg, ecg(raw.signal, list(raw.leads)[:11]), "INVALID_ARGUMENT", "lead names"),
+        (
+            stub.SearchByVector,
+            pb.SearchByVectorRequest(vector=[0.1] * (dim - 1)),
+            "INVALID_ARGUMENT",
+            f"{dim}",
+        ),
+        (
+            stub.SearchByVector,
+            pb.SearchByVectorRequest(vector=[float("nan")] * dim),
+            "INVALID_ARGUMENT",
+            "NaN",
+        ),
+        (
+            stub.SearchByRecord,
+            pb.SearchByRecordRequest(record_id="ptbxl:999999"),
+            "NOT_FOUND",
+            "ptbxl:999999",
+        ),
+        (stub.GetRecord, pb.GetRecordRequest(record_id="nope"), "NOT_FOUND", "nope"),
+        (
+            stub.SearchByRecord,
+            pb.SearchByRecordRequest(
+                record_id=grpc_server.payloads[0].record_id,
+                options=pb.SearchOptions(filter=pb.Filter(age_min=70, age_max=20)),
+            ),
+            "INVALID_ARGUMENT",
+            "age_min 70 > age_max 20",
+        ),
+        (
+            stub.SearchByVector,
+            pb.SearchByVectorRequest(
+                vector=grpc_server.vectors[0].tolist(),
+                options=pb.SearchOptions(filter=pb.Filter(diagnoses_any=["NOT-A-CODE"])),
+            ),
+            "INVALID_ARGUMENT",
+            "unknown diagnosis code 'NOT-A-CODE'",
+        ),
+        (
+            stub.SearchByVector,
+            pb.SearchByVectorRequest(vector=grpc_server.vectors[0].tolist(), options=pb.SearchOptions(k=0)),
+            "INVALID_ARGUMENT",
+            "k must be between 1 and",
+        ),
+        (
+            stub.SearchByVector,
+            pb.SearchByVectorRequest(
+                vector=grpc_server.vectors[0].tolist(), options=pb.SearchOptions(k=MAX_K + 1)
+            ),
+            "INVALID_ARGUMENT",
+            "k must be between 1 and",
+        ),
+        (
+            stub.SearchByVector,
+            pb.SearchByVectorRequest(
+                vector=grpc_server.vectors[0].tolist(), options=pb.SearchOptions(filter=pb.Filter(sex="X"))
+            ),
+            "INVALID_ARGUMENT",
+            "sex",
+        ),
+        (
+            stub.BatchSearch,
+            pb.BatchSearchRequest(queries=[pb.Query()]),
+            "INVALID_ARGUMENT",
+            "none of record_id",
+        ),
+    ]
+    for call, request, code, fragment in cases:
+        got, details = _code(call, request)
+        assert (got.name, fragment in details) == (code, True), details
+        assert "Traceback" not in details
+    oversized = pb.SearchByVectorRequest(vector=[0.0] * (MAX_MESSAGE_MB * 1024 * 1024 // 4 + 1000))
+    assert _code(stub.SearchByVector, oversized)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stub.CollectionInfo(pb.CollectionInfoRequest(), metadata=AUTH).count == N_RECORDS
+
+
+def test_deadline_exceeded(grpc_server: Served) -> None:
+    raw = signals.read_wfdb(grpc_server.paths[0])
+    ecg = pb.Ecg(
+        lead_names=list(raw.leads),
+        sampling_rate_hz=raw.fs,
+        flat_samples=raw.signal.ravel().tolist(),
+        n_leads=12,
+    )
+    request = pb.BatchSearchRequest(queries=[pb.Query(ecg=ecg)] * 64)
+    code, _ = _code(grpc_server.stub.BatchSearch, request, timeout=0.05)
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert grpc_server.stub.CollectionInfo(pb.CollectionInfoRequest(), metadata=AUTH).count == N_RECORDS
+
+
+# --- client and CLI ------------------------------------------------------------------------------
+
+
+def test_query_command_against_the_live_server(grpc_server: Served) -> None:
+    record = grpc_server.payloads[4]
+    runner = CliRunner()
+    args = ["query", "--target", grpc_server.target, "--record-id", record.record_id, "--k", "3"]
+    result = runner.invoke(app, [*args, "--json", "--summary"], env={"ECGSEARCH_TOKEN": TOKEN})
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert len(document["hits"]) == 3 and document["summary"]["n_neighbours"] == 3
+    assert record.record_id not in {h["record_id"] for h in document["hits"]}
+
+    table = runner.invoke(app, [*args, "--token", TOKEN])
+    assert table.exit_code == 0 and document["hits"][0]["record_id"] in table.stdout
+
+    wfdb = runner.invoke(
+        app,
+        [
+            "query",
+            "--target",
+            grpc_server.target,
+            "--token",
+            TOKEN,
+            "--wfdb",
+            str(grpc_server.paths[4]),
+            "--json",
+        ],
+    )
+    assert wfdb.exit_code == 0, wfdb.output
+    assert json.loads(wfdb.stdout)["hits"][0]["record_id"] == record.record_id
+
+    denied = runner.invoke(app, args)
+    assert denied.exit_code == 1 and "UNAUTHENTICATED" in denied.stderr
+    bad = runner.invoke(app, [*args, "--token", TOKEN, "--diagnosis", "NOT-A-CODE"])
+    assert bad.exit_code == 1 and "INVALID_ARGUMENT" in bad.stderr and "NOT-A-CODE" in bad.stderr
