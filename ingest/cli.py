@@ -1,7 +1,208 @@
-"""Commands of this part (filled in as the part lands)."""
+"""``ecgsearch ingest`` and ``ecgsearch bench ingest``: thin commands over ingest.pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from ecgsearch.ingest import bench as ingest_bench
+from ecgsearch.ingest.pipeline import IngestSummary, ingest
+from ecgsearch.ingest.sources import SourceError, enumerate_source, select
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
+err = Console(stderr=True)
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    """'i/N' (1 <= i <= N) -> (i, N)."""
+    if value is None:
+        return None
+    try:
+        index, count = (int(part) for part in value.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not i/N, e.g. 1/4") from None
+    if not 1 <= index <= count:
+        raise typer.BadParameter(f"shard {value}: i must be 1..N")
+    return index, count
+
+
+def ingest_command(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="SOURCE",
+            help="PTB-XL folder, manifest .csv (path[,record_id,dataset]) or folder of WFDB records.",
+        ),
+    ],
+    collection: Annotated[
+        str, typer.Option(envvar="ECGSEARCH_COLLECTION", help="Collection to fill.")
+    ] = "ecgs",
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="ECGSEARCH_STORE_PATH", help="Embedded store directory [default: $ECGSEARCH_HOME/store]."
+        ),
+    ] = None,
+    qdrant_url: Annotated[
+        str | None,
+        typer.Option(envvar="ECGSEARCH_QDRANT_URL", help="Qdrant server instead of an embedded store."),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="ECGSEARCH_QDRANT_API_KEY", help="API key of the Qdrant server.")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(envvar="ECGSEARCH_MODEL", help="ONNX encoder [default: the bundled model].")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="ECGs per embedding and upsert batch.")] = 256,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Processes reading and preparing ECGs (0: in-process).")
+    ] = 2,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="onnxruntime threads [default: CPUs, at most 4].")
+    ] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Only shard i of N (1-based), split by a stable hash of record id.")
+    ] = None,
+    rejects: Annotated[
+        Path | None,
+        typer.Option(help="Rejects report CSV [default: <collection>-rejects.csv beside the store]."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many records (after sharding).")
+    ] = None,
+    prefer_hr: Annotated[
+        bool, typer.Option("--prefer-hr", help="PTB-XL: read the 500 Hz file where present.")
+    ] = False,
+    no_optimize: Annotated[
+        bool, typer.Option("--no-optimize", help="Skip building the index at the end.")
+    ] = False,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Dataset name for every record [default: parent folder; 'ptbxl' for PTB-XL]."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Embed ECGs from SOURCE and store them with their payloads; reruns skip what is already stored.
+
+    Exit status: 0 every record stored (or already present); 3 the run finished but some records were
+    rejected (listed in the rejects CSV, everything else is stored); 1 the run failed (store, model, or a
+    collection made by another model); 2 bad usage (e.g. SOURCE missing). A failed or killed run can
+    simply be rerun: records already stored are skipped, the rest are added.
+
+    An embedded store is owned by one process: stop a running `serve` first, or ingest into a new
+    collection and switch the service to it. `--shard` is for several machines writing one Qdrant server.
+
+    Examples:
+
+        ecgsearch ingest ../shared/data/ptb-xl --store ./store
+
+        ecgsearch ingest ../shared/data/challenge --store ./store --rejects rejects.csv
+
+        ecgsearch ingest manifest.csv --qdrant-url http://qdrant:6333 --shard 2/4 --no-optimize
+    """
+    from ecgsearch.export.runtime import Embedder, ModelError
+    from ecgsearch.search.store import default_store_path, open_store
+
+    if store is not None and qdrant_url is not None:
+        raise typer.BadParameter("give --store or --qdrant-url, not both")
+    shard_spec = parse_shard(shard)
+
+    def candidates():  # noqa: ANN202 - enumerated twice: once to count (cheap), once to ingest
+        return select(
+            enumerate_source(source, dataset=dataset, prefer_hr=prefer_hr), shard=shard_spec, limit=limit
+        )
+
+    try:
+        total = sum(1 for _ in candidates())
+    except SourceError as exc:
+        raise typer.BadParameter(str(exc), param_hint="SOURCE") from None
+    store_path = None if qdrant_url else (store or default_store_path())
+    rejects_path = rejects or (store_path or Path.cwd()) / f"{collection}-rejects.csv"
+    try:
+        embedder = Embedder(model, threads=threads)
+        target = open_store(path=store_path, url=qdrant_url, api_key=api_key, collection=collection)
+    except (ModelError, OSError, RuntimeError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    try:
+        summary = _run(
+            candidates(), total, target, embedder, batch_size, workers, rejects_path, not no_optimize, quiet
+        )
+    except (SourceError, OSError, RuntimeError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    finally:
+        target.close()
+    report(summary)
+    raise typer.Exit(EXIT_OK if summary.ok else EXIT_REJECTS)
+
+
+def _run(
+    candidates, total, store, embedder, batch_size, workers, rejects_path, optimize, quiet
+) -> IngestSummary:  # noqa: ANN001
+    """The pipeline under a progress bar: records done of total, rate, elapsed and ETA."""
+    columns = (
+        TextColumn("ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "({task.fields[skipped]} skipped, {task.fields[rejected]} rejected) {task.fields[rate]} ECGs/s"
+        ),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, disable=quiet) as progress:
+        task = progress.add_task("ingest", total=total, skipped=0, rejected=0, rate="-")
+
+        def update(s: IngestSummary) -> None:
+            done = s.ingested + s.skipped + s.rejected
+            progress.update(
+                task, completed=done, skipped=s.skipped, rejected=s.rejected, rate=f"{s.rate:.0f}"
+            )
+            if not quiet and not err.is_terminal:  # logs of batch jobs: one plain line per batch
+                typer.echo(
+                    f"ingest: {done}/{total} done, {s.ingested} stored, {s.skipped} skipped, "
+                    f"{s.rejected} rejected, {s.rate:.0f} ECGs/s",
+                    err=True,
+                )
+
+        return ingest(
+            candidates,
+            store,
+            embedder,
+            batch_size=batch_size,
+            workers=workers,
+            rejects_path=rejects_path,
+            optimize=optimize,
+            on_batch=update,
+        )
+
+
+def report(summary: IngestSummary) -> None:
+    """One summary line on stdout, then each reject (first few) on stderr."""
+    typer.echo(
+        f"ingested {summary.ingested}, skipped {summary.skipped} (already stored), "
+        f"rejected {summary.rejected} "
+        f"into '{summary.collection}' in {summary.seconds:.1f} s ({summary.rate:.1f} ECGs/s)"
+    )
+    for reject in summary.rejects[:20]:
+        typer.echo(f"rejected {reject.record}: {reject.reason}", err=True)
+    if summary.rejected:
+        typer.echo(f"all rejects: {summary.rejects_path}", err=True)
 
 
 def register(app: typer.Typer, bench: typer.Typer, evaluate: typer.Typer) -> None:
     """Mount this part's commands on the root app and its groups."""
+    app.command("ingest")(ingest_command)
+    bench.command("ingest")(ingest_bench.bench_command)

@@ -1,0 +1,147 @@
+"""Where ingest time goes: end-to-end rate vs the bare encoder and vs reading/preparing alone.
+
+The end-to-end rate alone says little: the question is which stage bounds it. So each stage is timed
+on its own with the same records, batch size, threads and workers, and the pipeline's overhead is
+reported against both the bare encoder and the slowest stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from ecgsearch.encoder import signals
+from ecgsearch.ingest.pipeline import _chunks, _pool, ingest, load_all
+from ecgsearch.ingest.sources import Candidate, Record, enumerate_source, select
+
+
+def _rate(n: int, seconds: float) -> float:
+    return round(n / seconds, 1) if seconds > 0 else 0.0
+
+
+def stage_read_prepare(
+    candidates: list[Candidate], workers: int, batch_size: int
+) -> tuple[list[Record], float]:
+    """Every record loaded through the same worker pool the pipeline uses (pool start-up included)."""
+    start = time.perf_counter()
+    with _pool(workers) as pool:
+        chunk = max(1, -(-batch_size // max(workers, 1)))
+        parts = list(_chunks(iter(candidates), chunk))
+        results = list(pool.map(load_all, parts)) if pool else [load_all(p) for p in parts]
+    seconds = time.perf_counter() - start
+    return [r for part in results for r in part if isinstance(r, Record)], seconds
+
+
+def split_read_prepare(candidates: list[Candidate], n: int = 200) -> dict[str, float]:
+    """One process: seconds per ECG in wfdb reading vs signal preparation (resample, filter, scale)."""
+    read = prep = 0.0
+    sample = candidates[:n]
+    for c in sample:
+        t0 = time.perf_counter()
+        raw = signals.read_wfdb(c.path)
+        t1 = time.perf_counter()
+        signals.prepare(raw)
+        prep += time.perf_counter() - t1
+        read += t1 - t0
+    return {
+        "records": len(sample),
+        "read_ms": round(1e3 * read / len(sample), 2),
+        "prepare_ms": round(1e3 * prep / len(sample), 2),
+    }
+
+
+def stage_encoder(embedder, arrays: np.ndarray, batch_size: int) -> float:  # noqa: ANN001
+    """Seconds for Embedder.embed over preloaded arrays, after one warm-up batch."""
+    embedder.embed(arrays[:batch_size])
+    start = time.perf_counter()
+    for i in range(0, len(arrays), batch_size):
+        embedder.embed(arrays[i : i + batch_size])
+    return time.perf_counter() - start
+
+
+def run_bench(
+    source: Path, *, batch_size: int, workers: int, threads: int | None, model: Path | None
+) -> dict:
+    """All stages on the same records; returns the results document."""
+    from ecgsearch.export.runtime import Embedder
+    from ecgsearch.search.store import open_store
+
+    candidates = list(select(enumerate_source(source)))
+    embedder = Embedder(model, threads=threads)
+    records, read_s = stage_read_prepare(candidates, workers, batch_size)
+    arrays = np.stack([r.signal for r in records])
+    encoder_s = stage_encoder(embedder, arrays, batch_size)
+    split = split_read_prepare(candidates)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(path=Path(tmp) / "store", collection="bench")
+        try:
+            summary = ingest(
+                candidates, store, embedder, batch_size=batch_size, workers=workers, optimize=False
+            )
+            t0 = time.perf_counter()
+            store.optimize()
+            optimize_s = time.perf_counter() - t0
+        finally:
+            store.close()
+    n = len(records)
+    e2e_rate, encoder_rate, read_rate = summary.rate, _rate(n, encoder_s), _rate(n, read_s)
+    bottleneck = min(encoder_rate, read_rate)
+    return {
+        "source": str(source),
+        "records": len(candidates),
+        "prepared": n,
+        "batch_size": batch_size,
+        "workers": workers,
+        "threads": threads,
+        "model_version": embedder.version,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "note": "2 cores shared with other jobs",
+        },
+        "end_to_end": {
+            "ingested": summary.ingested,
+            "rejected": summary.rejected,
+            "seconds": summary.seconds,
+            "rate": e2e_rate,
+        },
+        "optimize_seconds": round(optimize_s, 2),
+        "bare_encoder": {"seconds": round(encoder_s, 3), "rate": encoder_rate},
+        "read_prepare": {"seconds": round(read_s, 3), "rate": read_rate, "per_ecg_single_process": split},
+        "overhead_vs_encoder": round(encoder_rate / e2e_rate - 1, 3) if e2e_rate else None,
+        "overhead_vs_slowest_stage": round(bottleneck / e2e_rate - 1, 3) if e2e_rate else None,
+        "slowest_stage": "read_prepare" if read_rate < encoder_rate else "encoder",
+    }
+
+
+def bench_command(
+    source: Annotated[Path, typer.Argument(help="PTB-XL folder, manifest or WFDB folder to ingest.")],
+    out: Annotated[Path, typer.Option(help="Results JSON.")] = Path("results/ingest_throughput.json"),
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    workers: Annotated[int, typer.Option(min=0)] = 2,
+    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads.")] = 2,
+    model: Annotated[Path | None, typer.Option(envvar="ECGSEARCH_MODEL")] = None,
+) -> None:
+    """Ingest throughput end to end vs the bare encoder and the read/prepare stage, into a fresh store.
+
+    Examples:
+
+        ecgsearch bench ingest ../shared/data/ptb-xl --out results/ingest_throughput.json
+    """
+    result = run_bench(source, batch_size=batch_size, workers=workers, threads=threads, model=model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(
+        f"end-to-end {result['end_to_end']['rate']} ECGs/s; bare encoder {result['bare_encoder']['rate']}; "
+        f"read+prepare {result['read_prepare']['rate']} ({workers} workers); "
+        f"overhead vs encoder {result['overhead_vs_encoder']}, "
+        f"vs slowest stage {result['overhead_vs_slowest_stage']} "
+        f"-> {out}"
+    )

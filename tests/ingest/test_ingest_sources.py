@@ -1,0 +1,99 @@
+"""Sources on real records: PTB-XL table identity, Challenge header quirks, manifests and shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from ecgsearch.ingest.cli import parse_shard
+from ecgsearch.ingest.sources import SourceError, enumerate_source, in_shard, load, select
+
+
+def _by_id(source: Path, *ids: str) -> dict:
+    wanted = set(ids)
+    return {c.record_id: c for c in enumerate_source(source) if c.record_id in wanted}
+
+
+def test_ptbxl_one_ecg_per_ecg_id(ptbxl_dir: Path) -> None:
+    candidates = list(enumerate_source(ptbxl_dir))
+    assert len(candidates) == 1987
+    assert len({c.record_id for c in candidates}) == 1987
+    assert candidates[0].record_id == "ptbxl:1"
+    assert candidates[0].source_path == "records100/00000/00001_lr"
+    hr = next(iter(enumerate_source(ptbxl_dir, prefer_hr=True)))
+    assert hr.record_id == "ptbxl:1" and hr.source_path == "records500/00000/00001_hr"
+
+
+def test_ptbxl_payload_from_table(ptbxl_dir: Path) -> None:
+    first = load(next(iter(enumerate_source(ptbxl_dir))))
+    p = first.payload
+    assert first.signal.shape == (12, 1000)
+    assert (p.patient_id, p.age, p.sex, p.superclasses) == ("15709", 56, "F", ["NORM"])
+    assert p.scp_likelihoods == {"LVOLT": 0.0, "NORM": 100.0, "SR": 0.0}
+    assert p.source_codes == ["SCP:LVOLT", "SCP:NORM", "SCP:SR"]
+    assert "426783006" in p.diagnoses  # SR -> SNOMED sinus rhythm
+    assert p.sampling_rate_hz == 100.0 and p.duration_s == 10.0 and p.recorded_at is not None
+
+
+def test_ptbxl_age_over_89(ptbxl_dir: Path) -> None:
+    from ecgsearch.encoder.ptbxl import read_table
+
+    row = next(r for r in read_table(ptbxl_dir) if r.age == 300)
+    (candidate,) = _by_id(ptbxl_dir, f"ptbxl:{row.ecg_id}").values()
+    assert candidate.meta is not None
+    assert (candidate.meta.age, candidate.meta.age_over_89) == (90, True)
+
+
+def test_challenge_header_quirks(data_dir: Path) -> None:
+    found = _by_id(data_dir / "challenge", "georgia:E00001", "ptb:S0001")
+    georgia = load(found["georgia:E00001"]).payload  # header names the file 'E00001.mat'
+    assert (georgia.dataset, georgia.age, georgia.sex, georgia.diagnoses) == ("georgia", None, "F", [])
+    assert georgia.source_path == "georgia/E00001" and georgia.patient_id is None
+    ptb = load(found["ptb:S0001"]).payload  # 'Sex: female', 38.4 s at 1000 Hz: first 10 s embedded
+    assert (ptb.sex, ptb.age, ptb.sampling_rate_hz, ptb.duration_s) == ("F", 81, 1000.0, 38.4)
+
+
+def test_challenge_lowercase_male_and_codes(data_dir: Path) -> None:
+    folder = data_dir / "challenge"
+    male = next(h for h in sorted(folder.rglob("*.hea")) if "Sex: male" in h.read_text())
+    (candidate,) = _by_id(folder, f"{male.parent.name}:{male.stem}").values()
+    assert load(candidate).payload.sex == "M"
+    header = (data_dir / "cinc2021" / "E07500.hea").read_text()
+    dx = next(line for line in header.splitlines() if "Dx:" in line).split(":", 1)[1].strip().split(",")
+    payload = load(next(iter(_by_id(data_dir / "cinc2021", "cinc2021:E07500").values()))).payload
+    assert payload.source_codes == [f"SNOMED:{c}" for c in dx]
+    assert payload.diagnoses and all(code.isdigit() for code in payload.diagnoses)
+
+
+def test_manifest_paths_ids_and_datasets(tmp_path: Path, data_dir: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "path,record_id,dataset\n"
+        f"{data_dir}/challenge/georgia/E00001.hea,,\n"
+        f"{data_dir}/ptb-xl/records100/00000/00002_lr,ptbxl:2,\n"
+        f"{data_dir}/cinc2021/JS20000,,chapman\n"
+    )
+    ids = [c.record_id for c in enumerate_source(manifest)]
+    assert ids == ["georgia:E00001", "ptbxl:2", "chapman:JS20000"]
+    (tmp_path / "bad.csv").write_text("file\nx\n")
+    with pytest.raises(SourceError, match="'path' column"):
+        list(enumerate_source(tmp_path / "bad.csv"))
+    with pytest.raises(SourceError):
+        enumerate_source(tmp_path / "missing")
+
+
+def test_shards_cover_every_record_once(ptbxl_dir: Path) -> None:
+    ids = [c.record_id for c in enumerate_source(ptbxl_dir)]
+    shards = [[c.record_id for c in select(enumerate_source(ptbxl_dir), shard=(i, 3))] for i in (1, 2, 3)]
+    assert sorted(sum(shards, [])) == sorted(ids)
+    assert all(len(s) > 500 for s in shards)  # roughly even
+    assert in_shard("ptbxl:17", 2, 3) == in_shard("ptbxl:17", 2, 3)
+    assert len(list(select(enumerate_source(ptbxl_dir), shard=(1, 3), limit=5))) == 5
+
+
+@pytest.mark.parametrize("bad", ["0/3", "4/3", "x", "1/2/3"])
+def test_shard_option_rejects_bad_values(bad: str) -> None:
+    assert parse_shard("2/3") == (2, 3)
+    with pytest.raises(typer.BadParameter):
+        parse_shard(bad)
