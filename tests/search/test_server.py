@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
 from ecgsearch.search.client import EcgSearchClient
 from ecgsearch.search.schema import MAX_K, EcgPayload
 from ecgsearch.search.server import SERVICE_NAME, run_server
+from ecgsearch.search.settings import ServiceSettings
 from ecgsearch.search.store import EdgeStore
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -41,6 +43,8 @@ class Served:
     payloads: list[EcgPayload]
     vectors: np.ndarray
     paths: list[Path]
+    store: EdgeStore
+    embedder: Embedder
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +71,8 @@ def grpc_server(ptbxl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
                     [r.payload for r in records],
                     vectors,
                     [c.path for c in candidates],
+                    store,
+                    embedder,
                 )
     finally:
         store.close()
@@ -122,6 +128,61 @@ def test_request_id_is_echoed(grpc_server: Served) -> None:
 def test_no_tokens_refused_unless_insecure(grpc_server: Served) -> None:
     with pytest.raises(ValueError, match="no bearer tokens"), run_server(port=0):
         pass
+
+
+def _pem(tmp_path: Path, name: str, *sign_with: str) -> tuple[Path, Path]:
+    """A key and certificate for 127.0.0.1 via openssl: self-signed, or signed by (ca_cert, ca_key)."""
+    key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+    subject = ["-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1"]
+    if not sign_with:
+        command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject]
+        subprocess.run([*command, "-keyout", key, "-out", cert], check=True, capture_output=True)
+        return cert, key
+    csr = tmp_path / f"{name}.csr"
+    subprocess.run(
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, *subject[:2]],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            sign_with[0],
+            "-CAkey",
+            sign_with[1],
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            cert,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_mutual_tls(grpc_server: Served, tmp_path: Path) -> None:
+    server_cert, server_key = _pem(tmp_path, "server")
+    ca_cert, ca_key = _pem(tmp_path, "ca")
+    client_cert, client_key = _pem(tmp_path, "client", str(ca_cert), str(ca_key))
+    settings = ServiceSettings.model_construct(
+        tls_cert=server_cert, tls_key=server_key, tls_client_ca=ca_cert, tokens=TOKEN
+    ).model_copy(update={"port": 0})
+    with run_server(settings, store=grpc_server.store, embedder=grpc_server.embedder) as (_, port):
+        target = f"127.0.0.1:{port}"
+        mtls = {"root_cert": server_cert, "client_cert": client_cert, "client_key": client_key, "timeout": 10}
+        with EcgSearchClient(target, token=TOKEN, **mtls) as client:
+            assert client.info().count == N_RECORDS
+        with EcgSearchClient(target, token=TOKEN, root_cert=server_cert, timeout=10) as anonymous:
+            with pytest.raises(grpc.RpcError) as refused:
+                anonymous.info()
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 # --- search results ------------------------------------------------------------------------------
