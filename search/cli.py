@@ -9,10 +9,11 @@ from typing import Annotated
 
 import grpc
 import typer
-from ecgsearch.search.service import DEFAULT_K, SearchResult, describe_validation
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+
+from ecgsearch.search.service import DEFAULT_K, SearchResult, describe_validation
 
 err = Console(stderr=True)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+
 from ecgsearch.encoder import signals
 from ecgsearch.export.card import ModelCard
 from ecgsearch.search import wire

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import qdrant_edge as edge
-from ecgsearch.search.schema import EcgPayload, SearchFilter, point_id
 from qdrant_client import models as qm
+
+from ecgsearch.search.schema import EcgPayload, SearchFilter, point_id
 
 
 @dataclass(frozen=True)

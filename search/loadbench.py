@@ -25,9 +25,10 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from ecgsearch.search.client import EcgSearchClient
 from ecgsearch.search.schema import SearchFilter
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 KINDS = ("vector", "vector_filtered", "record", "record_filtered")
 

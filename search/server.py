@@ -23,6 +23,10 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
+
 from ecgsearch.encoder.signals import SignalError
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.search import wire
@@ -32,9 +36,6 @@ from ecgsearch.search.schema import InvalidQuery, StoreUnavailable, UnknownRecor
 from ecgsearch.search.service import DeadlineExceeded, SearchService, describe_validation
 from ecgsearch.search.settings import ServiceSettings
 from ecgsearch.search.store import Store, open_store
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from pydantic import ValidationError
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgSearch"].full_name
 REQUEST_ID = "x-request-id"

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
+
 from ecgsearch.encoder import signals
 from ecgsearch.search import codes
 from ecgsearch.search.schema import MAX_K, CollectionInfo, EcgPayload, Hit, InvalidQuery, SearchFilter
-from pydantic import BaseModel, ValidationError
 
 if TYPE_CHECKING:  # the client imports this module for its request types: keep it light
     from ecgsearch.export.card import ModelCard

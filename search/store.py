@@ -20,6 +20,12 @@ from typing import Any, Literal, Protocol
 import grpc
 import numpy as np
 import qdrant_edge as edge
+from pydantic import BaseModel, ConfigDict, Field
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from qdrant_client.local.qdrant_local import QdrantLocal
+
 from ecgsearch.search.filters import to_client, to_edge
 from ecgsearch.search.schema import (
     MAX_K,
@@ -32,11 +38,6 @@ from ecgsearch.search.schema import (
     UnknownRecord,
     point_id,
 )
-from pydantic import BaseModel, ConfigDict, Field
-from qdrant_client import QdrantClient
-from qdrant_client import models as qm
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-from qdrant_client.local.qdrant_local import QdrantLocal
 
 
 class Store(Protocol):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import numpy as np
+
 from ecgsearch.export.card import ModelCard
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.schema import CollectionInfo, EcgPayload, Hit, InvalidQuery, SearchFilter

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ecgsearch.encoder import ptbxl, signals
 from ecgsearch.search import codes
 from ecgsearch.search.schema import EcgPayload

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ecgsearch.search import codes
 from ecgsearch.search.schema import InvalidQuery
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import qdrant_edge as edge
+from qdrant_client import models as qm
+
 from ecgsearch.search.filters import conditions, matches, to_client, to_edge
 from ecgsearch.search.schema import EcgPayload, SearchFilter, point_id
-from qdrant_client import models as qm
 
 
 def payload(**fields: object) -> EcgPayload:

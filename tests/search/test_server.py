@@ -11,6 +11,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from typer.testing import CliRunner
+
 from ecgsearch.cli.main import app
 from ecgsearch.encoder import signals
 from ecgsearch.export.runtime import Embedder
@@ -23,9 +27,6 @@ from ecgsearch.search.schema import MAX_K, EcgPayload
 from ecgsearch.search.server import SERVICE_NAME, run_server
 from ecgsearch.search.settings import ServiceSettings
 from ecgsearch.search.store import EdgeStore
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from typer.testing import CliRunner
 
 N_RECORDS = 60
 TOKEN = "t"

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+
 from ecgsearch.encoder import signals
 from ecgsearch.search import codes
 from ecgsearch.search.schema import MAX_K, CollectionInfo, EcgPayload, Hit, InvalidQuery, SearchFilter

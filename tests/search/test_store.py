@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from ecgsearch.search.filters import matches
 from ecgsearch.search.schema import InvalidQuery, SearchFilter, StoreUnavailable, UnknownRecord
 from ecgsearch.search.store import (
