@@ -1,0 +1,649 @@
+"""The one harness for scale numbers: recall@k vs exact search, latency, build time, bytes per vector, RSS.
+
+Engines (the project's EdgeStore, FAISS HNSW, FAISS IVF-PQ) are run on the same vectors, queries and
+filter classes; exact ground truth comes from numpy over the filtered rows, so a filtered engine is
+judged against the subset it was asked to search. Ingest, deploy sizing and the README cite the
+JSON this writes. faiss is imported inside functions: the search package works without it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ecgsearch.search import synthetic
+from ecgsearch.search.metrics import exact_topk_multi, latency_summary, recall_at_k
+from ecgsearch.search.schema import EcgPayload, SearchFilter
+
+KS = (1, 10, 100)
+SELECTIVE_AGE = (40, 80)
+
+
+@dataclass(frozen=True)
+class FilterClass:
+    """A filter as the store sees it and as a row mask (for exact search and FAISS selectors)."""
+
+    name: str
+    description: str
+    filter: SearchFilter | None
+    mask: np.ndarray | None  # over data rows; None = every row
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.mask is None else float(self.mask.mean())
+
+
+@dataclass
+class Dataset:
+    """Vectors, payload columns, queries and filter classes of one benchmark size."""
+
+    name: str
+    vectors: np.ndarray
+    queries: np.ndarray
+    filters: list[FilterClass]
+    payloads: Callable[[int, int], list[EcgPayload]]  # rows [start, stop) as store payloads
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    """One engine at one search setting: what it found and how long each query took."""
+
+    engine: str
+    setting: dict
+    filter: str
+    ids: np.ndarray
+    seconds: list[float]
+
+
+def synthetic_dataset(n: int, dim: int, n_queries: int, seed: int) -> Dataset:
+    """The synthetic set of size n (a prefix of every larger one with the same seed)."""
+    mix = synthetic.mixture(dim, seed=seed)
+    vectors, pay = synthetic.generate(mix, n)
+    queries, _ = synthetic.queries(mix, n_queries)
+    rare = [i for i, c in enumerate(synthetic.CODES) if c[0] == synthetic.RARE_CODE][0]
+    lo, hi = SELECTIVE_AGE
+    filters = [
+        FilterClass("none", "no filter", None, None),
+        FilterClass(
+            "selective",
+            f"diagnosis {synthetic.CODES[rare][1]} ({synthetic.RARE_CODE}, ~1%) and age {lo}-{hi}",
+            SearchFilter(diagnoses_any=[synthetic.RARE_CODE], age_min=lo, age_max=hi),
+            pay.codes[:, rare] & (pay.age >= lo) & (pay.age <= hi),
+        ),
+        FilterClass("broad", "sex F (~48%)", SearchFilter(sex="F"), pay.female.copy()),
+        FilterClass("broad_age", "age >= 70 (~25%)", SearchFilter(age_min=70), pay.age >= 70),
+    ]
+
+    def payloads(start: int, stop: int) -> list[EcgPayload]:
+        return [synthetic_payload(i, pay, i) for i in range(start, stop)]
+
+    info = {"generator": "synthetic.mixture", "clusters": len(mix.weights), "seed": seed, "dim": dim}
+    info["code_prevalence"] = {c[1]: float(pay.codes[:, j].mean()) for j, c in enumerate(synthetic.CODES)}
+    return Dataset(f"synthetic-{n}", vectors, queries, filters, payloads, info)
+
+
+def synthetic_payload(row: int, pay: synthetic.Payloads, index: int) -> EcgPayload:
+    """A store payload for synthetic row ``index`` (validation skipped: 1M of them must be cheap)."""
+    return EcgPayload.model_construct(
+        record_id=f"syn:{row}",
+        dataset="synthetic",
+        patient_id=None,
+        diagnoses=pay.diagnoses(index),
+        source_codes=[],
+        scp_likelihoods={},
+        superclasses=[],
+        age=int(pay.age[index]),
+        age_over_89=False,
+        sex="F" if pay.female[index] else "M",
+        sampling_rate_hz=100.0,
+        duration_s=10.0,
+        recorded_at=None,
+        source_path="synthetic",
+    )
+
+
+def row_of(record_id: str) -> int:
+    """Row index of a benchmark record id ('syn:17', 'ptbxl:17' -> position set by the dataset)."""
+    return int(record_id.rsplit(":", 1)[1])
+
+
+# ---------------------------------------------------------------- ground truth and measurement
+
+
+def ground_truth(data: Dataset, k: int) -> dict[str, np.ndarray]:
+    """Exact top-k ids per filter class (numpy over the masked rows)."""
+    masks = {f.name: f.mask for f in data.filters}
+    return {name: ids for name, (ids, _) in exact_topk_multi(data.queries, data.vectors, k, masks).items()}
+
+
+def time_queries(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, k: int) -> Run:
+    """Run queries one by one (single client thread) and time each call."""
+    ids = np.full((len(queries), k), -1, dtype=np.int64)
+    seconds = []
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter()
+        found = search(q)
+        seconds.append(time.perf_counter() - t0)
+        ids[i, : min(k, len(found))] = found[:k]
+    return Run("", {}, "", ids, seconds)
+
+
+def score(run: Run, truth: np.ndarray) -> dict:
+    """Recall@1/10/100 and latency of one run."""
+    out = {"engine": run.engine, **run.setting, "filter": run.filter}
+    for k in KS:
+        if k <= run.ids.shape[1] and k <= truth.shape[1]:
+            out[f"recall@{k}"] = recall_at_k(run.ids, truth, k)
+    return out | latency_summary(run.seconds)
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def machine() -> dict:
+    """Enough about the machine to compare numbers across runs."""
+    cpu = _proc_field("/proc/cpuinfo", "model name")
+    mem = _proc_field("/proc/meminfo", "MemTotal")
+    return {
+        "cpu": cpu or platform.processor(),
+        "cpus": os.cpu_count(),
+        "memory_bytes": int(mem.split()[0]) * 1024 if mem else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "niceness": os.nice(0) if hasattr(os, "nice") else None,
+    }
+
+
+def _proc_field(path: str, key: str, sep: str) -> str:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return ""
+    return next((ln.split(sep, 1)[1].strip() for ln in lines if ln.startswith(key)), "")
+
+
+def _proc_field(path: str, key: str) -> str:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return ""
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(key)), "")
+
+
+# ---------------------------------------------------------------- engines
+
+
+@dataclass
+class EngineResult:
+    """Build statistics and scored runs of one engine on one dataset."""
+
+    engine: str
+    build: dict
+    runs: list[dict]
+
+
+def bench_edge(
+    data: Dataset,
+    truth: dict[str, np.ndarray],
+    *,
+    efs: tuple[int, ...],
+    quantization: bool,
+    k: int,
+    workdir: Path,
+    log: Callable[[str], None],
+    batch: int = 2000,
+) -> EngineResult:
+    """The project's EdgeStore: upsert, optimize, measure disk and RSS, then an hnsw_ef sweep per filter."""
+    from ecgsearch.search import store as store_mod
+
+    name = "edge-int8" if quantization else "edge"
+    path = workdir / name
+    shutil.rmtree(path, ignore_errors=True)
+    settings = store_mod.IndexSettings(quantization=quantization)
+    n = len(data.vectors)
+    gc.collect()
+    rss0 = rss_bytes()
+    st = store_mod.open_store(path=path, settings=settings)
+    st.create_collection(dim=data.vectors.shape[1], model_version="bench")
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        stop = min(n, start + batch)
+        st.upsert(data.payloads(start, stop), data.vectors[start:stop])
+        if start // batch % 50 == 0:
+            log(f"{name}: upserted {stop}/{n} ({time.perf_counter() - t0:.0f} s)")
+    upsert_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    st.optimize()
+    optimize_s = time.perf_counter() - t1
+    rss_built = rss_bytes() - rss0
+    st.close()
+    disk = dir_bytes(path)
+    log(f"{name}: upsert {upsert_s:.1f} s, optimize {optimize_s:.1f} s, disk {disk / n:.0f} B/pt")
+    gc.collect()
+    rss1 = rss_bytes()
+    t2 = time.perf_counter()
+    st = store_mod.open_store(path=path, settings=settings)
+    open_s = time.perf_counter() - t2
+    default_ef = settings.search_ef
+    runs = []
+    try:
+        for f in data.filters:
+            for ef in efs:
+
+                def one(q: np.ndarray, f: FilterClass = f, ef: int = ef) -> np.ndarray:
+                    return np.array([row_of(h.record_id) for h in st.search(q, k=k, filter=f.filter, ef=ef)])
+
+                run = time_queries(one, data.queries, k)
+                run.engine, run.setting, run.filter = name, {"hnsw_ef": ef}, f.name
+                runs.append(score(run, truth[f.name]))
+                log(_fmt(runs[-1]))
+        rss_serving = rss_bytes() - rss1
+    finally:
+        st.close()
+    build = {
+        "n": n,
+        "settings": settings.model_dump(mode="json"),
+        "default_hnsw_ef": default_ef,
+        "upsert_s": upsert_s,
+        "upsert_points_per_s": n / upsert_s if upsert_s else None,
+        "optimize_s": optimize_s,
+        "build_s": upsert_s + optimize_s,
+        "open_s": open_s,
+        "disk_bytes": disk,
+        "disk_bytes_per_vector": disk / n,
+        "rss_delta_build_bytes": rss_built,
+        "rss_delta_serving_bytes": rss_serving,
+        "rss_serving_bytes_per_million": rss_serving / n * 1e6,
+        "rss_build_bytes_per_million": rss_built / n * 1e6,
+    }
+    shutil.rmtree(path, ignore_errors=True)
+    return EngineResult(name, build, runs)
+
+
+def _bitmap(mask: np.ndarray):
+    import faiss
+
+    bits = np.packbits(mask.astype(np.uint8), bitorder="little")
+    return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits)), bits
+
+
+def bench_faiss(
+    data: Dataset,
+    truth: dict[str, np.ndarray],
+    *,
+    kind: str,
+    sweep: tuple[int, ...],
+    k: int,
+    log: Callable[[str], None],
+    build_threads: int = 2,
+    m: int = 32,
+    ef_construction: int = 64,
+) -> EngineResult:
+    """FAISS IndexHNSWFlat (efSearch sweep) or IVF-PQ (nprobe sweep); filters through IDSelectorBitmap."""
+    import faiss
+
+    n, dim = data.vectors.shape
+    gc.collect()
+    rss0 = rss_bytes()
+    faiss.omp_set_num_threads(build_threads)
+    t0 = time.perf_counter()
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        index.add(data.vectors)
+        params = {"M": m, "efConstruction": ef_construction}
+        knob = "efSearch"
+    else:
+        nlist = max(16, int(4 * np.sqrt(n)))
+        pq_m = min(32, dim // 8)
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        train = data.vectors[np.random.default_rng(0).permutation(n)[: min(n, 64 * nlist)]]
+        index.train(train)
+        index.add(data.vectors)
+        params = {"nlist": nlist, "pq_m": pq_m, "pq_bits": 8, "train_points": len(train)}
+        knob = "nprobe"
+    build_s = time.perf_counter() - t0
+    rss_delta = rss_bytes() - rss0
+    size = len(faiss.serialize_index(index))
+    name = f"faiss-{kind}"
+    log(f"{name}: build {build_s:.1f} s, {size / n:.0f} B/vector")
+    faiss.omp_set_num_threads(1)
+    runs = []
+    for f in data.filters:
+        sel, _bits = _bitmap(f.mask) if f.mask is not None else (None, None)
+        for value in sweep:
+            extra = {"sel": sel} if sel is not None else {}
+            if kind == "hnsw":
+                sp = faiss.SearchParametersHNSW(efSearch=value, **extra)
+            else:
+                sp = faiss.SearchParametersIVF(nprobe=value, **extra)
+
+            def one(q: np.ndarray, sp=sp, index=index) -> np.ndarray:
+                _, ids = index.search(q[None], k, params=sp)
+                return ids[0]
+
+            run = time_queries(one, data.queries, k)
+            run.engine, run.setting, run.filter = name, {knob: value}, f.name
+            runs.append(score(run, truth[f.name]))
+            log(_fmt(runs[-1]))
+    build = {
+        "n": n,
+        "params": params,
+        "build_s": build_s,
+        "build_threads": build_threads,
+        "index_bytes": size,
+        "bytes_per_vector": size / n,
+        "rss_delta_build_bytes": rss_delta,
+    }
+    del index
+    gc.collect()
+    return EngineResult(name, build, runs)
+
+
+def _fmt(row: dict) -> str:
+    setting = {k: v for k, v in row.items() if k in {"hnsw_ef", "efSearch", "nprobe"}}
+    return (
+        f"  {row['engine']:<12} {row['filter']:<10} {setting} "
+        f"r@10={row.get('recall@10', float('nan')):.4f} p50={row['p50_ms']:.2f} ms p99={row['p99_ms']:.2f} ms"
+    )
+
+
+# ---------------------------------------------------------------- the whole benchmark
+
+
+@dataclass
+class BenchConfig:
+    """Everything that decides the numbers; written into the results file."""
+
+    sizes: tuple[int, ...] = (100_000, 300_000, 1_000_000)
+    dim: int = 256
+    queries: int = 1000
+    seed: int = 0
+    k: int = 100
+    edge_efs: tuple[int, ...] = (32, 64, 128, 256)
+    hnsw_efs: tuple[int, ...] = (32, 64, 128, 256)
+    nprobes: tuple[int, ...] = (8, 16, 32, 64, 128)
+    engines: tuple[str, ...] = ("edge", "edge-int8", "faiss-hnsw", "faiss-ivfpq")
+    faiss_max_size: int = 1_000_000
+
+
+def run_dataset(data: Dataset, cfg: BenchConfig, log: Callable[[str], None]) -> dict:
+    """Ground truth, then every engine, on one dataset."""
+    t0 = time.perf_counter()
+    truth = ground_truth(data, cfg.k)
+    log(f"{data.name}: exact ground truth in {time.perf_counter() - t0:.1f} s")
+    engines: list[EngineResult] = []
+    skipped = []
+    with tempfile.TemporaryDirectory(prefix="ecgbench-", dir=os.environ.get("ECGSEARCH_BENCH_TMP")) as tmp:
+        for engine in cfg.engines:
+            if engine.startswith("faiss") and len(data.vectors) > cfg.faiss_max_size:
+                skipped.append({"engine": engine, "reason": f"n > faiss_max_size {cfg.faiss_max_size}"})
+                continue
+            if engine in ("edge", "edge-int8"):
+                res = bench_edge(
+                    data,
+                    truth,
+                    efs=cfg.edge_efs,
+                    quantization=engine == "edge-int8",
+                    k=cfg.k,
+                    workdir=Path(tmp),
+                    log=log,
+                )
+            elif engine == "faiss-hnsw":
+                res = bench_faiss(data, truth, kind="hnsw", sweep=cfg.hnsw_efs, k=cfg.k, log=log)
+            elif engine == "faiss-ivfpq":
+                res = bench_faiss(data, truth, kind="ivfpq", sweep=cfg.nprobes, k=cfg.k, log=log)
+            else:
+                raise ValueError(f"unknown engine {engine!r}")
+            engines.append(res)
+    return {
+        "dataset": data.name,
+        "n": len(data.vectors),
+        "queries": len(data.queries),
+        "data": data.info,
+        "filters": [
+            {"name": f.name, "description": f.description, "fraction": f.fraction} for f in data.filters
+        ],
+        "engines": [{"engine": e.engine, "build": e.build} for e in engines],
+        "runs": [r for e in engines for r in e.runs],
+        "skipped": skipped,
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def iter_sizes(cfg: BenchConfig, log: Callable[[str], None]) -> Iterator[dict]:
+    """One result block per synthetic size, smallest first (so a partial run still reports)."""
+    for n in sorted(cfg.sizes):
+        t0 = time.perf_counter()
+        data = synthetic_dataset(n, cfg.dim, cfg.queries, cfg.seed)
+        log(f"{data.name}: generated in {time.perf_counter() - t0:.1f} s")
+        yield run_dataset(data, cfg, log)
+        del data
+        gc.collect()
+
+
+def write_json(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(finite(result), indent=2, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def finite(value: object) -> object:
+    """NaN and infinities as null, numpy scalars as Python ones: strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def plot(result: dict, path: Path) -> None:
+    """Recall@10 vs p50 latency per engine; one panel per filter class, one line style per size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = result["results"]
+    filters = [f["name"] for f in blocks[0]["filters"]] if blocks else []
+    fig, axes = plt.subplots(1, max(1, len(filters)), figsize=(4.2 * max(1, len(filters)), 4), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    colours: dict[str, str] = {}
+    for ax, fname in zip(axes[0], filters, strict=False):
+        for bi, block in enumerate(blocks):
+            for engine in dict.fromkeys(r["engine"] for r in block["runs"]):
+                rows = [r for r in block["runs"] if r["engine"] == engine and r["filter"] == fname]
+                if not rows:
+                    continue
+                colour = colours.setdefault(engine, f"C{len(colours)}")
+                ax.plot(
+                    [r["p50_ms"] for r in rows],
+                    [r.get("recall@10", np.nan) for r in rows],
+                    styles[bi % len(styles)],
+                    marker="o",
+                    ms=3,
+                    color=colour,
+                    label=f"{engine} {block['dataset']}",
+                )
+        ax.axhline(0.99, color="grey", lw=0.6)
+        ax.set_xscale("log")
+        ax.set_xlabel("p50 latency (ms, one thread)")
+        ax.set_ylabel("recall@10")
+        ax.set_title(f"filter: {fname}")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_bench(cfg: BenchConfig, out: Path, plot_path: Path | None, log: Callable[[str], None]) -> dict:
+    """Every size in turn; the JSON (and plot) is rewritten after each size so a long run reports early."""
+    from dataclasses import asdict
+
+    result = {"benchmark": "recall", "config": asdict(cfg), "machine": machine(), "results": []}
+    t0 = time.perf_counter()
+    for block in iter_sizes(cfg, log):
+        result["results"].append(block)
+        result["wall_s"] = time.perf_counter() - t0
+        result["summary"] = summarise(result["results"])
+        write_json(out, result)
+        if plot_path:
+            plot(result, plot_path)
+    return result
+
+
+def merge(paths: list[Path]) -> dict:
+    """Several results files (e.g. small sizes and 1M run as separate jobs) as one, sizes ascending."""
+    files = [json.loads(Path(p).read_text()) for p in paths]
+    blocks = sorted((b for f in files for b in f["results"]), key=lambda b: (b["n"], b["dataset"]))
+    merged = {
+        "benchmark": "recall",
+        "merged_from": [
+            {"path": str(p), "config": f["config"], "machine": f["machine"]}
+            for p, f in zip(paths, files, strict=True)
+        ],
+        "results": blocks,
+    }
+    merged["summary"] = summarise(blocks)
+    return merged
+
+
+def summarise(blocks: list[dict]) -> list[dict]:
+    """Per size, engine and filter: recall@10 at the default ef, and the smallest setting reaching 0.99."""
+    rows = []
+    for block in blocks:
+        defaults = {e["engine"]: e["build"].get("default_hnsw_ef") for e in block["engines"]}
+        for engine in dict.fromkeys(r["engine"] for r in block["runs"]):
+            for fname in dict.fromkeys(r["filter"] for r in block["runs"]):
+                runs = [r for r in block["runs"] if r["engine"] == engine and r["filter"] == fname]
+                if not runs:
+                    continue
+                knob = next(k for k in ("hnsw_ef", "efSearch", "nprobe") if k in runs[0])
+                at_default = [r for r in runs if r[knob] == defaults.get(engine)]
+                reaching = [r for r in runs if r.get("recall@10", 0) >= 0.99]
+                rows.append(
+                    {
+                        "n": block["n"],
+                        "engine": engine,
+                        "filter": fname,
+                        "knob": knob,
+                        "default": defaults.get(engine),
+                        "recall@10_at_default": at_default[0]["recall@10"] if at_default else None,
+                        "p50_ms_at_default": at_default[0]["p50_ms"] if at_default else None,
+                        "smallest_setting_reaching_0.99": min((r[knob] for r in reaching), default=None),
+                        "best_recall@10": max(r.get("recall@10", 0) for r in runs),
+                    }
+                )
+    return rows
+
+
+# ---------------------------------------------------------------- real embeddings
+
+
+def ptbxl_dataset(root: Path, model: Path | None, log: Callable[[str], None]) -> Dataset:
+    """Every PTB-XL record embedded with the model; all records are also the queries.
+
+    At ~2,000 points recall is close to trivial; this run shows the pipeline on real vectors and
+    real payloads (CLBBB ~1.7% is the selective code here; WPW is absent from the subset).
+    """
+    from ecgsearch.export.runtime import DEFAULT_MODEL, bundled_model
+    from ecgsearch.search import codes, evaluate
+
+    corpus = evaluate.load_corpus(root, log=log)
+    vectors, meta = evaluate.embed(model or bundled_model(DEFAULT_MODEL), corpus.x)
+    rows = corpus.rows
+    diagnoses = [sorted({codes.scp_to_normalised(c) for c in r.scp_codes}) for r in rows]
+    age = np.array([r.age if r.age is not None and r.age < 300 else -1 for r in rows])
+    female = np.array([r.sex == "F" for r in rows])
+    rare = codes.scp_to_normalised("CLBBB")
+    lo, hi = SELECTIVE_AGE
+    has_rare = np.array([rare in d for d in diagnoses])
+    filters = [
+        FilterClass("none", "no filter", None, None),
+        FilterClass(
+            "selective",
+            f"CLBBB ({rare}) and age {lo}-{hi}",
+            SearchFilter(diagnoses_any=[rare], age_min=lo, age_max=hi),
+            has_rare & (age >= lo) & (age <= hi),
+        ),
+        FilterClass("broad", "sex F", SearchFilter(sex="F"), female),
+        FilterClass("broad_age", "age >= 70", SearchFilter(age_min=70), age >= 70),
+    ]
+
+    def payloads(start: int, stop: int) -> list[EcgPayload]:
+        return [
+            EcgPayload(
+                record_id=f"ptbxl:{i}",  # row index: the bench maps hits back to rows
+                dataset="ptbxl",
+                patient_id=None if rows[i].patient_id is None else str(rows[i].patient_id),
+                diagnoses=diagnoses[i],
+                age=int(age[i]) if age[i] >= 0 else None,
+                sex=rows[i].sex,
+                sampling_rate_hz=100.0,
+                source_path=rows[i].filename_lr,
+            )
+            for i in range(start, stop)
+        ]
+
+    info = {"source": str(root), "model": meta, "rejected": len(corpus.rejected)}
+    return Dataset(f"ptbxl-{len(rows)}", vectors, vectors.copy(), filters, payloads, info)
+
+
+def run_real(
+    cfg: BenchConfig,
+    root: Path,
+    model: Path | None,
+    out: Path,
+    plot_path: Path | None,
+    log: Callable[[str], None],
+) -> dict:
+    """The benchmark on real PTB-XL embeddings (queries: every record)."""
+    from dataclasses import asdict
+
+    data = ptbxl_dataset(root, model, log)
+    result = {"benchmark": "recall-real", "config": asdict(cfg), "machine": machine()}
+    result["results"] = [run_dataset(data, cfg, log)]
+    result["summary"] = summarise(result["results"])
+    write_json(out, result)
+    if plot_path:
+        plot(result, plot_path)
+    return result

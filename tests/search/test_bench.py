@@ -1,0 +1,66 @@
+"""The recall benchmark: scoring known answers, synthetic data properties, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ecgsearch.cli.main import app
+from ecgsearch.search import bench, synthetic
+from typer.testing import CliRunner
+
+
+def test_score_of_an_engine_returning_one_wrong_id() -> None:
+    vectors = np.eye(6, dtype=np.float32)
+    queries = vectors[:3]
+    truth = bench.ground_truth(
+        bench.Dataset("tiny", vectors, queries, [bench.FilterClass("none", "", None, None)], lambda a, b: []),
+        k=2,
+    )["none"]
+    assert truth[:, 0].tolist() == [0, 1, 2]
+
+    def engine(q: np.ndarray) -> np.ndarray:  # exact, except the first query's best hit is wrong
+        ids = np.argsort(-(vectors @ q), kind="stable")[:2]
+        return np.array([5, ids[1]]) if ids[0] == 0 else ids
+
+    run = bench.time_queries(engine, queries, k=2)
+    row = bench.score(run, truth)
+    assert row["recall@1"] == pytest.approx(2 / 3)
+    assert "recall@10" not in row  # k=2: deeper recall is not computable
+    assert row["p50_ms"] >= 0 and row["qps"] > 0
+
+
+def test_synthetic_sizes_are_nested_and_filters_have_the_intended_sizes() -> None:
+    mix = synthetic.mixture(32, clusters=50, seed=3)
+    small, p_small = synthetic.generate(mix, 2000, chunk=1000)
+    large, p_large = synthetic.generate(mix, 20_000, chunk=1000)
+    np.testing.assert_array_equal(small, large[:2000])
+    np.testing.assert_array_equal(p_small.age, p_large.age[:2000])
+    np.testing.assert_allclose(np.linalg.norm(large, axis=1), 1.0, atol=1e-5)
+    rare = p_large.codes[:, [c[0] for c in synthetic.CODES].index(synthetic.RARE_CODE)].mean()
+    assert 0.005 < rare < 0.02
+    assert 0.4 < p_large.female.mean() < 0.56
+    assert p_large.age.min() >= 18 and p_large.age.max() <= 95
+    queries, _ = synthetic.queries(mix, 10)
+    assert not np.isin(queries[:, 0], large[:, 0]).any()
+
+
+def test_bench_recall_end_to_end(tmp_path: Path) -> None:
+    out, png = tmp_path / "recall.json", tmp_path / "recall.png"
+    args = ["bench", "recall", "--sizes", "2000", "--queries", "20", "--dim", "32", "--edge-ef", "16,64"]
+    args += ["--hnsw-ef", "16,64", "--nprobe", "4", "--out", str(out), "--plot", str(png), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    block = data["results"][0]
+    assert block["n"] == 2000 and block["queries"] == 20
+    assert {e["engine"] for e in block["engines"]} == {"edge", "edge-int8", "faiss-hnsw", "faiss-ivfpq"}
+    assert {f["name"] for f in block["filters"]} == {"none", "selective", "broad", "broad_age"}
+    edge = [r for r in block["runs"] if r["engine"] == "edge" and r["hnsw_ef"] == 64]
+    assert len(edge) == 4 and all(r["recall@10"] > 0.9 for r in edge)
+    build = next(e["build"] for e in block["engines"] if e["engine"] == "edge")
+    assert build["disk_bytes_per_vector"] > 32 * 4 and build["upsert_points_per_s"] > 0
+    assert data["machine"]["cpus"] and data["summary"]
+    assert png.stat().st_size > 1000
