@@ -17,6 +17,7 @@ from typing import Annotated
 
 import numpy as np
 import typer
+
 from ecgsearch.encoder import signals
 from ecgsearch.ingest.pipeline import _chunks, _pool, ingest, load_all
 from ecgsearch.ingest.sources import Candidate, Record, enumerate_source, select
@@ -73,6 +74,7 @@ def run_bench(
     from ecgsearch.export.runtime import Embedder
     from ecgsearch.search.store import open_store
 
+    load_before = os.getloadavg()[0]
     candidates = list(select(enumerate_source(source)))
     embedder = Embedder(model, threads=threads)
     records, read_s = stage_read_prepare(candidates, workers, batch_size)
@@ -93,6 +95,9 @@ def run_bench(
     n = len(records)
     e2e_rate, encoder_rate, read_rate = summary.rate, _rate(n, encoder_s), _rate(n, read_s)
     bottleneck = min(encoder_rate, read_rate)
+    cpus = os.cpu_count() or 1
+    encoder_core_ms = 1e3 * min(threads or cpus, cpus) / encoder_rate if encoder_rate else 0.0
+    read_core_ms = split["read_ms"] + split["prepare_ms"]
     return {
         "source": str(source),
         "records": len(candidates),
@@ -102,9 +107,10 @@ def run_bench(
         "threads": threads,
         "model_version": embedder.version,
         "machine": {
-            "cpus": os.cpu_count(),
+            "cpus": cpus,
             "python": platform.python_version(),
-            "note": "2 cores shared with other jobs",
+            "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "note": "cores shared with other jobs: stage rates are noisy; core-ms per ECG are steadier",
         },
         "end_to_end": {
             "ingested": summary.ingested,
@@ -118,6 +124,11 @@ def run_bench(
         "overhead_vs_encoder": round(encoder_rate / e2e_rate - 1, 3) if e2e_rate else None,
         "overhead_vs_slowest_stage": round(bottleneck / e2e_rate - 1, 3) if e2e_rate else None,
         "slowest_stage": "read_prepare" if read_rate < encoder_rate else "encoder",
+        "core_ms_per_ecg": {
+            "read_prepare": round(read_core_ms, 2),
+            "encoder": round(encoder_core_ms, 2),
+            "ceiling_rate_all_cores": round(1e3 * cpus / (read_core_ms + encoder_core_ms), 1),
+        },
     }
 
 

@@ -6,9 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from ecgsearch.ingest import bench as ingest_bench
-from ecgsearch.ingest.pipeline import IngestSummary, ingest
-from ecgsearch.ingest.sources import SourceError, enumerate_source, select
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -18,6 +15,10 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from ecgsearch.ingest import bench as ingest_bench
+from ecgsearch.ingest.pipeline import IngestSummary, ingest
+from ecgsearch.ingest.sources import SourceError, enumerate_source, select
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
 err = Console(stderr=True)
@@ -50,7 +51,7 @@ def ingest_command(
     store: Annotated[
         Path | None,
         typer.Option(
-            envvar="ECGSEARCH_STORE_PATH", help="Embedded store directory [default: $ECGSEARCH_HOME/store]."
+            envvar="ECGSEARCH_STORE_PATH", help="Embedded store directory (default: $ECGSEARCH_HOME/store)."
         ),
     ] = None,
     qdrant_url: Annotated[
@@ -61,21 +62,21 @@ def ingest_command(
         str | None, typer.Option(envvar="ECGSEARCH_QDRANT_API_KEY", help="API key of the Qdrant server.")
     ] = None,
     model: Annotated[
-        Path | None, typer.Option(envvar="ECGSEARCH_MODEL", help="ONNX encoder [default: the bundled model].")
+        Path | None, typer.Option(envvar="ECGSEARCH_MODEL", help="ONNX encoder (default: the bundled model).")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="ECGs per embedding and upsert batch.")] = 256,
     workers: Annotated[
         int, typer.Option(min=0, help="Processes reading and preparing ECGs (0: in-process).")
     ] = 2,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="onnxruntime threads [default: CPUs, at most 4].")
+        int | None, typer.Option(min=1, help="onnxruntime threads (default: CPUs, at most 4).")
     ] = None,
     shard: Annotated[
         str | None, typer.Option(help="Only shard i of N (1-based), split by a stable hash of record id.")
     ] = None,
     rejects: Annotated[
         Path | None,
-        typer.Option(help="Rejects report CSV [default: <collection>-rejects.csv beside the store]."),
+        typer.Option(help="Rejects report CSV (default: <collection>-rejects.csv beside the store)."),
     ] = None,
     limit: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many records (after sharding).")
@@ -88,8 +89,14 @@ def ingest_command(
     ] = False,
     dataset: Annotated[
         str | None,
-        typer.Option(help="Dataset name for every record [default: parent folder; 'ptbxl' for PTB-XL]."),
+        typer.Option(help="Dataset name for every record (default: parent folder; 'ptbxl' for PTB-XL)."),
     ] = None,
+    shard_number: Annotated[
+        int, typer.Option(min=1, help="Qdrant server: shards of a new collection (cluster: e.g. 6).")
+    ] = 1,
+    replication_factor: Annotated[
+        int, typer.Option(min=1, help="Qdrant server: copies of each shard of a new collection.")
+    ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Embed ECGs from SOURCE and store them with their payloads; reruns skip what is already stored.
@@ -111,7 +118,7 @@ def ingest_command(
         ecgsearch ingest manifest.csv --qdrant-url http://qdrant:6333 --shard 2/4 --no-optimize
     """
     from ecgsearch.export.runtime import Embedder, ModelError
-    from ecgsearch.search.store import default_store_path, open_store
+    from ecgsearch.search.store import default_store_path
 
     if store is not None and qdrant_url is not None:
         raise typer.BadParameter("give --store or --qdrant-url, not both")
@@ -130,7 +137,7 @@ def ingest_command(
     rejects_path = rejects or (store_path or Path.cwd()) / f"{collection}-rejects.csv"
     try:
         embedder = Embedder(model, threads=threads)
-        target = open_store(path=store_path, url=qdrant_url, api_key=api_key, collection=collection)
+        target = _open_target(store_path, qdrant_url, api_key, collection, shard_number, replication_factor)
     except (ModelError, OSError, RuntimeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
@@ -187,6 +194,23 @@ def _run(
             optimize=optimize,
             on_batch=update,
         )
+
+
+def _open_target(path, url, api_key, collection, shard_number, replication_factor):  # noqa: ANN001, ANN202
+    """open_store, or a ServerStore with cluster layout (open_store takes no layout arguments yet)."""
+    from ecgsearch.search.store import ServerStore, open_store
+
+    if (shard_number, replication_factor) == (1, 1):
+        return open_store(path=path, url=url, api_key=api_key, collection=collection)
+    if url is None:
+        raise typer.BadParameter("--shard-number/--replication-factor need --qdrant-url")
+    return ServerStore(
+        url=url,
+        api_key=api_key,
+        collection=collection,
+        shard_number=shard_number,
+        replication_factor=replication_factor,
+    )
 
 
 def report(summary: IngestSummary) -> None:

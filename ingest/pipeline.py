@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+from pydantic import BaseModel
+
 from ecgsearch.encoder.signals import SignalError
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest.sources import Candidate, Record, load
 from ecgsearch.search.store import Store
-from pydantic import BaseModel
 
 REJECT_COLUMNS = ("record", "path", "reason")
 

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+
 from ecgsearch.encoder import ptbxl, signals
 from ecgsearch.search.codes import normalise_snomed, scp_to_normalised
 from ecgsearch.search.schema import EcgPayload

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import typer
 import wfdb
+from typer.testing import CliRunner
+
 from ecgsearch.encoder.ptbxl import read_table
 from ecgsearch.ingest.cli import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
 from ecgsearch.search.schema import SearchFilter
 from ecgsearch.search.store import Store, open_store
-from typer.testing import CliRunner
 
 # The ingest commands alone, mounted the way the root app mounts them.
 APP_SOURCE = """
@@ -69,7 +70,7 @@ def test_ptbxl_ingest_payloads_filter_and_rerun(tmp_path: Path, ptbxl_dir: Path)
     assert code == EXIT_OK and "ingested 0, skipped 40" in out
     rows = read_table(ptbxl_dir)[:40]
     for s in _open(store):
-        assert s.info().count == 40
+        assert s.count() == 40
         payload, vector = s.get("ptbxl:1")
         assert (payload.sex, payload.age, payload.superclasses, payload.patient_id) == (
             "F",
@@ -154,12 +155,12 @@ def test_resume_after_kill_9(tmp_path: Path, ptbxl_dir: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     for s in _open(store):
-        partial = s.info().count
+        partial = s.count()
     assert 0 < partial < 96
     code, out, _ = invoke(ptbxl_dir, "--store", store, "--limit", 96, "--workers", 0, "-q")
     assert code == EXIT_OK and f"ingested {96 - partial}, skipped {partial}" in out, (partial, out)
     for s in _open(store):
-        assert s.info().count == 96
+        assert s.count() == 96
         wanted = [f"ptbxl:{r.ecg_id}" for r in read_table(ptbxl_dir)[:96]]
         assert s.existing(wanted) == set(wanted)
 

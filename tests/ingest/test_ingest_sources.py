@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import typer
+
 from ecgsearch.ingest.cli import parse_shard
 from ecgsearch.ingest.sources import SourceError, enumerate_source, in_shard, load, select
 
