@@ -197,14 +197,13 @@ def _run(
 
 
 def _open_target(path, url, api_key, collection, shard_number, replication_factor):  # noqa: ANN001, ANN202
-    """open_store, or a ServerStore with cluster layout (open_store takes no layout arguments yet)."""
-    from ecgsearch.search.store import ServerStore, open_store
+    """open_store with the cluster layout options; a layout without a server is a usage error."""
+    from ecgsearch.search.store import open_store
 
-    if (shard_number, replication_factor) == (1, 1):
-        return open_store(path=path, url=url, api_key=api_key, collection=collection)
-    if url is None:
+    if url is None and (shard_number, replication_factor) != (1, 1):
         raise typer.BadParameter("--shard-number/--replication-factor need --qdrant-url")
-    return ServerStore(
+    return open_store(
+        path=path,
         url=url,
         api_key=api_key,
         collection=collection,

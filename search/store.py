@@ -378,7 +378,7 @@ class EdgeStore:
         facets = self.shard.facet(edge.FacetRequest(key="diagnoses", limit=FACET_LIMIT, exact=True))
         return CollectionInfo(
             name=self.name,
-            count=shard_info.points_count,
+            count=self.count(),  # exact: points_count is an estimate while the WAL is replayed
             dim=manifest.dim,
             model_version=manifest.model_version,
             backend=self.backend,
@@ -724,10 +724,27 @@ def open_store(
     collection: str = "ecgs",
     settings: IndexSettings | None = None,
     home: str | Path | None = None,
+    shard_number: int = 1,
+    replication_factor: int = 1,
 ) -> Store:
-    """The one place that picks a backend: ``url`` -> ServerStore, else the embedded store at ``path``."""
+    """The one place that picks a backend: ``url`` -> ServerStore, else the embedded store at ``path``.
+
+    ``shard_number`` and ``replication_factor`` lay out a new collection on a Qdrant cluster; an
+    embedded store is one shard on one machine and refuses them.
+    """
     if path is not None and url is not None:
         raise ValueError("give either path (embedded store) or url (Qdrant server), not both")
     if url is not None:
-        return ServerStore(url=url, api_key=api_key, collection=collection, settings=settings)
+        return ServerStore(
+            url=url,
+            api_key=api_key,
+            collection=collection,
+            settings=settings,
+            shard_number=shard_number,
+            replication_factor=replication_factor,
+        )
+    if (shard_number, replication_factor) != (1, 1):
+        raise ValueError(
+            "shard_number and replication_factor need a Qdrant server (url); embedded is one shard"
+        )
     return EdgeStore(path if path is not None else default_store_path(home), collection, settings)
