@@ -15,11 +15,12 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from ecgsearch.search import synthetic
 from ecgsearch.search.metrics import exact_topk_multi, latency_summary, recall_at_k
 from ecgsearch.search.schema import EcgPayload, SearchFilter
@@ -391,13 +392,34 @@ class BenchConfig:
     faiss_max_size: int = 1_000_000
 
 
-def run_dataset(data: Dataset, cfg: BenchConfig, log: Callable[[str], None]) -> dict:
-    """Ground truth, then every engine, on one dataset."""
+def run_dataset(
+    data: Dataset,
+    cfg: BenchConfig,
+    log: Callable[[str], None],
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """Ground truth, then every engine, on one dataset; ``progress`` gets the block after each engine."""
     t0 = time.perf_counter()
-    truth = ground_truth(data, cfg.k)
+    truth = cached_ground_truth(data, cfg)
     log(f"{data.name}: exact ground truth in {time.perf_counter() - t0:.1f} s")
     engines: list[EngineResult] = []
-    skipped = []
+    skipped: list[dict] = []
+
+    def block() -> dict:
+        return {
+            "dataset": data.name,
+            "n": len(data.vectors),
+            "queries": len(data.queries),
+            "data": data.info,
+            "filters": [
+                {"name": f.name, "description": f.description, "fraction": f.fraction} for f in data.filters
+            ],
+            "engines": [{"engine": e.engine, "build": e.build} for e in engines],
+            "runs": [r for e in engines for r in e.runs],
+            "skipped": skipped,
+            "wall_s": time.perf_counter() - t0,
+        }
+
     with tempfile.TemporaryDirectory(prefix="ecgbench-", dir=os.environ.get("ECGSEARCH_BENCH_TMP")) as tmp:
         for engine in cfg.engines:
             if engine.startswith("faiss") and len(data.vectors) > cfg.faiss_max_size:
@@ -420,30 +442,25 @@ def run_dataset(data: Dataset, cfg: BenchConfig, log: Callable[[str], None]) -> 
             else:
                 raise ValueError(f"unknown engine {engine!r}")
             engines.append(res)
-    return {
-        "dataset": data.name,
-        "n": len(data.vectors),
-        "queries": len(data.queries),
-        "data": data.info,
-        "filters": [
-            {"name": f.name, "description": f.description, "fraction": f.fraction} for f in data.filters
-        ],
-        "engines": [{"engine": e.engine, "build": e.build} for e in engines],
-        "runs": [r for e in engines for r in e.runs],
-        "skipped": skipped,
-        "wall_s": time.perf_counter() - t0,
-    }
+            if progress:
+                progress(block())
+    return block()
 
 
-def iter_sizes(cfg: BenchConfig, log: Callable[[str], None]) -> Iterator[dict]:
-    """One result block per synthetic size, smallest first (so a partial run still reports)."""
-    for n in sorted(cfg.sizes):
-        t0 = time.perf_counter()
-        data = synthetic_dataset(n, cfg.dim, cfg.queries, cfg.seed)
-        log(f"{data.name}: generated in {time.perf_counter() - t0:.1f} s")
-        yield run_dataset(data, cfg, log)
-        del data
-        gc.collect()
+def cached_ground_truth(data: Dataset, cfg: BenchConfig) -> dict[str, np.ndarray]:
+    """Exact ground truth, kept under $ECGSEARCH_BENCH_TMP when set (parallel jobs of one size share it)."""
+    folder = os.environ.get("ECGSEARCH_BENCH_TMP")
+    if not folder:
+        return ground_truth(data, cfg.k)
+    path = Path(folder) / f"truth-{data.name}-d{cfg.dim}-q{len(data.queries)}-s{cfg.seed}-k{cfg.k}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            return {name: stored[name] for name in stored.files}
+    truth = ground_truth(data, cfg.k)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **truth)
+    tmp.replace(path)
+    return truth
 
 
 def write_json(path: Path, result: dict) -> None:
@@ -521,20 +538,41 @@ def run_bench(cfg: BenchConfig, out: Path, plot_path: Path | None, log: Callable
 
     result = {"benchmark": "recall", "config": asdict(cfg), "machine": machine(), "results": []}
     t0 = time.perf_counter()
-    for block in iter_sizes(cfg, log):
-        result["results"].append(block)
+    done: list[dict] = []
+
+    def save(blocks: list[dict]) -> None:
+        result["results"] = blocks
         result["wall_s"] = time.perf_counter() - t0
-        result["summary"] = summarise(result["results"])
+        result["summary"] = summarise(blocks)
         write_json(out, result)
         if plot_path:
             plot(result, plot_path)
+
+    for n in sorted(cfg.sizes):
+        t1 = time.perf_counter()
+        data = synthetic_dataset(n, cfg.dim, cfg.queries, cfg.seed)
+        log(f"{data.name}: generated in {time.perf_counter() - t1:.1f} s")
+        done.append(run_dataset(data, cfg, log, progress=lambda partial: save([*done, partial])))
+        save(done)
+        del data
+        gc.collect()
     return result
 
 
 def merge(paths: list[Path]) -> dict:
     """Several results files (e.g. small sizes and 1M run as separate jobs) as one, sizes ascending."""
     files = [json.loads(Path(p).read_text()) for p in paths]
-    blocks = sorted((b for f in files for b in f["results"]), key=lambda b: (b["n"], b["dataset"]))
+    by_name: dict[str, dict] = {}
+    for block in (b for f in files for b in f["results"]):
+        if block["dataset"] not in by_name:
+            by_name[block["dataset"]] = json.loads(json.dumps(block))
+            continue
+        into = by_name[block["dataset"]]  # the same data set run by several jobs: pool the engines
+        into["engines"] += block["engines"]
+        into["runs"] += block["runs"]
+        into["skipped"] += block["skipped"]
+        into["wall_s"] += block["wall_s"]
+    blocks = sorted(by_name.values(), key=lambda b: (b["n"], b["dataset"]))
     merged = {
         "benchmark": "recall",
         "merged_from": [
@@ -580,7 +618,7 @@ def summarise(blocks: list[dict]) -> list[dict]:
 
 
 def ptbxl_dataset(root: Path, model: Path | None, log: Callable[[str], None]) -> Dataset:
-    """Every PTB-XL record embedded with the model; all records are also the queries.
+    """Every PTB-XL record embedded with the model; the fold-10 records are the queries.
 
     At ~2,000 points recall is close to trivial; this run shows the pipeline on real vectors and
     real payloads (CLBBB ~1.7% is the selective code here; WPW is absent from the subset).
@@ -625,7 +663,9 @@ def ptbxl_dataset(root: Path, model: Path | None, log: Callable[[str], None]) ->
         ]
 
     info = {"source": str(root), "model": meta, "rejected": len(corpus.rejected)}
-    return Dataset(f"ptbxl-{len(rows)}", vectors, vectors.copy(), filters, payloads, info)
+    queries = vectors[np.array([r.fold == 10 for r in rows])]
+    info["queries"] = "fold 10 records (each also in the collection: its own top-1)"
+    return Dataset(f"ptbxl-{len(rows)}", vectors, queries, filters, payloads, info)
 
 
 def run_real(

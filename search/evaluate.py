@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from ecgsearch.encoder import ptbxl, signals
 from ecgsearch.encoder.retrieval import neighbour_agreement
 from ecgsearch.export.runtime import DEFAULT_MODEL, RANDOM_MODEL, Embedder, bundled_model, normalise_rows

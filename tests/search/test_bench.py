@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from ecgsearch.cli.main import app
 from ecgsearch.search import bench, synthetic
-from typer.testing import CliRunner
 
 
 def test_score_of_an_engine_returning_one_wrong_id() -> None:
@@ -64,3 +65,20 @@ def test_bench_recall_end_to_end(tmp_path: Path) -> None:
     assert build["disk_bytes_per_vector"] > 32 * 4 and build["upsert_points_per_s"] > 0
     assert data["machine"]["cpus"] and data["summary"]
     assert png.stat().st_size > 1000
+
+
+def test_merge_pools_engines_of_one_size_run_by_separate_jobs(tmp_path: Path) -> None:
+    def job(engine: str, n: int) -> dict:
+        run = {"engine": engine, "hnsw_ef": 128, "filter": "none", "recall@10": 0.995, "p50_ms": 1.0}
+        block = {"dataset": f"synthetic-{n}", "n": n, "engines": [{"engine": engine, "build": {}}]}
+        block |= {"runs": [run], "skipped": [], "wall_s": 1.0, "filters": [{"name": "none"}]}
+        return {"config": {}, "machine": {}, "results": [block]}
+
+    paths = []
+    for i, (engine, n) in enumerate([("edge", 1000), ("edge-int8", 1000), ("edge", 10)]):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(job(engine, n)))
+    merged = bench.merge(paths)
+    assert [b["n"] for b in merged["results"]] == [10, 1000]
+    assert [e["engine"] for e in merged["results"][1]["engines"]] == ["edge", "edge-int8"]
+    assert merged["summary"][0]["smallest_setting_reaching_0.99"] == 128

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ecgsearch.cli.main import app
 from typer.testing import CliRunner
+
+from ecgsearch.cli.main import app
 
 
 def test_eval_retrieval_end_to_end(ptbxl_dir: Path, tmp_path: Path) -> None:
