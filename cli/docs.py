@@ -1,55 +1,52 @@
 """Write README's command reference from every command's ``--help``; a test fails when README is stale.
 
-Run ``python -m ecgsearch.cli.docs`` after changing a command. Help is rendered without rich, 100
-columns wide, in a subprocess, so the text is the same on every machine.
+Run ``python -m ecgsearch.cli.docs`` after changing a command. Help is rendered with click's plain
+formatter (no rich), 100 columns wide, so the text is the same on every machine and terminal.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-import click
 import typer
 
 START = "<!-- commands:start -->"
 END = "<!-- commands:end -->"
 README = Path(__file__).resolve().parents[1] / "README.md"
+WIDTH = 100
 
 
-def command_paths() -> list[list[str]]:
-    """Every command path under the root app, depth first, groups before their commands."""
+def _commands() -> list[tuple[list[str], object, object]]:
+    """(path, command, context) for every command under the root app, groups before their commands."""
     from ecgsearch.cli.main import app
 
-    paths: list[list[str]] = []
+    found = []
 
-    def walk(command: click.Command, path: list[str]) -> None:
-        paths.append(path)
-        if isinstance(command, click.Group):
-            for name in sorted(command.commands):
-                walk(command.commands[name], [*path, name])
+    def walk(command: object, path: list[str], parent: object | None) -> None:
+        command.rich_markup_mode = None  # plain click formatting: the same text on every machine
+        ctx = command.context_class(
+            command,
+            info_name=path[-1] if path else "ecgsearch",
+            parent=parent,
+            terminal_width=WIDTH,
+            max_content_width=WIDTH,
+        )
+        found.append((path, command, ctx))
+        commands = getattr(command, "commands", None) or {}  # groups have subcommands
+        for name in sorted(commands):
+            walk(commands[name], [*path, name], ctx)
 
-    walk(typer.main.get_command(app), [])
-    return paths
-
-
-def render_help(path: list[str]) -> str:
-    env = {**os.environ, "TYPER_USE_RICH": "0", "COLUMNS": "100", "TERM": "dumb"}
-    code = "from ecgsearch.cli.main import app; app()"
-    out = subprocess.run(
-        [sys.executable, "-c", code, *path, "--help"], capture_output=True, text=True, env=env, check=True
-    ).stdout
-    return out.replace("Usage: -c", "Usage: ecgsearch").rstrip()
+    walk(typer.main.get_command(app), [], None)
+    return found
 
 
 def reference() -> str:
     blocks = []
-    for path in command_paths():
+    for path, command, ctx in _commands():
         title = " ".join(["ecgsearch", *path])
-        blocks.append(f"### `{title}`\n\n```text\n{render_help(path)}\n```")
+        text = command.get_help(ctx).rstrip()
+        blocks.append(f"### `{title}`\n\n```text\n{text}\n```")
     return "\n\n".join(blocks)
 
 
