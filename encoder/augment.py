@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.signals import MODEL_FS
 
@@ -41,11 +42,21 @@ def baseline_wander(
     return x + (amp * torch.sin(2 * math.pi * freq * time + phase)).to(x)
 
 
+def lead_dropout(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """Zero each lead of each ECG with probability ``p`` (at least one lead is always kept)."""
+    if p <= 0:
+        return x
+    drop = torch.rand((x.shape[0], x.shape[1], 1), generator=g) < p
+    drop[drop.all(dim=1).squeeze(-1), 0] = False
+    return x * (~drop).to(x)
+
+
 def augment(x: torch.Tensor, config: EncoderConfig, g: torch.Generator) -> torch.Tensor:
-    """The augmented view: scaling, then baseline wander, then noise."""
+    """The augmented view: scaling, then baseline wander, then noise, then lead dropout (if set)."""
     x = scale(x, config.scale_min, config.scale_max, g)
     x = baseline_wander(x, config.wander_amplitude, config.wander_max_hz, g)
-    return gaussian_noise(x, config.noise_std, g)
+    x = gaussian_noise(x, config.noise_std, g)
+    return lead_dropout(x, config.lead_dropout, g) if config.lead_dropout > 0 else x
 
 
 def two_windows(

@@ -27,6 +27,8 @@ class EncoderConfig:
     embedding_dim: int = 256
     projection_dim: int = 128
     decoder_channels: int = 64
+    pooling: str = "mean"  # "mean", or "meanmax": [mean | max] over time of embedding_dim/2 channels
+    recon_source: str = "pooled"  # decode from the "pooled" embedding or the temporal "features" map
 
     # views: two windows of ``window`` samples from one 10 s ECG
     window: int = 500
@@ -39,6 +41,7 @@ class EncoderConfig:
     wander_amplitude: float = 0.2
     wander_max_hz: float = 0.5
     augment_pair: bool = False  # also augment both halves of the halves-contrast term
+    lead_dropout: float = 0.0  # probability of zeroing each lead of an augmented view
 
     # loss: w_halves * NT-Xent(A, B) + w_augment * NT-Xent(A, aug A) + w_recon * MSE(decode(A), A)
     temperature: float = 0.1
@@ -56,6 +59,14 @@ class EncoderConfig:
     train_folds: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
     val_fold: int = 9
     max_records: int | None = None  # cap on training and on validation records (tests, smoke runs)
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("mean", "meanmax"):
+            raise ValueError(f"pooling must be 'mean' or 'meanmax', not {self.pooling!r}")
+        if self.pooling == "meanmax" and self.embedding_dim % 2:
+            raise ValueError("meanmax pooling needs an even embedding_dim")
+        if self.recon_source not in ("pooled", "features"):
+            raise ValueError(f"recon_source must be 'pooled' or 'features', not {self.recon_source!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-safe dict (tuples become lists)."""

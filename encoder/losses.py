@@ -8,9 +8,10 @@ the embedding, which contrast alone can drop once halves are trivially matched.
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
+
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.model import SelfSupervised
-from torch.nn import functional as F
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -42,11 +43,11 @@ def tri_objective(
     """
     n = half_a.shape[0]
     views = [half_a, half_b if augmented_b is None else augmented_b, augmented_a]
-    h, p = model(torch.cat(views))
+    f, h, p = model.encode(torch.cat(views))
     p_a, p_b, p_aug = p[:n], p[n : 2 * n], p[2 * n :]
     halves = nt_xent(p_a, p_b, config.temperature)
     augment = nt_xent(p_a, p_aug, config.temperature)
-    recon = F.mse_loss(model.decoder(h[:n], half_a.shape[-1]), half_a)
+    recon = F.mse_loss(model.reconstruct(f[:n], h[:n], half_a.shape[-1]), half_a)
     total = config.w_halves * halves + config.w_augment * augment + config.w_recon * recon
     terms = {"halves": halves.item(), "augment": augment.item(), "recon": recon.item(), "total": total.item()}
     return total, terms

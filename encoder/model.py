@@ -7,9 +7,10 @@ decoder the reconstruction loss; both are dropped after training, as in SimCLR.
 from __future__ import annotations
 
 import torch
-from ecgsearch.encoder.config import EncoderConfig
 from torch import nn
 from torch.nn import functional as F
+
+from ecgsearch.encoder.config import EncoderConfig
 
 
 class ResidualBlock(nn.Module):
@@ -31,11 +32,17 @@ class ResidualBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """(n, 12, T) prepared ECG -> (n, embedding_dim) by conv stages and global average pooling."""
+    """(n, 12, T) prepared ECG -> (n, embedding_dim) by conv stages and global pooling over time.
+
+    ``pooling="mean"``: the mean of an embedding_dim-channel feature map. ``"meanmax"``: the mean and
+    the max of an embedding_dim/2-channel map, concatenated (both inside the exported graph).
+    """
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         c = config
+        self.pooling = c.pooling
+        head_channels = c.embedding_dim // 2 if c.pooling == "meanmax" else c.embedding_dim
         self.stem = nn.Sequential(
             nn.Conv1d(
                 c.in_leads, c.stem_channels, c.stem_kernel, c.stem_stride, c.stem_kernel // 2, bias=False
@@ -49,15 +56,21 @@ class Encoder(nn.Module):
             width = channels
         self.stages = nn.Sequential(*blocks)
         self.head = nn.Sequential(
-            nn.Conv1d(width, c.embedding_dim, 1, bias=False), nn.BatchNorm1d(c.embedding_dim), nn.GELU()
+            nn.Conv1d(width, head_channels, 1, bias=False), nn.BatchNorm1d(head_channels), nn.GELU()
         )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, 12, T) -> (n, embedding_dim, T') feature map before pooling."""
+        """(n, 12, T) -> (n, C, T') feature map before pooling (C = embedding_dim, or half for meanmax)."""
         return self.head(self.stages(self.stem(x)))
 
+    def pool(self, f: torch.Tensor) -> torch.Tensor:
+        """(n, C, T') feature map -> (n, embedding_dim) embedding."""
+        if self.pooling == "meanmax":
+            return torch.cat([f.mean(dim=2), f.amax(dim=2)], dim=1)
+        return f.mean(dim=2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).mean(dim=2)
+        return self.pool(self.features(x))
 
 
 class Decoder(nn.Module):
@@ -84,6 +97,33 @@ class Decoder(nn.Module):
         return self.out(y)
 
 
+class FeatureDecoder(nn.Module):
+    """Temporal feature map (n, C, T') -> (n, 12, length): the map itself is the seed sequence.
+
+    Decoding from the map (not the pooled vector) keeps the time alignment a waveform needs, so the
+    reconstruction loss can fall and push morphology into the features the embedding pools.
+    """
+
+    def __init__(self, config: EncoderConfig, ups: int = 5) -> None:
+        super().__init__()
+        c_in = config.embedding_dim // 2 if config.pooling == "meanmax" else config.embedding_dim
+        self.inp = nn.Conv1d(c_in, config.decoder_channels, 1)
+        layers: list[nn.Module] = [nn.GELU()]
+        for _ in range(ups):
+            layers += [
+                nn.Upsample(scale_factor=2, mode="linear", align_corners=False),
+                nn.Conv1d(config.decoder_channels, config.decoder_channels, 5, padding=2),
+                nn.GELU(),
+            ]
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv1d(config.decoder_channels, config.in_leads, 5, padding=2)
+
+    def forward(self, f: torch.Tensor, length: int) -> torch.Tensor:
+        y = self.body(self.inp(f))
+        y = F.interpolate(y, size=length, mode="linear", align_corners=False)
+        return self.out(y)
+
+
 class SelfSupervised(nn.Module):
     """Encoder plus projection head and decoder: everything the training loss needs."""
 
@@ -92,12 +132,25 @@ class SelfSupervised(nn.Module):
         self.encoder = Encoder(config)
         d = config.embedding_dim
         self.projection = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, config.projection_dim))
-        self.decoder = Decoder(config)
+        self.recon_source = config.recon_source
+        self.decoder: nn.Module = (
+            FeatureDecoder(config) if config.recon_source == "features" else Decoder(config)
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding, projection) of a batch of windows."""
         h = self.encoder(x)
         return h, self.projection(h)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(feature map, embedding, projection) of a batch of windows."""
+        f = self.encoder.features(x)
+        h = self.encoder.pool(f)
+        return f, h, self.projection(h)
+
+    def reconstruct(self, f: torch.Tensor, h: torch.Tensor, length: int) -> torch.Tensor:
+        """Decode windows of ``length`` samples from the feature map or the embedding (recon_source)."""
+        return self.decoder(f if self.recon_source == "features" else h, length)
 
 
 def count_parameters(module: nn.Module) -> int:

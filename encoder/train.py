@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from ecgsearch.encoder.augment import augment, two_windows
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays, load_ptbxl
@@ -42,7 +43,8 @@ def embed(encoder: Encoder, x: np.ndarray, device: torch.device, batch: int = 25
     chunks = (torch.from_numpy(x[i : i + batch]).to(device) for i in range(0, len(x), batch))
     out = [encoder(c).cpu().numpy() for c in chunks]
     encoder.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, encoder.head[0].out_channels), np.float32)
+    dim = encoder.head[0].out_channels * (2 if encoder.pooling == "meanmax" else 1)
+    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 
 def validation_agreement(encoder: Encoder, val: EcgArrays, device: torch.device, k: int = 10) -> float:

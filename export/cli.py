@@ -9,6 +9,7 @@ import typer
 
 DEFAULT_DATA = Path("../shared/data")
 DEFAULT_BENCH_OUT = Path("results/encoder_throughput.json")
+DEFAULT_CACHE = Path("runs/cache")
 
 
 def export_command(
@@ -18,11 +19,20 @@ def export_command(
     config: Annotated[Path | None, typer.Option("--config", help="Config for --random alone.")] = None,
     data: Annotated[Path, typer.Option("--data", help="Folder holding ptb-xl/.")] = DEFAULT_DATA,
     name: Annotated[str, typer.Option("--name", help="Model name in the card.")] = "ecg-encoder",
+    results: Annotated[
+        Path | None,
+        typer.Option(
+            "--results", help="Also write the training report (fold-9 trained vs random init) here."
+        ),
+    ] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Prepared-array cache.")] = DEFAULT_CACHE,
 ) -> None:
     """Export an encoder to ONNX with its model card; fails if onnxruntime and torch disagree.
 
     Examples:
         ecgsearch export --checkpoint runs/default/best.pt --out export/models/ecg-encoder.onnx
+        ecgsearch export --checkpoint runs/default/best.pt --out export/models/ecg-encoder.onnx \
+            --results results/train_default.json
         ecgsearch export --random --config configs/default.yaml --out export/models/ecg-encoder-random.onnx
     """
     if checkpoint is None and not random:
@@ -39,6 +49,23 @@ def export_command(
         typer.echo(f"export failed: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"{out}: version {card.version}, parity max abs diff {card.parity['max_abs_diff']:.2e}")
+    if results is not None:
+        if checkpoint is None:
+            raise typer.BadParameter("--results needs --checkpoint", param_hint="--results")
+        from ecgsearch.export.results import training_report, write_report
+
+        command = f"ecgsearch export --checkpoint {checkpoint} --out {out} --results {results}"
+        exported = {"model": out.name, "version": card.version, "parity": card.parity}
+        report = training_report(checkpoint, data, cache_dir=cache, exported=exported, command=command)
+        write_report(report, results)
+        fold9 = report["fold9"]
+        for which in ("trained", "random_init"):
+            row = fold9[which]
+            typer.echo(
+                f"fold 9 {which}: agreement@10 {row['fold9_queries_folds1to9']:.3f} (folds 1-9 searched), "
+                f"{row['fold9_within_fold9']:.3f} (fold 9 searched), "
+                f"probe macro-AUC {row['probe']['macro_auc']}"
+            )
 
 
 def bench_encoder_command(

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+
 from ecgsearch.encoder import ptbxl, signals
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.model import Encoder, SelfSupervised, count_parameters
@@ -31,6 +32,23 @@ EMBEDDING_NOTE = (
     "Training saw 5 s windows; the fully convolutional encoder and mean pooling make the 10 s embedding the "
     "average of the same features over twice the time."
 )
+
+
+EMBEDDING_NOTE_MEANMAX = (
+    "The encoder runs over the full prepared 10 s ECG (12 x 1000 at 100 Hz); its convolutional feature map "
+    "of {half} channels is pooled over time twice, by its mean and by its max, and the two {half}-d vectors "
+    "are concatenated (mean first, then max) into one {dim}-d vector inside the ONNX graph, which the "
+    "runtime L2-normalises. "
+    "Training saw 5 s windows; the fully convolutional encoder makes the 10 s embedding the mean and the "
+    "max of the same features over twice the time."
+)
+
+
+def embedding_note(config: EncoderConfig) -> str:
+    """The model card's ``embedding`` field: how the vector is formed from the feature map."""
+    if config.pooling == "meanmax":
+        return EMBEDDING_NOTE_MEANMAX.format(dim=config.embedding_dim, half=config.embedding_dim // 2)
+    return EMBEDDING_NOTE.format(dim=config.embedding_dim)
 
 
 class ParityError(RuntimeError):
@@ -104,7 +122,7 @@ def export_encoder(
         lead_order=list(signals.LEADS),
         embedding_dim=config.embedding_dim,
         normalisation=signals.NORMALISATION,
-        embedding=EMBEDDING_NOTE.format(dim=config.embedding_dim),
+        embedding=embedding_note(config),
         training=training,
         initialisation=initialisation,
         onnx_opset=OPSET,

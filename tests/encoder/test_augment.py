@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from ecgsearch.encoder import augment as aug
 from ecgsearch.encoder.config import EncoderConfig
 
@@ -50,3 +51,13 @@ def test_two_windows_are_crops_of_the_ecg() -> None:
     assert torch.all(a[..., 1:] - a[..., :-1] == 1)  # contiguous windows
     fixed_a, fixed_b = aug.two_windows(x, 500, False, gen())
     assert fixed_a[0, 0, 0] == 0 and fixed_b[0, 0, 0] == 500
+
+
+def test_lead_dropout_zeroes_whole_leads_but_never_all() -> None:
+    x = torch.ones(256, 12, 50)
+    out = aug.lead_dropout(x, 0.3, gen())
+    per_lead = out[..., 0]
+    assert torch.equal(out, per_lead[..., None].expand_as(out))  # whole leads, nothing partial
+    assert 0.2 < (per_lead == 0).float().mean().item() < 0.4
+    assert (aug.lead_dropout(x, 1.0, gen()).sum(dim=(1, 2)) > 0).all()
+    assert torch.equal(aug.lead_dropout(x, 0.0, gen()), x)

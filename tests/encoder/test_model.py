@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from ecgsearch.encoder.config import EncoderConfig, load_config
 from ecgsearch.encoder.model import Encoder, SelfSupervised, count_parameters
 
@@ -31,3 +32,19 @@ def test_committed_config_loads_and_round_trips() -> None:
     assert EncoderConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown config keys"):
         EncoderConfig.from_dict({"no_such_field": 1})
+
+
+def test_meanmax_pooling_and_feature_reconstruction() -> None:
+    config = EncoderConfig(pooling="meanmax", recon_source="features")
+    model = SelfSupervised(config).eval()
+    x = torch.randn(2, 12, 500)
+    with torch.no_grad():
+        f, h, p = model.encode(x)
+        recon = model.reconstruct(f, h, 500)
+    half = config.embedding_dim // 2
+    assert f.shape[:2] == (2, half) and h.shape == (2, config.embedding_dim)
+    assert torch.allclose(h[:, :half], f.mean(dim=2)) and torch.allclose(h[:, half:], f.amax(dim=2))
+    assert torch.allclose(model.encoder(x), h, atol=1e-6)
+    assert p.shape == (2, config.projection_dim) and recon.shape == (2, 12, 500)
+    with pytest.raises(ValueError, match="pooling"):
+        EncoderConfig(pooling="median")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ecgsearch.encoder.config import EncoderConfig
 
 TINY = EncoderConfig(
@@ -44,6 +45,7 @@ def test_loss_falls_and_metric_is_logged(tiny_run: tuple[Path, dict]) -> None:
 
 def test_resume_continues_from_last_checkpoint(tiny_run: tuple[Path, dict], data_dir: Path) -> None:
     import torch
+
     from ecgsearch.encoder.train import train
 
     out, _ = tiny_run
@@ -69,3 +71,18 @@ def test_tiny_model_exports_with_parity(tiny_run: tuple[Path, dict], data_dir: P
     vectors = embedder.embed(np.random.default_rng(0).standard_normal((3, 12, 1000)))
     assert vectors.shape == (3, 32)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_training_report_compares_trained_and_random(tiny_run: tuple[Path, dict], data_dir: Path) -> None:
+    pytest.importorskip("sklearn")
+    from ecgsearch.export.results import training_report
+
+    out, _ = tiny_run
+    report = training_report(out / "best.pt", data_dir)
+    for which in ("trained", "random_init"):
+        row = report["fold9"][which]
+        assert "macro_auc" in row["probe"]
+        assert row["n_searched"] == 32 and row["n_searched"] > row["n_fold9_queries"]
+    training = report["training"]
+    assert set(training["final_losses"]) == {"halves", "augment", "recon", "total"}
+    assert training["best_epoch"] is not None and training["wall_time_s"] > 0

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.export.runtime import DEFAULT_MODEL, RANDOM_MODEL, Embedder, bundled_model
 
@@ -12,6 +13,7 @@ SMALL = EncoderConfig(stem_channels=8, stage_channels=(16,), stage_kernels=(3,),
 
 def test_random_export_matches_torch_for_any_batch(tmp_path: Path) -> None:
     import torch
+
     from ecgsearch.export.onnx import export_encoder, random_encoder
 
     x = np.random.default_rng(0).standard_normal((5, 12, 1000)).astype(np.float32)
@@ -65,3 +67,15 @@ def test_bench_writes_results(tmp_path: Path) -> None:
         ("onnxruntime", 4),
     }
     assert all(r["ecgs_per_s"] > 0 for r in result["results"])
+
+
+def test_meanmax_export_matches_torch_and_documents_pooling(tmp_path: Path) -> None:
+    from ecgsearch.export.onnx import export_encoder, random_encoder
+
+    config = SMALL.with_overrides(pooling="meanmax")
+    x = np.random.default_rng(1).standard_normal((3, 12, 1000)).astype(np.float32)
+    card = export_encoder(
+        random_encoder(config), config, tmp_path / "mm.onnx", inputs=x, initialisation="random", training={}
+    )
+    assert card.parity["max_abs_diff"] < 1e-4 and "max" in card.embedding
+    assert Embedder(tmp_path / "mm.onnx", threads=1).embed(x).shape == (3, config.embedding_dim)
