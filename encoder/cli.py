@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from ecgsearch.encoder.config import load_config
 
 DEFAULT_DATA = Path("../shared/data")
@@ -35,8 +36,9 @@ def train_command(
         raise typer.BadParameter(f"no config file {config}", param_hint="--config")
     if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
         raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
-    from ecgsearch.encoder.train import train
     from rich.console import Console
+
+    from ecgsearch.encoder.train import train
 
     console = Console(stderr=True)
     cfg = load_config(config).with_overrides(seed=seed, epochs=epochs)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from ecgsearch.encoder import ptbxl, signals
 
 

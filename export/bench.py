@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
 from ecgsearch.encoder.signals import LEADS, MODEL_SAMPLES
 from ecgsearch.export.runtime import Embedder
 
@@ -43,6 +44,7 @@ def _cpu_model() -> str:
 def _torch_runner(embedder: Embedder, threads: int) -> tuple[Callable[[np.ndarray], object], str] | None:
     try:
         import torch
+
         from ecgsearch.encoder.config import EncoderConfig
         from ecgsearch.encoder.model import Encoder
     except ImportError:

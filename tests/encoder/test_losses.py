@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.losses import nt_xent, tri_objective
 from ecgsearch.encoder.model import SelfSupervised

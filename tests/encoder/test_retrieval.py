@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+
 from ecgsearch.encoder.retrieval import neighbour_agreement, neighbour_agreement_per_query
 
 
