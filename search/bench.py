@@ -9,6 +9,7 @@ JSON this writes. faiss is imported inside functions: the search package works w
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -460,11 +461,15 @@ def run_dataset(
 
 
 def cached_ground_truth(data: Dataset, cfg: BenchConfig) -> dict[str, np.ndarray]:
-    """Exact ground truth, kept under $ECGSEARCH_BENCH_TMP when set (parallel jobs of one size share it)."""
+    """Exact ground truth, kept under $ECGSEARCH_BENCH_TMP when set (parallel jobs of one size share it).
+
+    The file name carries a digest of the data, so another model's embeddings never reuse stale truth.
+    """
     folder = os.environ.get("ECGSEARCH_BENCH_TMP")
     if not folder:
         return ground_truth(data, cfg.k)
-    path = Path(folder) / f"truth-{data.name}-d{cfg.dim}-q{len(data.queries)}-s{cfg.seed}-k{cfg.k}.npz"
+    digest = hashlib.sha1(data.vectors[:1000].tobytes() + data.queries[:100].tobytes()).hexdigest()[:12]
+    path = Path(folder) / f"truth-{data.name}-q{len(data.queries)}-k{cfg.k}-{digest}.npz"
     if path.is_file():
         with np.load(path) as stored:
             return {name: stored[name] for name in stored.files}
