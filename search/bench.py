@@ -188,20 +188,12 @@ def machine() -> dict:
     }
 
 
-def _proc_field(path: str, key: str, sep: str) -> str:
+def _proc_field(path: str, key: str, sep: str = ":") -> str:
     try:
         lines = Path(path).read_text().splitlines()
     except OSError:
         return ""
     return next((ln.split(sep, 1)[1].strip() for ln in lines if ln.startswith(key)), "")
-
-
-def _proc_field(path: str, key: str) -> str:
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return ""
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(key)), "")
 
 
 # ---------------------------------------------------------------- engines
@@ -397,7 +389,7 @@ class BenchConfig:
     dim: int = 256
     queries: int = 1000
     seed: int = 0
-    k: int = 100
+    k: int = 10  # as the service queries; a larger k lifts the effective hnsw_ef
     edge_efs: tuple[int, ...] = (32, 64, 128, 256)
     hnsw_efs: tuple[int, ...] = (32, 64, 128, 256)
     nprobes: tuple[int, ...] = (8, 16, 32, 64, 128)

@@ -35,6 +35,10 @@ def recall(
     dim: Annotated[int, typer.Option(min=8, help="embedding dimension")] = 256,
     queries: Annotated[int, typer.Option(min=1, help="queries per size (drawn apart from the data)")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the synthetic mixture")] = 0,
+    k: Annotated[
+        int,
+        typer.Option(min=1, max=1000, help="neighbours per query, as the service asks (recall@k up to k)"),
+    ] = 10,
     engines: Annotated[str, typer.Option(help="engines to run")] = "edge,edge-int8,faiss-hnsw,faiss-ivfpq",
     edge_ef: Annotated[str, typer.Option(help="hnsw_ef values for the store")] = "32,64,128,256",
     hnsw_ef: Annotated[str, typer.Option(help="efSearch values for FAISS HNSW")] = "32,64,128,256",
@@ -88,6 +92,7 @@ def recall(
         dim=dim,
         queries=queries,
         seed=seed,
+        k=k,
         edge_efs=_ints(edge_ef, "edge-ef"),
         hnsw_efs=_ints(hnsw_ef, "hnsw-ef"),
         nprobes=_ints(nprobe, "nprobe"),
