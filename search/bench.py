@@ -466,6 +466,7 @@ def cached_ground_truth(data: Dataset, cfg: BenchConfig) -> dict[str, np.ndarray
         with np.load(path) as stored:
             return {name: stored[name] for name in stored.files}
     truth = ground_truth(data, cfg.k)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, **truth)
     tmp.replace(path)
