@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 
 import grpc
 import numpy as np
@@ -206,7 +206,34 @@ def _check_match(existing: CollectionManifest, dim: int, model_version: str) -> 
         )
 
 
-class EdgeStore:
+class _Backend:
+    """What both backends do the same way: one search is a batch of one; ``with`` closes the store."""
+
+    search_batch: Callable[..., list[list[Hit]]]
+    close: Callable[[], None]
+
+    def search(
+        self,
+        vector: np.ndarray,
+        *,
+        k: int,
+        filter: SearchFilter | None = None,
+        exact: bool = False,
+        ef: int | None = None,
+        score_threshold: float | None = None,
+    ) -> list[Hit]:
+        return self.search_batch(
+            vector, k=k, filter=filter, exact=exact, ef=ef, score_threshold=score_threshold
+        )[0]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EdgeStore(_Backend):
     """Embedded store: one qdrant-edge shard per collection under ``path/collections/<name>/``.
 
     Edge has no collections or aliases, so this class keeps them: ``manifest.json`` beside each shard
@@ -324,20 +351,6 @@ class EdgeStore:
             found.update(by_point[str(r.id)] for r in records)
         return found
 
-    def search(
-        self,
-        vector: np.ndarray,
-        *,
-        k: int,
-        filter: SearchFilter | None = None,
-        exact: bool = False,
-        ef: int | None = None,
-        score_threshold: float | None = None,
-    ) -> list[Hit]:
-        return self.search_batch(
-            vector, k=k, filter=filter, exact=exact, ef=ef, score_threshold=score_threshold
-        )[0]
-
     def search_batch(
         self,
         vectors: np.ndarray,
@@ -441,14 +454,8 @@ class EdgeStore:
             ),
         )
 
-    def __enter__(self) -> EdgeStore:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class ServerStore:
+class ServerStore(_Backend):
     """Qdrant server or cluster through qdrant-client; also its local mode (``:memory:``, ``local_path``).
 
     Model version and dim live in the collection's metadata; aliases are Qdrant's own. For a
@@ -595,20 +602,6 @@ class ServerStore:
             found.update(by_point[str(r.id)] for r in records)
         return found
 
-    def search(
-        self,
-        vector: np.ndarray,
-        *,
-        k: int,
-        filter: SearchFilter | None = None,
-        exact: bool = False,
-        ef: int | None = None,
-        score_threshold: float | None = None,
-    ) -> list[Hit]:
-        return self.search_batch(
-            vector, k=k, filter=filter, exact=exact, ef=ef, score_threshold=score_threshold
-        )[0]
-
     def search_batch(
         self,
         vectors: np.ndarray,
@@ -703,12 +696,6 @@ class ServerStore:
             qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=collection, alias_name=alias))
         )
         self._call(lambda: self.client.update_collection_aliases(change_aliases_operations=operations))
-
-    def __enter__(self) -> ServerStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _write_atomic(path: Path, text: str) -> None:
