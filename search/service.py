@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -119,13 +119,10 @@ class SearchService:
         self, record_id: str, options: SearchOptions | None = None, *, deadline: float | None = None
     ) -> SearchResult:
         """Neighbours of a stored record, never the record itself."""
-        options = self.validate(options or SearchOptions())
-        payload, vector = self.store.get(_record_id(record_id))
-        flt = options.filter.model_copy(
-            update={"exclude_record_ids": [*options.filter.exclude_record_ids, payload.record_id]}
+        options, vector, query_codes = self._stored_query(
+            record_id, self.validate(options or SearchOptions())
         )
-        options = SearchOptions(flt, options.k, options.score_threshold, options.exact, options.with_summary)
-        return self._search(vector, options, deadline, query_codes=payload.diagnoses)
+        return self._search(vector, options, deadline, query_codes=query_codes)
 
     def search_by_ecg(
         self, ecg: EcgQuery, options: SearchOptions | None = None, *, deadline: float | None = None
@@ -162,14 +159,7 @@ class SearchService:
                     raise InvalidQuery("give exactly one of record_id, ecg, vector")
                 options = self.validate(query.options)
                 if query.record_id is not None:
-                    payload, vector = self.store.get(_record_id(query.record_id))
-                    flt = options.filter.model_copy(
-                        update={"exclude_record_ids": [*options.filter.exclude_record_ids, payload.record_id]}
-                    )
-                    options = SearchOptions(
-                        flt, options.k, options.score_threshold, options.exact, options.with_summary
-                    )
-                    plans.append((options, vector, payload.diagnoses))
+                    plans.append(self._stored_query(query.record_id, options))
                 elif query.ecg is not None:
                     ecgs.append(query.ecg)
                     names.append(f"query[{i}]")
@@ -246,6 +236,16 @@ class SearchService:
         return self.embedder.embed(prepared)
 
     # --- search and summary ----------------------------------------------------------------------
+
+    def _stored_query(
+        self, record_id: str, options: SearchOptions
+    ) -> tuple[SearchOptions, np.ndarray, list[str]]:
+        """A stored record's vector and codes, and the options with the record itself excluded."""
+        payload, vector = self.store.get(_record_id(record_id))
+        flt = options.filter.model_copy(
+            update={"exclude_record_ids": [*options.filter.exclude_record_ids, payload.record_id]}
+        )
+        return replace(options, filter=flt), vector, payload.diagnoses
 
     def _search(
         self,
