@@ -18,6 +18,7 @@ Preparation, in order:
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import tempfile
 from dataclasses import dataclass
@@ -294,8 +295,9 @@ def prepare_array(
         raise InvalidSamples(record, f"expected a 2-D array (leads, samples), got shape {x.shape}")
     if len(leads) != x.shape[0]:
         raise InvalidSamples(record, f"{len(leads)} lead names for {x.shape[0]} signal rows")
-    if not (isinstance(fs, (int, float)) and math.isfinite(fs) and fs > 0):
+    if isinstance(fs, bool) or not (isinstance(fs, numbers.Real) and math.isfinite(fs) and fs > 0):
         raise InvalidSamples(record, f"invalid sampling rate {fs!r}")
+    fs = float(fs)
     bad = ~np.isfinite(x)
     if bad.any():
         raise InvalidSamples(record, f"{int(bad.sum())} NaN or infinite samples")
@@ -313,6 +315,8 @@ def prepare_array(
 
 def _unit_factors(units: tuple[str, ...] | list[str] | str, n: int, record: str) -> np.ndarray:
     names = [units] * n if isinstance(units, str) else list(units)
+    if len(names) != n:
+        raise InvalidSamples(record, f"{len(names)} amplitude units for {n} signal rows")
     factors = []
     for unit in names:
         u = (unit or "mV").strip().lower().replace("µ", "u")
