@@ -159,7 +159,7 @@ def _loaded_batches(
 def _submit(pool: Executor | None, part: list[Candidate]) -> Future[list[Record | Reject]]:
     if pool is not None:
         return pool.submit(load_all, part)
-    done: Future[list[Record | Reject]] = Future()  # no pool: load lazily when the batch is consumed
+    done: Future[list[Record | Reject]] = Future()  # no pool: load now, in this process
     done.set_result(load_all(part))
     return done
 
