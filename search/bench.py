@@ -1,6 +1,7 @@
 """The one harness for scale numbers: recall@k vs exact search, latency, build time, bytes per vector, RSS.
 
-Engines (the project's EdgeStore, FAISS HNSW, FAISS IVF-PQ) are run on the same vectors, queries and
+Engines (the project's EdgeStore, FAISS HNSW, FAISS IVF-PQ, and opt-in the ServerStore on
+qdrant-client's local mode) are run on the same vectors, queries and
 filter classes; exact ground truth comes from numpy over the filtered rows, so a filtered engine is
 judged against the subset it was asked to search. Ingest, deploy sizing and the README cite the
 JSON this writes. faiss is imported inside functions: the search package works without it.
@@ -208,28 +209,45 @@ class EngineResult:
     runs: list[dict]
 
 
-def bench_edge(
+STORE_ENGINES = ("edge", "edge-int8", "qdrant-local")
+
+
+def bench_store(
     data: Dataset,
     truth: dict[str, np.ndarray],
     *,
+    engine: str,
     efs: tuple[int, ...],
-    quantization: bool,
     k: int,
     workdir: Path,
     log: Callable[[str], None],
     batch: int = 2000,
 ) -> EngineResult:
-    """The project's EdgeStore: upsert, optimize, measure disk and RSS, then an hnsw_ef sweep per filter."""
+    """One of the project's stores: upsert, optimize, measure disk and RSS, then search per filter.
+
+    ``edge`` and ``edge-int8`` are the EdgeStore (float32 and int8 vectors) with an hnsw_ef sweep;
+    ``qdrant-local`` is the ServerStore on qdrant-client's on-disk local mode, which searches by
+    brute force: one run per filter, recorded with ``hnsw_ef`` null, and optimize is a no-op wait.
+    """
     from ecgsearch.search import store as store_mod
 
-    name = "edge-int8" if quantization else "edge"
+    if engine not in STORE_ENGINES:
+        raise ValueError(f"unknown store engine {engine!r}")
+    name = engine
     path = workdir / name
     shutil.rmtree(path, ignore_errors=True)
-    settings = store_mod.IndexSettings(quantization=quantization)
+    settings = store_mod.IndexSettings(quantization=engine == "edge-int8")
+    local = engine == "qdrant-local"
+
+    def open_() -> store_mod.Store:
+        if local:
+            return store_mod.ServerStore(local_path=path, settings=settings)
+        return store_mod.open_store(path=path, settings=settings)
+
     n = len(data.vectors)
     gc.collect()
     rss0 = rss_bytes()
-    st = store_mod.open_store(path=path, settings=settings)
+    st = open_()
     st.create_collection(dim=data.vectors.shape[1], model_version="bench")
     t0, c0 = time.perf_counter(), cpu_seconds()
     for start in range(0, n, batch):
@@ -248,15 +266,16 @@ def bench_edge(
     gc.collect()
     rss1 = rss_bytes()
     t2 = time.perf_counter()
-    st = store_mod.open_store(path=path, settings=settings)
+    st = open_()
     open_s = time.perf_counter() - t2
-    default_ef = settings.search_ef
+    default_ef = None if local else settings.search_ef
+    sweep: tuple[int | None, ...] = (None,) if local else efs
     runs = []
     try:
         for f in data.filters:
-            for ef in efs:
+            for ef in sweep:
 
-                def one(q: np.ndarray, f: FilterClass = f, ef: int = ef) -> np.ndarray:
+                def one(q: np.ndarray, f: FilterClass = f, ef: int | None = ef) -> np.ndarray:
                     return np.array([row_of(h.record_id) for h in st.search(q, k=k, filter=f.filter, ef=ef)])
 
                 run = time_queries(one, data.queries, k)
@@ -268,6 +287,7 @@ def bench_edge(
         st.close()
     build = {
         "n": n,
+        "backend": "qdrant-client local mode (exact, pure Python)" if local else "qdrant-edge",
         "settings": settings.model_dump(mode="json"),
         "default_hnsw_ef": default_ef,
         "upsert_s": upsert_s,
@@ -395,6 +415,7 @@ class BenchConfig:
     nprobes: tuple[int, ...] = (8, 16, 32, 64, 128)
     engines: tuple[str, ...] = ("edge", "edge-int8", "faiss-hnsw", "faiss-ivfpq")
     faiss_max_size: int = 1_000_000
+    local_max_size: int = 100_000  # qdrant-local upserts ~850 points/s and searches by brute force
 
 
 def run_dataset(
@@ -430,15 +451,12 @@ def run_dataset(
             if engine.startswith("faiss") and len(data.vectors) > cfg.faiss_max_size:
                 skipped.append({"engine": engine, "reason": f"n > faiss_max_size {cfg.faiss_max_size}"})
                 continue
-            if engine in ("edge", "edge-int8"):
-                res = bench_edge(
-                    data,
-                    truth,
-                    efs=cfg.edge_efs,
-                    quantization=engine == "edge-int8",
-                    k=cfg.k,
-                    workdir=Path(tmp),
-                    log=log,
+            if engine == "qdrant-local" and len(data.vectors) > cfg.local_max_size:
+                skipped.append({"engine": engine, "reason": f"n > local_max_size {cfg.local_max_size}"})
+                continue
+            if engine in STORE_ENGINES:
+                res = bench_store(
+                    data, truth, engine=engine, efs=cfg.edge_efs, k=cfg.k, workdir=Path(tmp), log=log
                 )
             elif engine == "faiss-hnsw":
                 res = bench_faiss(data, truth, kind="hnsw", sweep=cfg.hnsw_efs, k=cfg.k, log=log)

@@ -39,13 +39,19 @@ def recall(
         int,
         typer.Option(min=1, max=1000, help="neighbours per query, as the service asks (recall@k up to k)"),
     ] = 10,
-    engines: Annotated[str, typer.Option(help="engines to run")] = "edge,edge-int8,faiss-hnsw,faiss-ivfpq",
+    engines: Annotated[
+        str,
+        typer.Option(help="engines to run (opt-in: qdrant-local, the ServerStore in local mode)"),
+    ] = "edge,edge-int8,faiss-hnsw,faiss-ivfpq",
     edge_ef: Annotated[str, typer.Option(help="hnsw_ef values for the store")] = "32,64,128,256",
     hnsw_ef: Annotated[str, typer.Option(help="efSearch values for FAISS HNSW")] = "32,64,128,256",
     nprobe: Annotated[str, typer.Option(help="nprobe values for FAISS IVF-PQ")] = "8,16,32,64,128",
     faiss_max_size: Annotated[
         int, typer.Option(help="skip FAISS engines above this many vectors")
     ] = 1_000_000,
+    local_max_size: Annotated[
+        int, typer.Option(help="skip qdrant-local (brute force, ~850 points/s) above this many vectors")
+    ] = 100_000,
     real_ptbxl: Annotated[
         Path | None, typer.Option(help="PTB-XL folder: benchmark real embeddings instead")
     ] = None,
@@ -59,6 +65,9 @@ def recall(
 ) -> None:
     """Recall@k vs exact search, latency, build time and memory of the store, FAISS HNSW and IVF-PQ.
 
+    ``qdrant-local`` (opt-in) is the ServerStore on qdrant-client's local mode: exact search in
+    Python, one setting (hnsw_ef null), skipped above ``--local-max-size``.
+
     Synthetic clustered embeddings (fixed seed) with payloads, unfiltered and under selective (~1%
     diagnosis and an age range) and broad (~25-50%) filters; ground truth is exact search over the
     filtered rows. Needs the ``bench`` extra (faiss-cpu, matplotlib).
@@ -68,6 +77,8 @@ def recall(
         ecgsearch bench recall --sizes 100000,300000 --out results/recall_small.json
 
         ecgsearch bench recall --sizes 1000000 --engines edge,edge-int8
+
+        ecgsearch bench recall --sizes 100000 --engines edge,qdrant-local --out results/recall_local.json
 
         ecgsearch bench recall --real-ptbxl ../shared/data/ptb-xl --out results/recall_real.json
 
@@ -83,7 +94,7 @@ def recall(
             b.plot(result, plot)
         typer.echo(f"wrote {out}")
         return
-    known = {"edge", "edge-int8", "faiss-hnsw", "faiss-ivfpq"}
+    known = {"edge", "edge-int8", "faiss-hnsw", "faiss-ivfpq", "qdrant-local"}
     chosen = tuple(e.strip() for e in engines.split(",") if e.strip())
     if not chosen or set(chosen) - known:
         raise typer.BadParameter(f"engines: choose from {sorted(known)}, got {engines!r}")
@@ -98,6 +109,7 @@ def recall(
         nprobes=_ints(nprobe, "nprobe"),
         engines=chosen,
         faiss_max_size=faiss_max_size,
+        local_max_size=local_max_size,
     )
     if real_ptbxl is not None:
         b.run_real(cfg, real_ptbxl, model, out, plot, log)

@@ -67,6 +67,30 @@ def test_bench_recall_end_to_end(tmp_path: Path) -> None:
     assert png.stat().st_size > 1000
 
 
+def test_bench_recall_qdrant_local_runs_like_edge_and_is_skipped_above_its_limit(tmp_path: Path) -> None:
+    out = tmp_path / "recall.json"
+    args = ["bench", "recall", "--sizes", "1000,2000", "--queries", "10", "--dim", "32"]
+    args += ["--engines", "edge,qdrant-local", "--edge-ef", "64", "--local-max-size", "1000"]
+    args += ["--out", str(out), "--plot", str(tmp_path / "recall.png"), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    small, large = data["results"]
+    assert data["config"]["local_max_size"] == 1000
+    assert [e["engine"] for e in small["engines"]] == ["edge", "qdrant-local"]
+    local = [r for r in small["runs"] if r["engine"] == "qdrant-local"]
+    assert sorted(r["filter"] for r in local) == ["broad", "broad_age", "none", "selective"]
+    assert all(r["hnsw_ef"] is None and r["recall@10"] == 1.0 for r in local)  # brute force is exact
+    build = next(e["build"] for e in small["engines"] if e["engine"] == "qdrant-local")
+    assert build["default_hnsw_ef"] is None and build["n"] == 1000
+    assert build["disk_bytes_per_vector"] > 32 * 4 and build["upsert_points_per_s"] > 0
+    assert {"optimize_s", "rss_delta_build_bytes", "rss_delta_serving_bytes", "open_s"} <= set(build)
+    rows = [r for r in data["summary"] if r["n"] == 1000 and r["engine"] == "qdrant-local"]
+    assert len(rows) == 4 and all(r["recall@10_at_default"] == 1.0 for r in rows)
+    assert [e["engine"] for e in large["engines"]] == ["edge"]
+    assert large["skipped"] == [{"engine": "qdrant-local", "reason": "n > local_max_size 1000"}]
+
+
 def test_merge_pools_engines_of_one_size_run_by_separate_jobs(tmp_path: Path) -> None:
     def job(engine: str, n: int) -> dict:
         run = {"engine": engine, "hnsw_ef": 128, "filter": "none", "recall@10": 0.995, "p50_ms": 1.0}
