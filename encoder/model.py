@@ -73,6 +73,18 @@ class Encoder(nn.Module):
         return self.pool(self.features(x))
 
 
+def _upsampling(channels: int, ups: int) -> list[nn.Module]:
+    """``ups`` doublings of time, each followed by a convolution: the decoders' shared body."""
+    layers: list[nn.Module] = []
+    for _ in range(ups):
+        layers += [
+            nn.Upsample(scale_factor=2, mode="linear", align_corners=False),
+            nn.Conv1d(channels, channels, 5, padding=2),
+            nn.GELU(),
+        ]
+    return layers
+
+
 class Decoder(nn.Module):
     """Embedding -> (n, 12, length): upsampling convolutions from a short learned seed sequence."""
 
@@ -80,14 +92,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.channels, self.seed_length = config.decoder_channels, seed_length
         self.fc = nn.Linear(config.embedding_dim, config.decoder_channels * seed_length)
-        layers: list[nn.Module] = []
-        for _ in range(ups):
-            layers += [
-                nn.Upsample(scale_factor=2, mode="linear", align_corners=False),
-                nn.Conv1d(config.decoder_channels, config.decoder_channels, 5, padding=2),
-                nn.GELU(),
-            ]
-        self.body = nn.Sequential(*layers)
+        self.body = nn.Sequential(*_upsampling(config.decoder_channels, ups))
         self.out = nn.Conv1d(config.decoder_channels, config.in_leads, 5, padding=2)
 
     def forward(self, z: torch.Tensor, length: int) -> torch.Tensor:
@@ -108,14 +113,7 @@ class FeatureDecoder(nn.Module):
         super().__init__()
         c_in = config.embedding_dim // 2 if config.pooling == "meanmax" else config.embedding_dim
         self.inp = nn.Conv1d(c_in, config.decoder_channels, 1)
-        layers: list[nn.Module] = [nn.GELU()]
-        for _ in range(ups):
-            layers += [
-                nn.Upsample(scale_factor=2, mode="linear", align_corners=False),
-                nn.Conv1d(config.decoder_channels, config.decoder_channels, 5, padding=2),
-                nn.GELU(),
-            ]
-        self.body = nn.Sequential(*layers)
+        self.body = nn.Sequential(nn.GELU(), *_upsampling(config.decoder_channels, ups))
         self.out = nn.Conv1d(config.decoder_channels, config.in_leads, 5, padding=2)
 
     def forward(self, f: torch.Tensor, length: int) -> torch.Tensor:
