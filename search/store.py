@@ -207,10 +207,20 @@ def _check_match(existing: CollectionManifest, dim: int, model_version: str) -> 
 
 
 class _Backend:
-    """What both backends do the same way: one search is a batch of one; ``with`` closes the store."""
+    """What both backends do the same way: resume checks in batches, one search is a batch of one,
+    ``with`` closes the store."""
 
     search_batch: Callable[..., list[list[Hit]]]
     close: Callable[[], None]
+    _stored_ids: Callable[[list[str]], list[str]]  # which of these point ids exist (one batch)
+
+    def existing(self, record_ids: Sequence[str]) -> set[str]:
+        by_point = {point_id(r): r for r in record_ids}
+        ids = list(by_point)
+        found: set[str] = set()
+        for start in range(0, len(ids), BATCH):
+            found.update(by_point[i] for i in self._stored_ids(ids[start : start + BATCH]))
+        return found
 
     def search(
         self,
@@ -342,14 +352,9 @@ class EdgeStore(_Backend):
             ]
             self.shard.update(edge.UpdateOperation.upsert_points(points))
 
-    def existing(self, record_ids: Sequence[str]) -> set[str]:
-        by_point = {point_id(r): r for r in record_ids}
-        found: set[str] = set()
-        ids = list(by_point)
-        for start in range(0, len(ids), BATCH):
-            records = self.shard.retrieve(ids[start : start + BATCH], with_payload=False, with_vector=False)
-            found.update(by_point[str(r.id)] for r in records)
-        return found
+    def _stored_ids(self, ids: list[str]) -> list[str]:
+        records = self.shard.retrieve(ids, with_payload=False, with_vector=False)
+        return [str(r.id) for r in records]
 
     def search_batch(
         self,
@@ -590,17 +595,11 @@ class ServerStore(_Backend):
             ]
             self._call(lambda pts=points: self.client.upsert(self.name, points=pts, wait=True))
 
-    def existing(self, record_ids: Sequence[str]) -> set[str]:
-        by_point = {point_id(r): r for r in record_ids}
-        ids = list(by_point)
-        found: set[str] = set()
-        for start in range(0, len(ids), BATCH):
-            chunk = ids[start : start + BATCH]
-            records = self._call(
-                lambda c=chunk: self.client.retrieve(self.name, c, with_payload=False, with_vectors=False)
-            )
-            found.update(by_point[str(r.id)] for r in records)
-        return found
+    def _stored_ids(self, ids: list[str]) -> list[str]:
+        records = self._call(
+            lambda: self.client.retrieve(self.name, ids, with_payload=False, with_vectors=False)
+        )
+        return [str(r.id) for r in records]
 
     def search_batch(
         self,
