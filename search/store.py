@@ -110,8 +110,9 @@ class IndexSettings(BaseModel):
 
     Defaults favour recall, as clinical search should: a denser graph (m 32, ef_construct 256) and
     ef 256 at search, and ACORN for every filtered query (max selectivity 1.0), since plain filtered
-    HNSW loses recall on filters that keep a large share of points. ``ecgsearch bench recall``
-    measures what these settings give (results/recall.json).
+    HNSW loses recall on filters that keep a large share of points. With ACORN on, Qdrant's extra
+    per-payload-value links (``payload_m``) add build time (+30 % at 100k) and no recall, so they
+    are off. ``ecgsearch bench recall`` measures what these settings give (results/recall.json).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -131,6 +132,9 @@ class IndexSettings(BaseModel):
     )
     indexing_threshold_kb: int = Field(
         default=1, ge=1, description="segments above this size get an HNSW graph when optimized"
+    )
+    payload_m: int = Field(
+        default=0, ge=0, le=128, description="edges of extra per-payload-value HNSW links (0: none)"
     )
 
 
@@ -316,7 +320,10 @@ class EdgeStore(_Backend):
         config = edge.EdgeConfig(
             vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
             hnsw_config=edge.HnswIndexConfig(
-                m=s.hnsw_m, ef_construct=s.hnsw_ef_construct, full_scan_threshold=s.full_scan_threshold_kb
+                m=s.hnsw_m,
+                ef_construct=s.hnsw_ef_construct,
+                full_scan_threshold=s.full_scan_threshold_kb,
+                payload_m=s.payload_m,
             ),
             quantization_config=(
                 edge.ScalarQuantizationConfig(type=edge.ScalarType.Int8, quantile=0.99, always_ram=True)
@@ -556,7 +563,10 @@ class ServerStore(_Backend):
                 shard_number=self.shard_number,
                 replication_factor=self.replication_factor,
                 hnsw_config=qm.HnswConfigDiff(
-                    m=s.hnsw_m, ef_construct=s.hnsw_ef_construct, full_scan_threshold=s.full_scan_threshold_kb
+                    m=s.hnsw_m,
+                    ef_construct=s.hnsw_ef_construct,
+                    full_scan_threshold=s.full_scan_threshold_kb,
+                    payload_m=s.payload_m,
                 ),
                 optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=s.indexing_threshold_kb),
                 quantization_config=(
