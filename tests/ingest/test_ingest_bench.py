@@ -1,0 +1,22 @@
+"""The ingest benchmark on a few real PTB-XL records: every stage sees the same ECGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ecgsearch.ingest.bench import run_bench
+
+
+def test_ingest_bench_times_every_stage_on_the_same_records(ptbxl_dir: Path) -> None:
+    result = run_bench(ptbxl_dir, batch_size=8, workers=1, threads=1, model=None, limit=40)
+
+    assert result["records"] == 40
+    assert result["prepared"] == result["end_to_end"]["ingested"] == 40
+    assert result["end_to_end"]["rejected"] == 0
+    assert result["end_to_end"]["steady_rate_after_first_batch"] > 0
+    assert result["read_prepare"]["pool_start_seconds"] > 0
+    assert result["slowest_stage"] in {"read_prepare", "encoder"}
+    split = result["read_prepare"]["per_ecg_single_process"]
+    assert split["records"] == 40 and split["read_ms"] > 0 and split["prepare_ms"] > 0
+    core = result["core_ms_per_ecg"]
+    assert core["read_prepare"] == round(split["read_ms"] + split["prepare_ms"], 2)
