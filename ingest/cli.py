@@ -97,6 +97,25 @@ def ingest_command(
     replication_factor: Annotated[
         int, typer.Option(min=1, help="Qdrant server: copies of each shard of a new collection.")
     ] = 1,
+    int8: Annotated[
+        bool | None,
+        typer.Option(
+            "--int8/--float32",
+            help="New collection: int8 scalar quantization (4x less vector memory, float32 kept for "
+            "rescoring) or float32 only (the default).",
+        ),
+    ] = None,
+    hnsw_m: Annotated[
+        int | None, typer.Option(min=4, max=128, help="New collection: HNSW edges per node (default 32).")
+    ] = None,
+    hnsw_ef_construct: Annotated[
+        int | None,
+        typer.Option(min=8, max=2048, help="New collection: HNSW build candidates (default 256)."),
+    ] = None,
+    search_ef: Annotated[
+        int | None,
+        typer.Option(min=1, max=4096, help="New collection: HNSW search candidates (default 256)."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Embed ECGs from SOURCE and store them with their payloads; reruns skip what is already stored.
@@ -137,7 +156,12 @@ def ingest_command(
     rejects_path = rejects or (store_path or Path.cwd()) / f"{collection}-rejects.csv"
     try:
         embedder = Embedder(model, threads=threads)
-        target = _open_target(store_path, qdrant_url, api_key, collection, shard_number, replication_factor)
+        settings = _index_settings(
+            quantization=int8, hnsw_m=hnsw_m, hnsw_ef_construct=hnsw_ef_construct, search_ef=search_ef
+        )
+        target = _open_target(
+            store_path, qdrant_url, api_key, collection, shard_number, replication_factor, settings
+        )
     except (ModelError, OSError, RuntimeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
@@ -196,7 +220,15 @@ def _run(
         )
 
 
-def _open_target(path, url, api_key, collection, shard_number, replication_factor):  # noqa: ANN001, ANN202
+def _index_settings(**given: object):  # noqa: ANN202 - IndexSettings, imported late (CLI start-up)
+    """IndexSettings from the options given on the command line; None when none was given."""
+    from ecgsearch.search.store import IndexSettings
+
+    chosen = {key: value for key, value in given.items() if value is not None}
+    return IndexSettings(**chosen) if chosen else None
+
+
+def _open_target(path, url, api_key, collection, shard_number, replication_factor, settings):  # noqa: ANN001, ANN202
     """open_store with the cluster layout options; a layout without a server is a usage error."""
     from ecgsearch.search.store import open_store
 
@@ -209,6 +241,7 @@ def _open_target(path, url, api_key, collection, shard_number, replication_facto
         collection=collection,
         shard_number=shard_number,
         replication_factor=replication_factor,
+        settings=settings,
     )
 
 

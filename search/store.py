@@ -46,7 +46,8 @@ class Store(Protocol):
     name: str
 
     def create_collection(self, *, dim: int, model_version: str) -> None:
-        """Create if absent; if present, refuse (ModelMismatch) unless dim and model_version match."""
+        """Create if absent; if present, refuse (ModelMismatch) unless dim and model_version match, and
+        (SettingsMismatch) when the store was opened with explicit settings that differ from its own."""
 
     def upsert(self, payloads: Sequence[EcgPayload], vectors: np.ndarray) -> None:
         """Insert or overwrite points; the point id derives from payload.record_id (idempotent)."""
@@ -103,6 +104,10 @@ class StoreError(RuntimeError):
 
 class ModelMismatch(StoreError):
     """The collection holds vectors of another model or dimension: they must never be mixed."""
+
+
+class SettingsMismatch(StoreError):
+    """Index settings were asked for that differ from those an existing collection was made with."""
 
 
 class IndexSettings(BaseModel):
@@ -201,12 +206,22 @@ def _hit(payload: dict[str, Any] | None, score: float) -> Hit:
     return Hit(record_id=model.record_id, score=float(score), payload=model)
 
 
-def _check_match(existing: CollectionManifest, dim: int, model_version: str) -> None:
+def _check_match(
+    existing: CollectionManifest, dim: int, model_version: str, requested: IndexSettings | None
+) -> None:
+    """Refuse to add to a collection made by another model, or with other index settings than asked."""
     if existing.dim != dim or existing.model_version != model_version:
         raise ModelMismatch(
             f"collection {existing.name!r} holds {existing.dim}-d vectors of model "
             f"{existing.model_version!r}, not {dim}-d vectors of {model_version!r}; vectors of two "
             "models must not be mixed: create a new collection for the new model and switch the alias to it"
+        )
+    if requested is not None and requested != existing.settings:
+        have, want = existing.settings.model_dump(), requested.model_dump()
+        diff = ", ".join(f"{key} {have[key]} (asked {want[key]})" for key in have if have[key] != want[key])
+        raise SettingsMismatch(
+            f"collection {existing.name!r} was created with {diff}; index settings are fixed when a "
+            "collection is created: ingest into a new collection to change them"
         )
 
 
@@ -265,6 +280,7 @@ class EdgeStore(_Backend):
         self.name = self._aliases().get(collection, collection)
         self._shard: edge.EdgeShard | None = None
         self.manifest = self._read_manifest()
+        self.requested_settings = settings
         self.settings = settings or (self.manifest.settings if self.manifest else IndexSettings())
         if self.manifest is not None:
             self._shard = self._open(lambda: edge.EdgeShard.load(str(self._shard_dir)))
@@ -314,7 +330,7 @@ class EdgeStore(_Backend):
     def create_collection(self, *, dim: int, model_version: str) -> None:
         """Create the shard and its payload indexes (before any HNSW graph), or check the existing one."""
         if self.manifest is not None:
-            _check_match(self.manifest, dim, model_version)
+            _check_match(self.manifest, dim, model_version, self.requested_settings)
             return
         s = self.settings
         config = edge.EdgeConfig(
@@ -492,6 +508,7 @@ class ServerStore(_Backend):
         timeout: int = 30,
     ) -> None:
         self.name = _check_name(collection)
+        self.requested_settings = settings
         self.settings = settings or IndexSettings()
         self.shard_number, self.replication_factor = shard_number, replication_factor
         if client is None:
@@ -547,7 +564,7 @@ class ServerStore(_Backend):
 
     def create_collection(self, *, dim: int, model_version: str) -> None:
         if self._call(lambda: self.client.collection_exists(self.name)):
-            _check_match(self._manifest(), dim, model_version)
+            _check_match(self._manifest(), dim, model_version, self.requested_settings)
             return
         s = self.settings
         meta = {

@@ -127,6 +127,21 @@ def test_collection_of_another_model_is_refused(tmp_path: Path, ptbxl_dir: Path)
     assert "another-model" in err
 
 
+def test_index_settings_are_chosen_at_creation_and_then_fixed(tmp_path: Path, ptbxl_dir: Path) -> None:
+    store = tmp_path / "store"
+    base = (ptbxl_dir, "--store", store, "--limit", 3, "--workers", 0, "-q")
+    code, _, _ = invoke(*base, "--int8", "--hnsw-m", 8, "--search-ef", 64)
+    assert code == EXIT_OK
+    for s in _open(store):
+        made = s.manifest.settings
+        assert (made.quantization, made.hnsw_m, made.search_ef, made.hnsw_ef_construct) == (True, 8, 64, 256)
+        assert s.count() == 3
+    assert invoke(*base)[0] == EXIT_OK  # no settings given: the collection's own are used
+    code, _, err = invoke(*base, "--float32")
+    assert code == EXIT_FAILED and "quantization True (asked False)" in err
+    assert "new collection" in err
+
+
 def test_missing_source_is_a_usage_error(tmp_path: Path) -> None:
     code, _, err = invoke(tmp_path / "nowhere", "--store", tmp_path / "store")
     assert code == 2 and "such folder or manifest" in err

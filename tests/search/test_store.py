@@ -17,6 +17,7 @@ from ecgsearch.search.store import (
     IndexSettings,
     ModelMismatch,
     ServerStore,
+    SettingsMismatch,
     Store,
     StoreError,
     default_store_path,
@@ -133,6 +134,23 @@ def test_idempotent_upsert_and_model_mismatch(edge_store: EdgeStore, server_stor
         with pytest.raises(ModelMismatch):
             store.create_collection(dim=128, model_version=FAKE_VERSION)
     assert issubclass(ModelMismatch, StoreError)
+
+
+def test_other_index_settings_are_refused(edge_store: EdgeStore, server_store: ServerStore):
+    other = IndexSettings(hnsw_m=8, quantization=True)
+    edge_store.close()
+    reopened = EdgeStore(edge_store.root, "ecgs", other)
+    second = ServerStore(client=server_store.client, collection=server_store.name, settings=other)
+    try:
+        for store in (reopened, second):
+            with pytest.raises(SettingsMismatch, match="hnsw_m .* \\(asked 8\\).*new collection"):
+                store.create_collection(dim=FAKE_DIM, model_version=FAKE_VERSION)
+    finally:
+        reopened.close()
+    assert issubclass(SettingsMismatch, StoreError)
+    with EdgeStore(edge_store.root, "ecgs") as store:  # no settings asked: the collection's own
+        store.create_collection(dim=FAKE_DIM, model_version=FAKE_VERSION)
+        assert store.settings == TEST_SETTINGS
 
 
 def test_persistence_across_reopen(tmp_path: Path, corpus: Any):
