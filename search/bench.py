@@ -415,6 +415,7 @@ class BenchConfig:
     nprobes: tuple[int, ...] = (8, 16, 32, 64, 128)
     engines: tuple[str, ...] = ("edge", "edge-int8", "faiss-hnsw", "faiss-ivfpq")
     faiss_max_size: int = 1_000_000
+    faiss_ef_construction: int = 256  # as the store's ef_construct, so the graphs compare like for like
     local_max_size: int = 100_000  # qdrant-local upserts ~850 points/s and searches by brute force
 
 
@@ -459,7 +460,15 @@ def run_dataset(
                     data, truth, engine=engine, efs=cfg.edge_efs, k=cfg.k, workdir=Path(tmp), log=log
                 )
             elif engine == "faiss-hnsw":
-                res = bench_faiss(data, truth, kind="hnsw", sweep=cfg.hnsw_efs, k=cfg.k, log=log)
+                res = bench_faiss(
+                    data,
+                    truth,
+                    kind="hnsw",
+                    sweep=cfg.hnsw_efs,
+                    k=cfg.k,
+                    log=log,
+                    ef_construction=cfg.faiss_ef_construction,
+                )
             elif engine == "faiss-ivfpq":
                 res = bench_faiss(data, truth, kind="ivfpq", sweep=cfg.nprobes, k=cfg.k, log=log)
             else:

@@ -49,6 +49,9 @@ def recall(
     faiss_max_size: Annotated[
         int, typer.Option(help="skip FAISS engines above this many vectors")
     ] = 1_000_000,
+    faiss_ef_construction: Annotated[
+        int, typer.Option(min=8, help="FAISS HNSW efConstruction (M is 32, as the store's m)")
+    ] = 256,
     local_max_size: Annotated[
         int, typer.Option(help="skip qdrant-local (brute force, ~850 points/s) above this many vectors")
     ] = 100_000,
@@ -109,6 +112,7 @@ def recall(
         nprobes=_ints(nprobe, "nprobe"),
         engines=chosen,
         faiss_max_size=faiss_max_size,
+        faiss_ef_construction=faiss_ef_construction,
         local_max_size=local_max_size,
     )
     if real_ptbxl is not None:
