@@ -101,8 +101,8 @@ def ingest_command(
         bool | None,
         typer.Option(
             "--int8/--float32",
-            help="New collection: int8 scalar quantization (4x less vector memory, float32 kept for "
-            "rescoring) or float32 only (the default).",
+            help="New collection: int8 scalar quantization (the default: 4x less vector memory, "
+            "float32 kept for rescoring) or float32 only.",
         ),
     ] = None,
     hnsw_m: Annotated[
