@@ -9,7 +9,11 @@ cd "$(dirname "$0")/.."
 # Oldest Kubernetes the manifests support (the ingest Job's backoffLimitPerIndex is 1.28+) and the newest
 # schema kubernetes-validate ships.
 K8S_MIN=1.28
-K8S_MANIFESTS=(deploy/k8s/namespace.yaml deploy/k8s/search.yaml deploy/k8s/ingest-job.yaml deploy/k8s/network-policy.yaml)
+# Every manifest in deploy/k8s/ except the Helm values file.
+K8S_MANIFESTS=()
+for file in deploy/k8s/*.yaml; do
+    [ "$file" = deploy/k8s/qdrant-values.yaml ] || K8S_MANIFESTS+=("$file")
+done
 
 failed=()
 step() {
