@@ -25,6 +25,7 @@ from ecgsearch.encoder.readers.types import (
     cap_age,
     check_channels,
     check_duration,
+    count,
     make_read_ecg,
     number,
     sex_code,
@@ -69,8 +70,8 @@ def _rate(wave: Element) -> float:
 
 
 def _lead_samples(lead: Element, rate: float) -> np.ndarray:
-    count = _count(text(lead, "LeadSampleCountTotal"))
-    check_duration(count, rate)
+    declared = count(text(lead, "LeadSampleCountTotal"))
+    check_duration(declared or 0, rate)
     raw = text(lead, "WaveFormData")
     if raw is None:
         raise ReaderError("WaveFormData", "empty lead")
@@ -83,22 +84,13 @@ def _lead_samples(lead: Element, rate: float) -> np.ndarray:
     if len(buf) % 2:
         raise ReaderError("WaveFormData", "odd number of bytes for 16-bit samples")
     samples = np.frombuffer(buf, dtype="<i2").astype(np.float64)
-    if count >= 0 and len(samples) != count:
-        raise ReaderError("LeadSampleCountTotal", f"{len(samples)} samples decoded, header says {count}")
+    if declared is not None and len(samples) != declared:
+        raise ReaderError("LeadSampleCountTotal", f"{len(samples)} samples decoded, header says {declared}")
     per_bit = number(text(lead, "LeadAmplitudeUnitsPerBit"))
     unit = (text(lead, "LeadAmplitudeUnits") or "MICROVOLTS").upper()
     if per_bit is None or per_bit <= 0 or unit not in _UNITS_TO_MV:
         raise ReaderError("LeadAmplitudeUnitsPerBit", "missing or unknown amplitude scale")
     return samples * per_bit * _UNITS_TO_MV[unit]
-
-
-def _count(value: str | None) -> int:
-    """LeadSampleCountTotal, or -1 when absent (then the decoded length is used)."""
-    if value is None:
-        return -1
-    if not value.isdigit() or len(value) > 12:
-        raise ReaderError("LeadSampleCountTotal", "not a sample count")
-    return int(value)
 
 
 def _header(root: Element) -> EcgHeader:

@@ -12,14 +12,24 @@ import dataclasses
 from xml.etree.ElementTree import Element
 
 from ecgsearch.encoder.readers import _datakit
-from ecgsearch.encoder.readers.types import ReadEcg, ReaderError, make_read_ecg, number, statement_codes
-from ecgsearch.encoder.readers.xmlsafe import parse_xml
+from ecgsearch.encoder.readers.types import (
+    ReadEcg,
+    ReaderError,
+    check_channels,
+    check_duration,
+    count,
+    make_read_ecg,
+    number,
+    statement_codes,
+)
+from ecgsearch.encoder.readers.xmlsafe import parse_xml, text
 
 
 def read(data: bytes) -> ReadEcg:
     root = parse_xml(data)
     if root.tag != "restingecgdata":
         raise ReaderError("xml", "root element is not restingecgdata")
+    _check_bounds(root)
     record = _datakit.parse(data, "sierra_xml:SierraXMLParser", "philips-xml", ".xml")
     x, names, rate = _datakit.signal(record, "philips-xml")
     header = _datakit.header(record, _codes(root))
@@ -29,6 +39,22 @@ def read(data: bytes) -> ReadEcg:
             header, measurements=dataclasses.replace(header.measurements, qtc_ms=qtc)
         )
     return make_read_ecg(x, names, rate, "philips-xml", header)
+
+
+def _check_bounds(root: Element) -> None:
+    """Channel count and duration from the header, before the XLI decoder expands anything."""
+    waves = root.find("waveforms/parsedwaveforms")
+    if waves is None:
+        waves = root.find(".//parsedwaveforms")
+    if waves is None:
+        raise ReaderError("parsedwaveforms", "no waveform in this file")
+    channels = count(waves.get("numberofleads") or text(root, ".//numberchannelsvalid"))
+    if channels is not None:
+        check_channels(channels)
+    duration_ms = count(waves.get("durationperchannel"))
+    rate = count(text(root, ".//samplingrate"))
+    if duration_ms is not None and rate:
+        check_duration(duration_ms * rate // 1000, rate)
 
 
 def _codes(root: Element) -> tuple[str, ...]:

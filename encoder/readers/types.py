@@ -190,6 +190,17 @@ def statement_codes(values: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def count(value: object) -> int | None:
+    """A non-negative header count (samples, channels, milliseconds), None when absent; unlike
+    ``number`` it keeps large values, so that bounds see them."""
+    s = str(value or "").strip()
+    if not s:
+        return None
+    if not s.isdigit() or len(s) > 15:
+        raise ReaderError("header", "a count field is not a whole number")
+    return int(s)
+
+
 def number(value: object) -> float | None:
     """A measurement as float, or None for blanks, 'Failed', sentinels and non-finite values."""
     try:

@@ -339,3 +339,15 @@ def test_too_many_channels_and_too_long_are_refused(hospital):
     with pytest.raises(ReaderError) as err:
         read_ecg(too_long)
     assert err.value.field == "duration"
+
+
+def test_philips_bounds_are_checked_before_decoding(hospital):
+    text = (hospital / "philips_v1.04_ad4d3d80-d165.xml").read_bytes().decode("utf-16")
+    too_long = text.replace('durationperchannel="11000"', 'durationperchannel="36000000"', 1)
+    with pytest.raises(ReaderError) as err:
+        read_ecg(too_long.encode("utf-16"))
+    assert err.value.field == "duration"
+    too_many = text.replace('numberofleads="12"', 'numberofleads="64"', 1)
+    with pytest.raises(ReaderError) as err:
+        read_ecg(too_many.encode("utf-16"))
+    assert err.value.field == "channels"
