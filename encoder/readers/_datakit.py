@@ -48,7 +48,7 @@ def parse(data: bytes, parser_name: str, fmt: str, suffix: str):  # -> ecgdataki
     return record
 
 
-def signal(record, fmt: str) -> tuple[np.ndarray, list[str], float]:
+def signal(record) -> tuple[np.ndarray, list[str], float]:
     """(leads, samples) in mV, lead labels and the common sampling rate of an ECGRecord."""
     leads = list(record.leads)
     check_channels(len(leads))

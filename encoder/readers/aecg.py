@@ -21,5 +21,5 @@ def read(data: bytes) -> ReadEcg:
     if id_el is not None:
         native_id = (id_el.get("root") or "").strip() or None
     record = _datakit.parse(data, "hl7_aecg:HL7aECGParser", "hl7-aecg", ".xml")
-    x, names, rate = _datakit.signal(record, "hl7-aecg")
+    x, names, rate = _datakit.signal(record)
     return make_read_ecg(x, names, rate, "hl7-aecg", _datakit.header(record), native_id=native_id)

@@ -32,6 +32,7 @@ from ecgsearch.encoder.readers.types import (
     check_duration,
     make_read_ecg,
     number,
+    real,
     sex_code,
     year_month,
 )
@@ -64,7 +65,7 @@ def read(data: bytes) -> ReadEcg:
         raise ReaderError("WaveformSequence", "no waveform in this DICOM object")
     index = _rhythm_group(waves)
     group = waves[index]
-    rate = number(group.get("SamplingFrequency"))
+    rate = real(group.get("SamplingFrequency"))
     if rate is None or rate <= 0:
         raise ReaderError("SamplingFrequency", "missing or invalid")
     check_channels(int(group.get("NumberOfWaveformChannels") or 0))
@@ -102,7 +103,7 @@ def _rhythm_group(waves: list[Dataset]) -> int:
 
 def _float(ds: Dataset, keyword: str, default: float) -> float:
     value = ds.get(keyword)
-    x = number(value) if value is not None and value != "" else default
+    x = real(value) if value is not None and value != "" else default
     if x is None:
         raise ReaderError(keyword, "not a number")
     return x

@@ -1,9 +1,11 @@
 """EDF/EDF+ through ecgdatakit (physical min/max scaling, mV). The EDF patient field can hold a name
-and birth date: only sex, the derived age and the patient code (as patient_key) are kept. The
+and birth date: only sex, the derived age and the EDF+ patient code (as patient_key) are kept. The
 header's record count and sizes are checked against the file length first, so a truncated file is
 refused rather than read short."""
 
 from __future__ import annotations
+
+import dataclasses
 
 from ecgsearch.encoder.readers import _datakit
 from ecgsearch.encoder.readers.types import ReadEcg, ReaderError, check_channels, make_read_ecg
@@ -12,8 +14,12 @@ from ecgsearch.encoder.readers.types import ReadEcg, ReaderError, check_channels
 def read(data: bytes) -> ReadEcg:
     _check_size(data)
     record = _datakit.parse(data, "edf:EDFParser", "edf", ".edf")
-    x, names, rate = _datakit.signal(record, "edf")
-    return make_read_ecg(x, names, rate, "edf", _datakit.header(record))
+    x, names, rate = _datakit.signal(record)
+    header = _datakit.header(record)
+    if data[192:196] != b"EDF+" or (header.patient_key or "X").upper() == "X":
+        # plain EDF's patient field is free text, not an id; EDF+ writes X for an unknown code
+        header = dataclasses.replace(header, patient_key=None)
+    return make_read_ecg(x, names, rate, "edf", header)
 
 
 def _check_size(data: bytes) -> None:

@@ -28,6 +28,7 @@ from ecgsearch.encoder.readers.types import (
     count,
     make_read_ecg,
     number,
+    real,
     sex_code,
     year_month,
 )
@@ -62,8 +63,8 @@ def _rhythm_waveform(root: Element) -> Element:
 
 
 def _rate(wave: Element) -> float:
-    base = number(text(wave, "SampleBase"))
-    exponent = number(text(wave, "SampleExponent")) or 0.0
+    base = real(text(wave, "SampleBase"))
+    exponent = real(text(wave, "SampleExponent")) or 0.0
     if base is None or not -3 <= exponent <= 3:
         raise ReaderError("SampleBase", "missing or invalid sampling rate")
     return base * 10.0**exponent
@@ -86,7 +87,7 @@ def _lead_samples(lead: Element, rate: float) -> np.ndarray:
     samples = np.frombuffer(buf, dtype="<i2").astype(np.float64)
     if declared is not None and len(samples) != declared:
         raise ReaderError("LeadSampleCountTotal", f"{len(samples)} samples decoded, header says {declared}")
-    per_bit = number(text(lead, "LeadAmplitudeUnitsPerBit"))
+    per_bit = real(text(lead, "LeadAmplitudeUnitsPerBit"))
     unit = (text(lead, "LeadAmplitudeUnits") or "MICROVOLTS").upper()
     if per_bit is None or per_bit <= 0 or unit not in _UNITS_TO_MV:
         raise ReaderError("LeadAmplitudeUnitsPerBit", "missing or unknown amplitude scale")

@@ -31,7 +31,7 @@ def read(data: bytes) -> ReadEcg:
         raise ReaderError("xml", "root element is not restingecgdata")
     _check_bounds(root)
     record = _datakit.parse(data, "sierra_xml:SierraXMLParser", "philips-xml", ".xml")
-    x, names, rate = _datakit.signal(record, "philips-xml")
+    x, names, rate = _datakit.signal(record)
     header = _datakit.header(record, _codes(root))
     if header.measurements.qtc_ms is None:  # 1.03 keeps QTc as meanqtc, which ecgdatakit skips
         qtc = _first_number(root, ("meanqtc", "qtcb", "qtcf"))

@@ -9,5 +9,5 @@ from ecgsearch.encoder.readers.types import ReadEcg, make_read_ecg
 
 def read(data: bytes) -> ReadEcg:
     record = _datakit.parse(data, "scp_ecg:SCPECGParser", "scp-ecg", ".scp")
-    x, names, rate = _datakit.signal(record, "scp-ecg")
+    x, names, rate = _datakit.signal(record)
     return make_read_ecg(x, names, rate, "scp-ecg", _datakit.header(record))

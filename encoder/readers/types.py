@@ -201,12 +201,16 @@ def count(value: object) -> int | None:
     return int(s)
 
 
-def number(value: object) -> float | None:
-    """A measurement as float, or None for blanks, 'Failed', sentinels and non-finite values."""
+def real(value: object) -> float | None:
+    """A finite float (rates, sensitivities), None when absent or not a number."""
     try:
         x = float(str(value).strip())
     except (TypeError, ValueError):
         return None
-    if not np.isfinite(x) or abs(x) >= 10_000:
-        return None
-    return x
+    return x if np.isfinite(x) else None
+
+
+def number(value: object) -> float | None:
+    """A measurement as float, or None for blanks, 'Failed', sentinels and non-finite values."""
+    x = real(value)
+    return None if x is None or abs(x) >= 10_000 else x

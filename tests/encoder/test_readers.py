@@ -174,6 +174,8 @@ def test_edf_reads_whole_and_equals_edfio(hospital, read_all):
     ours = read_all["edf_contec_0000050.edf"]
     ref = edfio.read_edf(hospital / "edf_contec_0000050.edf")
     assert ours.signal.shape == (12, 37855) and ours.sampling_rate_hz == 800.0
+    assert ours.header.patient_key is None  # plain EDF: the patient field is free text, not an id
+    assert ours.header.acquired_month == "2020-11"
     np.testing.assert_allclose(ours.signal, np.stack([s.data for s in ref.signals]), atol=1e-4)
 
 
