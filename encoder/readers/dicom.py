@@ -57,10 +57,15 @@ def read(data: bytes) -> ReadEcg:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(data))
-            waves = list(ds.get("WaveformSequence") or [])
+            return _read(pydicom.dcmread(io.BytesIO(data)))
+    except ReaderError:
+        raise
     except Exception as exc:  # pydicom raises many types for truncated or corrupt files
         raise ReaderError("dicom", f"cannot parse ({type(exc).__name__})") from None
+
+
+def _read(ds: Dataset) -> ReadEcg:
+    waves = list(ds.get("WaveformSequence") or [])
     if not waves:
         raise ReaderError("WaveformSequence", "no waveform in this DICOM object")
     index = _rhythm_group(waves)
@@ -71,24 +76,18 @@ def read(data: bytes) -> ReadEcg:
     check_channels(int(group.get("NumberOfWaveformChannels") or 0))
     check_duration(int(group.get("NumberOfWaveformSamples") or 0), rate)
     try:
-        raw = multiplex_array(ds, index, as_raw=True).astype(np.float64).T
+        x = multiplex_array(ds, index, as_raw=True).astype(np.float64).T
     except Exception as exc:
         raise ReaderError("WaveformData", f"cannot decode ({type(exc).__name__})") from None
     channels = list(group.get("ChannelDefinitionSequence") or [])
-    if len(channels) != raw.shape[0]:
-        raise ReaderError(
-            "ChannelDefinitionSequence", f"{len(channels)} definitions for {raw.shape[0]} channels"
-        )
-    names = []
+    if len(channels) != x.shape[0]:
+        raise ReaderError("ChannelDefinitionSequence", f"{len(channels)} definitions, {x.shape[0]} channels")
     for j, ch in enumerate(channels):
-        raw[j] = raw[j] * _float(ch, "ChannelSensitivity", 1.0) * _float(
-            ch, "ChannelSensitivityCorrectionFactor", 1.0
-        ) + _float(ch, "ChannelBaseline", 0.0)
-        raw[j] *= _to_mv(ch)
-        names.append(_channel_name(ch))
-    header = _header(ds)
+        gain = _float(ch, "ChannelSensitivity", 1.0) * _float(ch, "ChannelSensitivityCorrectionFactor", 1.0)
+        x[j] = (x[j] * gain + _float(ch, "ChannelBaseline", 0.0)) * _to_mv(ch)
+    names = [_channel_name(ch) for ch in channels]
     uid = str(ds.get("SOPInstanceUID") or "").strip() or None
-    return make_read_ecg(raw, names, rate, "dicom", header, native_id=uid)
+    return make_read_ecg(x, names, rate, "dicom", _header(ds), native_id=uid)
 
 
 def _rhythm_group(waves: list[Dataset]) -> int:

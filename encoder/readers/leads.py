@@ -11,19 +11,19 @@ import numpy as np
 from ecgsearch.encoder.readers.types import ReadEcg, ReaderError
 from ecgsearch.encoder.signals import LEADS
 
+_DERIVABLE = {"III", "aVR", "aVL", "aVF"}
+
 
 def complete_leads(ecg: ReadEcg) -> np.ndarray:
     """(12, n_samples) float32 in mV, in ``signals.LEADS`` order."""
     given = {name.upper(): i for i, name in enumerate(ecg.lead_names)}
     x = ecg.signal.astype(np.float64)
     missing = [name for name in LEADS if name.upper() not in given]
-    derivable = {"III", "aVR", "aVL", "aVF"}
-    if any(m not in derivable for m in missing) or (missing and not {"I", "II"} <= set(given)):
+    if any(m not in _DERIVABLE for m in missing) or (missing and not {"I", "II"} <= set(given)):
         raise ReaderError("lead_names", f"cannot complete 12 leads from {', '.join(ecg.lead_names)}")
+    derived: dict[str, np.ndarray] = {}
     if missing:
         lead_i, lead_ii = x[given["I"]], x[given["II"]]
-    derived = {}
-    if missing:
         derived = {
             "III": lead_ii - lead_i,
             "aVR": -(lead_i + lead_ii) / 2,
