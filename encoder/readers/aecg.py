@@ -7,8 +7,11 @@ aECG interpretation statements are free text, so no statement codes are taken.
 
 from __future__ import annotations
 
+import dataclasses
+from xml.etree.ElementTree import Element
+
 from ecgsearch.encoder.readers import _datakit
-from ecgsearch.encoder.readers.types import ReadEcg, ReaderError, make_read_ecg
+from ecgsearch.encoder.readers.types import ReadEcg, ReaderError, make_read_ecg, number
 from ecgsearch.encoder.readers.xmlsafe import parse_xml
 
 
@@ -22,4 +25,20 @@ def read(data: bytes) -> ReadEcg:
         native_id = (id_el.get("root") or "").strip() or None
     record = _datakit.parse(data, "hl7_aecg:HL7aECGParser", "hl7-aecg", ".xml")
     x, names, rate = _datakit.signal(record)
-    return make_read_ecg(x, names, rate, "hl7-aecg", _datakit.header(record), native_id=native_id)
+    header = _datakit.header(record)
+    if header.measurements.qtc_ms is None:  # ecgdatakit skips MDC_ECG_TIME_PD_QTc
+        qtc = _first_annotation(root, "MDC_ECG_TIME_PD_QTc")
+        measurements = dataclasses.replace(header.measurements, qtc_ms=qtc)
+        header = dataclasses.replace(header, measurements=measurements)
+    return make_read_ecg(x, names, rate, "hl7-aecg", header, native_id=native_id)
+
+
+def _first_annotation(root: Element, code: str) -> float | None:
+    """Value of the first annotation with this MDC code: the global one, which aECG lists first."""
+    for ann in root.iter("annotation"):
+        code_el = ann.find("code")
+        value = ann.find("value")
+        found = code_el is not None and code_el.get("code") == code and value is not None
+        if found and (value.get("unit") or "ms") == "ms":
+            return number(value.get("value"))
+    return None

@@ -232,6 +232,16 @@ def test_dicom_and_aecg_headers(read_all):
     assert read_all["dicom_ecgtoolkit_Example.dcm"].header.age_years == 49  # derived from DOB
 
 
+def test_one_recording_gives_the_same_measurements_in_three_formats(read_all):
+    names = ("hl7aecg_Example_aECG.xml", "scp_ecgtoolkit_Example.scp", "dicom_ecgtoolkit_Example.dcm")
+    for name in names:
+        m = read_all[name].header.measurements
+        got = (m.pr_ms, m.qrs_ms, m.qt_ms, m.qtc_ms, m.p_axis, m.r_axis, m.t_axis)
+        assert got == (148, 120, 420, 443, 44, -61, 86), name
+    muse = read_all["muse_guangxi_sinus_rhythm.xml"].header
+    assert muse.measurements == read_all["dicom_ecg2dcm_guangxi_sinus_rhythm.dcm"].header.measurements
+
+
 def test_age_is_derived_from_birth_date_and_capped(hospital):
     from datetime import date
 
