@@ -8,8 +8,6 @@ from typing import Annotated
 
 import typer
 
-from ecgsearch.encoder.config import load_config
-
 DEFAULT_DATA = Path("../shared/data")
 DEFAULT_CONFIG = Path("configs/default.yaml")
 DEFAULT_OUT = Path("runs/default")
@@ -38,6 +36,7 @@ def train_command(
         raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
     from rich.console import Console
 
+    from ecgsearch.encoder.config import load_config
     from ecgsearch.encoder.train import train
 
     console = Console(stderr=True)

@@ -1,27 +1,16 @@
-"""``ecgsearch ingest`` and ``ecgsearch bench ingest``: thin commands over ingest.pipeline."""
+"""``ecgsearch ingest``: a thin command over ingest.pipeline, which it imports when it runs."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from ecgsearch.ingest import bench as ingest_bench
-from ecgsearch.ingest.pipeline import IngestSummary, ingest
-from ecgsearch.ingest.sources import SourceError, enumerate_source, select
+if TYPE_CHECKING:
+    from ecgsearch.ingest.pipeline import IngestSummary
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
-err = Console(stderr=True)
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -137,6 +126,7 @@ def ingest_command(
         ecgsearch ingest manifest.csv --qdrant-url http://qdrant:6333 --shard 2/4 --no-optimize
     """
     from ecgsearch.export.runtime import Embedder, ModelError
+    from ecgsearch.ingest.sources import SourceError, enumerate_source, select
     from ecgsearch.search.store import default_store_path
 
     if store is not None and qdrant_url is not None:
@@ -182,6 +172,19 @@ def _run(
     candidates, total, store, embedder, batch_size, workers, rejects_path, optimize, quiet
 ) -> IngestSummary:  # noqa: ANN001
     """The pipeline under a progress bar: records done of total, rate, elapsed and ETA."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from ecgsearch.ingest.pipeline import ingest
+
+    err = Console(stderr=True)
     columns = (
         TextColumn("ingest"),
         BarColumn(),
@@ -261,4 +264,3 @@ def report(summary: IngestSummary) -> None:
 def register(app: typer.Typer, bench: typer.Typer, evaluate: typer.Typer) -> None:
     """Mount this part's commands on the root app and its groups."""
     app.command("ingest")(ingest_command)
-    bench.command("ingest")(ingest_bench.bench_command)

@@ -13,7 +13,6 @@ import gc
 import hashlib
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -23,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgsearch.search import synthetic
-from ecgsearch.search.metrics import exact_topk_multi, latency_summary, recall_at_k
+from ecgsearch.bench import synthetic
+from ecgsearch.bench.metrics import exact_topk_multi, latency_summary, recall_at_k
+from ecgsearch.bench.results import machine, relative, write_results
 from ecgsearch.search.schema import EcgPayload, SearchFilter
 
 KS = (1, 10, 100)
@@ -172,29 +172,6 @@ def rss_bytes() -> int:
 
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
-def machine() -> dict:
-    """Enough about the machine to compare numbers across runs."""
-    cpu = _proc_field("/proc/cpuinfo", "model name")
-    mem = _proc_field("/proc/meminfo", "MemTotal")
-    return {
-        "cpu": cpu or platform.processor(),
-        "cpus": os.cpu_count(),
-        "memory_bytes": int(mem.split()[0]) * 1024 if mem else None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "niceness": os.nice(0) if hasattr(os, "nice") else None,
-    }
-
-
-def _proc_field(path: str, key: str, sep: str = ":") -> str:
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return ""
-    return next((ln.split(sep, 1)[1].strip() for ln in lines if ln.startswith(key)), "")
 
 
 # ---------------------------------------------------------------- engines
@@ -500,34 +477,6 @@ def cached_ground_truth(data: Dataset, cfg: BenchConfig) -> dict[str, np.ndarray
     return truth
 
 
-def write_json(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(finite(result), indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
-
-
-def finite(value: object) -> object:
-    """NaN and infinities as null, numpy scalars as Python ones: strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def plot(result: dict, path: Path) -> None:
     """Recall@10 vs p50 latency per engine; one panel per filter class, one line style per size."""
     import matplotlib
@@ -581,7 +530,7 @@ def run_bench(cfg: BenchConfig, out: Path, plot_path: Path | None, log: Callable
         result["results"] = blocks
         result["wall_s"] = time.perf_counter() - t0
         result["summary"] = summarise(blocks)
-        write_json(out, result)
+        write_results(out, result)
         if plot_path:
             plot(result, plot_path)
 
@@ -613,7 +562,7 @@ def merge(paths: list[Path]) -> dict:
     merged = {
         "benchmark": "recall",
         "merged_from": [
-            {"path": str(p), "config": f["config"], "machine": f["machine"]}
+            {"path": relative(p), "config": f["config"], "machine": f["machine"]}
             for p, f in zip(paths, files, strict=True)
         ],
         "results": blocks,
@@ -720,7 +669,7 @@ def run_real(
     result = {"benchmark": "recall-real", "config": asdict(cfg), "machine": machine()}
     result["results"] = [run_dataset(data, cfg, log)]
     result["summary"] = summarise(result["results"])
-    write_json(out, result)
+    write_results(out, result)
     if plot_path:
         plot(result, plot_path)
     return result
