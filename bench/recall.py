@@ -25,6 +25,7 @@ import numpy as np
 from ecgsearch.bench import synthetic
 from ecgsearch.bench.metrics import exact_topk_multi, latency_summary, recall_at_k
 from ecgsearch.bench.results import machine, relative, write_results
+from ecgsearch.encoder import ptbxl
 from ecgsearch.search.schema import EcgPayload, SearchFilter
 
 KS = (1, 10, 100)
@@ -217,9 +218,7 @@ def bench_store(
     local = engine == "qdrant-local"
 
     def open_() -> store_mod.Store:
-        if local:
-            return store_mod.ServerStore(local_path=path, settings=settings)
-        return store_mod.open_store(path=path, settings=settings)
+        return store_mod.open_store(path=path, settings=settings, local=local)
 
     n = len(data.vectors)
     gc.collect()
@@ -609,18 +608,29 @@ def ptbxl_dataset(root: Path, model: Path | None, log: Callable[[str], None]) ->
     At ~2,000 points recall is close to trivial; this run shows the pipeline on real vectors and
     real payloads (CLBBB ~1.7% is the selective code here; WPW is absent from the subset).
     """
+    from ecgsearch.bench.retrieval import embed
+    from ecgsearch.encoder.signals import SignalError
     from ecgsearch.export.runtime import DEFAULT_MODEL, bundled_model
-    from ecgsearch.search import codes, evaluate
+    from ecgsearch.ingest.sources import enumerate_source, load
+    from ecgsearch.search import codes
 
-    corpus = evaluate.load_corpus(root, log=log)
-    vectors, meta = evaluate.embed(model or bundled_model(DEFAULT_MODEL), corpus.x)
-    rows = corpus.rows
-    diagnoses = [sorted({codes.scp_to_normalised(c) for c in r.scp_codes}) for r in rows]
-    age = np.array([r.age if r.age is not None and r.age < 300 else -1 for r in rows])
-    female = np.array([r.sex == "F" for r in rows])
+    table = ptbxl.read_table(root)  # the PTB-XL source lists the table's rows in order
+    records, is_query, rejected = [], [], 0
+    for row, candidate in zip(table, enumerate_source(root), strict=True):
+        try:  # ingest's own reading and payloads: one age rule
+            records.append(load(candidate))
+            is_query.append(row.fold == 10)
+        except (SignalError, OSError):
+            rejected += 1
+    log(f"prepared {len(records)} records ({rejected} rejected)")
+    vectors, meta = embed(model or bundled_model(DEFAULT_MODEL), np.stack([r.signal for r in records]))
+    # Row index as record id: the bench maps hits back to rows.
+    stored = [r.payload.model_copy(update={"record_id": f"ptbxl:{i}"}) for i, r in enumerate(records)]
+    age = np.array([p.age if p.age is not None else -1 for p in stored])
+    female = np.array([p.sex == "F" for p in stored])
     rare = codes.scp_to_normalised("CLBBB")
     lo, hi = SELECTIVE_AGE
-    has_rare = np.array([rare in d for d in diagnoses])
+    has_rare = np.array([rare in p.diagnoses for p in stored])
     filters = [
         FilterClass("none", "no filter", None, None),
         FilterClass(
@@ -634,24 +644,12 @@ def ptbxl_dataset(root: Path, model: Path | None, log: Callable[[str], None]) ->
     ]
 
     def payloads(start: int, stop: int) -> list[EcgPayload]:
-        return [
-            EcgPayload(
-                record_id=f"ptbxl:{i}",  # row index: the bench maps hits back to rows
-                dataset="ptbxl",
-                patient_id=None if rows[i].patient_id is None else str(rows[i].patient_id),
-                diagnoses=diagnoses[i],
-                age=int(age[i]) if age[i] >= 0 else None,
-                sex=rows[i].sex,
-                sampling_rate_hz=100.0,
-                source_path=rows[i].filename_lr,
-            )
-            for i in range(start, stop)
-        ]
+        return stored[start:stop]
 
-    info = {"source": str(root), "model": meta, "rejected": len(corpus.rejected)}
-    queries = vectors[np.array([r.fold == 10 for r in rows])]
+    info = {"source": relative(root), "model": meta, "rejected": rejected}
+    queries = vectors[np.array(is_query)]
     info["queries"] = "fold 10 records (each also in the collection: its own top-1)"
-    return Dataset(f"ptbxl-{len(rows)}", vectors, queries, filters, payloads, info)
+    return Dataset(f"ptbxl-{len(records)}", vectors, queries, filters, payloads, info)
 
 
 def run_real(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -142,7 +143,7 @@ def ingest_command(
         total = sum(1 for _ in candidates())
     except SourceError as exc:
         raise typer.BadParameter(str(exc), param_hint="SOURCE") from None
-    store_path = None if qdrant_url else (store or default_store_path())
+    store_path = None if qdrant_url else (store or default_store_path(os.environ.get("ECGSEARCH_HOME")))
     rejects_path = rejects or (store_path or Path.cwd()) / f"{collection}-rejects.csv"
     try:
         embedder = Embedder(model, threads=threads)

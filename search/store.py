@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-from qdrant_client.local.qdrant_local import QdrantLocal
 
 from ecgsearch.search.filters import to_client, to_edge
 from ecgsearch.search.schema import (
@@ -485,8 +484,11 @@ class EdgeStore(_Backend):
         )
 
 
+LOCAL_MODE_WARNINGS = ("Payload indexes have no effect in the local Qdrant", "Local mode performs exact")
+
+
 class ServerStore(_Backend):
-    """Qdrant server or cluster through qdrant-client; also its local mode (``:memory:``, ``local_path``).
+    """Qdrant server or cluster through qdrant-client; also its local mode (``in_memory``, ``local_path``).
 
     Model version and dim live in the collection's metadata; aliases are Qdrant's own. For a
     3-node cluster create collections with ``shard_number=6, replication_factor=2``. Local mode is
@@ -507,6 +509,7 @@ class ServerStore(_Backend):
         settings: IndexSettings | None = None,
         client: QdrantClient | None = None,
         local_path: str | Path | None = None,
+        in_memory: bool = False,
         timeout: int = 30,
     ) -> None:
         self.name = _check_name(collection)
@@ -516,24 +519,34 @@ class ServerStore(_Backend):
         if client is None:
             if local_path is not None:
                 client = QdrantClient(path=str(local_path))
-            elif url == ":memory:":
+            elif in_memory:
                 client = QdrantClient(location=":memory:")
             elif url is not None:
                 client = QdrantClient(url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=timeout)
             else:
-                raise ValueError("ServerStore needs url, local_path or client")
+                raise ValueError("ServerStore needs url, local_path, in_memory or client")
         self.client = client
-        self._local = isinstance(getattr(client, "_client", None), QdrantLocal)
+        options = client.init_options  # qdrant-client's public record of how it was opened
+        self._local = options.get("location") == ":memory:" or bool(options.get("path"))
         if self._local:
             self.backend = "qdrant-local"
-            warnings.filterwarnings("ignore", message="Payload indexes have no effect in the local Qdrant")
-            warnings.filterwarnings("ignore", message="Local mode performs exact")
         self._dim: int | None = None
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        """Run one client call; connection failures become StoreUnavailable."""
+        """Run one client call; connection failures become StoreUnavailable.
+
+        Local mode warns that payload indexes and HNSW settings do nothing there; true and known, so
+        those two warnings are silenced for the call alone (no process-wide filter).
+        """
         try:
-            return fn()
+            if not self._local:
+                return fn()
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", message="Payload indexes have no effect in the local Qdrant"
+                )
+                warnings.filterwarnings("ignore", message="Local mode performs exact")
+                return fn()
         except (ResponseHandlingException, ConnectionError, grpc.RpcError) as error:
             where = self.client.init_options.get("url")
             raise StoreUnavailable(f"Qdrant at {where} is unreachable: {error}") from error
@@ -733,10 +746,12 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+DEFAULT_HOME = "~/.ecgsearch"
+
+
 def default_store_path(home: str | Path | None = None) -> Path:
-    """``<home>/store``; home is ``$ECGSEARCH_HOME`` or ``~/.ecgsearch`` when the caller gives none."""
-    base = home if home is not None else os.environ.get("ECGSEARCH_HOME", "~/.ecgsearch")
-    return Path(base).expanduser() / "store"
+    """``<home>/store``; commands pass ``$ECGSEARCH_HOME`` (read at the edge), else ``~/.ecgsearch``."""
+    return Path(home if home is not None else DEFAULT_HOME).expanduser() / "store"
 
 
 def open_store(
@@ -749,14 +764,21 @@ def open_store(
     home: str | Path | None = None,
     shard_number: int = 1,
     replication_factor: int = 1,
+    local: bool = False,
 ) -> Store:
     """The one place that picks a backend: ``url`` -> ServerStore, else the embedded store at ``path``.
 
     ``shard_number`` and ``replication_factor`` lay out a new collection on a Qdrant cluster; an
-    embedded store is one shard on one machine and refuses them.
+    embedded store is one shard on one machine and refuses them. ``local`` opens qdrant-client's local
+    mode instead (the ServerStore code path without a server: at ``path`` on disk, else in memory), for
+    tests and small checks; it searches by brute force.
     """
     if path is not None and url is not None:
         raise ValueError("give either path (embedded store) or url (Qdrant server), not both")
+    if local:
+        if url is not None:
+            raise ValueError("local mode runs without a server: give path or nothing, not url")
+        return ServerStore(collection=collection, settings=settings, local_path=path, in_memory=path is None)
     if url is not None:
         return ServerStore(
             url=url,
