@@ -18,14 +18,25 @@ PARTS = (
     "ecgsearch.search.cli",
 )
 
+# Markdown help: docstring paragraphs are re-wrapped to the terminal (no line breaks of the source
+# kept), and the indented Examples stay as written.
+MARKUP = "markdown"
 app = typer.Typer(
     name="ecgsearch",
     help="Search 12-lead ECGs by what the signal looks like.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=MARKUP,
 )
-bench = typer.Typer(help="Benchmarks that write JSON results files.", no_args_is_help=True)
-evaluate = typer.Typer(help="Evaluations of retrieval quality.", no_args_is_help=True)
+bench = typer.Typer(
+    help="Benchmarks that write JSON results files.", no_args_is_help=True, rich_markup_mode=MARKUP
+)
+evaluate = typer.Typer(
+    help="Evaluations of retrieval quality.", no_args_is_help=True, rich_markup_mode=MARKUP
+)
+collection = typer.Typer(
+    help="Inspect a collection and switch its aliases.", no_args_is_help=True, rich_markup_mode=MARKUP
+)
 
 
 def version_text() -> str:
@@ -65,9 +76,11 @@ for _part in PARTS:
     importlib.import_module(_part).register(app, bench, evaluate)
 
 importlib.import_module("ecgsearch.bench.cli").register(bench, evaluate)
+importlib.import_module("ecgsearch.search.admin_cli").register(app, collection)
 
 app.add_typer(bench, name="bench")
 app.add_typer(evaluate, name="eval")
+app.add_typer(collection, name="collection")
 
 if __name__ == "__main__":
     app()

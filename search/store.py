@@ -96,6 +96,12 @@ class Store(Protocol):
     def set_alias(self, alias: str, collection: str) -> None:
         """Point ``alias`` at ``collection``, replacing its old target: how a new model goes live."""
 
+    def aliases(self) -> dict[str, str]:
+        """Every alias of the store and the collection it points at."""
+
+    def index_settings(self) -> IndexSettings:
+        """The index settings the open collection was created with."""
+
 
 class StoreError(RuntimeError):
     """A store operation that cannot be done as asked (not a connectivity problem)."""
@@ -302,11 +308,22 @@ class EdgeStore(_Backend):
     def _read_manifest(self) -> CollectionManifest | None:
         if not self._manifest_path.is_file():
             return None
-        return CollectionManifest.model_validate_json(self._manifest_path.read_text())
+        try:
+            return CollectionManifest.model_validate_json(self._manifest_path.read_text())
+        except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+            raise StoreError(f"{self._manifest_path}: unreadable collection manifest ({error})") from None
 
     def _aliases(self) -> dict[str, str]:
         path = self.root / "aliases.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            aliases = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise StoreError(f"{path}: unreadable aliases file ({error})") from None
+        if not isinstance(aliases, dict):
+            raise StoreError(f"{path}: expected a JSON object of alias -> collection")
+        return aliases
 
     def _open(self, opener: Callable[[], edge.EdgeShard]) -> edge.EdgeShard:
         try:
@@ -455,6 +472,12 @@ class EdgeStore(_Backend):
             raise StoreError(f"cannot point alias {alias!r} at missing collection {collection!r}")
         aliases = self._aliases() | {alias: collection}
         _write_atomic(self.root / "aliases.json", json.dumps(aliases, indent=2, sort_keys=True))
+
+    def aliases(self) -> dict[str, str]:
+        return dict(sorted(self._aliases().items()))
+
+    def index_settings(self) -> IndexSettings:
+        return self._manifest().settings
 
     # -- helpers --------------------------------------------------------------------------------
     def _manifest(self) -> CollectionManifest:
@@ -737,6 +760,13 @@ class ServerStore(_Backend):
             qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=collection, alias_name=alias))
         )
         self._call(lambda: self.client.update_collection_aliases(change_aliases_operations=operations))
+
+    def aliases(self) -> dict[str, str]:
+        found = self._call(lambda: self.client.get_aliases()).aliases
+        return dict(sorted((a.alias_name, a.collection_name) for a in found))
+
+    def index_settings(self) -> IndexSettings:
+        return self._manifest().settings
 
 
 def _write_atomic(path: Path, text: str) -> None:
