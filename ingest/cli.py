@@ -196,7 +196,7 @@ def ingest_command(
 
 
 def unused_path(path: Path) -> Path:
-    """``name-<UTC time>.csv`` beside ``path``: each run's rejects report is its own file, never overwritten."""
+    """``name-<UTC time>.csv`` beside ``path``: each run writes its own rejects report, never overwriting."""
     from datetime import UTC, datetime
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
