@@ -31,7 +31,9 @@ def _logger(quiet: bool):
 
 
 def recall(
-    sizes: Annotated[str, typer.Option(help="synthetic collection sizes")] = "100000,300000,1000000",
+    sizes: Annotated[
+        str, typer.Option(help="synthetic collection sizes (default 100k, 300k, 1M)", show_default=False)
+    ] = "100000,300000,1000000",
     dim: Annotated[int, typer.Option(min=8, help="embedding dimension")] = 256,
     queries: Annotated[int, typer.Option(min=1, help="queries per size (drawn apart from the data)")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the synthetic mixture")] = 0,
@@ -41,7 +43,11 @@ def recall(
     ] = 10,
     engines: Annotated[
         str,
-        typer.Option(help="engines to run (opt-in: qdrant-local, the ServerStore in local mode)"),
+        typer.Option(
+            help="engines to run, of edge, edge-int8, faiss-hnsw, faiss-ivfpq (default: these four) and "
+            "qdrant-local (the ServerStore in local mode)",
+            show_default=False,
+        ),
     ] = "edge,edge-int8,faiss-hnsw,faiss-ivfpq",
     edge_ef: Annotated[str, typer.Option(help="hnsw_ef values for the store")] = "32,64,128,256",
     hnsw_ef: Annotated[str, typer.Option(help="efSearch values for FAISS HNSW")] = "32,64,128,256",
@@ -50,7 +56,7 @@ def recall(
         int, typer.Option(help="skip FAISS engines above this many vectors")
     ] = 1_000_000,
     faiss_ef_construction: Annotated[
-        int, typer.Option(min=8, help="FAISS HNSW efConstruction (M is 32, as the store's m)")
+        int, typer.Option("--faiss-efc", min=8, help="FAISS HNSW efConstruction (M is 32, as the store's m)")
     ] = 256,
     local_max_size: Annotated[
         int, typer.Option(help="skip qdrant-local (brute force, ~850 points/s) above this many vectors")
@@ -62,8 +68,13 @@ def recall(
     merge: Annotated[
         str | None, typer.Option(help="results files (a,b) to combine instead of running")
     ] = None,
-    out: Annotated[Path, typer.Option(help="results JSON")] = Path("results/recall.json"),
-    plot: Annotated[Path | None, typer.Option(help="recall@10 vs latency plot")] = Path("results/recall.png"),
+    out: Annotated[
+        Path, typer.Option(help="results JSON (default results/recall.json)", show_default=False)
+    ] = Path("results/recall.json"),
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="recall@10 vs latency plot (default results/recall.png)", show_default=False),
+    ] = Path("results/recall.png"),
     quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
 ) -> None:
     """Recall@k vs exact search, latency, build time and memory of the store, FAISS HNSW and IVF-PQ.
@@ -92,7 +103,14 @@ def recall(
 
     log = _logger(quiet)
     if merge:
-        result = b.merge([Path(p) for p in merge.split(",") if p.strip()])
+        paths = [Path(p) for p in merge.split(",") if p.strip()]
+        for path in paths:
+            if not path.is_file():
+                raise typer.BadParameter(f"no results file {path}", param_hint="--merge")
+        try:
+            result = b.merge(paths)
+        except (ValueError, KeyError) as exc:
+            _fail(f"cannot merge {merge}: not recall results files ({exc})")
         write_results(out, result)
         if plot:
             b.plot(result, plot)
@@ -116,10 +134,15 @@ def recall(
         faiss_ef_construction=faiss_ef_construction,
         local_max_size=local_max_size,
     )
-    if real_ptbxl is not None:
-        b.run_real(cfg, real_ptbxl, model, out, plot, log)
-    else:
-        b.run_bench(cfg, out, plot, log)
+    if real_ptbxl is not None and not (real_ptbxl / "ptbxl_database.csv").is_file():
+        raise typer.BadParameter(f"no ptbxl_database.csv in {real_ptbxl}", param_hint="--real-ptbxl")
+    try:
+        if real_ptbxl is not None:
+            b.run_real(cfg, real_ptbxl, model, out, plot, log)
+        else:
+            b.run_bench(cfg, out, plot, log)
+    except ImportError as exc:
+        _missing(exc)
     typer.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
 
 
@@ -156,19 +179,25 @@ def retrieval(
         ecgsearch eval retrieval --limit 200 --out /tmp/r.json --plot /tmp/r.png
     """
     from ecgsearch.bench import retrieval as ev
+    from ecgsearch.export.runtime import ModelError
 
     if not (ptbxl / "ptbxl_database.csv").is_file():
         raise typer.BadParameter(f"no ptbxl_database.csv in {ptbxl}")
-    result = ev.run(
-        ptbxl,
-        k=k,
-        model=model,
-        random_model=random_model,
-        pca_dim=pca_dim,
-        limit=limit,
-        log=_logger(quiet),
-    )
-    ev.write(result, out, plot)
+    try:
+        result = ev.run(
+            ptbxl,
+            k=k,
+            model=model,
+            random_model=random_model,
+            pca_dim=pca_dim,
+            limit=limit,
+            log=_logger(quiet),
+        )
+        ev.write(result, out, plot)
+    except ImportError as exc:
+        _missing(exc)
+    except ModelError as exc:
+        _fail(str(exc))
     typer.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
 
 
@@ -177,9 +206,12 @@ def encoder(
     threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads, both runtimes.")] = 2,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated sizes.")] = "1,32,256",
     seconds: Annotated[float, typer.Option("--seconds", min=0.01, help="Timed seconds per size.")] = 3.0,
-    out: Annotated[Path, typer.Option("--out", help="Results JSON.")] = Path(
-        "results/encoder_throughput.json"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Results JSON (default: encoder_throughput.json in results/).", show_default=False
+        ),
+    ] = Path("results/encoder_throughput.json"),
 ) -> None:
     """Measure encoder throughput (ECGs/s) in onnxruntime and, if installed, torch.
 
@@ -310,8 +342,14 @@ def training(
         raise typer.BadParameter(f"no checkpoint {checkpoint}", param_hint="--checkpoint")
     if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
         raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
+    import pickle
+
     from ecgsearch.bench.results import relative, write_results
-    from ecgsearch.bench.training import training_report
+
+    try:
+        from ecgsearch.bench.training import training_report
+    except ImportError as exc:
+        _missing(exc)
 
     exported = None
     if model is not None:
@@ -325,7 +363,10 @@ def training(
     command = f"ecgsearch eval training --checkpoint {relative(checkpoint)} --out {relative(out)}"
     if model is not None:
         command += f" --model {relative(model)}"
-    report = training_report(checkpoint, data, cache_dir=cache, exported=exported, command=command)
+    try:
+        report = training_report(checkpoint, data, cache_dir=cache, exported=exported, command=command)
+    except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError) as exc:
+        _fail(f"{checkpoint}: not a readable training checkpoint ({exc})")
     write_results(out, report)
     for which in ("trained", "random_init"):
         row = report["fold9"][which]
@@ -335,7 +376,12 @@ def training(
         )
 
 
-def _fail(exc: BaseException) -> None:
+def _missing(exc: ImportError) -> None:
+    """A benchmark library that is not installed: say which extra brings it."""
+    _fail(f"{exc.name or exc} is not installed; pip install 'ecgsearch[bench]' (and [train] for torch)")
+
+
+def _fail(exc: BaseException | str) -> None:
     """One line on stderr and exit 1: an environment problem, not a bug (no traceback)."""
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(1)

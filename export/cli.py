@@ -32,14 +32,24 @@ def export_command(
         raise typer.BadParameter(f"no config file {config}", param_hint="--config")
     if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
         raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
+    import pickle
+
+    import yaml
+
     from ecgsearch.encoder.config import load_config
     from ecgsearch.export.onnx import ParityError, export_checkpoint
 
-    cfg = load_config(config) if config is not None else None
+    try:
+        cfg = load_config(config) if config is not None else None
+    except (ValueError, TypeError, yaml.YAMLError) as exc:
+        raise typer.BadParameter(f"{config}: {' '.join(str(exc).split())}", param_hint="--config") from None
     try:
         card = export_checkpoint(checkpoint, out, data, random=random, config=cfg, name=name)
     except ParityError as exc:
         typer.echo(f"export failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError) as exc:
+        typer.echo(f"error: {checkpoint}: not a readable training checkpoint ({exc})", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{out}: version {card.version}, parity max abs diff {card.parity['max_abs_diff']:.2e}")
 

@@ -67,9 +67,7 @@ def ingest_command(
     ] = None,
     rejects: Annotated[
         Path | None,
-        typer.Option(
-            help="Rejects report CSV (default: a new COLLECTION-rejects-TIME.csv beside the store)."
-        ),
+        typer.Option(help="Rejects report name; each run adds its UTC time (default: beside the store)."),
     ] = None,
     limit: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many records (after sharding).")
