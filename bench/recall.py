@@ -3,7 +3,7 @@
 Engines (the project's EdgeStore, FAISS HNSW, FAISS IVF-PQ, and opt-in the ServerStore on
 qdrant-client's local mode) are run on the same vectors, queries and
 filter classes; exact ground truth comes from numpy over the filtered rows, so a filtered engine is
-judged against the subset it was asked to search. Ingest, deploy sizing and the README cite the
+judged against the subset it was asked to search. docs/results.md and docs/deploy.md cite the
 JSON this writes. faiss is imported inside functions: the search package works without it.
 """
 
