@@ -75,6 +75,12 @@ def recall(
         Path | None,
         typer.Option(help="recall@10 vs latency plot (default results/recall.png)", show_default=False),
     ] = Path("results/recall.png"),
+    scratch: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="ECGSEARCH_BENCH_TMP", help="folder for the stores built and cached ground truth"
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
 ) -> None:
     """Recall@k vs exact search, latency, build time and memory of the store, FAISS HNSW and IVF-PQ.
@@ -138,9 +144,9 @@ def recall(
         raise typer.BadParameter(f"no ptbxl_database.csv in {real_ptbxl}", param_hint="--real-ptbxl")
     try:
         if real_ptbxl is not None:
-            b.run_real(cfg, real_ptbxl, model, out, plot, log)
+            b.run_real(cfg, real_ptbxl, model, out, plot, log, scratch=scratch)
         else:
-            b.run_bench(cfg, out, plot, log)
+            b.run_bench(cfg, out, plot, log, scratch=scratch)
     except ImportError as exc:
         _missing(exc)
     typer.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))

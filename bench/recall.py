@@ -400,10 +400,14 @@ def run_dataset(
     cfg: BenchConfig,
     log: Callable[[str], None],
     progress: Callable[[dict], None] | None = None,
+    scratch: Path | None = None,
 ) -> dict:
-    """Ground truth, then every engine, on one dataset; ``progress`` gets the block after each engine."""
+    """Ground truth, then every engine, on one dataset; ``progress`` gets the block after each engine.
+
+    ``scratch`` (the command's --scratch) holds the stores being built and keeps ground truth between runs.
+    """
     t0 = time.perf_counter()
-    truth = cached_ground_truth(data, cfg)
+    truth = cached_ground_truth(data, cfg, scratch)
     log(f"{data.name}: exact ground truth in {time.perf_counter() - t0:.1f} s")
     engines: list[EngineResult] = []
     skipped: list[dict] = []
@@ -423,7 +427,7 @@ def run_dataset(
             "wall_s": time.perf_counter() - t0,
         }
 
-    with tempfile.TemporaryDirectory(prefix="ecgbench-", dir=os.environ.get("ECGSEARCH_BENCH_TMP")) as tmp:
+    with tempfile.TemporaryDirectory(prefix="ecgbench-", dir=scratch) as tmp:
         for engine in cfg.engines:
             if engine.startswith("faiss") and len(data.vectors) > cfg.faiss_max_size:
                 skipped.append({"engine": engine, "reason": f"n > faiss_max_size {cfg.faiss_max_size}"})
@@ -455,12 +459,11 @@ def run_dataset(
     return block()
 
 
-def cached_ground_truth(data: Dataset, cfg: BenchConfig) -> dict[str, np.ndarray]:
-    """Exact ground truth, kept under $ECGSEARCH_BENCH_TMP when set (parallel jobs of one size share it).
+def cached_ground_truth(data: Dataset, cfg: BenchConfig, folder: Path | None = None) -> dict[str, np.ndarray]:
+    """Exact ground truth, kept under ``folder`` when given (parallel jobs of one size share it).
 
     The file name carries a digest of the data, so another model's embeddings never reuse stale truth.
     """
-    folder = os.environ.get("ECGSEARCH_BENCH_TMP")
     if not folder:
         return ground_truth(data, cfg.k)
     digest = hashlib.sha1(data.vectors[:1000].tobytes() + data.queries[:100].tobytes()).hexdigest()[:12]
@@ -517,7 +520,13 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_bench(cfg: BenchConfig, out: Path, plot_path: Path | None, log: Callable[[str], None]) -> dict:
+def run_bench(
+    cfg: BenchConfig,
+    out: Path,
+    plot_path: Path | None,
+    log: Callable[[str], None],
+    scratch: Path | None = None,
+) -> dict:
     """Every size in turn; the JSON (and plot) is rewritten after each size so a long run reports early."""
     from dataclasses import asdict
 
@@ -537,7 +546,9 @@ def run_bench(cfg: BenchConfig, out: Path, plot_path: Path | None, log: Callable
         t1 = time.perf_counter()
         data = synthetic_dataset(n, cfg.dim, cfg.queries, cfg.seed)
         log(f"{data.name}: generated in {time.perf_counter() - t1:.1f} s")
-        done.append(run_dataset(data, cfg, log, progress=lambda partial: save([*done, partial])))
+        done.append(
+            run_dataset(data, cfg, log, progress=lambda partial: save([*done, partial]), scratch=scratch)
+        )
         save(done)
         del data
         gc.collect()
@@ -659,13 +670,14 @@ def run_real(
     out: Path,
     plot_path: Path | None,
     log: Callable[[str], None],
+    scratch: Path | None = None,
 ) -> dict:
-    """The benchmark on real PTB-XL embeddings (queries: every record)."""
+    """The benchmark on real PTB-XL embeddings (queries: fold 10)."""
     from dataclasses import asdict
 
     data = ptbxl_dataset(root, model, log)
     result = {"benchmark": "recall-real", "config": asdict(cfg), "machine": machine()}
-    result["results"] = [run_dataset(data, cfg, log)]
+    result["results"] = [run_dataset(data, cfg, log, scratch=scratch)]
     result["summary"] = summarise(result["results"])
     write_results(out, result)
     if plot_path:
