@@ -311,7 +311,8 @@ class EdgeStore(_Backend):
         try:
             return CollectionManifest.model_validate_json(self._manifest_path.read_text())
         except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
-            raise StoreError(f"{self._manifest_path}: unreadable collection manifest ({error})") from None
+            detail = " ".join(str(error).split())[:200]
+            raise StoreError(f"{self._manifest_path}: unreadable collection manifest ({detail})") from None
 
     def _aliases(self) -> dict[str, str]:
         path = self.root / "aliases.json"
@@ -320,7 +321,9 @@ class EdgeStore(_Backend):
         try:
             aliases = json.loads(path.read_text())
         except (OSError, ValueError) as error:
-            raise StoreError(f"{path}: unreadable aliases file ({error})") from None
+            raise StoreError(
+                f"{path}: unreadable aliases file ({' '.join(str(error).split())[:200]})"
+            ) from None
         if not isinstance(aliases, dict):
             raise StoreError(f"{path}: expected a JSON object of alias -> collection")
         return aliases

@@ -156,3 +156,17 @@ def test_stats_of_a_running_server(served: str) -> None:
     assert code == 0 and "p99 ms" in out
     code, _, err = run("stats", "--target", served, "--token", "wrong")
     assert code == 1 and "UNAUTHENTICATED" in err and "Traceback" not in err
+
+
+def test_corrupt_collection_files_are_named(built: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(built, copy)
+    manifest = copy / "collections" / "small" / "manifest.json"
+    manifest.write_text("{not json")
+    code, _, err = run("collection", "info", "--store", copy, "-c", "small")
+    assert code == 1 and str(manifest) in err and "Traceback" not in err
+    (copy / "aliases.json").write_text("[1, 2]")
+    code, _, err = run("collection", "info", "--store", copy)
+    assert code == 1 and "aliases.json" in err
