@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ecgsearch.search.schema import StoreUnavailable
+from ecgsearch.search.schema import EcgPayload, StoreUnavailable
 from ecgsearch.search.store import Store, open_store
 
 CARD_FIELDS = ("name", "version", "embedding_dim", "initialisation", "sampling_rate_hz", "embedding")
@@ -91,10 +91,7 @@ def model_card(version: str, model: Path | None = None) -> dict[str, Any] | None
 def get_record(store: Store, record_id: str, *, vector: bool = False) -> dict[str, Any]:
     """One stored record's payload, and its vector when asked."""
     payload, stored = store.get(record_id)
-    out: dict[str, Any] = {"record_id": record_id, "payload": payload.model_dump(mode="json")}
-    if vector:
-        out["vector"] = [round(float(v), 7) for v in stored]
-    return out
+    return _record(record_id, payload, stored if vector else None)
 
 
 def switch_alias(store: Store, name: str, target: str) -> dict[str, Any]:
@@ -102,3 +99,33 @@ def switch_alias(store: Store, name: str, target: str) -> dict[str, Any]:
     before = store.aliases().get(name)
     store.set_alias(name, target)
     return {"alias": name, "previous": before, "target": target}
+
+
+def service_info(client: Any) -> dict[str, Any]:
+    """``collection_info`` as a running service (an ``EcgSearchClient``) reports it: no settings, aliases."""
+    info, card = client.info(), client.model_card()
+    return {
+        "collection": info.name,
+        "backend": info.backend,
+        "count": info.count,
+        "dim": info.dim,
+        "indexed": info.indexed,
+        "model_version": info.model_version,
+        "model_card": {key: getattr(card, key) for key in CARD_FIELDS},
+        "index_settings": None,
+        "aliases": None,
+        "diagnosis_counts": dict(sorted(info.diagnosis_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
+
+
+def service_record(client: Any, record_id: str, *, vector: bool = False) -> dict[str, Any]:
+    """``get_record`` through a running service."""
+    payload, stored = client.get_record(record_id, with_vector=vector)
+    return _record(record_id, payload, stored if vector else None)
+
+
+def _record(record_id: str, payload: EcgPayload, vector: Any | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"record_id": record_id, "payload": payload.model_dump(mode="json")}
+    if vector is not None:
+        out["vector"] = [round(float(v), 7) for v in vector]
+    return out

@@ -21,6 +21,10 @@ Collection = Annotated[
     str, typer.Option("--collection", "-c", envvar="ECGSEARCH_COLLECTION", help="Collection or alias.")
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Target = Annotated[
+    str | None, typer.Option("--target", "-t", help="A running service (host:port) instead of a store.")
+]
+Token = Annotated[str | None, typer.Option(envvar="ECGSEARCH_TOKEN", help="Bearer token for --target.")]
 
 
 def info_command(
@@ -31,22 +35,30 @@ def info_command(
     model: Annotated[
         Path | None, typer.Option(envvar="ECGSEARCH_MODEL", help="ONNX model whose card to show.")
     ] = None,
+    target: Target = None,
+    token: Token = None,
     as_json: AsJson = False,
 ) -> None:
     """Show a collection: count, dimension, model and its card, index settings, aliases.
 
     The embedded store (default $ECGSEARCH_HOME/store) must not be open in another process; a running
-    `ecgsearch serve` holds it.
+    `ecgsearch serve` holds it: ask it with --target instead (it reports no settings or aliases).
 
     Examples:
 
         ecgsearch collection info --store ./store
 
         ecgsearch collection info --qdrant-url http://qdrant:6333 -c ecgs --json
-    """
-    from ecgsearch.search.admin import collection_info
 
-    result = _with_store(store, qdrant_url, api_key, collection, lambda s: collection_info(s, model))
+        ecgsearch collection info --target localhost:50051 --token secret
+    """
+    from ecgsearch.search.admin import collection_info, service_info
+
+    if target is not None:
+        _only_target(store, qdrant_url)
+        result = _with_service(target, token, service_info)
+    else:
+        result = _with_store(store, qdrant_url, api_key, collection, lambda s: collection_info(s, model))
     if as_json:
         _print_json(result)
         return
@@ -57,9 +69,9 @@ def info_command(
     typer.echo(f"  model version   {result['model_version']}")
     card = result["model_card"]
     typer.echo(f"  model card      {_card_line(card)}")
-    settings = ", ".join(f"{k} {v}" for k, v in result["index_settings"].items())
-    typer.echo(f"  index settings  {settings}")
-    aliases = ", ".join(f"{a} -> {c}" for a, c in result["aliases"].items()) or "none"
+    settings = ", ".join(f"{k} {v}" for k, v in (result["index_settings"] or {}).items())
+    typer.echo(f"  index settings  {settings or 'not reported by the service'}")
+    aliases = ", ".join(f"{a} -> {c}" for a, c in (result["aliases"] or {}).items()) or "none"
     typer.echo(f"  aliases         {aliases}")
     top = list(result["diagnosis_counts"].items())[:5]
     typer.echo("  top diagnoses   " + (", ".join(f"{c} {n}" for c, n in top) or "none"))
@@ -72,6 +84,8 @@ def get_command(
     api_key: ApiKey = None,
     collection: Collection = "ecgs",
     vector: Annotated[bool, typer.Option("--vector", help="Include the stored vector.")] = False,
+    target: Target = None,
+    token: Token = None,
     as_json: AsJson = False,
 ) -> None:
     """Show one stored record's payload (and, with --vector, its embedding).
@@ -83,14 +97,20 @@ def get_command(
         ecgsearch collection get ptbxl:17 --store ./store
 
         ecgsearch collection get ptbxl:17 --vector --json
+
+        ecgsearch collection get ptbxl:17 --target localhost:50051 --token secret
     """
-    from ecgsearch.search.admin import get_record
+    from ecgsearch.search.admin import get_record, service_record
     from ecgsearch.search.schema import UnknownRecord
 
     try:
-        result = _with_store(
-            store, qdrant_url, api_key, collection, lambda s: get_record(s, record_id, vector=vector)
-        )
+        if target is not None:
+            _only_target(store, qdrant_url)
+            result = _with_service(target, token, lambda c: service_record(c, record_id, vector=vector))
+        else:
+            result = _with_store(
+                store, qdrant_url, api_key, collection, lambda s: get_record(s, record_id, vector=vector)
+            )
     except UnknownRecord:
         typer.echo(f"error: record {record_id!r} is not in collection {collection!r}", err=True)
         raise typer.Exit(4) from None
@@ -196,6 +216,29 @@ def _with_store(
         _fail(str(exc))
     finally:
         opened.close()
+
+
+def _only_target(store: Path | None, url: str | None) -> None:
+    if store is not None or url is not None:
+        raise typer.BadParameter("give --target, or --store/--qdrant-url, not both")
+
+
+def _with_service(target: str, token: str | None, action: Any) -> Any:
+    """Ask a running service; NOT_FOUND becomes UnknownRecord, other failures exit 1 in one line."""
+    import grpc
+
+    from ecgsearch.search.client import EcgSearchClient
+    from ecgsearch.search.schema import UnknownRecord
+
+    try:
+        with EcgSearchClient(target, token=token, timeout=10.0) as client:
+            return action(client)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            raise UnknownRecord(exc.details() or "") from None
+        _fail(f"{target}: {exc.code().name}: {exc.details()}")
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
 
 
 def _card_line(card: dict | None) -> str:

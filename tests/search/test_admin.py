@@ -170,3 +170,24 @@ def test_corrupt_collection_files_are_named(built: Path, tmp_path: Path) -> None
     (copy / "aliases.json").write_text("[1, 2]")
     code, _, err = run("collection", "info", "--store", copy)
     assert code == 1 and "aliases.json" in err
+
+
+def test_collection_info_and_get_through_a_running_service(served: str, embedder: Embedder) -> None:
+    """The embedded store is held by the server: ask the server instead."""
+    code, out, err = run("collection", "info", "--target", served, "--token", "t", "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert (info["count"], info["model_version"], info["model_card"]["version"]) == (
+        N,
+        embedder.version,
+        embedder.version,
+    )
+    assert info["index_settings"] is None and info["aliases"] is None
+    code, out, err = run(
+        "collection", "get", "ptbxl:1", "--target", served, "--token", "t", "--vector", "--json"
+    )
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["payload"]["record_id"] == "ptbxl:1" and len(got["vector"]) == embedder.dim
+    code, _, err = run("collection", "get", "ptbxl:999999", "--target", served, "--token", "t")
+    assert code == 4 and "ptbxl:999999" in err
