@@ -1,4 +1,4 @@
-"""Write README's command reference from every command's ``--help``; a test fails when README is stale.
+"""Write docs/commands.md from every command's ``--help``; a test fails when it is stale.
 
 Run ``python -m ecgsearch.cli.docs`` after changing a command. Help is rendered with click's plain
 formatter (no rich), 100 columns wide, so the text is the same on every machine and terminal.
@@ -6,15 +6,17 @@ formatter (no rich), 100 columns wide, so the text is the same on every machine 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import typer
 
-START = "<!-- commands:start -->"
-END = "<!-- commands:end -->"
-README = Path(__file__).resolve().parents[1] / "README.md"
+COMMANDS = Path(__file__).resolve().parents[1] / "docs" / "commands.md"
 WIDTH = 100
+HEADER = """# Command reference
+
+Generated from each command's `--help` by `python -m ecgsearch.cli.docs`; a test fails when this file
+is stale. Every option also shows the environment variable it reads, where it reads one.
+"""
 
 
 def _commands() -> list[tuple[list[str], object, object]]:
@@ -50,12 +52,11 @@ def reference() -> str:
     return "\n\n".join(blocks)
 
 
-def updated_readme(text: str) -> str:
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"README.md has no {START} ... {END} block")
-    return pattern.sub(lambda _: f"{START}\n{reference()}\n{END}", text)
+def commands_markdown() -> str:
+    """The whole of docs/commands.md."""
+    return f"{HEADER}\n{reference()}\n"
 
 
 if __name__ == "__main__":
-    README.write_text(updated_readme(README.read_text()))
+    COMMANDS.parent.mkdir(exist_ok=True)
+    COMMANDS.write_text(commands_markdown())

@@ -1,12 +1,13 @@
 """The root ``ecgsearch`` command: mounts every part's commands.
 
-Each part's ``cli`` module exposes ``register(app, bench, evaluate)``; torch-side commands import torch
-inside their functions, so ``--help`` and the serving commands run without it.
+Each part's ``cli`` module imports only typer at its top and its machinery inside each command, so
+``--help``, every ``SUBCOMMAND --help`` and shell completion load no heavy library (a test checks).
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Annotated
 
 import typer
 
@@ -15,23 +16,71 @@ PARTS = (
     "ecgsearch.export.cli",
     "ecgsearch.ingest.cli",
     "ecgsearch.search.cli",
-    "ecgsearch.search.bench_cli",
 )
 
+# Markdown help: docstring paragraphs are re-wrapped to the terminal (no line breaks of the source
+# kept), and the indented Examples stay as written.
+MARKUP = "markdown"
 app = typer.Typer(
     name="ecgsearch",
     help="Search 12-lead ECGs by what the signal looks like.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=MARKUP,
 )
-bench = typer.Typer(help="Benchmarks that write JSON results files.", no_args_is_help=True)
-evaluate = typer.Typer(help="Evaluations of retrieval quality.", no_args_is_help=True)
+bench = typer.Typer(
+    help="Benchmarks that write JSON results files.", no_args_is_help=True, rich_markup_mode=MARKUP
+)
+evaluate = typer.Typer(
+    help="Evaluations of retrieval quality.", no_args_is_help=True, rich_markup_mode=MARKUP
+)
+collection = typer.Typer(
+    help="Inspect a collection and switch its aliases.", no_args_is_help=True, rich_markup_mode=MARKUP
+)
+
+
+def version_text() -> str:
+    """Package version and the bundled default model's version, read without onnxruntime."""
+    import json
+    from importlib import metadata, resources
+
+    try:
+        package = metadata.version("ecgsearch")
+    except metadata.PackageNotFoundError:
+        package = "unknown"
+    card = resources.files("ecgsearch.export.models").joinpath("ecg-encoder.card.json")
+    try:
+        model = json.loads(card.read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        model = "unknown (no model card beside the bundled model)"
+    return f"ecgsearch {package}\ndefault model {model}"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print versions and exit."),
+    ] = False,
+) -> None:
+    """Search 12-lead ECGs by what the signal looks like."""
+
 
 for _part in PARTS:
     importlib.import_module(_part).register(app, bench, evaluate)
 
+importlib.import_module("ecgsearch.bench.cli").register(bench, evaluate)
+importlib.import_module("ecgsearch.search.admin_cli").register(app, collection)
+
 app.add_typer(bench, name="bench")
 app.add_typer(evaluate, name="eval")
+app.add_typer(collection, name="collection")
 
 if __name__ == "__main__":
     app()

@@ -8,8 +8,6 @@ from typing import Annotated
 
 import typer
 
-from ecgsearch.encoder.config import load_config
-
 DEFAULT_DATA = Path("../shared/data")
 DEFAULT_CONFIG = Path("configs/default.yaml")
 DEFAULT_OUT = Path("runs/default")
@@ -36,12 +34,18 @@ def train_command(
         raise typer.BadParameter(f"no config file {config}", param_hint="--config")
     if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
         raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
+    import yaml
     from rich.console import Console
 
+    from ecgsearch.encoder.config import load_config
     from ecgsearch.encoder.train import train
 
     console = Console(stderr=True)
-    cfg = load_config(config).with_overrides(seed=seed, epochs=epochs)
+    try:
+        cfg = load_config(config).with_overrides(seed=seed, epochs=epochs)
+    except (ValueError, TypeError, yaml.YAMLError) as exc:  # malformed YAML, unknown or mistyped fields
+        message = " ".join(str(exc).split())
+        raise typer.BadParameter(f"{config}: {message}", param_hint="--config") from None
 
     def show(record: dict) -> None:
         line = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())

@@ -6,9 +6,8 @@ arrays, not files; an optional cache file skips the ~20 s of WFDB reading on lat
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +56,7 @@ def load_ptbxl(
         wanted = set(folds)
         rows = [r for r in rows if r.fold in wanted]
     rows = rows[:max_records]
-    x = _prepared(rows, cache_dir)
+    x, _ = prepare_rows(rows, cache_dir)
     keep = np.isfinite(x).all(axis=(1, 2))
     return EcgArrays(
         x=x,
@@ -68,16 +67,32 @@ def load_ptbxl(
     ).select(keep)
 
 
-def _prepared(rows: list[ptbxl.PtbxlRow], cache_dir: str | Path | None) -> np.ndarray:
+def prepare_rows(
+    rows: list[ptbxl.PtbxlRow],
+    cache_dir: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[np.ndarray, list[dict]]:
+    """(n, 12, 1000) prepared ECGs, NaN where a row failed, and why each failed (not kept in the cache).
+
+    The one PTB-XL corpus loader: training, the training report, ONNX parity inputs and the retrieval
+    evaluation all prepare records here.
+    """
     key = hashlib.sha256((signals.NORMALISATION + ",".join(str(r.path()) for r in rows)).encode())
     cache = Path(cache_dir) / f"ptbxl-{len(rows)}-{key.hexdigest()[:12]}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
-        return np.load(cache)
+        x = np.load(cache)
+        failed = ~np.isfinite(x).all(axis=(1, 2))
+        return x, [{"ecg_id": rows[i].ecg_id, "reason": "failed to prepare"} for i in np.flatnonzero(failed)]
     x = np.full((len(rows), len(signals.LEADS), signals.MODEL_SAMPLES), np.nan, dtype=np.float32)
+    rejected = []
     for i, row in enumerate(rows):
-        with contextlib.suppress(signals.SignalError):  # a failed row stays NaN and is dropped
+        try:
             x[i] = signals.load(row.path())
+        except (signals.SignalError, OSError) as exc:  # a failed row stays NaN and is dropped
+            rejected.append({"ecg_id": row.ecg_id, "reason": str(exc)})
+        if log is not None and (i + 1) % 500 == 0:
+            log(f"prepared {i + 1}/{len(rows)} records")
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, x)
-    return x
+    return x, rejected

@@ -15,35 +15,9 @@ import torch
 
 from ecgsearch.encoder.data import EcgArrays
 from ecgsearch.encoder.model import Encoder
+from ecgsearch.encoder.probe import linear_probe_auc
 from ecgsearch.encoder.retrieval import neighbour_agreement
 from ecgsearch.encoder.train import embed
-
-SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
-
-
-def linear_probe_auc(
-    train_emb: np.ndarray,
-    train_labels: list[frozenset[str]],
-    test_emb: np.ndarray,
-    test_labels: list[frozenset[str]],
-) -> dict[str, Any]:
-    """Per-superclass logistic regression (C=1, standardised inputs); ROC-AUC per class and macro."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(train_emb)
-    xtr, xte = scaler.transform(train_emb), scaler.transform(test_emb)
-    per_class: dict[str, float] = {}
-    for name in SUPERCLASSES:
-        ytr = np.array([name in s for s in train_labels])
-        yte = np.array([name in s for s in test_labels])
-        if ytr.all() or not ytr.any() or yte.all() or not yte.any():
-            continue
-        clf = LogisticRegression(C=1.0, max_iter=2000).fit(xtr, ytr)
-        per_class[name] = float(roc_auc_score(yte, clf.decision_function(xte)))
-    macro = float(np.mean(list(per_class.values()))) if per_class else float("nan")
-    return {"macro_auc": macro, "per_class_auc": per_class}
 
 
 def fold9_report(

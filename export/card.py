@@ -6,6 +6,9 @@ collection records ``version`` so vectors of two models are never mixed.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict
 
 CARD_METADATA_KEY = "ecgsearch.model_card"
@@ -27,3 +30,15 @@ class ModelCard(BaseModel):
     training: dict  # data summary, config, losses, time
     initialisation: str = "trained"  # "trained" or "random"
     onnx_opset: int | None = None
+
+
+def card_file(model_path: str | Path) -> Path:
+    """``model.card.json`` beside ``model.onnx``: the card readable without onnxruntime (``--version``)."""
+    return Path(model_path).with_suffix(".card.json")
+
+
+def write_card_file(model_path: str | Path, card: ModelCard) -> Path:
+    """Write the card beside the model; the ONNX metadata stays the source of truth."""
+    path = card_file(model_path)
+    path.write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
+    return path

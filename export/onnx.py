@@ -18,10 +18,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from ecgsearch.encoder import ptbxl, signals
+from ecgsearch.encoder import signals
 from ecgsearch.encoder.config import EncoderConfig
+from ecgsearch.encoder.data import load_ptbxl
 from ecgsearch.encoder.model import Encoder, SelfSupervised, count_parameters
-from ecgsearch.export.card import CARD_METADATA_KEY, ModelCard
+from ecgsearch.export.card import CARD_METADATA_KEY, ModelCard, write_card_file
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -72,8 +73,7 @@ def load_checkpoint(path: str | Path) -> tuple[Encoder, EncoderConfig, dict[str,
 
 def parity_inputs(data_root: str | Path, n: int = 16) -> np.ndarray:
     """A few real prepared PTB-XL ECGs (fold 10) for the parity check."""
-    rows = [r for r in ptbxl.read_table(Path(data_root) / "ptb-xl") if r.fold == 10][:n]
-    return np.stack([signals.load(r.path()) for r in rows])
+    return load_ptbxl(data_root, folds=[10], max_records=n).x
 
 
 def weights_version(model: onnx.ModelProto) -> str:
@@ -132,6 +132,7 @@ def export_encoder(
     onnx.helper.set_model_props(model, {CARD_METADATA_KEY: card.model_dump_json()})
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out))
+    write_card_file(out, card)
     return card
 
 

@@ -1,27 +1,18 @@
-"""``ecgsearch ingest`` and ``ecgsearch bench ingest``: thin commands over ingest.pipeline."""
+"""``ecgsearch ingest``: a thin command over ingest.pipeline, which it imports when it runs."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from ecgsearch.ingest import bench as ingest_bench
-from ecgsearch.ingest.pipeline import IngestSummary, ingest
-from ecgsearch.ingest.sources import SourceError, enumerate_source, select
+if TYPE_CHECKING:
+    from ecgsearch.ingest.pipeline import IngestSummary
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
-err = Console(stderr=True)
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -76,7 +67,7 @@ def ingest_command(
     ] = None,
     rejects: Annotated[
         Path | None,
-        typer.Option(help="Rejects report CSV (default: <collection>-rejects.csv beside the store)."),
+        typer.Option(help="Rejects report name; each run adds its UTC time (default: beside the store)."),
     ] = None,
     limit: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many records (after sharding).")
@@ -91,32 +82,41 @@ def ingest_command(
         str | None,
         typer.Option(help="Dataset name for every record (default: parent folder; 'ptbxl' for PTB-XL)."),
     ] = None,
-    shard_number: Annotated[
-        int, typer.Option(min=1, help="Qdrant server: shards of a new collection (cluster: e.g. 6).")
-    ] = 1,
-    replication_factor: Annotated[
-        int, typer.Option(min=1, help="Qdrant server: copies of each shard of a new collection.")
-    ] = 1,
-    int8: Annotated[
-        bool | None,
-        typer.Option(
-            "--int8/--float32",
-            help="New collection: int8 scalar quantization (the default: 4x less vector memory, "
-            "float32 kept for rescoring) or float32 only.",
-        ),
+    shards: Annotated[
+        int | None,
+        typer.Option("--shards", min=1, help="Qdrant server: shards of a new collection (cluster: e.g. 6)."),
     ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option("--replicas", min=1, help="Qdrant server: copies of each shard of a new collection."),
+    ] = None,
+    float32: Annotated[
+        bool,
+        typer.Option(
+            "--float32",
+            help="New collection: float32 vectors only, instead of the default int8 scalar quantization "
+            "(4x less vector memory, float32 kept for rescoring).",
+        ),
+    ] = False,
     hnsw_m: Annotated[
         int | None, typer.Option(min=4, max=128, help="New collection: HNSW edges per node (default 32).")
     ] = None,
-    hnsw_ef_construct: Annotated[
+    ef_construct: Annotated[
         int | None,
-        typer.Option(min=8, max=2048, help="New collection: HNSW build candidates (default 256)."),
+        typer.Option(
+            "--ef-construct", min=8, max=2048, help="New collection: HNSW build candidates (default 256)."
+        ),
     ] = None,
     search_ef: Annotated[
         int | None,
         typer.Option(min=1, max=4096, help="New collection: HNSW search candidates (default 256)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    # Earlier spellings, still accepted (deployment files use them), kept out of --help.
+    shard_number: Annotated[int | None, typer.Option(min=1, hidden=True)] = None,
+    replication_factor: Annotated[int | None, typer.Option(min=1, hidden=True)] = None,
+    int8: Annotated[bool, typer.Option("--int8", hidden=True)] = False,
+    hnsw_ef_construct: Annotated[int | None, typer.Option(min=8, max=2048, hidden=True)] = None,
 ) -> None:
     """Embed ECGs from SOURCE and store them with their payloads; reruns skip what is already stored.
 
@@ -137,6 +137,7 @@ def ingest_command(
         ecgsearch ingest manifest.csv --qdrant-url http://qdrant:6333 --shard 2/4 --no-optimize
     """
     from ecgsearch.export.runtime import Embedder, ModelError
+    from ecgsearch.ingest.sources import SourceError, enumerate_source, select
     from ecgsearch.search.store import default_store_path
 
     if store is not None and qdrant_url is not None:
@@ -152,15 +153,29 @@ def ingest_command(
         total = sum(1 for _ in candidates())
     except SourceError as exc:
         raise typer.BadParameter(str(exc), param_hint="SOURCE") from None
-    store_path = None if qdrant_url else (store or default_store_path())
-    rejects_path = rejects or (store_path or Path.cwd()) / f"{collection}-rejects.csv"
+    if total == 0:
+        raise typer.BadParameter(
+            f"{source}: no ECGs found (or none left after --shard/--limit); nothing to ingest",
+            param_hint="SOURCE",
+        )
+    store_path = None if qdrant_url else (store or default_store_path(os.environ.get("ECGSEARCH_HOME")))
+    rejects_path = unused_path(rejects or (store_path or Path.cwd()) / f"{collection}-rejects.csv")
     try:
         embedder = Embedder(model, threads=threads)
         settings = _index_settings(
-            quantization=int8, hnsw_m=hnsw_m, hnsw_ef_construct=hnsw_ef_construct, search_ef=search_ef
+            quantization=False if float32 else (True if int8 else None),
+            hnsw_m=hnsw_m,
+            hnsw_ef_construct=ef_construct or hnsw_ef_construct,
+            search_ef=search_ef,
         )
         target = _open_target(
-            store_path, qdrant_url, api_key, collection, shard_number, replication_factor, settings
+            store_path,
+            qdrant_url,
+            api_key,
+            collection,
+            shards or shard_number or 1,
+            replicas or replication_factor or 1,
+            settings,
         )
     except (ModelError, OSError, RuntimeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -178,10 +193,36 @@ def ingest_command(
     raise typer.Exit(EXIT_OK if summary.ok else EXIT_REJECTS)
 
 
+def unused_path(path: Path) -> Path:
+    """``name-<UTC time>.csv`` beside ``path``: each run writes its own rejects report, never overwriting."""
+    from datetime import UTC, datetime
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    candidate = path.with_name(f"{path.stem}-{stamp}{path.suffix}")
+    n = 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{stamp}-{n}{path.suffix}")
+    return candidate
+
+
 def _run(
     candidates, total, store, embedder, batch_size, workers, rejects_path, optimize, quiet
 ) -> IngestSummary:  # noqa: ANN001
     """The pipeline under a progress bar: records done of total, rate, elapsed and ETA."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from ecgsearch.ingest.pipeline import ingest
+
+    err = Console(stderr=True)
     columns = (
         TextColumn("ingest"),
         BarColumn(),
@@ -233,7 +274,7 @@ def _open_target(path, url, api_key, collection, shard_number, replication_facto
     from ecgsearch.search.store import open_store
 
     if url is None and (shard_number, replication_factor) != (1, 1):
-        raise typer.BadParameter("--shard-number/--replication-factor need --qdrant-url")
+        raise typer.BadParameter("--shards/--replicas need --qdrant-url")
     return open_store(
         path=path,
         url=url,
@@ -254,11 +295,75 @@ def report(summary: IngestSummary) -> None:
     )
     for reject in summary.rejects[:20]:
         typer.echo(f"rejected {reject.record}: {reject.reason}", err=True)
-    if summary.rejected:
-        typer.echo(f"all rejects: {summary.rejects_path}", err=True)
+    typer.echo(f"rejects report: {summary.rejects_path}", err=True)
+
+
+def embed_command(
+    source: Annotated[
+        Path, typer.Argument(metavar="SOURCE", help="Anything ingest accepts: PTB-XL folder, manifest, WFDB.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file: .npz (or .parquet with pyarrow).")],
+    model: Annotated[
+        Path | None, typer.Option(envvar="ECGSEARCH_MODEL", help="ONNX encoder (default: bundled).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N records.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name for every record.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="ECGs per embedding batch.")] = 256,
+    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Write the embeddings of SOURCE to a file: record ids, unit vectors and the model version.
+
+    Each ECG is prepared and encoded exactly as ingest does, so the vectors equal the stored ones.
+    .npz holds arrays record_ids, vectors (n x dim, float32) and model_version; .parquet (needs
+    pyarrow) holds columns record_id and vector, the model version in its metadata.
+
+    Examples:
+
+        ecgsearch embed ../shared/data/ptb-xl --out ptbxl.npz
+
+        ecgsearch embed manifest.csv --out site.npz --limit 1000 --json
+    """
+    from ecgsearch.export.runtime import Embedder, ModelError
+    from ecgsearch.ingest.embed import EmbedError, check_output, embed_candidates, write
+    from ecgsearch.ingest.sources import SourceError, enumerate_source, select
+
+    try:
+        check_output(out)
+    except EmbedError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from None
+    try:
+        candidates = list(select(enumerate_source(source, dataset=dataset), limit=limit))
+    except SourceError as exc:
+        raise typer.BadParameter(str(exc), param_hint="SOURCE") from None
+    if not candidates:
+        raise typer.BadParameter(f"{source}: no ECGs found; nothing to embed", param_hint="SOURCE")
+    try:
+        embedder = Embedder(model, threads=threads)
+        result = embed_candidates(candidates, embedder, batch_size=batch_size)
+        write(result, out)
+    except (ModelError, EmbedError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    summary = {
+        "out": str(out),
+        "records": len(result.record_ids),
+        "rejected": len(result.rejects),
+        "dim": int(result.vectors.shape[1]),
+        "model_version": result.model_version,
+    }
+    if as_json:
+        typer.echo(json.dumps(summary | {"rejects": [r.model_dump() for r in result.rejects]}, indent=2))
+    else:
+        typer.echo(
+            f"wrote {summary['records']} embeddings ({summary['dim']}-d, model {result.model_version}) "
+            f"to {out}; {summary['rejected']} rejected"
+        )
+        for reject in result.rejects[:20]:
+            typer.echo(f"rejected {reject.record}: {reject.reason}", err=True)
 
 
 def register(app: typer.Typer, bench: typer.Typer, evaluate: typer.Typer) -> None:
     """Mount this part's commands on the root app and its groups."""
     app.command("ingest")(ingest_command)
-    bench.command("ingest")(ingest_bench.bench_command)
+    app.command("embed")(embed_command)

@@ -1,21 +1,24 @@
-"""``ecgsearch serve``, ``query`` and ``bench service``: thin commands over the search service."""
+"""``ecgsearch serve`` and ``query``: thin commands over the search service."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import grpc
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
 
-from ecgsearch.search.service import DEFAULT_K, SearchResult, describe_validation
+if TYPE_CHECKING:
+    from ecgsearch.search.service import SearchResult
 
-err = Console(stderr=True)
+DEFAULT_K = 10  # the service's default (service.DEFAULT_K); literal here so --help imports no machinery
+
+
+def _error(message: str) -> None:
+    """One red line on stderr."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False)
 
 
 def serve_command(
@@ -80,9 +83,12 @@ def serve_command(
         ECGSEARCH_TOKENS_FILE=/run/secrets/tokens ecgsearch serve --qdrant-url http://qdrant:6333 \\
             --host 0.0.0.0 --tls-cert server.pem --tls-key server.key
     """
+    from pydantic import ValidationError
+
     from ecgsearch.export.runtime import ModelError
     from ecgsearch.search.schema import StoreUnavailable
     from ecgsearch.search.server import configure_logging, serve
+    from ecgsearch.search.service import describe_validation
     from ecgsearch.search.settings import ServiceSettings
     from ecgsearch.search.store import StoreError
 
@@ -110,7 +116,7 @@ def serve_command(
     try:
         serve(settings)
     except (ValueError, OSError, StoreUnavailable, StoreError, ModelError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        _error(str(exc))
         raise typer.Exit(1) from None
 
 
@@ -160,8 +166,12 @@ def query_command(
 
         ecgsearch query --record-id ptbxl:17 --exclude-patient 15709 --json
     """
+    import grpc
+    from pydantic import ValidationError
+
     from ecgsearch.search.client import EcgSearchClient
     from ecgsearch.search.schema import SearchFilter
+    from ecgsearch.search.service import describe_validation
 
     if (record_id is None) == (wfdb is None):
         raise typer.BadParameter("give exactly one of --record-id or --wfdb")
@@ -185,10 +195,10 @@ def query_command(
             else:
                 result = client.search_by_wfdb(wfdb, **options)
     except grpc.RpcError as exc:
-        err.print(f"[red]error:[/red] {exc.code().name}: {exc.details()}", highlight=False)
+        _error(f"{exc.code().name}: {exc.details()}")
         raise typer.Exit(1) from None
     except (OSError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        _error(str(exc))
         raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
@@ -198,6 +208,9 @@ def query_command(
 
 def print_result(result: SearchResult) -> None:
     """Hits as a table; the summary, when present, as a second one."""
+    from rich.console import Console
+    from rich.table import Table
+
     from ecgsearch.search import codes
 
     console = Console()
@@ -231,58 +244,7 @@ def print_result(result: SearchResult) -> None:
         console.print(table)
 
 
-def bench_service_command(
-    duration: Annotated[float, typer.Option(min=1, help="Seconds of load.")] = 20.0,
-    concurrency: Annotated[int, typer.Option(min=1, help="Client threads, one channel each.")] = 8,
-    store: Annotated[
-        Path | None, typer.Option(help="Serve this embedded store instead of building one.")
-    ] = None,
-    ptbxl: Annotated[Path | None, typer.Option(help="PTB-XL folder to build a temporary store from.")] = None,
-    records: Annotated[int, typer.Option(min=10, help="PTB-XL records in the temporary store.")] = 2000,
-    k: Annotated[int, typer.Option(min=1, max=1000, help="Neighbours per query.")] = DEFAULT_K,
-    model: Annotated[Path | None, typer.Option(help="ONNX encoder (default: bundled).")] = None,
-    out: Annotated[Path, typer.Option(help="Results JSON.")] = Path("results/service_load.json"),
-) -> None:
-    """Load the gRPC service with concurrent clients: QPS, p50/p95/p99 latency and errors.
-
-    Starts `ecgsearch serve` in its own process over --store, or over a temporary store that
-    `ecgsearch ingest` fills from --ptbxl, then runs --concurrency client threads for --duration
-    seconds, cycling through unfiltered and filtered searches by vector and by record id.
-
-    Examples:
-
-        ecgsearch bench service --ptbxl ../shared/data/ptb-xl --duration 20 --concurrency 8
-
-        ecgsearch bench service --store ./store --out results/service_load.json
-    """
-    from ecgsearch.search.loadbench import bench_service
-
-    if store is None and ptbxl is None:
-        raise typer.BadParameter("give --store or --ptbxl")
-    try:
-        report = bench_service(
-            duration=duration,
-            concurrency=concurrency,
-            store=store,
-            ptbxl=ptbxl,
-            records=records,
-            k=k,
-            model=model,
-        )
-    except (RuntimeError, TimeoutError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(
-        f"{report['qps']} QPS, p50 {report['latency_ms']['p50']} ms, p95 {report['latency_ms']['p95']} ms, "
-        f"p99 {report['latency_ms']['p99']} ms, {report['errors']} errors -> {out}",
-        file=sys.stderr,
-    )
-
-
 def register(app: typer.Typer, bench: typer.Typer, evaluate: typer.Typer) -> None:
     """Mount this part's commands on the root app and its groups."""
     app.command("serve")(serve_command)
     app.command("query")(query_command)
-    bench.command("service")(bench_service_command)

@@ -13,7 +13,8 @@ class ServiceSettings(BaseSettings):
 
     Deployment files rely on these names; keep them stable.
 
-    - ``ECGSEARCH_STORE_PATH``: directory of an embedded (on-disk) store; or
+    - ``ECGSEARCH_STORE_PATH``: directory of an embedded (on-disk) store (default ``$ECGSEARCH_HOME/store``,
+      home ``~/.ecgsearch``); or
     - ``ECGSEARCH_QDRANT_URL`` (+ ``ECGSEARCH_QDRANT_API_KEY``): a Qdrant server or cluster.
     - ``ECGSEARCH_COLLECTION``: collection name (default ``ecgs``).
     - ``ECGSEARCH_MODEL``: ONNX model path (default: the bundled model).
@@ -31,6 +32,7 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ECGSEARCH_", extra="ignore")
 
+    home: Path | None = None
     store_path: Path | None = None
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
@@ -57,6 +59,10 @@ class ServiceSettings(BaseSettings):
             raise ValueError("TLS_CERT and TLS_KEY go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("TLS_CLIENT_CA (mutual TLS) needs TLS_CERT and TLS_KEY")
+        if not self.store_path and not self.qdrant_url:
+            from ecgsearch.search.store import default_store_path
+
+            self.store_path = default_store_path(self.home)
         return self
 
     def token_list(self) -> list[str]:

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-from qdrant_client.local.qdrant_local import QdrantLocal
 
 from ecgsearch.search.filters import to_client, to_edge
 from ecgsearch.search.schema import (
@@ -96,6 +95,12 @@ class Store(Protocol):
 
     def set_alias(self, alias: str, collection: str) -> None:
         """Point ``alias`` at ``collection``, replacing its old target: how a new model goes live."""
+
+    def aliases(self) -> dict[str, str]:
+        """Every alias of the store and the collection it points at."""
+
+    def index_settings(self) -> IndexSettings:
+        """The index settings the open collection was created with."""
 
 
 class StoreError(RuntimeError):
@@ -303,11 +308,25 @@ class EdgeStore(_Backend):
     def _read_manifest(self) -> CollectionManifest | None:
         if not self._manifest_path.is_file():
             return None
-        return CollectionManifest.model_validate_json(self._manifest_path.read_text())
+        try:
+            return CollectionManifest.model_validate_json(self._manifest_path.read_text())
+        except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+            detail = " ".join(str(error).split())[:200]
+            raise StoreError(f"{self._manifest_path}: unreadable collection manifest ({detail})") from None
 
     def _aliases(self) -> dict[str, str]:
         path = self.root / "aliases.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            aliases = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise StoreError(
+                f"{path}: unreadable aliases file ({' '.join(str(error).split())[:200]})"
+            ) from None
+        if not isinstance(aliases, dict):
+            raise StoreError(f"{path}: expected a JSON object of alias -> collection")
+        return aliases
 
     def _open(self, opener: Callable[[], edge.EdgeShard]) -> edge.EdgeShard:
         try:
@@ -457,6 +476,12 @@ class EdgeStore(_Backend):
         aliases = self._aliases() | {alias: collection}
         _write_atomic(self.root / "aliases.json", json.dumps(aliases, indent=2, sort_keys=True))
 
+    def aliases(self) -> dict[str, str]:
+        return dict(sorted(self._aliases().items()))
+
+    def index_settings(self) -> IndexSettings:
+        return self._manifest().settings
+
     # -- helpers --------------------------------------------------------------------------------
     def _manifest(self) -> CollectionManifest:
         if self.manifest is None:
@@ -485,8 +510,11 @@ class EdgeStore(_Backend):
         )
 
 
+LOCAL_MODE_WARNINGS = ("Payload indexes have no effect in the local Qdrant", "Local mode performs exact")
+
+
 class ServerStore(_Backend):
-    """Qdrant server or cluster through qdrant-client; also its local mode (``:memory:``, ``local_path``).
+    """Qdrant server or cluster through qdrant-client; also its local mode (``in_memory``, ``local_path``).
 
     Model version and dim live in the collection's metadata; aliases are Qdrant's own. For a
     3-node cluster create collections with ``shard_number=6, replication_factor=2``. Local mode is
@@ -507,6 +535,7 @@ class ServerStore(_Backend):
         settings: IndexSettings | None = None,
         client: QdrantClient | None = None,
         local_path: str | Path | None = None,
+        in_memory: bool = False,
         timeout: int = 30,
     ) -> None:
         self.name = _check_name(collection)
@@ -516,24 +545,34 @@ class ServerStore(_Backend):
         if client is None:
             if local_path is not None:
                 client = QdrantClient(path=str(local_path))
-            elif url == ":memory:":
+            elif in_memory:
                 client = QdrantClient(location=":memory:")
             elif url is not None:
                 client = QdrantClient(url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=timeout)
             else:
-                raise ValueError("ServerStore needs url, local_path or client")
+                raise ValueError("ServerStore needs url, local_path, in_memory or client")
         self.client = client
-        self._local = isinstance(getattr(client, "_client", None), QdrantLocal)
+        options = client.init_options  # qdrant-client's public record of how it was opened
+        self._local = options.get("location") == ":memory:" or bool(options.get("path"))
         if self._local:
             self.backend = "qdrant-local"
-            warnings.filterwarnings("ignore", message="Payload indexes have no effect in the local Qdrant")
-            warnings.filterwarnings("ignore", message="Local mode performs exact")
         self._dim: int | None = None
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        """Run one client call; connection failures become StoreUnavailable."""
+        """Run one client call; connection failures become StoreUnavailable.
+
+        Local mode warns that payload indexes and HNSW settings do nothing there; true and known, so
+        those two warnings are silenced for the call alone (no process-wide filter).
+        """
         try:
-            return fn()
+            if not self._local:
+                return fn()
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", message="Payload indexes have no effect in the local Qdrant"
+                )
+                warnings.filterwarnings("ignore", message="Local mode performs exact")
+                return fn()
         except (ResponseHandlingException, ConnectionError, grpc.RpcError) as error:
             where = self.client.init_options.get("url")
             raise StoreUnavailable(f"Qdrant at {where} is unreachable: {error}") from error
@@ -725,6 +764,13 @@ class ServerStore(_Backend):
         )
         self._call(lambda: self.client.update_collection_aliases(change_aliases_operations=operations))
 
+    def aliases(self) -> dict[str, str]:
+        found = self._call(lambda: self.client.get_aliases()).aliases
+        return dict(sorted((a.alias_name, a.collection_name) for a in found))
+
+    def index_settings(self) -> IndexSettings:
+        return self._manifest().settings
+
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -733,10 +779,12 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+DEFAULT_HOME = "~/.ecgsearch"
+
+
 def default_store_path(home: str | Path | None = None) -> Path:
-    """``<home>/store``; home is ``$ECGSEARCH_HOME`` or ``~/.ecgsearch`` when the caller gives none."""
-    base = home if home is not None else os.environ.get("ECGSEARCH_HOME", "~/.ecgsearch")
-    return Path(base).expanduser() / "store"
+    """``<home>/store``; commands pass ``$ECGSEARCH_HOME`` (read at the edge), else ``~/.ecgsearch``."""
+    return Path(home if home is not None else DEFAULT_HOME).expanduser() / "store"
 
 
 def open_store(
@@ -749,14 +797,21 @@ def open_store(
     home: str | Path | None = None,
     shard_number: int = 1,
     replication_factor: int = 1,
+    local: bool = False,
 ) -> Store:
     """The one place that picks a backend: ``url`` -> ServerStore, else the embedded store at ``path``.
 
     ``shard_number`` and ``replication_factor`` lay out a new collection on a Qdrant cluster; an
-    embedded store is one shard on one machine and refuses them.
+    embedded store is one shard on one machine and refuses them. ``local`` opens qdrant-client's local
+    mode instead (the ServerStore code path without a server: at ``path`` on disk, else in memory), for
+    tests and small checks; it searches by brute force.
     """
     if path is not None and url is not None:
         raise ValueError("give either path (embedded store) or url (Qdrant server), not both")
+    if local:
+        if url is not None:
+            raise ValueError("local mode runs without a server: give path or nothing, not url")
+        return ServerStore(collection=collection, settings=settings, local_path=path, in_memory=path is None)
     if url is not None:
         return ServerStore(
             url=url,

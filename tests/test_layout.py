@@ -11,18 +11,56 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = {"encoder", "export", "ingest", "search", "cli"}
-# Which parts each part may import (data path: encoder -> export -> search -> ingest -> cli).
+PARTS = {"encoder", "export", "ingest", "search", "bench", "cli"}
+# Which parts each part may import (data path: encoder -> export -> search -> ingest -> bench -> cli).
 ALLOWED = {
     "encoder": {"encoder"},
     "export": {"encoder", "export"},
     "search": {"encoder", "export", "search"},
     "ingest": {"encoder", "export", "search", "ingest"},
+    "bench": {"encoder", "export", "search", "ingest", "bench"},
     "cli": PARTS,
 }
-TORCH_FREE_ENCODER = {"signals.py", "config.py", "ptbxl.py", "retrieval.py"}
-# The torch side of export: building ONNX from a checkpoint and the training report beside it.
-TORCH_EXPORT = {"export/onnx.py", "export/results.py"}
+# Per module, stricter than its part: the ecgsearch modules it may import (a trailing "." allows a package).
+MODULE_ALLOWED = {
+    "encoder/signals.py": set(),
+    "encoder/config.py": set(),
+    "encoder/ptbxl.py": set(),
+    "encoder/retrieval.py": set(),
+    "encoder/probe.py": {"ecgsearch.encoder.ptbxl"},
+    "encoder/data.py": {"ecgsearch.encoder.ptbxl", "ecgsearch.encoder.signals"},
+    "export/card.py": set(),
+    "export/runtime.py": {"ecgsearch.encoder.signals", "ecgsearch.export.card"},
+    "search/schema.py": set(),
+    "search/settings.py": {"ecgsearch.search.store"},  # the default store path, inside a validator
+    "search/filters.py": {"ecgsearch.search.schema"},
+    "search/store.py": {"ecgsearch.search.filters", "ecgsearch.search.schema"},
+    "bench/results.py": set(),
+    "bench/synthetic.py": set(),
+    "bench/metrics.py": {"ecgsearch.bench.results"},
+}
+# Serving code (search/, ingest/) reaches below itself only through these modules, never the torch side.
+SERVING_MAY_USE = {
+    "ecgsearch.encoder.signals",
+    "ecgsearch.encoder.ptbxl",
+    "ecgsearch.encoder.readers.",
+    "ecgsearch.export.runtime",
+    "ecgsearch.export.card",
+}
+# Command modules: only typer and the standard library at module level; machinery inside commands.
+COMMAND_MODULES = {
+    "encoder/cli.py",
+    "export/cli.py",
+    "ingest/cli.py",
+    "search/cli.py",
+    "bench/cli.py",
+    "cli/main.py",
+}
+COMMAND_MODULES |= {p for p in ("search/admin_cli.py",) if (REPO / p).exists()}
+HEAVY = ("onnxruntime", "qdrant_client", "qdrant_edge", "grpc", "scipy", "wfdb", "torch", "faiss")
+TORCH_FREE_ENCODER = {"signals.py", "config.py", "ptbxl.py", "retrieval.py", "probe.py", "data.py"}
+# The torch side outside encoder/: building ONNX from a checkpoint and the training report.
+TORCH_EXPORT = {"export/onnx.py", "bench/training.py"}
 
 
 def _python_files(part: str) -> list[Path]:
@@ -30,7 +68,7 @@ def _python_files(part: str) -> list[Path]:
 
 
 def _imports(path: Path) -> list[tuple[str, bool]]:
-    """(module, at top level of the file) for every import in ``path``."""
+    """(module, at top level of the file) for every import in ``path``; ``from pkg import mod`` -> pkg.mod."""
     tree = ast.parse(path.read_text())
     top = {id(node) for node in tree.body}
     found = []
@@ -39,7 +77,102 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
             found += [(alias.name, id(node) in top) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append((node.module, id(node) in top))
+            found += [
+                (f"{node.module}.{alias.name}", id(node) in top)
+                for alias in node.names
+                if _is_module(f"{node.module}.{alias.name}")
+            ]
     return found
+
+
+def _file_of(module: str) -> Path | None:
+    """The source file of an ecgsearch module (package-dir mapping: ecgsearch.<part> -> <part>/)."""
+    parts = module.split(".")
+    if parts[0] != "ecgsearch" or len(parts) < 2:
+        return None
+    base = REPO.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_module(name: str) -> bool:
+    return _file_of(name) is not None
+
+
+def _ours(path: Path) -> list[str]:
+    """ecgsearch modules (not bare packages) that ``path`` imports, anywhere in the file."""
+    return sorted({m for m, _ in _imports(path) if m.startswith("ecgsearch.") and _file_of(m) is not None})
+
+
+def _allowed(module: str, allowed: set[str]) -> bool:
+    return any(module == a or (a.endswith(".") and module.startswith(a)) for a in allowed)
+
+
+def _is_package(module: str) -> bool:
+    found = _file_of(module)
+    return found is not None and found.name == "__init__.py"
+
+
+def test_module_imports() -> None:
+    """Per module: the listed modules import only what their entry allows; serving stays torch-free."""
+    for rel, allowed in MODULE_ALLOWED.items():
+        for module in _ours(REPO / rel):
+            if not _is_package(module):
+                assert _allowed(module, allowed), f"{rel} imports {module}"
+    for part in ("search", "ingest"):
+        for path in _python_files(part):
+            rel = path.relative_to(REPO).as_posix()
+            for module in _ours(path):
+                target = module.split(".")[1]
+                if target in {"encoder", "export"} and not _is_package(module):
+                    assert _allowed(module, SERVING_MAY_USE), f"{rel} imports {module}"
+
+
+def test_no_part_imports_commands_or_benchmarks_from_below() -> None:
+    """Only cli/ mounts commands; only bench/ and cli/ import benchmark code."""
+    for part in PARTS - {"cli"}:
+        for path in _python_files(part):
+            rel = path.relative_to(REPO).as_posix()
+            for module in _ours(path):
+                assert not module.endswith((".cli", "_cli")), f"{rel} imports the command module {module}"
+                if part != "bench":
+                    assert not module.startswith("ecgsearch.bench"), f"{rel} imports {module}"
+
+
+def test_command_modules_import_machinery_inside_commands() -> None:
+    stdlib = set(sys.stdlib_module_names)
+    for rel in sorted(COMMAND_MODULES):
+        for module, at_top in _imports(REPO / rel):
+            root = module.split(".")[0]
+            if at_top and root not in stdlib | {"__future__", "typer"}:
+                raise AssertionError(f"{rel} imports {module} at module level")
+
+
+def test_no_import_circle() -> None:
+    """Module-level imports between ecgsearch modules form no cycle."""
+    graph: dict[str, set[str]] = {}
+    for part in PARTS:
+        for path in _python_files(part):
+            name = "ecgsearch." + ".".join(path.relative_to(REPO).with_suffix("").parts)
+            name = name.removesuffix(".__init__")
+            graph[name] = {
+                m for m, top in _imports(path) if top and m.startswith("ecgsearch.") and _is_module(m)
+            } - {name}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            assert state.get(nxt) != 1, "import circle: " + " -> ".join([*trail, node, nxt])
+            if nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
 
 
 @pytest.mark.parametrize("part", sorted(PARTS))
@@ -84,6 +217,48 @@ def test_serving_imports_without_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
+
+
+def test_help_and_completion_import_no_heavy_library() -> None:
+    """``ecgsearch --help``, every ``SUBCOMMAND --help`` and completion leave the heavy libraries unloaded."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from ecgsearch.cli.main import app\n"
+        "runner = CliRunner()\n"
+        "calls = [['--help'], ['--version']]\n"
+        "import typer\n"
+        "group = typer.main.get_command(app)\n"
+        "for name, cmd in group.commands.items():\n"
+        "    calls.append([name, '--help'])\n"
+        "    for sub in getattr(cmd, 'commands', {}):\n"
+        "        calls.append([name, sub, '--help'])\n"
+        "for args in calls:\n"
+        "    r = runner.invoke(app, args)\n"
+        "    assert r.exit_code == 0, (args, r.output)\n"
+        "env = {'_ECGSEARCH_COMPLETE': 'complete_bash', 'COMP_WORDS': 'ecgsearch be', 'COMP_CWORD': '1'}\n"
+        "r = runner.invoke(app, [], env=env, prog_name='ecgsearch')\n"
+        "assert 'bench' in r.output, r.output\n"
+        f"heavy = {HEAVY!r}\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
+        "assert not loaded, loaded\n"
+        "print(len(calls))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip().splitlines()[-1]) >= 15  # every command's help was rendered
+
+
+def test_version_names_the_package_and_the_default_model() -> None:
+    from ecgsearch.cli.main import version_text
+    from ecgsearch.export.runtime import Embedder
+
+    text = version_text()
+    assert (
+        text.splitlines()[0]
+        == "ecgsearch " + tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    )
+    assert text.splitlines()[1] == f"default model {Embedder(threads=1).version}"
 
 
 def test_pyproject_lists_every_package() -> None:

@@ -74,8 +74,7 @@ def test_tiny_model_exports_with_parity(tiny_run: tuple[Path, dict], data_dir: P
 
 
 def test_training_report_compares_trained_and_random(tiny_run: tuple[Path, dict], data_dir: Path) -> None:
-    pytest.importorskip("sklearn")
-    from ecgsearch.export.results import training_report
+    from ecgsearch.bench.training import training_report
 
     out, _ = tiny_run
     report = training_report(out / "best.pt", data_dir)

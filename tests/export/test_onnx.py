@@ -57,16 +57,16 @@ def test_bundled_models_load_without_torch_side_imports(name: str) -> None:
     assert "10 s" in embedder.card.embedding
 
 
-def test_bench_writes_results(tmp_path: Path) -> None:
-    from ecgsearch.export.bench import run_benchmark
+def test_card_file_beside_each_bundled_model_matches_its_onnx_metadata() -> None:
+    """``--version`` reads the card beside the .onnx; it must be the card inside the model."""
+    import json
 
-    result = run_benchmark(None, threads=1, batch_sizes=[1, 4], min_seconds=0.01, out=tmp_path / "r.json")
-    assert (tmp_path / "r.json").is_file()
-    assert {(r["runtime"], r["batch_size"]) for r in result["results"]} >= {
-        ("onnxruntime", 1),
-        ("onnxruntime", 4),
-    }
-    assert all(r["ecgs_per_s"] > 0 for r in result["results"])
+    from ecgsearch.export.card import card_file
+
+    for name in (DEFAULT_MODEL, RANDOM_MODEL):
+        path = bundled_model(name)
+        beside = json.loads(card_file(path).read_text())
+        assert beside == Embedder(path, threads=1).card.model_dump(mode="json")
 
 
 def test_meanmax_export_matches_torch_and_documents_pooling(tmp_path: Path) -> None:

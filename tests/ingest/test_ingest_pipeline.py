@@ -107,7 +107,9 @@ def test_challenge_folder_with_bad_records(tmp_path: Path, data_dir: Path) -> No
     code, out, err = invoke(source, "--store", tmp_path / "store", "--rejects", rejects, "--workers", 0, "-q")
     assert code == EXIT_REJECTS, out + err
     assert "ingested 3, skipped 0 (already stored), rejected 2" in out
-    with rejects.open() as handle:
+    (report,) = tmp_path.glob("rejects-*.csv")  # named per run
+    assert f"rejects report: {report}" in err
+    with report.open() as handle:
         reasons = {row["record"]: row["reason"] for row in csv.DictReader(handle)}
     assert set(reasons) == {"broken:E00003", "broken:six"}
     assert "cannot read" in reasons["broken:E00003"] and "missing leads V5, V6" in reasons["broken:six"]
@@ -117,6 +119,11 @@ def test_challenge_folder_with_bad_records(tmp_path: Path, data_dir: Path) -> No
         assert (georgia.age, georgia.sex, georgia.diagnoses, georgia.dataset) == (None, "F", [], "georgia")
         assert s.get("ptb:S0001")[0].duration_s == 38.4
         assert s.count(SearchFilter(datasets=["georgia"])) == 2
+    # A second run (everything stored is skipped) writes its own report: the first one is kept.
+    first = report.read_text()
+    code, out, err = invoke(source, "--store", tmp_path / "store", "--rejects", rejects, "--workers", 0, "-q")
+    assert code == EXIT_REJECTS and "skipped 3" in out
+    assert len(list(tmp_path.glob("rejects-*.csv"))) == 2 and report.read_text() == first
 
 
 def test_collection_of_another_model_is_refused(tmp_path: Path, ptbxl_dir: Path) -> None:
@@ -130,7 +137,7 @@ def test_collection_of_another_model_is_refused(tmp_path: Path, ptbxl_dir: Path)
 def test_index_settings_are_chosen_at_creation_and_then_fixed(tmp_path: Path, ptbxl_dir: Path) -> None:
     store = tmp_path / "store"
     base = (ptbxl_dir, "--store", store, "--limit", 3, "--workers", 0, "-q")
-    code, _, _ = invoke(*base, "--int8", "--hnsw-m", 8, "--search-ef", 64)
+    code, _, _ = invoke(*base, "--hnsw-m", 8, "--search-ef", 64)  # int8: the default
     assert code == EXIT_OK
     for s in _open(store):
         made = s.manifest.settings
@@ -145,6 +152,20 @@ def test_index_settings_are_chosen_at_creation_and_then_fixed(tmp_path: Path, pt
 def test_missing_source_is_a_usage_error(tmp_path: Path) -> None:
     code, _, err = invoke(tmp_path / "nowhere", "--store", tmp_path / "store")
     assert code == 2 and "such folder or manifest" in err
+
+
+def test_empty_source_is_an_error_and_creates_no_collection(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, _, err = invoke(tmp_path / "empty", "--store", tmp_path / "store")
+    assert code == 2 and "nothing to ingest" in err
+    assert not (tmp_path / "store").exists()
+
+
+def test_deployment_spellings_of_cluster_options_still_work(tmp_path: Path, ptbxl_dir: Path) -> None:
+    """deploy/k8s passes --shard-number/--replication-factor; without a server both are refused alike."""
+    for args in (("--shard-number", 6, "--replication-factor", 2), ("--shards", 6, "--replicas", 2)):
+        code, _, err = invoke(ptbxl_dir, "--store", tmp_path / "store", *args)
+        assert code == 2 and "need --qdrant-url" in err
 
 
 def test_resume_after_kill_9(tmp_path: Path, ptbxl_dir: Path) -> None:

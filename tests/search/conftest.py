@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecgsearch.encoder import ptbxl, signals
-from ecgsearch.search import codes
+from ecgsearch.encoder import signals
+from ecgsearch.ingest.sources import enumerate_source, load, select
 from ecgsearch.search.schema import EcgPayload
-from ecgsearch.search.store import EdgeStore, IndexSettings, ServerStore
+from ecgsearch.search.store import EdgeStore, IndexSettings, ServerStore, open_store
 
 N_RECORDS = 60
 FAKE_DIM = 256
@@ -53,33 +53,14 @@ def fake_embedder() -> FakeEmbedder:
     return FakeEmbedder()
 
 
-def ptbxl_payload(row: ptbxl.PtbxlRow) -> EcgPayload:
-    diagnoses = list(dict.fromkeys(codes.scp_to_normalised(c) for c in row.scp_codes))
-    return EcgPayload(
-        record_id=f"ptbxl:{row.ecg_id}",
-        dataset="ptbxl",
-        patient_id=str(row.patient_id) if row.patient_id is not None else None,
-        diagnoses=diagnoses,
-        source_codes=[f"SCP:{c}" for c in row.scp_codes],
-        scp_likelihoods=row.scp_codes,
-        superclasses=sorted(row.superclasses),
-        age=row.age if row.age is not None and row.age <= 130 else None,
-        age_over_89=row.age is not None and row.age > 130,
-        sex=row.sex if row.sex in ("M", "F") else None,
-        sampling_rate_hz=100.0,
-        recorded_at=row.recorded_at,
-        source_path=row.filename_lr,
-    )
-
-
 @pytest.fixture(scope="session")
 def corpus(ptbxl_dir: Path, fake_embedder: FakeEmbedder) -> Corpus:
-    """The first N_RECORDS PTB-XL ECGs, embedded once per session; every 10th is relabelled "other"."""
-    rows = ptbxl.read_table(ptbxl_dir)[:N_RECORDS]
-    vectors = fake_embedder.embed(np.stack([signals.load(row.path()) for row in rows]))
-    payloads = [ptbxl_payload(row) for row in rows]
+    """The first N_RECORDS PTB-XL ECGs as ingest reads them, embedded once; every 10th is "other"."""
+    records = [load(c) for c in select(enumerate_source(ptbxl_dir), limit=N_RECORDS)]
+    vectors = fake_embedder.embed(np.stack([r.signal for r in records]))
     payloads = [
-        p.model_copy(update={"dataset": "other"}) if i % 10 == 0 else p for i, p in enumerate(payloads)
+        r.payload.model_copy(update={"dataset": "other"}) if i % 10 == 0 else r.payload
+        for i, r in enumerate(records)
     ]
     return Corpus(payloads, vectors)
 
@@ -90,7 +71,8 @@ TEST_SETTINGS = IndexSettings(full_scan_threshold_kb=1, indexing_threshold_kb=1)
 
 @pytest.fixture
 def edge_store(tmp_path: Path, corpus: Corpus) -> Iterator[EdgeStore]:
-    store = EdgeStore(tmp_path / "store", "ecgs", TEST_SETTINGS)
+    store = open_store(path=tmp_path / "store", collection="ecgs", settings=TEST_SETTINGS)
+    assert isinstance(store, EdgeStore)
     store.create_collection(dim=FAKE_DIM, model_version=FAKE_VERSION)
     store.upsert(corpus.payloads, corpus.vectors)
     store.optimize()
@@ -103,7 +85,11 @@ def server_store(corpus: Corpus) -> Iterator[ServerStore]:
     """qdrant-client local mode by default; a real server when QDRANT_URL is set."""
     url = os.environ.get("QDRANT_URL")
     name = f"test-{uuid.uuid4().hex[:8]}"
-    store = ServerStore(url=url or ":memory:", api_key=os.environ.get("QDRANT_API_KEY"), collection=name)
+    if url:
+        store = open_store(url=url, api_key=os.environ.get("QDRANT_API_KEY"), collection=name)
+    else:
+        store = open_store(local=True, collection=name)
+    assert isinstance(store, ServerStore)
     store.create_collection(dim=FAKE_DIM, model_version=FAKE_VERSION)
     store.upsert(corpus.payloads, corpus.vectors)
     store.optimize()

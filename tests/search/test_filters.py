@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import qdrant_edge as edge
 from qdrant_client import models as qm
 
@@ -50,10 +52,20 @@ def test_client_filter_shape():
     assert keys == {"diagnoses", "patient_id"}
 
 
-def test_edge_filter_builds():
-    out = to_edge(SearchFilter(diagnoses_all=["a"], age_max=50, exclude_record_ids=["ptbxl:1"]))
-    assert isinstance(out, edge.Filter)
-    assert to_edge(SearchFilter(sex="M")) is not None
+def test_edge_filter_selects_what_the_reference_selects(edge_store: Any, corpus: Any):
+    """On a real shard: each translated filter keeps exactly the points ``matches`` keeps."""
+    first = corpus.payloads[1]
+    cases = [
+        SearchFilter(diagnoses_all=first.diagnoses[:1], age_max=50, exclude_record_ids=[first.record_id]),
+        SearchFilter(sex="M"),
+        SearchFilter(sex="F", age_min=30, diagnoses_none=["SCP:SR"]),
+        SearchFilter(exclude_patient_ids=[p.patient_id for p in corpus.payloads[:5] if p.patient_id]),
+    ]
+    for flt in cases:
+        assert isinstance(to_edge(flt), edge.Filter)
+        expected = sum(matches(flt, p) for p in corpus.payloads)
+        assert 0 < expected < len(corpus.payloads), flt  # the case really filters
+        assert edge_store.count(flt) == expected, flt
 
 
 def test_matches_reference_semantics():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecgsearch.search import metrics
+from ecgsearch.bench import metrics
 
 
 def test_recall_counts_a_known_wrong_id() -> None:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from ecgsearch.bench import recall as bench
+from ecgsearch.bench import synthetic
 from ecgsearch.cli.main import app
-from ecgsearch.search import bench, synthetic
 
 
 def test_score_of_an_engine_returning_one_wrong_id() -> None:

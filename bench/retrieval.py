@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgsearch.bench.metrics import binned_curve, heart_rate, neighbours_excluding_patient, precision_at_k
+from ecgsearch.bench.results import relative, write_results
 from ecgsearch.encoder import ptbxl, signals
+from ecgsearch.encoder.data import prepare_rows
+from ecgsearch.encoder.probe import macro_auc, probe_scores, superclass_matrix
 from ecgsearch.encoder.retrieval import neighbour_agreement
 from ecgsearch.export.runtime import DEFAULT_MODEL, RANDOM_MODEL, Embedder, bundled_model, normalise_rows
-from ecgsearch.search.bench import write_json
-from ecgsearch.search.metrics import binned_curve, heart_rate, neighbours_excluding_patient, precision_at_k
 
 NAMED_CODES = ("AFIB", "CRBBB", "CLBBB", "LVH", "IMI", "PACE", "WPW")
 MIN_QUERIES = 10
@@ -48,18 +50,11 @@ class Corpus:
 
 
 def load_corpus(root: Path, limit: int | None = None, log: Callable[[str], None] = print) -> Corpus:
-    """Read and prepare every PTB-XL record of the table (100 Hz files), keeping note of failures."""
-    rows, xs, rejected = [], [], []
+    """Every PTB-XL record of the table (100 Hz files) prepared by ``encoder.data``, failures noted."""
     table = ptbxl.read_table(root)[:limit] if limit else ptbxl.read_table(root)
-    for i, row in enumerate(table):
-        try:
-            xs.append(signals.load(row.path()))
-            rows.append(row)
-        except (signals.SignalError, OSError) as exc:
-            rejected.append({"ecg_id": row.ecg_id, "reason": str(exc)})
-        if (i + 1) % 500 == 0:
-            log(f"prepared {i + 1}/{len(table)} records")
-    return Corpus(rows, np.stack(xs), rejected)
+    x, rejected = prepare_rows(table, log=log)
+    keep = np.isfinite(x).all(axis=(1, 2))
+    return Corpus([r for r, k in zip(table, keep, strict=True) if k], x[keep], rejected)
 
 
 def embed(model: Path, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray, dict]:
@@ -68,7 +63,7 @@ def embed(model: Path, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray, dic
     out = np.concatenate([embedder.embed(x[i : i + batch]) for i in range(0, len(x), batch)])
     card = embedder.card
     return out, {
-        "path": str(model),
+        "path": relative(model),
         "version": card.version,
         "initialisation": card.initialisation,
         "embedding_dim": card.embedding_dim,
@@ -91,37 +86,13 @@ def pca_embed(x: np.ndarray, fit_rows: np.ndarray, dim: int) -> tuple[np.ndarray
 
 
 def linear_probe(emb: np.ndarray, rows: list[ptbxl.PtbxlRow], folds: np.ndarray) -> dict:
-    """Superclass logistic regression (one-vs-rest) on folds 1-8; C chosen on fold 9, macro-AUC on fold 10."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.preprocessing import StandardScaler
-
-    y = np.array([[c in r.superclasses for c in ptbxl.SUPERCLASSES] for r in rows], dtype=int)
+    """Superclass probe on folds 1-8; C chosen on fold 9, macro-AUC on fold 10 (``encoder.probe``)."""
+    y = superclass_matrix([r.superclasses for r in rows])
     train = np.isin(folds, list(TRAIN_FOLDS))
-    scaler = StandardScaler().fit(emb[train])
-    z = scaler.transform(emb)
-
-    def fit_predict(c: float) -> np.ndarray:
-        scores = np.full(y.shape, np.nan)
-        for j in range(y.shape[1]):
-            if len(set(y[train, j])) < 2:
-                continue
-            clf = LogisticRegression(C=c, max_iter=2000).fit(z[train], y[train, j])
-            scores[:, j] = clf.decision_function(z)
-        return scores
-
-    def macro_auc(scores: np.ndarray, fold: int) -> tuple[float, dict[str, float]]:
-        rows_ = folds == fold
-        per = {}
-        for j, name in enumerate(ptbxl.SUPERCLASSES):
-            if np.isfinite(scores[rows_, j]).all() and len(set(y[rows_, j])) == 2:
-                per[name] = float(roc_auc_score(y[rows_, j], scores[rows_, j]))
-        return (float(np.mean(list(per.values()))) if per else float("nan")), per
-
-    by_c = {c: fit_predict(c) for c in PROBE_CS}
-    val = {c: macro_auc(s, VALIDATION_FOLD)[0] for c, s in by_c.items()}
+    by_c = {c: probe_scores(emb, y, train, c) for c in PROBE_CS}
+    val = {c: macro_auc(s, y, folds == VALIDATION_FOLD)[0] for c, s in by_c.items()}
     best = max(val, key=lambda c: -np.inf if np.isnan(val[c]) else val[c])
-    test_auc, per_class = macro_auc(by_c[best], TEST_FOLD)
+    test_auc, per_class = macro_auc(by_c[best], y, folds == TEST_FOLD)
     return {
         "C_chosen_on_fold9": best,
         "fold9_macro_auc_by_C": {str(c): v for c, v in val.items()},
@@ -218,7 +189,7 @@ def run(
     return {
         "evaluation": "retrieval",
         "dataset": {
-            "root": str(root),
+            "root": relative(root),
             "records": len(corpus.rows),
             "rejected": corpus.rejected,
             "limit": limit,
@@ -253,7 +224,7 @@ def _line(m: dict, k: int) -> str:
 
 
 def write(result: dict, out: Path, plot_path: Path | None) -> None:
-    write_json(out, result)
+    write_results(out, result)
     if plot_path:
         plot(result, plot_path)
 

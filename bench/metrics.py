@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import signal as sps
 
+from ecgsearch.bench.results import percentiles
+
 MISSING = -1
 
 
@@ -30,9 +32,10 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     """p50/p99 in milliseconds and sequential queries per second."""
     s = np.asarray(seconds, dtype=np.float64)
+    p = percentiles(s, (50, 99))
     return {
-        "p50_ms": float(np.percentile(s, 50) * 1e3),
-        "p99_ms": float(np.percentile(s, 99) * 1e3),
+        "p50_ms": p["p50"],
+        "p99_ms": p["p99"],
         "mean_ms": float(s.mean() * 1e3),
         "qps": float(len(s) / s.sum()) if s.sum() > 0 else float("inf"),
     }

@@ -7,17 +7,14 @@ reported against both the bare encoder and the slowest stage.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
-import typer
 
+from ecgsearch.bench.results import load_average, machine, relative
 from ecgsearch.encoder import signals
 from ecgsearch.ingest.pipeline import IngestSummary, _chunks, _pool, ingest, load_all
 from ecgsearch.ingest.sources import Candidate, Record, enumerate_source, select
@@ -103,7 +100,7 @@ def run_bench(
     from ecgsearch.export.runtime import Embedder
     from ecgsearch.search.store import open_store
 
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     candidates = list(select(enumerate_source(source)))[:limit]
     embedder = Embedder(model, threads=threads)
     records, read_s, pool_start_s = stage_read_prepare(candidates, workers, batch_size)
@@ -136,19 +133,17 @@ def run_bench(
     encoder_core_ms = 1e3 * min(threads or cpus, cpus) / encoder_rate if encoder_rate else 0.0
     read_core_ms = split["read_ms"] + split["prepare_ms"]
     return {
-        "source": str(source),
+        "source": relative(source),
         "records": len(candidates),
         "prepared": n,
         "batch_size": batch_size,
         "workers": workers,
         "threads": threads,
         "model_version": embedder.version,
-        "machine": {
-            "cpus": cpus,
-            "python": platform.python_version(),
-            "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "note": "cores shared with other jobs: stage rates are noisy; core-ms per ECG are steadier",
-        },
+        "machine": machine(
+            load_average_before_after=[load_before, load_average()],
+            note="cores shared with other jobs: stage rates are noisy; core-ms per ECG are steadier",
+        ),
         "end_to_end": {
             "ingested": summary.ingested,
             "rejected": summary.rejected,
@@ -175,36 +170,3 @@ def run_bench(
             "ceiling_rate_all_cores": round(1e3 * cpus / (read_core_ms + encoder_core_ms), 1),
         },
     }
-
-
-def bench_command(
-    source: Annotated[Path, typer.Argument(help="PTB-XL folder, manifest or WFDB folder to ingest.")],
-    out: Annotated[Path, typer.Option(help="Results JSON.")] = Path("results/ingest_throughput.json"),
-    batch_size: Annotated[int, typer.Option(min=1)] = 256,
-    workers: Annotated[int, typer.Option(min=0)] = 2,
-    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads.")] = 2,
-    model: Annotated[Path | None, typer.Option(envvar="ECGSEARCH_MODEL")] = None,
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="Only the first N records (a quick check).")
-    ] = None,
-) -> None:
-    """Ingest throughput end to end vs the bare encoder and the read/prepare stage, into a fresh store.
-
-    Examples:
-
-        ecgsearch bench ingest ../shared/data/ptb-xl --out results/ingest_throughput.json
-    """
-    result = run_bench(
-        source, batch_size=batch_size, workers=workers, threads=threads, model=model, limit=limit
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    typer.echo(
-        f"end-to-end {result['end_to_end']['rate']} ECGs/s "
-        f"(steady {result['end_to_end']['steady_rate_after_first_batch']}); "
-        f"bare encoder {result['bare_encoder']['rate']}; "
-        f"read+prepare {result['read_prepare']['rate']} ({workers} workers); "
-        f"overhead vs encoder {result['overhead_vs_encoder']}, "
-        f"vs slowest stage {result['overhead_vs_slowest_stage']} "
-        f"-> {out}"
-    )

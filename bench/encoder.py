@@ -6,18 +6,15 @@ card's config with fresh weights; speed depends on the architecture, not the wei
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from ecgsearch.bench.results import load_average, machine, relative, write_results
 from ecgsearch.encoder.signals import LEADS, MODEL_SAMPLES
 from ecgsearch.export.runtime import Embedder
 
@@ -29,16 +26,6 @@ def _rate(fn: Callable[[np.ndarray], object], x: np.ndarray, min_seconds: float)
         fn(x)
         n += 1
     return n * len(x) / elapsed
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _torch_runner(embedder: Embedder, threads: int) -> tuple[Callable[[np.ndarray], object], str] | None:
@@ -82,25 +69,19 @@ def run_benchmark(
             rows.append({"runtime": name, "batch_size": size, "ecgs_per_s": _rate(fn, x, min_seconds)})
     result = {
         "benchmark": "encoder throughput, prepared ECGs (12 x 1000) per second",
-        "model": str(embedder.path),
+        "model": relative(embedder.path),
         "model_version": embedder.version,
         "initialisation": embedder.card.initialisation,
         "parameters": embedder.card.model_extra.get("parameters") if embedder.card.model_extra else None,
         "threads": threads,
         "min_seconds": min_seconds,
         "results": rows,
-        "machine": {
-            "cpu": _cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "load_average_at_end": list(os.getloadavg()),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "onnxruntime": ort.__version__,
-            "torch": torch_runner[1] if torch_runner else None,
-        },
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(
+            load_average_at_end=load_average(),
+            onnxruntime=ort.__version__,
+            torch=torch_runner[1] if torch_runner else None,
+        ),
     }
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        write_results(out, result)
     return result

@@ -3,7 +3,7 @@
 Engines (the project's EdgeStore, FAISS HNSW, FAISS IVF-PQ, and opt-in the ServerStore on
 qdrant-client's local mode) are run on the same vectors, queries and
 filter classes; exact ground truth comes from numpy over the filtered rows, so a filtered engine is
-judged against the subset it was asked to search. Ingest, deploy sizing and the README cite the
+judged against the subset it was asked to search. docs/results.md and docs/deploy.md cite the
 JSON this writes. faiss is imported inside functions: the search package works without it.
 """
 
@@ -13,7 +13,6 @@ import gc
 import hashlib
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -23,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgsearch.search import synthetic
-from ecgsearch.search.metrics import exact_topk_multi, latency_summary, recall_at_k
+from ecgsearch.bench import synthetic
+from ecgsearch.bench.metrics import exact_topk_multi, latency_summary, recall_at_k
+from ecgsearch.bench.results import machine, relative, write_results
+from ecgsearch.encoder import ptbxl
 from ecgsearch.search.schema import EcgPayload, SearchFilter
 
 KS = (1, 10, 100)
@@ -174,29 +175,6 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def machine() -> dict:
-    """Enough about the machine to compare numbers across runs."""
-    cpu = _proc_field("/proc/cpuinfo", "model name")
-    mem = _proc_field("/proc/meminfo", "MemTotal")
-    return {
-        "cpu": cpu or platform.processor(),
-        "cpus": os.cpu_count(),
-        "memory_bytes": int(mem.split()[0]) * 1024 if mem else None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "niceness": os.nice(0) if hasattr(os, "nice") else None,
-    }
-
-
-def _proc_field(path: str, key: str, sep: str = ":") -> str:
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return ""
-    return next((ln.split(sep, 1)[1].strip() for ln in lines if ln.startswith(key)), "")
-
-
 # ---------------------------------------------------------------- engines
 
 
@@ -240,9 +218,7 @@ def bench_store(
     local = engine == "qdrant-local"
 
     def open_() -> store_mod.Store:
-        if local:
-            return store_mod.ServerStore(local_path=path, settings=settings)
-        return store_mod.open_store(path=path, settings=settings)
+        return store_mod.open_store(path=path, settings=settings, local=local)
 
     n = len(data.vectors)
     gc.collect()
@@ -424,10 +400,14 @@ def run_dataset(
     cfg: BenchConfig,
     log: Callable[[str], None],
     progress: Callable[[dict], None] | None = None,
+    scratch: Path | None = None,
 ) -> dict:
-    """Ground truth, then every engine, on one dataset; ``progress`` gets the block after each engine."""
+    """Ground truth, then every engine, on one dataset; ``progress`` gets the block after each engine.
+
+    ``scratch`` (the command's --scratch) holds the stores being built and keeps ground truth between runs.
+    """
     t0 = time.perf_counter()
-    truth = cached_ground_truth(data, cfg)
+    truth = cached_ground_truth(data, cfg, scratch)
     log(f"{data.name}: exact ground truth in {time.perf_counter() - t0:.1f} s")
     engines: list[EngineResult] = []
     skipped: list[dict] = []
@@ -447,7 +427,7 @@ def run_dataset(
             "wall_s": time.perf_counter() - t0,
         }
 
-    with tempfile.TemporaryDirectory(prefix="ecgbench-", dir=os.environ.get("ECGSEARCH_BENCH_TMP")) as tmp:
+    with tempfile.TemporaryDirectory(prefix="ecgbench-", dir=scratch) as tmp:
         for engine in cfg.engines:
             if engine.startswith("faiss") and len(data.vectors) > cfg.faiss_max_size:
                 skipped.append({"engine": engine, "reason": f"n > faiss_max_size {cfg.faiss_max_size}"})
@@ -479,12 +459,11 @@ def run_dataset(
     return block()
 
 
-def cached_ground_truth(data: Dataset, cfg: BenchConfig) -> dict[str, np.ndarray]:
-    """Exact ground truth, kept under $ECGSEARCH_BENCH_TMP when set (parallel jobs of one size share it).
+def cached_ground_truth(data: Dataset, cfg: BenchConfig, folder: Path | None = None) -> dict[str, np.ndarray]:
+    """Exact ground truth, kept under ``folder`` when given (parallel jobs of one size share it).
 
     The file name carries a digest of the data, so another model's embeddings never reuse stale truth.
     """
-    folder = os.environ.get("ECGSEARCH_BENCH_TMP")
     if not folder:
         return ground_truth(data, cfg.k)
     digest = hashlib.sha1(data.vectors[:1000].tobytes() + data.queries[:100].tobytes()).hexdigest()[:12]
@@ -498,34 +477,6 @@ def cached_ground_truth(data: Dataset, cfg: BenchConfig) -> dict[str, np.ndarray
     np.savez(tmp, **truth)
     tmp.replace(path)
     return truth
-
-
-def write_json(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(finite(result), indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
-
-
-def finite(value: object) -> object:
-    """NaN and infinities as null, numpy scalars as Python ones: strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def plot(result: dict, path: Path) -> None:
@@ -569,7 +520,13 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_bench(cfg: BenchConfig, out: Path, plot_path: Path | None, log: Callable[[str], None]) -> dict:
+def run_bench(
+    cfg: BenchConfig,
+    out: Path,
+    plot_path: Path | None,
+    log: Callable[[str], None],
+    scratch: Path | None = None,
+) -> dict:
     """Every size in turn; the JSON (and plot) is rewritten after each size so a long run reports early."""
     from dataclasses import asdict
 
@@ -581,7 +538,7 @@ def run_bench(cfg: BenchConfig, out: Path, plot_path: Path | None, log: Callable
         result["results"] = blocks
         result["wall_s"] = time.perf_counter() - t0
         result["summary"] = summarise(blocks)
-        write_json(out, result)
+        write_results(out, result)
         if plot_path:
             plot(result, plot_path)
 
@@ -589,7 +546,9 @@ def run_bench(cfg: BenchConfig, out: Path, plot_path: Path | None, log: Callable
         t1 = time.perf_counter()
         data = synthetic_dataset(n, cfg.dim, cfg.queries, cfg.seed)
         log(f"{data.name}: generated in {time.perf_counter() - t1:.1f} s")
-        done.append(run_dataset(data, cfg, log, progress=lambda partial: save([*done, partial])))
+        done.append(
+            run_dataset(data, cfg, log, progress=lambda partial: save([*done, partial]), scratch=scratch)
+        )
         save(done)
         del data
         gc.collect()
@@ -613,7 +572,7 @@ def merge(paths: list[Path]) -> dict:
     merged = {
         "benchmark": "recall",
         "merged_from": [
-            {"path": str(p), "config": f["config"], "machine": f["machine"]}
+            {"path": relative(p), "config": f["config"], "machine": f["machine"]}
             for p, f in zip(paths, files, strict=True)
         ],
         "results": blocks,
@@ -660,18 +619,29 @@ def ptbxl_dataset(root: Path, model: Path | None, log: Callable[[str], None]) ->
     At ~2,000 points recall is close to trivial; this run shows the pipeline on real vectors and
     real payloads (CLBBB ~1.7% is the selective code here; WPW is absent from the subset).
     """
+    from ecgsearch.bench.retrieval import embed
+    from ecgsearch.encoder.signals import SignalError
     from ecgsearch.export.runtime import DEFAULT_MODEL, bundled_model
-    from ecgsearch.search import codes, evaluate
+    from ecgsearch.ingest.sources import enumerate_source, load
+    from ecgsearch.search import codes
 
-    corpus = evaluate.load_corpus(root, log=log)
-    vectors, meta = evaluate.embed(model or bundled_model(DEFAULT_MODEL), corpus.x)
-    rows = corpus.rows
-    diagnoses = [sorted({codes.scp_to_normalised(c) for c in r.scp_codes}) for r in rows]
-    age = np.array([r.age if r.age is not None and r.age < 300 else -1 for r in rows])
-    female = np.array([r.sex == "F" for r in rows])
+    table = ptbxl.read_table(root)  # the PTB-XL source lists the table's rows in order
+    records, is_query, rejected = [], [], 0
+    for row, candidate in zip(table, enumerate_source(root), strict=True):
+        try:  # ingest's own reading and payloads: one age rule
+            records.append(load(candidate))
+            is_query.append(row.fold == 10)
+        except (SignalError, OSError):
+            rejected += 1
+    log(f"prepared {len(records)} records ({rejected} rejected)")
+    vectors, meta = embed(model or bundled_model(DEFAULT_MODEL), np.stack([r.signal for r in records]))
+    # Row index as record id: the bench maps hits back to rows.
+    stored = [r.payload.model_copy(update={"record_id": f"ptbxl:{i}"}) for i, r in enumerate(records)]
+    age = np.array([p.age if p.age is not None else -1 for p in stored])
+    female = np.array([p.sex == "F" for p in stored])
     rare = codes.scp_to_normalised("CLBBB")
     lo, hi = SELECTIVE_AGE
-    has_rare = np.array([rare in d for d in diagnoses])
+    has_rare = np.array([rare in p.diagnoses for p in stored])
     filters = [
         FilterClass("none", "no filter", None, None),
         FilterClass(
@@ -685,24 +655,12 @@ def ptbxl_dataset(root: Path, model: Path | None, log: Callable[[str], None]) ->
     ]
 
     def payloads(start: int, stop: int) -> list[EcgPayload]:
-        return [
-            EcgPayload(
-                record_id=f"ptbxl:{i}",  # row index: the bench maps hits back to rows
-                dataset="ptbxl",
-                patient_id=None if rows[i].patient_id is None else str(rows[i].patient_id),
-                diagnoses=diagnoses[i],
-                age=int(age[i]) if age[i] >= 0 else None,
-                sex=rows[i].sex,
-                sampling_rate_hz=100.0,
-                source_path=rows[i].filename_lr,
-            )
-            for i in range(start, stop)
-        ]
+        return stored[start:stop]
 
-    info = {"source": str(root), "model": meta, "rejected": len(corpus.rejected)}
-    queries = vectors[np.array([r.fold == 10 for r in rows])]
+    info = {"source": relative(root), "model": meta, "rejected": rejected}
+    queries = vectors[np.array(is_query)]
     info["queries"] = "fold 10 records (each also in the collection: its own top-1)"
-    return Dataset(f"ptbxl-{len(rows)}", vectors, queries, filters, payloads, info)
+    return Dataset(f"ptbxl-{len(records)}", vectors, queries, filters, payloads, info)
 
 
 def run_real(
@@ -712,15 +670,16 @@ def run_real(
     out: Path,
     plot_path: Path | None,
     log: Callable[[str], None],
+    scratch: Path | None = None,
 ) -> dict:
-    """The benchmark on real PTB-XL embeddings (queries: every record)."""
+    """The benchmark on real PTB-XL embeddings (queries: fold 10)."""
     from dataclasses import asdict
 
     data = ptbxl_dataset(root, model, log)
     result = {"benchmark": "recall-real", "config": asdict(cfg), "machine": machine()}
-    result["results"] = [run_dataset(data, cfg, log)]
+    result["results"] = [run_dataset(data, cfg, log, scratch=scratch)]
     result["summary"] = summarise(result["results"])
-    write_json(out, result)
+    write_results(out, result)
     if plot_path:
         plot(result, plot_path)
     return result

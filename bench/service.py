@@ -9,7 +9,6 @@ temporary store is filled from PTB-XL by ``ecgsearch ingest`` with the bundled m
 from __future__ import annotations
 
 import os
-import platform
 import secrets
 import socket
 import subprocess
@@ -27,6 +26,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ecgsearch.bench.results import machine, percentiles, relative
 from ecgsearch.search.client import EcgSearchClient
 from ecgsearch.search.schema import SearchFilter
 
@@ -71,7 +71,7 @@ def bench_service(
             "duration_s": duration,
             "concurrency": concurrency,
             "k": k,
-            "store": "temporary PTB-XL store" if built else str(store),
+            "store": "temporary PTB-XL store" if built else relative(store),
             "records_requested": records if built else None,
             "filter": flt.model_dump(exclude_defaults=True),
             "query_kinds": list(KINDS),
@@ -79,12 +79,7 @@ def bench_service(
         },
         "collection": info.model_dump(exclude={"diagnosis_counts"}),
         "store_build_s": round(built_s, 2) if built else None,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "grpc": grpc.__version__,
-        },
+        "machine": machine(grpc=grpc.__version__),
         **load,
         "server_stats": server_stats,
     }
@@ -221,24 +216,17 @@ def run_load(
         "errors": sum(not ok for _, _, ok in flat),
         "error_examples": sorted(set(errors))[:5],
         "qps": round(len(flat) / elapsed, 1),
-        "latency_ms": _percentiles([t for _, t, _ in flat]),
+        "latency_ms": percentiles([t for _, t, _ in flat]),
         "by_kind": {
             kind: {
                 "requests": len(rows),
                 "qps": round(len(rows) / elapsed, 1),
-                "latency_ms": _percentiles([t for _, t, _ in rows]),
+                "latency_ms": percentiles([t for _, t, _ in rows]),
             }
             for kind in KINDS
             if (rows := [s for s in flat if s[0] == kind])
         },
     }
-
-
-def _percentiles(seconds: list[float]) -> dict[str, float]:
-    if not seconds:
-        return {}
-    p50, p95, p99 = np.percentile(np.asarray(seconds) * 1000, [50, 95, 99])
-    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
 
 
 def _cli() -> list[str]:

@@ -1,6 +1,6 @@
 """The training report: a trained checkpoint against the random-init encoder of its config and seed.
 
-Written by ``ecgsearch export --results``. Everything in it is computed here from the checkpoints
+Written by ``ecgsearch eval training``. Everything in it is computed here from the checkpoints
 and PTB-XL folds 1-9 (fold 10 stays held out): training wall time, per-term final losses and the
 best epoch from the run's checkpoints, then fold-9 agreement@10 and a fold-9 linear probe for the
 trained and the random-init encoder (see ``ecgsearch.encoder.report``).
@@ -8,12 +8,12 @@ trained and the random-init encoder (see ``ecgsearch.encoder.report``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ecgsearch.bench.results import relative
 from ecgsearch.encoder.data import load_ptbxl
 from ecgsearch.encoder.report import fold9_report
 from ecgsearch.export.onnx import load_checkpoint, random_encoder
@@ -67,13 +67,7 @@ def training_report(
             "config": config.to_dict(),
             "log": state.get("history", []),
         },
-        "exported_checkpoint": str(checkpoint),
+        "exported_checkpoint": relative(checkpoint),
         **({"export": exported} if exported else {}),
         **({"command": command} if command else {}),
     }
-
-
-def write_report(report: dict[str, Any], out: str | Path) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -1,0 +1,403 @@
+"""The ``bench`` and ``eval`` command groups; each command imports its machinery when it runs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(float(v)) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(f"{name}: comma-separated integers expected, got {text!r}") from exc
+    if not values or min(values) <= 0:
+        raise typer.BadParameter(f"{name}: positive integers expected, got {text!r}")
+    return values
+
+
+def _logger(quiet: bool):
+    start = time.perf_counter()
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(f"[{time.perf_counter() - start:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def recall(
+    sizes: Annotated[
+        str, typer.Option(help="synthetic collection sizes (default 100k, 300k, 1M)", show_default=False)
+    ] = "100000,300000,1000000",
+    dim: Annotated[int, typer.Option(min=8, help="embedding dimension")] = 256,
+    queries: Annotated[int, typer.Option(min=1, help="queries per size (drawn apart from the data)")] = 1000,
+    seed: Annotated[int, typer.Option(help="seed of the synthetic mixture")] = 0,
+    k: Annotated[
+        int,
+        typer.Option(min=1, max=1000, help="neighbours per query, as the service asks (recall@k up to k)"),
+    ] = 10,
+    engines: Annotated[
+        str,
+        typer.Option(
+            help="engines to run, of edge, edge-int8, faiss-hnsw, faiss-ivfpq (default: these four) and "
+            "qdrant-local (the ServerStore in local mode)",
+            show_default=False,
+        ),
+    ] = "edge,edge-int8,faiss-hnsw,faiss-ivfpq",
+    edge_ef: Annotated[str, typer.Option(help="hnsw_ef values for the store")] = "32,64,128,256",
+    hnsw_ef: Annotated[str, typer.Option(help="efSearch values for FAISS HNSW")] = "32,64,128,256",
+    nprobe: Annotated[str, typer.Option(help="nprobe values for FAISS IVF-PQ")] = "8,16,32,64,128",
+    faiss_max_size: Annotated[
+        int, typer.Option(help="skip FAISS engines above this many vectors")
+    ] = 1_000_000,
+    faiss_ef_construction: Annotated[
+        int, typer.Option("--faiss-efc", min=8, help="FAISS HNSW efConstruction (M is 32, as the store's m)")
+    ] = 256,
+    local_max_size: Annotated[
+        int, typer.Option(help="skip qdrant-local (brute force, ~850 points/s) above this many vectors")
+    ] = 100_000,
+    real_ptbxl: Annotated[
+        Path | None, typer.Option(help="PTB-XL folder: benchmark real embeddings instead")
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="ONNX model for --real-ptbxl (default: bundled)")] = None,
+    merge: Annotated[
+        str | None, typer.Option(help="results files (a,b) to combine instead of running")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="results JSON (default results/recall.json)", show_default=False)
+    ] = Path("results/recall.json"),
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="recall@10 vs latency plot (default results/recall.png)", show_default=False),
+    ] = Path("results/recall.png"),
+    scratch: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="ECGSEARCH_BENCH_TMP", help="folder for the stores built and cached ground truth"
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
+) -> None:
+    """Recall@k vs exact search, latency, build time and memory of the store, FAISS HNSW and IVF-PQ.
+
+    ``qdrant-local`` (opt-in) is the ServerStore on qdrant-client's local mode: exact search in
+    Python, one setting (hnsw_ef null), skipped above ``--local-max-size``.
+
+    Synthetic clustered embeddings (fixed seed) with payloads, unfiltered and under selective (~1%
+    diagnosis and an age range) and broad (~25-50%) filters; ground truth is exact search over the
+    filtered rows. Needs the ``bench`` extra (faiss-cpu, matplotlib).
+
+    Examples:
+
+        ecgsearch bench recall --sizes 100000,300000 --out results/recall_small.json
+
+        ecgsearch bench recall --sizes 1000000 --engines edge,edge-int8
+
+        ecgsearch bench recall --sizes 100000 --engines edge,qdrant-local --out results/recall_local.json
+
+        ecgsearch bench recall --real-ptbxl ../shared/data/ptb-xl --out results/recall_real.json
+
+        ecgsearch bench recall --merge results/recall_small.json,results/recall_1m.json
+    """
+    from ecgsearch.bench import recall as b
+    from ecgsearch.bench.results import write_results
+
+    log = _logger(quiet)
+    if merge:
+        paths = [Path(p) for p in merge.split(",") if p.strip()]
+        for path in paths:
+            if not path.is_file():
+                raise typer.BadParameter(f"no results file {path}", param_hint="--merge")
+        try:
+            result = b.merge(paths)
+        except (ValueError, KeyError) as exc:
+            _fail(f"cannot merge {merge}: not recall results files ({exc})")
+        write_results(out, result)
+        if plot:
+            b.plot(result, plot)
+        typer.echo(f"wrote {out}")
+        return
+    known = {"edge", "edge-int8", "faiss-hnsw", "faiss-ivfpq", "qdrant-local"}
+    chosen = tuple(e.strip() for e in engines.split(",") if e.strip())
+    if not chosen or set(chosen) - known:
+        raise typer.BadParameter(f"engines: choose from {sorted(known)}, got {engines!r}")
+    cfg = b.BenchConfig(
+        sizes=_ints(sizes, "sizes"),
+        dim=dim,
+        queries=queries,
+        seed=seed,
+        k=k,
+        edge_efs=_ints(edge_ef, "edge-ef"),
+        hnsw_efs=_ints(hnsw_ef, "hnsw-ef"),
+        nprobes=_ints(nprobe, "nprobe"),
+        engines=chosen,
+        faiss_max_size=faiss_max_size,
+        faiss_ef_construction=faiss_ef_construction,
+        local_max_size=local_max_size,
+    )
+    if real_ptbxl is not None and not (real_ptbxl / "ptbxl_database.csv").is_file():
+        raise typer.BadParameter(f"no ptbxl_database.csv in {real_ptbxl}", param_hint="--real-ptbxl")
+    try:
+        if real_ptbxl is not None:
+            b.run_real(cfg, real_ptbxl, model, out, plot, log, scratch=scratch)
+        else:
+            b.run_bench(cfg, out, plot, log, scratch=scratch)
+    except ImportError as exc:
+        _missing(exc)
+    typer.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
+
+
+def retrieval(
+    ptbxl: Annotated[Path, typer.Option(help="PTB-XL folder (ptbxl_database.csv)")] = Path(
+        "../shared/data/ptb-xl"
+    ),
+    k: Annotated[int, typer.Option(min=1, help="neighbours per query")] = 10,
+    model: Annotated[Path | None, typer.Option(help="trained ONNX model (default: bundled)")] = None,
+    random_model: Annotated[
+        Path | None, typer.Option(help="random-init ONNX model (default: bundled)")
+    ] = None,
+    pca_dim: Annotated[int | None, typer.Option(help="PCA baseline dimension (default: the model's)")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=20, help="use only the first N records (quick checks)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="results JSON")] = Path("results/retrieval.json"),
+    plot: Annotated[Path | None, typer.Option(help="curves and agreement plot")] = Path(
+        "results/retrieval.png"
+    ),
+    quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
+) -> None:
+    """Retrieval quality on PTB-XL: trained vs random-init encoder vs PCA of the raw signal.
+
+    Queries are fold 10 (fold 9 reported too), the search space is every record, and neighbours of
+    the query's own patient are left out. Reports superclass agreement@k, a superclass linear probe
+    (macro-AUC), per-diagnosis precision@k with base rates and query counts, and how cosine
+    similarity tracks age and heart-rate differences. Needs the ``bench`` extra (scikit-learn, matplotlib).
+
+    Examples:
+
+        ecgsearch eval retrieval --ptbxl ../shared/data/ptb-xl
+
+        ecgsearch eval retrieval --limit 200 --out /tmp/r.json --plot /tmp/r.png
+    """
+    from ecgsearch.bench import retrieval as ev
+    from ecgsearch.export.runtime import ModelError
+
+    if not (ptbxl / "ptbxl_database.csv").is_file():
+        raise typer.BadParameter(f"no ptbxl_database.csv in {ptbxl}")
+    try:
+        result = ev.run(
+            ptbxl,
+            k=k,
+            model=model,
+            random_model=random_model,
+            pca_dim=pca_dim,
+            limit=limit,
+            log=_logger(quiet),
+        )
+        ev.write(result, out, plot)
+    except ImportError as exc:
+        _missing(exc)
+    except ModelError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
+
+
+def encoder(
+    model: Annotated[Path | None, typer.Option("--model", help="ONNX model (default: bundled).")] = None,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads, both runtimes.")] = 2,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated sizes.")] = "1,32,256",
+    seconds: Annotated[float, typer.Option("--seconds", min=0.01, help="Timed seconds per size.")] = 3.0,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Results JSON (default: encoder_throughput.json in results/).", show_default=False
+        ),
+    ] = Path("results/encoder_throughput.json"),
+) -> None:
+    """Measure encoder throughput (ECGs/s) in onnxruntime and, if installed, torch.
+
+    Examples:
+
+        ecgsearch bench encoder --threads 2 --batch-sizes 1,32,256
+    """
+    from ecgsearch.bench.encoder import run_benchmark
+    from ecgsearch.export.runtime import ModelError
+
+    sizes = _ints(batch_sizes, "batch-sizes")
+    try:
+        result = run_benchmark(model, threads=threads, batch_sizes=sizes, min_seconds=seconds, out=out)
+    except (ModelError, OSError) as exc:
+        _fail(exc)
+    for row in result["results"]:
+        typer.echo(f"{row['runtime']:12s} batch {row['batch_size']:4d}: {row['ecgs_per_s']:9.1f} ECGs/s")
+
+
+def ingest(
+    source: Annotated[Path, typer.Argument(help="PTB-XL folder, manifest or WFDB folder to ingest.")],
+    out: Annotated[Path, typer.Option(help="Results JSON.")] = Path("results/ingest_throughput.json"),
+    batch_size: Annotated[int, typer.Option(min=1, help="ECGs per batch.")] = 256,
+    workers: Annotated[int, typer.Option(min=0, help="Reading processes.")] = 2,
+    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads.")] = 2,
+    model: Annotated[Path | None, typer.Option(envvar="ECGSEARCH_MODEL", help="ONNX model.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N records.")] = None,
+) -> None:
+    """Ingest throughput end to end vs the bare encoder and the read/prepare stage, into a fresh store.
+
+    Examples:
+
+        ecgsearch bench ingest ../shared/data/ptb-xl --out results/ingest_throughput.json
+
+        ecgsearch bench ingest ../shared/data/ptb-xl --limit 200 --out /tmp/ingest.json
+    """
+    from ecgsearch.bench.ingest import run_bench
+    from ecgsearch.bench.results import write_results
+    from ecgsearch.export.runtime import ModelError
+    from ecgsearch.ingest.sources import SourceError
+
+    try:
+        result = run_bench(
+            source, batch_size=batch_size, workers=workers, threads=threads, model=model, limit=limit
+        )
+    except SourceError as exc:
+        raise typer.BadParameter(str(exc), param_hint="SOURCE") from None
+    except (ModelError, OSError, RuntimeError) as exc:
+        _fail(exc)
+    write_results(out, result)
+    typer.echo(
+        f"end-to-end {result['end_to_end']['rate']} ECGs/s "
+        f"(steady {result['end_to_end']['steady_rate_after_first_batch']}); "
+        f"bare encoder {result['bare_encoder']['rate']}; "
+        f"read+prepare {result['read_prepare']['rate']} ({workers} workers); "
+        f"overhead vs encoder {result['overhead_vs_encoder']}, "
+        f"vs slowest stage {result['overhead_vs_slowest_stage']} "
+        f"-> {out}"
+    )
+
+
+def service(
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of load.")] = 20.0,
+    concurrency: Annotated[int, typer.Option(min=1, help="Client threads, one channel each.")] = 8,
+    store: Annotated[Path | None, typer.Option(help="Serve this embedded store.")] = None,
+    ptbxl: Annotated[Path | None, typer.Option(help="PTB-XL folder to build a temporary store from.")] = None,
+    records: Annotated[int, typer.Option(min=10, help="PTB-XL records in the temporary store.")] = 2000,
+    k: Annotated[int, typer.Option(min=1, max=1000, help="Neighbours per query.")] = 10,
+    model: Annotated[Path | None, typer.Option(help="ONNX encoder (default: bundled).")] = None,
+    out: Annotated[Path, typer.Option(help="Results JSON.")] = Path("results/service_load.json"),
+) -> None:
+    """Load the gRPC service with concurrent clients: QPS, p50/p95/p99 latency and errors.
+
+    Starts `ecgsearch serve` in its own process over --store, or over a temporary store that `ecgsearch
+    ingest` fills from --ptbxl, then runs --concurrency client threads for --duration seconds, cycling
+    through unfiltered and filtered searches by vector and by record id.
+
+    Examples:
+
+        ecgsearch bench service --ptbxl ../shared/data/ptb-xl --duration 20 --concurrency 8
+
+        ecgsearch bench service --store ./store --out results/service_load.json
+    """
+    from ecgsearch.bench.results import write_results
+    from ecgsearch.bench.service import bench_service
+
+    if store is None and ptbxl is None:
+        raise typer.BadParameter("give --store or --ptbxl")
+    try:
+        report = bench_service(
+            duration=duration,
+            concurrency=concurrency,
+            store=store,
+            ptbxl=ptbxl,
+            records=records,
+            k=k,
+            model=model,
+        )
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        _fail(exc)
+    write_results(out, report)
+    print(
+        f"{report['qps']} QPS, p50 {report['latency_ms']['p50']} ms, p95 {report['latency_ms']['p95']} ms, "
+        f"p99 {report['latency_ms']['p99']} ms, {report['errors']} errors -> {out}",
+        file=sys.stderr,
+    )
+
+
+def training(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Training checkpoint (best.pt).")],
+    model: Annotated[
+        Path | None, typer.Option("--model", help="The .onnx exported from it (version, parity).")
+    ] = None,
+    data: Annotated[Path, typer.Option("--data", help="Folder holding ptb-xl/.")] = Path("../shared/data"),
+    cache: Annotated[Path | None, typer.Option("--cache", help="Prepared-array cache.")] = Path("runs/cache"),
+    out: Annotated[Path, typer.Option("--out", help="Results JSON.")] = Path("results/train_default.json"),
+) -> None:
+    """The training report: a checkpoint vs the random-init encoder of its config, on folds 1-9.
+
+    Fold-9 agreement@10 and linear probe for both, the run's losses and timings. Needs the train
+    extra (torch).
+
+    Examples:
+
+        ecgsearch eval training --checkpoint runs/default/last.pt --model export/models/ecg-encoder.onnx
+    """
+    if not checkpoint.is_file():
+        raise typer.BadParameter(f"no checkpoint {checkpoint}", param_hint="--checkpoint")
+    if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
+        raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
+    import pickle
+
+    from ecgsearch.bench.results import relative, write_results
+
+    try:
+        from ecgsearch.bench.training import training_report
+    except ImportError as exc:
+        _missing(exc)
+
+    exported = None
+    if model is not None:
+        from ecgsearch.export.runtime import Embedder, ModelError
+
+        try:
+            card = Embedder(model, threads=1).card
+        except ModelError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--model") from None
+        exported = {"model": model.name, "version": card.version, "parity": card.model_extra.get("parity")}
+    command = f"ecgsearch eval training --checkpoint {relative(checkpoint)} --out {relative(out)}"
+    if model is not None:
+        command += f" --model {relative(model)}"
+    try:
+        report = training_report(checkpoint, data, cache_dir=cache, exported=exported, command=command)
+    except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError) as exc:
+        _fail(f"{checkpoint}: not a readable training checkpoint ({exc})")
+    write_results(out, report)
+    for which in ("trained", "random_init"):
+        row = report["fold9"][which]
+        typer.echo(
+            f"fold 9 {which}: agreement@10 {row['fold9_queries_folds1to9']:.3f} (folds 1-9 searched), "
+            f"{row['fold9_within_fold9']:.3f} (fold 9 searched), probe macro-AUC {row['probe']['macro_auc']}"
+        )
+
+
+def _missing(exc: ImportError) -> None:
+    """A benchmark library that is not installed: say which extra brings it."""
+    _fail(f"{exc.name or exc} is not installed; pip install 'ecgsearch[bench]' (and [train] for torch)")
+
+
+def _fail(exc: BaseException | str) -> None:
+    """One line on stderr and exit 1: an environment problem, not a bug (no traceback)."""
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(1)
+
+
+def register(bench: typer.Typer, evaluate: typer.Typer) -> None:
+    """Mount the benchmarks on ``bench`` and the evaluations on ``eval``."""
+    bench.command("encoder")(encoder)
+    bench.command("ingest")(ingest)
+    bench.command("recall")(recall)
+    bench.command("service")(service)
+    evaluate.command("retrieval")(retrieval)
+    evaluate.command("training")(training)

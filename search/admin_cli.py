@@ -1,0 +1,264 @@
+"""``ecgsearch collection info|get|alias`` and ``ecgsearch stats``: operator commands, each with --json."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+Store = Annotated[
+    Path | None,
+    typer.Option("--store", "-s", envvar="ECGSEARCH_STORE_PATH", help="Embedded store directory."),
+]
+Url = Annotated[
+    str | None, typer.Option("--qdrant-url", "-u", envvar="ECGSEARCH_QDRANT_URL", help="Qdrant server URL.")
+]
+ApiKey = Annotated[str | None, typer.Option(envvar="ECGSEARCH_QDRANT_API_KEY", help="Qdrant API key.")]
+Collection = Annotated[
+    str, typer.Option("--collection", "-c", envvar="ECGSEARCH_COLLECTION", help="Collection or alias.")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Target = Annotated[
+    str | None, typer.Option("--target", "-t", help="A running service (host:port) instead of a store.")
+]
+Token = Annotated[str | None, typer.Option(envvar="ECGSEARCH_TOKEN", help="Bearer token for --target.")]
+
+
+def info_command(
+    store: Store = None,
+    qdrant_url: Url = None,
+    api_key: ApiKey = None,
+    collection: Collection = "ecgs",
+    model: Annotated[
+        Path | None, typer.Option(envvar="ECGSEARCH_MODEL", help="ONNX model whose card to show.")
+    ] = None,
+    target: Target = None,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show a collection: count, dimension, model and its card, index settings, aliases.
+
+    The embedded store (default $ECGSEARCH_HOME/store) must not be open in another process; a running
+    `ecgsearch serve` holds it: ask it with --target instead (it reports no settings or aliases).
+
+    Examples:
+
+        ecgsearch collection info --store ./store
+
+        ecgsearch collection info --qdrant-url http://qdrant:6333 -c ecgs --json
+
+        ecgsearch collection info --target localhost:50051 --token secret
+    """
+    from ecgsearch.search.admin import collection_info, service_info
+
+    if target is not None:
+        _only_target(store, qdrant_url)
+        result = _with_service(target, token, service_info)
+    else:
+        result = _with_store(store, qdrant_url, api_key, collection, lambda s: collection_info(s, model))
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"collection {result['collection']} ({result['backend']})")
+    typer.echo(f"  points          {result['count']}")
+    typer.echo(f"  dimension       {result['dim']}")
+    typer.echo(f"  indexed         {'yes' if result['indexed'] else 'no'}")
+    typer.echo(f"  model version   {result['model_version']}")
+    card = result["model_card"]
+    typer.echo(f"  model card      {_card_line(card)}")
+    settings = ", ".join(f"{k} {v}" for k, v in (result["index_settings"] or {}).items())
+    typer.echo(f"  index settings  {settings or 'not reported by the service'}")
+    aliases = ", ".join(f"{a} -> {c}" for a, c in (result["aliases"] or {}).items()) or "none"
+    typer.echo(f"  aliases         {aliases}")
+    top = list(result["diagnosis_counts"].items())[:5]
+    typer.echo("  top diagnoses   " + (", ".join(f"{c} {n}" for c, n in top) or "none"))
+
+
+def get_command(
+    record_id: Annotated[str, typer.Argument(help="Stored record id, e.g. ptbxl:17.")],
+    store: Store = None,
+    qdrant_url: Url = None,
+    api_key: ApiKey = None,
+    collection: Collection = "ecgs",
+    vector: Annotated[bool, typer.Option("--vector", help="Include the stored vector.")] = False,
+    target: Target = None,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show one stored record's payload (and, with --vector, its embedding).
+
+    Exit status 4 when the record is not stored.
+
+    Examples:
+
+        ecgsearch collection get ptbxl:17 --store ./store
+
+        ecgsearch collection get ptbxl:17 --vector --json
+
+        ecgsearch collection get ptbxl:17 --target localhost:50051 --token secret
+    """
+    from ecgsearch.search.admin import get_record, service_record
+    from ecgsearch.search.schema import UnknownRecord
+
+    try:
+        if target is not None:
+            _only_target(store, qdrant_url)
+            result = _with_service(target, token, lambda c: service_record(c, record_id, vector=vector))
+        else:
+            result = _with_store(
+                store, qdrant_url, api_key, collection, lambda s: get_record(s, record_id, vector=vector)
+            )
+    except UnknownRecord:
+        typer.echo(f"error: record {record_id!r} is not in collection {collection!r}", err=True)
+        raise typer.Exit(4) from None
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(result["record_id"])
+    for key, value in result["payload"].items():
+        if value not in (None, [], {}, ""):
+            typer.echo(f"  {key:<17} {value}")
+    if vector:
+        typer.echo(f"  vector ({len(result['vector'])}) {result['vector'][:4]} ...")
+
+
+def alias_command(
+    name: Annotated[str, typer.Argument(help="Alias that clients use, e.g. ecgs.")],
+    target: Annotated[str, typer.Argument(help="Collection it should point at, e.g. ecgs-v2.")],
+    store: Store = None,
+    qdrant_url: Url = None,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """Point alias NAME at collection TARGET: how a collection built with a new model goes live.
+
+    On an embedded store a running `serve` keeps its collection until restarted; on a Qdrant server
+    the switch is one request and readers never see the alias missing.
+
+    Examples:
+
+        ecgsearch collection alias ecgs ecgs-v2 --store ./store
+
+        ecgsearch collection alias ecgs ecgs-v2 --qdrant-url http://qdrant:6333 --json
+    """
+    from ecgsearch.search.admin import switch_alias
+
+    result = _with_store(store, qdrant_url, api_key, target, lambda s: switch_alias(s, name, target))
+    if as_json:
+        _print_json(result)
+    else:
+        typer.echo(f"alias {name}: {result['previous'] or '(new)'} -> {target}")
+
+
+def stats_command(
+    target: Annotated[
+        str, typer.Option("--target", "-t", envvar="ECGSEARCH_TARGET", help="Server host:port.")
+    ] = "127.0.0.1:50051",
+    token: Annotated[str | None, typer.Option(envvar="ECGSEARCH_TOKEN", help="Bearer token.")] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="Connect with TLS (system roots).")] = False,
+    root_cert: Annotated[Path | None, typer.Option(help="CA certificate PEM for TLS.")] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Deadline in seconds.")] = 10.0,
+    as_json: AsJson = False,
+) -> None:
+    """Per-RPC request counts, errors and latency percentiles of a running server since it started.
+
+    Examples:
+
+        ecgsearch stats --target localhost:50051 --token secret
+
+        ECGSEARCH_TOKEN=secret ecgsearch stats --json
+    """
+    import grpc
+
+    from ecgsearch.search.client import EcgSearchClient
+
+    try:
+        with EcgSearchClient(target, token=token, tls=tls, root_cert=root_cert, timeout=timeout) as client:
+            result = client.stats()
+    except grpc.RpcError as exc:
+        _fail(f"{target}: {exc.code().name}: {exc.details()}")
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"{'rpc':<24} {'count':>8} {'errors':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    for method, row in sorted(result.items()):
+        typer.echo(
+            f"{method:<24} {row['count']:>8.0f} {row['errors']:>7.0f} {row['p50_ms']:>8.2f} "
+            f"{row['p95_ms']:>8.2f} {row['p99_ms']:>8.2f}"
+        )
+
+
+def _with_store(
+    store: Path | None, url: str | None, api_key: str | None, collection: str, action: Any
+) -> Any:
+    """Open the store, run ``action`` on it, close it; environment and store problems exit 1 in one line."""
+    from ecgsearch.search.admin import open_for_admin
+    from ecgsearch.search.schema import InvalidQuery, StoreUnavailable
+    from ecgsearch.search.store import StoreError, default_store_path
+
+    if store is not None and url is not None:
+        raise typer.BadParameter("give --store or --qdrant-url, not both")
+    path = None if url else (store or default_store_path(os.environ.get("ECGSEARCH_HOME")))
+    if path is not None and not (path / "collections").is_dir():
+        raise typer.BadParameter(f"{path} holds no collections; ingest ECGs first", param_hint="--store")
+    try:
+        opened = open_for_admin(path=path, url=url, api_key=api_key, collection=collection)
+    except (StoreUnavailable, StoreError, ValueError) as exc:
+        _fail(str(exc))
+    try:
+        return action(opened)
+    except (StoreUnavailable, StoreError, InvalidQuery) as exc:
+        _fail(str(exc))
+    finally:
+        opened.close()
+
+
+def _only_target(store: Path | None, url: str | None) -> None:
+    if store is not None or url is not None:
+        raise typer.BadParameter("give --target, or --store/--qdrant-url, not both")
+
+
+def _with_service(target: str, token: str | None, action: Any) -> Any:
+    """Ask a running service; NOT_FOUND becomes UnknownRecord, other failures exit 1 in one line."""
+    import grpc
+
+    from ecgsearch.search.client import EcgSearchClient
+    from ecgsearch.search.schema import UnknownRecord
+
+    try:
+        with EcgSearchClient(target, token=token, timeout=10.0) as client:
+            return action(client)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            raise UnknownRecord(exc.details() or "") from None
+        _fail(f"{target}: {exc.code().name}: {exc.details()}")
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _card_line(card: dict | None) -> str:
+    if card is None:
+        return "not available here (the given or bundled model did not make this collection)"
+    return f"{card['name']} {card['version']}, {card['embedding_dim']}-d, {card['initialisation']}"
+
+
+def _print_json(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def register(app: typer.Typer, collection: typer.Typer) -> None:
+    """Mount ``stats`` on the root app and the collection commands on ``collection``."""
+    collection.command("info")(info_command)
+    collection.command("get")(get_command)
+    collection.command("alias")(alias_command)
+    app.command("stats")(stats_command)
