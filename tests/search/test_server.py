@@ -19,7 +19,7 @@ from ecgsearch.cli.main import app
 from ecgsearch.encoder import signals
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import sources
-from ecgsearch.search import codes
+from ecgsearch.search import codes, wire
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
 from ecgsearch.search.client import EcgSearchClient
@@ -40,7 +40,7 @@ class Served:
 
     target: str
     channel: grpc.Channel
-    stub: pb_grpc.EcgSearchStub
+    stub: pb_grpc.EcgSearchServiceStub
     payloads: list[EcgPayload]
     vectors: np.ndarray
     paths: list[Path]
@@ -68,7 +68,7 @@ def grpc_server(ptbxl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
                 yield Served(
                     target,
                     channel,
-                    pb_grpc.EcgSearchStub(channel),
+                    pb_grpc.EcgSearchServiceStub(channel),
                     [r.payload for r in records],
                     vectors,
                     [c.path for c in candidates],
@@ -195,7 +195,7 @@ def test_filtered_search_equals_brute_force(grpc_server: Served) -> None:
     request = pb.SearchByVectorRequest(
         vector=query.tolist(),
         options=pb.SearchOptions(
-            k=7, exact=True, filter=pb.Filter(diagnoses_any=["SR"], age_min=40, age_max=80, sex="M")
+            k=7, exact=True, filter=pb.Filter(diagnoses_any=["SR"], age_min=40, age_max=80, sex=pb.SEX_MALE)
         ),
     )
     reply = grpc_server.stub.SearchByVector(request, metadata=AUTH)
@@ -234,7 +234,7 @@ def test_search_by_raw_ecg_finds_the_record_first(grpc_server: Served) -> None:
         ecg = pb.Ecg(
             lead_names=list(raw.leads),
             sampling_rate_hz=raw.fs,
-            units=list(raw.units),
+            units=wire.units_to_proto(raw.units),
             leads=[pb.LeadSamples(values=lead.tolist()) for lead in raw.signal],
         )
         reply = grpc_server.stub.SearchByEcg(pb.SearchByEcgRequest(ecg=ecg), metadata=AUTH)
@@ -373,7 +373,7 @@ def test_bad_input_is_reported_and_the_server_keeps_answering(grpc_server: Serve
             stub.SearchByVector,
             pb.SearchByVectorRequest(vector=grpc_server.vectors[0].tolist(), options=pb.SearchOptions(k=0)),
             "INVALID_ARGUMENT",
-            "k must be between 1 and",
+            "options.k: must be between 1 and",
         ),
         (
             stub.SearchByVector,
@@ -381,12 +381,12 @@ def test_bad_input_is_reported_and_the_server_keeps_answering(grpc_server: Serve
                 vector=grpc_server.vectors[0].tolist(), options=pb.SearchOptions(k=MAX_K + 1)
             ),
             "INVALID_ARGUMENT",
-            "k must be between 1 and",
+            "options.k: must be between 1 and",
         ),
         (
             stub.SearchByVector,
             pb.SearchByVectorRequest(
-                vector=grpc_server.vectors[0].tolist(), options=pb.SearchOptions(filter=pb.Filter(sex="X"))
+                vector=grpc_server.vectors[0].tolist(), options=pb.SearchOptions(filter=pb.Filter(sex=7))
             ),
             "INVALID_ARGUMENT",
             "sex",
@@ -395,7 +395,7 @@ def test_bad_input_is_reported_and_the_server_keeps_answering(grpc_server: Serve
             stub.BatchSearch,
             pb.BatchSearchRequest(queries=[pb.Query()]),
             "INVALID_ARGUMENT",
-            "none of record_id",
+            "give exactly one of record_id",
         ),
     ]
     for call, request, code, fragment in cases:

@@ -11,6 +11,7 @@ from ecgsearch.encoder import signals
 from ecgsearch.search import codes
 from ecgsearch.search.schema import MAX_K, CollectionInfo, EcgPayload, Hit, InvalidQuery, SearchFilter
 from ecgsearch.search.service import (
+    Budget,
     DeadlineExceeded,
     EcgQuery,
     Query,
@@ -65,15 +66,15 @@ def test_filter_codes_resolve_to_the_stored_system() -> None:
 
 def test_validation(service: SearchService, corpus) -> None:
     for k in (0, -1, MAX_K + 1):
-        with pytest.raises(InvalidQuery, match="k must be"):
+        with pytest.raises(InvalidQuery, match="options.k: must be between"):
             service.search_by_vector(corpus.vectors[0], SearchOptions(k=k))
     with pytest.raises(InvalidQuery, match="score_threshold"):
         service.search_by_vector(corpus.vectors[0], SearchOptions(score_threshold=float("nan")))
     with pytest.raises(InvalidQuery, match="all zeros"):
         service.search_by_vector(np.zeros(corpus.vectors.shape[1]))
-    with pytest.raises(InvalidQuery, match="record_id is empty"):
+    with pytest.raises(InvalidQuery, match="record_id: is empty"):
         service.search_by_record(" ")
-    with pytest.raises(InvalidQuery, match=r"query\[1\]: give exactly one"):
+    with pytest.raises(InvalidQuery, match=r"queries\[1\]: give exactly one"):
         service.batch([Query(vector=corpus.vectors[0]), Query()])
 
 
@@ -88,10 +89,10 @@ def test_vector_is_normalised_and_record_excluded(service: SearchService, corpus
 def test_deadline_checked_before_expensive_work(service: SearchService, corpus) -> None:
     past = time.monotonic() - 1
     with pytest.raises(DeadlineExceeded):
-        service.search_by_vector(corpus.vectors[0], deadline=past)
+        service.search_by_vector(corpus.vectors[0], budget=Budget(deadline=past))
     signal = np.random.default_rng(0).standard_normal((12, 1000))
-    with pytest.raises(DeadlineExceeded, match="before encoding"):
-        service.search_by_ecg(EcgQuery(signal, 100, signals.LEADS), deadline=past)
+    with pytest.raises(DeadlineExceeded, match="before preparing ecg"):
+        service.search_by_ecg(EcgQuery(signal, 100, signals.LEADS), budget=Budget(deadline=past))
 
 
 def test_model_mismatch_refused(edge_store) -> None:
