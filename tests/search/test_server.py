@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -184,6 +185,14 @@ def test_mutual_tls(grpc_server: Served, tmp_path: Path) -> None:
             with pytest.raises(grpc.RpcError) as refused:
                 anonymous.info()
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        record = grpc_server.payloads[0].record_id
+        args = ["query", "--target", target, "--token", TOKEN, "--record-id", record, "--json"]
+        certs = ["--ca", str(server_cert), "--cert", str(client_cert), "--key", str(client_key)]
+        runner = CliRunner()
+        found = runner.invoke(app, [*args, *certs])
+        assert found.exit_code == 0, found.output
+        assert len(json.loads(found.stdout)["hits"]) == 10
+        assert runner.invoke(app, [*args, "--ca", str(server_cert)]).exit_code == 6
 
 
 # --- search results ------------------------------------------------------------------------------
@@ -454,6 +463,39 @@ def test_query_command_against_the_live_server(grpc_server: Served) -> None:
     assert json.loads(wfdb.stdout)["hits"][0]["record_id"] == record.record_id
 
     denied = runner.invoke(app, args)
-    assert denied.exit_code == 1 and "UNAUTHENTICATED" in denied.stderr
+    assert denied.exit_code == 4 and "UNAUTHENTICATED" in denied.stderr
     bad = runner.invoke(app, [*args, "--token", TOKEN, "--diagnosis", "NOT-A-CODE"])
-    assert bad.exit_code == 1 and "INVALID_ARGUMENT" in bad.stderr and "NOT-A-CODE" in bad.stderr
+    assert bad.exit_code == 2 and "INVALID_ARGUMENT" in bad.stderr and "NOT-A-CODE" in bad.stderr
+    missing = ["query", "--target", grpc_server.target, "--token", TOKEN, "--record-id", "ptbxl:999999"]
+    gone = runner.invoke(app, missing)
+    assert gone.exit_code == 5 and "NOT_FOUND" in gone.stderr
+    nobody = runner.invoke(app, [*args, "--token", TOKEN, "--target", "127.0.0.1:1", "--timeout", "2"])
+    assert nobody.exit_code == 6 and "UNAVAILABLE" in nobody.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_reports_environment_problems_in_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["serve", "--store", str(tmp_path / "none"), "--insecure"]
+    level = runner.invoke(app, [*base, "--log-level", "LOUD"])
+    assert level.exit_code == 2 and "log level must be one of" in level.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = runner.invoke(app, [*base, "--port", str(port)])
+    assert busy.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+    cert, _ = _pem(tmp_path, "one")
+    _, other_key = _pem(tmp_path, "two")
+    tls = ["--tls-cert", str(cert), "--tls-key", str(other_key), "--port", str(_free_port())]
+    mismatch = runner.invoke(app, [*base, *tls])
+    assert mismatch.exit_code == 1 and "does not match certificate" in mismatch.stderr
+    remote = runner.invoke(app, [*base, "--host", "0.0.0.0", "--port", str(_free_port())])
+    assert remote.exit_code == 1 and "refusing to serve without authentication" in remote.stderr
+    for result in (level, busy, mismatch, remote):
+        assert "Traceback" not in result.output
