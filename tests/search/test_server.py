@@ -219,18 +219,46 @@ def test_filtered_search_equals_brute_force(grpc_server: Served) -> None:
     assert expected, "the filter keeps some records"
 
 
-def test_search_by_record_excludes_itself(grpc_server: Served) -> None:
-    record = grpc_server.payloads[5]
+def test_search_by_record_excludes_itself_and_its_patient(grpc_server: Served) -> None:
+    """Served as evaluated: the query's patient is left out unless asked for (ptbxl:17, 18, 20 share one)."""
+    index = next(i for i, p in enumerate(grpc_server.payloads) if p.record_id == "ptbxl:17")
+    record = grpc_server.payloads[index]
+    siblings = {p.record_id for p in grpc_server.payloads if p.patient_id == record.patient_id} - {
+        record.record_id
+    }
+    assert siblings, "the fixture holds other ECGs of this patient"
+    options = pb.SearchOptions(k=10, exact=True, with_summary=True)
     reply = grpc_server.stub.SearchByRecord(
-        pb.SearchByRecordRequest(record_id=record.record_id, options=pb.SearchOptions(k=10, exact=True)),
+        pb.SearchByRecordRequest(record_id=record.record_id, options=options), metadata=AUTH
+    )
+    ids = [h.record_id for h in reply.hits]
+    expected = _brute_force(
+        grpc_server, grpc_server.vectors[index], lambda p: p.patient_id != record.patient_id, 10
+    )
+    assert ids == expected and not siblings & set(ids)
+    assert list(reply.summary.exclusions) == [pb.EXCLUSION_QUERY_RECORD, pb.EXCLUSION_SAME_PATIENT]
+
+    reply = grpc_server.stub.SearchByRecord(
+        pb.SearchByRecordRequest(record_id=record.record_id, options=options, include_same_patient=True),
         metadata=AUTH,
     )
     ids = [h.record_id for h in reply.hits]
-    assert record.record_id not in ids and len(ids) == 10
     expected = _brute_force(
-        grpc_server, grpc_server.vectors[5], lambda p: p.record_id != record.record_id, 10
+        grpc_server, grpc_server.vectors[index], lambda p: p.record_id != record.record_id, 10
     )
-    assert ids == expected
+    assert ids == expected and siblings & set(ids)
+    assert list(reply.summary.exclusions) == [pb.EXCLUSION_QUERY_RECORD]
+    batch = grpc_server.stub.BatchSearch(
+        pb.BatchSearchRequest(
+            queries=[
+                pb.Query(record_id=record.record_id, options=options),
+                pb.Query(record_id=record.record_id, options=options, include_same_patient=True),
+            ]
+        ),
+        metadata=AUTH,
+    )
+    assert not siblings & {h.record_id for h in batch.results[0].hits}
+    assert [h.record_id for h in batch.results[1].hits] == ids
 
 
 def test_search_by_raw_ecg_finds_the_record_first(grpc_server: Served) -> None:
@@ -499,3 +527,40 @@ def test_serve_reports_environment_problems_in_one_line(tmp_path: Path) -> None:
     assert remote.exit_code == 1 and "refusing to serve without authentication" in remote.stderr
     for result in (level, busy, mismatch, remote):
         assert "Traceback" not in result.output
+
+
+# --- GetEcg and error details --------------------------------------------------------------------
+
+
+def test_get_ecg_reads_the_source_file_when_reachable(grpc_server: Served, ptbxl_dir: Path) -> None:
+    record = grpc_server.payloads[6]
+    expected = signals.load(grpc_server.paths[6])
+    code, details = _code(grpc_server.stub.GetEcg, pb.GetEcgRequest(record_id=record.record_id))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "ECGSEARCH_ECG_ROOTS" in details
+    assert _code(grpc_server.stub.GetEcg, pb.GetEcgRequest(record_id="ptbxl:999999"))[0] == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    settings = ServiceSettings.model_construct(tokens=TOKEN, ecg_roots=str(ptbxl_dir)).model_copy(
+        update={"port": 0}
+    )
+    served = run_server(settings, store=grpc_server.store, embedder=grpc_server.embedder)
+    with served as (_, port), EcgSearchClient(f"127.0.0.1:{port}", token=TOKEN) as client:
+        prepared = client.get_ecg(record.record_id)
+    assert prepared.shape == (12, signals.MODEL_SAMPLES) and prepared.dtype == np.float32
+    np.testing.assert_array_equal(prepared, expected)
+
+
+def test_invalid_argument_names_the_field_in_bad_request_details(grpc_server: Served) -> None:
+    from ecgsearch.search.client import bad_request
+
+    with EcgSearchClient(grpc_server.target, token=TOKEN) as client:
+        with pytest.raises(grpc.RpcError) as error:
+            client.search_by_vector(grpc_server.vectors[0], k=0)
+        assert bad_request(error.value) == [("options.k", "must be between 1 and 1000, got 0")]
+        with pytest.raises(grpc.RpcError) as error:
+            client.search_by_record("ptbxl:1", diagnoses_any=["AF", "NOT-A-CODE"])
+        ((field, description),) = bad_request(error.value)
+        assert field == "options.filter.diagnoses" and "NOT-A-CODE" in description
+        with pytest.raises(grpc.RpcError) as error:
+            client.search_by_record("ptbxl:999999")
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND and bad_request(error.value) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -25,8 +26,10 @@ from ecgsearch.search.store import ModelMismatch
 
 
 @pytest.fixture
-def service(edge_store, fake_embedder) -> SearchService:
-    return SearchService(edge_store, fake_embedder)
+def service(edge_store, fake_embedder) -> Iterator[SearchService]:
+    service = SearchService(edge_store, fake_embedder)
+    yield service
+    service.close()
 
 
 def _payload(record_id: str, diagnoses: list[str]) -> EcgPayload:
@@ -121,3 +124,39 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) ->
     monkeypatch.setenv("ECGSEARCH_TLS_CLIENT_CA", "ca.pem")
     with pytest.raises(ValueError, match="TLS_CLIENT_CA"):
         ServiceSettings()
+
+
+def test_collection_statistics_are_refreshed_off_the_request_path(edge_store, fake_embedder, corpus) -> None:
+    """info() serves the last background read; a new point shows up after the refresher's next pass."""
+    service = SearchService(edge_store, fake_embedder, stats_refresh_s=3600)
+    try:
+        before = service.info().count
+        extra = corpus.payloads[1].model_copy(update={"record_id": "extra:1", "dataset": "extra"})
+        edge_store.upsert([extra], corpus.vectors[1:2])
+        assert service.info().count == before  # no store call on the request path
+        assert service.refresh_info().count == before + 1
+        assert service.info().count == before + 1
+    finally:
+        service.close()
+    service = SearchService(edge_store, fake_embedder, stats_refresh_s=0.05)
+    try:
+        edge_store.upsert([extra.model_copy(update={"record_id": "extra:2"})], corpus.vectors[2:3])
+        deadline = time.monotonic() + 30
+        while service.info().count != before + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert service.info().count == before + 2
+    finally:
+        service.close()
+
+
+def test_requests_never_call_store_info(service: SearchService, corpus, monkeypatch) -> None:
+    """The vector's dimension comes from the model and summaries from the cached statistics."""
+
+    def forbidden() -> None:
+        raise AssertionError("store.info() called on the request path")
+
+    monkeypatch.setattr(service.store, "info", forbidden)
+    result = service.search_by_vector(corpus.vectors[0], SearchOptions(k=5, with_summary=True))
+    assert result.summary is not None and result.summary.collection_count == len(corpus.payloads)
+    with pytest.raises(InvalidQuery, match=f"vector: must have {corpus.vectors.shape[1]} values"):
+        service.check_vector(corpus.vectors[0][:-1])
