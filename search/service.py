@@ -592,16 +592,14 @@ def resolve_filter(flt: SearchFilter, where: str = "options.filter") -> SearchFi
     """
     check_filter(flt, where)
     fields = {name: getattr(flt, name) for name in SearchFilter.model_fields}
+    for name in ("diagnoses_any", "diagnoses_all", "diagnoses_none"):
+        fields[name] = _resolved(fields[name], f"{where}.{name}")
     try:
-        for name in ("diagnoses_any", "diagnoses_all", "diagnoses_none"):
-            fields[name] = _resolved(fields[name])
         return SearchFilter.model_validate(fields)
     except ValidationError as exc:
         first = exc.errors()[0]
         path = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
         raise FieldViolation(f"{where}.{path}" if path else where, describe_validation(exc)) from exc
-    except InvalidQuery as exc:  # codes.resolve: an unknown code
-        raise FieldViolation(f"{where}.diagnoses", str(exc)) from exc
 
 
 def summarise(
@@ -645,8 +643,19 @@ def describe_validation(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _resolved(values: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(codes.resolve(v.strip()) if v.strip() else v for v in values))
+def _resolved(values: Sequence[str], where: str) -> list[str]:
+    """Codes in the stored code system; blanks are left for the filter's own validation to name."""
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(codes.resolve(value) if value.strip() else value)
+        except InvalidQuery:
+            raise FieldViolation(
+                f"{where}[{i}]",
+                f"unknown diagnosis code {quote(value.strip())}: expected a SNOMED CT id, a Challenge "
+                "abbreviation (e.g. AF, RBBB) or a PTB-XL SCP statement (e.g. AFIB, SCP:IMI)",
+            ) from None
+    return list(dict.fromkeys(out))
 
 
 class _located:  # noqa: N801 - used as a context manager like contextlib's lower-case helpers

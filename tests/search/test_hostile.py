@@ -69,13 +69,18 @@ def test_every_hostile_request_is_refused_before_any_work(
 ) -> None:
     prepared = _stats(hostile).ecgs_prepared
     peak = _peak_rss_mb()
-    with caplog.at_level(logging.INFO, logger="ecgsearch.server"):
-        for case in cases(hostile.dim):
-            code, details, _ = send(hostile.channel, case, AUTH)
-            assert code in case.expected, (case.name, code, details)
-            assert 0 < len(details) <= MAX_MESSAGE_CHARS, (case.name, details)
-            for filler in ("x" * 40, "A" * 40, "I" * 40):
-                assert filler not in details, case.name
+    server_log = logging.getLogger("ecgsearch.server")
+    server_log.addHandler(caplog.handler)  # `serve` may have stopped propagation to the root logger
+    try:
+        with caplog.at_level(logging.INFO, logger="ecgsearch.server"):
+            for case in cases(hostile.dim):
+                code, details, _ = send(hostile.channel, case, AUTH)
+                assert code in case.expected, (case.name, code, details)
+                assert 0 < len(details) <= MAX_MESSAGE_CHARS, (case.name, details)
+                for filler in ("x" * 40, "A" * 40, "I" * 40):
+                    assert filler not in details, case.name
+    finally:
+        server_log.removeHandler(caplog.handler)
     assert _stats(hostile).ecgs_prepared == prepared
     assert _peak_rss_mb() - peak < RSS_BOUND_MB
     lines = [json.dumps(r.fields) for r in caplog.records if hasattr(r, "fields")]

@@ -560,7 +560,7 @@ def test_invalid_argument_names_the_field_in_bad_request_details(grpc_server: Se
         with pytest.raises(grpc.RpcError) as error:
             client.search_by_record("ptbxl:1", diagnoses_any=["AF", "NOT-A-CODE"])
         ((field, description),) = bad_request(error.value)
-        assert field == "options.filter.diagnoses" and "NOT-A-CODE" in description
+        assert field == "options.filter.diagnoses_any[1]" and "'NOT-A-CODE'" in description
         with pytest.raises(grpc.RpcError) as error:
             client.search_by_record("ptbxl:999999")
         assert error.value.code() == grpc.StatusCode.NOT_FOUND and bad_request(error.value) == []
