@@ -130,7 +130,7 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None, name: str) -> Callable
         try:
             return deserialize(data)
         except Exception:
-            return _Undecodable(f"request: {len(data):,} bytes that do not decode as {name}")
+            return _Undecodable(f"{len(data):,} bytes that do not decode as {name}")
 
     return decode
 
@@ -321,7 +321,7 @@ class ObserveInterceptor(grpc.ServerInterceptor):
             code, message = grpc.StatusCode.OK, ""
             try:
                 if isinstance(request, _Undecodable):
-                    raise FieldViolation("", request.message)
+                    raise FieldViolation("request", request.message)
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExceeded("deadline exceeded before the request started")
