@@ -45,6 +45,7 @@ log = logging.getLogger("ecgsearch.service")
 
 DEFAULT_K = 10
 STATS_REFRESH_S = 30.0
+ENCODE_CHUNK = 64  # ECGs per model call in a batch; the budget is checked between calls
 
 # --- the cost model: every bound a request must meet before any work is done for it -------------
 # Strings: ids and codes of every source we read are far shorter (PTB-XL 'ptbxl:21837', SNOMED ids of
@@ -409,7 +410,7 @@ class SearchService:
     ) -> np.ndarray:
         """Raw ECGs (bounded by ``check_ecg``) -> unit embeddings, prepared like every stored ECG.
 
-        The budget is checked before each ECG and before the model call: a cancelled call stops here.
+        The budget is checked before each ECG and before each model call: a cancelled call stops here.
         """
         names = names or ["ecg"] * len(ecgs)
         prepared = []
@@ -422,8 +423,11 @@ class SearchService:
                 )
             )
             self._count_prepared(1)
-        budget.check("encoding")
-        return self.embedder.embed(np.stack(prepared))
+        vectors = []
+        for start in range(0, len(prepared), ENCODE_CHUNK):
+            budget.check("encoding")
+            vectors.append(self.embedder.embed(np.stack(prepared[start : start + ENCODE_CHUNK])))
+        return np.concatenate(vectors)
 
     # --- search and summary ----------------------------------------------------------------------
 
