@@ -1,8 +1,10 @@
 """The gRPC front of ``SearchService``: thin servicer, one error table, auth, health, reflection, metrics.
 
 Each RPC unpacks its request (``wire``), calls the service, packs the reply. Everything around the
-call (request id, latency, structured log line, error -> status mapping) is one interceptor, and the
-bearer-token check is another, so servicer methods never see tokens or exceptions.
+call (request id, latency, structured log line, error -> status mapping with google.rpc.BadRequest
+details, undecodable request bytes -> INVALID_ARGUMENT) is one interceptor, and the bearer-token check
+is another, so servicer methods never see tokens or exceptions. Messages and log fields are cut to
+MAX_MESSAGE_CHARS, and gRPC's ``maximum_concurrent_rpcs`` answers excess load with RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
