@@ -39,6 +39,12 @@ NORMALISATION = "highpass-0.5Hz + global RMS over non-flat leads"
 HIGHPASS_HZ = 0.5
 FLAT_STD_MV = 1e-6
 CLIP = 20.0
+# Sampling rates accepted anywhere (files and requests). Below 50 Hz the QRS complex (energy up to ~40 Hz)
+# is aliased and no ECG archive records that slowly; 10 kHz covers high-resolution and pacemaker-spike
+# recordings. The range also bounds the resampling cost: the polyphase ratio stays within 1000/1.
+MIN_FS = 50.0
+MAX_FS = 10_000.0
+RATIO_LIMIT = 1000
 
 _LEAD_INDEX = {name.upper(): i for i, name in enumerate(LEADS)}
 _DERIVABLE = {"III", "AVR", "AVL", "AVF"}
@@ -298,6 +304,8 @@ def prepare_array(
     if isinstance(fs, bool) or not (isinstance(fs, numbers.Real) and math.isfinite(fs) and fs > 0):
         raise InvalidSamples(record, f"invalid sampling rate {fs!r}")
     fs = float(fs)
+    if not MIN_FS <= fs <= MAX_FS:
+        raise InvalidSamples(record, f"sampling rate {fs:.6g} Hz outside {MIN_FS:g}-{MAX_FS:g} Hz")
     bad = ~np.isfinite(x)
     if bad.any():
         raise InvalidSamples(record, f"{int(bad.sum())} NaN or infinite samples")
@@ -333,6 +341,10 @@ def _unit_factors(units: tuple[str, ...] | list[str] | str, n: int, record: str)
 
 def _to_model_leads(x: np.ndarray, leads: tuple[str, ...] | list[str], record: str) -> np.ndarray:
     given = {str(name).strip().upper(): i for i, name in enumerate(leads)}
+    if len(given) != len(leads):
+        names = [str(name).strip().upper() for name in leads]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InvalidSamples(record, f"lead names given twice: {', '.join(twice)}")
     out = np.zeros((len(LEADS), x.shape[1]))
     missing = []
     for j, name in enumerate(LEADS):
@@ -356,11 +368,26 @@ def _to_model_leads(x: np.ndarray, leads: tuple[str, ...] | list[str], record: s
     return out
 
 
-def _resample(x: np.ndarray, fs: float) -> np.ndarray:
+def resample_ratio(fs: float) -> tuple[int, int]:
+    """(up, down) of the polyphase resampling from ``fs`` to MODEL_FS; (1, 1) at the model's rate."""
     if abs(fs - MODEL_FS) < 1e-9:
+        return 1, 1
+    ratio = Fraction(MODEL_FS / fs).limit_denominator(RATIO_LIMIT)
+    return ratio.numerator, ratio.denominator
+
+
+def resampled_length(n_samples: int, fs: float) -> int:
+    """Samples per lead after resampling the part of ``n_samples`` that preparation reads (first 10 s)."""
+    used = min(n_samples, int(math.ceil(MODEL_SECONDS * fs)) + 1)
+    up, down = resample_ratio(fs)
+    return -(-used * up // down)
+
+
+def _resample(x: np.ndarray, fs: float) -> np.ndarray:
+    up, down = resample_ratio(fs)
+    if up == down:
         return x
-    ratio = Fraction(MODEL_FS / fs).limit_denominator(1000)
-    return sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=1)
+    return sps.resample_poly(x, up, down, axis=1)
 
 
 def _normalise(x: np.ndarray, record: str) -> np.ndarray:

@@ -1,24 +1,25 @@
-"""``ecgsearch serve`` and ``query``: thin commands over the search service."""
+"""``ecgsearch serve`` and ``query``: thin commands over the search service.
+
+Heavy libraries (grpc, onnxruntime, qdrant, scipy, wfdb) are imported inside the commands, so
+``ecgsearch --help`` and shell completion stay instant.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 if TYPE_CHECKING:
     from ecgsearch.search.service import SearchResult
 
-DEFAULT_K = 10  # the service's default (service.DEFAULT_K); literal here so --help imports no machinery
-
-
-def _error(message: str) -> None:
-    """One red line on stderr."""
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False)
+DEFAULT_K = 10  # the service's default (ecgsearch.search.service.DEFAULT_K), without importing it here
+err = Console(stderr=True, soft_wrap=True)  # an error stays one line at any width
 
 
 def serve_command(
@@ -64,15 +65,32 @@ def serve_command(
         float | None, typer.Option(help="Largest message in MiB (default: 16).")
     ] = None,
     max_workers: Annotated[int | None, typer.Option(help="Request threads (default: 2 x CPUs + 4).")] = None,
+    max_concurrent_rpcs: Annotated[
+        int | None,
+        typer.Option(help="Calls in progress before RESOURCE_EXHAUSTED (default: 64)."),
+    ] = None,
+    allow_insecure_remote: Annotated[
+        bool,
+        typer.Option(
+            "--allow-insecure-remote",
+            help="With --insecure, allow a non-loopback --host (refused otherwise).",
+        ),
+    ] = False,
+    ecg_roots: Annotated[
+        str | None,
+        typer.Option(help="Folders (':'-separated) holding stored records' files, for GetEcg."),
+    ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: INFO).")
     ] = None,
 ) -> None:
-    """Serve similarity search over gRPC (ecgsearch.v1.EcgSearch, health and reflection) until SIGTERM.
+    """Serve similarity search over gRPC (ecgsearch.v1.EcgSearchService, health, reflection).
 
-    Every option also reads its ECGSEARCH_* environment variable; the command line wins. Clients need a
-    bearer token from ECGSEARCH_TOKENS (comma-separated) or ECGSEARCH_TOKENS_FILE unless --insecure.
+    Runs until SIGTERM. Every option also reads its ECGSEARCH_* environment variable; the command line
+    wins. Clients need a bearer token from ECGSEARCH_TOKENS (comma-separated) or ECGSEARCH_TOKENS_FILE
+    unless --insecure, which is refused on a non-loopback --host without --allow-insecure-remote.
     Logs are JSON lines on stderr, one per request, with its request id and latency.
+    Exit codes: 2 for a bad option value, 1 when the server cannot start (port in use, TLS files).
 
     Examples:
 
@@ -85,12 +103,7 @@ def serve_command(
     """
     from pydantic import ValidationError
 
-    from ecgsearch.export.runtime import ModelError
-    from ecgsearch.search.schema import StoreUnavailable
-    from ecgsearch.search.server import configure_logging, serve
-    from ecgsearch.search.service import describe_validation
     from ecgsearch.search.settings import ServiceSettings
-    from ecgsearch.search.store import StoreError
 
     given = {
         "store_path": store,
@@ -106,17 +119,25 @@ def serve_command(
         "tls_client_ca": tls_client_ca,
         "max_message_mb": max_message_mb,
         "max_workers": max_workers,
+        "max_concurrent_rpcs": max_concurrent_rpcs,
+        "allow_insecure_remote": allow_insecure_remote or None,
+        "ecg_roots": ecg_roots,
         "log_level": log_level,
     }
     try:
         settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
-        raise typer.BadParameter(describe_validation(exc)) from None
+        raise typer.BadParameter(_describe(exc)) from None
+    from ecgsearch.export.runtime import ModelError
+    from ecgsearch.search.schema import StoreUnavailable
+    from ecgsearch.search.server import configure_logging, serve
+    from ecgsearch.search.store import StoreError
+
     configure_logging(settings.log_level)
     try:
         serve(settings)
     except (ValueError, OSError, StoreUnavailable, StoreError, ModelError) as exc:
-        _error(str(exc))
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -143,6 +164,12 @@ def query_command(
     exclude_patient: Annotated[
         list[str] | None, typer.Option(help="Drop neighbours of these patient ids.")
     ] = None,
+    include_same_patient: Annotated[
+        bool,
+        typer.Option(
+            "--include-same-patient", help="With --record-id: keep the record's patient's other ECGs."
+        ),
+    ] = False,
     threshold: Annotated[float | None, typer.Option(help="Minimum cosine similarity.")] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Exact search instead of the index.")] = False,
     summary: Annotated[
@@ -150,31 +177,39 @@ def query_command(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     tls: Annotated[bool, typer.Option("--tls", help="Connect with TLS (system roots).")] = False,
-    root_cert: Annotated[Path | None, typer.Option(help="CA certificate PEM for TLS.")] = None,
+    ca: Annotated[
+        Path | None, typer.Option("--ca", "--root-cert", help="CA certificate PEM for TLS.")
+    ] = None,
+    cert: Annotated[Path | None, typer.Option("--cert", help="Client certificate PEM (mutual TLS).")] = None,
+    key: Annotated[Path | None, typer.Option("--key", help="Client private key PEM (mutual TLS).")] = None,
     timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 30.0,
 ) -> None:
     """Find the ECGs most similar to a stored record or to a WFDB file, on a running server.
 
     A WFDB file is read here and sent raw; the server prepares and encodes it like stored ECGs.
-    Diagnosis codes: SNOMED CT ids, Challenge abbreviations (AF, RBBB) or PTB-XL SCP codes (AFIB, SCP:IMI).
+    By record, the record itself and its patient's other ECGs are left out (as in the evaluation)
+    unless --include-same-patient. Diagnosis codes: SNOMED CT ids, Challenge abbreviations (AF, RBBB)
+    or PTB-XL SCP codes (AFIB, SCP:IMI).
+
+    Exit codes: 0 found; 2 invalid argument; 4 not authenticated or not permitted; 5 not found;
+    6 server unavailable, overloaded or past the deadline; 1 anything else.
 
     Examples:
 
         ecgsearch query --target localhost:50051 --token secret --record-id ptbxl:17 --k 5
 
-        ECGSEARCH_TOKEN=secret ecgsearch query --wfdb ./records/E00001 --diagnosis AF --age-min 60 --summary
+        ECGSEARCH_TOKEN=secret ecgsearch query --wfdb ./records/E00001 --diagnosis AF --summary
 
-        ecgsearch query --record-id ptbxl:17 --exclude-patient 15709 --json
+        ecgsearch query --target host:50051 --ca ca.pem --cert me.pem --key me.key --record-id ptbxl:17
     """
-    import grpc
     from pydantic import ValidationError
 
-    from ecgsearch.search.client import EcgSearchClient
     from ecgsearch.search.schema import SearchFilter
-    from ecgsearch.search.service import describe_validation
 
     if (record_id is None) == (wfdb is None):
         raise typer.BadParameter("give exactly one of --record-id or --wfdb")
+    if bool(cert) != bool(key):
+        raise typer.BadParameter("--cert and --key go together (mutual TLS)")
     try:
         flt = SearchFilter(
             diagnoses_any=diagnosis or [],
@@ -186,31 +221,69 @@ def query_command(
             exclude_patient_ids=exclude_patient or [],
         )
     except ValidationError as exc:
-        raise typer.BadParameter(describe_validation(exc)) from None
-    options = {"k": k, "filter": flt, "score_threshold": threshold, "exact": exact, "with_summary": summary}
-    try:
-        with EcgSearchClient(target, token=token, tls=tls, root_cert=root_cert, timeout=timeout) as client:
-            if record_id is not None:
-                result = client.search_by_record(record_id, **options)
-            else:
-                result = client.search_by_wfdb(wfdb, **options)
-    except grpc.RpcError as exc:
-        _error(f"{exc.code().name}: {exc.details()}")
-        raise typer.Exit(1) from None
-    except (OSError, ValueError) as exc:
-        _error(str(exc))
-        raise typer.Exit(1) from None
+        raise typer.BadParameter(_describe(exc)) from None
+    result = _search(
+        target,
+        {
+            "token": token,
+            "tls": tls,
+            "root_cert": ca,
+            "client_cert": cert,
+            "client_key": key,
+            "timeout": timeout,
+        },
+        record_id,
+        wfdb,
+        {"k": k, "filter": flt, "score_threshold": threshold, "exact": exact, "with_summary": summary},
+        include_same_patient,
+    )
     if as_json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
     else:
         print_result(result)
 
 
+def _search(
+    target: str,
+    connection: dict,
+    record_id: str | None,
+    wfdb: Path | None,
+    options: dict,
+    include_same_patient: bool,
+) -> SearchResult:
+    """One search on the server; a failure is one line on stderr and the documented exit code."""
+    import grpc
+
+    from ecgsearch.encoder.signals import SignalError
+    from ecgsearch.search.client import EcgSearchClient, exit_code
+
+    try:
+        with EcgSearchClient(target, **connection) as client:
+            if record_id is not None:
+                return client.search_by_record(
+                    record_id, include_same_patient=include_same_patient, **options
+                )
+            assert wfdb is not None
+            return client.search_by_wfdb(wfdb, **options)
+    except grpc.RpcError as exc:
+        err.print(f"[red]error:[/red] {exc.code().name}: {exc.details()}", highlight=False)  # type: ignore[attr-defined]
+        raise typer.Exit(exit_code(exc)) from None
+    except SignalError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _describe(exc: Exception) -> str:
+    from ecgsearch.search.service import describe_validation
+
+    return describe_validation(exc)  # type: ignore[arg-type]
+
+
 def print_result(result: SearchResult) -> None:
     """Hits as a table; the summary, when present, as a second one."""
-    from rich.console import Console
-    from rich.table import Table
-
     from ecgsearch.search import codes
 
     console = Console()

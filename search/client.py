@@ -28,12 +28,24 @@ from ecgsearch.search.service import DEFAULT_K, EcgQuery, Query, SearchOptions, 
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
+# Process exit codes for a failed call, by status: what `ecgsearch query` (and scripts) return.
+EXIT_CODES = {
+    "INVALID_ARGUMENT": 2,
+    "UNAUTHENTICATED": 4,
+    "PERMISSION_DENIED": 4,
+    "NOT_FOUND": 5,
+    "UNAVAILABLE": 6,
+    "DEADLINE_EXCEEDED": 6,
+    "RESOURCE_EXHAUSTED": 6,
+}
+
 
 class EcgSearchClient:
     """One channel to one server. ``token`` is sent as ``authorization: Bearer <token>`` on every call.
 
     ``tls=True`` uses the system roots (or ``root_cert``, a PEM path); ``client_cert``/``client_key`` add
-    a client certificate for mutual TLS. ``timeout`` (seconds) is every call's deadline.
+    a client certificate for mutual TLS (both or neither). ``timeout`` (seconds) is every call's deadline.
+    Errors are ``grpc.RpcError``; ``bad_request(error)`` lists the fields an INVALID_ARGUMENT names.
     """
 
     def __init__(
@@ -51,6 +63,8 @@ class EcgSearchClient:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
+        if bool(client_cert) != bool(client_key):
+            raise ValueError("client_cert and client_key go together (mutual TLS)")
         if tls or root_cert or client_cert:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read(root_cert),
@@ -60,16 +74,23 @@ class EcgSearchClient:
             self.channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self.channel = grpc.insecure_channel(target, options=options)
-        self.stub = pb_grpc.EcgSearchStub(self.channel)
+        self.stub = pb_grpc.EcgSearchServiceStub(self.channel)
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.last_request_id: str | None = None
 
     # --- searches --------------------------------------------------------------------------------
 
-    def search_by_record(self, record_id: str, **options: Any) -> SearchResult:
-        """Neighbours of a stored record (never itself). Options: see ``options``."""
-        request = pb.SearchByRecordRequest(record_id=record_id, options=_options(**options))
+    def search_by_record(
+        self, record_id: str, *, include_same_patient: bool = False, **options: Any
+    ) -> SearchResult:
+        """Neighbours of a stored record: never itself, nor (unless asked) its patient's other ECGs.
+
+        Options: see ``options``.
+        """
+        request = pb.SearchByRecordRequest(
+            record_id=record_id, options=_options(**options), include_same_patient=include_same_patient
+        )
         return wire.result_from_proto(self._call(self.stub.SearchByRecord, request))
 
     def search_by_ecg(
@@ -114,6 +135,12 @@ class EcgSearchClient:
         )
         vector = np.asarray(reply.vector, dtype=np.float32) if with_vector else None
         return wire.payload_from_proto(reply.payload), vector
+
+    def get_ecg(self, record_id: str) -> np.ndarray:
+        """The prepared signal of a stored record: (12, 1000) float32, 100 Hz, the model's lead order."""
+        return wire.ecg_response_from_proto(
+            self._call(self.stub.GetEcg, pb.GetEcgRequest(record_id=record_id))
+        )
 
     def info(self) -> CollectionInfo:
         return wire.info_from_proto(self._call(self.stub.CollectionInfo, pb.CollectionInfoRequest()))[0]
@@ -178,6 +205,25 @@ def ecg_query(
 ) -> EcgQuery:
     """A raw ECG for ``batch``."""
     return EcgQuery(signal=np.asarray(signal), fs=fs, leads=tuple(leads), units=units)
+
+
+def exit_code(error: grpc.RpcError) -> int:
+    """The process exit code for a failed call (EXIT_CODES; 1 for any other status)."""
+    return EXIT_CODES.get(error.code().name, 1)  # type: ignore[attr-defined]
+
+
+def bad_request(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """(field, description) of each google.rpc.BadRequest violation an error carries (none: [])."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    found = []
+    for detail in status.details if status is not None else ():
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            found += [(v.field, v.description) for v in bad.field_violations]
+    return found
 
 
 def _options(**kwargs: Any) -> pb.SearchOptions:

@@ -1,17 +1,24 @@
 """The gRPC front of ``SearchService``: thin servicer, one error table, auth, health, reflection, metrics.
 
 Each RPC unpacks its request (``wire``), calls the service, packs the reply. Everything around the
-call (request id, latency, structured log line, error -> status mapping) is one interceptor, and the
-bearer-token check is another, so servicer methods never see tokens or exceptions.
+call (request id, latency, structured log line, error -> status mapping with google.rpc.BadRequest
+details, undecodable request bytes -> INVALID_ARGUMENT) is one interceptor, and the bearer-token check
+is another, so servicer methods never see tokens or exceptions. Messages and log fields are cut to
+MAX_MESSAGE_CHARS, and gRPC's ``maximum_concurrent_rpcs`` answers excess load with RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
 
+import collections
 import hmac
+import ipaddress
 import json
 import logging
 import os
+import re
 import signal
+import ssl
+import sys
 import threading
 import time
 import uuid
@@ -19,10 +26,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import numpy as np
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
@@ -33,14 +42,24 @@ from ecgsearch.search import wire
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
 from ecgsearch.search.schema import InvalidQuery, StoreUnavailable, UnknownRecord
-from ecgsearch.search.service import DeadlineExceeded, SearchService, describe_validation
+from ecgsearch.search.service import (
+    Budget,
+    Cancelled,
+    DeadlineExceeded,
+    EcgUnavailable,
+    FieldViolation,
+    SearchService,
+    describe_validation,
+)
 from ecgsearch.search.settings import ServiceSettings
 from ecgsearch.search.store import Store, open_store
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgSearch"].full_name
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgSearchService"].full_name
 REQUEST_ID = "x-request-id"
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 RESERVOIR = 4096
+MAX_MESSAGE_CHARS = 300  # caller-facing error messages and logged errors are cut here
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a caller's x-request-id is kept only in this form
 
 log = logging.getLogger("ecgsearch.server")
 
@@ -48,24 +67,80 @@ log = logging.getLogger("ecgsearch.server")
 ERROR_TABLE: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], grpc.StatusCode], ...] = (
     ((InvalidQuery, ValidationError, SignalError), grpc.StatusCode.INVALID_ARGUMENT),
     (UnknownRecord, grpc.StatusCode.NOT_FOUND),
+    (EcgUnavailable, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Cancelled, grpc.StatusCode.CANCELLED),
 )
 
 
-def status_of(exc: BaseException, request_id: str) -> tuple[grpc.StatusCode, str]:
-    """Status code and caller-facing message of an exception raised while serving a request."""
+def status_of(exc: BaseException, request_id: str) -> tuple[grpc.StatusCode, str, list[tuple[str, str]]]:
+    """Status code, caller-facing message and BadRequest field violations of a serving exception."""
     for types, code in ERROR_TABLE:
         if isinstance(exc, types):
+            violations: list[tuple[str, str]] = []
             message = describe_validation(exc) if isinstance(exc, ValidationError) else str(exc)
-            return code, message
-    return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+            if isinstance(exc, FieldViolation):
+                violations = [(exc.field, exc.description)]
+            elif isinstance(exc, SignalError):
+                violations = [(exc.record, exc.reason)]
+            elif code is grpc.StatusCode.INVALID_ARGUMENT:
+                violations = [("", message)]
+            return code, bounded(message), [(bounded(f, 80), bounded(d)) for f, d in violations]
+    return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})", []
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Cut a message or log field to ``limit`` characters: no client input may grow a line unbounded."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _Status(collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status):
+    """A status with trailing metadata, for ``context.abort_with_status``."""
+
+
+def rich_status(
+    code: grpc.StatusCode, message: str, violations: list[tuple[str, str]], request_id: str
+) -> grpc.Status:
+    """The status with ``google.rpc.BadRequest`` details (when there are violations) and the request id."""
+    metadata: list[tuple[str, str | bytes]] = [(REQUEST_ID, request_id)]
+    if violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
+            ]
+        )
+        status = status_pb2.Status(code=code.value[0], message=message)
+        status.details.add().Pack(bad)
+        metadata.append(("grpc-status-details-bin", status.SerializeToString()))
+    return _Status(code, message, tuple(metadata))
+
+
+class _Undecodable:
+    """What the request deserializer returns for bytes that are no valid message (INVALID_ARGUMENT)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None, name: str) -> Callable[[bytes], Any] | None:
+    """Wrap a request deserializer so garbage bytes become a client error instead of INTERNAL."""
+    if deserialize is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:
+            return _Undecodable(f"{len(data):,} bytes that do not decode as {name}")
+
+    return decode
 
 
 # --- servicer ------------------------------------------------------------------------------------
 
 
-class EcgSearchServicer(pb_grpc.EcgSearchServicer):
+class EcgSearchServicer(pb_grpc.EcgSearchServiceServicer):
     """Unpack -> service -> pack. ``service`` is None until the store and the model are open."""
 
     def __init__(self, metrics: Metrics) -> None:
@@ -79,26 +154,30 @@ class EcgSearchServicer(pb_grpc.EcgSearchServicer):
         return self.service
 
     def SearchByRecord(self, request: pb.SearchByRecordRequest, context: grpc.ServicerContext):  # noqa: N802
-        options = wire.options_from_proto(request.options)
-        result = self._svc.search_by_record(request.record_id, options, deadline=deadline_of(context))
-        return wire.result_to_proto(result)
+        result = self._svc.search_by_record(
+            request.record_id,
+            wire.options_from_proto(request.options),
+            include_same_patient=request.include_same_patient,
+            budget=budget_of(context),
+        )
+        return wire.result_to_proto(result, pb.SearchByRecordResponse)
 
     def SearchByEcg(self, request: pb.SearchByEcgRequest, context: grpc.ServicerContext):  # noqa: N802
         options = wire.options_from_proto(request.options)
         ecg = wire.ecg_from_proto(request.ecg)
-        return wire.result_to_proto(self._svc.search_by_ecg(ecg, options, deadline=deadline_of(context)))
+        result = self._svc.search_by_ecg(ecg, options, budget=budget_of(context))
+        return wire.result_to_proto(result, pb.SearchByEcgResponse)
 
     def SearchByVector(self, request: pb.SearchByVectorRequest, context: grpc.ServicerContext):  # noqa: N802
         options = wire.options_from_proto(request.options)
         vector = wire.vector_from_proto(request.vector)
-        return wire.result_to_proto(
-            self._svc.search_by_vector(vector, options, deadline=deadline_of(context))
-        )
+        result = self._svc.search_by_vector(vector, options, budget=budget_of(context))
+        return wire.result_to_proto(result, pb.SearchByVectorResponse)
 
     def BatchSearch(self, request: pb.BatchSearchRequest, context: grpc.ServicerContext):  # noqa: N802
         queries = [wire.query_from_proto(q) for q in request.queries]
-        results = self._svc.batch(queries, deadline=deadline_of(context))
-        return pb.BatchSearchResponse(results=[wire.result_to_proto(r) for r in results])
+        results = self._svc.batch(queries, budget=budget_of(context))
+        return pb.BatchSearchResponse(results=[wire.result_to_proto(r, pb.SearchResult) for r in results])
 
     def GetRecord(self, request: pb.GetRecordRequest, context: grpc.ServicerContext):  # noqa: N802
         payload, vector = self._svc.get_record(request.record_id, with_vector=request.with_vector)
@@ -107,19 +186,25 @@ class EcgSearchServicer(pb_grpc.EcgSearchServicer):
             reply.vector[:] = vector.tolist()
         return reply
 
+    def GetEcg(self, request: pb.GetEcgRequest, context: grpc.ServicerContext):  # noqa: N802
+        prepared = self._svc.get_ecg(request.record_id)
+        return wire.ecg_response_to_proto(request.record_id.strip(), prepared)
+
     def CollectionInfo(self, request: pb.CollectionInfoRequest, context: grpc.ServicerContext):  # noqa: N802
-        return wire.info_to_proto(self._svc.info(), self._svc.model_card)
+        svc = self._svc
+        return wire.info_to_proto(svc.info(), svc.model_card, svc.info_updated_at)
 
     def ServerStats(self, request: pb.ServerStatsRequest, context: grpc.ServicerContext):  # noqa: N802
-        return self.metrics.to_proto()
+        reply = self.metrics.to_proto()
+        reply.ecgs_prepared = self.service.prepared_count if self.service is not None else 0
+        return reply
 
 
-def deadline_of(context: grpc.ServicerContext) -> float | None:
-    """The caller's deadline as a time.monotonic() instant (None without one)."""
+def budget_of(context: grpc.ServicerContext) -> Budget:
+    """The caller's deadline (as a time.monotonic() instant) and whether the call is still live."""
     remaining = context.time_remaining()
-    if remaining is None or remaining > 1e9:
-        return None
-    return time.monotonic() + remaining
+    deadline = None if remaining is None or remaining > 1e9 else time.monotonic() + remaining
+    return Budget(deadline=deadline, cancelled=lambda: not context.is_active())
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -130,6 +215,7 @@ class Metrics:
 
     def __init__(self, size: int = RESERVOIR) -> None:
         self.started = time.monotonic()
+        self.started_at = datetime.now(UTC)
         self._size = size
         self._lock = threading.Lock()
         self._calls: dict[str, list[int]] = {}
@@ -155,7 +241,9 @@ class Metrics:
             pb.RpcStats(method=m, count=int(s["count"]), errors=int(s["errors"]), **_percentiles(s))
             for m, s in self.snapshot().items()
         ]
-        return pb.ServerStatsResponse(uptime_s=time.monotonic() - self.started, rpcs=rows)
+        reply = pb.ServerStatsResponse(uptime_s=time.monotonic() - self.started, rpcs=rows)
+        reply.started_at.FromDatetime(self.started_at)
+        return reply
 
 
 def _percentiles(stats: dict[str, float]) -> dict[str, float]:
@@ -225,24 +313,28 @@ class ObserveInterceptor(grpc.ServerInterceptor):
             return handler
         inner = handler.unary_unary
         method = details.method.rsplit("/", 1)[-1]
-        request_id = _metadata(details).get(REQUEST_ID) or uuid.uuid4().hex
+        offered = _metadata(details).get(REQUEST_ID, "")
+        request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        message_name = f"{method}Request"
 
         def observed(request: Any, context: grpc.ServicerContext) -> Any:
             context.set_trailing_metadata(((REQUEST_ID, request_id),))
             start = time.perf_counter()
             code, message = grpc.StatusCode.OK, ""
             try:
+                if isinstance(request, _Undecodable):
+                    raise FieldViolation("request", request.message)
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExceeded("deadline exceeded before the request started")
                 return inner(request, context)
             except Exception as exc:
-                code, message = status_of(exc, request_id)
+                code, message, violations = status_of(exc, request_id)
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception(
                         "internal error", extra={"fields": {"method": method, "request_id": request_id}}
                     )
-                context.abort(code, message)
+                context.abort_with_status(rich_status(code, message, violations, request_id))
             finally:
                 seconds = time.perf_counter() - start
                 self.metrics.record(method, seconds, code is grpc.StatusCode.OK)
@@ -251,7 +343,7 @@ class ObserveInterceptor(grpc.ServerInterceptor):
                     "request_id": request_id,
                     "code": code.name,
                     "latency_ms": round(seconds * 1000, 3),
-                    "peer": context.peer(),
+                    "peer": bounded(context.peer(), 80),
                 }
                 if message:
                     fields["error"] = message
@@ -259,7 +351,7 @@ class ObserveInterceptor(grpc.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             observed,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer, message_name),
             response_serializer=handler.response_serializer,
         )
 
@@ -283,9 +375,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time, so a swapped-out stream is never written to."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO") -> None:
     """JSON lines on stderr for the server's loggers (called by ``serve``, not on import)."""
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger("ecgsearch")
     root.handlers[:] = [handler]
@@ -332,6 +436,15 @@ def run_server(
             "no bearer tokens configured: set ECGSEARCH_TOKENS or ECGSEARCH_TOKENS_FILE "
             "(or ECGSEARCH_INSECURE=1 for local use only)"
         )
+    if not tokens and not settings.tls_client_ca and not is_loopback(settings.host):
+        if not settings.allow_insecure_remote:
+            raise ValueError(
+                f"refusing to serve without authentication on non-loopback host {settings.host}: "
+                "configure tokens or mutual TLS, or pass --allow-insecure-remote "
+                "(ECGSEARCH_ALLOW_INSECURE_REMOTE=1) if the network itself is trusted"
+            )
+        log.warning("serving without authentication", extra={"fields": {"host": settings.host}})
+    credentials = _credentials(settings) if settings.tls_cert else None
     limit = int(settings.max_message_mb * 1024 * 1024)
     metrics = Metrics()
     interceptors: list[grpc.ServerInterceptor] = [BearerTokenInterceptor(tokens)] if tokens else []
@@ -341,6 +454,7 @@ def run_server(
             max_workers=settings.max_workers or min(32, 2 * (os.cpu_count() or 1) + 4)
         ),
         interceptors=interceptors,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -348,20 +462,23 @@ def run_server(
         ],
     )
     servicer = EcgSearchServicer(metrics)
-    pb_grpc.add_EcgSearchServicer_to_server(servicer, server)
+    pb_grpc.add_EcgSearchServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{settings.host}:{settings.port}"
-    bound = (
-        server.add_secure_port(address, _credentials(settings))
-        if settings.tls_cert
-        else server.add_insecure_port(address)
-    )
+    try:
+        bound = (
+            server.add_secure_port(address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError:
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise OSError(f"cannot listen on {address}: the port is in use or the address is not this machine's")
     server.start()
     with ExitStack() as owned:
         try:
@@ -373,7 +490,13 @@ def run_server(
                     collection=settings.collection,
                 )
                 owned.callback(store.close)
-            servicer.service = SearchService(store, embedder or Embedder(settings.model))
+            servicer.service = SearchService(
+                store,
+                embedder or Embedder(settings.model),
+                stats_refresh_s=settings.stats_refresh_s,
+                ecg_roots=settings.ecg_root_list(),
+            )
+            owned.callback(servicer.service.close)
             for name in ("", SERVICE_NAME):
                 health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
             log.info(
@@ -394,9 +517,35 @@ def run_server(
             log.info("stopped", extra={"fields": {"stats": metrics.snapshot()}})
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host.strip("[]") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _credentials(settings: ServiceSettings) -> grpc.ServerCredentials:
-    """TLS from PEM files; with a client CA, clients must present a certificate it signed (mTLS)."""
+    """TLS from PEM files; with a client CA, clients must present a certificate it signed (mTLS).
+
+    The pair is checked here first: grpc reports a key that does not match its certificate only as a
+    misleading "failed to bind".
+    """
     assert settings.tls_cert and settings.tls_key
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_cert, settings.tls_key
+        )
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"TLS key {settings.tls_key} does not match certificate {settings.tls_cert} ({exc.reason})"
+        ) from None
+    except OSError as exc:
+        raise OSError(
+            f"cannot read TLS files {settings.tls_cert}, {settings.tls_key}: {exc.strerror}"
+        ) from None
     client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],

@@ -1,19 +1,24 @@
-"""What the search service does, as plain Python: validate a query, encode it, search, summarise.
+"""What the search service does, as plain Python: bound and validate a query, encode it, search, summarise.
 
 No grpc here: the gRPC servicer (``server.py``), the benchmarks and any later ingest-through-the-service
-path call these methods, so every transport validates and answers the same way. Errors are the domain's
-own (``InvalidQuery``, ``UnknownRecord``, ``StoreUnavailable``, ``SignalError``, ``DeadlineExceeded``);
-mapping them to status codes is the transport's job.
+path call these methods, so every transport validates and answers the same way. Every request field is
+checked here, once, before any work that grows with the request (the cost model below); the store keeps
+only cheap assertions. Errors are the domain's own (``InvalidQuery`` and its ``FieldViolation``,
+``UnknownRecord``, ``StoreUnavailable``, ``SignalError``, ``DeadlineExceeded``, ``Cancelled``,
+``EcgUnavailable``); mapping them to status codes is the transport's job.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,20 +26,90 @@ from pydantic import BaseModel, ValidationError
 
 from ecgsearch.encoder import signals
 from ecgsearch.search import codes
-from ecgsearch.search.schema import MAX_K, CollectionInfo, EcgPayload, Hit, InvalidQuery, SearchFilter
+from ecgsearch.search.schema import (
+    MAX_K,
+    CollectionInfo,
+    EcgPayload,
+    Hit,
+    InvalidQuery,
+    SearchFilter,
+    UnknownRecord,
+)
 
 if TYPE_CHECKING:  # the client imports this module for its request types: keep it light
     from ecgsearch.export.card import ModelCard
     from ecgsearch.export.runtime import Embedder
     from ecgsearch.search.store import Store
 
+log = logging.getLogger("ecgsearch.service")
+
 DEFAULT_K = 10
-MAX_BATCH = 256
-INFO_TTL_S = 5.0
+STATS_REFRESH_S = 30.0
+ENCODE_CHUNK = 64  # ECGs per model call in a batch; the budget is checked between calls
+
+# --- the cost model: every bound a request must meet before any work is done for it -------------
+# Strings: ids and codes of every source we read are far shorter (PTB-XL 'ptbxl:21837', SNOMED ids of
+# at most 18 digits); the bounds leave room for hospital ids while keeping error and log lines short.
+MAX_ID_CHARS = 256  # record ids, patient ids
+MAX_CODE_CHARS = 64  # diagnosis codes, dataset names
+MAX_LEAD_NAME_CHARS = 16
+MAX_CODES = 100  # per diagnosis list, and datasets
+MAX_EXCLUDED_IDS = 1000  # per exclusion list: a caller excluding more wants a filter, not a list
+# ECGs: 12 standard leads plus extras (Frank XYZ, right-sided, posterior) stay within 24.
+MAX_LEADS = 24
+# 30 s at the highest rate accepted (signals.MAX_FS = 10 kHz); preparation reads the first 10 s only.
+MAX_SAMPLES_PER_LEAD = 300_000
+# Samples after resampling to the model's rate: the first 10 s give MODEL_SAMPLES (+1 for rounding);
+# twice that is a generous guard that the resampling plan is what we think it is.
+MAX_RESAMPLED = 2 * signals.MODEL_SAMPLES
+MAX_BATCH = 256  # queries per BatchSearch
+# Raw samples over all ECGs of one batch: about what a 16 MiB message carries as float32, i.e. ~66
+# ten-second 12-lead ECGs at 500 Hz; preparation costs ~O(samples read), so this bounds a batch's CPU.
+MAX_BATCH_SAMPLES = 4_000_000
+QUOTE_CHARS = 32  # at most this much of any client string is echoed in an error
+_UNITS = {"mv", "uv", "v", ""}  # amplitude units signals.prepare_array reads
+
+
+class FieldViolation(InvalidQuery):
+    """One request field that breaks a bound or a rule; ``field`` is its path in the request."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}" if field else description)
+        self.field = field
+        self.description = description
 
 
 class DeadlineExceeded(TimeoutError):
-    """The caller's deadline passed before the expensive part of a request (maps to DEADLINE_EXCEEDED)."""
+    """The caller's deadline passed before the next step of a request (maps to DEADLINE_EXCEEDED)."""
+
+
+class Cancelled(RuntimeError):
+    """The caller went away; the request stopped at the next step (maps to CANCELLED)."""
+
+
+class EcgUnavailable(RuntimeError):
+    """A stored record whose source file the service cannot read (maps to FAILED_PRECONDITION)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When a request must stop: the caller's deadline (time.monotonic()) and a cancellation probe.
+
+    Checked between the steps of a request (each ECG of a batch, before encoding, before searching),
+    so a caller that gave up stops costing the server within one step.
+    """
+
+    deadline: float | None = None
+    cancelled: Callable[[], bool] | None = None
+
+    def check(self, before: str) -> None:
+        if self.cancelled is not None and self.cancelled():
+            raise Cancelled(f"call cancelled before {before}")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceeded(f"deadline exceeded before {before}")
+
+
+NO_BUDGET = Budget()
 
 
 @dataclass(frozen=True)
@@ -50,12 +125,16 @@ class SearchOptions:
 
 @dataclass(frozen=True)
 class EcgQuery:
-    """A raw ECG as the caller has it: (n_leads, n_samples) in its own rate, units and lead order."""
+    """A raw ECG as the caller has it: (n_leads, n_samples) in its own rate, units and lead order.
+
+    ``signal`` may also be one lead-major flat array with ``n_leads`` set (the wire's ``flat_samples``).
+    """
 
     signal: np.ndarray
     fs: float
     leads: tuple[str, ...]
     units: tuple[str, ...] | str = "mV"
+    n_leads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +145,7 @@ class Query:
     record_id: str | None = None
     ecg: EcgQuery | None = None
     vector: np.ndarray | None = None
+    include_same_patient: bool = False
 
 
 class DiagnosisConcentration(BaseModel):
@@ -81,11 +161,16 @@ class DiagnosisConcentration(BaseModel):
 
 
 class NeighbourhoodSummary(BaseModel):
-    """Per diagnosis among the k neighbours: the evidence a clinician reads off a search."""
+    """Per diagnosis among the k neighbours: the evidence a clinician reads off a search.
+
+    ``exclusions`` names the neighbours the search left out ("query_record", "same_patient"), the
+    same rule the retrieval evaluation applies.
+    """
 
     n_neighbours: int
     collection_count: int
     diagnoses: list[DiagnosisConcentration]
+    exclusions: list[str] = []
 
 
 class SearchResult(BaseModel):
@@ -95,16 +180,60 @@ class SearchResult(BaseModel):
     summary: NeighbourhoodSummary | None = None
 
 
-class SearchService:
-    """Search over one store with one embedder; thread-safe as long as the store and embedder are."""
+class CollectionStats:
+    """Collection facts (count, per-code counts) read off the request path.
 
-    def __init__(self, store: Store, embedder: Embedder) -> None:
+    ``store.info()`` runs an exact count and a facet: at millions of points that takes long, so a
+    daemon thread refreshes it every ``every_s`` seconds and requests read the last snapshot.
+    """
+
+    def __init__(self, store: Store, every_s: float = STATS_REFRESH_S) -> None:
+        self._store = store
+        self._every_s = every_s
+        self.info = store.info()
+        self.updated_at = datetime.now(UTC)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="collection-stats", daemon=True)
+        self._thread.start()
+
+    def refresh(self) -> CollectionInfo:
+        info = self._store.info()
+        self.info, self.updated_at = info, datetime.now(UTC)  # one reference swap: readers need no lock
+        return info
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            try:
+                self.refresh()
+            except Exception as exc:  # a store hiccup must not end the refresher; keep the last figures
+                log.warning(
+                    "collection statistics not refreshed", extra={"fields": {"error": str(exc)[:200]}}
+                )
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class SearchService:
+    """Search over one store with one embedder; thread-safe as long as the store and embedder are.
+
+    ``ecg_roots``: folders where stored records' ``source_path`` resolves (for ``get_ecg``).
+    Call ``close()`` to stop the statistics refresher.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder,
+        *,
+        stats_refresh_s: float = STATS_REFRESH_S,
+        ecg_roots: Sequence[Path] = (),
+    ) -> None:
         self.store = store
         self.embedder = embedder
-        self._info: CollectionInfo | None = None
-        self._info_at = 0.0
-        self._lock = threading.Lock()
-        info = self.info(fresh=True)
+        self.ecg_roots = tuple(Path(r) for r in ecg_roots)
+        info = store.info()
         if info.model_version != embedder.version or info.dim != embedder.dim:
             from ecgsearch.search.store import ModelMismatch
 
@@ -112,84 +241,137 @@ class SearchService:
                 f"collection {info.name!r} holds {info.dim}-d vectors of model {info.model_version}, "
                 f"but the server encodes with {embedder.dim}-d model {embedder.version} ({embedder.path})"
             )
+        self._stats = CollectionStats(store, stats_refresh_s)
+        self._prepared = 0
+        self._count_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._stats.close()
 
     # --- queries ---------------------------------------------------------------------------------
 
     def search_by_record(
-        self, record_id: str, options: SearchOptions | None = None, *, deadline: float | None = None
+        self,
+        record_id: str,
+        options: SearchOptions | None = None,
+        *,
+        include_same_patient: bool = False,
+        budget: Budget = NO_BUDGET,
     ) -> SearchResult:
-        """Neighbours of a stored record, never the record itself."""
-        options, vector, query_codes = self._stored_query(
-            record_id, self.validate(options or SearchOptions())
-        )
-        return self._search(vector, options, deadline, query_codes=query_codes)
+        """Neighbours of a stored record: never itself, nor (by default) its patient's other ECGs."""
+        options = self.validate(options or SearchOptions())
+        record_id = check_id(record_id, "record_id")
+        plan = self._stored_query(record_id, options, include_same_patient)
+        return self._search(plan, budget)
 
     def search_by_ecg(
-        self, ecg: EcgQuery, options: SearchOptions | None = None, *, deadline: float | None = None
+        self, ecg: EcgQuery, options: SearchOptions | None = None, *, budget: Budget = NO_BUDGET
     ) -> SearchResult:
         """Prepare the raw ECG exactly like stored ones, encode it, search."""
         options = self.validate(options or SearchOptions())
-        (vector,) = self.encode([ecg], deadline=deadline)
-        return self._search(vector, options, deadline)
+        checked = check_ecg(ecg, "ecg")
+        (vector,) = self.encode([checked], budget=budget)
+        return self._search(_Plan(options, vector), budget)
 
     def search_by_vector(
         self,
         vector: np.ndarray | Sequence[float],
         options: SearchOptions | None = None,
         *,
-        deadline: float | None = None,
+        budget: Budget = NO_BUDGET,
     ) -> SearchResult:
         """Neighbours of an embedding of this collection's model (normalised here)."""
         options = self.validate(options or SearchOptions())
-        return self._search(self.check_vector(vector), options, deadline)
+        return self._search(_Plan(options, self.check_vector(vector, "vector")), budget)
 
-    def batch(self, queries: Sequence[Query], *, deadline: float | None = None) -> list[SearchResult]:
-        """Several queries in request order; ECGs are encoded in one model call. Any bad query fails all."""
+    def batch(self, queries: Sequence[Query], *, budget: Budget = NO_BUDGET) -> list[SearchResult]:
+        """Several queries in request order; ECGs are encoded in one model call. Any bad query fails all.
+
+        Every query is bounded and validated before any ECG is prepared, and the batch's total samples
+        are bounded too, so a bad or oversized query costs nothing but its validation.
+        """
         if not queries:
-            raise InvalidQuery("empty batch")
+            raise FieldViolation("queries", "empty batch")
         if len(queries) > MAX_BATCH:
-            raise InvalidQuery(f"{len(queries)} queries in one batch; at most {MAX_BATCH}")
-        plans: list[tuple[SearchOptions, np.ndarray | None, list[str] | None]] = []
-        ecgs: list[EcgQuery] = []
-        names: list[str] = []
+            raise FieldViolation("queries", f"{len(queries)} queries; at most {MAX_BATCH} per batch")
+        checked: list[tuple[Query, SearchOptions, EcgQuery | None]] = []
+        total = 0
         for i, query in enumerate(queries):
-            try:
+            where = f"queries[{i}]"
+            with _located(where):
                 kinds = [query.record_id is not None, query.ecg is not None, query.vector is not None]
                 if sum(kinds) != 1:
-                    raise InvalidQuery("give exactly one of record_id, ecg, vector")
+                    raise FieldViolation("", "give exactly one of record_id, ecg, vector")
                 options = self.validate(query.options)
+                ecg = check_ecg(query.ecg, "ecg") if query.ecg is not None else None
+                if ecg is not None:
+                    total += ecg.signal.size
+                    if total > MAX_BATCH_SAMPLES:
+                        raise FieldViolation(
+                            "ecg", f"the batch's ECGs exceed {MAX_BATCH_SAMPLES:,} samples in all"
+                        )
                 if query.record_id is not None:
-                    plans.append(self._stored_query(query.record_id, options))
-                elif query.ecg is not None:
-                    ecgs.append(query.ecg)
-                    names.append(f"query[{i}]")
-                    plans.append((options, None, None))
+                    check_id(query.record_id, "record_id")
+                if query.vector is not None:
+                    self.check_vector(query.vector, "vector")
+                checked.append((query, options, ecg))
+        plans: list[_Plan] = []
+        for i, (query, options, _) in enumerate(checked):
+            with _located(f"queries[{i}]"):
+                if query.record_id is not None:
+                    record_id = check_id(query.record_id, "record_id")
+                    plans.append(self._stored_query(record_id, options, query.include_same_patient))
+                elif query.vector is not None:
+                    plans.append(_Plan(options, self.check_vector(query.vector, "vector")))
                 else:
-                    plans.append((options, self.check_vector(query.vector), None))
-            except (InvalidQuery, signals.SignalError) as exc:
-                raise type(exc)(*_prefixed(exc, i)) from exc
-        encoded = iter(self.encode(ecgs, names=names, deadline=deadline)) if ecgs else iter(())
-        results = []
-        for options, vector, query_codes in plans:
-            vec = vector if vector is not None else next(encoded)
-            results.append(self._search(vec, options, deadline, query_codes=query_codes))
-        return results
+                    plans.append(_Plan(options, None))
+        ecgs = [ecg for _, _, ecg in checked if ecg is not None]
+        names = [f"queries[{i}].ecg" for i, (_, _, ecg) in enumerate(checked) if ecg is not None]
+        encoded = iter(self.encode(ecgs, names=names, budget=budget)) if ecgs else iter(())
+        return [
+            self._search(plan if plan.vector is not None else replace(plan, vector=next(encoded)), budget)
+            for plan in plans
+        ]
 
     def get_record(
         self, record_id: str, *, with_vector: bool = False
     ) -> tuple[EcgPayload, np.ndarray | None]:
         """Payload (and stored vector) of one record; UnknownRecord when absent."""
-        payload, vector = self.store.get(_record_id(record_id))
+        payload, vector = self._get(check_id(record_id, "record_id"))
         return payload, (vector if with_vector else None)
 
-    def info(self, *, fresh: bool = False) -> CollectionInfo:
-        """Collection facts, cached for a few seconds: summaries need the per-code counts on every query."""
-        with self._lock:
-            now = time.monotonic()
-            if fresh or self._info is None or now - self._info_at > INFO_TTL_S:
-                self._info = self.store.info()
-                self._info_at = now
-            return self._info
+    def get_ecg(self, record_id: str) -> np.ndarray:
+        """The prepared signal (12, MODEL_SAMPLES) of a stored record, read again from its source file.
+
+        UnknownRecord when the id is not stored; EcgUnavailable when no configured root holds its file.
+        """
+        payload, _ = self._get(check_id(record_id, "record_id"))
+        path = self._source_file(payload)
+        try:
+            prepared = signals.load(path)
+        except signals.SignalError as exc:
+            raise EcgUnavailable(
+                f"record {quote(payload.record_id)}: source file unreadable ({exc.reason})"
+            ) from exc
+        self._count_prepared(1)
+        return prepared
+
+    def info(self) -> CollectionInfo:
+        """Collection facts as last refreshed in the background (never a store call on this path)."""
+        return self._stats.info
+
+    @property
+    def info_updated_at(self) -> datetime:
+        return self._stats.updated_at
+
+    def refresh_info(self) -> CollectionInfo:
+        """Read the collection facts now (operators and tests; requests use ``info()``)."""
+        return self._stats.refresh()
+
+    @property
+    def prepared_count(self) -> int:
+        """Raw ECGs prepared since the service started (a cancelled batch stops adding to it)."""
+        return self._prepared
 
     @property
     def model_card(self) -> ModelCard:
@@ -198,92 +380,237 @@ class SearchService:
     # --- validation and encoding -----------------------------------------------------------------
 
     def validate(self, options: SearchOptions) -> SearchOptions:
-        """Range-check k and the threshold, resolve filter codes to the stored code system."""
+        """Range-check k and the threshold; bound, resolve and validate the filter (once)."""
         if isinstance(options.k, bool) or not isinstance(options.k, int) or not 1 <= options.k <= MAX_K:
-            raise InvalidQuery(f"k must be between 1 and {MAX_K}, got {options.k}")
+            raise FieldViolation("options.k", f"must be between 1 and {MAX_K}, got {options.k!r:.20}")
         threshold = options.score_threshold
         if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
-            raise InvalidQuery(f"score_threshold must be a cosine similarity in [-1, 1], got {threshold}")
+            raise FieldViolation(
+                "options.score_threshold", f"must be a cosine similarity in [-1, 1], got {threshold!r:.20}"
+            )
         return SearchOptions(
             resolve_filter(options.filter), options.k, threshold, options.exact, options.with_summary
         )
 
-    def check_vector(self, vector: np.ndarray | Sequence[float] | None) -> np.ndarray:
-        """A finite, non-zero vector of the collection's dimension, unit-normalised."""
+    def check_vector(self, vector: np.ndarray | Sequence[float] | None, where: str = "vector") -> np.ndarray:
+        """A finite, non-zero vector of the model's dimension, unit-normalised."""
         x = np.asarray(vector if vector is not None else [], dtype=np.float64)
-        dim = self.info().dim
+        dim = self.embedder.dim
         if x.ndim != 1 or x.shape[0] != dim:
-            raise InvalidQuery(f"vector must have {dim} values, got shape {tuple(x.shape)}")
+            raise FieldViolation(where, f"must have {dim} values, got shape {tuple(x.shape)}")
         if not np.isfinite(x).all():
-            raise InvalidQuery("vector holds NaN or infinite values")
+            raise FieldViolation(where, "holds NaN or infinite values")
         norm = float(np.linalg.norm(x))
         if norm == 0.0:
-            raise InvalidQuery("vector is all zeros")
+            raise FieldViolation(where, "is all zeros")
         return (x / norm).astype(np.float32)
 
     def encode(
-        self, ecgs: Sequence[EcgQuery], *, names: Sequence[str] | None = None, deadline: float | None = None
+        self, ecgs: Sequence[EcgQuery], *, names: Sequence[str] | None = None, budget: Budget = NO_BUDGET
     ) -> np.ndarray:
-        """Raw ECGs -> unit embeddings, prepared by ``signals.prepare_array`` like every stored ECG."""
-        names = names or ["query"] * len(ecgs)
-        prepared = np.stack(
-            [
-                signals.prepare_array(e.signal, e.fs, e.leads, units=e.units, record=name)
-                for e, name in zip(ecgs, names, strict=True)
-            ]
-        )
-        check_deadline(deadline, "encoding")
-        return self.embedder.embed(prepared)
+        """Raw ECGs (bounded by ``check_ecg``) -> unit embeddings, prepared like every stored ECG.
+
+        The budget is checked before each ECG and before each model call: a cancelled call stops here.
+        """
+        names = names or ["ecg"] * len(ecgs)
+        prepared = []
+        for ecg, name in zip(ecgs, names, strict=True):
+            budget.check(f"preparing {name}")
+            checked = check_ecg(ecg, name)
+            prepared.append(
+                signals.prepare_array(
+                    checked.signal, checked.fs, checked.leads, units=checked.units, record=name
+                )
+            )
+            self._count_prepared(1)
+        vectors = []
+        for start in range(0, len(prepared), ENCODE_CHUNK):
+            budget.check("encoding")
+            vectors.append(self.embedder.embed(np.stack(prepared[start : start + ENCODE_CHUNK])))
+        return np.concatenate(vectors)
 
     # --- search and summary ----------------------------------------------------------------------
 
-    def _stored_query(
-        self, record_id: str, options: SearchOptions
-    ) -> tuple[SearchOptions, np.ndarray, list[str]]:
-        """A stored record's vector and codes, and the options with the record itself excluded."""
-        payload, vector = self.store.get(_record_id(record_id))
-        flt = options.filter.model_copy(
-            update={"exclude_record_ids": [*options.filter.exclude_record_ids, payload.record_id]}
-        )
-        return replace(options, filter=flt), vector, payload.diagnoses
+    def _get(self, record_id: str) -> tuple[EcgPayload, np.ndarray]:
+        try:
+            return self.store.get(record_id)
+        except UnknownRecord:
+            raise UnknownRecord(_short(record_id)) from None
 
-    def _search(
-        self,
-        vector: np.ndarray,
-        options: SearchOptions,
-        deadline: float | None,
-        *,
-        query_codes: Sequence[str] | None = None,
-    ) -> SearchResult:
-        check_deadline(deadline, "search")
+    def _stored_query(self, record_id: str, options: SearchOptions, include_same_patient: bool) -> _Plan:
+        """A stored record's vector and codes, with the record (and its patient's ECGs) excluded."""
+        payload, vector = self._get(record_id)
+        exclusions = ["query_record"]
+        update = {"exclude_record_ids": [*options.filter.exclude_record_ids, payload.record_id]}
+        if not include_same_patient and payload.patient_id is not None:
+            exclusions.append("same_patient")
+            update["exclude_patient_ids"] = [*options.filter.exclude_patient_ids, payload.patient_id]
+        flt = options.filter.model_copy(update=update)
+        return _Plan(replace(options, filter=flt), vector, payload.diagnoses, exclusions)
+
+    def _search(self, plan: _Plan, budget: Budget) -> SearchResult:
+        budget.check("search")
+        options = plan.options
+        assert plan.vector is not None
         hits = self.store.search(
-            vector,
+            plan.vector,
             k=options.k,
             filter=None if options.filter.is_empty() else options.filter,
             exact=options.exact,
             score_threshold=options.score_threshold,
         )
-        summary = summarise(hits, self.info(), query_codes) if options.with_summary else None
+        summary = (
+            summarise(hits, self.info(), plan.query_codes, plan.exclusions) if options.with_summary else None
+        )
         return SearchResult(hits=hits, summary=summary)
 
-
-def resolve_filter(flt: SearchFilter) -> SearchFilter:
-    """The filter with every diagnosis code in the stored code system (InvalidQuery on unknown codes)."""
-    try:
-        return SearchFilter.model_validate(
-            {
-                **flt.model_dump(),
-                "diagnoses_any": _resolved(flt.diagnoses_any),
-                "diagnoses_all": _resolved(flt.diagnoses_all),
-                "diagnoses_none": _resolved(flt.diagnoses_none),
-            }
+    def _source_file(self, payload: EcgPayload) -> Path:
+        if not payload.source_path:
+            raise EcgUnavailable(f"record {quote(payload.record_id)} has no source file on record")
+        if not self.ecg_roots:
+            raise EcgUnavailable("this server reads no source files (set ECGSEARCH_ECG_ROOTS)")
+        for root in self.ecg_roots:
+            base = root.resolve()
+            path = (base / payload.source_path).resolve()
+            if base in path.parents and path.with_name(path.name + ".hea").is_file():
+                return path
+        raise EcgUnavailable(
+            f"record {quote(payload.record_id)}: its source file is under none of the ECG roots"
         )
+
+    def _count_prepared(self, n: int) -> None:
+        with self._count_lock:
+            self._prepared += n
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One search ready to run: options (exclusions applied), query vector, query codes for the summary."""
+
+    options: SearchOptions
+    vector: np.ndarray | None
+    query_codes: list[str] | None = None
+    exclusions: list[str] = field(default_factory=list)
+
+
+# --- request checks ------------------------------------------------------------------------------
+
+
+def quote(text: str, limit: int = QUOTE_CHARS) -> str:
+    """A short, printable quotation of client input for error messages and logs."""
+    head = repr(str(text)[:limit])
+    return head + ("…" if len(str(text)) > limit else "")
+
+
+def _short(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def check_id(value: str | None, where: str, limit: int = MAX_ID_CHARS) -> str:
+    """A non-blank id of at most ``limit`` characters, stripped."""
+    if value is None or not str(value).strip():
+        raise FieldViolation(where, "is empty")
+    if len(value) > limit:
+        raise FieldViolation(where, f"{len(value):,} characters; at most {limit}")
+    return value.strip()
+
+
+def check_strings(values: Sequence[str], where: str, *, items: int, chars: int) -> None:
+    """At most ``items`` strings of at most ``chars`` characters each."""
+    if len(values) > items:
+        raise FieldViolation(where, f"{len(values):,} entries; at most {items}")
+    for i, value in enumerate(values):
+        if len(value) > chars:
+            raise FieldViolation(f"{where}[{i}]", f"{len(value):,} characters; at most {chars}")
+
+
+def check_ecg(ecg: EcgQuery, where: str) -> EcgQuery:
+    """The cost model of one raw ECG, before any preparation: shape, leads, rate, lengths.
+
+    Returns the ECG as a (n_leads, n_samples) array. NaN samples, units and missing leads are
+    checked by ``signals.prepare_array`` (linear in the samples, already bounded here).
+    """
+    leads = tuple(ecg.leads)
+    if not leads:
+        raise FieldViolation(f"{where}.lead_names", "no lead names")
+    if len(leads) > MAX_LEADS:
+        raise FieldViolation(f"{where}.lead_names", f"{len(leads)} leads; at most {MAX_LEADS}")
+    seen: set[str] = set()
+    for i, name in enumerate(leads):
+        key = str(name).strip().upper()
+        if not key or len(key) > MAX_LEAD_NAME_CHARS:
+            raise FieldViolation(
+                f"{where}.lead_names[{i}]", f"lead names have 1 to {MAX_LEAD_NAME_CHARS} characters"
+            )
+        if key in seen:
+            raise FieldViolation(f"{where}.lead_names", f"lead {quote(key)} given twice")
+        seen.add(key)
+    fs = ecg.fs
+    if isinstance(fs, bool) or not isinstance(fs, int | float) or not math.isfinite(fs):
+        raise FieldViolation(f"{where}.sampling_rate_hz", f"must be a finite number, got {fs!r:.20}")
+    if not signals.MIN_FS <= fs <= signals.MAX_FS:
+        raise FieldViolation(
+            f"{where}.sampling_rate_hz",
+            f"{fs:.6g} Hz is outside {signals.MIN_FS:g}-{signals.MAX_FS:g} Hz",
+        )
+    x = np.asarray(ecg.signal)
+    if x.ndim == 1:
+        n = ecg.n_leads or len(leads)
+        if x.size == 0:
+            raise FieldViolation(where, "holds no samples")
+        if x.size % n:
+            raise FieldViolation(f"{where}.flat_samples", f"{x.size:,} samples do not split into {n} leads")
+        x = x.reshape(n, -1)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise FieldViolation(where, f"expected (leads, samples) samples, got shape {x.shape}")
+    if x.shape[0] != len(leads):
+        raise FieldViolation(f"{where}.lead_names", f"{len(leads)} lead names for {x.shape[0]} leads")
+    if x.shape[1] > MAX_SAMPLES_PER_LEAD:
+        raise FieldViolation(where, f"{x.shape[1]:,} samples per lead; at most {MAX_SAMPLES_PER_LEAD:,}")
+    if signals.resampled_length(x.shape[1], fs) > MAX_RESAMPLED:
+        raise FieldViolation(
+            f"{where}.sampling_rate_hz", f"resampling {fs:.6g} Hz exceeds {MAX_RESAMPLED} samples"
+        )
+    units = (ecg.units,) if isinstance(ecg.units, str) else tuple(ecg.units)
+    if len(units) not in (1, len(leads)):
+        raise FieldViolation(
+            f"{where}.units", f"{len(units)} units for {len(leads)} leads; give 1 or one per lead"
+        )
+    if any(str(u).strip().lower().replace("µ", "u") not in _UNITS for u in units):
+        raise FieldViolation(f"{where}.units", "unknown amplitude unit; use mV, uV or V")
+    return replace(ecg, signal=x, leads=leads, n_leads=x.shape[0])
+
+
+def check_filter(flt: SearchFilter, where: str = "options.filter") -> None:
+    """List and string bounds of a filter (before any code is resolved)."""
+    for name in ("diagnoses_any", "diagnoses_all", "diagnoses_none", "datasets"):
+        check_strings(getattr(flt, name), f"{where}.{name}", items=MAX_CODES, chars=MAX_CODE_CHARS)
+    for name in ("exclude_record_ids", "exclude_patient_ids"):
+        check_strings(getattr(flt, name), f"{where}.{name}", items=MAX_EXCLUDED_IDS, chars=MAX_ID_CHARS)
+
+
+def resolve_filter(flt: SearchFilter, where: str = "options.filter") -> SearchFilter:
+    """Bound the filter, resolve every diagnosis code to the stored code system, then validate it once.
+
+    The wire hands an unvalidated filter (``model_construct``); this is where it becomes valid.
+    """
+    check_filter(flt, where)
+    fields = {name: getattr(flt, name) for name in SearchFilter.model_fields}
+    for name in ("diagnoses_any", "diagnoses_all", "diagnoses_none"):
+        fields[name] = _resolved(fields[name], f"{where}.{name}")
+    try:
+        return SearchFilter.model_validate(fields)
     except ValidationError as exc:
-        raise InvalidQuery(describe_validation(exc)) from exc
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
+        raise FieldViolation(f"{where}.{path}" if path else where, describe_validation(exc)) from exc
 
 
 def summarise(
-    hits: Sequence[Hit], info: CollectionInfo, query_codes: Sequence[str] | None = None
+    hits: Sequence[Hit],
+    info: CollectionInfo,
+    query_codes: Sequence[str] | None = None,
+    exclusions: Sequence[str] = (),
 ) -> NeighbourhoodSummary:
     """Count each diagnosis among the neighbours and set it against its base rate in the collection."""
     counts = Counter(code for hit in hits for code in set(hit.payload.diagnoses))
@@ -305,17 +632,13 @@ def summarise(
             )
         )
     rows.sort(key=lambda r: (-r.count, -r.enrichment, r.code))
-    return NeighbourhoodSummary(n_neighbours=n, collection_count=info.count, diagnoses=rows)
-
-
-def check_deadline(deadline: float | None, before: str) -> None:
-    """Raise DeadlineExceeded when ``deadline`` (time.monotonic() seconds) has passed."""
-    if deadline is not None and time.monotonic() >= deadline:
-        raise DeadlineExceeded(f"deadline exceeded before {before}")
+    return NeighbourhoodSummary(
+        n_neighbours=n, collection_count=info.count, diagnoses=rows, exclusions=list(exclusions)
+    )
 
 
 def describe_validation(exc: ValidationError) -> str:
-    """One line per problem, without pydantic's links: what a caller needs to fix the request."""
+    """One line per problem, without pydantic's links or the offending input."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
@@ -324,18 +647,35 @@ def describe_validation(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _resolved(values: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(codes.resolve(v) for v in values))
+def _resolved(values: Sequence[str], where: str) -> list[str]:
+    """Codes in the stored code system; blanks are left for the filter's own validation to name."""
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(codes.resolve(value) if value.strip() else value)
+        except InvalidQuery:
+            raise FieldViolation(
+                f"{where}[{i}]",
+                f"unknown diagnosis code {quote(value.strip())}: expected a SNOMED CT id, a Challenge "
+                "abbreviation (e.g. AF, RBBB) or a PTB-XL SCP statement (e.g. AFIB, SCP:IMI)",
+            ) from None
+    return list(dict.fromkeys(out))
 
 
-def _record_id(record_id: str | None) -> str:
-    if not record_id or not record_id.strip():
-        raise InvalidQuery("record_id is empty")
-    return record_id.strip()
+class _located:  # noqa: N801 - used as a context manager like contextlib's lower-case helpers
+    """Re-raise a FieldViolation or SignalError with the batch position in its field path."""
 
+    def __init__(self, where: str) -> None:
+        self.where = where
 
-def _prefixed(exc: Exception, index: int) -> tuple:
-    """Exception args naming the batch position, so a caller finds the bad query."""
-    if isinstance(exc, signals.SignalError):
-        return (f"query[{index}]", exc.reason)
-    return (f"query[{index}]: {exc}",)
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, FieldViolation):
+            path = f"{self.where}.{exc.field}" if exc.field else self.where
+            raise FieldViolation(path, exc.description) from exc
+        if isinstance(exc, InvalidQuery):
+            raise FieldViolation(self.where, str(exc)) from exc
+        if isinstance(exc, signals.SignalError):
+            raise FieldViolation(f"{self.where}.ecg", exc.reason) from exc

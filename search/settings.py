@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ServiceSettings(BaseSettings):
@@ -26,6 +29,14 @@ class ServiceSettings(BaseSettings):
       clients must present a certificate signed by that CA (mutual TLS).
     - ``ECGSEARCH_MAX_MESSAGE_MB``: largest request or response in MiB (default 16).
     - ``ECGSEARCH_MAX_WORKERS``: request threads (default: 2 x CPUs + 4, at most 32).
+    - ``ECGSEARCH_MAX_CONCURRENT_RPCS``: calls in progress or queued before new ones get
+      RESOURCE_EXHAUSTED (default 64: a few times the request threads, so short bursts queue but a flood
+      cannot grow the queue without bound).
+    - ``ECGSEARCH_ALLOW_INSECURE_REMOTE``: with INSECURE, allow a non-loopback HOST (default: refused).
+    - ``ECGSEARCH_ECG_ROOTS``: folders, separated by ``:``, where stored records' source paths resolve,
+      for ``GetEcg`` (default: none; GetEcg then answers FAILED_PRECONDITION).
+    - ``ECGSEARCH_STATS_REFRESH_S``: seconds between background reads of the collection's count and
+      per-code counts (default 30); requests never wait for them.
     - ``ECGSEARCH_GRACE_S``: seconds in-flight requests get to finish on shutdown (default 10).
     - ``ECGSEARCH_LOG_LEVEL``: DEBUG, INFO (default), WARNING or ERROR.
     """
@@ -48,8 +59,20 @@ class ServiceSettings(BaseSettings):
     tls_client_ca: Path | None = None
     max_message_mb: float = Field(default=16, gt=0)
     max_workers: int | None = Field(default=None, ge=1)
+    max_concurrent_rpcs: int = Field(default=64, ge=1)
+    allow_insecure_remote: bool = False
+    ecg_roots: str | None = None
+    stats_refresh_s: float = Field(default=30.0, gt=0)
     grace_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @model_validator(mode="after")
     def _consistent(self) -> ServiceSettings:
@@ -64,6 +87,10 @@ class ServiceSettings(BaseSettings):
 
             self.store_path = default_store_path(self.home)
         return self
+
+    def ecg_root_list(self) -> list[Path]:
+        """ECG_ROOTS as paths (``os.pathsep``-separated, blanks skipped)."""
+        return [Path(p) for p in (self.ecg_roots or "").split(os.pathsep) if p.strip()]
 
     def token_list(self) -> list[str]:
         """Accepted bearer tokens: TOKENS and TOKENS_FILE together (blank and '#' lines skipped)."""

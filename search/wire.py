@@ -1,17 +1,20 @@
 """pydantic/numpy <-> protobuf: every conversion between the domain models and the wire, one function each.
 
 The servicer and the client both convert here, so a field added to the payload or the filter is added
-in one place for both ends.
+in one place for both ends. Nothing here validates a value: ``SearchService`` does, once. Decoding only
+refuses what cannot be represented at all (a per-lead ECG whose leads differ in length).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import TypeVar
 
 import numpy as np
 
+from ecgsearch.encoder import signals
 from ecgsearch.export.card import ModelCard
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.schema import CollectionInfo, EcgPayload, Hit, InvalidQuery, SearchFilter
@@ -25,6 +28,26 @@ from ecgsearch.search.service import (
     SearchResult,
 )
 
+SEX_TO_PROTO = {None: pb.SEX_UNSPECIFIED, "M": pb.SEX_MALE, "F": pb.SEX_FEMALE}
+SEX_FROM_PROTO = {v: k for k, v in SEX_TO_PROTO.items()}
+UNITS_TO_PROTO = {
+    "mv": pb.UNITS_MILLIVOLT,
+    "uv": pb.UNITS_MICROVOLT,
+    "µv": pb.UNITS_MICROVOLT,
+    "v": pb.UNITS_VOLT,
+}
+UNITS_FROM_PROTO = {
+    pb.UNITS_UNSPECIFIED: "mV",
+    pb.UNITS_MILLIVOLT: "mV",
+    pb.UNITS_MICROVOLT: "uV",
+    pb.UNITS_VOLT: "V",
+}
+EXCLUSION_TO_PROTO = {
+    "query_record": pb.EXCLUSION_QUERY_RECORD,
+    "same_patient": pb.EXCLUSION_SAME_PATIENT,
+}
+EXCLUSION_FROM_PROTO = {v: k for k, v in EXCLUSION_TO_PROTO.items()}
+
 # --- filter and options --------------------------------------------------------------------------
 
 
@@ -33,7 +56,7 @@ def filter_to_proto(flt: SearchFilter) -> pb.Filter:
         diagnoses_any=flt.diagnoses_any,
         diagnoses_all=flt.diagnoses_all,
         diagnoses_none=flt.diagnoses_none,
-        sex=flt.sex or "",
+        sex=SEX_TO_PROTO[flt.sex],
         datasets=flt.datasets,
         exclude_record_ids=flt.exclude_record_ids,
         exclude_patient_ids=flt.exclude_patient_ids,
@@ -46,14 +69,14 @@ def filter_to_proto(flt: SearchFilter) -> pb.Filter:
 
 
 def filter_from_proto(msg: pb.Filter) -> SearchFilter:
-    """Raises pydantic's ValidationError on a contradictory or malformed filter."""
-    return SearchFilter(
+    """An unvalidated filter (``model_construct``): ``SearchService`` bounds and validates it once."""
+    return SearchFilter.model_construct(
         diagnoses_any=list(msg.diagnoses_any),
         diagnoses_all=list(msg.diagnoses_all),
         diagnoses_none=list(msg.diagnoses_none),
         age_min=msg.age_min if msg.HasField("age_min") else None,
         age_max=msg.age_max if msg.HasField("age_max") else None,
-        sex=msg.sex or None,
+        sex=SEX_FROM_PROTO.get(msg.sex, "?"),  # an unknown enum number fails validation as sex
         datasets=list(msg.datasets),
         exclude_record_ids=list(msg.exclude_record_ids),
         exclude_patient_ids=list(msg.exclude_patient_ids),
@@ -85,6 +108,18 @@ def options_from_proto(msg: pb.SearchOptions) -> SearchOptions:
 # --- ECGs and vectors ----------------------------------------------------------------------------
 
 
+def units_to_proto(units: Sequence[str] | str) -> list[int]:
+    """Unit names ("mV", "uV", "V", case-insensitive) -> Units values; InvalidQuery names an unknown one."""
+    names = [units] if isinstance(units, str) else list(units)
+    out = []
+    for name in names:
+        value = UNITS_TO_PROTO.get((name or "mV").strip().lower())
+        if value is None:
+            raise InvalidQuery(f"ecg.units: unknown amplitude unit {name[:16]!r}; use mV, uV or V")
+        out.append(value)
+    return out
+
+
 def ecg_to_proto(
     signal: np.ndarray, fs: float, leads: Sequence[str], units: Sequence[str] | str = "mV"
 ) -> pb.Ecg:
@@ -95,34 +130,33 @@ def ecg_to_proto(
     return pb.Ecg(
         lead_names=list(leads),
         sampling_rate_hz=float(fs),
-        units=[units] if isinstance(units, str) else list(units),
+        units=units_to_proto(units),
         flat_samples=x.ravel(),
         n_leads=x.shape[0],
     )
 
 
 def ecg_from_proto(msg: pb.Ecg) -> EcgQuery:
-    """Either form of samples -> (n_leads, n_samples); shape problems are InvalidQuery."""
+    """Either form of samples -> an EcgQuery; the service checks its shape and bounds before any work."""
     if msg.leads and msg.flat_samples:
-        raise InvalidQuery("give the samples either per lead or as flat_samples, not both")
+        raise InvalidQuery("ecg: give the samples either per lead or as flat_samples, not both")
     if msg.leads:
         lengths = {len(lead.values) for lead in msg.leads}
         if len(lengths) != 1:
-            raise InvalidQuery(f"leads have different lengths: {sorted(lengths)}")
+            raise InvalidQuery(
+                f"ecg.leads: leads differ in length ({min(lengths)} to {max(lengths)} samples)"
+            )
         signal = np.array([np.asarray(lead.values, dtype=np.float32) for lead in msg.leads])
-    elif msg.flat_samples:
-        n = msg.n_leads or len(msg.lead_names)
-        if n == 0 or len(msg.flat_samples) % n:
-            raise InvalidQuery(f"{len(msg.flat_samples)} flat samples do not split into {n} leads")
-        signal = np.asarray(msg.flat_samples, dtype=np.float32).reshape(n, -1)
     else:
-        raise InvalidQuery("the ECG holds no samples")
-    if len(msg.lead_names) != signal.shape[0]:
-        raise InvalidQuery(f"{len(msg.lead_names)} lead names for {signal.shape[0]} leads")
-    units: tuple[str, ...] | str = (
-        tuple(msg.units) if len(msg.units) > 1 else (msg.units[0] if msg.units else "mV")
+        signal = np.asarray(msg.flat_samples, dtype=np.float32)
+    units = tuple(UNITS_FROM_PROTO.get(u, "?") for u in msg.units)
+    return EcgQuery(
+        signal=signal,
+        fs=msg.sampling_rate_hz,
+        leads=tuple(msg.lead_names),
+        units=units if len(units) > 1 else (units[0] if units else "mV"),
+        n_leads=msg.n_leads or None,
     )
-    return EcgQuery(signal=signal, fs=msg.sampling_rate_hz, leads=tuple(msg.lead_names), units=units)
 
 
 def vector_from_proto(values: Sequence[float]) -> np.ndarray:
@@ -130,7 +164,7 @@ def vector_from_proto(values: Sequence[float]) -> np.ndarray:
 
 
 def query_to_proto(query: Query) -> pb.Query:
-    msg = pb.Query(options=options_to_proto(query.options))
+    msg = pb.Query(options=options_to_proto(query.options), include_same_patient=query.include_same_patient)
     if query.record_id is not None:
         msg.record_id = query.record_id
     elif query.ecg is not None:
@@ -143,16 +177,22 @@ def query_to_proto(query: Query) -> pb.Query:
 def query_from_proto(msg: pb.Query) -> Query:
     options = options_from_proto(msg.options)
     kind = msg.WhichOneof("query")
+    same = msg.include_same_patient
     if kind == "record_id":
-        return Query(options=options, record_id=msg.record_id)
+        return Query(options=options, record_id=msg.record_id, include_same_patient=same)
     if kind == "ecg":
-        return Query(options=options, ecg=ecg_from_proto(msg.ecg))
+        return Query(options=options, ecg=ecg_from_proto(msg.ecg), include_same_patient=same)
     if kind == "vector":
-        return Query(options=options, vector=vector_from_proto(msg.vector.values))
-    raise InvalidQuery("query has none of record_id, ecg, vector")
+        return Query(options=options, vector=vector_from_proto(msg.vector.values), include_same_patient=same)
+    return Query(options=options, include_same_patient=same)  # none given: the service says so
 
 
 # --- payloads, hits, summaries -------------------------------------------------------------------
+
+
+def timestamp_to_proto(when: datetime, msg) -> None:
+    """A naive datetime (the sources carry no zone) into a Timestamp, read as if UTC."""
+    msg.FromDatetime(when if when.tzinfo else when.replace(tzinfo=UTC))
 
 
 def payload_to_proto(payload: EcgPayload) -> pb.Payload:
@@ -164,7 +204,7 @@ def payload_to_proto(payload: EcgPayload) -> pb.Payload:
         scp_likelihoods=payload.scp_likelihoods,
         superclasses=payload.superclasses,
         age_over_89=payload.age_over_89,
-        sex=payload.sex or "",
+        sex=SEX_TO_PROTO[payload.sex],
         sampling_rate_hz=payload.sampling_rate_hz,
         source_path=payload.source_path,
     )
@@ -175,11 +215,14 @@ def payload_to_proto(payload: EcgPayload) -> pb.Payload:
     if payload.duration_s is not None:
         msg.duration_s = payload.duration_s
     if payload.recorded_at is not None:
-        msg.recorded_at = payload.recorded_at.isoformat()
+        timestamp_to_proto(payload.recorded_at, msg.recorded_at)
     return msg
 
 
 def payload_from_proto(msg: pb.Payload) -> EcgPayload:
+    recorded_at = None
+    if msg.HasField("recorded_at"):
+        recorded_at = msg.recorded_at.ToDatetime()  # naive, as stored
     return EcgPayload(
         record_id=msg.record_id,
         dataset=msg.dataset,
@@ -190,10 +233,10 @@ def payload_from_proto(msg: pb.Payload) -> EcgPayload:
         superclasses=list(msg.superclasses),
         age=msg.age if msg.HasField("age") else None,
         age_over_89=msg.age_over_89,
-        sex=msg.sex or None,
+        sex=SEX_FROM_PROTO.get(msg.sex),
         sampling_rate_hz=msg.sampling_rate_hz,
         duration_s=msg.duration_s if msg.HasField("duration_s") else None,
-        recorded_at=datetime.fromisoformat(msg.recorded_at) if msg.HasField("recorded_at") else None,
+        recorded_at=recorded_at,
         source_path=msg.source_path,
     )
 
@@ -211,6 +254,7 @@ def summary_to_proto(summary: NeighbourhoodSummary) -> pb.NeighbourhoodSummary:
         n_neighbours=summary.n_neighbours,
         collection_count=summary.collection_count,
         diagnoses=[pb.DiagnosisConcentration(**row.model_dump()) for row in summary.diagnoses],
+        exclusions=[EXCLUSION_TO_PROTO[e] for e in summary.exclusions],
     )
 
 
@@ -228,18 +272,33 @@ def summary_from_proto(msg: pb.NeighbourhoodSummary) -> NeighbourhoodSummary:
         for r in msg.diagnoses
     ]
     return NeighbourhoodSummary(
-        n_neighbours=msg.n_neighbours, collection_count=msg.collection_count, diagnoses=rows
+        n_neighbours=msg.n_neighbours,
+        collection_count=msg.collection_count,
+        diagnoses=rows,
+        exclusions=[EXCLUSION_FROM_PROTO[e] for e in msg.exclusions if e in EXCLUSION_FROM_PROTO],
     )
 
 
-def result_to_proto(result: SearchResult) -> pb.SearchResponse:
-    msg = pb.SearchResponse(hits=[hit_to_proto(h) for h in result.hits])
+ResultMessage = TypeVar(
+    "ResultMessage",
+    pb.SearchResult,
+    pb.SearchByRecordResponse,
+    pb.SearchByEcgResponse,
+    pb.SearchByVectorResponse,
+)
+
+
+def result_to_proto(result: SearchResult, kind: type[ResultMessage]) -> ResultMessage:
+    """Hits and summary into ``kind``: each search RPC has its own response message of the same shape."""
+    msg = kind(hits=[hit_to_proto(h) for h in result.hits])
     if result.summary is not None:
         msg.summary.CopyFrom(summary_to_proto(result.summary))
     return msg
 
 
-def result_from_proto(msg: pb.SearchResponse) -> SearchResult:
+def result_from_proto(
+    msg: pb.SearchResult | pb.SearchByRecordResponse | pb.SearchByEcgResponse | pb.SearchByVectorResponse,
+) -> SearchResult:
     summary = summary_from_proto(msg.summary) if msg.HasField("summary") else None
     return SearchResult(hits=[hit_from_proto(h) for h in msg.hits], summary=summary)
 
@@ -247,8 +306,10 @@ def result_from_proto(msg: pb.SearchResponse) -> SearchResult:
 # --- collection and model ------------------------------------------------------------------------
 
 
-def info_to_proto(info: CollectionInfo, card: ModelCard) -> pb.CollectionInfoResponse:
-    return pb.CollectionInfoResponse(
+def info_to_proto(
+    info: CollectionInfo, card: ModelCard, updated_at: datetime | None = None
+) -> pb.CollectionInfoResponse:
+    msg = pb.CollectionInfoResponse(
         name=info.name,
         count=info.count,
         dim=info.dim,
@@ -268,6 +329,9 @@ def info_to_proto(info: CollectionInfo, card: ModelCard) -> pb.CollectionInfoRes
             json=card.model_dump_json(),
         ),
     )
+    if updated_at is not None:
+        timestamp_to_proto(updated_at, msg.statistics_updated_at)
+    return msg
 
 
 def info_from_proto(msg: pb.CollectionInfoResponse) -> tuple[CollectionInfo, ModelCard]:
@@ -281,3 +345,20 @@ def info_from_proto(msg: pb.CollectionInfoResponse) -> tuple[CollectionInfo, Mod
         diagnosis_counts=dict(msg.diagnosis_counts),
     )
     return info, ModelCard.model_validate(json.loads(msg.model.json))
+
+
+def ecg_response_to_proto(record_id: str, prepared: np.ndarray) -> pb.GetEcgResponse:
+    """A prepared (12, MODEL_SAMPLES) signal in the model's lead order and rate."""
+    return pb.GetEcgResponse(
+        record_id=record_id,
+        lead_names=list(signals.LEADS),
+        sampling_rate_hz=signals.MODEL_FS,
+        n_samples=prepared.shape[1],
+        samples=np.asarray(prepared, dtype=np.float32).ravel(),
+    )
+
+
+def ecg_response_from_proto(msg: pb.GetEcgResponse) -> np.ndarray:
+    """The prepared (leads, samples) float32 array of a GetEcg reply."""
+    samples = np.asarray(msg.samples, dtype=np.float32)
+    return samples.reshape(len(msg.lead_names), int(msg.n_samples))

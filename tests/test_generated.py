@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,5 +33,13 @@ def test_generated_imports_resolve_inside_the_package() -> None:
     from ecgsearch.search._proto import search_pb2, search_pb2_grpc
 
     assert search_pb2.DESCRIPTOR.package == "ecgsearch.v1"
-    assert "EcgSearch" in search_pb2.DESCRIPTOR.services_by_name
-    assert search_pb2_grpc.EcgSearchStub
+    assert "EcgSearchService" in search_pb2.DESCRIPTOR.services_by_name
+    assert search_pb2_grpc.EcgSearchServiceStub
+
+
+def test_buf_lint_standard_is_clean() -> None:
+    """The proto follows buf's STANDARD lint rules (proto/buf.yaml); buf-bin is a dev dependency."""
+    buf = Path(sys.executable).with_name("buf")
+    assert buf.is_file(), f"buf not found beside {sys.executable}: pip install -e '.[dev]'"
+    result = subprocess.run([str(buf), "lint"], cwd=REPO / "proto", capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,10 +1,43 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Sex(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEX_UNSPECIFIED: _ClassVar[Sex]
+    SEX_MALE: _ClassVar[Sex]
+    SEX_FEMALE: _ClassVar[Sex]
+
+class Units(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UNITS_UNSPECIFIED: _ClassVar[Units]
+    UNITS_MILLIVOLT: _ClassVar[Units]
+    UNITS_MICROVOLT: _ClassVar[Units]
+    UNITS_VOLT: _ClassVar[Units]
+
+class Exclusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXCLUSION_UNSPECIFIED: _ClassVar[Exclusion]
+    EXCLUSION_QUERY_RECORD: _ClassVar[Exclusion]
+    EXCLUSION_SAME_PATIENT: _ClassVar[Exclusion]
+SEX_UNSPECIFIED: Sex
+SEX_MALE: Sex
+SEX_FEMALE: Sex
+UNITS_UNSPECIFIED: Units
+UNITS_MILLIVOLT: Units
+UNITS_MICROVOLT: Units
+UNITS_VOLT: Units
+EXCLUSION_UNSPECIFIED: Exclusion
+EXCLUSION_QUERY_RECORD: Exclusion
+EXCLUSION_SAME_PATIENT: Exclusion
 
 class Filter(_message.Message):
     __slots__ = ("diagnoses_any", "diagnoses_all", "diagnoses_none", "age_min", "age_max", "sex", "datasets", "exclude_record_ids", "exclude_patient_ids")
@@ -22,11 +55,11 @@ class Filter(_message.Message):
     diagnoses_none: _containers.RepeatedScalarFieldContainer[str]
     age_min: int
     age_max: int
-    sex: str
+    sex: Sex
     datasets: _containers.RepeatedScalarFieldContainer[str]
     exclude_record_ids: _containers.RepeatedScalarFieldContainer[str]
     exclude_patient_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, diagnoses_any: _Optional[_Iterable[str]] = ..., diagnoses_all: _Optional[_Iterable[str]] = ..., diagnoses_none: _Optional[_Iterable[str]] = ..., age_min: _Optional[int] = ..., age_max: _Optional[int] = ..., sex: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., exclude_record_ids: _Optional[_Iterable[str]] = ..., exclude_patient_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, diagnoses_any: _Optional[_Iterable[str]] = ..., diagnoses_all: _Optional[_Iterable[str]] = ..., diagnoses_none: _Optional[_Iterable[str]] = ..., age_min: _Optional[int] = ..., age_max: _Optional[int] = ..., sex: _Optional[_Union[Sex, str]] = ..., datasets: _Optional[_Iterable[str]] = ..., exclude_record_ids: _Optional[_Iterable[str]] = ..., exclude_patient_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchOptions(_message.Message):
     __slots__ = ("filter", "k", "score_threshold", "exact", "with_summary")
@@ -58,11 +91,11 @@ class Ecg(_message.Message):
     N_LEADS_FIELD_NUMBER: _ClassVar[int]
     lead_names: _containers.RepeatedScalarFieldContainer[str]
     sampling_rate_hz: float
-    units: _containers.RepeatedScalarFieldContainer[str]
+    units: _containers.RepeatedScalarFieldContainer[Units]
     leads: _containers.RepeatedCompositeFieldContainer[LeadSamples]
     flat_samples: _containers.RepeatedScalarFieldContainer[float]
     n_leads: int
-    def __init__(self, lead_names: _Optional[_Iterable[str]] = ..., sampling_rate_hz: _Optional[float] = ..., units: _Optional[_Iterable[str]] = ..., leads: _Optional[_Iterable[_Union[LeadSamples, _Mapping]]] = ..., flat_samples: _Optional[_Iterable[float]] = ..., n_leads: _Optional[int] = ...) -> None: ...
+    def __init__(self, lead_names: _Optional[_Iterable[str]] = ..., sampling_rate_hz: _Optional[float] = ..., units: _Optional[_Iterable[_Union[Units, str]]] = ..., leads: _Optional[_Iterable[_Union[LeadSamples, _Mapping]]] = ..., flat_samples: _Optional[_Iterable[float]] = ..., n_leads: _Optional[int] = ...) -> None: ...
 
 class Vector(_message.Message):
     __slots__ = ("values",)
@@ -71,12 +104,14 @@ class Vector(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SearchByRecordRequest(_message.Message):
-    __slots__ = ("record_id", "options")
+    __slots__ = ("record_id", "options", "include_same_patient")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SAME_PATIENT_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     options: SearchOptions
-    def __init__(self, record_id: _Optional[str] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
+    include_same_patient: bool
+    def __init__(self, record_id: _Optional[str] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ..., include_same_patient: _Optional[bool] = ...) -> None: ...
 
 class SearchByEcgRequest(_message.Message):
     __slots__ = ("ecg", "options")
@@ -126,12 +161,12 @@ class Payload(_message.Message):
     superclasses: _containers.RepeatedScalarFieldContainer[str]
     age: int
     age_over_89: bool
-    sex: str
+    sex: Sex
     sampling_rate_hz: float
     duration_s: float
-    recorded_at: str
+    recorded_at: _timestamp_pb2.Timestamp
     source_path: str
-    def __init__(self, record_id: _Optional[str] = ..., dataset: _Optional[str] = ..., patient_id: _Optional[str] = ..., diagnoses: _Optional[_Iterable[str]] = ..., source_codes: _Optional[_Iterable[str]] = ..., scp_likelihoods: _Optional[_Mapping[str, float]] = ..., superclasses: _Optional[_Iterable[str]] = ..., age: _Optional[int] = ..., age_over_89: _Optional[bool] = ..., sex: _Optional[str] = ..., sampling_rate_hz: _Optional[float] = ..., duration_s: _Optional[float] = ..., recorded_at: _Optional[str] = ..., source_path: _Optional[str] = ...) -> None: ...
+    def __init__(self, record_id: _Optional[str] = ..., dataset: _Optional[str] = ..., patient_id: _Optional[str] = ..., diagnoses: _Optional[_Iterable[str]] = ..., source_codes: _Optional[_Iterable[str]] = ..., scp_likelihoods: _Optional[_Mapping[str, float]] = ..., superclasses: _Optional[_Iterable[str]] = ..., age: _Optional[int] = ..., age_over_89: _Optional[bool] = ..., sex: _Optional[_Union[Sex, str]] = ..., sampling_rate_hz: _Optional[float] = ..., duration_s: _Optional[float] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_path: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("record_id", "score", "payload")
@@ -162,16 +197,42 @@ class DiagnosisConcentration(_message.Message):
     def __init__(self, code: _Optional[str] = ..., description: _Optional[str] = ..., count: _Optional[int] = ..., fraction: _Optional[float] = ..., base_rate: _Optional[float] = ..., enrichment: _Optional[float] = ..., in_query: _Optional[bool] = ...) -> None: ...
 
 class NeighbourhoodSummary(_message.Message):
-    __slots__ = ("n_neighbours", "collection_count", "diagnoses")
+    __slots__ = ("n_neighbours", "collection_count", "diagnoses", "exclusions")
     N_NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_COUNT_FIELD_NUMBER: _ClassVar[int]
     DIAGNOSES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUSIONS_FIELD_NUMBER: _ClassVar[int]
     n_neighbours: int
     collection_count: int
     diagnoses: _containers.RepeatedCompositeFieldContainer[DiagnosisConcentration]
-    def __init__(self, n_neighbours: _Optional[int] = ..., collection_count: _Optional[int] = ..., diagnoses: _Optional[_Iterable[_Union[DiagnosisConcentration, _Mapping]]] = ...) -> None: ...
+    exclusions: _containers.RepeatedScalarFieldContainer[Exclusion]
+    def __init__(self, n_neighbours: _Optional[int] = ..., collection_count: _Optional[int] = ..., diagnoses: _Optional[_Iterable[_Union[DiagnosisConcentration, _Mapping]]] = ..., exclusions: _Optional[_Iterable[_Union[Exclusion, str]]] = ...) -> None: ...
 
-class SearchResponse(_message.Message):
+class SearchResult(_message.Message):
+    __slots__ = ("hits", "summary")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    summary: NeighbourhoodSummary
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ...) -> None: ...
+
+class SearchByRecordResponse(_message.Message):
+    __slots__ = ("hits", "summary")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    summary: NeighbourhoodSummary
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ...) -> None: ...
+
+class SearchByEcgResponse(_message.Message):
+    __slots__ = ("hits", "summary")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    summary: NeighbourhoodSummary
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ...) -> None: ...
+
+class SearchByVectorResponse(_message.Message):
     __slots__ = ("hits", "summary")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
@@ -180,16 +241,18 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ...) -> None: ...
 
 class Query(_message.Message):
-    __slots__ = ("record_id", "ecg", "vector", "options")
+    __slots__ = ("record_id", "ecg", "vector", "options", "include_same_patient")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     ECG_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SAME_PATIENT_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     ecg: Ecg
     vector: Vector
     options: SearchOptions
-    def __init__(self, record_id: _Optional[str] = ..., ecg: _Optional[_Union[Ecg, _Mapping]] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
+    include_same_patient: bool
+    def __init__(self, record_id: _Optional[str] = ..., ecg: _Optional[_Union[Ecg, _Mapping]] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ..., include_same_patient: _Optional[bool] = ...) -> None: ...
 
 class BatchSearchRequest(_message.Message):
     __slots__ = ("queries",)
@@ -200,8 +263,8 @@ class BatchSearchRequest(_message.Message):
 class BatchSearchResponse(_message.Message):
     __slots__ = ("results",)
     RESULTS_FIELD_NUMBER: _ClassVar[int]
-    results: _containers.RepeatedCompositeFieldContainer[SearchResponse]
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ...) -> None: ...
+    results: _containers.RepeatedCompositeFieldContainer[SearchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ...) -> None: ...
 
 class GetRecordRequest(_message.Message):
     __slots__ = ("record_id", "with_vector")
@@ -218,6 +281,26 @@ class GetRecordResponse(_message.Message):
     payload: Payload
     vector: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, payload: _Optional[_Union[Payload, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class GetEcgRequest(_message.Message):
+    __slots__ = ("record_id",)
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    def __init__(self, record_id: _Optional[str] = ...) -> None: ...
+
+class GetEcgResponse(_message.Message):
+    __slots__ = ("record_id", "lead_names", "sampling_rate_hz", "n_samples", "samples")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    LEAD_NAMES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    lead_names: _containers.RepeatedScalarFieldContainer[str]
+    sampling_rate_hz: int
+    n_samples: int
+    samples: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, record_id: _Optional[str] = ..., lead_names: _Optional[_Iterable[str]] = ..., sampling_rate_hz: _Optional[int] = ..., n_samples: _Optional[int] = ..., samples: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class CollectionInfoRequest(_message.Message):
     __slots__ = ()
@@ -246,7 +329,7 @@ class ModelCard(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., sampling_rate_hz: _Optional[int] = ..., input_samples: _Optional[int] = ..., lead_order: _Optional[_Iterable[str]] = ..., embedding_dim: _Optional[int] = ..., normalisation: _Optional[str] = ..., initialisation: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
 
 class CollectionInfoResponse(_message.Message):
-    __slots__ = ("name", "count", "dim", "model_version", "backend", "indexed", "diagnosis_counts", "model")
+    __slots__ = ("name", "count", "dim", "model_version", "backend", "indexed", "diagnosis_counts", "model", "statistics_updated_at")
     class DiagnosisCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +345,7 @@ class CollectionInfoResponse(_message.Message):
     INDEXED_FIELD_NUMBER: _ClassVar[int]
     DIAGNOSIS_COUNTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     count: int
     dim: int
@@ -270,7 +354,8 @@ class CollectionInfoResponse(_message.Message):
     indexed: bool
     diagnosis_counts: _containers.ScalarMap[str, int]
     model: ModelCard
-    def __init__(self, name: _Optional[str] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., indexed: _Optional[bool] = ..., diagnosis_counts: _Optional[_Mapping[str, int]] = ..., model: _Optional[_Union[ModelCard, _Mapping]] = ...) -> None: ...
+    statistics_updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., indexed: _Optional[bool] = ..., diagnosis_counts: _Optional[_Mapping[str, int]] = ..., model: _Optional[_Union[ModelCard, _Mapping]] = ..., statistics_updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ServerStatsRequest(_message.Message):
     __slots__ = ()
@@ -293,9 +378,13 @@ class RpcStats(_message.Message):
     def __init__(self, method: _Optional[str] = ..., count: _Optional[int] = ..., errors: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ...) -> None: ...
 
 class ServerStatsResponse(_message.Message):
-    __slots__ = ("uptime_s", "rpcs")
+    __slots__ = ("uptime_s", "rpcs", "started_at", "ecgs_prepared")
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     RPCS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ECGS_PREPARED_FIELD_NUMBER: _ClassVar[int]
     uptime_s: float
     rpcs: _containers.RepeatedCompositeFieldContainer[RpcStats]
-    def __init__(self, uptime_s: _Optional[float] = ..., rpcs: _Optional[_Iterable[_Union[RpcStats, _Mapping]]] = ...) -> None: ...
+    started_at: _timestamp_pb2.Timestamp
+    ecgs_prepared: int
+    def __init__(self, uptime_s: _Optional[float] = ..., rpcs: _Optional[_Iterable[_Union[RpcStats, _Mapping]]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ecgs_prepared: _Optional[int] = ...) -> None: ...

@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class EcgSearchStub:
+class EcgSearchServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,47 +35,53 @@ class EcgSearchStub:
             channel: A grpc.Channel.
         """
         self.SearchByRecord = channel.unary_unary(
-                '/ecgsearch.v1.EcgSearch/SearchByRecord',
+                '/ecgsearch.v1.EcgSearchService/SearchByRecord',
                 request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByRecordRequest.SerializeToString,
-                response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchResponse.FromString,
+                response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByRecordResponse.FromString,
                 _registered_method=True)
         self.SearchByEcg = channel.unary_unary(
-                '/ecgsearch.v1.EcgSearch/SearchByEcg',
+                '/ecgsearch.v1.EcgSearchService/SearchByEcg',
                 request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByEcgRequest.SerializeToString,
-                response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchResponse.FromString,
+                response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByEcgResponse.FromString,
                 _registered_method=True)
         self.SearchByVector = channel.unary_unary(
-                '/ecgsearch.v1.EcgSearch/SearchByVector',
+                '/ecgsearch.v1.EcgSearchService/SearchByVector',
                 request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByVectorRequest.SerializeToString,
-                response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchResponse.FromString,
+                response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByVectorResponse.FromString,
                 _registered_method=True)
         self.BatchSearch = channel.unary_unary(
-                '/ecgsearch.v1.EcgSearch/BatchSearch',
+                '/ecgsearch.v1.EcgSearchService/BatchSearch',
                 request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.BatchSearchRequest.SerializeToString,
                 response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.BatchSearchResponse.FromString,
                 _registered_method=True)
         self.GetRecord = channel.unary_unary(
-                '/ecgsearch.v1.EcgSearch/GetRecord',
+                '/ecgsearch.v1.EcgSearchService/GetRecord',
                 request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.GetRecordRequest.SerializeToString,
                 response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.GetRecordResponse.FromString,
                 _registered_method=True)
+        self.GetEcg = channel.unary_unary(
+                '/ecgsearch.v1.EcgSearchService/GetEcg',
+                request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.GetEcgRequest.SerializeToString,
+                response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.GetEcgResponse.FromString,
+                _registered_method=True)
         self.CollectionInfo = channel.unary_unary(
-                '/ecgsearch.v1.EcgSearch/CollectionInfo',
+                '/ecgsearch.v1.EcgSearchService/CollectionInfo',
                 request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.CollectionInfoRequest.SerializeToString,
                 response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.CollectionInfoResponse.FromString,
                 _registered_method=True)
         self.ServerStats = channel.unary_unary(
-                '/ecgsearch.v1.EcgSearch/ServerStats',
+                '/ecgsearch.v1.EcgSearchService/ServerStats',
                 request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.ServerStatsRequest.SerializeToString,
                 response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.ServerStatsResponse.FromString,
                 _registered_method=True)
 
 
-class EcgSearchServicer:
+class EcgSearchServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SearchByRecord(self, request, context):
-        """Neighbours of a stored record (the record itself excluded).
+        """Neighbours of a stored record. The record itself and, unless include_same_patient is set,
+        every other ECG of its patient are excluded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,7 +102,7 @@ class EcgSearchServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BatchSearch(self, request, context):
-        """Several queries of any kind in one call; results in request order.
+        """Several queries of any kind in one call; results in request order. Any bad query fails the call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +110,14 @@ class EcgSearchServicer:
 
     def GetRecord(self, request, context):
         """Payload (and optionally the stored vector) of one record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEcg(self, request, context):
+        """The prepared signal of one record (the model's input: 12 leads x 1000 samples at 100 Hz), read
+        from its source file. FAILED_PRECONDITION when the server cannot reach that file.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,22 +138,22 @@ class EcgSearchServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_EcgSearchServicer_to_server(servicer, server):
+def add_EcgSearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'SearchByRecord': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchByRecord,
                     request_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByRecordRequest.FromString,
-                    response_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchResponse.SerializeToString,
+                    response_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByRecordResponse.SerializeToString,
             ),
             'SearchByEcg': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchByEcg,
                     request_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByEcgRequest.FromString,
-                    response_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchResponse.SerializeToString,
+                    response_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByEcgResponse.SerializeToString,
             ),
             'SearchByVector': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchByVector,
                     request_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByVectorRequest.FromString,
-                    response_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchResponse.SerializeToString,
+                    response_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByVectorResponse.SerializeToString,
             ),
             'BatchSearch': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchSearch,
@@ -150,6 +164,11 @@ def add_EcgSearchServicer_to_server(servicer, server):
                     servicer.GetRecord,
                     request_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.GetRecordRequest.FromString,
                     response_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.GetRecordResponse.SerializeToString,
+            ),
+            'GetEcg': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEcg,
+                    request_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.GetEcgRequest.FromString,
+                    response_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.GetEcgResponse.SerializeToString,
             ),
             'CollectionInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.CollectionInfo,
@@ -163,13 +182,13 @@ def add_EcgSearchServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'ecgsearch.v1.EcgSearch', rpc_method_handlers)
+            'ecgsearch.v1.EcgSearchService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('ecgsearch.v1.EcgSearch', rpc_method_handlers)
+    server.add_registered_method_handlers('ecgsearch.v1.EcgSearchService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class EcgSearch:
+class EcgSearchService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -186,9 +205,9 @@ class EcgSearch:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ecgsearch.v1.EcgSearch/SearchByRecord',
+            '/ecgsearch.v1.EcgSearchService/SearchByRecord',
             ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByRecordRequest.SerializeToString,
-            ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchResponse.FromString,
+            ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByRecordResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -213,9 +232,9 @@ class EcgSearch:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ecgsearch.v1.EcgSearch/SearchByEcg',
+            '/ecgsearch.v1.EcgSearchService/SearchByEcg',
             ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByEcgRequest.SerializeToString,
-            ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchResponse.FromString,
+            ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByEcgResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -240,9 +259,9 @@ class EcgSearch:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ecgsearch.v1.EcgSearch/SearchByVector',
+            '/ecgsearch.v1.EcgSearchService/SearchByVector',
             ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByVectorRequest.SerializeToString,
-            ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchResponse.FromString,
+            ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByVectorResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -267,7 +286,7 @@ class EcgSearch:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ecgsearch.v1.EcgSearch/BatchSearch',
+            '/ecgsearch.v1.EcgSearchService/BatchSearch',
             ecgsearch_dot_search_dot___proto_dot_search__pb2.BatchSearchRequest.SerializeToString,
             ecgsearch_dot_search_dot___proto_dot_search__pb2.BatchSearchResponse.FromString,
             options,
@@ -294,9 +313,36 @@ class EcgSearch:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ecgsearch.v1.EcgSearch/GetRecord',
+            '/ecgsearch.v1.EcgSearchService/GetRecord',
             ecgsearch_dot_search_dot___proto_dot_search__pb2.GetRecordRequest.SerializeToString,
             ecgsearch_dot_search_dot___proto_dot_search__pb2.GetRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEcg(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecgsearch.v1.EcgSearchService/GetEcg',
+            ecgsearch_dot_search_dot___proto_dot_search__pb2.GetEcgRequest.SerializeToString,
+            ecgsearch_dot_search_dot___proto_dot_search__pb2.GetEcgResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -321,7 +367,7 @@ class EcgSearch:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ecgsearch.v1.EcgSearch/CollectionInfo',
+            '/ecgsearch.v1.EcgSearchService/CollectionInfo',
             ecgsearch_dot_search_dot___proto_dot_search__pb2.CollectionInfoRequest.SerializeToString,
             ecgsearch_dot_search_dot___proto_dot_search__pb2.CollectionInfoResponse.FromString,
             options,
@@ -348,7 +394,7 @@ class EcgSearch:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ecgsearch.v1.EcgSearch/ServerStats',
+            '/ecgsearch.v1.EcgSearchService/ServerStats',
             ecgsearch_dot_search_dot___proto_dot_search__pb2.ServerStatsRequest.SerializeToString,
             ecgsearch_dot_search_dot___proto_dot_search__pb2.ServerStatsResponse.FromString,
             options,

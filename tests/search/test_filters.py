@@ -68,6 +68,17 @@ def test_edge_filter_selects_what_the_reference_selects(edge_store: Any, corpus:
         assert edge_store.count(flt) == expected, flt
 
 
+def test_edge_filter_shape():
+    out = to_edge(SearchFilter(diagnoses_all=["a", "b"], age_max=50, sex="M", exclude_record_ids=["ptbxl:1"]))
+    assert isinstance(out, edge.Filter)
+    must = [(c.key, list(c.match.value)) for c in out.must if c.match is not None]
+    assert must == [("diagnoses", ["a"]), ("diagnoses", ["b"]), ("sex", ["M"])]
+    (age,) = [c for c in out.must if c.range is not None]
+    assert (age.key, age.range.gte, age.range.lte) == ("age", None, 50)
+    (ids,) = out.must_not
+    assert {str(i) for i in ids.point_ids} == {point_id("ptbxl:1")}
+
+
 def test_matches_reference_semantics():
     p = payload(diagnoses=["a", "b"], age=45, sex="F", patient_id="p1")
     assert matches(SearchFilter(diagnoses_any=["x", "a"]), p)

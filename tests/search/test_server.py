@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from ecgsearch.cli.main import app
 from ecgsearch.encoder import signals
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import sources
-from ecgsearch.search import codes
+from ecgsearch.search import codes, wire
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
 from ecgsearch.search.client import EcgSearchClient
@@ -40,7 +41,7 @@ class Served:
 
     target: str
     channel: grpc.Channel
-    stub: pb_grpc.EcgSearchStub
+    stub: pb_grpc.EcgSearchServiceStub
     payloads: list[EcgPayload]
     vectors: np.ndarray
     paths: list[Path]
@@ -68,7 +69,7 @@ def grpc_server(ptbxl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
                 yield Served(
                     target,
                     channel,
-                    pb_grpc.EcgSearchStub(channel),
+                    pb_grpc.EcgSearchServiceStub(channel),
                     [r.payload for r in records],
                     vectors,
                     [c.path for c in candidates],
@@ -184,6 +185,14 @@ def test_mutual_tls(grpc_server: Served, tmp_path: Path) -> None:
             with pytest.raises(grpc.RpcError) as refused:
                 anonymous.info()
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        record = grpc_server.payloads[0].record_id
+        args = ["query", "--target", target, "--token", TOKEN, "--record-id", record, "--json"]
+        certs = ["--ca", str(server_cert), "--cert", str(client_cert), "--key", str(client_key)]
+        runner = CliRunner()
+        found = runner.invoke(app, [*args, *certs])
+        assert found.exit_code == 0, found.output
+        assert len(json.loads(found.stdout)["hits"]) == 10
+        assert runner.invoke(app, [*args, "--ca", str(server_cert)]).exit_code == 6
 
 
 # --- search results ------------------------------------------------------------------------------
@@ -195,7 +204,7 @@ def test_filtered_search_equals_brute_force(grpc_server: Served) -> None:
     request = pb.SearchByVectorRequest(
         vector=query.tolist(),
         options=pb.SearchOptions(
-            k=7, exact=True, filter=pb.Filter(diagnoses_any=["SR"], age_min=40, age_max=80, sex="M")
+            k=7, exact=True, filter=pb.Filter(diagnoses_any=["SR"], age_min=40, age_max=80, sex=pb.SEX_MALE)
         ),
     )
     reply = grpc_server.stub.SearchByVector(request, metadata=AUTH)
@@ -210,18 +219,46 @@ def test_filtered_search_equals_brute_force(grpc_server: Served) -> None:
     assert expected, "the filter keeps some records"
 
 
-def test_search_by_record_excludes_itself(grpc_server: Served) -> None:
-    record = grpc_server.payloads[5]
+def test_search_by_record_excludes_itself_and_its_patient(grpc_server: Served) -> None:
+    """Served as evaluated: the query's patient is left out unless asked for (ptbxl:17, 18, 20 share one)."""
+    index = next(i for i, p in enumerate(grpc_server.payloads) if p.record_id == "ptbxl:17")
+    record = grpc_server.payloads[index]
+    siblings = {p.record_id for p in grpc_server.payloads if p.patient_id == record.patient_id} - {
+        record.record_id
+    }
+    assert siblings, "the fixture holds other ECGs of this patient"
+    options = pb.SearchOptions(k=10, exact=True, with_summary=True)
     reply = grpc_server.stub.SearchByRecord(
-        pb.SearchByRecordRequest(record_id=record.record_id, options=pb.SearchOptions(k=10, exact=True)),
+        pb.SearchByRecordRequest(record_id=record.record_id, options=options), metadata=AUTH
+    )
+    ids = [h.record_id for h in reply.hits]
+    expected = _brute_force(
+        grpc_server, grpc_server.vectors[index], lambda p: p.patient_id != record.patient_id, 10
+    )
+    assert ids == expected and not siblings & set(ids)
+    assert list(reply.summary.exclusions) == [pb.EXCLUSION_QUERY_RECORD, pb.EXCLUSION_SAME_PATIENT]
+
+    reply = grpc_server.stub.SearchByRecord(
+        pb.SearchByRecordRequest(record_id=record.record_id, options=options, include_same_patient=True),
         metadata=AUTH,
     )
     ids = [h.record_id for h in reply.hits]
-    assert record.record_id not in ids and len(ids) == 10
     expected = _brute_force(
-        grpc_server, grpc_server.vectors[5], lambda p: p.record_id != record.record_id, 10
+        grpc_server, grpc_server.vectors[index], lambda p: p.record_id != record.record_id, 10
     )
-    assert ids == expected
+    assert ids == expected and siblings & set(ids)
+    assert list(reply.summary.exclusions) == [pb.EXCLUSION_QUERY_RECORD]
+    batch = grpc_server.stub.BatchSearch(
+        pb.BatchSearchRequest(
+            queries=[
+                pb.Query(record_id=record.record_id, options=options),
+                pb.Query(record_id=record.record_id, options=options, include_same_patient=True),
+            ]
+        ),
+        metadata=AUTH,
+    )
+    assert not siblings & {h.record_id for h in batch.results[0].hits}
+    assert [h.record_id for h in batch.results[1].hits] == ids
 
 
 def test_search_by_raw_ecg_finds_the_record_first(grpc_server: Served) -> None:
@@ -234,7 +271,7 @@ def test_search_by_raw_ecg_finds_the_record_first(grpc_server: Served) -> None:
         ecg = pb.Ecg(
             lead_names=list(raw.leads),
             sampling_rate_hz=raw.fs,
-            units=list(raw.units),
+            units=wire.units_to_proto(raw.units),
             leads=[pb.LeadSamples(values=lead.tolist()) for lead in raw.signal],
         )
         reply = grpc_server.stub.SearchByEcg(pb.SearchByEcgRequest(ecg=ecg), metadata=AUTH)
@@ -373,7 +410,7 @@ def test_bad_input_is_reported_and_the_server_keeps_answering(grpc_server: Serve
             stub.SearchByVector,
             pb.SearchByVectorRequest(vector=grpc_server.vectors[0].tolist(), options=pb.SearchOptions(k=0)),
             "INVALID_ARGUMENT",
-            "k must be between 1 and",
+            "options.k: must be between 1 and",
         ),
         (
             stub.SearchByVector,
@@ -381,12 +418,12 @@ def test_bad_input_is_reported_and_the_server_keeps_answering(grpc_server: Serve
                 vector=grpc_server.vectors[0].tolist(), options=pb.SearchOptions(k=MAX_K + 1)
             ),
             "INVALID_ARGUMENT",
-            "k must be between 1 and",
+            "options.k: must be between 1 and",
         ),
         (
             stub.SearchByVector,
             pb.SearchByVectorRequest(
-                vector=grpc_server.vectors[0].tolist(), options=pb.SearchOptions(filter=pb.Filter(sex="X"))
+                vector=grpc_server.vectors[0].tolist(), options=pb.SearchOptions(filter=pb.Filter(sex=7))
             ),
             "INVALID_ARGUMENT",
             "sex",
@@ -395,7 +432,7 @@ def test_bad_input_is_reported_and_the_server_keeps_answering(grpc_server: Serve
             stub.BatchSearch,
             pb.BatchSearchRequest(queries=[pb.Query()]),
             "INVALID_ARGUMENT",
-            "none of record_id",
+            "give exactly one of record_id",
         ),
     ]
     for call, request, code, fragment in cases:
@@ -454,6 +491,76 @@ def test_query_command_against_the_live_server(grpc_server: Served) -> None:
     assert json.loads(wfdb.stdout)["hits"][0]["record_id"] == record.record_id
 
     denied = runner.invoke(app, args)
-    assert denied.exit_code == 1 and "UNAUTHENTICATED" in denied.stderr
+    assert denied.exit_code == 4 and "UNAUTHENTICATED" in denied.stderr
     bad = runner.invoke(app, [*args, "--token", TOKEN, "--diagnosis", "NOT-A-CODE"])
-    assert bad.exit_code == 1 and "INVALID_ARGUMENT" in bad.stderr and "NOT-A-CODE" in bad.stderr
+    assert bad.exit_code == 2 and "INVALID_ARGUMENT" in bad.stderr and "NOT-A-CODE" in bad.stderr
+    missing = ["query", "--target", grpc_server.target, "--token", TOKEN, "--record-id", "ptbxl:999999"]
+    gone = runner.invoke(app, missing)
+    assert gone.exit_code == 5 and "NOT_FOUND" in gone.stderr
+    nobody = runner.invoke(app, [*args, "--token", TOKEN, "--target", "127.0.0.1:1", "--timeout", "2"])
+    assert nobody.exit_code == 6 and "UNAVAILABLE" in nobody.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_reports_environment_problems_in_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["serve", "--store", str(tmp_path / "none"), "--insecure"]
+    level = runner.invoke(app, [*base, "--log-level", "LOUD"])
+    assert level.exit_code == 2 and "log level must be one of" in level.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = runner.invoke(app, [*base, "--port", str(port)])
+    assert busy.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+    cert, _ = _pem(tmp_path, "one")
+    _, other_key = _pem(tmp_path, "two")
+    tls = ["--tls-cert", str(cert), "--tls-key", str(other_key), "--port", str(_free_port())]
+    mismatch = runner.invoke(app, [*base, *tls])
+    assert mismatch.exit_code == 1 and "does not match certificate" in mismatch.stderr
+    remote = runner.invoke(app, [*base, "--host", "0.0.0.0", "--port", str(_free_port())])
+    assert remote.exit_code == 1 and "refusing to serve without authentication" in remote.stderr
+    for result in (level, busy, mismatch, remote):
+        assert "Traceback" not in result.output
+
+
+# --- GetEcg and error details --------------------------------------------------------------------
+
+
+def test_get_ecg_reads_the_source_file_when_reachable(grpc_server: Served, ptbxl_dir: Path) -> None:
+    record = grpc_server.payloads[6]
+    expected = signals.load(grpc_server.paths[6])
+    code, details = _code(grpc_server.stub.GetEcg, pb.GetEcgRequest(record_id=record.record_id))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "ECGSEARCH_ECG_ROOTS" in details
+    assert _code(grpc_server.stub.GetEcg, pb.GetEcgRequest(record_id="ptbxl:999999"))[0] == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    settings = ServiceSettings.model_construct(tokens=TOKEN, ecg_roots=str(ptbxl_dir)).model_copy(
+        update={"port": 0}
+    )
+    served = run_server(settings, store=grpc_server.store, embedder=grpc_server.embedder)
+    with served as (_, port), EcgSearchClient(f"127.0.0.1:{port}", token=TOKEN) as client:
+        prepared = client.get_ecg(record.record_id)
+    assert prepared.shape == (12, signals.MODEL_SAMPLES) and prepared.dtype == np.float32
+    np.testing.assert_array_equal(prepared, expected)
+
+
+def test_invalid_argument_names_the_field_in_bad_request_details(grpc_server: Served) -> None:
+    from ecgsearch.search.client import bad_request
+
+    with EcgSearchClient(grpc_server.target, token=TOKEN) as client:
+        with pytest.raises(grpc.RpcError) as error:
+            client.search_by_vector(grpc_server.vectors[0], k=0)
+        assert bad_request(error.value) == [("options.k", "must be between 1 and 1000, got 0")]
+        with pytest.raises(grpc.RpcError) as error:
+            client.search_by_record("ptbxl:1", diagnoses_any=["AF", "NOT-A-CODE"])
+        ((field, description),) = bad_request(error.value)
+        assert field == "options.filter.diagnoses_any[1]" and "'NOT-A-CODE'" in description
+        with pytest.raises(grpc.RpcError) as error:
+            client.search_by_record("ptbxl:999999")
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND and bad_request(error.value) == []

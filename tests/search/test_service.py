@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from ecgsearch.encoder import signals
 from ecgsearch.search import codes
 from ecgsearch.search.schema import MAX_K, CollectionInfo, EcgPayload, Hit, InvalidQuery, SearchFilter
 from ecgsearch.search.service import (
+    Budget,
     DeadlineExceeded,
     EcgQuery,
     Query,
@@ -24,8 +26,10 @@ from ecgsearch.search.store import ModelMismatch
 
 
 @pytest.fixture
-def service(edge_store, fake_embedder) -> SearchService:
-    return SearchService(edge_store, fake_embedder)
+def service(edge_store, fake_embedder) -> Iterator[SearchService]:
+    service = SearchService(edge_store, fake_embedder)
+    yield service
+    service.close()
 
 
 def _payload(record_id: str, diagnoses: list[str]) -> EcgPayload:
@@ -65,15 +69,15 @@ def test_filter_codes_resolve_to_the_stored_system() -> None:
 
 def test_validation(service: SearchService, corpus) -> None:
     for k in (0, -1, MAX_K + 1):
-        with pytest.raises(InvalidQuery, match="k must be"):
+        with pytest.raises(InvalidQuery, match="options.k: must be between"):
             service.search_by_vector(corpus.vectors[0], SearchOptions(k=k))
     with pytest.raises(InvalidQuery, match="score_threshold"):
         service.search_by_vector(corpus.vectors[0], SearchOptions(score_threshold=float("nan")))
     with pytest.raises(InvalidQuery, match="all zeros"):
         service.search_by_vector(np.zeros(corpus.vectors.shape[1]))
-    with pytest.raises(InvalidQuery, match="record_id is empty"):
+    with pytest.raises(InvalidQuery, match="record_id: is empty"):
         service.search_by_record(" ")
-    with pytest.raises(InvalidQuery, match=r"query\[1\]: give exactly one"):
+    with pytest.raises(InvalidQuery, match=r"queries\[1\]: give exactly one"):
         service.batch([Query(vector=corpus.vectors[0]), Query()])
 
 
@@ -88,10 +92,10 @@ def test_vector_is_normalised_and_record_excluded(service: SearchService, corpus
 def test_deadline_checked_before_expensive_work(service: SearchService, corpus) -> None:
     past = time.monotonic() - 1
     with pytest.raises(DeadlineExceeded):
-        service.search_by_vector(corpus.vectors[0], deadline=past)
+        service.search_by_vector(corpus.vectors[0], budget=Budget(deadline=past))
     signal = np.random.default_rng(0).standard_normal((12, 1000))
-    with pytest.raises(DeadlineExceeded, match="before encoding"):
-        service.search_by_ecg(EcgQuery(signal, 100, signals.LEADS), deadline=past)
+    with pytest.raises(DeadlineExceeded, match="before preparing ecg"):
+        service.search_by_ecg(EcgQuery(signal, 100, signals.LEADS), budget=Budget(deadline=past))
 
 
 def test_model_mismatch_refused(edge_store) -> None:
@@ -120,3 +124,39 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) ->
     monkeypatch.setenv("ECGSEARCH_TLS_CLIENT_CA", "ca.pem")
     with pytest.raises(ValueError, match="TLS_CLIENT_CA"):
         ServiceSettings()
+
+
+def test_collection_statistics_are_refreshed_off_the_request_path(edge_store, fake_embedder, corpus) -> None:
+    """info() serves the last background read; a new point shows up after the refresher's next pass."""
+    service = SearchService(edge_store, fake_embedder, stats_refresh_s=3600)
+    try:
+        before = service.info().count
+        extra = corpus.payloads[1].model_copy(update={"record_id": "extra:1", "dataset": "extra"})
+        edge_store.upsert([extra], corpus.vectors[1:2])
+        assert service.info().count == before  # no store call on the request path
+        assert service.refresh_info().count == before + 1
+        assert service.info().count == before + 1
+    finally:
+        service.close()
+    service = SearchService(edge_store, fake_embedder, stats_refresh_s=0.05)
+    try:
+        edge_store.upsert([extra.model_copy(update={"record_id": "extra:2"})], corpus.vectors[2:3])
+        deadline = time.monotonic() + 30
+        while service.info().count != before + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert service.info().count == before + 2
+    finally:
+        service.close()
+
+
+def test_requests_never_call_store_info(service: SearchService, corpus, monkeypatch) -> None:
+    """The vector's dimension comes from the model and summaries from the cached statistics."""
+
+    def forbidden() -> None:
+        raise AssertionError("store.info() called on the request path")
+
+    monkeypatch.setattr(service.store, "info", forbidden)
+    result = service.search_by_vector(corpus.vectors[0], SearchOptions(k=5, with_summary=True))
+    assert result.summary is not None and result.summary.collection_count == len(corpus.payloads)
+    with pytest.raises(InvalidQuery, match=f"vector: must have {corpus.vectors.shape[1]} values"):
+        service.check_vector(corpus.vectors[0][:-1])
