@@ -7,7 +7,6 @@ Heavy libraries (grpc, onnxruntime, qdrant, scipy, wfdb) are imported inside the
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
