@@ -11,14 +11,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 if TYPE_CHECKING:
     from ecgsearch.search.service import SearchResult
 
 DEFAULT_K = 10  # the service's default (ecgsearch.search.service.DEFAULT_K), without importing it here
-err = Console(stderr=True, soft_wrap=True)  # an error stays one line at any width
+
+
+def _error(message: str) -> None:
+    """One red line on stderr, unwrapped at any width (rich is imported here, not at start-up)."""
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {message}", highlight=False)
 
 
 def serve_command(
@@ -136,7 +140,7 @@ def serve_command(
     try:
         serve(settings)
     except (ValueError, OSError, StoreUnavailable, StoreError, ModelError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        _error(str(exc))
         raise typer.Exit(1) from None
 
 
@@ -265,13 +269,13 @@ def _search(
             assert wfdb is not None
             return client.search_by_wfdb(wfdb, **options)
     except grpc.RpcError as exc:
-        err.print(f"[red]error:[/red] {exc.code().name}: {exc.details()}", highlight=False)  # type: ignore[attr-defined]
+        _error(f"{exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
         raise typer.Exit(exit_code(exc)) from None
     except SignalError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        _error(str(exc))
         raise typer.Exit(2) from None
     except (OSError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        _error(str(exc))
         raise typer.Exit(1) from None
 
 
@@ -283,6 +287,9 @@ def _describe(exc: Exception) -> str:
 
 def print_result(result: SearchResult) -> None:
     """Hits as a table; the summary, when present, as a second one."""
+    from rich.console import Console
+    from rich.table import Table
+
     from ecgsearch.search import codes
 
     console = Console()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,8 @@ def test_generated_imports_resolve_inside_the_package() -> None:
 
 def test_buf_lint_standard_is_clean() -> None:
     """The proto follows buf's STANDARD lint rules (proto/buf.yaml); buf-bin is a dev dependency."""
-    buf = Path(sys.executable).with_name("buf")
-    assert buf.is_file(), f"buf not found beside {sys.executable}: pip install -e '.[dev]'"
+    beside = Path(sys.executable).with_name("buf")
+    buf = beside if beside.is_file() else shutil.which("buf")
+    assert buf, f"buf not found beside {sys.executable} nor on PATH: pip install -e '.[dev]'"
     result = subprocess.run([str(buf), "lint"], cwd=REPO / "proto", capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
