@@ -17,6 +17,7 @@ from rich.progress import (
 )
 
 from ecgsearch.ingest import bench as ingest_bench
+from ecgsearch.ingest.identity import DUPLICATE_THRESHOLD
 from ecgsearch.ingest.pipeline import IngestSummary, ingest
 from ecgsearch.ingest.sources import SourceError, enumerate_source, select
 
@@ -116,14 +117,38 @@ def ingest_command(
         int | None,
         typer.Option(min=1, max=4096, help="New collection: HNSW search candidates (default 256)."),
     ] = None,
+    site_secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="ECGSEARCH_SITE_SECRET_FILE",
+            help="File holding the site secret that keys patient pseudonyms (HMAC); the same file for "
+            "every ingest of the site. Default for an embedded store: <store>/site-secret, generated "
+            "once (0600); required with --qdrant-url.",
+        ),
+    ] = None,
+    duplicate_threshold: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            max=1.0,
+            help="Cosine at or above which an ECG of equal duration to a stored one is recorded as its "
+            "copy (duplicate_of).",
+        ),
+    ] = DUPLICATE_THRESHOLD,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Embed ECGs from SOURCE and store them with their payloads; reruns skip what is already stored.
 
-    Exit status: 0 every record stored (or already present); 3 the run finished but some records were
-    rejected (listed in the rejects CSV, everything else is stored); 1 the run failed (store, model, or a
-    collection made by another model); 2 bad usage (e.g. SOURCE missing). A failed or killed run can
-    simply be rerun: records already stored are skipped, the rest are added.
+    Exit status: 0 every record stored (or already present with the same content); 3 the run finished
+    but some records were rejected (listed in the rejects CSV, everything else is stored), among them
+    collisions: a different ECG under an id already stored (the stored one is kept); 1 the run failed
+    (store, model, site secret, or a collection made by another model); 2 bad usage (e.g. SOURCE
+    missing). A failed or killed run can simply be rerun: records already stored are skipped, the rest
+    are added.
+
+    Identity: a record is `<dataset>:<native id>` (PTB-XL: `ptbxl:<ecg_id>`; WFDB folders: the
+    record name, the dataset from --dataset or the folder holding it). Patient ids are stored only as
+    keyed pseudonyms (HMAC with the site secret); an ECG without one gets a pseudonym of its own.
 
     An embedded store is owned by one process: stop a running `serve` first, or ingest into a new
     collection and switch the service to it. `--shard` is for several machines writing one Qdrant server.
@@ -137,6 +162,7 @@ def ingest_command(
         ecgsearch ingest manifest.csv --qdrant-url http://qdrant:6333 --shard 2/4 --no-optimize
     """
     from ecgsearch.export.runtime import Embedder, ModelError
+    from ecgsearch.ingest.identity import site_pseudonymizer
     from ecgsearch.search.store import default_store_path
 
     if store is not None and qdrant_url is not None:
@@ -155,6 +181,7 @@ def ingest_command(
     store_path = None if qdrant_url else (store or default_store_path())
     rejects_path = rejects or (store_path or Path.cwd()) / f"{collection}-rejects.csv"
     try:
+        pseudonyms = site_pseudonymizer(site_secret_file, store_path)
         embedder = Embedder(model, threads=threads)
         settings = _index_settings(
             quantization=int8, hnsw_m=hnsw_m, hnsw_ef_construct=hnsw_ef_construct, search_ef=search_ef
@@ -167,7 +194,17 @@ def ingest_command(
         raise typer.Exit(EXIT_FAILED) from None
     try:
         summary = _run(
-            candidates(), total, target, embedder, batch_size, workers, rejects_path, not no_optimize, quiet
+            candidates(),
+            total,
+            target,
+            embedder,
+            batch_size,
+            workers,
+            rejects_path,
+            not no_optimize,
+            quiet,
+            pseudonyms=pseudonyms,
+            duplicate_threshold=duplicate_threshold,
         )
     except (SourceError, OSError, RuntimeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -179,7 +216,7 @@ def ingest_command(
 
 
 def _run(
-    candidates, total, store, embedder, batch_size, workers, rejects_path, optimize, quiet
+    candidates, total, store, embedder, batch_size, workers, rejects_path, optimize, quiet, **identity
 ) -> IngestSummary:  # noqa: ANN001
     """The pipeline under a progress bar: records done of total, rate, elapsed and ETA."""
     columns = (
@@ -217,6 +254,7 @@ def _run(
             rejects_path=rejects_path,
             optimize=optimize,
             on_batch=update,
+            **identity,
         )
 
 
@@ -249,7 +287,8 @@ def report(summary: IngestSummary) -> None:
     """One summary line on stdout, then each reject (first few) on stderr."""
     typer.echo(
         f"ingested {summary.ingested}, skipped {summary.skipped} (already stored), "
-        f"rejected {summary.rejected} "
+        f"rejected {summary.rejected} ({summary.collisions} id collisions), "
+        f"{summary.duplicates} marked duplicate_of a stored ECG, "
         f"into '{summary.collection}' in {summary.seconds:.1f} s ({summary.rate:.1f} ECGs/s)"
     )
     for reject in summary.rejects[:20]:
