@@ -11,9 +11,10 @@ Why it is shaped like this:
   after kill -9 adds only what is missing), another hash is a different ECG under a taken id (a
   collision, written to the rejects report; the stored one is kept). Ids stored while a batch was in
   flight, and one id twice in a batch, are checked the same way just before the upsert;
-- an ECG whose embedding is at cosine >= ``duplicate_threshold`` to an ECG stored before it (or earlier
-  in its batch) with the same duration is a copy of it across datasets (the Challenge re-distributes
-  PTB-XL): it is stored with ``duplicate_of`` naming the first one, so searches can skip it;
+- an ECG whose embedding is at cosine >= ``duplicate_threshold`` to an ECG of another dataset stored
+  before it (or earlier in its batch) with the same duration is a copy of it (the Challenge
+  re-distributes PTB-XL): it is stored with ``duplicate_of`` naming the first one, so searches can
+  skip it. Copies within one dataset are that dataset's own matter and are not looked for;
 - a record that cannot be read or prepared is written to the rejects report and the run goes on;
 - workers die with the ingest process, whenever it dies (see ``_die_with_parent``).
 """
@@ -43,6 +44,7 @@ from ecgsearch.encoder.signals import SignalError
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest.identity import DUPLICATE_THRESHOLD, Pseudonymizer
 from ecgsearch.ingest.sources import Candidate, Record, hash_of, load, read
+from ecgsearch.search.schema import SearchFilter
 from ecgsearch.search.store import Store
 
 REJECT_COLUMNS = ("record", "path", "reason")
@@ -215,20 +217,37 @@ def _settle(records: list[Record], store: Store) -> tuple[list[Record], int, lis
 
 
 def _mark_duplicates(records: list[Record], vectors: np.ndarray, store: Store, threshold: float) -> int:
-    """Set ``duplicate_of`` on each new ECG that copies one stored before it; returns how many."""
-    stored = store.search_batch(vectors, k=DUPLICATE_NEIGHBOURS) if store.count() else [[]] * len(records)
+    """Set ``duplicate_of`` on each new ECG that copies an ECG of another dataset stored before it (or
+    earlier in its batch); returns how many. A store holding only the batch's own datasets is not
+    searched at all, so ingesting one dataset costs nothing extra; otherwise one search per batch."""
+    own = sorted({r.payload.dataset for r in records})
+    others = store.count() - store.count(SearchFilter(datasets=own))
+    stored = (
+        store.search_batch(vectors, k=DUPLICATE_NEIGHBOURS, score_threshold=threshold)
+        if others
+        else [[] for _ in records]
+    )
     within = vectors @ vectors.T
     marked = 0
     for i, record in enumerate(records):
         p = record.payload
         original = None
         for hit in stored[i]:
-            if hit.score >= threshold and _same_duration(p.duration_s, hit.payload.duration_s):
+            if (
+                hit.score >= threshold
+                and hit.payload.dataset != p.dataset
+                and _same_duration(p.duration_s, hit.payload.duration_s)
+            ):
                 original = hit.payload.duplicate_of or hit.record_id
                 break
         if original is None:
-            earlier = [j for j in range(i) if within[i, j] >= threshold]
-            earlier = [j for j in earlier if _same_duration(p.duration_s, records[j].payload.duration_s)]
+            earlier = [
+                j
+                for j in range(i)
+                if within[i, j] >= threshold
+                and records[j].payload.dataset != p.dataset
+                and _same_duration(p.duration_s, records[j].payload.duration_s)
+            ]
             if earlier:
                 first = records[max(earlier, key=lambda j: within[i, j])].payload
                 original = first.duplicate_of or first.record_id

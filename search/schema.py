@@ -81,8 +81,8 @@ class EcgPayload(BaseModel):
     )
     duplicate_of: str | None = Field(
         default=None,
-        description="record id of an earlier-stored ECG this one copies (cosine at or above the ingest "
-        "threshold, equal duration); results skip such copies",
+        description="record id of an ECG of another dataset, stored before this one, that this one "
+        "copies (cosine at or above the ingest threshold, equal duration); results skip such copies",
     )
 
 

@@ -339,3 +339,28 @@ def test_site_secret_file_keys_pseudonyms_across_stores(tmp_path: Path, ptbxl_di
 def test_a_qdrant_server_needs_the_site_secret(tmp_path: Path, ptbxl_dir: Path) -> None:
     code, _, err = invoke(ptbxl_dir, "--qdrant-url", "http://127.0.0.1:9", "--limit", 1, "-q")
     assert code == EXIT_FAILED and "--site-secret-file" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("url", [None, ":memory:"], ids=["edge", "server-local"])
+def test_rerun_and_collision_on_both_backends(tmp_path: Path, data_dir: Path, url: str | None) -> None:
+    from ecgsearch.export.runtime import Embedder
+    from ecgsearch.ingest.pipeline import ingest
+
+    _link(data_dir / "challenge/georgia/E00001", tmp_path / "site-a" / "georgia")
+    _impostor(data_dir, tmp_path / "site-b" / "georgia")
+    original, impostor = (next(iter(enumerate_source(tmp_path / s))) for s in ("site-a", "site-b"))
+    store = open_store(path=None if url else tmp_path / "store", url=url, collection="ecgs")
+    embedder, keys = Embedder(threads=1), Pseudonymizer(b"k" * 32)
+    try:
+        run = lambda c: ingest([c], store, embedder, workers=0, pseudonyms=keys, optimize=False)  # noqa: E731
+        assert run(original).ingested == 1
+        again = run(original)
+        assert (again.ingested, again.skipped, again.rejected) == (0, 1, 0)
+        clash = run(impostor)
+        assert (clash.ingested, clash.skipped, clash.rejected, clash.collisions) == (0, 0, 1, 1)
+        assert store.content_hashes(["georgia:E00001", "georgia:E09999"]) == {
+            "georgia:E00001": hash_of(read(original))
+        }
+        assert store.get("georgia:E00001")[0].patient_id == keys.lone_ecg("georgia:E00001")
+    finally:
+        store.close()
