@@ -70,8 +70,17 @@ class Pseudonymizer:
 
     @classmethod
     def ephemeral(cls) -> Pseudonymizer:
-        """A random key for this process only (benchmarks, tests): pseudonyms stable within one run."""
+        """A random key of its own: pseudonyms that link to nothing outside this object."""
         return cls(secrets.token_bytes(32))
+
+    @classmethod
+    def for_this_process(cls) -> Pseudonymizer:
+        """One random key per process (benchmarks, tests, library calls given no key): one patient,
+        one pseudonym within the process; never used by the ``ingest`` command."""
+        global _PROCESS_KEY
+        if _PROCESS_KEY is None:
+            _PROCESS_KEY = cls.ephemeral()
+        return _PROCESS_KEY
 
     def patient(self, dataset: str, patient_id: str) -> str:
         """The pseudonym of a dataset's patient: the same for every ECG of that patient."""
@@ -90,6 +99,9 @@ class Pseudonymizer:
     def _mac(self, kind: bytes, *parts: str) -> str:
         message = kind + b"".join(b"\x00" + p.encode() for p in parts)
         return "p-" + hmac.new(self.secret, message, hashlib.sha256).hexdigest()[:PSEUDONYM_HEX]
+
+
+_PROCESS_KEY: Pseudonymizer | None = None
 
 
 def read_secret(path: str | Path) -> bytes:

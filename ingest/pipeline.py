@@ -122,13 +122,13 @@ def ingest(
     """Ingest every candidate into ``store`` (created for this model if absent); see the module doc.
 
     ``pseudonyms`` keys patient pseudonyms: give the site's (``identity.site_pseudonymizer``) so a
-    patient keeps one pseudonym across runs; None uses a random key good for this run only.
+    patient keeps one pseudonym across runs; None uses a random key good for this process only.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if not 0.0 < duplicate_threshold <= 1.0:
         raise ValueError(f"duplicate_threshold must be in (0, 1], got {duplicate_threshold}")
-    pseudonyms = pseudonyms or Pseudonymizer.ephemeral()
+    pseudonyms = pseudonyms or Pseudonymizer.for_this_process()
     store.create_collection(dim=embedder.dim, model_version=embedder.version)
     summary = IngestSummary(
         collection=store.name,
@@ -267,7 +267,7 @@ def load_all(
     pseudonyms: Pseudonymizer | None = None,
 ) -> list[Record | Reject | Seen]:
     """Load a chunk in a worker: each ECG becomes a Record, a Reject, or (id in ``known``) a Seen."""
-    pseudonyms = pseudonyms or Pseudonymizer.ephemeral()
+    pseudonyms = pseudonyms or Pseudonymizer.for_this_process()
     return [_load_one(c, known, pseudonyms) for c in candidates]
 
 

@@ -132,8 +132,14 @@ def read(candidate: Candidate) -> signals.RawEcg:
         raise signals.UnreadableRecord(candidate.record_id, reason) from exc
 
 
-def load(candidate: Candidate, pseudonyms: Pseudonymizer, raw: signals.RawEcg | None = None) -> Record:
-    """Read (unless given), prepare and describe one ECG; raises SignalError on any trouble."""
+def load(
+    candidate: Candidate, pseudonyms: Pseudonymizer | None = None, raw: signals.RawEcg | None = None
+) -> Record:
+    """Read (unless given), prepare and describe one ECG; raises SignalError on any trouble.
+
+    ``pseudonyms`` None keys patient pseudonyms with this process's random key (tests, benchmarks);
+    ingest passes the site's."""
+    pseudonyms = pseudonyms or Pseudonymizer.for_this_process()
     raw = read(candidate) if raw is None else raw
     signal = signals.prepare(raw)
     meta = candidate.meta or _meta_from_comments(raw, candidate.record_id)
