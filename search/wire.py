@@ -166,8 +166,12 @@ def payload_to_proto(payload: EcgPayload) -> pb.Payload:
         age_over_89=payload.age_over_89,
         sex=payload.sex or "",
         sampling_rate_hz=payload.sampling_rate_hz,
-        source_path=payload.source_path,
+        source_path=payload.source_path or "",
     )
+    if payload.content_hash is not None:
+        msg.content_hash = payload.content_hash
+    if payload.duplicate_of is not None:
+        msg.duplicate_of = payload.duplicate_of
     if payload.patient_id is not None:
         msg.patient_id = payload.patient_id
     if payload.age is not None:
@@ -194,7 +198,9 @@ def payload_from_proto(msg: pb.Payload) -> EcgPayload:
         sampling_rate_hz=msg.sampling_rate_hz,
         duration_s=msg.duration_s if msg.HasField("duration_s") else None,
         recorded_at=datetime.fromisoformat(msg.recorded_at) if msg.HasField("recorded_at") else None,
-        source_path=msg.source_path,
+        source_path=msg.source_path or None,
+        content_hash=msg.content_hash if msg.HasField("content_hash") else None,
+        duplicate_of=msg.duplicate_of if msg.HasField("duplicate_of") else None,
     )
 
 
