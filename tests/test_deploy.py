@@ -115,7 +115,10 @@ def test_indexed_ingest_job_uses_real_flags_and_covers_every_shard() -> None:
     for flag in re.findall(r"(--[a-z][a-z-]+)", script):
         assert flag in help_text, f"ingest job passes {flag}, which `ecgsearch ingest` does not accept"
     env = _env(_container(job), SECRETS)
-    assert set(env) == {"ECGSEARCH_QDRANT_URL", "ECGSEARCH_QDRANT_API_KEY"}
+    assert set(env) == {"ECGSEARCH_QDRANT_URL", "ECGSEARCH_QDRANT_API_KEY", "ECGSEARCH_SITE_SECRET_FILE"}
+    secret_mounts = {v["name"] for v in job["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+    mounts = {m["name"]: m["mountPath"] for m in _container(job)["volumeMounts"]}
+    assert any(env["ECGSEARCH_SITE_SECRET_FILE"].startswith(mounts[n] + "/") for n in secret_mounts)
     assert (
         env["ECGSEARCH_QDRANT_URL"]
         == _env(_container(_kind("Deployment")[0]), SECRETS)["ECGSEARCH_QDRANT_URL"]
