@@ -110,6 +110,8 @@ def test_challenge_folder_with_bad_records(tmp_path: Path, data_dir: Path) -> No
     # Truncated: a real header over the first 40% of its signal file.
     (broken / "E00003.hea").write_bytes((data_dir / "challenge/georgia/E00003.hea").read_bytes())
     (broken / "E00003.mat").write_bytes((data_dir / "challenge/georgia/E00003.mat").read_bytes()[:40_000])
+    (broken / "E00004.hea").write_text("")  # an empty header beside a sound signal file
+    (broken / "E00004.mat").symlink_to(data_dir / "challenge/georgia/E00004.mat")
     # Six leads kept of twelve, V5 and V6 among those dropped: cannot be derived.
     rec = wfdb.rdrecord(str(data_dir / "ptb-xl/records100/00000/00003_lr"))
     keep = [rec.sig_name.index(n) for n in ("I", "II", "V1", "V2", "V3", "V4")]
@@ -118,11 +120,12 @@ def test_challenge_folder_with_bad_records(tmp_path: Path, data_dir: Path) -> No
     rejects = tmp_path / "rejects.csv"
     code, out, err = invoke(source, "--store", tmp_path / "store", "--rejects", rejects, "--workers", 0, "-q")
     assert code == EXIT_REJECTS, out + err
-    assert "ingested 3, skipped 0 (already stored), rejected 2" in out
+    assert "ingested 3, skipped 0 (already stored), rejected 3" in out
     with rejects.open() as handle:
         reasons = {row["record"]: row["reason"] for row in csv.DictReader(handle)}
-    assert set(reasons) == {"broken:E00003", "broken:six"}
+    assert set(reasons) == {"broken:E00003", "broken:E00004", "broken:six"}
     assert reasons["broken:E00003"] == "truncated signal: expected 60000 samples, file has 19980"
+    assert reasons["broken:E00004"] == "empty header"
     assert "missing leads V5, V6" in reasons["broken:six"]
     assert "rejected broken:six" in err
     for s in _open(tmp_path / "store"):
