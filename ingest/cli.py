@@ -90,7 +90,10 @@ def ingest_command(
     ] = False,
     dataset: Annotated[
         str | None,
-        typer.Option(help="Dataset name for every record (default: parent folder; 'ptbxl' for PTB-XL)."),
+        typer.Option(
+            help="Dataset name for every record, the first part of its id (default: 'ptbxl' for PTB-XL, "
+            "else the folder holding the record; the Challenge's g1, g2... group folders are skipped)."
+        ),
     ] = None,
     shard_number: Annotated[
         int, typer.Option(min=1, help="Qdrant server: shards of a new collection (cluster: e.g. 6).")
