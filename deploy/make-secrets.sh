@@ -1,6 +1,6 @@
 #!/bin/sh
 # Makes deploy/secrets/ for compose.yaml once: Qdrant's admin and read-only API keys, Qdrant's local.yaml
-# holding both, and one random bearer token for the search service. Keeps existing files (rerun-safe).
+# holding both, the site secret that keys patient pseudonyms, and one random bearer token for the search service. Keeps existing files (rerun-safe).
 # The directory is private (0700); the files are 0644 so the containers' non-root users can read their
 # bind-mounted copies.
 set -eu
@@ -10,6 +10,7 @@ chmod 700 "$dir"
 new_key() { [ -s "$1" ] || { openssl rand -hex 32 > "$1"; chmod 644 "$1"; }; }
 new_key "$dir/qdrant-admin-key"
 new_key "$dir/qdrant-read-only-key"
+new_key "$dir/site-secret"  # keys patient pseudonyms (HMAC): keep it for every later ingest of the site
 if [ ! -s "$dir/qdrant-local.yaml" ]; then
     printf 'service:\n  api_key: %s\n  read_only_api_key: %s\n' \
         "$(cat "$dir/qdrant-admin-key")" "$(cat "$dir/qdrant-read-only-key")" > "$dir/qdrant-local.yaml"

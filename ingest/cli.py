@@ -12,6 +12,10 @@ import typer
 if TYPE_CHECKING:
     from ecgsearch.ingest.pipeline import IngestSummary
 
+DUPLICATE_THRESHOLD = (
+    0.999  # = ingest.identity.DUPLICATE_THRESHOLD (a test checks); literal so --help imports nothing
+)
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
 
 
@@ -80,7 +84,10 @@ def ingest_command(
     ] = False,
     dataset: Annotated[
         str | None,
-        typer.Option(help="Dataset name for every record (default: parent folder; 'ptbxl' for PTB-XL)."),
+        typer.Option(
+            help="Dataset name for every record, the first part of its id (default: 'ptbxl' for PTB-XL, "
+            "else the folder holding the record; the Challenge's g1, g2... group folders are skipped)."
+        ),
     ] = None,
     shards: Annotated[
         int | None,
@@ -111,6 +118,24 @@ def ingest_command(
         int | None,
         typer.Option(min=1, max=4096, help="New collection: HNSW search candidates (default 256)."),
     ] = None,
+    site_secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="ECGSEARCH_SITE_SECRET_FILE",
+            help="File holding the site secret that keys patient pseudonyms (HMAC); the same file for "
+            "every ingest of the site. Default for an embedded store: <store>/site-secret, generated "
+            "once (0600); required with --qdrant-url.",
+        ),
+    ] = None,
+    duplicate_threshold: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            max=1.0,
+            help="Cosine at or above which an ECG of equal duration to a stored one is recorded as its "
+            "copy (duplicate_of).",
+        ),
+    ] = DUPLICATE_THRESHOLD,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     # Earlier spellings, still accepted (deployment files use them), kept out of --help.
     shard_number: Annotated[int | None, typer.Option(min=1, hidden=True)] = None,
@@ -120,10 +145,16 @@ def ingest_command(
 ) -> None:
     """Embed ECGs from SOURCE and store them with their payloads; reruns skip what is already stored.
 
-    Exit status: 0 every record stored (or already present); 3 the run finished but some records were
-    rejected (listed in the rejects CSV, everything else is stored); 1 the run failed (store, model, or a
-    collection made by another model); 2 bad usage (e.g. SOURCE missing). A failed or killed run can
-    simply be rerun: records already stored are skipped, the rest are added.
+    Exit status: 0 every record stored (or already present with the same content); 3 the run finished
+    but some records were rejected (listed in the rejects CSV, everything else is stored), among them
+    collisions: a different ECG under an id already stored (the stored one is kept); 1 the run failed
+    (store, model, site secret, or a collection made by another model); 2 bad usage (e.g. SOURCE
+    missing). A failed or killed run can simply be rerun: records already stored are skipped, the rest
+    are added.
+
+    Identity: a record is `<dataset>:<native id>` (PTB-XL: `ptbxl:<ecg_id>`; WFDB folders: the
+    record name, the dataset from --dataset or the folder holding it). Patient ids are stored only as
+    keyed pseudonyms (HMAC with the site secret); an ECG without one gets a pseudonym of its own.
 
     An embedded store is owned by one process: stop a running `serve` first, or ingest into a new
     collection and switch the service to it. `--shard` is for several machines writing one Qdrant server.
@@ -137,6 +168,7 @@ def ingest_command(
         ecgsearch ingest manifest.csv --qdrant-url http://qdrant:6333 --shard 2/4 --no-optimize
     """
     from ecgsearch.export.runtime import Embedder, ModelError
+    from ecgsearch.ingest.identity import site_pseudonymizer
     from ecgsearch.ingest.sources import SourceError, enumerate_source, select
     from ecgsearch.search.store import default_store_path
 
@@ -161,6 +193,7 @@ def ingest_command(
     store_path = None if qdrant_url else (store or default_store_path(os.environ.get("ECGSEARCH_HOME")))
     rejects_path = unused_path(rejects or (store_path or Path.cwd()) / f"{collection}-rejects.csv")
     try:
+        pseudonyms = site_pseudonymizer(site_secret_file, store_path)
         embedder = Embedder(model, threads=threads)
         settings = _index_settings(
             quantization=False if float32 else (True if int8 else None),
@@ -182,7 +215,17 @@ def ingest_command(
         raise typer.Exit(EXIT_FAILED) from None
     try:
         summary = _run(
-            candidates(), total, target, embedder, batch_size, workers, rejects_path, not no_optimize, quiet
+            candidates(),
+            total,
+            target,
+            embedder,
+            batch_size,
+            workers,
+            rejects_path,
+            not no_optimize,
+            quiet,
+            pseudonyms=pseudonyms,
+            duplicate_threshold=duplicate_threshold,
         )
     except (SourceError, OSError, RuntimeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -207,7 +250,7 @@ def unused_path(path: Path) -> Path:
 
 
 def _run(
-    candidates, total, store, embedder, batch_size, workers, rejects_path, optimize, quiet
+    candidates, total, store, embedder, batch_size, workers, rejects_path, optimize, quiet, **identity
 ) -> IngestSummary:  # noqa: ANN001
     """The pipeline under a progress bar: records done of total, rate, elapsed and ETA."""
     from rich.console import Console
@@ -258,6 +301,7 @@ def _run(
             rejects_path=rejects_path,
             optimize=optimize,
             on_batch=update,
+            **identity,
         )
 
 
@@ -290,7 +334,8 @@ def report(summary: IngestSummary) -> None:
     """One summary line on stdout, then each reject (first few) on stderr."""
     typer.echo(
         f"ingested {summary.ingested}, skipped {summary.skipped} (already stored), "
-        f"rejected {summary.rejected} "
+        f"rejected {summary.rejected} ({summary.collisions} id collisions), "
+        f"{summary.duplicates} marked duplicate_of a stored ECG, "
         f"into '{summary.collection}' in {summary.seconds:.1f} s ({summary.rate:.1f} ECGs/s)"
     )
     for reject in summary.rejects[:20]:

@@ -5,10 +5,18 @@ Why it is shaped like this:
   ``prefetch`` batches are being read/prepared at any time;
 - reading and preparing WFDB files is the slow part, so it runs in a process pool; one Embedder in this
   process embeds whole batches, and batches are upserted in order;
-- point ids derive from record ids, so a rerun overwrites rather than duplicates; before a batch is read
-  the store is asked which of its records it already holds, and those are skipped (resume after a crash
-  or kill -9 costs one ``existing`` query per batch);
-- a record that cannot be read or prepared is written to the rejects report and the run goes on.
+- point ids derive from record ids, and an id is never overwritten: before a batch is read the store
+  is asked which of its ids it holds and with which content hash. Those records are only read and
+  hashed, not prepared or embedded: the same hash is the same ECG (skipped, so a rerun or a resume
+  after kill -9 adds only what is missing), another hash is a different ECG under a taken id (a
+  collision, written to the rejects report; the stored one is kept). Ids stored while a batch was in
+  flight, and one id twice in a batch, are checked the same way just before the upsert;
+- an ECG whose embedding is at cosine >= ``duplicate_threshold`` to an ECG of another dataset stored
+  before it (or earlier in its batch) with the same duration is a copy of it (the Challenge
+  re-distributes PTB-XL): it is stored with ``duplicate_of`` naming the first one, so searches can
+  skip it. Copies within one dataset are that dataset's own matter and are not looked for;
+- a record that cannot be read or prepared is written to the rejects report and the run goes on;
+- workers die with the ingest process, whenever it dies (see ``_die_with_parent``).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import contextlib
 import csv
 import ctypes
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -33,10 +42,15 @@ from pydantic import BaseModel
 
 from ecgsearch.encoder.signals import SignalError
 from ecgsearch.export.runtime import Embedder
-from ecgsearch.ingest.sources import Candidate, Record, load
+from ecgsearch.ingest.identity import DUPLICATE_THRESHOLD, Pseudonymizer
+from ecgsearch.ingest.sources import Candidate, Record, hash_of, load, read
+from ecgsearch.search.schema import SearchFilter
 from ecgsearch.search.store import Store
 
 REJECT_COLUMNS = ("record", "path", "reason")
+DUPLICATE_NEIGHBOURS = 8  # stored candidates looked at per new ECG (the first of equal duration wins)
+DURATION_TOLERANCE_S = 0.02  # "equal duration": within one sample at 50 Hz
+MAX_REASON = 300
 
 
 class Reject(BaseModel):
@@ -48,13 +62,19 @@ class Reject(BaseModel):
 
 
 class IngestSummary(BaseModel):
-    """What a run did; ``rate`` counts ingested ECGs per second of wall time."""
+    """What a run did; ``rate`` counts ingested ECGs per second of wall time.
+
+    ``rejected`` includes ``collisions`` (a different ECG under a stored id); ``duplicates`` counts the
+    ingested ECGs stored with ``duplicate_of``.
+    """
 
     collection: str
     model_version: str
     ingested: int = 0
     skipped: int = 0
     rejected: int = 0
+    collisions: int = 0
+    duplicates: int = 0
     seconds: float = 0.0
     rate: float = 0.0
     rejects_path: str | None = None
@@ -65,12 +85,21 @@ class IngestSummary(BaseModel):
         return self.rejected == 0
 
 
+@dataclass(frozen=True)
+class Seen:
+    """A record whose id was already stored: read and hashed only, for the main process to compare."""
+
+    record_id: str
+    path: str
+    content_hash: str
+
+
 @dataclass
 class _Batch:
-    """One batch on its way: the records not yet stored, being loaded by the pool."""
+    """One batch on its way: stored ids with their hashes, and the pool loading the batch."""
 
-    skipped: int
-    futures: list[Future[list[Record | Reject]]]
+    known: dict[str, str | None]
+    futures: list[Future[list[Record | Reject | Seen]]]
 
 
 Progress = Callable[[IngestSummary], None]
@@ -87,10 +116,19 @@ def ingest(
     rejects_path: Path | None = None,
     optimize: bool = True,
     on_batch: Progress | None = None,
+    pseudonyms: Pseudonymizer | None = None,
+    duplicate_threshold: float = DUPLICATE_THRESHOLD,
 ) -> IngestSummary:
-    """Ingest every candidate into ``store`` (created for this model if absent); see the module doc."""
+    """Ingest every candidate into ``store`` (created for this model if absent); see the module doc.
+
+    ``pseudonyms`` keys patient pseudonyms: give the site's (``identity.site_pseudonymizer``) so a
+    patient keeps one pseudonym across runs; None uses a random key good for this process only.
+    """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if not 0.0 < duplicate_threshold <= 1.0:
+        raise ValueError(f"duplicate_threshold must be in (0, 1], got {duplicate_threshold}")
+    pseudonyms = pseudonyms or Pseudonymizer.for_this_process()
     store.create_collection(dim=embedder.dim, model_version=embedder.version)
     summary = IngestSummary(
         collection=store.name,
@@ -99,20 +137,35 @@ def ingest(
     )
     start = time.perf_counter()
     with _pool(workers) as pool, _RejectsFile(rejects_path) as rejects:
-        for batch in _loaded_batches(candidates, store, pool, batch_size, workers):
-            summary.skipped += batch.skipped
+
+        def reject(item: Reject, *, collision: bool = False) -> None:
+            rejects.write(item)
+            summary.rejected += 1
+            summary.collisions += collision
+            if len(summary.rejects) < MAX_REJECTS_KEPT:
+                summary.rejects.append(item)
+
+        for batch in _loaded_batches(candidates, store, pool, batch_size, workers, pseudonyms):
             records: list[Record] = []
             for future in batch.futures:
                 for item in future.result():
                     if isinstance(item, Reject):
-                        rejects.write(item)
-                        summary.rejected += 1
-                        if len(summary.rejects) < MAX_REJECTS_KEPT:
-                            summary.rejects.append(item)
+                        reject(item)
+                    elif isinstance(item, Seen):
+                        clash = _compare(item.record_id, item.path, item.content_hash, batch.known)
+                        if clash is None:
+                            summary.skipped += 1
+                        else:
+                            reject(clash, collision=True)
                     else:
                         records.append(item)
+            records, skipped, clashes = _settle(records, store)
+            summary.skipped += skipped
+            for clash in clashes:
+                reject(clash, collision=True)
             if records:
                 vectors = embedder.embed(np.stack([r.signal for r in records]))
+                summary.duplicates += _mark_duplicates(records, vectors, store, duplicate_threshold)
                 store.upsert([r.payload for r in records], vectors)
                 summary.ingested += len(records)
             _finish(summary, start)
@@ -123,44 +176,148 @@ def ingest(
     return _finish(summary, start)
 
 
-def load_all(candidates: list[Candidate]) -> list[Record | Reject]:
-    """Load a chunk in a worker: each ECG becomes a Record or a Reject (never an exception)."""
-    return [_load_one(c) for c in candidates]
+def _compare(record_id: str, path: str, digest: str, stored: dict[str, str | None]) -> Reject | None:
+    """None when the stored ECG under this id has this content; else the collision, in words."""
+    held = stored[record_id]
+    if held == digest:
+        return None
+    if held is None:
+        why = (
+            f"{record_id} is stored without a content hash (ingested by an older version), so this "
+            "file cannot be told apart from it; the stored one is kept: re-ingest into a new collection"
+        )
+    else:
+        why = (
+            f"id collision: a different ECG is already stored as {record_id} (content hash "
+            f"{held[:12]}, this file {digest[:12]}); the stored one is kept"
+        )
+    return Reject(record=record_id, path=path, reason=why)
 
 
-def _load_one(candidate: Candidate) -> Record | Reject:
+def _settle(records: list[Record], store: Store) -> tuple[list[Record], int, list[Reject]]:
+    """Check a batch's new records against ids stored since it was submitted and against each other:
+    (records to store, same-ECG repeats skipped, collisions)."""
+    if not records:
+        return records, 0, []
+    held = store.content_hashes([r.payload.record_id for r in records])
+    kept: list[Record] = []
+    skipped, clashes = 0, []
+    for record in records:
+        p = record.payload
+        if p.record_id in held:
+            clash = _compare(p.record_id, p.source_path or "", p.content_hash or "", held)
+            if clash is None:
+                skipped += 1
+            else:
+                clashes.append(clash)
+        else:
+            held[p.record_id] = p.content_hash
+            kept.append(record)
+    return kept, skipped, clashes
+
+
+def _mark_duplicates(records: list[Record], vectors: np.ndarray, store: Store, threshold: float) -> int:
+    """Set ``duplicate_of`` on each new ECG that copies an ECG of another dataset stored before it (or
+    earlier in its batch); returns how many. A store holding only the batch's own datasets is not
+    searched at all, so ingesting one dataset costs nothing extra; otherwise one search per batch."""
+    own = sorted({r.payload.dataset for r in records})
+    others = store.count() - store.count(SearchFilter(datasets=own))
+    stored = (
+        store.search_batch(vectors, k=DUPLICATE_NEIGHBOURS, score_threshold=threshold)
+        if others
+        else [[] for _ in records]
+    )
+    within = vectors @ vectors.T
+    marked = 0
+    for i, record in enumerate(records):
+        p = record.payload
+        original = None
+        for hit in stored[i]:
+            if (
+                hit.score >= threshold
+                and hit.payload.dataset != p.dataset
+                and _same_duration(p.duration_s, hit.payload.duration_s)
+            ):
+                original = hit.payload.duplicate_of or hit.record_id
+                break
+        if original is None:
+            earlier = [
+                j
+                for j in range(i)
+                if within[i, j] >= threshold
+                and records[j].payload.dataset != p.dataset
+                and _same_duration(p.duration_s, records[j].payload.duration_s)
+            ]
+            if earlier:
+                first = records[max(earlier, key=lambda j: within[i, j])].payload
+                original = first.duplicate_of or first.record_id
+        if original is not None and original != p.record_id:
+            p.duplicate_of = original
+            marked += 1
+    return marked
+
+
+def _same_duration(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and abs(a - b) <= DURATION_TOLERANCE_S
+
+
+def load_all(
+    candidates: list[Candidate],
+    known: frozenset[str] = frozenset(),
+    pseudonyms: Pseudonymizer | None = None,
+) -> list[Record | Reject | Seen]:
+    """Load a chunk in a worker: each ECG becomes a Record, a Reject, or (id in ``known``) a Seen."""
+    pseudonyms = pseudonyms or Pseudonymizer.for_this_process()
+    return [_load_one(c, known, pseudonyms) for c in candidates]
+
+
+def _load_one(
+    candidate: Candidate, known: frozenset[str], pseudonyms: Pseudonymizer
+) -> Record | Reject | Seen:
+    path = candidate.source_path or ""
     try:
-        return load(candidate)
+        raw = read(candidate)
+        if candidate.record_id in known:
+            return Seen(candidate.record_id, path, hash_of(raw))
+        return load(candidate, pseudonyms, raw)
     except SignalError as exc:
-        return Reject(record=candidate.record_id, path=candidate.source_path, reason=exc.reason)
+        return Reject(record=candidate.record_id, path=path, reason=exc.reason[:MAX_REASON])
     except (OSError, ValueError) as exc:  # unreadable header text, bad metadata
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        return Reject(record=candidate.record_id, path=candidate.source_path, reason=reason)
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:MAX_REASON]
+        return Reject(record=candidate.record_id, path=path, reason=reason)
 
 
 def _loaded_batches(
-    candidates: Iterable[Candidate], store: Store, pool: Executor | None, batch_size: int, workers: int
+    candidates: Iterable[Candidate],
+    store: Store,
+    pool: Executor | None,
+    batch_size: int,
+    workers: int,
+    pseudonyms: Pseudonymizer,
 ) -> Iterator[_Batch]:
     """Batches in order, keeping ``workers + 1`` of them submitted ahead of the one being embedded."""
     chunk = max(1, -(-batch_size // max(workers, 1)))  # split a batch across the workers
     ahead: deque[_Batch] = deque()
     prefetch = max(workers, 1) + 1
     for group in _chunks(iter(candidates), batch_size):
-        held = store.existing([c.record_id for c in group])
-        todo = [c for c in group if c.record_id not in held]
-        futures = [_submit(pool, part) for part in _chunks(iter(todo), chunk)]
-        ahead.append(_Batch(skipped=len(group) - len(todo), futures=futures))
+        known = store.content_hashes([c.record_id for c in group])
+        ids = frozenset(known)
+        futures = [_submit(pool, part, ids, pseudonyms) for part in _chunks(iter(group), chunk)]
+        ahead.append(_Batch(known=known, futures=futures))
         if len(ahead) >= prefetch:
             yield ahead.popleft()
     while ahead:
         yield ahead.popleft()
 
 
-def _submit(pool: Executor | None, part: list[Candidate]) -> Future[list[Record | Reject]]:
+def _submit(
+    pool: Executor | None, part: list[Candidate], known: frozenset[str], pseudonyms: Pseudonymizer
+) -> Future[list[Record | Reject | Seen]]:
+    known = frozenset(c.record_id for c in part if c.record_id in known)
     if pool is not None:
-        return pool.submit(load_all, part)
-    done: Future[list[Record | Reject]] = Future()  # no pool: load now, in this process
-    done.set_result(load_all(part))
+        return pool.submit(load_all, part, known, pseudonyms)
+    done: Future[list[Record | Reject | Seen]] = Future()  # no pool: load now, in this process
+    done.set_result(load_all(part, known, pseudonyms))
     return done
 
 
@@ -182,15 +339,28 @@ def _pool(workers: int) -> ProcessPoolExecutor | _NoPool:
     if workers <= 0:
         return _NoPool()
     return ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
     )
 
 
-def _die_with_parent() -> None:
-    """Linux: a worker gets SIGKILL when the ingest process dies (kill -9), instead of hanging on."""
+def _die_with_parent(parent: int) -> None:
+    """A worker ends when the ingest process dies, whenever that happens.
+
+    Linux: PR_SET_PDEATHSIG makes the kernel SIGKILL the worker when its parent dies. It only covers a
+    parent alive when it is set, and a spawned worker sets it after seconds of imports, so the parent
+    pid is checked once it is set: a worker whose parent died during its start-up exits at once.
+    Elsewhere the same check runs (no signal): a worker orphaned later waits on its queue. The
+    multiprocessing resource tracker needs nothing: it exits when the last process holding its pipe
+    (the parent and these workers) is gone.
+    """
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 class _RejectsFile:

@@ -4,10 +4,24 @@ Enumeration is lazy and cheap (no signal is read), so a source of any size strea
 expensive part (read, prepare, build the payload) and runs in worker processes, so everything it takes
 and returns is picklable.
 
-Identity follows the data conventions: an ECG is ``<dataset>:<native id>``. PTB-XL is ingested from its
-metadata table, one ECG per ``ecg_id`` whatever files exist; a Challenge-style record is named by its
-header's file name, its dataset by its parent folder. Privacy: only pseudonymous ids, age, sex, dates
-and diagnosis codes reach a payload; no other header text is ever copied.
+Identity follows the data conventions: an ECG is ``<dataset>:<native id>``, the dataset's own
+identifier of the ECG, never where the file happens to lie:
+
+- PTB-XL (a folder holding ``ptbxl_database.csv``): ``ptbxl:<ecg_id>``, one ECG per row of the table
+  whatever files exist (100 and 500 Hz files are one ECG);
+- a folder of WFDB records (the Challenge layout): ``<dataset>:<record name>``; the dataset is
+  ``--dataset`` if given, else the name of the folder holding the header, skipping the Challenge's
+  group folders (``g1``, ``g2``...), so ``training/georgia/g1/E00001.hea`` is ``georgia:E00001``;
+- a manifest: its ``record_id`` and ``dataset`` columns, else as for a folder.
+
+Two different ECGs that still end up with one id are caught at ingest by their content hash
+(``identity``). Privacy: only pseudonyms, age, sex, dates and diagnosis codes reach a payload; no other
+header text is ever copied. ``source_path`` is stored only as the dataset names the file, relative to
+the source folder (PTB-XL, WFDB folders, manifest rows without their own ``record_id``); a manifest row
+naming its record, or a path outside the manifest's folder, stores none, since such paths (hospital
+exports named by MRN) can carry personal data. WFDB record names are taken to be public dataset
+identifiers: formats whose file names are personal must build ids from the file's own identifiers or
+its content hash instead.
 """
 
 from __future__ import annotations
@@ -16,6 +30,7 @@ import csv
 import hashlib
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgsearch.encoder import ptbxl, signals
+from ecgsearch.ingest.identity import Pseudonymizer, content_hash
 from ecgsearch.search.codes import normalise_snomed, scp_to_normalised
 from ecgsearch.search.schema import EcgPayload
 
@@ -58,7 +74,7 @@ class Candidate:
     record_id: str
     dataset: str
     path: Path  # record path without extension
-    source_path: str  # relative to the source, stored in the payload
+    source_path: str | None  # relative to the source, stored in the payload; None: not to be stored
     meta: Metadata | None = None
 
 
@@ -105,15 +121,32 @@ def select(
             yield candidate
 
 
-def load(candidate: Candidate) -> Record:
-    """Read, prepare and describe one ECG; raises SignalError naming the record on any trouble."""
-    raw = signals.read_wfdb(candidate.path)
+def read(candidate: Candidate) -> signals.RawEcg:
+    """The ECG as stored; an unreadable file raises UnreadableRecord saying what is wrong with it."""
+    try:
+        return signals.read_wfdb(candidate.path)
+    except signals.UnreadableRecord as exc:
+        reason = diagnose_wfdb(candidate.path)
+        if reason is None:
+            raise
+        raise signals.UnreadableRecord(candidate.record_id, reason) from exc
+
+
+def load(
+    candidate: Candidate, pseudonyms: Pseudonymizer | None = None, raw: signals.RawEcg | None = None
+) -> Record:
+    """Read (unless given), prepare and describe one ECG; raises SignalError on any trouble.
+
+    ``pseudonyms`` None keys patient pseudonyms with this process's random key (tests, benchmarks);
+    ingest passes the site's."""
+    pseudonyms = pseudonyms or Pseudonymizer.for_this_process()
+    raw = read(candidate) if raw is None else raw
     signal = signals.prepare(raw)
-    meta = candidate.meta or _meta_from_comments(raw, candidate.source_path)
+    meta = candidate.meta or _meta_from_comments(raw, candidate.record_id)
     payload = EcgPayload(
         record_id=candidate.record_id,
         dataset=candidate.dataset,
-        patient_id=meta.patient_id,
+        patient_id=pseudonyms.of(candidate.dataset, meta.patient_id, candidate.record_id),
         diagnoses=list(meta.diagnoses),
         source_codes=list(meta.source_codes),
         scp_likelihoods=dict(meta.scp_likelihoods),
@@ -125,8 +158,14 @@ def load(candidate: Candidate) -> Record:
         duration_s=round(raw.signal.shape[1] / raw.fs, 3),
         recorded_at=meta.recorded_at,
         source_path=candidate.source_path,
+        content_hash=hash_of(raw),
     )
     return Record(signal=signal, payload=payload)
+
+
+def hash_of(raw: signals.RawEcg) -> str:
+    """The content hash of an ECG as read (see ``identity.content_hash``)."""
+    return content_hash(raw.signal, raw.fs, raw.leads, raw.units)
 
 
 # --- PTB-XL -------------------------------------------------------------------------------------
@@ -177,10 +216,23 @@ def _manifest(path: Path, dataset: str | None) -> Iterator[Candidate]:
             record = record if record.is_absolute() else base / record
             if record.suffix.lower() in {".hea", ".dat", ".mat"}:
                 record = record.with_suffix("")
-            name = (row.get("dataset") or "").strip() or dataset or record.parent.name
-            native = (row.get("record_id") or "").strip() or record.name
+            name = (row.get("dataset") or "").strip() or dataset or _dataset_of(record.parent, base)
+            given = (row.get("record_id") or "").strip()
+            native = given or record.name
             record_id = native if ":" in native else f"{name}:{native}"
-            yield Candidate(record_id, name, record, _relative(record, base))
+            # A row naming its own record keeps its file name out of the payload (it may be personal).
+            yield Candidate(record_id, name, record, None if given else _relative(record, base))
+
+
+_GROUP_FOLDER = re.compile(r"^g\d+$")  # the Challenge splits each dataset into g1, g2, ... folders
+
+
+def _dataset_of(folder: Path, root: Path) -> str:
+    """The dataset a folder's records belong to: its name, or its parent's for a Challenge group folder."""
+    for here in (folder, *folder.parents):
+        if not _GROUP_FOLDER.match(here.name) or here == root:
+            return here.name
+    return folder.name
 
 
 def _wfdb_folder(root: Path, dataset: str | None) -> Iterator[Candidate]:
@@ -190,7 +242,7 @@ def _wfdb_folder(root: Path, dataset: str | None) -> Iterator[Candidate]:
         for name in sorted(files):
             if name.endswith(".hea"):
                 record = here / name[: -len(".hea")]
-                ds = dataset or (here.name if here != root else root.name)
+                ds = dataset or _dataset_of(here, root)
                 yield Candidate(f"{ds}:{record.name}", ds, record, _relative(record, root))
 
 
@@ -205,7 +257,7 @@ def _meta_from_comments(raw: signals.RawEcg, record: str) -> Metadata:
     codes = [c.strip() for c in fields.get("dx", "").split(",") if c.strip()]
     for code in codes:
         if not code.isdigit():
-            raise signals.UnreadableRecord(record, f"Dx code {code!r} is not a SNOMED CT concept id")
+            raise signals.UnreadableRecord(record, f"Dx code {code[:20]!r} is not a SNOMED CT concept id")
     return Metadata(
         diagnoses=tuple(_unique(normalise_snomed(c) for c in codes)),
         source_codes=tuple(f"SNOMED:{c}" for c in codes),
@@ -237,8 +289,63 @@ def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _relative(path: Path, root: Path) -> str:
+def _relative(path: Path, root: Path) -> str | None:
+    """The path inside ``root`` (POSIX), or None for one outside it: never an absolute path."""
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
-        return path.as_posix()
+        return None
+
+
+# --- what is wrong with an unreadable WFDB record ----------------------------------------------
+
+_BITS_PER_SAMPLE = {"8": 8, "80": 8, "16": 16, "61": 16, "160": 16, "212": 12, "24": 24, "32": 32}
+
+
+def diagnose_wfdb(path: Path) -> str | None:
+    """Say in words why a WFDB record cannot be read (empty header, missing or truncated signal file),
+    or None when the header and file sizes look sound (the reader's own message is kept then)."""
+    header = path.with_suffix(".hea")
+    try:
+        text = header.read_bytes().decode("ascii", errors="replace")
+    except OSError:
+        return f"cannot read header file {header.name}"
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        return "empty header"
+    fields = lines[0].split()
+    if len(fields) < 2 or not fields[1].isdigit():
+        return "malformed header: the record line does not give the number of signals"
+    n_sig = int(fields[1])
+    if len(lines) - 1 != n_sig:
+        return f"malformed header: declares {n_sig} signals but describes {len(lines) - 1}"
+    if n_sig == 0:
+        return "header declares no signals"
+    n_samples = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else None
+    files: dict[str, tuple[int, int]] = {}  # file -> (signals in it, bits per frame)
+    offsets: dict[str, int] = {}
+    for line in lines[1:]:
+        parts = line.split()
+        if len(parts) < 2:
+            return "malformed header: a signal line without a format"
+        fmt, _, offset = parts[1].partition("+")
+        fmt = fmt.split("x")[0].split(":")[0]
+        bits = _BITS_PER_SAMPLE.get(fmt)
+        if bits is None:
+            return None
+        count, frame = files.get(parts[0], (0, 0))
+        files[parts[0]] = (count + 1, frame + bits)
+        offsets[parts[0]] = int(offset) if offset.isdigit() else 0
+    for name, (count, frame_bits) in files.items():
+        data = path.parent / name
+        if not data.is_file():
+            return f"signal file {name} is missing"
+        if n_samples is None:
+            continue
+        size = data.stat().st_size - offsets[name]
+        expected = n_samples * count
+        if size * 8 < n_samples * frame_bits:
+            held = max(size, 0) * 8 // frame_bits * count
+            return f"truncated signal: expected {expected} samples, file has {held}"
+    return None

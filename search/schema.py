@@ -53,7 +53,12 @@ class EcgPayload(BaseModel):
 
     record_id: str = Field(description="'<dataset>:<native id>', e.g. 'ptbxl:17' or 'georgia:E00001'")
     dataset: str
-    patient_id: str | None = Field(default=None, description="pseudonymous patient id, if the source has one")
+    patient_id: str | None = Field(
+        default=None,
+        description="keyed pseudonym (HMAC of the site secret) of the source's patient id, or of the "
+        "record id when the source names no patient: every ECG ingested has one, so same-patient "
+        "rules apply to all; never the source's own patient id",
+    )
     diagnoses: list[str] = Field(default_factory=list)
     source_codes: list[str] = Field(default_factory=list)
     scp_likelihoods: dict[str, float] = Field(default_factory=dict)
@@ -64,7 +69,21 @@ class EcgPayload(BaseModel):
     sampling_rate_hz: float
     duration_s: float | None = None
     recorded_at: datetime | None = None
-    source_path: str
+    source_path: str | None = Field(
+        default=None,
+        description="the file inside its registered source folder, as the dataset names it (e.g. "
+        "'records100/00000/00001_lr'); absent where a path could carry personal data",
+    )
+    content_hash: str | None = Field(
+        default=None,
+        description="SHA-256 of the ECG as stored (rate, leads, units, float32 samples): the same id "
+        "met again with another hash is a collision, never a silent overwrite",
+    )
+    duplicate_of: str | None = Field(
+        default=None,
+        description="record id of an ECG of another dataset, stored before this one, that this one "
+        "copies (cosine at or above the ingest threshold, equal duration); results skip such copies",
+    )
 
 
 class SearchFilter(BaseModel):

@@ -54,6 +54,9 @@ class Store(Protocol):
     def existing(self, record_ids: Sequence[str]) -> set[str]:
         """Which of these record ids are already stored (for resume)."""
 
+    def content_hashes(self, record_ids: Sequence[str]) -> dict[str, str | None]:
+        """Stored ones of these record ids -> their payload's content hash (None: stored without one)."""
+
     def search(
         self,
         vector: np.ndarray,
@@ -334,8 +337,9 @@ class EdgeStore(_Backend):
         except Exception as error:  # the binding raises plain Exception
             if "WAL" in str(error) or "WouldBlock" in str(error):
                 raise StoreUnavailable(
-                    f"store {self._dir} is already open in another process (its write-ahead log is "
-                    "locked); stop that process (e.g. a running `ecgsearch serve`) or go through it"
+                    f"store {self._dir} is already open in another process: another ecgsearch "
+                    "process (serve or ingest) holds its write-ahead log lock; wait for that ingest "
+                    "to finish or stop that serve, or ingest into a new collection and switch to it"
                 ) from error
             raise StoreUnavailable(f"cannot open store {self._dir}: {error}") from error
 
@@ -399,6 +403,14 @@ class EdgeStore(_Backend):
     def _stored_ids(self, ids: list[str]) -> list[str]:
         records = self.shard.retrieve(ids, with_payload=False, with_vector=False)
         return [str(r.id) for r in records]
+
+    def content_hashes(self, record_ids: Sequence[str]) -> dict[str, str | None]:
+        by_point = {point_id(r): r for r in record_ids}
+        ids, found = list(by_point), {}
+        for start in range(0, len(ids), BATCH):
+            for r in self.shard.retrieve(ids[start : start + BATCH], with_payload=True, with_vector=False):
+                found[by_point[str(r.id)]] = (r.payload or {}).get("content_hash")
+        return found
 
     def search_batch(
         self,
@@ -668,6 +680,19 @@ class ServerStore(_Backend):
             lambda: self.client.retrieve(self.name, ids, with_payload=False, with_vectors=False)
         )
         return [str(r.id) for r in records]
+
+    def content_hashes(self, record_ids: Sequence[str]) -> dict[str, str | None]:
+        by_point = {point_id(r): r for r in record_ids}
+        ids, found = list(by_point), {}
+        for start in range(0, len(ids), BATCH):
+            part = ids[start : start + BATCH]
+            records = self._call(
+                lambda part=part: self.client.retrieve(
+                    self.name, part, with_payload=["content_hash"], with_vectors=False
+                )
+            )
+            found.update({by_point[str(r.id)]: (r.payload or {}).get("content_hash") for r in records})
+        return found
 
     def search_batch(
         self,

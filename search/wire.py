@@ -206,8 +206,12 @@ def payload_to_proto(payload: EcgPayload) -> pb.Payload:
         age_over_89=payload.age_over_89,
         sex=SEX_TO_PROTO[payload.sex],
         sampling_rate_hz=payload.sampling_rate_hz,
-        source_path=payload.source_path,
+        source_path=payload.source_path or "",
     )
+    if payload.content_hash is not None:
+        msg.content_hash = payload.content_hash
+    if payload.duplicate_of is not None:
+        msg.duplicate_of = payload.duplicate_of
     if payload.patient_id is not None:
         msg.patient_id = payload.patient_id
     if payload.age is not None:
@@ -237,7 +241,9 @@ def payload_from_proto(msg: pb.Payload) -> EcgPayload:
         sampling_rate_hz=msg.sampling_rate_hz,
         duration_s=msg.duration_s if msg.HasField("duration_s") else None,
         recorded_at=recorded_at,
-        source_path=msg.source_path,
+        source_path=msg.source_path or None,
+        content_hash=msg.content_hash if msg.HasField("content_hash") else None,
+        duplicate_of=msg.duplicate_of if msg.HasField("duplicate_of") else None,
     )
 
 

@@ -75,6 +75,7 @@ SECRETS = {
     "qdrant-read-only-key/api-key": "qdrant-read-only-test-key",
     "qdrant-admin-key/api-key": "qdrant-admin-test-key",
     "ecgsearch-tokens/tokens": "tok-a\ntok-b\n",
+    "ecgsearch-site-secret/site-secret": "site-secret-for-tests-0123456789",
 }
 
 
@@ -233,7 +234,8 @@ def test_indexed_ingest_job_uses_real_flags_and_covers_every_shard(tmp_path: Pat
     writable = {m["mountPath"] for m in _container(job)["volumeMounts"] if m["name"] == "tmp"}
     assert any(rejects.startswith(path + "/") for path in writable), "rejects must go to a writable volume"
     env = _env(job, tmp_path)
-    assert set(env) == {"ECGSEARCH_QDRANT_URL", "ECGSEARCH_QDRANT_API_KEY_FILE"}
+    assert set(env) == {"ECGSEARCH_QDRANT_URL", "ECGSEARCH_QDRANT_API_KEY_FILE", "ECGSEARCH_SITE_SECRET_FILE"}
+    assert _mounted_secrets(job)[env["ECGSEARCH_SITE_SECRET_FILE"]] == "ecgsearch-site-secret/site-secret"
     (deployment,) = _kind("Deployment")
     assert env["ECGSEARCH_QDRANT_URL"] == _env(deployment, tmp_path / "d")["ECGSEARCH_QDRANT_URL"]
 

@@ -130,7 +130,7 @@ class SearchByVectorRequest(_message.Message):
     def __init__(self, vector: _Optional[_Iterable[float]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
 
 class Payload(_message.Message):
-    __slots__ = ("record_id", "dataset", "patient_id", "diagnoses", "source_codes", "scp_likelihoods", "superclasses", "age", "age_over_89", "sex", "sampling_rate_hz", "duration_s", "recorded_at", "source_path")
+    __slots__ = ("record_id", "dataset", "patient_id", "diagnoses", "source_codes", "scp_likelihoods", "superclasses", "age", "age_over_89", "sex", "sampling_rate_hz", "duration_s", "recorded_at", "source_path", "content_hash", "duplicate_of")
     class ScpLikelihoodsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,8 @@ class Payload(_message.Message):
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_OF_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     dataset: str
     patient_id: str
@@ -166,7 +168,9 @@ class Payload(_message.Message):
     duration_s: float
     recorded_at: _timestamp_pb2.Timestamp
     source_path: str
-    def __init__(self, record_id: _Optional[str] = ..., dataset: _Optional[str] = ..., patient_id: _Optional[str] = ..., diagnoses: _Optional[_Iterable[str]] = ..., source_codes: _Optional[_Iterable[str]] = ..., scp_likelihoods: _Optional[_Mapping[str, float]] = ..., superclasses: _Optional[_Iterable[str]] = ..., age: _Optional[int] = ..., age_over_89: _Optional[bool] = ..., sex: _Optional[_Union[Sex, str]] = ..., sampling_rate_hz: _Optional[float] = ..., duration_s: _Optional[float] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_path: _Optional[str] = ...) -> None: ...
+    content_hash: str
+    duplicate_of: str
+    def __init__(self, record_id: _Optional[str] = ..., dataset: _Optional[str] = ..., patient_id: _Optional[str] = ..., diagnoses: _Optional[_Iterable[str]] = ..., source_codes: _Optional[_Iterable[str]] = ..., scp_likelihoods: _Optional[_Mapping[str, float]] = ..., superclasses: _Optional[_Iterable[str]] = ..., age: _Optional[int] = ..., age_over_89: _Optional[bool] = ..., sex: _Optional[_Union[Sex, str]] = ..., sampling_rate_hz: _Optional[float] = ..., duration_s: _Optional[float] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_path: _Optional[str] = ..., content_hash: _Optional[str] = ..., duplicate_of: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("record_id", "score", "payload")

@@ -8,7 +8,10 @@ import pytest
 import typer
 
 from ecgsearch.ingest.cli import parse_shard
+from ecgsearch.ingest.identity import Pseudonymizer
 from ecgsearch.ingest.sources import SourceError, enumerate_source, in_shard, load, select
+
+KEYS = Pseudonymizer(b"a site secret of 32 bytes length")
 
 
 def _by_id(source: Path, *ids: str) -> dict:
@@ -27,10 +30,10 @@ def test_ptbxl_one_ecg_per_ecg_id(ptbxl_dir: Path) -> None:
 
 
 def test_ptbxl_payload_from_table(ptbxl_dir: Path) -> None:
-    first = load(next(iter(enumerate_source(ptbxl_dir))))
+    first = load(next(iter(enumerate_source(ptbxl_dir))), KEYS)
     p = first.payload
     assert first.signal.shape == (12, 1000)
-    assert (p.patient_id, p.age, p.sex, p.superclasses) == ("15709", 56, "F", ["NORM"])
+    assert (p.patient_id, p.age, p.sex, p.superclasses) == (KEYS.patient("ptbxl", "15709"), 56, "F", ["NORM"])
     assert p.scp_likelihoods == {"LVOLT": 0.0, "NORM": 100.0, "SR": 0.0}
     assert p.source_codes == ["SCP:LVOLT", "SCP:NORM", "SCP:SR"]
     assert "426783006" in p.diagnoses  # SR -> SNOMED sinus rhythm
@@ -48,10 +51,10 @@ def test_ptbxl_age_over_89(ptbxl_dir: Path) -> None:
 
 def test_challenge_header_quirks(data_dir: Path) -> None:
     found = _by_id(data_dir / "challenge", "georgia:E00001", "ptb:S0001")
-    georgia = load(found["georgia:E00001"]).payload  # header names the file 'E00001.mat'
+    georgia = load(found["georgia:E00001"], KEYS).payload  # header names the file 'E00001.mat'
     assert (georgia.dataset, georgia.age, georgia.sex, georgia.diagnoses) == ("georgia", None, "F", [])
-    assert georgia.source_path == "georgia/E00001" and georgia.patient_id is None
-    ptb = load(found["ptb:S0001"]).payload  # 'Sex: female', 38.4 s at 1000 Hz: first 10 s embedded
+    assert georgia.source_path == "georgia/E00001" and georgia.patient_id == KEYS.lone_ecg("georgia:E00001")
+    ptb = load(found["ptb:S0001"], KEYS).payload  # 'Sex: female', 38.4 s at 1000 Hz: first 10 s embedded
     assert (ptb.sex, ptb.age, ptb.sampling_rate_hz, ptb.duration_s) == ("F", 81, 1000.0, 38.4)
 
 
@@ -59,10 +62,10 @@ def test_challenge_lowercase_male_and_codes(data_dir: Path) -> None:
     folder = data_dir / "challenge"
     male = next(h for h in sorted(folder.rglob("*.hea")) if "Sex: male" in h.read_text())
     (candidate,) = _by_id(folder, f"{male.parent.name}:{male.stem}").values()
-    assert load(candidate).payload.sex == "M"
+    assert load(candidate, KEYS).payload.sex == "M"
     header = (data_dir / "cinc2021" / "E07500.hea").read_text()
     dx = next(line for line in header.splitlines() if "Dx:" in line).split(":", 1)[1].strip().split(",")
-    payload = load(next(iter(_by_id(data_dir / "cinc2021", "cinc2021:E07500").values()))).payload
+    payload = load(next(iter(_by_id(data_dir / "cinc2021", "cinc2021:E07500").values())), KEYS).payload
     assert payload.source_codes == [f"SNOMED:{c}" for c in dx]
     assert payload.diagnoses and all(code.isdigit() for code in payload.diagnoses)
 
@@ -75,8 +78,16 @@ def test_manifest_paths_ids_and_datasets(tmp_path: Path, data_dir: Path) -> None
         f"{data_dir}/ptb-xl/records100/00000/00002_lr,ptbxl:2,\n"
         f"{data_dir}/cinc2021/JS20000,,chapman\n"
     )
-    ids = [c.record_id for c in enumerate_source(manifest)]
-    assert ids == ["georgia:E00001", "ptbxl:2", "chapman:JS20000"]
+    found = list(enumerate_source(manifest))
+    assert [c.record_id for c in found] == ["georgia:E00001", "ptbxl:2", "chapman:JS20000"]
+    assert [c.source_path for c in found] == [None, None, None]  # outside the manifest's folder
+    (tmp_path / "named").mkdir()
+    (tmp_path / "inside.csv").write_text("path,record_id\nnamed/MRN123,\nnamed/MRN456,site:7\n")
+    inside = list(enumerate_source(tmp_path / "inside.csv"))
+    assert [(c.record_id, c.source_path) for c in inside] == [
+        ("named:MRN123", "named/MRN123"),
+        ("site:7", None),
+    ]
     (tmp_path / "bad.csv").write_text("file\nx\n")
     with pytest.raises(SourceError, match="'path' column"):
         list(enumerate_source(tmp_path / "bad.csv"))
