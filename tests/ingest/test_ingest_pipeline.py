@@ -251,7 +251,8 @@ def test_a_different_ecg_under_a_stored_id_is_a_collision(tmp_path: Path, data_d
     code, out, err = invoke(tmp_path / "site-b", "--store", store, "--rejects", rejects, "--workers", 0, "-q")
     assert code == EXIT_REJECTS, out + err
     assert "ingested 0, skipped 0 (already stored), rejected 1 (1 id collisions)" in out
-    with rejects.open() as handle:
+    (report,) = tmp_path.glob("rejects-*.csv")  # each run names its own report
+    with report.open() as handle:
         (row,) = csv.DictReader(handle)
     assert row["record"] == "georgia:E00001" and row["path"] == "georgia/E00001"
     assert row["reason"].startswith("id collision: a different ECG is already stored as georgia:E00001")
@@ -277,7 +278,8 @@ def test_one_id_twice_in_one_run(tmp_path: Path, data_dir: Path, batch_size: int
     code, out, err = invoke(*args, "--workers", 0, "-q")
     assert code == EXIT_REJECTS, out + err
     assert "ingested 1, skipped 1 (already stored), rejected 1 (1 id collisions)" in out
-    with rejects.open() as handle:
+    (report,) = tmp_path.glob("rejects-*.csv")  # each run names its own report
+    with report.open() as handle:
         (row,) = csv.DictReader(handle)
     assert row["path"] == "c/georgia/E00001" and row["reason"].startswith("id collision")
     for s in _open(tmp_path / "store"):
@@ -365,15 +367,15 @@ def test_a_qdrant_server_needs_the_site_secret(tmp_path: Path, ptbxl_dir: Path) 
     assert code == EXIT_FAILED and "--site-secret-file" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("url", [None, ":memory:"], ids=["edge", "server-local"])
-def test_rerun_and_collision_on_both_backends(tmp_path: Path, data_dir: Path, url: str | None) -> None:
+@pytest.mark.parametrize("local", [False, True], ids=["edge", "server-local"])
+def test_rerun_and_collision_on_both_backends(tmp_path: Path, data_dir: Path, local: bool) -> None:
     from ecgsearch.export.runtime import Embedder
     from ecgsearch.ingest.pipeline import ingest
 
     _link(data_dir / "challenge/georgia/E00001", tmp_path / "site-a" / "georgia")
     _impostor(data_dir, tmp_path / "site-b" / "georgia")
     original, impostor = (next(iter(enumerate_source(tmp_path / s))) for s in ("site-a", "site-b"))
-    store = open_store(path=None if url else tmp_path / "store", url=url, collection="ecgs")
+    store = open_store(path=None if local else tmp_path / "store", local=local, collection="ecgs")
     embedder, keys = Embedder(threads=1), Pseudonymizer(b"k" * 32)
     try:
         run = lambda c: ingest([c], store, embedder, workers=0, pseudonyms=keys, optimize=False)  # noqa: E731
