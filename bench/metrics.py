@@ -102,7 +102,14 @@ def neighbours_excluding_patient(
     (ids, similarities); rows are unit vectors. Without the exclusion, retrieval measures
     re-identification of the patient rather than clinical similarity.
     """
-    pid = np.asarray([str(p) for p in patient_ids])
+    # An unknown patient is a patient of its own row, never one shared 'None' patient.
+    codes: dict[tuple[str, object], int] = {}
+    pid = np.array(
+        [
+            codes.setdefault(("patient", p) if p is not None else ("row", i), len(codes))
+            for i, p in enumerate(patient_ids)
+        ]
+    )
     sims = emb[query_idx] @ emb.T
     sims[pid[query_idx][:, None] == pid[None, :]] = -np.inf
     top = np.argsort(-sims, axis=1, kind="stable")[:, :k]

@@ -32,6 +32,7 @@ IMAGE = "ecgsearch:0.1.0"
 UID = 10001
 # Read by deploy/entrypoint.sh (the image entrypoint), not by ServiceSettings.
 ENTRYPOINT_ENV = {"ECGSEARCH_QDRANT_API_KEY_FILE"}
+INGEST_ENV = {"ECGSEARCH_SITE_SECRET_FILE"}  # an `ecgsearch ingest` option's variable (checked below)
 SETTINGS_ENV = {f"ECGSEARCH_{name.upper()}" for name in ServiceSettings.model_fields}
 QDRANT_PORTS = {6333, 6334}
 QDRANT_LABELS = {"app.kubernetes.io/name": "qdrant", "app.kubernetes.io/instance": "qdrant"}
@@ -180,7 +181,7 @@ def test_compose_env_names_secrets_and_ports(tmp_path: Path) -> None:
     services, secrets = compose["services"], compose["secrets"]
     for name in ("search", "ingest"):
         service = services[name]
-        assert set(service["environment"]) <= SETTINGS_ENV | ENTRYPOINT_ENV, name
+        assert set(service["environment"]) <= SETTINGS_ENV | ENTRYPOINT_ENV | INGEST_ENV, name
         assert "build" in service, f"{name}: `docker compose up --build` must be able to build the image"
         mounted = {f"/run/secrets/{s}" for s in service.get("secrets", [])}
         for key, value in service["environment"].items():
@@ -235,7 +236,10 @@ def test_indexed_ingest_job_uses_real_flags_and_covers_every_shard(tmp_path: Pat
     assert any(rejects.startswith(path + "/") for path in writable), "rejects must go to a writable volume"
     env = _env(job, tmp_path)
     assert set(env) == {"ECGSEARCH_QDRANT_URL", "ECGSEARCH_QDRANT_API_KEY_FILE", "ECGSEARCH_SITE_SECRET_FILE"}
-    assert _mounted_secrets(job)[env["ECGSEARCH_SITE_SECRET_FILE"]] == "ecgsearch-site-secret/site-secret"
+    raw = {item["name"]: item["value"] for item in _container(job)["env"]}
+    assert _mounted_secrets(job)[raw["ECGSEARCH_SITE_SECRET_FILE"]] == "ecgsearch-site-secret/site-secret"
+    for name in INGEST_ENV:
+        assert name in help_text, f"{name} is not an `ecgsearch ingest` option's variable"
     (deployment,) = _kind("Deployment")
     assert env["ECGSEARCH_QDRANT_URL"] == _env(deployment, tmp_path / "d")["ECGSEARCH_QDRANT_URL"]
 

@@ -84,3 +84,11 @@ def test_heart_rate_of_a_pulse_train(bpm: int) -> None:
 def test_heart_rate_none_without_rhythm() -> None:
     assert metrics.heart_rate(np.zeros(1000), 100) is None
     assert metrics.heart_rate(np.r_[np.zeros(500), 1.0, np.zeros(499)], 100) is None
+
+
+def test_unknown_patients_are_not_one_patient() -> None:
+    """Rows without a patient id exclude only themselves, not each other (no shared 'None' patient)."""
+    emb = np.array([[1, 0], [1, 0], [0.9, 0.1], [0, 1]], dtype=np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ids, _ = metrics.neighbours_excluding_patient(emb, [None, None, "b", None], 2, np.array([0]))
+    assert ids.tolist() == [[1, 2]]

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from ecgsearch.cli.main import app
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import sources
+from ecgsearch.ingest.identity import site_pseudonymizer
 from ecgsearch.search.admin import collection_info, get_record, switch_alias
 from ecgsearch.search.schema import UnknownRecord
 from ecgsearch.search.server import run_server
@@ -66,7 +67,7 @@ def test_collection_get_returns_the_ingested_payload_and_vector(
     built: Path, ptbxl_dir: Path, embedder: Embedder
 ) -> None:
     candidate = next(iter(sources.enumerate_source(ptbxl_dir)))
-    record = sources.load(candidate)
+    record = sources.load(candidate, site_pseudonymizer(None, built))  # the store's own site secret
     code, out, err = run("collection", "get", candidate.record_id, "--store", built, "--vector", "--json")
     assert code == 0, err
     got = json.loads(out)
