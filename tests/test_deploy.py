@@ -1,4 +1,9 @@
-"""What CI can check of deploy/ without a container engine: the files parse and agree with the code."""
+"""What CI can check of deploy/ without a container engine: the files parse and agree with the code.
+
+The validators (kubernetes-validate, checkov, hadolint, compose config, buf) run in deploy/validate.sh.
+These tests check what no validator knows: env names are settings the code reads, secrets are mounted
+where the env points, policies select the pods they are meant for, and the entrypoint and health probe work.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import grpc
@@ -23,6 +29,12 @@ from ecgsearch.search.settings import ServiceSettings
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 IMAGE = "ecgsearch:0.1.0"
+UID = 10001
+# Read by deploy/entrypoint.sh (the image entrypoint), not by ServiceSettings.
+ENTRYPOINT_ENV = {"ECGSEARCH_QDRANT_API_KEY_FILE"}
+SETTINGS_ENV = {f"ECGSEARCH_{name.upper()}" for name in ServiceSettings.model_fields}
+QDRANT_PORTS = {6333, 6334}
+QDRANT_LABELS = {"app.kubernetes.io/name": "qdrant", "app.kubernetes.io/instance": "qdrant"}
 
 
 def _docs(path: Path) -> list[dict]:
@@ -38,24 +50,60 @@ def _kind(kind: str) -> list[dict]:
     ]
 
 
+def _workloads() -> list[dict]:
+    return _kind("Deployment") + _kind("Job")
+
+
+def _pod(workload: dict) -> dict:
+    return workload["spec"]["template"]["spec"]
+
+
 def _container(workload: dict) -> dict:
-    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    (container,) = _pod(workload)["containers"]
     return container
 
 
-def _env(container: dict, secrets: dict[str, str]) -> dict[str, str]:
-    """Container env with secretKeyRefs replaced by the given test values."""
+def _values() -> dict:
+    return _docs(DEPLOY / "k8s" / "qdrant-values.yaml")[0]
+
+
+def _compose() -> dict:
+    return _docs(DEPLOY / "compose.yaml")[0]
+
+
+SECRETS = {
+    "qdrant-read-only-key/api-key": "qdrant-read-only-test-key",
+    "qdrant-admin-key/api-key": "qdrant-admin-test-key",
+    "ecgsearch-tokens/tokens": "tok-a\ntok-b\n",
+}
+
+
+def _mounted_secrets(workload: dict) -> dict[str, str]:
+    """Path inside the container -> 'secret/key' for every file a Secret volume puts there."""
+    volumes = {v["name"]: v for v in _pod(workload).get("volumes", [])}
+    files = {}
+    for mount in _container(workload).get("volumeMounts", []):
+        secret = volumes[mount["name"]].get("secret")
+        if secret:
+            for item in secret["items"]:
+                files[f"{mount['mountPath']}/{item['path']}"] = f"{secret['secretName']}/{item['key']}"
+    return files
+
+
+def _env(workload: dict, root: Path) -> dict[str, str]:
+    """Container env with Secret files written under ``root`` (test values) and paths rewritten to them."""
+    files = _mounted_secrets(workload)
     env = {}
-    for item in container.get("env", []):
-        if "value" in item:
-            env[item["name"]] = str(item["value"])
-        else:
-            ref = item["valueFrom"]["secretKeyRef"]
-            env[item["name"]] = secrets[f"{ref['name']}/{ref['key']}"]
+    for item in _container(workload).get("env", []):
+        assert "valueFrom" not in item, f"{item['name']}: secrets are mounted as files, not env values"
+        value = str(item["value"])
+        if value in files:
+            local = root / value.lstrip("/")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text(SECRETS[files[value]])
+            value = str(local)
+        env[item["name"]] = value
     return env
-
-
-SECRETS = {"qdrant-apikey/api-key": "qdrant-test-key", "ecgsearch-tokens/tokens": "tok-a,tok-b"}
 
 
 def test_every_file_parses() -> None:
@@ -65,8 +113,8 @@ def test_every_file_parses() -> None:
 
 
 def test_one_image_everywhere() -> None:
-    images = {_container(w)["image"] for w in _kind("Deployment") + _kind("Job")}
-    compose = _docs(DEPLOY / "compose.yaml")[0]["services"]
+    images = {_container(w)["image"] for w in _workloads()}
+    compose = _compose()["services"]
     images |= {svc["image"] for name, svc in compose.items() if name != "qdrant"}
     assert images == {IMAGE}
     dockerfile = (DEPLOY / "Dockerfile").read_text()
@@ -74,38 +122,105 @@ def test_one_image_everywhere() -> None:
     assert f"EXPOSE {ServiceSettings.model_fields['port'].default}" in dockerfile
 
 
-def test_service_env_names_ports_and_probes_match_the_code() -> None:
+def test_dockerfile_user_workdir_entrypoint_and_healthcheck() -> None:
+    """Numeric non-root USER that the manifests run as, a WORKDIR it owns, and COPY sources that exist."""
+    lines = [line.strip() for line in (DEPLOY / "Dockerfile").read_text().splitlines()]
+    final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")) :]
+    (user,) = [line.split()[1] for line in final if line.startswith("USER ")]
+    assert user == f"{UID}:{UID}"
+    for workload in _workloads():
+        assert _pod(workload)["securityContext"]["runAsUser"] == UID
+    workdir = next(line.split()[1] for line in final if line.startswith("WORKDIR "))
+    assert final.index(next(x for x in final if x.startswith("WORKDIR "))) > final.index(f"USER {user}")
+    assert any(f"--uid {UID}" in line and f"--home-dir {workdir}" in line for line in final), workdir
+    copied = {
+        parts[-2]: parts[-1]
+        for line in final
+        if line.startswith("COPY ") and "--from" not in line
+        for parts in [line.split()]
+    }
+    for source in copied:
+        assert (REPO / source).is_file(), source
+    assert copied["deploy/entrypoint.sh"].endswith("/ecgsearch-entrypoint")
+    assert os.access(DEPLOY / "entrypoint.sh", os.X_OK)
+    assert any(
+        line.startswith("ENTRYPOINT") and '"ecgsearch-entrypoint", "ecgsearch"' in line for line in final
+    )
+    health = " ".join(final[next(i for i, x in enumerate(final) if x.startswith("HEALTHCHECK")) :][:2])
+    assert copied["deploy/healthcheck.py"] in health
+
+
+def test_service_env_names_ports_probes_and_services_match_the_code(tmp_path: Path) -> None:
     (deployment,) = _kind("Deployment")
     container = _container(deployment)
-    env = _env(container, SECRETS)
-    fields = {f"ECGSEARCH_{name.upper()}" for name in ServiceSettings.model_fields}
-    assert set(env) <= fields, set(env) - fields
-    settings = ServiceSettings(**{k.removeprefix("ECGSEARCH_").lower(): v for k, v in env.items()})
+    env = _env(deployment, tmp_path)
+    assert set(env) <= SETTINGS_ENV | ENTRYPOINT_ENV, set(env) - SETTINGS_ENV - ENTRYPOINT_ENV
+    settings = ServiceSettings(
+        **{k.removeprefix("ECGSEARCH_").lower(): v for k, v in env.items() if k in SETTINGS_ENV}
+    )
     (port,) = container["ports"]
     assert port["containerPort"] == settings.port
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["grpc"]["port"] == settings.port, probe
     assert settings.token_list() == ["tok-a", "tok-b"]
+    assert settings.tokens is None, "tokens come from the mounted file only"
     assert settings.host == "0.0.0.0"
-    (service,) = _kind("Service")
-    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
-    assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    services = {s["metadata"]["name"]: s["spec"] for s in _kind("Service")}
+    assert set(services) == {"ecgsearch", "ecgsearch-headless"}
+    assert services["ecgsearch-headless"]["clusterIP"] == "None"
+    for spec in services.values():
+        assert spec["ports"][0]["targetPort"] == port["name"]
+        assert spec["selector"].items() <= labels.items()
 
 
-def test_compose_env_names_are_settings() -> None:
-    fields = {f"ECGSEARCH_{name.upper()}" for name in ServiceSettings.model_fields}
-    search = _docs(DEPLOY / "compose.yaml")[0]["services"]["search"]
-    assert set(search["environment"]) <= fields
+def test_compose_env_names_secrets_and_ports(tmp_path: Path) -> None:
+    compose = _compose()
+    services, secrets = compose["services"], compose["secrets"]
+    for name in ("search", "ingest"):
+        service = services[name]
+        assert set(service["environment"]) <= SETTINGS_ENV | ENTRYPOINT_ENV, name
+        assert "build" in service, f"{name}: `docker compose up --build` must be able to build the image"
+        mounted = {f"/run/secrets/{s}" for s in service.get("secrets", [])}
+        for key, value in service["environment"].items():
+            if key.endswith("_FILE"):
+                assert value in mounted, f"{name}: {key}={value} is not a mounted secret"
+    search = services["search"]
     assert search["ports"] == [
         f"{ServiceSettings.model_fields['port'].default}:{search['environment']['ECGSEARCH_PORT']}"
     ]
+    assert services["ingest"]["entrypoint"][:3] == ["ecgsearch-entrypoint", "ecgsearch", "ingest"]
+    # Only ingest holds Qdrant's admin key; Qdrant gets both keys through its local.yaml.
+    holders = {n for n, s in services.items() for x in s.get("secrets", []) if x == "qdrant-admin-key"}
+    assert holders == {"ingest"}
+    (qdrant_secret,) = services["qdrant"]["secrets"]
+    assert qdrant_secret["target"] == "/qdrant/config/local.yaml"
+    # Every secret file is one make-secrets.sh writes.
+    subprocess.run(["sh", str(DEPLOY / "make-secrets.sh"), str(tmp_path)], check=True, capture_output=True)
+    for name, spec in secrets.items():
+        assert (tmp_path / Path(spec["file"]).name).is_file(), name
 
 
-def test_indexed_ingest_job_uses_real_flags_and_covers_every_shard() -> None:
+def test_make_secrets_writes_keys_qdrant_reads_and_tokens_the_service_accepts(tmp_path: Path) -> None:
+    out = tmp_path / "secrets"
+    subprocess.run(["sh", str(DEPLOY / "make-secrets.sh"), str(out)], check=True, capture_output=True)
+    admin, read_only = ((out / f).read_text().strip() for f in ("qdrant-admin-key", "qdrant-read-only-key"))
+    assert len(admin) == len(read_only) == 64 and admin != read_only
+    local = yaml.safe_load((out / "qdrant-local.yaml").read_text())
+    assert local == {"service": {"api_key": admin, "read_only_api_key": read_only}}
+    (token,) = ServiceSettings(tokens_file=out / "tokens").token_list()
+    assert len(token) == 48
+    assert (out.stat().st_mode & 0o777) == 0o700
+    subprocess.run(["sh", str(DEPLOY / "make-secrets.sh"), str(out)], check=True, capture_output=True)
+    assert (out / "qdrant-admin-key").read_text().strip() == admin, "a rerun keeps existing keys"
+
+
+def test_indexed_ingest_job_uses_real_flags_and_covers_every_shard(tmp_path: Path) -> None:
     (job,) = _kind("Job")
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed"
     script = " ".join(_container(job)["args"])
+    assert script.startswith("exec ecgsearch-entrypoint ecgsearch ingest ")
     shard = re.search(r'--shard "\$\(\(JOB_COMPLETION_INDEX \+ 1\)\)/(\d+)"', script)
     assert shard, script
     assert int(shard.group(1)) == spec["completions"]
@@ -114,12 +229,160 @@ def test_indexed_ingest_job_uses_real_flags_and_covers_every_shard() -> None:
     )
     for flag in re.findall(r"(--[a-z][a-z-]+)", script):
         assert flag in help_text, f"ingest job passes {flag}, which `ecgsearch ingest` does not accept"
-    env = _env(_container(job), SECRETS)
-    assert set(env) == {"ECGSEARCH_QDRANT_URL", "ECGSEARCH_QDRANT_API_KEY"}
-    assert (
-        env["ECGSEARCH_QDRANT_URL"]
-        == _env(_container(_kind("Deployment")[0]), SECRETS)["ECGSEARCH_QDRANT_URL"]
+    rejects = re.search(r"--rejects (\S+)", script).group(1)
+    writable = {m["mountPath"] for m in _container(job)["volumeMounts"] if m["name"] == "tmp"}
+    assert any(rejects.startswith(path + "/") for path in writable), "rejects must go to a writable volume"
+    env = _env(job, tmp_path)
+    assert set(env) == {"ECGSEARCH_QDRANT_URL", "ECGSEARCH_QDRANT_API_KEY_FILE"}
+    (deployment,) = _kind("Deployment")
+    assert env["ECGSEARCH_QDRANT_URL"] == _env(deployment, tmp_path / "d")["ECGSEARCH_QDRANT_URL"]
+
+
+def test_admin_key_only_for_ingest_and_read_only_key_for_search() -> None:
+    (deployment,) = _kind("Deployment")
+    (job,) = _kind("Job")
+    key_file = "/var/run/secrets/ecgsearch/qdrant/api-key"
+    assert _mounted_secrets(job)[key_file] == "qdrant-admin-key/api-key"
+    assert _mounted_secrets(deployment)[key_file] == "qdrant-read-only-key/api-key"
+    for workload in (deployment, job):
+        env = {e["name"]: e.get("value") for e in _container(workload)["env"]}
+        assert env["ECGSEARCH_QDRANT_API_KEY_FILE"] == key_file
+    # Qdrant itself reads both keys from its own Secret, not from the chart's lookup-generated one.
+    values = _values()
+    assert values["apiKey"] is False and values["readOnlyApiKey"] is False
+    (mount,) = values["additionalVolumeMounts"]
+    (volume,) = values["additionalVolumes"]
+    assert mount["mountPath"] == "/qdrant/config/local.yaml" and mount["name"] == volume["name"]
+    assert volume["secret"]["secretName"] == "qdrant-config"
+
+
+def _restricted(pod: dict, container_ctx: dict, where: str) -> None:
+    """Pod Security 'restricted' plus a read-only root filesystem, as checkov and the namespace demand."""
+    assert pod["runAsNonRoot"] is True and isinstance(pod["runAsUser"], int), where
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, where
+    assert container_ctx["allowPrivilegeEscalation"] is False, where
+    assert container_ctx["capabilities"] == {"drop": ["ALL"]}, where
+    assert container_ctx["readOnlyRootFilesystem"] is True, where
+    assert container_ctx["seccompProfile"] == {"type": "RuntimeDefault"}, where
+
+
+def test_every_pod_is_restricted_with_no_token_and_a_writable_tmp() -> None:
+    for workload in _workloads():
+        name = workload["metadata"]["name"]
+        pod = _pod(workload)
+        assert pod["automountServiceAccountToken"] is False, name
+        _restricted(pod["securityContext"], _container(workload)["securityContext"], name)
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        tmp = [m for m in _container(workload)["volumeMounts"] if m["mountPath"] == "/tmp"]
+        assert tmp and "emptyDir" in volumes[tmp[0]["name"]], name
+        resources = _container(workload)["resources"]
+        assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(
+            resources["limits"]
+        )
+    values = _values()
+    _restricted(values["podSecurityContext"], values["containerSecurityContext"], "qdrant")
+    assert values["image"]["useUnprivilegedImage"] is True, (
+        "the root chown init container breaks 'restricted'"
     )
+    (namespace,) = _kind("Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def test_network_policies_let_only_search_and_ingest_reach_qdrant() -> None:
+    policies = {p["metadata"]["name"]: p["spec"] for p in _kind("NetworkPolicy")}
+    deny = policies.pop("default-deny")
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    dns = policies.pop("dns")
+    assert dns["policyTypes"] == ["Egress"] and {p["port"] for p in dns["egress"][0]["ports"]} == {53}
+    pods = {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in _workloads()}
+    search, ingest = pods["ecgsearch"], pods["ecgsearch-ingest"]
+    (qdrant_policy,) = [p for p in policies.values() if _selects(p["podSelector"], QDRANT_LABELS)]
+    api_rules = [r for r in qdrant_policy["ingress"] if {p["port"] for p in r["ports"]} & QDRANT_PORTS]
+    (api_rule,) = api_rules
+    assert {p["port"] for p in api_rule["ports"]} == QDRANT_PORTS
+    allowed = [peer["podSelector"] for peer in api_rule["from"]]
+    assert all(set(peer) == {"podSelector"} for peer in api_rule["from"]), "no namespace-wide peers"
+    assert [any(_selects(s, labels) for s in allowed) for labels in (search, ingest)] == [True, True]
+    assert not any(_selects(s, QDRANT_LABELS) for s in allowed)
+    # Qdrant's peers reach each other on the p2p port only.
+    (p2p,) = [r for r in qdrant_policy["ingress"] if r is not api_rule]
+    assert {p["port"] for p in p2p["ports"]} == {_values()["config"]["cluster"]["p2p"]["port"]}
+    # Search pods are reachable on their gRPC port only, and both clients may reach Qdrant's API ports.
+    (deployment,) = _kind("Deployment")
+    (search_policy,) = [p for p in policies.values() if _selects(p["podSelector"], search)]
+    (rule,) = search_policy["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [_container(deployment)["ports"][0]["containerPort"]]
+    for labels in (search, ingest):
+        (policy,) = [p for p in policies.values() if _selects(p["podSelector"], labels)]
+        (egress,) = policy["egress"]
+        assert _selects(egress["to"][0]["podSelector"], QDRANT_LABELS)
+        assert {p["port"] for p in egress["ports"]} == QDRANT_PORTS
+
+
+def test_disruption_budgets_and_spread_keep_one_node_loss_survivable() -> None:
+    (deployment,) = _kind("Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (pdb,) = _kind("PodDisruptionBudget")
+    assert _selects(pdb["spec"]["selector"], labels)
+    assert 0 < pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    spread = _pod(deployment)["topologySpreadConstraints"]
+    by_host = [c for c in spread if c["topologyKey"] == "kubernetes.io/hostname"]
+    assert by_host and by_host[0]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert _selects(by_host[0]["labelSelector"], labels)
+    values = _values()
+    assert values["podDisruptionBudget"] == {"enabled": True, "maxUnavailable": 1}
+    (anti,) = values["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti["topologyKey"] == "kubernetes.io/hostname"
+    assert anti["labelSelector"]["matchLabels"] == QDRANT_LABELS
+    assert values["replicaCount"] >= 3
+
+
+def test_qdrant_chart_image_and_client_versions_agree() -> None:
+    """Chart, image (Helm values and compose) on one release; the client within one minor of it."""
+    values = _values()
+    tag = values["image"]["tag"]
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", tag), tag
+    header = (DEPLOY / "k8s" / "qdrant-values.yaml").read_text()
+    assert f"--version {tag[1:]} " in header, "pin the chart version in the install command"
+    assert _compose()["services"]["qdrant"]["image"] == f"qdrant/qdrant:{tag}-unprivileged"
+    server_minor = int(tag.split(".")[1])
+    client_major, client_minor = (int(x) for x in version("qdrant-client").split(".")[:2])
+    assert client_major == 1 and abs(client_minor - server_minor) <= 1, version("qdrant-client")
+
+
+def _entrypoint(env: dict[str, str], *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["sh", str(DEPLOY / "entrypoint.sh"), *command],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_entrypoint_reads_the_qdrant_key_file(tmp_path: Path) -> None:
+    key = tmp_path / "api-key"
+    key.write_text("s3cret-key\n")
+    show = (
+        "sh",
+        "-c",
+        'printf "%s|%s" "$ECGSEARCH_QDRANT_API_KEY" "${ECGSEARCH_QDRANT_API_KEY_FILE:-unset}"',
+    )
+    done = _entrypoint({"ECGSEARCH_QDRANT_API_KEY_FILE": str(key)}, *show)
+    assert (done.returncode, done.stdout) == (0, "s3cret-key|unset")
+    assert _entrypoint({"ECGSEARCH_QDRANT_API_KEY": "plain"}, *show).stdout == "plain|unset"
+    missing = _entrypoint({"ECGSEARCH_QDRANT_API_KEY_FILE": str(tmp_path / "nope")}, *show)
+    assert missing.returncode == 2 and "ECGSEARCH_QDRANT_API_KEY_FILE" in missing.stderr
+    assert "s3cret" not in missing.stderr
+    both = _entrypoint({"ECGSEARCH_QDRANT_API_KEY_FILE": str(key), "ECGSEARCH_QDRANT_API_KEY": "x"}, *show)
+    assert both.returncode == 2 and "not both" in both.stderr
+    (tmp_path / "empty").write_text("\n")
+    empty = _entrypoint({"ECGSEARCH_QDRANT_API_KEY_FILE": str(tmp_path / "empty")}, *show)
+    assert empty.returncode == 2 and "empty" in empty.stderr
 
 
 def _free_port() -> int:
@@ -152,10 +415,23 @@ def small_store(tmp_path: Path, ptbxl_dir: Path) -> Path:
     return tmp_path / "store"
 
 
-def test_service_starts_with_the_manifest_settings(small_store: Path) -> None:
-    """`ecgsearch serve` with the Deployment's env (store swapped for an embedded one) reports SERVING."""
-    env = _env(_container(_kind("Deployment")[0]), SECRETS)
-    del env["ECGSEARCH_QDRANT_URL"], env["ECGSEARCH_QDRANT_API_KEY"]  # no Qdrant server can run here
+def _healthcheck(port: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(DEPLOY / "healthcheck.py")],
+        env={**os.environ, "ECGSEARCH_PORT": str(port)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_service_starts_with_the_manifest_settings_and_passes_the_image_healthcheck(
+    small_store: Path, tmp_path: Path
+) -> None:
+    """The Deployment's env and mounted secret files, through the image entrypoint (store swapped for an
+    embedded one, as no Qdrant server runs here): SERVING, the HEALTHCHECK script agrees, SIGTERM exits 0."""
+    env = _env(_kind("Deployment")[0], tmp_path / "secrets")
+    del env["ECGSEARCH_QDRANT_URL"]
     port = _free_port()
     env |= {
         "ECGSEARCH_STORE_PATH": str(small_store),
@@ -163,7 +439,7 @@ def test_service_starts_with_the_manifest_settings(small_store: Path) -> None:
         "ECGSEARCH_HOST": "127.0.0.1",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ecgsearch.cli.main", "serve"],
+        ["sh", str(DEPLOY / "entrypoint.sh"), sys.executable, "-m", "ecgsearch.cli.main", "serve"],
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -182,8 +458,12 @@ def test_service_starts_with_the_manifest_settings(small_store: Path) -> None:
                 except grpc.RpcError:
                     time.sleep(0.3)
         assert status == health_pb2.HealthCheckResponse.SERVING, proc.stdout.read() if proc.poll() else status
+        probe = _healthcheck(port)
+        assert probe.returncode == 0, probe.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+        down = _healthcheck(port)
+        assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
     finally:
         if proc.poll() is None:
             proc.kill()
