@@ -302,5 +302,3 @@ def _results(viewer: Viewer, form: SearchForm) -> dict[str, Any]:
         "chart": chart,
         "link_args": form.query_args(),
     }
-
-

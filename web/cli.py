@@ -33,7 +33,9 @@ def read_token(token_file: Path | None) -> str | None:
         try:
             lines = token_file.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise typer.BadParameter(f"cannot read ({type(exc).__name__})", param_hint="--token-file") from None
+            raise typer.BadParameter(
+                f"cannot read ({type(exc).__name__})", param_hint="--token-file"
+            ) from None
         token = next((line.strip() for line in lines if line.strip()), "")
         if not token:
             raise typer.BadParameter("the file holds no token", param_hint="--token-file")

@@ -162,7 +162,7 @@ def twelve_lead(
     caption_mm = 0.0 if compact else 8.0
     height = rows * ROW_MM + MAJOR_MM + caption_mm
     parts = [_grid(uid, width, rows * ROW_MM + MAJOR_MM, minor=not compact)]
-    stroke = 'stroke="{}" stroke-width="{}" fill="none"'.format(TRACE, 8 if compact else 5)
+    stroke = f'stroke="{TRACE}" stroke-width="{8 if compact else 5}" fill="none"'
     for row in range(ROWS):
         baseline = MAJOR_MM + ROW_MM * row + ROW_MM / 2
         if not compact:
@@ -176,7 +176,7 @@ def twelve_lead(
                 values = x[lead, start : stop + (1 if stop < n_show and col < COLUMNS - 1 else 0)]
                 parts.append(
                     f'<g class="lead" data-lead="{LEADS[lead]}" data-t0="{start / fs:g}" '
-                    f'{stroke}>{_trace(values, fs, x0, baseline, scale)}</g>'
+                    f"{stroke}>{_trace(values, fs, x0, baseline, scale)}</g>"
                 )
             parts.append(_label(x0 + 1.5, baseline - ROW_MM / 2 + 4.5, LEADS[lead], 3.0 if compact else 3.5))
             if col:

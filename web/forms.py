@@ -40,7 +40,11 @@ class SearchForm:
             args["record_id"] = self.record_id
         if self.upload:
             args["upload"] = self.upload
-        for name, key in (("diagnoses_any", "dx_any"), ("diagnoses_all", "dx_all"), ("diagnoses_none", "dx_none")):
+        for name, key in (
+            ("diagnoses_any", "dx_any"),
+            ("diagnoses_all", "dx_all"),
+            ("diagnoses_none", "dx_none"),
+        ):
             if getattr(self.flt, name):
                 args[key] = list(getattr(self.flt, name))
         if self.flt.age_min is not None:

@@ -21,7 +21,9 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.web.conftest import Service, Viewer, free_port, start_viewer, stop
 
-ARTIFACTS = os.environ.get("ECGSEARCH_WEB_ARTIFACTS")  # read at import: the autouse fixture clears ECGSEARCH_*
+ARTIFACTS = os.environ.get(
+    "ECGSEARCH_WEB_ARTIFACTS"
+)  # read at import: the autouse fixture clears ECGSEARCH_*
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -88,7 +90,9 @@ def test_search_by_record_draws_query_neighbours_and_summary(
     titles = page.locator("li.neighbour").first.locator(".dx").evaluate_all("els => els.map(e => e.title)")
     assert titles == first.diagnoses
     assert page.locator("#summary g.diagnosis").count() >= 1
-    assert page.locator("#summary g.diagnosis rect.base").count() == page.locator("#summary g.diagnosis").count()
+    assert (
+        page.locator("#summary g.diagnosis rect.base").count() == page.locator("#summary g.diagnosis").count()
+    )
     # No personal data beyond what the service returns: no patient id, no source path.
     body = page.content()
     assert first.source_path not in body and f">{first.patient_id}<" not in body
