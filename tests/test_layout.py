@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = {"encoder", "export", "ingest", "search", "cli"}
+PARTS = {"encoder", "export", "ingest", "search", "web", "cli"}
 # Which parts each part may import (data path: encoder -> export -> search -> ingest -> cli).
 ALLOWED = {
     "encoder": {"encoder"},
     "export": {"encoder", "export"},
     "search": {"encoder", "export", "search"},
     "ingest": {"encoder", "export", "search", "ingest"},
+    "web": {"encoder", "export", "search", "web"},
     "cli": PARTS,
 }
 TORCH_FREE_ENCODER = {"signals.py", "config.py", "ptbxl.py", "retrieval.py"}
