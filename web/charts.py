@@ -12,8 +12,9 @@ if TYPE_CHECKING:
 
 MAX_ROWS = 8
 ROW_PX = 34
-LABEL_PX = 230
-BAR_PX = 300
+LABEL_PX = 200
+BAR_PX = 150
+NAME_CHARS = 28
 NEIGHBOURS = "#1f5fbf"
 BASE = "#b9c3cf"
 
@@ -22,16 +23,19 @@ def enrichment_chart(rows: Sequence[DiagnosisConcentration], n_neighbours: int) 
     """Up to ``MAX_ROWS`` diagnoses, most frequent among the neighbours first: a dark bar for their share
     of the neighbours, a light bar for their share of the collection, and the ratio (enrichment)."""
     shown = list(rows)[:MAX_ROWS]
-    height = ROW_PX * len(shown) + 40
-    width = LABEL_PX + BAR_PX + 110
+    top = 44
+    height = ROW_PX * len(shown) + top + 6
+    width = LABEL_PX + BAR_PX + 70
     parts = [
-        f'<text x="{LABEL_PX}" y="14" font-size="12">share of the {n_neighbours} neighbours</text>',
-        f'<rect x="{LABEL_PX + 170}" y="5" width="10" height="10" fill="{BASE}"/>'
-        f'<text x="{LABEL_PX + 184}" y="14" font-size="12">of the collection</text>',
+        f'<rect x="{LABEL_PX}" y="4" width="12" height="12" fill="{NEIGHBOURS}"/>'
+        f'<text x="{LABEL_PX + 18}" y="15" font-size="13">share of the {n_neighbours} neighbours</text>',
+        f'<rect x="{LABEL_PX}" y="24" width="12" height="8" fill="{BASE}"/>'
+        f'<text x="{LABEL_PX + 18}" y="33" font-size="13">share of the collection</text>',
     ]
     for i, row in enumerate(shown):
-        y = 26 + i * ROW_PX
-        name = row.description if len(row.description) <= 34 else row.description[:33] + "…"
+        y = top + i * ROW_PX
+        name = row.description
+        name = name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "…"
         ratio = f"×{row.enrichment:.1f}" if row.base_rate > 0 else "not in base"
         parts.append(
             f'<g class="diagnosis" data-code="{escape(row.code)}"><title>{escape(row.code)}: '
