@@ -89,13 +89,13 @@ def start_viewer(target: str, home: Path, *args: str) -> Viewer:
     return Viewer(found.group(1), process)
 
 
-@pytest.fixture(scope="session")
-def service(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """``ecgsearch serve`` over N_RECORDS PTB-XL ECGs, with a token, reading signals from shared data."""
-    ptbxl_dir = data_dir / "ptb-xl"
-    root = tmp_path_factory.mktemp("web-service")
+def start_service(
+    root: Path, ptbxl_dir: Path, n_records: int, *, ecg_roots: bool = True
+) -> Iterator[Service]:
+    """``ecgsearch serve`` over the first ``n_records`` PTB-XL ECGs, with a token; with ``ecg_roots`` it
+    reads their signals from the shared data folder (GetEcg)."""
     embedder = Embedder()
-    candidates = list(sources.select(sources.enumerate_source(ptbxl_dir), limit=N_RECORDS))
+    candidates = list(sources.select(sources.enumerate_source(ptbxl_dir), limit=n_records))
     records = [sources.load(c) for c in candidates]
     store = EdgeStore(root / "store", "ecgs")
     try:
@@ -110,7 +110,8 @@ def service(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     token_file.write_text(f"{TOKEN}\n")
     port = free_port()
     command = [sys.executable, "-m", "ecgsearch.cli.main", "serve", "--store", str(root / "store")]
-    command += ["--port", str(port), "--tokens-file", str(tokens), "--ecg-roots", str(ptbxl_dir)]
+    command += ["--port", str(port), "--tokens-file", str(tokens)]
+    command += ["--ecg-roots", str(ptbxl_dir)] if ecg_roots else []
     log = (root / "serve.log").open("w")
     process = subprocess.Popen(command, env=clean_env(root), stderr=log, stdout=log, text=True)
     target = f"127.0.0.1:{port}"
@@ -120,6 +121,11 @@ def service(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     finally:
         stop(process)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def service(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    yield from start_service(tmp_path_factory.mktemp("web-service"), data_dir / "ptb-xl", N_RECORDS)
 
 
 def _wait_serving(target: str, process: subprocess.Popen[str], log: Path) -> None:

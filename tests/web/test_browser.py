@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.web.conftest import Service, Viewer, free_port, start_viewer, stop
+from tests.web.conftest import Service, Viewer, free_port, start_service, start_viewer, stop
 
 ARTIFACTS = os.environ.get(
     "ECGSEARCH_WEB_ARTIFACTS"
@@ -39,6 +39,8 @@ RENDER_RUNS = 5
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no browser at {CHROMIUM}: apt-get install -y chromium (as .ci/run does)")
     with sync_playwright() as p:
         launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
@@ -262,3 +264,23 @@ def test_wrong_token_is_reported(page: Page, service: Service, tmp_path: Path) -
         assert "refused this viewer's credentials (UNAUTHENTICATED)" in page.inner_text(".error")
     finally:
         stop(wrong.process)
+
+
+def test_signals_the_service_cannot_read_are_explained(
+    page: Page, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A service without --ecg-roots still searches; the pictures give way to its reason."""
+    root = tmp_path_factory.mktemp("no-roots")
+    service = start_service(root, data_dir / "ptb-xl", 12, ecg_roots=False)
+    served = next(service)
+    viewer = start_viewer(served.target, root / "home", "--token-file", str(served.token_file))
+    try:
+        _search_by_record(page, viewer, served.payloads[0].record_id)
+        assert len(_neighbour_ids(page)) == 10
+        assert page.locator("li.neighbour svg").count() == 0
+        notices = page.locator("li.neighbour .notice").all_inner_texts()
+        assert len(notices) == 10 and all("ECGSEARCH_ECG_ROOTS" in n for n in notices)
+        assert "The query's signal cannot be drawn" in page.inner_text("section.query")
+    finally:
+        stop(viewer.process)
+        service.close()
