@@ -25,11 +25,12 @@ from ecgsearch.search.client import EcgSearchClient
 from ecgsearch.search.schema import CollectionInfo, EcgPayload, Hit
 from ecgsearch.web import charts, ecgdraw, peaks
 from ecgsearch.web.errors import describe_rpc_error
-from ecgsearch.web.forms import MAX_K, FormError, SearchForm, parse_search
+from ecgsearch.web.forms import MAX_ID_CHARS, MAX_K, FormError, SearchForm, parse_search
 from ecgsearch.web.uploads import HeldEcg, UploadError, Uploads, read_upload
 
 MODEL_FS = 100.0  # GetEcg returns the prepared signal at the model's rate
 INFO_TTL_S = 60.0
+CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 FETCH_THREADS = 4  # neighbours' signals are fetched in parallel: each GetEcg reads one file on the service
 
 
@@ -133,6 +134,15 @@ def create_app(client: EcgSearchClient, *, target: str, max_upload_mb: float = 1
         context.setdefault("form", SearchForm())
         return render_template(template, error=problem, **context), status
 
+    @app.after_request
+    def headers(response: Response) -> Response:
+        """Pages show clinical data: not cached, not framed, no scripts or requests to other origins."""
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: RequestEntityTooLarge) -> tuple[str, int]:
         return page("index.html", 413, error=f"The file is larger than {upload_mb:g} MB; nothing was read.")
@@ -146,7 +156,8 @@ def create_app(client: EcgSearchClient, *, target: str, max_upload_mb: float = 1
         try:
             form = parse_search(request.args)
         except FormError as exc:
-            return page("index.html", 400, error=f"Invalid filter: {exc}")
+            kept = SearchForm(record_id=request.args.get("record_id", "")[:MAX_ID_CHARS].strip())
+            return page("index.html", 400, error=f"Invalid filter: {exc}", form=kept)
         if not form.record_id and not form.upload:
             return page("index.html", 400, error="Enter a stored record id or upload an ECG file.", form=form)
         try:
@@ -255,7 +266,7 @@ def _results(viewer: Viewer, form: SearchForm) -> dict[str, Any]:
         held = _held(viewer, form.upload)
         result = client.search_by_ecg(held.signal, held.fs, ecgdraw.LEADS, units="mV", **options)
         query_svg = ecgdraw.twelve_lead(held.signal, held.fs, ecgdraw.MV, uid="query")
-        query.update(label=f"Uploaded {held.format} file", upload=held, scale=ecgdraw.MV)
+        query.update(label=f"uploaded {held.format} file", upload=held, scale=ecgdraw.MV)
     else:
         payload, _ = client.get_record(form.record_id)
         result = client.search_by_record(form.record_id, **options)

@@ -116,10 +116,16 @@ def parse_search(args: Mapping[str, object]) -> SearchForm:
         "sex": sex or None,
         "datasets": datasets,
     }
+    if (
+        values["age_min"] is not None
+        and values["age_max"] is not None
+        and values["age_min"] > values["age_max"]
+    ):
+        raise FormError("age range", f"from {values['age_min']} is above to {values['age_max']}")
     try:
         flt = SearchFilter(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "filter"
+        where = ".".join(str(p) for p in first["loc"]) or "diagnoses"
         raise FormError(where.replace("_", " "), str(first["msg"]).removeprefix("Value error, ")) from None
     return SearchForm(record_id=record_id, upload=upload, k=k, flt=flt)

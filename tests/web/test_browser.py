@@ -71,8 +71,11 @@ def test_search_by_record_draws_query_neighbours_and_summary(
     page: Page, viewer: Viewer, service: Service
 ) -> None:
     query = service.payloads[3]
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     _search_by_record(page, viewer, query.record_id)
     assert page.inner_text("#query-label") == query.record_id
+    assert console_errors == []  # nothing blocked by the page's content security policy, nothing missing
     # The query on the paper grid (5 mm major squares, 1 mm minor) with the 3 x 4 leads and a lead II strip.
     assert page.locator("#query-ecg svg pattern.grid-major").get_attribute("width") == "50"
     assert page.locator("#query-ecg svg pattern.grid-minor").get_attribute("width") == "10"
@@ -170,10 +173,13 @@ def test_invalid_filter_is_explained(page: Page, viewer: Viewer, service: Servic
     record = service.payloads[0].record_id
     response = page.goto(f"{viewer.url}/search?record_id={record}&age_min=80&age_max=20")
     assert response is not None and response.status == 400
-    assert "age_min 80 > age_max 20" in page.inner_text(".error")
+    assert "age range: from 80 is above to 20" in page.inner_text(".error")
+    assert page.locator("#record_id").input_value() == record  # the query is kept for the next try
     response = page.goto(f"{viewer.url}/search?record_id={record}&k=abc")
     assert response is not None and response.status == 400
     assert "k: 'abc' is not a whole number" in page.inner_text(".error")
+    assert response.headers["cache-control"] == "no-store"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     response = page.goto(f"{viewer.url}/search?record_id=ptbxl:999999")
     assert response is not None and response.status == 404
     assert "ptbxl:999999" in page.inner_text(".error")
@@ -184,7 +190,7 @@ def test_upload_a_hospital_file(page: Page, viewer: Viewer, data_dir: Path) -> N
     page.set_input_files("#ecg-file", str(data_dir / "hospital" / HOSPITAL_SAMPLE))
     page.click("#upload-button")
     page.wait_for_selector("#query-label")
-    assert page.inner_text("#query-label") == "Uploaded muse-xml file"
+    assert page.inner_text("#query-label") == "uploaded muse-xml file"
     assert "25 mm/s · 10 mm/mV" in page.inner_text("#query-ecg")  # the file's own mV, at paper scale
     assert len(_neighbour_ids(page)) == 10
     assert HOSPITAL_SAMPLE not in page.content()  # a file name can carry personal data: never shown
@@ -192,7 +198,7 @@ def test_upload_a_hospital_file(page: Page, viewer: Viewer, data_dir: Path) -> N
     page.select_option("#sex", "M")
     page.click("#search-button")
     page.wait_for_selector("#query-label")
-    assert page.inner_text("#query-label") == "Uploaded muse-xml file"
+    assert page.inner_text("#query-label") == "uploaded muse-xml file"
     assert set(page.locator("li.neighbour .sex").all_inner_texts()) == {"male"}
     page.locator("li.neighbour a.compare").first.click()
     page.wait_for_selector("#compare-ecg svg")

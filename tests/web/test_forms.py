@@ -47,11 +47,11 @@ def test_empty_form_has_defaults() -> None:
         ({"k": str(MAX_K + 1)}, "k", "outside"),
         ({"age_min": "-1"}, "minimum age", "outside 0-130"),
         ({"age_max": "1e9"}, "maximum age", "not a whole number"),
-        ({"age_min": "80", "age_max": "20"}, "filter", "age_min 80 > age_max 20"),
+        ({"age_min": "80", "age_max": "20"}, "age range", "from 80 is above to 20"),
         ({"sex": "x"}, "sex", "expected M, F or any"),
         ({"record_id": "r" * 1000}, "record id", "longer than 128"),
         ({"dataset": ",".join(["d"] * 17)}, "dataset", "at most 16"),
-        ({"dx_any": "AF", "dx_none": "AF"}, "filter", "both required and excluded"),
+        ({"dx_any": "AF", "dx_none": "AF"}, "diagnoses", "both required and excluded"),
     ],
 )
 def test_bad_field_is_named(args: dict[str, str], field: str, reason: str) -> None:
