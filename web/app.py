@@ -194,18 +194,24 @@ def create_app(client: EcgSearchClient, *, target: str, max_upload_mb: float = 1
             form = SearchForm()
         try:
             payload, _ = client.get_record(record_id)
-            signal = client.get_ecg(record_id)
         except grpc.RpcError as error:
             status, message = describe_rpc_error(error, target)
             return page("index.html", status, error=message)
-        svg = ecgdraw.twelve_lead(signal, MODEL_FS, ecgdraw.NORMALISED, uid=_svg_id(record_id, "full-"))
+        signal = viewer.signals([record_id])[0]
+        svg, problem = None, None
+        if isinstance(signal, grpc.RpcError):
+            problem = describe_rpc_error(signal, target)[1]
+        else:
+            svg = Markup(
+                ecgdraw.twelve_lead(signal, MODEL_FS, ecgdraw.NORMALISED, uid=_svg_id(record_id, "full-"))
+            )
         return page(
             "ecg.html",
             payload=payload,
             diagnoses=[_diagnosis(c) for c in payload.diagnoses],
-            svg=Markup(svg),
+            svg=svg,
+            problem=problem,
             form=form,
-            scale=ecgdraw.NORMALISED,
         )
 
     @app.get("/compare")
@@ -236,7 +242,6 @@ def create_app(client: EcgSearchClient, *, target: str, max_upload_mb: float = 1
             query_label=query_label,
             shift_ms=None if shift is None else shift / MODEL_FS * 1000,
             svg=Markup(svg),
-            scale=ecgdraw.NORMALISED,
         )
 
     return app

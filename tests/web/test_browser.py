@@ -287,6 +287,9 @@ def test_signals_the_service_cannot_read_are_explained(
         notices = page.locator("li.neighbour .notice").all_inner_texts()
         assert len(notices) == 10 and all("ECGSEARCH_ECG_ROOTS" in n for n in notices)
         assert "The query's signal cannot be drawn" in page.inner_text("section.query")
+        page.locator("li.neighbour a.record").first.click()
+        page.wait_for_selector("#record-title")
+        assert "ECGSEARCH_ECG_ROOTS" in page.inner_text(".notice")
     finally:
         stop(viewer.process)
         service.close()
