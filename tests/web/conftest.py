@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +52,9 @@ class Service:
 class Viewer:
     url: str
     process: subprocess.Popen[str]
+
+    def close(self) -> None:
+        stop(self.process)
 
 
 def free_port() -> int:
@@ -143,6 +146,24 @@ def _wait_serving(target: str, process: subprocess.Popen[str], log: Path) -> Non
                 pass
             time.sleep(0.2)
     pytest.fail(f"ecgsearch serve not serving after {START_TIMEOUT_S:.0f} s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def launch_viewer() -> Callable[..., Viewer]:
+    """``launch_viewer(target, home, *args)``: another viewer process (close it with ``.close()``)."""
+    return start_viewer
+
+
+@pytest.fixture(scope="session")
+def launch_service() -> Callable[..., Iterator[Service]]:
+    """``launch_service(root, ptbxl_dir, n, ecg_roots=...)``: a generator holding one more service."""
+    return start_service
+
+
+@pytest.fixture
+def dead_target() -> str:
+    """A loopback address where nothing listens."""
+    return f"127.0.0.1:{free_port()}"
 
 
 @pytest.fixture(scope="session")

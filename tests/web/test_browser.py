@@ -12,14 +12,17 @@ import os
 import platform
 import statistics
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.web.conftest import Service, Viewer, free_port, start_service, start_viewer, stop
+if TYPE_CHECKING:  # the fixtures' types, from tests/web/conftest.py
+    from conftest import Service, Viewer
+
 
 ARTIFACTS = os.environ.get(
     "ECGSEARCH_WEB_ARTIFACTS"
@@ -233,9 +236,14 @@ def test_bad_upload_shows_the_error(page: Page, viewer: Viewer, tmp_path: Path) 
 
 
 def test_oversized_upload_and_service_down(
-    page: Page, service: Service, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    page: Page,
+    service: Service,
+    data_dir: Path,
+    dead_target: str,
+    launch_viewer: Callable[..., Viewer],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    small = start_viewer(
+    small = launch_viewer(
         service.target,
         tmp_path_factory.mktemp("small"),
         "--token-file",
@@ -243,7 +251,7 @@ def test_oversized_upload_and_service_down(
         "--max-upload-mb",
         "0.05",
     )
-    down = start_viewer(f"127.0.0.1:{free_port()}", tmp_path_factory.mktemp("down"), "--timeout", "3")
+    down = launch_viewer(dead_target, tmp_path_factory.mktemp("down"), "--timeout", "3")
     try:
         page.goto(small.url + "/")
         page.set_input_files("#ecg-file", str(data_dir / "hospital" / HOSPITAL_SAMPLE))
@@ -256,30 +264,36 @@ def test_oversized_upload_and_service_down(
         assert response is not None and response.status == 503
         assert "is not reachable" in page.inner_text(".error")
     finally:
-        stop(small.process)
-        stop(down.process)
+        small.close()
+        down.close()
 
 
-def test_wrong_token_is_reported(page: Page, service: Service, tmp_path: Path) -> None:
+def test_wrong_token_is_reported(
+    page: Page, service: Service, tmp_path: Path, launch_viewer: Callable[..., Viewer]
+) -> None:
     token = tmp_path / "wrong.token"
     token.write_text("not-the-token\n")
-    wrong = start_viewer(service.target, tmp_path / "home", "--token-file", str(token))
+    wrong = launch_viewer(service.target, tmp_path / "home", "--token-file", str(token))
     try:
         response = page.goto(wrong.url + "/")
         assert response is not None and response.status == 502
         assert "refused this viewer's credentials (UNAUTHENTICATED)" in page.inner_text(".error")
     finally:
-        stop(wrong.process)
+        wrong.close()
 
 
 def test_signals_the_service_cannot_read_are_explained(
-    page: Page, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    page: Page,
+    data_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    launch_service: Callable[..., Iterator[Service]],
+    launch_viewer: Callable[..., Viewer],
 ) -> None:
     """A service without --ecg-roots still searches; the pictures give way to its reason."""
     root = tmp_path_factory.mktemp("no-roots")
-    service = start_service(root, data_dir / "ptb-xl", 12, ecg_roots=False)
+    service = launch_service(root, data_dir / "ptb-xl", 12, ecg_roots=False)
     served = next(service)
-    viewer = start_viewer(served.target, root / "home", "--token-file", str(served.token_file))
+    viewer = launch_viewer(served.target, root / "home", "--token-file", str(served.token_file))
     try:
         _search_by_record(page, viewer, served.payloads[0].record_id)
         assert len(_neighbour_ids(page)) == 10
@@ -291,5 +305,5 @@ def test_signals_the_service_cannot_read_are_explained(
         page.wait_for_selector("#record-title")
         assert "ECGSEARCH_ECG_ROOTS" in page.inner_text(".notice")
     finally:
-        stop(viewer.process)
+        viewer.close()
         service.close()
