@@ -16,6 +16,7 @@ PARTS = (
     "ecgsearch.export.cli",
     "ecgsearch.ingest.cli",
     "ecgsearch.search.cli",
+    "ecgsearch.web.cli",
 )
 
 # Markdown help: docstring paragraphs are re-wrapped to the terminal (no line breaks of the source

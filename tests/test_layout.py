@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = {"encoder", "export", "ingest", "search", "bench", "cli"}
-# Which parts each part may import (data path: encoder -> export -> search -> ingest -> bench -> cli).
+PARTS = {"encoder", "export", "ingest", "search", "bench", "web", "cli"}
+# Which parts each part may import (data path: encoder -> export -> search -> ingest -> bench -> cli;
+# web is a client of the service).
 ALLOWED = {
     "encoder": {"encoder"},
     "export": {"encoder", "export"},
     "search": {"encoder", "export", "search"},
     "ingest": {"encoder", "export", "search", "ingest"},
     "bench": {"encoder", "export", "search", "ingest", "bench"},
+    "web": {"encoder", "export", "search", "web"},
     "cli": PARTS,
 }
 # Per module, stricter than its part: the ecgsearch modules it may import (a trailing "." allows a package).

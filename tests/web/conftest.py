@@ -1,0 +1,175 @@
+"""A real search service and a real viewer, each in its own process on a loopback port.
+
+The store holds the first PTB-XL records embedded with the bundled model; ``ecgsearch serve`` reads
+their signals from the shared data folder (GetEcg), and the viewer talks to it with its own token.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ecgsearch.export.runtime import Embedder
+from ecgsearch.ingest import sources
+from ecgsearch.search.schema import EcgPayload
+from ecgsearch.search.store import EdgeStore
+
+N_RECORDS = 60
+TOKEN = "viewer-secret"
+START_TIMEOUT_S = 60.0
+
+# The web command alone, mounted the way the root app mounts each part.
+WEB_APP = """
+import typer
+from ecgsearch.web.cli import register
+app, bench, evaluate = typer.Typer(), typer.Typer(), typer.Typer()
+register(app, bench, evaluate)
+app.callback()(lambda: None)
+app()
+"""
+
+
+@dataclass(frozen=True)
+class Service:
+    target: str
+    payloads: list[EcgPayload]
+    token_file: Path
+
+
+@dataclass(frozen=True)
+class Viewer:
+    url: str
+    process: subprocess.Popen[str]
+
+    def close(self) -> None:
+        stop(self.process)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECGSEARCH_")}
+    env["ECGSEARCH_HOME"] = str(home)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def start_viewer(target: str, home: Path, *args: str) -> Viewer:
+    """``web --port 0``; the bound URL is read from its first stderr line."""
+    command = [sys.executable, "-c", WEB_APP, "web", "--target", target, "--port", "0", *args]
+    process = subprocess.Popen(command, env=clean_env(home), stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    found = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
+    if not found:
+        stop(process)
+        pytest.fail(f"the viewer did not start: {line}{process.stderr.read()}")
+    return Viewer(found.group(1), process)
+
+
+def start_service(
+    root: Path, ptbxl_dir: Path, n_records: int, *, ecg_roots: bool = True
+) -> Iterator[Service]:
+    """``ecgsearch serve`` over the first ``n_records`` PTB-XL ECGs, with a token; with ``ecg_roots`` it
+    reads their signals from the shared data folder (GetEcg)."""
+    embedder = Embedder()
+    candidates = list(sources.select(sources.enumerate_source(ptbxl_dir), limit=n_records))
+    records = [sources.load(c) for c in candidates]
+    store = EdgeStore(root / "store", "ecgs")
+    try:
+        store.create_collection(dim=embedder.dim, model_version=embedder.version)
+        store.upsert([r.payload for r in records], embedder.embed(np.stack([r.signal for r in records])))
+        store.optimize()
+    finally:
+        store.close()
+    tokens = root / "tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    token_file = root / "viewer.token"
+    token_file.write_text(f"{TOKEN}\n")
+    port = free_port()
+    command = [sys.executable, "-m", "ecgsearch.cli.main", "serve", "--store", str(root / "store")]
+    command += ["--port", str(port), "--tokens-file", str(tokens)]
+    command += ["--ecg-roots", str(ptbxl_dir)] if ecg_roots else []
+    log = (root / "serve.log").open("w")
+    process = subprocess.Popen(command, env=clean_env(root), stderr=log, stdout=log, text=True)
+    target = f"127.0.0.1:{port}"
+    try:
+        _wait_serving(target, process, root / "serve.log")
+        yield Service(target, [r.payload for r in records], token_file)
+    finally:
+        stop(process)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def service(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    yield from start_service(tmp_path_factory.mktemp("web-service"), data_dir / "ptb-xl", N_RECORDS)
+
+
+def _wait_serving(target: str, process: subprocess.Popen[str], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"ecgsearch serve exited: {log.read_text()[-2000:]}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    pytest.fail(f"ecgsearch serve not serving after {START_TIMEOUT_S:.0f} s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def launch_viewer() -> Callable[..., Viewer]:
+    """``launch_viewer(target, home, *args)``: another viewer process (close it with ``.close()``)."""
+    return start_viewer
+
+
+@pytest.fixture(scope="session")
+def launch_service() -> Callable[..., Iterator[Service]]:
+    """``launch_service(root, ptbxl_dir, n, ecg_roots=...)``: a generator holding one more service."""
+    return start_service
+
+
+@pytest.fixture
+def dead_target() -> str:
+    """A loopback address where nothing listens."""
+    return f"127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def viewer(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
+    started = start_viewer(
+        service.target, tmp_path_factory.mktemp("web-viewer"), "--token-file", str(service.token_file)
+    )
+    yield started
+    stop(started.process)

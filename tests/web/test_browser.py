@@ -1,0 +1,309 @@
+"""The viewer end to end in headless Chromium (Debian's package, driven by Playwright): a real
+``ecgsearch serve`` over PTB-XL records and ``web`` in another process, both on loopback ports.
+
+With ECGSEARCH_WEB_ARTIFACTS=<repo root> the results-page test also writes docs/images/viewer.png and
+results/web_render.json there (how the committed screenshot and timing were made).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+if TYPE_CHECKING:  # the fixtures' types, from tests/web/conftest.py
+    from conftest import Service, Viewer
+
+
+ARTIFACTS = os.environ.get(
+    "ECGSEARCH_WEB_ARTIFACTS"
+)  # read at import: the autouse fixture clears ECGSEARCH_*
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+HOSPITAL_SAMPLE = "muse_braveheart_example1.xml"
+RENDER_RUNS = 5
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no browser at {CHROMIUM}: apt-get install -y chromium (as .ci/run does)")
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    opened.set_default_timeout(30_000)
+    yield opened
+    context.close()
+
+
+def _search_by_record(page: Page, viewer: Viewer, record_id: str) -> None:
+    page.goto(viewer.url + "/")
+    page.fill("#record_id", record_id)
+    page.click("#search-button")
+    page.wait_for_selector("#query-label")
+
+
+def _neighbour_ids(page: Page) -> list[str]:
+    return page.eval_on_selector_all("li.neighbour", "els => els.map(e => e.dataset.recordId)")
+
+
+def test_search_by_record_draws_query_neighbours_and_summary(
+    page: Page, viewer: Viewer, service: Service
+) -> None:
+    query = service.payloads[3]
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    _search_by_record(page, viewer, query.record_id)
+    assert page.inner_text("#query-label") == query.record_id
+    assert console_errors == []  # nothing blocked by the page's content security policy, nothing missing
+    # The query on the paper grid (5 mm major squares, 1 mm minor) with the 3 x 4 leads and a lead II strip.
+    assert page.locator("#query-ecg svg pattern.grid-major").get_attribute("width") == "50"
+    assert page.locator("#query-ecg svg pattern.grid-minor").get_attribute("width") == "10"
+    assert page.locator("#query-ecg g.lead").count() == 13
+    assert page.locator("#query-ecg g.rhythm").get_attribute("data-lead") == "II"
+    assert "normalised units" in page.inner_text("#query-ecg")
+    # Ten neighbours, never the query itself nor its patient's other ECGs, each as a 12-lead thumbnail.
+    ids = _neighbour_ids(page)
+    same_patient = {p.record_id for p in service.payloads if p.patient_id == query.patient_id}
+    assert len(ids) == 10 and not set(ids) & same_patient
+    assert page.locator("li.neighbour svg.compact").count() == 10
+    assert page.locator("li.neighbour").first.locator("g.lead").count() == 12
+    scores = [float(s.split()[-1]) for s in page.locator("li.neighbour .score").all_inner_texts()]
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    # Diagnoses by name, the code on hover; the summary chart has a bar pair per diagnosis.
+    first = service.payloads[[p.record_id for p in service.payloads].index(ids[0])]
+    titles = page.locator("li.neighbour").first.locator(".dx").evaluate_all("els => els.map(e => e.title)")
+    assert titles == first.diagnoses
+    assert page.locator("#summary g.diagnosis").count() >= 1
+    assert (
+        page.locator("#summary g.diagnosis rect.base").count() == page.locator("#summary g.diagnosis").count()
+    )
+    # No personal data beyond what the service returns: no patient id, no source path.
+    body = page.content()
+    assert first.source_path not in body and f">{first.patient_id}<" not in body
+
+    timing = _render_timing(page)
+    print(f"results page, 10 neighbours: {json.dumps(timing)}")
+    if ARTIFACTS:
+        _write_artifacts(page, timing, Path(ARTIFACTS))
+
+
+def _render_timing(page: Page) -> dict[str, object]:
+    """Median over RENDER_RUNS reloads: server time to first byte and time to the load event (ms)."""
+    server, total, sizes = [], [], []
+    for _ in range(RENDER_RUNS):
+        page.reload(wait_until="load")
+        entry = page.evaluate(
+            "() => { const e = performance.getEntriesByType('navigation')[0];"
+            " return {ttfb: e.responseStart - e.requestStart, load: e.loadEventEnd - e.startTime,"
+            " bytes: e.transferSize}; }"
+        )
+        server.append(entry["ttfb"])
+        total.append(entry["load"])
+        sizes.append(entry["bytes"])
+    return {
+        "neighbours": 10,
+        "runs": RENDER_RUNS,
+        "server_ms_p50": round(statistics.median(server), 1),
+        "page_load_ms_p50": round(statistics.median(total), 1),
+        "page_bytes": int(statistics.median(sizes)),
+    }
+
+
+def _write_artifacts(page: Page, timing: dict[str, object], root: Path) -> None:
+    (root / "docs" / "images").mkdir(parents=True, exist_ok=True)
+    from PIL import Image  # with matplotlib (bench extra); a 64-colour palette keeps the file small
+
+    shot = root / "docs" / "images" / "viewer.png"
+    page.screenshot(path=str(shot), full_page=False)
+    Image.open(shot).convert("RGB").quantize(64).save(shot, optimize=True)
+    record = {
+        "benchmark": "web_results_page",
+        "command": "ECGSEARCH_WEB_ARTIFACTS=. python -m pytest -q tests/web/test_browser.py -k draws",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "store": "60 PTB-XL records, bundled model, embedded store, ecgsearch serve on loopback",
+        "browser": "Debian chromium, headless, Playwright",
+        **timing,
+    }
+    (root / "results").mkdir(exist_ok=True)
+    (root / "results" / "web_render.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def test_filter_keeps_only_matching_neighbours(page: Page, viewer: Viewer, service: Service) -> None:
+    query = service.payloads[0]
+    women = [p for p in service.payloads if p.sex == "F" and p.patient_id != query.patient_id]
+    code, _ = Counter(c for p in women for c in p.diagnoses).most_common(1)[0]
+    expected = [p for p in women if code in p.diagnoses]
+    _search_by_record(page, viewer, query.record_id)
+    page.select_option("#sex", "F")
+    page.select_option("#dx_any", code)
+    page.fill("#k", "20")
+    page.click("#search-button")
+    page.wait_for_selector("#query-label")
+    ids = _neighbour_ids(page)
+    assert len(ids) == min(20, len(expected)) and set(ids) <= {p.record_id for p in expected}
+    assert set(page.locator("li.neighbour .sex").all_inner_texts()) == {"female"}
+    # The form keeps the filter, and the diagnosis option shows its code on hover.
+    assert page.locator("#sex").input_value() == "F"
+    assert page.locator(f'#dx_any option[value="{code}"]').get_attribute("title") == code
+
+
+def test_invalid_filter_is_explained(page: Page, viewer: Viewer, service: Service) -> None:
+    record = service.payloads[0].record_id
+    response = page.goto(f"{viewer.url}/search?record_id={record}&age_min=80&age_max=20")
+    assert response is not None and response.status == 400
+    assert "age range: from 80 is above to 20" in page.inner_text(".error")
+    assert page.locator("#record_id").input_value() == record  # the query is kept for the next try
+    response = page.goto(f"{viewer.url}/search?record_id={record}&k=abc")
+    assert response is not None and response.status == 400
+    assert "k: 'abc' is not a whole number" in page.inner_text(".error")
+    assert response.headers["cache-control"] == "no-store"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    response = page.goto(f"{viewer.url}/search?record_id=ptbxl:999999")
+    assert response is not None and response.status == 404
+    assert "ptbxl:999999" in page.inner_text(".error")
+
+
+def test_upload_a_hospital_file(page: Page, viewer: Viewer, data_dir: Path) -> None:
+    page.goto(viewer.url + "/")
+    page.set_input_files("#ecg-file", str(data_dir / "hospital" / HOSPITAL_SAMPLE))
+    page.click("#upload-button")
+    page.wait_for_selector("#query-label")
+    assert page.inner_text("#query-label") == "uploaded muse-xml file"
+    assert "25 mm/s · 10 mm/mV" in page.inner_text("#query-ecg")  # the file's own mV, at paper scale
+    assert len(_neighbour_ids(page)) == 10
+    assert HOSPITAL_SAMPLE not in page.content()  # a file name can carry personal data: never shown
+    # Refining the filter keeps the held upload as the query.
+    page.select_option("#sex", "M")
+    page.click("#search-button")
+    page.wait_for_selector("#query-label")
+    assert page.inner_text("#query-label") == "uploaded muse-xml file"
+    assert set(page.locator("li.neighbour .sex").all_inner_texts()) == {"male"}
+    page.locator("li.neighbour a.compare").first.click()
+    page.wait_for_selector("#compare-ecg svg")
+    assert "Aligned on the first R peak" in page.inner_text("#alignment")
+
+
+def test_open_a_neighbour_and_compare(page: Page, viewer: Viewer, service: Service) -> None:
+    _search_by_record(page, viewer, service.payloads[5].record_id)
+    first = _neighbour_ids(page)[0]
+    page.locator("li.neighbour a.thumb").first.click()
+    page.wait_for_selector("#record-ecg svg")
+    assert page.inner_text("#record-title") == first
+    assert page.locator("#record-ecg g.rhythm").count() == 1  # full size: 3 x 4 and the rhythm strip
+    page.click("#compare-link")
+    page.wait_for_selector("#compare-ecg svg")
+    assert page.locator("#compare-ecg polyline[data-role=neighbour]").count() == 12
+    assert page.locator("#compare-ecg polyline[data-role=query]").count() == 12
+    assert "Aligned on the first R peak of lead II" in page.inner_text("#alignment")
+
+
+def test_bad_upload_shows_the_error(page: Page, viewer: Viewer, tmp_path: Path) -> None:
+    bad = tmp_path / "patient-name-0001.xml"
+    bad.write_bytes(b"<not-an-ecg>garbage\x00\x01</not-an-ecg>")
+    page.goto(viewer.url + "/")
+    page.set_input_files("#ecg-file", str(bad))
+    with page.expect_navigation() as nav:
+        page.click("#upload-button")
+    assert nav.value is not None and nav.value.status == 400
+    message = page.inner_text(".error")
+    assert message.startswith("Upload refused: not a readable ECG file")
+    assert "patient-name" not in page.content()
+
+
+def test_oversized_upload_and_service_down(
+    page: Page,
+    service: Service,
+    data_dir: Path,
+    dead_target: str,
+    launch_viewer: Callable[..., Viewer],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    small = launch_viewer(
+        service.target,
+        tmp_path_factory.mktemp("small"),
+        "--token-file",
+        str(service.token_file),
+        "--max-upload-mb",
+        "0.05",
+    )
+    down = launch_viewer(dead_target, tmp_path_factory.mktemp("down"), "--timeout", "3")
+    try:
+        page.goto(small.url + "/")
+        page.set_input_files("#ecg-file", str(data_dir / "hospital" / HOSPITAL_SAMPLE))
+        with page.expect_navigation() as nav:
+            page.click("#upload-button")
+        assert nav.value is not None and nav.value.status == 413
+        assert "larger than 0.05 MB" in page.inner_text(".error")
+
+        response = page.goto(down.url + "/search?record_id=ptbxl:1")
+        assert response is not None and response.status == 503
+        assert "is not reachable" in page.inner_text(".error")
+    finally:
+        small.close()
+        down.close()
+
+
+def test_wrong_token_is_reported(
+    page: Page, service: Service, tmp_path: Path, launch_viewer: Callable[..., Viewer]
+) -> None:
+    token = tmp_path / "wrong.token"
+    token.write_text("not-the-token\n")
+    wrong = launch_viewer(service.target, tmp_path / "home", "--token-file", str(token))
+    try:
+        response = page.goto(wrong.url + "/")
+        assert response is not None and response.status == 502
+        assert "refused this viewer's credentials (UNAUTHENTICATED)" in page.inner_text(".error")
+    finally:
+        wrong.close()
+
+
+def test_signals_the_service_cannot_read_are_explained(
+    page: Page,
+    data_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    launch_service: Callable[..., Iterator[Service]],
+    launch_viewer: Callable[..., Viewer],
+) -> None:
+    """A service without --ecg-roots still searches; the pictures give way to its reason."""
+    root = tmp_path_factory.mktemp("no-roots")
+    service = launch_service(root, data_dir / "ptb-xl", 12, ecg_roots=False)
+    served = next(service)
+    viewer = launch_viewer(served.target, root / "home", "--token-file", str(served.token_file))
+    try:
+        _search_by_record(page, viewer, served.payloads[0].record_id)
+        assert len(_neighbour_ids(page)) == 10
+        assert page.locator("li.neighbour svg").count() == 0
+        notices = page.locator("li.neighbour .notice").all_inner_texts()
+        assert len(notices) == 10 and all("ECGSEARCH_ECG_ROOTS" in n for n in notices)
+        assert "The query's signal cannot be drawn" in page.inner_text("section.query")
+        page.locator("li.neighbour a.record").first.click()
+        page.wait_for_selector("#record-title")
+        assert "ECGSEARCH_ECG_ROOTS" in page.inner_text(".notice")
+    finally:
+        viewer.close()
+        service.close()

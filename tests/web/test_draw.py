@@ -1,0 +1,172 @@
+"""The ECG drawing at paper scale: 1 mm / 5 mm grid, 25 mm/s, 10 mm/mV, the 3 x 4 layout, alignment."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from ecgsearch.search.service import DiagnosisConcentration
+from ecgsearch.web import charts, ecgdraw, peaks
+
+NS = {"s": "http://www.w3.org/2000/svg"}
+UNITS_PER_MM = 10  # one SVG user unit is 0.1 mm
+
+
+def _parse(svg: str) -> ET.Element:
+    return ET.fromstring(svg)
+
+
+def _points(polyline: ET.Element) -> np.ndarray:
+    return np.array([[float(v) for v in p.split(",")] for p in polyline.get("points", "").split()])
+
+
+def _lead(root: ET.Element, lead: str, rhythm: bool = False) -> ET.Element:
+    for g in root.iter(f"{{{NS['s']}}}g"):
+        classes = g.get("class", "").split()
+        if g.get("data-lead") == lead and ("rhythm" in classes) == rhythm:
+            return g
+    raise AssertionError(f"no lead {lead}")
+
+
+def test_svg_is_in_millimetres_with_a_1_mm_and_5_mm_grid() -> None:
+    root = _parse(ecgdraw.twelve_lead(np.zeros((12, 1000)), 100.0))
+    width_mm = float(root.get("width", "").removesuffix("mm"))
+    view_width = float(root.get("viewBox", "").split()[2])
+    assert view_width / width_mm == UNITS_PER_MM
+    minor = root.find(".//s:pattern[@class='grid-minor']", NS)
+    major = root.find(".//s:pattern[@class='grid-major']", NS)
+    assert minor is not None and major is not None
+    assert (
+        float(minor.get("width", "")) / UNITS_PER_MM == 1.0 == float(minor.get("height", "")) / UNITS_PER_MM
+    )
+    assert (
+        float(major.get("width", "")) / UNITS_PER_MM == 5.0 == float(major.get("height", "")) / UNITS_PER_MM
+    )
+    # The paper starts on a major line and both sizes are whole numbers of 5 mm squares.
+    assert width_mm % 5 == 0 and float(root.get("viewBox", "").split()[3]) % 10 == 0
+
+
+@pytest.mark.parametrize("fs", [100.0, 500.0])
+def test_one_second_is_25_mm_and_one_millivolt_is_10_mm(fs: float) -> None:
+    t = np.arange(int(10 * fs)) / fs
+    signal = np.zeros((12, len(t)))
+    signal[1] = t  # lead II rises 1 mV per second
+    root = _parse(ecgdraw.twelve_lead(signal, fs, ecgdraw.MV))
+    xy = _points(_lead(root, "II", rhythm=True).find("s:polyline", NS)) / UNITS_PER_MM
+    assert len(xy) == len(t)
+    mm_per_s = np.polyfit(t, xy[:, 0], 1)[0]
+    mm_per_mv = -np.polyfit(t, xy[:, 1], 1)[0]  # SVG y grows downwards: up on paper is up in mV
+    assert mm_per_s == pytest.approx(25.0, abs=0.01)
+    assert mm_per_mv == pytest.approx(10.0, abs=0.01)
+    assert xy[-1, 0] - xy[0, 0] == pytest.approx(25.0 * (len(t) - 1) / fs, abs=0.1)
+
+
+def test_calibration_pulse_is_10_mm_by_5_mm_and_the_scale_is_written() -> None:
+    for scale, words in ((ecgdraw.MV, "10 mm/mV"), (ecgdraw.NORMALISED, "normalised units")):
+        root = _parse(ecgdraw.twelve_lead(np.zeros((12, 1000)), 100.0, scale))
+        pulse = _points(root.find(".//s:polyline[@class='pulse']", NS)) / UNITS_PER_MM
+        assert np.ptp(pulse[:, 1]) == pytest.approx(10.0)
+        assert pulse[4, 0] - pulse[2, 0] == pytest.approx(5.0)  # 0.2 s at 25 mm/s
+        assert words in "".join(root.itertext())
+    assert "not mV" in ecgdraw.NORMALISED.caption()
+    assert ecgdraw.NORMALISED.pulse_units * ecgdraw.NORMALISED.mm_per_unit == 10.0
+
+
+def test_three_by_four_layout_with_a_lead_ii_rhythm_strip() -> None:
+    fs = 100.0
+    signal = np.tile(np.arange(1000, dtype=float), (12, 1))
+    root = _parse(ecgdraw.twelve_lead(signal, fs))
+    columns = [("I", "II", "III"), ("aVR", "aVL", "aVF"), ("V1", "V2", "V3"), ("V4", "V5", "V6")]
+    for col, leads in enumerate(columns):
+        for lead in leads:
+            g = _lead(root, lead)
+            assert float(g.get("data-t0", "")) == 2.5 * col
+            xy = _points(g.find("s:polyline", NS)) / UNITS_PER_MM
+            assert xy[0, 0] == pytest.approx(ecgdraw.PULSE_MM + 62.5 * col, abs=0.1)
+            assert 62.5 <= xy[-1, 0] - xy[0, 0] + 0.25 <= 62.5 + 0.5  # 2.5 s (the next sample joins)
+    rows = {lead: _points(_lead(root, lead).find("s:polyline", NS))[0, 1] for lead in ("I", "II", "III")}
+    assert rows["II"] - rows["I"] == rows["III"] - rows["II"] == ecgdraw.ROW_MM * UNITS_PER_MM
+    strip = _points(_lead(root, "II", rhythm=True).find("s:polyline", NS)) / UNITS_PER_MM
+    assert strip[-1, 0] - strip[0, 0] == pytest.approx(250 - 0.25, abs=0.1)
+
+
+def test_thumbnail_is_compact() -> None:
+    root = _parse(ecgdraw.twelve_lead(np.zeros((12, 1000)), 100.0, compact=True))
+    assert root.find(".//s:pattern[@class='grid-minor']", NS) is None
+    assert root.find(".//s:polyline[@class='pulse']", NS) is None
+    assert len(root.findall(".//s:g[@class='lead']", NS)) == 12
+
+
+def test_bad_signal_is_refused() -> None:
+    with pytest.raises(ValueError, match="expected \\(12, samples\\)"):
+        ecgdraw.twelve_lead(np.zeros((8, 1000)), 100.0)
+    with pytest.raises(ValueError, match="fs"):
+        ecgdraw.twelve_lead(np.zeros((12, 1000)), 0.0)
+
+
+def _spikes(onsets: list[int], n: int = 1000, invert: bool = False) -> np.ndarray:
+    """Lead II with narrow R spikes at ``onsets`` and lower, broader T waves 25 samples after each."""
+    t = np.arange(n)
+    x = sum(
+        np.exp(-0.5 * ((t - o) / 1.5) ** 2) + 0.3 * np.exp(-0.5 * ((t - o - 25) / 6) ** 2) for o in onsets
+    )
+    return -x if invert else x
+
+
+def test_first_r_peak_on_synthetic_and_real_leads(ptbxl_dir) -> None:
+    assert peaks.first_r_peak(_spikes([130, 210, 290]), 100.0) == 130
+    assert peaks.first_r_peak(_spikes([57, 140]), 100.0) == 57
+    assert peaks.first_r_peak(_spikes([90, 170], invert=True), 100.0) == 90
+    assert peaks.first_r_peak(np.zeros(1000), 100.0) is None
+    from ecgsearch.encoder import signals
+
+    lead_ii = signals.load(ptbxl_dir / "records100" / "00000" / "00001_lr")[1]
+    first = peaks.first_r_peak(lead_ii, 100.0)
+    assert first is not None and lead_ii[first] == lead_ii[max(0, first - 10) : first + 10].max()
+
+
+def test_alignment_shift_lines_up_the_first_r_peaks() -> None:
+    query = np.zeros((12, 1000))
+    other = np.zeros((12, 1000))
+    query[1] = _spikes([150, 230, 310])
+    other[1] = _spikes([133, 213, 293])
+    assert peaks.alignment_shift(query, other, 100.0) == 17
+    root = _parse(ecgdraw.overlay(query, other, 100.0, shift=17))
+    moved = root.find(".//s:g[@data-lead='II']/s:polyline[@data-role='neighbour']", NS)
+    xy = _points(moved) / UNITS_PER_MM
+    assert xy[0, 0] == pytest.approx(ecgdraw.PULSE_MM + 17 / 100 * 25, abs=0.1)
+    peak_x = xy[np.argmin(xy[:, 1]), 0]  # the highest point on paper
+    q = _points(root.find(".//s:g[@data-lead='II']/s:polyline[@data-role='query']", NS)) / UNITS_PER_MM
+    assert peak_x == pytest.approx(q[np.argmin(q[:, 1]), 0], abs=0.1)
+
+
+def test_enrichment_chart_bars_are_proportional() -> None:
+    rows = [
+        DiagnosisConcentration(
+            code="164889003",
+            description="atrial fibrillation",
+            count=5,
+            fraction=0.5,
+            base_rate=0.1,
+            enrichment=5.0,
+        ),
+        DiagnosisConcentration(
+            code="SCP:NORM", description="normal ECG", count=2, fraction=0.2, base_rate=0.4, enrichment=0.5
+        ),
+    ]
+    root = _parse(charts.enrichment_chart(rows, 10))
+    groups = root.findall(".//s:g[@class='diagnosis']", NS)
+    assert [g.get("data-code") for g in groups] == ["164889003", "SCP:NORM"]
+    widths = [
+        (
+            float(g.find("s:rect[@class='neighbours']", NS).get("width")),
+            float(g.find("s:rect[@class='base']", NS).get("width")),
+        )
+        for g in groups
+    ]
+    assert widths[0] == (0.5 * charts.BAR_PX, 0.1 * charts.BAR_PX)
+    assert widths[1] == (0.2 * charts.BAR_PX, 0.4 * charts.BAR_PX)
+    text = "".join(root.itertext())
+    assert "×5.0" in text and "×0.5" in text and "164889003: atrial fibrillation" in text

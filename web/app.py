@@ -1,0 +1,320 @@
+"""The viewer's pages: search by stored record or uploaded file, neighbours on the ECG grid, comparison.
+
+Every page asks the running search service through ``EcgSearchClient`` with the viewer's own
+credentials; nothing here opens a store. Routes unpack the request, call the client, draw, and
+render a template; failures become one message on the page (``errors.describe_rpc_error``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from flask import Flask, Response, redirect, render_template, request, url_for
+from markupsafe import Markup
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from ecgsearch.search import codes
+from ecgsearch.search.client import EcgSearchClient
+from ecgsearch.search.schema import CollectionInfo, EcgPayload, Hit
+from ecgsearch.web import charts, ecgdraw, peaks
+from ecgsearch.web.errors import describe_rpc_error
+from ecgsearch.web.forms import MAX_ID_CHARS, MAX_K, FormError, SearchForm, parse_search
+from ecgsearch.web.uploads import HeldEcg, UploadError, Uploads, read_upload
+
+MODEL_FS = 100.0  # GetEcg returns the prepared signal at the model's rate
+INFO_TTL_S = 60.0
+CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+FETCH_THREADS = 4  # neighbours' signals are fetched in parallel: each GetEcg reads one file on the service
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    code: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    rank: int
+    hit: Hit
+    diagnoses: list[Diagnosis]
+    svg: Markup | None
+    problem: str | None
+
+
+class Viewer:
+    """The client, the collection facts (refreshed every ``INFO_TTL_S``) and the held uploads."""
+
+    def __init__(self, client: EcgSearchClient, target: str) -> None:
+        self.client = client
+        self.target = target
+        self.uploads = Uploads()
+        self._info: tuple[float, CollectionInfo] | None = None
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="get-ecg")
+
+    def info(self) -> CollectionInfo:
+        with self._lock:
+            if self._info is not None and time.monotonic() - self._info[0] < INFO_TTL_S:
+                return self._info[1]
+        info = self.client.info()
+        with self._lock:
+            self._info = (time.monotonic(), info)
+        return info
+
+    def diagnosis_options(self) -> list[tuple[Diagnosis, int]]:
+        """Every code stored in the collection with its name and count, by name."""
+        counts = self.info().diagnosis_counts
+        options = [(_diagnosis(code), n) for code, n in counts.items()]
+        return sorted(options, key=lambda o: (o[0].name.lower(), o[0].code))
+
+    def signals(self, record_ids: Sequence[str]) -> list[np.ndarray | grpc.RpcError]:
+        """Each record's prepared signal, or the error that kept it back (fetched in parallel)."""
+
+        def one(record_id: str) -> np.ndarray | grpc.RpcError:
+            try:
+                return self.client.get_ecg(record_id)
+            except grpc.RpcError as error:
+                return error
+
+        return list(self._pool.map(one, record_ids))
+
+
+def _diagnosis(code: str) -> Diagnosis:
+    return Diagnosis(code, codes.describe(code))
+
+
+def _age(payload: EcgPayload) -> str:
+    if payload.age_over_89:
+        return "90 or over"
+    return str(payload.age) if payload.age is not None else "unknown"
+
+
+def _sex(payload: EcgPayload) -> str:
+    return {"M": "male", "F": "female"}.get(payload.sex or "", "unknown")
+
+
+def _svg_id(record_id: str, prefix: str) -> str:
+    """An id safe in SVG/HTML for a record's drawing (pattern ids must be unique per page)."""
+    return prefix + "".join(c if c.isalnum() else "-" for c in record_id)
+
+
+def create_app(client: EcgSearchClient, *, target: str, max_upload_mb: float = 10.0) -> Flask:
+    """The Flask app over one client. ``target`` is only named in messages; 1 MB is 10^6 bytes."""
+    max_upload_bytes = int(max_upload_mb * 1_000_000)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
+    app.config["MAX_FORM_MEMORY_SIZE"] = max_upload_bytes
+    viewer = Viewer(client, target)
+    app.extensions["ecgsearch_viewer"] = viewer
+    upload_mb = max_upload_mb
+
+    app.jinja_env.globals.update(
+        age=_age, sex=_sex, max_k=MAX_K, max_upload_mb=f"{upload_mb:g}", target=target
+    )
+
+    def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
+        """Render with the form's diagnosis options; a service failure there becomes the page's error."""
+        problem = context.pop("error", None)
+        try:
+            context.setdefault("options", viewer.diagnosis_options())
+            context.setdefault("info", viewer.info())
+        except grpc.RpcError as error:
+            code, message = describe_rpc_error(error, target)
+            context.setdefault("options", [])
+            context.setdefault("info", None)
+            problem, status = problem or message, status if problem else code
+        context.setdefault("form", SearchForm())
+        return render_template(template, error=problem, **context), status
+
+    @app.after_request
+    def headers(response: Response) -> Response:
+        """Pages show clinical data: not cached, not framed, no scripts or requests to other origins."""
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_: RequestEntityTooLarge) -> tuple[str, int]:
+        return page("index.html", 413, error=f"The file is larger than {upload_mb:g} MB; nothing was read.")
+
+    @app.get("/")
+    def index() -> tuple[str, int]:
+        return page("index.html")
+
+    @app.get("/search")
+    def search() -> tuple[str, int] | Response:
+        try:
+            form = parse_search(request.args)
+        except FormError as exc:
+            kept = SearchForm(record_id=request.args.get("record_id", "")[:MAX_ID_CHARS].strip())
+            return page("index.html", 400, error=f"Invalid filter: {exc}", form=kept)
+        if not form.record_id and not form.upload:
+            return page("index.html", 400, error="Enter a stored record id or upload an ECG file.", form=form)
+        try:
+            return page("results.html", **_results(viewer, form))
+        except grpc.RpcError as error:
+            status, message = describe_rpc_error(error, target)
+            return page("index.html", status, error=message, form=form)
+        except UploadError as exc:
+            return page("index.html", 410, error=str(exc), form=form)
+
+    @app.post("/upload")
+    def upload() -> tuple[str, int] | Response:
+        file = request.files.get("ecg")
+        try:
+            form = parse_search(request.form)
+        except FormError as exc:
+            return page("index.html", 400, error=f"Invalid filter: {exc}")
+        if file is None or not file.filename:
+            return page("index.html", 400, error="Choose an ECG file to upload.", form=form)
+        try:
+            held = read_upload(file.read(max_upload_bytes + 1))
+        except UploadError as exc:
+            return page("index.html", 400, error=f"Upload refused: {exc}", form=form)
+        token = viewer.uploads.add(held)
+        args = SearchForm(upload=token, k=form.k, flt=form.flt).query_args()
+        return redirect(url_for("search", **args), code=303)
+
+    @app.get("/ecg/<path:rid>")
+    def ecg(rid: str) -> tuple[str, int]:
+        record_id = rid
+        try:
+            form = parse_search(request.args)
+        except FormError:
+            form = SearchForm()
+        try:
+            payload, _ = client.get_record(record_id)
+        except grpc.RpcError as error:
+            status, message = describe_rpc_error(error, target)
+            return page("index.html", status, error=message)
+        signal = viewer.signals([record_id])[0]
+        svg, problem = None, None
+        if isinstance(signal, grpc.RpcError):
+            problem = describe_rpc_error(signal, target)[1]
+        else:
+            svg = Markup(
+                ecgdraw.twelve_lead(signal, MODEL_FS, ecgdraw.NORMALISED, uid=_svg_id(record_id, "full-"))
+            )
+        return page(
+            "ecg.html",
+            payload=payload,
+            diagnoses=[_diagnosis(c) for c in payload.diagnoses],
+            svg=svg,
+            problem=problem,
+            form=form,
+        )
+
+    @app.get("/compare")
+    def compare() -> tuple[str, int]:
+        neighbour = request.args.get("neighbour", "").strip()
+        try:
+            form = parse_search(request.args)
+            if not neighbour or not (form.record_id or form.upload):
+                raise FormError("compare", "needs a query (record id or upload) and a neighbour")
+            query, query_label = _query_prepared(viewer, form)
+            other = client.get_ecg(neighbour)
+            payload, _ = client.get_record(neighbour)
+        except FormError as exc:
+            return page("index.html", 400, error=f"Invalid comparison: {exc}")
+        except UploadError as exc:
+            return page("index.html", 410, error=str(exc))
+        except grpc.RpcError as error:
+            status, message = describe_rpc_error(error, target)
+            return page("index.html", status, error=message)
+        shift = peaks.alignment_shift(query, other, MODEL_FS)
+        svg = ecgdraw.overlay(query, other, MODEL_FS, shift or 0, ecgdraw.NORMALISED)
+        return page(
+            "compare.html",
+            form=form,
+            neighbour=neighbour,
+            payload=payload,
+            diagnoses=[_diagnosis(c) for c in payload.diagnoses],
+            query_label=query_label,
+            shift_ms=None if shift is None else shift / MODEL_FS * 1000,
+            svg=Markup(svg),
+        )
+
+    return app
+
+
+def _held(viewer: Viewer, token: str) -> HeldEcg:
+    held = viewer.uploads.get(token)
+    if held is None:
+        raise UploadError("The uploaded file is no longer held by the viewer; upload it again.")
+    return held
+
+
+def _query_prepared(viewer: Viewer, form: SearchForm) -> tuple[np.ndarray, str]:
+    """The query as the service prepares it (for the overlay), and how to name it."""
+    if form.upload:
+        held = _held(viewer, form.upload)
+        return held.prepared, f"uploaded {held.format} file"
+    return viewer.client.get_ecg(form.record_id), form.record_id
+
+
+def _results(viewer: Viewer, form: SearchForm) -> dict[str, Any]:
+    """Everything a results page shows: the query drawn, its neighbours drawn, the summary chart."""
+    client = viewer.client
+    options = {"k": form.k, "filter": form.flt, "with_summary": True}
+    query: dict[str, Any] = {}
+    if form.upload:
+        held = _held(viewer, form.upload)
+        result = client.search_by_ecg(held.signal, held.fs, ecgdraw.LEADS, units="mV", **options)
+        query_svg = ecgdraw.twelve_lead(held.signal, held.fs, ecgdraw.MV, uid="query")
+        query.update(label=f"uploaded {held.format} file", upload=held, scale=ecgdraw.MV)
+    else:
+        payload, _ = client.get_record(form.record_id)
+        result = client.search_by_record(form.record_id, **options)
+        fetched = viewer.signals([form.record_id])[0]
+        query.update(
+            label=form.record_id,
+            payload=payload,
+            diagnoses=[_diagnosis(c) for c in payload.diagnoses],
+            scale=ecgdraw.NORMALISED,
+        )
+        query_svg = (
+            None
+            if isinstance(fetched, grpc.RpcError)
+            else ecgdraw.twelve_lead(fetched, MODEL_FS, ecgdraw.NORMALISED, uid="query")
+        )
+        if isinstance(fetched, grpc.RpcError):
+            query["problem"] = describe_rpc_error(fetched, viewer.target)[1]
+    neighbours = []
+    drawn = viewer.signals([h.record_id for h in result.hits])
+    for rank, (hit, signal) in enumerate(zip(result.hits, drawn, strict=True), start=1):
+        problem = describe_rpc_error(signal, viewer.target)[1] if isinstance(signal, grpc.RpcError) else None
+        svg = (
+            None
+            if problem
+            else Markup(
+                ecgdraw.twelve_lead(
+                    signal, MODEL_FS, ecgdraw.NORMALISED, uid=_svg_id(hit.record_id, "n-"), compact=True
+                )
+            )
+        )
+        neighbours.append(Neighbour(rank, hit, [_diagnosis(c) for c in hit.payload.diagnoses], svg, problem))
+    summary = result.summary
+    chart = (
+        Markup(charts.enrichment_chart(summary.diagnoses, summary.n_neighbours))
+        if summary is not None and summary.diagnoses
+        else None
+    )
+    return {
+        "form": form,
+        "query": query,
+        "query_svg": Markup(query_svg) if query_svg else None,
+        "neighbours": neighbours,
+        "summary": summary,
+        "chart": chart,
+        "link_args": form.query_args(),
+    }

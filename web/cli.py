@@ -1,0 +1,132 @@
+"""``ecgsearch web``: the viewer, served by waitress, talking to a running search service.
+
+Flask, waitress and grpc are imported inside the command, so ``ecgsearch --help`` stays light.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+THREADS = 4
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and 127.0.0.0/8 or ::1."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(token_file: Path | None) -> str | None:
+    """The viewer's bearer token: the token file's first line, else ECGSEARCH_TOKEN, else none."""
+    if token_file is not None:
+        try:
+            lines = token_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise typer.BadParameter(
+                f"cannot read ({type(exc).__name__})", param_hint="--token-file"
+            ) from None
+        token = next((line.strip() for line in lines if line.strip()), "")
+        if not token:
+            raise typer.BadParameter("the file holds no token", param_hint="--token-file")
+        return token
+    return os.environ.get("ECGSEARCH_TOKEN") or None
+
+
+def web_command(
+    target: Annotated[
+        str, typer.Option(envvar="ECGSEARCH_TARGET", help="The search service, host:port.")
+    ] = "127.0.0.1:50051",
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="ECGSEARCH_TOKEN_FILE",
+            help="File whose first line is the viewer's bearer token (else env ECGSEARCH_TOKEN).",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Listen address of the viewer.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port of the viewer (0: any free).")] = 8080,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote",
+            help="Allow a non-loopback --host. The viewer has no login of its own: put it behind one.",
+        ),
+    ] = False,
+    max_upload_mb: Annotated[
+        float, typer.Option(min=0.01, max=50.0, help="Largest uploaded file, in MB (10^6 bytes).")
+    ] = 10.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Deadline of each call to the service, s.")] = 10.0,
+    tls: Annotated[bool, typer.Option("--tls", help="Connect to the service with TLS.")] = False,
+    ca: Annotated[Path | None, typer.Option("--ca", help="CA certificate PEM for TLS.")] = None,
+    cert: Annotated[Path | None, typer.Option("--cert", help="Client certificate PEM (mutual TLS).")] = None,
+    key: Annotated[Path | None, typer.Option("--key", help="Client private key PEM (mutual TLS).")] = None,
+) -> None:
+    """Serve the ECG viewer: search by record or file, neighbours drawn on the ECG grid.
+
+    The viewer is a client of a running `ecgsearch serve` with its own token (from --token-file or
+    ECGSEARCH_TOKEN; never on the command line). It listens on loopback unless --allow-remote.
+    Uploaded files are read here and their samples sent to the service.
+
+    Examples:
+
+        ecgsearch web --target 127.0.0.1:50051 --token-file ~/.config/ecgsearch/viewer.token
+
+        ECGSEARCH_TOKEN_FILE=/run/secrets/viewer ecgsearch web --target search:50051 --tls --ca ca.pem
+    """
+    if not is_loopback(host) and not allow_remote:
+        raise typer.BadParameter(
+            f"{host} is not a loopback address; the viewer has no login, so pass --allow-remote "
+            "only behind an authenticating proxy",
+            param_hint="--host",
+        )
+    token = read_token(token_file)
+    try:
+        from waitress.server import create_server
+
+        from ecgsearch.search.client import EcgSearchClient
+        from ecgsearch.web.app import create_app
+    except ImportError as exc:
+        print(f"error: the viewer needs the web extra (pip install 'ecgsearch[web]'): {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    try:
+        client = EcgSearchClient(
+            target, token=token, tls=tls, root_cert=ca, client_cert=cert, client_key=key, timeout=timeout
+        )
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--cert/--key/--ca") from None
+    app = create_app(client, target=target, max_upload_mb=max_upload_mb)
+    try:
+        server = create_server(app, host=host, port=port, threads=THREADS, ident="ecgsearch-web")
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port} ({exc.strerror or exc})", file=sys.stderr)
+        raise typer.Exit(1) from None
+    shown = f"[{host}]" if ":" in host else host
+    bound = getattr(server, "effective_port", port)  # one socket; "localhost" may bind several
+    print(
+        f"ecgsearch web: http://{shown}:{bound}/ (search service {target})",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        client.close()
+
+
+def register(app: typer.Typer, bench: typer.Typer, evaluate: typer.Typer) -> None:
+    """Mount ``web`` on the root app (no benchmark or evaluation commands)."""
+    app.command("web")(web_command)

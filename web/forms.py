@@ -1,0 +1,131 @@
+"""The search form: query-string fields -> a validated filter and k, or one message naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from ecgsearch.search.schema import SearchFilter
+
+MAX_K = 50  # a results page draws every neighbour: keep it readable and fast
+DEFAULT_K = 10
+MAX_ID_CHARS = 128
+MAX_DATASETS = 16
+
+
+class FormError(ValueError):
+    """A form field the viewer cannot use; the message names the field and says what is expected."""
+
+    def __init__(self, field_name: str, reason: str) -> None:
+        super().__init__(f"{field_name}: {reason}")
+        self.field = field_name
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SearchForm:
+    """What a results page asks the service: one query (record id or held upload) and its filter."""
+
+    record_id: str = ""
+    upload: str = ""
+    k: int = DEFAULT_K
+    flt: SearchFilter = field(default_factory=SearchFilter)
+
+    def query_args(self) -> dict[str, str | list[str]]:
+        """The form as query-string arguments (for links that keep the filter)."""
+        args: dict[str, str | list[str]] = {"k": str(self.k)}
+        if self.record_id:
+            args["record_id"] = self.record_id
+        if self.upload:
+            args["upload"] = self.upload
+        for name, key in (
+            ("diagnoses_any", "dx_any"),
+            ("diagnoses_all", "dx_all"),
+            ("diagnoses_none", "dx_none"),
+        ):
+            if getattr(self.flt, name):
+                args[key] = list(getattr(self.flt, name))
+        if self.flt.age_min is not None:
+            args["age_min"] = str(self.flt.age_min)
+        if self.flt.age_max is not None:
+            args["age_max"] = str(self.flt.age_max)
+        if self.flt.sex:
+            args["sex"] = self.flt.sex
+        if self.flt.datasets:
+            args["dataset"] = ", ".join(self.flt.datasets)
+        return args
+
+
+class _Args:
+    """Read access to a query string (werkzeug's MultiDict, or a plain dict in tests)."""
+
+    def __init__(self, args: Mapping[str, object]) -> None:
+        self.args = args
+
+    def one(self, key: str) -> str:
+        value = self.args.get(key, "")
+        return str(value if value is not None else "").strip()
+
+    def many(self, key: str) -> list[str]:
+        getlist = getattr(self.args, "getlist", None)
+        values: Sequence[object] = getlist(key) if getlist else _as_list(self.args.get(key))
+        return [str(v).strip() for v in values if str(v).strip()]
+
+
+def _as_list(value: object) -> list[object]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _int(value: str, name: str, lo: int, hi: int) -> int | None:
+    if not value:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise FormError(name, f"{value[:20]!r} is not a whole number") from None
+    if not lo <= number <= hi:
+        raise FormError(name, f"{number} is outside {lo}-{hi}")
+    return number
+
+
+def parse_search(args: Mapping[str, object]) -> SearchForm:
+    """Validate the form once; FormError names the first bad field."""
+    a = _Args(args)
+    record_id, upload = a.one("record_id"), a.one("upload")
+    if len(record_id) > MAX_ID_CHARS:
+        raise FormError("record id", f"longer than {MAX_ID_CHARS} characters")
+    if len(upload) > MAX_ID_CHARS:
+        raise FormError("upload", "not an upload this viewer holds")
+    k = _int(a.one("k"), "k", 1, MAX_K) or DEFAULT_K
+    sex = a.one("sex").upper()
+    if sex not in ("", "M", "F"):
+        raise FormError("sex", "expected M, F or any")
+    datasets = [d.strip() for d in a.one("dataset").split(",") if d.strip()]
+    if len(datasets) > MAX_DATASETS or any(len(d) > MAX_ID_CHARS for d in datasets):
+        raise FormError("dataset", f"at most {MAX_DATASETS} names of up to {MAX_ID_CHARS} characters")
+    values = {
+        "diagnoses_any": a.many("dx_any"),
+        "diagnoses_all": a.many("dx_all"),
+        "diagnoses_none": a.many("dx_none"),
+        "age_min": _int(a.one("age_min"), "minimum age", 0, 130),
+        "age_max": _int(a.one("age_max"), "maximum age", 0, 130),
+        "sex": sex or None,
+        "datasets": datasets,
+    }
+    if (
+        values["age_min"] is not None
+        and values["age_max"] is not None
+        and values["age_min"] > values["age_max"]
+    ):
+        raise FormError("age range", f"from {values['age_min']} is above to {values['age_max']}")
+    try:
+        flt = SearchFilter(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "diagnoses"
+        raise FormError(where.replace("_", " "), str(first["msg"]).removeprefix("Value error, ")) from None
+    return SearchForm(record_id=record_id, upload=upload, k=k, flt=flt)
