@@ -27,3 +27,5 @@ class ModelCard(BaseModel):
     training: dict  # data summary, config, losses, time
     initialisation: str = "trained"  # "trained" or "random"
     onnx_opset: int | None = None
+    # measured features appended to the learned embedding inside the graph (name -> how), if any
+    features: dict | None = None
