@@ -17,6 +17,9 @@ import yaml
 class EncoderConfig:
     """Architecture, augmentations, loss weights and schedule."""
 
+    # what this configuration is and how it differs from the one before (copied into the model card)
+    notes: str = ""
+
     # architecture: a strided conv stem, residual stages, global average pooling
     in_leads: int = 12
     stem_channels: int = 32
@@ -31,6 +34,9 @@ class EncoderConfig:
     # low-pass (binomial blur) before every downsampling and a stride-1 stem conv, so a shifted ECG
     # embeds like the original (a strided conv alone aliases: its output depends on the start sample)
     antialias: bool = False
+    stem_conv_stride: int = (
+        1  # with antialias: the stem conv's own stride; BlurPools do the rest of stem_stride
+    )
     # > 0: the exported embedding appends lead-II heart rate and RR irregularity (standardised on the
     # training folds, computed inside the ONNX graph) at this weight beside the unit conv embedding
     rhythm_weight: float = 0.0
@@ -77,6 +83,10 @@ class EncoderConfig:
             raise ValueError("meanmax pooling needs an even embedding_dim")
         if self.antialias and self.stem_stride & (self.stem_stride - 1):
             raise ValueError(f"antialias needs a power-of-two stem_stride, not {self.stem_stride}")
+        if self.antialias and (self.stem_conv_stride < 1 or self.stem_stride % self.stem_conv_stride):
+            raise ValueError(
+                f"stem_conv_stride {self.stem_conv_stride} must divide stem_stride {self.stem_stride}"
+            )
         if self.view_offset < 0 or self.view_offset >= self.window:
             raise ValueError(f"view_offset must be in [0, window), not {self.view_offset}")
         if not self.rhythm_weight >= 0:

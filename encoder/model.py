@@ -59,7 +59,8 @@ class ResidualBlock(nn.Module):
 class Encoder(nn.Module):
     """(n, 12, T) prepared ECG -> (n, embedding_dim) by conv stages and global pooling over time.
 
-    ``antialias``: a stride-1 stem conv followed by BlurPools, and a BlurPool before every stage.
+    ``antialias``: a stem conv of stride ``stem_conv_stride`` (default 1) followed by BlurPools for the
+    rest of ``stem_stride``, and a BlurPool before every stage.
 
     ``pooling="mean"``: the mean of an embedding_dim-channel feature map. ``"meanmax"``: the mean and
     the max of an embedding_dim/2-channel map, concatenated (both inside the exported graph).
@@ -70,8 +71,9 @@ class Encoder(nn.Module):
         c = config
         self.pooling = c.pooling
         head_channels = c.embedding_dim // 2 if c.pooling == "meanmax" else c.embedding_dim
-        stem_stride = 1 if c.antialias else c.stem_stride
-        stem_blur = [BlurPool(c.stem_channels) for _ in range(c.stem_stride.bit_length() - 1)]
+        stem_stride = c.stem_conv_stride if c.antialias else c.stem_stride
+        blurs = (c.stem_stride // c.stem_conv_stride).bit_length() - 1
+        stem_blur = [BlurPool(c.stem_channels) for _ in range(blurs)]
         self.stem = nn.Sequential(
             nn.Conv1d(
                 c.in_leads, c.stem_channels, c.stem_kernel, stem_stride, c.stem_kernel // 2, bias=False

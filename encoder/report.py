@@ -52,7 +52,7 @@ def linear_probe_auc(
 
 
 def fold9_report(
-    encoder: Encoder, data: EcgArrays, device: torch.device, val_fold: int = 9
+    encoder: torch.nn.Module, data: EcgArrays, device: torch.device, val_fold: int = 9
 ) -> dict[str, Any]:
     """Agreement@10 of fold-9 queries (within fold 9; searching folds 1-9) and the probe's macro-AUC."""
     data = data.select(data.folds <= val_fold)

@@ -36,15 +36,17 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 @torch.no_grad()
-def embed(encoder: Encoder, x: np.ndarray, device: torch.device, batch: int = 256) -> np.ndarray:
-    """Embeddings (not normalised) of full prepared ECGs, in eval mode."""
+def embed(encoder: torch.nn.Module, x: np.ndarray, device: torch.device, batch: int = 256) -> np.ndarray:
+    """Embeddings (not normalised) of full prepared ECGs, in eval mode (an Encoder or what is served)."""
     was_training = encoder.training
     encoder.eval()
-    chunks = (torch.from_numpy(x[i : i + batch]).to(device) for i in range(0, len(x), batch))
-    out = [encoder(c).cpu().numpy() for c in chunks]
+    chunks = [
+        torch.from_numpy(np.ascontiguousarray(x[i : i + batch])).to(device) for i in range(0, len(x), batch)
+    ]
+    # an empty input still runs one zero row, so the result has the model's width
+    out = [encoder(c).cpu().numpy() for c in chunks or [torch.zeros((1, *x.shape[1:]), device=device)]]
     encoder.train(was_training)
-    dim = encoder.head[0].out_channels * (2 if encoder.pooling == "meanmax" else 1)
-    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+    return np.concatenate(out)[: len(x)].astype(np.float32, copy=False)
 
 
 def validation_agreement(encoder: Encoder, val: EcgArrays, device: torch.device, k: int = 10) -> float:

@@ -29,3 +29,4 @@ class ModelCard(BaseModel):
     onnx_opset: int | None = None
     # measured features appended to the learned embedding inside the graph (name -> how), if any
     features: dict | None = None
+    notes: str = ""  # what changed against the previous default (the config's ``notes``)

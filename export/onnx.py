@@ -182,6 +182,7 @@ def export_encoder(
         parameters=count_parameters(encoder),
         parity={"max_abs_diff": max_diff, "tolerance": PARITY_TOLERANCE, "n_ecgs": int(len(inputs))},
         **({"features": {"rhythm": feature_card}} if feature_card else {}),
+        notes=config.notes,
     )
     onnx.helper.set_model_props(model, {CARD_METADATA_KEY: card.model_dump_json()})
     out.parent.mkdir(parents=True, exist_ok=True)
