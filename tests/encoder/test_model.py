@@ -81,3 +81,31 @@ def test_serving_encoder_appends_weighted_rhythm_block() -> None:
     assert torch.allclose(out[:, :24].norm(dim=1), torch.ones(3), atol=1e-5)
     assert torch.allclose(out[:, 24:], z * 0.5 / 2**0.5)
     assert config.with_overrides(rhythm_weight=0.5).output_dim == 26
+
+
+def test_shift_stability_separates_invariant_from_sensitive_embeddings() -> None:
+    import numpy as np
+
+    from ecgsearch.encoder.data import EcgArrays
+    from ecgsearch.encoder.report import shift_stability
+
+    rng = np.random.default_rng(0)
+    n = 60
+    data = EcgArrays(
+        x=rng.standard_normal((n, 12, 1000)).astype(np.float32),
+        ecg_ids=np.arange(n),
+        patient_ids=list(range(n)),
+        folds=np.where(np.arange(n) < 20, 9, 1),
+        superclasses=[frozenset({"NORM"})] * n,
+    )
+
+    def spectrum(x: np.ndarray) -> np.ndarray:
+        return np.abs(np.fft.rfft(x, axis=2))[:, :, :50].reshape(len(x), -1)
+
+    def samples(x: np.ndarray) -> np.ndarray:
+        return x[:, :, :100].reshape(len(x), -1)
+
+    steady = shift_stability(spectrum, data, shifts=(8,))["8"]
+    assert steady["cosine"] > 0.999 and steady["top10_overlap"] == 1.0
+    moved = shift_stability(samples, data, shifts=(8,))["8"]
+    assert moved["cosine"] < 0.5 and moved["top10_overlap"] < 0.5
