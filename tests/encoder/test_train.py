@@ -124,3 +124,25 @@ def test_rhythm_model_exports_with_parity_and_card(
     embedder = Embedder(tmp_path / "r.onnx", threads=1)
     vectors = embedder.embed(parity_inputs(data_dir, n=4))
     assert vectors.shape == (4, 34) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_resumed_run_equals_an_uninterrupted_one(data_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    from ecgsearch.encoder.train import train
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first_epoch(record: dict) -> None:
+        if record["epoch"] == 1:
+            raise Interrupted
+
+    config = TINY.with_overrides(epochs=3, view_offset=16)
+    train(config, data_dir, tmp_path / "straight", device="cpu")
+    with pytest.raises(Interrupted):
+        train(config, data_dir, tmp_path / "resumed", device="cpu", on_epoch=stop_after_first_epoch)
+    train(config, data_dir, tmp_path / "resumed", resume=True, device="cpu")
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
