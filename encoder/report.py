@@ -237,6 +237,11 @@ def compare_variants(
     rhythm_z = features.standardise(features.rhythm(data.x), stats["mean"], stats["std"])
     amp = ptbxl_log_rms_mv(data, data_root) if amplitude_weights else None
     train_rows = data.folds <= 8
+    baselines = {"knn_heart_rate_rr_irregularity": retrieval_metrics(rhythm_z, data, code_sets)}
+    if amp is not None:
+        amp_mean, amp_std = amp[train_rows].mean(0), amp[train_rows].std(0)
+        amp_z_all = features.standardise(amp, amp_mean, amp_std)
+        baselines["knn_lead_log_rms_mv"] = retrieval_metrics(amp_z_all, data, code_sets)
     rows: list[dict[str, Any]] = []
     for name, config_path in variants.items():
         for seed in seeds:
@@ -272,7 +277,7 @@ def compare_variants(
                                 **retrieval_metrics(v, data, code_sets),
                             }
                         )
-    return {"rows": rows, "summary": summarise(rows), "rhythm_statistics": stats}
+    return {"baselines": baselines, "rows": rows, "summary": summarise(rows), "rhythm_statistics": stats}
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -50,8 +50,9 @@ RHYTHM_NOTE = (
     "ecgsearch.encoder.features), "
     "standardised with the training folds' mean and std (card field 'features'), clipped to +-{clip:g} and "
     "0 when fewer than three R peaks are found. The exported vector is [the {dim}-d embedding divided by its "
-    "norm | {w:g}/sqrt(2) x the 2 z-scores] ({out} values); the runtime L2-normalises it, so the rhythm "
-    "block weighs about {w2:.2g} against 1 for the learned part in a cosine."
+    "norm | {w:g}/sqrt(2) x the 2 z-scores] ({out} values), which the runtime L2-normalises: the rhythm "
+    "block's squared norm averages {w2:.2g} beside 1 for the learned part and grows with the z-scores "
+    "(about {w2z3:.2g} when both are 3, as in an irregular fast rhythm)."
 )
 
 
@@ -64,7 +65,12 @@ def embedding_note(config: EncoderConfig) -> str:
     if config.rhythm_weight > 0:
         w = config.rhythm_weight
         note += RHYTHM_NOTE.format(
-            clip=features.Z_CLIP, dim=config.embedding_dim, w=w, out=config.output_dim, w2=w * w
+            clip=features.Z_CLIP,
+            dim=config.embedding_dim,
+            w=w,
+            out=config.output_dim,
+            w2=w * w,
+            w2z3=9 * w * w,
         )
     return note
 
