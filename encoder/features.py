@@ -79,6 +79,17 @@ def rhythm(ecgs: np.ndarray) -> np.ndarray:
     return out
 
 
+def rhythm_statistics(values: np.ndarray) -> dict:
+    """Mean and std of ``rhythm`` output over the rows where it was measured: the standardisation."""
+    v = np.asarray(values, dtype=np.float64)
+    return {
+        "names": list(RHYTHM_NAMES),
+        "mean": [float(x) for x in np.nanmean(v, axis=0)],
+        "std": [float(x) for x in np.nanstd(v, axis=0)],
+        "n": int(np.isfinite(v).all(axis=1).sum()),
+    }
+
+
 def lead_log_rms(ecgs_mv: np.ndarray) -> np.ndarray:
     """(n, 12, T) ECGs in mV -> (n, 12): natural log of each lead's RMS (floored at 1 µV)."""
     x = _batch(ecgs_mv)

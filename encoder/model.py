@@ -6,6 +6,9 @@ decoder the reconstruction loss; both are dropped after training, as in SimCLR.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -181,6 +184,15 @@ class SelfSupervised(nn.Module):
     def reconstruct(self, f: torch.Tensor, h: torch.Tensor, length: int) -> torch.Tensor:
         """Decode windows of ``length`` samples from the feature map or the embedding (recon_source)."""
         return self.decoder(f if self.recon_source == "features" else h, length)
+
+
+def load_checkpoint(path: str | Path) -> tuple[Encoder, EncoderConfig, dict[str, Any]]:
+    """Rebuild the encoder from a training checkpoint; returns (encoder, config, checkpoint)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    config = EncoderConfig.from_dict(ckpt["config"])
+    model = SelfSupervised(config)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.encoder, config, ckpt
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -228,13 +228,14 @@ def compare_variants(
     """
     from ecgsearch.encoder.config import load_config
     from ecgsearch.encoder.data import load_ptbxl
+    from ecgsearch.encoder.model import load_checkpoint
     from ecgsearch.encoder.train import train
-    from ecgsearch.export.onnx import load_checkpoint, rhythm_statistics
 
     data = load_ptbxl(data_root, folds=range(1, 10), cache_dir=cache_dir)
     code_sets = {code: code_label_sets(data, data_root, code) for code in CODES}
-    stats = rhythm_statistics(data_root, (1, 2, 3, 4, 5, 6, 7, 8), cache_dir)
-    rhythm_z = features.standardise(features.rhythm(data.x), stats["mean"], stats["std"])
+    rhythm_values = features.rhythm(data.x)
+    stats = {**features.rhythm_statistics(rhythm_values[data.folds <= 8]), "folds": list(range(1, 9))}
+    rhythm_z = features.standardise(rhythm_values, stats["mean"], stats["std"])
     amp = ptbxl_log_rms_mv(data, data_root) if amplitude_weights else None
     train_rows = data.folds <= 8
     baselines = {"knn_heart_rate_rr_irregularity": retrieval_metrics(rhythm_z, data, code_sets)}

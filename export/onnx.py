@@ -20,7 +20,14 @@ import torch
 
 from ecgsearch.encoder import features, ptbxl, signals
 from ecgsearch.encoder.config import EncoderConfig
-from ecgsearch.encoder.model import Encoder, RhythmFeatures, SelfSupervised, ServingEncoder, count_parameters
+from ecgsearch.encoder.model import (
+    Encoder,
+    RhythmFeatures,
+    SelfSupervised,
+    ServingEncoder,
+    count_parameters,
+    load_checkpoint,
+)
 from ecgsearch.export.card import CARD_METADATA_KEY, ModelCard
 
 OPSET = 17
@@ -85,14 +92,7 @@ def rhythm_statistics(
     from ecgsearch.encoder.data import load_ptbxl
 
     data = load_ptbxl(data_root, folds=folds, cache_dir=cache_dir, max_records=max_records)
-    values = features.rhythm(data.x)
-    return {
-        "names": list(features.RHYTHM_NAMES),
-        "mean": [float(v) for v in np.nanmean(values, axis=0)],
-        "std": [float(v) for v in np.nanstd(values, axis=0)],
-        "folds": list(folds),
-        "n": int(np.isfinite(values).all(axis=1).sum()),
-    }
+    return {**features.rhythm_statistics(features.rhythm(data.x)), "folds": list(folds)}
 
 
 def serving_module(
@@ -117,15 +117,6 @@ def random_encoder(config: EncoderConfig) -> Encoder:
     """The randomly initialised encoder for ``config.seed``: exactly the weights training starts from."""
     torch.manual_seed(config.seed)
     return SelfSupervised(config).encoder
-
-
-def load_checkpoint(path: str | Path) -> tuple[Encoder, EncoderConfig, dict[str, Any]]:
-    """Rebuild the encoder from a training checkpoint; returns (encoder, config, checkpoint)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    config = EncoderConfig.from_dict(ckpt["config"])
-    model = SelfSupervised(config)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.encoder, config, ckpt
 
 
 def parity_inputs(data_root: str | Path, n: int = 16) -> np.ndarray:
