@@ -16,7 +16,7 @@ import torch
 from ecgsearch.bench.results import relative
 from ecgsearch.encoder.data import load_ptbxl
 from ecgsearch.encoder.report import fold9_report
-from ecgsearch.export.onnx import load_checkpoint, random_encoder
+from ecgsearch.export.onnx import load_checkpoint, random_encoder, serving_module
 
 METRIC = (
     "superclass neighbour agreement@10: fraction of the 10 nearest (cosine) that share a PTB-XL superclass "
@@ -45,8 +45,10 @@ def training_report(
     folds = range(1, config.val_fold + 1)
     data = load_ptbxl(data_root, folds=folds, max_records=config.max_records, cache_dir=cache_dir)
     dev = torch.device("cpu")
-    trained = fold9_report(encoder, data, dev, val_fold=config.val_fold)
-    random = fold9_report(random_encoder(config), data, dev, val_fold=config.val_fold)
+    served = serving_module(encoder, config, data_root, cache_dir)[0]  # what the export serves
+    trained = fold9_report(served, data, dev, val_fold=config.val_fold)
+    served_random = serving_module(random_encoder(config), config, data_root, cache_dir)[0]
+    random = fold9_report(served_random, data, dev, val_fold=config.val_fold)
     return {
         "metric": METRIC,
         "probe": PROBE,

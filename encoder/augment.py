@@ -59,17 +59,39 @@ def augment(x: torch.Tensor, config: EncoderConfig, g: torch.Generator) -> torch
     return lead_dropout(x, config.lead_dropout, g) if config.lead_dropout > 0 else x
 
 
+def _crop(x: torch.Tensor, starts: torch.Tensor, window: int) -> torch.Tensor:
+    """Per-row windows of ``window`` samples beginning at ``starts`` (n,)."""
+    n, leads, _ = x.shape
+    idx = (starts[:, None, None] + torch.arange(window)).expand(n, leads, window)
+    return torch.gather(x, 2, idx.to(x.device))
+
+
+def _starts(n: int, t: int, window: int, random_crop: bool, g: torch.Generator) -> torch.Tensor:
+    if window > t:
+        raise ValueError(f"window {window} longer than the ECG ({t} samples)")
+    if not random_crop:
+        return torch.tensor([0, t - window])[:, None].expand(2, n)
+    return torch.randint(0, t - window + 1, (2, n), generator=g)
+
+
 def two_windows(
     x: torch.Tensor, window: int, random_crop: bool, g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two windows of ``window`` samples per ECG: random starts, or the first and the last ``window``."""
+    starts = _starts(x.shape[0], x.shape[2], window, random_crop, g)
+    return _crop(x, starts[0], window), _crop(x, starts[1], window)
+
+
+def three_windows(
+    x: torch.Tensor, window: int, random_crop: bool, offset: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Windows A and B as ``two_windows``, and A', starting up to ``offset`` samples before or after A.
+
+    A' (clipped to the ECG) is what the augmented view is made from, so the augmentation term also
+    asks the encoder to ignore where a window happens to start.
+    """
     n, _, t = x.shape
-    if window > t:
-        raise ValueError(f"window {window} longer than the ECG ({t} samples)")
-    if not random_crop:
-        return x[..., :window], x[..., t - window :]
-    idx = torch.arange(window)
-    starts = torch.randint(0, t - window + 1, (2, n), generator=g)
-    a = torch.gather(x, 2, (starts[0][:, None, None] + idx).expand(n, x.shape[1], window).to(x.device))
-    b = torch.gather(x, 2, (starts[1][:, None, None] + idx).expand(n, x.shape[1], window).to(x.device))
-    return a, b
+    starts = _starts(n, t, window, random_crop, g)
+    shift = torch.randint(-offset, offset + 1, (n,), generator=g)
+    shifted = (starts[0] + shift).clamp(0, t - window)
+    return _crop(x, starts[0], window), _crop(x, starts[1], window), _crop(x, shifted, window)

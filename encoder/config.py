@@ -17,6 +17,9 @@ import yaml
 class EncoderConfig:
     """Architecture, augmentations, loss weights and schedule."""
 
+    # what this configuration is and how it differs from the one before (copied into the model card)
+    notes: str = ""
+
     # architecture: a strided conv stem, residual stages, global average pooling
     in_leads: int = 12
     stem_channels: int = 32
@@ -28,11 +31,23 @@ class EncoderConfig:
     projection_dim: int = 128
     decoder_channels: int = 64
     pooling: str = "mean"  # "mean", or "meanmax": [mean | max] over time of embedding_dim/2 channels
+    # low-pass (binomial blur) before every downsampling and a stride-1 stem conv, so a shifted ECG
+    # embeds like the original (a strided conv alone aliases: its output depends on the start sample)
+    antialias: bool = False
+    stem_conv_stride: int = (
+        1  # with antialias: the stem conv's own stride; BlurPools do the rest of stem_stride
+    )
+    # > 0: the exported embedding appends lead-II heart rate and RR irregularity (standardised on the
+    # training folds, computed inside the ONNX graph) at this weight beside the unit conv embedding
+    rhythm_weight: float = 0.0
     recon_source: str = "pooled"  # decode from the "pooled" embedding or the temporal "features" map
 
     # views: two windows of ``window`` samples from one 10 s ECG
     window: int = 500
     random_crop: bool = True  # random windows; False = the fixed first and second halves
+    # the augmented view starts up to this many samples before or after window A (0 = same start),
+    # so the augmentation term also asks for stability under a time offset
+    view_offset: int = 0
 
     # augmentations of the "augmented" view
     scale_min: float = 0.8
@@ -59,14 +74,32 @@ class EncoderConfig:
     train_folds: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
     val_fold: int = 9
     max_records: int | None = None  # cap on training and on validation records (tests, smoke runs)
+    threads: int = 2  # torch intra-op threads: part of the recipe, since CPU reductions depend on it
 
     def __post_init__(self) -> None:
         if self.pooling not in ("mean", "meanmax"):
             raise ValueError(f"pooling must be 'mean' or 'meanmax', not {self.pooling!r}")
         if self.pooling == "meanmax" and self.embedding_dim % 2:
             raise ValueError("meanmax pooling needs an even embedding_dim")
+        if self.antialias and self.stem_stride & (self.stem_stride - 1):
+            raise ValueError(f"antialias needs a power-of-two stem_stride, not {self.stem_stride}")
+        if self.antialias and (self.stem_conv_stride < 1 or self.stem_stride % self.stem_conv_stride):
+            raise ValueError(
+                f"stem_conv_stride {self.stem_conv_stride} must divide stem_stride {self.stem_stride}"
+            )
+        if self.view_offset < 0 or self.view_offset >= self.window:
+            raise ValueError(f"view_offset must be in [0, window), not {self.view_offset}")
+        if not self.rhythm_weight >= 0:
+            raise ValueError(f"rhythm_weight must be >= 0, not {self.rhythm_weight}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, not {self.threads}")
         if self.recon_source not in ("pooled", "features"):
             raise ValueError(f"recon_source must be 'pooled' or 'features', not {self.recon_source!r}")
+
+    @property
+    def output_dim(self) -> int:
+        """Length of the exported embedding: the conv embedding, plus 2 rhythm features if appended."""
+        return self.embedding_dim + (2 if self.rhythm_weight > 0 else 0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-safe dict (tuples become lists)."""

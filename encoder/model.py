@@ -6,6 +6,9 @@ decoder the reconstruction loss; both are dropped after training, as in SimCLR.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -13,19 +16,44 @@ from torch.nn import functional as F
 from ecgsearch.encoder.config import EncoderConfig
 
 
-class ResidualBlock(nn.Module):
-    """Two convolutions with a strided shortcut: halves time, changes width."""
+class BlurPool(nn.Module):
+    """Binomial [1, 2, 1]/4 low-pass per channel, then keep every second sample (Zhang 2019, 1-D).
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 2) -> None:
+    Removing content above the new Nyquist rate before subsampling makes the output change smoothly
+    when the input shifts by one sample, instead of jumping between the two subsampling phases.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("kernel", torch.tensor([[[0.25, 0.5, 0.25]]]).repeat(channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.kernel, stride=2, padding=1, groups=self.channels)
+
+
+class ResidualBlock(nn.Module):
+    """Two convolutions with a strided shortcut: halves time, changes width.
+
+    With ``antialias`` the input is blurred and subsampled once (BlurPool) and both paths run at
+    the lower rate with stride-1 convolutions: the same cost, without aliasing.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 2, antialias: bool = False) -> None:
         super().__init__()
         pad = kernel // 2
-        self.conv1 = nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=pad, bias=False)
+        self.down: nn.Module = BlurPool(c_in) if antialias else nn.Identity()
+        conv_stride = 1 if antialias else stride
+        self.conv1 = nn.Conv1d(c_in, c_out, kernel, stride=conv_stride, padding=pad, bias=False)
         self.bn1 = nn.BatchNorm1d(c_out)
         self.conv2 = nn.Conv1d(c_out, c_out, kernel, padding=pad, bias=False)
         self.bn2 = nn.BatchNorm1d(c_out)
-        self.skip = nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm1d(c_out))
+        self.skip = nn.Sequential(
+            nn.Conv1d(c_in, c_out, 1, stride=conv_stride, bias=False), nn.BatchNorm1d(c_out)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.down(x)
         y = F.gelu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
         return F.gelu(y + self.skip(x))
@@ -33,6 +61,9 @@ class ResidualBlock(nn.Module):
 
 class Encoder(nn.Module):
     """(n, 12, T) prepared ECG -> (n, embedding_dim) by conv stages and global pooling over time.
+
+    ``antialias``: a stem conv of stride ``stem_conv_stride`` (default 1) followed by BlurPools for the
+    rest of ``stem_stride``, and a BlurPool before every stage.
 
     ``pooling="mean"``: the mean of an embedding_dim-channel feature map. ``"meanmax"``: the mean and
     the max of an embedding_dim/2-channel map, concatenated (both inside the exported graph).
@@ -43,16 +74,20 @@ class Encoder(nn.Module):
         c = config
         self.pooling = c.pooling
         head_channels = c.embedding_dim // 2 if c.pooling == "meanmax" else c.embedding_dim
+        stem_stride = c.stem_conv_stride if c.antialias else c.stem_stride
+        blurs = (c.stem_stride // c.stem_conv_stride).bit_length() - 1
+        stem_blur = [BlurPool(c.stem_channels) for _ in range(blurs)]
         self.stem = nn.Sequential(
             nn.Conv1d(
-                c.in_leads, c.stem_channels, c.stem_kernel, c.stem_stride, c.stem_kernel // 2, bias=False
+                c.in_leads, c.stem_channels, c.stem_kernel, stem_stride, c.stem_kernel // 2, bias=False
             ),
             nn.BatchNorm1d(c.stem_channels),
             nn.GELU(),
+            *(stem_blur if c.antialias else []),
         )
         blocks, width = [], c.stem_channels
         for channels, kernel in zip(c.stage_channels, c.stage_kernels, strict=True):
-            blocks.append(ResidualBlock(width, channels, kernel))
+            blocks.append(ResidualBlock(width, channels, kernel, antialias=c.antialias))
             width = channels
         self.stages = nn.Sequential(*blocks)
         self.head = nn.Sequential(
@@ -151,5 +186,80 @@ class SelfSupervised(nn.Module):
         return self.decoder(f if self.recon_source == "features" else h, length)
 
 
+def load_checkpoint(path: str | Path) -> tuple[Encoder, EncoderConfig, dict[str, Any]]:
+    """Rebuild the encoder from a training checkpoint; returns (encoder, config, checkpoint)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    config = EncoderConfig.from_dict(ckpt["config"])
+    model = SelfSupervised(config)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.encoder, config, ckpt
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+class RhythmFeatures(nn.Module):
+    """(n, 12, T) prepared ECGs -> (n, 2) standardised heart rate and RR irregularity, in the graph.
+
+    The same rule as ``ecgsearch.encoder.features.rhythm`` (lead-II QRS-band energy, local maxima
+    above a fraction of a high rank), written with dense tensor operations so it exports to ONNX:
+    serving computes it inside the encoder, with no code of its own. No learned weights; the mean and
+    std standardising the two numbers are buffers set from the training folds at export.
+    """
+
+    def __init__(self, mean: tuple[float, float] = (0.0, 0.0), std: tuple[float, float] = (1.0, 1.0)) -> None:
+        super().__init__()
+        from ecgsearch.encoder import features
+
+        self.f = features
+        self.register_buffer("fir", torch.from_numpy(features.QRS_FIR.copy()).view(1, 1, -1))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, 2) heart rate (bpm) and RMSSD / mean RR, and (n,) whether three or more peaks were found."""
+        f = self.f
+        lead = x[:, f.LEAD_II : f.LEAD_II + 1]
+        band = F.conv1d(lead, self.fir, padding=f.FIR_TAPS // 2)
+        energy = F.avg_pool1d(band * band, f.ENERGY_SAMPLES, 1, f.ENERGY_SAMPLES // 2, count_include_pad=True)
+        energy = energy[:, 0]
+        top = torch.topk(energy, f.TOP_RANK, dim=1).values[:, -1:]
+        local = F.max_pool1d(energy[:, None], 2 * f.PEAK_HALF_WIDTH + 1, 1, f.PEAK_HALF_WIDTH)[:, 0]
+        peak = (energy == local) & (energy > f.THRESHOLD * top) & (energy > 0)
+        far = 1e6  # beyond any sample index: marks "no peak" (a constant, so the graph has no shape math)
+        index = torch.arange(energy.shape[1], dtype=torch.float32, device=x.device).expand_as(energy)
+        at = torch.topk(torch.where(peak, index, far), f.MAX_PEAKS, dim=1, largest=False).values
+        valid = at < far
+        rr = (at[:, 1:] - at[:, :-1]) / f.MODEL_FS
+        rr_ok = (valid[:, 1:] & valid[:, :-1]).float()
+        n_rr = rr_ok.sum(dim=1)
+        mean_rr = (rr * rr_ok).sum(dim=1) / n_rr.clamp(min=1.0)
+        d = rr[:, 1:] - rr[:, :-1]
+        d_ok = rr_ok[:, 1:] * rr_ok[:, :-1]
+        rmssd = torch.sqrt((d * d * d_ok).sum(dim=1) / d_ok.sum(dim=1).clamp(min=1.0))
+        ok = n_rr >= 2
+        safe_rr = torch.where(ok, mean_rr, torch.ones_like(mean_rr))
+        return torch.stack([60.0 / safe_rr, rmssd / safe_rr], dim=1), ok
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values, ok = self.raw(x)
+        z = ((values - self.mean) / self.std).clamp(-self.f.Z_CLIP, self.f.Z_CLIP)
+        return torch.where(ok[:, None], z, torch.zeros_like(z))
+
+
+class ServingEncoder(nn.Module):
+    """What is exported when rhythm features join the embedding: [unit conv embedding | w/sqrt(2) * z].
+
+    ``z`` are the standardised heart rate and RR irregularity (``RhythmFeatures``); with weight w
+    they weigh about w^2 against the learned part in a cosine. The runtime L2-normalises the whole.
+    """
+
+    def __init__(self, encoder: Encoder, rhythm: RhythmFeatures, weight: float) -> None:
+        super().__init__()
+        self.encoder, self.rhythm, self.weight = encoder, rhythm, float(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.encoder(x)
+        e = e / e.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        return torch.cat([e, self.rhythm(x) * (self.weight / 2**0.5)], dim=1)

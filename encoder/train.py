@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecgsearch.encoder.augment import augment, two_windows
+from ecgsearch.encoder.augment import augment, three_windows, two_windows
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays, load_ptbxl
 from ecgsearch.encoder.losses import tri_objective
@@ -36,20 +36,35 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 @torch.no_grad()
-def embed(encoder: Encoder, x: np.ndarray, device: torch.device, batch: int = 256) -> np.ndarray:
-    """Embeddings (not normalised) of full prepared ECGs, in eval mode."""
+def embed(encoder: torch.nn.Module, x: np.ndarray, device: torch.device, batch: int = 256) -> np.ndarray:
+    """Embeddings (not normalised) of full prepared ECGs, in eval mode (an Encoder or what is served)."""
     was_training = encoder.training
     encoder.eval()
-    chunks = (torch.from_numpy(x[i : i + batch]).to(device) for i in range(0, len(x), batch))
-    out = [encoder(c).cpu().numpy() for c in chunks]
+    chunks = [
+        torch.from_numpy(np.ascontiguousarray(x[i : i + batch])).to(device) for i in range(0, len(x), batch)
+    ]
+    # an empty input still runs one zero row, so the result has the model's width
+    out = [encoder(c).cpu().numpy() for c in chunks or [torch.zeros((1, *x.shape[1:]), device=device)]]
     encoder.train(was_training)
-    dim = encoder.head[0].out_channels * (2 if encoder.pooling == "meanmax" else 1)
-    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+    return np.concatenate(out)[: len(x)].astype(np.float32, copy=False)
 
 
 def validation_agreement(encoder: Encoder, val: EcgArrays, device: torch.device, k: int = 10) -> float:
     """Superclass neighbour agreement within the validation fold, same patient excluded."""
     return neighbour_agreement(embed(encoder, val.x, device), val.superclasses, val.patient_ids, k=k)
+
+
+def make_deterministic(config: EncoderConfig, dev: torch.device) -> None:
+    """Seed torch and fix what else decides the weights, so one seed gives one model on a CPU.
+
+    Data order and augmentations draw from a generator seeded separately in ``train``; the thread
+    count is fixed because the result of a parallel float reduction depends on how it is split.
+    On CUDA some kernels used here (linear upsampling's backward) have no deterministic version:
+    there it only warns, and a GPU run is not bit-reproducible.
+    """
+    torch.manual_seed(config.seed)
+    torch.use_deterministic_algorithms(True, warn_only=dev.type != "cpu")
+    torch.set_num_threads(config.threads)
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -72,7 +87,7 @@ def train(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    torch.manual_seed(config.seed)
+    make_deterministic(config, dev)
     model = SelfSupervised(config).to(dev)  # same seed -> same weights as export.onnx.random_encoder
 
     cap = config.max_records
@@ -106,8 +121,12 @@ def train(
         sums: dict[str, float] = {}
         for i in range(steps_per_epoch):
             x = x_train[perm[i * config.batch_size : (i + 1) * config.batch_size]]
-            a, b = two_windows(x, config.window, config.random_crop, g)
-            a_aug = augment(a, config, g)
+            if config.view_offset:
+                a, b, a_shifted = three_windows(x, config.window, config.random_crop, config.view_offset, g)
+            else:
+                a, b = two_windows(x, config.window, config.random_crop, g)
+                a_shifted = a
+            a_aug = augment(a_shifted, config, g)
             b_aug = augment(b, config, g) if config.augment_pair else None
             loss, terms = tri_objective(
                 model, a.to(dev), b.to(dev), a_aug.to(dev), config, None if b_aug is None else b_aug.to(dev)

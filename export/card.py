@@ -30,6 +30,9 @@ class ModelCard(BaseModel):
     training: dict  # data summary, config, losses, time
     initialisation: str = "trained"  # "trained" or "random"
     onnx_opset: int | None = None
+    # measured features appended to the learned embedding inside the graph (name -> how), if any
+    features: dict | None = None
+    notes: str = ""  # what changed against the previous default (the config's ``notes``)
 
 
 def card_file(model_path: str | Path) -> Path:

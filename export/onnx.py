@@ -18,10 +18,17 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from ecgsearch.encoder import signals
+from ecgsearch.encoder import features, signals
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import load_ptbxl
-from ecgsearch.encoder.model import Encoder, SelfSupervised, count_parameters
+from ecgsearch.encoder.model import (
+    Encoder,
+    RhythmFeatures,
+    SelfSupervised,
+    ServingEncoder,
+    count_parameters,
+    load_checkpoint,
+)
 from ecgsearch.export.card import CARD_METADATA_KEY, ModelCard, write_card_file
 
 OPSET = 17
@@ -45,11 +52,62 @@ EMBEDDING_NOTE_MEANMAX = (
 )
 
 
+RHYTHM_NOTE = (
+    " Then two measured numbers join it, also inside the ONNX graph: heart rate (bpm) and RR "
+    "irregularity (RMSSD / mean RR) from lead-II R peaks (QRS-band energy peaks, "
+    "ecgsearch.encoder.features), "
+    "standardised with the training folds' mean and std (card field 'features'), clipped to +-{clip:g} and "
+    "0 when fewer than three R peaks are found. The exported vector is [the {dim}-d embedding divided by its "
+    "norm | {w:g}/sqrt(2) x the 2 z-scores] ({out} values), which the runtime L2-normalises: the rhythm "
+    "block's squared norm averages {w2:.2g} beside 1 for the learned part and grows with the z-scores "
+    "(about {w2z3:.2g} when both are 3, as in an irregular fast rhythm)."
+)
+
+
 def embedding_note(config: EncoderConfig) -> str:
     """The model card's ``embedding`` field: how the vector is formed from the feature map."""
     if config.pooling == "meanmax":
-        return EMBEDDING_NOTE_MEANMAX.format(dim=config.embedding_dim, half=config.embedding_dim // 2)
-    return EMBEDDING_NOTE.format(dim=config.embedding_dim)
+        note = EMBEDDING_NOTE_MEANMAX.format(dim=config.embedding_dim, half=config.embedding_dim // 2)
+    else:
+        note = EMBEDDING_NOTE.format(dim=config.embedding_dim)
+    if config.rhythm_weight > 0:
+        w = config.rhythm_weight
+        note += RHYTHM_NOTE.format(
+            clip=features.Z_CLIP,
+            dim=config.embedding_dim,
+            w=w,
+            out=config.output_dim,
+            w2=w * w,
+            w2z3=9 * w * w,
+        )
+    return note
+
+
+def rhythm_statistics(
+    data_root: str | Path,
+    folds: tuple[int, ...],
+    cache_dir: str | Path | None = None,
+    max_records: int | None = None,
+) -> dict:
+    """Mean and std of heart rate and RR irregularity over the training folds (rows with R peaks)."""
+    from ecgsearch.encoder.data import load_ptbxl
+
+    data = load_ptbxl(data_root, folds=folds, cache_dir=cache_dir, max_records=max_records)
+    return {**features.rhythm_statistics(features.rhythm(data.x)), "folds": list(folds)}
+
+
+def serving_module(
+    encoder: Encoder, config: EncoderConfig, data_root: str | Path, cache_dir: str | Path | None = None
+) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """The module to export: the encoder, or (rhythm_weight > 0) it with the rhythm features appended.
+
+    Returns the module and the card's ``features`` entry (None without features).
+    """
+    if config.rhythm_weight <= 0:
+        return encoder, None
+    stats = rhythm_statistics(data_root, config.train_folds, cache_dir, config.max_records)
+    rhythm = RhythmFeatures(tuple(stats["mean"]), tuple(stats["std"]))
+    return ServingEncoder(encoder, rhythm, config.rhythm_weight), {**stats, "weight": config.rhythm_weight}
 
 
 class ParityError(RuntimeError):
@@ -60,15 +118,6 @@ def random_encoder(config: EncoderConfig) -> Encoder:
     """The randomly initialised encoder for ``config.seed``: exactly the weights training starts from."""
     torch.manual_seed(config.seed)
     return SelfSupervised(config).encoder
-
-
-def load_checkpoint(path: str | Path) -> tuple[Encoder, EncoderConfig, dict[str, Any]]:
-    """Rebuild the encoder from a training checkpoint; returns (encoder, config, checkpoint)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    config = EncoderConfig.from_dict(ckpt["config"])
-    model = SelfSupervised(config)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.encoder, config, ckpt
 
 
 def parity_inputs(data_root: str | Path, n: int = 16) -> np.ndarray:
@@ -87,7 +136,7 @@ def weights_version(model: onnx.ModelProto) -> str:
 
 
 def export_encoder(
-    encoder: Encoder,
+    encoder: torch.nn.Module,
     config: EncoderConfig,
     out: str | Path,
     *,
@@ -95,6 +144,7 @@ def export_encoder(
     initialisation: str,
     training: dict[str, Any],
     name: str = "ecg-encoder",
+    feature_card: dict[str, Any] | None = None,
 ) -> ModelCard:
     """Export ``encoder`` to ``out`` with its card; raises ParityError if ORT and torch disagree."""
     encoder = encoder.eval().cpu()
@@ -120,7 +170,7 @@ def export_encoder(
         sampling_rate_hz=signals.MODEL_FS,
         input_samples=signals.MODEL_SAMPLES,
         lead_order=list(signals.LEADS),
-        embedding_dim=config.embedding_dim,
+        embedding_dim=config.output_dim,
         normalisation=signals.NORMALISATION,
         embedding=embedding_note(config),
         training=training,
@@ -128,6 +178,8 @@ def export_encoder(
         onnx_opset=OPSET,
         parameters=count_parameters(encoder),
         parity={"max_abs_diff": max_diff, "tolerance": PARITY_TOLERANCE, "n_ecgs": int(len(inputs))},
+        **({"features": {"rhythm": feature_card}} if feature_card else {}),
+        notes=config.notes,
     )
     onnx.helper.set_model_props(model, {CARD_METADATA_KEY: card.model_dump_json()})
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +188,7 @@ def export_encoder(
     return card
 
 
-def parity(encoder: Encoder, model: onnx.ModelProto, inputs: np.ndarray) -> float:
+def parity(encoder: torch.nn.Module, model: onnx.ModelProto, inputs: np.ndarray) -> float:
     """Max |ORT - torch| over raw (unnormalised) embeddings of ``inputs``; raises above tolerance."""
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.ascontiguousarray(inputs, dtype=np.float32)
@@ -157,6 +209,7 @@ def export_checkpoint(
     random: bool = False,
     config: EncoderConfig | None = None,
     name: str = "ecg-encoder",
+    cache_dir: str | Path | None = None,
 ) -> ModelCard:
     """Export a training checkpoint, or (``random``) the same architecture at its seed's initial weights."""
     training: dict[str, Any] = {}
@@ -170,13 +223,15 @@ def export_checkpoint(
         encoder = random_encoder(config)
         training = {"config": config.to_dict(), "note": "randomly initialised, never trained"}
     inputs = parity_inputs(data_root)
+    module, feature_card = serving_module(encoder, config, data_root, cache_dir)
     card = export_encoder(
-        encoder,
+        module,
         config,
         out,
         inputs=inputs,
         initialisation="random" if random else "trained",
         training=json.loads(json.dumps(training, default=str)),
         name=name,
+        feature_card=feature_card,
     )
     return card

@@ -61,3 +61,16 @@ def test_lead_dropout_zeroes_whole_leads_but_never_all() -> None:
     assert 0.2 < (per_lead == 0).float().mean().item() < 0.4
     assert (aug.lead_dropout(x, 1.0, gen()).sum(dim=(1, 2)) > 0).all()
     assert torch.equal(aug.lead_dropout(x, 0.0, gen()), x)
+
+
+def test_three_windows_offset_view_starts_near_window_a() -> None:
+    x = torch.arange(1000, dtype=torch.float32).expand(64, 12, 1000).contiguous()
+    a, b, shifted = aug.three_windows(x, 500, True, 32, gen())
+    same_a, same_b = aug.two_windows(x, 500, True, gen())
+    assert torch.equal(a, same_a) and torch.equal(b, same_b)  # A and B drawn as two_windows draws them
+    offsets = (shifted[:, 0, 0] - a[:, 0, 0]).numpy()
+    assert np.abs(offsets).max() <= 32 and len(np.unique(offsets)) > 10
+    assert torch.all(shifted[..., 1:] - shifted[..., :-1] == 1)
+    assert shifted[..., 0].min() >= 0 and shifted[..., -1].max() <= 999  # clipped to the ECG
+    with pytest.raises(ValueError, match="view_offset"):
+        EncoderConfig(view_offset=500)

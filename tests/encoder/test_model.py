@@ -48,3 +48,64 @@ def test_meanmax_pooling_and_feature_reconstruction() -> None:
     assert p.shape == (2, config.projection_dim) and recon.shape == (2, 12, 500)
     with pytest.raises(ValueError, match="pooling"):
         EncoderConfig(pooling="median")
+
+
+def test_antialias_keeps_parameters_and_steadies_shifted_embeddings() -> None:
+    from ecgsearch.encoder.model import BlurPool
+
+    steady = torch.ones(1, 3, 40)
+    assert torch.allclose(BlurPool(3)(steady)[..., 1:-1], torch.ones(1, 3, 18))  # a low-pass of gain 1
+    plain, smooth = (Encoder(EncoderConfig(antialias=a)).eval() for a in (False, True))
+    assert count_parameters(plain) == count_parameters(smooth)
+    torch.manual_seed(0)
+    x = torch.cumsum(torch.randn(16, 12, 1000), dim=2) / 10  # smooth-ish random signals
+    with torch.no_grad():
+        drift = {
+            name: 1 - torch.nn.functional.cosine_similarity(m(x), m(torch.roll(x, 2, dims=2))).mean().item()
+            for name, m in (("plain", plain), ("smooth", smooth))
+        }
+    assert drift["smooth"] < drift["plain"] / 2
+
+
+def test_serving_encoder_appends_weighted_rhythm_block() -> None:
+    from ecgsearch.encoder.model import RhythmFeatures, ServingEncoder
+
+    config = EncoderConfig(stem_channels=8, stage_channels=(16,), stage_kernels=(3,), embedding_dim=24)
+    encoder = Encoder(config).eval()
+    rhythm = RhythmFeatures(mean=(70.0, 0.05), std=(15.0, 0.1))
+    x = torch.randn(3, 12, 1000)
+    with torch.no_grad():
+        out = ServingEncoder(encoder, rhythm, 0.5)(x)
+        z = rhythm(x)
+    assert out.shape == (3, 26)
+    assert torch.allclose(out[:, :24].norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(out[:, 24:], z * 0.5 / 2**0.5)
+    assert config.with_overrides(rhythm_weight=0.5).output_dim == 26
+
+
+def test_shift_stability_separates_invariant_from_sensitive_embeddings() -> None:
+    import numpy as np
+
+    from ecgsearch.encoder.data import EcgArrays
+    from ecgsearch.encoder.report import shift_stability
+
+    rng = np.random.default_rng(0)
+    n = 60
+    data = EcgArrays(
+        x=rng.standard_normal((n, 12, 1000)).astype(np.float32),
+        ecg_ids=np.arange(n),
+        patient_ids=list(range(n)),
+        folds=np.where(np.arange(n) < 20, 9, 1),
+        superclasses=[frozenset({"NORM"})] * n,
+    )
+
+    def spectrum(x: np.ndarray) -> np.ndarray:
+        return np.abs(np.fft.rfft(x, axis=2))[:, :, :50].reshape(len(x), -1)
+
+    def samples(x: np.ndarray) -> np.ndarray:
+        return x[:, :, :100].reshape(len(x), -1)
+
+    steady = shift_stability(spectrum, data, shifts=(8,))["8"]
+    assert steady["cosine"] > 0.999 and steady["top10_overlap"] == 1.0
+    moved = shift_stability(samples, data, shifts=(8,))["8"]
+    assert moved["cosine"] < 0.5 and moved["top10_overlap"] < 0.5

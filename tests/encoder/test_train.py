@@ -85,3 +85,63 @@ def test_training_report_compares_trained_and_random(tiny_run: tuple[Path, dict]
     training = report["training"]
     assert set(training["final_losses"]) == {"halves", "augment", "recon", "total"}
     assert training["best_epoch"] is not None and training["wall_time_s"] > 0
+
+
+def test_same_seed_gives_identical_weights(data_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    from ecgsearch.encoder.train import train
+
+    config = TINY.with_overrides(
+        epochs=2, antialias=True, view_offset=16, lead_dropout=0.2, augment_pair=True
+    )
+    runs = []
+    for name in ("a", "b"):
+        train(config, data_dir, tmp_path / name, device="cpu")
+        runs.append(torch.load(tmp_path / name / "last.pt", weights_only=False)["state_dict"])
+    assert runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    train(config.with_overrides(seed=1), data_dir, tmp_path / "c", device="cpu")
+    other = torch.load(tmp_path / "c" / "last.pt", weights_only=False)["state_dict"]
+    assert not torch.equal(runs[0]["encoder.stem.0.weight"], other["encoder.stem.0.weight"])
+    assert torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == config.threads
+
+
+def test_rhythm_model_exports_with_parity_and_card(
+    tiny_run: tuple[Path, dict], data_dir: Path, tmp_path: Path
+) -> None:
+    from ecgsearch.export.onnx import export_checkpoint, parity_inputs
+    from ecgsearch.export.runtime import Embedder
+
+    config = TINY.with_overrides(rhythm_weight=0.3)
+    card = export_checkpoint(None, tmp_path / "r.onnx", data_dir, random=True, config=config)
+    assert card.embedding_dim == 34 and card.parity["max_abs_diff"] < 1e-4
+    stats = card.features["rhythm"]
+    assert stats["names"] == ["heart_rate_bpm", "rr_irregularity"] and stats["weight"] == 0.3
+    assert 40 < stats["mean"][0] < 110 and stats["n"] > 20
+    assert "RR irregularity" in card.embedding
+    embedder = Embedder(tmp_path / "r.onnx", threads=1)
+    vectors = embedder.embed(parity_inputs(data_dir, n=4))
+    assert vectors.shape == (4, 34) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_resumed_run_equals_an_uninterrupted_one(data_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    from ecgsearch.encoder.train import train
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first_epoch(record: dict) -> None:
+        if record["epoch"] == 1:
+            raise Interrupted
+
+    config = TINY.with_overrides(epochs=3, view_offset=16)
+    train(config, data_dir, tmp_path / "straight", device="cpu")
+    with pytest.raises(Interrupted):
+        train(config, data_dir, tmp_path / "resumed", device="cpu", on_epoch=stop_after_first_epoch)
+    train(config, data_dir, tmp_path / "resumed", resume=True, device="cpu")
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -52,7 +52,7 @@ def test_parity_failure_stops_export(tmp_path: Path, monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize("name", [DEFAULT_MODEL, RANDOM_MODEL])
 def test_bundled_models_load_without_torch_side_imports(name: str) -> None:
     embedder = Embedder(bundled_model(name), threads=1)
-    assert embedder.dim == 256
+    assert embedder.dim == 258  # 256 learned + heart rate and RR irregularity (model 2)
     assert embedder.card.parity["max_abs_diff"] < 1e-4
     assert "10 s" in embedder.card.embedding
 
