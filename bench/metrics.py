@@ -95,12 +95,19 @@ def exact_topk_multi(
 
 
 def neighbours_excluding_patient(
-    emb: np.ndarray, patient_ids: Sequence[object], k: int, query_idx: np.ndarray
+    emb: np.ndarray,
+    patient_ids: Sequence[object],
+    k: int,
+    query_idx: np.ndarray,
+    *,
+    euclidean: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine k-NN of each query row among all rows, leaving out the query's own patient.
 
     (ids, similarities); rows are unit vectors. Without the exclusion, retrieval measures
-    re-identification of the patient rather than clinical similarity.
+    re-identification of the patient rather than clinical similarity. ``euclidean`` ranks by
+    Euclidean distance instead (similarity = minus the squared distance), as a kNN on measured
+    features should.
     """
     # An unknown patient is a patient of its own row, never one shared 'None' patient.
     codes: dict[tuple[str, object], int] = {}
@@ -110,7 +117,10 @@ def neighbours_excluding_patient(
             for i, p in enumerate(patient_ids)
         ]
     )
-    sims = emb[query_idx] @ emb.T
+    x = np.asarray(emb, dtype=np.float64)
+    sims = x[query_idx] @ x.T
+    if euclidean:
+        sims = 2 * sims - (x**2).sum(axis=1)[None, :] - (x[query_idx] ** 2).sum(axis=1)[:, None]
     sims[pid[query_idx][:, None] == pid[None, :]] = -np.inf
     top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     return top, np.take_along_axis(sims, top, axis=1)
@@ -134,6 +144,21 @@ def precision_at_k(has_code: np.ndarray, neighbours: np.ndarray, query_idx: np.n
         "precision": precision,
         "enrichment": precision / base if base > 0 else float("nan"),
     }
+
+
+def bootstrap_mean(values: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, 2.5th, 97.5th percentile of the bootstrap means): resampling the values with replacement.
+
+    NaN values are dropped first; an empty input gives NaNs. A fixed seed makes the interval
+    reproducible run to run.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
+    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def binned_curve(similarity: np.ndarray, difference: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
