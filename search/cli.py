@@ -173,6 +173,12 @@ def query_command(
             "--include-same-patient", help="With --record-id: keep the record's patient's other ECGs."
         ),
     ] = False,
+    include_duplicates: Annotated[
+        bool,
+        typer.Option(
+            "--include-duplicates", help="Keep ECGs recorded at ingest as copies of another (duplicate_of)."
+        ),
+    ] = False,
     threshold: Annotated[float | None, typer.Option(help="Minimum cosine similarity.")] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Exact search instead of the index.")] = False,
     summary: Annotated[
@@ -237,7 +243,14 @@ def query_command(
         },
         record_id,
         wfdb,
-        {"k": k, "filter": flt, "score_threshold": threshold, "exact": exact, "with_summary": summary},
+        {
+            "k": k,
+            "filter": flt,
+            "score_threshold": threshold,
+            "exact": exact,
+            "with_summary": summary,
+            "include_duplicates": include_duplicates,
+        },
         include_same_patient,
     )
     if as_json:

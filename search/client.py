@@ -190,13 +190,19 @@ def options(
     score_threshold: float | None = None,
     exact: bool = False,
     with_summary: bool = False,
+    include_duplicates: bool = False,
     filter: SearchFilter | None = None,
     **filter_fields: Any,
 ) -> SearchOptions:
     """Search options from keywords: filter fields (``diagnoses_any=["AF"]``, ``age_min=60``) or a filter."""
     flt = filter if filter is not None else SearchFilter(**filter_fields)
     return SearchOptions(
-        filter=flt, k=k, score_threshold=score_threshold, exact=exact, with_summary=with_summary
+        filter=flt,
+        k=k,
+        score_threshold=score_threshold,
+        exact=exact,
+        with_summary=with_summary,
+        include_duplicates=include_duplicates,
     )
 
 

@@ -12,7 +12,9 @@ the semantics live once, here:
 - ``age_min``/``age_max``: integer range on ``age``, inclusive; a point without an age never matches;
 - ``sex``: keyword ``sex``; ``datasets``: ``dataset`` is one of them;
 - ``exclude_record_ids``: must_not has_id(point_id(record_id));
-- ``exclude_patient_ids``: must_not ``patient_id`` any of them.
+- ``exclude_patient_ids``: must_not ``patient_id`` any of them;
+- ``exclude_duplicates``: ``duplicate_of`` is empty (unset): ECGs recorded at ingest as copies of another
+  stored ECG never match, so one ECG is not returned twice (its original still is).
 
 An empty filter gives None (no filter at all).
 """
@@ -30,9 +32,9 @@ from ecgsearch.search.schema import EcgPayload, SearchFilter, point_id
 
 @dataclass(frozen=True)
 class Cond:
-    """One engine-neutral condition: keyword match-any, integer range, or point-id set."""
+    """One engine-neutral condition: keyword match-any, integer range, point-id set, or an empty field."""
 
-    kind: Literal["any", "range", "ids"]
+    kind: Literal["any", "range", "ids", "empty"]
     key: str = ""
     values: tuple[str, ...] = ()
     gte: int | None = None
@@ -68,6 +70,8 @@ def conditions(flt: SearchFilter | None) -> Conditions | None:
         must_not.append(Cond("ids", values=tuple(point_id(r) for r in flt.exclude_record_ids)))
     if flt.exclude_patient_ids:
         must_not.append(Cond("any", "patient_id", tuple(flt.exclude_patient_ids)))
+    if flt.exclude_duplicates:
+        must.append(Cond("empty", "duplicate_of"))
     return Conditions(must, must_not)
 
 
@@ -77,9 +81,11 @@ def to_edge(flt: SearchFilter | None) -> edge.Filter | None:
     if tree is None:
         return None
 
-    def emit(c: Cond) -> edge.FieldCondition | edge.HasIdCondition:
+    def emit(c: Cond) -> edge.FieldCondition | edge.HasIdCondition | edge.IsEmptyCondition:
         if c.kind == "ids":
             return edge.HasIdCondition(point_ids=set(c.values))
+        if c.kind == "empty":
+            return edge.IsEmptyCondition(key=c.key)
         if c.kind == "range":
             return edge.FieldCondition(key=c.key, range=edge.RangeFloat(gte=c.gte, lte=c.lte))
         return edge.FieldCondition(key=c.key, match=edge.MatchAny(any=list(c.values)))
@@ -96,9 +102,11 @@ def to_client(flt: SearchFilter | None) -> qm.Filter | None:
     if tree is None:
         return None
 
-    def emit(c: Cond) -> qm.FieldCondition | qm.HasIdCondition:
+    def emit(c: Cond) -> qm.FieldCondition | qm.HasIdCondition | qm.IsEmptyCondition:
         if c.kind == "ids":
             return qm.HasIdCondition(has_id=list(c.values))
+        if c.kind == "empty":
+            return qm.IsEmptyCondition(is_empty=qm.PayloadField(key=c.key))
         if c.kind == "range":
             return qm.FieldCondition(key=c.key, range=qm.Range(gte=c.gte, lte=c.lte))
         return qm.FieldCondition(key=c.key, match=qm.MatchAny(any=list(c.values)))
@@ -121,6 +129,8 @@ def matches(flt: SearchFilter | None, payload: EcgPayload) -> bool:
         if c.kind == "ids":
             return pid in c.values
         value = getattr(payload, c.key)
+        if c.kind == "empty":
+            return value is None or value == []
         if c.kind == "range":
             if not isinstance(value, int):
                 return False

@@ -100,6 +100,8 @@ class SearchFilter(BaseModel):
     datasets: list[str] = Field(default_factory=list)
     exclude_record_ids: list[str] = Field(default_factory=list)
     exclude_patient_ids: list[str] = Field(default_factory=list)
+    # Set by the service unless a search includes duplicates: hits recorded as copies (duplicate_of) drop out.
+    exclude_duplicates: bool = False
 
     @field_validator("diagnoses_any", "diagnoses_all", "diagnoses_none", "datasets")
     @classmethod

@@ -121,6 +121,8 @@ class SearchOptions:
     score_threshold: float | None = None
     exact: bool = False
     with_summary: bool = False
+    # Also return ECGs recorded at ingest as copies of another stored ECG (``duplicate_of``).
+    include_duplicates: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,8 +165,9 @@ class DiagnosisConcentration(BaseModel):
 class NeighbourhoodSummary(BaseModel):
     """Per diagnosis among the k neighbours: the evidence a clinician reads off a search.
 
-    ``exclusions`` names the neighbours the search left out ("query_record", "same_patient"), the
-    same rule the retrieval evaluation applies.
+    ``exclusions`` names the neighbours the search left out ("query_record", "same_patient",
+    "duplicate_copy"): the rules the retrieval evaluation applies (it searches one copy of each ECG
+    and never the query's own patient).
     """
 
     n_neighbours: int
@@ -389,7 +392,12 @@ class SearchService:
                 "options.score_threshold", f"must be a cosine similarity in [-1, 1], got {threshold!r:.20}"
             )
         return SearchOptions(
-            resolve_filter(options.filter), options.k, threshold, options.exact, options.with_summary
+            resolve_filter(options.filter),
+            options.k,
+            threshold,
+            options.exact,
+            options.with_summary,
+            options.include_duplicates,
         )
 
     def check_vector(self, vector: np.ndarray | Sequence[float] | None, where: str = "vector") -> np.ndarray:
@@ -441,7 +449,9 @@ class SearchService:
         """A stored record's vector and codes, with the record (and its patient's ECGs) excluded."""
         payload, vector = self._get(record_id)
         exclusions = ["query_record"]
-        update = {"exclude_record_ids": [*options.filter.exclude_record_ids, payload.record_id]}
+        # A copy's original is the query ECG again, under another dataset's id.
+        own = [payload.record_id, *([payload.duplicate_of] if payload.duplicate_of else [])]
+        update = {"exclude_record_ids": [*options.filter.exclude_record_ids, *own]}
         if not include_same_patient and payload.patient_id is not None:
             exclusions.append("same_patient")
             update["exclude_patient_ids"] = [*options.filter.exclude_patient_ids, payload.patient_id]
@@ -452,6 +462,10 @@ class SearchService:
         budget.check("search")
         options = plan.options
         assert plan.vector is not None
+        exclusions = list(plan.exclusions)
+        if not options.include_duplicates:
+            exclusions.append("duplicate_copy")
+            options = replace(options, filter=options.filter.model_copy(update={"exclude_duplicates": True}))
         hits = self.store.search(
             plan.vector,
             k=options.k,
@@ -459,9 +473,7 @@ class SearchService:
             exact=options.exact,
             score_threshold=options.score_threshold,
         )
-        summary = (
-            summarise(hits, self.info(), plan.query_codes, plan.exclusions) if options.with_summary else None
-        )
+        summary = summarise(hits, self.info(), plan.query_codes, exclusions) if options.with_summary else None
         return SearchResult(hits=hits, summary=summary)
 
     def _source_file(self, payload: EcgPayload) -> Path:

@@ -45,6 +45,7 @@ UNITS_FROM_PROTO = {
 EXCLUSION_TO_PROTO = {
     "query_record": pb.EXCLUSION_QUERY_RECORD,
     "same_patient": pb.EXCLUSION_SAME_PATIENT,
+    "duplicate_copy": pb.EXCLUSION_DUPLICATE_COPY,
 }
 EXCLUSION_FROM_PROTO = {v: k for k, v in EXCLUSION_TO_PROTO.items()}
 
@@ -89,6 +90,7 @@ def options_to_proto(options: SearchOptions) -> pb.SearchOptions:
         k=options.k,
         exact=options.exact,
         with_summary=options.with_summary,
+        include_duplicates=options.include_duplicates,
     )
     if options.score_threshold is not None:
         msg.score_threshold = options.score_threshold
@@ -102,6 +104,7 @@ def options_from_proto(msg: pb.SearchOptions) -> SearchOptions:
         score_threshold=msg.score_threshold if msg.HasField("score_threshold") else None,
         exact=msg.exact,
         with_summary=msg.with_summary,
+        include_duplicates=msg.include_duplicates,
     )
 
 

@@ -28,6 +28,7 @@ class Exclusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXCLUSION_UNSPECIFIED: _ClassVar[Exclusion]
     EXCLUSION_QUERY_RECORD: _ClassVar[Exclusion]
     EXCLUSION_SAME_PATIENT: _ClassVar[Exclusion]
+    EXCLUSION_DUPLICATE_COPY: _ClassVar[Exclusion]
 SEX_UNSPECIFIED: Sex
 SEX_MALE: Sex
 SEX_FEMALE: Sex
@@ -38,6 +39,7 @@ UNITS_VOLT: Units
 EXCLUSION_UNSPECIFIED: Exclusion
 EXCLUSION_QUERY_RECORD: Exclusion
 EXCLUSION_SAME_PATIENT: Exclusion
+EXCLUSION_DUPLICATE_COPY: Exclusion
 
 class Filter(_message.Message):
     __slots__ = ("diagnoses_any", "diagnoses_all", "diagnoses_none", "age_min", "age_max", "sex", "datasets", "exclude_record_ids", "exclude_patient_ids")
@@ -62,18 +64,20 @@ class Filter(_message.Message):
     def __init__(self, diagnoses_any: _Optional[_Iterable[str]] = ..., diagnoses_all: _Optional[_Iterable[str]] = ..., diagnoses_none: _Optional[_Iterable[str]] = ..., age_min: _Optional[int] = ..., age_max: _Optional[int] = ..., sex: _Optional[_Union[Sex, str]] = ..., datasets: _Optional[_Iterable[str]] = ..., exclude_record_ids: _Optional[_Iterable[str]] = ..., exclude_patient_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchOptions(_message.Message):
-    __slots__ = ("filter", "k", "score_threshold", "exact", "with_summary")
+    __slots__ = ("filter", "k", "score_threshold", "exact", "with_summary", "include_duplicates")
     FILTER_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
     WITH_SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     filter: Filter
     k: int
     score_threshold: float
     exact: bool
     with_summary: bool
-    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., exact: _Optional[bool] = ..., with_summary: _Optional[bool] = ...) -> None: ...
+    include_duplicates: bool
+    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., exact: _Optional[bool] = ..., with_summary: _Optional[bool] = ..., include_duplicates: _Optional[bool] = ...) -> None: ...
 
 class LeadSamples(_message.Message):
     __slots__ = ("values",)

@@ -236,7 +236,11 @@ def test_search_by_record_excludes_itself_and_its_patient(grpc_server: Served) -
         grpc_server, grpc_server.vectors[index], lambda p: p.patient_id != record.patient_id, 10
     )
     assert ids == expected and not siblings & set(ids)
-    assert list(reply.summary.exclusions) == [pb.EXCLUSION_QUERY_RECORD, pb.EXCLUSION_SAME_PATIENT]
+    assert list(reply.summary.exclusions) == [
+        pb.EXCLUSION_QUERY_RECORD,
+        pb.EXCLUSION_SAME_PATIENT,
+        pb.EXCLUSION_DUPLICATE_COPY,
+    ]
 
     reply = grpc_server.stub.SearchByRecord(
         pb.SearchByRecordRequest(record_id=record.record_id, options=options, include_same_patient=True),
@@ -247,7 +251,7 @@ def test_search_by_record_excludes_itself_and_its_patient(grpc_server: Served) -
         grpc_server, grpc_server.vectors[index], lambda p: p.record_id != record.record_id, 10
     )
     assert ids == expected and siblings & set(ids)
-    assert list(reply.summary.exclusions) == [pb.EXCLUSION_QUERY_RECORD]
+    assert list(reply.summary.exclusions) == [pb.EXCLUSION_QUERY_RECORD, pb.EXCLUSION_DUPLICATE_COPY]
     batch = grpc_server.stub.BatchSearch(
         pb.BatchSearchRequest(
             queries=[
