@@ -12,7 +12,8 @@ the semantics live once, here:
 - ``age_min``/``age_max``: integer range on ``age``, inclusive; a point without an age never matches;
 - ``sex``: keyword ``sex``; ``datasets``: ``dataset`` is one of them;
 - ``exclude_record_ids``: must_not has_id(point_id(record_id));
-- ``exclude_patient_ids``: must_not ``patient_id`` any of them.
+- ``exclude_patient_ids``: must_not ``patient_id`` any of them;
+- ``sites``: keyword ``site`` is one of them (the server adds it for site-restricted callers).
 
 An empty filter gives None (no filter at all).
 """
@@ -68,6 +69,8 @@ def conditions(flt: SearchFilter | None) -> Conditions | None:
         must_not.append(Cond("ids", values=tuple(point_id(r) for r in flt.exclude_record_ids)))
     if flt.exclude_patient_ids:
         must_not.append(Cond("any", "patient_id", tuple(flt.exclude_patient_ids)))
+    if flt.sites:
+        must.append(Cond("any", "site", tuple(flt.sites)))
     return Conditions(must, must_not)
 
 

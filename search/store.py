@@ -165,7 +165,8 @@ class CollectionManifest(BaseModel):
     settings: IndexSettings = Field(default_factory=IndexSettings)
 
 
-PAYLOAD_INDEXES: dict[str, Literal["keyword", "integer"]] = {
+PAYLOAD_INDEXES: dict[str, Literal["keyword", "integer", "tenant"]] = {
+    "site": "tenant",  # keyword, stored grouped by site (Qdrant's tenant index)
     "diagnoses": "keyword",
     "age": "integer",
     "sex": "keyword",
@@ -379,6 +380,8 @@ class EdgeStore(_Backend):
             schema = (
                 edge.IntegerIndexParams(lookup=True, range=True)
                 if kind == "integer"
+                else edge.KeywordIndexParams(is_tenant=True)
+                if kind == "tenant"
                 else edge.PayloadSchemaType.Keyword
             )
             shard.update(edge.UpdateOperation.create_field_index(field_name, schema))
@@ -655,6 +658,8 @@ class ServerStore(_Backend):
             schema = (
                 qm.IntegerIndexParams(type=qm.IntegerIndexType.INTEGER, lookup=True, range=True)
                 if kind == "integer"
+                else qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True)
+                if kind == "tenant"
                 else qm.PayloadSchemaType.KEYWORD
             )
             self._call(
