@@ -9,8 +9,18 @@ from typing import Annotated, Any
 
 import typer
 
-from ecgsearch.search.admin_cli import ApiKey, AsJson, Collection, Store, Url
-
+Store = Annotated[
+    Path | None,
+    typer.Option("--store", "-s", envvar="ECGSEARCH_STORE_PATH", help="Embedded store directory."),
+]
+Url = Annotated[
+    str | None, typer.Option("--qdrant-url", "-u", envvar="ECGSEARCH_QDRANT_URL", help="Qdrant server URL.")
+]
+ApiKey = Annotated[str | None, typer.Option(envvar="ECGSEARCH_QDRANT_API_KEY", help="Qdrant API key.")]
+Collection = Annotated[
+    str, typer.Option("--collection", "-c", envvar="ECGSEARCH_COLLECTION", help="Collection (or alias).")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Directory = Annotated[
     Path | None,
     typer.Option("--dir", "-d", help="Embedded store: where archives are kept (default: <store>/snapshots)."),
