@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
 from ecgsearch.search.auth import Caller, TokensFileError, digest, parse
 from ecgsearch.search.server import run_server
+from ecgsearch.search.settings import ServiceSettings
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +146,44 @@ def test_bad_lines_are_named_without_their_secret(line: str, named: str) -> None
 def test_digest_is_sha256() -> None:
     assert digest("abc").hex() == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert np.frombuffer(digest("x"), dtype=np.uint8).size == 32
+
+
+def _signed(tmp_path: Path, name: str, ca: tuple[Path, Path] | None = None) -> tuple[Path, Path]:
+    """Key and certificate with subject CN=name for 127.0.0.1: self-signed, or signed by ``ca``."""
+    key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+    subject = ["-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1"]
+    if ca is None:
+        command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject]
+        subprocess.run([*command, "-keyout", key, "-out", cert], check=True, capture_output=True)
+        return cert, key
+    csr = tmp_path / f"{name}.csr"
+    request = ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, *subject[:2]]
+    subprocess.run(request, check=True, capture_output=True)
+    sign = ["openssl", "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial"]
+    subprocess.run([*sign, "-days", "1", "-out", cert], check=True, capture_output=True)
+    return cert, key
+
+
+def test_client_certificate_names_a_site_restricted_caller(sited: Sited, tmp_path: Path) -> None:
+    server_cert, server_key = _signed(tmp_path, "server")
+    ca = _signed(tmp_path, "ca")
+    gateway, stranger = _signed(tmp_path, "gateway", ca), _signed(tmp_path, "stranger", ca)
+    callers = tmp_path / "tokens"
+    callers.write_text("lab-gateway search site-b cert:gateway\n")
+    settings = ServiceSettings.model_construct(
+        tls_cert=server_cert, tls_key=server_key, tls_client_ca=ca[0], tokens_file=callers
+    ).model_copy(update={"port": 0})
+    with run_server(settings, store=sited.store, embedder=sited.embedder) as (_, port):
+
+        def search(cert: tuple[Path, Path]) -> list[str]:
+            credentials = grpc.ssl_channel_credentials(
+                server_cert.read_bytes(), cert[1].read_bytes(), cert[0].read_bytes()
+            )
+            with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+                stub = pb_grpc.EcgSearchServiceStub(channel)
+                return [h.record_id for h in stub.SearchByVector(_vector_search(sited, 0), timeout=30).hits]
+
+        assert sorted(search(gateway)) == sorted(sited.of_site("site-b"))
+        with pytest.raises(grpc.RpcError) as refused:
+            search(stranger)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
