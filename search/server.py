@@ -22,6 +22,7 @@ import re
 import signal
 import ssl
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -56,7 +57,8 @@ from ecgsearch.search.service import (
     describe_validation,
 )
 from ecgsearch.search.settings import ServiceSettings
-from ecgsearch.search.store import Store, open_store
+from ecgsearch.search.snapshots import SnapshotError
+from ecgsearch.search.store import Store, StoreError, open_store
 from ecgsearch.search.telemetry import Telemetry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgSearchService"].full_name
@@ -69,7 +71,7 @@ log = logging.getLogger("ecgsearch.server")
 
 # Scopes: every RPC of the service needs 'search' unless listed here (by method name, e.g. "PushEcgs").
 WRITE_METHODS: set[str] = set()  # RPCs that add or change stored ECGs: scope 'write'
-ADMIN_METHODS: set[str] = set()  # operator RPCs (snapshots, ...): scope 'admin'
+ADMIN_METHODS: set[str] = {"CreateSnapshot", "ListSnapshots"}  # operator RPCs: scope 'admin'
 
 NOBODY = Caller("nobody", frozenset(), frozenset())  # outside a call: no scope, no site
 _CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller", default=NOBODY)
@@ -93,7 +95,7 @@ def current_caller() -> Caller:
 ERROR_TABLE: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], grpc.StatusCode], ...] = (
     ((InvalidQuery, ValidationError, SignalError), grpc.StatusCode.INVALID_ARGUMENT),
     (UnknownRecord, grpc.StatusCode.NOT_FOUND),
-    (EcgUnavailable, grpc.StatusCode.FAILED_PRECONDITION),
+    ((EcgUnavailable, StoreError, SnapshotError), grpc.StatusCode.FAILED_PRECONDITION),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Cancelled, grpc.StatusCode.CANCELLED),
@@ -172,6 +174,7 @@ class EcgSearchServicer(pb_grpc.EcgSearchServiceServicer):
     def __init__(self, telemetry: Telemetry) -> None:
         self.service: SearchService | None = None
         self.telemetry = telemetry
+        self._snapshotting = threading.Lock()  # one snapshot at a time
 
     @property
     def _svc(self) -> SearchService:
@@ -253,6 +256,15 @@ class EcgSearchServicer(pb_grpc.EcgSearchServiceServicer):
         reply.started_at.FromDatetime(self.telemetry.started_at)
         reply.ecgs_prepared = self.service.prepared_count if self.service is not None else 0
         return reply
+
+    def CreateSnapshot(self, request: pb.CreateSnapshotRequest, context: grpc.ServicerContext):  # noqa: N802
+        with self._snapshotting:
+            made = self._svc.store.create_snapshot()
+        return pb.CreateSnapshotResponse(snapshot=wire.snapshot_to_proto(made))
+
+    def ListSnapshots(self, request: pb.ListSnapshotsRequest, context: grpc.ServicerContext):  # noqa: N802
+        found = self._svc.store.list_snapshots()
+        return pb.ListSnapshotsResponse(snapshots=[wire.snapshot_to_proto(s) for s in found])
 
 
 def restricted(options: SearchOptions) -> SearchOptions:

@@ -21,6 +21,13 @@ Collection = Annotated[
     str, typer.Option("--collection", "-c", envvar="ECGSEARCH_COLLECTION", help="Collection (or alias).")
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Target = Annotated[
+    str | None,
+    typer.Option(
+        "--target", "-t", help="A running service (host:port) to ask instead of a store (scope admin)."
+    ),
+]
+Token = Annotated[str | None, typer.Option(envvar="ECGSEARCH_TOKEN", help="Bearer token for --target.")]
 Directory = Annotated[
     Path | None,
     typer.Option("--dir", "-d", help="Embedded store: where archives are kept (default: <store>/snapshots)."),
@@ -38,21 +45,29 @@ def create_command(
     api_key: ApiKey = None,
     collection: Collection = "ecgs",
     directory: Directory = None,
+    target: Target = None,
+    token: Token = None,
     as_json: AsJson = False,
 ) -> None:
     """Snapshot a collection: an archive of the embedded store, or Qdrant's own snapshot on a server.
 
-    The embedded store must not be held by another process (a running `serve` holds it: stop it, or
-    snapshot the collection before it goes live); the archive is a consistent copy after a flush. On
-    a Qdrant server the snapshot stays on the server (its snapshots volume).
+    An embedded store held by a running `serve` is snapshotted through that service with --target
+    (a caller with scope admin; the archive lands in the server's <store>/snapshots). Otherwise the
+    store is opened here; the archive is a consistent copy after a flush. On a Qdrant server the
+    snapshot stays on the server (its snapshots volume).
 
     Examples:
 
         ecgsearch snapshot create --store ./store
 
+        ECGSEARCH_TOKEN="$(cat ops-token)" ecgsearch snapshot create --target localhost:50051
+
         ecgsearch snapshot create --qdrant-url http://qdrant:6333 -c ecgs --json
     """
-    info = _with_store(store, qdrant_url, api_key, collection, lambda s: s.create_snapshot(directory))
+    if target is not None:
+        info = _with_service(target, token, lambda c: c.create_snapshot())
+    else:
+        info = _with_store(store, qdrant_url, api_key, collection, lambda s: s.create_snapshot(directory))
     _print([info], as_json, single=True)
 
 
@@ -63,17 +78,23 @@ def list_command(
     api_key: ApiKey = None,
     collection: Collection = "ecgs",
     directory: Directory = None,
+    target: Target = None,
+    token: Token = None,
     as_json: AsJson = False,
 ) -> None:
-    """List a collection's snapshots, oldest first.
+    """List a collection's snapshots, oldest first (of a running service's collection with --target).
 
     Examples:
 
         ecgsearch snapshot list --store ./store
 
+        ecgsearch snapshot list --target localhost:50051 --json
+
         ecgsearch snapshot list --qdrant-url http://qdrant:6333 -c ecgs --json
     """
-    if qdrant_url is None:
+    if target is not None:
+        found = _with_service(target, token, lambda c: c.list_snapshots())
+    elif qdrant_url is None:
         from ecgsearch.search import snapshots
         from ecgsearch.search.store import default_store_path
 
@@ -168,6 +189,21 @@ def _with_store(
         _fail(str(exc))
     finally:
         opened.close()
+
+
+def _with_service(target: str, token: str | None, action: Any) -> Any:
+    """Ask a running service; a failure (PERMISSION_DENIED without scope admin, ...) exits 1 in one line."""
+    import grpc
+
+    from ecgsearch.search.client import EcgSearchClient
+
+    try:
+        with EcgSearchClient(target, token=token, timeout=600.0) as client:
+            return action(client)
+    except grpc.RpcError as exc:
+        _fail(f"{target}: {exc.code().name}: {exc.details()}")
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
 
 
 def _print(rows: list[Any], as_json: bool, single: bool = False) -> None:

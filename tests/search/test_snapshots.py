@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sited import build
+from sited import TOKENS, build, tokens_file
 from typer.testing import CliRunner
 
 from ecgsearch.cli.main import app
 from ecgsearch.search.schema import SearchFilter
+from ecgsearch.search.server import run_server
 from ecgsearch.search.store import EdgeStore, StoreError, open_store
 
 
@@ -78,3 +79,31 @@ def test_server_snapshots_in_local_mode_are_reported_as_unsupported() -> None:
         with pytest.raises(StoreError, match="local mode has no snapshots"):
             store.restore_snapshot("file:///qdrant/snapshots/c/c.snapshot")
         assert store.list_snapshots() == []
+
+
+def test_a_running_service_snapshots_its_store_for_an_admin_caller(ptbxl_dir: Path, tmp_path: Path) -> None:
+    sited = build(ptbxl_dir, tmp_path / "served", n=12)
+    try:
+        callers = tokens_file(tmp_path / "tokens")
+        with run_server(store=sited.store, embedder=sited.embedder, port=0, tokens_file=callers) as (_, port):
+            target = f"127.0.0.1:{port}"
+            code, _, err = _run("snapshot", "create", "--target", target, "--token", TOKENS["ingest"])
+            assert code == 1 and "PERMISSION_DENIED" in err
+            code, out, err = _run(
+                "snapshot", "create", "--target", target, "--token", TOKENS["ops"], "--json"
+            )
+            assert code == 0, err
+            made = json.loads(out)
+            code, out, _ = _run("snapshot", "list", "--target", target, "--token", TOKENS["ops"], "--json")
+            assert [s["location"] for s in json.loads(out)] == [made["location"]]
+    finally:
+        sited.store.close()
+    assert made["count"] == len(sited.payloads)
+    code, out, err = _run(
+        "snapshot", "restore", made["location"], "--store", str(tmp_path / "copy"), "--json"
+    )
+    assert code == 0, err
+    with open_store(path=tmp_path / "copy") as copy:
+        assert copy.count() == len(sited.payloads)
+        hit = copy.search(sited.vectors[3], k=1)[0]
+        assert hit.record_id == sited.payloads[3].record_id and hit.payload == sited.payloads[3]
