@@ -23,6 +23,7 @@ Every list keeps at most ``MAX_IDS`` ids of at most ``MAX_ID_CHARS`` characters,
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ MAX_IDS = 50
 MAX_ID_CHARS = 64
 MAX_FILTER_CHARS = 1000
 UNAUTHENTICATED = "unauthenticated"
+FILE_MODE = 0o640  # a new audit file: owner writes, its group (the log shipper) reads, nobody else
 
 
 def _cut(text: str, limit: int = MAX_ID_CHARS) -> str:
@@ -127,7 +129,7 @@ def entry(
 
 
 class AuditLog:
-    """An append-only sink of audit lines: a file (opened for appending) or ``-`` for stdout."""
+    """An append-only sink of audit lines: a file (opened for appending, created 0640) or ``-`` for stdout."""
 
     def __init__(self, target: str | Path) -> None:
         self.target = str(target)
@@ -137,7 +139,8 @@ class AuditLog:
             path = Path(self.target)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._own = path.open("a", encoding="utf-8")
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+                self._own = os.fdopen(fd, "a", encoding="utf-8")
             except OSError as exc:
                 raise OSError(f"cannot open audit log {path}: {exc.strerror}") from None
 

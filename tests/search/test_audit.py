@@ -74,6 +74,7 @@ def test_search_by_a_named_caller_writes_exactly_the_expected_line(sited: Sited,
     assert refused["record_ids"] == [own[1]] and refused["returned"] == 0
     assert got["caller"] == "ops" and got["returned_ids"] == [own[1]]
     assert got["patient_ids"] == [record.payload.patient_id]
+    assert log.stat().st_mode & 0o037 == 0, "no one but the owner writes, others read nothing"
     text = log.read_text()
     assert not any(token in text for token in TOKENS.values()) and "wrong" not in text
 
