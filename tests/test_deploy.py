@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
@@ -449,10 +450,12 @@ def test_service_starts_with_the_manifest_settings_and_passes_the_image_healthch
     env = _env(_kind("Deployment")[0], tmp_path / "secrets")
     del env["ECGSEARCH_QDRANT_URL"]
     port = _free_port()
+    metrics_port = next(p for p in iter(_free_port, None) if p != port)
     env |= {
         "ECGSEARCH_STORE_PATH": str(small_store),
         "ECGSEARCH_PORT": str(port),
         "ECGSEARCH_HOST": "127.0.0.1",
+        "ECGSEARCH_METRICS_PORT": str(metrics_port),
     }
     proc = subprocess.Popen(
         ["sh", str(DEPLOY / "entrypoint.sh"), sys.executable, "-m", "ecgsearch.cli.main", "serve"],
@@ -476,6 +479,8 @@ def test_service_starts_with_the_manifest_settings_and_passes_the_image_healthch
         assert status == health_pb2.HealthCheckResponse.SERVING, proc.stdout.read() if proc.poll() else status
         probe = _healthcheck(port)
         assert probe.returncode == 0, probe.stderr
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as scraped:
+            assert b"ecgsearch_build_info{" in scraped.read()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         down = _healthcheck(port)
