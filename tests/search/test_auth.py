@@ -187,3 +187,21 @@ def test_client_certificate_names_a_site_restricted_caller(sited: Sited, tmp_pat
         with pytest.raises(grpc.RpcError) as refused:
             search(stranger)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_ingest_sets_the_site_and_refuses_a_bad_one(ptbxl_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ecgsearch.cli.main import app
+    from ecgsearch.search.schema import SearchFilter
+    from ecgsearch.search.store import open_store
+
+    store = tmp_path / "store"
+    args = ["ingest", str(ptbxl_dir), "--store", str(store), "--limit", "4", "--quiet"]
+    bad = CliRunner().invoke(app, [*args, "--site", "ward/3"])
+    assert bad.exit_code == 2 and "invalid site name" in bad.output
+    done = CliRunner().invoke(app, [*args, "--site", "ward-3"])
+    assert done.exit_code == 0, done.output
+    with open_store(path=store) as opened:
+        assert opened.count(SearchFilter(sites=["ward-3"])) == opened.count() == 4
+        assert opened.count(SearchFilter(sites=["local"])) == 0
