@@ -78,6 +78,7 @@ for _part in PARTS:
 
 importlib.import_module("ecgsearch.bench.cli").register(bench, evaluate)
 importlib.import_module("ecgsearch.search.admin_cli").register(app, collection)
+importlib.import_module("ecgsearch.search.snapshot_cli").register(app)
 
 app.add_typer(bench, name="bench")
 app.add_typer(evaluate, name="eval")

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Makes deploy/secrets/ for compose.yaml once: Qdrant's admin and read-only API keys, Qdrant's local.yaml
-# holding both, the site secret that keys patient pseudonyms, and one random bearer token for the search service. Keeps existing files (rerun-safe).
+# holding both, the site secret that keys patient pseudonyms, and one random bearer token for the search service
+# (client-token) with the callers file that names it by its SHA-256 only (tokens). Keeps existing files (rerun-safe).
 # The directory is private (0700); the files are 0644 so the containers' non-root users can read their
 # bind-mounted copies.
 set -eu
@@ -17,8 +18,11 @@ if [ ! -s "$dir/qdrant-local.yaml" ]; then
     chmod 644 "$dir/qdrant-local.yaml"
 fi
 if [ ! -s "$dir/tokens" ]; then
-    # The bearer tokens file read through ECGSEARCH_TOKENS_FILE (format: docs/deploy.md).
-    openssl rand -hex 24 > "$dir/tokens"
+    # The callers file read through ECGSEARCH_TOKENS_FILE (format: docs/deploy.md): one caller "search-client"
+    # with scope search on every site, named by its token's SHA-256; the token itself stays in client-token.
+    [ -s "$dir/client-token" ] || { openssl rand -hex 24 > "$dir/client-token"; chmod 600 "$dir/client-token"; }
+    digest=$(tr -d '\n' < "$dir/client-token" | openssl dgst -sha256 -r | cut -d' ' -f1)
+    printf '# caller  scopes  sites  credential\nsearch-client  search  *  sha256:%s\n' "$digest" > "$dir/tokens"
     chmod 644 "$dir/tokens"
 fi
-echo "secrets in $dir; clients send: authorization: Bearer \$(head -n 1 $dir/tokens)"
+echo "secrets in $dir; clients send: authorization: Bearer <the token in $dir/client-token>"

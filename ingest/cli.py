@@ -127,6 +127,14 @@ def ingest_command(
             "once (0600); required with --qdrant-url.",
         ),
     ] = None,
+    site: Annotated[
+        str,
+        typer.Option(
+            envvar="ECGSEARCH_SITE",
+            help="Site the ECGs belong to (payload field 'site'); callers restricted to sites see only "
+            "theirs.",
+        ),
+    ] = "local",
     duplicate_threshold: Annotated[
         float,
         typer.Option(
@@ -174,6 +182,12 @@ def ingest_command(
 
     if store is not None and qdrant_url is not None:
         raise typer.BadParameter("give --store or --qdrant-url, not both")
+    from ecgsearch.search.auth import check_site
+
+    try:
+        check_site(site)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--site") from None
     shard_spec = parse_shard(shard)
 
     def candidates():  # noqa: ANN202 - enumerated twice: once to count (cheap), once to ingest
@@ -226,6 +240,7 @@ def ingest_command(
             quiet,
             pseudonyms=pseudonyms,
             duplicate_threshold=duplicate_threshold,
+            site=site,
         )
     except (SourceError, OSError, RuntimeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

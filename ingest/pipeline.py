@@ -118,11 +118,13 @@ def ingest(
     on_batch: Progress | None = None,
     pseudonyms: Pseudonymizer | None = None,
     duplicate_threshold: float = DUPLICATE_THRESHOLD,
+    site: str | None = None,
 ) -> IngestSummary:
     """Ingest every candidate into ``store`` (created for this model if absent); see the module doc.
 
     ``pseudonyms`` keys patient pseudonyms: give the site's (``identity.site_pseudonymizer``) so a
     patient keeps one pseudonym across runs; None uses a random key good for this process only.
+    ``site`` sets every new record's ``site`` payload field (None: the payload's default, ``local``).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -166,7 +168,10 @@ def ingest(
             if records:
                 vectors = embedder.embed(np.stack([r.signal for r in records]))
                 summary.duplicates += _mark_duplicates(records, vectors, store, duplicate_threshold)
-                store.upsert([r.payload for r in records], vectors)
+                payloads = [r.payload for r in records]
+                if site is not None:
+                    payloads = [p.model_copy(update={"site": site}) for p in payloads]
+                store.upsert(payloads, vectors)
                 summary.ingested += len(records)
             _finish(summary, start)
             if on_batch:

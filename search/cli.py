@@ -48,7 +48,10 @@ def serve_command(
     port: Annotated[int | None, typer.Option(help="Port (env ECGSEARCH_PORT; default: 50051).")] = None,
     tokens_file: Annotated[
         Path | None,
-        typer.Option(help="Bearer tokens, one per line (env ECGSEARCH_TOKENS_FILE or ECGSEARCH_TOKENS)."),
+        typer.Option(
+            help="Callers file: 'name scopes sites sha256:<token digest>' per line, re-read when it "
+            "changes (env ECGSEARCH_TOKENS_FILE; format in docs/deploy.md)."
+        ),
     ] = None,
     insecure: Annotated[
         bool,
@@ -86,18 +89,35 @@ def serve_command(
     log_level: Annotated[
         str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: INFO).")
     ] = None,
+    audit_log: Annotated[
+        str | None,
+        typer.Option(
+            help="Append one JSON audit line per request to this file, '-' for stdout "
+            "(env ECGSEARCH_AUDIT_LOG; default: none)."
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (env ECGSEARCH_METRICS_PORT).",
+        ),
+    ] = None,
 ) -> None:
     """Serve similarity search over gRPC (ecgsearch.v1.EcgSearchService, health, reflection).
 
     Runs until SIGTERM. Every option also reads its ECGSEARCH_* environment variable; the command line
-    wins. Clients need a bearer token from ECGSEARCH_TOKENS (comma-separated) or ECGSEARCH_TOKENS_FILE
-    unless --insecure, which is refused on a non-loopback --host without --allow-insecure-remote.
-    Logs are JSON lines on stderr, one per request, with its request id and latency.
+    wins. Clients need a bearer token named in the callers file (--tokens-file), which gives each
+    caller its scopes (search, write, admin) and the sites it may see, unless --insecure, which is
+    refused on a non-loopback --host without --allow-insecure-remote. Logs are JSON lines on stderr,
+    one per request, with its request id, caller and latency; --audit-log writes the audit trail
+    (who asked for which records) to its own sink.
     Exit codes: 2 for a bad option value, 1 when the server cannot start (port in use, TLS files).
 
     Examples:
 
-        ECGSEARCH_TOKENS=secret ecgsearch serve --store ./store
+        ecgsearch serve --store ./store --tokens-file ./tokens --audit-log ./audit.jsonl --metrics-port 9090
 
         ecgsearch serve --store ./store --insecure --port 50052
 
@@ -126,6 +146,8 @@ def serve_command(
         "allow_insecure_remote": allow_insecure_remote or None,
         "ecg_roots": ecg_roots,
         "log_level": log_level,
+        "audit_log": audit_log,
+        "metrics_port": metrics_port,
     }
     try:
         settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})

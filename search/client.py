@@ -25,6 +25,7 @@ from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
 from ecgsearch.search.schema import CollectionInfo, EcgPayload, SearchFilter
 from ecgsearch.search.service import DEFAULT_K, EcgQuery, Query, SearchOptions, SearchResult
+from ecgsearch.search.snapshots import SnapshotInfo
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -162,6 +163,16 @@ class EcgSearchClient:
             }
             for r in reply.rpcs
         }
+
+    def create_snapshot(self) -> SnapshotInfo:
+        """Snapshot the served collection (needs a caller with scope admin)."""
+        reply = self._call(self.stub.CreateSnapshot, pb.CreateSnapshotRequest())
+        return wire.snapshot_from_proto(reply.snapshot)
+
+    def list_snapshots(self) -> list[SnapshotInfo]:
+        """The served collection's snapshots, oldest first (scope admin)."""
+        reply = self._call(self.stub.ListSnapshots, pb.ListSnapshotsRequest())
+        return [wire.snapshot_from_proto(s) for s in reply.snapshots]
 
     # --- plumbing --------------------------------------------------------------------------------
 

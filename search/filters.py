@@ -15,6 +15,7 @@ the semantics live once, here:
 - ``exclude_patient_ids``: must_not ``patient_id`` any of them;
 - ``exclude_duplicates``: ``duplicate_of`` is empty (unset): ECGs recorded at ingest as copies of another
   stored ECG never match, so one ECG is not returned twice (its original still is).
+- ``sites``: keyword ``site`` is one of them (the server adds it for site-restricted callers).
 
 An empty filter gives None (no filter at all).
 """
@@ -72,6 +73,8 @@ def conditions(flt: SearchFilter | None) -> Conditions | None:
         must_not.append(Cond("any", "patient_id", tuple(flt.exclude_patient_ids)))
     if flt.exclude_duplicates:
         must.append(Cond("empty", "duplicate_of"))
+    if flt.sites:
+        must.append(Cond("any", "site", tuple(flt.sites)))
     return Conditions(must, must_not)
 
 

@@ -53,6 +53,12 @@ class EcgPayload(BaseModel):
 
     record_id: str = Field(description="'<dataset>:<native id>', e.g. 'ptbxl:17' or 'georgia:E00001'")
     dataset: str
+    site: str = Field(
+        default="local",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="the site (hospital, department) the ECG belongs to, set at ingest (--site); a "
+        "caller restricted to some sites never sees another site's ECGs",
+    )
     patient_id: str | None = Field(
         default=None,
         description="keyed pseudonym (HMAC of the site secret) of the source's patient id, or of the "
@@ -102,6 +108,9 @@ class SearchFilter(BaseModel):
     exclude_patient_ids: list[str] = Field(default_factory=list)
     # Set by the service unless a search includes duplicates: hits recorded as copies (duplicate_of) drop out.
     exclude_duplicates: bool = False
+    sites: list[str] = Field(
+        default_factory=list, description="keep ECGs of these sites; set by the server for restricted callers"
+    )
 
     @field_validator("diagnoses_any", "diagnoses_all", "diagnoses_none", "datasets")
     @classmethod

@@ -23,7 +23,10 @@ class ServiceSettings(BaseSettings):
     - ``ECGSEARCH_MODEL``: ONNX model path (default: the bundled model).
     - ``ECGSEARCH_HOST`` / ``ECGSEARCH_PORT``: listen address (default 127.0.0.1:50051;
       containers set 0.0.0.0).
-    - ``ECGSEARCH_TOKENS``: comma-separated bearer tokens, or ``ECGSEARCH_TOKENS_FILE``: one token per line.
+    - ``ECGSEARCH_TOKENS_FILE``: the callers file, one ``name scopes sites sha256:<digest>`` (or
+      ``cert:<common name>``) per line, re-read when it changes (format: ``ecgsearch.search.auth``,
+      docs/deploy.md); a line of one word is a plain token of caller ``default`` with scope search.
+      ``ECGSEARCH_TOKENS``: comma-separated plain tokens, each such a ``default`` caller.
     - ``ECGSEARCH_INSECURE``: allow no tokens at all (local use only; the server refuses to start otherwise).
     - ``ECGSEARCH_TLS_CERT`` / ``ECGSEARCH_TLS_KEY``: PEM files to serve TLS; with ``ECGSEARCH_TLS_CLIENT_CA``
       clients must present a certificate signed by that CA (mutual TLS).
@@ -39,6 +42,9 @@ class ServiceSettings(BaseSettings):
       per-code counts (default 30); requests never wait for them.
     - ``ECGSEARCH_GRACE_S``: seconds in-flight requests get to finish on shutdown (default 10).
     - ``ECGSEARCH_LOG_LEVEL``: DEBUG, INFO (default), WARNING or ERROR.
+    - ``ECGSEARCH_AUDIT_LOG``: file to append one JSON audit line per request to, ``-`` for stdout
+      (default: no audit trail).
+    - ``ECGSEARCH_METRICS_PORT``: serve Prometheus text at ``http://HOST:PORT/metrics`` (default: off).
     """
 
     model_config = SettingsConfigDict(env_prefix="ECGSEARCH_", extra="ignore")
@@ -65,6 +71,8 @@ class ServiceSettings(BaseSettings):
     stats_refresh_s: float = Field(default=30.0, gt=0)
     grace_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
+    audit_log: str | None = None
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     @field_validator("log_level")
     @classmethod
@@ -93,9 +101,14 @@ class ServiceSettings(BaseSettings):
         return [Path(p) for p in (self.ecg_roots or "").split(os.pathsep) if p.strip()]
 
     def token_list(self) -> list[str]:
-        """Accepted bearer tokens: TOKENS and TOKENS_FILE together (blank and '#' lines skipped)."""
+        """Plain bearer tokens: TOKENS and TOKENS_FILE's one-word lines (blank and '#' lines skipped).
+
+        TOKENS_FILE's caller lines hold digests, not tokens: ``ecgsearch.search.auth`` reads them.
+        """
         found = [t.strip() for t in (self.tokens or "").split(",")]
         if self.tokens_file:
             lines = self.tokens_file.read_text().splitlines()
-            found += [line.strip() for line in lines if not line.strip().startswith("#")]
+            found += [
+                line.strip() for line in lines if not line.strip().startswith("#") and len(line.split()) == 1
+            ]
         return [t for t in found if t]

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 import grpc
 import numpy as np
@@ -37,6 +37,9 @@ from ecgsearch.search.schema import (
     UnknownRecord,
     point_id,
 )
+
+if TYPE_CHECKING:
+    from ecgsearch.search.snapshots import SnapshotInfo
 
 
 class Store(Protocol):
@@ -165,7 +168,8 @@ class CollectionManifest(BaseModel):
     settings: IndexSettings = Field(default_factory=IndexSettings)
 
 
-PAYLOAD_INDEXES: dict[str, Literal["keyword", "integer"]] = {
+PAYLOAD_INDEXES: dict[str, Literal["keyword", "integer", "tenant"]] = {
+    "site": "tenant",  # keyword, stored grouped by site (Qdrant's tenant index)
     "diagnoses": "keyword",
     "age": "integer",
     "sex": "keyword",
@@ -379,6 +383,8 @@ class EdgeStore(_Backend):
             schema = (
                 edge.IntegerIndexParams(lookup=True, range=True)
                 if kind == "integer"
+                else edge.KeywordIndexParams(is_tenant=True)
+                if kind == "tenant"
                 else edge.PayloadSchemaType.Keyword
             )
             shard.update(edge.UpdateOperation.create_field_index(field_name, schema))
@@ -521,6 +527,64 @@ class EdgeStore(_Backend):
             ),
         )
 
+    # -- snapshots ------------------------------------------------------------------------------
+    def create_snapshot(self, directory: Path | None = None) -> SnapshotInfo:
+        """Flush, then archive the collection (``ecgsearch.search.snapshots``): edge cannot snapshot.
+
+        This process holds the shard's lock and edge optimizes only when asked, so the copied files are
+        those of the flushed state. Default directory: ``<store>/snapshots``.
+        """
+        from ecgsearch.search import snapshots
+
+        manifest = self._manifest()
+        self.shard.flush()
+        return snapshots.pack(
+            self._dir,
+            directory or snapshots.default_directory(self.root),
+            collection=self.name,
+            backend=self.backend,
+            count=self.count(),
+            model_version=manifest.model_version,
+            dim=manifest.dim,
+        )
+
+    def list_snapshots(self, directory: Path | None = None) -> list[SnapshotInfo]:
+        """This collection's archives in ``directory`` (default ``<store>/snapshots``), oldest first."""
+        from ecgsearch.search import snapshots
+
+        return snapshots.list_archives(directory or snapshots.default_directory(self.root), self.name)
+
+    def restore_snapshot(self, source: str | Path) -> SnapshotInfo:
+        """Unpack an archive as this collection (which must not exist yet), open it, check its count."""
+        from ecgsearch.search import snapshots
+
+        if self.manifest is not None:
+            raise StoreError(
+                f"collection {self.name!r} exists in {self.root}; restore into a new collection or store"
+            )
+        meta = snapshots.unpack(Path(source), self._dir)
+        restored = CollectionManifest.model_validate_json(self._manifest_path.read_text())
+        _write_atomic(
+            self._manifest_path, restored.model_copy(update={"name": self.name}).model_dump_json(indent=2)
+        )
+        self.manifest = self._read_manifest()
+        self.settings = self.requested_settings or self.manifest.settings
+        self._shard = self._open(lambda: edge.EdgeShard.load(str(self._shard_dir)))
+        count = self.count()
+        if count != meta["count"]:
+            raise StoreError(
+                f"restored {count} points from {source}, but the snapshot recorded {meta['count']}"
+            )
+        return snapshots.SnapshotInfo(
+            name=Path(source).name,
+            location=str(self._dir),
+            collection=self.name,
+            backend=self.backend,
+            created=meta["created"],
+            count=count,
+            model_version=self.manifest.model_version,
+        )
+
 
 LOCAL_MODE_WARNINGS = ("Payload indexes have no effect in the local Qdrant", "Local mode performs exact")
 
@@ -655,6 +719,8 @@ class ServerStore(_Backend):
             schema = (
                 qm.IntegerIndexParams(type=qm.IntegerIndexType.INTEGER, lookup=True, range=True)
                 if kind == "integer"
+                else qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True)
+                if kind == "tenant"
                 else qm.PayloadSchemaType.KEYWORD
             )
             self._call(
@@ -795,6 +861,67 @@ class ServerStore(_Backend):
 
     def index_settings(self) -> IndexSettings:
         return self._manifest().settings
+
+    # -- snapshots ------------------------------------------------------------------------------
+    def _snapshot_call(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return self._call(fn)
+        except NotImplementedError:
+            raise StoreError(
+                "qdrant-client's local mode has no snapshots; snapshot a Qdrant server (--qdrant-url)"
+            ) from None
+
+    def create_snapshot(self, directory: Path | None = None) -> SnapshotInfo:
+        """Qdrant's own snapshot of the collection, kept on the server (``directory`` is not used)."""
+        from ecgsearch.search.snapshots import SnapshotInfo
+
+        count = self.count()
+        made = self._snapshot_call(lambda: self.client.create_snapshot(self.name, wait=True))
+        return SnapshotInfo(
+            name=made.name,
+            location=made.name,
+            collection=self.name,
+            backend=self.backend,
+            created=made.creation_time,
+            size_bytes=made.size,
+            count=count,
+            model_version=self._manifest().model_version,
+        )
+
+    def list_snapshots(self, directory: Path | None = None) -> list[SnapshotInfo]:
+        """The collection's snapshots on the server, oldest first."""
+        from ecgsearch.search.snapshots import SnapshotInfo
+
+        found = self._snapshot_call(lambda: self.client.list_snapshots(self.name))
+        rows = [
+            SnapshotInfo(
+                name=d.name,
+                location=d.name,
+                collection=self.name,
+                backend=self.backend,
+                created=d.creation_time,
+                size_bytes=d.size,
+            )
+            for d in found
+        ]
+        return sorted(rows, key=lambda i: (i.created is None, i.created))
+
+    def restore_snapshot(self, source: str | Path) -> SnapshotInfo:
+        """Recover this collection from a snapshot location the server can read (``file://`` or URL)."""
+        from ecgsearch.search.snapshots import SnapshotInfo
+
+        location = str(source)
+        self._snapshot_call(lambda: self.client.recover_snapshot(self.name, location=location, wait=True))
+        self._dim = None
+        manifest = self._manifest()
+        return SnapshotInfo(
+            name=location.rsplit("/", 1)[-1],
+            location=location,
+            collection=self.name,
+            backend=self.backend,
+            count=self.count(),
+            model_version=manifest.model_version,
+        )
 
 
 def _write_atomic(path: Path, text: str) -> None:

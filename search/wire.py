@@ -27,6 +27,7 @@ from ecgsearch.search.service import (
     SearchOptions,
     SearchResult,
 )
+from ecgsearch.search.snapshots import SnapshotInfo
 
 SEX_TO_PROTO = {None: pb.SEX_UNSPECIFIED, "M": pb.SEX_MALE, "F": pb.SEX_FEMALE}
 SEX_FROM_PROTO = {v: k for k, v in SEX_TO_PROTO.items()}
@@ -371,3 +372,33 @@ def ecg_response_from_proto(msg: pb.GetEcgResponse) -> np.ndarray:
     """The prepared (leads, samples) float32 array of a GetEcg reply."""
     samples = np.asarray(msg.samples, dtype=np.float32)
     return samples.reshape(len(msg.lead_names), int(msg.n_samples))
+
+
+def snapshot_to_proto(info: SnapshotInfo) -> pb.Snapshot:
+    msg = pb.Snapshot(
+        name=info.name,
+        location=info.location,
+        collection=info.collection,
+        backend=info.backend,
+        model_version=info.model_version or "",
+    )
+    if info.created is not None:
+        msg.created.FromDatetime(info.created)
+    if info.size_bytes is not None:
+        msg.size_bytes = info.size_bytes
+    if info.count is not None:
+        msg.count = info.count
+    return msg
+
+
+def snapshot_from_proto(msg: pb.Snapshot) -> SnapshotInfo:
+    return SnapshotInfo(
+        name=msg.name,
+        location=msg.location,
+        collection=msg.collection,
+        backend=msg.backend,
+        created=msg.created.ToDatetime(tzinfo=UTC) if msg.HasField("created") else None,
+        size_bytes=msg.size_bytes if msg.HasField("size_bytes") else None,
+        count=msg.count if msg.HasField("count") else None,
+        model_version=msg.model_version or None,
+    )

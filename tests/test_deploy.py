@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
 from ecgsearch.cli.main import app
+from ecgsearch.search.auth import CallerRegistry, digest
 from ecgsearch.search.settings import ServiceSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +77,9 @@ def _compose() -> dict:
 SECRETS = {
     "qdrant-read-only-key/api-key": "qdrant-read-only-test-key",
     "qdrant-admin-key/api-key": "qdrant-admin-test-key",
-    "ecgsearch-tokens/tokens": "tok-a\ntok-b\n",
+    "ecgsearch-tokens/tokens": (
+        f"app search * sha256:{digest('tok-a').hex()}\nops search,admin * sha256:{digest('tok-b').hex()}\n"
+    ),
     "ecgsearch-site-secret/site-secret": "site-secret-for-tests-0123456789",
 }
 
@@ -160,11 +164,13 @@ def test_service_env_names_ports_probes_and_services_match_the_code(tmp_path: Pa
     settings = ServiceSettings(
         **{k.removeprefix("ECGSEARCH_").lower(): v for k, v in env.items() if k in SETTINGS_ENV}
     )
-    (port,) = container["ports"]
-    assert port["containerPort"] == settings.port
+    port, metrics = container["ports"]
+    assert (port["containerPort"], metrics["containerPort"]) == (settings.port, settings.metrics_port)
+    assert settings.audit_log == "-"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["grpc"]["port"] == settings.port, probe
-    assert settings.token_list() == ["tok-a", "tok-b"]
+    callers = CallerRegistry(settings.tokens_file).current()
+    assert [callers.by_token(t).name for t in ("tok-a", "tok-b")] == ["app", "ops"]
     assert settings.tokens is None, "tokens come from the mounted file only"
     assert settings.host == "0.0.0.0"
     labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -210,8 +216,10 @@ def test_make_secrets_writes_keys_qdrant_reads_and_tokens_the_service_accepts(tm
     assert len(admin) == len(read_only) == 64 and admin != read_only
     local = yaml.safe_load((out / "qdrant-local.yaml").read_text())
     assert local == {"service": {"api_key": admin, "read_only_api_key": read_only}}
-    (token,) = ServiceSettings(tokens_file=out / "tokens").token_list()
-    assert len(token) == 48
+    token = (out / "client-token").read_text().strip()
+    assert len(token) == 48 and token not in (out / "tokens").read_text()
+    caller = CallerRegistry(ServiceSettings(tokens_file=out / "tokens").tokens_file).current().by_token(token)
+    assert caller is not None and caller.scopes == {"search"} and caller.sites is None
     assert (out.stat().st_mode & 0o777) == 0o700
     subprocess.run(["sh", str(DEPLOY / "make-secrets.sh"), str(out)], check=True, capture_output=True)
     assert (out / "qdrant-admin-key").read_text().strip() == admin, "a rerun keeps existing keys"
@@ -320,8 +328,11 @@ def test_network_policies_let_only_search_and_ingest_reach_qdrant() -> None:
     # Search pods are reachable on their gRPC port only, and both clients may reach Qdrant's API ports.
     (deployment,) = _kind("Deployment")
     (search_policy,) = [p for p in policies.values() if _selects(p["podSelector"], search)]
-    (rule,) = search_policy["ingress"]
-    assert [p["port"] for p in rule["ports"]] == [_container(deployment)["ports"][0]["containerPort"]]
+    rule, scrape = search_policy["ingress"]
+    grpc_port, metrics_port = (p["containerPort"] for p in _container(deployment)["ports"])
+    assert "from" not in rule and [p["port"] for p in rule["ports"]] == [grpc_port]
+    assert [p["port"] for p in scrape["ports"]] == [metrics_port]
+    assert [set(peer) for peer in scrape["from"]] == [{"namespaceSelector"}], "only Prometheus' namespace"
     for labels in (search, ingest):
         (policy,) = [p for p in policies.values() if _selects(p["podSelector"], labels)]
         (egress,) = policy["egress"]
@@ -439,10 +450,12 @@ def test_service_starts_with_the_manifest_settings_and_passes_the_image_healthch
     env = _env(_kind("Deployment")[0], tmp_path / "secrets")
     del env["ECGSEARCH_QDRANT_URL"]
     port = _free_port()
+    metrics_port = next(p for p in iter(_free_port, None) if p != port)
     env |= {
         "ECGSEARCH_STORE_PATH": str(small_store),
         "ECGSEARCH_PORT": str(port),
         "ECGSEARCH_HOST": "127.0.0.1",
+        "ECGSEARCH_METRICS_PORT": str(metrics_port),
     }
     proc = subprocess.Popen(
         ["sh", str(DEPLOY / "entrypoint.sh"), sys.executable, "-m", "ecgsearch.cli.main", "serve"],
@@ -466,6 +479,8 @@ def test_service_starts_with_the_manifest_settings_and_passes_the_image_healthch
         assert status == health_pb2.HealthCheckResponse.SERVING, proc.stdout.read() if proc.poll() else status
         probe = _healthcheck(port)
         assert probe.returncode == 0, probe.stderr
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as scraped:
+            assert b"ecgsearch_build_info{" in scraped.read()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         down = _healthcheck(port)
@@ -474,3 +489,36 @@ def test_service_starts_with_the_manifest_settings_and_passes_the_image_healthch
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_snapshot_cronjob_uses_real_flags_the_admin_key_and_may_reach_qdrant() -> None:
+    (cron,) = _kind("CronJob")
+    template = cron["spec"]["jobTemplate"]["spec"]["template"]
+    pod, (container,) = template["spec"], template["spec"]["containers"]
+    script = " ".join(container["args"])
+    assert "ecgsearch-entrypoint ecgsearch snapshot create" in script
+    replicas = _values()["replicaCount"]
+    assert re.search(r"for i in ([0-9 ]+);", script).group(1).split() == [str(i) for i in range(replicas)]
+    help_text = (
+        CliRunner()
+        .invoke(app, ["snapshot", "create", "--help"], env={"TYPER_USE_RICH": "0", "COLUMNS": "200"})
+        .output
+    )
+    for flag in re.findall(r"(--[a-z][a-z-]+)", script):
+        assert flag in help_text, (
+            f"the snapshot CronJob passes {flag}, which `snapshot create` does not accept"
+        )
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (key_mount,) = [m for m in container["volumeMounts"] if m["name"] == "qdrant-key"]
+    assert volumes["qdrant-key"]["secret"]["secretName"] == "qdrant-admin-key"
+    (env,) = container["env"]
+    assert env["value"].startswith(key_mount["mountPath"] + "/")
+    assert pod["automountServiceAccountToken"] is False
+    _restricted(pod["securityContext"], container["securityContext"], "snapshot")
+    labels = template["metadata"]["labels"]
+    policies = [p["spec"] for p in _kind("NetworkPolicy") if p["spec"]["podSelector"]]
+    (qdrant_policy,) = [p for p in policies if _selects(p["podSelector"], QDRANT_LABELS)]
+    peers = [peer["podSelector"] for r in qdrant_policy["ingress"] for peer in r["from"]]
+    assert any(_selects(s, labels) for s in peers)
+    (own,) = [p for p in policies if _selects(p["podSelector"], labels)]
+    assert {p["port"] for p in own["egress"][0]["ports"]} == QDRANT_PORTS

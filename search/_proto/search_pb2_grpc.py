@@ -74,6 +74,16 @@ class EcgSearchServiceStub:
                 request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.ServerStatsRequest.SerializeToString,
                 response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.ServerStatsResponse.FromString,
                 _registered_method=True)
+        self.CreateSnapshot = channel.unary_unary(
+                '/ecgsearch.v1.EcgSearchService/CreateSnapshot',
+                request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.CreateSnapshotRequest.SerializeToString,
+                response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.CreateSnapshotResponse.FromString,
+                _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/ecgsearch.v1.EcgSearchService/ListSnapshots',
+                request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
 
 
 class EcgSearchServiceServicer:
@@ -137,6 +147,21 @@ class EcgSearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSnapshot(self, request, context):
+        """Scope admin: snapshot the served collection (embedded store: an archive in <store>/snapshots;
+        Qdrant server: Qdrant's own collection snapshot, of the node that answers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """Scope admin: the served collection's snapshots, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EcgSearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +204,16 @@ def add_EcgSearchServiceServicer_to_server(servicer, server):
                     servicer.ServerStats,
                     request_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.ServerStatsRequest.FromString,
                     response_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.ServerStatsResponse.SerializeToString,
+            ),
+            'CreateSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSnapshot,
+                    request_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.CreateSnapshotRequest.FromString,
+                    response_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.CreateSnapshotResponse.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.ListSnapshotsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -397,6 +432,60 @@ class EcgSearchService:
             '/ecgsearch.v1.EcgSearchService/ServerStats',
             ecgsearch_dot_search_dot___proto_dot_search__pb2.ServerStatsRequest.SerializeToString,
             ecgsearch_dot_search_dot___proto_dot_search__pb2.ServerStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecgsearch.v1.EcgSearchService/CreateSnapshot',
+            ecgsearch_dot_search_dot___proto_dot_search__pb2.CreateSnapshotRequest.SerializeToString,
+            ecgsearch_dot_search_dot___proto_dot_search__pb2.CreateSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecgsearch.v1.EcgSearchService/ListSnapshots',
+            ecgsearch_dot_search_dot___proto_dot_search__pb2.ListSnapshotsRequest.SerializeToString,
+            ecgsearch_dot_search_dot___proto_dot_search__pb2.ListSnapshotsResponse.FromString,
             options,
             channel_credentials,
             insecure,
