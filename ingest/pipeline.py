@@ -40,10 +40,11 @@ from typing import TextIO
 import numpy as np
 from pydantic import BaseModel
 
+from ecgsearch.encoder.readers import ReaderError
 from ecgsearch.encoder.signals import SignalError
 from ecgsearch.export.runtime import Embedder
-from ecgsearch.ingest.identity import DUPLICATE_THRESHOLD, Pseudonymizer
-from ecgsearch.ingest.sources import Candidate, Record, hash_of, load, read
+from ecgsearch.ingest.sources import Candidate, Record, file_label, hash_of, load, load_file, read
+from ecgsearch.search.identity import DUPLICATE_THRESHOLD, Pseudonymizer
 from ecgsearch.search.schema import SearchFilter
 from ecgsearch.search.store import Store
 
@@ -275,6 +276,8 @@ def _load_one(
     candidate: Candidate, known: frozenset[str], pseudonyms: Pseudonymizer
 ) -> Record | Reject | Seen:
     path = candidate.source_path or ""
+    if candidate.file_format is not None:
+        return _load_file(candidate, pseudonyms)
     try:
         raw = read(candidate)
         if candidate.record_id in known:
@@ -285,6 +288,20 @@ def _load_one(
     except (OSError, ValueError) as exc:  # unreadable header text, bad metadata
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:MAX_REASON]
         return Reject(record=candidate.record_id, path=path, reason=reason)
+
+
+def _load_file(candidate: Candidate, pseudonyms: Pseudonymizer) -> Record | Reject:
+    """A hospital export: its id is known once read; a failure is named by the file's bytes' hash and
+    says only what the reader or preparation says (a field and a reason, never personal data)."""
+    try:
+        return load_file(candidate, pseudonyms)
+    except ReaderError as exc:
+        return Reject(record=file_label(candidate), path="", reason=str(exc)[:MAX_REASON])
+    except SignalError as exc:
+        return Reject(record=exc.record, path="", reason=exc.reason[:MAX_REASON])
+    except ValueError as exc:  # a header value the payload refuses: name the field only
+        reason = f"{type(exc).__name__} in the payload of a {candidate.file_format} file"
+        return Reject(record=file_label(candidate), path="", reason=reason)
 
 
 def _loaded_batches(

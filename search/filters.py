@@ -12,7 +12,9 @@ the semantics live once, here:
 - ``age_min``/``age_max``: integer range on ``age``, inclusive; a point without an age never matches;
 - ``sex``: keyword ``sex``; ``datasets``: ``dataset`` is one of them;
 - ``exclude_record_ids``: must_not has_id(point_id(record_id));
-- ``exclude_patient_ids``: must_not ``patient_id`` any of them.
+- ``exclude_patient_ids``: must_not ``patient_id`` any of them;
+- ``measurements``: one float range per measurement on the payload field of that name (``qrs_ms``,
+  ``qtc_ms``...), inclusive; a point without the measurement never matches.
 
 An empty filter gives None (no filter at all).
 """
@@ -35,8 +37,8 @@ class Cond:
     kind: Literal["any", "range", "ids"]
     key: str = ""
     values: tuple[str, ...] = ()
-    gte: int | None = None
-    lte: int | None = None
+    gte: float | None = None
+    lte: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ def conditions(flt: SearchFilter | None) -> Conditions | None:
         must_not.append(Cond("ids", values=tuple(point_id(r) for r in flt.exclude_record_ids)))
     if flt.exclude_patient_ids:
         must_not.append(Cond("any", "patient_id", tuple(flt.exclude_patient_ids)))
+    must.extend(Cond("range", r.measurement, gte=r.min, lte=r.max) for r in flt.measurements)
     return Conditions(must, must_not)
 
 
@@ -122,7 +125,7 @@ def matches(flt: SearchFilter | None, payload: EcgPayload) -> bool:
             return pid in c.values
         value = getattr(payload, c.key)
         if c.kind == "range":
-            if not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, int | float):
                 return False
             return (c.gte is None or value >= c.gte) and (c.lte is None or value <= c.lte)
         have = set(value) if isinstance(value, list) else {value}

@@ -28,6 +28,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from ecgsearch.search.filters import to_client, to_edge
 from ecgsearch.search.schema import (
     MAX_K,
+    MEASUREMENTS,
     CollectionInfo,
     EcgPayload,
     Hit,
@@ -165,12 +166,13 @@ class CollectionManifest(BaseModel):
     settings: IndexSettings = Field(default_factory=IndexSettings)
 
 
-PAYLOAD_INDEXES: dict[str, Literal["keyword", "integer"]] = {
+PAYLOAD_INDEXES: dict[str, Literal["keyword", "integer", "float"]] = {
     "diagnoses": "keyword",
     "age": "integer",
     "sex": "keyword",
     "dataset": "keyword",
     "patient_id": "keyword",
+    **dict.fromkeys(MEASUREMENTS, "float"),  # the machine's measurements, filtered as ranges
 }
 BATCH = 512
 FACET_LIMIT = 10_000
@@ -376,11 +378,10 @@ class EdgeStore(_Backend):
         self._dir.mkdir(parents=True, exist_ok=True)
         shard = self._open(lambda: edge.EdgeShard.create(str(self._shard_dir), config))
         for field_name, kind in PAYLOAD_INDEXES.items():
-            schema = (
-                edge.IntegerIndexParams(lookup=True, range=True)
-                if kind == "integer"
-                else edge.PayloadSchemaType.Keyword
-            )
+            schema = {
+                "integer": edge.IntegerIndexParams(lookup=True, range=True),
+                "float": edge.PayloadSchemaType.Float,
+            }.get(kind, edge.PayloadSchemaType.Keyword)
             shard.update(edge.UpdateOperation.create_field_index(field_name, schema))
         shard.flush()
         manifest = CollectionManifest(
@@ -652,11 +653,10 @@ class ServerStore(_Backend):
             )
         )
         for field_name, kind in PAYLOAD_INDEXES.items():
-            schema = (
-                qm.IntegerIndexParams(type=qm.IntegerIndexType.INTEGER, lookup=True, range=True)
-                if kind == "integer"
-                else qm.PayloadSchemaType.KEYWORD
-            )
+            schema = {
+                "integer": qm.IntegerIndexParams(type=qm.IntegerIndexType.INTEGER, lookup=True, range=True),
+                "float": qm.PayloadSchemaType.FLOAT,
+            }.get(kind, qm.PayloadSchemaType.KEYWORD)
             self._call(
                 lambda f=field_name, sc=schema: self.client.create_payload_index(
                     self.name, f, field_schema=sc, wait=True
