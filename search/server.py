@@ -55,6 +55,8 @@ from ecgsearch.search.settings import ServiceSettings
 from ecgsearch.search.store import Store, open_store
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgSearchService"].full_name
+# Methods that change the collection: only callers with the write scope may call them.
+WRITE_METHODS: frozenset[str] = frozenset({f"/{SERVICE_NAME}/UpsertEcgs"})
 REQUEST_ID = "x-request-id"
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 RESERVOIR = 4096
@@ -167,6 +169,17 @@ class EcgSearchServicer(pb_grpc.EcgSearchServiceServicer):
         ecg = wire.ecg_from_proto(request.ecg)
         result = self._svc.search_by_ecg(ecg, options, budget=budget_of(context))
         return wire.result_to_proto(result, pb.SearchByEcgResponse)
+
+    def SearchByFile(self, request: pb.SearchByFileRequest, context: grpc.ServicerContext):  # noqa: N802
+        options = wire.options_from_proto(request.options)
+        file = wire.file_from_proto(request.file)
+        result = self._svc.search_by_file(file, options, budget=budget_of(context))
+        return wire.result_to_proto(result, pb.SearchByFileResponse)
+
+    def UpsertEcgs(self, request: pb.UpsertEcgsRequest, context: grpc.ServicerContext):  # noqa: N802
+        items = [wire.upsert_item_from_proto(i) for i in request.items]
+        results = self._svc.upsert(items, request.dataset, budget=budget_of(context))
+        return wire.upsert_response_to_proto(results)
 
     def SearchByVector(self, request: pb.SearchByVectorRequest, context: grpc.ServicerContext):  # noqa: N802
         options = wire.options_from_proto(request.options)
@@ -495,6 +508,8 @@ def run_server(
                 embedder or Embedder(settings.model),
                 stats_refresh_s=settings.stats_refresh_s,
                 ecg_roots=settings.ecg_root_list(),
+                site_secret_file=settings.site_secret_file,
+                archive_path=settings.archive_path,
             )
             owned.callback(servicer.service.close)
             for name in ("", SERVICE_NAME):
