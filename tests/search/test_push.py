@@ -29,6 +29,7 @@ HELD_OUT = "muse_musephi_ecg1.xml"  # not ingested: pushed by the tests
 @dataclass(frozen=True)
 class Live:
     client: EcgSearchClient
+    target: str
     store: EdgeStore
     root: Path
     hospital: Path
@@ -48,9 +49,10 @@ def live(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     assert summary.ingested == 14 and summary.rejected == 0
     try:
         with run_server(store=store, embedder=embedder, port=0, token=TOKEN) as (_, port):
-            client = EcgSearchClient(f"127.0.0.1:{port}", token=TOKEN)
+            target = f"127.0.0.1:{port}"
+            client = EcgSearchClient(target, token=TOKEN)
             try:
-                yield Live(client, store, root, hospital)
+                yield Live(client, target, store, root, hospital)
             finally:
                 client.close()
     finally:
@@ -144,3 +146,23 @@ def test_every_format_is_searchable_by_file_and_finds_itself(live: Live):
         own = intake.record_id_of("hospital", ecg.native_id, intake.hash_of(ecg))
         hits = live.client.search_by_file(live.hospital / name, k=4, exact=True).hits
         assert own in {h.record_id for h in hits if h.score > 0.999}, name
+
+
+def test_ingest_with_service_sends_a_folder_through_the_running_service(live: Live, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from ecgsearch.cli.main import app
+
+    target = live.target
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    args = ["ingest", str(live.hospital), "--service", target, "--token-file", str(token_file), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "sent 16 to" in result.output and "rejected 0" in result.output
+    ecg = read_ecg(live.hospital / HELD_OUT)
+    held_out = intake.record_id_of("hospital", ecg.native_id, intake.hash_of(ecg))
+    assert held_out in live.store.content_hashes([held_out])
+    assert not any(p.stem in result.output for p in live.hospital.iterdir())
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "stored 0, skipped 16" in again.output
