@@ -10,6 +10,12 @@ run of 12 or more digits (DICOM UIDs embed acquisition times and device serials)
 ``<dataset>:sha256-<content hash[:24]>``. Never the file name: hospital exports are named after
 medical record numbers and patient names.
 
+Two files with one id and one content hash are one ECG, stored once (the second is "skipped", as any
+re-export of a stored ECG is): so ``hl7aecg_fda_subject1_0.xml``, the FDA's copy of the HL7 example
+with only the subject id and times changed (same document id, identical samples), is the example's
+ECG, not a second one. Copies under different ids (one recording exported as aECG, SCP-ECG and DICOM)
+are separate points of one dataset; ``duplicate_of`` marks copies across datasets only, as for WFDB.
+
 Payload: only what may leave the file (``EcgHeader.public_fields``): age (over 89 as 90), sex,
 acquisition year-month, vendor and device model, the machine's measurements, and statement codes as
 ``<VENDOR>:<code>`` with a diagnosis where the mapping is clear (``codes.vendor_statements``). The
