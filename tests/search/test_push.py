@@ -166,3 +166,64 @@ def test_ingest_with_service_sends_a_folder_through_the_running_service(live: Li
     assert not any(p.stem in result.output for p in live.hospital.iterdir())
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "stored 0, skipped 16" in again.output
+
+
+def test_pushing_through_the_qdrant_client_store_needs_a_given_secret_and_archive(
+    data_dir: Path, tmp_path: Path
+):
+    """A Qdrant server has no folder of ours: the secret and the archive must be configured; without
+    them a push is FAILED_PRECONDITION and nothing is stored. (qdrant-client's local mode stands in
+    for the server: the same ServerStore code path.)"""
+    from ecgsearch.search.settings import ServiceSettings
+    from ecgsearch.search.store import open_store
+
+    embedder = Embedder()
+    store = open_store(local=True, collection="pushed")
+    store.create_collection(dim=embedder.dim, model_version=embedder.version)
+    path = data_dir / "hospital" / "philips_v1.04_ad4d3d80-d165.xml"  # the one with a -17 mV excursion
+    try:
+        bare = ServiceSettings(store_path=tmp_path / "unused")
+        with (
+            run_server(bare, store=store, embedder=embedder, port=0, token=TOKEN) as (_, port),
+            EcgSearchClient(f"127.0.0.1:{port}", token=TOKEN) as client,
+            pytest.raises(grpc.RpcError) as err,
+        ):
+            client.upsert_files([path])
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert store.count() == 0
+
+        secret = tmp_path / "site-secret"
+        secret.write_text("0123456789abcdef0123456789abcdef\n")
+        configured = bare.model_copy(
+            update={"site_secret_file": secret, "archive_path": tmp_path / "archive"}
+        )
+        with (
+            run_server(configured, store=store, embedder=embedder, port=0, token=TOKEN) as (_, port),
+            EcgSearchClient(f"127.0.0.1:{port}", token=TOKEN) as client,
+        ):
+            (pushed,) = client.upsert_files([path], dataset="site-a")
+            assert pushed.status == "stored"
+            assert client.search_by_file(path, k=1).hits[0].record_id == pushed.record_id
+            assert client.get_ecg(pushed.record_id).shape == (12, signals.MODEL_SAMPLES)
+        payload, _ = store.get(pushed.record_id)
+        # its header's patient id is the mask '9999': no patient, so a pseudonym of its own
+        assert read_ecg(path).header.patient_key == "9999"
+        assert payload.patient_id == site_pseudonymizer(secret, None).lone_ecg(pushed.record_id)
+        assert len(list((tmp_path / "archive").rglob("*.npz"))) == 1
+    finally:
+        store.close()
+
+
+def test_entity_declarations_are_refused_before_any_parse(live: Live):
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;">]>'
+        b"<RestingECG>&b;</RestingECG>"
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        live.client.search_by_file(bomb)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (result,) = live.client.upsert([UpsertItem(file=EcgFile(bomb))])
+    assert result.status == "rejected" and result.reason.startswith("items[0].file.")
+    with pytest.raises(grpc.RpcError) as err:
+        live.client.upsert([UpsertItem(file=EcgFile(b"x"))] * 65)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
