@@ -84,6 +84,20 @@ def serve_command(
         str | None,
         typer.Option(help="Folders (':'-separated) holding stored records' files, for GetEcg."),
     ] = None,
+    site_secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Site secret keying pushed ECGs' patient pseudonyms (UpsertEcgs), the file ingest uses "
+            "(env ECGSEARCH_SITE_SECRET_FILE; default for an embedded store: <store>/site-secret)."
+        ),
+    ] = None,
+    archive_path: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where pushed ECGs' signals are kept for GetEcg (env ECGSEARCH_ARCHIVE_PATH; default: "
+            "<store>/archive; a Qdrant server needs it for pushes)."
+        ),
+    ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: INFO).")
     ] = None,
@@ -126,6 +140,8 @@ def serve_command(
         "max_concurrent_rpcs": max_concurrent_rpcs,
         "allow_insecure_remote": allow_insecure_remote or None,
         "ecg_roots": ecg_roots,
+        "site_secret_file": site_secret_file,
+        "archive_path": archive_path,
         "log_level": log_level,
     }
     try:
