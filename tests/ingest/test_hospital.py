@@ -115,3 +115,16 @@ def test_measurement_fields_are_numbers_with_range_indexes():
     from ecgsearch.search.store import PAYLOAD_INDEXES
 
     assert all(PAYLOAD_INDEXES[m] == "float" for m in MEASUREMENTS)
+
+
+def test_embed_takes_a_hospital_folder(hospital: Path, tmp_path: Path):
+    out = tmp_path / "hospital.npz"
+    result = CliRunner().invoke(app, ["embed", str(hospital), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    written = np.load(out)
+    ids = list(written["record_ids"])
+    assert len(ids) == N_SAMPLES and not any("muse_" in i or "philips_" in i for i in ids)
+    vectors = written["vectors"]
+    # the aECG example and the FDA's copy: one id, one vector
+    twins = [i for i, name in enumerate(ids) if name == "hospital:61d1a24f-b47e-41aa-ae95-f8ac302f4eeb"]
+    assert len(twins) == 2 and float(vectors[twins[0]] @ vectors[twins[1]]) > 0.9999
