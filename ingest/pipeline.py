@@ -16,6 +16,8 @@ Why it is shaped like this:
   re-distributes PTB-XL): it is stored with ``duplicate_of`` naming the first one, so searches can
   skip it. Copies within one dataset are that dataset's own matter and are not looked for;
 - a record that cannot be read or prepared is written to the rejects report and the run goes on;
+- hospital exports store no path, so an embedded store keeps their signals as read in its archive
+  (``<store>/archive/<hash[:2]>/<hash>.npz``, as the service keeps pushed ECGs) for GetEcg;
 - workers die with the ingest process, whenever it dies (see ``_die_with_parent``).
 """
 
@@ -45,6 +47,7 @@ from ecgsearch.encoder.signals import SignalError
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest.sources import Candidate, Record, file_label, hash_of, load, load_file, read
 from ecgsearch.search.identity import DUPLICATE_THRESHOLD, Pseudonymizer
+from ecgsearch.search.push import Archive
 from ecgsearch.search.schema import SearchFilter
 from ecgsearch.search.store import Store
 
@@ -167,6 +170,7 @@ def ingest(
             if records:
                 vectors = embedder.embed(np.stack([r.signal for r in records]))
                 summary.duplicates += _mark_duplicates(records, vectors, store, duplicate_threshold)
+                _archive(records, store)
                 store.upsert([r.payload for r in records], vectors)
                 summary.ingested += len(records)
             _finish(summary, start)
@@ -175,6 +179,19 @@ def ingest(
     if optimize:
         store.optimize()
     return _finish(summary, start)
+
+
+def _archive(records: list[Record], store: Store) -> None:
+    """Keep hospital exports' signals beside an embedded store (before their points: a stored point
+    always finds its archive). A Qdrant server has no folder of ours: nothing is kept there."""
+    root = getattr(store, "root", None)
+    if root is None:
+        return
+    archive = Archive(Path(root) / "archive")
+    for record in records:
+        if record.raw is not None and record.payload.content_hash:
+            archive.save(record.payload.content_hash, record.raw)
+            record.payload.archived = True
 
 
 def _compare(record_id: str, path: str, digest: str, stored: dict[str, str | None]) -> Reject | None:

@@ -87,10 +87,12 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Record:
-    """A prepared ECG, ready to embed: (12, 1000) float32 and its payload."""
+    """A prepared ECG, ready to embed: (12, 1000) float32 and its payload. ``raw``: the signal as read,
+    kept for hospital exports only, whose files GetEcg cannot find again (they store no path)."""
 
     signal: np.ndarray = field(repr=False)
     payload: EcgPayload
+    raw: signals.RawEcg | None = field(default=None, repr=False)
 
 
 def enumerate_source(
@@ -314,8 +316,8 @@ def load_file(candidate: Candidate, pseudonyms: Pseudonymizer | None = None) -> 
     ecg = read_ecg(candidate.path)
     digest = intake.hash_of(ecg)
     payload = intake.payload_of(ecg, dataset=candidate.dataset, pseudonyms=pseudonyms, digest=digest)
-    signal = signals.prepare(intake.raw_of(ecg, payload.record_id))
-    return Record(signal=signal, payload=payload)
+    raw = intake.raw_of(ecg, payload.record_id)
+    return Record(signal=signals.prepare(raw), payload=payload, raw=raw)
 
 
 def _meta_from_comments(raw: signals.RawEcg, record: str) -> Metadata:

@@ -227,3 +227,13 @@ def test_entity_declarations_are_refused_before_any_parse(live: Live):
     with pytest.raises(grpc.RpcError) as err:
         live.client.upsert([UpsertItem(file=EcgFile(b"x"))] * 65)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_getecg_returns_ingested_hospital_ecgs_from_the_stores_archive(live: Live):
+    """Ingest keeps hospital exports' signals beside an embedded store (they store no path)."""
+    ecg = read_ecg(live.hospital / "edf_contec_0000050.edf")
+    record_id = intake.record_id_of("hospital", ecg.native_id, intake.hash_of(ecg))
+    payload, _ = live.store.get(record_id)
+    assert payload.archived and payload.source_path is None
+    served = live.client.get_ecg(record_id)
+    np.testing.assert_allclose(served, signals.prepare(intake.raw_of(ecg, record_id)), atol=1e-6)
