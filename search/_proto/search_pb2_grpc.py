@@ -144,7 +144,8 @@ class EcgSearchServiceServicer:
 
     def GetEcg(self, request, context):
         """The prepared signal of one record (the model's input: 12 leads x 1000 samples at 100 Hz), read
-        from its source file or, for pushed ECGs, from the server's archive. FAILED_PRECONDITION when
+        from its source file or, for hospital files (pushed or ingested), the archive beside the store.
+        FAILED_PRECONDITION when
         the server cannot reach either.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
