@@ -145,8 +145,7 @@ class EcgSearchServiceServicer:
     def GetEcg(self, request, context):
         """The prepared signal of one record (the model's input: 12 leads x 1000 samples at 100 Hz), read
         from its source file or, for hospital files (pushed or ingested), the archive beside the store.
-        FAILED_PRECONDITION when
-        the server cannot reach either.
+        FAILED_PRECONDITION when the server cannot reach either.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
