@@ -55,8 +55,7 @@ from ecgsearch.search.settings import ServiceSettings
 from ecgsearch.search.store import Store, open_store
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgSearchService"].full_name
-# Methods that change the collection: only callers with the write scope may call them.
-WRITE_METHODS: frozenset[str] = frozenset({f"/{SERVICE_NAME}/UpsertEcgs"})
+WRITE_METHODS: set[str] = {"UpsertEcgs"}  # RPCs that add or change stored ECGs: scope 'write'
 REQUEST_ID = "x-request-id"
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 RESERVOIR = 4096

@@ -16,9 +16,10 @@ from ecgsearch.encoder.readers import read_ecg
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import pipeline, sources
 from ecgsearch.search import intake
+from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.client import EcgSearchClient, bad_request
 from ecgsearch.search.identity import Pseudonymizer, default_secret, site_pseudonymizer
-from ecgsearch.search.server import SERVICE_NAME, WRITE_METHODS, run_server
+from ecgsearch.search.server import WRITE_METHODS, run_server
 from ecgsearch.search.service import EcgFile, EcgQuery, UpsertItem
 from ecgsearch.search.store import EdgeStore
 
@@ -60,7 +61,8 @@ def live(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
 
 
 def test_upsert_is_a_write_method():
-    assert f"/{SERVICE_NAME}/UpsertEcgs" in WRITE_METHODS
+    assert "UpsertEcgs" in WRITE_METHODS  # by RPC name, as the scope check reads it
+    assert "UpsertEcgs" in {m.name for m in pb.DESCRIPTOR.services_by_name["EcgSearchService"].methods}
 
 
 def test_a_pushed_file_is_found_by_the_next_query_and_skipped_when_pushed_again(live: Live):
