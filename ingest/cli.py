@@ -145,6 +145,21 @@ def ingest_command(
         ),
     ] = DUPLICATE_THRESHOLD,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    service: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="Send the ECGs through a running service (UpsertEcgs) instead of writing a store: the "
+            "way into a served embedded store. Needs a token with the write scope.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="ECGSEARCH_TOKEN", help="With --service: bearer token.")
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(envvar="ECGSEARCH_TOKEN_FILE", help="With --service: file holding the bearer token."),
+    ] = None,
     # Earlier spellings, still accepted (deployment files use them), kept out of --help.
     shard_number: Annotated[int | None, typer.Option(min=1, hidden=True)] = None,
     replication_factor: Annotated[int | None, typer.Option(min=1, hidden=True)] = None,
@@ -161,7 +176,9 @@ def ingest_command(
     are added.
 
     Identity: a record is `<dataset>:<native id>` (PTB-XL: `ptbxl:<ecg_id>`; WFDB folders: the
-    record name, the dataset from --dataset or the folder holding it). Patient ids are stored only as
+    record name, the dataset from --dataset or the folder holding it). Hospital exports in a folder
+    (MUSE XML, Philips XML, HL7 aECG, DICOM, SCP-ECG, EDF; told by content) are named by the file's own
+    id or its content hash, never by the file name, and store no path. Patient ids are stored only as
     keyed pseudonyms (HMAC with the site secret); an ECG without one gets a pseudonym of its own.
 
     An embedded store is owned by one process: stop a running `serve` first, or ingest into a new
@@ -174,6 +191,8 @@ def ingest_command(
         ecgsearch ingest ../shared/data/challenge --store ./store --rejects rejects.csv
 
         ecgsearch ingest manifest.csv --qdrant-url http://qdrant:6333 --shard 2/4 --no-optimize
+
+        ecgsearch ingest ../shared/data/hospital --service localhost:50051 --token-file token
     """
     from ecgsearch.export.runtime import Embedder, ModelError
     from ecgsearch.ingest.identity import site_pseudonymizer
@@ -203,6 +222,19 @@ def ingest_command(
         raise typer.BadParameter(
             f"{source}: no ECGs found (or none left after --shard/--limit); nothing to ingest",
             param_hint="SOURCE",
+        )
+    if service is not None:
+        if store is not None or qdrant_url is not None:
+            raise typer.BadParameter(
+                "--service sends through a running service: give no --store/--qdrant-url"
+            )
+        _push(
+            candidates(),
+            service,
+            token,
+            token_file,
+            rejects or Path.cwd() / f"{collection}-rejects.csv",
+            quiet,
         )
     store_path = None if qdrant_url else (store or default_store_path(os.environ.get("ECGSEARCH_HOME")))
     rejects_path = unused_path(rejects or (store_path or Path.cwd()) / f"{collection}-rejects.csv")
@@ -248,6 +280,45 @@ def ingest_command(
     finally:
         target.close()
     report(summary)
+    raise typer.Exit(EXIT_OK if summary.ok else EXIT_REJECTS)
+
+
+def _push(candidates, service: str, token: str | None, token_file: Path | None, rejects: Path, quiet: bool):  # noqa: ANN001, ANN202
+    """``--service``: send through UpsertEcgs; exits like ingest (0 all stored or present, 3 rejects)."""
+    import grpc
+
+    from ecgsearch.ingest.remote import push_source, write_rejects
+    from ecgsearch.search.client import EcgSearchClient
+
+    if token is None and token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            typer.echo(f"error: cannot read token file: {exc.strerror}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
+
+    def progress(s) -> None:  # noqa: ANN001
+        if not quiet:
+            typer.echo(
+                f"sent {s.sent}: stored {s.stored}, skipped {s.skipped}, rejected {s.rejected}", err=True
+            )
+
+    try:
+        with EcgSearchClient(service, token=token, timeout=300.0) as client:
+            summary = push_source(candidates, client, on_batch=progress)
+    except grpc.RpcError as exc:
+        typer.echo(f"error: {exc.code().name}: {exc.details()}", err=True)  # type: ignore[attr-defined]
+        raise typer.Exit(EXIT_FAILED) from None
+    typer.echo(
+        f"sent {summary.sent} to {service}: stored {summary.stored}, skipped {summary.skipped} "
+        f"(already stored), rejected {summary.rejected}"
+    )
+    if summary.rejects:
+        path = unused_path(rejects)
+        write_rejects(summary, path)
+        for r in summary.rejects[:20]:
+            typer.echo(f"  rejected {r.record}: {r.reason}", err=True)
+        typer.echo(f"rejects report: {path}", err=True)
     raise typer.Exit(EXIT_OK if summary.ok else EXIT_REJECTS)
 
 

@@ -16,6 +16,8 @@ Why it is shaped like this:
   re-distributes PTB-XL): it is stored with ``duplicate_of`` naming the first one, so searches can
   skip it. Copies within one dataset are that dataset's own matter and are not looked for;
 - a record that cannot be read or prepared is written to the rejects report and the run goes on;
+- hospital exports store no path, so an embedded store keeps their signals as read in its archive
+  (``<store>/archive/<hash[:2]>/<hash>.npz``, as the service keeps pushed ECGs) for GetEcg;
 - workers die with the ingest process, whenever it dies (see ``_die_with_parent``).
 """
 
@@ -40,10 +42,12 @@ from typing import TextIO
 import numpy as np
 from pydantic import BaseModel
 
+from ecgsearch.encoder.readers import ReaderError
 from ecgsearch.encoder.signals import SignalError
 from ecgsearch.export.runtime import Embedder
-from ecgsearch.ingest.identity import DUPLICATE_THRESHOLD, Pseudonymizer
-from ecgsearch.ingest.sources import Candidate, Record, hash_of, load, read
+from ecgsearch.ingest.sources import Candidate, Record, file_label, hash_of, load, load_file, read
+from ecgsearch.search.identity import DUPLICATE_THRESHOLD, Pseudonymizer
+from ecgsearch.search.push import Archive
 from ecgsearch.search.schema import SearchFilter
 from ecgsearch.search.store import Store
 
@@ -168,6 +172,7 @@ def ingest(
             if records:
                 vectors = embedder.embed(np.stack([r.signal for r in records]))
                 summary.duplicates += _mark_duplicates(records, vectors, store, duplicate_threshold)
+                _archive(records, store)
                 payloads = [r.payload for r in records]
                 if site is not None:
                     payloads = [p.model_copy(update={"site": site}) for p in payloads]
@@ -179,6 +184,19 @@ def ingest(
     if optimize:
         store.optimize()
     return _finish(summary, start)
+
+
+def _archive(records: list[Record], store: Store) -> None:
+    """Keep hospital exports' signals beside an embedded store (before their points: a stored point
+    always finds its archive). A Qdrant server has no folder of ours: nothing is kept there."""
+    root = getattr(store, "root", None)
+    if root is None:
+        return
+    archive = Archive(Path(root) / "archive")
+    for record in records:
+        if record.raw is not None and record.payload.content_hash:
+            archive.save(record.payload.content_hash, record.raw)
+            record.payload.archived = True
 
 
 def _compare(record_id: str, path: str, digest: str, stored: dict[str, str | None]) -> Reject | None:
@@ -280,6 +298,8 @@ def _load_one(
     candidate: Candidate, known: frozenset[str], pseudonyms: Pseudonymizer
 ) -> Record | Reject | Seen:
     path = candidate.source_path or ""
+    if candidate.file_format is not None:
+        return _load_file(candidate, pseudonyms)
     try:
         raw = read(candidate)
         if candidate.record_id in known:
@@ -290,6 +310,20 @@ def _load_one(
     except (OSError, ValueError) as exc:  # unreadable header text, bad metadata
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:MAX_REASON]
         return Reject(record=candidate.record_id, path=path, reason=reason)
+
+
+def _load_file(candidate: Candidate, pseudonyms: Pseudonymizer) -> Record | Reject:
+    """A hospital export: its id is known once read; a failure is named by the file's bytes' hash and
+    says only what the reader or preparation says (a field and a reason, never personal data)."""
+    try:
+        return load_file(candidate, pseudonyms)
+    except ReaderError as exc:
+        return Reject(record=file_label(candidate), path="", reason=str(exc)[:MAX_REASON])
+    except SignalError as exc:
+        return Reject(record=exc.record, path="", reason=exc.reason[:MAX_REASON])
+    except ValueError as exc:  # a header value the payload refuses: name the field only
+        reason = f"{type(exc).__name__} in the payload of a {candidate.file_format} file"
+        return Reject(record=file_label(candidate), path="", reason=reason)
 
 
 def _loaded_batches(

@@ -1,4 +1,5 @@
-"""Where ECGs come from: a PTB-XL folder, a manifest CSV or a folder of WFDB records -> Records.
+"""Where ECGs come from: a PTB-XL folder, a manifest CSV or a folder of WFDB records and hospital
+exports (MUSE XML, Philips XML, HL7 aECG, DICOM, SCP-ECG, EDF, mixed) -> Records.
 
 Enumeration is lazy and cheap (no signal is read), so a source of any size streams; ``load`` does the
 expensive part (read, prepare, build the payload) and runs in worker processes, so everything it takes
@@ -20,8 +21,11 @@ header text is ever copied. ``source_path`` is stored only as the dataset names 
 the source folder (PTB-XL, WFDB folders, manifest rows without their own ``record_id``); a manifest row
 naming its record, or a path outside the manifest's folder, stores none, since such paths (hospital
 exports named by MRN) can carry personal data. WFDB record names are taken to be public dataset
-identifiers: formats whose file names are personal must build ids from the file's own identifiers or
-its content hash instead.
+identifiers. Hospital exports are not: their files are named after MRNs and patients, so a folder's
+non-WFDB files are recognised by content (``readers.sniff`` on the first 8 KiB; ``.hea`` is WFDB) and
+get their id from the file's own identifier or content hash when read (``search.intake``), never from
+the file name, and store no source path. Until read they carry a provisional id (a hash of their path
+inside the source) that only shards them; a read failure names the file by the SHA-256 of its bytes.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from ecgsearch.encoder import ptbxl, signals
-from ecgsearch.ingest.identity import Pseudonymizer, content_hash
+from ecgsearch.encoder.readers import ReaderError, read_ecg, sniff
+from ecgsearch.search import intake
 from ecgsearch.search.codes import normalise_snomed, scp_to_normalised
+from ecgsearch.search.identity import Pseudonymizer, content_hash
 from ecgsearch.search.schema import EcgPayload
 
 PTBXL_DATASET = "ptbxl"
@@ -76,14 +82,17 @@ class Candidate:
     path: Path  # record path without extension
     source_path: str | None  # relative to the source, stored in the payload; None: not to be stored
     meta: Metadata | None = None
+    file_format: str | None = None  # a hospital export (sniffed format): its id is known once read
 
 
 @dataclass(frozen=True)
 class Record:
-    """A prepared ECG, ready to embed: (12, 1000) float32 and its payload."""
+    """A prepared ECG, ready to embed: (12, 1000) float32 and its payload. ``raw``: the signal as read,
+    kept for hospital exports only, whose files GetEcg cannot find again (they store no path)."""
 
     signal: np.ndarray = field(repr=False)
     payload: EcgPayload
+    raw: signals.RawEcg | None = field(default=None, repr=False)
 
 
 def enumerate_source(
@@ -92,9 +101,17 @@ def enumerate_source(
     """Lazily list the ECGs of a PTB-XL folder, a manifest CSV or a folder of WFDB records."""
     source = Path(source)
     if source.is_file():
-        if source.suffix.lower() != ".csv":
-            raise SourceError(f"{source}: expected a folder or a manifest .csv file")
-        return _manifest(source, dataset)
+        if source.suffix.lower() == ".csv":
+            return _manifest(source, dataset)
+        if source.suffix.lower() == ".hea":
+            ds = dataset or _dataset_of(source.parent, source.parent)
+            return iter([Candidate(f"{ds}:{source.stem}", ds, source.with_suffix(""), None)])
+        found = _hospital_file(source, source.parent, dataset or _dataset_of(source.parent, source.parent))
+        if found is None:
+            raise SourceError(
+                "expected a folder, a manifest .csv, a WFDB .hea or an ECG file of a known format"
+            )
+        return iter([found])
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder or manifest")
     if (source / PTBXL_TABLE).is_file():
@@ -235,15 +252,72 @@ def _dataset_of(folder: Path, root: Path) -> str:
     return folder.name
 
 
+# Files a folder of ECGs also holds that are never ECGs; anything else without a WFDB header beside it
+# is sniffed. An unknown content is skipped silently, except under the extensions ECG exports use,
+# where it is a reject (a damaged export must not vanish from the report).
+_NOT_ECG = {".tsv", ".csv", ".txt", ".md", ".json", ".pdf", ".html", ".py", ".sh", ".zip", ".gz"}
+_ECG_EXTENSIONS = {".xml", ".dcm", ".scp", ".edf", ".ecg"}
+_WFDB_SIGNAL = {".dat", ".mat"}
+SNIFF_BYTES = 8192
+
+
 def _wfdb_folder(root: Path, dataset: str | None) -> Iterator[Candidate]:
     for folder, dirs, files in os.walk(root):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         here = Path(folder)
         for name in sorted(files):
+            ds = dataset or _dataset_of(here, root)
             if name.endswith(".hea"):
                 record = here / name[: -len(".hea")]
-                ds = dataset or _dataset_of(here, root)
                 yield Candidate(f"{ds}:{record.name}", ds, record, _relative(record, root))
+                continue
+            path = here / name
+            suffix = os.path.splitext(name)[1]
+            if name.startswith(".") or suffix.lower() in _NOT_ECG:
+                continue
+            if suffix.lower() in _WFDB_SIGNAL:  # WFDB signal files: read through their header
+                continue
+            found = _hospital_file(path, root, ds)
+            if found is not None:
+                yield found
+
+
+def _hospital_file(path: Path, root: Path, dataset: str) -> Candidate | None:
+    """A candidate for a file of a hospital format (by content), or None for a file that is no ECG."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(SNIFF_BYTES)
+    except OSError:
+        head = b""
+    try:
+        fmt = sniff(head)
+    except ReaderError:
+        if path.suffix.lower() not in _ECG_EXTENSIONS:
+            return None
+        fmt = "unknown"
+    where = _relative(path, root) or path.name
+    provisional = hashlib.sha256(where.encode()).hexdigest()[:16]
+    return Candidate(f"{dataset}:file-{provisional}", dataset, path, None, file_format=fmt)
+
+
+def file_label(candidate: Candidate) -> str:
+    """How a report names a hospital file that could not be stored: the SHA-256 of its bytes (find it
+    with ``sha256sum``), never its name."""
+    try:
+        digest = hashlib.sha256(candidate.path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return f"{candidate.dataset}:file-unreadable"
+    return f"{candidate.dataset}:file-sha256-{digest}"
+
+
+def load_file(candidate: Candidate, pseudonyms: Pseudonymizer | None = None) -> Record:
+    """Read a hospital export, prepare its ECG (first 10 s, as for long WFDB records) and describe it."""
+    pseudonyms = pseudonyms or Pseudonymizer.for_this_process()
+    ecg = read_ecg(candidate.path)
+    digest = intake.hash_of(ecg)
+    payload = intake.payload_of(ecg, dataset=candidate.dataset, pseudonyms=pseudonyms, digest=digest)
+    raw = intake.raw_of(ecg, payload.record_id)
+    return Record(signal=signals.prepare(raw), payload=payload, raw=raw)
 
 
 def _meta_from_comments(raw: signals.RawEcg, record: str) -> Metadata:

@@ -7,6 +7,7 @@ Heavy libraries (grpc, onnxruntime, qdrant, scipy, wfdb) are imported inside the
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -86,6 +87,20 @@ def serve_command(
         str | None,
         typer.Option(help="Folders (':'-separated) holding stored records' files, for GetEcg."),
     ] = None,
+    site_secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Site secret keying pushed ECGs' patient pseudonyms (UpsertEcgs), the file ingest uses "
+            "(env ECGSEARCH_SITE_SECRET_FILE; default for an embedded store: <store>/site-secret)."
+        ),
+    ] = None,
+    archive_path: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where pushed ECGs' signals are kept for GetEcg (env ECGSEARCH_ARCHIVE_PATH; default: "
+            "<store>/archive; a Qdrant server needs it for pushes)."
+        ),
+    ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: INFO).")
     ] = None,
@@ -145,6 +160,8 @@ def serve_command(
         "max_concurrent_rpcs": max_concurrent_rpcs,
         "allow_insecure_remote": allow_insecure_remote or None,
         "ecg_roots": ecg_roots,
+        "site_secret_file": site_secret_file,
+        "archive_path": archive_path,
         "log_level": log_level,
         "audit_log": audit_log,
         "metrics_port": metrics_port,
@@ -175,6 +192,14 @@ def query_command(
     wfdb: Annotated[
         Path | None, typer.Option(help="Search by a WFDB record (path without extension).")
     ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            help="Search by an ECG file: MUSE XML, Philips XML, HL7 aECG, DICOM, SCP-ECG, EDF (sent as "
+            "its bytes, read by the server) or a WFDB record (read here, sent raw).",
+        ),
+    ] = None,
     k: Annotated[int, typer.Option(help="Number of neighbours (1-1000).")] = DEFAULT_K,
     diagnosis: Annotated[
         list[str] | None, typer.Option(help="Keep neighbours with any of these codes.")
@@ -185,6 +210,13 @@ def query_command(
     age_min: Annotated[int | None, typer.Option(help="Minimum age.")] = None,
     age_max: Annotated[int | None, typer.Option(help="Maximum age.")] = None,
     sex: Annotated[str | None, typer.Option(help="M or F.")] = None,
+    measure: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Keep neighbours whose machine measurement is in range: NAME>=X, NAME<=X or NAME=X..Y "
+            "(qrs_ms, qtc_ms, qt_ms, pr_ms, ventricular_rate_bpm, p_axis, r_axis, t_axis; 'qrs' = qrs_ms)."
+        ),
+    ] = None,
     dataset: Annotated[list[str] | None, typer.Option(help="Keep neighbours from these datasets.")] = None,
     exclude_patient: Annotated[
         list[str] | None, typer.Option(help="Drop neighbours of these patient ids.")
@@ -215,9 +247,10 @@ def query_command(
     key: Annotated[Path | None, typer.Option("--key", help="Client private key PEM (mutual TLS).")] = None,
     timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 30.0,
 ) -> None:
-    """Find the ECGs most similar to a stored record or to a WFDB file, on a running server.
+    """Find the ECGs most similar to a stored record or to an ECG file, on a running server.
 
-    A WFDB file is read here and sent raw; the server prepares and encodes it like stored ECGs.
+    A hospital export (--file) is sent as its bytes and read by the server; a WFDB record is read here
+    and sent raw; either way the server prepares and encodes it like stored ECGs.
     By record, the record itself and its patient's other ECGs are left out (as in the evaluation)
     unless --include-same-patient. Diagnosis codes: SNOMED CT ids, Challenge abbreviations (AF, RBBB)
     or PTB-XL SCP codes (AFIB, SCP:IMI).
@@ -231,14 +264,18 @@ def query_command(
 
         ECGSEARCH_TOKEN=secret ecgsearch query --wfdb ./records/E00001 --diagnosis AF --summary
 
+        ecgsearch query --file export.xml --measure "qrs_ms>=120" --measure "qtc_ms>=480"
+
         ecgsearch query --target host:50051 --ca ca.pem --cert me.pem --key me.key --record-id ptbxl:17
     """
     from pydantic import ValidationError
 
     from ecgsearch.search.schema import SearchFilter
 
-    if (record_id is None) == (wfdb is None):
-        raise typer.BadParameter("give exactly one of --record-id or --wfdb")
+    if sum(x is not None for x in (record_id, wfdb, file)) != 1:
+        raise typer.BadParameter("give exactly one of --record-id, --wfdb or --file")
+    if file is not None and (file.suffix.lower() == ".hea" or file.with_suffix(".hea").is_file()):
+        wfdb, file = file.with_suffix(""), None
     if bool(cert) != bool(key):
         raise typer.BadParameter("--cert and --key go together (mutual TLS)")
     try:
@@ -250,6 +287,7 @@ def query_command(
             sex=sex.upper() if sex else None,
             datasets=dataset or [],
             exclude_patient_ids=exclude_patient or [],
+            measurements=parse_measures(measure or []),
         )
     except ValidationError as exc:
         raise typer.BadParameter(_describe(exc)) from None
@@ -265,6 +303,7 @@ def query_command(
         },
         record_id,
         wfdb,
+        file,
         {
             "k": k,
             "filter": flt,
@@ -286,6 +325,7 @@ def _search(
     connection: dict,
     record_id: str | None,
     wfdb: Path | None,
+    file: Path | None,
     options: dict,
     include_same_patient: bool,
 ) -> SearchResult:
@@ -301,6 +341,8 @@ def _search(
                 return client.search_by_record(
                     record_id, include_same_patient=include_same_patient, **options
                 )
+            if file is not None:
+                return client.search_by_file(file, **options)
             assert wfdb is not None
             return client.search_by_wfdb(wfdb, **options)
     except grpc.RpcError as exc:
@@ -312,6 +354,36 @@ def _search(
     except (OSError, ValueError) as exc:
         _error(str(exc))
         raise typer.Exit(1) from None
+
+
+_MEASURE = re.compile(r"^\s*([A-Za-z_]+)\s*(>=|<=|=)\s*(-?\d+(?:\.\d*)?)(?:\s*\.\.\s*(-?\d+(?:\.\d*)?))?\s*$")
+_MEASURE_ALIASES = {"rate": "ventricular_rate_bpm", "hr": "ventricular_rate_bpm", "qtc": "qtc_ms"}
+
+
+def parse_measures(texts: list[str]) -> list[dict[str, object]]:
+    """'qrs_ms>=120', 'qtc<=480', 'pr_ms=120..200' -> one range per measurement (bounds combined)."""
+    from ecgsearch.search.schema import MEASUREMENTS
+
+    ranges: dict[str, dict[str, object]] = {}
+    for text in texts:
+        m = _MEASURE.match(text)
+        if m is None:
+            raise typer.BadParameter(f"--measure {text!r}: write NAME>=X, NAME<=X or NAME=X..Y")
+        name, op, low, high = m.groups()
+        name = name.lower()
+        name = _MEASURE_ALIASES.get(name, name if name in MEASUREMENTS else f"{name}_ms")
+        if name not in MEASUREMENTS:
+            raise typer.BadParameter(
+                f"--measure {text!r}: unknown measurement; one of {', '.join(MEASUREMENTS)}"
+            )
+        entry = ranges.setdefault(name, {"measurement": name})
+        if op == ">=":
+            entry["min"] = float(low)
+        elif op == "<=":
+            entry["max"] = float(low)
+        else:
+            entry["min"], entry["max"] = float(low), float(high if high is not None else low)
+    return list(ranges.values())
 
 
 def _describe(exc: Exception) -> str:

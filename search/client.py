@@ -23,8 +23,17 @@ from ecgsearch.export.card import ModelCard
 from ecgsearch.search import wire
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
+from ecgsearch.search.push import Pushed
 from ecgsearch.search.schema import CollectionInfo, EcgPayload, SearchFilter
-from ecgsearch.search.service import DEFAULT_K, EcgQuery, Query, SearchOptions, SearchResult
+from ecgsearch.search.service import (
+    DEFAULT_K,
+    EcgFile,
+    EcgQuery,
+    Query,
+    SearchOptions,
+    SearchResult,
+    UpsertItem,
+)
 from ecgsearch.search.snapshots import SnapshotInfo
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -113,6 +122,28 @@ class EcgSearchClient:
         """Read a WFDB record here and send its raw samples (the server prepares them)."""
         raw = signals.read_wfdb(path)
         return self.search_by_ecg(raw.signal, raw.fs, raw.leads, units=raw.units, **options)
+
+    def search_by_file(
+        self, file: str | Path | bytes, *, format_hint: str | None = None, **options: Any
+    ) -> SearchResult:
+        """Neighbours of an ECG file (MUSE XML, Philips XML, HL7 aECG, DICOM, SCP-ECG, EDF): its bytes
+        are sent as they are and read by the server, so nothing needs decoding here."""
+        content = file if isinstance(file, bytes) else Path(file).read_bytes()
+        request = pb.SearchByFileRequest(
+            file=wire.file_to_proto(EcgFile(content, format_hint)), options=_options(**options)
+        )
+        return wire.result_from_proto(self._call(self.stub.SearchByFile, request))
+
+    def upsert(self, items: Sequence[UpsertItem], *, dataset: str = "") -> list[Pushed]:
+        """Add ECGs (files or raw ECGs) to the served collection; needs a token with the write scope.
+
+        One result per item: stored, skipped (already stored) or rejected with its reason."""
+        request = pb.UpsertEcgsRequest(items=[wire.upsert_item_to_proto(i) for i in items], dataset=dataset)
+        return wire.upsert_response_from_proto(self._call(self.stub.UpsertEcgs, request))
+
+    def upsert_files(self, paths: Sequence[str | Path], *, dataset: str = "") -> list[Pushed]:
+        """``upsert`` for files on disk, sent as their bytes (their names are never sent)."""
+        return self.upsert([UpsertItem(file=EcgFile(Path(p).read_bytes())) for p in paths], dataset=dataset)
 
     def search_by_vector(self, vector: np.ndarray | Sequence[float], **options: Any) -> SearchResult:
         """Neighbours of an embedding made by the collection's model."""

@@ -110,3 +110,42 @@ def describe(code: str) -> str:
         return tables.snomed_names[resolve(text)]
     except (InvalidQuery, KeyError):
         return text
+
+
+# --- vendor statement codes ------------------------------------------------------------------------
+# The acquiring machine's (or overreader's) statement codes, mapped to the stored SNOMED CT ids only
+# where the statement means exactly that diagnosis. Philips codes are those of the Philips 12-lead
+# algorithm as its XML exports write them; a code not listed here (ET, LVHCNP, STELVH, NPTA, ...) is
+# kept in ``source_codes`` only, never guessed. Free-text statements are never read (the readers keep
+# short codes only).
+VENDOR_PREFIX = {
+    "philips-xml": "PHILIPS",
+    "muse-xml": "MUSE",
+    "hl7-aecg": "AECG",
+    "dicom": "DICOM",
+    "scp-ecg": "SCP-ECG",
+    "edf": "EDF",
+}
+VENDOR_STATEMENTS: dict[str, dict[str, str]] = {
+    "PHILIPS": {
+        "SR": "426783006",  # sinus rhythm
+        "SB": "426177001",  # sinus bradycardia
+    },
+}
+
+
+def vendor_statements(
+    file_format: str, statement_codes: tuple[str, ...] | list[str]
+) -> tuple[list[str], list[str]]:
+    """(diagnoses, source_codes) of a file's statement codes: mapped SNOMED ids where the meaning is
+    clear, and every original as ``<VENDOR>:<code>`` (e.g. ``PHILIPS:SR``)."""
+    prefix = VENDOR_PREFIX.get(file_format, file_format.upper())
+    table = VENDOR_STATEMENTS.get(prefix, {})
+    diagnoses: list[str] = []
+    originals: list[str] = []
+    for code in statement_codes:
+        originals.append(f"{prefix}:{code}")
+        mapped = table.get(code.upper())
+        if mapped is not None and mapped not in diagnoses:
+            diagnoses.append(normalise_snomed(mapped))
+    return diagnoses, list(dict.fromkeys(originals))

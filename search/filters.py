@@ -16,6 +16,8 @@ the semantics live once, here:
 - ``exclude_duplicates``: ``duplicate_of`` is empty (unset): ECGs recorded at ingest as copies of another
   stored ECG never match, so one ECG is not returned twice (its original still is).
 - ``sites``: keyword ``site`` is one of them (the server adds it for site-restricted callers).
+- ``measurements``: one float range per measurement on the payload field of that name (``qrs_ms``,
+  ``qtc_ms``...), inclusive; a point without the measurement never matches.
 
 An empty filter gives None (no filter at all).
 """
@@ -38,8 +40,8 @@ class Cond:
     kind: Literal["any", "range", "ids", "empty"]
     key: str = ""
     values: tuple[str, ...] = ()
-    gte: int | None = None
-    lte: int | None = None
+    gte: float | None = None
+    lte: float | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ def conditions(flt: SearchFilter | None) -> Conditions | None:
         must.append(Cond("empty", "duplicate_of"))
     if flt.sites:
         must.append(Cond("any", "site", tuple(flt.sites)))
+    must.extend(Cond("range", r.measurement, gte=r.min, lte=r.max) for r in flt.measurements)
     return Conditions(must, must_not)
 
 
@@ -135,7 +138,7 @@ def matches(flt: SearchFilter | None, payload: EcgPayload) -> bool:
         if c.kind == "empty":
             return value is None or value == []
         if c.kind == "range":
-            if not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, int | float):
                 return False
             return (c.gte is None or value >= c.gte) and (c.lte is None or value <= c.lte)
         have = set(value) if isinstance(value, list) else {value}

@@ -17,6 +17,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Sex = Literal["M", "F"]
 MAX_K = 1000
+# The acquiring machine's global measurements, stored as numbers beside each ECG that carries them
+# (ms, degrees, beats per minute) and filterable as ranges; the names are the payload's field names.
+MEASUREMENTS: tuple[str, ...] = (
+    "ventricular_rate_bpm",
+    "pr_ms",
+    "qrs_ms",
+    "qt_ms",
+    "qtc_ms",
+    "p_axis",
+    "r_axis",
+    "t_axis",
+)
+Measurement = Literal[
+    "ventricular_rate_bpm", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms", "p_axis", "r_axis", "t_axis"
+]
+MEASUREMENT_LIMIT = 10_000.0  # |value| of any measurement or range bound; real ones stay far inside
 POINT_NAMESPACE = uuid.UUID("6f1c1f2e-9a52-4c2b-8d53-3c1d0e4a7b10")
 
 
@@ -90,6 +106,47 @@ class EcgPayload(BaseModel):
         description="record id of an ECG of another dataset, stored before this one, that this one "
         "copies (cosine at or above the ingest threshold, equal duration); results skip such copies",
     )
+    source_format: str | None = Field(
+        default=None, description="the file format read ('muse-xml', 'dicom', ...); None for WFDB"
+    )
+    acquired_month: str | None = Field(
+        default=None,
+        pattern=r"^\d{4}-\d{2}$",
+        description="acquisition year and month only ('2021-05'), for files whose exact time is personal",
+    )
+    vendor: str | None = Field(default=None, max_length=64, description="device maker (never a serial)")
+    device_model: str | None = Field(default=None, max_length=64, description="device model (never a serial)")
+    ventricular_rate_bpm: float | None = Field(default=None, ge=-MEASUREMENT_LIMIT, le=MEASUREMENT_LIMIT)
+    pr_ms: float | None = Field(default=None, ge=-MEASUREMENT_LIMIT, le=MEASUREMENT_LIMIT)
+    qrs_ms: float | None = Field(default=None, ge=-MEASUREMENT_LIMIT, le=MEASUREMENT_LIMIT)
+    qt_ms: float | None = Field(default=None, ge=-MEASUREMENT_LIMIT, le=MEASUREMENT_LIMIT)
+    qtc_ms: float | None = Field(default=None, ge=-MEASUREMENT_LIMIT, le=MEASUREMENT_LIMIT)
+    p_axis: float | None = Field(default=None, ge=-MEASUREMENT_LIMIT, le=MEASUREMENT_LIMIT)
+    r_axis: float | None = Field(default=None, ge=-MEASUREMENT_LIMIT, le=MEASUREMENT_LIMIT)
+    t_axis: float | None = Field(default=None, ge=-MEASUREMENT_LIMIT, le=MEASUREMENT_LIMIT)
+    archived: bool = Field(
+        default=False,
+        description="the signal is kept content-addressed beside the store (pushed ECGs), so GetEcg "
+        "reads it from there",
+    )
+
+
+class MeasurementRange(BaseModel):
+    """``min <= measurement <= max`` (either bound may be open); an ECG without the measurement fails."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    measurement: Measurement
+    min: float | None = Field(default=None, ge=-MEASUREMENT_LIMIT, le=MEASUREMENT_LIMIT, allow_inf_nan=False)
+    max: float | None = Field(default=None, ge=-MEASUREMENT_LIMIT, le=MEASUREMENT_LIMIT, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> MeasurementRange:
+        if self.min is None and self.max is None:
+            raise ValueError(f"{self.measurement}: give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"{self.measurement}: min {self.min:g} > max {self.max:g}")
+        return self
 
 
 class SearchFilter(BaseModel):
@@ -111,6 +168,7 @@ class SearchFilter(BaseModel):
     sites: list[str] = Field(
         default_factory=list, description="keep ECGs of these sites; set by the server for restricted callers"
     )
+    measurements: list[MeasurementRange] = Field(default_factory=list)
 
     @field_validator("diagnoses_any", "diagnoses_all", "diagnoses_none", "datasets")
     @classmethod
@@ -127,6 +185,9 @@ class SearchFilter(BaseModel):
         clash = (set(self.diagnoses_any) | set(self.diagnoses_all)) & set(self.diagnoses_none)
         if clash and (set(self.diagnoses_all) & set(self.diagnoses_none) or set(self.diagnoses_any) <= clash):
             raise ValueError(f"codes both required and excluded: {sorted(clash)}")
+        named = [r.measurement for r in self.measurements]
+        if len(set(named)) != len(named):
+            raise ValueError("each measurement may be given once; combine its bounds in one range")
         return self
 
     def is_empty(self) -> bool:

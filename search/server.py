@@ -62,6 +62,7 @@ from ecgsearch.search.store import Store, StoreError, open_store
 from ecgsearch.search.telemetry import Telemetry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgSearchService"].full_name
+WRITE_METHODS: set[str] = {"UpsertEcgs"}  # RPCs that add or change stored ECGs: scope 'write'
 REQUEST_ID = "x-request-id"
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 MAX_MESSAGE_CHARS = 300  # caller-facing error messages and logged errors are cut here
@@ -70,7 +71,6 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a caller's x-request-id is
 log = logging.getLogger("ecgsearch.server")
 
 # Scopes: every RPC of the service needs 'search' unless listed here (by method name, e.g. "PushEcgs").
-WRITE_METHODS: set[str] = set()  # RPCs that add or change stored ECGs: scope 'write'
 ADMIN_METHODS: set[str] = {"CreateSnapshot", "ListSnapshots"}  # operator RPCs: scope 'admin'
 
 NOBODY = Caller("nobody", frozenset(), frozenset())  # outside a call: no scope, no site
@@ -206,6 +206,17 @@ class EcgSearchServicer(pb_grpc.EcgSearchServiceServicer):
         result = self._svc.search_by_ecg(ecg, options, budget=budget_of(context))
         return wire.result_to_proto(result, pb.SearchByEcgResponse)
 
+    def SearchByFile(self, request: pb.SearchByFileRequest, context: grpc.ServicerContext):  # noqa: N802
+        options = wire.options_from_proto(request.options)
+        file = wire.file_from_proto(request.file)
+        result = self._svc.search_by_file(file, options, budget=budget_of(context))
+        return wire.result_to_proto(result, pb.SearchByFileResponse)
+
+    def UpsertEcgs(self, request: pb.UpsertEcgsRequest, context: grpc.ServicerContext):  # noqa: N802
+        items = [wire.upsert_item_from_proto(i) for i in request.items]
+        results = self._svc.upsert(items, request.dataset, site=push_site(), budget=budget_of(context))
+        return wire.upsert_response_to_proto(results)
+
     def SearchByVector(self, request: pb.SearchByVectorRequest, context: grpc.ServicerContext):  # noqa: N802
         options = restricted(wire.options_from_proto(request.options))
         vector = wire.vector_from_proto(request.vector)
@@ -273,6 +284,17 @@ def restricted(options: SearchOptions) -> SearchOptions:
     if sites is None:
         return options
     return replace(options, filter=options.filter.model_copy(update={"sites": sorted(sites)}))
+
+
+def push_site() -> str | None:
+    """The site pushed ECGs are stored under: a caller restricted to one site writes for it; an
+    unrestricted caller writes for the default site (None); a caller of several sites cannot say which."""
+    sites = current_caller().sites
+    if sites is None:
+        return None
+    if len(sites) != 1:
+        raise PermissionDenied("a caller allowed several sites cannot push: give its writer one site")
+    return next(iter(sites))
 
 
 def restricted_query(query: Query) -> Query:
@@ -613,6 +635,8 @@ def run_server(
                     embedder or Embedder(settings.model),
                     stats_refresh_s=settings.stats_refresh_s,
                     ecg_roots=settings.ecg_root_list(),
+                    site_secret_file=settings.site_secret_file,
+                    archive_path=settings.archive_path,
                 )
                 owned.callback(servicer.service.close)
                 for name in ("", SERVICE_NAME):

@@ -28,6 +28,7 @@ from ecgsearch.encoder import signals
 from ecgsearch.search import codes
 from ecgsearch.search.schema import (
     MAX_K,
+    MEASUREMENTS,
     CollectionInfo,
     EcgPayload,
     Hit,
@@ -39,6 +40,7 @@ from ecgsearch.search.schema import (
 if TYPE_CHECKING:  # the client imports this module for its request types: keep it light
     from ecgsearch.export.card import ModelCard
     from ecgsearch.export.runtime import Embedder
+    from ecgsearch.search.push import Archive, Pushed, Writer
     from ecgsearch.search.store import Store
 
 log = logging.getLogger("ecgsearch.service")
@@ -67,6 +69,12 @@ MAX_BATCH = 256  # queries per BatchSearch
 # ten-second 12-lead ECGs at 500 Hz; preparation costs ~O(samples read), so this bounds a batch's CPU.
 MAX_BATCH_SAMPLES = 4_000_000
 QUOTE_CHARS = 32  # at most this much of any client string is echoed in an error
+# Files (SearchByFile, UpsertEcgs): the readers' own bounds (50 MB, 16 channels, 10 minutes, 50 Hz to
+# 20 kHz) cap the decoding; of the decoded ECG the first MAX_FILE_SECONDS are kept, then the raw-ECG
+# bounds above apply as to any ECG. Preparation reads the first 10 s.
+MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_FILE_SECONDS = 30.0
+FILE_FORMATS = ("muse-xml", "philips-xml", "hl7-aecg", "dicom", "scp-ecg", "edf")
 _UNITS = {"mv", "uv", "v", ""}  # amplitude units signals.prepare_array reads
 
 
@@ -89,6 +97,10 @@ class Cancelled(RuntimeError):
 
 class EcgUnavailable(RuntimeError):
     """A stored record whose source file the service cannot read (maps to FAILED_PRECONDITION)."""
+
+
+class WritesUnavailable(EcgUnavailable):
+    """A push to a server not set up to write: no site secret or no archive (FAILED_PRECONDITION)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,25 @@ class EcgQuery:
     leads: tuple[str, ...]
     units: tuple[str, ...] | str = "mV"
     n_leads: int | None = None
+
+
+@dataclass(frozen=True)
+class EcgFile:
+    """An ECG file's bytes as a hospital system exports it; ``format_hint`` one of FILE_FORMATS or None."""
+
+    content: bytes = field(repr=False)
+    format_hint: str | None = None
+
+
+@dataclass(frozen=True)
+class UpsertItem:
+    """One ECG to add: a file, or a raw ECG with the sender's non-personal id and its patient id
+    (``patient_key``: pseudonymised by the service with the site secret, never stored as sent)."""
+
+    file: EcgFile | None = None
+    ecg: EcgQuery | None = None
+    native_id: str = ""
+    patient_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -232,10 +263,16 @@ class SearchService:
         *,
         stats_refresh_s: float = STATS_REFRESH_S,
         ecg_roots: Sequence[Path] = (),
+        site_secret_file: Path | None = None,
+        archive_path: Path | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.ecg_roots = tuple(Path(r) for r in ecg_roots)
+        self._site_secret_file = site_secret_file
+        self._archive_path = archive_path
+        self._writer: Writer | None = None
+        self._writer_lock = threading.Lock()
         info = store.info()
         if info.model_version != embedder.version or info.dim != embedder.dim:
             from ecgsearch.search.store import ModelMismatch
@@ -275,6 +312,124 @@ class SearchService:
         checked = check_ecg(ecg, "ecg")
         (vector,) = self.encode([checked], budget=budget)
         return self._search(_Plan(options, vector), budget)
+
+    def search_by_file(
+        self, file: EcgFile, options: SearchOptions | None = None, *, budget: Budget = NO_BUDGET
+    ) -> SearchResult:
+        """Read an ECG file (any format the readers know), prepare it like stored ECGs, encode, search."""
+        options = self.validate(options or SearchOptions())
+        ecg = read_file(file, "file")
+        (vector,) = self.encode([ecg], names=["file"], budget=budget)
+        return self._search(_Plan(options, vector), budget)
+
+    def upsert(
+        self,
+        items: Sequence[UpsertItem],
+        dataset: str = "",
+        *,
+        site: str | None = None,
+        budget: Budget = NO_BUDGET,
+    ) -> list[Pushed]:
+        """Add ECGs (see ``push``): one result per item, stored / skipped / rejected with its reason.
+
+        ``site`` (the pushing caller's one site; None: the payload's default) is stamped on every item.
+
+        The request (item count, dataset name, total samples) is bounded before any item is read; an
+        item that breaks a rule is rejected alone, the others go on.
+        """
+        from ecgsearch.encoder.readers import ReaderError
+        from ecgsearch.search import push
+
+        if not items:
+            raise FieldViolation("items", "no ECGs to add")
+        if len(items) > push.MAX_ITEMS:
+            raise FieldViolation("items", f"{len(items)} items; at most {push.MAX_ITEMS} per call")
+        try:
+            dataset = push.check_dataset(dataset)
+        except ValueError as exc:
+            raise FieldViolation("dataset", str(exc).removeprefix("dataset: ")) from None
+        samples = sum(np.asarray(i.ecg.signal).size for i in items if i.ecg is not None)
+        if samples > MAX_BATCH_SAMPLES:
+            raise FieldViolation("items", f"the raw ECGs exceed {MAX_BATCH_SAMPLES:,} samples in all")
+        writer = self._open_writer()
+        prepared: list[push.Prepared | push.Pushed] = []
+        for i, item in enumerate(items):
+            budget.check(f"preparing items[{i}]")
+            where = f"items[{i}]"
+            try:
+                ready = self._prepare_item(writer, item, dataset)
+                if site is not None and isinstance(ready, push.Prepared):
+                    ready = replace(ready, payload=ready.payload.model_copy(update={"site": site}))
+                prepared.append(ready)
+            except FieldViolation as exc:
+                prepared.append(push.Pushed("", "rejected", f"{where}.{exc.field}: {exc.description}"))
+            except ReaderError as exc:
+                prepared.append(push.Pushed("", "rejected", f"{where}.file.{push.reader_reason(exc)}"))
+            except signals.SignalError as exc:
+                prepared.append(push.Pushed(exc.record, "rejected", f"{where}: {exc.reason}"))
+            except ValidationError as exc:
+                prepared.append(push.Pushed("", "rejected", f"{where}: {describe_validation(exc)[:200]}"))
+        budget.check("storing")
+        results = writer.store_prepared(prepared)
+        stored = sum(r.status == "stored" for r in results)
+        log.info(
+            "ecgs pushed",
+            extra={"fields": {"stored": stored, "items": len(items), "dataset": dataset}},
+        )
+        return results
+
+    def _prepare_item(self, writer: Writer, item: UpsertItem, dataset: str):  # noqa: ANN202
+        from ecgsearch.search import push
+
+        if (item.file is None) == (item.ecg is None):
+            raise FieldViolation("", "give exactly one of file, ecg")
+        if item.file is not None:
+            check_file(item.file, "file")
+            prepared = writer.prepare_file(item.file.content, item.file.format_hint, dataset)
+        else:
+            try:
+                native = push.check_native_id(item.native_id)
+            except ValueError as exc:
+                raise FieldViolation("native_id", str(exc).removeprefix("native_id: ")) from None
+            if len(item.patient_key) > push.MAX_PATIENT_KEY_CHARS:
+                raise FieldViolation("patient_key", f"at most {push.MAX_PATIENT_KEY_CHARS} characters")
+            ecg = check_ecg(item.ecg, "ecg")
+            units = (ecg.units,) * len(ecg.leads) if isinstance(ecg.units, str) else tuple(ecg.units)
+            raw = signals.RawEcg("ecg", np.asarray(ecg.signal, np.float32), float(ecg.fs), ecg.leads, units)
+            prepared = writer.prepare_raw(raw, dataset, native, item.patient_key)
+        self._count_prepared(1)
+        return prepared
+
+    def _archive(self) -> Archive | None:
+        from ecgsearch.search.push import Archive
+
+        root = getattr(self.store, "root", None)
+        if self._archive_path is not None:
+            return Archive(self._archive_path)
+        return Archive(Path(root) / "archive") if root is not None else None
+
+    def _open_writer(self) -> Writer:
+        """The writer, made on the first push: a server that is never pushed to needs no secret."""
+        from ecgsearch.search.identity import SecretError, site_pseudonymizer
+        from ecgsearch.search.push import Writer
+
+        with self._writer_lock:
+            if self._writer is None:
+                archive = self._archive()
+                if archive is None:
+                    raise WritesUnavailable(
+                        "this server keeps no archive for pushed ECGs (set ECGSEARCH_ARCHIVE_PATH)"
+                    )
+                root = getattr(self.store, "root", None)
+                try:
+                    pseudonyms = site_pseudonymizer(self._site_secret_file, root)
+                except (SecretError, OSError) as exc:
+                    log.error("site secret unusable", extra={"fields": {"error": str(exc)[:200]}})
+                    raise WritesUnavailable(
+                        "this server cannot write: no usable site secret (set ECGSEARCH_SITE_SECRET_FILE)"
+                    ) from None
+                self._writer = Writer(self.store, self.embedder, pseudonyms, archive)
+            return self._writer
 
     def search_by_vector(
         self,
@@ -349,6 +504,8 @@ class SearchService:
         UnknownRecord when the id is not stored; EcgUnavailable when no configured root holds its file.
         """
         payload, _ = self._get(check_id(record_id, "record_id"))
+        if payload.archived and payload.content_hash:
+            return self._archived_ecg(payload)
         path = self._source_file(payload)
         try:
             prepared = signals.load(path)
@@ -356,6 +513,20 @@ class SearchService:
             raise EcgUnavailable(
                 f"record {quote(payload.record_id)}: source file unreadable ({exc.reason})"
             ) from exc
+        self._count_prepared(1)
+        return prepared
+
+    def _archived_ecg(self, payload: EcgPayload) -> np.ndarray:
+        archive = self._archive()
+        try:
+            if archive is None:
+                raise FileNotFoundError
+            raw = archive.load(payload.content_hash or "", payload.record_id)
+        except (OSError, ValueError, KeyError):
+            raise EcgUnavailable(
+                f"record {quote(payload.record_id)}: its archived signal is missing"
+            ) from None
+        prepared = signals.prepare(raw)
         self._count_prepared(1)
         return prepared
 
@@ -593,12 +764,41 @@ def check_ecg(ecg: EcgQuery, where: str) -> EcgQuery:
     return replace(ecg, signal=x, leads=leads, n_leads=x.shape[0])
 
 
+def check_file(file: EcgFile, where: str) -> None:
+    """The bounds of a file before it is decoded: its size and a known format hint."""
+    if not file.content:
+        raise FieldViolation(f"{where}.content", "is empty")
+    if len(file.content) > MAX_FILE_BYTES:
+        raise FieldViolation(f"{where}.content", f"{len(file.content):,} bytes; at most {MAX_FILE_BYTES:,}")
+    if file.format_hint is not None and file.format_hint not in FILE_FORMATS:
+        raise FieldViolation(f"{where}.format_hint", f"unknown format; one of {', '.join(FILE_FORMATS)}")
+
+
+def read_file(file: EcgFile, where: str) -> EcgQuery:
+    """Decode a file (the readers' bounds apply while decoding) into a raw ECG within the raw bounds."""
+    from ecgsearch.encoder.readers import ReaderError, read_ecg
+
+    check_file(file, where)
+    try:
+        ecg = read_ecg(file.content, file.format_hint)
+    except ReaderError as exc:
+        part = "format_hint" if exc.field == "format_hint" else "content"
+        raise FieldViolation(f"{where}.{part}", f"{exc.field}: {exc.reason}") from None
+    keep = int(MAX_FILE_SECONDS * ecg.sampling_rate_hz)
+    query = EcgQuery(ecg.signal[:, :keep], float(ecg.sampling_rate_hz), tuple(ecg.lead_names), "mV")
+    return check_ecg(query, where)
+
+
 def check_filter(flt: SearchFilter, where: str = "options.filter") -> None:
     """List and string bounds of a filter (before any code is resolved)."""
     for name in ("diagnoses_any", "diagnoses_all", "diagnoses_none", "datasets"):
         check_strings(getattr(flt, name), f"{where}.{name}", items=MAX_CODES, chars=MAX_CODE_CHARS)
     for name in ("exclude_record_ids", "exclude_patient_ids"):
         check_strings(getattr(flt, name), f"{where}.{name}", items=MAX_EXCLUDED_IDS, chars=MAX_ID_CHARS)
+    if len(flt.measurements) > len(MEASUREMENTS):
+        raise FieldViolation(
+            f"{where}.measurements", f"{len(flt.measurements)} ranges; at most one per measurement"
+        )
 
 
 def resolve_filter(flt: SearchFilter, where: str = "options.filter") -> SearchFilter:

@@ -38,6 +38,10 @@ class ServiceSettings(BaseSettings):
     - ``ECGSEARCH_ALLOW_INSECURE_REMOTE``: with INSECURE, allow a non-loopback HOST (default: refused).
     - ``ECGSEARCH_ECG_ROOTS``: folders, separated by ``:``, where stored records' source paths resolve,
       for ``GetEcg`` (default: none; GetEcg then answers FAILED_PRECONDITION).
+    - ``ECGSEARCH_SITE_SECRET_FILE``: the site secret that keys patient pseudonyms of pushed ECGs
+      (UpsertEcgs), the same file ingest uses; an embedded store's default secret when unset.
+    - ``ECGSEARCH_ARCHIVE_PATH``: where pushed ECGs' signals are kept for GetEcg (default:
+      ``<store>/archive`` for an embedded store; a Qdrant server needs it for pushes).
     - ``ECGSEARCH_STATS_REFRESH_S``: seconds between background reads of the collection's count and
       per-code counts (default 30); requests never wait for them.
     - ``ECGSEARCH_GRACE_S``: seconds in-flight requests get to finish on shutdown (default 10).
@@ -68,6 +72,8 @@ class ServiceSettings(BaseSettings):
     max_concurrent_rpcs: int = Field(default=64, ge=1)
     allow_insecure_remote: bool = False
     ecg_roots: str | None = None
+    site_secret_file: Path | None = None
+    archive_path: Path | None = None
     stats_refresh_s: float = Field(default=30.0, gt=0)
     grace_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"

@@ -28,6 +28,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from ecgsearch.search.filters import to_client, to_edge
 from ecgsearch.search.schema import (
     MAX_K,
+    MEASUREMENTS,
     CollectionInfo,
     EcgPayload,
     Hit,
@@ -168,13 +169,14 @@ class CollectionManifest(BaseModel):
     settings: IndexSettings = Field(default_factory=IndexSettings)
 
 
-PAYLOAD_INDEXES: dict[str, Literal["keyword", "integer", "tenant"]] = {
+PAYLOAD_INDEXES: dict[str, Literal["keyword", "integer", "float", "tenant"]] = {
     "site": "tenant",  # keyword, stored grouped by site (Qdrant's tenant index)
     "diagnoses": "keyword",
     "age": "integer",
     "sex": "keyword",
     "dataset": "keyword",
     "patient_id": "keyword",
+    **dict.fromkeys(MEASUREMENTS, "float"),  # the machine's measurements, filtered as ranges
 }
 BATCH = 512
 FACET_LIMIT = 10_000
@@ -380,13 +382,11 @@ class EdgeStore(_Backend):
         self._dir.mkdir(parents=True, exist_ok=True)
         shard = self._open(lambda: edge.EdgeShard.create(str(self._shard_dir), config))
         for field_name, kind in PAYLOAD_INDEXES.items():
-            schema = (
-                edge.IntegerIndexParams(lookup=True, range=True)
-                if kind == "integer"
-                else edge.KeywordIndexParams(is_tenant=True)
-                if kind == "tenant"
-                else edge.PayloadSchemaType.Keyword
-            )
+            schema = {
+                "integer": edge.IntegerIndexParams(lookup=True, range=True),
+                "float": edge.PayloadSchemaType.Float,
+                "tenant": edge.KeywordIndexParams(is_tenant=True),
+            }.get(kind, edge.PayloadSchemaType.Keyword)
             shard.update(edge.UpdateOperation.create_field_index(field_name, schema))
         shard.flush()
         manifest = CollectionManifest(
@@ -716,13 +716,11 @@ class ServerStore(_Backend):
             )
         )
         for field_name, kind in PAYLOAD_INDEXES.items():
-            schema = (
-                qm.IntegerIndexParams(type=qm.IntegerIndexType.INTEGER, lookup=True, range=True)
-                if kind == "integer"
-                else qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True)
-                if kind == "tenant"
-                else qm.PayloadSchemaType.KEYWORD
-            )
+            schema = {
+                "integer": qm.IntegerIndexParams(type=qm.IntegerIndexType.INTEGER, lookup=True, range=True),
+                "float": qm.PayloadSchemaType.FLOAT,
+                "tenant": qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True),
+            }.get(kind, qm.PayloadSchemaType.KEYWORD)
             self._call(
                 lambda f=field_name, sc=schema: self.client.create_payload_index(
                     self.name, f, field_schema=sc, wait=True

@@ -17,15 +17,25 @@ import numpy as np
 from ecgsearch.encoder import signals
 from ecgsearch.export.card import ModelCard
 from ecgsearch.search._proto import search_pb2 as pb
-from ecgsearch.search.schema import CollectionInfo, EcgPayload, Hit, InvalidQuery, SearchFilter
+from ecgsearch.search.push import Pushed
+from ecgsearch.search.schema import (
+    MEASUREMENTS,
+    CollectionInfo,
+    EcgPayload,
+    Hit,
+    InvalidQuery,
+    SearchFilter,
+)
 from ecgsearch.search.service import (
     DEFAULT_K,
     DiagnosisConcentration,
+    EcgFile,
     EcgQuery,
     NeighbourhoodSummary,
     Query,
     SearchOptions,
     SearchResult,
+    UpsertItem,
 )
 from ecgsearch.search.snapshots import SnapshotInfo
 
@@ -49,6 +59,25 @@ EXCLUSION_TO_PROTO = {
     "duplicate_copy": pb.EXCLUSION_DUPLICATE_COPY,
 }
 EXCLUSION_FROM_PROTO = {v: k for k, v in EXCLUSION_TO_PROTO.items()}
+MEASUREMENT_TO_PROTO = {name: i for i, name in enumerate(MEASUREMENTS, start=1)}  # enum order = tuple order
+MEASUREMENT_FROM_PROTO = {v: k for k, v in MEASUREMENT_TO_PROTO.items()}
+FORMAT_TO_PROTO = {
+    None: pb.ECG_FORMAT_UNSPECIFIED,
+    "muse-xml": pb.ECG_FORMAT_MUSE_XML,
+    "philips-xml": pb.ECG_FORMAT_PHILIPS_XML,
+    "hl7-aecg": pb.ECG_FORMAT_HL7_AECG,
+    "dicom": pb.ECG_FORMAT_DICOM,
+    "scp-ecg": pb.ECG_FORMAT_SCP_ECG,
+    "edf": pb.ECG_FORMAT_EDF,
+}
+FORMAT_FROM_PROTO = {v: k for k, v in FORMAT_TO_PROTO.items()}
+STATUS_TO_PROTO = {
+    "stored": pb.UPSERT_STATUS_STORED,
+    "skipped": pb.UPSERT_STATUS_SKIPPED,
+    "rejected": pb.UPSERT_STATUS_REJECTED,
+}
+STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
+PAYLOAD_TEXT = ("source_format", "acquired_month", "vendor", "device_model")
 
 # --- filter and options --------------------------------------------------------------------------
 
@@ -67,7 +96,22 @@ def filter_to_proto(flt: SearchFilter) -> pb.Filter:
         msg.age_min = flt.age_min
     if flt.age_max is not None:
         msg.age_max = flt.age_max
+    for r in flt.measurements:
+        entry = msg.measurements.add(measurement=MEASUREMENT_TO_PROTO[r.measurement])
+        if r.min is not None:
+            entry.min = r.min
+        if r.max is not None:
+            entry.max = r.max
     return msg
+
+
+def measurement_from_proto(msg: pb.MeasurementRange) -> dict[str, object]:
+    """A range as plain fields, for the service to validate (an unknown enum number fails there)."""
+    return {
+        "measurement": MEASUREMENT_FROM_PROTO.get(msg.measurement, "?"),
+        "min": msg.min if msg.HasField("min") else None,
+        "max": msg.max if msg.HasField("max") else None,
+    }
 
 
 def filter_from_proto(msg: pb.Filter) -> SearchFilter:
@@ -82,6 +126,7 @@ def filter_from_proto(msg: pb.Filter) -> SearchFilter:
         datasets=list(msg.datasets),
         exclude_record_ids=list(msg.exclude_record_ids),
         exclude_patient_ids=list(msg.exclude_patient_ids),
+        measurements=[measurement_from_proto(r) for r in msg.measurements],
     )
 
 
@@ -163,6 +208,36 @@ def ecg_from_proto(msg: pb.Ecg) -> EcgQuery:
     )
 
 
+def file_to_proto(file: EcgFile) -> pb.EcgFile:
+    hint = FORMAT_TO_PROTO.get(file.format_hint)
+    if hint is None:
+        raise InvalidQuery(f"file.format_hint: unknown format {str(file.format_hint)[:16]!r}")
+    return pb.EcgFile(content=file.content, format_hint=hint)
+
+
+def file_from_proto(msg: pb.EcgFile) -> EcgFile:
+    return EcgFile(content=bytes(msg.content), format_hint=FORMAT_FROM_PROTO.get(msg.format_hint, "?"))
+
+
+def upsert_item_to_proto(item: UpsertItem) -> pb.UpsertItem:
+    msg = pb.UpsertItem(native_id=item.native_id, patient_key=item.patient_key)
+    if item.file is not None:
+        msg.file.CopyFrom(file_to_proto(item.file))
+    elif item.ecg is not None:
+        msg.ecg.CopyFrom(ecg_to_proto(item.ecg.signal, item.ecg.fs, item.ecg.leads, item.ecg.units))
+    return msg
+
+
+def upsert_item_from_proto(msg: pb.UpsertItem) -> UpsertItem:
+    kind = msg.WhichOneof("source")
+    return UpsertItem(
+        file=file_from_proto(msg.file) if kind == "file" else None,
+        ecg=ecg_from_proto(msg.ecg) if kind == "ecg" else None,
+        native_id=msg.native_id,
+        patient_key=msg.patient_key,
+    )
+
+
 def vector_from_proto(values: Sequence[float]) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
@@ -224,6 +299,10 @@ def payload_to_proto(payload: EcgPayload) -> pb.Payload:
         msg.duration_s = payload.duration_s
     if payload.recorded_at is not None:
         timestamp_to_proto(payload.recorded_at, msg.recorded_at)
+    for name in (*PAYLOAD_TEXT, *MEASUREMENTS):
+        if getattr(payload, name) is not None:
+            setattr(msg, name, getattr(payload, name))
+    msg.archived = payload.archived
     return msg
 
 
@@ -248,6 +327,8 @@ def payload_from_proto(msg: pb.Payload) -> EcgPayload:
         source_path=msg.source_path or None,
         content_hash=msg.content_hash if msg.HasField("content_hash") else None,
         duplicate_of=msg.duplicate_of if msg.HasField("duplicate_of") else None,
+        archived=msg.archived,
+        **{name: getattr(msg, name) for name in (*PAYLOAD_TEXT, *MEASUREMENTS) if msg.HasField(name)},
     )
 
 
@@ -402,3 +483,19 @@ def snapshot_from_proto(msg: pb.Snapshot) -> SnapshotInfo:
         count=msg.count if msg.HasField("count") else None,
         model_version=msg.model_version or None,
     )
+
+
+# --- pushes --------------------------------------------------------------------------------------
+
+
+def upsert_response_to_proto(results: Sequence[Pushed]) -> pb.UpsertEcgsResponse:
+    return pb.UpsertEcgsResponse(
+        results=[
+            pb.UpsertResult(record_id=r.record_id, status=STATUS_TO_PROTO[r.status], reason=r.reason)
+            for r in results
+        ]
+    )
+
+
+def upsert_response_from_proto(msg: pb.UpsertEcgsResponse) -> list[Pushed]:
+    return [Pushed(r.record_id, STATUS_FROM_PROTO.get(r.status, "rejected"), r.reason) for r in msg.results]

@@ -29,6 +29,35 @@ class Exclusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXCLUSION_QUERY_RECORD: _ClassVar[Exclusion]
     EXCLUSION_SAME_PATIENT: _ClassVar[Exclusion]
     EXCLUSION_DUPLICATE_COPY: _ClassVar[Exclusion]
+
+class Measurement(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MEASUREMENT_UNSPECIFIED: _ClassVar[Measurement]
+    MEASUREMENT_VENTRICULAR_RATE_BPM: _ClassVar[Measurement]
+    MEASUREMENT_PR_MS: _ClassVar[Measurement]
+    MEASUREMENT_QRS_MS: _ClassVar[Measurement]
+    MEASUREMENT_QT_MS: _ClassVar[Measurement]
+    MEASUREMENT_QTC_MS: _ClassVar[Measurement]
+    MEASUREMENT_P_AXIS: _ClassVar[Measurement]
+    MEASUREMENT_R_AXIS: _ClassVar[Measurement]
+    MEASUREMENT_T_AXIS: _ClassVar[Measurement]
+
+class EcgFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ECG_FORMAT_UNSPECIFIED: _ClassVar[EcgFormat]
+    ECG_FORMAT_MUSE_XML: _ClassVar[EcgFormat]
+    ECG_FORMAT_PHILIPS_XML: _ClassVar[EcgFormat]
+    ECG_FORMAT_HL7_AECG: _ClassVar[EcgFormat]
+    ECG_FORMAT_DICOM: _ClassVar[EcgFormat]
+    ECG_FORMAT_SCP_ECG: _ClassVar[EcgFormat]
+    ECG_FORMAT_EDF: _ClassVar[EcgFormat]
+
+class UpsertStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPSERT_STATUS_UNSPECIFIED: _ClassVar[UpsertStatus]
+    UPSERT_STATUS_STORED: _ClassVar[UpsertStatus]
+    UPSERT_STATUS_SKIPPED: _ClassVar[UpsertStatus]
+    UPSERT_STATUS_REJECTED: _ClassVar[UpsertStatus]
 SEX_UNSPECIFIED: Sex
 SEX_MALE: Sex
 SEX_FEMALE: Sex
@@ -40,9 +69,39 @@ EXCLUSION_UNSPECIFIED: Exclusion
 EXCLUSION_QUERY_RECORD: Exclusion
 EXCLUSION_SAME_PATIENT: Exclusion
 EXCLUSION_DUPLICATE_COPY: Exclusion
+MEASUREMENT_UNSPECIFIED: Measurement
+MEASUREMENT_VENTRICULAR_RATE_BPM: Measurement
+MEASUREMENT_PR_MS: Measurement
+MEASUREMENT_QRS_MS: Measurement
+MEASUREMENT_QT_MS: Measurement
+MEASUREMENT_QTC_MS: Measurement
+MEASUREMENT_P_AXIS: Measurement
+MEASUREMENT_R_AXIS: Measurement
+MEASUREMENT_T_AXIS: Measurement
+ECG_FORMAT_UNSPECIFIED: EcgFormat
+ECG_FORMAT_MUSE_XML: EcgFormat
+ECG_FORMAT_PHILIPS_XML: EcgFormat
+ECG_FORMAT_HL7_AECG: EcgFormat
+ECG_FORMAT_DICOM: EcgFormat
+ECG_FORMAT_SCP_ECG: EcgFormat
+ECG_FORMAT_EDF: EcgFormat
+UPSERT_STATUS_UNSPECIFIED: UpsertStatus
+UPSERT_STATUS_STORED: UpsertStatus
+UPSERT_STATUS_SKIPPED: UpsertStatus
+UPSERT_STATUS_REJECTED: UpsertStatus
+
+class MeasurementRange(_message.Message):
+    __slots__ = ("measurement", "min", "max")
+    MEASUREMENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    measurement: Measurement
+    min: float
+    max: float
+    def __init__(self, measurement: _Optional[_Union[Measurement, str]] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class Filter(_message.Message):
-    __slots__ = ("diagnoses_any", "diagnoses_all", "diagnoses_none", "age_min", "age_max", "sex", "datasets", "exclude_record_ids", "exclude_patient_ids")
+    __slots__ = ("diagnoses_any", "diagnoses_all", "diagnoses_none", "age_min", "age_max", "sex", "datasets", "exclude_record_ids", "exclude_patient_ids", "measurements")
     DIAGNOSES_ANY_FIELD_NUMBER: _ClassVar[int]
     DIAGNOSES_ALL_FIELD_NUMBER: _ClassVar[int]
     DIAGNOSES_NONE_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +111,7 @@ class Filter(_message.Message):
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_RECORD_IDS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_PATIENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    MEASUREMENTS_FIELD_NUMBER: _ClassVar[int]
     diagnoses_any: _containers.RepeatedScalarFieldContainer[str]
     diagnoses_all: _containers.RepeatedScalarFieldContainer[str]
     diagnoses_none: _containers.RepeatedScalarFieldContainer[str]
@@ -61,7 +121,8 @@ class Filter(_message.Message):
     datasets: _containers.RepeatedScalarFieldContainer[str]
     exclude_record_ids: _containers.RepeatedScalarFieldContainer[str]
     exclude_patient_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, diagnoses_any: _Optional[_Iterable[str]] = ..., diagnoses_all: _Optional[_Iterable[str]] = ..., diagnoses_none: _Optional[_Iterable[str]] = ..., age_min: _Optional[int] = ..., age_max: _Optional[int] = ..., sex: _Optional[_Union[Sex, str]] = ..., datasets: _Optional[_Iterable[str]] = ..., exclude_record_ids: _Optional[_Iterable[str]] = ..., exclude_patient_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    measurements: _containers.RepeatedCompositeFieldContainer[MeasurementRange]
+    def __init__(self, diagnoses_any: _Optional[_Iterable[str]] = ..., diagnoses_all: _Optional[_Iterable[str]] = ..., diagnoses_none: _Optional[_Iterable[str]] = ..., age_min: _Optional[int] = ..., age_max: _Optional[int] = ..., sex: _Optional[_Union[Sex, str]] = ..., datasets: _Optional[_Iterable[str]] = ..., exclude_record_ids: _Optional[_Iterable[str]] = ..., exclude_patient_ids: _Optional[_Iterable[str]] = ..., measurements: _Optional[_Iterable[_Union[MeasurementRange, _Mapping]]] = ...) -> None: ...
 
 class SearchOptions(_message.Message):
     __slots__ = ("filter", "k", "score_threshold", "exact", "with_summary", "include_duplicates")
@@ -125,6 +186,66 @@ class SearchByEcgRequest(_message.Message):
     options: SearchOptions
     def __init__(self, ecg: _Optional[_Union[Ecg, _Mapping]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
 
+class EcgFile(_message.Message):
+    __slots__ = ("content", "format_hint")
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_HINT_FIELD_NUMBER: _ClassVar[int]
+    content: bytes
+    format_hint: EcgFormat
+    def __init__(self, content: _Optional[bytes] = ..., format_hint: _Optional[_Union[EcgFormat, str]] = ...) -> None: ...
+
+class SearchByFileRequest(_message.Message):
+    __slots__ = ("file", "options")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    file: EcgFile
+    options: SearchOptions
+    def __init__(self, file: _Optional[_Union[EcgFile, _Mapping]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
+
+class SearchByFileResponse(_message.Message):
+    __slots__ = ("hits", "summary")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    summary: NeighbourhoodSummary
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ...) -> None: ...
+
+class UpsertItem(_message.Message):
+    __slots__ = ("file", "ecg", "native_id", "patient_key")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    ECG_FIELD_NUMBER: _ClassVar[int]
+    NATIVE_ID_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    file: EcgFile
+    ecg: Ecg
+    native_id: str
+    patient_key: str
+    def __init__(self, file: _Optional[_Union[EcgFile, _Mapping]] = ..., ecg: _Optional[_Union[Ecg, _Mapping]] = ..., native_id: _Optional[str] = ..., patient_key: _Optional[str] = ...) -> None: ...
+
+class UpsertEcgsRequest(_message.Message):
+    __slots__ = ("items", "dataset")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[UpsertItem]
+    dataset: str
+    def __init__(self, items: _Optional[_Iterable[_Union[UpsertItem, _Mapping]]] = ..., dataset: _Optional[str] = ...) -> None: ...
+
+class UpsertResult(_message.Message):
+    __slots__ = ("record_id", "status", "reason")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    status: UpsertStatus
+    reason: str
+    def __init__(self, record_id: _Optional[str] = ..., status: _Optional[_Union[UpsertStatus, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class UpsertEcgsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[UpsertResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[UpsertResult, _Mapping]]] = ...) -> None: ...
+
 class SearchByVectorRequest(_message.Message):
     __slots__ = ("vector", "options")
     VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -134,7 +255,7 @@ class SearchByVectorRequest(_message.Message):
     def __init__(self, vector: _Optional[_Iterable[float]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
 
 class Payload(_message.Message):
-    __slots__ = ("record_id", "dataset", "patient_id", "diagnoses", "source_codes", "scp_likelihoods", "superclasses", "age", "age_over_89", "sex", "sampling_rate_hz", "duration_s", "recorded_at", "source_path", "content_hash", "duplicate_of")
+    __slots__ = ("record_id", "dataset", "patient_id", "diagnoses", "source_codes", "scp_likelihoods", "superclasses", "age", "age_over_89", "sex", "sampling_rate_hz", "duration_s", "recorded_at", "source_path", "content_hash", "duplicate_of", "source_format", "acquired_month", "vendor", "device_model", "ventricular_rate_bpm", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms", "p_axis", "r_axis", "t_axis", "archived")
     class ScpLikelihoodsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +279,19 @@ class Payload(_message.Message):
     SOURCE_PATH_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_OF_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRED_MONTH_FIELD_NUMBER: _ClassVar[int]
+    VENDOR_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    VENTRICULAR_RATE_BPM_FIELD_NUMBER: _ClassVar[int]
+    PR_MS_FIELD_NUMBER: _ClassVar[int]
+    QRS_MS_FIELD_NUMBER: _ClassVar[int]
+    QT_MS_FIELD_NUMBER: _ClassVar[int]
+    QTC_MS_FIELD_NUMBER: _ClassVar[int]
+    P_AXIS_FIELD_NUMBER: _ClassVar[int]
+    R_AXIS_FIELD_NUMBER: _ClassVar[int]
+    T_AXIS_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     dataset: str
     patient_id: str
@@ -174,7 +308,20 @@ class Payload(_message.Message):
     source_path: str
     content_hash: str
     duplicate_of: str
-    def __init__(self, record_id: _Optional[str] = ..., dataset: _Optional[str] = ..., patient_id: _Optional[str] = ..., diagnoses: _Optional[_Iterable[str]] = ..., source_codes: _Optional[_Iterable[str]] = ..., scp_likelihoods: _Optional[_Mapping[str, float]] = ..., superclasses: _Optional[_Iterable[str]] = ..., age: _Optional[int] = ..., age_over_89: _Optional[bool] = ..., sex: _Optional[_Union[Sex, str]] = ..., sampling_rate_hz: _Optional[float] = ..., duration_s: _Optional[float] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_path: _Optional[str] = ..., content_hash: _Optional[str] = ..., duplicate_of: _Optional[str] = ...) -> None: ...
+    source_format: str
+    acquired_month: str
+    vendor: str
+    device_model: str
+    ventricular_rate_bpm: float
+    pr_ms: float
+    qrs_ms: float
+    qt_ms: float
+    qtc_ms: float
+    p_axis: float
+    r_axis: float
+    t_axis: float
+    archived: bool
+    def __init__(self, record_id: _Optional[str] = ..., dataset: _Optional[str] = ..., patient_id: _Optional[str] = ..., diagnoses: _Optional[_Iterable[str]] = ..., source_codes: _Optional[_Iterable[str]] = ..., scp_likelihoods: _Optional[_Mapping[str, float]] = ..., superclasses: _Optional[_Iterable[str]] = ..., age: _Optional[int] = ..., age_over_89: _Optional[bool] = ..., sex: _Optional[_Union[Sex, str]] = ..., sampling_rate_hz: _Optional[float] = ..., duration_s: _Optional[float] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_path: _Optional[str] = ..., content_hash: _Optional[str] = ..., duplicate_of: _Optional[str] = ..., source_format: _Optional[str] = ..., acquired_month: _Optional[str] = ..., vendor: _Optional[str] = ..., device_model: _Optional[str] = ..., ventricular_rate_bpm: _Optional[float] = ..., pr_ms: _Optional[float] = ..., qrs_ms: _Optional[float] = ..., qt_ms: _Optional[float] = ..., qtc_ms: _Optional[float] = ..., p_axis: _Optional[float] = ..., r_axis: _Optional[float] = ..., t_axis: _Optional[float] = ..., archived: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("record_id", "score", "payload")

@@ -44,6 +44,16 @@ class EcgSearchServiceStub:
                 request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByEcgRequest.SerializeToString,
                 response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByEcgResponse.FromString,
                 _registered_method=True)
+        self.SearchByFile = channel.unary_unary(
+                '/ecgsearch.v1.EcgSearchService/SearchByFile',
+                request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByFileRequest.SerializeToString,
+                response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByFileResponse.FromString,
+                _registered_method=True)
+        self.UpsertEcgs = channel.unary_unary(
+                '/ecgsearch.v1.EcgSearchService/UpsertEcgs',
+                request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.UpsertEcgsRequest.SerializeToString,
+                response_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.UpsertEcgsResponse.FromString,
+                _registered_method=True)
         self.SearchByVector = channel.unary_unary(
                 '/ecgsearch.v1.EcgSearchService/SearchByVector',
                 request_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByVectorRequest.SerializeToString,
@@ -104,6 +114,23 @@ class EcgSearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchByFile(self, request, context):
+        """Neighbours of an ECG file as hospital systems export it (MUSE XML, Philips XML, HL7 aECG, DICOM,
+        SCP-ECG, EDF), read and prepared by the server under the same bounds as a raw ECG.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertEcgs(self, request, context):
+        """Add ECGs to the collection (needs a caller with the write scope): files or raw ECGs, each stored,
+        skipped (the same ECG is already stored) or rejected with its reason. Stored ECGs are searchable
+        in the next query, and their signals are kept by the server for GetEcg.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SearchByVector(self, request, context):
         """Neighbours of an embedding made by the same model as the collection (unit-normalised by the server).
         """
@@ -127,7 +154,8 @@ class EcgSearchServiceServicer:
 
     def GetEcg(self, request, context):
         """The prepared signal of one record (the model's input: 12 leads x 1000 samples at 100 Hz), read
-        from its source file. FAILED_PRECONDITION when the server cannot reach that file.
+        from its source file or, for hospital files (pushed or ingested), the archive beside the store.
+        FAILED_PRECONDITION when the server cannot reach either.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,6 +202,16 @@ def add_EcgSearchServiceServicer_to_server(servicer, server):
                     servicer.SearchByEcg,
                     request_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByEcgRequest.FromString,
                     response_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByEcgResponse.SerializeToString,
+            ),
+            'SearchByFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchByFile,
+                    request_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByFileRequest.FromString,
+                    response_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByFileResponse.SerializeToString,
+            ),
+            'UpsertEcgs': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertEcgs,
+                    request_deserializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.UpsertEcgsRequest.FromString,
+                    response_serializer=ecgsearch_dot_search_dot___proto_dot_search__pb2.UpsertEcgsResponse.SerializeToString,
             ),
             'SearchByVector': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchByVector,
@@ -270,6 +308,60 @@ class EcgSearchService:
             '/ecgsearch.v1.EcgSearchService/SearchByEcg',
             ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByEcgRequest.SerializeToString,
             ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByEcgResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchByFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecgsearch.v1.EcgSearchService/SearchByFile',
+            ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByFileRequest.SerializeToString,
+            ecgsearch_dot_search_dot___proto_dot_search__pb2.SearchByFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertEcgs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecgsearch.v1.EcgSearchService/UpsertEcgs',
+            ecgsearch_dot_search_dot___proto_dot_search__pb2.UpsertEcgsRequest.SerializeToString,
+            ecgsearch_dot_search_dot___proto_dot_search__pb2.UpsertEcgsResponse.FromString,
             options,
             channel_credentials,
             insecure,
