@@ -3,6 +3,7 @@ store filled by ``ingest``; pushed ECGs are found by the next query and kept for
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,19 @@ from ecgsearch.search.client import EcgSearchClient, bad_request
 from ecgsearch.search.identity import Pseudonymizer, default_secret, site_pseudonymizer
 from ecgsearch.search.server import WRITE_METHODS, run_server
 from ecgsearch.search.service import EcgFile, EcgQuery, UpsertItem
+from ecgsearch.search.settings import ServiceSettings
 from ecgsearch.search.store import EdgeStore
 
 TOKEN = "t"
+
+
+def _callers(folder: Path, sites: str = "*") -> Path:
+    """A callers file in which the tests' token is a writer (scopes search and write) of ``sites``."""
+    path = folder / "callers"
+    path.write_text(f"pusher search,write {sites} sha256:{hashlib.sha256(TOKEN.encode()).hexdigest()}\n")
+    return path
+
+
 HELD_OUT = "muse_musephi_ecg1.xml"  # not ingested: pushed by the tests
 
 
@@ -49,7 +60,8 @@ def live(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     )
     assert summary.ingested == 14 and summary.rejected == 0
     try:
-        with run_server(store=store, embedder=embedder, port=0, token=TOKEN) as (_, port):
+        callers = _callers(tmp_path_factory.mktemp("callers"))
+        with run_server(store=store, embedder=embedder, port=0, tokens_file=callers) as (_, port):
             target = f"127.0.0.1:{port}"
             client = EcgSearchClient(target, token=TOKEN)
             try:
@@ -186,7 +198,10 @@ def test_pushing_through_the_qdrant_client_store_needs_a_given_secret_and_archiv
     try:
         bare = ServiceSettings(store_path=tmp_path / "unused")
         with (
-            run_server(bare, store=store, embedder=embedder, port=0, token=TOKEN) as (_, port),
+            run_server(bare, store=store, embedder=embedder, port=0, tokens_file=_callers(tmp_path)) as (
+                _,
+                port,
+            ),
             EcgSearchClient(f"127.0.0.1:{port}", token=TOKEN) as client,
             pytest.raises(grpc.RpcError) as err,
         ):
@@ -200,7 +215,9 @@ def test_pushing_through_the_qdrant_client_store_needs_a_given_secret_and_archiv
             update={"site_secret_file": secret, "archive_path": tmp_path / "archive"}
         )
         with (
-            run_server(configured, store=store, embedder=embedder, port=0, token=TOKEN) as (_, port),
+            run_server(
+                configured, store=store, embedder=embedder, port=0, tokens_file=_callers(tmp_path)
+            ) as (_, port),
             EcgSearchClient(f"127.0.0.1:{port}", token=TOKEN) as client,
         ):
             (pushed,) = client.upsert_files([path], dataset="site-a")
@@ -239,3 +256,39 @@ def test_getecg_returns_ingested_hospital_ecgs_from_the_stores_archive(live: Liv
     assert payload.archived and payload.source_path is None
     served = live.client.get_ecg(record_id)
     np.testing.assert_allclose(served, signals.prepare(intake.raw_of(ecg, record_id)), atol=1e-6)
+
+
+def test_a_site_restricted_writer_pushes_into_its_site_only(data_dir: Path, tmp_path: Path) -> None:
+    """A writer of one site stores pushes under that site; a writer of several sites cannot say which."""
+    from ecgsearch.search.store import open_store
+
+    embedder = Embedder()
+    store = open_store(local=True, collection="sited")
+    store.create_collection(dim=embedder.dim, model_version=embedder.version)
+    secret = tmp_path / "site-secret"
+    secret.write_text("0123456789abcdef0123456789abcdef\n")
+    settings = ServiceSettings(
+        store_path=tmp_path / "unused", site_secret_file=secret, archive_path=tmp_path / "archive"
+    )
+    path = data_dir / "hospital" / "muse_braveheart_example1.xml"
+    try:
+        for sites, expected in (("north", "north"), ("north,south", None)):
+            folder = tmp_path / sites.replace(",", "-")
+            folder.mkdir()
+            with (
+                run_server(
+                    settings, store=store, embedder=embedder, port=0, tokens_file=_callers(folder, sites)
+                ) as (_, port),
+                EcgSearchClient(f"127.0.0.1:{port}", token=TOKEN) as client,
+            ):
+                if expected is None:
+                    with pytest.raises(grpc.RpcError) as err:
+                        client.upsert_files([path])
+                    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                    continue
+                (pushed,) = client.upsert_files([path])
+                assert pushed.status == "stored"
+                assert store.get(pushed.record_id)[0].site == expected
+        assert store.count() == 1
+    finally:
+        store.close()
