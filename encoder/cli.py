@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -23,16 +24,51 @@ def train_command(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Override the config's epochs.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu or cuda.")] = "auto",
     cache: Annotated[Path | None, typer.Option("--cache", help="Prepared-array cache.")] = DEFAULT_CACHE,
+    shards: Annotated[
+        Path | None,
+        typer.Option(
+            "--shards", help="Stream from an archive made by `ecgsearch prepare` instead of PTB-XL."
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=0, help="--shards: DataLoader worker processes.")] = 2,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(min=1, help="--shards: also save last.pt every N steps (mid-epoch).")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Stop after N steps in all (checkpointed; resumable).")
+    ] = None,
+    amp: Annotated[
+        bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on with CUDA).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Torch threads per process (default: the config's).")
+    ] = None,
+    val_records: Annotated[
+        int, typer.Option(min=2, help="--shards: ECGs of the validation fold evaluated.")
+    ] = 2048,
 ) -> None:
     """Train the encoder on PTB-XL folds 1-8, keeping the best checkpoint by fold-9 retrieval.
+
+    With --shards it streams the training folds of a prepared archive instead (DataLoader workers,
+    seeded shuffle across shards, memory flat in the archive's size) and validates on its validation
+    fold: agreement@10 where the archive has labels, else the loss and shift stability. Several
+    processes (CPUs: gloo; GPUs: nccl) start under torchrun; the batch size is the global batch, split
+    across processes, and NT-Xent's negatives are gathered from all of them. --resume continues from
+    OUT/last.pt, mid-epoch included, and makes the same updates as a run never stopped.
 
     Examples:
         ecgsearch train --config configs/default.yaml --out runs/default
         ecgsearch train --out runs/default --resume
+        ecgsearch train --shards archive/ptbxl --out runs/a --checkpoint-every 100
+        torchrun --nproc_per_node 2 -m ecgsearch.cli.main train --shards archive/ptbxl --out runs/b
     """
     if not config.is_file():
         raise typer.BadParameter(f"no config file {config}", param_hint="--config")
-    if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
+    if shards is not None and not (shards / "index.json").is_file():
+        raise typer.BadParameter(
+            f"no index.json under {shards} (make it with ecgsearch prepare)", param_hint="--shards"
+        )
+    if shards is None and not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
         raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
     import yaml
     from rich.console import Console
@@ -48,12 +84,39 @@ def train_command(
         raise typer.BadParameter(f"{config}: {message}", param_hint="--config") from None
 
     def show(record: dict) -> None:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun: the first process speaks for all
+            return
         line = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
         console.print(line)
 
-    with console.status("training"):
-        summary = train(cfg, data, out, resume=resume, device=device, cache_dir=cache, on_epoch=show)
-    typer.echo(json.dumps({k: summary[k] for k in ("wall_time_s", "val_agreement_best", "best_epoch")}))
+    from ecgsearch.encoder.shards import ArchiveError
+
+    try:
+        summary = train(
+            cfg,
+            data,
+            out,
+            resume=resume,
+            device=device,
+            cache_dir=cache,
+            on_epoch=show,
+            shards_dir=shards,
+            workers=workers,
+            checkpoint_every=checkpoint_every,
+            max_steps=max_steps,
+            amp=amp,
+            threads=threads,
+            val_records=val_records,
+        )
+    except (ArchiveError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if os.environ.get("RANK", "0") != "0":
+        return
+    keys = ("wall_time_s", "steps", "val_agreement_best", "best_epoch")
+    typer.echo(
+        json.dumps({k: summary[k] for k in keys} | {"ecgs_per_s": summary["throughput"]["ecgs_per_s"]})
+    )
 
 
 def register(app: typer.Typer, bench: typer.Typer, evaluate: typer.Typer) -> None:
