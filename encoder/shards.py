@@ -31,7 +31,7 @@ from ecgsearch.encoder import signals
 FORMAT = "ecgsearch-prepared-ecgs"
 VERSION = 1
 INDEX = "index.json"
-NO_FOLD = 0  # a row whose fold is unknown: never selected by fold
+SUFFIXES = (".fold.npy", ".json", ".npy")  # the files of one shard, in the order they are written
 
 
 class ArchiveError(ValueError):
@@ -130,7 +130,11 @@ class ShardWriter:
                 )
             if archive.source and self.source and archive.source != self.source:
                 raise ArchiveError(f"{self.root} holds another source; prepare into an empty folder")
-            self.shards = list(archive.shards)
+            # keep the listed shards up to the first one with a file missing (removed by hand, say)
+            for info in archive.shards:
+                if not all((self.root / f"{info.name}{ext}").is_file() for ext in SUFFIXES):
+                    break
+                self.shards.append(info)
         for stale in self.root.glob("shard-*.tmp"):
             stale.unlink()
 
@@ -150,9 +154,13 @@ class ShardWriter:
         name = f"shard-{len(self.shards):06d}"
         fold_arr = np.asarray(folds, dtype=np.int16)
         body = {"rows": n, **meta, "rejects": rejects}
-        _replace(self.root / f"{name}.fold.npy", lambda h: np.save(h, fold_arr))
-        _replace(self.root / f"{name}.json", lambda h: h.write(json.dumps(body).encode()))
-        _replace(self.root / f"{name}.npy", lambda h: np.save(h, np.ascontiguousarray(x)))
+        writers = (
+            lambda h: np.save(h, fold_arr),
+            lambda h: h.write(json.dumps(body).encode()),
+            lambda h: np.save(h, np.ascontiguousarray(x)),
+        )
+        for suffix, write in zip(SUFFIXES, writers, strict=True):
+            _replace(self.root / f"{name}{suffix}", write)
         values, counts = np.unique(fold_arr, return_counts=True)
         per_fold = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
         info = ShardInfo(name, n, n + len(rejects), per_fold)
