@@ -119,6 +119,71 @@ def train_command(
     )
 
 
+def synthetic_archive_command(
+    base: Annotated[Path, typer.Argument(help="A small prepared archive (ecgsearch prepare) to draw from.")],
+    out: Annotated[Path, typer.Option("--out", help="Archive folder to write.")],
+    count: Annotated[int, typer.Option("--count", min=1, help="Synthetic ECGs to write.")] = 200_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the augmentations.")] = 0,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="ECGs per shard file.")] = 4096,
+) -> None:
+    """Write an archive of COUNT synthetic ECGs: seeded augmentations of the ECGs of BASE.
+
+    For throughput and memory figures at archive scale, not for model quality: each ECG is a prepared
+    ECG of BASE with its own gain, time shift, baseline wander and noise, labelled dataset 'synthetic'.
+    A rerun continues after the complete shards.
+
+    Examples:
+        ecgsearch prepare ../shared/data/ptb-xl --out archive/ptbxl
+        ecgsearch bench synthetic-archive archive/ptbxl --out archive/synthetic-200k --count 200000
+    """
+    from ecgsearch.encoder.shards import ArchiveError
+    from ecgsearch.encoder.synthetic import synthesise
+
+    try:
+        archive = synthesise(
+            base,
+            out,
+            count,
+            seed=seed,
+            shard_size=shard_size,
+            on_shard=lambda k: typer.echo(f"shard {k}", err=True),
+        )
+    except ArchiveError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({"out": str(out), "ecgs": len(archive), "shards": len(archive.shards)}))
+
+
+def train_scale_command(
+    archives: Annotated[list[Path], typer.Argument(help="Prepared archives, e.g. of different sizes.")],
+    processes: Annotated[list[int], typer.Option("--processes", help="Process counts to run.")] = [1, 2],  # noqa: B006
+    config: Annotated[Path, typer.Option("--config", help="Model and batch (YAML).")] = DEFAULT_CONFIG,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps per run.")] = 10,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader workers per process.")] = 1,
+    cpu_threads: Annotated[int, typer.Option(min=1, help="Torch threads in all, split over processes.")] = 2,
+    runs: Annotated[Path, typer.Option(help="Where the runs' checkpoints go.")] = Path("runs/train_scale"),
+    out: Annotated[Path, typer.Option("--out", help="Results file.")] = Path("results/train_scale.json"),
+) -> None:
+    """Training ECGs/s and peak memory of `ecgsearch train --shards` for 1 and several processes (CPU).
+
+    Each cell is a real run under torchrun, stopped after --steps steps; run it on archives of
+    different sizes to see that memory does not grow with the archive.
+
+    Examples:
+        ecgsearch bench train-scale archive/synthetic-20k archive/synthetic-200k --steps 10
+    """
+    from ecgsearch.encoder.scale import train_scale, write
+
+    result = train_scale(
+        archives, processes, config, steps=steps, workers=workers, cpu_threads=cpu_threads, runs=runs,
+        log=lambda line: typer.echo(line, err=True),
+    )  # fmt: skip
+    write(out, result)
+    typer.echo(str(out))
+
+
 def register(app: typer.Typer, bench: typer.Typer, evaluate: typer.Typer) -> None:
     """Mount this part's commands on the root app and its groups."""
     app.command("train")(train_command)
+    bench.command("synthetic-archive")(synthetic_archive_command)
+    bench.command("train-scale")(train_scale_command)
