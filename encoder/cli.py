@@ -57,9 +57,13 @@ def train_command(
     OUT/last.pt, mid-epoch included, and makes the same updates as a run never stopped.
 
     Examples:
+
         ecgsearch train --config configs/default.yaml --out runs/default
+
         ecgsearch train --out runs/default --resume
+
         ecgsearch train --shards archive/ptbxl --out runs/a --checkpoint-every 100
+
         torchrun --nproc_per_node 2 -m ecgsearch.cli.main train --shards archive/ptbxl --out runs/b
     """
     if not config.is_file():
@@ -133,7 +137,9 @@ def synthetic_archive_command(
     A rerun continues after the complete shards.
 
     Examples:
+
         ecgsearch prepare ../shared/data/ptb-xl --out archive/ptbxl
+
         ecgsearch bench synthetic-archive archive/ptbxl --out archive/synthetic-200k --count 200000
     """
     from ecgsearch.encoder.shards import ArchiveError
@@ -170,6 +176,7 @@ def train_scale_command(
     different sizes to see that memory does not grow with the archive.
 
     Examples:
+
         ecgsearch bench train-scale archive/synthetic-20k archive/synthetic-200k --steps 10
     """
     from ecgsearch.encoder.scale import train_scale, write
