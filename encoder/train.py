@@ -345,7 +345,7 @@ def _train(
         return _summary(config, data.description, val, model, state, dev, world, workers)
 
     started = time.perf_counter() - state.get("wall_time_s", 0.0)
-    stopped = False
+    stopped, first_step = False, True
     for epoch in range(state["epoch"], config.epochs):
         model.train()
         start = state["step"] - epoch * steps_per_epoch
@@ -366,6 +366,10 @@ def _train(
             state["trained_ecgs"] = state.get("trained_ecgs", 0) + len(x) * world.size
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value
+            if first_step:  # this process's first step: loader start-up, allocations, warm caches
+                first_step = False
+                state["first_step_s"] = state.get("first_step_s", 0.0) + time.perf_counter() - tick
+                state["first_step_ecgs"] = state.get("first_step_ecgs", 0) + len(x) * world.size
             end_of_epoch = state["step"] == (epoch + 1) * steps_per_epoch
             stopped = max_steps is not None and state["step"] >= max_steps and not end_of_epoch
             due = checkpoint_every and state["step"] % checkpoint_every == 0 and not end_of_epoch
@@ -512,6 +516,8 @@ def _summary(
         dist.all_gather_object(memory, _peak_rss_mb())
     seconds = state.get("train_time_s", 0.0)
     ecgs = state.get("trained_ecgs", 0)
+    steady_s = seconds - state.get("first_step_s", 0.0)
+    steady_ecgs = ecgs - state.get("first_step_ecgs", 0)
     random_init = state.get("random_init_val", {})
     return {
         "data": {
@@ -531,6 +537,10 @@ def _summary(
             "ecgs_trained": ecgs,
             "train_seconds": round(seconds, 3),
             "ecgs_per_s": round(ecgs / seconds, 1) if seconds else None,
+            # without each start's first step (DataLoader start-up): the rate a long run settles at
+            "ecgs_per_s_after_first_step": round(steady_ecgs / steady_s, 1)
+            if steady_ecgs > 0 < steady_s
+            else None,
             "dataloader_workers": workers,
             "peak_rss_mb": memory,
         },

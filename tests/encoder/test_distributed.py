@@ -111,3 +111,25 @@ def test_two_processes_resume_from_their_checkpoint_and_finish(archive: Path, tm
 
     with pytest.raises(ValueError, match="written by 2 processes, not 1"):
         train(load_config(TINY_CONFIG), REPO, tmp_path, resume=True, device="cpu", shards_dir=archive)
+
+
+def test_train_scale_writes_one_cell_per_archive_and_process_count(archive: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ecgsearch.cli.main import app
+
+    out = tmp_path / "scale.json"
+    args = ["bench", "train-scale", str(archive), "--processes", "1", "--config", str(TINY_CONFIG),
+            "--steps", "3", "--runs", str(tmp_path / "runs"), "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cells = json.loads(out.read_text())["cells"]
+    assert len(cells) == 1
+    cell = cells[0]
+    assert cell["archive_ecgs"] == 320 and cell["archive_bytes"] > 320 * 12 * 1000 * 4
+    assert cell["processes"] == 1 and cell["steps"] == 3 and cell["ecgs_trained"] == 48
+    assert cell["ecgs_per_s"] > 0 and cell["ecgs_per_s_after_first_step"] > 0
+    assert (
+        50 < cell["peak_rss_mb_per_process"][0] < 4000
+        and cell["peak_rss_mb_largest_worker_per_process"][0] > 0
+    )
