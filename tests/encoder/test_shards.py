@@ -238,3 +238,19 @@ def test_synthetic_archive_is_seeded_labelled_and_resumable(archive: Path, tmp_p
     other = synthesise(archive, tmp_path / "b", 150, seed=2, shard_size=64)
     assert np.array_equal(again.signals(2), made.signals(2))
     assert not np.array_equal(other.signals(0), made.signals(0))
+
+
+def test_mixed_precision_path_checkpoints_its_scaler(archive: Path, data_dir: Path, tmp_path: Path) -> None:
+    """The CUDA recipe (float16 autocast + gradient scaler) runs the same code on a CPU, scaler saved."""
+    import torch
+
+    from ecgsearch.encoder.train import train
+
+    config = TINY.with_overrides(epochs=1)
+    common = {"device": "cpu", "shards_dir": archive, "val_records": 32, "workers": 0, "amp": True}
+    train(config, data_dir, tmp_path, max_steps=4, **common)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert ckpt["step"] == 4 and ckpt["scaler"]["scale"] > 0  # a disabled scaler would save {}
+    summary = train(config, data_dir, tmp_path, resume=True, **common)
+    assert summary["steps"] == int(shards.open_archive(archive).rows_in(config.train_folds).sum()) // 16
+    assert np.isfinite(summary["final_losses"]["total"])
