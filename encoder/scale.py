@@ -86,6 +86,13 @@ def train_scale(
                 "train_seconds": summary["throughput"]["train_seconds"],
                 "ecgs_per_s": summary["throughput"]["ecgs_per_s"],
                 "ecgs_per_s_after_first_step": summary["throughput"]["ecgs_per_s_after_first_step"],
+                "train_cpu_seconds_first_process": summary["throughput"]["train_cpu_seconds"],
+                "cpu_share_first_process": round(
+                    summary["throughput"]["train_cpu_seconds"]
+                    / summary["throughput"]["train_seconds"]
+                    / threads,
+                    2,
+                ),
                 "peak_rss_mb_per_process": [m["process"] for m in memory],
                 "peak_rss_mb_largest_worker_per_process": [m["largest_worker"] for m in memory],
                 "load_avg_1min_before": round(load_before, 2),
@@ -102,7 +109,9 @@ def train_scale(
         "notes": (
             "ecgs_per_s: ECGs trained per second of training-loop time over the run's steps (global batch "
             "x steps; DataLoader start-up included); ecgs_per_s_after_first_step "
-            "leaves the first step out. peak_rss_mb: ru_maxrss of each training process and "
+            "leaves the first step out. cpu_share_first_process: CPU seconds of the first training process "
+            "in the loop / (loop seconds x its threads): below 1, other jobs took the cores. "
+            "peak_rss_mb: ru_maxrss of each training process and "
             "of its largest DataLoader worker (forked: shares the parent's pages, counted in both). "
             "Synthetic archives: shared PTB-XL records augmented with a fixed seed (ecgsearch bench "
             "synthetic-archive), for throughput and memory only."

@@ -350,7 +350,7 @@ def _train(
         model.train()
         start = state["step"] - epoch * steps_per_epoch
         sums: dict[str, float] = state.pop("partial_sums", {}) if start else {}
-        tick = time.perf_counter()
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         for x in data.batches(epoch, start, g):
             a, b, a_aug, b_aug = (
                 v if v is None else v.to(dev, non_blocking=True) for v in _views(x, config, g)
@@ -375,11 +375,12 @@ def _train(
             due = checkpoint_every and state["step"] % checkpoint_every == 0 and not end_of_epoch
             if stopped or due:
                 state["train_time_s"] = state.get("train_time_s", 0.0) + time.perf_counter() - tick
+                state["train_cpu_s"] = state.get("train_cpu_s", 0.0) + time.process_time() - cpu_tick
                 state["wall_time_s"] = time.perf_counter() - started
                 state["partial_sums"] = sums
                 save(summarise(), best=False)
                 del state["partial_sums"]
-                tick = time.perf_counter()
+                tick, cpu_tick = time.perf_counter(), time.process_time()
             if on_step is not None:
                 on_step(state["step"])
             if stopped:
@@ -387,6 +388,7 @@ def _train(
         if stopped:
             break
         state["train_time_s"] = state.get("train_time_s", 0.0) + time.perf_counter() - tick
+        state["train_cpu_s"] = state.get("train_cpu_s", 0.0) + time.process_time() - cpu_tick
         done = state["step"] - epoch * steps_per_epoch
         sums = distributed.all_mean(sums, world)
         record: dict[str, Any] = {
@@ -541,6 +543,9 @@ def _summary(
             "ecgs_per_s_after_first_step": round(steady_ecgs / steady_s, 1)
             if steady_ecgs > 0 < steady_s
             else None,
+            # CPU seconds (all threads) of this process in the loop: on a shared machine, wall time
+            # depends on what else runs; ECGs per CPU second much less
+            "train_cpu_seconds": round(state.get("train_cpu_s", 0.0), 3),
             "dataloader_workers": workers,
             "peak_rss_mb": memory,
         },
