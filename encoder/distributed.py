@@ -82,6 +82,7 @@ def all_mean(values: dict[str, float], world: World) -> dict[str, float]:
     if not world.distributed:
         return values
     names = sorted(values)
-    t = torch.tensor([values[k] for k in names], dtype=torch.float64)
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([values[k] for k in names], dtype=torch.float64, device=on)  # nccl: GPU tensors only
     dist.all_reduce(t)
     return {k: float(v) / world.size for k, v in zip(names, t.tolist(), strict=True)}
