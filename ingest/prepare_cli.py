@@ -45,7 +45,8 @@ def prepare_command(
     Each ECG is read and prepared exactly as `ingest` prepares it (12 x 1000 float32) and written into
     memory-mappable numpy shards of --shard-size ECGs, with an index of record id, dataset, patient
     pseudonym, fold and labels. A killed or repeated run keeps the complete shards and continues after
-    them. Exit status: 0 every record prepared; 3 finished, some rejected (OUT/rejects.csv); 1 failed.
+    them. Exit status: 0 every record prepared; 3 finished, some rejected (OUT/rejects.csv); 1 failed;
+    2 bad usage (SOURCE missing or without ECGs).
 
     Examples:
 
@@ -56,9 +57,10 @@ def prepare_command(
     from ecgsearch.encoder.shards import ArchiveError
     from ecgsearch.ingest.identity import Pseudonymizer, SecretError, default_secret, read_secret
     from ecgsearch.ingest.prepare import prepare_archive
-    from ecgsearch.ingest.sources import SourceError
+    from ecgsearch.ingest.sources import SourceError, enumerate_source
 
     try:
+        enumerate_source(source, dataset=dataset)  # a missing source fails before anything is written
         secret = read_secret(site_secret_file) if site_secret_file else default_secret(out)
         summary = prepare_archive(
             source,
@@ -75,6 +77,8 @@ def prepare_command(
     except (ArchiveError, SecretError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
+    if summary.shards == 0:
+        raise typer.BadParameter(f"{source}: no ECGs found; nothing to prepare", param_hint="SOURCE")
     typer.echo(json.dumps(summary.__dict__))
     raise typer.Exit(EXIT_REJECTS if summary.rejected else EXIT_OK)
 
