@@ -102,6 +102,10 @@ def test_rejects_are_reported_and_the_rest_prepared(data_dir: Path, tmp_path: Pa
     opened = shards.open_archive(tmp_path / "out")
     assert opened.meta(0)["record_id"] == ["site:HR00001", "site:HR00003"]
     assert all(1 <= f <= 10 for f in opened.folds(0))  # no PTB-XL table: folds from the patient hash
+    (tmp_path / "nothing").mkdir()
+    for missing in (tmp_path / "nothing", tmp_path / "absent"):
+        code, _ = prepare(missing, tmp_path / f"out-{missing.name}")
+        assert code == 2 and not (tmp_path / f"out-{missing.name}" / "index.json").exists()
 
 
 def test_stream_order_is_seeded_whole_and_independent_of_workers(archive: Path) -> None:
