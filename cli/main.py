@@ -15,6 +15,7 @@ PARTS = (
     "ecgsearch.encoder.cli",
     "ecgsearch.export.cli",
     "ecgsearch.ingest.cli",
+    "ecgsearch.ingest.prepare_cli",
     "ecgsearch.search.cli",
     "ecgsearch.web.cli",
 )

@@ -7,26 +7,51 @@ the embedding, which contrast alone can drop once halves are trivially matched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.nn import functional as F
 
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.model import SelfSupervised
 
+# x -> (x of every process stacked in rank order, index of this process's first row), differentiable
+Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
 
-def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+
+def nt_xent(
+    a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1, gather: Gather | None = None
+) -> torch.Tensor:
     """Normalised-temperature cross entropy over 2n views; row i of ``a`` pairs with row i of ``b``.
 
     Each of the 2n views must pick its partner among the other 2n - 1; the loss is the mean over views.
+    With ``gather`` (several processes, see ``distributed.gather_with_grad``) the candidates are the
+    views of the global batch and the loss is the mean over this process's views, so the mean over
+    processes is the global batch's loss.
     """
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"expected two equal (n, d) batches, got {tuple(a.shape)}, {tuple(b.shape)}")
+    if gather is not None:
+        return _nt_xent_global(a, b, temperature, gather)
     n = a.shape[0]
     z = F.normalize(torch.cat([a, b]), dim=1)
     sim = z @ z.T / temperature
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(sim, targets)
+
+
+def _nt_xent_global(a: torch.Tensor, b: torch.Tensor, temperature: float, gather: Gather) -> torch.Tensor:
+    n = a.shape[0]
+    za, zb = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    everyone_a, first = gather(za)  # (N, d), this process's rows at first ... first + n
+    everyone_b, _ = gather(zb)
+    total = everyone_a.shape[0]
+    sim = torch.cat([za, zb]) @ torch.cat([everyone_a, everyone_b]).T / temperature  # (2n, 2N)
+    own = torch.arange(n, device=a.device) + first
+    itself = F.one_hot(torch.cat([own, own + total]), 2 * total).to(torch.bool)
+    targets = torch.cat([own + total, own])
+    return F.cross_entropy(sim.masked_fill(itself, float("-inf")), targets)
 
 
 def tri_objective(
@@ -36,17 +61,19 @@ def tri_objective(
     augmented_a: torch.Tensor,
     config: EncoderConfig,
     augmented_b: torch.Tensor | None = None,
+    gather: Gather | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """w_halves*NT-Xent(A, B) + w_augment*NT-Xent(A, aug A) + w_recon*MSE(decode(A), A).
 
-    ``augmented_b`` (optional) replaces B in the halves term. Returns the total and each term's value.
+    ``augmented_b`` (optional) replaces B in the halves term; ``gather`` makes the contrastive negatives
+    those of every process (see ``nt_xent``). Returns the total and each term's value.
     """
     n = half_a.shape[0]
     views = [half_a, half_b if augmented_b is None else augmented_b, augmented_a]
     f, h, p = model.encode(torch.cat(views))
     p_a, p_b, p_aug = p[:n], p[n : 2 * n], p[2 * n :]
-    halves = nt_xent(p_a, p_b, config.temperature)
-    augment = nt_xent(p_a, p_aug, config.temperature)
+    halves = nt_xent(p_a, p_b, config.temperature, gather)
+    augment = nt_xent(p_a, p_aug, config.temperature, gather)
     recon = F.mse_loss(model.reconstruct(f[:n], h[:n], half_a.shape[-1]), half_a)
     total = config.w_halves * halves + config.w_augment * augment + config.w_recon * recon
     terms = {"halves": halves.item(), "augment": augment.item(), "recon": recon.item(), "total": total.item()}

@@ -31,6 +31,7 @@ MODULE_ALLOWED = {
     "encoder/retrieval.py": set(),
     "encoder/probe.py": {"ecgsearch.encoder.ptbxl"},
     "encoder/data.py": {"ecgsearch.encoder.ptbxl", "ecgsearch.encoder.signals"},
+    "encoder/shards.py": {"ecgsearch.encoder.signals"},
     "export/card.py": set(),
     "export/runtime.py": {"ecgsearch.encoder.signals", "ecgsearch.export.card"},
     "search/schema.py": set(),
@@ -46,6 +47,7 @@ MODULE_ALLOWED = {
 SERVING_MAY_USE = {
     "ecgsearch.encoder.signals",
     "ecgsearch.encoder.ptbxl",
+    "ecgsearch.encoder.shards",  # numpy only: ingest writes the archives training reads
     "ecgsearch.encoder.readers.",
     "ecgsearch.export.runtime",
     "ecgsearch.export.card",
@@ -56,12 +58,21 @@ COMMAND_MODULES = {
     "export/cli.py",
     "ingest/cli.py",
     "search/cli.py",
+    "ingest/prepare_cli.py",
     "bench/cli.py",
     "cli/main.py",
 }
 COMMAND_MODULES |= {p for p in ("search/admin_cli.py", "search/snapshot_cli.py") if (REPO / p).exists()}
 HEAVY = ("onnxruntime", "qdrant_client", "qdrant_edge", "grpc", "scipy", "wfdb", "torch", "faiss")
-TORCH_FREE_ENCODER = {"signals.py", "config.py", "ptbxl.py", "retrieval.py", "probe.py", "data.py"}
+TORCH_FREE_ENCODER = {
+    "signals.py",
+    "config.py",
+    "ptbxl.py",
+    "retrieval.py",
+    "probe.py",
+    "data.py",
+    "shards.py",
+}
 # The torch side outside encoder/: building ONNX from a checkpoint and the training report.
 TORCH_EXPORT = {"export/onnx.py", "bench/training.py"}
 
