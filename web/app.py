@@ -23,7 +23,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ecgsearch.search import codes
 from ecgsearch.search.client import EcgSearchClient
 from ecgsearch.search.schema import CollectionInfo, EcgPayload, Hit
-from ecgsearch.web import charts, ecgdraw, peaks
+from ecgsearch.web import charts, ecgdraw, measures, peaks
 from ecgsearch.web.errors import describe_rpc_error
 from ecgsearch.web.forms import MAX_ID_CHARS, MAX_K, FormError, SearchForm, parse_search
 from ecgsearch.web.uploads import HeldEcg, UploadError, Uploads, read_upload
@@ -117,7 +117,14 @@ def create_app(client: EcgSearchClient, *, target: str, max_upload_mb: float = 1
     upload_mb = max_upload_mb
 
     app.jinja_env.globals.update(
-        age=_age, sex=_sex, max_k=MAX_K, max_upload_mb=f"{upload_mb:g}", target=target
+        age=_age,
+        sex=_sex,
+        measurements=measures.shown,
+        device=measures.device,
+        measure_specs=measures.SPECS,
+        max_k=MAX_K,
+        max_upload_mb=f"{upload_mb:g}",
+        target=target,
     )
 
     def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from ecgsearch.search.schema import SearchFilter
+from ecgsearch.search.schema import MEASUREMENT_LIMIT, SearchFilter
+from ecgsearch.web.measures import SPECS, MeasureSpec
 
 MAX_K = 50  # a results page draws every neighbour: keep it readable and fast
 DEFAULT_K = 10
@@ -55,7 +56,16 @@ class SearchForm:
             args["sex"] = self.flt.sex
         if self.flt.datasets:
             args["dataset"] = ", ".join(self.flt.datasets)
+        for r in self.flt.measurements:
+            for bound, value in (("min", r.min), ("max", r.max)):
+                if value is not None:
+                    args[measure_key(r.measurement, bound)] = f"{value:g}"
         return args
+
+
+def measure_key(name: str, bound: str) -> str:
+    """The query-string key of one bound: 'qrs_ms_min', 'qrs_ms_max'."""
+    return f"{name}_{bound}"
 
 
 class _Args:
@@ -92,6 +102,32 @@ def _int(value: str, name: str, lo: int, hi: int) -> int | None:
     return number
 
 
+def _number(value: str, name: str) -> float | None:
+    """A finite number within the service's bound on measurements, or None for an empty field."""
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise FormError(name, f"{value[:20]!r} is not a number") from None
+    if not abs(number) <= MEASUREMENT_LIMIT:  # also refuses nan and inf
+        raise FormError(name, f"{value[:20]} is outside -{MEASUREMENT_LIMIT:g} to {MEASUREMENT_LIMIT:g}")
+    return number
+
+
+def _measure_range(a: _Args, spec: MeasureSpec) -> dict[str, object] | None:
+    """One measurement's from/to fields as the service's range (``MeasurementRange``), or None when both
+    are empty; the checks here name the field as the form labels it."""
+    label = f"{spec.label} ({spec.unit})"
+    lo = _number(a.one(measure_key(spec.name, "min")), f"{label} from")
+    hi = _number(a.one(measure_key(spec.name, "max")), f"{label} to")
+    if lo is None and hi is None:
+        return None
+    if lo is not None and hi is not None and lo > hi:
+        raise FormError(f"{label} range", f"from {lo:g} is above to {hi:g}")
+    return {"measurement": spec.name, "min": lo, "max": hi}
+
+
 def parse_search(args: Mapping[str, object]) -> SearchForm:
     """Validate the form once; FormError names the first bad field."""
     a = _Args(args)
@@ -115,6 +151,7 @@ def parse_search(args: Mapping[str, object]) -> SearchForm:
         "age_max": _int(a.one("age_max"), "maximum age", 0, 130),
         "sex": sex or None,
         "datasets": datasets,
+        "measurements": [r for spec in SPECS if (r := _measure_range(a, spec)) is not None],
     }
     if (
         values["age_min"] is not None

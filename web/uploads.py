@@ -2,8 +2,9 @@
 
 The service has no search-by-file call, so the viewer reads the file, completes the 12 leads in mV
 and sends the samples (``search_by_ecg``); the service prepares them like every stored ECG. The
-upload is kept (signal only: no file name, no header) so that refining the filter or opening the
-comparison does not need the file again; the holder is bounded in count and age.
+upload is kept (signal and the machine's measurements only: no file name, no other header field)
+so that refining the filter or opening the comparison does not need the file again; the holder is
+bounded in count and age.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecgsearch.encoder import signals
-from ecgsearch.encoder.readers import ReaderError, complete_leads, read_ecg
+from ecgsearch.encoder.readers import Measurements, ReaderError, complete_leads, read_ecg
 
 MAX_HELD = 16
 MAX_AGE_S = 3600.0
@@ -35,6 +36,7 @@ class HeldEcg:
     fs: float
     format: str
     prepared: np.ndarray  # (12, MODEL_SAMPLES), RMS-normalised, MODEL_FS
+    measurements: Measurements  # the acquiring machine's intervals and axes, as the file states them
 
     @property
     def duration_s(self) -> float:
@@ -54,7 +56,7 @@ def read_upload(data: bytes) -> HeldEcg:
         prepared = signals.prepare_array(full, ecg.sampling_rate_hz, signals.LEADS, record="upload")
     except signals.SignalError as exc:
         raise UploadError(f"the ECG cannot be searched ({exc.reason})") from None
-    return HeldEcg(full, ecg.sampling_rate_hz, ecg.format, prepared)
+    return HeldEcg(full, ecg.sampling_rate_hz, ecg.format, prepared, ecg.header.measurements)
 
 
 class Uploads:

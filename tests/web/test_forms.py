@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 from werkzeug.datastructures import MultiDict
 
+from ecgsearch.search.cli import parse_measures
+from ecgsearch.search.schema import MEASUREMENTS, EcgPayload, MeasurementRange, SearchFilter
+from ecgsearch.web import measures
 from ecgsearch.web.forms import MAX_K, FormError, SearchForm, parse_search
+from ecgsearch.web.measures import SPECS
 
 
 def test_valid_form_and_round_trip() -> None:
@@ -58,3 +62,63 @@ def test_bad_field_is_named(args: dict[str, str], field: str, reason: str) -> No
     with pytest.raises(FormError) as info:
         parse_search(args)
     assert info.value.field == field and reason in info.value.reason
+
+
+def test_measurement_ranges_reach_the_search_filter() -> None:
+    args = {"record_id": "ptbxl:17", "qrs_ms_min": "120", "qtc_ms_max": "480.5", "pr_ms_min": "120"}
+    args |= {"pr_ms_max": "200", "r_axis_min": "-90", "r_axis_max": " -30 "}
+    form = parse_search(args)
+    assert form.flt.measurements == [
+        MeasurementRange(measurement="pr_ms", min=120, max=200),
+        MeasurementRange(measurement="qrs_ms", min=120),
+        MeasurementRange(measurement="qtc_ms", max=480.5),
+        MeasurementRange(measurement="r_axis", min=-90, max=-30),
+    ]
+    # The filter the service would receive is the one the CLI's --measure builds for the same ranges.
+    measures = ["pr_ms=120..200", "qrs_ms>=120", "qtc<=480.5", "r_axis=-90..-30"]
+    assert form.flt == SearchFilter(measurements=parse_measures(measures))
+    again = parse_search(MultiDict([(k, v) for k, vs in form.query_args().items() for v in _listed(vs)]))
+    assert again == form
+    assert parse_search({"qrs_ms_min": "", "qrs_ms_max": " "}).flt.measurements == []
+
+
+def test_every_measurement_the_service_filters_on_has_a_labelled_field() -> None:
+    assert [spec.name for spec in SPECS] == list(MEASUREMENTS)
+    form = parse_search({f"{name}_min": "1" for name in MEASUREMENTS})
+    assert [r.measurement for r in form.flt.measurements] == list(MEASUREMENTS)
+
+
+@pytest.mark.parametrize(
+    ("args", "field", "reason"),
+    [
+        ({"qrs_ms_min": "wide"}, "QRS (ms) from", "'wide' is not a number"),
+        ({"qtc_ms_max": "nan"}, "QTc (ms) to", "outside -10000 to 10000"),
+        ({"pr_ms_min": "inf"}, "PR (ms) from", "outside"),
+        ({"ventricular_rate_bpm_max": "1e6"}, "Rate (bpm) to", "outside"),
+        ({"qrs_ms_min": "150", "qrs_ms_max": "100"}, "QRS (ms) range", "from 150 is above to 100"),
+        ({"t_axis_min": "90", "t_axis_max": "-90"}, "T axis (°) range", "from 90 is above to -90"),
+    ],
+)
+def test_bad_measurement_range_is_named(args: dict[str, str], field: str, reason: str) -> None:
+    with pytest.raises(FormError) as info:
+        parse_search(args)
+    assert info.value.field == field and reason in info.value.reason
+
+
+def test_measurements_are_shown_with_units() -> None:
+    payload = EcgPayload(
+        record_id="hospital:x",
+        dataset="hospital",
+        sampling_rate_hz=500,
+        qrs_ms=96.0,
+        qtc_ms=403,
+        r_axis=-21,
+        ventricular_rate_bpm=48.5,
+        vendor="GE Healthcare",
+        device_model="MAC55",
+    )
+    texts = [m.text for m in measures.shown(payload)]
+    assert texts == ["Rate 48.5 bpm", "QRS 96 ms", "QTc 403 ms", "R axis -21°"]
+    assert measures.device(payload) == "GE Healthcare MAC55"
+    bare = EcgPayload(record_id="ptbxl:1", dataset="ptbxl", sampling_rate_hz=100)
+    assert measures.shown(bare) == [] and measures.device(bare) == ""
