@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import sources
-from ecgsearch.search.schema import EcgPayload
+from ecgsearch.search.schema import EcgPayload, SearchFilter
 from ecgsearch.search.store import EdgeStore
 
 N_RECORDS = 60
@@ -93,10 +93,12 @@ def start_viewer(target: str, home: Path, *args: str) -> Viewer:
 
 
 def start_service(
-    root: Path, ptbxl_dir: Path, n_records: int, *, ecg_roots: bool = True
+    root: Path, ptbxl_dir: Path, n_records: int, *, ecg_roots: bool = True, hospital: Path | None = None
 ) -> Iterator[Service]:
     """``ecgsearch serve`` over the first ``n_records`` PTB-XL ECGs, with a token; with ``ecg_roots`` it
-    reads their signals from the shared data folder (GetEcg)."""
+    reads their signals from the shared data folder (GetEcg). ``hospital``: a folder of hospital
+    exports added with ``ecgsearch ingest`` (their payloads carry the machine's measurements; their
+    signals are archived beside the store)."""
     embedder = Embedder()
     candidates = list(sources.select(sources.enumerate_source(ptbxl_dir), limit=n_records))
     records = [sources.load(c) for c in candidates]
@@ -107,6 +109,9 @@ def start_service(
         store.optimize()
     finally:
         store.close()
+    payloads = [r.payload for r in records]
+    if hospital is not None:
+        payloads += _ingest(root, hospital)
     tokens = root / "tokens"
     tokens.write_text(f"{TOKEN}\n")
     token_file = root / "viewer.token"
@@ -120,10 +125,37 @@ def start_service(
     target = f"127.0.0.1:{port}"
     try:
         _wait_serving(target, process, root / "serve.log")
-        yield Service(target, [r.payload for r in records], token_file)
+        yield Service(target, payloads, token_file)
     finally:
         stop(process)
         log.close()
+
+
+def _ingest(root: Path, folder: Path) -> list[EcgPayload]:
+    """``ecgsearch ingest FOLDER`` into the fixture's store; the payloads it stored."""
+    command = [
+        sys.executable,
+        "-m",
+        "ecgsearch.cli.main",
+        "ingest",
+        str(folder),
+        "--store",
+        str(root / "store"),
+    ]
+    done = subprocess.run(command + ["-q"], env=clean_env(root), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    store = EdgeStore(root / "store", "ecgs")
+    try:
+        info = store.info()
+        hits = store.search(
+            np.ones(info.dim, np.float32),
+            k=info.count,
+            exact=True,
+            filter=SearchFilter(datasets=[folder.name]),
+        )
+    finally:
+        store.close()
+    return [h.payload for h in hits]
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,7 @@ CHROMIUM_ARGS = [
 ]
 HOSPITAL_SAMPLE = "muse_braveheart_example1.xml"
 RENDER_RUNS = 5
+QRS_MIN = 120  # ms: a wide QRS
 
 
 @pytest.fixture(scope="module")
@@ -304,6 +305,58 @@ def test_signals_the_service_cannot_read_are_explained(
         page.locator("li.neighbour a.record").first.click()
         page.wait_for_selector("#record-title")
         assert "ECGSEARCH_ECG_ROOTS" in page.inner_text(".notice")
+    finally:
+        viewer.close()
+        service.close()
+
+
+def test_measurement_range_keeps_only_matching_neighbours(
+    page: Page,
+    data_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    launch_service: Callable[..., Iterator[Service]],
+    launch_viewer: Callable[..., Viewer],
+) -> None:
+    """PTB-XL has no machine measurements: hospital exports, ingested beside it, carry them."""
+    root = tmp_path_factory.mktemp("measures")
+    service = launch_service(root, data_dir / "ptb-xl", 12, hospital=data_dir / "hospital")
+    served = next(service)
+    viewer = launch_viewer(served.target, root / "home", "--token-file", str(served.token_file))
+    try:
+        measured = [p for p in served.payloads if p.qrs_ms is not None and p.qtc_ms is not None]
+        query = next(p for p in measured if p.qrs_ms is not None and p.qrs_ms < QRS_MIN)
+        wide = {
+            p.record_id
+            for p in measured
+            if p.qrs_ms is not None
+            and p.qrs_ms >= QRS_MIN
+            and p.duplicate_of is None
+            and p.patient_id != query.patient_id
+        }
+        assert wide  # the hospital samples hold wide-QRS ECGs
+        _search_by_record(page, viewer, query.record_id)
+        # The query panel shows the machine's measurements with units.
+        shown = page.inner_text("#query-measures")
+        assert f"QRS {query.qrs_ms:.0f} ms" in shown and f"QTc {query.qtc_ms:.0f} ms" in shown
+        assert len(_neighbour_ids(page)) == 10  # without the range: PTB-XL neighbours too
+        page.click("#measure-filters summary")
+        page.fill("#qrs_ms_min", str(QRS_MIN))
+        page.fill("#k", "20")
+        page.click("#search-button")
+        page.wait_for_selector("#query-label")
+        ids = _neighbour_ids(page)
+        assert ids and set(ids) == wide
+        qrs = page.locator("li.neighbour .measure[data-measure=qrs_ms]")
+        assert qrs.count() == len(ids)
+        assert all(float(v) >= QRS_MIN for v in qrs.evaluate_all("els => els.map(e => e.dataset.value)"))
+        assert all(t.startswith("QRS ") and t.endswith(" ms") for t in qrs.all_inner_texts())
+        assert page.locator("li.neighbour svg.compact").count() == len(ids)  # archived signals are drawn
+        # The form keeps the range; an inverted range is refused, naming the field.
+        assert page.locator("#qrs_ms_min").input_value() == str(QRS_MIN)
+        response = page.goto(f"{viewer.url}/search?record_id={query.record_id}&qrs_ms_min=150&qrs_ms_max=100")
+        assert response is not None and response.status == 400
+        assert "Invalid filter: QRS (ms) range: from 150 is above to 100" in page.inner_text(".error")
+        assert query.patient_id is not None and query.patient_id not in page.content()
     finally:
         viewer.close()
         service.close()
