@@ -196,6 +196,10 @@ def test_upload_a_hospital_file(page: Page, viewer: Viewer, data_dir: Path) -> N
     page.wait_for_selector("#query-label")
     assert page.inner_text("#query-label") == "uploaded muse-xml file"
     assert "25 mm/s · 10 mm/mV" in page.inner_text("#query-ecg")  # the file's own mV, at paper scale
+    # The machine's measurements as the file states them (<RestingECGMeasurements>), with units.
+    assert "QRS 96 ms" in page.inner_text("#query-measures") and "QTc 403 ms" in page.inner_text(
+        "#query-measures"
+    )
     assert len(_neighbour_ids(page)) == 10
     assert HOSPITAL_SAMPLE not in page.content()  # a file name can carry personal data: never shown
     # Refining the filter keeps the held upload as the query.
