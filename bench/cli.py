@@ -270,8 +270,10 @@ def ingest(
     write_results(out, result)
     typer.echo(
         f"end-to-end {result['end_to_end']['rate']} ECGs/s "
-        f"(steady {result['end_to_end']['steady_rate_after_first_batch']}); "
+        f"(steady {result['end_to_end']['steady_rate_after_first_batch']}, "
+        f"{result['steady_vs_encoder']} of the bare encoder); "
         f"bare encoder {result['bare_encoder']['rate']}; "
+        f"prepare {result['core_ms_per_ecg']['prepare']} core-ms/ECG; "
         f"read+prepare {result['read_prepare']['rate']} ({workers} workers); "
         f"overhead vs encoder {result['overhead_vs_encoder']}, "
         f"vs slowest stage {result['overhead_vs_slowest_stage']} "
