@@ -323,7 +323,8 @@ def service(
     write_results(out, report)
     print(
         f"{report['qps']} QPS, p50 {report['latency_ms']['p50']} ms, p95 {report['latency_ms']['p95']} ms, "
-        f"p99 {report['latency_ms']['p99']} ms, {report['errors']} errors -> {out}",
+        f"p99 {report['latency_ms']['p99']} ms, {report['errors']} errors; bare store "
+        f"{report['bare_store']['qps']} QPS (service / store {report['service_vs_store_qps']}) -> {out}",
         file=sys.stderr,
     )
 
