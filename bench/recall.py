@@ -31,6 +31,7 @@ from ecgsearch.search.schema import EcgPayload, SearchFilter
 
 KS = (1, 10, 100)
 SELECTIVE_AGE = (40, 80)
+MODERATE_CODE = "59118001"  # RBBB, ~4% of synthetic points
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ def synthetic_dataset(n: int, dim: int, n_queries: int, seed: int) -> Dataset:
     vectors, pay = synthetic.generate(mix, n)
     queries, _ = synthetic.queries(mix, n_queries)
     rare = [i for i, c in enumerate(synthetic.CODES) if c[0] == synthetic.RARE_CODE][0]
+    moderate = [i for i, c in enumerate(synthetic.CODES) if c[0] == MODERATE_CODE][0]
     lo, hi = SELECTIVE_AGE
     filters = [
         FilterClass("none", "no filter", None, None),
@@ -98,6 +100,13 @@ def synthetic_dataset(n: int, dim: int, n_queries: int, seed: int) -> Dataset:
             f"diagnosis {synthetic.CODES[rare][1]} ({synthetic.RARE_CODE}, ~1%) and age {lo}-{hi}",
             SearchFilter(diagnoses_any=[synthetic.RARE_CODE], age_min=lo, age_max=hi),
             pay.codes[:, rare] & (pay.age >= lo) & (pay.age <= hi),
+        ),
+        FilterClass(
+            "moderate",
+            f"diagnosis {synthetic.CODES[moderate][1]} ({MODERATE_CODE}, ~4%): at 2M as many points as "
+            "the selective class keeps at 12M",
+            SearchFilter(diagnoses_any=[MODERATE_CODE]),
+            pay.codes[:, moderate].copy(),
         ),
         FilterClass("broad", "sex F (~48%)", SearchFilter(sex="F"), pay.female.copy()),
         FilterClass("broad_age", "age >= 70 (~25%)", SearchFilter(age_min=70), pay.age >= 70),

@@ -59,14 +59,27 @@ def test_bench_recall_end_to_end(tmp_path: Path) -> None:
     block = data["results"][0]
     assert block["n"] == 2000 and block["queries"] == 20
     assert {e["engine"] for e in block["engines"]} == {"edge", "edge-int8", "faiss-hnsw", "faiss-ivfpq"}
-    assert {f["name"] for f in block["filters"]} == {"none", "selective", "broad", "broad_age", "by_record"}
+    assert {f["name"] for f in block["filters"]} == {
+        "none",
+        "selective",
+        "moderate",
+        "broad",
+        "broad_age",
+        "by_record",
+    }
     edge = {r["filter"]: r for r in block["runs"] if r["engine"] == "edge" and r["hnsw_ef"] == 64}
-    assert len(edge) == 5 and all(r["recall@10"] > 0.9 for r in edge.values())
+    assert len(edge) == 6 and all(r["recall@10"] > 0.9 for r in edge.values())
     # the plan each class took is recorded: 2,000 points are under the exact bound, by_record too
     assert edge["none"]["plans"] == {"hnsw": 20} and edge["selective"]["plans"] == {"exact": 20}
     assert edge["by_record"]["plans"] == {"exact": 20}
     faiss = {r["filter"] for r in block["runs"] if r["engine"] == "faiss-hnsw"}
-    assert faiss == {"none", "selective", "broad", "broad_age"}  # per-query exclusions are store-only
+    assert faiss == {
+        "none",
+        "selective",
+        "moderate",
+        "broad",
+        "broad_age",
+    }  # per-query exclusions are store-only
     build = next(e["build"] for e in block["engines"] if e["engine"] == "edge")
     assert build["disk_bytes_per_vector"] > 32 * 4 and build["upsert_points_per_s"] > 0
     assert data["machine"]["cpus"] and data["summary"]
@@ -85,14 +98,21 @@ def test_bench_recall_qdrant_local_runs_like_edge_and_is_skipped_above_its_limit
     assert data["config"]["local_max_size"] == 1000
     assert [e["engine"] for e in small["engines"]] == ["edge", "qdrant-local"]
     local = [r for r in small["runs"] if r["engine"] == "qdrant-local"]
-    assert sorted(r["filter"] for r in local) == ["broad", "broad_age", "by_record", "none", "selective"]
+    assert sorted(r["filter"] for r in local) == [
+        "broad",
+        "broad_age",
+        "by_record",
+        "moderate",
+        "none",
+        "selective",
+    ]
     assert all(r["hnsw_ef"] is None and r["recall@10"] == 1.0 for r in local)  # brute force is exact
     build = next(e["build"] for e in small["engines"] if e["engine"] == "qdrant-local")
     assert build["default_hnsw_ef"] is None and build["n"] == 1000
     assert build["disk_bytes_per_vector"] > 32 * 4 and build["upsert_points_per_s"] > 0
     assert {"optimize_s", "rss_delta_build_bytes", "rss_delta_serving_bytes", "open_s"} <= set(build)
     rows = [r for r in data["summary"] if r["n"] == 1000 and r["engine"] == "qdrant-local"]
-    assert len(rows) == 5 and all(r["recall@10_at_default"] == 1.0 for r in rows)
+    assert len(rows) == 6 and all(r["recall@10_at_default"] == 1.0 for r in rows)
     assert [e["engine"] for e in large["engines"]] == ["edge"]
     assert large["skipped"] == [{"engine": "qdrant-local", "reason": "n > local_max_size 1000"}]
 
