@@ -648,6 +648,12 @@ class ServerStore(_Backend):
     Model version and dim live in the collection's metadata; aliases are Qdrant's own. For a
     3-node cluster create collections with ``shard_number=6, replication_factor=2``. Local mode is
     brute force and ignores HNSW, quantization and payload indexes: it checks semantics, not speed.
+
+    Filtered searches are planned by the server itself, per segment, from its payload-index
+    cardinality estimates (exact below ``full_scan_threshold_kb`` of matching vectors, else filtered
+    HNSW with ACORN); the embedded store's plan (search/plan.py) is not applied here. Its byte
+    threshold is per segment, and a server's segments stay far smaller than one embedded shard, so
+    a rare diagnosis stays under it longer; set ``full_scan_threshold_kb`` for larger collections.
     """
 
     backend = "qdrant-server"
