@@ -651,9 +651,9 @@ class ServerStore(_Backend):
 
     Filtered searches are planned by the server itself, per segment, from its payload-index
     cardinality estimates (exact below ``full_scan_threshold_kb`` of matching vectors, else filtered
-    HNSW with ACORN); the embedded store's plan (search/plan.py) is not applied here. Its byte
-    threshold is per segment, and a server's segments stay far smaller than one embedded shard, so
-    a rare diagnosis stays under it longer; set ``full_scan_threshold_kb`` for larger collections.
+    HNSW with ACORN); the embedded store's plan (search/plan.py) is not applied here. That threshold
+    is in bytes and per segment: size ``full_scan_threshold_kb`` from the matching points a rare
+    filter keeps per segment (1 KB each at 256-d float32), or a rare diagnosis outgrows it.
     """
 
     backend = "qdrant-server"
