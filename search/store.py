@@ -125,14 +125,16 @@ class IndexSettings(BaseModel):
     """Index and search settings of a collection; build-time ones are fixed when it is created.
 
     Defaults favour recall, as clinical search should: a denser graph (m 32, ef_construct 256) and
-    ef 256 at search, and ACORN for every filtered query (max selectivity 1.0), since plain filtered
-    HNSW loses recall on filters that keep a large share of points. The embedded store then plans
-    each filtered search by the filter's estimated matching count (search/plan.py): an exact scan
-    up to ``exact_max_points``, an oversampled unfiltered search post-filtered for filters keeping
-    at least ``postfilter_min_fraction``, ACORN between. With ACORN on, Qdrant's extra
-    per-payload-value links (``payload_m``) add build time (+30 % at 100k) and no recall, so they
-    are off. Vectors are int8-quantized with float32 rescoring: at 1M it built 2.3x faster than
-    float32 and reached recall@10 0.997 unfiltered at ef 256, where float32 reached 0.990.
+    ef 256 at search, and ACORN (max selectivity 1.0) whenever a filtered search walks the graph,
+    since plain filtered HNSW loses recall on filters that keep a large share of points. The
+    embedded store plans each filtered search by the filter's estimated matching count
+    (search/plan.py): an exact scan up to ``exact_max_points`` (a count, so it holds at any
+    collection size), an oversampled unfiltered search post-filtered for filters keeping at least
+    ``postfilter_min_fraction``, ACORN between; defaults from results/recall_1m.json. With ACORN
+    on, Qdrant's extra per-payload-value links (``payload_m``) add build time (+30 % at 100k) and
+    no recall, so they are off. Vectors are int8-quantized with float32 rescoring: at 1M it built
+    2.3x faster than float32 and reached recall@10 0.997 unfiltered at ef 256, where float32
+    reached 0.990.
     ``ecgsearch bench recall`` measures what these settings give (results/recall_*.json).
     """
 
