@@ -275,8 +275,10 @@ def ingest(
     write_results(out, result)
     typer.echo(
         f"end-to-end {result['end_to_end']['rate']} ECGs/s "
-        f"(steady {result['end_to_end']['steady_rate_after_first_batch']}); "
+        f"(steady {result['end_to_end']['steady_rate_after_first_batch']}, "
+        f"{result['steady_vs_encoder']} of the bare encoder); "
         f"bare encoder {result['bare_encoder']['rate']}; "
+        f"prepare {result['core_ms_per_ecg']['prepare']} core-ms/ECG; "
         f"read+prepare {result['read_prepare']['rate']} ({workers} workers); "
         f"overhead vs encoder {result['overhead_vs_encoder']}, "
         f"vs slowest stage {result['overhead_vs_slowest_stage']} "
@@ -326,7 +328,8 @@ def service(
     write_results(out, report)
     print(
         f"{report['qps']} QPS, p50 {report['latency_ms']['p50']} ms, p95 {report['latency_ms']['p95']} ms, "
-        f"p99 {report['latency_ms']['p99']} ms, {report['errors']} errors -> {out}",
+        f"p99 {report['latency_ms']['p99']} ms, {report['errors']} errors; bare store "
+        f"{report['bare_store']['qps']} QPS (service / store {report['service_vs_store_qps']}) -> {out}",
         file=sys.stderr,
     )
 

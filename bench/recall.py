@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from ecgsearch.search.schema import EcgPayload, SearchFilter
 
 KS = (1, 10, 100)
 SELECTIVE_AGE = (40, 80)
+MODERATE_CODE = "59118001"  # RBBB, ~4% of synthetic points
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,24 @@ class FilterClass:
     description: str
     filter: SearchFilter | None
     mask: np.ndarray | None  # over data rows; None = every row
+    # Search by record: each query is a stored row searched with its own filter (record and patient
+    # excluded); ``rows`` are those rows, ``per_query`` their filters, ``truth`` the exact answer.
+    rows: np.ndarray | None = None
+    per_query: list[SearchFilter] | None = None
+    truth: np.ndarray | None = None
+    fraction_kept: float | None = None
 
     @property
     def fraction(self) -> float:
+        if self.fraction_kept is not None:
+            return self.fraction_kept
         return 1.0 if self.mask is None else float(self.mask.mean())
+
+    def queries_of(self, data: Dataset) -> np.ndarray:
+        return data.queries if self.rows is None else data.vectors[self.rows]
+
+    def filter_of(self, i: int) -> SearchFilter | None:
+        return self.filter if self.per_query is None else self.per_query[i]
 
 
 @dataclass
@@ -75,6 +91,7 @@ def synthetic_dataset(n: int, dim: int, n_queries: int, seed: int) -> Dataset:
     vectors, pay = synthetic.generate(mix, n)
     queries, _ = synthetic.queries(mix, n_queries)
     rare = [i for i, c in enumerate(synthetic.CODES) if c[0] == synthetic.RARE_CODE][0]
+    moderate = [i for i, c in enumerate(synthetic.CODES) if c[0] == MODERATE_CODE][0]
     lo, hi = SELECTIVE_AGE
     filters = [
         FilterClass("none", "no filter", None, None),
@@ -84,8 +101,16 @@ def synthetic_dataset(n: int, dim: int, n_queries: int, seed: int) -> Dataset:
             SearchFilter(diagnoses_any=[synthetic.RARE_CODE], age_min=lo, age_max=hi),
             pay.codes[:, rare] & (pay.age >= lo) & (pay.age <= hi),
         ),
+        FilterClass(
+            "moderate",
+            f"diagnosis {synthetic.CODES[moderate][1]} ({MODERATE_CODE}, ~4%): at 2M as many points as "
+            "the selective class keeps at 12M",
+            SearchFilter(diagnoses_any=[MODERATE_CODE]),
+            pay.codes[:, moderate].copy(),
+        ),
         FilterClass("broad", "sex F (~48%)", SearchFilter(sex="F"), pay.female.copy()),
         FilterClass("broad_age", "age >= 70 (~25%)", SearchFilter(age_min=70), pay.age >= 70),
+        by_record_class(vectors, n_queries, seed),
     ]
 
     def payloads(start: int, stop: int) -> list[EcgPayload]:
@@ -96,12 +121,54 @@ def synthetic_dataset(n: int, dim: int, n_queries: int, seed: int) -> Dataset:
     return Dataset(f"synthetic-{n}", vectors, queries, filters, payloads, info)
 
 
+RECORDS_PER_PATIENT = 4
+
+
+def synthetic_patient(row: int) -> str:
+    """Synthetic patients own consecutive rows, RECORDS_PER_PATIENT each."""
+    return f"syn-p{row // RECORDS_PER_PATIENT}"
+
+
+def by_record_class(vectors: np.ndarray, n_queries: int, seed: int) -> FilterClass:
+    """Search by a stored record with the service's default exclusions (the record and its patient).
+
+    Queries are stored rows; the exact answer is the top-k of every row but that patient's.
+    """
+    n = len(vectors)
+    rows = np.sort(np.random.default_rng([seed, 7]).choice(n, size=min(n_queries, n), replace=False))
+    filters = [
+        SearchFilter(exclude_record_ids=[f"syn:{r}"], exclude_patient_ids=[synthetic_patient(int(r))])
+        for r in rows
+    ]
+    return FilterClass(
+        "by_record",
+        f"a stored record as query, its patient's {RECORDS_PER_PATIENT} records excluded",
+        None,
+        None,
+        rows=rows,
+        per_query=filters,
+        fraction_kept=1.0 - RECORDS_PER_PATIENT / n,
+    )
+
+
+def by_record_truth(vectors: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k per stored query row among the rows of other patients."""
+    extra = k + RECORDS_PER_PATIENT
+    ids, _ = exact_topk_multi(vectors[rows], vectors, extra, {"": None})[""]
+    out = np.full((len(rows), k), -1, dtype=np.int64)
+    for i, (row, found) in enumerate(zip(rows, ids, strict=True)):
+        same = row // RECORDS_PER_PATIENT
+        kept = [int(j) for j in found if j >= 0 and j // RECORDS_PER_PATIENT != same][:k]
+        out[i, : len(kept)] = kept
+    return out
+
+
 def synthetic_payload(row: int, pay: synthetic.Payloads, index: int) -> EcgPayload:
     """A store payload for synthetic row ``index`` (validation skipped: 1M of them must be cheap)."""
     return EcgPayload.model_construct(
         record_id=f"syn:{row}",
         dataset="synthetic",
-        patient_id=None,
+        patient_id=synthetic_patient(row),
         diagnoses=pay.diagnoses(index),
         source_codes=[],
         scp_likelihoods={},
@@ -126,17 +193,21 @@ def row_of(record_id: str) -> int:
 
 def ground_truth(data: Dataset, k: int) -> dict[str, np.ndarray]:
     """Exact top-k ids per filter class (numpy over the masked rows)."""
-    masks = {f.name: f.mask for f in data.filters}
-    return {name: ids for name, (ids, _) in exact_topk_multi(data.queries, data.vectors, k, masks).items()}
+    masks = {f.name: f.mask for f in data.filters if f.rows is None}
+    truth = {name: ids for name, (ids, _) in exact_topk_multi(data.queries, data.vectors, k, masks).items()}
+    for f in data.filters:
+        if f.rows is not None:
+            truth[f.name] = by_record_truth(data.vectors, f.rows, k)
+    return truth
 
 
-def time_queries(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, k: int) -> Run:
-    """Run queries one by one (single client thread) and time each call."""
+def time_queries(search: Callable[..., np.ndarray], queries: np.ndarray, k: int) -> Run:
+    """Run queries one by one (single client thread) and time each call; ``search(q, i)``."""
     ids = np.full((len(queries), k), -1, dtype=np.int64)
     seconds = []
     for i, q in enumerate(queries):
         t0 = time.perf_counter()
-        found = search(q)
+        found = search(q, i)
         seconds.append(time.perf_counter() - t0)
         ids[i, : min(k, len(found))] = found[:k]
     return Run("", {}, "", ids, seconds)
@@ -250,13 +321,29 @@ def bench_store(
     try:
         for f in data.filters:
             for ef in sweep:
+                plans: Counter[str] = Counter()
+                fallbacks: Counter[str] = Counter()
 
-                def one(q: np.ndarray, f: FilterClass = f, ef: int | None = ef) -> np.ndarray:
-                    return np.array([row_of(h.record_id) for h in st.search(q, k=k, filter=f.filter, ef=ef)])
+                def one(
+                    q: np.ndarray,
+                    i: int,
+                    f: FilterClass = f,
+                    ef: int | None = ef,
+                    plans: Counter[str] = plans,
+                    fallbacks: Counter[str] = fallbacks,
+                ) -> np.ndarray:
+                    hits = st.search(q, k=k, filter=f.filter_of(i), ef=ef)
+                    plan = getattr(st, "last_plan", None)  # the embedded store's plan (search/plan.py)
+                    if plan is not None:
+                        plans[plan.kind] += 1
+                        fallbacks["queries"] += plan.fallback
+                    return np.array([row_of(h.record_id) for h in hits])
 
-                run = time_queries(one, data.queries, k)
+                run = time_queries(one, f.queries_of(data), k)
                 run.engine, run.setting, run.filter = name, {"hnsw_ef": ef}, f.name
-                runs.append(score(run, truth[f.name]))
+                runs.append(
+                    score(run, truth[f.name]) | {"plans": dict(plans), "fallbacks": fallbacks["queries"]}
+                )
                 log(_fmt(runs[-1]))
         rss_serving = rss_bytes() - rss1
     finally:
@@ -335,6 +422,8 @@ def bench_faiss(
     faiss.omp_set_num_threads(1)
     runs = []
     for f in data.filters:
+        if f.per_query is not None:
+            continue  # per-query exclusions: a store feature, not a FAISS selector
         sel, _bits = _bitmap(f.mask) if f.mask is not None else (None, None)
         for value in sweep:
             extra = {"sel": sel} if sel is not None else {}
@@ -343,7 +432,7 @@ def bench_faiss(
             else:
                 sp = faiss.SearchParametersIVF(nprobe=value, **extra)
 
-            def one(q: np.ndarray, sp=sp, index=index) -> np.ndarray:
+            def one(q: np.ndarray, i: int, sp=sp, index=index) -> np.ndarray:
                 _, ids = index.search(q[None], k, params=sp)
                 return ids[0]
 
@@ -470,7 +559,9 @@ def cached_ground_truth(data: Dataset, cfg: BenchConfig, folder: Path | None = N
     path = Path(folder) / f"truth-{data.name}-q{len(data.queries)}-k{cfg.k}-{digest}.npz"
     if path.is_file():
         with np.load(path) as stored:
-            return {name: stored[name] for name in stored.files}
+            cached = {name: stored[name] for name in stored.files}
+        if {f.name for f in data.filters} <= set(cached):
+            return cached
     truth = ground_truth(data, cfg.k)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
@@ -605,8 +696,15 @@ def summarise(blocks: list[dict]) -> list[dict]:
                         "p50_ms_at_default": at_default[0]["p50_ms"] if at_default else None,
                         "smallest_setting_reaching_0.99": min((r[knob] for r in reaching), default=None),
                         "best_recall@10": max(r.get("recall@10", 0) for r in runs),
+                        "plans_at_default": at_default[0].get("plans") if at_default else None,
                     }
                 )
+    for row in rows:  # latency relative to the unfiltered search of the same engine, size and run
+        base = next(
+            (r for r in rows if (r["n"], r["engine"], r["filter"]) == (row["n"], row["engine"], "none")), None
+        )
+        if base and base["p50_ms_at_default"] and row["p50_ms_at_default"] is not None:
+            row["p50_vs_unfiltered"] = row["p50_ms_at_default"] / base["p50_ms_at_default"]
     return rows
 
 

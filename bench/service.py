@@ -64,6 +64,8 @@ def bench_service(
             flt = typical_filter(info.diagnosis_counts, info.count)
             load = run_load(target, token, material, flt, duration=duration, concurrency=concurrency, k=k)
             server_stats = client.stats()
+        # The server has exited (it held the store's lock): the same queries on the bare store.
+        bare = run_store_load(store, material, flt, duration=duration, concurrency=concurrency, k=k)
     return {
         "benchmark": "service_load",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -82,6 +84,17 @@ def bench_service(
         "machine": machine(grpc=grpc.__version__),
         **load,
         "server_stats": server_stats,
+        "bare_store": bare,
+        "service_vs_store_qps": round(load["qps"] / bare["qps"], 3) if bare["qps"] else None,
+        "latency_split_p50_ms": {
+            kind: {
+                "store": bare["by_kind"][kind]["latency_ms"]["p50"],
+                "service_layers_and_transport": load["by_kind"][kind]["latency_ms"]["p50"]
+                - bare["by_kind"][kind]["latency_ms"]["p50"],
+            }
+            for kind in KINDS
+            if kind in load["by_kind"] and kind in bare["by_kind"]
+        },
     }
 
 
@@ -215,6 +228,77 @@ def run_load(
         "requests": len(flat),
         "errors": sum(not ok for _, _, ok in flat),
         "error_examples": sorted(set(errors))[:5],
+        "qps": round(len(flat) / elapsed, 1),
+        "latency_ms": percentiles([t for _, t, _ in flat]),
+        "by_kind": {
+            kind: {
+                "requests": len(rows),
+                "qps": round(len(rows) / elapsed, 1),
+                "latency_ms": percentiles([t for _, t, _ in rows]),
+            }
+            for kind in KINDS
+            if (rows := [s for s in flat if s[0] == kind])
+        },
+    }
+
+
+def run_store_load(
+    store: Path,
+    material: dict[str, Any],
+    flt: SearchFilter,
+    *,
+    duration: float,
+    concurrency: int,
+    k: int = 10,
+) -> dict[str, Any]:
+    """The same query mix and concurrency on the store opened in this process: the engine's share.
+
+    A search by record does what the service does: get the stored vector, then search with the
+    record and its patient excluded. No encoding, validation, conversion or transport.
+    """
+    from ecgsearch.search.store import open_store
+
+    ids, vectors = material["record_ids"], material["vectors"]
+    samples: list[list[tuple[str, float, bool]]] = [[] for _ in range(concurrency)]
+    start_gate = threading.Barrier(concurrency + 1)
+    with open_store(path=store) as st:
+
+        def by_record(record_id: str, base: SearchFilter) -> None:
+            payload, vector = st.get(record_id)
+            update: dict[str, list[str]] = {"exclude_record_ids": [record_id]}
+            if payload.patient_id is not None:
+                update["exclude_patient_ids"] = [payload.patient_id]
+            st.search(vector, k=k, filter=base.model_copy(update=update))
+
+        def worker(index: int) -> None:
+            rng = np.random.default_rng(index)
+            start_gate.wait()
+            stop_at = time.monotonic() + duration
+            turn = index
+            while time.monotonic() < stop_at:
+                kind = KINDS[turn % len(KINDS)]
+                turn += 1
+                i = int(rng.integers(len(ids)))
+                filtered = kind.endswith("filtered")
+                began = time.perf_counter()
+                if kind.startswith("vector"):
+                    st.search(vectors[i], k=k, filter=flt if filtered else None)
+                else:
+                    by_record(ids[i], flt if filtered else SearchFilter())
+                samples[index].append((kind, time.perf_counter() - began, True))
+
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+        for thread in threads:
+            thread.start()
+        start_gate.wait()
+        began = time.monotonic()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - began
+    flat = [s for per in samples for s in per]
+    return {
+        "elapsed_s": round(elapsed, 3),
+        "requests": len(flat),
         "qps": round(len(flat) / elapsed, 1),
         "latency_ms": percentiles([t for _, t, _ in flat]),
         "by_kind": {

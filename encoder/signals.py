@@ -17,10 +17,12 @@ Preparation, in order:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
@@ -282,6 +284,29 @@ def prepare(raw: RawEcg) -> np.ndarray:
     return prepare_array(raw.signal, raw.fs, raw.leads, units=raw.units, record=raw.record)
 
 
+def prepare_batch(raws: Sequence[RawEcg]) -> list[np.ndarray | SignalError]:
+    """Many RawEcgs -> model inputs, or the SignalError of each one that cannot be prepared.
+
+    Why a batch: per ECG, preparation is a few small numpy/scipy calls whose Python overhead costs
+    more than their arithmetic. Here records of one rate and length are resampled in one call, and
+    the high-pass and the scaling run once over the whole batch. Each result equals ``prepare(raw)``
+    (same float64 arithmetic, row by row; tests/encoder/test_prepare_batch.py checks it).
+    """
+    out: list[np.ndarray | SignalError | None] = [None] * len(raws)
+    staged: list[tuple[int, np.ndarray, float]] = []
+    for i, raw in enumerate(raws):
+        try:
+            x, fs = _model_leads(raw.signal, raw.fs, raw.leads, raw.units, raw.record)
+        except SignalError as error:
+            out[i] = error
+        else:
+            staged.append((i, x, fs))
+    records = [raws[i].record for i, _, _ in staged]
+    for (i, _, _), result in zip(staged, _filter_and_scale(staged, records), strict=True):
+        out[i] = result
+    return out  # type: ignore[return-value]  # every slot is filled above
+
+
 def load(path: str | Path) -> np.ndarray:
     """Read and prepare one WFDB record."""
     return prepare(read_wfdb(path))
@@ -296,6 +321,21 @@ def prepare_array(
     record: str = "<ecg>",
 ) -> np.ndarray:
     """(n_leads, n_samples) at ``fs`` Hz with named leads -> model input (12, MODEL_SAMPLES) float32."""
+    x, fs = _model_leads(signal, fs, leads, units, record)
+    (result,) = _filter_and_scale([(0, x, fs)], [record])
+    if isinstance(result, SignalError):
+        raise result
+    return result
+
+
+def _model_leads(
+    signal: np.ndarray,
+    fs: float,
+    leads: tuple[str, ...] | list[str],
+    units: tuple[str, ...] | list[str] | str,
+    record: str,
+) -> tuple[np.ndarray, float]:
+    """Checks, units and lead order: (12, samples of the first 10 s + 1) in mV, and the rate."""
     x = np.asarray(signal, dtype=np.float64)
     if x.ndim != 2:
         raise InvalidSamples(record, f"expected a 2-D array (leads, samples), got shape {x.shape}")
@@ -306,19 +346,46 @@ def prepare_array(
     fs = float(fs)
     if not MIN_FS <= fs <= MAX_FS:
         raise InvalidSamples(record, f"sampling rate {fs:.6g} Hz outside {MIN_FS:g}-{MAX_FS:g} Hz")
-    bad = ~np.isfinite(x)
-    if bad.any():
-        raise InvalidSamples(record, f"{int(bad.sum())} NaN or infinite samples")
-    x = x * _unit_factors(units, x.shape[0], record)[:, None]
-    x = _to_model_leads(x, leads, record)
-    seconds = x.shape[1] / fs
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise InvalidSamples(record, f"{bad} NaN or infinite samples")
+    factors = _unit_factors(units, x.shape[0], record)
+    x = x[:, : int(math.ceil(MODEL_SECONDS * fs)) + 1]  # only the first 10 s are read further
+    x = _to_model_leads(x * factors[:, None] if (factors != 1.0).any() else x, leads, record)
+    seconds = np.shape(signal)[1] / fs
     if seconds < MIN_SECONDS:
         raise TooShort(record, f"{seconds:.2f} s of signal, at least {MIN_SECONDS:g} s needed")
-    x = _resample(x[:, : int(math.ceil(MODEL_SECONDS * fs)) + 1], fs)[:, :MODEL_SAMPLES]
-    if x.shape[1] < MODEL_SAMPLES:
-        x = np.pad(x, ((0, 0), (0, MODEL_SAMPLES - x.shape[1])))
-    x = sps.sosfiltfilt(_HIGHPASS, x, axis=1)
-    return _normalise(x, record).astype(np.float32)
+    return x, fs
+
+
+def _filter_and_scale(
+    staged: Sequence[tuple[int, np.ndarray, float]], records: Sequence[str]
+) -> list[np.ndarray | SignalError]:
+    """Resample (one call per rate and length), high-pass and scale (one call for all) the staged ECGs."""
+    if not staged:
+        return []
+    batch = np.empty((len(staged), len(LEADS), MODEL_SAMPLES))
+    groups: dict[tuple[float, int], list[int]] = {}
+    for j, (_, x, fs) in enumerate(staged):
+        groups.setdefault((fs, x.shape[1]), []).append(j)
+    for (fs, _), members in groups.items():
+        stack = np.stack([staged[j][1] for j in members]) if len(members) > 1 else staged[members[0]][1][None]
+        resampled = _resample(stack, fs)[:, :, :MODEL_SAMPLES]
+        batch[members, :, : resampled.shape[2]] = resampled
+        batch[members, :, resampled.shape[2] :] = 0.0  # 8-10 s recordings: zero-padded at the end
+    batch = sps.sosfiltfilt(_HIGHPASS, batch, axis=2)
+    live = batch.std(axis=2) > FLAT_STD_MV  # (n, 12)
+    counts = live.sum(axis=1)
+    energy = np.einsum("ijk,ijk->ij", batch, batch)  # per lead sum of squares
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.sqrt((energy * live).sum(axis=1) / (counts * MODEL_SAMPLES))
+    batch /= np.where(counts > 0, scale, 1.0)[:, None, None]
+    np.clip(batch, -CLIP, CLIP, out=batch)
+    prepared = batch.astype(np.float32)
+    return [
+        prepared[j] if counts[j] else InvalidSamples(records[j], "every lead is flat")
+        for j in range(len(staged))
+    ]
 
 
 def _unit_factors(units: tuple[str, ...] | list[str] | str, n: int, record: str) -> np.ndarray:
@@ -384,15 +451,17 @@ def resampled_length(n_samples: int, fs: float) -> int:
 
 
 def _resample(x: np.ndarray, fs: float) -> np.ndarray:
+    """Polyphase resampling along the last axis, with the anti-aliasing filter designed once per ratio."""
     up, down = resample_ratio(fs)
     if up == down:
         return x
-    return sps.resample_poly(x, up, down, axis=1)
+    return sps.resample_poly(x, up, down, axis=-1, window=_polyphase_filter(up, down))
 
 
-def _normalise(x: np.ndarray, record: str) -> np.ndarray:
-    live = x.std(axis=1) > FLAT_STD_MV
-    if not live.any():
-        raise InvalidSamples(record, "every lead is flat")
-    scale = float(np.sqrt(np.mean(x[live] ** 2)))
-    return np.clip(x / scale, -CLIP, CLIP)
+@functools.lru_cache(maxsize=64)
+def _polyphase_filter(up: int, down: int) -> np.ndarray:
+    """resample_poly's own default design (Kaiser window, beta 5), computed once per ratio."""
+    max_rate = max(up, down)
+    taps = sps.firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+    taps.setflags(write=False)
+    return taps

@@ -43,7 +43,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from ecgsearch.encoder.readers import ReaderError
-from ecgsearch.encoder.signals import SignalError
+from ecgsearch.encoder.signals import RawEcg, SignalError, prepare_batch
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest.sources import Candidate, Record, file_label, hash_of, load, load_file, read
 from ecgsearch.search.identity import DUPLICATE_THRESHOLD, Pseudonymizer
@@ -289,27 +289,50 @@ def load_all(
     known: frozenset[str] = frozenset(),
     pseudonyms: Pseudonymizer | None = None,
 ) -> list[Record | Reject | Seen]:
-    """Load a chunk in a worker: each ECG becomes a Record, a Reject, or (id in ``known``) a Seen."""
+    """Load a chunk in a worker: each ECG becomes a Record, a Reject, or (id in ``known``) a Seen.
+
+    The chunk's ECGs are prepared together (``signals.prepare_batch``): one filter call per chunk.
+    """
     pseudonyms = pseudonyms or Pseudonymizer.for_this_process()
-    return [_load_one(c, known, pseudonyms) for c in candidates]
+    # A hospital export is read and prepared alone (its id is known only once read); WFDB records in a batch.
+    out: list[Record | Reject | Seen | RawEcg] = [
+        _load_file(c, pseudonyms) if c.file_format is not None else _read_one(c, known) for c in candidates
+    ]
+    todo = [i for i, r in enumerate(out) if isinstance(r, RawEcg)]
+    prepared = prepare_batch([out[i] for i in todo])  # type: ignore[misc]  # RawEcg by construction
+    for i, ecg in zip(todo, prepared, strict=True):
+        raw, candidate = out[i], candidates[i]
+        out[i] = _load_one(candidate, pseudonyms, raw, ecg)  # type: ignore[arg-type]
+    return out  # type: ignore[return-value]  # every slot holds a Record, Reject or Seen now
 
 
-def _load_one(
-    candidate: Candidate, known: frozenset[str], pseudonyms: Pseudonymizer
-) -> Record | Reject | Seen:
+def _reject(candidate: Candidate, exc: Exception) -> Reject:
     path = candidate.source_path or ""
-    if candidate.file_format is not None:
-        return _load_file(candidate, pseudonyms)
+    if isinstance(exc, SignalError):
+        return Reject(record=candidate.record_id, path=path, reason=exc.reason[:MAX_REASON])
+    reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:MAX_REASON]  # unreadable header, bad metadata
+    return Reject(record=candidate.record_id, path=path, reason=reason)
+
+
+def _read_one(candidate: Candidate, known: frozenset[str]) -> RawEcg | Reject | Seen:
     try:
         raw = read(candidate)
         if candidate.record_id in known:
-            return Seen(candidate.record_id, path, hash_of(raw))
-        return load(candidate, pseudonyms, raw)
-    except SignalError as exc:
-        return Reject(record=candidate.record_id, path=path, reason=exc.reason[:MAX_REASON])
-    except (OSError, ValueError) as exc:  # unreadable header text, bad metadata
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:MAX_REASON]
-        return Reject(record=candidate.record_id, path=path, reason=reason)
+            return Seen(candidate.record_id, candidate.source_path or "", hash_of(raw))
+        return raw
+    except (OSError, ValueError) as exc:  # SignalError is a ValueError
+        return _reject(candidate, exc)
+
+
+def _load_one(
+    candidate: Candidate, pseudonyms: Pseudonymizer, raw: RawEcg, ecg: np.ndarray | SignalError
+) -> Record | Reject:
+    try:
+        if isinstance(ecg, SignalError):
+            raise ecg
+        return load(candidate, pseudonyms, raw, signal=ecg)
+    except (OSError, ValueError) as exc:
+        return _reject(candidate, exc)
 
 
 def _load_file(candidate: Candidate, pseudonyms: Pseudonymizer) -> Record | Reject:

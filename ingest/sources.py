@@ -150,15 +150,19 @@ def read(candidate: Candidate) -> signals.RawEcg:
 
 
 def load(
-    candidate: Candidate, pseudonyms: Pseudonymizer | None = None, raw: signals.RawEcg | None = None
+    candidate: Candidate,
+    pseudonyms: Pseudonymizer | None = None,
+    raw: signals.RawEcg | None = None,
+    signal: np.ndarray | None = None,
 ) -> Record:
-    """Read (unless given), prepare and describe one ECG; raises SignalError on any trouble.
+    """Read (unless given), prepare (unless ``signal`` is ``raw`` prepared) and describe one ECG;
+    raises SignalError on any trouble.
 
     ``pseudonyms`` None keys patient pseudonyms with this process's random key (tests, benchmarks);
     ingest passes the site's."""
     pseudonyms = pseudonyms or Pseudonymizer.for_this_process()
     raw = read(candidate) if raw is None else raw
-    signal = signals.prepare(raw)
+    signal = signals.prepare(raw) if signal is None else signal
     meta = candidate.meta or _meta_from_comments(raw, candidate.record_id)
     payload = EcgPayload(
         record_id=candidate.record_id,

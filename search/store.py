@@ -7,7 +7,9 @@ Callers see the ``Store`` protocol only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import re
 import time
@@ -26,6 +28,7 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from ecgsearch.search.filters import to_client, to_edge
+from ecgsearch.search.plan import Plan, PlanLimits, choose
 from ecgsearch.search.schema import (
     MAX_K,
     MEASUREMENTS,
@@ -126,11 +129,16 @@ class IndexSettings(BaseModel):
     """Index and search settings of a collection; build-time ones are fixed when it is created.
 
     Defaults favour recall, as clinical search should: a denser graph (m 32, ef_construct 256) and
-    ef 256 at search, and ACORN for every filtered query (max selectivity 1.0), since plain filtered
-    HNSW loses recall on filters that keep a large share of points. With ACORN on, Qdrant's extra
-    per-payload-value links (``payload_m``) add build time (+30 % at 100k) and no recall, so they
-    are off. Vectors are int8-quantized with float32 rescoring: at 1M it built 2.3x faster than
-    float32 and reached recall@10 0.997 unfiltered at ef 256, where float32 reached 0.990.
+    ef 256 at search, and ACORN (max selectivity 1.0) whenever a filtered search walks the graph,
+    since plain filtered HNSW loses recall on filters that keep a large share of points. The
+    embedded store plans each filtered search by the filter's estimated matching count
+    (search/plan.py): an exact scan up to ``exact_max_points`` (a count, so it holds at any
+    collection size), an oversampled unfiltered search post-filtered for filters keeping at least
+    ``postfilter_min_fraction``, ACORN between; defaults from results/recall_1m.json. With ACORN
+    on, Qdrant's extra per-payload-value links (``payload_m``) add build time (+30 % at 100k) and
+    no recall, so they are off. Vectors are int8-quantized with float32 rescoring: at 1M it built
+    2.3x faster than float32 and reached recall@10 0.997 unfiltered at ef 256, where float32
+    reached 0.990.
     ``ecgsearch bench recall`` measures what these settings give (results/recall_*.json).
     """
 
@@ -155,6 +163,32 @@ class IndexSettings(BaseModel):
     payload_m: int = Field(
         default=0, ge=0, le=128, description="edges of extra per-payload-value HNSW links (0: none)"
     )
+    exact_max_points: int = Field(
+        default=20_000,
+        ge=0,
+        description="filters matching at most this many points (estimated) are searched exactly",
+    )
+    postfilter_min_fraction: float = Field(
+        default=0.2,
+        gt=0.0,
+        le=1.0,
+        description="filters keeping at least this fraction post-filter an unfiltered HNSW search",
+    )
+    postfilter_safety: float = Field(
+        default=10.0, ge=1.0, le=100.0, description="post-filter candidates: k / fraction x this"
+    )
+    postfilter_max_limit: int = Field(
+        default=1000, ge=1, le=10_000, description="most candidates a post-filtered search asks for"
+    )
+
+    def plan_limits(self) -> PlanLimits:
+        """The search-plan thresholds (search/plan.py) of this collection."""
+        return PlanLimits(
+            exact_max_points=self.exact_max_points,
+            postfilter_min_fraction=self.postfilter_min_fraction,
+            postfilter_safety=self.postfilter_safety,
+            postfilter_max_limit=self.postfilter_max_limit,
+        )
 
 
 class CollectionManifest(BaseModel):
@@ -179,6 +213,7 @@ PAYLOAD_INDEXES: dict[str, Literal["keyword", "integer", "float", "tenant"]] = {
     **dict.fromkeys(MEASUREMENTS, "float"),  # the machine's measurements, filtered as ranges
 }
 BATCH = 512
+log = logging.getLogger(__name__)
 FACET_LIMIT = 10_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -295,6 +330,7 @@ class EdgeStore(_Backend):
         self.requested = _check_name(collection)
         self.name = self._aliases().get(collection, collection)
         self._shard: edge.EdgeShard | None = None
+        self.last_plan: Plan | None = None  # the plan of the latest search (tests, benchmarks)
         self.manifest = self._read_manifest()
         self.requested_settings = settings
         self.settings = settings or (self.manifest.settings if self.manifest else IndexSettings())
@@ -428,28 +464,111 @@ class EdgeStore(_Backend):
         ef: int | None = None,
         score_threshold: float | None = None,
     ) -> list[list[Hit]]:
+        """Search by the plan for this filter (search/plan.py); ``exact`` forces an exact scan.
+
+        The plan taken is kept in ``last_plan`` and logged at DEBUG (for tests and benchmarks).
+        """
         _check_k(k)
         matrix = self._matrix(vectors)
         flt = to_edge(filter)
-        params = self._params(exact=exact, ef=ef, filtered=flt is not None)
+        plan = Plan("exact") if exact else self.plan_for(filter, k)
+        self.last_plan = plan
+        log.debug("search plan %s", plan)
+        rows = [row.tolist() for row in matrix]
+        if plan.kind == "postfilter" and flt is not None:
+            results = self._postfiltered(rows, k, flt, plan, ef, score_threshold)
+        else:
+            params = self._params(exact=plan.kind == "exact", ef=ef, filtered=plan.kind == "acorn")
+            results = self._query(rows, k, flt, params, score_threshold, with_payload=True)
+        return [[_hit(p.payload, p.score) for p in points] for points in results]
+
+    def plan_for(self, filter: SearchFilter | None, k: int) -> Plan:
+        """The plan a top-k search with this filter takes, from the payload indexes' estimate.
+
+        ``count(exact=False)`` reads the payload indexes' cardinality estimates: no point is
+        visited, so its cost does not grow with the matching count.
+        """
+        flt = to_edge(filter)
+        total = self.shard.count(edge.CountRequest(exact=False))
+        estimate = None if flt is None else self.shard.count(edge.CountRequest(exact=False, filter=flt))
+        s = self.settings
+        return choose(k=k, estimate=estimate, total=total, limits=s.plan_limits(), search_ef=s.search_ef)
+
+    def _query(
+        self,
+        rows: list[list[float]],
+        limit: int,
+        flt: edge.Filter | None,
+        params: edge.SearchParams,
+        score_threshold: float | None,
+        *,
+        with_payload: bool,
+    ) -> list[list[Any]]:
+        requests = [
+            edge.QueryRequest(
+                limit=limit,
+                query=edge.Query.Nearest(row),
+                filter=flt,
+                params=params,
+                with_payload=with_payload,
+                with_vector=False,
+                score_threshold=score_threshold,
+            )
+            for row in rows
+        ]
+        if len(requests) == 1:
+            return [self.shard.query(requests[0])]
+        return self.shard.query_batch(edge.QueryBatchRequest(requests))
+
+    def _postfiltered(
+        self,
+        rows: list[list[float]],
+        k: int,
+        flt: edge.Filter,
+        plan: Plan,
+        ef: int | None,
+        score_threshold: float | None,
+    ) -> list[list[Any]]:
+        """An unfiltered search for ``plan.limit`` candidates, then the filter on those candidates.
+
+        The second step is an exact search restricted to the candidate ids and the filter: the
+        engine checks the filter on at most ``limit`` points and scores them in float32. Rows where
+        fewer than k candidates pass fall back to ACORN.
+        """
+        limit = plan.limit or k
+        wide = self._params(exact=False, ef=max(ef or 0, plan.ef or 0, limit), filtered=False)
+        found = self._query(rows, limit, None, wide, score_threshold, with_payload=False)
+        narrow = edge.SearchParams(exact=True, quantization=edge.QuantizationSearchParams(ignore=True))
         requests = [
             edge.QueryRequest(
                 limit=k,
-                query=edge.Query.Nearest(row.tolist()),
-                filter=flt,
-                params=params,
+                query=edge.Query.Nearest(row),
+                filter=edge.Filter(
+                    must=[edge.HasIdCondition(point_ids={p.id for p in points}), *(flt.must or [])],
+                    must_not=flt.must_not,
+                ),
+                params=narrow,
                 with_payload=True,
                 with_vector=False,
                 score_threshold=score_threshold,
             )
-            for row in matrix
+            for row, points in zip(rows, found, strict=True)
+            if points
         ]
-        results = (
-            [self.shard.query(requests[0])]
-            if len(requests) == 1
-            else self.shard.query_batch(edge.QueryBatchRequest(requests))
+        kept = iter(
+            self.shard.query_batch(edge.QueryBatchRequest(requests))
+            if len(requests) > 1
+            else [self.shard.query(r) for r in requests]
         )
-        return [[_hit(p.payload, p.score) for p in points] for points in results]
+        results = [next(kept) if points else [] for points in found]
+        short = [i for i, points in enumerate(results) if len(points) < k]
+        if short:
+            acorn = self._params(exact=False, ef=ef, filtered=True)
+            redo = self._query([rows[i] for i in short], k, flt, acorn, score_threshold, with_payload=True)
+            for i, points in zip(short, redo, strict=True):
+                results[i] = points
+        self.last_plan = dataclasses.replace(plan, fallback=len(short))
+        return results
 
     def get(self, record_id: str) -> tuple[EcgPayload, np.ndarray]:
         records = self.shard.retrieve([point_id(record_id)], with_payload=True, with_vector=True)
@@ -595,6 +714,12 @@ class ServerStore(_Backend):
     Model version and dim live in the collection's metadata; aliases are Qdrant's own. For a
     3-node cluster create collections with ``shard_number=6, replication_factor=2``. Local mode is
     brute force and ignores HNSW, quantization and payload indexes: it checks semantics, not speed.
+
+    Filtered searches are planned by the server itself, per segment, from its payload-index
+    cardinality estimates (exact below ``full_scan_threshold_kb`` of matching vectors, else filtered
+    HNSW with ACORN); the embedded store's plan (search/plan.py) is not applied here. That threshold
+    is in bytes and per segment: size ``full_scan_threshold_kb`` from the matching points a rare
+    filter keeps per segment (1 KB each at 256-d float32), or a rare diagnosis outgrows it.
     """
 
     backend = "qdrant-server"

@@ -23,7 +23,7 @@ def test_score_of_an_engine_returning_one_wrong_id() -> None:
     )["none"]
     assert truth[:, 0].tolist() == [0, 1, 2]
 
-    def engine(q: np.ndarray) -> np.ndarray:  # exact, except the first query's best hit is wrong
+    def engine(q: np.ndarray, i: int) -> np.ndarray:  # exact, except the first query's best hit is wrong
         ids = np.argsort(-(vectors @ q), kind="stable")[:2]
         return np.array([5, ids[1]]) if ids[0] == 0 else ids
 
@@ -59,9 +59,27 @@ def test_bench_recall_end_to_end(tmp_path: Path) -> None:
     block = data["results"][0]
     assert block["n"] == 2000 and block["queries"] == 20
     assert {e["engine"] for e in block["engines"]} == {"edge", "edge-int8", "faiss-hnsw", "faiss-ivfpq"}
-    assert {f["name"] for f in block["filters"]} == {"none", "selective", "broad", "broad_age"}
-    edge = [r for r in block["runs"] if r["engine"] == "edge" and r["hnsw_ef"] == 64]
-    assert len(edge) == 4 and all(r["recall@10"] > 0.9 for r in edge)
+    assert {f["name"] for f in block["filters"]} == {
+        "none",
+        "selective",
+        "moderate",
+        "broad",
+        "broad_age",
+        "by_record",
+    }
+    edge = {r["filter"]: r for r in block["runs"] if r["engine"] == "edge" and r["hnsw_ef"] == 64}
+    assert len(edge) == 6 and all(r["recall@10"] > 0.9 for r in edge.values())
+    # the plan each class took is recorded: 2,000 points are under the exact bound, by_record too
+    assert edge["none"]["plans"] == {"hnsw": 20} and edge["selective"]["plans"] == {"exact": 20}
+    assert edge["by_record"]["plans"] == {"exact": 20}
+    faiss = {r["filter"] for r in block["runs"] if r["engine"] == "faiss-hnsw"}
+    assert faiss == {
+        "none",
+        "selective",
+        "moderate",
+        "broad",
+        "broad_age",
+    }  # per-query exclusions are store-only
     build = next(e["build"] for e in block["engines"] if e["engine"] == "edge")
     assert build["disk_bytes_per_vector"] > 32 * 4 and build["upsert_points_per_s"] > 0
     assert data["machine"]["cpus"] and data["summary"]
@@ -80,14 +98,21 @@ def test_bench_recall_qdrant_local_runs_like_edge_and_is_skipped_above_its_limit
     assert data["config"]["local_max_size"] == 1000
     assert [e["engine"] for e in small["engines"]] == ["edge", "qdrant-local"]
     local = [r for r in small["runs"] if r["engine"] == "qdrant-local"]
-    assert sorted(r["filter"] for r in local) == ["broad", "broad_age", "none", "selective"]
+    assert sorted(r["filter"] for r in local) == [
+        "broad",
+        "broad_age",
+        "by_record",
+        "moderate",
+        "none",
+        "selective",
+    ]
     assert all(r["hnsw_ef"] is None and r["recall@10"] == 1.0 for r in local)  # brute force is exact
     build = next(e["build"] for e in small["engines"] if e["engine"] == "qdrant-local")
     assert build["default_hnsw_ef"] is None and build["n"] == 1000
     assert build["disk_bytes_per_vector"] > 32 * 4 and build["upsert_points_per_s"] > 0
     assert {"optimize_s", "rss_delta_build_bytes", "rss_delta_serving_bytes", "open_s"} <= set(build)
     rows = [r for r in data["summary"] if r["n"] == 1000 and r["engine"] == "qdrant-local"]
-    assert len(rows) == 4 and all(r["recall@10_at_default"] == 1.0 for r in rows)
+    assert len(rows) == 6 and all(r["recall@10_at_default"] == 1.0 for r in rows)
     assert [e["engine"] for e in large["engines"]] == ["edge"]
     assert large["skipped"] == [{"engine": "qdrant-local", "reason": "n > local_max_size 1000"}]
 
@@ -107,3 +132,29 @@ def test_merge_pools_engines_of_one_size_run_by_separate_jobs(tmp_path: Path) ->
     assert [b["n"] for b in merged["results"]] == [10, 1000]
     assert [e["engine"] for e in merged["results"][1]["engines"]] == ["edge", "edge-int8"]
     assert merged["summary"][0]["smallest_setting_reaching_0.99"] == 128
+
+
+def test_by_record_truth_leaves_out_the_whole_patient() -> None:
+    """Rows 0-3 are one patient: querying row 1 must not return rows 0, 2 or 3, however near."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((40, 8)).astype(np.float32)
+    vectors[:4] = vectors[1] + 0.01 * rng.standard_normal((4, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    truth = bench.by_record_truth(vectors, np.array([1]), k=3)
+    scores = vectors[4:] @ vectors[1]
+    assert truth[0].tolist() == (np.argsort(-scores)[:3] + 4).tolist()
+    fc = bench.by_record_class(vectors, 5, seed=0)
+    assert len(fc.per_query) == 5 and fc.fraction == pytest.approx(1 - 4 / 40)
+    row = int(fc.rows[0])
+    assert fc.per_query[0].exclude_patient_ids == [f"syn-p{row // 4}"]
+
+
+def test_summary_gives_latency_relative_to_unfiltered_search() -> None:
+    runs = [
+        {"engine": "edge", "hnsw_ef": 256, "filter": "none", "recall@10": 0.99, "p50_ms": 2.0},
+        {"engine": "edge", "hnsw_ef": 256, "filter": "broad", "recall@10": 0.99, "p50_ms": 3.0},
+    ]
+    block = {"n": 10, "engines": [{"engine": "edge", "build": {"default_hnsw_ef": 256}}], "runs": runs}
+    rows = {r["filter"]: r for r in bench.summarise([block])}
+    assert rows["broad"]["p50_vs_unfiltered"] == pytest.approx(1.5)
+    assert rows["none"]["p50_vs_unfiltered"] == pytest.approx(1.0)

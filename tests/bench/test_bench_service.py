@@ -21,3 +21,7 @@ def test_bench_service_end_to_end(ptbxl_dir: Path, tmp_path: Path) -> None:
     assert data["latency_ms"]["p50"] <= data["latency_ms"]["p95"] <= data["latency_ms"]["p99"]
     assert set(data["by_kind"]) == {"vector", "vector_filtered", "record", "record_filtered"}
     assert data["machine"]["cpus"] >= 1 and data["parameters"]["store"] == "temporary PTB-XL store"
+    bare = data["bare_store"]  # the same queries on the store in-process, after the server exited
+    assert bare["requests"] > 0 and set(bare["by_kind"]) == set(data["by_kind"])
+    assert data["service_vs_store_qps"] == round(data["qps"] / bare["qps"], 3)
+    assert set(data["latency_split_p50_ms"]) == set(data["by_kind"])
