@@ -3,11 +3,12 @@
 A pure function of counts and settings, so the decision is unit-tested without an engine:
 
 - ``hnsw``: no filter, plain HNSW;
-- ``exact``: few matching points (at most ``exact_max_points``): score every one of them. The engine
-  enumerates them through the payload index, so the cost follows the matching count, not the
-  collection size, and recall is exact at any scale. The bound is a count measured as latency
-  (an int8 scan with float32 rescoring), never bytes: a byte threshold lets the matching set of a
-  rare diagnosis outgrow it as the collection grows, and ACORN then loses neighbours;
+- ``exact``: few matching points (at most ``exact_max_points``, and not a broad filter): score
+  every one of them. The engine enumerates them through the payload index, so the cost follows the
+  matching count, not the collection size, and recall is exact at any scale. The bound is a
+  count measured as latency (an int8 scan with float32 rescoring), never bytes: a byte threshold
+  lets the matching set of a rare diagnosis outgrow it as the collection grows, and ACORN then
+  loses neighbours;
 - ``postfilter``: a broad filter (keeping at least ``postfilter_min_fraction`` of points): an
   unfiltered HNSW search for ``k / fraction x safety`` candidates (capped), kept where the filter
   holds; when fewer than k survive the caller falls back to ACORN;
@@ -54,10 +55,13 @@ def choose(*, k: int, estimate: int | None, total: int, limits: PlanLimits, sear
     if estimate is None:
         return Plan("hnsw", None, total)
     estimate = max(0, min(estimate, total))
-    if estimate <= limits.exact_max_points:
-        return Plan("exact", estimate, total)
     fraction = estimate / total if total else 0.0
-    if fraction >= limits.postfilter_min_fraction:
+    broad = fraction >= limits.postfilter_min_fraction
+    # A broad filter is post-filtered even under the exact bound (a few hundred candidates cost less
+    # than scanning a large share), except in a collection no larger than the candidates themselves.
+    if estimate <= limits.exact_max_points and not (broad and total > limits.postfilter_max_limit):
+        return Plan("exact", estimate, total)
+    if broad:
         limit = math.ceil(k / fraction * limits.postfilter_safety)
         limit = max(k, min(limit, limits.postfilter_max_limit))
         return Plan("postfilter", estimate, total, limit=limit, ef=max(search_ef, limit))

@@ -164,7 +164,7 @@ class IndexSettings(BaseModel):
         default=0, ge=0, le=128, description="edges of extra per-payload-value HNSW links (0: none)"
     )
     exact_max_points: int = Field(
-        default=20_000,
+        default=100_000,
         ge=0,
         description="filters matching at most this many points (estimated) are searched exactly",
     )

@@ -69,9 +69,9 @@ def test_bench_recall_end_to_end(tmp_path: Path) -> None:
     }
     edge = {r["filter"]: r for r in block["runs"] if r["engine"] == "edge" and r["hnsw_ef"] == 64}
     assert len(edge) == 6 and all(r["recall@10"] > 0.9 for r in edge.values())
-    # the plan each class took is recorded: 2,000 points are under the exact bound, by_record too
+    # the plan each class took is recorded: a selective filter is scanned, a broad one post-filtered
     assert edge["none"]["plans"] == {"hnsw": 20} and edge["selective"]["plans"] == {"exact": 20}
-    assert edge["by_record"]["plans"] == {"exact": 20}
+    assert edge["broad"]["plans"] == edge["by_record"]["plans"] == {"postfilter": 20}
     faiss = {r["filter"] for r in block["runs"] if r["engine"] == "faiss-hnsw"}
     assert faiss == {
         "none",

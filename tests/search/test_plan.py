@@ -15,7 +15,7 @@ from ecgsearch.search.schema import SearchFilter
 from ecgsearch.search.store import EdgeStore, IndexSettings, open_store
 
 LIMITS = PlanLimits(
-    exact_max_points=20_000, postfilter_min_fraction=0.2, postfilter_safety=10.0, postfilter_max_limit=1000
+    exact_max_points=100_000, postfilter_min_fraction=0.2, postfilter_safety=10.0, postfilter_max_limit=1000
 )
 
 
@@ -24,16 +24,26 @@ def test_no_filter_is_plain_hnsw() -> None:
     assert plan.kind == "hnsw" and plan.limit is None
 
 
-@pytest.mark.parametrize("estimate", [0, 1, 8_000, 20_000])
+@pytest.mark.parametrize("estimate", [0, 1, 16_000, 80_000, 100_000])
 def test_few_matching_points_are_scanned_exactly(estimate: int) -> None:
     assert choose(k=10, estimate=estimate, total=2_000_000, limits=LIMITS, search_ef=256).kind == "exact"
 
 
 def test_exact_bound_is_a_count_not_a_fraction() -> None:
-    """16,000 matching points: exact at 2M and at 12M alike; 20,001 is no longer exact."""
+    """96,000 matching points (0.8% of 12M): exact at 2M and at 12M alike; 100,001 is no longer exact."""
     for total in (2_000_000, 12_000_000):
-        assert choose(k=10, estimate=16_000, total=total, limits=LIMITS, search_ef=256).kind == "exact"
-    assert choose(k=10, estimate=20_001, total=12_000_000, limits=LIMITS, search_ef=256).kind == "acorn"
+        assert choose(k=10, estimate=96_000, total=total, limits=LIMITS, search_ef=256).kind == "exact"
+    assert choose(k=10, estimate=100_001, total=12_000_000, limits=LIMITS, search_ef=256).kind == "acorn"
+
+
+def test_broad_filter_under_the_exact_bound_is_still_post_filtered() -> None:
+    """48,000 of 100,000 points: a few hundred candidates cost less than scanning 48,000."""
+    plan = choose(k=10, estimate=48_000, total=100_000, limits=LIMITS, search_ef=256)
+    assert plan.kind == "postfilter" and plan.limit == 209
+
+
+def test_tiny_collection_is_scanned_exactly_even_for_broad_filters() -> None:
+    assert choose(k=10, estimate=900, total=1_000, limits=LIMITS, search_ef=256).kind == "exact"
 
 
 def test_broad_filter_oversamples_an_unfiltered_search() -> None:
@@ -49,7 +59,7 @@ def test_postfilter_limit_is_capped_and_ef_follows_it() -> None:
 
 
 def test_between_the_bounds_is_acorn() -> None:
-    plan = choose(k=10, estimate=100_000, total=1_000_000, limits=LIMITS, search_ef=256)
+    plan = choose(k=10, estimate=150_000, total=1_000_000, limits=LIMITS, search_ef=256)
     assert plan.kind == "acorn"
 
 
@@ -84,7 +94,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, data: Dataset) -> Path:
 
 
 FORCED = {  # thresholds that force each plan whatever the filter
-    "exact": {"exact_max_points": 10**9},
+    "exact": {"exact_max_points": 10**9, "postfilter_min_fraction": 1.0},
     "acorn": {"exact_max_points": 0, "postfilter_min_fraction": 1.0},
     "postfilter": {"exact_max_points": 0, "postfilter_min_fraction": 0.001},
 }
