@@ -410,25 +410,17 @@ def _free_port() -> int:
 
 @pytest.fixture
 def small_store(tmp_path: Path, ptbxl_dir: Path) -> Path:
-    """An embedded store with a few real records, made with the bundled model."""
-    from ecgsearch.encoder import ptbxl, signals
+    """An embedded store with a few real records, made by ingest's own code with the bundled model."""
     from ecgsearch.export.runtime import Embedder
-    from ecgsearch.search.schema import EcgPayload
+    from ecgsearch.ingest import pipeline, sources
     from ecgsearch.search.store import open_store
 
-    embedder = Embedder(threads=1)
-    rows = ptbxl.read_table(ptbxl_dir)[:5]
-    vectors = embedder.embed([signals.load(row.path()) for row in rows])
-    payloads = [
-        EcgPayload(
-            record_id=f"ptbxl:{r.ecg_id}", dataset="ptbxl", sampling_rate_hz=100, source_path=r.filename_lr
-        )
-        for r in rows
-    ]
+    candidates = list(sources.enumerate_source(ptbxl_dir))[:5]
     store = open_store(path=tmp_path / "store")
-    store.create_collection(dim=embedder.dim, model_version=embedder.version)
-    store.upsert(payloads, vectors)
-    store.close()
+    try:
+        assert pipeline.ingest(candidates, store, Embedder(threads=1), workers=0).ingested == 5
+    finally:
+        store.close()
     return tmp_path / "store"
 
 

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from typer.testing import CliRunner
 
+from ecgsearch.bench.metrics import exact_topk
 from ecgsearch.cli.main import app
 from ecgsearch.encoder import signals
 from ecgsearch.export.runtime import Embedder
@@ -87,9 +88,10 @@ def _code(call, request, **kwargs) -> tuple[grpc.StatusCode, str]:
 
 
 def _brute_force(served: Served, query: np.ndarray, keep, k: int) -> list[str]:
-    scores = served.vectors @ query
-    order = [i for i in np.argsort(-scores, kind="stable") if keep(served.payloads[i])]
-    return [served.payloads[i].record_id for i in order[:k]]
+    """The one exact reference (``bench.metrics.exact_topk``) over the rows ``keep`` accepts."""
+    mask = np.array([keep(p) for p in served.payloads])
+    ids, _ = exact_topk(query[None, :], served.vectors, k, mask=mask)
+    return [served.payloads[i].record_id for i in ids[0] if i >= 0]
 
 
 # --- auth, health, reflection --------------------------------------------------------------------
