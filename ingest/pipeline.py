@@ -142,7 +142,7 @@ def ingest(
         rejects_path=str(rejects_path) if rejects_path else None,
     )
     start = time.perf_counter()
-    with _pool(workers) as pool, _RejectsFile(rejects_path) as rejects:
+    with worker_pool(workers) as pool, _RejectsFile(rejects_path) as rejects:
 
         def reject(item: Reject, *, collision: bool = False) -> None:
             rejects.write(item)
@@ -396,7 +396,7 @@ class _NoPool:
         return None
 
 
-def _pool(workers: int) -> ProcessPoolExecutor | _NoPool:
+def worker_pool(workers: int) -> ProcessPoolExecutor | _NoPool:
     """Worker processes (spawned: the parent already runs onnxruntime threads); 0 means in-process."""
     if workers <= 0:
         return _NoPool()

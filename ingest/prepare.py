@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import multiprocessing
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -30,7 +29,7 @@ import numpy as np
 from ecgsearch.encoder import ptbxl, signals
 from ecgsearch.encoder.shards import ShardWriter
 from ecgsearch.ingest.identity import Pseudonymizer
-from ecgsearch.ingest.pipeline import REJECT_COLUMNS, Reject, Seen, load_all
+from ecgsearch.ingest.pipeline import REJECT_COLUMNS, Reject, Seen, load_all, worker_pool
 from ecgsearch.ingest.sources import PTBXL_TABLE, Candidate, Record, enumerate_source
 
 CHUNK = 64  # candidates per task sent to a worker
@@ -84,7 +83,7 @@ def prepare_archive(
     folds = ptbxl_folds(source, dataset or "ptbxl")
     summary = PrepareSummary(out=str(out))
     remaining = islice(candidates, writer.done_candidates, limit)
-    with _pool(workers) as pool:
+    with worker_pool(workers) as pool:
         for group in _groups(remaining, shard_size):
             records, rejects = _load(group, pool, pseudonyms)
             x, fold, meta = _columns(records, folds)
@@ -155,18 +154,3 @@ def _write_rejects(writer: ShardWriter) -> tuple[str | None, int]:
 
 def _shard_rejects(writer: ShardWriter, i: int) -> list[dict[str, str]]:
     return json.loads((writer.root / f"{writer.shards[i].name}.json").read_text())["rejects"]
-
-
-class _NoPool:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _pool(workers: int) -> ProcessPoolExecutor | _NoPool:
-    """Spawned worker processes reading and preparing records; 0 prepares in this process."""
-    if workers <= 0:
-        return _NoPool()
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
