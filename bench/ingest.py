@@ -16,7 +16,7 @@ import numpy as np
 
 from ecgsearch.bench.results import load_average, machine, relative
 from ecgsearch.encoder import signals
-from ecgsearch.ingest.pipeline import IngestSummary, _chunks, _pool, ingest, load_all
+from ecgsearch.ingest.pipeline import IngestSummary, _chunks, ingest, load_all, worker_pool
 from ecgsearch.ingest.sources import Candidate, Record, enumerate_source, select
 
 
@@ -32,7 +32,7 @@ def stage_read_prepare(
     Returns the records, the seconds spent loading them, and the seconds the pool took to start
     (spawned workers import numpy, scipy and wfdb once; timed apart so the rate is the steady one).
     """
-    with _pool(workers) as pool:
+    with worker_pool(workers) as pool:
         start = time.perf_counter()
         if pool:
             list(pool.map(load_all, [[] for _ in range(workers)]))
