@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -214,32 +214,12 @@ def run_load(
                     errors.append(f"{kind}: {error.code().name} {error.details()}")
                 samples[index].append((kind, time.perf_counter() - began, ok))
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    start_gate.wait()
-    began = time.monotonic()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - began
+    elapsed = _run_threads(worker, concurrency, start_gate)
     flat = [s for per in samples for s in per]
-    return {
-        "elapsed_s": round(elapsed, 3),
-        "requests": len(flat),
-        "errors": sum(not ok for _, _, ok in flat),
-        "error_examples": sorted(set(errors))[:5],
-        "qps": round(len(flat) / elapsed, 1),
-        "latency_ms": percentiles([t for _, t, _ in flat]),
-        "by_kind": {
-            kind: {
-                "requests": len(rows),
-                "qps": round(len(rows) / elapsed, 1),
-                "latency_ms": percentiles([t for _, t, _ in rows]),
-            }
-            for kind in KINDS
-            if (rows := [s for s in flat if s[0] == kind])
-        },
-    }
+    report = _load_report(flat, elapsed)
+    report["errors"] = sum(not ok for _, _, ok in flat)
+    report["error_examples"] = sorted(set(errors))[:5]
+    return report
 
 
 def run_store_load(
@@ -287,15 +267,24 @@ def run_store_load(
                     by_record(ids[i], flt if filtered else SearchFilter())
                 samples[index].append((kind, time.perf_counter() - began, True))
 
-        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
-        for thread in threads:
-            thread.start()
-        start_gate.wait()
-        began = time.monotonic()
-        for thread in threads:
-            thread.join()
-        elapsed = time.monotonic() - began
-    flat = [s for per in samples for s in per]
+        elapsed = _run_threads(worker, concurrency, start_gate)
+    return _load_report([s for per in samples for s in per], elapsed)
+
+
+def _run_threads(worker: Callable[[int], None], concurrency: int, start_gate: threading.Barrier) -> float:
+    """Start one thread per worker, release them together at the gate; seconds until the last ends."""
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    start_gate.wait()
+    began = time.monotonic()
+    for thread in threads:
+        thread.join()
+    return time.monotonic() - began
+
+
+def _load_report(flat: list[tuple[str, float, bool]], elapsed: float) -> dict[str, Any]:
+    """Requests, QPS and latency percentiles of one load run, in all and per query kind."""
     return {
         "elapsed_s": round(elapsed, 3),
         "requests": len(flat),
