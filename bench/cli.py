@@ -49,7 +49,7 @@ def recall(
             show_default=False,
         ),
     ] = "edge,edge-int8,faiss-hnsw,faiss-ivfpq",
-    edge_ef: Annotated[str, typer.Option(help="hnsw_ef values for the store")] = "32,64,128,256",
+    edge_ef: Annotated[str, typer.Option(help="hnsw_ef values for the store")] = "64,128,256,512",
     hnsw_ef: Annotated[str, typer.Option(help="efSearch values for FAISS HNSW")] = "32,64,128,256",
     nprobe: Annotated[str, typer.Option(help="nprobe values for FAISS IVF-PQ")] = "8,16,32,64,128",
     faiss_max_size: Annotated[

@@ -475,7 +475,7 @@ class BenchConfig:
     queries: int = 1000
     seed: int = 0
     k: int = 10  # as the service queries; a larger k lifts the effective hnsw_ef
-    edge_efs: tuple[int, ...] = (32, 64, 128, 256)
+    edge_efs: tuple[int, ...] = (64, 128, 256, 512)
     hnsw_efs: tuple[int, ...] = (32, 64, 128, 256)
     nprobes: tuple[int, ...] = (8, 16, 32, 64, 128)
     engines: tuple[str, ...] = ("edge", "edge-int8", "faiss-hnsw", "faiss-ivfpq")

@@ -13,14 +13,12 @@ probe's C is chosen on fold 9, baselines are standardised and fitted on folds 1-
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import signal as sps
 
 from ecgsearch.bench.metrics import (
     binned_curve,
@@ -50,16 +48,15 @@ CHANCE_DIM = 256
 AIMS = {"p10_any": 0.70, "probe_auc": 0.85, "top10_overlap": 0.90, "cosine": 0.99}
 LEAD_II = signals.LEADS.index("II")
 HR_METHOD = "R peaks on lead II of the prepared 100 Hz signal (5-15 Hz band-pass, 250 ms refractory)"
-_HIGHPASS = sps.butter(2, signals.HIGHPASS_HZ, btype="highpass", fs=signals.MODEL_FS, output="sos")
 
 
 @dataclass
 class Corpus:
-    """The PTB-XL records that could be read: prepared signals, the same in mV, and table rows."""
+    """The PTB-XL records that could be read: prepared signals, the same at unit RMS, and table rows."""
 
     rows: list[ptbxl.PtbxlRow]
-    x: np.ndarray  # (n, 12, 1000) prepared signals (the model's input)
-    mv: np.ndarray  # (n, 12, 1000) the same before RMS normalisation, in mV
+    x: np.ndarray  # (n, 12, 1000) prepared signals divided by their global RMS (as the encoder sees them)
+    mv: np.ndarray  # (n, 12, 1000) prepared signals in mV (the served model's input)
     rejected: list[dict]
 
     @property
@@ -78,34 +75,9 @@ class Corpus:
         )
 
 
-def millivolts(raw: signals.RawEcg) -> np.ndarray:
-    """(12, 1000) in mV as preparation sees it just before dividing by its one RMS scale.
-
-    Lead order, unit conversion, resampling to 100 Hz, the first 10 s and the 0.5 Hz high-pass, with
-    the public pieces of ``encoder.signals`` (its behaviour is unchanged; a test checks that this
-    divided by its RMS over live leads is the prepared signal).
-    """
-    names = [n.strip().upper() for n in raw.leads]
-    factor = {"mv": 1.0, "": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3}
-    x = np.stack(
-        [
-            raw.signal[names.index(lead.upper())]
-            * factor[(raw.units[names.index(lead.upper())] or "").lower()]
-            for lead in signals.LEADS
-        ]
-    ).astype(np.float64)
-    x = x[:, : int(math.ceil(signals.MODEL_SECONDS * raw.fs)) + 1]
-    up, down = signals.resample_ratio(raw.fs)
-    if up != down:
-        x = sps.resample_poly(x, up, down, axis=1)
-    x = x[:, : signals.MODEL_SAMPLES]
-    if x.shape[1] < signals.MODEL_SAMPLES:
-        x = np.pad(x, ((0, 0), (0, signals.MODEL_SAMPLES - x.shape[1])))
-    return sps.sosfiltfilt(_HIGHPASS, x, axis=1)
-
-
 def _read(raw: signals.RawEcg) -> tuple[np.ndarray, np.ndarray]:
-    return signals.prepare(raw), millivolts(raw)
+    mv = signals.prepare(raw)
+    return signals.unit_rms(mv), mv
 
 
 def load_corpus(root: Path, limit: int | None = None, log: Callable[[str], None] = print) -> Corpus:
@@ -146,18 +118,18 @@ class Method:
         return self.vectors(x, mv, idx)
 
 
-def embed(model: Path, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray, dict]:
-    """Unit embeddings of prepared signals and the model card summary (also used by ``bench recall``)."""
+def embed(model: Path, mv: np.ndarray, batch: int = 256) -> tuple[np.ndarray, dict]:
+    """Unit embeddings of prepared signals (mV) and the model card summary (also used by ``bench recall``)."""
     method = onnx_method("model", model, batch)
-    return method.embed(x, x, np.arange(len(x))), method.meta
+    return method.embed(mv, mv, np.arange(len(mv))), method.meta
 
 
 def onnx_method(name: str, model: Path, batch: int = 256) -> Method:
     embedder = Embedder(model)
     card = embedder.card
 
-    def run(x: np.ndarray, _mv: np.ndarray, _idx: np.ndarray) -> np.ndarray:
-        return np.concatenate([embedder.embed(x[i : i + batch]) for i in range(0, len(x), batch)])
+    def run(_x: np.ndarray, mv: np.ndarray, _idx: np.ndarray) -> np.ndarray:
+        return np.concatenate([embedder.embed(mv[i : i + batch]) for i in range(0, len(mv), batch)])
 
     meta = {
         "path": relative(model),

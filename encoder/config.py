@@ -40,6 +40,9 @@ class EncoderConfig:
     # > 0: the exported embedding appends lead-II heart rate and RR irregularity (standardised on the
     # training folds, computed inside the ONNX graph) at this weight beside the unit conv embedding
     rhythm_weight: float = 0.0
+    # > 0: it also appends the 12 per-lead log-RMS amplitudes in mV (standardised on the training
+    # folds, computed inside the graph from the prepared ECG) at this weight: absolute voltage
+    amplitude_weight: float = 0.0
     recon_source: str = "pooled"  # decode from the "pooled" embedding or the temporal "features" map
 
     # views: two windows of ``window`` samples from one 10 s ECG
@@ -91,6 +94,8 @@ class EncoderConfig:
             raise ValueError(f"view_offset must be in [0, window), not {self.view_offset}")
         if not self.rhythm_weight >= 0:
             raise ValueError(f"rhythm_weight must be >= 0, not {self.rhythm_weight}")
+        if not self.amplitude_weight >= 0:
+            raise ValueError(f"amplitude_weight must be >= 0, not {self.amplitude_weight}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, not {self.threads}")
         if self.recon_source not in ("pooled", "features"):
@@ -98,8 +103,13 @@ class EncoderConfig:
 
     @property
     def output_dim(self) -> int:
-        """Length of the exported embedding: the conv embedding, plus 2 rhythm features if appended."""
-        return self.embedding_dim + (2 if self.rhythm_weight > 0 else 0)
+        """Length of the exported embedding: the conv embedding, plus 2 rhythm and 12 amplitude features
+        when they are appended."""
+        return (
+            self.embedding_dim
+            + (2 if self.rhythm_weight > 0 else 0)
+            + (12 if self.amplitude_weight > 0 else 0)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-safe dict (tuples become lists)."""

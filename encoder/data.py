@@ -18,13 +18,18 @@ from ecgsearch.encoder import ptbxl, signals
 
 @dataclass(frozen=True)
 class EcgArrays:
-    """Prepared ECGs (n, 12, 1000) and, per row, its id, patient, fold and superclass set."""
+    """ECGs (n, 12, 1000) as the encoder trains on them and, per row, its id, patient, fold and labels.
+
+    ``x`` is divided by each ECG's global RMS (``signals.unit_rms``: what the conv encoder reads);
+    ``mv`` holds the prepared ECGs in mV (what the served model reads), when loaded.
+    """
 
     x: np.ndarray
     ecg_ids: np.ndarray
     patient_ids: list[int | None]
     folds: np.ndarray
     superclasses: list[frozenset[str]]
+    mv: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ecg_ids)
@@ -37,6 +42,7 @@ class EcgArrays:
             patient_ids=[self.patient_ids[i] for i in idx],
             folds=self.folds[idx],
             superclasses=[self.superclasses[i] for i in idx],
+            mv=None if self.mv is None else self.mv[idx],
         )
 
     def in_folds(self, folds: Iterable[int]) -> EcgArrays:
@@ -56,14 +62,15 @@ def load_ptbxl(
         wanted = set(folds)
         rows = [r for r in rows if r.fold in wanted]
     rows = rows[:max_records]
-    x, _ = prepare_rows(rows, cache_dir)
-    keep = np.isfinite(x).all(axis=(1, 2))
+    mv, unit, _ = prepare_rows(rows, cache_dir)
+    keep = np.isfinite(mv).all(axis=(1, 2))
     return EcgArrays(
-        x=x,
+        x=unit,
         ecg_ids=np.array([r.ecg_id for r in rows]),
         patient_ids=[r.patient_id for r in rows],
         folds=np.array([r.fold for r in rows]),
         superclasses=[r.superclasses for r in rows],
+        mv=mv,
     ).select(keep)
 
 
@@ -71,8 +78,9 @@ def prepare_rows(
     rows: list[ptbxl.PtbxlRow],
     cache_dir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
-) -> tuple[np.ndarray, list[dict]]:
-    """(n, 12, 1000) prepared ECGs, NaN where a row failed, and why each failed (not kept in the cache).
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """(n, 12, 1000) prepared ECGs in mV, the same at unit RMS (``signals.load_for_training``), NaN
+    where a row failed, and why each failed (not kept in the cache).
 
     The one PTB-XL corpus loader: training, the training report, ONNX parity inputs and the retrieval
     evaluation all prepare records here.
@@ -80,19 +88,20 @@ def prepare_rows(
     key = hashlib.sha256((signals.NORMALISATION + ",".join(str(r.path()) for r in rows)).encode())
     cache = Path(cache_dir) / f"ptbxl-{len(rows)}-{key.hexdigest()[:12]}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
-        x = np.load(cache)
-        failed = ~np.isfinite(x).all(axis=(1, 2))
-        return x, [{"ecg_id": rows[i].ecg_id, "reason": "failed to prepare"} for i in np.flatnonzero(failed)]
-    x = np.full((len(rows), len(signals.LEADS), signals.MODEL_SAMPLES), np.nan, dtype=np.float32)
+        both = np.load(cache)
+        failed = ~np.isfinite(both[0]).all(axis=(1, 2))
+        reasons = [{"ecg_id": rows[i].ecg_id, "reason": "failed to prepare"} for i in np.flatnonzero(failed)]
+        return both[0], both[1], reasons
+    both = np.full((2, len(rows), len(signals.LEADS), signals.MODEL_SAMPLES), np.nan, dtype=np.float32)
     rejected = []
     for i, row in enumerate(rows):
         try:
-            x[i] = signals.load(row.path())
+            both[0, i], both[1, i] = signals.load_for_training(row.path())
         except (signals.SignalError, OSError) as exc:  # a failed row stays NaN and is dropped
             rejected.append({"ecg_id": row.ecg_id, "reason": str(exc)})
         if log is not None and (i + 1) % 500 == 0:
             log(f"prepared {i + 1}/{len(rows)} records")
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, x)
-    return x, rejected
+        np.save(cache, both)
+    return both[0], both[1], rejected

@@ -6,7 +6,8 @@ RR sequence is the mark of atrial fibrillation) and absolute voltage, which prep
 (a high QRS voltage is the mark of left ventricular hypertrophy).
 
 Rhythm features read a prepared ECG (any amplitude scale: peak detection is scale-free). Amplitude
-features read the same samples in mV: a prepared ECG multiplied by the scale preparation divided by.
+features read the prepared ECG in mV. The served model computes both inside its ONNX graph
+(``ecgsearch.encoder.model``) with the same rules.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ TOP_RANK = 20  # the threshold is a fraction of the 20th largest energy sample (
 THRESHOLD = 0.35
 MAX_PEAKS = 48  # more than 10 s at 240 bpm holds
 LOG_RMS_FLOOR_MV = 1e-3
+# Global RMS (mV, over non-flat leads, after the 0.5 Hz high-pass) a surface ECG can have: PTB-XL's
+# 1,987 ECGs span 0.076-0.82 mV (median 0.18; the model card records its training folds' range when the
+# amplitude block is on). Beyond this range the header gain is wrong (1000x: microvolts labelled mV) and
+# the voltage is treated as unknown. A 5x error stays inside it and cannot be told from the signal.
+VOLTAGE_RANGE_MV = (0.01, 10.0)
 Z_CLIP = 5.0  # standardised features are clipped, so one odd measurement cannot dominate a vector
 QRS_FIR = sps.firwin(FIR_TAPS, QRS_BAND_HZ, pass_zero=False, fs=MODEL_FS).astype(np.float32)
 

@@ -248,18 +248,76 @@ class RhythmFeatures(nn.Module):
         return torch.where(ok[:, None], z, torch.zeros_like(z))
 
 
-class ServingEncoder(nn.Module):
-    """What is exported when rhythm features join the embedding: [unit conv embedding | w/sqrt(2) * z].
+class UnitRms(nn.Module):
+    """(n, 12, T) prepared ECGs in mV -> the same divided by their global RMS over non-flat leads, clipped,
+    and that RMS (n,) in mV. ``signals.unit_rms`` in torch: the model's first step when served."""
 
-    ``z`` are the standardised heart rate and RR irregularity (``RhythmFeatures``); with weight w
-    they weigh about w^2 against the learned part in a cosine. The runtime L2-normalises the whole.
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from ecgsearch.encoder import signals
+
+        live = (x.std(dim=2, unbiased=False) > signals.FLAT_STD_MV).float()
+        counts = live.sum(dim=1)
+        energy = (x * x).sum(dim=2)
+        scale = torch.sqrt((energy * live).sum(dim=1) / (counts * x.shape[2]).clamp(min=1.0))
+        safe = torch.where(counts > 0, scale, torch.ones_like(scale))
+        return (x / safe[:, None, None]).clamp(-signals.CLIP, signals.CLIP), scale
+
+
+class LeadAmplitudes(nn.Module):
+    """Per-lead log-RMS in mV, standardised and clipped: the voltage block of the embedding, in the graph.
+
+    Reads the unit-RMS ECG and its scale (``UnitRms``): log(RMS of the lead x scale), the same as
+    ``features.lead_log_rms`` of the mV ECG. A scale outside ``features.VOLTAGE_RANGE_MV`` cannot be a
+    surface ECG's (a header gain off by 1000x); the voltage is then taken as unknown and the
+    training folds' median scale stands in, so only the relative lead amplitudes count.
     """
 
-    def __init__(self, encoder: Encoder, rhythm: RhythmFeatures, weight: float) -> None:
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], median_scale_mv: float) -> None:
         super().__init__()
-        self.encoder, self.rhythm, self.weight = encoder, rhythm, float(weight)
+        from ecgsearch.encoder import features
+
+        self.f = features
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        self.register_buffer("median_scale", torch.tensor(float(median_scale_mv)))
+
+    def forward(self, unit: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        low, high = self.f.VOLTAGE_RANGE_MV
+        plausible = (scale >= low) & (scale <= high)
+        used = torch.where(plausible, scale, self.median_scale.expand_as(scale))
+        rms = torch.sqrt((unit * unit).mean(dim=2)) * used[:, None]
+        z = (torch.log(rms.clamp(min=self.f.LOG_RMS_FLOOR_MV)) - self.mean) / self.std
+        return z.clamp(-self.f.Z_CLIP, self.f.Z_CLIP)
+
+
+class ServingEncoder(nn.Module):
+    """What is exported: prepared ECGs in mV -> [unit conv embedding | w_r/sqrt(2) * rhythm z |
+    w_a/sqrt(12) * amplitude z].
+
+    The encoder and the rhythm features read the ECG divided by its global RMS (``UnitRms``), as in
+    training; the amplitude block reads the voltage. A block of z-scores with weight w weighs about
+    w^2 against the learned part in a cosine. The runtime L2-normalises the whole.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        rhythm: RhythmFeatures | None = None,
+        rhythm_weight: float = 0.0,
+        amplitude: LeadAmplitudes | None = None,
+        amplitude_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.scale, self.encoder = UnitRms(), encoder
+        self.rhythm, self.rhythm_weight = rhythm, float(rhythm_weight)
+        self.amplitude, self.amplitude_weight = amplitude, float(amplitude_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e = self.encoder(x)
-        e = e / e.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        return torch.cat([e, self.rhythm(x) * (self.weight / 2**0.5)], dim=1)
+        unit, scale = self.scale(x)
+        e = self.encoder(unit)
+        parts = [e / e.norm(dim=1, keepdim=True).clamp(min=1e-12)]
+        if self.rhythm is not None:
+            parts.append(self.rhythm(unit) * (self.rhythm_weight / 2**0.5))
+        if self.amplitude is not None:
+            parts.append(self.amplitude(unit, scale) * (self.amplitude_weight / 12**0.5))
+        return torch.cat(parts, dim=1)

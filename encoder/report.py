@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import signal as sps
 
-from ecgsearch.encoder import features, ptbxl, signals
+from ecgsearch.encoder import features, ptbxl
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays
 from ecgsearch.encoder.model import Encoder, RhythmFeatures, ServingEncoder
@@ -163,25 +162,6 @@ def serving_embed_fn(
     return run
 
 
-def ptbxl_log_rms_mv(data: EcgArrays, data_root: str | Path) -> np.ndarray:
-    """(n, 12) per-lead log-RMS in mV of PTB-XL's 100 Hz records, high-passed as preparation does.
-
-    For the amplitude ablation only: serving sees prepared (RMS-normalised) ECGs, so using this in
-    the embedding would need preparation to hand over its scale.
-    """
-    rows = {r.ecg_id: r for r in ptbxl.read_table(Path(data_root) / "ptb-xl")}
-    sos = sps.butter(2, signals.HIGHPASS_HZ, btype="highpass", fs=signals.MODEL_FS, output="sos")
-    out = np.empty((len(data), len(signals.LEADS)))
-    for i, ecg_id in enumerate(data.ecg_ids):
-        raw = signals.read_wfdb(rows[int(ecg_id)].path())
-        order = [[name.upper() for name in raw.leads].index(name.upper()) for name in signals.LEADS]
-        if raw.fs != signals.MODEL_FS or any(u.lower() != "mv" for u in raw.units):
-            raise ValueError(f"ptbxl:{ecg_id}: expected 100 Hz mV records for the amplitude ablation")
-        mv = sps.sosfiltfilt(sos, raw.signal[order, : signals.MODEL_SAMPLES], axis=1)
-        out[i] = features.lead_log_rms(mv[None])[0]
-    return out
-
-
 def compare_variants(
     variants: dict[str, Path],
     seeds: tuple[int, ...],
@@ -197,8 +177,8 @@ def compare_variants(
     best checkpoint on fold 9 (P@10 any superclass, AFIB and LVH P@10 over folds 1-9, shift stability),
     alone and with rhythm features appended at each weight. Never reads fold 10.
 
-    ``amplitude_weights``: an ablation that also appends per-lead log-RMS in mV (read from the raw
-    records; retrieval only, since a circular shift leaves a lead's RMS unchanged).
+    ``amplitude_weights``: also append the per-lead log-RMS in mV of the prepared ECGs (retrieval
+    only, since a circular shift leaves a lead's RMS unchanged).
     """
     from ecgsearch.encoder.config import load_config
     from ecgsearch.encoder.data import load_ptbxl
@@ -210,7 +190,7 @@ def compare_variants(
     rhythm_values = features.rhythm(data.x)
     stats = {**features.rhythm_statistics(rhythm_values[data.folds <= 8]), "folds": list(range(1, 9))}
     rhythm_z = features.standardise(rhythm_values, stats["mean"], stats["std"])
-    amp = ptbxl_log_rms_mv(data, data_root) if amplitude_weights else None
+    amp = features.lead_log_rms(data.mv) if amplitude_weights and data.mv is not None else None
     train_rows = data.folds <= 8
     baselines = {"knn_heart_rate_rr_irregularity": retrieval_metrics(rhythm_z, data, code_sets)}
     if amp is not None:

@@ -9,10 +9,13 @@ Preparation, in order:
 2. convert units to mV (``uV``/``µV`` files are divided by 1000);
 3. resample to 100 Hz with a polyphase filter;
 4. keep the first 10 s (recordings of 8-10 s are zero-padded at the end, shorter ones rejected);
-5. remove baseline wander with a 0.5 Hz high-pass (zero-phase Butterworth);
-6. divide the whole ECG by one robust scale (RMS over the leads that are not flat), so relative lead
-   amplitudes survive while archive-level gain errors (files whose header gain is off by 5x or
-   1000x, as real archives have) do not change the embedding.
+5. remove baseline wander with a 0.5 Hz high-pass (zero-phase Butterworth).
+
+The prepared ECG stays in mV, because absolute voltage is diagnostic (LVH, low voltage). The model
+divides it by one robust scale (RMS over the leads that are not flat; ``unit_rms`` here, the same
+arithmetic inside the ONNX graph) before its convolutions, so its learned part is blind to gain
+errors (headers off by 5x or 1000x, as real archives have); the voltage itself reaches the embedding
+only as a bounded block of per-lead log amplitudes (``ecgsearch.encoder.features``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ MODEL_SECONDS = 10
 MODEL_SAMPLES = MODEL_FS * MODEL_SECONDS
 MIN_SECONDS = 8.0
 LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
-NORMALISATION = "highpass-0.5Hz + global RMS over non-flat leads"
+NORMALISATION = "highpass-0.5Hz, mV; the model divides by the global RMS over non-flat leads"
 HIGHPASS_HZ = 0.5
 FLAT_STD_MV = 1e-6
 CLIP = 20.0
@@ -302,8 +305,8 @@ def prepare_batch(raws: Sequence[RawEcg]) -> list[np.ndarray | SignalError]:
         else:
             staged.append((i, x, fs))
     records = [raws[i].record for i, _, _ in staged]
-    for (i, _, _), result in zip(staged, _filter_and_scale(staged, records), strict=True):
-        out[i] = result
+    for (i, _, _), result in zip(staged, _resample_and_filter(staged, records), strict=True):
+        out[i] = result if isinstance(result, SignalError) else result.astype(np.float32)
     return out  # type: ignore[return-value]  # every slot is filled above
 
 
@@ -321,8 +324,29 @@ def prepare_array(
     record: str = "<ecg>",
 ) -> np.ndarray:
     """(n_leads, n_samples) at ``fs`` Hz with named leads -> model input (12, MODEL_SAMPLES) float32."""
+    return _prepare_float64(signal, fs, leads, units, record).astype(np.float32)
+
+
+def load_for_training(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """One WFDB record -> (prepared mV, the same at unit RMS), float32 each.
+
+    The unit-RMS copy is divided before rounding to float32, as training has always read it, so a
+    seed's training run reproduces its weights bit for bit across this change of preparation.
+    """
+    raw = read_wfdb(path)
+    x = _prepare_float64(raw.signal, raw.fs, raw.leads, raw.units, raw.record)
+    return x.astype(np.float32), unit_rms(x)
+
+
+def _prepare_float64(
+    signal: np.ndarray,
+    fs: float,
+    leads: tuple[str, ...] | list[str],
+    units: tuple[str, ...] | list[str] | str,
+    record: str,
+) -> np.ndarray:
     x, fs = _model_leads(signal, fs, leads, units, record)
-    (result,) = _filter_and_scale([(0, x, fs)], [record])
+    (result,) = _resample_and_filter([(0, x, fs)], [record])
     if isinstance(result, SignalError):
         raise result
     return result
@@ -358,10 +382,10 @@ def _model_leads(
     return x, fs
 
 
-def _filter_and_scale(
+def _resample_and_filter(
     staged: Sequence[tuple[int, np.ndarray, float]], records: Sequence[str]
 ) -> list[np.ndarray | SignalError]:
-    """Resample (one call per rate and length), high-pass and scale (one call for all) the staged ECGs."""
+    """Resample (one call per rate and length), high-pass (one call for all) the staged ECGs: float64 mV."""
     if not staged:
         return []
     batch = np.empty((len(staged), len(LEADS), MODEL_SAMPLES))
@@ -374,18 +398,31 @@ def _filter_and_scale(
         batch[members, :, : resampled.shape[2]] = resampled
         batch[members, :, resampled.shape[2] :] = 0.0  # 8-10 s recordings: zero-padded at the end
     batch = sps.sosfiltfilt(_HIGHPASS, batch, axis=2)
-    live = batch.std(axis=2) > FLAT_STD_MV  # (n, 12)
-    counts = live.sum(axis=1)
-    energy = np.einsum("ijk,ijk->ij", batch, batch)  # per lead sum of squares
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scale = np.sqrt((energy * live).sum(axis=1) / (counts * MODEL_SAMPLES))
-    batch /= np.where(counts > 0, scale, 1.0)[:, None, None]
-    np.clip(batch, -CLIP, CLIP, out=batch)
-    prepared = batch.astype(np.float32)
+    live = (batch.std(axis=2) > FLAT_STD_MV).any(axis=1)
     return [
-        prepared[j] if counts[j] else InvalidSamples(records[j], "every lead is flat")
-        for j in range(len(staged))
+        batch[j] if live[j] else InvalidSamples(records[j], "every lead is flat") for j in range(len(staged))
     ]
+
+
+def global_rms(x: np.ndarray) -> np.ndarray:
+    """Prepared ECGs (..., 12, T) in mV -> (...) RMS over their non-flat leads (NaN when all are flat)."""
+    batch = np.asarray(x, dtype=np.float64)
+    live = batch.std(axis=-1) > FLAT_STD_MV  # (..., 12)
+    energy = np.einsum("...jk,...jk->...j", batch, batch)  # per lead sum of squares
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt((energy * live).sum(axis=-1) / (live.sum(axis=-1) * batch.shape[-1]))
+
+
+def unit_rms(x: np.ndarray) -> np.ndarray:
+    """Prepared ECGs (..., 12, T) in mV -> the same divided by their ``global_rms``, clipped to +-CLIP.
+
+    What the model's first step does (``ecgsearch.encoder.model.UnitRms``, checked equal by a test);
+    training applies it here so that augmentations act in these units. An all-flat ECG stays 0.
+    """
+    scale = global_rms(x)
+    usable = np.isfinite(scale) & (scale > 0)
+    out = np.asarray(x, dtype=np.float64) / np.where(usable, scale, 1.0)[..., None, None]
+    return np.clip(out, -CLIP, CLIP).astype(np.float32)
 
 
 def _unit_factors(units: tuple[str, ...] | list[str] | str, n: int, record: str) -> np.ndarray:

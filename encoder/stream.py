@@ -19,12 +19,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ecgsearch.encoder.shards import Archive, epoch_batches, read_rows
+from ecgsearch.encoder.signals import unit_rms
 
 BLOCK = 16  # shards whose rows are shuffled together (16 x 4096 = 65,536 ECGs by default)
 
 
 class ShardStream(IterableDataset):
-    """One epoch's batches (float32 tensors (b, 12, 1000)) for one process, from batch ``start`` on."""
+    """One epoch's batches (float32 (b, 12, 1000), unit RMS) for one process, from batch ``start`` on."""
 
     def __init__(
         self,
@@ -54,7 +55,8 @@ class ShardStream(IterableDataset):
         )
         for j, (shards, rows) in enumerate(batches):
             if j >= self.start and (j - self.start) % workers == worker:
-                yield torch.from_numpy(read_rows(self.archive, shards[mine], rows[mine]))
+                # archives hold mV; the encoder trains on each ECG divided by its global RMS
+                yield torch.from_numpy(unit_rms(read_rows(self.archive, shards[mine], rows[mine])))
 
 
 def steps_per_epoch(archive: Archive, folds: Sequence[int], global_batch: int) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ecgsearch.encoder import distributed, shards, stream
+from ecgsearch.encoder import distributed, shards, signals, stream
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays, load_ptbxl
 
@@ -99,5 +99,5 @@ def archive_split(archive: shards.Archive, fold: int, limit: int) -> EcgArrays:
         diagnoses += [frozenset(meta["diagnoses"][r]) for r in rows]
     labels = superclasses if any(superclasses) else diagnoses
     n = len(patients)
-    x = np.concatenate(xs) if xs else np.zeros((0, 12, 1000), np.float32)
-    return EcgArrays(x, np.arange(n), patients, np.full(n, fold), labels)
+    mv = np.concatenate(xs) if xs else np.zeros((0, 12, 1000), np.float32)
+    return EcgArrays(signals.unit_rms(mv), np.arange(n), patients, np.full(n, fold), labels, mv=mv)

@@ -14,14 +14,21 @@ def export_command(
     out: Annotated[Path, typer.Option("--out", help="Where to write the .onnx file.")],
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Training checkpoint.")] = None,
     random: Annotated[bool, typer.Option("--random", help="Export the random initialisation.")] = False,
-    config: Annotated[Path | None, typer.Option("--config", help="Config for --random alone.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Config: the architecture for --random; with --checkpoint, the feature weights and notes.",
+        ),
+    ] = None,
     data: Annotated[Path, typer.Option("--data", help="Folder holding ptb-xl/.")] = DEFAULT_DATA,
     name: Annotated[str, typer.Option("--name", help="Model name in the card.")] = "ecg-encoder",
 ) -> None:
     """Export an encoder to ONNX with its model card; fails if onnxruntime and torch disagree.
 
     Examples:
-        ecgsearch export --checkpoint runs/default/best.pt --out export/models/ecg-encoder.onnx
+        ecgsearch export --checkpoint runs/default/best.pt --config configs/default.yaml
+            --out export/models/ecg-encoder.onnx
         ecgsearch export --random --config configs/default.yaml --out export/models/ecg-encoder-random.onnx
     """
     if checkpoint is None and not random:

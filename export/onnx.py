@@ -23,6 +23,7 @@ from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import load_ptbxl
 from ecgsearch.encoder.model import (
     Encoder,
+    LeadAmplitudes,
     RhythmFeatures,
     SelfSupervised,
     ServingEncoder,
@@ -52,34 +53,48 @@ EMBEDDING_NOTE_MEANMAX = (
 )
 
 
+SCALE_NOTE = (
+    " The graph reads the prepared ECG in mV and first divides it by its global RMS over the non-flat leads "
+    "(clipped to +-{clip:g}), as in training, so the learned part is blind to gain."
+)
+
 RHYTHM_NOTE = (
     " Then two measured numbers join it, also inside the ONNX graph: heart rate (bpm) and RR "
     "irregularity (RMSSD / mean RR) from lead-II R peaks (QRS-band energy peaks, "
-    "ecgsearch.encoder.features), "
-    "standardised with the training folds' mean and std (card field 'features'), clipped to +-{clip:g} and "
-    "0 when fewer than three R peaks are found. The exported vector is [the {dim}-d embedding divided by its "
-    "norm | {w:g}/sqrt(2) x the 2 z-scores] ({out} values), which the runtime L2-normalises: the rhythm "
-    "block's squared norm averages {w2:.2g} beside 1 for the learned part and grows with the z-scores "
-    "(about {w2z3:.2g} when both are 3, as in an irregular fast rhythm)."
+    "ecgsearch.encoder.features), standardised with the training folds' mean and std (card field "
+    "'features'), clipped to +-{zclip:g}, 0 when fewer than three R peaks are found, each weighted "
+    "{w:g}/sqrt(2)."
+)
+
+AMPLITUDE_NOTE = (
+    " Then twelve more for absolute voltage: each lead's log-RMS in mV (the lead's RMS in the scaled ECG "
+    "times the global RMS), standardised with the training folds' per-lead mean and std, clipped to "
+    "+-{zclip:g}, each weighted {w:g}/sqrt(12). A global RMS outside {low:g}-{high:g} mV cannot be a "
+    "surface ECG's (a header gain off by 1000x): the training folds' median stands in, so only the "
+    "relative lead amplitudes count."
+)
+
+LAYOUT_NOTE = (
+    " The exported vector is [the {dim}-d embedding divided by its norm | the measured blocks in this "
+    "order] ({out} values), which the runtime L2-normalises: a block of weight w has a squared norm of "
+    "about w^2 on average beside 1 for the learned part."
 )
 
 
 def embedding_note(config: EncoderConfig) -> str:
-    """The model card's ``embedding`` field: how the vector is formed from the feature map."""
+    """The model card's ``embedding`` field: how the vector is formed from the input."""
     if config.pooling == "meanmax":
         note = EMBEDDING_NOTE_MEANMAX.format(dim=config.embedding_dim, half=config.embedding_dim // 2)
     else:
         note = EMBEDDING_NOTE.format(dim=config.embedding_dim)
+    note += SCALE_NOTE.format(clip=signals.CLIP)
     if config.rhythm_weight > 0:
-        w = config.rhythm_weight
-        note += RHYTHM_NOTE.format(
-            clip=features.Z_CLIP,
-            dim=config.embedding_dim,
-            w=w,
-            out=config.output_dim,
-            w2=w * w,
-            w2z3=9 * w * w,
-        )
+        note += RHYTHM_NOTE.format(zclip=features.Z_CLIP, w=config.rhythm_weight)
+    if config.amplitude_weight > 0:
+        low, high = features.VOLTAGE_RANGE_MV
+        note += AMPLITUDE_NOTE.format(zclip=features.Z_CLIP, w=config.amplitude_weight, low=low, high=high)
+    if config.output_dim > config.embedding_dim:
+        note += LAYOUT_NOTE.format(dim=config.embedding_dim, out=config.output_dim)
     return note
 
 
@@ -96,18 +111,53 @@ def rhythm_statistics(
     return {**features.rhythm_statistics(features.rhythm(data.x)), "folds": list(folds)}
 
 
+def amplitude_statistics(
+    data_root: str | Path,
+    folds: tuple[int, ...],
+    cache_dir: str | Path | None = None,
+    max_records: int | None = None,
+) -> dict:
+    """Per-lead mean and std of log-RMS (mV) over the training folds, and their global RMS range."""
+    from ecgsearch.encoder.data import load_ptbxl
+
+    data = load_ptbxl(data_root, folds=folds, cache_dir=cache_dir, max_records=max_records)
+    assert data.mv is not None  # load_ptbxl keeps the mV ECGs
+    log_rms = features.lead_log_rms(data.mv)
+    scale = signals.global_rms(data.mv)
+    return {
+        "names": [f"log_rms_mv_{lead}" for lead in signals.LEADS],
+        "mean": log_rms.mean(axis=0).tolist(),
+        "std": log_rms.std(axis=0).tolist(),
+        "n": len(data),
+        "folds": list(folds),
+        "global_rms_mv": {
+            "median": float(np.median(scale)),
+            "min": float(scale.min()),
+            "max": float(scale.max()),
+            "plausible_range": list(features.VOLTAGE_RANGE_MV),
+        },
+    }
+
+
 def serving_module(
     encoder: Encoder, config: EncoderConfig, data_root: str | Path, cache_dir: str | Path | None = None
-) -> tuple[torch.nn.Module, dict[str, Any] | None]:
-    """The module to export: the encoder, or (rhythm_weight > 0) it with the rhythm features appended.
-
-    Returns the module and the card's ``features`` entry (None without features).
-    """
-    if config.rhythm_weight <= 0:
-        return encoder, None
-    stats = rhythm_statistics(data_root, config.train_folds, cache_dir, config.max_records)
-    rhythm = RhythmFeatures(tuple(stats["mean"]), tuple(stats["std"]))
-    return ServingEncoder(encoder, rhythm, config.rhythm_weight), {**stats, "weight": config.rhythm_weight}
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The module to export: the encoder behind its input scaling, with the measured feature blocks the
+    config asks for. Returns the module and the card's ``features`` entry (empty without features)."""
+    cards: dict[str, Any] = {}
+    rhythm = amplitude = None
+    if config.rhythm_weight > 0:
+        stats = rhythm_statistics(data_root, config.train_folds, cache_dir, config.max_records)
+        rhythm = RhythmFeatures(tuple(stats["mean"]), tuple(stats["std"]))
+        cards["rhythm"] = {**stats, "weight": config.rhythm_weight}
+    if config.amplitude_weight > 0:
+        stats = amplitude_statistics(data_root, config.train_folds, cache_dir, config.max_records)
+        amplitude = LeadAmplitudes(
+            tuple(stats["mean"]), tuple(stats["std"]), stats["global_rms_mv"]["median"]
+        )
+        cards["amplitude"] = {**stats, "weight": config.amplitude_weight}
+    module = ServingEncoder(encoder, rhythm, config.rhythm_weight, amplitude, config.amplitude_weight)
+    return module, cards
 
 
 class ParityError(RuntimeError):
@@ -121,17 +171,23 @@ def random_encoder(config: EncoderConfig) -> Encoder:
 
 
 def parity_inputs(data_root: str | Path, n: int = 16) -> np.ndarray:
-    """A few real prepared PTB-XL ECGs (fold 10) for the parity check."""
-    return load_ptbxl(data_root, folds=[10], max_records=n).x
+    """A few real prepared PTB-XL ECGs in mV (fold 10) for the parity check."""
+    mv = load_ptbxl(data_root, folds=[10], max_records=n).mv
+    assert mv is not None  # load_ptbxl keeps the mV ECGs
+    return mv
 
 
 def weights_version(model: onnx.ModelProto) -> str:
-    """sha256 over the initialisers (name, dims, bytes), first 16 hex chars: the model's identity."""
+    """sha256 over the initialisers (name, dims, bytes) and the graph's nodes, first 16 hex chars: the
+    model's identity. The nodes count because they hold constants (a feature block's weight, the input
+    scaling): the same weights behind another graph embed differently and must not share a version."""
     digest = hashlib.sha256()
     for init in sorted(model.graph.initializer, key=lambda t: t.name):
         digest.update(init.name.encode())
         digest.update(np.asarray(init.dims, dtype=np.int64).tobytes())
         digest.update(onnx.numpy_helper.to_array(init).tobytes())
+    for node in model.graph.node:
+        digest.update(node.SerializeToString(deterministic=True))
     return digest.hexdigest()[:16]
 
 
@@ -178,7 +234,7 @@ def export_encoder(
         onnx_opset=OPSET,
         parameters=count_parameters(encoder),
         parity={"max_abs_diff": max_diff, "tolerance": PARITY_TOLERANCE, "n_ecgs": int(len(inputs))},
-        **({"features": {"rhythm": feature_card}} if feature_card else {}),
+        **({"features": feature_card} if feature_card else {}),
         notes=config.notes,
     )
     onnx.helper.set_model_props(model, {CARD_METADATA_KEY: card.model_dump_json()})
@@ -211,13 +267,24 @@ def export_checkpoint(
     name: str = "ecg-encoder",
     cache_dir: str | Path | None = None,
 ) -> ModelCard:
-    """Export a training checkpoint, or (``random``) the same architecture at its seed's initial weights."""
+    """Export a training checkpoint, or (``random``) the same architecture at its seed's initial weights.
+
+    With a checkpoint, ``config`` gives only what is chosen at export: the weights of the measured
+    feature blocks and the notes (the network is the checkpoint's).
+    """
     training: dict[str, Any] = {}
     if checkpoint is not None:
-        encoder, config, ckpt = load_checkpoint(checkpoint)
+        encoder, trained, ckpt = load_checkpoint(checkpoint)
         training = dict(ckpt.get("summary") or {})
-        training.setdefault("config", config.to_dict())
+        training.setdefault("config", trained.to_dict())
         training.setdefault("step", ckpt.get("step"))
+        if config is not None:
+            trained = trained.with_overrides(
+                rhythm_weight=config.rhythm_weight,
+                amplitude_weight=config.amplitude_weight,
+                notes=config.notes,
+            )
+        config = trained
     config = config or EncoderConfig()
     if random:
         encoder = random_encoder(config)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ecgsearch.encoder.signals import LEADS, MODEL_FS, MODEL_SAMPLES
+from ecgsearch.encoder.signals import LEADS, MODEL_FS, MODEL_SAMPLES, NORMALISATION
 from ecgsearch.export.card import CARD_METADATA_KEY, ModelCard
 
 DEFAULT_MODEL = "ecg-encoder.onnx"
@@ -69,11 +69,12 @@ class Embedder:
             self.card.sampling_rate_hz != MODEL_FS
             or self.card.input_samples != MODEL_SAMPLES
             or list(self.card.lead_order) != list(LEADS)
+            or self.card.normalisation != NORMALISATION
         ):
             raise ModelError(
                 f"{self.path}: model expects {self.card.sampling_rate_hz} Hz x {self.card.input_samples} "
-                f"samples in lead order {self.card.lead_order}; this build prepares {MODEL_FS} Hz x "
-                f"{MODEL_SAMPLES} in {list(LEADS)}"
+                f"samples in lead order {self.card.lead_order}, prepared as '{self.card.normalisation}'; "
+                f"this build prepares {MODEL_FS} Hz x {MODEL_SAMPLES} in {list(LEADS)} as '{NORMALISATION}'"
             )
         self._input = self.session.get_inputs()[0].name
 

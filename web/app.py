@@ -209,9 +209,7 @@ def create_app(client: EcgSearchClient, *, target: str, max_upload_mb: float = 1
         if isinstance(signal, grpc.RpcError):
             problem = describe_rpc_error(signal, target)[1]
         else:
-            svg = Markup(
-                ecgdraw.twelve_lead(signal, MODEL_FS, ecgdraw.NORMALISED, uid=_svg_id(record_id, "full-"))
-            )
+            svg = Markup(ecgdraw.twelve_lead(signal, MODEL_FS, ecgdraw.MV, uid=_svg_id(record_id, "full-")))
         return page(
             "ecg.html",
             payload=payload,
@@ -239,7 +237,7 @@ def create_app(client: EcgSearchClient, *, target: str, max_upload_mb: float = 1
             status, message = describe_rpc_error(error, target)
             return page("index.html", status, error=message)
         shift = peaks.alignment_shift(query, other, MODEL_FS)
-        svg = ecgdraw.overlay(query, other, MODEL_FS, shift or 0, ecgdraw.NORMALISED)
+        svg = ecgdraw.overlay(query, other, MODEL_FS, shift or 0, ecgdraw.MV)
         return page(
             "compare.html",
             form=form,
@@ -287,12 +285,12 @@ def _results(viewer: Viewer, form: SearchForm) -> dict[str, Any]:
             label=form.record_id,
             payload=payload,
             diagnoses=[_diagnosis(c) for c in payload.diagnoses],
-            scale=ecgdraw.NORMALISED,
+            scale=ecgdraw.MV,
         )
         query_svg = (
             None
             if isinstance(fetched, grpc.RpcError)
-            else ecgdraw.twelve_lead(fetched, MODEL_FS, ecgdraw.NORMALISED, uid="query")
+            else ecgdraw.twelve_lead(fetched, MODEL_FS, ecgdraw.MV, uid="query")
         )
         if isinstance(fetched, grpc.RpcError):
             query["problem"] = describe_rpc_error(fetched, viewer.target)[1]
@@ -305,7 +303,7 @@ def _results(viewer: Viewer, form: SearchForm) -> dict[str, Any]:
             if problem
             else Markup(
                 ecgdraw.twelve_lead(
-                    signal, MODEL_FS, ecgdraw.NORMALISED, uid=_svg_id(hit.record_id, "n-"), compact=True
+                    signal, MODEL_FS, ecgdraw.MV, uid=_svg_id(hit.record_id, "n-"), compact=True
                 )
             )
         )

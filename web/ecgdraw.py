@@ -6,8 +6,7 @@ with matplotlib's SVG backend, which matters because a results page draws eleven
 
 Coordinates: one SVG user unit is 0.1 mm (``UNIT_MM``); the ``width``/``height`` attributes are in mm,
 so the drawing prints at true paper scale. Time runs at ``PAPER_SPEED_MM_S`` and amplitude at
-``Scale.mm_per_unit``: 10 mm/mV for signals in mV. Prepared model inputs are not in mV (each ECG is
-divided by its own RMS), so they are drawn at ``NORMALISED`` with the scale written under the trace.
+``Scale.mm_per_unit``: 10 mm/mV, since files and prepared model inputs are both in mV.
 """
 
 from __future__ import annotations
@@ -49,13 +48,10 @@ class Scale:
         if self.unit == "mV":
             return f"{speed} · {self.mm_per_unit:g} mm/mV"
         mm = self.pulse_units * self.mm_per_unit
-        return f"{speed} · {mm:g} mm = {self.pulse_units:g} {self.unit} (RMS-normalised signal, not mV)"
+        return f"{speed} · {mm:g} mm = {self.pulse_units:g} {self.unit}"
 
 
 MV = Scale(10.0, "mV", 1.0)
-# An RMS-normalised ECG is ~4x a typical one in mV (lead RMS ~0.25 mV), so 2.5 mm per unit looks
-# like paper without claiming to be it; the 10 mm pulse stands for 4 units.
-NORMALISED = Scale(2.5, "normalised units", 4.0)
 
 
 def _u(mm: float) -> int:
@@ -203,7 +199,7 @@ def overlay(
     neighbour: np.ndarray,
     fs: float,
     shift: int,
-    scale: Scale = NORMALISED,
+    scale: Scale = MV,
     *,
     uid: str = "cmp",
     title: str | None = None,

@@ -153,7 +153,7 @@ class EcgSearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetEcg(self, request, context):
-        """The prepared signal of one record (the model's input: 12 leads x 1000 samples at 100 Hz), read
+        """The prepared signal of one record (the model's input: 12 leads x 1000 samples at 100 Hz, mV), read
         from its source file or, for hospital files (pushed or ingested), the archive beside the store.
         FAILED_PRECONDITION when the server cannot reach either.
         """

@@ -65,16 +65,17 @@ def test_eval_retrieval_end_to_end(ptbxl_dir: Path, tmp_path: Path) -> None:
     assert png.stat().st_size > 1000
 
 
-def test_millivolts_divided_by_its_rms_is_the_prepared_signal(ptbxl_dir: Path) -> None:
-    """The evaluation's mV signal is preparation's, before its one scale (signals.py unchanged)."""
+def test_corpus_holds_prepared_mv_and_the_same_at_unit_rms(ptbxl_dir: Path) -> None:
+    """The evaluation reads preparation's mV signal and divides it by its RMS over live leads."""
     for row in ptbxl.read_table(ptbxl_dir)[:3]:
         for path in (row.path(), row.path(prefer_hr=True)):
             raw = signals.read_wfdb(path)
-            mv = ev.millivolts(raw)
+            unit, mv = ev._read(raw)
+            assert np.array_equal(mv, signals.prepare(raw))
             live = mv.std(axis=1) > signals.FLAT_STD_MV
-            scaled = np.clip(mv / np.sqrt(np.mean(mv[live] ** 2)), -signals.CLIP, signals.CLIP)
-            assert np.allclose(scaled, signals.prepare(raw), atol=1e-5)
-            assert 0.01 < np.sqrt(np.mean(mv[live] ** 2)) < 2.0  # mV, not normalised units
+            rms = np.sqrt(np.mean(mv[live].astype(np.float64) ** 2))
+            assert np.allclose(unit, np.clip(mv / rms, -signals.CLIP, signals.CLIP), atol=1e-5)
+            assert 0.01 < rms < 2.0  # mV, not normalised units
 
 
 def test_bootstrap_mean_and_euclidean_neighbours() -> None:

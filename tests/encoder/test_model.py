@@ -67,20 +67,63 @@ def test_antialias_keeps_parameters_and_steadies_shifted_embeddings() -> None:
     assert drift["smooth"] < drift["plain"] / 2
 
 
-def test_serving_encoder_appends_weighted_rhythm_block() -> None:
-    from ecgsearch.encoder.model import RhythmFeatures, ServingEncoder
+def test_serving_encoder_appends_weighted_rhythm_and_amplitude_blocks() -> None:
+    from ecgsearch.encoder.model import LeadAmplitudes, RhythmFeatures, ServingEncoder, UnitRms
 
     config = EncoderConfig(stem_channels=8, stage_channels=(16,), stage_kernels=(3,), embedding_dim=24)
     encoder = Encoder(config).eval()
     rhythm = RhythmFeatures(mean=(70.0, 0.05), std=(15.0, 0.1))
-    x = torch.randn(3, 12, 1000)
+    amplitude = LeadAmplitudes(mean=tuple([-1.5] * 12), std=tuple([0.5] * 12), median_scale_mv=0.2)
+    x = torch.randn(3, 12, 1000) * 0.3  # mV
     with torch.no_grad():
-        out = ServingEncoder(encoder, rhythm, 0.5)(x)
-        z = rhythm(x)
-    assert out.shape == (3, 26)
+        out = ServingEncoder(encoder, rhythm, 0.5, amplitude, 0.4)(x)
+        unit, scale = UnitRms()(x)
+        z = rhythm(unit)
+        a = amplitude(unit, scale)
+    assert out.shape == (3, 38)
     assert torch.allclose(out[:, :24].norm(dim=1), torch.ones(3), atol=1e-5)
-    assert torch.allclose(out[:, 24:], z * 0.5 / 2**0.5)
-    assert config.with_overrides(rhythm_weight=0.5).output_dim == 26
+    assert torch.allclose(out[:, 24:26], z * 0.5 / 2**0.5)
+    assert torch.allclose(out[:, 26:], a * 0.4 / 12**0.5)
+    assert config.with_overrides(rhythm_weight=0.5, amplitude_weight=0.4).output_dim == 38
+
+
+def test_in_graph_scaling_and_amplitudes_equal_the_numpy_rules() -> None:
+    """UnitRms = signals.unit_rms, LeadAmplitudes = standardised features.lead_log_rms of the mV ECG."""
+    import numpy as np
+
+    from ecgsearch.encoder import features, signals
+    from ecgsearch.encoder.model import LeadAmplitudes, UnitRms
+
+    rng = np.random.default_rng(1)
+    mv = (rng.standard_normal((4, 12, 1000)) * rng.uniform(0.05, 1.0, (4, 12, 1)) * 0.5).astype(np.float32)
+    mv[1, 3] = 0.0  # a flat lead is left out of the scale
+    with torch.no_grad():
+        unit, scale = UnitRms()(torch.from_numpy(mv))
+    assert np.allclose(unit.numpy(), signals.unit_rms(mv), atol=1e-5)
+    assert np.allclose(scale.numpy(), signals.global_rms(mv), rtol=1e-5)
+    mean, std = tuple(np.linspace(-2.0, -1.0, 12)), tuple(np.linspace(0.3, 0.6, 12))
+    with torch.no_grad():
+        z = LeadAmplitudes(mean, std, median_scale_mv=0.2)(unit, scale).numpy()
+    want = features.standardise(features.lead_log_rms(mv), mean, std)
+    assert np.allclose(z, want, atol=1e-4)
+
+
+def test_a_1000x_gain_error_leaves_only_the_relative_amplitudes() -> None:
+    """A global RMS no surface ECG has (microvolts labelled mV) makes the voltage unknown, not extreme."""
+    import numpy as np
+
+    from ecgsearch.encoder.model import LeadAmplitudes, UnitRms
+
+    rng = np.random.default_rng(2)
+    mv = torch.from_numpy((rng.standard_normal((2, 12, 1000)) * 0.3).astype(np.float32))
+    amplitude = LeadAmplitudes(tuple([-1.5] * 12), tuple([0.5] * 12), median_scale_mv=0.25)
+    with torch.no_grad():
+        wrong = amplitude(*UnitRms()(mv * 1000))
+        at_median = amplitude(*UnitRms()(mv / UnitRms()(mv)[1][:, None, None] * 0.25))
+        fivefold = amplitude(*UnitRms()(mv * 5))
+        right = amplitude(*UnitRms()(mv))
+    assert torch.allclose(wrong, at_median, atol=1e-4)
+    assert torch.allclose(fivefold - right, torch.full_like(right, float(np.log(5) / 0.5)), atol=1e-4)
 
 
 def test_shift_stability_separates_invariant_from_sensitive_embeddings() -> None:

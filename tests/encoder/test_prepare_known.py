@@ -2,7 +2,8 @@
 
 Einthoven and Goldberger: III = II - I, aVR = -(I + II)/2, aVL = I - II/2, aVF = II - I/2. PTB-XL stores
 all twelve leads, so the stored limb leads check the formulas, and a record with them removed must
-prepare like the full one. Scale: a global RMS over the non-flat leads, so gain and units drop out.
+prepare like the full one. Prepared ECGs stay in mV; the model's first step divides by a global RMS
+over the non-flat leads (``signals.unit_rms``), so gain and units drop out of its learned part.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def test_derived_limb_leads_prepare_like_the_stored_ones(raws: list[signals.RawE
         eight = signals.prepare_array(
             raw.signal[keep], raw.fs, [raw.leads[i] for i in keep], units=[raw.units[i] for i in keep]
         )
-        np.testing.assert_allclose(eight, signals.prepare(raw), atol=0.05)  # quantisation, in RMS units
+        np.testing.assert_allclose(eight, signals.prepare(raw), atol=0.01)  # quantisation, in mV
 
 
 def test_units_scale_to_millivolts(raws: list[signals.RawEcg]) -> None:
@@ -66,17 +67,24 @@ def test_units_scale_to_millivolts(raws: list[signals.RawEcg]) -> None:
 
 
 @pytest.mark.parametrize("gain", [5.0, 0.2, 1000.0])
-def test_the_same_ecg_at_another_gain_prepares_identically(raws: list[signals.RawEcg], gain: float) -> None:
-    """A header whose gain is off by 5x or 1000x must not change the embedding's input."""
+def test_another_gain_scales_the_mv_and_leaves_the_unit_rms_input(
+    raws: list[signals.RawEcg], gain: float
+) -> None:
+    """A header whose gain is off by 5x or 1000x scales the prepared mV and nothing the encoder reads."""
     for raw in raws[:5]:
         scaled = signals.prepare_array(raw.signal * gain, raw.fs, raw.leads, units=raw.units)
-        np.testing.assert_allclose(scaled, signals.prepare(raw), atol=1e-5)
+        np.testing.assert_allclose(scaled, signals.prepare(raw) * gain, rtol=1e-4, atol=1e-5 * gain)
+        np.testing.assert_allclose(
+            signals.unit_rms(scaled), signals.unit_rms(signals.prepare(raw)), atol=1e-5
+        )
 
 
-def test_prepared_ecg_has_unit_rms_over_its_live_leads(raws: list[signals.RawEcg]) -> None:
+def test_unit_rms_input_has_rms_one_over_its_live_leads(raws: list[signals.RawEcg]) -> None:
     for raw in raws:
-        x = signals.prepare(raw)
-        assert x.shape == (12, signals.MODEL_SAMPLES) and x.dtype == np.float32
+        mv = signals.prepare(raw)
+        assert mv.shape == (12, signals.MODEL_SAMPLES) and mv.dtype == np.float32
+        assert 0.02 < signals.global_rms(mv) < 2.0  # mV
+        x = signals.unit_rms(mv)
         assert np.sqrt(np.mean(x.astype(np.float64) ** 2)) == pytest.approx(1.0, rel=1e-3)
 
 
@@ -100,7 +108,7 @@ def test_flat_leads_are_left_out_of_the_scale_and_stay_zero(raws: list[signals.R
     v3, v4 = ([n.upper() for n in raw.leads].index(n) for n in ("V3", "V4"))
     flat[v3] = 0.7  # a disconnected electrode: a constant offset
     flat[v4] = 0.0
-    x = signals.prepare_array(flat, raw.fs, raw.leads, units=raw.units).astype(np.float64)
+    x = signals.unit_rms(signals.prepare_array(flat, raw.fs, raw.leads, units=raw.units)).astype(np.float64)
     out_v3, out_v4 = (signals.LEADS.index(n) for n in ("V3", "V4"))
     assert np.abs(x[[out_v3, out_v4]]).max() < 1e-6
     live = [i for i in range(12) if i not in (out_v3, out_v4)]

@@ -52,7 +52,8 @@ def test_parity_failure_stops_export(tmp_path: Path, monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize("name", [DEFAULT_MODEL, RANDOM_MODEL])
 def test_bundled_models_load_without_torch_side_imports(name: str) -> None:
     embedder = Embedder(bundled_model(name), threads=1)
-    assert embedder.dim == 258  # 256 learned + heart rate and RR irregularity (model 2)
+    assert embedder.dim == 258  # 256 learned + heart rate and RR irregularity (models 2 and 3)
+    assert set(embedder.card.features or {}) == {"rhythm"}
     assert embedder.card.parity["max_abs_diff"] < 1e-4
     assert "10 s" in embedder.card.embedding
 

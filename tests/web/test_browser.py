@@ -85,7 +85,7 @@ def test_search_by_record_draws_query_neighbours_and_summary(
     assert page.locator("#query-ecg svg pattern.grid-minor").get_attribute("width") == "10"
     assert page.locator("#query-ecg g.lead").count() == 13
     assert page.locator("#query-ecg g.rhythm").get_attribute("data-lead") == "II"
-    assert "normalised units" in page.inner_text("#query-ecg")
+    assert "10 mm/mV" in page.inner_text("#query-ecg")
     # Ten neighbours, never the query itself nor its patient's other ECGs, each as a 12-lead thumbnail.
     ids = _neighbour_ids(page)
     same_patient = {p.record_id for p in service.payloads if p.patient_id == query.patient_id}

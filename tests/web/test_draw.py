@@ -64,14 +64,12 @@ def test_one_second_is_25_mm_and_one_millivolt_is_10_mm(fs: float) -> None:
 
 
 def test_calibration_pulse_is_10_mm_by_5_mm_and_the_scale_is_written() -> None:
-    for scale, words in ((ecgdraw.MV, "10 mm/mV"), (ecgdraw.NORMALISED, "normalised units")):
+    for scale, words in ((ecgdraw.MV, "10 mm/mV"), (ecgdraw.Scale(2.5, "units", 4.0), "10 mm = 4 units")):
         root = _parse(ecgdraw.twelve_lead(np.zeros((12, 1000)), 100.0, scale))
         pulse = _points(root.find(".//s:polyline[@class='pulse']", NS)) / UNITS_PER_MM
         assert np.ptp(pulse[:, 1]) == pytest.approx(10.0)
         assert pulse[4, 0] - pulse[2, 0] == pytest.approx(5.0)  # 0.2 s at 25 mm/s
         assert words in "".join(root.itertext())
-    assert "not mV" in ecgdraw.NORMALISED.caption()
-    assert ecgdraw.NORMALISED.pulse_units * ecgdraw.NORMALISED.mm_per_unit == 10.0
 
 
 def test_three_by_four_layout_with_a_lead_ii_rhythm_strip() -> None:
