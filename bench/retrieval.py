@@ -34,7 +34,7 @@ from ecgsearch.export.runtime import DEFAULT_MODEL, RANDOM_MODEL, Embedder, bund
 
 NAMED_CODES = ("AFIB", "CLBBB", "CRBBB", "LVH", "IMI", "ASMI", "PACE")
 AIM_CODES = ("AFIB", "LVH", "CLBBB", "CRBBB")
-HANDCRAFTED = ("knn-hr-rr", "knn-lead-log-rms-mv", "knn-hr-age")
+HANDCRAFTED = ("knn-hr-rr", "knn-hr-rr-median", "knn-hr-rmssd", "knn-lead-log-rms-mv", "knn-hr-age")
 MIN_FOLD_QUERIES = 20  # below this, a code's aim is judged over all queries
 TEST_FOLD, VALIDATION_FOLD = 10, 9
 TRAIN_FOLDS = range(1, 9)
@@ -230,7 +230,21 @@ def methods_for(corpus: Corpus, model: Path, random_model: Path, pca_dim: int | 
             lambda x, _mv, _i: features.rhythm(x),
             corpus,
             fit,
-            "heart rate, RMSSD / mean RR (lead II R peaks, encoder.features.rhythm)",
+            "heart rate, trimmed RR irregularity (lead II R peaks, encoder.features.rhythm, as served)",
+        ),
+        _zscore_method(
+            "knn-hr-rr-median",
+            lambda x, _mv, _i: features.rhythm(x, "median"),
+            corpus,
+            fit,
+            "heart rate, median |successive RR difference| / median RR",
+        ),
+        _zscore_method(
+            "knn-hr-rmssd",
+            lambda x, _mv, _i: features.rhythm(x, "rmssd"),
+            corpus,
+            fit,
+            "heart rate, RMSSD / mean RR",
         ),
         _zscore_method(
             "knn-lead-log-rms-mv",

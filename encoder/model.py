@@ -218,7 +218,8 @@ class RhythmFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
 
     def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, 2) heart rate (bpm) and RMSSD / mean RR, and (n,) whether three or more peaks were found."""
+        """(n, 2) heart rate (bpm) and trimmed RR irregularity (``features.rhythm``), and (n,) whether
+        three or more peaks were found."""
         f = self.f
         lead = x[:, f.LEAD_II : f.LEAD_II + 1]
         band = F.conv1d(lead, self.fir, padding=f.FIR_TAPS // 2)
@@ -232,15 +233,26 @@ class RhythmFeatures(nn.Module):
         at = torch.topk(torch.where(peak, index, far), f.MAX_PEAKS, dim=1, largest=False).values
         valid = at < far
         rr = (at[:, 1:] - at[:, :-1]) / f.MODEL_FS
-        rr_ok = (valid[:, 1:] & valid[:, :-1]).float()
+        rr_ok = valid[:, 1:] & valid[:, :-1]
         n_rr = rr_ok.sum(dim=1)
-        mean_rr = (rr * rr_ok).sum(dim=1) / n_rr.clamp(min=1.0)
-        d = rr[:, 1:] - rr[:, :-1]
-        d_ok = rr_ok[:, 1:] * rr_ok[:, :-1]
-        rmssd = torch.sqrt((d * d * d_ok).sum(dim=1) / d_ok.sum(dim=1).clamp(min=1.0))
+        # median RR: the valid intervals sorted first, the mean of the two middle ones (numpy's median)
+        ranked = torch.sort(torch.where(rr_ok, rr, far), dim=1).values
+        low, high = (
+            torch.div(n_rr - 1, 2, rounding_mode="floor").clamp(min=0),
+            torch.div(n_rr, 2, rounding_mode="floor"),
+        )
+        median_rr = 0.5 * (ranked.gather(1, low[:, None]) + ranked.gather(1, high[:, None]))[:, 0]
+        # successive differences without the TRIM_LARGEST largest (when more than TRIM_LARGEST + 1)
+        d_ok = rr_ok[:, 1:] & rr_ok[:, :-1]
+        d = torch.sort(torch.where(d_ok, (rr[:, 1:] - rr[:, :-1]).abs(), far), dim=1).values
+        n_d = d_ok.sum(dim=1)
+        kept = torch.where(n_d > f.TRIM_LARGEST + 1, n_d - f.TRIM_LARGEST, n_d)
+        keep = torch.arange(d.shape[1], device=x.device)[None, :] < kept[:, None]
+        d = torch.where(keep, d, torch.zeros_like(d))
+        spread = torch.sqrt((d * d).sum(dim=1) / kept.clamp(min=1).float())
         ok = n_rr >= 2
-        safe_rr = torch.where(ok, mean_rr, torch.ones_like(mean_rr))
-        return torch.stack([60.0 / safe_rr, rmssd / safe_rr], dim=1), ok
+        safe_rr = torch.where(ok, median_rr, torch.ones_like(median_rr))
+        return torch.stack([60.0 / safe_rr, spread / safe_rr], dim=1), ok
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values, ok = self.raw(x)

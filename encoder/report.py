@@ -235,6 +235,50 @@ def compare_variants(
     return {"baselines": baselines, "rows": rows, "summary": summarise(rows), "rhythm_statistics": stats}
 
 
+def compare_irregularity(
+    runs: Path,
+    seeds: tuple[int, ...],
+    data_root: str | Path,
+    kinds: tuple[str, ...],
+    rhythm_weights: tuple[float, ...],
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Fold 9 only: each RR irregularity definition (``features.rhythm``) as a kNN baseline and appended
+    to the trained encoders ``runs/s<seed>/best.pt`` at each weight (P@10, AFIB/LVH P@10, shift
+    stability), per seed and averaged. Chose the served definition; never reads fold 10."""
+    from ecgsearch.encoder.data import load_ptbxl
+    from ecgsearch.encoder.model import load_checkpoint
+
+    data = load_ptbxl(data_root, folds=range(1, 10), cache_dir=cache_dir)
+    code_sets = {code: code_label_sets(data, data_root, code) for code in CODES}
+    train_rows = data.folds <= 8
+
+    def measure(kind: str) -> EmbedFn:
+        stats = features.rhythm_statistics(features.rhythm(data.x[train_rows], kind))
+        return lambda x: features.standardise(features.rhythm(x, kind), stats["mean"], stats["std"])
+
+    measured = {kind: measure(kind) for kind in kinds}
+    baselines = {kind: retrieval_metrics(fn(data.x), data, code_sets) for kind, fn in measured.items()}
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        encoder, _, _ = load_checkpoint(runs / f"s{seed}" / "best.pt")
+        encoder.eval()
+        learned = torch_embed_fn(encoder)
+        for kind, z in measured.items():
+            for w in rhythm_weights:
+
+                def embed_fn(
+                    x: np.ndarray, z: EmbedFn = z, w: float = w, learned: EmbedFn = learned
+                ) -> np.ndarray:
+                    return features.append_to_embedding(
+                        _unit(learned(x)), z(x), features.block_weights([(2, w)])
+                    )
+
+                report = variant_report(embed_fn, data, code_sets)
+                rows.append({"variant": kind, "seed": seed, "rhythm_weight": w, **report})
+    return {"knn_baselines": baselines, "rows": rows, "summary": summarise(rows)}
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sample std over seeds of each metric, per (variant, rhythm weight, amplitude weight)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -291,17 +335,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/variants"))
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--irregularities",
+        nargs="*",
+        default=[],
+        help="compare these RR irregularity definitions on the one variant's trained runs instead",
+    )
     args = parser.parse_args(argv)
     variants = dict(v.split("=", 1) for v in args.variants)
-    result = compare_variants(
-        {k: Path(v) for k, v in variants.items()},
-        tuple(args.seeds),
-        args.data,
-        args.runs,
-        rhythm_weights=tuple(args.rhythm_weights),
-        amplitude_weights=tuple(args.amplitude_weights),
-        cache_dir=args.cache,
-    )
+    if args.irregularities:
+        (name,) = variants
+        result = compare_irregularity(
+            args.runs / name,
+            tuple(args.seeds),
+            args.data,
+            tuple(args.irregularities),
+            tuple(args.rhythm_weights),
+            cache_dir=args.cache,
+        )
+    else:
+        result = compare_variants(
+            {k: Path(v) for k, v in variants.items()},
+            tuple(args.seeds),
+            args.data,
+            args.runs,
+            rhythm_weights=tuple(args.rhythm_weights),
+            amplitude_weights=tuple(args.amplitude_weights),
+            cache_dir=args.cache,
+        )
     command = "python -m ecgsearch.encoder.report " + " ".join(
         argv if argv is not None else __import__("sys").argv[1:]
     )

@@ -59,9 +59,10 @@ SCALE_NOTE = (
 )
 
 RHYTHM_NOTE = (
-    " Then two measured numbers join it, also inside the ONNX graph: heart rate (bpm) and RR "
-    "irregularity (RMSSD / mean RR) from lead-II R peaks (QRS-band energy peaks, "
-    "ecgsearch.encoder.features), standardised with the training folds' mean and std (card field "
+    " Then two measured numbers join it, also inside the ONNX graph: heart rate (60 / median RR, bpm) "
+    "and RR irregularity (RMS of the successive RR differences without the two largest, over the median "
+    "RR, so one missed or extra beat does not read as arrhythmia) from lead-II R peaks (QRS-band energy "
+    "peaks, ecgsearch.encoder.features), standardised with the training folds' mean and std (card field "
     "'features'), clipped to +-{zclip:g}, 0 when fewer than three R peaks are found, each weighted "
     "{w:g}/sqrt(2)."
 )

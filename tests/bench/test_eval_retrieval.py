@@ -20,6 +20,8 @@ METHODS = [
     "pca-log-spectra",
     "pca-raw",
     "knn-hr-rr",
+    "knn-hr-rr-median",
+    "knn-hr-rmssd",
     "knn-lead-log-rms-mv",
     "knn-hr-age",
 ]

@@ -34,12 +34,29 @@ def test_regular_rhythm_gives_its_rate_and_no_irregularity() -> None:
 def test_irregular_rhythm_is_measured_and_scale_free() -> None:
     rr = np.array([0.6, 1.0, 0.5, 0.9, 0.7, 1.1, 0.55, 0.8, 0.95, 0.6, 0.75])
     beats = list(0.3 + np.concatenate([[0.0], np.cumsum(rr)]))
-    want_irregularity = np.sqrt(np.mean(np.diff(rr) ** 2)) / rr.mean()
-    small = features.rhythm(synthetic(beats, 0.001)[None])[0]
-    large = features.rhythm(synthetic(beats, 5.0)[None])[0]
-    assert small[0] == pytest.approx(60 / rr.mean(), rel=0.03)
-    assert small[1] == pytest.approx(want_irregularity, rel=0.1)
-    assert np.allclose(small, large)
+    d = np.sort(np.abs(np.diff(rr)))
+    want = {
+        "rmssd": (60 / rr.mean(), np.sqrt(np.mean(d**2)) / rr.mean()),
+        "trimmed": (60 / np.median(rr), np.sqrt(np.mean(d[:-2] ** 2)) / np.median(rr)),
+        "median": (60 / np.median(rr), np.median(d) / np.median(rr)),
+    }
+    for kind, (rate, irregularity) in want.items():
+        small = features.rhythm(synthetic(beats, 0.001)[None], kind)[0]
+        large = features.rhythm(synthetic(beats, 5.0)[None], kind)[0]
+        assert small[0] == pytest.approx(rate, rel=0.03), kind
+        assert small[1] == pytest.approx(irregularity, rel=0.1), kind
+        assert np.allclose(small, large)
+
+
+def test_one_missed_beat_does_not_read_as_arrhythmia() -> None:
+    """A regular rhythm with one beat missed (as at a circular shift's seam): trimmed stays low."""
+    beats = [b for b in np.arange(0.4, 9.8, 0.8) if not 4.3 < b < 4.5]
+    trimmed = features.rhythm(synthetic(beats)[None])[0]
+    rmssd = features.rhythm(synthetic(beats)[None], "rmssd")[0]
+    assert trimmed[1] < 0.02 and rmssd[1] > 0.3
+    assert trimmed[0] == pytest.approx(75.0, abs=1.0)
+    with pytest.raises(ValueError, match="irregularity"):
+        features.rhythm(synthetic(beats)[None], "sdnn")
 
 
 def test_too_few_beats_or_a_flat_lead_give_nan() -> None:
