@@ -65,12 +65,15 @@ def split_read_prepare(candidates: list[Candidate], n: int = 512, chunk: int = 1
     and preparing one at a time (the single-ECG path the service takes).
 
     CPU time of this process, not wall time: on cores shared with other jobs wall time counts the
-    neighbours' work too, CPU time much less (cache contention aside).
+    neighbours' work too, CPU time much less (cache contention aside). One batch is prepared before
+    the clock starts, as a worker has after its first batch.
     """
     sample = candidates[:n]
     t0 = time.process_time()
     raws = [signals.read_wfdb(c.path) for c in sample]
     t1 = time.process_time()
+    signals.prepare_batch(raws[:chunk])  # untimed: once-per-process costs (filter designs, first calls)
+    t1b = time.process_time()
     for start in range(0, len(raws), chunk):
         signals.prepare_batch(raws[start : start + chunk])
     t2 = time.process_time()
@@ -82,7 +85,7 @@ def split_read_prepare(candidates: list[Candidate], n: int = 512, chunk: int = 1
         "batch": chunk,
         "clock": "process CPU time",
         "read_ms": round(1e3 * (t1 - t0) / len(sample), 3),
-        "prepare_ms": round(1e3 * (t2 - t1) / len(sample), 3),
+        "prepare_ms": round(1e3 * (t2 - t1b) / len(sample), 3),
         "prepare_single_ms": round(1e3 * (t3 - t2) / len(sample), 3),
     }
 
