@@ -14,8 +14,9 @@ Preparation, in order:
 The prepared ECG stays in mV, because absolute voltage is diagnostic (LVH, low voltage). The model
 divides it by one robust scale (RMS over the leads that are not flat; ``unit_rms`` here, the same
 arithmetic inside the ONNX graph) before its convolutions, so its learned part is blind to gain
-errors (headers off by 5x or 1000x, as real archives have); the voltage itself reaches the embedding
-only as a bounded block of per-lead log amplitudes (``ecgsearch.encoder.features``).
+errors (headers off by 5x or 1000x, as real archives have). The voltage itself can join the
+embedding as a block of per-lead log amplitudes (``amplitude_weight``, off by default: a 5x gain
+error in a header would move the same ECG far from itself).
 """
 
 from __future__ import annotations
