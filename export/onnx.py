@@ -20,7 +20,7 @@ import torch
 
 from ecgsearch.encoder import features, signals
 from ecgsearch.encoder.config import EncoderConfig
-from ecgsearch.encoder.data import load_ptbxl
+from ecgsearch.encoder.data import EcgArrays, load_ptbxl
 from ecgsearch.encoder.model import (
     Encoder,
     LeadAmplitudes,
@@ -99,29 +99,13 @@ def embedding_note(config: EncoderConfig) -> str:
     return note
 
 
-def rhythm_statistics(
-    data_root: str | Path,
-    folds: tuple[int, ...],
-    cache_dir: str | Path | None = None,
-    max_records: int | None = None,
-) -> dict:
-    """Mean and std of heart rate and RR irregularity over the training folds (rows with R peaks)."""
-    from ecgsearch.encoder.data import load_ptbxl
-
-    data = load_ptbxl(data_root, folds=folds, cache_dir=cache_dir, max_records=max_records)
-    return {**features.rhythm_statistics(features.rhythm(data.x)), "folds": list(folds)}
+def rhythm_statistics(data: EcgArrays) -> dict:
+    """Mean and std of heart rate and RR irregularity over ``data`` (rows with R peaks)."""
+    return features.rhythm_statistics(features.rhythm(data.x))
 
 
-def amplitude_statistics(
-    data_root: str | Path,
-    folds: tuple[int, ...],
-    cache_dir: str | Path | None = None,
-    max_records: int | None = None,
-) -> dict:
-    """Per-lead mean and std of log-RMS (mV) over the training folds, and their global RMS range."""
-    from ecgsearch.encoder.data import load_ptbxl
-
-    data = load_ptbxl(data_root, folds=folds, cache_dir=cache_dir, max_records=max_records)
+def amplitude_statistics(data: EcgArrays) -> dict:
+    """Per-lead mean and std of log-RMS (mV) over ``data``, and the range of its global RMS."""
     assert data.mv is not None  # load_ptbxl keeps the mV ECGs
     log_rms = features.lead_log_rms(data.mv)
     scale = signals.global_rms(data.mv)
@@ -130,7 +114,6 @@ def amplitude_statistics(
         "mean": log_rms.mean(axis=0).tolist(),
         "std": log_rms.std(axis=0).tolist(),
         "n": len(data),
-        "folds": list(folds),
         "global_rms_mv": {
             "median": float(np.median(scale)),
             "min": float(scale.min()),
@@ -147,12 +130,17 @@ def serving_module(
     config asks for. Returns the module and the card's ``features`` entry (empty without features)."""
     cards: dict[str, Any] = {}
     rhythm = amplitude = None
+    folds = {"folds": list(config.train_folds)}
+    if config.rhythm_weight > 0 or config.amplitude_weight > 0:
+        train = load_ptbxl(
+            data_root, folds=config.train_folds, cache_dir=cache_dir, max_records=config.max_records
+        )
     if config.rhythm_weight > 0:
-        stats = rhythm_statistics(data_root, config.train_folds, cache_dir, config.max_records)
+        stats = {**rhythm_statistics(train), **folds}
         rhythm = RhythmFeatures(tuple(stats["mean"]), tuple(stats["std"]))
         cards["rhythm"] = {**stats, "weight": config.rhythm_weight}
     if config.amplitude_weight > 0:
-        stats = amplitude_statistics(data_root, config.train_folds, cache_dir, config.max_records)
+        stats = {**amplitude_statistics(train), **folds}
         amplitude = LeadAmplitudes(
             tuple(stats["mean"]), tuple(stats["std"]), stats["global_rms_mv"]["median"]
         )
