@@ -191,28 +191,23 @@ def run_load(
     start_gate = threading.Barrier(concurrency + 1)
 
     def worker(index: int) -> None:
-        rng = np.random.default_rng(index)
         with EcgSearchClient(target, token=token, timeout=10) as client:
             client.info()  # connect before the clock starts
-            start_gate.wait()
-            stop_at = time.monotonic() + duration
-            turn = index
-            while time.monotonic() < stop_at:
-                kind = KINDS[turn % len(KINDS)]
-                turn += 1
-                i = int(rng.integers(len(ids)))
-                filtered = kind.endswith("filtered")
-                began = time.perf_counter()
+
+            def ask(kind: str, i: int) -> bool:
+                filtered = flt if kind.endswith("filtered") else None
                 try:
                     if kind.startswith("vector"):
-                        client.search_by_vector(vectors[i], k=k, filter=flt if filtered else None)
+                        client.search_by_vector(vectors[i], k=k, filter=filtered)
                     else:
-                        client.search_by_record(ids[i], k=k, filter=flt if filtered else None)
-                    ok = True
+                        client.search_by_record(ids[i], k=k, filter=filtered)
                 except grpc.RpcError as error:
-                    ok = False
                     errors.append(f"{kind}: {error.code().name} {error.details()}")
-                samples[index].append((kind, time.perf_counter() - began, ok))
+                    return False
+                return True
+
+            start_gate.wait()
+            samples[index] = _query_loop(index, duration, len(ids), ask)
 
     elapsed = _run_threads(worker, concurrency, start_gate)
     flat = [s for per in samples for s in per]
@@ -250,25 +245,40 @@ def run_store_load(
                 update["exclude_patient_ids"] = [payload.patient_id]
             st.search(vector, k=k, filter=base.model_copy(update=update))
 
+        def ask(kind: str, i: int) -> bool:
+            filtered = kind.endswith("filtered")
+            if kind.startswith("vector"):
+                st.search(vectors[i], k=k, filter=flt if filtered else None)
+            else:
+                by_record(ids[i], flt if filtered else SearchFilter())
+            return True
+
         def worker(index: int) -> None:
-            rng = np.random.default_rng(index)
             start_gate.wait()
-            stop_at = time.monotonic() + duration
-            turn = index
-            while time.monotonic() < stop_at:
-                kind = KINDS[turn % len(KINDS)]
-                turn += 1
-                i = int(rng.integers(len(ids)))
-                filtered = kind.endswith("filtered")
-                began = time.perf_counter()
-                if kind.startswith("vector"):
-                    st.search(vectors[i], k=k, filter=flt if filtered else None)
-                else:
-                    by_record(ids[i], flt if filtered else SearchFilter())
-                samples[index].append((kind, time.perf_counter() - began, True))
+            samples[index] = _query_loop(index, duration, len(ids), ask)
 
         elapsed = _run_threads(worker, concurrency, start_gate)
     return _load_report([s for per in samples for s in per], elapsed)
+
+
+def _query_loop(
+    index: int, duration: float, n_ids: int, ask: Callable[[str, int], bool]
+) -> list[tuple[str, float, bool]]:
+    """One client thread's load: the query kinds in turn (from its own offset) on random ids until
+    ``duration`` has passed; (kind, seconds, answered) per request. Both load runs use it, so the
+    service and the bare store see the same sequence of queries."""
+    rng = np.random.default_rng(index)
+    stop_at = time.monotonic() + duration
+    samples = []
+    turn = index
+    while time.monotonic() < stop_at:
+        kind = KINDS[turn % len(KINDS)]
+        turn += 1
+        i = int(rng.integers(n_ids))
+        began = time.perf_counter()
+        ok = ask(kind, i)
+        samples.append((kind, time.perf_counter() - began, ok))
+    return samples
 
 
 def _run_threads(worker: Callable[[int], None], concurrency: int, start_gate: threading.Barrier) -> float:
