@@ -11,16 +11,14 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ecgsearch.bench.service import wait_serving
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import sources
 from ecgsearch.search.schema import EcgPayload, SearchFilter
@@ -164,20 +162,10 @@ def service(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def _wait_serving(target: str, process: subprocess.Popen[str], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"ecgsearch serve exited: {log.read_text()[-2000:]}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    pytest.fail(f"ecgsearch serve not serving after {START_TIMEOUT_S:.0f} s: {log.read_text()[-2000:]}")
+    try:
+        wait_serving(target, process, START_TIMEOUT_S)
+    except (RuntimeError, TimeoutError) as exc:
+        pytest.fail(f"ecgsearch serve: {exc}: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="session")
