@@ -58,18 +58,8 @@ def lock_holders(root: Path) -> list[str]:
 def collection_info(store: Store, model: Path | None = None) -> dict[str, Any]:
     """Count, dim, model version and card, index settings, aliases and diagnosis counts."""
     info = store.info()
-    return {
-        "collection": info.name,
-        "backend": info.backend,
-        "count": info.count,
-        "dim": info.dim,
-        "indexed": info.indexed,
-        "model_version": info.model_version,
-        "model_card": model_card(info.model_version, model),
-        "index_settings": store.index_settings().model_dump(mode="json"),
-        "aliases": store.aliases(),
-        "diagnosis_counts": dict(sorted(info.diagnosis_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
-    }
+    settings = store.index_settings().model_dump(mode="json")
+    return _info_report(info, model_card(info.model_version, model), settings, store.aliases())
 
 
 def model_card(version: str, model: Path | None = None) -> dict[str, Any] | None:
@@ -85,7 +75,29 @@ def model_card(version: str, model: Path | None = None) -> dict[str, Any] | None
         return None
     if card.version != version:
         return None
+    return _card_fields(card)
+
+
+def _card_fields(card: Any) -> dict[str, Any]:
     return {key: getattr(card, key) for key in CARD_FIELDS}
+
+
+def _info_report(
+    info: Any, card: dict[str, Any] | None, settings: dict[str, Any] | None, aliases: dict[str, str] | None
+) -> dict[str, Any]:
+    """The one shape of ``collection info``, from a store or from a running service."""
+    return {
+        "collection": info.name,
+        "backend": info.backend,
+        "count": info.count,
+        "dim": info.dim,
+        "indexed": info.indexed,
+        "model_version": info.model_version,
+        "model_card": card,
+        "index_settings": settings,
+        "aliases": aliases,
+        "diagnosis_counts": dict(sorted(info.diagnosis_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
 
 
 def get_record(store: Store, record_id: str, *, vector: bool = False) -> dict[str, Any]:
@@ -103,19 +115,7 @@ def switch_alias(store: Store, name: str, target: str) -> dict[str, Any]:
 
 def service_info(client: Any) -> dict[str, Any]:
     """``collection_info`` as a running service (an ``EcgSearchClient``) reports it: no settings, aliases."""
-    info, card = client.info(), client.model_card()
-    return {
-        "collection": info.name,
-        "backend": info.backend,
-        "count": info.count,
-        "dim": info.dim,
-        "indexed": info.indexed,
-        "model_version": info.model_version,
-        "model_card": {key: getattr(card, key) for key in CARD_FIELDS},
-        "index_settings": None,
-        "aliases": None,
-        "diagnosis_counts": dict(sorted(info.diagnosis_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
-    }
+    return _info_report(client.info(), _card_fields(client.model_card()), None, None)
 
 
 def service_record(client: Any, record_id: str, *, vector: bool = False) -> dict[str, Any]:
