@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from sited import TOKENS, Sited, auth, build, sha, tokens_file
 from ecgsearch.search import server as server_module
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
-from ecgsearch.search.auth import Caller, TokensFileError, digest, parse
+from ecgsearch.search.auth import Caller, CallerRegistry, TokensFileError, digest, legacy, parse
 from ecgsearch.search.server import run_server
 from ecgsearch.search.settings import ServiceSettings
 
@@ -104,17 +105,96 @@ def test_tokens_file_is_reloaded_when_it_changes(
     path.write_text(text + f"newcomer search * sha256:{sha('tok-new')}\n")
     assert stub.CollectionInfo(request, metadata=newcomer).count == len(sited.payloads)
     path.write_text("".join(line + "\n" for line in text.splitlines() if not line.startswith("ward-a")))
-    stat = path.stat()  # same-size rewrites within the clock's granularity still count as a change
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert _code(stub.CollectionInfo, request, auth("ward-a")) == grpc.StatusCode.UNAUTHENTICATED
     path.write_text("not a valid line\n")  # a broken file keeps the last valid callers
     assert stub.CollectionInfo(request, metadata=auth("ops")).count == len(sited.payloads)
 
 
-def test_plain_tokens_are_default_search_callers() -> None:
-    callers = parse(["# legacy", "secret-one", ""])
+def test_a_rewrite_with_the_same_size_and_mtime_is_read_again(
+    served: tuple[pb_grpc.EcgSearchServiceStub, Path], sited: Sited
+) -> None:
+    """Revocation by swapping one digest for another: same size, modification time put back."""
+    stub, path = served
+    request = pb.CollectionInfoRequest()
+    assert stub.CollectionInfo(request, metadata=auth("ward-a")).count == len(sited.payloads)
+    before = path.stat()
+    revoked = path.read_text().replace(sha(TOKENS["ward-a"]), sha("tok-replacement"))
+    path.write_text(revoked)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert _code(stub.CollectionInfo, request, auth("ward-a")) == grpc.StatusCode.UNAUTHENTICATED
+    replacement = (("authorization", "Bearer tok-replacement"),)
+    assert stub.CollectionInfo(request, metadata=replacement).count == len(sited.payloads)
+
+
+class _Collected(logging.Handler):
+    """The records the callers registry logs (attached to its logger: whatever propagation is set)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            self.lines.append(record.getMessage())
+
+
+def test_a_broken_file_while_serving_keeps_the_last_valid_callers(
+    served: tuple[pb_grpc.EcgSearchServiceStub, Path], sited: Sited
+) -> None:
+    """Non-UTF-8 bytes, a ',' sites field, a bare digest: each is logged and none changes who may call."""
+    stub, path = served
+    valid = path.read_bytes()
+    ward_line = f"ward-a  search  site-a  sha256:{sha(TOKENS['ward-a'])}"
+    bare = f"sha256:{sha('tok-bare')}"
+    breakages = {
+        "line 6: not UTF-8": valid + b"late  search  *  sha256:\xff\xfe\n",
+        "line 2: sites": valid.replace(ward_line.encode(), ward_line.replace("site-a", ",").encode()),
+        "line 6: one field": valid + bare.encode() + b"\n",
+    }
+    ops, ward = auth("ops"), auth("ward-a")
+    own = set(sited.of_site("site-a"))
+    logger = logging.getLogger("ecgsearch.auth")
+    for reason, content in breakages.items():
+        collected = _Collected()
+        logger.addHandler(collected)
+        try:
+            path.write_bytes(content)
+            for _ in range(3):  # logged once, not once per call
+                assert stub.CollectionInfo(pb.CollectionInfoRequest(), metadata=ops, timeout=30).count
+            hits = stub.SearchByVector(_vector_search(sited, 1), metadata=ward, timeout=30).hits
+            assert {h.record_id for h in hits} == own, reason  # still site-a only
+            for token in ("Bearer tok-bare", "Bearer " + bare):
+                refused = _code(stub.CollectionInfo, pb.CollectionInfoRequest(), (("authorization", token),))
+                assert refused == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            logger.removeHandler(collected)
+        assert len(collected.lines) == 1, collected.lines
+        assert reason in collected.lines[0] and "last valid callers" in collected.lines[0]
+        assert sha("tok-bare") not in collected.lines[0] and "tok-" not in collected.lines[0]
+    path.write_bytes(valid + f"newcomer search * sha256:{sha('tok-new')}\n".encode())
+    newcomer = (("authorization", "Bearer tok-new"),)
+    assert stub.CollectionInfo(pb.CollectionInfoRequest(), metadata=newcomer, timeout=30).count
+
+
+def test_a_broken_file_at_start_is_refused_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "callers"
+    path.write_bytes(b"# callers\nops search * sha256:" + b"0" * 63 + b"\xff\n")
+    with pytest.raises(TokensFileError, match="line 2: not UTF-8"):
+        CallerRegistry(path)
+    path.write_text(f"# callers\nsha256:{sha('tok-bare')}\n")
+    with pytest.raises(TokensFileError, match="line 2: one field") as info:
+        CallerRegistry(path)
+    assert sha("tok-bare") not in str(info.value)
+
+
+def test_plain_tokens_are_default_search_callers_outside_the_file() -> None:
+    callers = legacy(["secret-one", " ", ""])
     assert callers.by_token("secret-one") == Caller("default", frozenset({"search"}))
     assert callers.by_token("secret-two") is None
+    with pytest.raises(TokensFileError, match="line 2: one field"):
+        parse(["# legacy", "secret-one", ""])
 
 
 def test_certificate_names_map_to_callers() -> None:
@@ -125,22 +205,46 @@ def test_certificate_names_map_to_callers() -> None:
     assert callers.by_token("lab-gateway.example") is None
 
 
+ZEROS = "sha256:" + "0" * 64
+
+
 @pytest.mark.parametrize(
     ("line", "named"),
     [
-        ("ops search,root * sha256:" + "0" * 64, "scopes"),
+        ("ops search,root * " + ZEROS, "scopes"),
+        ("ops search, * " + ZEROS, "scopes is a comma-separated list without empty items"),
+        ("ops , * " + ZEROS, "scopes"),
         ("ops search * sha256:abc", "credential"),
         ("ops search * tok-in-the-clear", "credential"),
         ("ops search", "4 fields"),
-        ("ops search bad/site sha256:" + "0" * 64, "site"),
-        ("o p s search * sha256:" + "0" * 64, "4 fields"),
+        ("ops search bad/site " + ZEROS, "site"),
+        ("ops search , " + ZEROS, "sites"),
+        ("ops search site-a, " + ZEROS, "sites"),
+        ("ops search site-a,,site-b " + ZEROS, "sites"),
+        ("ops search *,site-a " + ZEROS, "stands alone"),
+        ("o p s search * " + ZEROS, "4 fields"),
+        ("tok-in-the-clear", "one field"),
+        (ZEROS, "one field"),
+        ("0" * 64, "one field"),
     ],
 )
 def test_bad_lines_are_named_without_their_secret(line: str, named: str) -> None:
     with pytest.raises(TokensFileError, match=named) as info:
         parse(["# header", line], "tokens")
     assert "tokens line 2" in str(info.value)
-    assert "tok-in-the-clear" not in str(info.value)
+    assert "tok-in-the-clear" not in str(info.value) and "0" * 64 not in str(info.value)
+
+
+def test_a_credential_given_twice_is_refused() -> None:
+    lines = [
+        f"a search site-a sha256:{sha('t')}",
+        "b search * cert:gw",
+        f"c search * sha256:{sha('t').upper()}",
+    ]
+    with pytest.raises(TokensFileError, match="line 3: this credential is already given"):
+        parse(lines, "tokens")
+    with pytest.raises(TokensFileError, match="line 2: this credential"):
+        parse(["b search * cert:gw", "c admin * cert:gw"], "tokens")
 
 
 def test_digest_is_sha256() -> None:

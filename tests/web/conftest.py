@@ -6,6 +6,7 @@ their signals from the shared data folder (GetEcg), and the viewer talks to it w
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -111,7 +112,8 @@ def start_service(
     if hospital is not None:
         payloads += _ingest(root, hospital)
     tokens = root / "tokens"
-    tokens.write_text(f"{TOKEN}\n")
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    tokens.write_text(f"viewer search * sha256:{digest}\n")
     token_file = root / "viewer.token"
     token_file.write_text(f"{TOKEN}\n")
     port = free_port()
