@@ -64,6 +64,13 @@ class Store(Protocol):
     def content_hashes(self, record_ids: Sequence[str]) -> dict[str, str | None]:
         """Stored ones of these record ids -> their payload's content hash (None: stored without one)."""
 
+    def sites_of(self, record_ids: Sequence[str]) -> dict[str, str | None]:
+        """Stored ones of these record ids -> their payload's site (None: stored without one).
+
+        One retrieval of one payload key per batch, whether an id is stored or not: the service's
+        visibility check, which must cost the same for an unknown id and another site's id.
+        """
+
     def search(
         self,
         vector: np.ndarray,
@@ -94,8 +101,8 @@ class Store(Protocol):
     def count(self, filter: SearchFilter | None = None) -> int:
         """Points matching the filter (all points without one)."""
 
-    def info(self) -> CollectionInfo:
-        """Count, dim, model version, backend and per-diagnosis counts."""
+    def info(self, filter: SearchFilter | None = None) -> CollectionInfo:
+        """Count, dim, model version, backend and per-diagnosis counts (of the points ``filter`` keeps)."""
 
     def optimize(self) -> None:
         """Build the HNSW index over every point (embedded) or wait until indexing is done (server)."""
@@ -456,6 +463,15 @@ class EdgeStore(_Backend):
                 found[by_point[str(r.id)]] = (r.payload or {}).get("content_hash")
         return found
 
+    def sites_of(self, record_ids: Sequence[str]) -> dict[str, str | None]:
+        by_point = {point_id(r): r for r in record_ids}
+        ids, found = list(by_point), {}
+        for start in range(0, len(ids), BATCH):
+            part = ids[start : start + BATCH]
+            for r in self.shard.retrieve(part, with_payload=["site"], with_vector=False):
+                found[by_point[str(r.id)]] = (r.payload or {}).get("site")
+        return found
+
     def search_batch(
         self,
         vectors: np.ndarray,
@@ -581,13 +597,15 @@ class EdgeStore(_Backend):
     def count(self, filter: SearchFilter | None = None) -> int:
         return self.shard.count(edge.CountRequest(exact=True, filter=to_edge(filter)))
 
-    def info(self) -> CollectionInfo:
+    def info(self, filter: SearchFilter | None = None) -> CollectionInfo:
         manifest = self._manifest()
         shard_info = self.shard.info()
-        facets = self.shard.facet(edge.FacetRequest(key="diagnoses", limit=FACET_LIMIT, exact=True))
+        facets = self.shard.facet(
+            edge.FacetRequest(key="diagnoses", limit=FACET_LIMIT, exact=True, filter=to_edge(filter))
+        )
         return CollectionInfo(
             name=self.name,
-            count=self.count(),  # exact: points_count is an estimate while the WAL is replayed
+            count=self.count(filter),  # exact: points_count is an estimate while the WAL is replayed
             dim=manifest.dim,
             model_version=manifest.model_version,
             backend=self.backend,
@@ -885,6 +903,19 @@ class ServerStore(_Backend):
             found.update({by_point[str(r.id)]: (r.payload or {}).get("content_hash") for r in records})
         return found
 
+    def sites_of(self, record_ids: Sequence[str]) -> dict[str, str | None]:
+        by_point = {point_id(r): r for r in record_ids}
+        ids, found = list(by_point), {}
+        for start in range(0, len(ids), BATCH):
+            part = ids[start : start + BATCH]
+            records = self._call(
+                lambda part=part: self.client.retrieve(
+                    self.name, part, with_payload=["site"], with_vectors=False
+                )
+            )
+            found.update({by_point[str(r.id)]: (r.payload or {}).get("site") for r in records})
+        return found
+
     def search_batch(
         self,
         vectors: np.ndarray,
@@ -941,13 +972,17 @@ class ServerStore(_Backend):
         result = self._call(lambda: self.client.count(self.name, count_filter=to_client(filter), exact=True))
         return int(result.count)
 
-    def info(self) -> CollectionInfo:
+    def info(self, filter: SearchFilter | None = None) -> CollectionInfo:
         manifest = self._manifest()
         info = self._call(lambda: self.client.get_collection(self.name))
-        facets = self._call(lambda: self.client.facet(self.name, "diagnoses", limit=FACET_LIMIT, exact=True))
+        facets = self._call(
+            lambda: self.client.facet(
+                self.name, "diagnoses", facet_filter=to_client(filter), limit=FACET_LIMIT, exact=True
+            )
+        )
         return CollectionInfo(
             name=self.name,
-            count=self.count(),
+            count=self.count(filter),
             dim=manifest.dim,
             model_version=manifest.model_version,
             backend=self.backend,

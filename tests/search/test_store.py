@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,23 @@ def test_get_existing_and_info(edge_store: EdgeStore, server_store: ServerStore,
         assert info.diagnosis_counts[SR] == sum(SR in p.diagnoses for p in corpus.payloads)
         assert info.diagnosis_counts["SCP:NORM"] == sum("SCP:NORM" in p.diagnoses for p in corpus.payloads)
         assert info.indexed
+
+
+def test_sites_of_and_info_of_some_sites(edge_store: EdgeStore, server_store: ServerStore, corpus: Any):
+    """The site of each stored id (the service's visibility check) and the facts of the points a filter
+    keeps (a site-restricted caller's CollectionInfo), the same on both engines."""
+    moved = [p.model_copy(update={"site": "north"}) for p in corpus.payloads[:7]]
+    north = SearchFilter(sites=["north"])
+    stores: list[Store] = [edge_store, server_store]
+    for store in stores:
+        store.upsert(moved, corpus.vectors[:7])
+        asked = [corpus.payloads[0].record_id, corpus.payloads[8].record_id, "ptbxl:999999"]
+        assert store.sites_of(asked) == {asked[0]: "north", asked[1]: "local"}
+        assert store.sites_of([]) == {}
+        info = store.info(north)
+        assert info.count == 7
+        assert info.diagnosis_counts == dict(Counter(c for p in moved for c in p.diagnoses))
+        assert store.info().count == len(corpus.payloads)
 
 
 def test_idempotent_upsert_and_model_mismatch(edge_store: EdgeStore, server_store: ServerStore, corpus: Any):
