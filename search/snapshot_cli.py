@@ -129,9 +129,14 @@ def restore_command(
 ) -> None:
     """Restore a snapshot as a new collection (an existing embedded collection is never overwritten).
 
-    The point count is checked against the snapshot's. Point clients at the restored collection with
-    `ecgsearch collection alias`. On a Qdrant server, Qdrant recovers the collection from a location
-    it can read; restoring over an existing collection replaces it there (Qdrant's behaviour).
+    Embedded: every file is checked against the snapshot's manifest (size and SHA-256) before anything
+    is written, compressed archives are refused (decompress them first), the kept signals of pushed
+    ECGs go to <store>/archive, and the point count is checked; on any failure nothing is left behind.
+    The site secret is never in a snapshot: copy the original store's site-secret (or give the same
+    --site-secret-file) before pushing or ingesting into the restored store. Point clients at the
+    restored collection with `ecgsearch collection alias`. On a Qdrant server, Qdrant recovers the
+    collection from a location it can read; restoring over an existing collection replaces it there
+    (Qdrant's behaviour).
 
     Examples:
 
@@ -146,17 +151,24 @@ def restore_command(
         if not archive.is_file():
             raise typer.BadParameter(f"{archive}: no such archive", param_hint="SOURCE")
         location: str = str(archive)
-        path = store or _default_store()
-        path.mkdir(parents=True, exist_ok=True)
-        store = path
+        store = store or _default_store()
     elif "://" in source:
         location = source
     else:
         location = f"file://{server_snapshots_dir.rstrip('/')}/{from_collection or collection}/{source}"
-    info = _with_store(
-        store, qdrant_url, api_key, collection, lambda s: s.restore_snapshot(location), new=True
-    )
+    made = store is not None and not store.exists()
+    try:
+        if store is not None:
+            store.mkdir(parents=True, exist_ok=True)
+        info = _with_store(
+            store, qdrant_url, api_key, collection, lambda s: s.restore_snapshot(location), new=True
+        )
+    finally:
+        if made and store is not None and not any(store.iterdir()):
+            store.rmdir()  # a failed restore leaves no empty store behind
     _print([info], as_json, single=True)
+    if info.note and not as_json:
+        typer.echo(f"note: {info.note}", err=True)
 
 
 def _default_store() -> Path:

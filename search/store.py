@@ -667,11 +667,26 @@ class EdgeStore(_Backend):
         )
 
     # -- snapshots ------------------------------------------------------------------------------
-    def create_snapshot(self, directory: Path | None = None) -> SnapshotInfo:
-        """Flush, then archive the collection (``ecgsearch.search.snapshots``): edge cannot snapshot.
+    def _archived_signals(self) -> list[str]:
+        """Content hashes of the points whose signal is kept in the archive (``archived``)."""
+        found, offset = [], None
+        while True:
+            page, offset = self.shard.scroll(
+                edge.ScrollRequest(
+                    offset=offset, limit=1024, with_payload=["archived", "content_hash"], with_vector=False
+                )
+            )
+            found += [r.payload["content_hash"] for r in page if r.payload.get("archived")]
+            if offset is None:
+                return found
+
+    def create_snapshot(self, directory: Path | None = None, archive: Path | None = None) -> SnapshotInfo:
+        """Flush, then archive the collection and the kept signals of its archived points
+        (``ecgsearch.search.snapshots``): edge cannot snapshot.
 
         This process holds the shard's lock and edge optimizes only when asked, so the copied files are
-        those of the flushed state. Default directory: ``<store>/snapshots``.
+        those of the flushed state. Default directory: ``<store>/snapshots``; default archive of kept
+        signals: ``<store>/archive`` (give the service's ``--archive-path`` when it has one).
         """
         from ecgsearch.search import snapshots
 
@@ -685,6 +700,8 @@ class EdgeStore(_Backend):
             count=self.count(),
             model_version=manifest.model_version,
             dim=manifest.dim,
+            archive_root=archive or self.root / "archive",
+            signals=self._archived_signals(),
         )
 
     def list_snapshots(self, directory: Path | None = None) -> list[SnapshotInfo]:
@@ -693,15 +710,8 @@ class EdgeStore(_Backend):
 
         return snapshots.list_archives(directory or snapshots.default_directory(self.root), self.name)
 
-    def restore_snapshot(self, source: str | Path) -> SnapshotInfo:
-        """Unpack an archive as this collection (which must not exist yet), open it, check its count."""
-        from ecgsearch.search import snapshots
-
-        if self.manifest is not None:
-            raise StoreError(
-                f"collection {self.name!r} exists in {self.root}; restore into a new collection or store"
-            )
-        meta = snapshots.unpack(Path(source), self._dir)
+    def _open_restored(self) -> int:
+        """Name the unpacked collection after this one, open its shard; its point count."""
         restored = CollectionManifest.model_validate_json(self._manifest_path.read_text())
         _write_atomic(
             self._manifest_path, restored.model_copy(update={"name": self.name}).model_dump_json(indent=2)
@@ -709,11 +719,30 @@ class EdgeStore(_Backend):
         self.manifest = self._read_manifest()
         self.settings = self.requested_settings or self.manifest.settings
         self._shard = self._open(lambda: edge.EdgeShard.load(str(self._shard_dir)))
-        count = self.count()
-        if count != meta["count"]:
+        return self.count()
+
+    def restore_snapshot(self, source: str | Path, archive: Path | None = None) -> SnapshotInfo:
+        """Verify an archive, unpack it as this collection (which must not exist yet) and its kept
+        signals into ``archive`` (default ``<store>/archive``), open it and check its count; on any
+        failure nothing of it is left on disk."""
+        from ecgsearch.search import snapshots
+
+        if self.manifest is not None:
             raise StoreError(
-                f"restored {count} points from {source}, but the snapshot recorded {meta['count']}"
+                f"collection {self.name!r} exists in {self.root}; restore into a new collection or store"
             )
+        with snapshots.restoring(Path(source), self._dir, archive or self.root / "archive") as meta:
+            try:  # the shard is closed before the restore's files are removed
+                count = self._open_restored()
+                if count != meta["count"]:
+                    raise StoreError(
+                        f"restored {count} points from {source}, but the snapshot recorded {meta['count']}"
+                    )
+            except BaseException:
+                if self._shard is not None:
+                    self._shard.close()
+                self._shard, self.manifest = None, None
+                raise
         return snapshots.SnapshotInfo(
             name=Path(source).name,
             location=str(self._dir),
@@ -722,6 +751,8 @@ class EdgeStore(_Backend):
             created=meta["created"],
             count=count,
             model_version=self.manifest.model_version,
+            signals=meta["signals"],
+            note=snapshots.SECRET_NOTE,
         )
 
 
@@ -1031,8 +1062,11 @@ class ServerStore(_Backend):
                 "qdrant-client's local mode has no snapshots; snapshot a Qdrant server (--qdrant-url)"
             ) from None
 
-    def create_snapshot(self, directory: Path | None = None) -> SnapshotInfo:
-        """Qdrant's own snapshot of the collection, kept on the server (``directory`` is not used)."""
+    def create_snapshot(self, directory: Path | None = None, archive: Path | None = None) -> SnapshotInfo:
+        """Qdrant's own snapshot of the collection, kept on the server (``directory`` is not used).
+
+        It holds the collection only: back up the service's ``--archive-path`` (kept signals of pushed
+        ECGs) beside it; ``archive`` is not used."""
         from ecgsearch.search.snapshots import SnapshotInfo
 
         count = self.count()
@@ -1066,8 +1100,9 @@ class ServerStore(_Backend):
         ]
         return sorted(rows, key=lambda i: (i.created is None, i.created))
 
-    def restore_snapshot(self, source: str | Path) -> SnapshotInfo:
-        """Recover this collection from a snapshot location the server can read (``file://`` or URL)."""
+    def restore_snapshot(self, source: str | Path, archive: Path | None = None) -> SnapshotInfo:
+        """Recover this collection from a snapshot location the server can read (``file://`` or URL);
+        ``archive`` is not used (the server's snapshot holds no kept signals)."""
         from ecgsearch.search.snapshots import SnapshotInfo
 
         location = str(source)
