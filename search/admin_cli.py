@@ -1,4 +1,4 @@
-"""``ecgsearch collection info|get|alias`` and ``ecgsearch stats``: operator commands, each with --json."""
+"""``ecgsearch collection info|get|alias``, ``ecgsearch stats`` and ``ecgsearch proto``: operator commands."""
 
 from __future__ import annotations
 
@@ -256,9 +256,36 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def proto_command(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to write ecgsearch/v1/search.proto under.")
+    ],
+) -> None:
+    """Write the service's wire contract (the .proto shipped in the package) for a client in another language.
+
+    Examples:
+
+        ecgsearch proto --out ./contracts
+        grpc_tools.protoc -I ./contracts --python_out=. ./contracts/ecgsearch/v1/search.proto
+    """
+    from importlib import resources
+
+    relative = Path("ecgsearch", "v1", "search.proto")
+    source = resources.files("ecgsearch.proto").joinpath(*relative.parts)
+    target = out / relative
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+    except OSError as exc:
+        typer.echo(f"error: cannot write {target}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(str(target))
+
+
 def register(app: typer.Typer, collection: typer.Typer) -> None:
-    """Mount ``stats`` on the root app and the collection commands on ``collection``."""
+    """Mount ``stats`` and ``proto`` on the root app and the collection commands on ``collection``."""
     collection.command("info")(info_command)
     collection.command("get")(get_command)
     collection.command("alias")(alias_command)
     app.command("stats")(stats_command)
+    app.command("proto")(proto_command)
