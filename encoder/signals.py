@@ -1,7 +1,8 @@
 """Turn an ECG into the model's input: (12, 1000) float32, 10 s at 100 Hz, fixed lead order.
 
 Training, ingest and the service all prepare ECGs here, so a query is prepared exactly like the
-training data. numpy, scipy and wfdb only: no torch.
+training data. numpy and scipy only: no torch. WFDB records are read by ``wfdb_io`` (numpy only),
+re-exported here as ``read_wfdb``; the ``wfdb`` package is a test reference, not a dependency.
 
 Preparation, in order:
 1. map lead names (case-insensitive, ``AVR`` = ``aVR``) to the model's order; a missing III, aVR,
@@ -24,8 +25,6 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,8 +32,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import wfdb
 from scipy import signal as sps
+
+# WFDB reading lives in its own module (one per outside format); ingest, the CLI and tests import it here.
+from ecgsearch.encoder.wfdb_io import read_wfdb
 
 MODEL_FS = 100
 MODEL_SECONDS = 10
@@ -93,194 +94,6 @@ class RawEcg:
     units: tuple[str, ...]
     comments: tuple[str, ...] = ()
     recorded_at: datetime | None = None
-
-
-def read_wfdb(path: str | Path) -> RawEcg:
-    """Read a WFDB record (path without extension), tolerating headers that name the file with '.mat'.
-
-    The common layout (one format-16 signal file, one sample per frame, no skew, optionally after a
-    byte offset as in MATLAB v4 ``.mat`` files) is read directly with numpy; anything else goes
-    through ``wfdb.rdrecord``. Both give the same values, NaN for the invalid sample -32768 included.
-    """
-    path = Path(path)
-    record = str(path)
-    if path.suffix in {".hea", ".dat", ".mat"}:
-        path = path.with_suffix("")
-    header = path.with_suffix(".hea")
-    if not header.is_file():
-        raise UnreadableRecord(record, f"no header file {header.name}")
-    raw = _read_fast(path, record)
-    return raw if raw is not None else _read_with_wfdb(path, record)
-
-
-def _read_with_wfdb(path: Path, record: str) -> RawEcg:
-    try:
-        rec = _read_with_header_fix(path)
-    except SignalError:
-        raise
-    except Exception as exc:  # wfdb raises many unrelated types for corrupt files
-        raise UnreadableRecord(record, f"cannot read WFDB record ({type(exc).__name__}: {exc})") from exc
-    if rec.p_signal is None or rec.p_signal.ndim != 2:
-        raise UnreadableRecord(record, "record holds no signal")
-    recorded_at = None
-    if rec.base_date is not None and rec.base_time is not None:
-        recorded_at = datetime.combine(rec.base_date, rec.base_time)
-    return RawEcg(
-        record=record,
-        signal=np.asarray(rec.p_signal, dtype=np.float64).T,
-        fs=float(rec.fs),
-        leads=tuple(rec.sig_name),
-        units=tuple(u or "mV" for u in rec.units),
-        comments=tuple(rec.comments or ()),
-        recorded_at=recorded_at,
-    )
-
-
-# Header line grammar as wfdb reads it (wfdb/io/header.py), so both paths split fields alike.
-_RX_RECORD = re.compile(
-    r"""
-    [ \t]* (?P<record_name>[-\w]+)
-           /?(?P<n_seg>\d*)
-    [ \t]+ (?P<n_sig>\d+)
-    [ \t]* (?P<fs>\d*\.?\d*)
-           /*(?P<counter_freq>-?\d*\.?\d*)
-           \(?(?P<base_counter>-?\d*\.?\d*)\)?
-    [ \t]* (?P<sig_len>\d*)
-    [ \t]* (?P<base_time>\d{,2}:?\d{,2}:?\d{,2}\.?\d{,6})
-    [ \t]* (?P<base_date>\d{,2}/?\d{,2}/?\d{,4})
-    """,
-    re.VERBOSE,
-)
-_RX_SIGNAL = re.compile(
-    r"""
-    [ \t]* (?P<file_name>~?[-\w]*\.?[\w]*)
-    [ \t]+ (?P<fmt>\d+)
-           x?(?P<samps_per_frame>\d*)
-           :?(?P<skew>\d*)
-           \+?(?P<byte_offset>\d*)
-    [ \t]* (?P<adc_gain>-?\d*\.?\d*e?[\+-]?\d*)
-           \(?(?P<baseline>-?\d*)\)?
-           /?(?P<units>[\w\^\-\?%\/]*)
-    [ \t]* (?P<adc_res>\d*)
-    [ \t]* (?P<adc_zero>-?\d*)
-    [ \t]* (?P<init_value>-?\d*)
-    [ \t]* (?P<checksum>-?\d*)
-    [ \t]* (?P<block_size>\d*)
-    [ \t]* (?P<sig_name>[\S]?[^\t\n\r\f\v]*)
-    """,
-    re.VERBOSE,
-)
-_INVALID_16 = -(2**15)  # WFDB's "no sample" value in format 16, read as NaN
-
-
-def _read_fast(path: Path, record: str) -> RawEcg | None:
-    """The record read with numpy, or None when its layout is not the common one (wfdb reads it then)."""
-    try:
-        text = path.with_suffix(".hea").read_bytes().decode("ascii", errors="ignore")
-    except OSError:
-        return None
-    lines, comments = [], []
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("#"):
-            comments.append(line.strip(" \t#"))
-        elif line:
-            lines.append(line)
-    if len(lines) < 2:
-        return None
-    name, _, rest = lines[0].partition(" ")
-    rec = _RX_RECORD.match(f"{name.removesuffix('.mat')} {rest}")
-    if rec is None or rec["n_seg"] or not rec["fs"] or not rec["sig_len"]:
-        return None
-    n_sig, n_samples = int(rec["n_sig"]), int(rec["sig_len"])
-    if n_sig != len(lines) - 1 or n_samples == 0:
-        return None
-    sigs = [_RX_SIGNAL.match(line) for line in lines[1:]]
-    if any(s is None for s in sigs):
-        return None
-    first = sigs[0]
-    for s in sigs:
-        if (
-            s["file_name"] != first["file_name"]
-            or s["fmt"] != "16"
-            or s["samps_per_frame"] not in {"", "1"}
-            or s["skew"] not in {"", "0"}
-            or s["byte_offset"] != first["byte_offset"]
-            or not s["sig_name"]
-        ):
-            return None
-    file_name = first["file_name"]
-    if not file_name or file_name.startswith("~"):
-        return None
-    try:
-        fs = float(rec["fs"])
-        recorded_at = _recorded_at(rec["base_time"], rec["base_date"])
-        gains, baselines = [], []
-        for s in sigs:
-            gain = float(s["adc_gain"]) if s["adc_gain"] else 200.0
-            gains.append(200.0 if gain == 0 else gain)
-            if s["baseline"]:
-                baselines.append(int(s["baseline"]))
-            else:
-                baselines.append(int(s["adc_zero"]) if s["adc_zero"] else 0)
-            for field in ("adc_res", "adc_zero", "init_value", "checksum", "block_size"):
-                if s[field]:
-                    int(s[field])  # a field wfdb cannot read: let wfdb report it
-        offset = int(first["byte_offset"] or 0)
-        data = path.parent / file_name
-        count = n_sig * n_samples
-        if data.stat().st_size < offset + 2 * count:
-            return None  # truncated: wfdb's reader reports it
-        digital = np.fromfile(data, dtype="<i2", count=count, offset=offset)
-    except (OSError, ValueError):
-        return None
-    if digital.size != count:
-        return None
-    digital = digital.reshape(n_samples, n_sig)
-    signal = digital.astype(np.float64)
-    np.subtract(signal, np.asarray(baselines), signal)
-    np.divide(signal, np.asarray(gains), signal)
-    signal[digital == _INVALID_16] = np.nan
-    return RawEcg(
-        record=record,
-        signal=signal.T,
-        fs=fs,
-        leads=tuple(s["sig_name"] for s in sigs),
-        units=tuple(s["units"] or "mV" for s in sigs),
-        comments=tuple(comments),
-        recorded_at=recorded_at,
-    )
-
-
-def _recorded_at(base_time: str, base_date: str) -> datetime | None:
-    """base_date/base_time parsed as wfdb parses them (a malformed one raises ValueError)."""
-    when = None
-    if base_time:
-        fmt = ("%S", "%M:%S", "%H:%M:%S")[base_time.count(":")]
-        when = datetime.strptime(base_time, fmt + (".%f" if "." in base_time else "")).time()
-    day = datetime.strptime(base_date, "%d/%m/%Y").date() if base_date else None
-    return datetime.combine(day, when) if day is not None and when is not None else None
-
-
-def _read_with_header_fix(path: Path) -> wfdb.Record:
-    try:
-        return wfdb.rdrecord(str(path))
-    except wfdb.io.header.HeaderSyntaxError:
-        pass
-    # Some Challenge headers write the record name as 'E00001.mat'; rewrite that token in a scratch copy.
-    text = path.with_suffix(".hea").read_text(errors="replace").splitlines()
-    first = text[0].split()
-    first[0] = first[0].removesuffix(".mat")
-    with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp) / first[0]
-        scratch.with_suffix(".hea").write_text("\n".join([" ".join(first), *text[1:]]) + "\n")
-        for line in text[1:]:
-            if line.strip() and not line.startswith("#"):
-                name = line.split()[0]
-                target = Path(tmp) / name
-                if not target.exists() and (path.parent / name).exists():
-                    target.symlink_to((path.parent / name).resolve())
-        return wfdb.rdrecord(str(scratch))
 
 
 def prepare(raw: RawEcg) -> np.ndarray:
