@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +23,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ecgsearch.search import codes
 from ecgsearch.search.client import EcgSearchClient
 from ecgsearch.search.schema import CollectionInfo, EcgPayload, Hit
-from ecgsearch.web import charts, ecgdraw, measures, peaks
+from ecgsearch.web import charts, ecgdraw, guard, measures, peaks
 from ecgsearch.web.errors import describe_rpc_error
 from ecgsearch.web.forms import MAX_ID_CHARS, MAX_K, FormError, SearchForm, parse_search
 from ecgsearch.web.uploads import HeldEcg, UploadError, Uploads, read_upload
@@ -106,9 +106,20 @@ def _svg_id(record_id: str, prefix: str) -> str:
     return prefix + "".join(c if c.isalnum() else "-" for c in record_id)
 
 
-def create_app(client: EcgSearchClient, *, target: str, max_upload_mb: float = 10.0) -> Flask:
-    """The Flask app over one client. ``target`` is only named in messages; 1 MB is 10^6 bytes."""
+def create_app(
+    client: EcgSearchClient,
+    *,
+    target: str,
+    max_upload_mb: float = 10.0,
+    allowed_hosts: Collection[str] = guard.LOOPBACK_HOSTS,
+) -> Flask:
+    """The Flask app over one client. ``target`` is only named in messages; 1 MB is 10^6 bytes.
+
+    Only requests whose ``Host`` is in ``allowed_hosts`` are answered (400 otherwise), and POSTs from
+    another origin are refused (403): ``ecgsearch.web.guard``.
+    """
     max_upload_bytes = int(max_upload_mb * 1_000_000)
+    hosts = frozenset(guard.check_host_name(h) for h in allowed_hosts)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = max_upload_bytes
@@ -140,6 +151,20 @@ def create_app(client: EcgSearchClient, *, target: str, max_upload_mb: float = 1
             problem, status = problem or message, status if problem else code
         context.setdefault("form", SearchForm())
         return render_template(template, error=problem, **context), status
+
+    @app.before_request
+    def known_host_same_origin() -> Response | None:
+        """DNS rebinding and cross-site writes are refused before any route runs (never echoed)."""
+        host = request.headers.get("Host")
+        if not guard.host_allowed(host, hosts):
+            return Response(
+                "Bad request: this viewer is not known by that Host name.\n", 400, mimetype="text/plain"
+            )
+        if request.method not in ("GET", "HEAD", "OPTIONS") and guard.cross_origin(
+            request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"), host
+        ):
+            return Response("Forbidden: a request from another origin.\n", 403, mimetype="text/plain")
+        return None
 
     @app.after_request
     def headers(response: Response) -> Response:

@@ -63,6 +63,15 @@ def web_command(
             help="Allow a non-loopback --host. The viewer has no login of its own: put it behind one.",
         ),
     ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            envvar="ECGSEARCH_ALLOWED_HOSTS",
+            help="A name the viewer answers to in the Host header (repeatable; env: space-separated), "
+            "besides the loopback names and --host: the name users or the proxy use.",
+        ),
+    ] = None,
     max_upload_mb: Annotated[
         float, typer.Option(min=0.01, max=50.0, help="Largest uploaded file, in MB (10^6 bytes).")
     ] = 10.0,
@@ -76,13 +85,17 @@ def web_command(
 
     The viewer is a client of a running `ecgsearch serve` with its own token (from --token-file or
     ECGSEARCH_TOKEN; never on the command line). It listens on loopback unless --allow-remote.
-    Uploaded files are read here and their samples sent to the service.
+    Uploaded files are read here and their samples sent to the service. It answers only a Host
+    header naming it (loopback names, --host, each --allowed-host: no DNS rebinding) and refuses
+    POSTs from another origin (403).
 
     Examples:
 
         ecgsearch web --target 127.0.0.1:50051 --token-file ~/.config/ecgsearch/viewer.token
 
         ECGSEARCH_TOKEN_FILE=/run/secrets/viewer ecgsearch web --target search:50051 --tls --ca ca.pem
+
+        ecgsearch web --host 0.0.0.0 --allow-remote --allowed-host ecg-viewer.hospital.example
     """
     if not is_loopback(host) and not allow_remote:
         raise typer.BadParameter(
@@ -90,6 +103,7 @@ def web_command(
             "only behind an authenticating proxy",
             param_hint="--host",
         )
+    hosts = _allowed_hosts(host, allowed_host or [])
     token = read_token(token_file)
     try:
         from waitress.server import create_server
@@ -105,7 +119,7 @@ def web_command(
         )
     except (ValueError, OSError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--cert/--key/--ca") from None
-    app = create_app(client, target=target, max_upload_mb=max_upload_mb)
+    app = create_app(client, target=target, max_upload_mb=max_upload_mb, allowed_hosts=hosts)
     try:
         server = create_server(app, host=host, port=port, threads=THREADS, ident="ecgsearch-web")
     except OSError as exc:
@@ -125,6 +139,22 @@ def web_command(
     finally:
         server.close()
         client.close()
+
+
+def _allowed_hosts(host: str, extra: list[str]) -> list[str]:
+    """The Host names to answer; a wildcard --host needs at least one --allowed-host."""
+    from ecgsearch.web.guard import WILDCARDS, allowed_hosts
+
+    if host.strip("[]") in WILDCARDS and not extra:
+        raise typer.BadParameter(
+            f"listening on {host or 'every address'}, the viewer cannot tell which name users reach it "
+            "by: give it with --allowed-host (e.g. the proxy's host name)",
+            param_hint="--allowed-host",
+        )
+    try:
+        return sorted(allowed_hosts(host, extra))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--allowed-host") from None
 
 
 def register(app: typer.Typer, bench: typer.Typer, evaluate: typer.Typer) -> None:
