@@ -25,7 +25,7 @@ ALLOWED = {
 }
 # Per module, stricter than its part: the ecgsearch modules it may import (a trailing "." allows a package).
 MODULE_ALLOWED = {
-    "encoder/signals.py": set(),
+    "encoder/signals.py": {"ecgsearch.encoder.wfdb_io"},
     "encoder/config.py": set(),
     "encoder/ptbxl.py": set(),
     "encoder/retrieval.py": set(),
@@ -289,7 +289,8 @@ def test_pyproject_lists_every_package() -> None:
         for p in REPO.glob("*/**/__init__.py")
         if p.parent.relative_to(REPO).parts[0] in PARTS
     }
-    assert packages == dirs
+    # ecgsearch.proto holds no code of a part: the wire contract as package data (ecgsearch proto --out).
+    assert packages == dirs | {"ecgsearch.proto"}
     for package, folder in config["package-dir"].items():
         assert package in packages
         assert (REPO / folder / "__init__.py").is_file(), folder
