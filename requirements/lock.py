@@ -114,15 +114,17 @@ def _compile(output: Path, args: list[str], constraint: Path | None) -> None:
         *args,
     ]
     with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "constraints.txt"
         if constraint is not None:
             # Constraints without hashes: pip refuses hashes in a constraint file.
-            plain = Path(tmp) / "constraints.txt"
             plain.write_text("".join(f"{name}=={version}\n" for name, version in pins(constraint).items()))
             cmd += ["--constraint", str(plain)]
         env = dict(os.environ, CUSTOM_COMPILE_COMMAND="python requirements/lock.py")
         output.unlink(missing_ok=True)  # resolve afresh, not from the old pins
         subprocess.run(cmd, check=True, cwd=REPO, env=env)
     body = output.read_text()
+    if constraint is not None:  # name the constraint as the repository does, not by its scratch path
+        body = body.replace(f"-c {plain}", f"-c requirements/{constraint.name}")
     header = f"{DIGEST_LINE}{dependency_digest()}\n"
     if "torch==" in body:
         header += TORCH_NOTE
