@@ -70,6 +70,9 @@ COMMAND_MODULES = {
 }
 COMMAND_MODULES |= {p for p in ("search/admin_cli.py", "search/snapshot_cli.py") if (REPO / p).exists()}
 HEAVY = ("onnxruntime", "qdrant_client", "qdrant_edge", "grpc", "scipy", "wfdb", "torch", "faiss")
+# Reference decoders only tests compare the readers with (dev extra): no shipped module may import them,
+# not even by name through importlib. ecgdatakit's wheel carries 61 MiB of network weights.
+TEST_ONLY = ("ecgdatakit",)
 TORCH_FREE_ENCODER = {
     "signals.py",
     "config.py",
@@ -217,6 +220,20 @@ def test_torch_only_where_allowed() -> None:
             assert all(m.split(".")[0] != "torch" for m, _ in _imports(path)), f"encoder/{name} imports torch"
     for init in ("encoder/__init__.py", "export/__init__.py"):
         assert not _imports(REPO / init), f"{init} must stay empty of imports"
+
+
+def test_test_only_references_stay_out_of_every_part() -> None:
+    for part in sorted(PARTS):
+        for path in _python_files(part):
+            imported = [m for m, _ in _imports(path) if m.split(".")[0] in TEST_ONLY]
+            named = [
+                node.value
+                for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value.split(".")[0] in TEST_ONLY
+            ]
+            assert not imported + named, f"{path.relative_to(REPO)} uses {imported + named}"
 
 
 def test_serving_imports_without_torch() -> None:

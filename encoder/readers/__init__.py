@@ -7,21 +7,26 @@ in model order), the sampling rate, the format name, a non-personal ``native_id`
 one (DICOM SOPInstanceUID, aECG document id), and an ``EcgHeader`` of non-personal fields plus
 ``patient_key`` (the source's raw patient id, only for the caller to pseudonymise; hidden from repr).
 Every failure is a ``ReaderError(ValueError)`` naming a field, never the file name or personal data.
-Bounds: at most 50 MB, 16 channels, 10 minutes of samples, 50-20000 Hz.
+Bounds: at most 50 MB, 16 channels, 10 minutes of samples, 50-20000 Hz; Philips XLI at most 4 million
+samples (its LZW decoder is pure Python, ~0.4 us a byte).
 
 Libraries (versions pinned in pyproject.toml; measured on the 16 files in shared/data/hospital):
-- defusedxml 0.7.1 (PSF): every XML parse; entity declarations (billion laughs, external entities)
-  are refused before any other library sees the bytes.
-- MUSE XML by hand (base64 + defusedxml, ~150 lines): no library adds anything; tests compare it
-  sample for sample with ecgdatakit's MUSE parser.
-- pydicom 3.0.2 (MIT, pure Python): DICOM; the multiplex group is scaled here so that the padding
-  value is never turned into gaps (ecgdatakit's DICOM reader turns ECG Toolkit's real zeros, 1,269
-  samples, into NaN).
-- ecgdatakit 2.0.3 (Apache-2.0; needs only numpy, defusedxml, xmltodict): the one maintained Python
-  decoder for SCP-ECG (Huffman, differences); also HL7 aECG, Philips XLI (equal to sierraecg 0.4.0,
-  the reference decoder, on all four samples) and EDF (equal to edfio 0.4.18 and pyedflib 0.1.42 on
-  the sample). Cost: its wheel carries a 64 MB denoiser weight file we never load (65 MB installed);
-  one dependency for four formats outweighs that. sierraecg and edfio stay test-only references.
+- defusedxml 0.7.1 (PSF, 128 kB): every XML parse; entity declarations (billion laughs, external
+  entities) are refused before anything else sees the bytes.
+- pydicom 3.0.2 (MIT, pure Python, 15 MB): DICOM; the multiplex group is scaled here so that the
+  padding value is never turned into gaps (ECG Toolkit's file has 1,269 real zero samples).
+- sierraecg 0.4.0 (MIT, 64 kB, needs only numpy + defusedxml): the Philips reference XLI decoder (LZW
+  and delta decoding); ``philips_waves`` frames its blocks and bounds their size, the header fields
+  are read here from the defusedxml tree.
+- Own code, numpy + stdlib only, where the format is small or no library is both maintained and
+  light: MUSE XML (base64 int16), HL7 aECG (SLIST_PQ digits), EDF/EDF+ (int16 records, ~170 lines)
+  and SCP-ECG (sections 0-3, 6 and 7: default and custom Huffman tables, first/second differences;
+  reference-beat subtraction, bimodal compression and v3 section 12 are refused by name).
+Tests compare every reader with a reference library sample for sample: ecgdatakit 2.0.3 (MUSE, aECG,
+SCP-ECG), sierraecg (Philips), edfio 0.4.18 (EDF), pydicom. ecgdatakit served the SCP-ECG, aECG,
+Philips and EDF readers until its wheel proved 64 MB installed, almost all of it a denoiser weight
+file (``deepfade_exp_1_ddp.pt``, 61 MiB) never loaded here: it is a dev-only test reference now, and
+no serving module may import it (tests/test_layout.py).
 """
 
 from __future__ import annotations

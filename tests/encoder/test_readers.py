@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -143,17 +145,46 @@ def test_ecg_toolkit_dicom_keeps_real_zero_samples(read_all, hospital):
     np.testing.assert_array_equal(ecg.signal == 0, raw == 0)  # every zero stays a zero, none a gap
 
 
-# --- against reference libraries ---------------------------------------------------------------
+# --- against reference libraries (imported here only: none of them is a serving dependency but sierraecg) ---
+
+
+def _datakit(path: Path):
+    """ecgdatakit's record in mV: the reference for MUSE, aECG and SCP-ECG, and what served them before."""
+    from ecgdatakit.parsing import FileParser
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return FileParser.parse(path).to_physical().convert_units("mV")
 
 
 def test_muse_decoder_equals_ecgdatakit(hospital, read_all):
-    from ecgdatakit.parsing import FileParser
-
     for path in sorted(hospital.glob("muse_*.xml")):
-        ref = FileParser.parse(path)
+        ref = _datakit(path)
         ours = read_all[path.name]
         assert [lead.label for lead in ref.leads] == list(ours.lead_names)
         np.testing.assert_allclose(ours.signal, np.stack([lead.samples for lead in ref.leads]), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name", ["scp_ecgtoolkit_Example.scp", "hl7aecg_Example_aECG.xml", "hl7aecg_fda_subject1_0.xml"]
+)
+def test_scp_and_aecg_equal_ecgdatakit(hospital, read_all, name):
+    ref = _datakit(hospital / name)
+    ours = read_all[name]
+    assert [normalise_lead_name(lead.label) for lead in ref.leads] == list(ours.lead_names)
+    assert {float(lead.sampling_rate) for lead in ref.leads} == {ours.sampling_rate_hz}
+    expected = np.stack([lead.samples for lead in ref.leads]).astype(np.float32)
+    np.testing.assert_array_equal(ours.signal, expected)  # bit for bit, not within a tolerance
+    h = ours.header
+    assert (h.sex, h.age_years, h.patient_key) == (ref.patient.sex, ref.patient.age, ref.patient.patient_id)
+    assert (h.vendor, h.device_model) == (ref.recording.device.manufacturer, ref.recording.device.model)
+    assert h.acquired_month == f"{ref.recording.date:%Y-%m}"
+    m = ref.measurements
+    assert (h.measurements.p_axis, h.measurements.r_axis, h.measurements.t_axis) == (
+        m.p_axis,
+        m.qrs_axis,
+        m.t_axis,
+    )
 
 
 def test_philips_samples_equal_the_sierraecg_reference_decoder(hospital, read_all):
@@ -164,8 +195,38 @@ def test_philips_samples_equal_the_sierraecg_reference_decoder(hospital, read_al
         ours = read_all[path.name]
         assert [normalise_lead_name(lead.label) for lead in ref.leads] == list(ours.lead_names)
         resolution_uv = 5.0  # <signalresolution>/<resolution> of all four files
-        expected = np.stack([lead.samples for lead in ref.leads]).astype(np.float64) * resolution_uv / 1000
-        np.testing.assert_allclose(ours.signal, expected, atol=1e-5)
+        counts = np.stack([lead.samples for lead in ref.leads]).astype(np.float64)
+        np.testing.assert_array_equal(np.round(ours.signal.astype(np.float64) * 1000 / resolution_uv), counts)
+        np.testing.assert_allclose(ours.signal, counts * resolution_uv / 1000, atol=1e-6)
+
+
+def test_philips_header_equals_ecgdatakit(hospital, read_all):
+    """ecgdatakit read these fields before; the Philips reader now reads them itself, with the same
+    results (QTc: ecgdatakit leaves 1.03's meanqtc out, both readers then take it)."""
+    for path in sorted(hospital.glob("philips_*.xml")):
+        ref, h = _datakit(path), read_all[path.name].header
+        assert (h.sex, h.age_years, h.acquired_month) == (
+            {"M": "M", "F": "F"}.get(ref.patient.sex),
+            ref.patient.age,
+            f"{ref.recording.date:%Y-%m}",
+        ), path.name
+        assert (h.vendor, h.device_model) == (
+            ref.recording.device.manufacturer or None,
+            ref.recording.device.model or None,
+        ), path.name
+        assert h.patient_key == ref.patient.patient_id
+        m = ref.measurements
+        assert h.measurements.ventricular_rate_bpm == m.heart_rate
+        assert (h.measurements.pr_ms, h.measurements.qrs_ms, h.measurements.qt_ms) == (
+            m.pr_interval,
+            m.qrs_duration,
+            m.qt_interval,
+        )
+        assert (h.measurements.p_axis, h.measurements.r_axis, h.measurements.t_axis) == (
+            m.p_axis,
+            m.qrs_axis,
+            m.t_axis,
+        )
 
 
 def test_edf_reads_whole_and_equals_edfio(hospital, read_all):
@@ -174,9 +235,39 @@ def test_edf_reads_whole_and_equals_edfio(hospital, read_all):
     ours = read_all["edf_contec_0000050.edf"]
     ref = edfio.read_edf(hospital / "edf_contec_0000050.edf")
     assert ours.signal.shape == (12, 37855) and ours.sampling_rate_hz == 800.0
+    assert list(ours.lead_names) == [s.label for s in ref.signals]
     assert ours.header.patient_key is None  # plain EDF: the patient field is free text, not an id
-    assert ours.header.acquired_month == "2020-11"
-    np.testing.assert_allclose(ours.signal, np.stack([s.data for s in ref.signals]), atol=1e-4)
+    assert ours.header.acquired_month == f"{ref.startdate:%Y-%m}" == "2020-11"
+    np.testing.assert_allclose(ours.signal, np.stack([s.data for s in ref.signals]), atol=1e-5)
+
+
+def test_philips_uncompressed_waveforms_read_like_xli(hospital, read_all):
+    """The same samples stored uncompressed (Base64 int16, then plain text) read back identically."""
+    import sierraecg
+
+    name = "philips_v1.04_ad4d3d80-d165.xml"
+    text = (hospital / name).read_bytes().decode("utf-16")
+    counts = np.stack([lead.samples for lead in sierraecg.read_file(str(hospital / name)).leads])
+    body = base64.b64encode(counts.astype("<i2").tobytes()).decode()
+    start = text.index("<parsedwaveforms")
+    end = text.index("</parsedwaveforms>")
+    tag = text[start : text.index(">", start) + 1].replace('compression="XLI"', 'compression="Uncompressed"')
+    for encoding, payload in (("Base64", body), ("Plain", " ".join(map(str, counts.ravel())))):
+        doc = text[:start] + tag.replace('dataencoding="Base64"', f'dataencoding="{encoding}"')
+        doc += payload + text[end:]
+        ecg = read_ecg(doc.encode("utf-16"))
+        np.testing.assert_array_equal(ecg.signal, read_all[name].signal)
+
+
+def test_aecg_scale_and_origin_units_are_honoured(hospital, read_all):
+    """2.5 uV per digit written as 0.0025 mV, and an origin given in another unit, read the same."""
+    text = (hospital / "hl7aecg_Example_aECG.xml").read_text()
+    as_mv = text.replace('<scale value="2.5" unit="uV"/>', '<scale value="0.0025" unit="mV"/>')
+    ecg = read_ecg(as_mv.encode())
+    np.testing.assert_allclose(ecg.signal, read_all["hl7aecg_Example_aECG.xml"].signal, atol=1e-6)
+    shifted = text.replace('<origin value="0" unit="uV"/>', '<origin value="0.001" unit="mV"/>')
+    ecg = read_ecg(shifted.encode())
+    np.testing.assert_allclose(ecg.signal, read_all["hl7aecg_Example_aECG.xml"].signal + 0.001, atol=1e-6)
 
 
 def test_philips_excursion_reads_as_recorded(read_all):
