@@ -146,7 +146,9 @@ def replay(dockerfile: Path, context: Path, root: Path, python: Path) -> Path:
             for container, host in sorted(mapped.items(), key=lambda kv: -len(kv[0])):
                 command = re.sub(rf"(?<![\w/]){re.escape(container)}(?![\w])", str(host), command)
             print(f"RUN {args}", file=sys.stderr, flush=True)
-            done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=workdir, env=env)
+            done = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", command], cwd=workdir, env=env, stdout=sys.stderr
+            )
             if done.returncode:
                 raise ReplayError(f"RUN {args}: exit status {done.returncode}")
         elif keyword == "ENV" or keyword == "ARG":
@@ -271,7 +273,7 @@ def main() -> int:
         python = scratch / "python" / "bin" / "python"
         try:
             prefix = replay(args.dockerfile, args.context, scratch / "root", python)
-            report = {"dockerfile": str(args.dockerfile.relative_to(REPO)), **size_report(prefix)}
+            report = {"dockerfile": args.dockerfile.name, **size_report(prefix)}
             if not args.no_smoke:
                 (scratch / "smoke").mkdir()
                 report["smoke"] = smoke(prefix, python, args.data, scratch / "smoke")

@@ -5,7 +5,7 @@ import warnings
 
 from ecgsearch.search._proto import search_pb2 as ecgsearch_dot_search_dot___proto_dot_search__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
