@@ -15,6 +15,11 @@ identifier of the ECG, never where the file happens to lie:
   group folders (``g1``, ``g2``...), so ``training/georgia/g1/E00001.hea`` is ``georgia:E00001``;
 - a manifest: its ``record_id`` and ``dataset`` columns, else as for a folder.
 
+Ids and dataset names must be in the one safe set (``schema.check_record_id``, ``check_dataset_name``:
+letters, digits, ``._:-``, bounded length); a source that yields any other (a folder named
+``<img src=x onerror=...>``, a manifest cell with blanks or quotes) fails enumeration with the field and
+where it came from named (manifest line, folder), before anything is stored.
+
 Two different ECGs that still end up with one id are caught at ingest by their content hash
 (``identity``). Privacy: only pseudonyms, age, sex, dates and diagnosis codes reach a payload; no other
 header text is ever copied. ``source_path`` is stored only as the dataset names the file, relative to
@@ -47,7 +52,7 @@ from ecgsearch.encoder.readers import ReaderError, read_ecg, sniff
 from ecgsearch.search import intake
 from ecgsearch.search.codes import normalise_snomed, scp_to_normalised
 from ecgsearch.search.identity import Pseudonymizer, content_hash
-from ecgsearch.search.schema import EcgPayload
+from ecgsearch.search.schema import EcgPayload, UnsafeId, check_dataset_name, check_record_id
 
 PTBXL_DATASET = "ptbxl"
 PTBXL_TABLE = "ptbxl_database.csv"
@@ -98,15 +103,23 @@ class Record:
 def enumerate_source(
     source: str | Path, *, dataset: str | None = None, prefer_hr: bool = False
 ) -> Iterator[Candidate]:
-    """Lazily list the ECGs of a PTB-XL folder, a manifest CSV or a folder of WFDB records."""
+    """Lazily list the ECGs of a PTB-XL folder, a manifest CSV or a folder of WFDB records.
+
+    SourceError for a source that cannot be listed, or (when reached) an id or dataset name outside
+    the safe set."""
     source = Path(source)
+    if dataset is not None:
+        _checked(f"{PTBXL_DATASET}:1", dataset, "--dataset")
     if source.is_file():
         if source.suffix.lower() == ".csv":
             return _manifest(source, dataset)
         if source.suffix.lower() == ".hea":
             ds = dataset or _dataset_of(source.parent, source.parent)
-            return iter([Candidate(f"{ds}:{source.stem}", ds, source.with_suffix(""), None)])
-        found = _hospital_file(source, source.parent, dataset or _dataset_of(source.parent, source.parent))
+            record_id = _checked(f"{ds}:{source.stem}", ds, ascii(source.name), "the folder's name")
+            return iter([Candidate(record_id, ds, source.with_suffix(""), None)])
+        ds = dataset or _dataset_of(source.parent, source.parent)
+        _checked(f"{ds}:file", ds, ascii(source.name), "the folder's name")
+        found = _hospital_file(source, source.parent, ds)
         if found is None:
             raise SourceError(
                 "expected a folder, a manifest .csv, a WFDB .hea or an ECG file of a known format"
@@ -117,6 +130,16 @@ def enumerate_source(
     if (source / PTBXL_TABLE).is_file():
         return _ptbxl(source, dataset or PTBXL_DATASET, prefer_hr)
     return _wfdb_folder(source, dataset)
+
+
+def _checked(record_id: str, dataset: str, where: str, dataset_from: str | None = None) -> str:
+    """``record_id`` when it and ``dataset`` are in the safe set; else SourceError naming ``where`` and
+    the field (``dataset_from``: where the dataset name came from), never the value."""
+    try:
+        check_dataset_name(dataset, f"dataset ({dataset_from})" if dataset_from else "dataset")
+        return check_record_id(record_id)
+    except UnsafeId as exc:
+        raise SourceError(f"{where}: {exc}") from None
 
 
 def in_shard(record_id: str, index: int, count: int) -> bool:
@@ -237,10 +260,13 @@ def _manifest(path: Path, dataset: str | None) -> Iterator[Candidate]:
             record = record if record.is_absolute() else base / record
             if record.suffix.lower() in {".hea", ".dat", ".mat"}:
                 record = record.with_suffix("")
-            name = (row.get("dataset") or "").strip() or dataset or _dataset_of(record.parent, base)
+            column = (row.get("dataset") or "").strip()
+            name = column or dataset or _dataset_of(record.parent, base)
             given = (row.get("record_id") or "").strip()
             native = given or record.name
             record_id = native if ":" in native else f"{name}:{native}"
+            origin = "the dataset column" if column else "--dataset" if dataset else "the folder's name"
+            record_id = _checked(record_id, name, f"{path}:{line}", origin)
             # A row naming its own record keeps its file name out of the payload (it may be personal).
             yield Candidate(record_id, name, record, None if given else _relative(record, base))
 
@@ -271,9 +297,12 @@ def _wfdb_folder(root: Path, dataset: str | None) -> Iterator[Candidate]:
         here = Path(folder)
         for name in sorted(files):
             ds = dataset or _dataset_of(here, root)
+            where = ascii(_relative(here / name, root) or name)
+            origin = "--dataset" if dataset else "the folder's name"
             if name.endswith(".hea"):
                 record = here / name[: -len(".hea")]
-                yield Candidate(f"{ds}:{record.name}", ds, record, _relative(record, root))
+                record_id = _checked(f"{ds}:{record.name}", ds, where, origin)
+                yield Candidate(record_id, ds, record, _relative(record, root))
                 continue
             path = here / name
             suffix = os.path.splitext(name)[1]
@@ -281,6 +310,7 @@ def _wfdb_folder(root: Path, dataset: str | None) -> Iterator[Candidate]:
                 continue
             if suffix.lower() in _WFDB_SIGNAL:  # WFDB signal files: read through their header
                 continue
+            _checked(f"{ds}:file", ds, where, origin)
             found = _hospital_file(path, root, ds)
             if found is not None:
                 yield found

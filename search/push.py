@@ -28,7 +28,7 @@ import numpy as np
 
 from ecgsearch.encoder import signals
 from ecgsearch.encoder.readers import ReaderError, read_ecg
-from ecgsearch.search import intake
+from ecgsearch.search import intake, schema
 from ecgsearch.search.identity import Pseudonymizer, content_hash
 from ecgsearch.search.schema import EcgPayload
 
@@ -37,11 +37,9 @@ if TYPE_CHECKING:
     from ecgsearch.search.store import Store
 
 MAX_ITEMS = 64  # per UpsertEcgs call
-MAX_NATIVE_ID_CHARS = 128
+MAX_NATIVE_ID_CHARS = schema.MAX_NATIVE_ID_CHARS
 MAX_PATIENT_KEY_CHARS = 256
 DEFAULT_DATASET = "pushed"
-_DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_NATIVE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 Status = Literal["stored", "skipped", "rejected"]
 
@@ -179,21 +177,16 @@ class Writer:
 
 
 def check_dataset(dataset: str) -> str:
-    """The dataset name of pushed ECGs: default 'pushed'; letters, digits, '.', '_', '-' (64 at most)."""
-    name = dataset.strip() or DEFAULT_DATASET
-    if not _DATASET.match(name):
-        raise ValueError("dataset: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return name
+    """The dataset name of pushed ECGs: default 'pushed', else the safe set of ``schema.check_dataset_name``
+    (``UnsafeId``, a ValueError, says 'dataset: <rule>')."""
+    return schema.check_dataset_name(dataset.strip() or DEFAULT_DATASET)
 
 
 def check_native_id(native_id: str) -> str:
+    """The sending system's non-personal id of the ECG, blank (the content hash names it) or in the safe
+    set of ``schema.check_native_id`` (``UnsafeId`` says 'native_id: <rule>')."""
     native = native_id.strip()
-    if native and not _NATIVE_ID.match(native):
-        raise ValueError(
-            f"native_id: at most {MAX_NATIVE_ID_CHARS} letters, digits, '.', '_', ':' or '-' "
-            "(the sending system's non-personal id of the ECG)"
-        )
-    return native
+    return schema.check_native_id(native) if native else native
 
 
 def reader_reason(exc: ReaderError) -> str:

@@ -9,6 +9,7 @@ for names or free text, and ``extra="forbid"`` keeps anything else out.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Literal
@@ -34,6 +35,82 @@ Measurement = Literal[
 ]
 MEASUREMENT_LIMIT = 10_000.0  # |value| of any measurement or range bound; real ones stay far inside
 POINT_NAMESPACE = uuid.UUID("6f1c1f2e-9a52-4c2b-8d53-3c1d0e4a7b10")
+
+# Record ids and dataset names: the one safe character set, checked where ids are made (ingest's
+# sources, pushes). A record id is '<dataset>:<native id>'; neither part can carry markup, quotes,
+# blanks, slashes or control characters, so every consumer (viewer, logs, CSV reports) may show it
+# as is. Stored payloads are not re-checked when read: collections made before the rule stay readable.
+MAX_DATASET_CHARS = 64
+MAX_NATIVE_ID_CHARS = 128
+MAX_RECORD_ID_CHARS = MAX_DATASET_CHARS + 1 + MAX_NATIVE_ID_CHARS
+DATASET_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_DATASET_CHARS - 1}}}"
+NATIVE_ID_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_NATIVE_ID_CHARS - 1}}}"
+RECORD_ID_PATTERN = f"{DATASET_PATTERN}:{NATIVE_ID_PATTERN}"
+_DATASET_RULE = f"1-{MAX_DATASET_CHARS} letters, digits, '.', '_' or '-', starting with a letter or digit"
+_NATIVE_RULE = (
+    f"1-{MAX_NATIVE_ID_CHARS} letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+)
+_RECORD_RULE = (
+    f"'<dataset>:<id>': a dataset of 1-{MAX_DATASET_CHARS} letters, digits, '.', '_' or '-', then ':' "
+    f"and an id of 1-{MAX_NATIVE_ID_CHARS} letters, digits, '.', '_', ':' or '-', each starting with a "
+    "letter or digit"
+)
+_ID_RULES = {  # kind: (pattern, characters allowed anywhere, most characters, rule)
+    "dataset": (
+        re.compile(DATASET_PATTERN),
+        re.compile(r"[A-Za-z0-9._-]*"),
+        MAX_DATASET_CHARS,
+        _DATASET_RULE,
+    ),
+    "native id": (
+        re.compile(NATIVE_ID_PATTERN),
+        re.compile(r"[A-Za-z0-9._:-]*"),
+        MAX_NATIVE_ID_CHARS,
+        _NATIVE_RULE,
+    ),
+    "record id": (
+        re.compile(RECORD_ID_PATTERN),
+        re.compile(r"[A-Za-z0-9._:-]*"),
+        MAX_RECORD_ID_CHARS,
+        _RECORD_RULE,
+    ),
+}
+
+
+class UnsafeId(ValueError):
+    """A record id or dataset name outside the safe set; says which field and the rule, never the value."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field, self.rule = field, rule
+
+
+def _check_id(value: str, kind: str, field: str) -> str:
+    pattern, charset, most, rule = _ID_RULES[kind]
+    if pattern.fullmatch(value):
+        return value
+    if len(value) > most:
+        problem = f"{len(value)} characters, at most {most}"
+    elif (good := charset.match(value)) is not None and good.end() < len(value):
+        problem = f"character {good.end() + 1} is not allowed"
+    else:
+        problem = "not of the allowed form"
+    raise UnsafeId(field, f"{problem}; expected {rule}")
+
+
+def check_dataset_name(value: str, field: str = "dataset") -> str:
+    """A dataset name in the safe set (``DATASET_PATTERN``), else UnsafeId naming ``field``."""
+    return _check_id(value, "dataset", field)
+
+
+def check_native_id(value: str, field: str = "native_id") -> str:
+    """A sender's or a source's own id of an ECG (``NATIVE_ID_PATTERN``), else UnsafeId naming ``field``."""
+    return _check_id(value, "native id", field)
+
+
+def check_record_id(value: str, field: str = "record_id") -> str:
+    """A record id '<dataset>:<native id>' (``RECORD_ID_PATTERN``), else UnsafeId naming ``field``."""
+    return _check_id(value, "record id", field)
 
 
 class InvalidQuery(ValueError):

@@ -112,3 +112,70 @@ def test_shard_option_rejects_bad_values(bad: str) -> None:
     assert parse_shard("2/3") == (2, 3)
     with pytest.raises(typer.BadParameter):
         parse_shard(bad)
+
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def _wfdb_copy(ptbxl_dir: Path, folder: Path, name: str = "00001_lr") -> None:
+    """A real PTB-XL record (header and signal) copied under ``folder`` as ``name``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    original = ptbxl_dir / "records100" / "00000" / "00001_lr"
+    header = original.with_suffix(".hea").read_text().replace("00001_lr", name)
+    (folder / f"{name}.hea").write_text(header)
+    (folder / f"{name}.dat").write_bytes(original.with_suffix(".dat").read_bytes())
+
+
+def _refused(source: Path, **options: str) -> str:
+    """The SourceError's message; a manifest cell's or --dataset's value is never repeated in it (a folder
+    is named by its path, as ``ascii()`` writes it: the operator must find it)."""
+    with pytest.raises(SourceError) as info:
+        list(enumerate_source(source, **options))
+    message = str(info.value)
+    if source.suffix == ".csv" or options:
+        assert "<img" not in message
+    return message
+
+
+def test_hostile_ids_and_dataset_names_are_refused_naming_the_field(ptbxl_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "by-folder"
+    _wfdb_copy(ptbxl_dir, folder / HOSTILE)
+    message = _refused(folder)
+    assert message.startswith(
+        f"{ascii(HOSTILE + '/00001_lr.hea')}: dataset (the folder's name): character 1 "
+    )
+    assert [c.record_id for c in enumerate_source(folder, dataset="ward-3")] == ["ward-3:00001_lr"]
+    assert "--dataset: dataset: character 1" in _refused(folder, dataset=HOSTILE)
+
+    named = tmp_path / "by-name"
+    _wfdb_copy(ptbxl_dir, named / "ward", name="rec 1")
+    assert "record_id: character 9 is not allowed" in _refused(named)
+
+    manifest = tmp_path / "manifest.csv"
+    _wfdb_copy(ptbxl_dir, tmp_path / "ward")
+    record = tmp_path / "ward" / "00001_lr"
+    rows = {
+        "record_id": f"path,record_id\n{record},ok-1\n{record},{HOSTILE}\n",
+        "dataset (the dataset column)": f"path,dataset\n{record},ward\n{record},ward 3\n",
+        "record_id: 305 characters, at most 193": f"path,record_id\n{record},ok-1\n{record},{'x' * 300}\n",
+    }
+    for field, text in rows.items():
+        manifest.write_text(text)
+        message = _refused(manifest)
+        assert message.startswith(f"{manifest}:3: ") and field in message, message
+    manifest.write_text(f"path,record_id,dataset\n{record},HR-1,ward.3\n{record},ptbxl:17,ptbxl\n")
+    assert [c.record_id for c in enumerate_source(manifest)] == ["ward.3:HR-1", "ptbxl:17"]
+
+
+def test_ingest_of_a_hostile_folder_stores_nothing(ptbxl_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ecgsearch.cli.main import app
+
+    folder = tmp_path / "export"
+    _wfdb_copy(ptbxl_dir, folder / "ward", name="00001_lr")
+    _wfdb_copy(ptbxl_dir, folder / HOSTILE, name="00002_lr")
+    store = tmp_path / "store"
+    result = CliRunner().invoke(app, ["ingest", str(folder), "--store", str(store), "--quiet"])
+    assert result.exit_code == 2 and "dataset (the folder's name)" in result.output
+    assert not (store / "collections").exists()
