@@ -71,10 +71,19 @@ def serve_command(
     max_message_mb: Annotated[
         float | None, typer.Option(help="Largest message in MiB (default: 16).")
     ] = None,
-    max_workers: Annotated[int | None, typer.Option(help="Request threads (default: 2 x CPUs + 4).")] = None,
+    max_workers: Annotated[
+        int | None, typer.Option(help="Request threads (default: --max-concurrent-rpcs).")
+    ] = None,
     max_concurrent_rpcs: Annotated[
         int | None,
         typer.Option(help="Calls in progress before RESOURCE_EXHAUSTED (default: 64)."),
+    ] = None,
+    heavy_budget_mb: Annotated[
+        float | None,
+        typer.Option(
+            help="MiB of replies, samples and files that heavy calls may handle at once; more wait their "
+            "turn while light calls go on (env ECGSEARCH_HEAVY_BUDGET_MB; default: 2 x --max-message-mb)."
+        ),
     ] = None,
     allow_insecure_remote: Annotated[
         bool,
@@ -108,9 +117,18 @@ def serve_command(
         str | None,
         typer.Option(
             help="Append one JSON audit line per request to this file, '-' for stdout "
-            "(env ECGSEARCH_AUDIT_LOG; default: none)."
+            "(env ECGSEARCH_AUDIT_LOG; default: none). A call whose line cannot be written is refused "
+            "(UNAVAILABLE) and health says NOT_SERVING until the file takes lines again."
         ),
     ] = None,
+    audit_fail_open: Annotated[
+        bool,
+        typer.Option(
+            "--audit-fail-open",
+            help="Answer calls even when their audit line cannot be written (each lost line is logged) "
+            "(env ECGSEARCH_AUDIT_FAIL_OPEN).",
+        ),
+    ] = False,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -158,12 +176,14 @@ def serve_command(
         "max_message_mb": max_message_mb,
         "max_workers": max_workers,
         "max_concurrent_rpcs": max_concurrent_rpcs,
+        "heavy_budget_mb": heavy_budget_mb,
         "allow_insecure_remote": allow_insecure_remote or None,
         "ecg_roots": ecg_roots,
         "site_secret_file": site_secret_file,
         "archive_path": archive_path,
         "log_level": log_level,
         "audit_log": audit_log,
+        "audit_fail_open": audit_fail_open or None,
         "metrics_port": metrics_port,
     }
     try:

@@ -1,23 +1,35 @@
-"""The gRPC front of ``SearchService``: thin servicer, one error table, auth, health, reflection, metrics.
+"""The gRPC front of the service: one handler table, the call pipeline, health, reflection, metrics.
 
-Each RPC unpacks its request (``wire``), calls the service, packs the reply. Everything around the
-call is one interceptor: request id; the caller, resolved from its bearer token or client certificate
-(``auth``) and checked against the method's scope (``scope_of``); latency; the structured log line, the
-audit line (``audit``) and the Prometheus metrics (``telemetry``); error -> status mapping with
-google.rpc.BadRequest details; undecodable request bytes -> INVALID_ARGUMENT. Servicer methods never
-see tokens or exceptions; they read the caller (``current_caller``) only to keep a site-restricted
-caller to its sites. Messages and log fields are cut to MAX_MESSAGE_CHARS, and gRPC's
-``maximum_concurrent_rpcs`` answers excess load with RESOURCE_EXHAUSTED.
+Every call of ``ecgsearch.v1.EcgSearchService`` takes one path:
+
+1. ``CallInterceptor`` (outermost): admits the call or refuses it (the server at its limit of
+   concurrent calls: RESOURCE_EXHAUSTED; an unknown method: UNIMPLEMENTED), each refusal audited;
+2. ``Calls.serve``, the handler of every method (registered as client-streaming so that a request
+   gRPC refuses while receiving it, such as one over the message limit, still reaches it): request
+   id; the trail's ``ready`` (a broken audit sink refuses before any work); the one request message;
+   the caller, resolved from its bearer token or client certificate (``Identity``); undecodable bytes
+   -> INVALID_ARGUMENT; then ``Door.enter`` (``door.py``: scope, cost, heavy budget, the caller's
+   sites on every read and its site on every write) and the RPC's thin handler in ``RPCS``;
+3. the reply is serialized here and its size checked; every exception becomes a status through one
+   table (``ERROR_TABLE``) with google.rpc.BadRequest details; the log line, the metrics and the audit
+   line are written; with a fail-closed audit trail (the default), a call whose line cannot be
+   written is answered UNAVAILABLE instead of its reply.
+
+What gRPC-Python answers before any of this runs, and so is neither audited nor counted here:
+request metadata over gRPC's header limit (16 KiB by default), calls beyond gRPC's own backstop of
+twice ``max_concurrent_rpcs``, and calls to the health and reflection services (probes, not reads).
+A request over the message limit reaches ``Calls.serve`` only as a failed receive: its line says
+RESOURCE_EXHAUSTED, which is what gRPC answered, though a client that cancels before its message
+arrives looks the same. Handlers never see tokens or exceptions; messages and log fields are cut to
+MAX_MESSAGE_CHARS.
 """
 
 from __future__ import annotations
 
 import collections
-import contextvars
 import ipaddress
 import json
 import logging
-import os
 import re
 import signal
 import ssl
@@ -28,11 +40,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -42,17 +55,24 @@ from ecgsearch.encoder.signals import SignalError
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.search import audit, wire
 from ecgsearch.search._proto import search_pb2 as pb
-from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
 from ecgsearch.search.auth import ANONYMOUS, Caller, CallerRegistry, Callers, legacy
-from ecgsearch.search.schema import InvalidQuery, StoreUnavailable, UnknownRecord
+from ecgsearch.search.cost import (
+    PREPARED_BYTES,
+    Cost,
+    HeavyBudget,
+    Overloaded,
+    ReplyTooLarge,
+    search_cost,
+)
+from ecgsearch.search.door import Door, PermissionDenied, Pricing, Rpc, Unauthenticated, Walled
+from ecgsearch.search.schema import MAX_K, InvalidQuery, StoreUnavailable, UnknownRecord
 from ecgsearch.search.service import (
+    DEFAULT_K,
     Budget,
     Cancelled,
     DeadlineExceeded,
     EcgUnavailable,
     FieldViolation,
-    Query,
-    SearchOptions,
     SearchService,
     describe_validation,
 )
@@ -61,10 +81,12 @@ from ecgsearch.search.snapshots import SnapshotError
 from ecgsearch.search.store import Store, StoreError, open_store
 from ecgsearch.search.telemetry import Telemetry
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgSearchService"].full_name
+SERVICE = pb.DESCRIPTOR.services_by_name["EcgSearchService"]
+SERVICE_NAME = SERVICE.full_name
 WRITE_METHODS: set[str] = {"UpsertEcgs"}  # RPCs that add or change stored ECGs: scope 'write'
 REQUEST_ID = "x-request-id"
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+AUDIT_REFUSAL = "the audit trail cannot be written: the server answers no call until it can"
 MAX_MESSAGE_CHARS = 300  # caller-facing error messages and logged errors are cut here
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a caller's x-request-id is kept only in this form
 
@@ -72,9 +94,6 @@ log = logging.getLogger("ecgsearch.server")
 
 # Scopes: every RPC of the service needs 'search' unless listed here (by method name, e.g. "PushEcgs").
 ADMIN_METHODS: set[str] = {"CreateSnapshot", "ListSnapshots"}  # operator RPCs: scope 'admin'
-
-NOBODY = Caller("nobody", frozenset(), frozenset())  # outside a call: no scope, no site
-_CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller", default=NOBODY)
 
 
 def scope_of(method: str) -> str:
@@ -86,17 +105,23 @@ def scope_of(method: str) -> str:
     return "search"
 
 
-def current_caller() -> Caller:
-    """The caller of the RPC being served on this thread (set by the interceptor around each call)."""
-    return _CALLER.get()
+class AuditUnavailable(RuntimeError):
+    """The audit trail cannot be written and the server fails closed (maps to UNAVAILABLE)."""
+
+
+class NotReceived(RuntimeError):
+    """gRPC refused the request message while receiving it: over the message limit (RESOURCE_EXHAUSTED)."""
 
 
 # The one place exceptions become status codes; anything not listed is INTERNAL without details.
 ERROR_TABLE: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], grpc.StatusCode], ...] = (
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     ((InvalidQuery, ValidationError, SignalError), grpc.StatusCode.INVALID_ARGUMENT),
     (UnknownRecord, grpc.StatusCode.NOT_FOUND),
     ((EcgUnavailable, StoreError, SnapshotError), grpc.StatusCode.FAILED_PRECONDITION),
-    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    ((ReplyTooLarge, Overloaded, NotReceived), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ((StoreUnavailable, AuditUnavailable), grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Cancelled, grpc.StatusCode.CANCELLED),
 )
@@ -151,10 +176,8 @@ class _Undecodable:
         self.message = message
 
 
-def _tolerant(deserialize: Callable[[bytes], Any] | None, name: str) -> Callable[[bytes], Any] | None:
+def _tolerant(deserialize: Callable[[bytes], Any], name: str) -> Callable[[bytes], Any]:
     """Wrap a request deserializer so garbage bytes become a client error instead of INTERNAL."""
-    if deserialize is None:
-        return None
 
     def decode(data: bytes) -> Any:
         try:
@@ -165,140 +188,151 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None, name: str) -> Callable
     return decode
 
 
-# --- servicer ------------------------------------------------------------------------------------
+# --- the thin servicer: one entry per RPC of the service -----------------------------------------
+# Each handler unpacks its request (``wire``), calls the caller's view of the service (``Walled``)
+# and packs the reply; each cost function prices the request from its fields alone (``cost.py``).
 
 
-class EcgSearchServicer(pb_grpc.EcgSearchServiceServicer):
-    """Unpack -> service -> pack. ``service`` is None until the store and the model are open."""
-
-    def __init__(self, telemetry: Telemetry) -> None:
-        self.service: SearchService | None = None
-        self.telemetry = telemetry
-        self._snapshotting = threading.Lock()  # one snapshot at a time
-
-    @property
-    def _svc(self) -> SearchService:
-        if self.service is None:
-            raise StoreUnavailable("the server is starting: store or model not open yet")
-        return self.service
-
-    def _visible(self, record_id: str) -> None:
-        """NOT_FOUND, as for an unknown id, when a site-restricted caller names another site's record."""
-        caller = current_caller()
-        if caller.sites is not None:
-            payload, _ = self._svc.get_record(record_id)
-            if not caller.sees(payload.site):
-                raise UnknownRecord(record_id.strip()[:64])
-
-    def SearchByRecord(self, request: pb.SearchByRecordRequest, context: grpc.ServicerContext):  # noqa: N802
-        self._visible(request.record_id)
-        result = self._svc.search_by_record(
-            request.record_id,
-            restricted(wire.options_from_proto(request.options)),
-            include_same_patient=request.include_same_patient,
-            budget=budget_of(context),
-        )
-        return wire.result_to_proto(result, pb.SearchByRecordResponse)
-
-    def SearchByEcg(self, request: pb.SearchByEcgRequest, context: grpc.ServicerContext):  # noqa: N802
-        options = restricted(wire.options_from_proto(request.options))
-        ecg = wire.ecg_from_proto(request.ecg)
-        result = self._svc.search_by_ecg(ecg, options, budget=budget_of(context))
-        return wire.result_to_proto(result, pb.SearchByEcgResponse)
-
-    def SearchByFile(self, request: pb.SearchByFileRequest, context: grpc.ServicerContext):  # noqa: N802
-        options = wire.options_from_proto(request.options)
-        file = wire.file_from_proto(request.file)
-        result = self._svc.search_by_file(file, options, budget=budget_of(context))
-        return wire.result_to_proto(result, pb.SearchByFileResponse)
-
-    def UpsertEcgs(self, request: pb.UpsertEcgsRequest, context: grpc.ServicerContext):  # noqa: N802
-        items = [wire.upsert_item_from_proto(i) for i in request.items]
-        results = self._svc.upsert(items, request.dataset, site=push_site(), budget=budget_of(context))
-        return wire.upsert_response_to_proto(results)
-
-    def SearchByVector(self, request: pb.SearchByVectorRequest, context: grpc.ServicerContext):  # noqa: N802
-        options = restricted(wire.options_from_proto(request.options))
-        vector = wire.vector_from_proto(request.vector)
-        result = self._svc.search_by_vector(vector, options, budget=budget_of(context))
-        return wire.result_to_proto(result, pb.SearchByVectorResponse)
-
-    def BatchSearch(self, request: pb.BatchSearchRequest, context: grpc.ServicerContext):  # noqa: N802
-        queries = [restricted_query(wire.query_from_proto(q)) for q in request.queries]
-        for query in queries:
-            if query.record_id is not None:
-                self._visible(query.record_id)
-        results = self._svc.batch(queries, budget=budget_of(context))
-        return pb.BatchSearchResponse(results=[wire.result_to_proto(r, pb.SearchResult) for r in results])
-
-    def GetRecord(self, request: pb.GetRecordRequest, context: grpc.ServicerContext):  # noqa: N802
-        payload, vector = self._svc.get_record(request.record_id, with_vector=request.with_vector)
-        if not current_caller().sees(payload.site):
-            raise UnknownRecord(request.record_id.strip()[:64])
-        reply = pb.GetRecordResponse(payload=wire.payload_to_proto(payload))
-        if vector is not None:
-            reply.vector[:] = vector.tolist()
-        return reply
-
-    def GetEcg(self, request: pb.GetEcgRequest, context: grpc.ServicerContext):  # noqa: N802
-        self._visible(request.record_id)
-        prepared = self._svc.get_ecg(request.record_id)
-        return wire.ecg_response_to_proto(request.record_id.strip(), prepared)
-
-    def CollectionInfo(self, request: pb.CollectionInfoRequest, context: grpc.ServicerContext):  # noqa: N802
-        svc = self._svc
-        return wire.info_to_proto(svc.info(), svc.model_card, svc.info_updated_at)
-
-    def ServerStats(self, request: pb.ServerStatsRequest, context: grpc.ServicerContext):  # noqa: N802
-        reply = pb.ServerStatsResponse(
-            uptime_s=self.telemetry.uptime_s,
-            rpcs=[
-                pb.RpcStats(
-                    method=method,
-                    count=int(row["count"]),
-                    errors=int(row["errors"]),
-                    p50_ms=row["p50_ms"],
-                    p95_ms=row["p95_ms"],
-                    p99_ms=row["p99_ms"],
-                )
-                for method, row in self.telemetry.per_method().items()
-            ],
-        )
-        reply.started_at.FromDatetime(self.telemetry.started_at)
-        reply.ecgs_prepared = self.service.prepared_count if self.service is not None else 0
-        return reply
-
-    def CreateSnapshot(self, request: pb.CreateSnapshotRequest, context: grpc.ServicerContext):  # noqa: N802
-        with self._snapshotting:
-            made = self._svc.store.create_snapshot()
-        return pb.CreateSnapshotResponse(snapshot=wire.snapshot_to_proto(made))
-
-    def ListSnapshots(self, request: pb.ListSnapshotsRequest, context: grpc.ServicerContext):  # noqa: N802
-        found = self._svc.store.list_snapshots()
-        return pb.ListSnapshotsResponse(snapshots=[wire.snapshot_to_proto(s) for s in found])
+def _k(options: pb.SearchOptions) -> int:
+    k = options.k if options.HasField("k") else DEFAULT_K
+    return min(max(k, 1), MAX_K)  # an invalid k is the service's INVALID_ARGUMENT, not a cost
 
 
-def restricted(options: SearchOptions) -> SearchOptions:
-    """The options with the caller's sites added to the filter: the service adds it, never the caller."""
-    sites = current_caller().sites
-    if sites is None:
-        return options
-    return replace(options, filter=options.filter.model_copy(update={"sites": sorted(sites)}))
+def _samples(ecg: pb.Ecg) -> int:
+    return len(ecg.flat_samples) + sum(len(lead.values) for lead in ecg.leads)
 
 
-def push_site() -> str | None:
-    """The site pushed ECGs are stored under: a caller restricted to one site writes for it; an
-    unrestricted caller writes for the default site (None); a caller of several sites cannot say which."""
-    sites = current_caller().sites
-    if sites is None:
-        return None
-    if len(sites) != 1:
-        raise PermissionDenied("a caller allowed several sites cannot push: give its writer one site")
-    return next(iter(sites))
+def _searches(options: list[pb.SearchOptions], p: Pricing, **work: int) -> Cost:
+    summaries = sum(o.with_summary for o in options)
+    return search_cost(
+        [_k(o) for o in options], p.hit, summaries=summaries, summary_rows=p.summary_rows, **work
+    )
 
 
-def restricted_query(query: Query) -> Query:
-    return replace(query, options=restricted(query.options))
+def _fixed(reply_bytes: int, **work: int) -> Callable[[Any, Pricing], Cost]:
+    return lambda request, p: Cost(reply_bytes=reply_bytes, **work)
+
+
+def _search_by_record(view: Walled, request: pb.SearchByRecordRequest) -> pb.SearchByRecordResponse:
+    options = wire.options_from_proto(request.options)
+    result = view.search_by_record(request.record_id, options, request.include_same_patient)
+    return wire.result_to_proto(result, pb.SearchByRecordResponse)
+
+
+def _search_by_ecg(view: Walled, request: pb.SearchByEcgRequest) -> pb.SearchByEcgResponse:
+    result = view.search_by_ecg(wire.ecg_from_proto(request.ecg), wire.options_from_proto(request.options))
+    return wire.result_to_proto(result, pb.SearchByEcgResponse)
+
+
+def _search_by_file(view: Walled, request: pb.SearchByFileRequest) -> pb.SearchByFileResponse:
+    result = view.search_by_file(wire.file_from_proto(request.file), wire.options_from_proto(request.options))
+    return wire.result_to_proto(result, pb.SearchByFileResponse)
+
+
+def _search_by_vector(view: Walled, request: pb.SearchByVectorRequest) -> pb.SearchByVectorResponse:
+    vector = wire.vector_from_proto(request.vector)
+    result = view.search_by_vector(vector, wire.options_from_proto(request.options))
+    return wire.result_to_proto(result, pb.SearchByVectorResponse)
+
+
+def _batch_search(view: Walled, request: pb.BatchSearchRequest) -> pb.BatchSearchResponse:
+    reply = pb.BatchSearchResponse()
+    for result in view.batch([wire.query_from_proto(q) for q in request.queries]):
+        packed = wire.result_to_proto(result, pb.SearchResult)
+        view.reply.add(packed.ByteSize() + 4)  # stops the batch once it passes the message limit
+        reply.results.append(packed)
+    return reply
+
+
+def _upsert_ecgs(view: Walled, request: pb.UpsertEcgsRequest) -> pb.UpsertEcgsResponse:
+    items = [wire.upsert_item_from_proto(i) for i in request.items]
+    return wire.upsert_response_to_proto(view.upsert(items, request.dataset))
+
+
+def _get_record(view: Walled, request: pb.GetRecordRequest) -> pb.GetRecordResponse:
+    payload, vector = view.get_record(request.record_id, request.with_vector)
+    reply = pb.GetRecordResponse(payload=wire.payload_to_proto(payload))
+    if vector is not None:
+        reply.vector[:] = vector.tolist()
+    return reply
+
+
+def _get_ecg(view: Walled, request: pb.GetEcgRequest) -> pb.GetEcgResponse:
+    return wire.ecg_response_to_proto(request.record_id.strip(), view.get_ecg(request.record_id))
+
+
+def _collection_info(view: Walled, request: pb.CollectionInfoRequest) -> pb.CollectionInfoResponse:
+    return wire.info_to_proto(*view.info())
+
+
+def _server_stats(view: Walled, request: pb.ServerStatsRequest) -> pb.ServerStatsResponse:
+    figures = view.server_figures()
+    reply = pb.ServerStatsResponse(
+        uptime_s=figures.uptime_s,
+        rpcs=[
+            pb.RpcStats(
+                method=method,
+                count=int(row["count"]),
+                errors=int(row["errors"]),
+                p50_ms=row["p50_ms"],
+                p95_ms=row["p95_ms"],
+                p99_ms=row["p99_ms"],
+            )
+            for method, row in figures.rpcs.items()
+        ],
+        ecgs_prepared=figures.ecgs_prepared,
+    )
+    reply.started_at.FromDatetime(figures.started_at)
+    return reply
+
+
+def _create_snapshot(view: Walled, request: pb.CreateSnapshotRequest) -> pb.CreateSnapshotResponse:
+    return pb.CreateSnapshotResponse(snapshot=wire.snapshot_to_proto(view.create_snapshot()))
+
+
+def _list_snapshots(view: Walled, request: pb.ListSnapshotsRequest) -> pb.ListSnapshotsResponse:
+    return pb.ListSnapshotsResponse(snapshots=[wire.snapshot_to_proto(s) for s in view.list_snapshots()])
+
+
+HIT_ROOM = 64  # a GetRecord reply beyond one hit's payload: its tags and lengths
+
+RPCS: dict[str, Rpc] = {
+    "SearchByRecord": Rpc(lambda r, p: _searches([r.options], p), _search_by_record),
+    "SearchByEcg": Rpc(
+        lambda r, p: _searches([r.options], p, ecgs=1, samples=_samples(r.ecg)), _search_by_ecg
+    ),
+    "SearchByFile": Rpc(
+        lambda r, p: _searches([r.options], p, ecgs=1, file_bytes=len(r.file.content)), _search_by_file
+    ),
+    "UpsertEcgs": Rpc(
+        lambda r, p: Cost(
+            ecgs=len(r.items),
+            samples=sum(_samples(i.ecg) for i in r.items if i.HasField("ecg")),
+            file_bytes=sum(len(i.file.content) for i in r.items if i.HasField("file")),
+            reply_bytes=len(r.items) * 512,
+        ),
+        _upsert_ecgs,
+    ),
+    "SearchByVector": Rpc(lambda r, p: _searches([r.options], p), _search_by_vector),
+    "BatchSearch": Rpc(
+        lambda r, p: _searches(
+            [q.options for q in r.queries],
+            p,
+            ecgs=sum(q.HasField("ecg") for q in r.queries),
+            samples=sum(_samples(q.ecg) for q in r.queries if q.HasField("ecg")),
+        ),
+        _batch_search,
+    ),
+    "GetRecord": Rpc(
+        lambda r, p: Cost(reply_bytes=p.hit.estimate + HIT_ROOM + (5 * p.dim if r.with_vector else 0)),
+        _get_record,
+    ),
+    "GetEcg": Rpc(_fixed(PREPARED_BYTES + 256, ecgs=1), _get_ecg),
+    "CollectionInfo": Rpc(lambda r, p: Cost(reply_bytes=16_384 + 64 * p.summary_rows), _collection_info),
+    "ServerStats": Rpc(_fixed(4096 + 128 * len(SERVICE.methods)), _server_stats),
+    "CreateSnapshot": Rpc(_fixed(1024), _create_snapshot),
+    "ListSnapshots": Rpc(_fixed(65_536), _list_snapshots),
+}
 
 
 def budget_of(context: grpc.ServicerContext) -> Budget:
@@ -308,11 +342,7 @@ def budget_of(context: grpc.ServicerContext) -> Budget:
     return Budget(deadline=deadline, cancelled=lambda: not context.is_active())
 
 
-# --- interceptors --------------------------------------------------------------------------------
-
-
-def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
-    return {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+# --- identity ------------------------------------------------------------------------------------
 
 
 def _bearer(header: str | None) -> str | None:
@@ -327,38 +357,21 @@ def _certificate_name(context: grpc.ServicerContext) -> str | None:
     return names[0].decode(errors="replace") if names else None
 
 
-class Unauthenticated(Exception):
-    """No or an unknown credential (maps to UNAUTHENTICATED)."""
-
-
-class PermissionDenied(Exception):
-    """A known caller without the method's scope (maps to PERMISSION_DENIED)."""
-
-
-class CallInterceptor(grpc.ServerInterceptor):
-    """Around every service call: request id, caller and scope, latency, log, audit and metrics lines,
-    and the error table.
+class Identity:
+    """Who is calling: a caller of the callers file by bearer token or (mutual TLS) certificate.
 
     ``registry`` None serves without authentication (every call is ``anonymous`` with every scope).
     With a registry, a call needs ``authorization: Bearer <token>`` naming a caller, or (mutual TLS) a
     client certificate whose common name the tokens file names; when no caller is configured at all
     but mutual TLS is on, a verified certificate is enough and its common name is the caller (scope
-    search). Health and reflection are not wrapped: orchestrators and grpcurl probe without credentials.
+    search).
     """
 
-    def __init__(
-        self,
-        telemetry: Telemetry,
-        registry: CallerRegistry | None,
-        audit_log: audit.AuditLog | None = None,
-        mutual_tls: bool = False,
-    ) -> None:
-        self.telemetry = telemetry
+    def __init__(self, registry: CallerRegistry | None, mutual_tls: bool = False) -> None:
         self.registry = registry
-        self.audit_log = audit_log
         self.mutual_tls = mutual_tls
 
-    def _caller(self, metadata: dict[str, str], context: grpc.ServicerContext) -> Caller:
+    def resolve(self, metadata: dict[str, str], context: grpc.ServicerContext) -> Caller:
         if self.registry is None and not self.mutual_tls:
             return ANONYMOUS
         callers = self.registry.current() if self.registry is not None else Callers()
@@ -372,106 +385,245 @@ class CallInterceptor(grpc.ServerInterceptor):
             raise Unauthenticated("missing or invalid bearer token")
         return found
 
-    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
-        handler = continuation(details)
-        if (
-            handler is None
-            or handler.unary_unary is None
-            or not details.method.startswith(f"/{SERVICE_NAME}/")
-        ):
-            return handler
-        inner = handler.unary_unary
-        method = details.method.rsplit("/", 1)[-1]
-        metadata = _metadata(details)
-        offered = metadata.get(REQUEST_ID, "")
-        request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
-        message_name = f"{method}Request"
+    def name_of(self, metadata: dict[str, str], context: grpc.ServicerContext) -> str:
+        """The caller's name for a refusal's audit line, or ``unauthenticated``."""
+        try:
+            return self.resolve(metadata, context).name
+        except Unauthenticated:
+            return audit.UNAUTHENTICATED
+
+
+# --- the call pipeline ---------------------------------------------------------------------------
+
+
+def _metadata(pairs: Any) -> dict[str, str]:
+    return {k: v for k, v in (pairs or ()) if isinstance(v, str)}
+
+
+def _request_id(metadata: dict[str, str]) -> str:
+    offered = metadata.get(REQUEST_ID, "")
+    return offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+
+
+@dataclass
+class _Outcome:
+    """What became of one call, as the log line, the metrics and the audit line record it."""
+
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""
+    violations: tuple[tuple[str, str], ...] = ()
+    caller: str = audit.UNAUTHENTICATED
+    request: Message | None = None
+    reply: Message | None = None
+
+
+class Calls:
+    """The handler of every method of the service (see the module doc, step 2 and 3)."""
+
+    def __init__(
+        self,
+        door: Door,
+        identity: Identity,
+        trail: audit.AuditTrail,
+        telemetry: Telemetry,
+        message_limit: int,
+    ) -> None:
+        self.door = door
+        self.identity = identity
+        self.trail = trail
+        self.telemetry = telemetry
+        self.message_limit = message_limit
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        """The service's methods, each a client-streaming handler of one request message."""
+        table = {}
+        for method in SERVICE.methods:
+            request_type = getattr(pb, method.input_type.name)
+            table[method.name] = grpc.stream_unary_rpc_method_handler(
+                self._behavior(method.name),
+                request_deserializer=_tolerant(request_type.FromString, method.input_type.name),
+                response_serializer=None,  # the reply is serialized (and its size checked) in serve
+            )
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, table)
+
+    def _behavior(self, method: str) -> Callable[[Iterator[Any], grpc.ServicerContext], bytes | None]:
+        return lambda requests, context: self.serve(method, requests, context)
+
+    def serve(self, method: str, requests: Iterator[Any], context: grpc.ServicerContext) -> bytes | None:
+        metadata = _metadata(context.invocation_metadata())
+        request_id = _request_id(metadata)
+        context.set_trailing_metadata(((REQUEST_ID, request_id),))
+        start = time.perf_counter()
+        outcome = _Outcome()
+        data: bytes | None = None
+        self.telemetry.in_flight.inc()
+        try:
+            data = self._answer(method, requests, context, metadata, outcome)
+        except Exception as exc:
+            code, message, violations = status_of(exc, request_id)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception(
+                    "internal error", extra={"fields": {"method": method, "request_id": request_id}}
+                )
+            outcome.code, outcome.message, outcome.violations = code, message, tuple(violations)
+            outcome.reply, data = None, None
+        finally:
+            self.telemetry.in_flight.dec()
+        seconds = time.perf_counter() - start
+        line = self._line(request_id, method, outcome, seconds)
+        if not self.trail.record(line):
+            outcome.code, outcome.message, outcome.violations = grpc.StatusCode.UNAVAILABLE, AUDIT_REFUSAL, ()
+            data = None
+        self._observe(method, request_id, outcome, seconds, context)
+        if outcome.code is not grpc.StatusCode.OK:
+            context.abort_with_status(
+                rich_status(outcome.code, outcome.message, list(outcome.violations), request_id)
+            )
+        return data
+
+    def _answer(
+        self,
+        method: str,
+        requests: Iterator[Any],
+        context: grpc.ServicerContext,
+        metadata: dict[str, str],
+        outcome: _Outcome,
+    ) -> bytes:
+        if not self.trail.ready():
+            raise AuditUnavailable(AUDIT_REFUSAL)
+        request = self._receive(requests, context)
+        if isinstance(request, Message):
+            outcome.request = request
+        caller = self.identity.resolve(metadata, context)
+        outcome.caller = caller.name
         scope = scope_of(method)
+        self.door.admit(caller, scope, method)
+        if isinstance(request, _Undecodable):
+            raise FieldViolation("request", request.message)
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded("deadline exceeded before the request started")
+        reply = self.door.enter(caller, method, scope, request, budget_of(context))
+        data = reply.SerializeToString()
+        if len(data) > self.message_limit:
+            raise ReplyTooLarge(
+                f"the reply is {len(data):,} bytes, over the server's {self.message_limit:,}-byte message "
+                "limit: ask for fewer queries or a smaller k"
+            )
+        outcome.reply = reply
+        return data
 
-        def observed(request: Any, context: grpc.ServicerContext) -> Any:
-            context.set_trailing_metadata(((REQUEST_ID, request_id),))
-            start = time.perf_counter()
-            code, message, reply = grpc.StatusCode.OK, "", None
-            caller_name = audit.UNAUTHENTICATED
-            bound = None
-            self.telemetry.in_flight.inc()
-            try:
-                caller = self._caller(metadata, context)
-                caller_name = caller.name
-                if not caller.may(scope):
-                    raise PermissionDenied(f"caller {caller.name!r} lacks scope {scope!r} for {method}")
-                bound = _CALLER.set(caller)
-                if isinstance(request, _Undecodable):
-                    raise FieldViolation("request", request.message)
-                remaining = context.time_remaining()
-                if remaining is not None and remaining <= 0:
-                    raise DeadlineExceeded("deadline exceeded before the request started")
-                reply = inner(request, context)
-                return reply
-            except Unauthenticated as exc:
-                code, message = grpc.StatusCode.UNAUTHENTICATED, str(exc)
-                context.abort_with_status(rich_status(code, message, [], request_id))
-            except PermissionDenied as exc:
-                code, message = grpc.StatusCode.PERMISSION_DENIED, bounded(str(exc))
-                context.abort_with_status(rich_status(code, message, [], request_id))
-            except Exception as exc:
-                code, message, violations = status_of(exc, request_id)
-                if code is grpc.StatusCode.INTERNAL:
-                    log.exception(
-                        "internal error", extra={"fields": {"method": method, "request_id": request_id}}
-                    )
-                context.abort_with_status(rich_status(code, message, violations, request_id))
-            finally:
-                if bound is not None:
-                    _CALLER.reset(bound)
-                seconds = time.perf_counter() - start
-                self.telemetry.in_flight.dec()
-                self.telemetry.record(method, code.name, seconds)
-                fields = {
-                    "method": method,
-                    "request_id": request_id,
-                    "caller": caller_name,
-                    "code": code.name,
-                    "latency_ms": round(seconds * 1000, 3),
-                    "peer": bounded(context.peer(), 80),
-                }
-                if message:
-                    fields["error"] = message
-                log.info("rpc", extra={"fields": fields})
-                if self.audit_log is not None:
-                    self._audit(request_id, caller_name, method, code, request, reply, seconds)
+    def _receive(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        """The call's one request message (a unary RPC: exactly one)."""
+        try:
+            return next(requests)
+        except StopIteration:
+            if context.is_active():  # the client sent none
+                raise FieldViolation("request", "no request message") from None
+            return self._not_received(context)
+        except grpc.RpcError:
+            return self._not_received(context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            observed,
-            request_deserializer=_tolerant(handler.request_deserializer, message_name),
-            response_serializer=handler.response_serializer,
+    def _not_received(self, context: grpc.ServicerContext) -> Any:
+        """gRPC ended the call while receiving its message, and answered the client itself."""
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded("deadline exceeded before the request arrived")
+        raise NotReceived(
+            f"request not received: larger than the server's {self.message_limit:,}-byte message limit "
+            "(or cancelled before it arrived)"
         )
 
-    def _audit(
+    def _line(self, request_id: str, method: str, outcome: _Outcome, seconds: float) -> dict[str, Any]:
+        return audit.entry(
+            request_id=request_id,
+            caller=outcome.caller,
+            method=method,
+            status=outcome.code.name,
+            request=outcome.request,
+            reply=outcome.reply,
+            latency_s=seconds,
+            error=outcome.message or None,
+        )
+
+    def _observe(
+        self, method: str, request_id: str, outcome: _Outcome, seconds: float, context: grpc.ServicerContext
+    ) -> None:
+        self.telemetry.record(method, outcome.code.name, seconds)
+        fields = {
+            "method": method,
+            "request_id": request_id,
+            "caller": outcome.caller,
+            "code": outcome.code.name,
+            "latency_ms": round(seconds * 1000, 3),
+            "peer": bounded(context.peer(), 80),
+        }
+        if outcome.message:
+            fields["error"] = outcome.message
+        log.info("rpc", extra={"fields": fields})
+
+    def refuse(
         self,
-        request_id: str,
-        caller: str,
         method: str,
         code: grpc.StatusCode,
-        request: Any,
-        reply: Any,
-        seconds: float,
+        message: str,
+        context: grpc.ServicerContext,
     ) -> None:
-        assert self.audit_log is not None
-        try:
-            self.audit_log.write(
-                audit.entry(
-                    request_id=request_id,
-                    caller=caller,
-                    method=method,
-                    status=code.name,
-                    request=request,
-                    reply=reply,
-                    latency_s=seconds,
-                )
-            )
-        except Exception:  # a full disk must not turn answered calls into errors; it is logged
-            log.exception("audit line not written", extra={"fields": {"request_id": request_id}})
+        """Answer a call refused before the service (no request read), with its log and audit line."""
+        metadata = _metadata(context.invocation_metadata())
+        request_id = _request_id(metadata)
+        outcome = _Outcome(code=code, message=message, caller=self.identity.name_of(metadata, context))
+        self.trail.record(self._line(request_id, method, outcome, 0.0))
+        self._observe(method, request_id, outcome, 0.0, context)
+        context.abort_with_status(rich_status(code, message, [], request_id))
+
+
+class CallInterceptor(grpc.ServerInterceptor):
+    """Outermost, around every call: answers unknown methods UNIMPLEMENTED and, past ``limit`` calls
+    of the service at once, new ones RESOURCE_EXHAUSTED; both refusals are logged and audited.
+
+    The count is taken in the worker thread as the call starts (``admitted``), so a call gRPC itself
+    drops before it starts is never counted.
+    """
+
+    def __init__(self, calls: Calls, limit: int) -> None:
+        self.calls = calls
+        self.limit = limit
+        self.active = 0
+        self._lock = threading.Lock()
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
+        if details.method.startswith(EXEMPT_PREFIXES):
+            return continuation(details)
+        handler = continuation(details)
+        name = details.method.rsplit("/", 1)[-1] if details.method.startswith(f"/{SERVICE_NAME}/") else ""
+        if handler is None or name not in RPCS:
+            method = bounded(details.method or "?", 80)
+            message = f"unknown method {method}"
+
+            def unknown(requests: Iterator[Any], context: grpc.ServicerContext) -> None:
+                self.calls.refuse(method, grpc.StatusCode.UNIMPLEMENTED, message, context)
+
+            return grpc.stream_unary_rpc_method_handler(unknown)
+        behavior = handler.stream_unary
+
+        def admitted(requests: Iterator[Any], context: grpc.ServicerContext) -> bytes | None:
+            with self._lock:
+                full = self.active >= self.limit
+                if not full:
+                    self.active += 1
+            if full:
+                message = f"the server is at its limit of {self.limit} concurrent calls: retry later"
+                return self.calls.refuse(name, grpc.StatusCode.RESOURCE_EXHAUSTED, message, context)
+            try:
+                return behavior(requests, context)
+            finally:
+                with self._lock:
+                    self.active -= 1
+
+        return grpc.stream_unary_rpc_method_handler(
+            admitted, request_deserializer=handler.request_deserializer, response_serializer=None
+        )
 
 
 # --- logging -------------------------------------------------------------------------------------
@@ -531,6 +683,7 @@ def run_server(
     max_message_mb: float | None = None,
     tokens_file: Path | None = None,
     audit_log: str | Path | None = None,
+    audit_fail_open: bool | None = None,
     metrics_port: int | None = None,
     telemetry: Telemetry | None = None,
 ) -> Iterator[tuple[grpc.Server, int]]:
@@ -538,7 +691,8 @@ def run_server(
 
     ``settings`` comes from the edge (``ServiceSettings()`` in ``serve``); keyword arguments override it,
     so tests pass ``port=0, token="t", store=..., embedder=...``. A store or embedder passed in stays
-    open on exit; one opened here is closed here. Health reports SERVING only once both are open.
+    open on exit; one opened here is closed here. Health reports SERVING only once both are open, and
+    (an audit trail failing closed) while its lines can be written.
     ``telemetry`` (made here when not given) holds the metrics; with ``metrics_port`` it serves them
     at ``/metrics`` and records the bound port (``metrics_port=0``: any free one) in ``http_port``.
     """
@@ -552,6 +706,7 @@ def run_server(
                 "max_message_mb": max_message_mb,
                 "tokens_file": tokens_file,
                 "audit_log": str(audit_log) if audit_log is not None else None,
+                "audit_fail_open": audit_fail_open,
                 "metrics_port": metrics_port,
             }.items()
             if v is not None
@@ -574,32 +729,37 @@ def run_server(
     credentials = _credentials(settings) if settings.tls_cert else None
     limit = int(settings.max_message_mb * 1024 * 1024)
     telemetry = telemetry or Telemetry()
+    concurrent = settings.max_concurrent_rpcs
+    heavy_mb = settings.heavy_budget_mb or 2 * settings.max_message_mb
     with ExitStack() as resources:
-        audit_log = audit.AuditLog(settings.audit_log) if settings.audit_log else None
-        if audit_log is not None:
-            resources.callback(audit_log.close)
+        health_servicer = health.HealthServicer()
+        serving = _Health(health_servicer)
+        sink = audit.AuditLog(settings.audit_log) if settings.audit_log else None
+        trail = audit.AuditTrail(sink, fail_open=settings.audit_fail_open, on_change=serving.audit)
+        resources.callback(trail.close)
         if settings.metrics_port is not None:
             telemetry.serve_http(settings.host, settings.metrics_port)
             resources.callback(telemetry.close)
-        interceptor = CallInterceptor(telemetry, registry, audit_log, mutual_tls=bool(settings.tls_client_ca))
+        door = Door(
+            RPCS,
+            reply_limit=limit,
+            heavy=HeavyBudget(int(heavy_mb * 1024 * 1024), max_waiting=max(1, concurrent // 2)),
+            telemetry=telemetry,
+        )
+        identity = Identity(registry, mutual_tls=bool(settings.tls_client_ca))
+        calls = Calls(door, identity, trail, telemetry, limit)
         server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=settings.max_workers or min(32, 2 * (os.cpu_count() or 1) + 4)
-            ),
-            interceptors=[interceptor],
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            futures.ThreadPoolExecutor(max_workers=settings.max_workers or concurrent),
+            handlers=[calls.handlers()],
+            interceptors=[CallInterceptor(calls, concurrent)],
+            maximum_concurrent_rpcs=2 * concurrent,  # gRPC's own backstop, beyond the audited limit
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        servicer = EcgSearchServicer(telemetry)
-        telemetry.watch(lambda: servicer.service)
-        pb_grpc.add_EcgSearchServiceServicer_to_server(servicer, server)
-        health_servicer = health.HealthServicer()
-        for name in ("", SERVICE_NAME):
-            health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        telemetry.watch(lambda: door.service)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -630,7 +790,7 @@ def run_server(
                         collection=settings.collection,
                     )
                     owned.callback(store.close)
-                servicer.service = SearchService(
+                service = SearchService(
                     store,
                     embedder or Embedder(settings.model),
                     stats_refresh_s=settings.stats_refresh_s,
@@ -638,9 +798,9 @@ def run_server(
                     site_secret_file=settings.site_secret_file,
                     archive_path=settings.archive_path,
                 )
-                owned.callback(servicer.service.close)
-                for name in ("", SERVICE_NAME):
-                    health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+                owned.callback(service.close)
+                door.open(service)
+                serving.open()
                 log.info(
                     "serving",
                     extra={
@@ -650,6 +810,7 @@ def run_server(
                             "mutual_tls": bool(settings.tls_client_ca),
                             "auth": registry is not None,
                             "audit_log": settings.audit_log,
+                            "audit_fail_open": settings.audit_fail_open,
                             "metrics_port": telemetry.http_port,
                         }
                     },
@@ -659,6 +820,30 @@ def run_server(
                 health_servicer.enter_graceful_shutdown()
                 server.stop(settings.grace_s).wait()
                 log.info("stopped", extra={"fields": {"stats": telemetry.per_method()}})
+
+
+class _Health:
+    """SERVING once the service is open and while the audit trail takes lines; NOT_SERVING otherwise."""
+
+    def __init__(self, servicer: health.HealthServicer) -> None:
+        self._servicer = servicer
+        self._open = False
+        self._audit_ok = True
+        self._set()
+
+    def open(self) -> None:
+        self._open = True
+        self._set()
+
+    def audit(self, ok: bool) -> None:
+        self._audit_ok = ok
+        self._set()
+
+    def _set(self) -> None:
+        up = self._open and self._audit_ok
+        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            self._servicer.set(name, status)
 
 
 def _registry(settings: ServiceSettings, token: str | None) -> CallerRegistry | None:

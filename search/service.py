@@ -6,6 +6,14 @@ checked here, once, before any work that grows with the request (the cost model 
 only cheap assertions. Errors are the domain's own (``InvalidQuery`` and its ``FieldViolation``,
 ``UnknownRecord``, ``StoreUnavailable``, ``SignalError``, ``DeadlineExceeded``, ``Cancelled``,
 ``EcgUnavailable``); mapping them to status codes is the transport's job.
+
+Sites: every read takes ``sites``, the sites whose ECGs the call may see (None: every site), and
+applies it to each store call it makes: searches filter on it, record lookups answer an unknown id
+and another site's id alike (``UnknownRecord``, after the same store work), collection figures count
+only those sites, and a payload never names (``duplicate_of``) a record outside them. Writes take the
+one ``site`` they are for: a site's pushed ECGs are named in its own namespace (``<site>/<id>``), so
+ids, collisions and skips are decided per site. The door (``door.py``) sets both from the caller;
+nothing else decides them.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,10 +48,16 @@ from ecgsearch.search.schema import (
 if TYPE_CHECKING:  # the client imports this module for its request types: keep it light
     from ecgsearch.export.card import ModelCard
     from ecgsearch.export.runtime import Embedder
-    from ecgsearch.search.push import Archive, Pushed, Writer
+    from ecgsearch.search.push import Archive, Prepared, Pushed, Writer
     from ecgsearch.search.store import Store
 
 log = logging.getLogger("ecgsearch.service")
+
+Sites = frozenset[str] | None  # the sites a call may read; None: every site
+EVERY_SITE: Sites = None
+SITE_SEPARATOR = "/"  # '<site>/<dataset>:<native id>': dataset names and native ids never hold a '/'
+NO_SITE = ""  # a site-filter value no stored ECG has (a site name has at least one character)
+MAX_SITE_VIEWS = 64  # distinct site sets whose collection figures are kept (one per kind of caller)
 
 DEFAULT_K = 10
 STATS_REFRESH_S = 30.0
@@ -215,25 +229,53 @@ class SearchResult(BaseModel):
 
 
 class CollectionStats:
-    """Collection facts (count, per-code counts) read off the request path.
+    """Collection facts (count, per-code counts) read off the request path, per set of visible sites.
 
     ``store.info()`` runs an exact count and a facet: at millions of points that takes long, so a
-    daemon thread refreshes it every ``every_s`` seconds and requests read the last snapshot.
+    daemon thread refreshes it every ``every_s`` seconds and requests read the last snapshot. The
+    figures of a site set are read when a caller of that set first asks, then refreshed with the rest;
+    ``hooks`` run after each refresh (the door re-samples the size of a hit there).
     """
 
     def __init__(self, store: Store, every_s: float = STATS_REFRESH_S) -> None:
         self._store = store
         self._every_s = every_s
-        self.info = store.info()
-        self.updated_at = datetime.now(UTC)
+        self._views: dict[Sites, tuple[CollectionInfo, datetime]] = {None: (store.info(), datetime.now(UTC))}
+        self._lock = threading.Lock()
+        self.hooks: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="collection-stats", daemon=True)
         self._thread.start()
 
+    def of(self, sites: Sites) -> tuple[CollectionInfo, datetime]:
+        """The last figures of the points of ``sites`` and when they were read."""
+        found = self._views.get(sites)
+        if found is None:
+            found = self._read(sites)
+            with self._lock:
+                if len(self._views) < MAX_SITE_VIEWS:
+                    self._views[sites] = found
+        return found
+
+    @property
+    def info(self) -> CollectionInfo:
+        return self._views[None][0]
+
+    @property
+    def updated_at(self) -> datetime:
+        return self._views[None][1]
+
+    def _read(self, sites: Sites) -> tuple[CollectionInfo, datetime]:
+        return self._store.info(site_filter(sites)), datetime.now(UTC)
+
     def refresh(self) -> CollectionInfo:
-        info = self._store.info()
-        self.info, self.updated_at = info, datetime.now(UTC)  # one reference swap: readers need no lock
-        return info
+        for sites in list(self._views):
+            fresh = self._read(sites)
+            with self._lock:  # one reference swap per site set: readers need no lock
+                self._views[sites] = fresh
+        for hook in self.hooks:
+            hook()
+        return self.info
 
     def _run(self) -> None:
         while not self._stop.wait(self._every_s):
@@ -295,32 +337,43 @@ class SearchService:
         record_id: str,
         options: SearchOptions | None = None,
         *,
+        sites: Sites,
         include_same_patient: bool = False,
         budget: Budget = NO_BUDGET,
     ) -> SearchResult:
         """Neighbours of a stored record: never itself, nor (by default) its patient's other ECGs."""
         options = self.validate(options or SearchOptions())
         record_id = check_id(record_id, "record_id")
-        plan = self._stored_query(record_id, options, include_same_patient)
-        return self._search(plan, budget)
+        plan = self._stored_query(record_id, options, include_same_patient, sites)
+        return self._search(plan, budget, sites)
 
     def search_by_ecg(
-        self, ecg: EcgQuery, options: SearchOptions | None = None, *, budget: Budget = NO_BUDGET
+        self,
+        ecg: EcgQuery,
+        options: SearchOptions | None = None,
+        *,
+        sites: Sites,
+        budget: Budget = NO_BUDGET,
     ) -> SearchResult:
         """Prepare the raw ECG exactly like stored ones, encode it, search."""
         options = self.validate(options or SearchOptions())
         checked = check_ecg(ecg, "ecg")
         (vector,) = self.encode([checked], budget=budget)
-        return self._search(_Plan(options, vector), budget)
+        return self._search(_Plan(options, vector), budget, sites)
 
     def search_by_file(
-        self, file: EcgFile, options: SearchOptions | None = None, *, budget: Budget = NO_BUDGET
+        self,
+        file: EcgFile,
+        options: SearchOptions | None = None,
+        *,
+        sites: Sites,
+        budget: Budget = NO_BUDGET,
     ) -> SearchResult:
         """Read an ECG file (any format the readers know), prepare it like stored ECGs, encode, search."""
         options = self.validate(options or SearchOptions())
         ecg = read_file(file, "file")
         (vector,) = self.encode([ecg], names=["file"], budget=budget)
-        return self._search(_Plan(options, vector), budget)
+        return self._search(_Plan(options, vector), budget, sites)
 
     def upsert(
         self,
@@ -332,7 +385,10 @@ class SearchService:
     ) -> list[Pushed]:
         """Add ECGs (see ``push``): one result per item, stored / skipped / rejected with its reason.
 
-        ``site`` (the pushing caller's one site; None: the payload's default) is stamped on every item.
+        ``site`` (the pushing caller's one site; None: the payload's default) is stamped on every item,
+        and names it in the site's own namespace: ``<site>/<dataset>:<native id>``. Ids, collisions and
+        skips are therefore decided among the site's own ECGs only: a push never learns whether
+        another site holds an id or an ECG, and one ECG pushed by two sites is stored for each.
 
         The request (item count, dataset name, total samples) is bounded before any item is read; an
         item that breaks a rule is rejected alone, the others go on.
@@ -359,7 +415,7 @@ class SearchService:
             try:
                 ready = self._prepare_item(writer, item, dataset)
                 if site is not None and isinstance(ready, push.Prepared):
-                    ready = replace(ready, payload=ready.payload.model_copy(update={"site": site}))
+                    ready = in_site(ready, site)
                 prepared.append(ready)
             except FieldViolation as exc:
                 prepared.append(push.Pushed("", "rejected", f"{where}.{exc.field}: {exc.description}"))
@@ -436,17 +492,28 @@ class SearchService:
         vector: np.ndarray | Sequence[float],
         options: SearchOptions | None = None,
         *,
+        sites: Sites,
         budget: Budget = NO_BUDGET,
     ) -> SearchResult:
         """Neighbours of an embedding of this collection's model (normalised here)."""
         options = self.validate(options or SearchOptions())
-        return self._search(_Plan(options, self.check_vector(vector, "vector")), budget)
+        return self._search(_Plan(options, self.check_vector(vector, "vector")), budget, sites)
 
-    def batch(self, queries: Sequence[Query], *, budget: Budget = NO_BUDGET) -> list[SearchResult]:
-        """Several queries in request order; ECGs are encoded in one model call. Any bad query fails all.
+    def batch(
+        self, queries: Sequence[Query], *, sites: Sites, budget: Budget = NO_BUDGET
+    ) -> list[SearchResult]:
+        """Several queries in request order (see ``batch_results``). Any bad query fails all."""
+        return list(self.batch_results(queries, sites=sites, budget=budget))
+
+    def batch_results(
+        self, queries: Sequence[Query], *, sites: Sites, budget: Budget = NO_BUDGET
+    ) -> Iterator[SearchResult]:
+        """Several queries: each result as its search finishes, in request order. Any bad query fails all.
 
         Every query is bounded and validated before any ECG is prepared, and the batch's total samples
-        are bounded too, so a bad or oversized query costs nothing but its validation.
+        are bounded too, so a bad or oversized query costs nothing but its validation; the record
+        queries are looked up and the ECGs encoded (in one model call) before the first result. The
+        searches run as the results are taken: a caller that stops taking them stops the searching.
         """
         if not queries:
             raise FieldViolation("queries", "empty batch")
@@ -478,7 +545,7 @@ class SearchService:
             with _located(f"queries[{i}]"):
                 if query.record_id is not None:
                     record_id = check_id(query.record_id, "record_id")
-                    plans.append(self._stored_query(record_id, options, query.include_same_patient))
+                    plans.append(self._stored_query(record_id, options, query.include_same_patient, sites))
                 elif query.vector is not None:
                     plans.append(_Plan(options, self.check_vector(query.vector, "vector")))
                 else:
@@ -486,24 +553,24 @@ class SearchService:
         ecgs = [ecg for _, _, ecg in checked if ecg is not None]
         names = [f"queries[{i}].ecg" for i, (_, _, ecg) in enumerate(checked) if ecg is not None]
         encoded = iter(self.encode(ecgs, names=names, budget=budget)) if ecgs else iter(())
-        return [
-            self._search(plan if plan.vector is not None else replace(plan, vector=next(encoded)), budget)
-            for plan in plans
-        ]
+        ready = [plan if plan.vector is not None else replace(plan, vector=next(encoded)) for plan in plans]
+        return (self._search(plan, budget, sites) for plan in ready)
 
     def get_record(
-        self, record_id: str, *, with_vector: bool = False
+        self, record_id: str, *, sites: Sites, with_vector: bool = False
     ) -> tuple[EcgPayload, np.ndarray | None]:
-        """Payload (and stored vector) of one record; UnknownRecord when absent."""
-        payload, vector = self._get(check_id(record_id, "record_id"))
+        """Payload (and stored vector) of one record; UnknownRecord when absent or not visible."""
+        payload, vector = self._get(check_id(record_id, "record_id"), sites)
+        (payload,) = self._revealed([payload], sites)
         return payload, (vector if with_vector else None)
 
-    def get_ecg(self, record_id: str) -> np.ndarray:
+    def get_ecg(self, record_id: str, *, sites: Sites) -> np.ndarray:
         """The prepared signal (12, MODEL_SAMPLES) of a stored record, read again from its source file.
 
-        UnknownRecord when the id is not stored; EcgUnavailable when no configured root holds its file.
+        UnknownRecord when the id is not stored or not visible; EcgUnavailable when no configured root
+        holds its file.
         """
-        payload, _ = self._get(check_id(record_id, "record_id"))
+        payload, _ = self._get(check_id(record_id, "record_id"), sites)
         if payload.archived and payload.content_hash:
             return self._archived_ecg(payload)
         path = self._source_file(payload)
@@ -530,13 +597,27 @@ class SearchService:
         self._count_prepared(1)
         return prepared
 
-    def info(self) -> CollectionInfo:
-        """Collection facts as last refreshed in the background (never a store call on this path)."""
-        return self._stats.info
+    def info(self, *, sites: Sites) -> CollectionInfo:
+        """Collection facts of the points of ``sites`` as last refreshed in the background (a site set
+        asked for the first time is read now, then refreshed with the rest)."""
+        return self._stats.of(sites)[0]
 
-    @property
-    def info_updated_at(self) -> datetime:
-        return self._stats.updated_at
+    def info_updated_at(self, *, sites: Sites) -> datetime:
+        return self._stats.of(sites)[1]
+
+    def on_refresh(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` after each background refresh of the collection figures."""
+        self._stats.hooks.append(hook)
+
+    def sample_hits(self, n: int = MAX_K, probes: int = 4, seed: int = 0) -> list[Hit]:
+        """Up to ``probes`` x ``n`` stored hits of every site (searches by random unit vectors): what
+        the size of a reply's hit is estimated from."""
+        rng = np.random.default_rng(seed)
+        hits: list[Hit] = []
+        for _ in range(probes):
+            probe = rng.standard_normal(self.embedder.dim).astype(np.float32)
+            hits += self.store.search(probe / np.linalg.norm(probe), k=n)
+        return hits
 
     def refresh_info(self) -> CollectionInfo:
         """Read the collection facts now (operators and tests; requests use ``info()``)."""
@@ -610,15 +691,38 @@ class SearchService:
 
     # --- search and summary ----------------------------------------------------------------------
 
-    def _get(self, record_id: str) -> tuple[EcgPayload, np.ndarray]:
+    def _get(self, record_id: str, sites: Sites) -> tuple[EcgPayload, np.ndarray]:
+        """The record, or UnknownRecord when it is not stored or not of ``sites``.
+
+        For a site-restricted read the first store call is ``sites_of``, one payload key retrieved
+        whether or not the id is stored: an unknown id and another site's id take the same work and
+        raise the same error, so neither the message nor the time tells which it was.
+        """
         try:
+            if sites is not None and self.store.sites_of([record_id]).get(record_id, NO_SITE) not in sites:
+                raise UnknownRecord(record_id)
             return self.store.get(record_id)
         except UnknownRecord:
             raise UnknownRecord(_short(record_id)) from None
 
-    def _stored_query(self, record_id: str, options: SearchOptions, include_same_patient: bool) -> _Plan:
+    def _revealed(self, payloads: list[EcgPayload], sites: Sites) -> list[EcgPayload]:
+        """The payloads without a ``duplicate_of`` that names a record outside ``sites``."""
+        if sites is None:
+            return payloads
+        named = {p.duplicate_of for p in payloads if p.duplicate_of}
+        if not named:
+            return payloads
+        held = self.store.sites_of(sorted(named))
+        hidden = {r for r in named if held.get(r, NO_SITE) not in sites}
+        return [
+            p.model_copy(update={"duplicate_of": None}) if p.duplicate_of in hidden else p for p in payloads
+        ]
+
+    def _stored_query(
+        self, record_id: str, options: SearchOptions, include_same_patient: bool, sites: Sites
+    ) -> _Plan:
         """A stored record's vector and codes, with the record (and its patient's ECGs) excluded."""
-        payload, vector = self._get(record_id)
+        payload, vector = self._get(record_id, sites)
         exclusions = ["query_record"]
         # A copy's original is the query ECG again, under another dataset's id.
         own = [payload.record_id, *([payload.duplicate_of] if payload.duplicate_of else [])]
@@ -629,23 +733,42 @@ class SearchService:
         flt = options.filter.model_copy(update=update)
         return _Plan(replace(options, filter=flt), vector, payload.diagnoses, exclusions)
 
-    def _search(self, plan: _Plan, budget: Budget) -> SearchResult:
+    def _search(self, plan: _Plan, budget: Budget, sites: Sites) -> SearchResult:
         budget.check("search")
         options = plan.options
         assert plan.vector is not None
         exclusions = list(plan.exclusions)
+        update: dict[str, object] = {}
         if not options.include_duplicates:
             exclusions.append("duplicate_copy")
-            options = replace(options, filter=options.filter.model_copy(update={"exclude_duplicates": True}))
+            update["exclude_duplicates"] = True
+        if sites is not None:
+            update["sites"] = sorted(sites) or [NO_SITE]
+        flt = options.filter.model_copy(update=update)
         hits = self.store.search(
             plan.vector,
             k=options.k,
-            filter=None if options.filter.is_empty() else options.filter,
+            filter=None if flt.is_empty() else flt,
             exact=options.exact,
             score_threshold=options.score_threshold,
         )
-        summary = summarise(hits, self.info(), plan.query_codes, exclusions) if options.with_summary else None
+        if sites is not None:
+            hits = self._walled(hits, sites)
+        info = self.info(sites=sites) if options.with_summary else None
+        summary = summarise(hits, info, plan.query_codes, exclusions) if info is not None else None
         return SearchResult(hits=hits, summary=summary)
+
+    def _walled(self, hits: list[Hit], sites: frozenset[str]) -> list[Hit]:
+        """The hits of ``sites`` only (the store's filter already keeps them: a second wall), their
+        payloads naming no record outside them."""
+        kept = [h for h in hits if h.payload.site in sites]
+        if len(kept) != len(hits):
+            log.error("the store returned hits of other sites; dropped", extra={"fields": {"n": len(hits)}})
+        payloads = self._revealed([h.payload for h in kept], sites)
+        return [
+            h if h.payload is p else h.model_copy(update={"payload": p})
+            for h, p in zip(kept, payloads, strict=True)
+        ]
 
     def _source_file(self, payload: EcgPayload) -> Path:
         if not payload.source_path:
@@ -674,6 +797,18 @@ class _Plan:
     vector: np.ndarray | None
     query_codes: list[str] | None = None
     exclusions: list[str] = field(default_factory=list)
+
+
+def site_filter(sites: Sites) -> SearchFilter | None:
+    """The filter that keeps the points of ``sites`` (None: every point)."""
+    return None if sites is None else SearchFilter(sites=sorted(sites) or [NO_SITE])
+
+
+def in_site(prepared: Prepared, site: str) -> Prepared:
+    """A pushed ECG stamped with its site and named in the site's namespace (``<site>/<id>``)."""
+    record_id = f"{site}{SITE_SEPARATOR}{prepared.payload.record_id}"
+    payload = prepared.payload.model_copy(update={"site": site, "record_id": record_id})
+    return replace(prepared, payload=payload, raw=replace(prepared.raw, record=record_id))
 
 
 # --- request checks ------------------------------------------------------------------------------

@@ -31,10 +31,13 @@ class ServiceSettings(BaseSettings):
     - ``ECGSEARCH_TLS_CERT`` / ``ECGSEARCH_TLS_KEY``: PEM files to serve TLS; with ``ECGSEARCH_TLS_CLIENT_CA``
       clients must present a certificate signed by that CA (mutual TLS).
     - ``ECGSEARCH_MAX_MESSAGE_MB``: largest request or response in MiB (default 16).
-    - ``ECGSEARCH_MAX_WORKERS``: request threads (default: 2 x CPUs + 4, at most 32).
-    - ``ECGSEARCH_MAX_CONCURRENT_RPCS``: calls in progress or queued before new ones get
-      RESOURCE_EXHAUSTED (default 64: a few times the request threads, so short bursts queue but a flood
-      cannot grow the queue without bound).
+    - ``ECGSEARCH_MAX_WORKERS``: request threads (default: MAX_CONCURRENT_RPCS, so every admitted call
+      has a thread and a light call never queues behind heavy ones waiting for the heavy budget).
+    - ``ECGSEARCH_MAX_CONCURRENT_RPCS``: calls in progress before new ones get RESOURCE_EXHAUSTED
+      (default 64); at most half of them may be heavy calls waiting for the heavy budget.
+    - ``ECGSEARCH_HEAVY_BUDGET_MB``: MiB of estimated replies, raw samples (4 bytes each), file bytes and
+      prepared ECGs that heavy calls (over 1 MiB of such work) may handle at once; more wait their turn
+      in arrival order (default: twice MAX_MESSAGE_MB).
     - ``ECGSEARCH_ALLOW_INSECURE_REMOTE``: with INSECURE, allow a non-loopback HOST (default: refused).
     - ``ECGSEARCH_ECG_ROOTS``: folders, separated by ``:``, where stored records' source paths resolve,
       for ``GetEcg`` (default: none; GetEcg then answers FAILED_PRECONDITION).
@@ -47,7 +50,10 @@ class ServiceSettings(BaseSettings):
     - ``ECGSEARCH_GRACE_S``: seconds in-flight requests get to finish on shutdown (default 10).
     - ``ECGSEARCH_LOG_LEVEL``: DEBUG, INFO (default), WARNING or ERROR.
     - ``ECGSEARCH_AUDIT_LOG``: file to append one JSON audit line per request to, ``-`` for stdout
-      (default: no audit trail).
+      (default: no audit trail). A call whose line cannot be written is refused (UNAVAILABLE) and
+      health reports NOT_SERVING until lines can be written again.
+    - ``ECGSEARCH_AUDIT_FAIL_OPEN``: answer calls even when their audit line cannot be written (each
+      lost line is logged) (default: off).
     - ``ECGSEARCH_METRICS_PORT``: serve Prometheus text at ``http://HOST:PORT/metrics`` (default: off).
     """
 
@@ -70,6 +76,7 @@ class ServiceSettings(BaseSettings):
     max_message_mb: float = Field(default=16, gt=0)
     max_workers: int | None = Field(default=None, ge=1)
     max_concurrent_rpcs: int = Field(default=64, ge=1)
+    heavy_budget_mb: float | None = Field(default=None, gt=0)
     allow_insecure_remote: bool = False
     ecg_roots: str | None = None
     site_secret_file: Path | None = None
@@ -78,6 +85,7 @@ class ServiceSettings(BaseSettings):
     grace_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
     audit_log: str | None = None
+    audit_fail_open: bool = False
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     @field_validator("log_level")

@@ -45,7 +45,7 @@ class _ServiceCollector(Collector):
         svc = self._service()
         if svc is None:
             return
-        info = svc.info()
+        info = svc.info(sites=None)
         points = GaugeMetricFamily("ecgsearch_store_points", "Points in the served collection.")
         points.add_metric([], info.count)
         yield points

@@ -182,7 +182,7 @@ def test_cancellation_stops_between_ecgs(edge_store, fake_embedder) -> None:
         signal = np.random.default_rng(1).standard_normal((12, 1000))
         queries = [Query(ecg=EcgQuery(signal, 100.0, signals.LEADS)) for _ in range(20)]
         with pytest.raises(Cancelled, match="before preparing queries\\[5\\].ecg"):
-            service.batch(queries, budget=budget)
+            service.batch(queries, sites=None, budget=budget)
         assert service.prepared_count == 5
     finally:
         service.close()

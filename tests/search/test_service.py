@@ -12,6 +12,9 @@ from ecgsearch.encoder import signals
 from ecgsearch.search import codes
 from ecgsearch.search.schema import MAX_K, CollectionInfo, EcgPayload, Hit, InvalidQuery, SearchFilter
 from ecgsearch.search.service import (
+    EVERY_SITE as ALL,
+)
+from ecgsearch.search.service import (
     Budget,
     DeadlineExceeded,
     EcgQuery,
@@ -70,32 +73,34 @@ def test_filter_codes_resolve_to_the_stored_system() -> None:
 def test_validation(service: SearchService, corpus) -> None:
     for k in (0, -1, MAX_K + 1):
         with pytest.raises(InvalidQuery, match="options.k: must be between"):
-            service.search_by_vector(corpus.vectors[0], SearchOptions(k=k))
+            service.search_by_vector(corpus.vectors[0], SearchOptions(k=k), sites=ALL)
     with pytest.raises(InvalidQuery, match="score_threshold"):
-        service.search_by_vector(corpus.vectors[0], SearchOptions(score_threshold=float("nan")))
+        service.search_by_vector(corpus.vectors[0], SearchOptions(score_threshold=float("nan")), sites=ALL)
     with pytest.raises(InvalidQuery, match="all zeros"):
-        service.search_by_vector(np.zeros(corpus.vectors.shape[1]))
+        service.search_by_vector(np.zeros(corpus.vectors.shape[1]), sites=ALL)
     with pytest.raises(InvalidQuery, match="record_id: is empty"):
-        service.search_by_record(" ")
+        service.search_by_record(" ", sites=ALL)
     with pytest.raises(InvalidQuery, match=r"queries\[1\]: give exactly one"):
-        service.batch([Query(vector=corpus.vectors[0]), Query()])
+        service.batch([Query(vector=corpus.vectors[0]), Query()], sites=ALL)
 
 
 def test_vector_is_normalised_and_record_excluded(service: SearchService, corpus) -> None:
-    scaled = service.search_by_vector(corpus.vectors[2] * 7.0, SearchOptions(k=1, exact=True))
+    scaled = service.search_by_vector(corpus.vectors[2] * 7.0, SearchOptions(k=1, exact=True), sites=ALL)
     assert scaled.hits[0].record_id == corpus.payloads[2].record_id
     assert scaled.hits[0].score == pytest.approx(1.0, abs=1e-5)
-    by_record = service.search_by_record(corpus.payloads[2].record_id, SearchOptions(k=5, exact=True))
+    by_record = service.search_by_record(
+        corpus.payloads[2].record_id, SearchOptions(k=5, exact=True), sites=ALL
+    )
     assert corpus.payloads[2].record_id not in {h.record_id for h in by_record.hits}
 
 
 def test_deadline_checked_before_expensive_work(service: SearchService, corpus) -> None:
     past = time.monotonic() - 1
     with pytest.raises(DeadlineExceeded):
-        service.search_by_vector(corpus.vectors[0], budget=Budget(deadline=past))
+        service.search_by_vector(corpus.vectors[0], sites=ALL, budget=Budget(deadline=past))
     signal = np.random.default_rng(0).standard_normal((12, 1000))
     with pytest.raises(DeadlineExceeded, match="before preparing ecg"):
-        service.search_by_ecg(EcgQuery(signal, 100, signals.LEADS), budget=Budget(deadline=past))
+        service.search_by_ecg(EcgQuery(signal, 100, signals.LEADS), sites=ALL, budget=Budget(deadline=past))
 
 
 def test_model_mismatch_refused(edge_store) -> None:
@@ -130,21 +135,21 @@ def test_collection_statistics_are_refreshed_off_the_request_path(edge_store, fa
     """info() serves the last background read; a new point shows up after the refresher's next pass."""
     service = SearchService(edge_store, fake_embedder, stats_refresh_s=3600)
     try:
-        before = service.info().count
+        before = service.info(sites=ALL).count
         extra = corpus.payloads[1].model_copy(update={"record_id": "extra:1", "dataset": "extra"})
         edge_store.upsert([extra], corpus.vectors[1:2])
-        assert service.info().count == before  # no store call on the request path
+        assert service.info(sites=ALL).count == before  # no store call on the request path
         assert service.refresh_info().count == before + 1
-        assert service.info().count == before + 1
+        assert service.info(sites=ALL).count == before + 1
     finally:
         service.close()
     service = SearchService(edge_store, fake_embedder, stats_refresh_s=0.05)
     try:
         edge_store.upsert([extra.model_copy(update={"record_id": "extra:2"})], corpus.vectors[2:3])
         deadline = time.monotonic() + 30
-        while service.info().count != before + 2 and time.monotonic() < deadline:
+        while service.info(sites=ALL).count != before + 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert service.info().count == before + 2
+        assert service.info(sites=ALL).count == before + 2
     finally:
         service.close()
 
@@ -156,7 +161,7 @@ def test_requests_never_call_store_info(service: SearchService, corpus, monkeypa
         raise AssertionError("store.info() called on the request path")
 
     monkeypatch.setattr(service.store, "info", forbidden)
-    result = service.search_by_vector(corpus.vectors[0], SearchOptions(k=5, with_summary=True))
+    result = service.search_by_vector(corpus.vectors[0], SearchOptions(k=5, with_summary=True), sites=ALL)
     assert result.summary is not None and result.summary.collection_count == len(corpus.payloads)
     with pytest.raises(InvalidQuery, match=f"vector: must have {corpus.vectors.shape[1]} values"):
         service.check_vector(corpus.vectors[0][:-1])
