@@ -36,12 +36,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecgsearch.search.schema import SITE_PATTERN
+
 SCOPES = ("search", "write", "admin")
 ALL_SITES = "*"
 DEFAULT_SITE = "local"
 LEGACY_CALLER = "default"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}")
-SITE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 _SITE = re.compile(SITE_PATTERN)
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 MAX_FILE_BYTES = 1 << 20  # a callers file of thousands of callers is far below this

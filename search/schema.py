@@ -36,16 +36,20 @@ Measurement = Literal[
 MEASUREMENT_LIMIT = 10_000.0  # |value| of any measurement or range bound; real ones stay far inside
 POINT_NAMESPACE = uuid.UUID("6f1c1f2e-9a52-4c2b-8d53-3c1d0e4a7b10")
 
-# Record ids and dataset names: the one safe character set, checked where ids are made (ingest's
-# sources, pushes). A record id is '<dataset>:<native id>'; neither part can carry markup, quotes,
-# blanks, slashes or control characters, so every consumer (viewer, logs, CSV reports) may show it
-# as is. Stored payloads are not re-checked when read: collections made before the rule stay readable.
+# Record ids, dataset and site names: the one safe character set, checked where ids are made (ingest's
+# sources, pushes). A record id is '<dataset>:<native id>', or '<site>/<dataset>:<native id>' for an
+# ECG pushed into a site's namespace; no part can carry markup, quotes, blanks or control characters,
+# so every consumer (viewer, logs, CSV reports) may show it as is. Stored payloads are not re-checked
+# when read: collections made before the rule stay readable.
+MAX_SITE_CHARS = 64
 MAX_DATASET_CHARS = 64
 MAX_NATIVE_ID_CHARS = 128
-MAX_RECORD_ID_CHARS = MAX_DATASET_CHARS + 1 + MAX_NATIVE_ID_CHARS
+SITE_SEPARATOR = "/"
+MAX_RECORD_ID_CHARS = MAX_SITE_CHARS + 1 + MAX_DATASET_CHARS + 1 + MAX_NATIVE_ID_CHARS
+SITE_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_SITE_CHARS - 1}}}"
 DATASET_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_DATASET_CHARS - 1}}}"
 NATIVE_ID_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_NATIVE_ID_CHARS - 1}}}"
-RECORD_ID_PATTERN = f"{DATASET_PATTERN}:{NATIVE_ID_PATTERN}"
+RECORD_ID_PATTERN = f"(?:{SITE_PATTERN}{SITE_SEPARATOR})?{DATASET_PATTERN}:{NATIVE_ID_PATTERN}"
 _DATASET_RULE = f"1-{MAX_DATASET_CHARS} letters, digits, '.', '_' or '-', starting with a letter or digit"
 _NATIVE_RULE = (
     f"1-{MAX_NATIVE_ID_CHARS} letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
@@ -53,7 +57,7 @@ _NATIVE_RULE = (
 _RECORD_RULE = (
     f"'<dataset>:<id>': a dataset of 1-{MAX_DATASET_CHARS} letters, digits, '.', '_' or '-', then ':' "
     f"and an id of 1-{MAX_NATIVE_ID_CHARS} letters, digits, '.', '_', ':' or '-', each starting with a "
-    "letter or digit"
+    f"letter or digit (a pushed ECG's: '<site>{SITE_SEPARATOR}' before it)"
 )
 _ID_RULES = {  # kind: (pattern, characters allowed anywhere, most characters, rule)
     "dataset": (
@@ -70,7 +74,7 @@ _ID_RULES = {  # kind: (pattern, characters allowed anywhere, most characters, r
     ),
     "record id": (
         re.compile(RECORD_ID_PATTERN),
-        re.compile(r"[A-Za-z0-9._:-]*"),
+        re.compile(rf"[A-Za-z0-9._:{SITE_SEPARATOR}-]*"),
         MAX_RECORD_ID_CHARS,
         _RECORD_RULE,
     ),
@@ -148,7 +152,7 @@ class EcgPayload(BaseModel):
     dataset: str
     site: str = Field(
         default="local",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        pattern=f"^{SITE_PATTERN}$",
         description="the site (hospital, department) the ECG belongs to, set at ingest (--site); a "
         "caller restricted to some sites never sees another site's ECGs",
     )

@@ -157,7 +157,7 @@ def test_hostile_ids_and_dataset_names_are_refused_naming_the_field(ptbxl_dir: P
     rows = {
         "record_id": f"path,record_id\n{record},ok-1\n{record},{HOSTILE}\n",
         "dataset (the dataset column)": f"path,dataset\n{record},ward\n{record},ward 3\n",
-        "record_id: 305 characters, at most 193": f"path,record_id\n{record},ok-1\n{record},{'x' * 300}\n",
+        "record_id: 305 characters, at most 258": f"path,record_id\n{record},ok-1\n{record},{'x' * 300}\n",
     }
     for field, text in rows.items():
         manifest.write_text(text)

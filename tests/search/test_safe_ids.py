@@ -20,6 +20,7 @@ from ecgsearch.search.store import EdgeStore
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 TOKEN = "t"
+SITE_TOKEN = "t-site-a"
 
 
 @pytest.mark.parametrize(
@@ -30,7 +31,11 @@ TOKEN = "t"
         ("ward:a b", "character 7 is not allowed"),
         ("ward:a\nb", "character 7 is not allowed"),
         ("ward:é", "character 6 is not allowed"),
-        ("ward:" + "x" * 189, "194 characters, at most 193"),
+        ("ward:" + "x" * 254, "259 characters, at most 258"),
+        ("ward:" + "x" * 129, "not of the allowed form"),
+        ("site a/ward:x", "character 5 is not allowed"),
+        ("a/b/ward:x", "not of the allowed form"),
+        ("ward:x/y", "not of the allowed form"),
         ("ward", "not of the allowed form"),
         (":x", "not of the allowed form"),
         ("-ward:x", "not of the allowed form"),
@@ -45,9 +50,10 @@ def test_record_ids_outside_the_safe_set_are_refused_naming_the_field(value: str
 
 
 def test_ids_the_sources_make_are_in_the_safe_set() -> None:
-    for good in ("ptbxl:17", "georgia:E00001", "hospital:sha256-" + "a" * 24, "ward.3:HR-1:2", "a:b"):
+    good_ids = ("ptbxl:17", "georgia:E00001", "hospital:sha256-" + "a" * 24, "ward.3:HR-1:2", "a:b")
+    for good in (*good_ids, f"site-a{schema.SITE_SEPARATOR}hosp:ECG-1"):  # a site's pushed ECG
         assert schema.check_record_id(good) == good
-    assert schema.check_record_id("d" * 64 + ":" + "n" * 128)
+    assert schema.check_record_id("s" * 64 + "/" + "d" * 64 + ":" + "n" * 128)
     assert intake.record_id_of("ward", HOSTILE, "f" * 64).startswith("ward:uid-")  # a header id is hashed
     with pytest.raises(schema.UnsafeId, match="dataset: character 2"):
         schema.check_dataset_name("a:b")
@@ -57,26 +63,35 @@ def test_ids_the_sources_make_are_in_the_safe_set() -> None:
 
 
 @pytest.fixture(scope="module")
-def client(ptbxl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EcgSearchClient]:
+def clients(
+    ptbxl_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[EcgSearchClient, EcgSearchClient]]:
+    """Two writers on one real server: one of every site, one of site-a only."""
     root = tmp_path_factory.mktemp("safe-ids")
     embedder = Embedder()
     store = EdgeStore(root / "store", "ecgs")
     store.create_collection(dim=embedder.dim, model_version=embedder.version)
     callers = root / "callers"
-    callers.write_text(f"pusher search,write * sha256:{hashlib.sha256(TOKEN.encode()).hexdigest()}\n")
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    site_digest = hashlib.sha256(SITE_TOKEN.encode()).hexdigest()
+    callers.write_text(
+        f"pusher search,write * sha256:{digest}\nward search,write site-a sha256:{site_digest}\n"
+    )
     try:
         with (
             run_server(store=store, embedder=embedder, port=0, tokens_file=callers) as (_, port),
             EcgSearchClient(f"127.0.0.1:{port}", token=TOKEN) as opened,
+            EcgSearchClient(f"127.0.0.1:{port}", token=SITE_TOKEN) as site_a,
         ):
-            yield opened
+            yield opened, site_a
     finally:
         store.close()
 
 
 def test_a_push_with_a_hostile_dataset_or_native_id_is_refused_naming_the_field(
-    client: EcgSearchClient, ptbxl_dir: Path, data_dir: Path
+    clients: tuple[EcgSearchClient, EcgSearchClient], ptbxl_dir: Path, data_dir: Path
 ) -> None:
+    client, site_a = clients
     raw = signals.read_wfdb(ptbxl_dir / "records100" / "00000" / "00001_lr")
     ecg = EcgQuery(raw.signal, raw.fs, raw.leads, raw.units)
     with pytest.raises(grpc.RpcError) as refused:
@@ -93,3 +108,6 @@ def test_a_push_with_a_hostile_dataset_or_native_id_is_refused_naming_the_field(
     assert [r.status for r in results] == ["rejected", "stored"]
     assert results[0].reason.startswith("items[0].native_id") and "<img" not in results[0].reason
     assert results[1].record_id.startswith("ward-3:") and schema.check_record_id(results[1].record_id)
+    (in_site,) = site_a.upsert([UpsertItem(ecg=ecg, native_id="ECG-7")], dataset="ward-3")
+    assert in_site.status == "stored" and in_site.record_id == f"site-a{schema.SITE_SEPARATOR}ward-3:ECG-7"
+    assert schema.check_record_id(in_site.record_id)  # a site's namespace is in the safe set too
