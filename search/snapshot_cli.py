@@ -28,6 +28,13 @@ Target = Annotated[
     ),
 ]
 Token = Annotated[str | None, typer.Option(envvar="ECGSEARCH_TOKEN", help="Bearer token for --target.")]
+ArchivePath = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="ECGSEARCH_ARCHIVE_PATH",
+        help="Embedded store: where pushed ECGs' signals are kept (default: <store>/archive), as serve's.",
+    ),
+]
 Directory = Annotated[
     Path | None,
     typer.Option("--dir", "-d", help="Embedded store: where archives are kept (default: <store>/snapshots)."),
@@ -45,6 +52,7 @@ def create_command(
     api_key: ApiKey = None,
     collection: Collection = "ecgs",
     directory: Directory = None,
+    archive_path: ArchivePath = None,
     target: Target = None,
     token: Token = None,
     as_json: AsJson = False,
@@ -67,7 +75,13 @@ def create_command(
     if target is not None:
         info = _with_service(target, token, lambda c: c.create_snapshot())
     else:
-        info = _with_store(store, qdrant_url, api_key, collection, lambda s: s.create_snapshot(directory))
+        info = _with_store(
+            store,
+            qdrant_url,
+            api_key,
+            collection,
+            lambda s: s.create_snapshot(directory, archive=archive_path),
+        )
     _print([info], as_json, single=True)
 
 
@@ -125,18 +139,19 @@ def restore_command(
     server_snapshots_dir: Annotated[
         str, typer.Option(help="Server: its snapshots directory, as the server sees it.")
     ] = "/qdrant/snapshots",
+    archive_path: ArchivePath = None,
     as_json: AsJson = False,
 ) -> None:
     """Restore a snapshot as a new collection (an existing embedded collection is never overwritten).
 
     Embedded: every file is checked against the snapshot's manifest (size and SHA-256) before anything
     is written, compressed archives are refused (decompress them first), the kept signals of pushed
-    ECGs go to <store>/archive, and the point count is checked; on any failure nothing is left behind.
-    The site secret is never in a snapshot: copy the original store's site-secret (or give the same
-    --site-secret-file) before pushing or ingesting into the restored store. Point clients at the
-    restored collection with `ecgsearch collection alias`. On a Qdrant server, Qdrant recovers the
-    collection from a location it can read; restoring over an existing collection replaces it there
-    (Qdrant's behaviour).
+    ECGs go to <store>/archive (or --archive-path), and the point count is checked; on any failure
+    nothing is left behind. The site secret is never in a snapshot: copy the original store's
+    site-secret (or give the same --site-secret-file) before pushing or ingesting into the restored
+    store. Point clients at the restored collection with `ecgsearch collection alias`. On a Qdrant
+    server, Qdrant recovers the collection from a location it can read; restoring over an existing
+    collection replaces it there (Qdrant's behaviour).
 
     Examples:
 
@@ -161,7 +176,12 @@ def restore_command(
         if store is not None:
             store.mkdir(parents=True, exist_ok=True)
         info = _with_store(
-            store, qdrant_url, api_key, collection, lambda s: s.restore_snapshot(location), new=True
+            store,
+            qdrant_url,
+            api_key,
+            collection,
+            lambda s: s.restore_snapshot(location, archive=archive_path),
+            new=True,
         )
     finally:
         if made and store is not None and not any(store.iterdir()):

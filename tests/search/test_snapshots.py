@@ -391,3 +391,16 @@ def test_a_snapshot_is_refused_when_a_kept_signal_is_missing(pushed: Pushed, tmp
     code, _, err = _run("snapshot", "create", "--store", str(store))
     assert code == 1 and "1 archived signal(s) are missing" in err and "not be whole" in err, err
     assert list((store / "snapshots").glob("*")) == []
+
+
+def test_kept_signals_follow_archive_path(pushed: Pushed, tmp_path: Path) -> None:
+    """A service with --archive-path keeps signals elsewhere: restore and create take the same option."""
+    store, kept = tmp_path / "store", tmp_path / "kept-signals"
+    code, _, err = _restore(pushed.snapshot, store, "--archive-path", str(kept))
+    assert code == 0, err
+    assert len(list(kept.rglob("*.npz"))) == 2 and not (store / "archive").exists()
+    code, _, err = _run("snapshot", "create", "--store", str(store))
+    assert code == 1 and "2 archived signal(s) are missing" in err
+    code, out, err = _run("snapshot", "create", "--store", str(store), "--archive-path", str(kept), "--json")
+    assert code == 0, err
+    assert json.loads(out)["signals"] == 2
