@@ -95,8 +95,12 @@ class Store(Protocol):
     ) -> list[list[Hit]]:
         """One result list per query row."""
 
-    def get(self, record_id: str) -> tuple[EcgPayload, np.ndarray]:
-        """Payload and stored vector of one record; raises UnknownRecord."""
+    def get(self, record_id: str, *, sites: Sequence[str] | None = None) -> tuple[EcgPayload, np.ndarray]:
+        """Payload and stored vector of one record; raises UnknownRecord.
+
+        With ``sites``, one filtered read (this id and a site among them): an id that is not stored and
+        one of another site both find nothing, after the same work in the engine.
+        """
 
     def count(self, filter: SearchFilter | None = None) -> int:
         """Points matching the filter (all points without one)."""
@@ -588,8 +592,15 @@ class EdgeStore(_Backend):
         self.last_plan = dataclasses.replace(plan, fallback=len(short))
         return results
 
-    def get(self, record_id: str) -> tuple[EcgPayload, np.ndarray]:
-        records = self.shard.retrieve([point_id(record_id)], with_payload=True, with_vector=True)
+    def get(self, record_id: str, *, sites: Sequence[str] | None = None) -> tuple[EcgPayload, np.ndarray]:
+        if sites is None:
+            records = self.shard.retrieve([point_id(record_id)], with_payload=True, with_vector=True)
+        else:
+            within = to_edge(SearchFilter(sites=list(sites) or [""]))
+            assert within is not None and within.must is not None
+            flt = edge.Filter(must=[edge.HasIdCondition(point_ids={point_id(record_id)}), *within.must])
+            request = edge.ScrollRequest(limit=1, filter=flt, with_payload=True, with_vector=True)
+            records, _ = self.shard.scroll(request)
         if not records:
             raise UnknownRecord(record_id)
         return EcgPayload.model_validate(records[0].payload), _vector_of(records[0].vector)
@@ -989,12 +1000,22 @@ class ServerStore(_Backend):
         responses = self._call(lambda: self.client.query_batch_points(self.name, requests))
         return [[_hit(p.payload, p.score) for p in r.points] for r in responses]
 
-    def get(self, record_id: str) -> tuple[EcgPayload, np.ndarray]:
-        records = self._call(
-            lambda: self.client.retrieve(
-                self.name, [point_id(record_id)], with_payload=True, with_vectors=True
+    def get(self, record_id: str, *, sites: Sequence[str] | None = None) -> tuple[EcgPayload, np.ndarray]:
+        if sites is None:
+            records = self._call(
+                lambda: self.client.retrieve(
+                    self.name, [point_id(record_id)], with_payload=True, with_vectors=True
+                )
             )
-        )
+        else:
+            within = to_client(SearchFilter(sites=list(sites) or [""]))
+            assert within is not None and isinstance(within.must, list)
+            flt = qm.Filter(must=[qm.HasIdCondition(has_id=[point_id(record_id)]), *within.must])
+            records, _ = self._call(
+                lambda: self.client.scroll(
+                    self.name, scroll_filter=flt, limit=1, with_payload=True, with_vectors=True
+                )
+            )
         if not records:
             raise UnknownRecord(record_id)
         return EcgPayload.model_validate(records[0].payload), _vector_of(records[0].vector)

@@ -25,8 +25,9 @@ from ecgsearch.encoder.readers import read_ecg
 from ecgsearch.search import intake
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.client import EcgSearchClient
+from ecgsearch.search.schema import SITE_SEPARATOR
 from ecgsearch.search.server import RPCS, SERVICE, run_server
-from ecgsearch.search.service import SITE_SEPARATOR, EcgQuery, Query, UpsertItem
+from ecgsearch.search.service import EcgQuery, Query, UpsertItem
 
 A, B = SITES
 CALLERS = {  # name: (scopes, sites)

@@ -123,8 +123,8 @@ def test_get_existing_and_info(edge_store: EdgeStore, server_store: ServerStore,
 
 
 def test_sites_of_and_info_of_some_sites(edge_store: EdgeStore, server_store: ServerStore, corpus: Any):
-    """The site of each stored id (the service's visibility check) and the facts of the points a filter
-    keeps (a site-restricted caller's CollectionInfo), the same on both engines."""
+    """The site of each stored id, a lookup within some sites (a site-restricted caller's) and the facts
+    of the points a filter keeps (its CollectionInfo), the same on both engines."""
     moved = [p.model_copy(update={"site": "north"}) for p in corpus.payloads[:7]]
     north = SearchFilter(sites=["north"])
     stores: list[Store] = [edge_store, server_store]
@@ -133,6 +133,12 @@ def test_sites_of_and_info_of_some_sites(edge_store: EdgeStore, server_store: Se
         asked = [corpus.payloads[0].record_id, corpus.payloads[8].record_id, "ptbxl:999999"]
         assert store.sites_of(asked) == {asked[0]: "north", asked[1]: "local"}
         assert store.sites_of([]) == {}
+        assert store.get(asked[0], sites=["north", "south"])[0] == moved[0]
+        for record_id in asked[1:]:  # another site's, and one not stored: alike
+            with pytest.raises(UnknownRecord):
+                store.get(record_id, sites=["north"])
+        with pytest.raises(UnknownRecord):
+            store.get(asked[0], sites=[])
         info = store.info(north)
         assert info.count == 7
         assert info.diagnosis_counts == dict(Counter(c for p in moved for c in p.diagnoses))
