@@ -66,6 +66,13 @@ class EncoderConfig:
     w_halves: float = 1.0
     w_augment: float = 1.0
     w_recon: float = 1.0
+    # > 0: add w_label * a supervised contrastive term on the embeddings of ECGs with statements, soft
+    # targets = Jaccard overlap of their label sets (losses.label_contrast); 0 = self-supervised only
+    w_label: float = 0.0
+    label_temperature: float = 0.1
+    # what a label set holds: "statements" (every SCP statement of the ECG, diagnostic, form and
+    # rhythm, plus its diagnostic superclasses) or "superclasses" (the superclasses only)
+    label_sets: str = "statements"
 
     # schedule
     epochs: int = 30
@@ -98,6 +105,12 @@ class EncoderConfig:
             raise ValueError(f"amplitude_weight must be >= 0, not {self.amplitude_weight}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, not {self.threads}")
+        if not self.w_label >= 0:
+            raise ValueError(f"w_label must be >= 0, not {self.w_label}")
+        if not self.label_temperature > 0:
+            raise ValueError(f"label_temperature must be > 0, not {self.label_temperature}")
+        if self.label_sets not in ("statements", "superclasses"):
+            raise ValueError(f"label_sets must be 'statements' or 'superclasses', not {self.label_sets!r}")
         if self.recon_source not in ("pooled", "features"):
             raise ValueError(f"recon_source must be 'pooled' or 'features', not {self.recon_source!r}")
 

@@ -21,7 +21,8 @@ class EcgArrays:
     """ECGs (n, 12, 1000) as the encoder trains on them and, per row, its id, patient, fold and labels.
 
     ``x`` is divided by each ECG's global RMS (``signals.unit_rms``: what the conv encoder reads);
-    ``mv`` holds the prepared ECGs in mV (what the served model reads), when loaded.
+    ``mv`` holds the prepared ECGs in mV (what the served model reads), when loaded; ``statements``
+    every SCP statement code of each row (diagnostic, form and rhythm), where the source has them.
     """
 
     x: np.ndarray
@@ -30,6 +31,7 @@ class EcgArrays:
     folds: np.ndarray
     superclasses: list[frozenset[str]]
     mv: np.ndarray | None = None
+    statements: list[frozenset[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.ecg_ids)
@@ -43,6 +45,7 @@ class EcgArrays:
             folds=self.folds[idx],
             superclasses=[self.superclasses[i] for i in idx],
             mv=None if self.mv is None else self.mv[idx],
+            statements=None if self.statements is None else [self.statements[i] for i in idx],
         )
 
     def in_folds(self, folds: Iterable[int]) -> EcgArrays:
@@ -71,7 +74,33 @@ def load_ptbxl(
         folds=np.array([r.fold for r in rows]),
         superclasses=[r.superclasses for r in rows],
         mv=mv,
+        statements=[frozenset(r.scp_codes) for r in rows],
     ).select(keep)
+
+
+def label_sets(data: EcgArrays, kind: str = "statements") -> list[frozenset[str]]:
+    """Each row's label set for the label-aware objective: ``"superclasses"`` (its diagnostic
+    superclasses), or ``"statements"`` (every SCP statement plus its superclasses, marked
+    ``superclass:``, since NORM names both). Empty where a row has no statements."""
+    if kind == "superclasses":
+        return list(data.superclasses)
+    if kind != "statements":
+        raise ValueError(f"label sets are 'statements' or 'superclasses', not {kind!r}")
+    if data.statements is None:
+        raise ValueError("these ECGs carry no statements")
+    return [
+        frozenset(codes) | frozenset(f"superclass:{c}" for c in classes)
+        for codes, classes in zip(data.statements, data.superclasses, strict=True)
+    ]
+
+
+def multi_hot(sets: list[frozenset[str]], vocabulary: list[str]) -> np.ndarray:
+    """(n, len(vocabulary)) uint8 indicator matrix of label sets; labels outside the vocabulary ignored."""
+    column = {label: j for j, label in enumerate(vocabulary)}
+    out = np.zeros((len(sets), len(vocabulary)), dtype=np.uint8)
+    for i, labels in enumerate(sets):
+        out[i, [column[c] for c in labels if c in column]] = 1
+    return out
 
 
 def prepare_rows(

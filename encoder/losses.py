@@ -1,8 +1,13 @@
-"""NT-Xent (SimCLR) and the tri-objective: two contrastive terms plus reconstruction.
+"""NT-Xent (SimCLR) and the tri-objective: two contrastive terms plus reconstruction; and a label term.
 
 The halves term asks two windows of one ECG to embed alike; the augmentation term asks a window
 and its noisy, rescaled, wandering copy to embed alike; the reconstruction term keeps morphology in
 the embedding, which contrast alone can drop once halves are trivially matched.
+
+The label term (``label_contrast``, weight ``w_label``) uses the diagnoses an archive already holds: a
+supervised contrastive loss whose soft targets are the Jaccard overlaps of two ECGs' statement sets, on
+the embedding itself (what search compares). ECGs without statements take no part in it and keep the
+self-supervised terms only.
 """
 
 from __future__ import annotations
@@ -54,6 +59,41 @@ def _nt_xent_global(a: torch.Tensor, b: torch.Tensor, temperature: float, gather
     return F.cross_entropy(sim.masked_fill(itself, float("-inf")), targets)
 
 
+def jaccard(labels: torch.Tensor) -> torch.Tensor:
+    """(n, L) multi-hot statement sets -> (n, n) |A & B| / |A | B| (0 where both sets are empty)."""
+    y = labels.to(torch.float32)
+    inter = y @ y.T
+    size = y.sum(dim=1)
+    union = size[:, None] + size[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1.0), torch.zeros_like(inter))
+
+
+def label_contrast(h: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Supervised contrast with soft targets: each labelled row's softmax over the other labelled rows
+    (cosine / temperature) is pulled towards its Jaccard overlaps with them, normalised to sum 1.
+
+    ``labels`` is (n, L) multi-hot; rows without any statement take no part (neither as anchor nor as
+    candidate), nor do anchors that share nothing with any other row. The loss is the mean, over the
+    anchors left, of the cross entropy -sum_j w_ij log p_ij; 0 (with a gradient path) when none is left.
+    """
+    if h.ndim != 2 or labels.ndim != 2 or labels.shape[0] != h.shape[0]:
+        raise ValueError(f"expected (n, d) and (n, L), got {tuple(h.shape)}, {tuple(labels.shape)}")
+    keep = labels.sum(dim=1) > 0
+    z = F.normalize(h[keep], dim=1)
+    if z.shape[0] < 2:
+        return h.sum() * 0.0
+    w = jaccard(labels[keep])
+    eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    w = w.masked_fill(eye, 0.0)
+    mass = w.sum(dim=1)
+    anchors = mass > 0
+    if not anchors.any():
+        return h.sum() * 0.0
+    log_p = F.log_softmax((z @ z.T / temperature).masked_fill(eye, float("-inf")), dim=1)
+    targets = w[anchors] / mass[anchors, None]
+    return -(targets * log_p[anchors].masked_fill(eye[anchors], 0.0)).sum(dim=1).mean()
+
+
 def tri_objective(
     model: SelfSupervised,
     half_a: torch.Tensor,
@@ -62,11 +102,14 @@ def tri_objective(
     config: EncoderConfig,
     augmented_b: torch.Tensor | None = None,
     gather: Gather | None = None,
+    labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """w_halves*NT-Xent(A, B) + w_augment*NT-Xent(A, aug A) + w_recon*MSE(decode(A), A).
+    """w_halves*NT-Xent(A, B) + w_augment*NT-Xent(A, aug A) + w_recon*MSE(decode(A), A)
+    [+ w_label*label_contrast over the embeddings of A and B].
 
     ``augmented_b`` (optional) replaces B in the halves term; ``gather`` makes the contrastive negatives
-    those of every process (see ``nt_xent``). Returns the total and each term's value.
+    those of every process (see ``nt_xent``); ``labels`` (n, L) multi-hot statement sets of the batch's
+    ECGs turn on the label term when ``w_label`` > 0. Returns the total and each term's value.
     """
     n = half_a.shape[0]
     views = [half_a, half_b if augmented_b is None else augmented_b, augmented_a]
@@ -76,5 +119,13 @@ def tri_objective(
     augment = nt_xent(p_a, p_aug, config.temperature, gather)
     recon = F.mse_loss(model.reconstruct(f[:n], h[:n], half_a.shape[-1]), half_a)
     total = config.w_halves * halves + config.w_augment * augment + config.w_recon * recon
-    terms = {"halves": halves.item(), "augment": augment.item(), "recon": recon.item(), "total": total.item()}
+    terms = {"halves": halves.item(), "augment": augment.item(), "recon": recon.item()}
+    if config.w_label > 0 and labels is not None:
+        if gather is not None:
+            raise ValueError("the label term runs in one process only (in-memory PTB-XL)")
+        # both windows of each ECG: its other window is a candidate with overlap 1
+        label = label_contrast(h[: 2 * n], torch.cat([labels, labels]), config.label_temperature)
+        total = total + config.w_label * label
+        terms["label"] = label.item()
+    terms["total"] = total.item()
     return total, terms

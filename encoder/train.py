@@ -91,9 +91,14 @@ class _Objective(torch.nn.Module):
         self.model, self.config, self.gather = model, config, gather
 
     def forward(
-        self, a: torch.Tensor, b: torch.Tensor, a_aug: torch.Tensor, b_aug: torch.Tensor | None
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        a_aug: torch.Tensor,
+        b_aug: torch.Tensor | None,
+        labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        return tri_objective(self.model, a, b, a_aug, self.config, b_aug, self.gather)
+        return tri_objective(self.model, a, b, a_aug, self.config, b_aug, self.gather, labels)
 
 
 def _views(
@@ -127,6 +132,7 @@ def train(
     threads: int | None = None,
     val_records: int = 2048,
     on_step: Callable[[int], None] | None = None,
+    arrays: tuple[EcgArrays, EcgArrays] | None = None,
 ) -> dict[str, Any]:
     """Train, checkpointing into ``out``; returns the run summary (also stored in the checkpoints).
 
@@ -135,6 +141,7 @@ def train(
     stops (with a checkpoint) once the run has made that many steps, the schedule still that of the
     full run; ``amp`` (default: on CUDA) autocast to float16 with a gradient scaler; ``threads`` torch
     threads per process (default: the config's). Several processes: start under ``torchrun``.
+    ``arrays``: (train, validation) PTB-XL arrays already loaded, instead of reading the config's folds.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,6 +168,7 @@ def train(
             threads=threads,
             val_records=val_records,
             on_step=on_step,
+            arrays=arrays,
         )
     finally:
         distributed.teardown(world)
@@ -184,14 +192,19 @@ def _train(
     threads: int | None,
     val_records: int,
     on_step: Callable[[int], None] | None,
+    arrays: tuple[EcgArrays, EcgArrays] | None,
 ) -> dict[str, Any]:
     make_deterministic(config, dev, threads)
     model = SelfSupervised(config).to(dev)  # same seed -> same weights as export.onnx.random_encoder
     if shards_dir is None:
         if world.distributed or checkpoint_every:
             raise ValueError("several processes and mid-epoch checkpoints need --shards (a prepared archive)")
-        data: train_data.InMemory | train_data.Streamed = train_data.InMemory(config, data_root, cache_dir)
+        data: train_data.InMemory | train_data.Streamed = train_data.InMemory(
+            config, data_root, cache_dir, arrays
+        )
     else:
+        if config.w_label > 0:
+            raise ValueError("the label term (w_label > 0) trains on in-memory PTB-XL only, not --shards")
         data = train_data.Streamed(config, shards_dir, world, workers, dev.type == "cuda", val_records)
     val = data.val
     objective: torch.nn.Module = _Objective(
@@ -266,12 +279,13 @@ def _train(
         start = state["step"] - epoch * steps_per_epoch
         sums: dict[str, float] = state.pop("partial_sums", {}) if start else {}
         tick, cpu_tick = time.perf_counter(), time.process_time()
-        for x in data.batches(epoch, start, g):
+        for x, y in data.batches(epoch, start, g):
             a, b, a_aug, b_aug = (
                 v if v is None else v.to(dev, non_blocking=True) for v in _views(x, config, g)
             )
+            labels = None if y is None else y.to(dev)
             with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
-                loss, terms = objective(a, b, a_aug, b_aug)
+                loss, terms = objective(a, b, a_aug, b_aug, labels)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

@@ -1,8 +1,8 @@
 """What the training loop reads: PTB-XL folds in memory, or an archive of prepared shards, streamed.
 
 Both give ``steps_per_epoch``, ``batches(epoch, start, g)`` (this process's batches of an epoch from
-batch ``start`` on, float32 (b, 12, 1000)), the validation split ``val`` and a ``description`` for the
-run summary.
+batch ``start`` on: float32 (b, 12, 1000) ECGs and, for the label-aware objective, their (b, L)
+multi-hot label sets, else None), the validation split ``val`` and a ``description`` for the run summary.
 """
 
 from __future__ import annotations
@@ -15,27 +15,50 @@ import torch
 
 from ecgsearch.encoder import distributed, shards, signals, stream
 from ecgsearch.encoder.config import EncoderConfig
-from ecgsearch.encoder.data import EcgArrays, load_ptbxl
+from ecgsearch.encoder.data import EcgArrays, label_sets, load_ptbxl, multi_hot
+
+Batch = tuple[torch.Tensor, torch.Tensor | None]
 
 
 class InMemory:
-    """PTB-XL folds as arrays: batches of a seeded permutation drawn, per epoch, from the loop's generator."""
+    """PTB-XL folds as arrays: batches of a seeded permutation drawn, per epoch, from the loop's generator.
 
-    def __init__(self, config: EncoderConfig, data_root: str | Path, cache_dir: str | Path | None) -> None:
+    ``arrays`` (train, val) replaces reading the folds (the cross-fitted evaluation loads PTB-XL once).
+    With ``w_label`` > 0 each batch carries its ECGs' label sets over the training rows' vocabulary.
+    """
+
+    def __init__(
+        self,
+        config: EncoderConfig,
+        data_root: str | Path,
+        cache_dir: str | Path | None,
+        arrays: tuple[EcgArrays, EcgArrays] | None = None,
+    ) -> None:
         cap = config.max_records
-        self.train = load_ptbxl(data_root, folds=config.train_folds, max_records=cap, cache_dir=cache_dir)
-        self.val = load_ptbxl(data_root, folds=[config.val_fold], max_records=cap, cache_dir=cache_dir)
+        if arrays is None:
+            self.train = load_ptbxl(data_root, folds=config.train_folds, max_records=cap, cache_dir=cache_dir)
+            self.val = load_ptbxl(data_root, folds=[config.val_fold], max_records=cap, cache_dir=cache_dir)
+        else:
+            self.train, self.val = arrays
         self.x = torch.from_numpy(self.train.x)
+        self.y: torch.Tensor | None = None
+        self.description = {"dataset": "PTB-XL v1.0.3 subset, records100", "n_train": len(self.train)}
+        if config.w_label > 0:
+            sets = label_sets(self.train, config.label_sets)
+            vocabulary = sorted(set().union(*sets))
+            self.y = torch.from_numpy(multi_hot(sets, vocabulary))
+            self.description["labelled_train"] = sum(1 for s in sets if s)
+            self.description["label_vocabulary"] = len(vocabulary)
         self.batch = config.batch_size
         self.steps_per_epoch = max(1, len(self.train) // config.batch_size)
-        self.description = {"dataset": "PTB-XL v1.0.3 subset, records100", "n_train": len(self.train)}
 
-    def batches(self, epoch: int, start: int, g: torch.Generator) -> Iterator[torch.Tensor]:
+    def batches(self, epoch: int, start: int, g: torch.Generator) -> Iterator[Batch]:
         if start:
             raise ValueError("the in-memory path resumes at epoch ends only; train from --shards instead")
         perm = torch.randperm(len(self.train), generator=g)
         for i in range(self.steps_per_epoch):
-            yield self.x[perm[i * self.batch : (i + 1) * self.batch]]
+            rows = perm[i * self.batch : (i + 1) * self.batch]
+            yield self.x[rows], None if self.y is None else self.y[rows]
 
 
 class Streamed:
@@ -66,7 +89,7 @@ class Streamed:
             "rows": len(self.archive),
         }
 
-    def batches(self, epoch: int, start: int, g: torch.Generator) -> Iterator[torch.Tensor]:
+    def batches(self, epoch: int, start: int, g: torch.Generator) -> Iterator[Batch]:
         data = stream.ShardStream(
             self.archive,
             self.config.train_folds,
@@ -77,7 +100,8 @@ class Streamed:
             world=self.world.size,
             start=start,
         )
-        yield from stream.loader(data, self.workers, self.pin)
+        for x in stream.loader(data, self.workers, self.pin):
+            yield x, None
 
 
 def archive_split(archive: shards.Archive, fold: int, limit: int) -> EcgArrays:

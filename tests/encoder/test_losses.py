@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ecgsearch.encoder.config import EncoderConfig
-from ecgsearch.encoder.losses import nt_xent, tri_objective
+from ecgsearch.encoder.losses import jaccard, label_contrast, nt_xent, tri_objective
 from ecgsearch.encoder.model import SelfSupervised
 
 
@@ -49,3 +49,54 @@ def test_tri_objective_weights_its_terms() -> None:
     assert all(math.isfinite(v) for v in terms.values())
     total.backward()
     assert model.decoder.out.weight.grad is not None
+
+
+def test_jaccard_of_label_sets() -> None:
+    y = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    expected = torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    assert torch.allclose(jaccard(y), expected)
+
+
+def test_label_contrast_known_answer() -> None:
+    # rows 0 and 1 share {A} and embed alike, row 2 has {B} only: rows 0 and 1 are the anchors, each
+    # with one target (the other) among two candidates at cosines 1 and 0; row 2 shares nothing
+    h = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([[1, 0], [1, 0], [0, 1]])
+    expected = math.log(math.e + 1) - 1
+    assert label_contrast(h, y, temperature=1.0).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_label_contrast_soft_targets_follow_overlap() -> None:
+    # {A,B}, {A}, {B} at cosine 0 to each other: row 0's targets are 1/2, 1/2 -> log 2; rows 1 and 2 pick
+    # row 0 (their only overlap) among two equal candidates -> log 2; mean log 2
+    h = torch.eye(3)
+    y = torch.tensor([[1, 1], [1, 0], [0, 1]])
+    assert label_contrast(h, y, temperature=0.5).item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_unlabelled_rows_take_no_part() -> None:
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(5, 8, generator=g)
+    y = torch.tensor([[1, 0, 1], [1, 0, 0], [0, 1, 1], [0, 0, 0], [0, 1, 0]])
+    with_unlabelled = label_contrast(h, y)
+    keep = torch.tensor([0, 1, 2, 4])
+    assert with_unlabelled.item() == pytest.approx(label_contrast(h[keep], y[keep]).item(), abs=1e-6)
+    none = label_contrast(h.requires_grad_(), torch.zeros(5, 3, dtype=torch.long))
+    assert none.item() == 0.0
+    none.backward()  # still a graph: a batch without labels trains the other terms
+
+
+def test_tri_objective_adds_the_weighted_label_term_only_with_labels() -> None:
+    torch.manual_seed(0)
+    config = EncoderConfig(
+        w_label=2.0, stem_channels=8, stage_channels=(16, 16), stage_kernels=(5, 3), embedding_dim=32
+    )
+    model = SelfSupervised(config)
+    x = torch.randn(3, 4, 12, 500)
+    y = torch.tensor([[1, 0], [1, 1], [0, 1], [0, 0]])
+    plain, plain_terms = tri_objective(model, x[0], x[1], x[2], config)
+    total, terms = tri_objective(model, x[0], x[1], x[2], config, labels=y)
+    assert "label" not in plain_terms and terms["label"] > 0
+    assert total.item() == pytest.approx(plain.item() + 2.0 * terms["label"], rel=1e-5)
+    _, h, _ = model.encode(torch.cat([x[0], x[1], x[2]]))  # one batch as in the objective (batch norm)
+    assert terms["label"] == pytest.approx(label_contrast(h[:8], torch.cat([y, y])).item(), rel=1e-5)

@@ -145,3 +145,48 @@ def test_resumed_run_equals_an_uninterrupted_one(data_dir: Path, tmp_path: Path)
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_batches_carry_their_own_ecgs_label_sets(data_dir: Path) -> None:
+    import torch
+
+    from ecgsearch.encoder.data import label_sets, load_ptbxl, multi_hot
+    from ecgsearch.encoder.train_data import InMemory
+
+    data = load_ptbxl(data_dir, folds=[1], max_records=24)
+    labelled = InMemory(TINY.with_overrides(w_label=1.0), data_dir, None, arrays=(data, data))
+    plain = InMemory(TINY, data_dir, None, arrays=(data, data))
+    sets = label_sets(labelled.train)
+    assert all(sets) and all("superclass:NORM" in s or "NORM" not in s for s in sets)
+    expected = multi_hot(sets, sorted(set().union(*sets)))
+    flat = labelled.train.x.reshape(len(labelled.train), -1)
+    batches = zip(
+        labelled.batches(0, 0, torch.Generator().manual_seed(0)),
+        plain.batches(0, 0, torch.Generator().manual_seed(0)),
+        strict=True,
+    )
+    for (x, y), (x_plain, y_plain) in batches:
+        assert y_plain is None and torch.equal(x, x_plain)  # labels change nothing a plain run draws
+        assert y is not None
+        for row, labels in zip(x.reshape(len(x), -1).numpy(), y.numpy(), strict=True):
+            (i,) = np.flatnonzero((flat == row).all(axis=1))
+            assert np.array_equal(labels, expected[i])
+
+
+@pytest.mark.slow
+def test_label_aware_run_is_deterministic_and_logs_its_term(data_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    from ecgsearch.encoder.train import train
+
+    config = TINY.with_overrides(epochs=1, w_label=1.0)
+    runs = []
+    for name in ("a", "b"):
+        summary = train(config, data_dir, tmp_path / name, device="cpu")
+        runs.append(torch.load(tmp_path / name / "last.pt", weights_only=False)["state_dict"])
+    assert summary["final_losses"]["label"] > 0
+    assert summary["data"]["labelled_train"] == summary["data"]["n_train"]
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    train(config.with_overrides(w_label=0.0), data_dir, tmp_path / "plain", device="cpu")
+    plain = torch.load(tmp_path / "plain" / "last.pt", weights_only=False)["state_dict"]
+    assert not torch.equal(runs[0]["encoder.stem.0.weight"], plain["encoder.stem.0.weight"])
