@@ -100,3 +100,14 @@ def test_quickstart_and_grpcurl_example_run_as_written(tmp_path: Path, data_dir:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
+
+
+def test_screenshot_captions_name_the_model_that_made_it() -> None:
+    """docs/images/viewer.png is written with results/web_render.json (tests/web/test_browser.py, with
+    ECGSEARCH_WEB_ARTIFACTS set); every caption names that file's model, so a new model means a new shot."""
+    import json
+
+    model = json.loads((REPO / "results" / "web_render.json").read_text())["model"]
+    for document in (REPO / "README.md", REPO / "docs" / "viewer.md"):
+        captions = re.findall(r"!\[([^\]]*)\]\([^)]*viewer\.png\)", document.read_text())
+        assert captions and all(f"model {model}" in c for c in captions), document.name

@@ -172,7 +172,9 @@ def create_app(
         response.headers["Cache-Control"] = "no-store"
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        # same-origin, not no-referrer: URLs (record ids) still never leave the viewer, and the browser keeps
+        # the real Origin on its own form posts (no-referrer sends "null", which the guard refuses).
+        response.headers["Referrer-Policy"] = "same-origin"
         return response
 
     @app.errorhandler(RequestEntityTooLarge)

@@ -134,6 +134,14 @@ def _render_timing(page: Page) -> dict[str, object]:
     }
 
 
+def _bundled_model_version() -> str:
+    """The model whose neighbours the screenshot shows: captions name it, a test compares them."""
+    from importlib import resources
+
+    card = resources.files("ecgsearch.export.models").joinpath("ecg-encoder.card.json")
+    return json.loads(card.read_text())["version"]
+
+
 def _write_artifacts(page: Page, timing: dict[str, object], root: Path) -> None:
     (root / "docs" / "images").mkdir(parents=True, exist_ok=True)
     from PIL import Image  # with matplotlib (bench extra); a 64-colour palette keeps the file small
@@ -148,6 +156,7 @@ def _write_artifacts(page: Page, timing: dict[str, object], root: Path) -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "store": "60 PTB-XL records, bundled model, embedded store, ecgsearch serve on loopback",
         "browser": "Debian chromium, headless, Playwright",
+        "model": _bundled_model_version(),
         **timing,
     }
     (root / "results").mkdir(exist_ok=True)
