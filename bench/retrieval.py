@@ -181,9 +181,10 @@ def _zscore_method(
     all_rows = np.arange(len(corpus.rows))
     values = measure(corpus.x, corpus.mv, all_rows)
     mean, std = np.nanmean(values[fit], axis=0), np.nanstd(values[fit], axis=0)
+    folds = ",".join(str(f) for f in np.unique(corpus.folds[fit]))
     meta = {
         "features": what,
-        "metric": "euclidean on z-scores (folds 1-8 mean/std, clipped at 5, missing = 0)",
+        "metric": f"euclidean on z-scores (folds {folds} mean/std, clipped at 5, missing = 0)",
         "mean": mean.tolist(),
         "std": std.tolist(),
     }
@@ -204,11 +205,13 @@ def methods_for(corpus: Corpus, model: Path, random_model: Path, pca_dim: int | 
         {"vectors": f"Gaussian, {CHANCE_DIM}-d, seed {SEED}"},
         normalise_rows(rng.standard_normal((len(corpus.rows), CHANCE_DIM))),
     )
+    return [trained, rand, chance, *baseline_methods(corpus, fit, dim)]
+
+
+def baseline_methods(corpus: Corpus, fit: np.ndarray, dim: int) -> list[Method]:
+    """The baselines that need no learning beyond PCA and z-scores, fitted on the rows ``fit``."""
     ages = corpus.ages
     return [
-        trained,
-        rand,
-        chance,
         pca_method(
             "pca-log-spectra",
             log_spectra,

@@ -124,14 +124,19 @@ def amplitude_statistics(data: EcgArrays) -> dict:
 
 
 def serving_module(
-    encoder: Encoder, config: EncoderConfig, data_root: str | Path, cache_dir: str | Path | None = None
+    encoder: Encoder,
+    config: EncoderConfig,
+    data_root: str | Path,
+    cache_dir: str | Path | None = None,
+    train: EcgArrays | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The module to export: the encoder behind its input scaling, with the measured feature blocks the
-    config asks for. Returns the module and the card's ``features`` entry (empty without features)."""
+    config asks for. Returns the module and the card's ``features`` entry (empty without features).
+    ``train``: the training folds' ECGs already loaded (else read from ``data_root``)."""
     cards: dict[str, Any] = {}
     rhythm = amplitude = None
     folds = {"folds": list(config.train_folds)}
-    if config.rhythm_weight > 0 or config.amplitude_weight > 0:
+    if train is None and (config.rhythm_weight > 0 or config.amplitude_weight > 0):
         train = load_ptbxl(
             data_root, folds=config.train_folds, cache_dir=cache_dir, max_records=config.max_records
         )

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from ecgsearch.bench import retrieval as ev
@@ -88,3 +89,78 @@ def test_bootstrap_mean_and_euclidean_neighbours() -> None:
     cos, _ = neighbours_excluding_patient(x, [1, 2, 3, 4], 1, np.array([0]))
     euc, _ = neighbours_excluding_patient(x, [1, 2, 3, 4], 1, np.array([0]), euclidean=True)
     assert cos[0, 0] == 1 and euc[0, 0] == 2  # same direction vs nearest point
+
+
+def test_crossfit_groups_never_train_on_their_queries() -> None:
+    from ecgsearch.bench import crossfit as cf
+    from ecgsearch.encoder.config import EncoderConfig
+
+    assert cf.fold_groups(5) == [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10)]
+    for n in (2, 5, 10):
+        groups = cf.fold_groups(n)
+        assert sorted(f for g in groups for f in g) == list(range(1, 11))
+        for held_out in groups:
+            config = cf.training_config(EncoderConfig(epochs=3), held_out, threads=1)
+            assert not set(config.train_folds) & set(held_out)
+            assert set(config.train_folds) | set(held_out) == set(range(1, 11))
+            assert config.val_fold in config.train_folds and config.eval_every == 3
+    for bad in (1, 3, 4):
+        with pytest.raises(ValueError):
+            cf.fold_groups(bad)
+    folds = np.array([1, 2, 3, 10, 9])
+    assert cf.group_of(folds, cf.fold_groups(5)).tolist() == [0, 0, 1, 4, 4]
+
+
+def test_crossfit_neighbours_come_from_each_querys_own_model() -> None:
+    from ecgsearch.bench import crossfit as cf
+
+    # rows 0-2 in group 0, rows 3-5 in group 1; each group's "model" puts its own rows near a row of the
+    # other group, and would mislead the other group's queries if it answered them
+    group = np.array([0, 0, 0, 1, 1, 1])
+    patients = [1, 2, 3, 4, 5, 6]
+    e = np.eye(6)
+    model0 = e.copy()
+    model0[0] = model0[4] = normalise(e[0] + e[4])  # model 0: row 0 next to row 4
+    model1 = e.copy()
+    model1[0] = model1[5] = normalise(e[0] + e[5])  # model 1: row 0 next to row 5
+    model1[4] = normalise(e[4] + 0.1 * e[3])  # and row 4 next to row 3 (model 0: next to row 0)
+    nbrs = cf.crossfit_neighbours([model0, model1], False, group, patients, k=1)
+    assert nbrs[0, 0] == 4  # model 0 answers row 0
+    assert nbrs[5, 0] == 0  # model 1 answers row 5
+    assert nbrs[4, 0] == 3  # model 1 answers row 4, not model 0
+    inside = cf.crossfit_neighbours([model0, model1], False, group, patients, k=2, within_group=True)
+    assert all(group[j] == group[i] for i in range(6) for j in inside[i])
+    same_patient = cf.crossfit_neighbours([model0, model1], False, group, [1, 1, 3, 4, 5, 6], k=4)
+    assert 1 not in same_patient[0] and 0 not in same_patient[1]
+
+
+def normalise(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+@pytest.mark.slow
+def test_eval_crossfit_end_to_end(data_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "tiny_label.yaml"
+    config.write_text(
+        "stem_channels: 8\nstage_channels: [16, 16]\nstage_kernels: [5, 3]\nembedding_dim: 32\n"
+        "projection_dim: 16\ndecoder_channels: 8\nbatch_size: 16\nepochs: 1\nw_label: 1.0\n"
+    )
+    out = tmp_path / "crossfit.json"
+    args = ["eval", "crossfit", "--config", str(config), "--data", str(data_dir), "--groups", "2"]
+    args += ["--limit", "80", "--cache", str(tmp_path / "cache"), "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    for info in data["training"]["trained"]:
+        assert not set(info["train_folds"]) & set(info["held_out_folds"])
+        assert info["final_losses"]["label"] > 0
+    assert sum(data["dataset"]["group_sizes"]) == data["dataset"]["records"] == 80
+    view = data["views"]["all_records"]
+    assert set(view["methods"]) == {"trained", "random-init", *METHODS[3:]}
+    pooled = view["methods"]["trained"]["pooled"]["p10_any_superclass"]
+    assert pooled["n"] == data["dataset"]["labelled_queries"]
+    assert 0 <= pooled["ci95"][0] <= pooled["value"] <= pooled["ci95"][1] <= 1
+    diff = view["trained_minus"]["random-init"]["p10_any_superclass"]
+    random = view["methods"]["random-init"]["pooled"]["p10_any_superclass"]["value"]
+    assert diff["value"] == pytest.approx(pooled["value"] - random)
+    assert [a["aim"].split()[0] for a in data["aims"][1:]] == ["AFIB", "LVH", "CLBBB", "CRBBB", "IMI", "ASMI"]
