@@ -1,8 +1,9 @@
 """Turn an ECG into the model's input: (12, 1000) float32, 10 s at 100 Hz, fixed lead order.
 
 Training, ingest and the service all prepare ECGs here, so a query is prepared exactly like the
-training data. numpy and scipy only: no torch. WFDB records are read by ``wfdb_io`` (numpy only),
-re-exported here as ``read_wfdb``; the ``wfdb`` package is a test reference, not a dependency.
+training data. numpy only: no torch, and no scipy (its filters, re-implemented in ``dsp``). WFDB
+records are read by ``wfdb_io`` (numpy only), re-exported here as ``read_wfdb``; the ``wfdb``
+package is a test reference, not a dependency.
 
 Preparation, in order:
 1. map lead names (case-insensitive, ``AVR`` = ``aVR``) to the model's order; a missing III, aVR,
@@ -32,7 +33,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from scipy import signal as sps
+
+from ecgsearch.encoder import dsp
 
 # WFDB reading lives in its own module (one per outside format); ingest, the CLI and tests import it here.
 from ecgsearch.encoder.wfdb_io import read_wfdb
@@ -55,7 +57,7 @@ RATIO_LIMIT = 1000
 
 _LEAD_INDEX = {name.upper(): i for i, name in enumerate(LEADS)}
 _DERIVABLE = {"III", "AVR", "AVL", "AVF"}
-_HIGHPASS = sps.butter(2, HIGHPASS_HZ, btype="highpass", fs=MODEL_FS, output="sos")
+_HIGHPASS = dsp.butter_highpass_sos(2, HIGHPASS_HZ, MODEL_FS)  # scipy.signal.butter(..., output="sos")
 
 
 class SignalError(ValueError):
@@ -104,7 +106,7 @@ def prepare(raw: RawEcg) -> np.ndarray:
 def prepare_batch(raws: Sequence[RawEcg]) -> list[np.ndarray | SignalError]:
     """Many RawEcgs -> model inputs, or the SignalError of each one that cannot be prepared.
 
-    Why a batch: per ECG, preparation is a few small numpy/scipy calls whose Python overhead costs
+    Why a batch: per ECG, preparation is a few small numpy calls whose Python overhead costs
     more than their arithmetic. Here records of one rate and length are resampled in one call, and
     the high-pass and the scaling run once over the whole batch. Each result equals ``prepare(raw)``
     (same float64 arithmetic, row by row; tests/encoder/test_prepare_batch.py checks it).
@@ -211,7 +213,7 @@ def _resample_and_filter(
         resampled = _resample(stack, fs)[:, :, :MODEL_SAMPLES]
         batch[members, :, : resampled.shape[2]] = resampled
         batch[members, :, resampled.shape[2] :] = 0.0  # 8-10 s recordings: zero-padded at the end
-    batch = sps.sosfiltfilt(_HIGHPASS, batch, axis=2)
+    batch = dsp.sosfiltfilt(_HIGHPASS, batch, axis=2)
     live = (batch.std(axis=2) > FLAT_STD_MV).any(axis=1)
     return [
         batch[j] if live[j] else InvalidSamples(records[j], "every lead is flat") for j in range(len(staged))
@@ -306,13 +308,13 @@ def _resample(x: np.ndarray, fs: float) -> np.ndarray:
     up, down = resample_ratio(fs)
     if up == down:
         return x
-    return sps.resample_poly(x, up, down, axis=-1, window=_polyphase_filter(up, down))
+    return dsp.resample_poly(x, up, down, axis=-1, window=_polyphase_filter(up, down))
 
 
 @functools.lru_cache(maxsize=64)
 def _polyphase_filter(up: int, down: int) -> np.ndarray:
     """resample_poly's own default design (Kaiser window, beta 5), computed once per ratio."""
     max_rate = max(up, down)
-    taps = sps.firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+    taps = dsp.firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, beta=5.0)
     taps.setflags(write=False)
     return taps

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.signal import find_peaks
+
+from ecgsearch.encoder.dsp import find_peaks  # scipy.signal.find_peaks' rules, numpy only
 
 LEAD_II = 1  # index in the model's lead order
 MIN_RR_S = 0.25  # no two R peaks closer than this (240 beats per minute)
@@ -23,7 +24,7 @@ def first_r_peak(lead: np.ndarray, fs: float) -> int | None:
         return None
     if -x.min() > x.max():
         x = -x
-    peaks, _ = find_peaks(x, height=HEIGHT_FRACTION * x.max(), distance=max(1, int(MIN_RR_S * fs)))
+    peaks = find_peaks(x, height=HEIGHT_FRACTION * x.max(), distance=max(1, int(MIN_RR_S * fs)))
     return int(peaks[0]) if len(peaks) else None
 
 
