@@ -30,7 +30,7 @@ def stage_read_prepare(
     """Every record loaded through the same worker pool the pipeline uses.
 
     Returns the records, the seconds spent loading them, and the seconds the pool took to start
-    (spawned workers import numpy, scipy and wfdb once; timed apart so the rate is the steady one).
+    (spawned workers import numpy and the readers once; timed apart so the rate is the steady one).
     """
     with worker_pool(workers) as pool:
         start = time.perf_counter()

@@ -1,6 +1,6 @@
 """``ecgsearch serve`` and ``query``: thin commands over the search service.
 
-Heavy libraries (grpc, onnxruntime, qdrant, scipy, wfdb) are imported inside the commands, so
+Heavy libraries (grpc, onnxruntime, qdrant) are imported inside the commands, so
 ``ecgsearch --help`` and shell completion stay instant.
 """
 

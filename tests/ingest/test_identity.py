@@ -32,7 +32,7 @@ def _write(folder: Path, name: str, rec: wfdb.Record, *, fmt: str, gain_factor: 
 
 
 def test_one_ecg_one_hash_whatever_the_file_format(tmp_path: Path, ptbxl_dir: Path) -> None:
-    """Format 16 goes through the fast reader, format 32 through wfdb: the same samples, one hash."""
+    """Format 16 and format 32 files of one ECG (both read by wfdb_io): the same samples, one hash."""
     rec = wfdb.rdrecord(str(ptbxl_dir / "records100/00000/00001_lr"))
     a = signals.read_wfdb(_write(tmp_path / "a", "r", rec, fmt="16"))
     b = signals.read_wfdb(_write(tmp_path / "b", "r", rec, fmt="32"))
