@@ -32,6 +32,31 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STAGE = "build"
 SMOKE_RECORDS = 12
+# Left out of the serving install on purpose (test references and training only): their presence fails.
+NOT_SERVED = ("scipy", "wfdb", "ecgdatakit", "torch", "pandas", "matplotlib", "edfio")
+SHIPPED = (
+    "ecgsearch/search/py.typed",
+    "ecgsearch/proto/ecgsearch/v1/search.proto",
+    "ecgsearch/export/models/ecg-encoder.onnx",
+)
+# Reads every hospital file and a WFDB record of each shared folder; prints a digest of what was read.
+READ_ALL = """
+import hashlib, json, sys
+from pathlib import Path
+from ecgsearch.encoder.readers import read_ecg
+from ecgsearch.encoder.signals import read_wfdb
+data = Path(sys.argv[1])
+out = {}
+for path in sorted((data / "hospital").iterdir()):
+    if path.suffix.lower() in {".xml", ".dcm", ".scp", ".edf"}:
+        ecg = read_ecg(path)
+        digest = hashlib.sha256(ecg.signal.tobytes()).hexdigest()
+        out[path.name] = [digest, ecg.sampling_rate_hz, list(ecg.lead_names), ecg.format]
+for name in ("ptb-xl/records100/00000/00001_lr", "cinc2021/E07500", "challenge/georgia/E00001"):
+    raw = read_wfdb(data / name)
+    out[name] = [hashlib.sha256(raw.signal.tobytes()).hexdigest(), raw.fs, list(raw.leads)]
+print(json.dumps(out))
+"""
 
 
 class ReplayError(RuntimeError):
@@ -193,6 +218,21 @@ def smoke(prefix: Path, python: Path, data: Path, scratch: Path) -> dict:
         return done.stdout
 
     version = run("--version").strip()
+    site = _site_packages(prefix)
+    present = [name for name in NOT_SERVED if (site / name).exists()]
+    if present:
+        raise ReplayError(f"the serving install carries {', '.join(present)}")
+    missing = [name for name in SHIPPED if not (site / name).exists()]
+    if missing:
+        raise ReplayError(f"the installed package lacks {', '.join(missing)}")
+    # Every format is read by the lean install exactly as by the full environment, where the tests compare
+    # the readers with the reference libraries (wfdb, ecgdatakit, sierraecg, edfio).
+    lean = subprocess.run([str(python), "-c", READ_ALL, str(data)], env=env, capture_output=True, text=True)
+    full = subprocess.run([sys.executable, "-c", READ_ALL, str(data)], capture_output=True, text=True)
+    if lean.returncode or full.returncode:
+        raise ReplayError(f"reading the shared files failed:\n{(lean.stderr or full.stderr)[-2000:]}")
+    if json.loads(lean.stdout) != json.loads(full.stdout):
+        raise ReplayError("the serving install reads the shared files differently from the full environment")
     records = scratch / "records"
     records.mkdir()
     source = data / "cinc2021"
@@ -236,7 +276,12 @@ def smoke(prefix: Path, python: Path, data: Path, scratch: Path) -> dict:
             server.kill()
     if len(hits) != 3:
         raise ReplayError(f"query against the built service returned {len(hits)} hits, expected 3")
-    return {"version": version, "records_ingested": SMOKE_RECORDS, "hits": len(hits)}
+    return {
+        "version": version,
+        "files_read_alike": len(json.loads(lean.stdout)),
+        "records_ingested": SMOKE_RECORDS,
+        "hits": len(hits),
+    }
 
 
 def size_report(prefix: Path, top: int = 12) -> dict:
@@ -273,7 +318,12 @@ def main() -> int:
         python = scratch / "python" / "bin" / "python"
         try:
             prefix = replay(args.dockerfile, args.context, scratch / "root", python)
-            report = {"dockerfile": args.dockerfile.name, **size_report(prefix)}
+            report = {
+                "command": "python deploy/build_stage.py " + " ".join(sys.argv[1:]),
+                "dockerfile": args.dockerfile.name,
+                "lock": "requirements/serve.txt",
+                **size_report(prefix),
+            }
             if not args.no_smoke:
                 (scratch / "smoke").mkdir()
                 report["smoke"] = smoke(prefix, python, args.data, scratch / "smoke")
