@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def test_quickstart_and_grpcurl_example_run_as_written(tmp_path: Path, data_dir:
         for line in lines:
             if line.rstrip().endswith("&"):
                 command = line.rstrip()[:-1]
-                server = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=REPO, env=env)
+                server = subprocess.Popen(["bash", "-c", command], cwd=REPO, env=env, start_new_session=True)
                 _wait_for_port(50051, server)
                 continue
             done = subprocess.run(["bash", "-c", line], cwd=REPO, env=env, capture_output=True, text=True)
@@ -98,7 +99,7 @@ def test_quickstart_and_grpcurl_example_run_as_written(tmp_path: Path, data_dir:
             assert '"hits"' in done.stdout, shlex.quote(done.stdout[:500])
     finally:
         if server is not None:
-            server.terminate()
+            os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
 
 
