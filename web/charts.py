@@ -1,11 +1,14 @@
 """The neighbourhood summary as a small SVG bar chart: each diagnosis among the neighbours against
-its base rate in the whole collection."""
+its base rate in the whole collection, with the count and base rate beside every ratio; a ratio is
+highlighted only by ``ecgsearch.search.summary``'s rule."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from html import escape
 from typing import TYPE_CHECKING
+
+from ecgsearch.search.summary import evidence
 
 if TYPE_CHECKING:
     from ecgsearch.search.service import DiagnosisConcentration
@@ -14,6 +17,7 @@ MAX_ROWS = 8
 ROW_PX = 34
 LABEL_PX = 200
 BAR_PX = 150
+TEXT_PX = 250
 NAME_CHARS = 28
 NEIGHBOURS = "#1f5fbf"
 BASE = "#b9c3cf"
@@ -21,11 +25,12 @@ BASE = "#b9c3cf"
 
 def enrichment_chart(rows: Sequence[DiagnosisConcentration], n_neighbours: int) -> str:
     """Up to ``MAX_ROWS`` diagnoses, most frequent among the neighbours first: a dark bar for their share
-    of the neighbours, a light bar for their share of the collection, and the ratio (enrichment)."""
+    of the neighbours, a light bar for their share of the collection; beside them the count, the base
+    rate and the ratio (enrichment) with its interval, in bold only where the summary rule holds."""
     shown = list(rows)[:MAX_ROWS]
     top = 44
     height = ROW_PX * len(shown) + top + 6
-    width = LABEL_PX + BAR_PX + 70
+    width = LABEL_PX + BAR_PX + TEXT_PX
     parts = [
         f'<rect x="{LABEL_PX}" y="4" width="12" height="12" fill="{NEIGHBOURS}"/>'
         f'<text x="{LABEL_PX + 18}" y="15" font-size="13">share of the {n_neighbours} neighbours</text>',
@@ -36,17 +41,22 @@ def enrichment_chart(rows: Sequence[DiagnosisConcentration], n_neighbours: int) 
         y = top + i * ROW_PX
         name = row.description
         name = name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "…"
-        ratio = f"×{row.enrichment:.1f}" if row.base_rate > 0 else "not in base"
+        seen = evidence(row, n_neighbours)
+        ratio = f"×{seen.ratio:.1f}" if seen.ratio is not None else "not in base"
+        weight = ' font-weight="700"' if seen.highlighted else ' fill="#4a5560"'
         parts.append(
-            f'<g class="diagnosis" data-code="{escape(row.code)}"><title>{escape(row.code)}: '
-            f"{escape(row.description)}; {row.count} of {n_neighbours} neighbours "
-            f"({row.fraction:.0%}), {row.base_rate:.1%} of the collection</title>"
+            f'<g class="diagnosis" data-code="{escape(row.code)}" '
+            f'data-count="{row.count}" data-highlighted="{str(seen.highlighted).lower()}">'
+            f"<title>{escape(row.code)}: {escape(row.description)}; {escape(seen.text())}</title>"
             f'<text x="{LABEL_PX - 8}" y="{y + 15}" font-size="13" text-anchor="end">{escape(name)}</text>'
             f'<rect class="neighbours" x="{LABEL_PX}" y="{y + 2}" height="12" '
             f'width="{max(1.0, row.fraction * BAR_PX):.1f}" fill="{NEIGHBOURS}"/>'
             f'<rect class="base" x="{LABEL_PX}" y="{y + 16}" height="8" '
             f'width="{max(1.0, row.base_rate * BAR_PX):.1f}" fill="{BASE}"/>'
-            f'<text x="{LABEL_PX + BAR_PX + 8}" y="{y + 15}" font-size="13">{ratio}</text></g>'
+            f'<text class="ratio" x="{LABEL_PX + BAR_PX + 8}" y="{y + 15}" font-size="13"{weight}>'
+            f"{ratio}</text>"
+            f'<text class="counts" x="{LABEL_PX + BAR_PX + 62}" y="{y + 15}" font-size="12" fill="#4a5560">'
+            f"{row.count}/{n_neighbours} · base {row.base_rate:.1%}</text></g>"
         )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="summary-chart" viewBox="0 0 {width} {height}" '
