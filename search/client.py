@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ecgsearch.encoder import signals
 from ecgsearch.export.card import ModelCard
@@ -176,6 +177,17 @@ class EcgSearchClient:
 
     def info(self) -> CollectionInfo:
         return wire.info_from_proto(self._call(self.stub.CollectionInfo, pb.CollectionInfoRequest()))[0]
+
+    def serving(self, timeout: float = 2.0) -> bool:
+        """Whether the service's gRPC health check (no token needed) reports SERVING; False when it
+        reports anything else or cannot be reached within ``timeout`` seconds."""
+        try:
+            reply = health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def model_card(self) -> ModelCard:
         """The card of the model the server encodes ECG queries with."""

@@ -3,6 +3,10 @@
 Every page asks the running search service through ``EcgSearchClient`` with the viewer's own
 credentials; nothing here opens a store. Routes unpack the request, call the client, draw, and
 render a template; failures become one message on the page (``errors.describe_rpc_error``).
+
+``/healthz`` (liveness: the viewer process answers) and ``/readyz`` (readiness: the search service
+answers its gRPC health check) are plain text for probes; they carry no clinical data, so they answer
+whatever ``Host`` a probe sends (a kubelet names the pod's IP).
 """
 
 from __future__ import annotations
@@ -23,15 +27,27 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ecgsearch.search import codes
 from ecgsearch.search.client import EcgSearchClient
 from ecgsearch.search.schema import CollectionInfo, EcgPayload, Hit
+from ecgsearch.search.summary import RULE as SUMMARY_RULE
+from ecgsearch.search.summary import evidence
 from ecgsearch.web import charts, ecgdraw, guard, measures, peaks
 from ecgsearch.web.errors import describe_rpc_error
-from ecgsearch.web.forms import MAX_ID_CHARS, MAX_K, FormError, SearchForm, parse_search
+from ecgsearch.web.forms import (
+    MAX_ID_CHARS,
+    MAX_K,
+    FormError,
+    SearchForm,
+    describe_filter,
+    option_text,
+    parse_search,
+)
 from ecgsearch.web.uploads import HeldEcg, UploadError, Uploads, read_upload
 
 MODEL_FS = 100.0  # GetEcg returns the prepared signal at the model's rate
 INFO_TTL_S = 60.0
 CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 FETCH_THREADS = 4  # neighbours' signals are fetched in parallel: each GetEcg reads one file on the service
+READY_TIMEOUT_S = 2.0  # /readyz: the service's health check must answer within this
+PROBES = ("/healthz", "/readyz")  # answered for any Host: no clinical data, and probes name the pod's IP
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,14 @@ class Viewer:
         counts = self.info().diagnosis_counts
         options = [(_diagnosis(code), n) for code, n in counts.items()]
         return sorted(options, key=lambda o: (o[0].name.lower(), o[0].code))
+
+    def diagnosis_names(self) -> dict[str, str]:
+        """The collection's codes -> names, for reading typed diagnoses; empty when the service is down
+        (the typed text then goes to the service, which says what it cannot resolve)."""
+        try:
+            return {dx.code: dx.name for dx, _ in self.diagnosis_options()}
+        except grpc.RpcError:
+            return {}
 
     def signals(self, record_ids: Sequence[str]) -> list[np.ndarray | grpc.RpcError]:
         """Each record's prepared signal, or the error that kept it back (fetched in parallel)."""
@@ -133,6 +157,9 @@ def create_app(
         measurements=measures.shown,
         device=measures.device,
         measure_specs=measures.SPECS,
+        option_text=option_text,
+        describe=codes.describe,
+        summary_rule=SUMMARY_RULE,
         max_k=MAX_K,
         max_upload_mb=f"{upload_mb:g}",
         target=target,
@@ -155,6 +182,8 @@ def create_app(
     @app.before_request
     def known_host_same_origin() -> Response | None:
         """DNS rebinding and cross-site writes are refused before any route runs (never echoed)."""
+        if request.path in PROBES and request.method in ("GET", "HEAD"):
+            return None
         host = request.headers.get("Host")
         if not guard.host_allowed(host, hosts):
             return Response(
@@ -181,6 +210,18 @@ def create_app(
     def too_large(_: RequestEntityTooLarge) -> tuple[str, int]:
         return page("index.html", 413, error=f"The file is larger than {upload_mb:g} MB; nothing was read.")
 
+    @app.get("/healthz")
+    def healthz() -> Response:
+        """Liveness: the viewer answers. Never asks the service (a service outage is not the viewer's)."""
+        return Response("ok\n", 200, mimetype="text/plain")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        """Readiness: 200 while the search service answers its gRPC health check SERVING, else 503."""
+        if client.serving(timeout=READY_TIMEOUT_S):
+            return Response("ready\n", 200, mimetype="text/plain")
+        return Response("not ready: the search service does not answer\n", 503, mimetype="text/plain")
+
     @app.get("/")
     def index() -> tuple[str, int]:
         return page("index.html")
@@ -188,7 +229,7 @@ def create_app(
     @app.get("/search")
     def search() -> tuple[str, int] | Response:
         try:
-            form = parse_search(request.args)
+            form = parse_search(request.args, viewer.diagnosis_names())
         except FormError as exc:
             kept = SearchForm(record_id=request.args.get("record_id", "")[:MAX_ID_CHARS].strip())
             return page("index.html", 400, error=f"Invalid filter: {exc}", form=kept)
@@ -204,11 +245,19 @@ def create_app(
 
     @app.post("/upload")
     def upload() -> tuple[str, int] | Response:
+        """The start page's one form: an uploaded file, or (button "record") a stored record id, each
+        searched with the filter set above it; answered by a redirect to the results page."""
         file = request.files.get("ecg")
         try:
-            form = parse_search(request.form)
+            form = parse_search(request.form, viewer.diagnosis_names())
         except FormError as exc:
-            return page("index.html", 400, error=f"Invalid filter: {exc}")
+            kept = SearchForm(record_id=request.form.get("record_id", "")[:MAX_ID_CHARS].strip())
+            return page("index.html", 400, error=f"Invalid filter: {exc}", form=kept)
+        if request.form.get("action") == "record":
+            if not form.record_id:
+                return page("index.html", 400, error="Enter a stored record id.", form=form)
+            args = SearchForm(record_id=form.record_id, k=form.k, flt=form.flt).query_args()
+            return redirect(url_for("search", **args), code=303)
         if file is None or not file.filename:
             return page("index.html", 400, error="Choose an ECG file to upload.", form=form)
         try:
@@ -343,10 +392,14 @@ def _results(viewer: Viewer, form: SearchForm) -> dict[str, Any]:
     )
     return {
         "form": form,
+        "filter_phrases": describe_filter(form.flt, codes.describe),
         "query": query,
         "query_svg": Markup(query_svg) if query_svg else None,
         "neighbours": neighbours,
         "summary": summary,
+        "evidence": [(row, evidence(row, summary.n_neighbours)) for row in summary.diagnoses]
+        if summary
+        else [],
         "chart": chart,
         "link_args": form.query_args(),
     }

@@ -1,19 +1,35 @@
-"""The search form: query-string fields -> a validated filter and k, or one message naming the field."""
+"""The search form: query-string fields -> a validated filter and k, or one message naming the field.
+
+Diagnosis fields take what a person types into the typeahead: a code, a Challenge abbreviation, an
+option as the list shows it ("atrial fibrillation (164889003)"), or part of a name that names one
+diagnosis of the collection; several are separated by ";". ``resolve_diagnosis`` turns each into a
+stored code against the collection's own diagnoses, or names the entry it cannot place.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from ecgsearch.search.schema import MEASUREMENT_LIMIT, SearchFilter
+from ecgsearch.search import codes
+from ecgsearch.search.schema import MEASUREMENT_LIMIT, InvalidQuery, SearchFilter
 from ecgsearch.web.measures import SPECS, MeasureSpec
 
 MAX_K = 50  # a results page draws every neighbour: keep it readable and fast
 DEFAULT_K = 10
 MAX_ID_CHARS = 128
 MAX_DATASETS = 16
+MAX_DX_ENTRIES = 32  # diagnoses per any/all/none field
+DX_SEPARATOR = ";"
+DX_FIELDS = (
+    ("dx_any", "diagnoses_any", "any of"),
+    ("dx_all", "diagnoses_all", "all of"),
+    ("dx_none", "diagnoses_none", "none of"),
+)
+_OPTION = re.compile(r"\(([^()]+)\)\s*$")  # "name (CODE)": the code in the last parentheses
 
 
 class FormError(ValueError):
@@ -128,9 +144,54 @@ def _measure_range(a: _Args, spec: MeasureSpec) -> dict[str, object] | None:
     return {"measurement": spec.name, "min": lo, "max": hi}
 
 
-def parse_search(args: Mapping[str, object]) -> SearchForm:
-    """Validate the form once; FormError names the first bad field."""
+def option_text(code: str, name: str) -> str:
+    """How the typeahead lists a diagnosis (and what picking it puts in the field)."""
+    return f"{name} ({code})"
+
+
+def resolve_diagnosis(entry: str, names: Mapping[str, str], field_label: str) -> str:
+    """One typed entry -> a stored code. ``names``: the collection's codes -> names (empty: the entry
+    goes to the service unchanged, which resolves codes and abbreviations itself)."""
+    text = entry.strip()
+    if not names:
+        return text
+    folded = text.casefold()
+    found = _OPTION.search(text)
+    if found and found.group(1).strip() in names:
+        return found.group(1).strip()
+    for code, name in names.items():
+        if folded in (code.casefold(), name.casefold(), option_text(code, name).casefold()):
+            return code
+    try:
+        return codes.resolve(text)  # an abbreviation (AF, RBBB) or a code the collection does not hold
+    except InvalidQuery:
+        pass
+    matches = [code for code, name in names.items() if folded in name.casefold() or folded in code.casefold()]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise FormError(field_label, f"no diagnosis in the collection matches {text[:40]!r}")
+    shown = ", ".join(sorted(names[c] for c in matches)[:5])
+    more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+    raise FormError(field_label, f"{text[:40]!r} matches {len(matches)} diagnoses ({shown}{more}): pick one")
+
+
+def _diagnosis_entries(a: _Args, key: str) -> list[str]:
+    """Every entry of a diagnosis field: repeated keys (chosen codes) and ';'-separated typed text."""
+    return [part.strip() for value in a.many(key) for part in value.split(DX_SEPARATOR) if part.strip()]
+
+
+def parse_search(args: Mapping[str, object], names: Mapping[str, str] | None = None) -> SearchForm:
+    """Validate the form once; FormError names the first bad field. ``names`` (the collection's
+    diagnosis codes -> names) lets a diagnosis field take part of a name."""
     a = _Args(args)
+    diagnoses: dict[str, list[str]] = {}
+    for key, attribute, label in DX_FIELDS:
+        entries = _diagnosis_entries(a, key)
+        if len(entries) > MAX_DX_ENTRIES:
+            raise FormError(f"diagnosis {label}", f"at most {MAX_DX_ENTRIES} diagnoses")
+        resolved = [resolve_diagnosis(e, names or {}, f"diagnosis {label}") for e in entries]
+        diagnoses[attribute] = list(dict.fromkeys(resolved))
     record_id, upload = a.one("record_id"), a.one("upload")
     if len(record_id) > MAX_ID_CHARS:
         raise FormError("record id", f"longer than {MAX_ID_CHARS} characters")
@@ -144,9 +205,7 @@ def parse_search(args: Mapping[str, object]) -> SearchForm:
     if len(datasets) > MAX_DATASETS or any(len(d) > MAX_ID_CHARS for d in datasets):
         raise FormError("dataset", f"at most {MAX_DATASETS} names of up to {MAX_ID_CHARS} characters")
     values = {
-        "diagnoses_any": a.many("dx_any"),
-        "diagnoses_all": a.many("dx_all"),
-        "diagnoses_none": a.many("dx_none"),
+        **diagnoses,
         "age_min": _int(a.one("age_min"), "minimum age", 0, 130),
         "age_max": _int(a.one("age_max"), "maximum age", 0, 130),
         "sex": sex or None,
@@ -166,3 +225,28 @@ def parse_search(args: Mapping[str, object]) -> SearchForm:
         where = ".".join(str(p) for p in first["loc"]) or "diagnoses"
         raise FormError(where.replace("_", " "), str(first["msg"]).removeprefix("Value error, ")) from None
     return SearchForm(record_id=record_id, upload=upload, k=k, flt=flt)
+
+
+def describe_filter(flt: SearchFilter, name_of: Callable[[str], str]) -> list[str]:
+    """The active filter as short phrases for the results page ('sex: female', ...); empty: no filter."""
+    out = []
+    for _, attribute, label in DX_FIELDS:
+        chosen = getattr(flt, attribute)
+        if chosen:
+            out.append(f"diagnosis {label}: " + ", ".join(f"{name_of(c)} ({c})" for c in chosen))
+    if flt.age_min is not None or flt.age_max is not None:
+        low = "" if flt.age_min is None else str(flt.age_min)
+        high = "" if flt.age_max is None else str(flt.age_max)
+        out.append(f"age: {low or 'any'} to {high or 'any'}")
+    if flt.sex:
+        out.append("sex: " + {"M": "male", "F": "female"}.get(flt.sex, flt.sex))
+    if flt.datasets:
+        out.append("dataset: " + ", ".join(flt.datasets))
+    specs = {spec.name: spec for spec in SPECS}
+    for r in flt.measurements:
+        spec = specs.get(r.measurement)
+        label, unit = (spec.label, spec.unit) if spec else (r.measurement, "")
+        low = "any" if r.min is None else f"{r.min:g}"
+        high = "any" if r.max is None else f"{r.max:g}"
+        out.append(f"{label}: {low} to {high} {unit}".rstrip())
+    return out

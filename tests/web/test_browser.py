@@ -170,16 +170,19 @@ def test_filter_keeps_only_matching_neighbours(page: Page, viewer: Viewer, servi
     expected = [p for p in women if code in p.diagnoses]
     _search_by_record(page, viewer, query.record_id)
     page.select_option("#sex", "F")
-    page.select_option("#dx_any", code)
+    page.fill("#dx_any", code)
     page.fill("#k", "20")
     page.click("#search-button")
     page.wait_for_selector("#query-label")
     ids = _neighbour_ids(page)
     assert len(ids) == min(20, len(expected)) and set(ids) <= {p.record_id for p in expected}
     assert set(page.locator("li.neighbour .sex").all_inner_texts()) == {"female"}
-    # The form keeps the filter, and the diagnosis option shows its code on hover.
+    # The form keeps the filter (the diagnosis as a ticked choice, with its code), and the page says it.
     assert page.locator("#sex").input_value() == "F"
-    assert page.locator(f'#dx_any option[value="{code}"]').get_attribute("title") == code
+    chosen = page.locator(f'#dx_any-field input[type=checkbox][data-code="{code}"]')
+    assert chosen.is_checked() and f"({code})" in page.inner_text("#dx_any-field")
+    active = page.inner_text("#active-filters")
+    assert "sex: female" in active and "diagnosis any of: " in active and f"({code})" in active
 
 
 def test_invalid_filter_is_explained(page: Page, viewer: Viewer, service: Service) -> None:
@@ -220,6 +223,87 @@ def test_upload_a_hospital_file(page: Page, viewer: Viewer, data_dir: Path) -> N
     page.locator("li.neighbour a.compare").first.click()
     page.wait_for_selector("#compare-ecg svg")
     assert "Aligned on the first R peak" in page.inner_text("#alignment")
+
+
+def test_upload_with_a_sex_filter_keeps_only_that_sex(
+    page: Page, viewer: Viewer, service: Service, data_dir: Path
+) -> None:
+    """The filter set on the start page applies to the uploaded file's search, and the page says so."""
+    women = {p.record_id for p in service.payloads if p.sex == "F"}
+    page.goto(viewer.url + "/")
+    page.select_option("#sex", "F")
+    page.fill("#k", "15")
+    page.set_input_files("#ecg-file", str(data_dir / "hospital" / HOSPITAL_SAMPLE))
+    page.click("#upload-button")
+    page.wait_for_selector("#query-label")
+    assert page.inner_text("#query-label") == "uploaded muse-xml file"
+    ids = _neighbour_ids(page)
+    assert len(ids) == min(15, len(women)) and set(ids) <= women
+    assert set(page.locator("li.neighbour .sex").all_inner_texts()) == {"female"}
+    assert "sex: female" in page.inner_text("#active-filters")
+    assert page.locator("#sex").input_value() == "F"  # the refine form carries it on
+
+
+def test_pick_a_diagnosis_by_typing_part_of_its_name(page: Page, viewer: Viewer, service: Service) -> None:
+    """The typeahead lists the collection's diagnoses by name and code; part of a name that names one
+    diagnosis is enough, and the search keeps only neighbours carrying it."""
+    from ecgsearch.search import codes
+
+    counts = Counter(c for p in service.payloads for c in p.diagnoses)
+    names = {code: codes.describe(code) for code in counts}
+    # A word of a name that no other stored diagnosis' name or code contains, from a code held by several.
+    part, code = next(
+        (word, code)
+        for code, _ in counts.most_common()
+        for word in names[code].split()
+        if len(word) >= 5
+        and [c for c in names if word.casefold() in names[c].casefold() or word.casefold() in c.casefold()]
+        == [code]
+    )
+    query = service.payloads[0]
+    page.goto(viewer.url + "/")
+    page.fill("#record_id", query.record_id)
+    page.locator("#dx_any").press_sequentially(part.lower())
+    listed = page.eval_on_selector_all("#dx-options option", "els => els.map(e => e.value)")
+    assert f"{names[code]} ({code})" in listed and len(listed) == len(counts)
+    page.click("#search-button")
+    page.wait_for_selector("#query-label")
+    chosen = page.locator(f'#dx_any-field input[type=checkbox][data-code="{code}"]')
+    assert chosen.is_checked()
+    assert f"diagnosis any of: {names[code]} ({code})" in page.inner_text("#active-filters")
+    ids = _neighbour_ids(page)
+    carriers = {p.record_id for p in service.payloads if code in p.diagnoses}
+    assert ids and set(ids) <= carriers
+    # An ambiguous fragment is named, not guessed.
+    page.goto(viewer.url + "/")
+    page.fill("#record_id", query.record_id)
+    page.fill("#dx_any", "a")
+    with page.expect_navigation() as nav:
+        page.click("#search-button")
+    assert nav.value is not None and nav.value.status == 400
+    assert "matches" in page.inner_text(".error") and "pick one" in page.inner_text(".error")
+
+
+def test_counts_and_base_rates_stand_beside_every_ratio(page: Page, viewer: Viewer, service: Service) -> None:
+    from ecgsearch.search.summary import MIN_COUNT
+
+    _search_by_record(page, viewer, service.payloads[3].record_id)
+    rows = page.locator("#summary-table tbody tr")
+    assert rows.count() >= 1
+    for i in range(rows.count()):
+        row = rows.nth(i)
+        count, n = (int(x) for x in (row.locator("td.count").text_content() or "").split("/"))
+        assert n == 10 and 1 <= count <= n and (row.locator("td.base").text_content() or "").endswith("%")
+        if row.get_attribute("data-highlighted") == "true":
+            assert count >= MIN_COUNT
+    groups = page.locator("#summary g.diagnosis")
+    for i in range(groups.count()):
+        group = groups.nth(i)
+        assert (group.locator("text.counts").text_content() or "").startswith(
+            f"{group.get_attribute('data-count')}/10 "
+        )
+        if group.get_attribute("data-highlighted") == "true":
+            assert int(group.get_attribute("data-count") or 0) >= MIN_COUNT
 
 
 def test_open_a_neighbour_and_compare(page: Page, viewer: Viewer, service: Service) -> None:

@@ -8,7 +8,7 @@ from werkzeug.datastructures import MultiDict
 from ecgsearch.search.cli import parse_measures
 from ecgsearch.search.schema import MEASUREMENTS, EcgPayload, MeasurementRange, SearchFilter
 from ecgsearch.web import measures
-from ecgsearch.web.forms import MAX_K, FormError, SearchForm, parse_search
+from ecgsearch.web.forms import MAX_K, FormError, SearchForm, describe_filter, parse_search
 from ecgsearch.web.measures import SPECS
 
 
@@ -122,3 +122,71 @@ def test_measurements_are_shown_with_units() -> None:
     assert measures.device(payload) == "GE Healthcare MAC55"
     bare = EcgPayload(record_id="ptbxl:1", dataset="ptbxl", sampling_rate_hz=100)
     assert measures.shown(bare) == [] and measures.device(bare) == ""
+
+
+# The collection's own diagnoses, as the viewer reads them from CollectionInfo (code -> name).
+NAMES = {
+    "164889003": "atrial fibrillation",
+    "164890007": "atrial flutter",
+    "59118001": "right bundle branch block",
+    "164909002": "left bundle branch block",
+    "SCP:NORM": "normal ECG",
+}
+
+
+@pytest.mark.parametrize(
+    ("typed", "code"),
+    [
+        ("atrial fibrillation (164889003)", "164889003"),  # an option as the list shows it
+        ("fibrill", "164889003"),  # part of one name
+        ("ATRIAL FLUTTER", "164890007"),  # a whole name, any case
+        ("AF", "164889003"),  # a Challenge abbreviation
+        ("scp:norm", "SCP:NORM"),  # a code, any case
+        ("right bundle", "59118001"),
+    ],
+)
+def test_a_typed_diagnosis_becomes_its_code(typed: str, code: str) -> None:
+    assert parse_search({"dx_any": typed}, NAMES).flt.diagnoses_any == [code]
+
+
+def test_several_diagnoses_and_chosen_codes_are_kept_once_in_order() -> None:
+    args = MultiDict([("dx_any", "164889003"), ("dx_any", "flutter; fibrill"), ("dx_none", "normal")])
+    form = parse_search(args, NAMES)
+    assert form.flt.diagnoses_any == ["164889003", "164890007"] and form.flt.diagnoses_none == ["SCP:NORM"]
+    assert (
+        parse_search(MultiDict([(k, v) for k, vs in form.query_args().items() for v in _listed(vs)]), NAMES)
+        == form
+    )
+
+
+@pytest.mark.parametrize(
+    ("typed", "reason"),
+    [
+        ("atrial", "'atrial' matches 2 diagnoses (atrial fibrillation, atrial flutter): pick one"),
+        ("bundle branch", "matches 2 diagnoses"),
+        ("xyzzy", "no diagnosis in the collection matches 'xyzzy'"),
+    ],
+)
+def test_an_ambiguous_or_unknown_diagnosis_is_named(typed: str, reason: str) -> None:
+    with pytest.raises(FormError) as info:
+        parse_search({"dx_all": typed}, NAMES)
+    assert info.value.field == "diagnosis all of" and reason in info.value.reason
+
+
+def test_without_the_collection_names_typed_text_goes_to_the_service_unchanged() -> None:
+    assert parse_search({"dx_any": " AF ; fibrill"}).flt.diagnoses_any == ["AF", "fibrill"]
+
+
+def test_the_active_filter_is_described_in_words() -> None:
+    form = parse_search(
+        {"dx_any": "fibrill", "dx_none": "SCP:NORM", "sex": "F", "age_min": "40", "qrs_ms_min": "120"}, NAMES
+    )
+    phrases = describe_filter(form.flt, NAMES.__getitem__)
+    assert phrases == [
+        "diagnosis any of: atrial fibrillation (164889003)",
+        "diagnosis none of: normal ECG (SCP:NORM)",
+        "age: 40 to any",
+        "sex: female",
+        "QRS: 120 to any ms",
+    ]
+    assert describe_filter(SearchFilter(), NAMES.__getitem__) == []

@@ -1,4 +1,5 @@
-"""The viewer answers only a Host naming it (DNS rebinding) and refuses cross-origin POSTs (CSRF).
+"""The viewer answers only a Host naming it (DNS rebinding) and refuses cross-origin POSTs (CSRF); its
+probes (/healthz, /readyz) answer any Host and readiness follows the search service.
 
 Requests go to a real viewer process (waitress) over loopback with ``http.client``, which sends the
 Host and Origin headers a rebinding or cross-site page would make a browser send.
@@ -7,8 +8,9 @@ Host and Origin headers a rebinding or cross-site page would make a browser send
 from __future__ import annotations
 
 import http.client
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -168,3 +170,43 @@ def test_the_guarded_viewer_still_searches_a_real_service(service: Service, view
     assert status == 200 and record_id in body and "neighbour" in body.lower()
     status, _, body = _request(viewer, "GET", path, {"Host": f"rebound.example:{_port(viewer)}"})
     assert status == 400 and record_id not in body
+
+
+def test_probes_answer_any_host_and_say_nothing_clinical(lone_viewer: Viewer) -> None:
+    """A kubelet probes with the pod's IP as Host: /healthz and /readyz answer it, the pages do not.
+    This viewer's service is not there: live, not ready."""
+    pod_ip = f"10.1.2.3:{_port(lone_viewer)}"
+    status, headers, body = _request(lone_viewer, "GET", "/healthz", {"Host": pod_ip})
+    assert (status, body) == (200, "ok\n") and headers["Content-Type"].startswith("text/plain")
+    status, _, body = _request(lone_viewer, "GET", "/readyz", {"Host": pod_ip})
+    assert status == 503 and "127.0.0.1:9" not in body
+    assert _request(lone_viewer, "GET", "/", {"Host": pod_ip})[0] == 400
+    assert _request(lone_viewer, "POST", "/healthz", {"Host": pod_ip})[0] == 400
+
+
+@pytest.mark.slow
+def test_readiness_follows_the_search_service_and_liveness_does_not(
+    data_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    launch_service: Callable[..., Iterator[Service]],
+) -> None:
+    """A real `ecgsearch serve` and a real viewer: /readyz 200 while the service answers its health
+    check, 503 once it is stopped; /healthz 200 throughout."""
+    root = tmp_path_factory.mktemp("ready")
+    service = launch_service(root, data_dir / "ptb-xl", 5, ecg_roots=False)
+    served = next(service)
+    viewer = start_viewer(
+        served.target, root / "home", "--token-file", str(served.token_file), "--timeout", "3"
+    )
+    try:
+        host = {"Host": urlsplit(viewer.url).netloc}
+        assert _request(viewer, "GET", "/healthz", host)[:1] == (200,)
+        assert _request(viewer, "GET", "/readyz", host)[0] == 200
+        service.close()  # stops `ecgsearch serve`
+        started = time.monotonic()
+        assert _request(viewer, "GET", "/readyz", host)[0] == 503
+        assert time.monotonic() - started < 10, "readiness answers within its own short deadline"
+        assert _request(viewer, "GET", "/healthz", host)[0] == 200
+    finally:
+        viewer.close()
+        service.close()
