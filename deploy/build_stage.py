@@ -7,8 +7,10 @@ runs the same command with the stage's container paths mapped into the scratch r
 3.11 (no site packages) first on PATH. Any other instruction in that stage is refused, so the replay
 cannot silently diverge from the file. Then, as the final stage does with ``COPY --from=build /install``,
 it runs the installed result alone (``PYTHONPATH`` = the prefix, nothing else importable): ``ecgsearch
---version``, an ingest of real WFDB records into a tiny store, ``serve`` on a loopback port and one
-``query``. The prefix's size is the serving install; ``--out`` writes it as a results file.
+--version``, an ingest of real WFDB records into a tiny store, ``serve`` on a loopback port, one
+``query``, and the viewer through the image's own entrypoint for it (deploy/web-entrypoint.sh) with its
+liveness and readiness answering 200. The prefix's size is the serving install; ``--out`` writes it as
+a results file.
 
 Usage: python deploy/build_stage.py [--dockerfile deploy/Dockerfile] [--data ../shared/data] [--out FILE]
 """
@@ -27,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,6 +189,17 @@ def replay(dockerfile: Path, context: Path, root: Path, python: Path) -> Path:
     return mapped[prefix]
 
 
+def lock_of(dockerfile: Path) -> str:
+    """The lock file the build stage installs into its prefix (``-r requirements/<set>.txt``)."""
+    for keyword, args in stage(dockerfile):
+        if keyword == "RUN":
+            for command in args.split("&&"):
+                found = re.search(r"--prefix[= ]\S+.*-r (\S+)", command)
+                if found:
+                    return found.group(1)
+    raise ReplayError(f"{dockerfile}: no locked install into the prefix")
+
+
 def _site_packages(prefix: Path) -> Path:
     found = sorted(prefix.glob("lib/python3*/site-packages"))
     if not found:
@@ -268,6 +283,7 @@ def smoke(prefix: Path, python: Path, data: Path, scratch: Path) -> dict:
                 f"query against the built service: exit {done.returncode}\n{done.stderr[-2000:]}"
             )
         hits = json.loads(done.stdout)["hits"]
+        probes = _viewer_probes(env, f"127.0.0.1:{port}", "smoke-token")
     finally:
         server.terminate()
         try:
@@ -281,7 +297,50 @@ def smoke(prefix: Path, python: Path, data: Path, scratch: Path) -> dict:
         "files_read_alike": len(json.loads(lean.stdout)),
         "records_ingested": SMOKE_RECORDS,
         "hits": len(hits),
+        "viewer": probes,
     }
+
+
+def _viewer_probes(env: dict[str, str], target: str, token: str) -> dict[str, int]:
+    """The viewer as the image starts it (deploy/web-entrypoint.sh, here on a loopback port): HTTP status
+    of /healthz and /readyz once it listens; both must be 200 while the service serves."""
+    port = _free_port()
+    viewer = subprocess.Popen(
+        ["sh", str(REPO / "deploy" / "web-entrypoint.sh"), "--host", "127.0.0.1", "--port", str(port)],
+        env={
+            **env,
+            "ECGSEARCH_TARGET": target,
+            "ECGSEARCH_TOKEN": token,
+            "ECGSEARCH_ALLOWED_HOSTS": "localhost",
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert viewer.stderr is not None
+        seen = ""
+        while f":{port}/" not in seen:  # "ecgsearch web: http://...:<port>/" once it listens
+            line = viewer.stderr.readline()
+            if not line:
+                raise ReplayError(f"the viewer did not start: {seen[-2000:]}")
+            seen += line
+        status = {}
+        for path in ("/healthz", "/readyz"):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
+                    status[path] = reply.status
+            except urllib.error.HTTPError as exc:
+                status[path] = exc.code
+        if set(status.values()) != {200}:
+            raise ReplayError(f"the viewer's probes answered {status}")
+        return status
+    finally:
+        viewer.terminate()
+        try:
+            viewer.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            viewer.kill()
 
 
 def size_report(prefix: Path, top: int = 12) -> dict:
@@ -321,7 +380,7 @@ def main() -> int:
             report = {
                 "command": "python deploy/build_stage.py " + " ".join(sys.argv[1:]),
                 "dockerfile": args.dockerfile.name,
-                "lock": "requirements/serve.txt",
+                "lock": lock_of(args.dockerfile),
                 **size_report(prefix),
             }
             if not args.no_smoke:

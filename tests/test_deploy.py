@@ -7,6 +7,7 @@ where the env points, policies select the pods they are meant for, and the entry
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -14,7 +15,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -57,6 +60,24 @@ def _workloads() -> list[dict]:
     return _kind("Deployment") + _kind("Job")
 
 
+def _deployment(name: str = "ecgsearch") -> dict:
+    """One Deployment by name: "ecgsearch" (the search service) or "ecgsearch-web" (the viewer)."""
+    (found,) = [d for d in _kind("Deployment") if d["metadata"]["name"] == name]
+    return found
+
+
+def _web_env_names() -> set[str]:
+    """The environment variables `ecgsearch web` reads (its options' envvars)."""
+    import typer
+
+    command = typer.main.get_command(app).commands["web"]  # type: ignore[attr-defined]
+    return {
+        name
+        for param in command.params
+        for name in ([param.envvar] if isinstance(param.envvar, str) else param.envvar or [])
+    }
+
+
 def _pod(workload: dict) -> dict:
     return workload["spec"]["template"]["spec"]
 
@@ -81,7 +102,10 @@ SECRETS = {
         f"app search * sha256:{digest('tok-a').hex()}\nops search,admin * sha256:{digest('tok-b').hex()}\n"
     ),
     "ecgsearch-site-secret/site-secret": "site-secret-for-tests-0123456789",
+    "ecgsearch-web-token/token": "tok-viewer\n",
 }
+SECRETS["ecgsearch-tokens/tokens"] += f"viewer search * sha256:{digest('tok-viewer').hex()}\n"
+VIEWER_PORT = 8080  # deploy/web-entrypoint.sh: --port 8080
 
 
 def _mounted_secrets(workload: dict) -> dict[str, str]:
@@ -157,7 +181,7 @@ def test_dockerfile_user_workdir_entrypoint_and_healthcheck() -> None:
 
 
 def test_service_env_names_ports_probes_and_services_match_the_code(tmp_path: Path) -> None:
-    (deployment,) = _kind("Deployment")
+    deployment = _deployment()
     container = _container(deployment)
     env = _env(deployment, tmp_path)
     assert set(env) <= SETTINGS_ENV | ENTRYPOINT_ENV, set(env) - SETTINGS_ENV - ENTRYPOINT_ENV
@@ -175,9 +199,9 @@ def test_service_env_names_ports_probes_and_services_match_the_code(tmp_path: Pa
     assert settings.host == "0.0.0.0"
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     services = {s["metadata"]["name"]: s["spec"] for s in _kind("Service")}
-    assert set(services) == {"ecgsearch", "ecgsearch-headless"}
+    assert set(services) == {"ecgsearch", "ecgsearch-headless", "ecgsearch-web"}
     assert services["ecgsearch-headless"]["clusterIP"] == "None"
-    for spec in services.values():
+    for spec in (services["ecgsearch"], services["ecgsearch-headless"]):
         assert spec["ports"][0]["targetPort"] == port["name"]
         assert spec["selector"].items() <= labels.items()
 
@@ -248,12 +272,12 @@ def test_indexed_ingest_job_uses_real_flags_and_covers_every_shard(tmp_path: Pat
     assert _mounted_secrets(job)[raw["ECGSEARCH_SITE_SECRET_FILE"]] == "ecgsearch-site-secret/site-secret"
     for name in INGEST_ENV:
         assert name in help_text, f"{name} is not an `ecgsearch ingest` option's variable"
-    (deployment,) = _kind("Deployment")
+    deployment = _deployment()
     assert env["ECGSEARCH_QDRANT_URL"] == _env(deployment, tmp_path / "d")["ECGSEARCH_QDRANT_URL"]
 
 
 def test_admin_key_only_for_ingest_and_read_only_key_for_search() -> None:
-    (deployment,) = _kind("Deployment")
+    deployment = _deployment()
     (job,) = _kind("Job")
     key_file = "/var/run/secrets/ecgsearch/qdrant/api-key"
     assert _mounted_secrets(job)[key_file] == "qdrant-admin-key/api-key"
@@ -326,7 +350,7 @@ def test_network_policies_let_only_search_and_ingest_reach_qdrant() -> None:
     (p2p,) = [r for r in qdrant_policy["ingress"] if r is not api_rule]
     assert {p["port"] for p in p2p["ports"]} == {_values()["config"]["cluster"]["p2p"]["port"]}
     # Search pods are reachable on their gRPC port only, and both clients may reach Qdrant's API ports.
-    (deployment,) = _kind("Deployment")
+    deployment = _deployment()
     (search_policy,) = [p for p in policies.values() if _selects(p["podSelector"], search)]
     rule, scrape = search_policy["ingress"]
     grpc_port, metrics_port = (p["containerPort"] for p in _container(deployment)["ports"])
@@ -341,7 +365,7 @@ def test_network_policies_let_only_search_and_ingest_reach_qdrant() -> None:
 
 
 def test_disruption_budgets_and_spread_keep_one_node_loss_survivable() -> None:
-    (deployment,) = _kind("Deployment")
+    deployment = _deployment()
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     (pdb,) = _kind("PodDisruptionBudget")
     assert _selects(pdb["spec"]["selector"], labels)
@@ -434,17 +458,17 @@ def _healthcheck(port: int) -> subprocess.CompletedProcess:
     )
 
 
-def test_service_starts_with_the_manifest_settings_and_passes_the_image_healthcheck(
-    small_store: Path, tmp_path: Path
-) -> None:
-    """The Deployment's env and mounted secret files, through the image entrypoint (store swapped for an
-    embedded one, as no Qdrant server runs here): SERVING, the HEALTHCHECK script agrees, SIGTERM exits 0."""
-    env = _env(_kind("Deployment")[0], tmp_path / "secrets")
+@contextlib.contextmanager
+def _served_from_manifest(store: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int, int]]:
+    """`ecgsearch serve` with the search Deployment's env and mounted secret files, through the image
+    entrypoint (store swapped for an embedded one, as no Qdrant server runs here), once SERVING:
+    (process, gRPC port, metrics port). Killed on exit if still running."""
+    env = _env(_deployment(), tmp_path / "secrets")
     del env["ECGSEARCH_QDRANT_URL"]
     port = _free_port()
     metrics_port = next(p for p in iter(_free_port, None) if p != port)
     env |= {
-        "ECGSEARCH_STORE_PATH": str(small_store),
+        "ECGSEARCH_STORE_PATH": str(store),
         "ECGSEARCH_PORT": str(port),
         "ECGSEARCH_HOST": "127.0.0.1",
         "ECGSEARCH_METRICS_PORT": str(metrics_port),
@@ -469,6 +493,18 @@ def test_service_starts_with_the_manifest_settings_and_passes_the_image_healthch
                 except grpc.RpcError:
                     time.sleep(0.3)
         assert status == health_pb2.HealthCheckResponse.SERVING, proc.stdout.read() if proc.poll() else status
+        yield proc, port, metrics_port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_service_starts_with_the_manifest_settings_and_passes_the_image_healthcheck(
+    small_store: Path, tmp_path: Path
+) -> None:
+    """The Deployment's env and mounted secrets: SERVING, the HEALTHCHECK script agrees, SIGTERM exits 0."""
+    with _served_from_manifest(small_store, tmp_path) as (proc, port, metrics_port):
         probe = _healthcheck(port)
         assert probe.returncode == 0, probe.stderr
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as scraped:
@@ -477,10 +513,6 @@ def test_service_starts_with_the_manifest_settings_and_passes_the_image_healthch
         assert proc.wait(timeout=30) == 0
         down = _healthcheck(port)
         assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_snapshot_cronjob_uses_real_flags_the_admin_key_and_may_reach_qdrant() -> None:
@@ -514,3 +546,149 @@ def test_snapshot_cronjob_uses_real_flags_the_admin_key_and_may_reach_qdrant() -
     assert any(_selects(s, labels) for s in peers)
     (own,) = [p for p in policies if _selects(p["podSelector"], labels)]
     assert {p["port"] for p in own["egress"][0]["ports"]} == QDRANT_PORTS
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_viewer_deployment_runs_the_web_entrypoint_with_web_settings_and_a_mounted_token(
+    tmp_path: Path,
+) -> None:
+    web = _deployment("ecgsearch-web")
+    container = _container(web)
+    assert container["command"] == ["ecgsearch-web"] and "args" not in container
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "COPY --chmod=0755 deploy/web-entrypoint.sh /usr/local/bin/ecgsearch-web" in dockerfile
+    assert os.access(DEPLOY / "web-entrypoint.sh", os.X_OK)
+    assert f"--port {VIEWER_PORT}" in (DEPLOY / "web-entrypoint.sh").read_text()
+    # The image installs the web extra's lock (serve + flask + waitress).
+    assert "-r requirements/web.txt" in dockerfile and "requirements/serve.txt" not in dockerfile
+    lock = (REPO / "requirements" / "web.txt").read_text()
+    assert all(f"\n{name}==" in lock for name in ("flask", "waitress"))
+    env = _env(web, tmp_path)
+    assert set(env) <= _web_env_names(), set(env) - _web_env_names()
+    assert "ECGSEARCH_TOKEN" not in env, "the token comes from the mounted file only"
+    assert _mounted_secrets(web)[container["env"][1]["value"]] == "ecgsearch-web-token/token"
+    assert Path(env["ECGSEARCH_TOKEN_FILE"]).read_text().strip() == "tok-viewer"
+    # It talks to the search Service on the search pods' gRPC port.
+    search_port = _container(_deployment())["ports"][0]["containerPort"]
+    host, port = env["ECGSEARCH_TARGET"].rsplit(":", 1)
+    assert host.split(".")[:2] == ["ecgsearch", "ecgsearch"] and int(port) == search_port
+    # Probes: liveness /healthz, readiness /readyz, on the port it listens on; its Service targets that port.
+    (http,) = container["ports"]
+    assert http["containerPort"] == VIEWER_PORT
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": http["name"]}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": http["name"]}
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    (service,) = [s["spec"] for s in _kind("Service") if s["metadata"]["name"] == "ecgsearch-web"]
+    assert service["ports"][0]["targetPort"] == http["name"]
+    assert service["selector"].items() <= web["spec"]["template"]["metadata"]["labels"].items()
+    assert "type" not in service, "ClusterIP only: users reach the viewer through an authenticating proxy"
+    # A caller of that token exists in the service's callers file, with scope search.
+    caller = CallerRegistry(_env(_deployment(), tmp_path / "s")["ECGSEARCH_TOKENS_FILE"]).current()
+    assert caller.by_token("tok-viewer").scopes == {"search"}
+
+
+def test_viewer_network_policy_allows_only_its_port_in_and_the_search_service_out() -> None:
+    web_labels = _deployment("ecgsearch-web")["spec"]["template"]["metadata"]["labels"]
+    search_labels = _deployment()["spec"]["template"]["metadata"]["labels"]
+    search_port = _container(_deployment())["ports"][0]["containerPort"]
+    policies = {p["metadata"]["name"]: p["spec"] for p in _kind("NetworkPolicy")}
+    (own,) = [p for n, p in policies.items() if p["podSelector"] and _selects(p["podSelector"], web_labels)]
+    assert set(own["policyTypes"]) == {"Ingress", "Egress"}
+    (ingress,) = own["ingress"]
+    assert [p["port"] for p in ingress["ports"]] == [VIEWER_PORT]
+    (egress,) = own["egress"]
+    assert [p["port"] for p in egress["ports"]] == [search_port]
+    (peer,) = egress["to"]
+    assert set(peer) == {"podSelector"} and _selects(peer["podSelector"], search_labels)
+    assert not _selects(peer["podSelector"], QDRANT_LABELS)
+    # DNS: the namespace-wide policy; and the search pods admit it on their gRPC port (from anywhere).
+    assert policies["dns"]["podSelector"] == {}
+    (search_policy,) = [
+        p for p in policies.values() if p["podSelector"] and _selects(p["podSelector"], search_labels)
+    ]
+    assert any(
+        "from" not in r and [p["port"] for p in r["ports"]] == [search_port] for r in search_policy["ingress"]
+    )
+    # Nothing else selects the viewer's pods with a wider rule.
+    assert [
+        n for n, p in policies.items() if p["podSelector"] and _selects(p["podSelector"], web_labels)
+    ] == ["ecgsearch-web"]
+
+
+def test_compose_viewer_runs_the_web_entrypoint_on_loopback_with_its_token_file(tmp_path: Path) -> None:
+    compose = _compose()
+    web, search = compose["services"]["web"], compose["services"]["search"]
+    assert web["entrypoint"] == ["ecgsearch-web"] and web["image"] == IMAGE and "build" in web
+    assert set(web["environment"]) <= _web_env_names()
+    mounted = {f"/run/secrets/{s}" for s in web["secrets"]}
+    assert web["environment"]["ECGSEARCH_TOKEN_FILE"] in mounted
+    assert web["environment"]["ECGSEARCH_TARGET"] == f"search:{search['environment']['ECGSEARCH_PORT']}"
+    assert web["ports"] == [f"127.0.0.1:{VIEWER_PORT}:{VIEWER_PORT}"], "no login: published on loopback only"
+    assert web["healthcheck"]["test"][-1] == f"http://127.0.0.1:{VIEWER_PORT}/healthz"
+    assert web["read_only"] is True and web["cap_drop"] == ["ALL"]
+    # make-secrets.sh writes the viewer's token, readable by the container's user, named in the callers file.
+    out = tmp_path / "secrets"
+    subprocess.run(["sh", str(DEPLOY / "make-secrets.sh"), str(out)], check=True, capture_output=True)
+    token = (out / "viewer-token").read_text().strip()
+    assert (out / "viewer-token").stat().st_mode & 0o004
+    caller = CallerRegistry(ServiceSettings(tokens_file=out / "tokens").tokens_file).current().by_token(token)
+    assert caller is not None and caller.name == "viewer" and caller.scopes == {"search"}
+    subprocess.run(["sh", str(DEPLOY / "make-secrets.sh"), str(out)], check=True, capture_output=True)
+    assert (out / "tokens").read_text().count("viewer ") == 1, "a rerun adds the viewer once"
+
+
+def test_viewer_starts_with_the_manifest_settings_and_its_probes_follow_the_service(
+    small_store: Path, tmp_path: Path
+) -> None:
+    """The viewer Deployment's env and mounted token, through deploy/web-entrypoint.sh (on a loopback port),
+    against a service started from the search Deployment's settings: /healthz and /readyz 200, the
+    container healthcheck agrees; the service stopped, /readyz 503 and /healthz still 200."""
+    with _served_from_manifest(small_store, tmp_path) as (service, port, _):
+        env = _env(_deployment("ecgsearch-web"), tmp_path / "web-secrets")
+        env["ECGSEARCH_TARGET"] = f"127.0.0.1:{port}"
+        web_port = _free_port()
+        viewer = subprocess.Popen(
+            ["sh", str(DEPLOY / "web-entrypoint.sh"), "--host", "127.0.0.1", "--port", str(web_port)],
+            env={k: v for k, v in os.environ.items() if not k.startswith("ECGSEARCH_")}
+            | {
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+            }  # `ecgsearch` as in the image
+            | env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            line = viewer.stderr.readline()
+            assert f":{web_port}/" in line, line + viewer.stderr.read()
+            base = f"http://127.0.0.1:{web_port}"
+            assert (_http_status(base + "/healthz"), _http_status(base + "/readyz")) == (200, 200)
+            probe = subprocess.run(
+                [sys.executable, str(DEPLOY / "healthcheck.py"), base + "/healthz"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert probe.returncode == 0, probe.stderr
+            # The viewer's token is one the service accepts: a page that asks the service renders.
+            assert _http_status(base + "/") == 200
+            service.send_signal(signal.SIGTERM)
+            assert service.wait(timeout=30) == 0
+            assert (_http_status(base + "/healthz"), _http_status(base + "/readyz")) == (200, 503)
+            down = subprocess.run(
+                [sys.executable, str(DEPLOY / "healthcheck.py"), base + "/readyz"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert down.returncode == 1 and "HTTP 503" in down.stderr
+        finally:
+            viewer.terminate()
+            viewer.wait(timeout=30)
