@@ -17,7 +17,7 @@ MAX_ROWS = 8
 ROW_PX = 34
 LABEL_PX = 200
 BAR_PX = 150
-TEXT_PX = 250
+TEXT_PX = 120  # the ratio, and under it the count and base rate
 NAME_CHARS = 28
 NEIGHBOURS = "#1f5fbf"
 BASE = "#b9c3cf"
@@ -53,9 +53,9 @@ def enrichment_chart(rows: Sequence[DiagnosisConcentration], n_neighbours: int) 
             f'width="{max(1.0, row.fraction * BAR_PX):.1f}" fill="{NEIGHBOURS}"/>'
             f'<rect class="base" x="{LABEL_PX}" y="{y + 16}" height="8" '
             f'width="{max(1.0, row.base_rate * BAR_PX):.1f}" fill="{BASE}"/>'
-            f'<text class="ratio" x="{LABEL_PX + BAR_PX + 8}" y="{y + 15}" font-size="13"{weight}>'
+            f'<text class="ratio" x="{LABEL_PX + BAR_PX + 8}" y="{y + 13}" font-size="13"{weight}>'
             f"{ratio}</text>"
-            f'<text class="counts" x="{LABEL_PX + BAR_PX + 62}" y="{y + 15}" font-size="12" fill="#4a5560">'
+            f'<text class="counts" x="{LABEL_PX + BAR_PX + 8}" y="{y + 26}" font-size="11" fill="#4a5560">'
             f"{row.count}/{n_neighbours} · base {row.base_rate:.1%}</text></g>"
         )
     return (
