@@ -314,6 +314,12 @@ def create_app(
             return page("index.html", status, error=message)
         shift = peaks.alignment_shift(query, other, MODEL_FS)
         svg = ecgdraw.overlay(query, other, MODEL_FS, shift or 0, ecgdraw.MV)
+        query_beat, other_beat = peaks.median_beat(query, MODEL_FS), peaks.median_beat(other, MODEL_FS)
+        beats = None
+        if query_beat is not None and other_beat is not None:
+            r_at = int(round(peaks.BEAT_BEFORE_S * MODEL_FS))
+            drawn = ecgdraw.median_beats(query_beat[0], other_beat[0], MODEL_FS, r_at, ecgdraw.MV)
+            beats = {"svg": Markup(drawn), "query": query_beat[1], "neighbour": other_beat[1]}
         return page(
             "compare.html",
             form=form,
@@ -323,6 +329,7 @@ def create_app(
             query_label=query_label,
             shift_ms=None if shift is None else shift / MODEL_FS * 1000,
             svg=Markup(svg),
+            beats=beats,
         )
 
     return app

@@ -241,3 +241,56 @@ def overlay(
         parts.append(_label(PULSE_MM + 1.5, baseline - row / 2 + 4.5, lead))
     parts.append(_label(PULSE_MM, len(LEADS) * row + MAJOR_MM + 5.5, scale.caption()))
     return _svg(width, height, "".join(parts), css_class="ecg overlay", title=title)
+
+
+def median_beats(
+    query: np.ndarray,
+    neighbour: np.ndarray,
+    fs: float,
+    r_at: int,
+    scale: Scale = MV,
+    *,
+    uid: str = "beats",
+    title: str | None = None,
+) -> str:
+    """Query (black) and neighbour (blue) median beats, each lead in the 3 x 4 layout, both with their
+    R peak at sample ``r_at`` (marked by a dashed line): beat-aligned, whatever the rhythm."""
+    q, nb = check_signal(query, fs), check_signal(neighbour, fs)
+    n = min(q.shape[1], nb.shape[1])
+    cell = n / fs * PAPER_SPEED_MM_S + MAJOR_MM  # a beat and a 5 mm gap
+    width = PULSE_MM + COLUMNS * cell
+    height = ROWS * ROW_MM + MAJOR_MM + 8.0
+    parts = [_grid(uid, width, ROWS * ROW_MM + MAJOR_MM, minor=True)]
+    for row in range(ROWS):
+        baseline = MAJOR_MM + ROW_MM * row + ROW_MM / 2
+        parts.append(_pulse(0.0, baseline, scale))
+        for col in range(COLUMNS):
+            lead = col * ROWS + row
+            x0 = PULSE_MM + col * cell
+            r_mm = x0 + r_at / fs * PAPER_SPEED_MM_S
+            parts.append(
+                f'<line class="r-mark" x1="{_u(r_mm)}" x2="{_u(r_mm)}" y1="{_u(baseline - ROW_MM / 2 + 6)}" '
+                f'y2="{_u(baseline + ROW_MM / 2 - 2)}" stroke="#888" stroke-width="3" '
+                'stroke-dasharray="15 15"/>'
+            )
+            parts.append(
+                f'<g class="lead" data-lead="{LEADS[lead]}" fill="none">'
+                + _trace(
+                    q[lead, :n], fs, x0, baseline, scale, stroke=TRACE, stroke_width="5", data_role="query"
+                )
+                + _trace(
+                    nb[lead, :n],
+                    fs,
+                    x0,
+                    baseline,
+                    scale,
+                    stroke=OVERLAY,
+                    stroke_width="5",
+                    stroke_opacity="0.75",
+                    data_role="neighbour",
+                )
+                + "</g>"
+            )
+            parts.append(_label(x0 + 1.5, baseline - ROW_MM / 2 + 4.5, LEADS[lead]))
+    parts.append(_label(PULSE_MM, ROWS * ROW_MM + MAJOR_MM + 5.5, scale.caption() + " · median beats"))
+    return _svg(width, height, "".join(parts), css_class="ecg beats", title=title)

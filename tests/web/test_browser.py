@@ -457,3 +457,44 @@ def test_measurement_range_keeps_only_matching_neighbours(
     finally:
         viewer.close()
         service.close()
+
+
+def test_an_af_query_and_an_af_neighbour_are_overlaid_beat_by_beat(
+    page: Page,
+    data_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    launch_service: Callable[..., Iterator[Service]],
+    launch_viewer: Callable[..., Viewer],
+) -> None:
+    """PTB-XL ecg_id 17 and 152, both atrial fibrillation: the comparison draws each lead's median beat
+    of both ECGs with their R peaks on one line, besides the 10 s overlay on the first R peak."""
+    root = tmp_path_factory.mktemp("af")
+    service = launch_service(root, data_dir / "ptb-xl", 160)
+    served = next(service)
+    af = [p.record_id for p in served.payloads if "164889003" in p.diagnoses]
+    assert {"ptbxl:17", "ptbxl:152"} <= set(af)
+    viewer = launch_viewer(served.target, root / "home", "--token-file", str(served.token_file))
+    try:
+        page.goto(f"{viewer.url}/compare?record_id=ptbxl:17&neighbour=ptbxl:152")
+        page.wait_for_selector("#median-ecg svg")
+        note = page.inner_text("#beat-alignment")
+        counts = [int(w) for w in note.replace(",", " ").split() if w.isdigit()]
+        assert len(counts) == 2 and min(counts) >= 5, note
+        assert page.locator("#median-ecg g.lead").count() == 12
+        assert page.locator("#median-ecg polyline[data-role=query]").count() == 12
+        assert page.locator("#median-ecg polyline[data-role=neighbour]").count() == 12
+        # Lead II: both median beats have their largest deflection at the R line.
+        marks = page.eval_on_selector_all(
+            "#median-ecg g.lead[data-lead=II] polyline",
+            """els => els.map(e => {
+                const pts = e.getAttribute('points').split(' ').map(p => p.split(',').map(Number));
+                const ys = pts.map(p => p[1]); const mid = ys.slice().sort((a, b) => a - b)[ys.length >> 1];
+                let best = 0;
+                pts.forEach((p, i) => { if (Math.abs(p[1] - mid) > Math.abs(pts[best][1] - mid)) best = i; });
+                return pts[best][0]; })""",
+        )
+        assert len(marks) == 2 and abs(marks[0] - marks[1]) <= 25  # 2.5 mm: one sample at 100 Hz is 2.5 mm
+        assert "Aligned on the first R peak of lead II" in page.inner_text("#alignment")
+    finally:
+        viewer.close()
+        service.close()

@@ -168,3 +168,57 @@ def test_enrichment_chart_bars_are_proportional() -> None:
     assert widths[1] == (0.2 * charts.BAR_PX, 0.4 * charts.BAR_PX)
     text = "".join(root.itertext())
     assert "×5.0" in text and "×0.5" in text and "164889003: atrial fibrillation" in text
+
+
+def test_median_beats_line_up_an_irregular_rhythm_beat_by_beat() -> None:
+    """AF-like: the same beat at irregular intervals (RR 0.41-0.97 s) in the query and, at other irregular
+    intervals, in the neighbour. The first-R overlay lines up one beat only; the median beats coincide."""
+    rng = np.random.default_rng(7)
+
+    def irregular(first: int) -> tuple[np.ndarray, list[int]]:
+        onsets = [first]
+        while onsets[-1] + 100 < 1000:
+            onsets.append(onsets[-1] + int(rng.integers(41, 98)))
+        signal = np.zeros((12, 1000))
+        signal[:] = _spikes([o for o in onsets if o < 1000])
+        return signal, [o for o in onsets if o < 1000]
+
+    query, q_onsets = irregular(40)
+    other, o_onsets = irregular(71)
+    before = int(round(peaks.BEAT_BEFORE_S * 100))
+    q_beat, q_n = peaks.median_beat(query, 100.0)
+    o_beat, o_n = peaks.median_beat(other, 100.0)
+    whole = [o for o in q_onsets if o >= before and o + int(round(peaks.BEAT_AFTER_S * 100)) <= 1000]
+    assert q_n == len(whole) >= 8 and o_n >= 8
+    assert q_beat.shape == (12, before + 45) and int(np.argmax(q_beat[1])) == before
+    # Neighbouring beats intrude into a window at short RR; the median keeps the beat itself.
+    np.testing.assert_allclose(
+        q_beat[:, before - 10 : before + 20], o_beat[:, before - 10 : before + 20], atol=0.02
+    )
+    svg = ecgdraw.median_beats(q_beat, o_beat, 100.0, before)
+    root = _parse(svg)
+    assert len(root.findall(".//s:g[@class='lead']", NS)) == 12
+    for lead in ecgdraw.LEADS:
+        g = root.find(f".//s:g[@data-lead='{lead}']", NS)
+        q = _points(g.find("s:polyline[@data-role='query']", NS)) / UNITS_PER_MM
+        n = _points(g.find("s:polyline[@data-role='neighbour']", NS)) / UNITS_PER_MM
+        assert q[np.argmin(q[:, 1]), 0] == pytest.approx(n[np.argmin(n[:, 1]), 0], abs=0.1)
+    assert len(root.findall(".//s:line[@class='r-mark']", NS)) == 12
+    assert peaks.median_beat(np.zeros((12, 1000)), 100.0) is None
+
+
+def test_median_beat_of_a_real_af_record_is_centred_on_r(ptbxl_dir) -> None:
+    """PTB-XL ecg_id 17 (AFIB), as the service prepares it, and the same ECG 230 ms later: one median beat."""
+    from ecgsearch.encoder import signals
+
+    x = signals.load(ptbxl_dir / "records100" / "00000" / "00017_lr")
+    beat, n = peaks.median_beat(x, 100.0)
+    before = int(round(peaks.BEAT_BEFORE_S * 100))
+    assert n >= 8
+    lead_ii = np.abs(beat[1] - np.median(beat[1]))
+    assert abs(int(np.argmax(lead_ii)) - before) <= 1
+    later, m = peaks.median_beat(x[:, 23:], 100.0)
+    assert m >= n - 1  # at most the first beat is lost
+    # The same beats less one at the edge: the medians agree, up to that beat's vote on steep QRS slopes.
+    difference = later[:, before - 5 : before + 10] - beat[:, before - 5 : before + 10]
+    assert np.sqrt(np.mean(difference**2)) < 0.03 and np.abs(difference).max() < 0.25
