@@ -16,6 +16,7 @@ import time
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -46,6 +47,8 @@ MODEL_FS = 100.0  # GetEcg returns the prepared signal at the model's rate
 INFO_TTL_S = 60.0
 CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 FETCH_THREADS = 4  # neighbours' signals are fetched in parallel: each GetEcg reads one file on the service
+REPORT_NEIGHBOURS = 6  # neighbours on the one-page printable report
+REPORT_ROWS = 6  # diagnoses in its table, most frequent among the neighbours first
 READY_TIMEOUT_S = 2.0  # /readyz: the service's health check must answer within this
 PROBES = ("/healthz", "/readyz")  # answered for any Host: no clinical data, and probes name the pod's IP
 
@@ -242,6 +245,27 @@ def create_app(
             return page("index.html", status, error=message, form=form)
         except UploadError as exc:
             return page("index.html", 410, error=str(exc), form=form)
+
+    @app.get("/report")
+    def report() -> tuple[str, int] | Response:
+        """One printable page: the query, its top neighbours, the diagnoses among them with counts, the
+        filter, the model version and the time of the search."""
+        try:
+            form = parse_search(request.args, viewer.diagnosis_names())
+        except FormError as exc:
+            return page("index.html", 400, error=f"Invalid filter: {exc}")
+        if not form.record_id and not form.upload:
+            return page("index.html", 400, error="A report needs a stored record id or an upload.", form=form)
+        try:
+            context = _results(viewer, form)
+        except grpc.RpcError as error:
+            status, message = describe_rpc_error(error, target)
+            return page("index.html", status, error=message, form=form)
+        except UploadError as exc:
+            return page("index.html", 410, error=str(exc), form=form)
+        context["neighbours"] = context["neighbours"][:REPORT_NEIGHBOURS]
+        searched_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        return page("report.html", searched_at=searched_at, k=form.k, report_rows=REPORT_ROWS, **context)
 
     @app.post("/upload")
     def upload() -> tuple[str, int] | Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -498,3 +499,30 @@ def test_an_af_query_and_an_af_neighbour_are_overlaid_beat_by_beat(
     finally:
         viewer.close()
         service.close()
+
+
+def test_the_printable_report_renders_on_one_page(page: Page, viewer: Viewer, service: Service) -> None:
+    """From a filtered results page: the report names the model, the filter and the time of the search,
+    draws the query and its top neighbours with the diagnosis counts, and prints as one A4 page."""
+    from ecgsearch.web.app import REPORT_NEIGHBOURS
+
+    query = service.payloads[3]
+    page.goto(f"{viewer.url}/search?record_id={query.record_id}&k=10&sex=F")
+    page.wait_for_selector("#query-label")
+    page.click("#report-link")
+    page.wait_for_selector("#report")
+    assert page.inner_text("#query-label") == query.record_id
+    assert page.inner_text("#model-version") == _bundled_model_version()
+    searched = datetime.strptime(page.inner_text("#searched-at"), "%Y-%m-%d %H:%M UTC").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - searched).total_seconds()) < 120
+    assert "sex: female" in page.inner_text("#active-filters")
+    assert page.locator("#query-ecg g.lead").count() == 13
+    ids = _neighbour_ids(page)
+    assert 1 <= len(ids) <= REPORT_NEIGHBOURS
+    assert all(t.endswith("· female") for t in page.locator("li.neighbour .demo").all_inner_texts())
+    counts = page.locator("#summary-table td.count").all_inner_texts()
+    assert counts and all(c.endswith("/10") for c in counts)
+    page.emulate_media(media="print")
+    assert not page.locator("header").is_visible()
+    pdf = page.pdf(format="A4", prefer_css_page_size=True)
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page[^s]", pdf)) == 1
