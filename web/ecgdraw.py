@@ -29,6 +29,12 @@ ROW_MM = 35.0  # baseline to baseline
 PULSE_MM = 10.0  # left margin holding the calibration pulse
 PULSE_WIDTH_S = 0.2
 RHYTHM_LEAD = "II"
+THUMB_LABEL_MM = 9.0  # thumbnails are shown ~3x smaller than paper scale: labels still readable
+# Bold, with a white halo (drawn under the fill) so a label stays legible where a trace crosses it.
+THUMB_LABEL_STYLE = (
+    'class="thumb-label" font-weight="bold" fill="#1f3550" '
+    'stroke="#fff" stroke-width="12" paint-order="stroke"'
+)
 GRID_MINOR = "#f4c7c3"
 GRID_MAJOR = "#e8867d"
 TRACE = "#111"
@@ -146,7 +152,9 @@ def twelve_lead(
 ) -> str:
     """A 12-lead ECG as SVG in the 3 x 4 layout (each column its own 2.5 s) and a 10 s lead II strip.
 
-    ``compact`` (thumbnails): no 1 mm grid, no calibration pulse, no caption, no rhythm strip.
+    ``compact`` (thumbnails): no 1 mm grid, no calibration pulse, no caption, no rhythm strip; lead labels
+    large enough to read at thumbnail size, and each row's traces clipped to the row, so that large
+    complexes do not run into the next row.
     """
     x = check_signal(signal, fs)
     n_show = min(x.shape[1], int(round(SECONDS * fs)))
@@ -161,6 +169,14 @@ def twelve_lead(
     stroke = f'stroke="{TRACE}" stroke-width="{8 if compact else 5}" fill="none"'
     for row in range(ROWS):
         baseline = MAJOR_MM + ROW_MM * row + ROW_MM / 2
+        clip = ""
+        if compact:
+            top = baseline - ROW_MM / 2
+            parts.append(
+                f'<clipPath id="{uid}-row{row}"><rect x="0" y="{_u(top)}" width="{_u(width)}" '
+                f'height="{_u(ROW_MM)}"/></clipPath>'
+            )
+            clip = f' clip-path="url(#{uid}-row{row})"'
         if not compact:
             parts.append(_pulse(0.0, baseline, scale))
         for col in range(COLUMNS):
@@ -172,9 +188,20 @@ def twelve_lead(
                 values = x[lead, start : stop + (1 if stop < n_show and col < COLUMNS - 1 else 0)]
                 parts.append(
                     f'<g class="lead" data-lead="{LEADS[lead]}" data-t0="{start / fs:g}" '
-                    f"{stroke}>{_trace(values, fs, x0, baseline, scale)}</g>"
+                    f"{stroke}{clip}>{_trace(values, fs, x0, baseline, scale)}</g>"
                 )
-            parts.append(_label(x0 + 1.5, baseline - ROW_MM / 2 + 4.5, LEADS[lead], 3.0 if compact else 3.5))
+            if compact:
+                parts.append(
+                    _label(
+                        x0 + 1.5, baseline - ROW_MM / 2 + THUMB_LABEL_MM, LEADS[lead], THUMB_LABEL_MM
+                    ).replace(
+                        "<text ",
+                        f"<text {THUMB_LABEL_STYLE} ",
+                        1,
+                    )
+                )
+            else:
+                parts.append(_label(x0 + 1.5, baseline - ROW_MM / 2 + 4.5, LEADS[lead], 3.5))
             if col:
                 parts.append(
                     f'<line class="separator" x1="{_u(x0)}" x2="{_u(x0)}" y1="{_u(baseline - 3)}" '

@@ -222,3 +222,25 @@ def test_median_beat_of_a_real_af_record_is_centred_on_r(ptbxl_dir) -> None:
     # The same beats less one at the edge: the medians agree, up to that beat's vote on steep QRS slopes.
     difference = later[:, before - 5 : before + 10] - beat[:, before - 5 : before + 10]
     assert np.sqrt(np.mean(difference**2)) < 0.03 and np.abs(difference).max() < 0.25
+
+
+def test_thumbnail_labels_are_readable_and_large_complexes_stay_in_their_row() -> None:
+    """A thumbnail is shown about a third of paper scale: labels 9 mm high (3 mm shown), and a 6 mV
+    complex (60 mm, beyond its 35 mm row) is clipped to its own row."""
+    x = np.zeros((12, 1000))
+    x[7, 600:610] = 6.0  # V2, shown from 5 to 7.5 s
+    root = _parse(ecgdraw.twelve_lead(x, 100.0, compact=True, uid="t"))
+    labels = root.findall(".//s:text[@class='thumb-label']", NS)
+    assert [t.text for t in labels] == [ecgdraw.LEADS[c * 3 + r] for r in range(3) for c in range(4)]
+    assert all(float(t.get("font-size")) == ecgdraw.THUMB_LABEL_MM * UNITS_PER_MM for t in labels)
+    clips = {c.get("id"): c.find("s:rect", NS) for c in root.findall(".//s:clipPath", NS)}
+    for g in root.findall(".//s:g[@class='lead']", NS):
+        row = ecgdraw.LEADS.index(g.get("data-lead")) % 3
+        rect = clips[g.get("clip-path").removeprefix("url(#").removesuffix(")")]
+        top = (ecgdraw.MAJOR_MM + ecgdraw.ROW_MM * row) * UNITS_PER_MM
+        assert (float(rect.get("y")), float(rect.get("height"))) == (top, ecgdraw.ROW_MM * UNITS_PER_MM)
+    v2 = _points(root.find(".//s:g[@data-lead='V2']/s:polyline", NS))
+    assert v2[:, 1].min() < float(clips["t-row1"].get("y"))  # the trace runs out of its row ...
+    assert root.find(".//s:g[@data-lead='V2']", NS).get("clip-path") == "url(#t-row1)"  # ... and is clipped
+    full = _parse(ecgdraw.twelve_lead(x, 100.0, uid="f"))
+    assert full.find(".//s:clipPath", NS) is None  # full size: as on paper, complexes may overlap
