@@ -154,7 +154,11 @@ def _write_artifacts(page: Page, timing: dict[str, object], root: Path) -> None:
         "benchmark": "web_results_page",
         "command": "ECGSEARCH_WEB_ARTIFACTS=. python -m pytest -q tests/web/test_browser.py -k draws",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_1m": round(os.getloadavg()[0], 2),  # the machine is shared: timings vary with it
+        },
         "store": "60 PTB-XL records, bundled model, embedded store, ecgsearch serve on loopback",
         "browser": "Debian chromium, headless, Playwright",
         "model": _bundled_model_version(),
