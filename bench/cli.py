@@ -334,6 +334,45 @@ def service(
     )
 
 
+def limits(
+    ptbxl: Annotated[Path, typer.Option(help="PTB-XL folder: site-a's records and the batches' ECGs.")],
+    challenge: Annotated[Path, typer.Option(help="Challenge folders: site-b's records.")],
+    records: Annotated[int, typer.Option(min=300, help="PTB-XL records in the temporary store.")] = 2000,
+    batches: Annotated[int, typer.Option(min=1, help="Concurrent max-cost batches.")] = 32,
+    pairs: Annotated[int, typer.Option(min=10, help="Calls per kind of id for the NOT_FOUND timing.")] = 1000,
+    out: Annotated[Path, typer.Option(help="Results JSON.")] = Path("results/service_limits.json"),
+) -> None:
+    """Measure the service's limits under hostile cost (issue 23's done-when figures).
+
+    Serves a temporary store (PTB-XL as site-a, the Challenge folders as site-b) with `ecgsearch
+    serve` in its own process, then measures: how fast a BatchSearch of 256 queries x k=1000 is refused
+    and how much server memory it costs; a plain search's latency while --batches max-cost batches
+    (the largest the service accepts) run, and server memory before, at peak and after; the median
+    time of NOT_FOUND for another site's id and for a missing id, for a site-restricted caller.
+
+    Examples:
+
+        ecgsearch bench limits --ptbxl ../shared/data/ptb-xl --challenge ../shared/data/challenge
+    """
+    from ecgsearch.bench.limits import bench_limits
+    from ecgsearch.bench.results import write_results
+
+    try:
+        report = bench_limits(ptbxl=ptbxl, challenge=challenge, records=records, batches=batches, pairs=pairs)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        _fail(exc)
+    write_results(out, report)
+    verdict = report["done_when"]
+    print(
+        f"256 x k=1000 refused in {verdict['refused_in_s']} s (+{verdict['refusal_growth_mb']} MB); "
+        f"plain search max {verdict['plain_search_max_ms_while_batches_run']} ms while {batches} max-cost "
+        f"batches run ({verdict['plain_search_max_ms_while_requests_arrive']} ms while they arrive); "
+        f"RSS after - before {verdict['rss_after_minus_before_mb']} MB; NOT_FOUND median difference "
+        f"{verdict['not_found_median_difference_us']} us -> {out}",
+        file=sys.stderr,
+    )
+
+
 def training(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Training checkpoint (best.pt).")],
     model: Annotated[
@@ -451,6 +490,11 @@ def crossfit(
         threads=threads,
         limit=limit,
         cache_dir=cache,
+        command=f"ecgsearch eval crossfit --config {config} --groups {groups} --threads {threads}"
+        + (f" --compare {compare}" if compare else "")
+        + (f" --epochs {epochs}" if epochs else "")
+        + (f" --limit {limit}" if limit else "")
+        + f" --out {out}",
         log=_logger(quiet),
     )
     write_results(out, result)
@@ -474,6 +518,7 @@ def register(bench: typer.Typer, evaluate: typer.Typer) -> None:
     bench.command("ingest")(ingest)
     bench.command("recall")(recall)
     bench.command("service")(service)
+    bench.command("limits")(limits)
     evaluate.command("retrieval")(retrieval)
     evaluate.command("training")(training)
     evaluate.command("crossfit")(crossfit)

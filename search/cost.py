@@ -39,7 +39,7 @@ RESULT_BYTES = 16  # per search result: its tags and lengths, and an empty summa
 SUMMARY_ROW_BYTES = 192  # one DiagnosisConcentration: code, description (cut at ~120), five numbers
 PREPARED_BYTES = 12 * 1000 * 4  # one prepared ECG (12 leads x 10 s at 100 Hz, float32)
 HEAVY_BYTES = 1 << 20  # a call weighing more than this runs under the heavy budget
-WAIT_POLL_S = 0.05  # how often a waiting heavy call looks at its caller's cancellation
+WAIT_POLL_S = 0.5  # how often a waiting heavy call looks at its caller's cancellation
 
 
 class ReplyTooLarge(Exception):

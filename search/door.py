@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -219,6 +219,8 @@ class Door:
         rpc = self.rpcs[method]
         cost = rpc.cost(request, self.pricing(service))
         check_reply(cost, self.reply_limit, self.hit)
+        if cost.heavy:
+            budget = replace(budget, polite=True)
         view = Walled(self, service, caller, budget)
         with self.heavy.hold(cost.weight, budget) if cost.heavy else nullcontext():
             return rpc.handle(view, request)

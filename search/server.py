@@ -760,6 +760,7 @@ def run_server(
             ],
         )
         telemetry.watch(lambda: door.service)
+        telemetry.watch_heavy(door.heavy)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -127,8 +127,13 @@ class Budget:
 
     deadline: float | None = None
     cancelled: Callable[[], bool] | None = None
+    # A heavy call's budget: give the interpreter lock to other threads at each step, so light calls
+    # served beside it wait one step at most, not the interpreter's switch interval per turn.
+    polite: bool = False
 
     def check(self, before: str) -> None:
+        if self.polite:
+            time.sleep(0)
         if self.cancelled is not None and self.cancelled():
             raise Cancelled(f"call cancelled before {before}")
         if self.deadline is not None and time.monotonic() >= self.deadline:

@@ -13,6 +13,8 @@ Metric names (Prometheus text at ``/metrics``):
 - ``ecgsearch_rpc_in_flight``: calls being served now;
 - ``ecgsearch_store_points``: points in the served collection (as last refreshed in the background);
 - ``ecgsearch_ecgs_prepared_total``: raw ECGs prepared since start;
+- ``ecgsearch_heavy_calls{state}``: heavy calls ``running`` in the heavy budget and ``waiting`` for it;
+  ``ecgsearch_heavy_budget_bytes{kind}``: the budget's ``capacity`` and the weight ``in_use``;
 - ``ecgsearch_model_info{version,dim}`` and ``ecgsearch_build_info{version,python,grpc}``: always 1;
 - ``ecgsearch_start_time_seconds``: when the server started (Unix time).
 """
@@ -59,6 +61,24 @@ class _ServiceCollector(Collector):
         yield prepared
 
 
+class _HeavyCollector(Collector):
+    """The heavy-call budget at scrape time (``cost.HeavyBudget``): calls running and waiting, bytes."""
+
+    def __init__(self, budget: Any) -> None:
+        self._budget = budget
+
+    def collect(self) -> Iterator[Any]:
+        budget = self._budget
+        calls = GaugeMetricFamily("ecgsearch_heavy_calls", "Heavy calls by state.", labels=["state"])
+        calls.add_metric(["running"], budget.running)
+        calls.add_metric(["waiting"], budget.waiting)
+        yield calls
+        size = GaugeMetricFamily("ecgsearch_heavy_budget_bytes", "The heavy-call budget.", labels=["kind"])
+        size.add_metric(["capacity"], budget.capacity)
+        size.add_metric(["in_use"], budget.in_use)
+        yield size
+
+
 class Telemetry:
     """A registry of its own per server (several servers run in one test process)."""
 
@@ -96,6 +116,10 @@ class Telemetry:
     def watch(self, service: Callable[[], Any]) -> None:
         """Report store size, model and prepared ECGs of whatever ``service()`` returns (None: nothing)."""
         self.registry.register(_ServiceCollector(service))
+
+    def watch_heavy(self, budget: Any) -> None:
+        """Report the state of the heavy-call budget (``cost.HeavyBudget``)."""
+        self.registry.register(_HeavyCollector(budget))
 
     def record(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()

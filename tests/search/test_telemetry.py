@@ -71,6 +71,8 @@ def test_metrics_count_calls_by_method_and_code(sited: Sited, tmp_path: Path) ->
     assert scraped[("ecgsearch_rpc_latency_seconds_count", (("method", "CollectionInfo"),))] == 4
     assert scraped[("ecgsearch_rpc_latency_seconds_bucket", (("le", "+Inf"), ("method", "GetRecord")))] == 2
     assert scraped[("ecgsearch_rpc_in_flight", ())] == 0
+    assert scraped[("ecgsearch_heavy_calls", (("state", "waiting"),))] == 0
+    assert scraped[("ecgsearch_heavy_budget_bytes", (("kind", "capacity"),))] == 32 * 1024 * 1024
     assert scraped[("ecgsearch_store_points", ())] == len(sited.payloads)
     version = (("dim", str(sited.embedder.dim)), ("version", sited.embedder.version))
     assert scraped[("ecgsearch_model_info", version)] == 1
