@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgsearch.bench.metrics import bootstrap_mean, neighbours_excluding_patient
-from ecgsearch.bench.results import relative
+from ecgsearch.bench.results import load_average, machine, relative
 from ecgsearch.bench.retrieval import (
     AIM_CODES,
     BOOTSTRAP,
@@ -209,6 +209,7 @@ def run(
     threads: int = 1,
     limit: int | None = None,
     cache_dir: Path | None = None,
+    command: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train one model per held-out group (and one of ``compare`` per group), embed, score; the results.
@@ -218,6 +219,7 @@ def run(
     import torch
 
     torch.set_num_threads(threads)
+    started_on = machine(torch=torch.__version__, threads=threads)
     t0 = time.perf_counter()
     groups = fold_groups(n_groups)
     data = load_ptbxl(root, max_records=limit, cache_dir=cache_dir)
@@ -271,6 +273,8 @@ def run(
         "views": views,
         "aims": judge(views["all_records"]),
         "wall_s": round(time.perf_counter() - t0, 1),
+        "machine": {**started_on, "load_avg_at_end": load_average()},
+        **({"command": command} if command else {}),
     }
     log(line(result))
     return result
