@@ -72,7 +72,7 @@ def serve_command(
         float | None, typer.Option(help="Largest message in MiB (default: 16).")
     ] = None,
     max_workers: Annotated[
-        int | None, typer.Option(help="Request threads (default: --max-concurrent-rpcs).")
+        int | None, typer.Option(help="Request threads (default: --max-concurrent-rpcs + 1/8, at least + 4).")
     ] = None,
     max_concurrent_rpcs: Annotated[
         int | None,

@@ -749,7 +749,10 @@ def run_server(
         identity = Identity(registry, mutual_tls=bool(settings.tls_client_ca))
         calls = Calls(door, identity, trail, telemetry, limit)
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.max_workers or concurrent),
+            # a thread for every admitted call, and a few to answer the calls refused past the limit
+            futures.ThreadPoolExecutor(
+                max_workers=settings.max_workers or concurrent + max(4, concurrent // 8)
+            ),
             handlers=[calls.handlers()],
             interceptors=[CallInterceptor(calls, concurrent)],
             maximum_concurrent_rpcs=2 * concurrent,  # gRPC's own backstop, beyond the audited limit

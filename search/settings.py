@@ -31,8 +31,9 @@ class ServiceSettings(BaseSettings):
     - ``ECGSEARCH_TLS_CERT`` / ``ECGSEARCH_TLS_KEY``: PEM files to serve TLS; with ``ECGSEARCH_TLS_CLIENT_CA``
       clients must present a certificate signed by that CA (mutual TLS).
     - ``ECGSEARCH_MAX_MESSAGE_MB``: largest request or response in MiB (default 16).
-    - ``ECGSEARCH_MAX_WORKERS``: request threads (default: MAX_CONCURRENT_RPCS, so every admitted call
-      has a thread and a light call never queues behind heavy ones waiting for the heavy budget).
+    - ``ECGSEARCH_MAX_WORKERS``: request threads (default: MAX_CONCURRENT_RPCS and an eighth more, at
+      least 4: every admitted call has a thread, so a light call never queues behind heavy ones waiting
+      for the heavy budget, and the calls refused past the limit are answered at once).
     - ``ECGSEARCH_MAX_CONCURRENT_RPCS``: calls in progress before new ones get RESOURCE_EXHAUSTED
       (default 64); at most half of them may be heavy calls waiting for the heavy budget.
     - ``ECGSEARCH_HEAVY_BUDGET_MB``: MiB of estimated replies, raw samples (4 bytes each), file bytes and

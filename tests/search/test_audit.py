@@ -271,3 +271,63 @@ def test_failing_open_is_explicit(sited: Sited, tmp_path: Path, caplog: pytest.L
     finally:
         audit_logger.removeHandler(caplog.handler)
     assert any(r.getMessage() == "audit line not written" for r in caplog.records)
+
+
+def test_calls_past_the_concurrency_limit_are_refused_and_audited(
+    corpus, fake_embedder, tmp_path: Path
+) -> None:
+    """A call holds the only slot (its request is still on its way): the calls refused meanwhile, and
+    the held one once it is answered, each get one line."""
+    import threading
+
+    from ecgsearch.search.settings import ServiceSettings
+    from ecgsearch.search.store import EdgeStore
+
+    store = EdgeStore(tmp_path / "store", "ecgs")
+    store.create_collection(dim=fake_embedder.dim, model_version=fake_embedder.version)
+    store.upsert(corpus.payloads, corpus.vectors)
+    log = tmp_path / "audit.jsonl"
+    settings = ServiceSettings.model_construct(tokens="t").model_copy(
+        update={"port": 0, "max_concurrent_rpcs": 1, "audit_log": str(log)}
+    )
+    token = (("authorization", "Bearer t"),)
+    release = threading.Event()
+
+    def late_request() -> Iterator[bytes]:
+        release.wait(60)
+        yield pb.ServerStatsRequest().SerializeToString()
+
+    refused: list[str] = []
+    try:
+        with (
+            run_server(settings, store=store, embedder=fake_embedder) as (_, port),
+            grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            stub = pb_grpc.EcgSearchServiceStub(channel)
+            path = f"/{SERVICE_NAME}/ServerStats"
+            held = channel.stream_unary(path, request_serializer=None, response_deserializer=None).future(
+                late_request(), metadata=(*token, *_rid("held")), timeout=60
+            )
+            deadline = time.monotonic() + 30
+            probes = 0
+            while not refused and time.monotonic() < deadline:
+                name = f"probe-{probes}"
+                probes += 1
+                try:
+                    stub.ServerStats(pb.ServerStatsRequest(), metadata=(*token, *_rid(name)), timeout=30)
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    refused.append(name)
+            release.set()
+            assert held.result()  # the held call is answered once its request arrives
+    finally:
+        release.set()
+        store.close()
+    assert refused, "no call was refused while another held the only slot"
+    lines = _lines(log)
+    assert sorted(line["request_id"] for line in lines) == sorted(
+        ["held", *(f"probe-{n}" for n in range(probes))]
+    )
+    line = next(line for line in lines if line["request_id"] == refused[0])
+    assert line["status"] == "RESOURCE_EXHAUSTED" and "limit of 1 concurrent calls" in line["error"]
+    assert next(line for line in lines if line["request_id"] == "held")["status"] == "OK"
