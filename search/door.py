@@ -166,7 +166,7 @@ class Walled:
     def create_snapshot(self) -> SnapshotInfo:
         self._every_site("a snapshot holds every site's ECGs")
         with self._door.snapshotting:
-            return self._service.store.create_snapshot()
+            return self._service.store.create_snapshot(archive=self._service.archive_path)
 
     def list_snapshots(self) -> list[SnapshotInfo]:
         self._every_site("snapshots hold every site's ECGs")

@@ -461,6 +461,12 @@ class SearchService:
         self._count_prepared(1)
         return prepared
 
+    @property
+    def archive_path(self) -> Path | None:
+        """Where pushed ECGs' kept signals live when set apart from the store (None: ``<store>/archive``);
+        a snapshot must read them from there."""
+        return self._archive_path
+
     def _archive(self) -> Archive | None:
         from ecgsearch.search.push import Archive
 

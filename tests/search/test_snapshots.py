@@ -20,6 +20,7 @@ from ecgsearch.export.runtime import Embedder
 from ecgsearch.search.client import EcgSearchClient
 from ecgsearch.search.schema import SearchFilter
 from ecgsearch.search.server import run_server
+from ecgsearch.search.settings import ServiceSettings
 from ecgsearch.search.store import EdgeStore, StoreError, open_store
 
 
@@ -150,6 +151,30 @@ def pushed(data_dir: Path, ptbxl_dir: Path, tmp_path_factory: pytest.TempPathFac
         sited.store.close()
     secret = (root / "store" / "site-secret").read_bytes().strip()
     return Pushed(Path(made.location), ids, served, secret, len(sited.payloads) + len(files))
+
+
+@pytest.mark.slow
+def test_a_service_with_its_archive_apart_snapshots_its_pushed_ecgs(
+    data_dir: Path, ptbxl_dir: Path, tmp_path: Path
+) -> None:
+    """``--archive-path`` outside the store: the RPC snapshot reads the kept signals from there."""
+    sited = build(ptbxl_dir, tmp_path, n=4)
+    settings = ServiceSettings.model_construct(archive_path=tmp_path / "kept-apart")
+    try:
+        callers = tokens_file(tmp_path / "tokens")
+        with run_server(
+            settings, store=sited.store, embedder=sited.embedder, port=0, tokens_file=callers
+        ) as (_, port):
+            with EcgSearchClient(f"127.0.0.1:{port}", token=TOKENS["ingest"]) as writer:
+                results = writer.upsert_files([data_dir / "hospital" / HELD_OUT[0]], dataset="hospital")
+                assert [r.status for r in results] == ["stored"], results
+            with EcgSearchClient(f"127.0.0.1:{port}", token=TOKENS["ops"]) as admin:
+                made = admin.create_snapshot()
+    finally:
+        sited.store.close()
+    assert any((tmp_path / "kept-apart").rglob("*.npz"))
+    with tarfile.open(made.location) as tar:
+        assert len([n for n in tar.getnames() if n.startswith("archive/")]) == 1
 
 
 def _restore(archive: Path, store: Path, *extra: str) -> tuple[int, str, str]:
