@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+import ecgsearch.cli.exits as exits
+
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
     try:
@@ -509,7 +511,7 @@ def _missing(exc: ImportError) -> None:
 def _fail(exc: BaseException | str) -> None:
     """One line on stderr and exit 1: an environment problem, not a bug (no traceback)."""
     typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(exits.FAILED)
 
 
 def register(bench: typer.Typer, evaluate: typer.Typer) -> None:

@@ -52,9 +52,30 @@ def reference() -> str:
     return "\n\n".join(blocks)
 
 
+def grammar() -> str:
+    """What every command shares: the exit-code table, tokens, --json."""
+    from ecgsearch.cli import exits, tokens
+
+    return (
+        "## Exit status\n\n"
+        "Every command exits by this one table (`ecgsearch.cli.exits`); a command's help names the codes\n"
+        "it can return.\n\n"
+        f"{exits.markdown()}\n"
+        "## Tokens\n\n"
+        "Commands that call the service (`query`, `stats`, `collection info|get --target`,\n"
+        "`snapshot create|list --target`, `ingest --service`, `web`) take the bearer token from\n"
+        f"`--token-file PATH` (env `{tokens.ENV_TOKEN_FILE}`: the file's first line) or env\n"
+        f"`{tokens.ENV_TOKEN}`, never from the command line, where other users of the machine can read it.\n"
+        "The `--token` of earlier releases is still accepted (hidden) with a warning on stderr.\n\n"
+        "## JSON\n\n"
+        "`--json` prints exactly one JSON document on stdout and nothing else (progress and rejects go\n"
+        "to stderr): `ingest`, `embed`, `prepare`, `query`, `stats`, `collection ...`, `snapshot ...`.\n"
+    )
+
+
 def commands_markdown() -> str:
     """The whole of docs/commands.md."""
-    return f"{HEADER}\n{reference()}\n"
+    return f"{HEADER}\n{grammar()}\n## Commands\n\n{reference()}\n"
 
 
 if __name__ == "__main__":

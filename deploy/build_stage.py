@@ -269,9 +269,9 @@ def smoke(prefix: Path, python: Path, data: Path, scratch: Path) -> dict:
         deadline = time.monotonic() + 120
         while True:
             done = subprocess.run(
-                [*cli, "query", "--target", f"127.0.0.1:{port}", "--token", "smoke-token"]
+                [*cli, "query", "--target", f"127.0.0.1:{port}"]
                 + ["--record-id", f"smoke:{first}", "--k", "3", "--json"],
-                env=env,
+                env={**env, "ECGSEARCH_TOKEN": "smoke-token"},
                 capture_output=True,
                 text=True,
             )

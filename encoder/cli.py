@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+import ecgsearch.cli.exits as exits
+
 DEFAULT_DATA = Path("../shared/data")
 DEFAULT_CONFIG = Path("configs/default.yaml")
 DEFAULT_OUT = Path("runs/default")
@@ -114,7 +116,7 @@ def train_command(
         )
     except (ArchiveError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(exits.FAILED) from None
     if os.environ.get("RANK", "0") != "0":
         return
     keys = ("wall_time_s", "steps", "val_agreement_best", "best_epoch")
@@ -156,7 +158,7 @@ def synthetic_archive_command(
         )
     except ArchiveError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(exits.FAILED) from None
     typer.echo(json.dumps({"out": str(out), "ecgs": len(archive), "shards": len(archive.shards)}))
 
 

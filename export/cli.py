@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+import ecgsearch.cli.exits as exits
+
 DEFAULT_DATA = Path("../shared/data")
 
 
@@ -54,10 +56,10 @@ def export_command(
         card = export_checkpoint(checkpoint, out, data, random=random, config=cfg, name=name)
     except ParityError as exc:
         typer.echo(f"export failed: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(exits.FAILED) from None
     except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError) as exc:
         typer.echo(f"error: {checkpoint}: not a readable training checkpoint ({exc})", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(exits.FAILED) from None
     typer.echo(f"{out}: version {card.version}, parity max abs diff {card.parity['max_abs_diff']:.2e}")
 
 

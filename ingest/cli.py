@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+import ecgsearch.cli.exits as exits
+from ecgsearch.cli.tokens import TokenArgv, TokenFile, resolve
+
 if TYPE_CHECKING:
     from ecgsearch.ingest.pipeline import IngestSummary
 
@@ -16,7 +19,7 @@ DUPLICATE_THRESHOLD = (
     0.999  # = ingest.identity.DUPLICATE_THRESHOLD (a test checks); literal so --help imports nothing
 )
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS = exits.OK, exits.FAILED, exits.USAGE, exits.REJECTS
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -145,6 +148,14 @@ def ingest_command(
         ),
     ] = DUPLICATE_THRESHOLD,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the run summary as one JSON document on stdout (counts, rejects report, "
+            "collection, elapsed); progress and rejects stay on stderr.",
+        ),
+    ] = False,
     service: Annotated[
         str | None,
         typer.Option(
@@ -153,13 +164,8 @@ def ingest_command(
             "way into a served embedded store. Needs a token with the write scope.",
         ),
     ] = None,
-    token: Annotated[
-        str | None, typer.Option(envvar="ECGSEARCH_TOKEN", help="With --service: bearer token.")
-    ] = None,
-    token_file: Annotated[
-        Path | None,
-        typer.Option(envvar="ECGSEARCH_TOKEN_FILE", help="With --service: file holding the bearer token."),
-    ] = None,
+    token_file: TokenFile = None,
+    token: TokenArgv = None,
     # Earlier spellings, still accepted (deployment files use them), kept out of --help.
     shard_number: Annotated[int | None, typer.Option(min=1, hidden=True)] = None,
     replication_factor: Annotated[int | None, typer.Option(min=1, hidden=True)] = None,
@@ -168,12 +174,13 @@ def ingest_command(
 ) -> None:
     """Embed ECGs from SOURCE and store them with their payloads; reruns skip what is already stored.
 
-    Exit status: 0 every record stored (or already present with the same content); 3 the run finished
-    but some records were rejected (listed in the rejects CSV, everything else is stored), among them
-    collisions: a different ECG under an id already stored (the stored one is kept); 1 the run failed
-    (store, model, site secret, or a collection made by another model); 2 bad usage (e.g. SOURCE
-    missing). A failed or killed run can simply be rerun: records already stored are skipped, the rest
-    are added.
+    Exit status (the table in docs/commands.md): 0 every record stored (or already present with the
+    same content); 3 the run finished but some records were rejected (listed in the rejects CSV,
+    everything else is stored), among them collisions: a different ECG under an id already stored (the
+    stored one is kept); 1 the run failed (store, model, site secret, or a collection made by another
+    model); 2 bad usage (e.g. SOURCE missing); with --service also 4 token refused or without the
+    write scope, 6 service unreachable. A failed or killed run can simply be rerun: records already
+    stored are skipped, the rest are added.
 
     Identity: a record is `<dataset>:<native id>` (PTB-XL: `ptbxl:<ecg_id>`; WFDB folders: the
     record name, the dataset from --dataset or the folder holding it). Hospital exports in a folder
@@ -192,7 +199,7 @@ def ingest_command(
 
         ecgsearch ingest manifest.csv --qdrant-url http://qdrant:6333 --shard 2/4 --no-optimize
 
-        ecgsearch ingest ../shared/data/hospital --service localhost:50051 --token-file token
+        ecgsearch ingest ../shared/data/hospital --service localhost:50051 --token-file token --json
     """
     from ecgsearch.export.runtime import Embedder, ModelError
     from ecgsearch.ingest.identity import site_pseudonymizer
@@ -231,10 +238,10 @@ def ingest_command(
         _push(
             candidates(),
             service,
-            token,
-            token_file,
+            resolve(token_file, token),
             rejects or Path.cwd() / f"{collection}-rejects.csv",
             quiet,
+            as_json,
         )
     store_path = None if qdrant_url else (store or default_store_path(os.environ.get("ECGSEARCH_HOME")))
     rejects_path = unused_path(rejects or (store_path or Path.cwd()) / f"{collection}-rejects.csv")
@@ -279,23 +286,20 @@ def ingest_command(
         raise typer.Exit(EXIT_FAILED) from None
     finally:
         target.close()
-    report(summary)
+    report(summary, as_json)
     raise typer.Exit(EXIT_OK if summary.ok else EXIT_REJECTS)
 
 
-def _push(candidates, service: str, token: str | None, token_file: Path | None, rejects: Path, quiet: bool):  # noqa: ANN001, ANN202
+def _push(candidates, service: str, token: str | None, rejects: Path, quiet: bool, as_json: bool):  # noqa: ANN001, ANN202
     """``--service``: send through UpsertEcgs; exits like ingest (0 all stored or present, 3 rejects)."""
+    import time
+
     import grpc
 
     from ecgsearch.ingest.remote import push_source, write_rejects
     from ecgsearch.search.client import EcgSearchClient
 
-    if token is None and token_file is not None:
-        try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
-            typer.echo(f"error: cannot read token file: {exc.strerror}", err=True)
-            raise typer.Exit(EXIT_FAILED) from None
+    started = time.monotonic()
 
     def progress(s) -> None:  # noqa: ANN001
         if not quiet:
@@ -306,20 +310,77 @@ def _push(candidates, service: str, token: str | None, token_file: Path | None, 
     try:
         with EcgSearchClient(service, token=token, timeout=300.0) as client:
             summary = push_source(candidates, client, on_batch=progress)
+            collection = _served_collection(client)
     except grpc.RpcError as exc:
-        typer.echo(f"error: {exc.code().name}: {exc.details()}", err=True)  # type: ignore[attr-defined]
-        raise typer.Exit(EXIT_FAILED) from None
-    typer.echo(
-        f"sent {summary.sent} to {service}: stored {summary.stored}, skipped {summary.skipped} "
-        f"(already stored), rejected {summary.rejected}"
-    )
+        typer.echo(f"error: {service}: {exc.code().name}: {exc.details()}", err=True)  # type: ignore[attr-defined]
+        raise typer.Exit(exits.for_rpc_error(exc)) from None
+    path = None
     if summary.rejects:
         path = unused_path(rejects)
         write_rejects(summary, path)
         for r in summary.rejects[:20]:
             typer.echo(f"  rejected {r.record}: {r.reason}", err=True)
         typer.echo(f"rejects report: {path}", err=True)
+    if as_json:
+        document = run_document(
+            collection=collection,
+            service=service,
+            stored=summary.stored,
+            skipped=summary.skipped,
+            rejected=summary.rejected,
+            rejects_report=path,
+            elapsed_s=time.monotonic() - started,
+            rejects=summary.rejects,
+        )
+        typer.echo(json.dumps(document, indent=2))
+    else:
+        typer.echo(
+            f"sent {summary.sent} to {service}: stored {summary.stored}, skipped {summary.skipped} "
+            f"(already stored), rejected {summary.rejected}"
+        )
     raise typer.Exit(EXIT_OK if summary.ok else EXIT_REJECTS)
+
+
+def _served_collection(client) -> str | None:  # noqa: ANN001
+    """The collection the service writes to, when this caller may ask (a write-only token may not)."""
+    import grpc
+
+    try:
+        return client.info().collection
+    except grpc.RpcError:
+        return None
+
+
+def run_document(
+    *,
+    collection: str | None,
+    stored: int,
+    skipped: int,
+    rejected: int,
+    rejects_report: Path | str | None,
+    elapsed_s: float,
+    rejects: list,
+    service: str | None = None,
+    collisions: int | None = None,
+    duplicates: int | None = None,
+    model_version: str | None = None,
+) -> dict:
+    """``ingest --json``: the same keys whether the run wrote a store or went through a service
+    (null where that way cannot know: a service reports no collisions or duplicates)."""
+    return {
+        "collection": collection,
+        "service": service,
+        "model_version": model_version,
+        "stored": stored,
+        "skipped": skipped,
+        "rejected": rejected,
+        "collisions": collisions,
+        "duplicates": duplicates,
+        "rejects_report": str(rejects_report) if rejects_report is not None else None,
+        "elapsed_s": round(elapsed_s, 3),
+        "ok": rejected == 0,
+        "rejects": [r.model_dump() for r in rejects],
+    }
 
 
 def unused_path(path: Path) -> Path:
@@ -416,14 +477,29 @@ def _open_target(path, url, api_key, collection, shard_number, replication_facto
     )
 
 
-def report(summary: IngestSummary) -> None:
-    """One summary line on stdout, then each reject (first few) on stderr."""
-    typer.echo(
-        f"ingested {summary.ingested}, skipped {summary.skipped} (already stored), "
-        f"rejected {summary.rejected} ({summary.collisions} id collisions), "
-        f"{summary.duplicates} marked duplicate_of a stored ECG, "
-        f"into '{summary.collection}' in {summary.seconds:.1f} s ({summary.rate:.1f} ECGs/s)"
-    )
+def report(summary: IngestSummary, as_json: bool = False) -> None:
+    """One summary line (or, with --json, one JSON document) on stdout; each reject (first few) on stderr."""
+    if as_json:
+        document = run_document(
+            collection=summary.collection,
+            model_version=summary.model_version,
+            stored=summary.ingested,
+            skipped=summary.skipped,
+            rejected=summary.rejected,
+            collisions=summary.collisions,
+            duplicates=summary.duplicates,
+            rejects_report=summary.rejects_path,
+            elapsed_s=summary.seconds,
+            rejects=summary.rejects,
+        )
+        typer.echo(json.dumps(document, indent=2))
+    else:
+        typer.echo(
+            f"ingested {summary.ingested}, skipped {summary.skipped} (already stored), "
+            f"rejected {summary.rejected} ({summary.collisions} id collisions), "
+            f"{summary.duplicates} marked duplicate_of a stored ECG, "
+            f"into '{summary.collection}' in {summary.seconds:.1f} s ({summary.rate:.1f} ECGs/s)"
+        )
     for reject in summary.rejects[:20]:
         typer.echo(f"rejected {reject.record}: {reject.reason}", err=True)
     typer.echo(f"rejects report: {summary.rejects_path}", err=True)

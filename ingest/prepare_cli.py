@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-EXIT_OK, EXIT_FAILED, EXIT_REJECTS = 0, 1, 3
+import ecgsearch.cli.exits as exits
 
 
 def prepare_command(
@@ -39,20 +39,23 @@ def prepare_command(
             "generated once, 0600).",
         ),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the run summary as one JSON document on stdout.")
+    ] = False,
 ) -> None:
     """Prepare the ECGs of SOURCE into sharded files that `ecgsearch train --shards` streams from.
 
     Each ECG is read and prepared exactly as `ingest` prepares it (12 x 1000 float32) and written into
     memory-mappable numpy shards of --shard-size ECGs, with an index of record id, dataset, patient
     pseudonym, fold and labels. A killed or repeated run keeps the complete shards and continues after
-    them. Exit status: 0 every record prepared; 3 finished, some rejected (OUT/rejects.csv); 1 failed;
-    2 bad usage (SOURCE missing or without ECGs).
+    them. Exit status (the table in docs/commands.md): 0 every record prepared; 3 finished, some
+    rejected (OUT/rejects.csv); 1 failed; 2 bad usage (SOURCE missing or without ECGs).
 
     Examples:
 
         ecgsearch prepare ../shared/data/ptb-xl --out archive/ptbxl
 
-        ecgsearch prepare ../shared/data/challenge --out archive/challenge --shard-size 1024
+        ecgsearch prepare ../shared/data/challenge --out archive/challenge --shard-size 1024 --json
     """
     from ecgsearch.encoder.shards import ArchiveError
     from ecgsearch.ingest.identity import Pseudonymizer, SecretError, default_secret, read_secret
@@ -76,11 +79,20 @@ def prepare_command(
         raise typer.BadParameter(str(exc), param_hint="SOURCE") from None
     except (ArchiveError, SecretError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        raise typer.Exit(exits.FAILED) from None
     if summary.shards == 0:
         raise typer.BadParameter(f"{source}: no ECGs found; nothing to prepare", param_hint="SOURCE")
-    typer.echo(json.dumps(summary.__dict__))
-    raise typer.Exit(EXIT_REJECTS if summary.rejected else EXIT_OK)
+    if as_json:
+        typer.echo(json.dumps(summary.__dict__ | {"ok": not summary.rejected}, indent=2))
+    else:
+        typer.echo(
+            f"{summary.rows} ECGs in {summary.shards} shards under {summary.out} "
+            f"({summary.rows_written} written now in {summary.shards_written} shards, the rest kept), "
+            f"{summary.rejected} rejected, {summary.seconds:.1f} s"
+        )
+        if summary.rejected:
+            typer.echo(f"rejects report: {summary.rejects_path}", err=True)
+    raise typer.Exit(exits.REJECTS if summary.rejected else exits.OK)
 
 
 def register(app: typer.Typer, bench: typer.Typer, evaluate: typer.Typer) -> None:

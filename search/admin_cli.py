@@ -9,6 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
+import ecgsearch.cli.exits as exits
+from ecgsearch.cli.tokens import TokenArgv, TokenFile, resolve
+
 Store = Annotated[
     Path | None,
     typer.Option("--store", "-s", envvar="ECGSEARCH_STORE_PATH", help="Embedded store directory."),
@@ -24,7 +27,6 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Target = Annotated[
     str | None, typer.Option("--target", "-t", help="A running service (host:port) instead of a store.")
 ]
-Token = Annotated[str | None, typer.Option(envvar="ECGSEARCH_TOKEN", help="Bearer token for --target.")]
 
 
 def info_command(
@@ -36,7 +38,8 @@ def info_command(
         Path | None, typer.Option(envvar="ECGSEARCH_MODEL", help="ONNX model whose card to show.")
     ] = None,
     target: Target = None,
-    token: Token = None,
+    token_file: TokenFile = None,
+    token: TokenArgv = None,
     as_json: AsJson = False,
 ) -> None:
     """Show a collection: count, dimension, model and its card, index settings, aliases.
@@ -50,13 +53,13 @@ def info_command(
 
         ecgsearch collection info --qdrant-url http://qdrant:6333 -c ecgs --json
 
-        ecgsearch collection info --target localhost:50051 --token secret
+        ECGSEARCH_TOKEN=secret ecgsearch collection info --target localhost:50051
     """
     from ecgsearch.search.admin import collection_info, service_info
 
     if target is not None:
         _only_target(store, qdrant_url)
-        result = _with_service(target, token, service_info)
+        result = _with_service(target, resolve(token_file, token), service_info)
     else:
         result = _with_store(store, qdrant_url, api_key, collection, lambda s: collection_info(s, model))
     if as_json:
@@ -85,12 +88,13 @@ def get_command(
     collection: Collection = "ecgs",
     vector: Annotated[bool, typer.Option("--vector", help="Include the stored vector.")] = False,
     target: Target = None,
-    token: Token = None,
+    token_file: TokenFile = None,
+    token: TokenArgv = None,
     as_json: AsJson = False,
 ) -> None:
     """Show one stored record's payload (and, with --vector, its embedding).
 
-    Exit status 4 when the record is not stored.
+    Exit status 5 when the record is not stored (the table in docs/commands.md).
 
     Examples:
 
@@ -98,7 +102,7 @@ def get_command(
 
         ecgsearch collection get ptbxl:17 --vector --json
 
-        ecgsearch collection get ptbxl:17 --target localhost:50051 --token secret
+        ecgsearch collection get ptbxl:17 --target localhost:50051 --token-file ./token
     """
     from ecgsearch.search.admin import get_record, service_record
     from ecgsearch.search.schema import UnknownRecord
@@ -106,14 +110,15 @@ def get_command(
     try:
         if target is not None:
             _only_target(store, qdrant_url)
-            result = _with_service(target, token, lambda c: service_record(c, record_id, vector=vector))
+            token_text = resolve(token_file, token)
+            result = _with_service(target, token_text, lambda c: service_record(c, record_id, vector=vector))
         else:
             result = _with_store(
                 store, qdrant_url, api_key, collection, lambda s: get_record(s, record_id, vector=vector)
             )
     except UnknownRecord:
         typer.echo(f"error: record {record_id!r} is not in collection {collection!r}", err=True)
-        raise typer.Exit(4) from None
+        raise typer.Exit(exits.NOT_FOUND) from None
     if as_json:
         _print_json(result)
         return
@@ -157,7 +162,8 @@ def stats_command(
     target: Annotated[
         str, typer.Option("--target", "-t", envvar="ECGSEARCH_TARGET", help="Server host:port.")
     ] = "127.0.0.1:50051",
-    token: Annotated[str | None, typer.Option(envvar="ECGSEARCH_TOKEN", help="Bearer token.")] = None,
+    token_file: TokenFile = None,
+    token: TokenArgv = None,
     tls: Annotated[bool, typer.Option("--tls", help="Connect with TLS (system roots).")] = False,
     root_cert: Annotated[Path | None, typer.Option(help="CA certificate PEM for TLS.")] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="Deadline in seconds.")] = 10.0,
@@ -165,9 +171,12 @@ def stats_command(
 ) -> None:
     """Per-RPC request counts, errors and latency percentiles of a running server since it started.
 
+    Needs a token (--token-file or env ECGSEARCH_TOKEN). Exit status: the table in docs/commands.md
+    (4 token refused, 6 server unreachable).
+
     Examples:
 
-        ecgsearch stats --target localhost:50051 --token secret
+        ecgsearch stats --target localhost:50051 --token-file ./token
 
         ECGSEARCH_TOKEN=secret ecgsearch stats --json
     """
@@ -176,10 +185,12 @@ def stats_command(
     from ecgsearch.search.client import EcgSearchClient
 
     try:
-        with EcgSearchClient(target, token=token, tls=tls, root_cert=root_cert, timeout=timeout) as client:
+        with EcgSearchClient(
+            target, token=resolve(token_file, token), tls=tls, root_cert=root_cert, timeout=timeout
+        ) as client:
             result = client.stats()
     except grpc.RpcError as exc:
-        _fail(f"{target}: {exc.code().name}: {exc.details()}")
+        _fail(f"{target}: {exc.code().name}: {exc.details()}", exits.for_rpc_error(exc))
     except (OSError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
@@ -224,7 +235,7 @@ def _only_target(store: Path | None, url: str | None) -> None:
 
 
 def _with_service(target: str, token: str | None, action: Any) -> Any:
-    """Ask a running service; NOT_FOUND becomes UnknownRecord, other failures exit 1 in one line."""
+    """Ask a running service; NOT_FOUND becomes UnknownRecord, other failures exit by the table."""
     import grpc
 
     from ecgsearch.search.client import EcgSearchClient
@@ -236,7 +247,7 @@ def _with_service(target: str, token: str | None, action: Any) -> Any:
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.NOT_FOUND:
             raise UnknownRecord(exc.details() or "") from None
-        _fail(f"{target}: {exc.code().name}: {exc.details()}")
+        _fail(f"{target}: {exc.code().name}: {exc.details()}", exits.for_rpc_error(exc))
     except (OSError, ValueError) as exc:
         _fail(str(exc))
 
@@ -251,9 +262,9 @@ def _print_json(value: object) -> None:
     typer.echo(json.dumps(value, indent=2))
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = exits.FAILED) -> None:
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def proto_command(
@@ -278,7 +289,7 @@ def proto_command(
         target.write_bytes(source.read_bytes())
     except OSError as exc:
         typer.echo(f"error: cannot write {target}: {exc.strerror}", err=True)
-        raise typer.Exit(1) from exc
+        raise typer.Exit(exits.FAILED) from exc
     typer.echo(str(target))
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+import ecgsearch.cli.exits as exits
+from ecgsearch.cli.tokens import TokenArgv, TokenFile, resolve
+
 if TYPE_CHECKING:
-    from ecgsearch.search.service import SearchResult
+    from ecgsearch.search.api import SearchResult
 
 DEFAULT_K = 10  # the service's default (ecgsearch.search.service.DEFAULT_K), without importing it here
 
@@ -51,7 +54,9 @@ def serve_command(
         Path | None,
         typer.Option(
             help="Callers file: 'name scopes sites sha256:<token digest>' per line, re-read when it "
-            "changes (env ECGSEARCH_TOKENS_FILE; format in docs/deploy.md)."
+            "changes (env ECGSEARCH_TOKENS_FILE; format in docs/deploy.md). Plain tokens, each a "
+            "caller 'default' with scope search, may instead come comma-separated in env "
+            "ECGSEARCH_TOKENS."
         ),
     ] = None,
     insecure: Annotated[
@@ -69,14 +74,21 @@ def serve_command(
         typer.Option(help="CA that signs client certificates: mutual TLS (env ECGSEARCH_TLS_CLIENT_CA)."),
     ] = None,
     max_message_mb: Annotated[
-        float | None, typer.Option(help="Largest message in MiB (default: 16).")
+        float | None, typer.Option(help="Largest message in MiB (env ECGSEARCH_MAX_MESSAGE_MB; default: 16).")
     ] = None,
     max_workers: Annotated[
-        int | None, typer.Option(help="Request threads (default: --max-concurrent-rpcs + 1/8, at least + 4).")
+        int | None,
+        typer.Option(
+            help="Request threads (env ECGSEARCH_MAX_WORKERS; default: --max-concurrent-rpcs + 1/8, "
+            "at least + 4)."
+        ),
     ] = None,
     max_concurrent_rpcs: Annotated[
         int | None,
-        typer.Option(help="Calls in progress before RESOURCE_EXHAUSTED (default: 64)."),
+        typer.Option(
+            help="Calls in progress before RESOURCE_EXHAUSTED (env ECGSEARCH_MAX_CONCURRENT_RPCS; "
+            "default: 64)."
+        ),
     ] = None,
     heavy_budget_mb: Annotated[
         float | None,
@@ -89,12 +101,16 @@ def serve_command(
         bool,
         typer.Option(
             "--allow-insecure-remote",
-            help="With --insecure, allow a non-loopback --host (refused otherwise).",
+            help="With --insecure, allow a non-loopback --host (refused otherwise) "
+            "(env ECGSEARCH_ALLOW_INSECURE_REMOTE).",
         ),
     ] = False,
     ecg_roots: Annotated[
         str | None,
-        typer.Option(help="Folders (':'-separated) holding stored records' files, for GetEcg."),
+        typer.Option(
+            help="Folders (':'-separated) holding stored records' files, for GetEcg "
+            "(env ECGSEARCH_ECG_ROOTS)."
+        ),
     ] = None,
     site_secret_file: Annotated[
         Path | None,
@@ -111,7 +127,8 @@ def serve_command(
         ),
     ] = None,
     log_level: Annotated[
-        str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: INFO).")
+        str | None,
+        typer.Option(help="DEBUG, INFO, WARNING or ERROR (env ECGSEARCH_LOG_LEVEL; default: INFO)."),
     ] = None,
     audit_log: Annotated[
         str | None,
@@ -146,7 +163,13 @@ def serve_command(
     refused on a non-loopback --host without --allow-insecure-remote. Logs are JSON lines on stderr,
     one per request, with its request id, caller and latency; --audit-log writes the audit trail
     (who asked for which records) to its own sink.
-    Exit codes: 2 for a bad option value, 1 when the server cannot start (port in use, TLS files).
+
+    Read from the environment only: ECGSEARCH_TOKENS (comma-separated plain tokens), ECGSEARCH_HOME,
+    ECGSEARCH_QDRANT_API_KEY, ECGSEARCH_STATS_REFRESH_S (seconds between collection statistics reads,
+    default 30), ECGSEARCH_GRACE_S (seconds calls get to finish on shutdown, default 10).
+
+    Exit status (the table in docs/commands.md): 2 a bad option value; 1 the server cannot start
+    (port in use, TLS files, store, model).
 
     Examples:
 
@@ -200,14 +223,15 @@ def serve_command(
         serve(settings)
     except (ValueError, OSError, StoreUnavailable, StoreError, ModelError) as exc:
         _error(str(exc))
-        raise typer.Exit(1) from None
+        raise typer.Exit(exits.FAILED) from None
 
 
 def query_command(
     target: Annotated[
         str, typer.Option(envvar="ECGSEARCH_TARGET", help="Server host:port.")
     ] = "127.0.0.1:50051",
-    token: Annotated[str | None, typer.Option(envvar="ECGSEARCH_TOKEN", help="Bearer token.")] = None,
+    token_file: TokenFile = None,
+    token: TokenArgv = None,
     record_id: Annotated[str | None, typer.Option(help="Search by a stored record, e.g. ptbxl:17.")] = None,
     wfdb: Annotated[
         Path | None, typer.Option(help="Search by a WFDB record (path without extension).")
@@ -275,12 +299,13 @@ def query_command(
     unless --include-same-patient. Diagnosis codes: SNOMED CT ids, Challenge abbreviations (AF, RBBB)
     or PTB-XL SCP codes (AFIB, SCP:IMI).
 
-    Exit codes: 0 found; 2 invalid argument; 4 not authenticated or not permitted; 5 not found;
-    6 server unavailable, overloaded or past the deadline; 1 anything else.
+    The bearer token comes from --token-file or env ECGSEARCH_TOKEN, never the command line.
+    Exit status (the table in docs/commands.md): 0 found; 2 invalid argument; 4 not authenticated or
+    not permitted; 5 record not found; 6 server unavailable, overloaded or past the deadline; 1 else.
 
     Examples:
 
-        ecgsearch query --target localhost:50051 --token secret --record-id ptbxl:17 --k 5
+        ecgsearch query --target localhost:50051 --token-file ./token --record-id ptbxl:17 --k 5
 
         ECGSEARCH_TOKEN=secret ecgsearch query --wfdb ./records/E00001 --diagnosis AF --summary
 
@@ -314,7 +339,7 @@ def query_command(
     result = _search(
         target,
         {
-            "token": token,
+            "token": resolve(token_file, token),
             "tls": tls,
             "root_cert": ca,
             "client_cert": cert,
@@ -353,7 +378,7 @@ def _search(
     import grpc
 
     from ecgsearch.encoder.signals import SignalError
-    from ecgsearch.search.client import EcgSearchClient, exit_code
+    from ecgsearch.search.client import EcgSearchClient
 
     try:
         with EcgSearchClient(target, **connection) as client:
@@ -367,13 +392,13 @@ def _search(
             return client.search_by_wfdb(wfdb, **options)
     except grpc.RpcError as exc:
         _error(f"{exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
-        raise typer.Exit(exit_code(exc)) from None
+        raise typer.Exit(exits.for_rpc_error(exc)) from None
     except SignalError as exc:
         _error(str(exc))
-        raise typer.Exit(2) from None
+        raise typer.Exit(exits.USAGE) from None
     except (OSError, ValueError) as exc:
         _error(str(exc))
-        raise typer.Exit(1) from None
+        raise typer.Exit(exits.FAILED) from None
 
 
 _MEASURE = re.compile(r"^\s*([A-Za-z_]+)\s*(>=|<=|=)\s*(-?\d+(?:\.\d*)?)(?:\s*\.\.\s*(-?\d+(?:\.\d*)?))?\s*$")
@@ -407,7 +432,7 @@ def parse_measures(texts: list[str]) -> list[dict[str, object]]:
 
 
 def _describe(exc: Exception) -> str:
-    from ecgsearch.search.service import describe_validation
+    from ecgsearch.search.api import describe_validation
 
     return describe_validation(exc)  # type: ignore[arg-type]
 
@@ -427,27 +452,42 @@ def print_result(result: SearchResult) -> None:
         hits.add_row(str(rank), hit.record_id, f"{hit.score:.4f}", str(p.age or ""), p.sex or "", names)
     console.print(hits)
     if result.summary is not None:
-        table = Table(
-            "code",
-            "description",
-            "count",
-            "fraction",
-            "base rate",
-            "enrichment",
-            "in query",
-            title=f"Diagnoses among {result.summary.n_neighbours} neighbours",
+        console.print(summary_table(result.summary))
+
+
+def summary_table(summary: Any) -> Any:
+    """The diagnoses among the neighbours, by ``search.summary.evidence`` (the one highlight rule):
+    count of n, base rate, ratio with its 95% interval, the ratio bold only where the rule holds.
+    Headers are never cut (``no_wrap`` columns keep their full width; the description wraps)."""
+    from rich.table import Table
+
+    from ecgsearch.search.summary import RULE, evidence
+
+    n = summary.n_neighbours
+    table = Table(
+        title=f"Diagnoses among {n} neighbours", caption=f"{RULE} Marked *.", caption_justify="left"
+    )
+    table.add_column("code", no_wrap=True)
+    table.add_column("description", min_width=len("description"), overflow="fold")
+    table.add_column("count", justify="right", no_wrap=True)
+    table.add_column("base rate", justify="right", no_wrap=True)
+    table.add_column("ratio", justify="right", no_wrap=True)
+    table.add_column("95% interval", justify="right", no_wrap=True)
+    table.add_column("in query", no_wrap=True)
+    for row in summary.diagnoses:
+        e = evidence(row, n)
+        ratio = "-" if e.ratio is None else f"×{e.ratio:.1f}"
+        interval = "-" if e.low is None or e.high is None else f"{e.low:.1f}–{e.high:.1f}"
+        table.add_row(
+            row.code,
+            row.description,
+            f"{e.count}/{e.n}",
+            f"{e.base_rate:.1%}",
+            f"[bold]{ratio} *[/bold]" if e.highlighted else ratio,
+            interval,
+            "yes" if row.in_query else "",
         )
-        for row in result.summary.diagnoses:
-            table.add_row(
-                row.code,
-                row.description,
-                str(row.count),
-                f"{row.fraction:.2f}",
-                f"{row.base_rate:.3f}",
-                f"{row.enrichment:.2f}",
-                "yes" if row.in_query else "",
-            )
-        console.print(table)
+    return table
 
 
 def register(app: typer.Typer, bench: typer.Typer, evaluate: typer.Typer) -> None:

@@ -9,6 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
+import ecgsearch.cli.exits as exits
+from ecgsearch.cli.tokens import TokenArgv, TokenFile, resolve
+
 Store = Annotated[
     Path | None,
     typer.Option("--store", "-s", envvar="ECGSEARCH_STORE_PATH", help="Embedded store directory."),
@@ -27,7 +30,6 @@ Target = Annotated[
         "--target", "-t", help="A running service (host:port) to ask instead of a store (scope admin)."
     ),
 ]
-Token = Annotated[str | None, typer.Option(envvar="ECGSEARCH_TOKEN", help="Bearer token for --target.")]
 ArchivePath = Annotated[
     Path | None,
     typer.Option(
@@ -54,7 +56,8 @@ def create_command(
     directory: Directory = None,
     archive_path: ArchivePath = None,
     target: Target = None,
-    token: Token = None,
+    token_file: TokenFile = None,
+    token: TokenArgv = None,
     as_json: AsJson = False,
 ) -> None:
     """Snapshot a collection: an archive of the embedded store, or Qdrant's own snapshot on a server.
@@ -73,7 +76,7 @@ def create_command(
         ecgsearch snapshot create --qdrant-url http://qdrant:6333 -c ecgs --json
     """
     if target is not None:
-        info = _with_service(target, token, lambda c: c.create_snapshot())
+        info = _with_service(target, resolve(token_file, token), lambda c: c.create_snapshot())
     else:
         info = _with_store(
             store,
@@ -93,7 +96,8 @@ def list_command(
     collection: Collection = "ecgs",
     directory: Directory = None,
     target: Target = None,
-    token: Token = None,
+    token_file: TokenFile = None,
+    token: TokenArgv = None,
     as_json: AsJson = False,
 ) -> None:
     """List a collection's snapshots, oldest first (of a running service's collection with --target).
@@ -107,7 +111,7 @@ def list_command(
         ecgsearch snapshot list --qdrant-url http://qdrant:6333 -c ecgs --json
     """
     if target is not None:
-        found = _with_service(target, token, lambda c: c.list_snapshots())
+        found = _with_service(target, resolve(token_file, token), lambda c: c.list_snapshots())
     elif qdrant_url is None:
         from ecgsearch.search import snapshots
         from ecgsearch.search.store import default_store_path
@@ -224,7 +228,8 @@ def _with_store(
 
 
 def _with_service(target: str, token: str | None, action: Any) -> Any:
-    """Ask a running service; a failure (PERMISSION_DENIED without scope admin, ...) exits 1 in one line."""
+    """Ask a running service; a failure is one line and the table's code (4: PERMISSION_DENIED without
+    scope admin; 6: unreachable)."""
     import grpc
 
     from ecgsearch.search.client import EcgSearchClient
@@ -233,7 +238,7 @@ def _with_service(target: str, token: str | None, action: Any) -> Any:
         with EcgSearchClient(target, token=token, timeout=600.0) as client:
             return action(client)
     except grpc.RpcError as exc:
-        _fail(f"{target}: {exc.code().name}: {exc.details()}")
+        _fail(f"{target}: {exc.code().name}: {exc.details()}", exits.for_rpc_error(exc))
     except (OSError, ValueError) as exc:
         _fail(str(exc))
 
@@ -252,9 +257,9 @@ def _print(rows: list[Any], as_json: bool, single: bool = False) -> None:
         typer.echo(f"{r.collection}  {when}  {count}  {size}  {r.location}")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = exits.FAILED) -> None:
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

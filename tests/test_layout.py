@@ -23,6 +23,9 @@ ALLOWED = {
     "web": {"encoder", "export", "search", "web"},
     "cli": PARTS,
 }
+# The one CLI grammar (exit codes, how tokens are taken): leaves of cli/ that every part's command module
+# may import, even at module level (standard library and typer only).
+CLI_GRAMMAR = {"ecgsearch.cli.exits", "ecgsearch.cli.tokens"}
 # Per module, stricter than its part: the ecgsearch modules it may import (a trailing "." allows a package).
 MODULE_ALLOWED = {
     "encoder/signals.py": {"ecgsearch.encoder.wfdb_io", "ecgsearch.encoder.dsp"},
@@ -36,11 +39,30 @@ MODULE_ALLOWED = {
     "export/card.py": set(),
     "export/runtime.py": {"ecgsearch.encoder.signals", "ecgsearch.export.card"},
     "search/schema.py": set(),
+    # What crosses the wire: the schema only. The client and the wire conversions reach the service's
+    # types through it, never service.py (a client loads no model runtime, store or signal code).
+    "search/api.py": {"ecgsearch.search.schema"},
+    "search/wire.py": {
+        "ecgsearch.search.api",
+        "ecgsearch.search.schema",
+        "ecgsearch.search._proto.",
+        "ecgsearch.export.card",
+        "ecgsearch.encoder.signals",  # inside the server-side GetEcg conversion only
+    },
+    "search/client.py": {
+        "ecgsearch.search.api",
+        "ecgsearch.search.schema",
+        "ecgsearch.search.wire",
+        "ecgsearch.search._proto.",
+        "ecgsearch.export.card",
+        "ecgsearch.encoder.signals",  # inside search_by_wfdb only
+    },
     "search/settings.py": {"ecgsearch.search.store"},  # the default store path, inside a validator
     "search/filters.py": {"ecgsearch.search.schema"},
     "search/plan.py": set(),
-    "search/snapshots.py": set(),  # the archive format: a leaf the store's snapshot methods use
+    "search/snapshots.py": {"ecgsearch.search.api"},  # the archive format, used by the store
     "search/store.py": {
+        "ecgsearch.search.api",
         "ecgsearch.search.filters",
         "ecgsearch.search.plan",
         "ecgsearch.search.schema",
@@ -49,6 +71,8 @@ MODULE_ALLOWED = {
     "bench/results.py": set(),
     "bench/synthetic.py": set(),
     "bench/metrics.py": {"ecgsearch.bench.results"},
+    "cli/exits.py": set(),
+    "cli/tokens.py": set(),
 }
 # Serving code (search/, ingest/) reaches below itself only through these modules, never the torch side.
 SERVING_MAY_USE = {
@@ -165,12 +189,22 @@ def test_no_part_imports_commands_or_benchmarks_from_below() -> None:
                     assert not module.startswith("ecgsearch.bench"), f"{rel} imports {module}"
 
 
+def test_only_command_modules_use_the_cli_grammar() -> None:
+    """Below cli/, only a part's command modules (cli.py, *_cli.py) import the grammar modules."""
+    for part in PARTS - {"cli"}:
+        for path in _python_files(part):
+            if path.name == "cli.py" or path.name.endswith("_cli.py"):
+                continue
+            used = [m for m, _ in _imports(path) if m in CLI_GRAMMAR or m == "ecgsearch.cli"]
+            assert not used, f"{path.relative_to(REPO)} imports {used}: only command modules may"
+
+
 def test_command_modules_import_machinery_inside_commands() -> None:
     stdlib = set(sys.stdlib_module_names)
     for rel in sorted(COMMAND_MODULES):
         for module, at_top in _imports(REPO / rel):
             root = module.split(".")[0]
-            if at_top and root not in stdlib | {"__future__", "typer"}:
+            if at_top and root not in stdlib | {"__future__", "typer"} and module not in CLI_GRAMMAR:
                 raise AssertionError(f"{rel} imports {module} at module level")
 
 
@@ -203,7 +237,7 @@ def test_no_import_circle() -> None:
 def test_import_direction(part: str) -> None:
     for path in _python_files(part):
         for module, _ in _imports(path):
-            if module.startswith("ecgsearch."):
+            if module.startswith("ecgsearch.") and module not in CLI_GRAMMAR | {"ecgsearch.cli"}:
                 target = module.split(".")[1]
                 assert target in ALLOWED[part], f"{path.relative_to(REPO)} imports {module}"
             assert module.split(".")[0] not in PARTS, f"{path.relative_to(REPO)}: write ecgsearch.{module}"

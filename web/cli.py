@@ -6,12 +6,14 @@ Flask, waitress and grpc are imported inside the command, so ``ecgsearch --help`
 from __future__ import annotations
 
 import ipaddress
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+import ecgsearch.cli.exits as exits
+from ecgsearch.cli.tokens import TokenFile, resolve
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 THREADS = 4
@@ -27,33 +29,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def read_token(token_file: Path | None) -> str | None:
-    """The viewer's bearer token: the token file's first line, else ECGSEARCH_TOKEN, else none."""
-    if token_file is not None:
-        try:
-            lines = token_file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise typer.BadParameter(
-                f"cannot read ({type(exc).__name__})", param_hint="--token-file"
-            ) from None
-        token = next((line.strip() for line in lines if line.strip()), "")
-        if not token:
-            raise typer.BadParameter("the file holds no token", param_hint="--token-file")
-        return token
-    return os.environ.get("ECGSEARCH_TOKEN") or None
-
-
 def web_command(
     target: Annotated[
         str, typer.Option(envvar="ECGSEARCH_TARGET", help="The search service, host:port.")
     ] = "127.0.0.1:50051",
-    token_file: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="ECGSEARCH_TOKEN_FILE",
-            help="File whose first line is the viewer's bearer token (else env ECGSEARCH_TOKEN).",
-        ),
-    ] = None,
+    token_file: TokenFile = None,
     host: Annotated[str, typer.Option(help="Listen address of the viewer.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port of the viewer (0: any free).")] = 8080,
     allow_remote: Annotated[
@@ -87,7 +67,8 @@ def web_command(
     ECGSEARCH_TOKEN; never on the command line). It listens on loopback unless --allow-remote.
     Uploaded files are read here and their samples sent to the service. It answers only a Host
     header naming it (loopback names, --host, each --allowed-host: no DNS rebinding) and refuses
-    POSTs from another origin (403).
+    POSTs from another origin (403). Exit status (the table in docs/commands.md): 2 a refused
+    setting, 1 the viewer cannot start.
 
     Examples:
 
@@ -104,7 +85,7 @@ def web_command(
             param_hint="--host",
         )
     hosts = _allowed_hosts(host, allowed_host or [])
-    token = read_token(token_file)
+    token = resolve(token_file)
     try:
         from waitress.server import create_server
 
@@ -112,7 +93,7 @@ def web_command(
         from ecgsearch.web.app import create_app
     except ImportError as exc:
         print(f"error: the viewer needs the web extra (pip install 'ecgsearch[web]'): {exc}", file=sys.stderr)
-        raise typer.Exit(1) from None
+        raise typer.Exit(exits.FAILED) from None
     try:
         client = EcgSearchClient(
             target, token=token, tls=tls, root_cert=ca, client_cert=cert, client_key=key, timeout=timeout
@@ -124,7 +105,7 @@ def web_command(
         server = create_server(app, host=host, port=port, threads=THREADS, ident="ecgsearch-web")
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port} ({exc.strerror or exc})", file=sys.stderr)
-        raise typer.Exit(1) from None
+        raise typer.Exit(exits.FAILED) from None
     shown = f"[{host}]" if ":" in host else host
     bound = getattr(server, "effective_port", port)  # one socket; "localhost" may bind several
     print(

@@ -20,9 +20,9 @@ TINY = load_config(REPO / "configs" / "tiny.yaml")
 
 
 def prepare(source: Path, out: Path, *args: str) -> tuple[int, dict]:
-    result = CliRunner().invoke(app, ["prepare", str(source), "--out", str(out), "--workers", "0", *args])
-    lines = result.output.strip().splitlines()
-    return result.exit_code, json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    command = ["prepare", str(source), "--out", str(out), "--workers", "0", "--json", *args]
+    result = CliRunner().invoke(app, command)
+    return result.exit_code, json.loads(result.stdout) if result.stdout.strip() else {}
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,7 @@ def test_collection_get_returns_the_ingested_payload_and_vector(
     assert got["payload"] == record.payload.model_dump(mode="json")
     np.testing.assert_allclose(got["vector"], embedder.embed(record.signal)[0], atol=1e-5)
     code, _, err = run("collection", "get", "ptbxl:999999", "--store", built)
-    assert code == 4 and "ptbxl:999999" in err and "Traceback" not in err
+    assert code == 5 and "ptbxl:999999" in err and "Traceback" not in err  # exit table: not found
 
 
 def test_collection_alias_switches_what_the_name_opens(built: Path) -> None:
@@ -156,7 +156,7 @@ def test_stats_of_a_running_server(served: str) -> None:
     code, out, _ = run("stats", "--target", served, "--token", "t")
     assert code == 0 and "p99 ms" in out
     code, _, err = run("stats", "--target", served, "--token", "wrong")
-    assert code == 1 and "UNAUTHENTICATED" in err and "Traceback" not in err
+    assert code == 4 and "UNAUTHENTICATED" in err and "Traceback" not in err  # exit table: denied
 
 
 def test_corrupt_collection_files_are_named(built: Path, tmp_path: Path) -> None:
@@ -191,4 +191,4 @@ def test_collection_info_and_get_through_a_running_service(served: str, embedder
     got = json.loads(out)
     assert got["payload"]["record_id"] == "ptbxl:1" and len(got["vector"]) == embedder.dim
     code, _, err = run("collection", "get", "ptbxl:999999", "--target", served, "--token", "t")
-    assert code == 4 and "ptbxl:999999" in err
+    assert code == 5 and "ptbxl:999999" in err  # exit table: not found

@@ -147,9 +147,9 @@ def test_one_measurement_twice_is_refused(served: Served):
 
 
 def test_query_command_filters_by_measurement_on_a_hospital_file(served: Served):
-    args = ["query", "--target", served.target, "--token", TOKEN, "--file", str(served.hospital / QUERY_FILE)]
+    args = ["query", "--target", served.target, "--file", str(served.hospital / QUERY_FILE)]
     args += ["--measure", "qrs>=120", "--measure", "qtc_ms>=460", "--k", "50", "--exact", "--json"]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, args, env={"ECGSEARCH_TOKEN": TOKEN})
     assert result.exit_code == 0, result.output
     got = {h["record_id"] for h in json.loads(result.output)["hits"]}
     assert got == _expected(served.payloads, qrs_ms=(120, None), qtc_ms=(460, None))

@@ -95,7 +95,7 @@ def test_a_running_service_snapshots_its_store_for_an_admin_caller(ptbxl_dir: Pa
         with run_server(store=sited.store, embedder=sited.embedder, port=0, tokens_file=callers) as (_, port):
             target = f"127.0.0.1:{port}"
             code, _, err = _run("snapshot", "create", "--target", target, "--token", TOKENS["ingest"])
-            assert code == 1 and "PERMISSION_DENIED" in err
+            assert code == 4 and "PERMISSION_DENIED" in err  # exit table: not permitted
             code, out, err = _run(
                 "snapshot", "create", "--target", target, "--token", TOKENS["ops"], "--json"
             )
