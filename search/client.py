@@ -19,23 +19,22 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ecgsearch.encoder import signals
 from ecgsearch.export.card import ModelCard
 from ecgsearch.search import wire
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
-from ecgsearch.search.push import Pushed
-from ecgsearch.search.schema import CollectionInfo, EcgPayload, SearchFilter
-from ecgsearch.search.service import (
+from ecgsearch.search.api import (
     DEFAULT_K,
     EcgFile,
     EcgQuery,
+    Pushed,
     Query,
     SearchOptions,
     SearchResult,
+    SnapshotInfo,
     UpsertItem,
 )
-from ecgsearch.search.snapshots import SnapshotInfo
+from ecgsearch.search.schema import CollectionInfo, EcgPayload, SearchFilter
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -121,6 +120,8 @@ class EcgSearchClient:
 
     def search_by_wfdb(self, path: str | Path, **options: Any) -> SearchResult:
         """Read a WFDB record here and send its raw samples (the server prepares them)."""
+        from ecgsearch.encoder import signals  # here only: the client imports no signal code otherwise
+
         raw = signals.read_wfdb(path)
         return self.search_by_ecg(raw.signal, raw.fs, raw.leads, units=raw.units, **options)
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ecgsearch.search.service import Budget, Cancelled, DeadlineExceeded
+from ecgsearch.search.api import Budget, Cancelled, DeadlineExceeded
 
 log = logging.getLogger("ecgsearch.cost")
 

@@ -31,24 +31,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ecgsearch.search import wire
-from ecgsearch.search.auth import Caller
-from ecgsearch.search.cost import Cost, HeavyBudget, HitSize, ReplyMeter, check_reply
-from ecgsearch.search.schema import CollectionInfo, EcgPayload, StoreUnavailable
-from ecgsearch.search.service import (
+from ecgsearch.search.api import (
     Budget,
     EcgFile,
     EcgQuery,
+    Pushed,
     Query,
     SearchOptions,
     SearchResult,
-    SearchService,
+    SnapshotInfo,
     UpsertItem,
 )
+from ecgsearch.search.auth import Caller
+from ecgsearch.search.cost import Cost, HeavyBudget, HitSize, ReplyMeter, check_reply
+from ecgsearch.search.schema import CollectionInfo, EcgPayload, StoreUnavailable
 
 if TYPE_CHECKING:
     from ecgsearch.export.card import ModelCard
-    from ecgsearch.search.push import Pushed
-    from ecgsearch.search.snapshots import SnapshotInfo
+    from ecgsearch.search.service import SearchService
     from ecgsearch.search.telemetry import Telemetry
 
 HIT_SAMPLE = 1000  # stored hits per probe when the size of a hit is (re)measured

@@ -22,13 +22,14 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ecgsearch.encoder import signals
 from ecgsearch.encoder.readers import ReaderError, read_ecg
 from ecgsearch.search import intake, schema
+from ecgsearch.search.api import Pushed
 from ecgsearch.search.identity import Pseudonymizer, content_hash
 from ecgsearch.search.schema import EcgPayload
 
@@ -41,16 +42,6 @@ MAX_NATIVE_ID_CHARS = schema.MAX_NATIVE_ID_CHARS
 MAX_PATIENT_KEY_CHARS = 256
 DEFAULT_DATASET = "pushed"
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
-Status = Literal["stored", "skipped", "rejected"]
-
-
-@dataclass(frozen=True)
-class Pushed:
-    """What became of one pushed item; ``reason`` says why it was rejected (a field and a rule)."""
-
-    record_id: str
-    status: Status
-    reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,16 @@ from ecgsearch.encoder.signals import SignalError
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.search import audit, wire
 from ecgsearch.search._proto import search_pb2 as pb
+from ecgsearch.search.api import (
+    DEFAULT_K,
+    Budget,
+    Cancelled,
+    DeadlineExceeded,
+    EcgUnavailable,
+    FieldViolation,
+    SnapshotError,
+    describe_validation,
+)
 from ecgsearch.search.auth import ANONYMOUS, Caller, CallerRegistry, Callers, legacy
 from ecgsearch.search.cost import (
     PREPARED_BYTES,
@@ -66,18 +76,8 @@ from ecgsearch.search.cost import (
 )
 from ecgsearch.search.door import Door, PermissionDenied, Pricing, Rpc, Unauthenticated, Walled
 from ecgsearch.search.schema import MAX_K, InvalidQuery, StoreUnavailable, UnknownRecord
-from ecgsearch.search.service import (
-    DEFAULT_K,
-    Budget,
-    Cancelled,
-    DeadlineExceeded,
-    EcgUnavailable,
-    FieldViolation,
-    SearchService,
-    describe_validation,
-)
+from ecgsearch.search.service import SearchService
 from ecgsearch.search.settings import ServiceSettings
-from ecgsearch.search.snapshots import SnapshotError
 from ecgsearch.search.store import Store, StoreError, open_store
 from ecgsearch.search.telemetry import Telemetry
 

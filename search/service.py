@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,10 +29,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ecgsearch.encoder import signals
 from ecgsearch.search import codes
+from ecgsearch.search.api import (
+    FILE_FORMATS,
+    NO_BUDGET,
+    Budget,
+    DiagnosisConcentration,
+    EcgFile,
+    EcgQuery,
+    EcgUnavailable,
+    FieldViolation,
+    NeighbourhoodSummary,
+    Pushed,
+    Query,
+    SearchOptions,
+    SearchResult,
+    UpsertItem,
+    WritesUnavailable,
+    describe_validation,
+)
 from ecgsearch.search.schema import (
     MAX_K,
     MEASUREMENTS,
@@ -46,10 +63,10 @@ from ecgsearch.search.schema import (
     UnknownRecord,
 )
 
-if TYPE_CHECKING:  # the client imports this module for its request types: keep it light
+if TYPE_CHECKING:
     from ecgsearch.export.card import ModelCard
     from ecgsearch.export.runtime import Embedder
-    from ecgsearch.search.push import Archive, Prepared, Pushed, Writer
+    from ecgsearch.search.push import Archive, Prepared, Writer
     from ecgsearch.search.store import Store
 
 log = logging.getLogger("ecgsearch.service")
@@ -59,7 +76,6 @@ EVERY_SITE: Sites = None
 NO_SITE = ""  # a site-filter value no stored ECG has (a site name has at least one character)
 MAX_SITE_VIEWS = 64  # distinct site sets whose collection figures are kept (one per kind of caller)
 
-DEFAULT_K = 10
 STATS_REFRESH_S = 30.0
 ENCODE_CHUNK = 64  # ECGs per model call in a batch; the budget is checked between calls
 
@@ -88,149 +104,7 @@ QUOTE_CHARS = 32  # at most this much of any client string is echoed in an error
 # bounds above apply as to any ECG. Preparation reads the first 10 s.
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_FILE_SECONDS = 30.0
-FILE_FORMATS = ("muse-xml", "philips-xml", "hl7-aecg", "dicom", "scp-ecg", "edf")
 _UNITS = {"mv", "uv", "v", ""}  # amplitude units signals.prepare_array reads
-
-
-class FieldViolation(InvalidQuery):
-    """One request field that breaks a bound or a rule; ``field`` is its path in the request."""
-
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}" if field else description)
-        self.field = field
-        self.description = description
-
-
-class DeadlineExceeded(TimeoutError):
-    """The caller's deadline passed before the next step of a request (maps to DEADLINE_EXCEEDED)."""
-
-
-class Cancelled(RuntimeError):
-    """The caller went away; the request stopped at the next step (maps to CANCELLED)."""
-
-
-class EcgUnavailable(RuntimeError):
-    """A stored record whose source file the service cannot read (maps to FAILED_PRECONDITION)."""
-
-
-class WritesUnavailable(EcgUnavailable):
-    """A push to a server not set up to write: no site secret or no archive (FAILED_PRECONDITION)."""
-
-
-@dataclass(frozen=True)
-class Budget:
-    """When a request must stop: the caller's deadline (time.monotonic()) and a cancellation probe.
-
-    Checked between the steps of a request (each ECG of a batch, before encoding, before searching),
-    so a caller that gave up stops costing the server within one step.
-    """
-
-    deadline: float | None = None
-    cancelled: Callable[[], bool] | None = None
-    # A heavy call's budget: give the interpreter lock to other threads at each step, so light calls
-    # served beside it wait one step at most, not the interpreter's switch interval per turn.
-    polite: bool = False
-
-    def check(self, before: str) -> None:
-        if self.polite:
-            time.sleep(0)
-        if self.cancelled is not None and self.cancelled():
-            raise Cancelled(f"call cancelled before {before}")
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise DeadlineExceeded(f"deadline exceeded before {before}")
-
-
-NO_BUDGET = Budget()
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    """The parts every search shares; validated by ``SearchService``."""
-
-    filter: SearchFilter = field(default_factory=SearchFilter)
-    k: int = DEFAULT_K
-    score_threshold: float | None = None
-    exact: bool = False
-    with_summary: bool = False
-    # Also return ECGs recorded at ingest as copies of another stored ECG (``duplicate_of``).
-    include_duplicates: bool = False
-
-
-@dataclass(frozen=True)
-class EcgQuery:
-    """A raw ECG as the caller has it: (n_leads, n_samples) in its own rate, units and lead order.
-
-    ``signal`` may also be one lead-major flat array with ``n_leads`` set (the wire's ``flat_samples``).
-    """
-
-    signal: np.ndarray
-    fs: float
-    leads: tuple[str, ...]
-    units: tuple[str, ...] | str = "mV"
-    n_leads: int | None = None
-
-
-@dataclass(frozen=True)
-class EcgFile:
-    """An ECG file's bytes as a hospital system exports it; ``format_hint`` one of FILE_FORMATS or None."""
-
-    content: bytes = field(repr=False)
-    format_hint: str | None = None
-
-
-@dataclass(frozen=True)
-class UpsertItem:
-    """One ECG to add: a file, or a raw ECG with the sender's non-personal id and its patient id
-    (``patient_key``: pseudonymised by the service with the site secret, never stored as sent)."""
-
-    file: EcgFile | None = None
-    ecg: EcgQuery | None = None
-    native_id: str = ""
-    patient_key: str = field(default="", repr=False)
-
-
-@dataclass(frozen=True)
-class Query:
-    """One query of a batch: exactly one of record_id, ecg, vector."""
-
-    options: SearchOptions = field(default_factory=SearchOptions)
-    record_id: str | None = None
-    ecg: EcgQuery | None = None
-    vector: np.ndarray | None = None
-    include_same_patient: bool = False
-
-
-class DiagnosisConcentration(BaseModel):
-    """How one diagnosis concentrates among the neighbours compared with the whole collection."""
-
-    code: str
-    description: str
-    count: int
-    fraction: float
-    base_rate: float
-    enrichment: float
-    in_query: bool = False
-
-
-class NeighbourhoodSummary(BaseModel):
-    """Per diagnosis among the k neighbours: the evidence a clinician reads off a search.
-
-    ``exclusions`` names the neighbours the search left out ("query_record", "same_patient",
-    "duplicate_copy"): the rules the retrieval evaluation applies (it searches one copy of each ECG
-    and never the query's own patient).
-    """
-
-    n_neighbours: int
-    collection_count: int
-    diagnoses: list[DiagnosisConcentration]
-    exclusions: list[str] = []
-
-
-class SearchResult(BaseModel):
-    """Hits best first, and the neighbourhood summary when asked for."""
-
-    hits: list[Hit]
-    summary: NeighbourhoodSummary | None = None
 
 
 class CollectionStats:
@@ -991,16 +865,6 @@ def summarise(
     return NeighbourhoodSummary(
         n_neighbours=n, collection_count=info.count, diagnoses=rows, exclusions=list(exclusions)
     )
-
-
-def describe_validation(exc: ValidationError) -> str:
-    """One line per problem, without pydantic's links or the offending input."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"])
-        message = str(err["msg"]).removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
 
 
 def _resolved(values: Sequence[str], where: str) -> list[str]:

@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from pydantic import BaseModel
+from ecgsearch.search.api import SnapshotError, SnapshotInfo
 
 FORMAT = "ecgsearch-snapshot-2"
 OLD_FORMATS = ("ecgsearch-snapshot-1",)  # listed, never restored: no manifest to check them against
@@ -63,25 +63,6 @@ _SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")
 _SIGNAL = re.compile(r"archive/([0-9a-f]{2})/([0-9a-f]{64})\.npz")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
-
-
-class SnapshotError(RuntimeError):
-    """An archive that is not an ecgsearch snapshot, or a restore that cannot be done as asked."""
-
-
-class SnapshotInfo(BaseModel):
-    """One snapshot: where it is, what it holds."""
-
-    name: str
-    location: str  # the archive's path (embedded) or the snapshot's name on the server
-    collection: str
-    backend: str
-    created: datetime | None = None
-    size_bytes: int | None = None
-    count: int | None = None
-    model_version: str | None = None
-    signals: int | None = None  # archived signals carried (embedded snapshots)
-    note: str | None = None  # what a restore needs beside the snapshot (the site secret)
 
 
 def default_directory(store_root: Path) -> Path:

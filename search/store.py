@@ -43,7 +43,7 @@ from ecgsearch.search.schema import (
 )
 
 if TYPE_CHECKING:
-    from ecgsearch.search.snapshots import SnapshotInfo
+    from ecgsearch.search.api import SnapshotInfo
 
 
 class Store(Protocol):
@@ -1088,7 +1088,7 @@ class ServerStore(_Backend):
 
         It holds the collection only: back up the service's ``--archive-path`` (kept signals of pushed
         ECGs) beside it; ``archive`` is not used."""
-        from ecgsearch.search.snapshots import SnapshotInfo
+        from ecgsearch.search.api import SnapshotInfo
 
         count = self.count()
         made = self._snapshot_call(lambda: self.client.create_snapshot(self.name, wait=True))
@@ -1105,7 +1105,7 @@ class ServerStore(_Backend):
 
     def list_snapshots(self, directory: Path | None = None) -> list[SnapshotInfo]:
         """The collection's snapshots on the server, oldest first."""
-        from ecgsearch.search.snapshots import SnapshotInfo
+        from ecgsearch.search.api import SnapshotInfo
 
         found = self._snapshot_call(lambda: self.client.list_snapshots(self.name))
         rows = [
@@ -1124,7 +1124,7 @@ class ServerStore(_Backend):
     def restore_snapshot(self, source: str | Path, archive: Path | None = None) -> SnapshotInfo:
         """Recover this collection from a snapshot location the server can read (``file://`` or URL);
         ``archive`` is not used (the server's snapshot holds no kept signals)."""
-        from ecgsearch.search.snapshots import SnapshotInfo
+        from ecgsearch.search.api import SnapshotInfo
 
         location = str(source)
         self._snapshot_call(lambda: self.client.recover_snapshot(self.name, location=location, wait=True))

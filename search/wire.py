@@ -14,10 +14,21 @@ from typing import TypeVar
 
 import numpy as np
 
-from ecgsearch.encoder import signals
 from ecgsearch.export.card import ModelCard
 from ecgsearch.search._proto import search_pb2 as pb
-from ecgsearch.search.push import Pushed
+from ecgsearch.search.api import (
+    DEFAULT_K,
+    DiagnosisConcentration,
+    EcgFile,
+    EcgQuery,
+    NeighbourhoodSummary,
+    Pushed,
+    Query,
+    SearchOptions,
+    SearchResult,
+    SnapshotInfo,
+    UpsertItem,
+)
 from ecgsearch.search.schema import (
     MEASUREMENTS,
     CollectionInfo,
@@ -26,18 +37,6 @@ from ecgsearch.search.schema import (
     InvalidQuery,
     SearchFilter,
 )
-from ecgsearch.search.service import (
-    DEFAULT_K,
-    DiagnosisConcentration,
-    EcgFile,
-    EcgQuery,
-    NeighbourhoodSummary,
-    Query,
-    SearchOptions,
-    SearchResult,
-    UpsertItem,
-)
-from ecgsearch.search.snapshots import SnapshotInfo
 
 SEX_TO_PROTO = {None: pb.SEX_UNSPECIFIED, "M": pb.SEX_MALE, "F": pb.SEX_FEMALE}
 SEX_FROM_PROTO = {v: k for k, v in SEX_TO_PROTO.items()}
@@ -440,6 +439,8 @@ def info_from_proto(msg: pb.CollectionInfoResponse) -> tuple[CollectionInfo, Mod
 
 def ecg_response_to_proto(record_id: str, prepared: np.ndarray) -> pb.GetEcgResponse:
     """A prepared (12, MODEL_SAMPLES) signal in the model's lead order and rate."""
+    from ecgsearch.encoder import signals  # the server's side only: a client never loads signal code
+
     return pb.GetEcgResponse(
         record_id=record_id,
         lead_names=list(signals.LEADS),

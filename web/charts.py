@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from ecgsearch.search.summary import evidence
 
 if TYPE_CHECKING:
-    from ecgsearch.search.service import DiagnosisConcentration
+    from ecgsearch.search.api import DiagnosisConcentration
 
 MAX_ROWS = 8
 ROW_PX = 34

@@ -17,6 +17,7 @@ import pytest
 from ecgsearch.encoder import signals
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
+from ecgsearch.search.api import Budget, DeadlineExceeded
 from ecgsearch.search.cost import (
     HeavyBudget,
     HitSize,
@@ -27,7 +28,6 @@ from ecgsearch.search.cost import (
     search_cost,
 )
 from ecgsearch.search.server import run_server
-from ecgsearch.search.service import Budget, DeadlineExceeded
 from ecgsearch.search.settings import ServiceSettings
 from ecgsearch.search.store import EdgeStore
 

@@ -24,10 +24,10 @@ from ecgsearch.encoder import signals
 from ecgsearch.encoder.readers import read_ecg
 from ecgsearch.search import intake
 from ecgsearch.search._proto import search_pb2 as pb
+from ecgsearch.search.api import EcgQuery, Query, UpsertItem
 from ecgsearch.search.client import EcgSearchClient
 from ecgsearch.search.schema import SITE_SEPARATOR
 from ecgsearch.search.server import RPCS, SERVICE, run_server
-from ecgsearch.search.service import EcgQuery, Query, UpsertItem
 
 A, B = SITES
 CALLERS = {  # name: (scopes, sites)

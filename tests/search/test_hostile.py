@@ -173,7 +173,7 @@ def test_cancelled_and_expired_batches_stop_preparing(hostile: Hostile) -> None:
 
 def test_cancellation_stops_between_ecgs(edge_store, fake_embedder) -> None:
     """The service checks its budget before each ECG: cancelled after 5 checks, 5 ECGs were prepared."""
-    from ecgsearch.search.service import Budget, Cancelled, EcgQuery, Query
+    from ecgsearch.search.api import Budget, Cancelled, EcgQuery, Query
 
     checks = iter(range(1_000))
     budget = Budget(cancelled=lambda: next(checks) >= 5)

@@ -13,9 +13,9 @@ import pytest
 from ecgsearch.encoder import signals
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.search import intake, push, schema
+from ecgsearch.search.api import EcgFile, EcgQuery, UpsertItem
 from ecgsearch.search.client import EcgSearchClient, bad_request
 from ecgsearch.search.server import run_server
-from ecgsearch.search.service import EcgFile, EcgQuery, UpsertItem
 from ecgsearch.search.store import EdgeStore
 
 HOSTILE = "<img src=x onerror=alert(1)>"

@@ -10,16 +10,12 @@ import pytest
 
 from ecgsearch.encoder import signals
 from ecgsearch.search import codes
+from ecgsearch.search.api import Budget, DeadlineExceeded, EcgQuery, Query, SearchOptions
 from ecgsearch.search.schema import MAX_K, CollectionInfo, EcgPayload, Hit, InvalidQuery, SearchFilter
 from ecgsearch.search.service import (
     EVERY_SITE as ALL,
 )
 from ecgsearch.search.service import (
-    Budget,
-    DeadlineExceeded,
-    EcgQuery,
-    Query,
-    SearchOptions,
     SearchService,
     resolve_filter,
     summarise,

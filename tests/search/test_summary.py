@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ecgsearch.search.service import DiagnosisConcentration
+from ecgsearch.search.api import DiagnosisConcentration
 from ecgsearch.search.summary import MIN_COUNT, evidence, wilson
 
 

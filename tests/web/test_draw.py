@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from ecgsearch.search.service import DiagnosisConcentration
+from ecgsearch.search.api import DiagnosisConcentration
 from ecgsearch.web import charts, ecgdraw, peaks
 
 NS = {"s": "http://www.w3.org/2000/svg"}
