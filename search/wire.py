@@ -277,6 +277,7 @@ def payload_to_proto(payload: EcgPayload) -> pb.Payload:
     msg = pb.Payload(
         record_id=payload.record_id,
         dataset=payload.dataset,
+        site=payload.site,
         diagnoses=payload.diagnoses,
         source_codes=payload.source_codes,
         scp_likelihoods=payload.scp_likelihoods,
@@ -327,6 +328,7 @@ def payload_from_proto(msg: pb.Payload) -> EcgPayload:
         content_hash=msg.content_hash if msg.HasField("content_hash") else None,
         duplicate_of=msg.duplicate_of if msg.HasField("duplicate_of") else None,
         archived=msg.archived,
+        **({"site": msg.site} if msg.HasField("site") else {}),  # unset: an older server
         **{name: getattr(msg, name) for name in (*PAYLOAD_TEXT, *MEASUREMENTS) if msg.HasField(name)},
     )
 
