@@ -346,7 +346,7 @@ def _served_collection(client) -> str | None:  # noqa: ANN001
     import grpc
 
     try:
-        return client.info().collection
+        return client.info().name
     except grpc.RpcError:
         return None
 

@@ -457,8 +457,8 @@ def print_result(result: SearchResult) -> None:
 
 def summary_table(summary: Any) -> Any:
     """The diagnoses among the neighbours, by ``search.summary.evidence`` (the one highlight rule):
-    count of n, base rate, ratio with its 95% interval, the ratio bold only where the rule holds.
-    Headers are never cut (``no_wrap`` columns keep their full width; the description wraps)."""
+    count of n, base rate, ratio over its 95% interval, bold and marked * only where the rule holds.
+    Fits 80 columns with whole headers (``no_wrap`` columns keep their width; the description wraps)."""
     from rich.table import Table
 
     from ecgsearch.search.summary import RULE, evidence
@@ -471,20 +471,21 @@ def summary_table(summary: Any) -> Any:
     table.add_column("description", min_width=len("description"), overflow="fold")
     table.add_column("count", justify="right", no_wrap=True)
     table.add_column("base rate", justify="right", no_wrap=True)
-    table.add_column("ratio", justify="right", no_wrap=True)
-    table.add_column("95% interval", justify="right", no_wrap=True)
+    table.add_column("ratio (95%)", justify="right", no_wrap=True)  # the interval on its second line
     table.add_column("in query", no_wrap=True)
     for row in summary.diagnoses:
         e = evidence(row, n)
-        ratio = "-" if e.ratio is None else f"×{e.ratio:.1f}"
-        interval = "-" if e.low is None or e.high is None else f"{e.low:.1f}–{e.high:.1f}"
+        if e.ratio is None or e.low is None or e.high is None:
+            ratio = "-"
+        else:
+            mark = " *" if e.highlighted else "  "
+            ratio = f"×{e.ratio:.1f}{mark}\n({e.low:.1f}–{e.high:.1f})  "
         table.add_row(
             row.code,
             row.description,
             f"{e.count}/{e.n}",
-            f"{e.base_rate:.1%}",
-            f"[bold]{ratio} *[/bold]" if e.highlighted else ratio,
-            interval,
+            f"{e.base_rate:.1%}" if e.base_rate >= 0.01 else f"{e.base_rate:.2%}",
+            f"[bold]{ratio}[/bold]" if e.highlighted else ratio,
             "yes" if row.in_query else "",
         )
     return table
