@@ -200,15 +200,14 @@ def test_ingest_json_is_one_document(store: tuple[Path, dict]) -> None:
     assert document["elapsed_s"] >= 0 and document["model_version"]
 
 
-def test_ingest_json_through_the_service(served: str, source: Path) -> None:
-    code, out, err = invoke(
-        "ingest", source, "--service", served, "--dataset", "grammar", "-q", "--json", token=TOKENS["writer"]
-    )
+def test_ingest_json_through_the_service(served: str, source: Path, tmp_path: Path) -> None:
+    args = ["ingest", source, "--service", served, "--dataset", "grammar", "-q", "--json"]
+    code, out, err = invoke(*args, "--rejects", tmp_path / "rejects.csv", token=TOKENS["writer"])
     assert code == exits.REJECTS, err
     document = json.loads(out)
     assert document["service"] == served and document["collection"] == "ecgs"
     assert document["stored"] + document["skipped"] == 2 and document["rejected"] == 1
-    assert Path(document["rejects_report"]).is_file()
+    assert Path(document["rejects_report"]).parent == tmp_path
 
 
 def test_prepare_json_is_one_document(source: Path, tmp_path: Path) -> None:
