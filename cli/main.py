@@ -41,6 +41,26 @@ collection = typer.Typer(
 )
 
 
+def _flags_shown_as_flags() -> None:
+    """Rich help gives an on/off flag the type column of a value (``<bool>``), as if it took one: show
+    none for flags. typer has no setting for this (0.29); click's plain help, docs/commands.md's, never
+    showed one."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "flags_as_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:
+        return None if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    display_type_rich.flags_as_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_shown_as_flags()
+
+
 def version_text() -> str:
     """Package version and the bundled default model's version, read without onnxruntime."""
     import json

@@ -65,13 +65,14 @@ def create_command(
     An embedded store held by a running `serve` is snapshotted through that service with --target
     (a caller with scope admin; the archive lands in the server's <store>/snapshots). Otherwise the
     store is opened here; the archive is a consistent copy after a flush. On a Qdrant server the
-    snapshot stays on the server (its snapshots volume).
+    snapshot stays on the server (its snapshots volume). Exit status (the table in docs/commands.md):
+    with --target, 4 without scope admin and 6 when the service cannot be reached.
 
     Examples:
 
         ecgsearch snapshot create --store ./store
 
-        ECGSEARCH_TOKEN="$(cat ops-token)" ecgsearch snapshot create --target localhost:50051
+        ecgsearch snapshot create --target localhost:50051 --token-file ops-token
 
         ecgsearch snapshot create --qdrant-url http://qdrant:6333 -c ecgs --json
     """

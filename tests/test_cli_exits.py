@@ -238,3 +238,11 @@ def test_summary_table_shows_the_evidence_rule_with_whole_headers(served: str) -
         marked += e.highlighted
     body = table.split("Diagnoses among")[1].split("A ratio is highlighted")[0]
     assert body.count(" *") == marked, table
+
+
+def test_flags_are_shown_as_flags() -> None:
+    """An on/off flag shows no value type in rich help (typer's own rendering gives it ``<bool>``)."""
+    for path in _leaf_commands():
+        code, help_text, _ = invoke(*path, "--help")
+        assert code == exits.OK and "<bool>" not in help_text, path
+    assert "<int range>" in invoke("ingest", "--help")[1]  # options that take a value keep their type
