@@ -38,17 +38,6 @@ from ecgsearch.search.schema import CollectionInfo, EcgPayload, SearchFilter
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-# Process exit codes for a failed call, by status: what `ecgsearch query` (and scripts) return.
-EXIT_CODES = {
-    "INVALID_ARGUMENT": 2,
-    "UNAUTHENTICATED": 4,
-    "PERMISSION_DENIED": 4,
-    "NOT_FOUND": 5,
-    "UNAVAILABLE": 6,
-    "DEADLINE_EXCEEDED": 6,
-    "RESOURCE_EXHAUSTED": 6,
-}
-
 
 class EcgSearchClient:
     """One channel to one server. ``token`` is sent as ``authorization: Bearer <token>`` on every call.
@@ -266,11 +255,6 @@ def ecg_query(
 ) -> EcgQuery:
     """A raw ECG for ``batch``."""
     return EcgQuery(signal=np.asarray(signal), fs=fs, leads=tuple(leads), units=units)
-
-
-def exit_code(error: grpc.RpcError) -> int:
-    """The process exit code for a failed call (EXIT_CODES; 1 for any other status)."""
-    return EXIT_CODES.get(error.code().name, 1)  # type: ignore[attr-defined]
 
 
 def bad_request(error: grpc.RpcError) -> list[tuple[str, str]]:
