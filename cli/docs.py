@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from typer import _click
+from typer.core import TyperCommand, TyperGroup
 
 COMMANDS = Path(__file__).resolve().parents[1] / "docs" / "commands.md"
 WIDTH = 100
@@ -19,13 +21,16 @@ is stale. Every option also shows the environment variable it reads, where it re
 """
 
 
-def _commands() -> list[tuple[list[str], object, object]]:
+def _commands() -> list[tuple[list[str], TyperCommand | TyperGroup, _click.Context]]:
     """(path, command, context) for every command under the root app, groups before their commands."""
     from ecgsearch.cli.main import app
 
-    found = []
+    found: list[tuple[list[str], TyperCommand | TyperGroup, _click.Context]] = []
 
-    def walk(command: object, path: list[str], parent: object | None) -> None:
+    def walk(command: _click.Command, path: list[str], parent: _click.Context | None) -> None:
+        # typer builds every command of the tree as one of its own two classes (the only ones with
+        # rich_markup_mode)
+        assert isinstance(command, (TyperCommand, TyperGroup))
         command.rich_markup_mode = None  # plain click formatting: the same text on every machine
         ctx = command.context_class(
             command,

@@ -7,9 +7,12 @@ Each part's ``cli`` module imports only typer at its top and its machinery insid
 from __future__ import annotations
 
 import importlib
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
+
+if TYPE_CHECKING:
+    from typer import _click
 
 PARTS = (
     "ecgsearch.encoder.cli",
@@ -22,7 +25,7 @@ PARTS = (
 
 # Markdown help: docstring paragraphs are re-wrapped to the terminal (no line breaks of the source
 # kept), and the indented Examples stay as written.
-MARKUP = "markdown"
+MARKUP: Literal["markdown"] = "markdown"
 app = typer.Typer(
     name="ecgsearch",
     help="Search 12-lead ECGs by what the signal looks like.",
@@ -51,7 +54,7 @@ def _flags_shown_as_flags() -> None:
     if getattr(shown, "flags_as_flags", False):
         return
 
-    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:
+    def display_type_rich(self: TyperOption, ctx: _click.Context) -> str | None:
         return None if self.is_flag and self.metavar is None else shown(self, ctx)
 
     display_type_rich.flags_as_flags = True  # type: ignore[attr-defined]

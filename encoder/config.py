@@ -135,7 +135,8 @@ class EncoderConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
 
     def with_overrides(self, **overrides: Any) -> EncoderConfig:
         """A copy with the non-None overrides applied (CLI flags)."""

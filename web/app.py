@@ -24,6 +24,7 @@ import numpy as np
 from flask import Flask, Response, redirect, render_template, request, url_for
 from markupsafe import Markup
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wrappers import Response as BaseResponse
 
 from ecgsearch.search import codes
 from ecgsearch.search.client import EcgSearchClient
@@ -268,7 +269,7 @@ def create_app(
         return page("report.html", searched_at=searched_at, k=form.k, report_rows=REPORT_ROWS, **context)
 
     @app.post("/upload")
-    def upload() -> tuple[str, int] | Response:
+    def upload() -> tuple[str, int] | BaseResponse:
         """The start page's one form: an uploaded file, or (button "record") a stored record id, each
         searched with the filter set above it; answered by a redirect to the results page."""
         file = request.files.get("ecg")
@@ -280,8 +281,9 @@ def create_app(
         if request.form.get("action") == "record":
             if not form.record_id:
                 return page("index.html", 400, error="Enter a stored record id.", form=form)
-            args = SearchForm(record_id=form.record_id, k=form.k, flt=form.flt).query_args()
-            return redirect(url_for("search", **args), code=303)
+            return redirect(
+                _search_url(SearchForm(record_id=form.record_id, k=form.k, flt=form.flt)), code=303
+            )
         if file is None or not file.filename:
             return page("index.html", 400, error="Choose an ECG file to upload.", form=form)
         try:
@@ -289,8 +291,7 @@ def create_app(
         except UploadError as exc:
             return page("index.html", 400, error=f"Upload refused: {exc}", form=form)
         token = viewer.uploads.add(held)
-        args = SearchForm(upload=token, k=form.k, flt=form.flt).query_args()
-        return redirect(url_for("search", **args), code=303)
+        return redirect(_search_url(SearchForm(upload=token, k=form.k, flt=form.flt)), code=303)
 
     @app.get("/ecg/<path:rid>")
     def ecg(rid: str) -> tuple[str, int]:
@@ -374,11 +375,19 @@ def _query_prepared(viewer: Viewer, form: SearchForm) -> tuple[np.ndarray, str]:
     return viewer.client.get_ecg(form.record_id), form.record_id
 
 
+def _search_url(form: SearchForm) -> str:
+    """The results page's URL for ``form``."""
+    # typed Any for url_for: the query arguments are never one of its own ``_``-prefixed options
+    args: dict[str, Any] = form.query_args()
+    return url_for("search", **args)
+
+
 def _results(viewer: Viewer, form: SearchForm) -> dict[str, Any]:
     """Everything a results page shows: the query drawn, its neighbours drawn, the summary chart."""
     client = viewer.client
-    options = {"k": form.k, "filter": form.flt, "with_summary": True}
+    options: dict[str, Any] = {"k": form.k, "filter": form.flt, "with_summary": True}
     query: dict[str, Any] = {}
+    query_svg: str | None
     if form.upload:
         held = _held(viewer, form.upload)
         result = client.search_by_ecg(held.signal, held.fs, ecgdraw.LEADS, units="mV", **options)

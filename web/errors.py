@@ -13,8 +13,8 @@ from ecgsearch.search.client import bad_request
 
 def describe_rpc_error(error: grpc.RpcError, target: str) -> tuple[int, str]:
     """(HTTP status, message) for a failed call to the service at ``target``."""
-    code = error.code()  # type: ignore[attr-defined]
-    details = (error.details() or "").strip()  # type: ignore[attr-defined]
+    code = error.code()
+    details = (error.details() or "").strip()
     if code == grpc.StatusCode.UNAVAILABLE:
         return 503, (
             f"The search service at {target} is not reachable. Is `ecgsearch serve` running there? "

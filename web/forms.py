@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -204,7 +205,8 @@ def parse_search(args: Mapping[str, object], names: Mapping[str, str] | None = N
     datasets = [d.strip() for d in a.one("dataset").split(",") if d.strip()]
     if len(datasets) > MAX_DATASETS or any(len(d) > MAX_ID_CHARS for d in datasets):
         raise FormError("dataset", f"at most {MAX_DATASETS} names of up to {MAX_ID_CHARS} characters")
-    values = {
+    # raw form values for SearchFilter to validate (measurement ranges are still dicts here)
+    values: dict[str, Any] = {
         **diagnoses,
         "age_min": _int(a.one("age_min"), "minimum age", 0, 130),
         "age_max": _int(a.one("age_max"), "maximum age", 0, 130),
