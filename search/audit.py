@@ -74,9 +74,9 @@ def _filter_of(request: Message) -> dict[str, Any] | str | None:
     """The first non-empty ``options.filter`` of the request (or of its batch queries), bounded."""
     options = []
     if request.DESCRIPTOR.fields_by_name.get("options") is not None:
-        options.append(request.options)  # type: ignore[attr-defined]
+        options.append(request.options)
     if request.DESCRIPTOR.fields_by_name.get("queries") is not None:
-        options.extend(q.options for q in request.queries)  # type: ignore[attr-defined]
+        options.extend(q.options for q in request.queries)
     for opt in options:
         if opt.HasField("filter"):
             found = MessageToDict(opt.filter, preserving_proto_field_name=True)
@@ -91,10 +91,10 @@ def _requested(request: Message) -> tuple[list[str], list[str]]:
     records: list[str] = []
     patients: list[str] = []
     fields = request.DESCRIPTOR.fields_by_name
-    if "record_id" in fields and request.record_id:  # type: ignore[attr-defined]
-        records.append(request.record_id)  # type: ignore[attr-defined]
+    if "record_id" in fields and request.record_id:
+        records.append(request.record_id)
     if "queries" in fields:
-        records.extend(q.record_id for q in request.queries if q.record_id)  # type: ignore[attr-defined]
+        records.extend(q.record_id for q in request.queries if q.record_id)
     flt = _filter_of(request)
     if isinstance(flt, dict):
         patients.extend(flt.get("exclude_patient_ids", []))
@@ -109,19 +109,19 @@ def _returned(reply: Message | None) -> tuple[list[str], list[str]]:
     ids: list[str] = []
     patients: list[str] = []
     if "hits" in fields:
-        ids.extend(h.record_id for h in reply.hits)  # type: ignore[attr-defined]
+        ids.extend(h.record_id for h in reply.hits)
     if "results" in fields:
-        for r in reply.results:  # type: ignore[attr-defined]
+        for r in reply.results:
             if "hits" in r.DESCRIPTOR.fields_by_name:  # a batch's search results
                 ids.extend(h.record_id for h in r.hits)
             elif r.record_id and r.status != pb.UPSERT_STATUS_REJECTED:  # a push's stored or skipped ECGs
                 ids.append(r.record_id)
     if "payload" in fields and reply.HasField("payload"):
-        ids.append(reply.payload.record_id)  # type: ignore[attr-defined]
-        if reply.payload.patient_id:  # type: ignore[attr-defined]
-            patients.append(reply.payload.patient_id)  # type: ignore[attr-defined]
-    elif "record_id" in fields and reply.record_id:  # type: ignore[attr-defined]
-        ids.append(reply.record_id)  # type: ignore[attr-defined]
+        ids.append(reply.payload.record_id)
+        if reply.payload.patient_id:
+            patients.append(reply.payload.patient_id)
+    elif "record_id" in fields and reply.record_id:
+        ids.append(reply.record_id)
     return ids, patients
 
 

@@ -184,7 +184,7 @@ def serve_command(
 
     from ecgsearch.search.settings import ServiceSettings
 
-    given = {
+    given: dict[str, Any] = {  # raw option values: ServiceSettings validates them
         "store_path": store,
         "qdrant_url": qdrant_url,
         "collection": collection,
@@ -323,17 +323,18 @@ def query_command(
         wfdb, file = file.with_suffix(""), None
     if bool(cert) != bool(key):
         raise typer.BadParameter("--cert and --key go together (mutual TLS)")
+    fields: dict[str, Any] = {  # raw option values: SearchFilter validates them
+        "diagnoses_any": diagnosis or [],
+        "diagnoses_none": exclude_diagnosis or [],
+        "age_min": age_min,
+        "age_max": age_max,
+        "sex": sex.upper() if sex else None,
+        "datasets": dataset or [],
+        "exclude_patient_ids": exclude_patient or [],
+        "measurements": parse_measures(measure or []),
+    }
     try:
-        flt = SearchFilter(
-            diagnoses_any=diagnosis or [],
-            diagnoses_none=exclude_diagnosis or [],
-            age_min=age_min,
-            age_max=age_max,
-            sex=sex.upper() if sex else None,
-            datasets=dataset or [],
-            exclude_patient_ids=exclude_patient or [],
-            measurements=parse_measures(measure or []),
-        )
+        flt = SearchFilter(**fields)
     except ValidationError as exc:
         raise typer.BadParameter(_describe(exc)) from None
     result = _search(
@@ -391,7 +392,7 @@ def _search(
             assert wfdb is not None
             return client.search_by_wfdb(wfdb, **options)
     except grpc.RpcError as exc:
-        _error(f"{exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
+        _error(f"{exc.code().name}: {exc.details()}")
         raise typer.Exit(exits.for_rpc_error(exc)) from None
     except SignalError as exc:
         _error(str(exc))

@@ -213,7 +213,7 @@ class EcgSearchClient:
         try:
             reply, call = method.with_call(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as error:
-            self.last_request_id = _request_id(error.trailing_metadata())  # type: ignore[attr-defined]
+            self.last_request_id = _request_id(error.trailing_metadata())
             raise
         self.last_request_id = _request_id(call.trailing_metadata())
         return reply
@@ -262,7 +262,7 @@ def bad_request(error: grpc.RpcError) -> list[tuple[str, str]]:
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
 
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     found = []
     for detail in status.details if status is not None else ():
         bad = error_details_pb2.BadRequest()

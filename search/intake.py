@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any, TypeGuard
 
 from ecgsearch.encoder import signals
 from ecgsearch.encoder.readers import ReadEcg
 from ecgsearch.search.codes import vendor_statements
 from ecgsearch.search.identity import Pseudonymizer, content_hash
-from ecgsearch.search.schema import MEASUREMENTS, EcgPayload
+from ecgsearch.search.schema import MEASUREMENTS, EcgPayload, Sex
 
 ID_HASH_CHARS = 24  # 96 bits: a collision would still be caught by the content hash
 _TIMESTAMP_LIKE = re.compile(r"\d{12,}")
@@ -88,6 +89,7 @@ def payload_of(
     diagnoses, source_codes = vendor_statements(ecg.format, header.statement_codes)
     age = header.age_years
     measured = {name: getattr(header.measurements, name) for name in MEASUREMENTS}
+    measures: dict[str, Any] = {k: float(v) for k, v in measured.items() if v is not None}
     return EcgPayload(
         record_id=record_id,
         dataset=dataset,
@@ -96,7 +98,7 @@ def payload_of(
         source_codes=source_codes,
         age=age,
         age_over_89=age is not None and age >= 90,
-        sex=header.sex if header.sex in ("M", "F") else None,
+        sex=header.sex if _is_sex(header.sex) else None,
         sampling_rate_hz=float(ecg.sampling_rate_hz),
         duration_s=round(ecg.duration_s, 3),
         source_format=ecg.format,
@@ -104,8 +106,12 @@ def payload_of(
         vendor=_short(header.vendor),
         device_model=_short(header.device_model),
         content_hash=digest,
-        **{k: float(v) for k, v in measured.items() if v is not None},
+        **measures,
     )
+
+
+def _is_sex(value: object) -> TypeGuard[Sex]:
+    return value in ("M", "F")
 
 
 def _short(text: str | None) -> str | None:

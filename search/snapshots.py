@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, TypedDict
 
 from ecgsearch.search.api import SnapshotError, SnapshotInfo
 
@@ -140,7 +140,7 @@ def pack(
     name = f"{collection}-{created.strftime('%Y%m%dT%H%M%S%fZ')}.tar"
     final, partial = directory / name, directory / (name + ".partial")
     members = _members(collection_dir, archive_root, list(signals))
-    files = []
+    files: list[_FileEntry] = []
     for arcname, path in members:
         size, digest = _sha256(path)
         files.append({"path": arcname, "size": size, "sha256": digest})
@@ -173,6 +173,14 @@ def pack(
     finally:
         partial.unlink(missing_ok=True)
     return describe(final)
+
+
+class _FileEntry(TypedDict):
+    """One file in the manifest (``snapshot.json``'s ``files``)."""
+
+    path: str
+    size: int
+    sha256: str
 
 
 def _info(name: str, size: int, created: datetime) -> tarfile.TarInfo:
@@ -298,7 +306,9 @@ def _safe(path: str) -> bool:
     )
 
 
-def _members_checked(tar: tarfile.TarFile, archive: Path, manifest: dict[str, tuple[int, str]]):
+def _members_checked(
+    tar: tarfile.TarFile, archive: Path, manifest: dict[str, tuple[int, str]]
+) -> Iterator[tuple[tarfile.TarInfo, tuple[int, str]]]:
     """Each member after ``snapshot.json`` with its stated (size, digest), refused (before its data is
     read) unless it is a regular file the manifest names, once, with the size it states."""
     seen: set[str] = set()

@@ -16,6 +16,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
@@ -431,11 +432,12 @@ class EdgeStore(_Backend):
         self._dir.mkdir(parents=True, exist_ok=True)
         shard = self._open(lambda: edge.EdgeShard.create(str(self._shard_dir), config))
         for field_name, kind in PAYLOAD_INDEXES.items():
-            schema = {
+            schemas: dict[str, edge.PayloadSchemaType | edge.PayloadSchemaParams] = {
                 "integer": edge.IntegerIndexParams(lookup=True, range=True),
                 "float": edge.PayloadSchemaType.Float,
                 "tenant": edge.KeywordIndexParams(is_tenant=True),
-            }.get(kind, edge.PayloadSchemaType.Keyword)
+            }
+            schema = schemas.get(kind, edge.PayloadSchemaType.Keyword)
             shard.update(edge.UpdateOperation.create_field_index(field_name, schema))
         shard.flush()
         manifest = CollectionManifest(
@@ -456,12 +458,14 @@ class EdgeStore(_Backend):
             self.shard.update(edge.UpdateOperation.upsert_points(points))
 
     def _stored_ids(self, ids: list[str]) -> list[str]:
-        records = self.shard.retrieve(ids, with_payload=False, with_vector=False)
+        # qdrant_edge's stub: List[PointId] (invariant) where the ids are only read
+        records = self.shard.retrieve(ids, with_payload=False, with_vector=False)  # type: ignore[arg-type]
         return [str(r.id) for r in records]
 
     def content_hashes(self, record_ids: Sequence[str]) -> dict[str, str | None]:
         by_point = {point_id(r): r for r in record_ids}
-        ids, found = list(by_point), {}
+        ids: list[edge.PointId] = list(by_point)
+        found: dict[str, str | None] = {}
         for start in range(0, len(ids), BATCH):
             for r in self.shard.retrieve(ids[start : start + BATCH], with_payload=True, with_vector=False):
                 found[by_point[str(r.id)]] = (r.payload or {}).get("content_hash")
@@ -469,7 +473,8 @@ class EdgeStore(_Backend):
 
     def sites_of(self, record_ids: Sequence[str]) -> dict[str, str | None]:
         by_point = {point_id(r): r for r in record_ids}
-        ids, found = list(by_point), {}
+        ids: list[edge.PointId] = list(by_point)
+        found: dict[str, str | None] = {}
         for start in range(0, len(ids), BATCH):
             part = ids[start : start + BATCH]
             for r in self.shard.retrieve(part, with_payload=["site"], with_vector=False):
@@ -680,14 +685,18 @@ class EdgeStore(_Backend):
     # -- snapshots ------------------------------------------------------------------------------
     def _archived_signals(self) -> list[str]:
         """Content hashes of the points whose signal is kept in the archive (``archived``)."""
-        found, offset = [], None
+        found: list[str] = []
+        offset = None
         while True:
             page, offset = self.shard.scroll(
                 edge.ScrollRequest(
                     offset=offset, limit=1024, with_payload=["archived", "content_hash"], with_vector=False
                 )
             )
-            found += [r.payload["content_hash"] for r in page if r.payload.get("archived")]
+            for r in page:
+                assert r.payload is not None  # asked for with_payload
+                if r.payload.get("archived"):
+                    found.append(r.payload["content_hash"])
             if offset is None:
                 return found
 
@@ -728,7 +737,7 @@ class EdgeStore(_Backend):
             self._manifest_path, restored.model_copy(update={"name": self.name}).model_dump_json(indent=2)
         )
         self.manifest = self._read_manifest()
-        self.settings = self.requested_settings or self.manifest.settings
+        self.settings = self.requested_settings or self._manifest().settings
         self._shard = self._open(lambda: edge.EdgeShard.load(str(self._shard_dir)))
         return self.count()
 
@@ -761,7 +770,7 @@ class EdgeStore(_Backend):
             backend=self.backend,
             created=meta["created"],
             count=count,
-            model_version=self.manifest.model_version,
+            model_version=self._manifest().model_version,
             signals=meta["signals"],
             note=snapshots.SECRET_NOTE,
         )
@@ -903,14 +912,15 @@ class ServerStore(_Backend):
             )
         )
         for field_name, kind in PAYLOAD_INDEXES.items():
-            schema = {
+            schemas: dict[str, qm.PayloadSchemaType | qm.PayloadSchemaParams] = {
                 "integer": qm.IntegerIndexParams(type=qm.IntegerIndexType.INTEGER, lookup=True, range=True),
                 "float": qm.PayloadSchemaType.FLOAT,
                 "tenant": qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True),
-            }.get(kind, qm.PayloadSchemaType.KEYWORD)
+            }
+            schema = schemas.get(kind, qm.PayloadSchemaType.KEYWORD)
             self._call(
-                lambda f=field_name, sc=schema: self.client.create_payload_index(
-                    self.name, f, field_schema=sc, wait=True
+                partial(
+                    self.client.create_payload_index, self.name, field_name, field_schema=schema, wait=True
                 )
             )
         self._dim = dim
@@ -924,7 +934,7 @@ class ServerStore(_Backend):
                 qm.PointStruct(id=point_id(p.record_id), vector=v.tolist(), payload=_payload_dict(p))
                 for p, v in zip(payloads[start : start + BATCH], matrix[start : start + BATCH], strict=True)
             ]
-            self._call(lambda pts=points: self.client.upsert(self.name, points=pts, wait=True))
+            self._call(partial(self.client.upsert, self.name, points=points, wait=True))
 
     def _stored_ids(self, ids: list[str]) -> list[str]:
         records = self._call(
@@ -938,8 +948,8 @@ class ServerStore(_Backend):
         for start in range(0, len(ids), BATCH):
             part = ids[start : start + BATCH]
             records = self._call(
-                lambda part=part: self.client.retrieve(
-                    self.name, part, with_payload=["content_hash"], with_vectors=False
+                partial(
+                    self.client.retrieve, self.name, part, with_payload=["content_hash"], with_vectors=False
                 )
             )
             found.update({by_point[str(r.id)]: (r.payload or {}).get("content_hash") for r in records})
@@ -951,9 +961,7 @@ class ServerStore(_Backend):
         for start in range(0, len(ids), BATCH):
             part = ids[start : start + BATCH]
             records = self._call(
-                lambda part=part: self.client.retrieve(
-                    self.name, part, with_payload=["site"], with_vectors=False
-                )
+                partial(self.client.retrieve, self.name, part, with_payload=["site"], with_vectors=False)
             )
             found.update({by_point[str(r.id)]: (r.payload or {}).get("site") for r in records})
         return found

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from ecgsearch.export.card import ModelCard
 from ecgsearch.search._proto import search_pb2 as pb
@@ -23,6 +24,7 @@ from ecgsearch.search.api import (
     EcgQuery,
     NeighbourhoodSummary,
     Pushed,
+    PushStatus,
     Query,
     SearchOptions,
     SearchResult,
@@ -36,10 +38,11 @@ from ecgsearch.search.schema import (
     Hit,
     InvalidQuery,
     SearchFilter,
+    Sex,
 )
 
-SEX_TO_PROTO = {None: pb.SEX_UNSPECIFIED, "M": pb.SEX_MALE, "F": pb.SEX_FEMALE}
-SEX_FROM_PROTO = {v: k for k, v in SEX_TO_PROTO.items()}
+SEX_TO_PROTO: dict[Sex | None, pb.Sex] = {None: pb.SEX_UNSPECIFIED, "M": pb.SEX_MALE, "F": pb.SEX_FEMALE}
+SEX_FROM_PROTO: dict[pb.Sex, Sex | None] = {v: k for k, v in SEX_TO_PROTO.items()}
 UNITS_TO_PROTO = {
     "mv": pb.UNITS_MILLIVOLT,
     "uv": pb.UNITS_MICROVOLT,
@@ -70,12 +73,12 @@ FORMAT_TO_PROTO = {
     "edf": pb.ECG_FORMAT_EDF,
 }
 FORMAT_FROM_PROTO = {v: k for k, v in FORMAT_TO_PROTO.items()}
-STATUS_TO_PROTO = {
+STATUS_TO_PROTO: dict[PushStatus, pb.UpsertStatus] = {
     "stored": pb.UPSERT_STATUS_STORED,
     "skipped": pb.UPSERT_STATUS_SKIPPED,
     "rejected": pb.UPSERT_STATUS_REJECTED,
 }
-STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
+STATUS_FROM_PROTO: dict[pb.UpsertStatus, PushStatus] = {v: k for k, v in STATUS_TO_PROTO.items()}
 PAYLOAD_TEXT = ("source_format", "acquired_month", "vendor", "device_model")
 
 # --- filter and options --------------------------------------------------------------------------
@@ -156,7 +159,7 @@ def options_from_proto(msg: pb.SearchOptions) -> SearchOptions:
 # --- ECGs and vectors ----------------------------------------------------------------------------
 
 
-def units_to_proto(units: Sequence[str] | str) -> list[int]:
+def units_to_proto(units: Sequence[str] | str) -> list[pb.Units]:
     """Unit names ("mV", "uV", "V", case-insensitive) -> Units values; InvalidQuery names an unknown one."""
     names = [units] if isinstance(units, str) else list(units)
     out = []
@@ -268,7 +271,7 @@ def query_from_proto(msg: pb.Query) -> Query:
 # --- payloads, hits, summaries -------------------------------------------------------------------
 
 
-def timestamp_to_proto(when: datetime, msg) -> None:
+def timestamp_to_proto(when: datetime, msg: Timestamp) -> None:
     """A naive datetime (the sources carry no zone) into a Timestamp, read as if UTC."""
     msg.FromDatetime(when if when.tzinfo else when.replace(tzinfo=UTC))
 
@@ -310,6 +313,7 @@ def payload_from_proto(msg: pb.Payload) -> EcgPayload:
     recorded_at = None
     if msg.HasField("recorded_at"):
         recorded_at = msg.recorded_at.ToDatetime()  # naive, as stored
+    site: dict[str, Any] = {"site": msg.site} if msg.HasField("site") else {}  # unset: an older server
     return EcgPayload(
         record_id=msg.record_id,
         dataset=msg.dataset,
@@ -328,7 +332,7 @@ def payload_from_proto(msg: pb.Payload) -> EcgPayload:
         content_hash=msg.content_hash if msg.HasField("content_hash") else None,
         duplicate_of=msg.duplicate_of if msg.HasField("duplicate_of") else None,
         archived=msg.archived,
-        **({"site": msg.site} if msg.HasField("site") else {}),  # unset: an older server
+        **site,
         **{name: getattr(msg, name) for name in (*PAYLOAD_TEXT, *MEASUREMENTS) if msg.HasField(name)},
     )
 
