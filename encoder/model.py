@@ -23,6 +23,8 @@ class BlurPool(nn.Module):
     when the input shifts by one sample, instead of jumping between the two subsampling phases.
     """
 
+    kernel: torch.Tensor  # buffer
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.channels = channels
@@ -208,6 +210,11 @@ class RhythmFeatures(nn.Module):
     std standardising the two numbers are buffers set from the training folds at export.
     """
 
+    # buffers
+    fir: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: tuple[float, float] = (0.0, 0.0), std: tuple[float, float] = (1.0, 1.0)) -> None:
         super().__init__()
         from ecgsearch.encoder import features
@@ -283,6 +290,11 @@ class LeadAmplitudes(nn.Module):
     surface ECG's (a header gain off by 1000x); the voltage is then taken as unknown and the
     training folds' median scale stands in, so only the relative lead amplitudes count.
     """
+
+    # buffers
+    mean: torch.Tensor
+    std: torch.Tensor
+    median_scale: torch.Tensor
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], median_scale_mv: float) -> None:
         super().__init__()

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
 AGE_OVER_89 = 300  # PTB-XL's de-identified "over 89"
+_SEX: dict[str, Literal["M", "F"]] = {"0": "M", "1": "F"}  # the table's sex column
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class PtbxlRow:
     ecg_id: int
     patient_id: int | None
     age: int | None
-    sex: str | None  # "M" / "F"
+    sex: Literal["M", "F"] | None
     recorded_at: datetime | None
     scp_codes: dict[str, float]
     superclasses: frozenset[str]
@@ -66,7 +68,7 @@ def read_table(root: str | Path) -> list[PtbxlRow]:
                     ecg_id=int(row["ecg_id"]),
                     patient_id=_int(row["patient_id"]),
                     age=_int(row["age"]),
-                    sex={"0": "M", "1": "F"}.get(str(_int(row["sex"]))),
+                    sex=_SEX.get(str(_int(row["sex"]))),
                     recorded_at=_date(row["recording_date"]),
                     scp_codes=codes,
                     superclasses=frozenset(classes[c] for c in codes if c in classes),

@@ -23,7 +23,8 @@ DATASET = "synthetic"
 
 def _base(archive: shards.Archive) -> tuple[np.ndarray, np.ndarray, dict[str, list]]:
     """Every row of the (small) base archive in memory, with folds and metadata columns."""
-    xs, folds, meta = [], [], {"patient": [], "superclasses": [], "diagnoses": []}
+    xs, folds = [], []
+    meta: dict[str, list] = {"patient": [], "superclasses": [], "diagnoses": []}
     for i in range(len(archive.shards)):
         xs.append(np.asarray(archive.signals(i)))
         folds.append(archive.folds(i))
@@ -38,7 +39,7 @@ def augment_rows(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     shift of 0-999 samples (prepared ECGs have unit RMS, so these are relative amplitudes)."""
     n, leads, t = x.shape
     out = np.empty_like(x)
-    shifts = rng.integers(0, t, n)
+    shifts = rng.integers(0, t, (n,))
     for i in range(n):
         out[i] = np.roll(x[i], shifts[i], axis=1)
     out *= rng.uniform(0.8, 1.2, (n, leads, 1)).astype(np.float32)

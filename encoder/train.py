@@ -245,7 +245,7 @@ def _train(
         state["random_init_val"] = _validate(model, val, config, dev, world)
 
     def save(summary: dict[str, Any], best: bool) -> None:
-        generators = [g.get_state()]
+        generators: list[torch.Tensor | None] = [g.get_state()]
         if world.distributed:
             generators = [None] * world.size
             dist.all_gather_object(generators, g.get_state())
@@ -391,7 +391,9 @@ def validation_loss(model: SelfSupervised, val: EcgArrays, config: EncoderConfig
         chunk = x[i : i + config.batch_size]
         if len(chunk) < 2:
             break
-        a, b, a_aug, b_aug = (v if v is None else v.to(dev) for v in _views(chunk, config, g))
+        a, b, a_aug, b_aug = _views(chunk, config, g)
+        a, b, a_aug = a.to(dev), b.to(dev), a_aug.to(dev)
+        b_aug = None if b_aug is None else b_aug.to(dev)
         _, terms = tri_objective(model, a, b, a_aug, config, b_aug)
         losses.append(terms["total"])
         weights.append(len(chunk))

@@ -109,7 +109,8 @@ def archive_split(archive: shards.Archive, fold: int, limit: int) -> EcgArrays:
 
     Labels are the superclass sets where the archive has them (PTB-XL), else the diagnosis codes.
     """
-    xs, patients, superclasses, diagnoses = [], [], [], []
+    xs, superclasses, diagnoses = [], [], []
+    patients: list[int | None] = []
     for i in range(len(archive.shards)):
         if len(patients) >= limit:
             break

@@ -60,7 +60,10 @@ def export_command(
     except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError) as exc:
         typer.echo(f"error: {checkpoint}: not a readable training checkpoint ({exc})", err=True)
         raise typer.Exit(exits.FAILED) from None
-    typer.echo(f"{out}: version {card.version}, parity max abs diff {card.parity['max_abs_diff']:.2e}")
+    assert card.model_extra is not None  # a dict on every card: the class allows extra fields
+    typer.echo(
+        f"{out}: version {card.version}, parity max abs diff {card.model_extra['parity']['max_abs_diff']:.2e}"
+    )
 
 
 def register(app: typer.Typer, bench: typer.Typer, evaluate: typer.Typer) -> None:

@@ -141,10 +141,12 @@ def serving_module(
             data_root, folds=config.train_folds, cache_dir=cache_dir, max_records=config.max_records
         )
     if config.rhythm_weight > 0:
+        assert train is not None  # given, or loaded just above
         stats = {**rhythm_statistics(train), **folds}
         rhythm = RhythmFeatures(tuple(stats["mean"]), tuple(stats["std"]))
         cards["rhythm"] = {**stats, "weight": config.rhythm_weight}
     if config.amplitude_weight > 0:
+        assert train is not None  # given, or loaded just above
         stats = {**amplitude_statistics(train), **folds}
         amplitude = LeadAmplitudes(
             tuple(stats["mean"]), tuple(stats["std"]), stats["global_rms_mv"]["median"]
@@ -214,6 +216,11 @@ def export_encoder(
         )
         model = onnx.load(str(raw))
     max_diff = parity(encoder, model, inputs)
+    # fields the card class does not declare (it allows extras): kept after the declared ones
+    extras: dict[str, Any] = {
+        "parameters": count_parameters(encoder),
+        "parity": {"max_abs_diff": max_diff, "tolerance": PARITY_TOLERANCE, "n_ecgs": int(len(inputs))},
+    }
     card = ModelCard(
         name=name,
         version=weights_version(model),
@@ -226,8 +233,7 @@ def export_encoder(
         training=training,
         initialisation=initialisation,
         onnx_opset=OPSET,
-        parameters=count_parameters(encoder),
-        parity={"max_abs_diff": max_diff, "tolerance": PARITY_TOLERANCE, "n_ecgs": int(len(inputs))},
+        **extras,
         **({"features": feature_card} if feature_card else {}),
         notes=config.notes,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -13,7 +13,14 @@ import ecgsearch.cli.exits as exits
 from ecgsearch.cli.tokens import TokenArgv, TokenFile, resolve
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from ecgsearch.export.runtime import Embedder
     from ecgsearch.ingest.pipeline import IngestSummary
+    from ecgsearch.ingest.remote import PushSummary
+    from ecgsearch.ingest.sources import Candidate
+    from ecgsearch.search.client import EcgSearchClient
+    from ecgsearch.search.store import IndexSettings, Store
 
 DUPLICATE_THRESHOLD = (
     0.999  # = ingest.identity.DUPLICATE_THRESHOLD (a test checks); literal so --help imports nothing
@@ -216,7 +223,7 @@ def ingest_command(
         raise typer.BadParameter(str(exc), param_hint="--site") from None
     shard_spec = parse_shard(shard)
 
-    def candidates():  # noqa: ANN202 - enumerated twice: once to count (cheap), once to ingest
+    def candidates() -> Iterator[Candidate]:  # enumerated twice: once to count (cheap), once to ingest
         return select(
             enumerate_source(source, dataset=dataset, prefer_hr=prefer_hr), shard=shard_spec, limit=limit
         )
@@ -290,7 +297,14 @@ def ingest_command(
     raise typer.Exit(EXIT_OK if summary.ok else EXIT_REJECTS)
 
 
-def _push(candidates, service: str, token: str | None, rejects: Path, quiet: bool, as_json: bool):  # noqa: ANN001, ANN202
+def _push(
+    candidates: Iterable[Candidate],
+    service: str,
+    token: str | None,
+    rejects: Path,
+    quiet: bool,
+    as_json: bool,
+) -> NoReturn:
     """``--service``: send through UpsertEcgs; exits like ingest (0 all stored or present, 3 rejects)."""
     import time
 
@@ -301,7 +315,7 @@ def _push(candidates, service: str, token: str | None, rejects: Path, quiet: boo
 
     started = time.monotonic()
 
-    def progress(s) -> None:  # noqa: ANN001
+    def progress(s: PushSummary) -> None:
         if not quiet:
             typer.echo(
                 f"sent {s.sent}: stored {s.stored}, skipped {s.skipped}, rejected {s.rejected}", err=True
@@ -312,7 +326,7 @@ def _push(candidates, service: str, token: str | None, rejects: Path, quiet: boo
             summary = push_source(candidates, client, on_batch=progress)
             collection = _served_collection(client)
     except grpc.RpcError as exc:
-        typer.echo(f"error: {service}: {exc.code().name}: {exc.details()}", err=True)  # type: ignore[attr-defined]
+        typer.echo(f"error: {service}: {exc.code().name}: {exc.details()}", err=True)
         raise typer.Exit(exits.for_rpc_error(exc)) from None
     path = None
     if summary.rejects:
@@ -341,7 +355,7 @@ def _push(candidates, service: str, token: str | None, rejects: Path, quiet: boo
     raise typer.Exit(EXIT_OK if summary.ok else EXIT_REJECTS)
 
 
-def _served_collection(client) -> str | None:  # noqa: ANN001
+def _served_collection(client: EcgSearchClient) -> str | None:
     """The collection the service writes to, when this caller may ask (a write-only token may not)."""
     import grpc
 
@@ -397,8 +411,17 @@ def unused_path(path: Path) -> Path:
 
 
 def _run(
-    candidates, total, store, embedder, batch_size, workers, rejects_path, optimize, quiet, **identity
-) -> IngestSummary:  # noqa: ANN001
+    candidates: Iterable[Candidate],
+    total: int,
+    store: Store,
+    embedder: Embedder,
+    batch_size: int,
+    workers: int,
+    rejects_path: Path,
+    optimize: bool,
+    quiet: bool,
+    **identity: Any,  # pseudonyms, duplicate_threshold, site: passed on to ingest
+) -> IngestSummary:
     """The pipeline under a progress bar: records done of total, rate, elapsed and ETA."""
     from rich.console import Console
     from rich.progress import (
@@ -452,7 +475,7 @@ def _run(
         )
 
 
-def _index_settings(**given: object):  # noqa: ANN202 - IndexSettings, imported late (CLI start-up)
+def _index_settings(**given: Any) -> IndexSettings | None:  # IndexSettings imported late (CLI start-up)
     """IndexSettings from the options given on the command line; None when none was given."""
     from ecgsearch.search.store import IndexSettings
 
@@ -460,7 +483,15 @@ def _index_settings(**given: object):  # noqa: ANN202 - IndexSettings, imported 
     return IndexSettings(**chosen) if chosen else None
 
 
-def _open_target(path, url, api_key, collection, shard_number, replication_factor, settings):  # noqa: ANN001, ANN202
+def _open_target(
+    path: Path | None,
+    url: str | None,
+    api_key: str | None,
+    collection: str,
+    shard_number: int,
+    replication_factor: int,
+    settings: IndexSettings | None,
+) -> Store:
     """open_store with the cluster layout options; a layout without a server is a usage error."""
     from ecgsearch.search.store import open_store
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,10 +23,13 @@ from ecgsearch.encoder import signals
 from ecgsearch.ingest.identity import DUPLICATE_THRESHOLD, Pseudonymizer
 from ecgsearch.ingest.sources import enumerate_source, load
 
+if TYPE_CHECKING:
+    from ecgsearch.export.runtime import Embedder
+
 QUANTILES = (0.0, 0.5, 0.9, 0.99, 0.999, 1.0)
 
 
-def _embed(source: Path, embedder: object, *, dataset: str | None = None) -> tuple[list, np.ndarray]:
+def _embed(source: Path, embedder: Embedder, *, dataset: str | None = None) -> tuple[list, np.ndarray]:
     keys = Pseudonymizer.ephemeral()
     payloads, prepared = [], []
     for candidate in enumerate_source(source, dataset=dataset):

@@ -131,7 +131,7 @@ def _columns(records: list[Record], folds: dict[str, int]) -> tuple[np.ndarray, 
         x[i] = record.signal
         p = record.payload
         fold[i] = folds.get(p.record_id) or hash_fold(p.patient_id or p.record_id)
-    meta = {
+    meta: dict[str, list] = {
         "record_id": [r.payload.record_id for r in records],
         "dataset": [r.payload.dataset for r in records],
         "patient": [r.payload.patient_id for r in records],

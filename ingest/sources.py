@@ -52,7 +52,7 @@ from ecgsearch.encoder.readers import ReaderError, read_ecg, sniff
 from ecgsearch.search import intake
 from ecgsearch.search.codes import normalise_snomed, scp_to_normalised
 from ecgsearch.search.identity import Pseudonymizer, content_hash
-from ecgsearch.search.schema import EcgPayload, UnsafeId, check_dataset_name, check_record_id
+from ecgsearch.search.schema import EcgPayload, Sex, UnsafeId, check_dataset_name, check_record_id
 
 PTBXL_DATASET = "ptbxl"
 PTBXL_TABLE = "ptbxl_database.csv"
@@ -74,7 +74,7 @@ class Metadata:
     superclasses: tuple[str, ...] = ()
     age: int | None = None
     age_over_89: bool = False
-    sex: str | None = None
+    sex: Sex | None = None
     recorded_at: datetime | None = None
 
 
@@ -354,6 +354,9 @@ def load_file(candidate: Candidate, pseudonyms: Pseudonymizer | None = None) -> 
     return Record(signal=signals.prepare(raw), payload=payload, raw=raw)
 
 
+_CHALLENGE_SEX: dict[str, Sex] = {"male": "M", "m": "M", "female": "F", "f": "F"}  # header "# Sex:" spellings
+
+
 def _meta_from_comments(raw: signals.RawEcg, record: str) -> Metadata:
     """Challenge header comments (``Age:``, ``Sex:``, ``Dx:``) -> metadata; every other line is ignored."""
     fields: dict[str, str] = {}
@@ -371,7 +374,7 @@ def _meta_from_comments(raw: signals.RawEcg, record: str) -> Metadata:
         source_codes=tuple(f"SNOMED:{c}" for c in codes),
         age=age,
         age_over_89=over,
-        sex={"male": "M", "m": "M", "female": "F", "f": "F"}.get(fields.get("sex", "").lower()),
+        sex=_CHALLENGE_SEX.get(fields.get("sex", "").lower()),
         recorded_at=raw.recorded_at,
     )
 

@@ -32,6 +32,7 @@ no serving module may import it (tests/test_layout.py).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ecgsearch.encoder.readers.leads import complete_leads
@@ -88,7 +89,7 @@ def _load(path_or_bytes: str | os.PathLike[str] | bytes) -> bytes:
     return data
 
 
-def _reader(fmt: str):
+def _reader(fmt: str) -> Callable[[bytes], ReadEcg]:
     from ecgsearch.encoder.readers import aecg, dicom, edf, muse, philips, scp
 
     return {
