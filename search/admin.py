@@ -35,7 +35,7 @@ def open_for_admin(
 def lock_holders(root: Path) -> list[str]:
     """'pid N (command)' for each process with a file open under ``root`` (Linux /proc; else empty)."""
     root = Path(root).resolve()
-    found = []
+    found: list[str] = []
     proc = Path("/proc")
     if not proc.is_dir():
         return found

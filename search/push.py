@@ -161,10 +161,10 @@ class Writer:
                 outcome[i] = Pushed(p.record_id, "stored")
             if new:
                 vectors = self.embedder.embed(np.stack([p.signal for p in new]))
-                for p in new:  # the signal first: a stored point always finds its archive
-                    self.archive.save(p.payload.content_hash or "", p.raw)
+                for fresh in new:  # the signal first: a stored point always finds its archive
+                    self.archive.save(fresh.payload.content_hash or "", fresh.raw)
                 self.store.upsert([p.payload for p in new], vectors)
-        return [outcome.get(i, item) if isinstance(item, Prepared) else item for i, item in enumerate(items)]
+        return [outcome[i] if isinstance(item, Prepared) else item for i, item in enumerate(items)]
 
 
 def check_dataset(dataset: str) -> str:

@@ -592,7 +592,9 @@ class CallInterceptor(grpc.ServerInterceptor):
         self.active = 0
         self._lock = threading.Lock()
 
-    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
+    def intercept_service(
+        self, continuation: Callable, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         if details.method.startswith(EXEMPT_PREFIXES):
             return continuation(details)
         handler = continuation(details)
@@ -614,7 +616,8 @@ class CallInterceptor(grpc.ServerInterceptor):
                     self.active += 1
             if full:
                 message = f"the server is at its limit of {self.limit} concurrent calls: retry later"
-                return self.calls.refuse(name, grpc.StatusCode.RESOURCE_EXHAUSTED, message, context)
+                self.calls.refuse(name, grpc.StatusCode.RESOURCE_EXHAUSTED, message, context)
+                return None
             try:
                 return behavior(requests, context)
             finally:
@@ -648,7 +651,7 @@ class JsonFormatter(logging.Formatter):
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time, so a swapped-out stream is never written to."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

@@ -313,7 +313,7 @@ class SearchService:
         )
         return results
 
-    def _prepare_item(self, writer: Writer, item: UpsertItem, dataset: str):  # noqa: ANN202
+    def _prepare_item(self, writer: Writer, item: UpsertItem, dataset: str) -> Prepared:
         from ecgsearch.search import push
 
         if (item.file is None) == (item.ecg is None):
@@ -328,6 +328,7 @@ class SearchService:
                 raise FieldViolation("native_id", str(exc).removeprefix("native_id: ")) from None
             if len(item.patient_key) > push.MAX_PATIENT_KEY_CHARS:
                 raise FieldViolation("patient_key", f"at most {push.MAX_PATIENT_KEY_CHARS} characters")
+            assert item.ecg is not None  # exactly one of file, ecg (checked above)
             ecg = check_ecg(item.ecg, "ecg")
             units = (ecg.units,) * len(ecg.leads) if isinstance(ecg.units, str) else tuple(ecg.units)
             raw = signals.RawEcg("ecg", np.asarray(ecg.signal, np.float32), float(ecg.fs), ecg.leads, units)

@@ -124,6 +124,12 @@ class Store(Protocol):
     def index_settings(self) -> IndexSettings:
         """The index settings the open collection was created with."""
 
+    def create_snapshot(self, directory: Path | None = None, archive: Path | None = None) -> SnapshotInfo:
+        """Snapshot the collection (and, embedded, the kept signals under ``archive``)."""
+
+    def list_snapshots(self, directory: Path | None = None) -> list[SnapshotInfo]:
+        """The collection's snapshots, oldest first."""
+
 
 class StoreError(RuntimeError):
     """A store operation that cannot be done as asked (not a connectivity problem)."""
