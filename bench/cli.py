@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +23,7 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
     return values
 
 
-def _logger(quiet: bool):
+def _logger(quiet: bool) -> Callable[[str], None]:
     start = time.perf_counter()
 
     def log(message: str) -> None:
@@ -414,6 +415,7 @@ def training(
             card = Embedder(model, threads=1).card
         except ModelError as exc:
             raise typer.BadParameter(str(exc), param_hint="--model") from None
+        assert card.model_extra is not None  # a dict on every card: the class allows extra fields
         exported = {"model": model.name, "version": card.version, "parity": card.model_extra.get("parity")}
     command = f"ecgsearch eval training --checkpoint {relative(checkpoint)} --out {relative(out)}"
     if model is not None:

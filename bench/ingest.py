@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from ecgsearch.bench.results import load_average, machine, relative
 from ecgsearch.encoder import signals
 from ecgsearch.ingest.pipeline import IngestSummary, _chunks, ingest, load_all, worker_pool
 from ecgsearch.ingest.sources import Candidate, Record, enumerate_source, select
+
+if TYPE_CHECKING:
+    from ecgsearch.export.runtime import Embedder
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -60,7 +64,18 @@ class _BatchClock:
         return _rate(n1 - n0, t1 - t0)
 
 
-def split_read_prepare(candidates: list[Candidate], n: int = 512, chunk: int = 128) -> dict[str, float]:
+class ReadPrepareSplit(TypedDict):
+    """``split_read_prepare``'s result: CPU ms per ECG of each step."""
+
+    records: int
+    batch: int
+    clock: str
+    read_ms: float
+    prepare_ms: float
+    prepare_single_ms: float
+
+
+def split_read_prepare(candidates: list[Candidate], n: int = 512, chunk: int = 128) -> ReadPrepareSplit:
     """One process: CPU ms per ECG reading, preparing in batches of ``chunk`` as ingest's workers do,
     and preparing one at a time (the single-ECG path the service takes).
 
@@ -90,7 +105,7 @@ def split_read_prepare(candidates: list[Candidate], n: int = 512, chunk: int = 1
     }
 
 
-def stage_encoder(embedder, arrays: np.ndarray, batch_size: int) -> float:  # noqa: ANN001
+def stage_encoder(embedder: Embedder, arrays: np.ndarray, batch_size: int) -> float:
     """Seconds for Embedder.embed over preloaded arrays, after one warm-up batch."""
     embedder.embed(arrays[:batch_size])
     start = time.perf_counter()

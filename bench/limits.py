@@ -35,7 +35,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,9 +86,9 @@ def bench_limits(
                 dim = info.dim
                 ids_b, ids_a = _ids_by_site(bench, dim)
                 refusal = _refusal(bench, pid, dim)
-                per_hit = int(
-                    re.search(r"~([\d,]+) bytes per hit", refusal["message"]).group(1).replace(",", "")
-                )
+                cost = re.search(r"~([\d,]+) bytes per hit", refusal["message"])
+                assert cost is not None, refusal["message"]  # the service's refusal names the cost
+                per_hit = int(cost.group(1).replace(",", ""))
                 batch, k, n_ecgs = _max_cost_batch(ptbxl, dim, per_hit, limit)
                 largest = _largest_accepted(bench, batch, k)
                 load = _heavy_load(
@@ -473,7 +473,7 @@ def _equal_work_in_process(store: Path, ids_b: list[str], pairs: int) -> dict[st
     from ecgsearch.search.store import open_store
 
     sites = frozenset({SITE_A})
-    with open_store(path=store) as opened:
+    with closing(open_store(path=store)) as opened:  # what the store's own __exit__ does
         service = SearchService(opened, Embedder())
         try:
             seconds: dict[str, list[float]] = {"invisible": [], "missing": []}

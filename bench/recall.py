@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from ecgsearch.search.schema import EcgPayload, SearchFilter
 KS = (1, 10, 100)
 SELECTIVE_AGE = (40, 80)
 MODERATE_CODE = "59118001"  # RBBB, ~4% of synthetic points
+
+if TYPE_CHECKING:
+    import faiss
 
 
 @dataclass(frozen=True)
@@ -371,7 +375,7 @@ def bench_store(
     return EngineResult(name, build, runs)
 
 
-def _bitmap(mask: np.ndarray):
+def _bitmap(mask: np.ndarray) -> tuple[faiss.IDSelectorBitmap, np.ndarray]:
     import faiss
 
     bits = np.packbits(mask.astype(np.uint8), bitorder="little")
@@ -398,6 +402,7 @@ def bench_faiss(
     rss0 = rss_bytes()
     faiss.omp_set_num_threads(build_threads)
     t0, c0 = time.perf_counter(), cpu_seconds()
+    index: faiss.Index
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
@@ -428,11 +433,15 @@ def bench_faiss(
         for value in sweep:
             extra = {"sel": sel} if sel is not None else {}
             if kind == "hnsw":
-                sp = faiss.SearchParametersHNSW(efSearch=value, **extra)
+                # faiss's stubs lack SearchParametersHNSW (swigfaiss has it)
+                sp = faiss.SearchParametersHNSW(efSearch=value, **extra)  # type: ignore[attr-defined]
             else:
-                sp = faiss.SearchParametersIVF(nprobe=value, **extra)
+                # faiss's stubs lack the keyword arguments faiss's Python wrapper adds to SearchParameters
+                sp = faiss.SearchParametersIVF(nprobe=value, **extra)  # type: ignore[call-arg]
 
-            def one(q: np.ndarray, i: int, sp=sp, index=index) -> np.ndarray:
+            def one(
+                q: np.ndarray, i: int, sp: faiss.SearchParameters = sp, index: faiss.Index = index
+            ) -> np.ndarray:
                 _, ids = index.search(q[None], k, params=sp)
                 return ids[0]
 
@@ -565,7 +574,8 @@ def cached_ground_truth(data: Dataset, cfg: BenchConfig, folder: Path | None = N
     truth = ground_truth(data, cfg.k)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **truth)
+    arrays: dict[str, Any] = truth  # filter names: never savez's own allow_pickle
+    np.savez(tmp, **arrays)
     tmp.replace(path)
     return truth
 
@@ -621,7 +631,12 @@ def run_bench(
     """Every size in turn; the JSON (and plot) is rewritten after each size so a long run reports early."""
     from dataclasses import asdict
 
-    result = {"benchmark": "recall", "config": asdict(cfg), "machine": machine(), "results": []}
+    result: dict[str, Any] = {
+        "benchmark": "recall",
+        "config": asdict(cfg),
+        "machine": machine(),
+        "results": [],
+    }
     t0 = time.perf_counter()
     done: list[dict] = []
 
@@ -774,7 +789,7 @@ def run_real(
     from dataclasses import asdict
 
     data = ptbxl_dataset(root, model, log)
-    result = {"benchmark": "recall-real", "config": asdict(cfg), "machine": machine()}
+    result: dict[str, Any] = {"benchmark": "recall-real", "config": asdict(cfg), "machine": machine()}
     result["results"] = [run_dataset(data, cfg, log, scratch=scratch)]
     result["summary"] = summarise(result["results"])
     write_results(out, result)

@@ -73,7 +73,7 @@ def load_average() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
-def percentiles(seconds: Sequence[float], qs: Sequence[int] = (50, 95, 99)) -> dict[str, float]:
+def percentiles(seconds: Sequence[float] | np.ndarray, qs: Sequence[int] = (50, 95, 99)) -> dict[str, float]:
     """Latency percentiles in milliseconds, keyed ``p50`` ...; empty input gives an empty dict."""
     if len(seconds) == 0:
         return {}

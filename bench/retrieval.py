@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -329,8 +330,10 @@ def probe(emb: np.ndarray, corpus: Corpus) -> dict:
     test = np.flatnonzero(folds == TEST_FOLD)
     auc, per_class = macro_auc(by_c[best], y, test)
     rng = np.random.default_rng(SEED)
-    boots = [macro_auc(by_c[best], y, rng.choice(test, len(test)))[0] for _ in range(PROBE_BOOTSTRAP)]
-    boots = np.asarray(boots)[np.isfinite(boots)]
+    boots = np.asarray(
+        [macro_auc(by_c[best], y, rng.choice(test, len(test)))[0] for _ in range(PROBE_BOOTSTRAP)]
+    )
+    boots = boots[np.isfinite(boots)]
     ci = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if len(boots) else [None, None]
     return {
         "C_chosen_on_fold9": best,
@@ -440,7 +443,7 @@ def spearman(method: Method, emb: np.ndarray, corpus: Corpus, hr: np.ndarray) ->
     sims = _similarity(emb[queries], emb, method.euclidean)
     other = pid[queries][:, None] != pid[None, :]
     age = corpus.ages
-    out = {}
+    out: dict[str, Any] = {}
     for name, v in (("abs_delta_heart_rate", hr), ("abs_delta_age", age)):
         d = np.abs(v[queries][:, None] - v[None, :])[other]
         s = sims[other]
@@ -460,7 +463,7 @@ def evaluate_method(method: Method, corpus: Corpus, hr: np.ndarray, k: int, hr50
     scores = per_query(nbrs, corpus)
     test = np.flatnonzero(corpus.folds == TEST_FOLD)
     val = np.flatnonzero(corpus.folds == VALIDATION_FOLD)
-    out = {
+    out: dict[str, Any] = {
         "method": method.name,
         "meta": method.meta,
         "metric": "euclidean" if method.euclidean else "cosine",

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -162,8 +162,14 @@ def query_material(client: EcgSearchClient, n: int, seed: int = 0) -> dict[str, 
         probe = rng.standard_normal(dim).astype(np.float32)
         ids += [h.record_id for h in client.search_by_vector(probe, k=min(1000, max(n, 10))).hits]
     ids = list(dict.fromkeys(ids))[:n]
-    vectors = np.stack([client.get_record(i, with_vector=True)[1] for i in ids])
+    vectors = np.stack([_stored_vector(client, i) for i in ids])
     return {"record_ids": ids, "vectors": vectors}
+
+
+def _stored_vector(client: EcgSearchClient, record_id: str) -> np.ndarray:
+    _, vector = client.get_record(record_id, with_vector=True)
+    assert vector is not None  # asked with_vector: always given
+    return vector
 
 
 def typical_filter(diagnosis_counts: dict[str, int], count: int) -> SearchFilter:
@@ -236,7 +242,7 @@ def run_store_load(
     ids, vectors = material["record_ids"], material["vectors"]
     samples: list[list[tuple[str, float, bool]]] = [[] for _ in range(concurrency)]
     start_gate = threading.Barrier(concurrency + 1)
-    with open_store(path=store) as st:
+    with closing(open_store(path=store)) as st:  # what the store's own __exit__ does
 
         def by_record(record_id: str, base: SearchFilter) -> None:
             payload, vector = st.get(record_id)
