@@ -254,7 +254,8 @@ def ecg_query(
     signal: np.ndarray, fs: float, leads: Sequence[str], units: Sequence[str] | str = "mV"
 ) -> EcgQuery:
     """A raw ECG for ``batch``."""
-    return EcgQuery(signal=np.asarray(signal), fs=fs, leads=tuple(leads), units=units)
+    per_lead = units if isinstance(units, str) else tuple(units)
+    return EcgQuery(signal=np.asarray(signal), fs=fs, leads=tuple(leads), units=per_lead)
 
 
 def bad_request(error: grpc.RpcError) -> list[tuple[str, str]]:
