@@ -27,7 +27,6 @@ MAX_MESSAGE_CHARS.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import json
 import logging
 import re
@@ -75,6 +74,7 @@ from ecgsearch.search.cost import (
     search_cost,
 )
 from ecgsearch.search.door import Door, PermissionDenied, Pricing, Rpc, Unauthenticated, Walled
+from ecgsearch.search.loopback import is_loopback
 from ecgsearch.search.schema import MAX_K, InvalidQuery, StoreUnavailable, UnknownRecord
 from ecgsearch.search.service import SearchService
 from ecgsearch.search.settings import ServiceSettings
@@ -859,16 +859,6 @@ def _registry(settings: ServiceSettings, token: str | None) -> CallerRegistry | 
     if settings.tokens_file is None and not fixed:
         return None
     return CallerRegistry(settings.tokens_file, fixed)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only listens on this machine (localhost, 127.0.0.0/8, ::1)."""
-    if host.strip("[]") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _credentials(settings: ServiceSettings) -> grpc.ServerCredentials:

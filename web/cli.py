@@ -5,7 +5,6 @@ Flask, waitress and grpc are imported inside the command, so ``ecgsearch --help`
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,18 +14,7 @@ import typer
 import ecgsearch.cli.exits as exits
 from ecgsearch.cli.tokens import TokenFile, resolve
 
-LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 THREADS = 4
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and 127.0.0.0/8 or ::1."""
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def web_command(
@@ -78,6 +66,8 @@ def web_command(
 
         ecgsearch web --host 0.0.0.0 --allow-remote --allowed-host ecg-viewer.hospital.example
     """
+    from ecgsearch.search.loopback import is_loopback
+
     if not is_loopback(host) and not allow_remote:
         raise typer.BadParameter(
             f"{host} is not a loopback address; the viewer has no login, so pass --allow-remote "

@@ -9,7 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from ecgsearch.web.cli import is_loopback, register
+from ecgsearch.search.loopback import is_loopback
+from ecgsearch.web.cli import register
 
 
 def _invoke(*args: str) -> tuple[int, str]:
@@ -22,8 +23,9 @@ def _invoke(*args: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize(
     ("host", "loopback"),
-    [("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False)]
-    + [("10.0.0.5", False), ("::", False), ("example.org", False)],
+    [("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("[::1]", True), ("localhost", True)]
+    + [("LocalHost", True), ("ip6-localhost", True), ("0.0.0.0", False), ("10.0.0.5", False)]
+    + [("::", False), ("example.org", False), ("localhost.example.org", False)],
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
