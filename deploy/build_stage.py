@@ -360,6 +360,23 @@ def size_report(prefix: Path, top: int = 12) -> dict:
     }
 
 
+def fresh_venv_mb(scratch: Path, lock: str = "requirements/serve.txt") -> float:
+    """Size of a new venv holding the serving lock and the project (pip and setuptools included): the
+    serving install as a user without the image gets it."""
+    venv = scratch / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps"]
+    for step in (
+        ["--require-hashes", "-r", str(REPO / "requirements" / "build.txt")],
+        ["--require-hashes", "-r", str(REPO / lock)],
+        ["--no-build-isolation", str(REPO)],
+    ):
+        if subprocess.run([*pip, *step], stdout=sys.stderr).returncode:
+            raise ReplayError(f"fresh venv: pip install {' '.join(step)} failed")
+    total = sum(p.stat().st_size for p in venv.rglob("*") if p.is_file() and not p.is_symlink())
+    return round(total / 1e6, 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -369,6 +386,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, help="write the size and smoke results as JSON here")
     parser.add_argument("--no-smoke", action="store_true", help="replay the stage only")
+    parser.add_argument(
+        "--fresh-venv", action="store_true", help="also measure a new venv from requirements/serve.txt"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ecgsearch-build-") as tmp:
         scratch = Path(tmp)
@@ -383,6 +403,8 @@ def main() -> int:
                 "lock": lock_of(args.dockerfile),
                 **size_report(prefix),
             }
+            if args.fresh_venv:
+                report["fresh_venv_serve_mb"] = fresh_venv_mb(scratch)
             if not args.no_smoke:
                 (scratch / "smoke").mkdir()
                 report["smoke"] = smoke(prefix, python, args.data, scratch / "smoke")
