@@ -25,7 +25,6 @@ Challenge folders as site ``site-b``. Three measurements:
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
 import subprocess
@@ -44,7 +43,7 @@ import grpc
 import numpy as np
 
 from ecgsearch.bench.results import load_average, machine, percentiles, relative
-from ecgsearch.bench.service import _cli, _free_port, wait_serving
+from ecgsearch.bench.service import _cli, _free_port, serve
 from ecgsearch.encoder import signals
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.service import MAX_BATCH, MAX_BATCH_SAMPLES
@@ -150,26 +149,14 @@ def _sha(token: str) -> str:
 @contextmanager
 def _server(store: Path, callers: Path) -> Iterator[tuple[str, int, int]]:
     """``ecgsearch serve`` with default limits; once SERVING, its target, process id and metrics port."""
-    port, metrics = _free_port(), _free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ECGSEARCH_")},
+    metrics = _free_port()
+    settings = {
         "ECGSEARCH_STORE_PATH": str(store),
         "ECGSEARCH_TOKENS_FILE": str(callers),
-        "ECGSEARCH_PORT": str(port),
-        "ECGSEARCH_LOG_LEVEL": "WARNING",
         "ECGSEARCH_METRICS_PORT": str(metrics),
     }
-    process = subprocess.Popen([*_cli(), "serve"], env=env, stderr=subprocess.PIPE, text=True)
-    target = f"127.0.0.1:{port}"
-    try:
-        wait_serving(target, process)
+    with serve(settings, stop_s=60) as (target, process):
         yield target, process.pid, metrics
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _memory_mb(pid: int) -> dict[str, float]:

@@ -109,29 +109,38 @@ def ingest_ptbxl(ptbxl: Path, store: Path, *, limit: int, model: Path | None = N
 
 
 @contextmanager
-def server_process(store: Path, token: str, *, model: Path | None = None) -> Iterator[str]:
-    """``ecgsearch serve`` on a free local port; yields its target once health says SERVING."""
+def serve(settings: dict[str, str], *, stop_s: float = 30) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``ecgsearch serve`` on a free local port with these ``ECGSEARCH_*`` settings (the caller's own
+    ``ECGSEARCH_*`` variables left out); yields its target and process once health says SERVING, and
+    stops it on exit (killed when it does not end within ``stop_s``)."""
     port = _free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ECGSEARCH_")},
-        "ECGSEARCH_STORE_PATH": str(store),
-        "ECGSEARCH_TOKENS": token,
         "ECGSEARCH_PORT": str(port),
         "ECGSEARCH_LOG_LEVEL": "WARNING",
+        **settings,
     }
-    if model is not None:
-        env["ECGSEARCH_MODEL"] = str(model)
     process = subprocess.Popen([*_cli(), "serve"], env=env, stderr=subprocess.PIPE, text=True)
     target = f"127.0.0.1:{port}"
     try:
         wait_serving(target, process)
-        yield target
+        yield target, process
     finally:
         process.terminate()
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=stop_s)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextmanager
+def server_process(store: Path, token: str, *, model: Path | None = None) -> Iterator[str]:
+    """``ecgsearch serve`` over ``store`` with one plain token; yields its target once SERVING."""
+    settings = {"ECGSEARCH_STORE_PATH": str(store), "ECGSEARCH_TOKENS": token}
+    if model is not None:
+        settings["ECGSEARCH_MODEL"] = str(model)
+    with serve(settings) as (target, _):
+        yield target
 
 
 def wait_serving(target: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
