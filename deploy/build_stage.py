@@ -144,8 +144,9 @@ def _copy(context: Path, patterns: list[str], sources: list[str], target: Path) 
             shutil.copy2(path, dest)
 
 
-def replay(dockerfile: Path, context: Path, root: Path, python: Path) -> Path:
-    """Replay the build stage under ``root``; returns the install prefix it filled (its ``/install``)."""
+def replay(dockerfile: Path, context: Path, root: Path, python: Path) -> tuple[Path, Path]:
+    """Replay the build stage under ``root``; returns the install prefix it filled (its ``/install``) and
+    its last working folder (where the project was copied and built)."""
     steps = stage(dockerfile)
     patterns = _patterns(context)
     prefixes = {m for _, args in steps for m in re.findall(r"--prefix[= ](/\S+)", args)}
@@ -186,7 +187,7 @@ def replay(dockerfile: Path, context: Path, root: Path, python: Path) -> Path:
             raise ReplayError(
                 f"{keyword}: not replayed; extend deploy/build_stage.py or keep it out of the stage"
             )
-    return mapped[prefix]
+    return mapped[prefix], workdir
 
 
 def lock_of(dockerfile: Path) -> str:
@@ -198,6 +199,15 @@ def lock_of(dockerfile: Path) -> str:
                 if found:
                     return found.group(1)
     raise ReplayError(f"{dockerfile}: no locked install into the prefix")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Terminate a process started here, killing it when it does not end within 30 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def _site_packages(prefix: Path) -> Path:
@@ -285,11 +295,7 @@ def smoke(prefix: Path, python: Path, data: Path, scratch: Path) -> dict:
         hits = json.loads(done.stdout)["hits"]
         probes = _viewer_probes(env, f"127.0.0.1:{port}", "smoke-token")
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop(server)
     if len(hits) != 3:
         raise ReplayError(f"query against the built service returned {len(hits)} hits, expected 3")
     return {
@@ -336,11 +342,7 @@ def _viewer_probes(env: dict[str, str], target: str, token: str) -> dict[str, in
             raise ReplayError(f"the viewer's probes answered {status}")
         return status
     finally:
-        viewer.terminate()
-        try:
-            viewer.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            viewer.kill()
+        _stop(viewer)
 
 
 def size_report(prefix: Path, top: int = 12) -> dict:
@@ -360,16 +362,17 @@ def size_report(prefix: Path, top: int = 12) -> dict:
     }
 
 
-def fresh_venv_mb(scratch: Path, lock: str = "requirements/serve.txt") -> float:
+def fresh_venv_mb(scratch: Path, project: Path, lock: str = "requirements/serve.txt") -> float:
     """Size of a new venv holding the serving lock and the project (pip and setuptools included): the
-    serving install as a user without the image gets it."""
+    serving install as a user without the image gets it. The project is installed from the replayed
+    stage's copy, so the build leaves nothing in the checkout."""
     venv = scratch / "fresh"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps"]
     for step in (
         ["--require-hashes", "-r", str(REPO / "requirements" / "build.txt")],
         ["--require-hashes", "-r", str(REPO / lock)],
-        ["--no-build-isolation", str(REPO)],
+        ["--no-build-isolation", str(project)],
     ):
         if subprocess.run([*pip, *step], stdout=sys.stderr).returncode:
             raise ReplayError(f"fresh venv: pip install {' '.join(step)} failed")
@@ -396,7 +399,7 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "venv", str(scratch / "python")], check=True)
         python = scratch / "python" / "bin" / "python"
         try:
-            prefix = replay(args.dockerfile, args.context, scratch / "root", python)
+            prefix, project = replay(args.dockerfile, args.context, scratch / "root", python)
             report = {
                 "command": "python deploy/build_stage.py " + " ".join(sys.argv[1:]),
                 "dockerfile": args.dockerfile.name,
@@ -404,7 +407,7 @@ def main() -> int:
                 **size_report(prefix),
             }
             if args.fresh_venv:
-                report["fresh_venv_serve_mb"] = fresh_venv_mb(scratch)
+                report["fresh_venv_serve_mb"] = fresh_venv_mb(scratch, project)
             if not args.no_smoke:
                 (scratch / "smoke").mkdir()
                 report["smoke"] = smoke(prefix, python, args.data, scratch / "smoke")
