@@ -428,18 +428,29 @@ def _equal_work(ward: _Caller, ids_b: list[str], pairs: int) -> dict[str, Any]:
     """Per route: ``pairs`` alternating calls for a site-b id and a missing id, each NOT_FOUND."""
     out = {}
     for name, make in _routes().items():
-        seconds: dict[str, list[float]] = {"invisible": [], "missing": []}
-        codes: Counter[str] = Counter()
-        for i in range(pairs):
-            invisible = ids_b[i % len(ids_b)]
-            order = [("invisible", invisible), ("missing", _missing(invisible, i))]
-            for kind, rid in order if i % 2 else order[::-1]:
-                method, request = make(rid)
-                code, _, _, took = ward.status(method, request)
-                codes[f"{kind} {code}"] += 1
-                seconds[kind].append(took)
-        out[name] = _medians(seconds, codes)
+
+        def probe(rid: str, make: Callable[[str], Any] = make) -> tuple[str, float]:
+            method, request = make(rid)
+            code, _, _, took = ward.status(method, request)
+            return code, took
+
+        out[name] = _alternate(ids_b, pairs, probe)
     return out
+
+
+def _alternate(ids_b: list[str], pairs: int, probe: Callable[[str], tuple[str, float]]) -> dict[str, Any]:
+    """``pairs`` lookups of a site-b id and of a missing id of the same shape, alternating which goes
+    first; ``probe(id)`` gives the status and the seconds it took. Medians of each kind."""
+    seconds: dict[str, list[float]] = {"invisible": [], "missing": []}
+    codes: Counter[str] = Counter()
+    for i in range(pairs):
+        invisible = ids_b[i % len(ids_b)]
+        order = [("invisible", invisible), ("missing", _missing(invisible, i))]
+        for kind, rid in order if i % 2 else order[::-1]:
+            code, took = probe(rid)
+            codes[f"{kind} {code}"] += 1
+            seconds[kind].append(took)
+    return _medians(seconds, codes)
 
 
 def _medians(seconds: dict[str, list[float]], codes: Counter[str]) -> dict[str, Any]:
@@ -462,21 +473,18 @@ def _equal_work_in_process(store: Path, ids_b: list[str], pairs: int) -> dict[st
     sites = frozenset({SITE_A})
     with closing(open_store(path=store)) as opened:  # what the store's own __exit__ does
         service = SearchService(opened, Embedder())
+
+        def probe(rid: str) -> tuple[str, float]:
+            began = time.perf_counter()
+            try:
+                service.get_record(rid, sites=sites)
+                code = "OK"
+            except UnknownRecord:
+                code = "NOT_FOUND"
+            return code, time.perf_counter() - began
+
         try:
-            seconds: dict[str, list[float]] = {"invisible": [], "missing": []}
-            codes: Counter[str] = Counter()
-            for i in range(pairs):
-                invisible = ids_b[i % len(ids_b)]
-                order = [("invisible", invisible), ("missing", _missing(invisible, i))]
-                for kind, rid in order if i % 2 else order[::-1]:
-                    began = time.perf_counter()
-                    try:
-                        service.get_record(rid, sites=sites)
-                        codes[f"{kind} OK"] += 1
-                    except UnknownRecord:
-                        codes[f"{kind} NOT_FOUND"] += 1
-                    seconds[kind].append(time.perf_counter() - began)
-            return {"GetRecord": _medians(seconds, codes)}
+            return {"GetRecord": _alternate(ids_b, pairs, probe)}
         finally:
             service.close()
 
