@@ -277,7 +277,8 @@ def test_calls_past_the_concurrency_limit_are_refused_and_audited(
     corpus, fake_embedder, tmp_path: Path
 ) -> None:
     """A call holds the only slot (its request is still on its way): the calls refused meanwhile, and
-    the held one once it is answered, each get one line."""
+    the held one once it is answered, each get one line. A probe can take the slot just before the held
+    call arrives and have it refused instead: then that held call has its line too, and a new one starts."""
     import threading
 
     from ecgsearch.search.settings import ServiceSettings
@@ -298,6 +299,8 @@ def test_calls_past_the_concurrency_limit_are_refused_and_audited(
         yield pb.ServerStatsRequest().SerializeToString()
 
     refused: list[str] = []
+    helds: list[str] = []
+    probes = 0
     try:
         with (
             run_server(settings, store=store, embedder=fake_embedder) as (_, port),
@@ -305,19 +308,20 @@ def test_calls_past_the_concurrency_limit_are_refused_and_audited(
         ):
             stub = pb_grpc.EcgSearchServiceStub(channel)
             path = f"/{SERVICE_NAME}/ServerStats"
-            held = channel.stream_unary(path, request_serializer=None, response_deserializer=None).future(
-                late_request(), metadata=(*token, *_rid("held")), timeout=60
-            )
             deadline = time.monotonic() + 30
-            probes = 0
             while not refused and time.monotonic() < deadline:
-                name = f"probe-{probes}"
-                probes += 1
-                try:
-                    stub.ServerStats(pb.ServerStatsRequest(), metadata=(*token, *_rid(name)), timeout=30)
-                except grpc.RpcError as error:
-                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                    refused.append(name)
+                helds.append(f"held-{len(helds)}")
+                held = channel.stream_unary(path, request_serializer=None, response_deserializer=None).future(
+                    late_request(), metadata=(*token, *_rid(helds[-1])), timeout=60
+                )
+                while not refused and not held.done() and time.monotonic() < deadline:
+                    name = f"probe-{probes}"
+                    probes += 1
+                    try:
+                        stub.ServerStats(pb.ServerStatsRequest(), metadata=(*token, *_rid(name)), timeout=30)
+                    except grpc.RpcError as error:
+                        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                        refused.append(name)
             release.set()
             assert held.result()  # the held call is answered once its request arrives
     finally:
@@ -326,8 +330,10 @@ def test_calls_past_the_concurrency_limit_are_refused_and_audited(
     assert refused, "no call was refused while another held the only slot"
     lines = _lines(log)
     assert sorted(line["request_id"] for line in lines) == sorted(
-        ["held", *(f"probe-{n}" for n in range(probes))]
+        [*helds, *(f"probe-{n}" for n in range(probes))]
     )
     line = next(line for line in lines if line["request_id"] == refused[0])
     assert line["status"] == "RESOURCE_EXHAUSTED" and "limit of 1 concurrent calls" in line["error"]
-    assert next(line for line in lines if line["request_id"] == "held")["status"] == "OK"
+    status = {line["request_id"]: line["status"] for line in lines}
+    assert status[helds[-1]] == "OK"
+    assert all(status[h] == "RESOURCE_EXHAUSTED" for h in helds[:-1])
