@@ -38,7 +38,7 @@ from ecgsearch.bench.retrieval import (
     baseline_methods,
     per_query,
 )
-from ecgsearch.encoder import ptbxl
+from ecgsearch.ecg import ptbxl
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays, load_ptbxl
 

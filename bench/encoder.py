@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ecgsearch.bench.results import load_average, machine, relative, write_results
-from ecgsearch.encoder.signals import LEADS, MODEL_SAMPLES
+from ecgsearch.ecg.signals import LEADS, MODEL_SAMPLES
 from ecgsearch.export.runtime import Embedder
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypedDict
 import numpy as np
 
 from ecgsearch.bench.results import load_average, machine, relative
-from ecgsearch.encoder import signals
+from ecgsearch.ecg import signals
 from ecgsearch.ingest.pipeline import IngestSummary, _chunks, ingest, load_all, worker_pool
 from ecgsearch.ingest.sources import Candidate, Record, enumerate_source, select
 

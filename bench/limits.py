@@ -44,7 +44,7 @@ import numpy as np
 
 from ecgsearch.bench.results import load_average, machine, percentiles, relative
 from ecgsearch.bench.service import _cli, _free_port, serve
-from ecgsearch.encoder import signals
+from ecgsearch.ecg import signals
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.service import MAX_BATCH, MAX_BATCH_SAMPLES
 
@@ -465,8 +465,8 @@ def _medians(seconds: dict[str, list[float]], codes: Counter[str]) -> dict[str, 
 
 def _equal_work_in_process(store: Path, ids_b: list[str], pairs: int) -> dict[str, Any]:
     """The service's own lookup for a site-a caller, without transport (``get_record``)."""
+    from ecgsearch.ecg.schema import UnknownRecord
     from ecgsearch.export.runtime import Embedder
-    from ecgsearch.search.schema import UnknownRecord
     from ecgsearch.search.service import SearchService
     from ecgsearch.search.store import open_store
 

@@ -27,8 +27,8 @@ import numpy as np
 from ecgsearch.bench import synthetic
 from ecgsearch.bench.metrics import exact_topk_multi, latency_summary, recall_at_k
 from ecgsearch.bench.results import machine, relative, write_results
-from ecgsearch.encoder import ptbxl
-from ecgsearch.search.schema import EcgPayload, SearchFilter
+from ecgsearch.ecg import ptbxl
+from ecgsearch.ecg.schema import EcgPayload, SearchFilter
 
 KS = (1, 10, 100)
 SELECTIVE_AGE = (40, 80)
@@ -733,10 +733,10 @@ def ptbxl_dataset(root: Path, model: Path | None, log: Callable[[str], None]) ->
     real payloads (CLBBB ~1.7% is the selective code here; WPW is absent from the subset).
     """
     from ecgsearch.bench.retrieval import embed
-    from ecgsearch.encoder.signals import SignalError
+    from ecgsearch.ecg import codes
+    from ecgsearch.ecg.signals import SignalError
     from ecgsearch.export.runtime import DEFAULT_MODEL, bundled_model
     from ecgsearch.ingest.sources import enumerate_source, load
-    from ecgsearch.search import codes
 
     table = ptbxl.read_table(root)  # the PTB-XL source lists the table's rows in order
     records, is_query, rejected = [], [], 0

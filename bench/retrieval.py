@@ -29,7 +29,7 @@ from ecgsearch.bench.metrics import (
     precision_at_k,
 )
 from ecgsearch.bench.results import relative, write_results
-from ecgsearch.encoder import features, ptbxl, signals
+from ecgsearch.ecg import features, ptbxl, signals
 from ecgsearch.encoder.probe import macro_auc, probe_scores, superclass_matrix
 from ecgsearch.export.runtime import DEFAULT_MODEL, RANDOM_MODEL, Embedder, bundled_model, normalise_rows
 

@@ -27,8 +27,8 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ecgsearch.bench.results import machine, percentiles, relative
+from ecgsearch.ecg.schema import SearchFilter
 from ecgsearch.search.client import EcgSearchClient
-from ecgsearch.search.schema import SearchFilter
 
 KINDS = ("vector", "vector_filtered", "record", "record_filtered")
 

@@ -47,8 +47,8 @@ SHIPPED = (
 READ_ALL = """
 import hashlib, json, sys
 from pathlib import Path
-from ecgsearch.encoder.readers import read_ecg
-from ecgsearch.encoder.signals import read_wfdb
+from ecgsearch.ecg.readers import read_ecg
+from ecgsearch.ecg.signals import read_wfdb
 data = Path(sys.argv[1])
 out = {}
 for path in sorted((data / "hospital").iterdir()):

@@ -10,8 +10,8 @@ import math
 
 import torch
 
+from ecgsearch.ecg.signals import MODEL_FS
 from ecgsearch.encoder.config import EncoderConfig
-from ecgsearch.encoder.signals import MODEL_FS
 
 MIN_WANDER_HZ = 0.05
 

@@ -95,7 +95,7 @@ def train_command(
         line = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
         console.print(line)
 
-    from ecgsearch.encoder.shards import ArchiveError
+    from ecgsearch.ecg.shards import ArchiveError
 
     try:
         summary = train(
@@ -144,7 +144,7 @@ def synthetic_archive_command(
 
         ecgsearch bench synthetic-archive archive/ptbxl --out archive/synthetic-200k --count 200000
     """
-    from ecgsearch.encoder.shards import ArchiveError
+    from ecgsearch.ecg.shards import ArchiveError
     from ecgsearch.encoder.synthetic import synthesise
 
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgsearch.encoder import ptbxl, signals
+from ecgsearch.ecg import ptbxl, signals
 
 
 @dataclass(frozen=True)

@@ -204,7 +204,7 @@ def count_parameters(module: nn.Module) -> int:
 class RhythmFeatures(nn.Module):
     """(n, 12, T) prepared ECGs -> (n, 2) standardised heart rate and RR irregularity, in the graph.
 
-    The same rule as ``ecgsearch.encoder.features.rhythm`` (lead-II QRS-band energy, local maxima
+    The same rule as ``ecgsearch.ecg.features.rhythm`` (lead-II QRS-band energy, local maxima
     above a fraction of a high rank), written with dense tensor operations so it exports to ONNX:
     serving computes it inside the encoder, with no code of its own. No learned weights; the mean and
     std standardising the two numbers are buffers set from the training folds at export.
@@ -217,7 +217,7 @@ class RhythmFeatures(nn.Module):
 
     def __init__(self, mean: tuple[float, float] = (0.0, 0.0), std: tuple[float, float] = (1.0, 1.0)) -> None:
         super().__init__()
-        from ecgsearch.encoder import features
+        from ecgsearch.ecg import features
 
         self.f = features
         self.register_buffer("fir", torch.from_numpy(features.QRS_FIR.copy()).view(1, 1, -1))
@@ -272,7 +272,7 @@ class UnitRms(nn.Module):
     and that RMS (n,) in mV. ``signals.unit_rms`` in torch: the model's first step when served."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from ecgsearch.encoder import signals
+        from ecgsearch.ecg import signals
 
         live = (x.std(dim=2, unbiased=False) > signals.FLAT_STD_MV).float()
         counts = live.sum(dim=1)
@@ -298,7 +298,7 @@ class LeadAmplitudes(nn.Module):
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], median_scale_mv: float) -> None:
         super().__init__()
-        from ecgsearch.encoder import features
+        from ecgsearch.ecg import features
 
         self.f = features
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))

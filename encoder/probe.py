@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ecgsearch.encoder.ptbxl import SUPERCLASSES
+from ecgsearch.ecg.ptbxl import SUPERCLASSES
 
 
 def superclass_matrix(labels: Sequence[Iterable[str]]) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecgsearch.encoder import features, ptbxl
+from ecgsearch.ecg import features, ptbxl
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays
 from ecgsearch.encoder.model import Encoder, RhythmFeatures, ServingEncoder

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ecgsearch.encoder import shards
+from ecgsearch.ecg import shards
 
 REPO = Path(__file__).resolve().parents[1]
 

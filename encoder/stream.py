@@ -18,8 +18,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ecgsearch.encoder.shards import Archive, epoch_batches, read_rows
-from ecgsearch.encoder.signals import unit_rms
+from ecgsearch.ecg.shards import Archive, epoch_batches, read_rows
+from ecgsearch.ecg.signals import unit_rms
 
 BLOCK = 16  # shards whose rows are shuffled together (16 x 4096 = 65,536 ECGs by default)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgsearch.encoder import shards, signals
+from ecgsearch.ecg import shards, signals
 
 DATASET = "synthetic"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ecgsearch.encoder import distributed, shards, signals, stream
+from ecgsearch.ecg import shards, signals
+from ecgsearch.encoder import distributed, stream
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays, label_sets, load_ptbxl, multi_hot
 

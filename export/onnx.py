@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from ecgsearch.encoder import features, signals
+from ecgsearch.ecg import features, signals
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays, load_ptbxl
 from ecgsearch.encoder.model import (
@@ -62,7 +62,7 @@ RHYTHM_NOTE = (
     " Then two measured numbers join it, also inside the ONNX graph: heart rate (60 / median RR, bpm) "
     "and RR irregularity (RMS of the successive RR differences without the two largest, over the median "
     "RR, so one missed or extra beat does not read as arrhythmia) from lead-II R peaks (QRS-band energy "
-    "peaks, ecgsearch.encoder.features), standardised with the training folds' mean and std (card field "
+    "peaks, ecgsearch.ecg.features), standardised with the training folds' mean and std (card field "
     "'features'), clipped to +-{zclip:g}, 0 when fewer than three R peaks are found, each weighted "
     "{w:g}/sqrt(2)."
 )

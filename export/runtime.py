@@ -1,6 +1,6 @@
 """The only inference path in production: an onnxruntime session over an exported encoder.
 
-Never imports torch. Input is a batch of prepared ECGs (see ``ecgsearch.encoder.signals``);
+Never imports torch. Input is a batch of prepared ECGs (see ``ecgsearch.ecg.signals``);
 output is L2-normalised float32 embeddings, ready for cosine search.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ecgsearch.encoder.signals import LEADS, MODEL_FS, MODEL_SAMPLES, NORMALISATION
+from ecgsearch.ecg.signals import LEADS, MODEL_FS, MODEL_SAMPLES, NORMALISATION
 from ecgsearch.export.card import CARD_METADATA_KEY, ModelCard
 
 DEFAULT_MODEL = "ecg-encoder.onnx"

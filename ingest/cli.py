@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ecgsearch.search.store import IndexSettings, Store
 
 DUPLICATE_THRESHOLD = (
-    0.999  # = ingest.identity.DUPLICATE_THRESHOLD (a test checks); literal so --help imports nothing
+    0.999  # = ecg.identity.DUPLICATE_THRESHOLD (a test checks); literal so --help imports nothing
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS = exits.OK, exits.FAILED, exits.USAGE, exits.REJECTS
@@ -208,8 +208,8 @@ def ingest_command(
 
         ecgsearch ingest ../shared/data/hospital --service localhost:50051 --token-file token --json
     """
+    from ecgsearch.ecg.identity import site_pseudonymizer
     from ecgsearch.export.runtime import Embedder, ModelError
-    from ecgsearch.ingest.identity import site_pseudonymizer
     from ecgsearch.ingest.sources import SourceError, enumerate_source, select
     from ecgsearch.search.store import default_store_path
 

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ecgsearch.encoder import signals
-from ecgsearch.ingest.identity import DUPLICATE_THRESHOLD, Pseudonymizer
+from ecgsearch.ecg import signals
+from ecgsearch.ecg.identity import DUPLICATE_THRESHOLD, Pseudonymizer
 from ecgsearch.ingest.sources import enumerate_source, load
 
 if TYPE_CHECKING:

@@ -42,13 +42,13 @@ from typing import TextIO
 import numpy as np
 from pydantic import BaseModel
 
-from ecgsearch.encoder.readers import ReaderError
-from ecgsearch.encoder.signals import RawEcg, SignalError, prepare_batch
+from ecgsearch.ecg.identity import DUPLICATE_THRESHOLD, Pseudonymizer
+from ecgsearch.ecg.readers import ReaderError
+from ecgsearch.ecg.schema import SearchFilter
+from ecgsearch.ecg.signals import RawEcg, SignalError, prepare_batch
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest.sources import Candidate, Record, file_label, hash_of, load, load_file, read
-from ecgsearch.search.identity import DUPLICATE_THRESHOLD, Pseudonymizer
 from ecgsearch.search.push import Archive
-from ecgsearch.search.schema import SearchFilter
 from ecgsearch.search.store import Store
 
 REJECT_COLUMNS = ("record", "path", "reason")

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgsearch.encoder import ptbxl, signals
-from ecgsearch.encoder.shards import ShardWriter
-from ecgsearch.ingest.identity import Pseudonymizer
+from ecgsearch.ecg import ptbxl, signals
+from ecgsearch.ecg.identity import Pseudonymizer
+from ecgsearch.ecg.shards import ShardWriter
 from ecgsearch.ingest.pipeline import REJECT_COLUMNS, Reject, Seen, load_all, worker_pool
 from ecgsearch.ingest.sources import PTBXL_TABLE, Candidate, Record, enumerate_source
 

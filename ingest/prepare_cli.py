@@ -57,8 +57,8 @@ def prepare_command(
 
         ecgsearch prepare ../shared/data/challenge --out archive/challenge --shard-size 1024 --json
     """
-    from ecgsearch.encoder.shards import ArchiveError
-    from ecgsearch.ingest.identity import Pseudonymizer, SecretError, default_secret, read_secret
+    from ecgsearch.ecg.identity import Pseudonymizer, SecretError, default_secret, read_secret
+    from ecgsearch.ecg.shards import ArchiveError
     from ecgsearch.ingest.prepare import prepare_archive
     from ecgsearch.ingest.sources import SourceError, enumerate_source
 

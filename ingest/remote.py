@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ecgsearch.encoder.signals import SignalError
+from ecgsearch.ecg.signals import SignalError
 from ecgsearch.ingest.pipeline import REJECT_COLUMNS, Reject
 from ecgsearch.ingest.sources import Candidate, file_label, read
 from ecgsearch.search.api import EcgFile, EcgQuery, UpsertItem

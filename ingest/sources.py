@@ -47,12 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgsearch.encoder import ptbxl, signals
-from ecgsearch.encoder.readers import ReaderError, read_ecg, sniff
-from ecgsearch.search import intake
-from ecgsearch.search.codes import normalise_snomed, scp_to_normalised
-from ecgsearch.search.identity import Pseudonymizer, content_hash
-from ecgsearch.search.schema import EcgPayload, Sex, UnsafeId, check_dataset_name, check_record_id
+from ecgsearch.ecg import intake, ptbxl, signals
+from ecgsearch.ecg.codes import normalise_snomed, scp_to_normalised
+from ecgsearch.ecg.identity import Pseudonymizer, content_hash
+from ecgsearch.ecg.readers import ReaderError, read_ecg, sniff
+from ecgsearch.ecg.schema import EcgPayload, Sex, UnsafeId, check_dataset_name, check_record_id
 
 PTBXL_DATASET = "ptbxl"
 PTBXL_TABLE = "ptbxl_database.csv"

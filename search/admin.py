@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ecgsearch.search.schema import EcgPayload, StoreUnavailable
+from ecgsearch.ecg.schema import EcgPayload, StoreUnavailable
 from ecgsearch.search.store import Store, open_store
 
 CARD_FIELDS = ("name", "version", "embedding_dim", "initialisation", "sampling_rate_hz", "embedding")

@@ -104,8 +104,8 @@ def get_command(
 
         ecgsearch collection get ptbxl:17 --target localhost:50051 --token-file ./token
     """
+    from ecgsearch.ecg.schema import UnknownRecord
     from ecgsearch.search.admin import get_record, service_record
-    from ecgsearch.search.schema import UnknownRecord
 
     try:
         if target is not None:
@@ -208,8 +208,8 @@ def _with_store(
     store: Path | None, url: str | None, api_key: str | None, collection: str, action: Any
 ) -> Any:
     """Open the store, run ``action`` on it, close it; environment and store problems exit 1 in one line."""
+    from ecgsearch.ecg.schema import InvalidQuery, StoreUnavailable
     from ecgsearch.search.admin import open_for_admin
-    from ecgsearch.search.schema import InvalidQuery, StoreUnavailable
     from ecgsearch.search.store import StoreError, default_store_path
 
     if store is not None and url is not None:
@@ -238,8 +238,8 @@ def _with_service(target: str, token: str | None, action: Any) -> Any:
     """Ask a running service; NOT_FOUND becomes UnknownRecord, other failures exit by the table."""
     import grpc
 
+    from ecgsearch.ecg.schema import UnknownRecord
     from ecgsearch.search.client import EcgSearchClient
-    from ecgsearch.search.schema import UnknownRecord
 
     try:
         with EcgSearchClient(target, token=token, timeout=10.0) as client:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from ecgsearch.search.schema import Hit, InvalidQuery, SearchFilter, StoreUnavailable, UnknownRecord
+from ecgsearch.ecg.schema import Hit, InvalidQuery, SearchFilter, StoreUnavailable, UnknownRecord
 
 if TYPE_CHECKING:
     import numpy as np

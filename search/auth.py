@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ecgsearch.search.schema import SITE_PATTERN
+from ecgsearch.ecg.schema import SITE_PATTERN
 
 SCOPES = ("search", "write", "admin")
 ALL_SITES = "*"

@@ -213,8 +213,8 @@ def serve_command(
         settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
         raise typer.BadParameter(_describe(exc)) from None
+    from ecgsearch.ecg.schema import StoreUnavailable
     from ecgsearch.export.runtime import ModelError
-    from ecgsearch.search.schema import StoreUnavailable
     from ecgsearch.search.server import configure_logging, serve
     from ecgsearch.search.store import StoreError
 
@@ -315,7 +315,7 @@ def query_command(
     """
     from pydantic import ValidationError
 
-    from ecgsearch.search.schema import SearchFilter
+    from ecgsearch.ecg.schema import SearchFilter
 
     if sum(x is not None for x in (record_id, wfdb, file)) != 1:
         raise typer.BadParameter("give exactly one of --record-id, --wfdb or --file")
@@ -378,7 +378,7 @@ def _search(
     """One search on the server; a failure is one line on stderr and the documented exit code."""
     import grpc
 
-    from ecgsearch.encoder.signals import SignalError
+    from ecgsearch.ecg.signals import SignalError
     from ecgsearch.search.client import EcgSearchClient
 
     try:
@@ -408,7 +408,7 @@ _MEASURE_ALIASES = {"rate": "ventricular_rate_bpm", "hr": "ventricular_rate_bpm"
 
 def parse_measures(texts: list[str]) -> list[dict[str, object]]:
     """'qrs_ms>=120', 'qtc<=480', 'pr_ms=120..200' -> one range per measurement (bounds combined)."""
-    from ecgsearch.search.schema import MEASUREMENTS
+    from ecgsearch.ecg.schema import MEASUREMENTS
 
     ranges: dict[str, dict[str, object]] = {}
     for text in texts:
@@ -443,7 +443,7 @@ def print_result(result: SearchResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ecgsearch.search import codes
+    from ecgsearch.ecg import codes
 
     console = Console()
     hits = Table("#", "record", "score", "age", "sex", "diagnoses", title="Nearest ECGs")

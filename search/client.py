@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ecgsearch.ecg.schema import CollectionInfo, EcgPayload, SearchFilter
 from ecgsearch.export.card import ModelCard
 from ecgsearch.search import wire
 from ecgsearch.search._proto import search_pb2 as pb
@@ -34,7 +35,6 @@ from ecgsearch.search.api import (
     SnapshotInfo,
     UpsertItem,
 )
-from ecgsearch.search.schema import CollectionInfo, EcgPayload, SearchFilter
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -109,7 +109,7 @@ class EcgSearchClient:
 
     def search_by_wfdb(self, path: str | Path, **options: Any) -> SearchResult:
         """Read a WFDB record here and send its raw samples (the server prepares them)."""
-        from ecgsearch.encoder import signals  # here only: the client imports no signal code otherwise
+        from ecgsearch.ecg import signals  # here only: the client imports no signal code otherwise
 
         raw = signals.read_wfdb(path)
         return self.search_by_ecg(raw.signal, raw.fs, raw.leads, units=raw.units, **options)

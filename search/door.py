@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ecgsearch.ecg.schema import CollectionInfo, EcgPayload, StoreUnavailable
 from ecgsearch.search import wire
 from ecgsearch.search.api import (
     Budget,
@@ -44,7 +45,6 @@ from ecgsearch.search.api import (
 )
 from ecgsearch.search.auth import Caller
 from ecgsearch.search.cost import Cost, HeavyBudget, HitSize, ReplyMeter, check_reply
-from ecgsearch.search.schema import CollectionInfo, EcgPayload, StoreUnavailable
 
 if TYPE_CHECKING:
     from ecgsearch.export.card import ModelCard

@@ -30,7 +30,7 @@ from typing import Literal
 import qdrant_edge as edge
 from qdrant_client import models as qm
 
-from ecgsearch.search.schema import EcgPayload, SearchFilter, point_id
+from ecgsearch.ecg.schema import EcgPayload, SearchFilter, point_id
 
 
 @dataclass(frozen=True)

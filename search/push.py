@@ -26,12 +26,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ecgsearch.encoder import signals
-from ecgsearch.encoder.readers import ReaderError, read_ecg
-from ecgsearch.search import intake, schema
+from ecgsearch.ecg import intake, schema, signals
+from ecgsearch.ecg.identity import Pseudonymizer, content_hash
+from ecgsearch.ecg.readers import ReaderError, read_ecg
+from ecgsearch.ecg.schema import EcgPayload
 from ecgsearch.search.api import Pushed
-from ecgsearch.search.identity import Pseudonymizer, content_hash
-from ecgsearch.search.schema import EcgPayload
 
 if TYPE_CHECKING:
     from ecgsearch.export.runtime import Embedder

@@ -50,7 +50,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
-from ecgsearch.encoder.signals import SignalError
+from ecgsearch.ecg.schema import MAX_K, InvalidQuery, StoreUnavailable, UnknownRecord
+from ecgsearch.ecg.signals import SignalError
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.search import audit, wire
 from ecgsearch.search._proto import search_pb2 as pb
@@ -75,7 +76,6 @@ from ecgsearch.search.cost import (
 )
 from ecgsearch.search.door import Door, PermissionDenied, Pricing, Rpc, Unauthenticated, Walled
 from ecgsearch.search.loopback import is_loopback
-from ecgsearch.search.schema import MAX_K, InvalidQuery, StoreUnavailable, UnknownRecord
 from ecgsearch.search.service import SearchService
 from ecgsearch.search.settings import ServiceSettings
 from ecgsearch.search.store import Store, StoreError, open_store

@@ -31,8 +31,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import ValidationError
 
-from ecgsearch.encoder import signals
-from ecgsearch.search import codes
+from ecgsearch.ecg import codes, signals
+from ecgsearch.ecg.schema import (
+    MAX_K,
+    MEASUREMENTS,
+    SITE_SEPARATOR,
+    CollectionInfo,
+    EcgPayload,
+    Hit,
+    InvalidQuery,
+    SearchFilter,
+    UnknownRecord,
+)
 from ecgsearch.search.api import (
     FILE_FORMATS,
     NO_BUDGET,
@@ -50,17 +60,6 @@ from ecgsearch.search.api import (
     UpsertItem,
     WritesUnavailable,
     describe_validation,
-)
-from ecgsearch.search.schema import (
-    MAX_K,
-    MEASUREMENTS,
-    SITE_SEPARATOR,
-    CollectionInfo,
-    EcgPayload,
-    Hit,
-    InvalidQuery,
-    SearchFilter,
-    UnknownRecord,
 )
 
 if TYPE_CHECKING:
@@ -272,7 +271,7 @@ class SearchService:
         The request (item count, dataset name, total samples) is bounded before any item is read; an
         item that breaks a rule is rejected alone, the others go on.
         """
-        from ecgsearch.encoder.readers import ReaderError
+        from ecgsearch.ecg.readers import ReaderError
         from ecgsearch.search import push
 
         if not items:
@@ -352,7 +351,7 @@ class SearchService:
 
     def _open_writer(self) -> Writer:
         """The writer, made on the first push: a server that is never pushed to needs no secret."""
-        from ecgsearch.search.identity import SecretError, site_pseudonymizer
+        from ecgsearch.ecg.identity import SecretError, site_pseudonymizer
         from ecgsearch.search.push import Writer
 
         with self._writer_lock:
@@ -795,7 +794,7 @@ def check_file(file: EcgFile, where: str) -> None:
 
 def read_file(file: EcgFile, where: str) -> EcgQuery:
     """Decode a file (the readers' bounds apply while decoding) into a raw ECG within the raw bounds."""
-    from ecgsearch.encoder.readers import ReaderError, read_ecg
+    from ecgsearch.ecg.readers import ReaderError, read_ecg
 
     check_file(file, where)
     try:

@@ -206,8 +206,8 @@ def _with_store(
     store: Path | None, url: str | None, api_key: str | None, collection: str, action: Any, new: bool = False
 ) -> Any:
     """Open the store, run ``action``, close it; store and snapshot problems exit 1 in one line."""
+    from ecgsearch.ecg.schema import StoreUnavailable
     from ecgsearch.search.admin import open_for_admin
-    from ecgsearch.search.schema import StoreUnavailable
     from ecgsearch.search.snapshots import SnapshotError
     from ecgsearch.search.store import StoreError
 

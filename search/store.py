@@ -28,9 +28,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from ecgsearch.search.filters import to_client, to_edge
-from ecgsearch.search.plan import Plan, PlanLimits, choose
-from ecgsearch.search.schema import (
+from ecgsearch.ecg.schema import (
     MAX_K,
     MEASUREMENTS,
     CollectionInfo,
@@ -42,6 +40,8 @@ from ecgsearch.search.schema import (
     UnknownRecord,
     point_id,
 )
+from ecgsearch.search.filters import to_client, to_edge
+from ecgsearch.search.plan import Plan, PlanLimits, choose
 
 if TYPE_CHECKING:
     from ecgsearch.search.api import SnapshotInfo

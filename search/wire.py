@@ -15,6 +15,15 @@ from typing import Any, TypeVar
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ecgsearch.ecg.schema import (
+    MEASUREMENTS,
+    CollectionInfo,
+    EcgPayload,
+    Hit,
+    InvalidQuery,
+    SearchFilter,
+    Sex,
+)
 from ecgsearch.export.card import ModelCard
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.api import (
@@ -30,15 +39,6 @@ from ecgsearch.search.api import (
     SearchResult,
     SnapshotInfo,
     UpsertItem,
-)
-from ecgsearch.search.schema import (
-    MEASUREMENTS,
-    CollectionInfo,
-    EcgPayload,
-    Hit,
-    InvalidQuery,
-    SearchFilter,
-    Sex,
 )
 
 SEX_TO_PROTO: dict[Sex | None, pb.Sex] = {None: pb.SEX_UNSPECIFIED, "M": pb.SEX_MALE, "F": pb.SEX_FEMALE}
@@ -445,7 +445,7 @@ def info_from_proto(msg: pb.CollectionInfoResponse) -> tuple[CollectionInfo, Mod
 
 def ecg_response_to_proto(record_id: str, prepared: np.ndarray) -> pb.GetEcgResponse:
     """A prepared (12, MODEL_SAMPLES) signal in the model's lead order and rate."""
-    from ecgsearch.encoder import signals  # the server's side only: a client never loads signal code
+    from ecgsearch.ecg import signals  # the server's side only: a client never loads signal code
 
     return pb.GetEcgResponse(
         record_id=record_id,

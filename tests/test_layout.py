@@ -11,16 +11,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = {"encoder", "export", "ingest", "search", "bench", "web", "cli"}
-# Which parts each part may import (data path: encoder -> export -> search -> ingest -> bench -> cli;
-# web is a client of the service).
+PARTS = {"ecg", "encoder", "export", "ingest", "search", "bench", "web", "cli"}
+# Which parts each part may import. ecg/ is the data layer under everything (readers of every format, WFDB,
+# preparation, the stored-record rules); the data path above it: encoder -> export -> search -> ingest ->
+# bench -> cli; web is a client of the service. Serving (search, ingest, web) never reaches the model's
+# code: it embeds through export.runtime (onnxruntime) and reads ECGs through ecg/.
 ALLOWED = {
-    "encoder": {"encoder"},
-    "export": {"encoder", "export"},
-    "search": {"encoder", "export", "search"},
-    "ingest": {"encoder", "export", "search", "ingest"},
-    "bench": {"encoder", "export", "search", "ingest", "bench"},
-    "web": {"encoder", "export", "search", "web"},
+    "ecg": {"ecg"},
+    "encoder": {"ecg", "encoder"},
+    "export": {"ecg", "encoder", "export"},
+    "search": {"ecg", "export", "search"},
+    "ingest": {"ecg", "export", "search", "ingest"},
+    "bench": {"ecg", "encoder", "export", "search", "ingest", "bench"},
+    "web": {"ecg", "export", "search", "web"},
     "cli": PARTS,
 }
 # The one CLI grammar (exit codes, how tokens are taken): leaves of cli/ that every part's command module
@@ -28,37 +31,37 @@ ALLOWED = {
 CLI_GRAMMAR = {"ecgsearch.cli.exits", "ecgsearch.cli.tokens"}
 # Per module, stricter than its part: the ecgsearch modules it may import (a trailing "." allows a package).
 MODULE_ALLOWED = {
-    "encoder/signals.py": {"ecgsearch.encoder.wfdb_io", "ecgsearch.encoder.dsp"},
-    "encoder/dsp.py": set(),
+    "ecg/signals.py": {"ecgsearch.ecg.wfdb_io", "ecgsearch.ecg.dsp"},
+    "ecg/dsp.py": set(),
+    "ecg/ptbxl.py": set(),
+    "ecg/schema.py": set(),
+    "ecg/identity.py": set(),
     "encoder/config.py": set(),
-    "encoder/ptbxl.py": set(),
     "encoder/retrieval.py": set(),
-    "encoder/probe.py": {"ecgsearch.encoder.ptbxl"},
-    "encoder/data.py": {"ecgsearch.encoder.ptbxl", "ecgsearch.encoder.signals"},
-    "encoder/shards.py": {"ecgsearch.encoder.signals"},
+    "encoder/probe.py": {"ecgsearch.ecg.ptbxl"},
+    "encoder/data.py": {"ecgsearch.ecg.ptbxl", "ecgsearch.ecg.signals"},
     "export/card.py": set(),
-    "export/runtime.py": {"ecgsearch.encoder.signals", "ecgsearch.export.card"},
-    "search/schema.py": set(),
+    "export/runtime.py": {"ecgsearch.ecg.signals", "ecgsearch.export.card"},
     # What crosses the wire: the schema only. The client and the wire conversions reach the service's
     # types through it, never service.py (a client loads no model runtime, store or signal code).
-    "search/api.py": {"ecgsearch.search.schema"},
+    "search/api.py": {"ecgsearch.ecg.schema"},
     "search/wire.py": {
         "ecgsearch.search.api",
-        "ecgsearch.search.schema",
+        "ecgsearch.ecg.schema",
         "ecgsearch.search._proto.",
         "ecgsearch.export.card",
-        "ecgsearch.encoder.signals",  # inside the server-side GetEcg conversion only
+        "ecgsearch.ecg.signals",  # inside the server-side GetEcg conversion only
     },
     "search/client.py": {
         "ecgsearch.search.api",
-        "ecgsearch.search.schema",
+        "ecgsearch.ecg.schema",
         "ecgsearch.search.wire",
         "ecgsearch.search._proto.",
         "ecgsearch.export.card",
-        "ecgsearch.encoder.signals",  # inside search_by_wfdb only
+        "ecgsearch.ecg.signals",  # inside search_by_wfdb only
     },
     "search/settings.py": {"ecgsearch.search.store"},  # the default store path, inside a validator
-    "search/filters.py": {"ecgsearch.search.schema"},
+    "search/filters.py": {"ecgsearch.ecg.schema"},
     "search/plan.py": set(),
     "search/loopback.py": set(),
     "search/snapshots.py": {"ecgsearch.search.api"},  # the archive format, used by the store
@@ -66,7 +69,7 @@ MODULE_ALLOWED = {
         "ecgsearch.search.api",
         "ecgsearch.search.filters",
         "ecgsearch.search.plan",
-        "ecgsearch.search.schema",
+        "ecgsearch.ecg.schema",
         "ecgsearch.search.snapshots",
     },
     "bench/results.py": set(),
@@ -75,15 +78,8 @@ MODULE_ALLOWED = {
     "cli/exits.py": set(),
     "cli/tokens.py": set(),
 }
-# Serving code (search/, ingest/) reaches below itself only through these modules, never the torch side.
-SERVING_MAY_USE = {
-    "ecgsearch.encoder.signals",
-    "ecgsearch.encoder.ptbxl",
-    "ecgsearch.encoder.shards",  # numpy only: ingest writes the archives training reads
-    "ecgsearch.encoder.readers.",
-    "ecgsearch.export.runtime",
-    "ecgsearch.export.card",
-}
+# Serving code (search/, ingest/, web/) reaches the model side only through its runtime and its card.
+SERVING_MAY_USE = {"ecgsearch.export.runtime", "ecgsearch.export.card"}
 # Command modules: only typer and the standard library at module level; machinery inside commands.
 COMMAND_MODULES = {
     "encoder/cli.py",
@@ -99,15 +95,7 @@ HEAVY = ("onnxruntime", "qdrant_client", "qdrant_edge", "grpc", "scipy", "wfdb",
 # Reference decoders only tests compare the readers with (dev extra): no shipped module may import them,
 # not even by name through importlib. ecgdatakit's wheel carries 61 MiB of network weights.
 TEST_ONLY = ("ecgdatakit",)
-TORCH_FREE_ENCODER = {
-    "signals.py",
-    "config.py",
-    "ptbxl.py",
-    "retrieval.py",
-    "probe.py",
-    "data.py",
-    "shards.py",
-}
+TORCH_FREE_ENCODER = {"config.py", "retrieval.py", "probe.py", "data.py"}
 # The torch side outside encoder/: building ONNX from a checkpoint and the training report.
 TORCH_EXPORT = {"export/onnx.py", "bench/training.py"}
 
@@ -170,7 +158,7 @@ def test_module_imports() -> None:
         for module in _ours(REPO / rel):
             if not _is_package(module):
                 assert _allowed(module, allowed), f"{rel} imports {module}"
-    for part in ("search", "ingest"):
+    for part in ("search", "ingest", "web"):
         for path in _python_files(part):
             rel = path.relative_to(REPO).as_posix()
             for module in _ours(path):
@@ -234,6 +222,15 @@ def test_no_import_circle() -> None:
             visit(node, [])
 
 
+def test_parts_form_layers() -> None:
+    """Every allowed import goes down one ranking of the parts, so no walk (a hospital file from ingest
+    through ecg/ to the store) ever steps back up: ecg/ is below all, cli/ above all."""
+    rank = ["ecg", "encoder", "export", "search", "ingest", "web", "bench", "cli"]
+    assert set(rank) == PARTS
+    for part, allowed in ALLOWED.items():
+        assert all(rank.index(a) <= rank.index(part) for a in allowed), (part, allowed)
+
+
 @pytest.mark.parametrize("part", sorted(PARTS))
 def test_import_direction(part: str) -> None:
     for path in _python_files(part):
@@ -245,6 +242,7 @@ def test_import_direction(part: str) -> None:
 
 
 def test_torch_only_where_allowed() -> None:
+    """torch stays in encoder/ and the two export modules: the data layer and serving never load it."""
     for part in PARTS - {"encoder"}:
         for path in _python_files(part):
             top_level = [m for m, at_top in _imports(path) if at_top and m.split(".")[0] == "torch"]
@@ -254,7 +252,7 @@ def test_torch_only_where_allowed() -> None:
         path = REPO / "encoder" / name
         if path.exists():
             assert all(m.split(".")[0] != "torch" for m, _ in _imports(path)), f"encoder/{name} imports torch"
-    for init in ("encoder/__init__.py", "export/__init__.py"):
+    for init in ("ecg/__init__.py", "encoder/__init__.py", "export/__init__.py"):
         assert not _imports(REPO / init), f"{init} must stay empty of imports"
 
 

@@ -26,9 +26,9 @@ from markupsafe import Markup
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response as BaseResponse
 
-from ecgsearch.search import codes
+from ecgsearch.ecg import codes
+from ecgsearch.ecg.schema import CollectionInfo, EcgPayload, Hit
 from ecgsearch.search.client import EcgSearchClient
-from ecgsearch.search.schema import CollectionInfo, EcgPayload, Hit
 from ecgsearch.search.summary import RULE as SUMMARY_RULE
 from ecgsearch.search.summary import evidence
 from ecgsearch.web import charts, ecgdraw, guard, measures, peaks

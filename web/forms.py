@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ecgsearch.search import codes
-from ecgsearch.search.schema import MEASUREMENT_LIMIT, InvalidQuery, SearchFilter
+from ecgsearch.ecg import codes
+from ecgsearch.ecg.schema import MEASUREMENT_LIMIT, InvalidQuery, SearchFilter
 from ecgsearch.web.measures import SPECS, MeasureSpec
 
 MAX_K = 50  # a results page draws every neighbour: keep it readable and fast

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecgsearch.encoder.dsp import find_peaks  # scipy.signal.find_peaks' rules, numpy only
+from ecgsearch.ecg.dsp import find_peaks  # scipy.signal.find_peaks' rules, numpy only
 
 LEAD_II = 1  # index in the model's lead order
 MIN_RR_S = 0.25  # no two R peaks closer than this (240 beats per minute)

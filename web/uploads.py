@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecgsearch.encoder import signals
-from ecgsearch.encoder.readers import Measurements, ReaderError, complete_leads, read_ecg
+from ecgsearch.ecg import signals
+from ecgsearch.ecg.readers import Measurements, ReaderError, complete_leads, read_ecg
 
 MAX_HELD = 16
 MAX_AGE_S = 3600.0

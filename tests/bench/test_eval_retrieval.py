@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from ecgsearch.bench import retrieval as ev
 from ecgsearch.bench.metrics import bootstrap_mean, neighbours_excluding_patient
 from ecgsearch.cli.main import app
-from ecgsearch.encoder import ptbxl, signals
+from ecgsearch.ecg import ptbxl, signals
 
 METHODS = [
     "trained",

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ecgsearch.encoder import shards
+from ecgsearch.ecg import shards
 from ecgsearch.encoder.losses import nt_xent
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,7 +69,7 @@ def test_gathered_nt_xent_is_the_global_batch_loss(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def archive(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ecgsearch.ingest.identity import Pseudonymizer
+    from ecgsearch.ecg.identity import Pseudonymizer
     from ecgsearch.ingest.prepare import prepare_archive
 
     out = tmp_path_factory.mktemp("archive")

@@ -91,7 +91,7 @@ def test_in_graph_scaling_and_amplitudes_equal_the_numpy_rules() -> None:
     """UnitRms = signals.unit_rms, LeadAmplitudes = standardised features.lead_log_rms of the mV ECG."""
     import numpy as np
 
-    from ecgsearch.encoder import features, signals
+    from ecgsearch.ecg import features, signals
     from ecgsearch.encoder.model import LeadAmplitudes, UnitRms
 
     rng = np.random.default_rng(1)

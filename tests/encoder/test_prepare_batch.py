@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import signal as sps
 
-from ecgsearch.encoder import signals
+from ecgsearch.ecg import signals
 from ecgsearch.export.runtime import Embedder
 
 # Stated tolerances: prepared samples (mV) and embedding cosine.

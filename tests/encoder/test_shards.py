@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ecgsearch.cli.main import app
-from ecgsearch.encoder import shards
+from ecgsearch.ecg import shards
 from ecgsearch.encoder.config import EncoderConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def archive(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_archive_holds_what_ingest_prepares(archive: Path, data_dir: Path) -> None:
-    from ecgsearch.encoder import ptbxl
+    from ecgsearch.ecg import ptbxl
     from ecgsearch.ingest.sources import enumerate_source, load
 
     opened = shards.open_archive(archive)
@@ -53,7 +53,7 @@ def test_archive_holds_what_ingest_prepares(archive: Path, data_dir: Path) -> No
 
 
 def test_killed_prepare_reruns_to_the_same_archive(data_dir: Path, archive: Path, tmp_path: Path) -> None:
-    from ecgsearch.ingest.identity import Pseudonymizer, read_secret
+    from ecgsearch.ecg.identity import Pseudonymizer, read_secret
     from ecgsearch.ingest.prepare import prepare_archive
 
     class Killed(Exception):

@@ -16,7 +16,7 @@ from hospital_phi import IDENTIFYING, file_text
 from typer.testing import CliRunner
 
 from ecgsearch.cli.main import app
-from ecgsearch.search.schema import MEASUREMENTS
+from ecgsearch.ecg.schema import MEASUREMENTS
 from ecgsearch.search.store import open_store
 
 N_SAMPLES = 16

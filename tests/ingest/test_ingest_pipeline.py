@@ -18,11 +18,11 @@ import typer
 import wfdb
 from typer.testing import CliRunner
 
-from ecgsearch.encoder.ptbxl import read_table
+from ecgsearch.ecg.identity import Pseudonymizer, read_secret
+from ecgsearch.ecg.ptbxl import read_table
+from ecgsearch.ecg.schema import SearchFilter
 from ecgsearch.ingest.cli import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
-from ecgsearch.ingest.identity import Pseudonymizer, read_secret
 from ecgsearch.ingest.sources import enumerate_source, hash_of, read
-from ecgsearch.search.schema import SearchFilter
 from ecgsearch.search.store import Store, open_store
 
 # The ingest commands alone, mounted the way the root app mounts them.

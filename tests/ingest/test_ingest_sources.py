@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import typer
 
+from ecgsearch.ecg.identity import Pseudonymizer
 from ecgsearch.ingest.cli import parse_shard
-from ecgsearch.ingest.identity import Pseudonymizer
 from ecgsearch.ingest.sources import SourceError, enumerate_source, in_shard, load, select
 
 KEYS = Pseudonymizer(b"a site secret of 32 bytes length")
@@ -41,7 +41,7 @@ def test_ptbxl_payload_from_table(ptbxl_dir: Path) -> None:
 
 
 def test_ptbxl_age_over_89(ptbxl_dir: Path) -> None:
-    from ecgsearch.encoder.ptbxl import read_table
+    from ecgsearch.ecg.ptbxl import read_table
 
     row = next(r for r in read_table(ptbxl_dir) if r.age == 300)
     (candidate,) = _by_id(ptbxl_dir, f"ptbxl:{row.ecg_id}").values()

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecgsearch.encoder import signals
+from ecgsearch.ecg import signals
+from ecgsearch.ecg.schema import EcgPayload
 from ecgsearch.ingest.sources import enumerate_source, load, select
-from ecgsearch.search.schema import EcgPayload
 from ecgsearch.search.store import EdgeStore, IndexSettings, ServerStore, open_store
 
 N_RECORDS = 60

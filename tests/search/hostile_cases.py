@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from ecgsearch.encoder import signals
+from ecgsearch.ecg import signals
 from ecgsearch.search._proto import search_pb2 as pb
 
 SERVICE = "/ecgsearch.v1.EcgSearchService/"

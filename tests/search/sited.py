@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgsearch.ecg.schema import EcgPayload
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import sources
-from ecgsearch.search.schema import EcgPayload
 from ecgsearch.search.store import EdgeStore
 
 SITES = ("site-a", "site-b")

@@ -14,11 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from ecgsearch.cli.main import app
+from ecgsearch.ecg.identity import site_pseudonymizer
+from ecgsearch.ecg.schema import UnknownRecord
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import sources
-from ecgsearch.ingest.identity import site_pseudonymizer
 from ecgsearch.search.admin import collection_info, get_record, switch_alias
-from ecgsearch.search.schema import UnknownRecord
 from ecgsearch.search.server import run_server
 from ecgsearch.search.store import open_store
 

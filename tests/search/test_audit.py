@@ -111,7 +111,7 @@ def _rid(name: str) -> tuple[tuple[str, str], ...]:
 def test_every_call_has_exactly_one_line(sited: Sited, tmp_path: Path) -> None:
     """Answered searches and pushes, refusals by the service, by the door (cost, scope) and before it
     (credential, unknown method, a request over the message limit): one line each, with its status."""
-    from ecgsearch.encoder import signals
+    from ecgsearch.ecg import signals
 
     log = tmp_path / "audit.jsonl"
     callers = tokens_file(tmp_path / "tokens")

@@ -298,7 +298,7 @@ def test_ingest_sets_the_site_and_refuses_a_bad_one(ptbxl_dir: Path, tmp_path: P
     from typer.testing import CliRunner
 
     from ecgsearch.cli.main import app
-    from ecgsearch.search.schema import SearchFilter
+    from ecgsearch.ecg.schema import SearchFilter
     from ecgsearch.search.store import open_store
 
     store = tmp_path / "store"

@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from ecgsearch.encoder import signals
+from ecgsearch.ecg import signals
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
 from ecgsearch.search.api import Budget, DeadlineExceeded

@@ -20,13 +20,12 @@ import numpy as np
 import pytest
 from sited import SITES, Sited, build, sha
 
-from ecgsearch.encoder import signals
-from ecgsearch.encoder.readers import read_ecg
-from ecgsearch.search import intake
+from ecgsearch.ecg import intake, signals
+from ecgsearch.ecg.readers import read_ecg
+from ecgsearch.ecg.schema import SITE_SEPARATOR
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.api import EcgQuery, Query, UpsertItem
 from ecgsearch.search.client import EcgSearchClient
-from ecgsearch.search.schema import SITE_SEPARATOR
 from ecgsearch.search.server import RPCS, SERVICE, run_server
 
 A, B = SITES

@@ -18,13 +18,13 @@ from qdrant_client import models as qm
 from typer.testing import CliRunner
 
 from ecgsearch.cli.main import app
-from ecgsearch.encoder import signals
+from ecgsearch.ecg import signals
+from ecgsearch.ecg.schema import EcgPayload, SearchFilter
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.search import wire
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
 from ecgsearch.search.filters import matches, to_client, to_edge
-from ecgsearch.search.schema import EcgPayload, SearchFilter
 from ecgsearch.search.server import run_server
 from ecgsearch.search.store import EdgeStore, open_store
 

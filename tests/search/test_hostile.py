@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from hostile_cases import cases, send
 
-from ecgsearch.encoder import signals
+from ecgsearch.ecg import signals
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
 from ecgsearch.search.server import MAX_MESSAGE_CHARS, run_server

@@ -15,12 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from ecgsearch.cli.main import app
+from ecgsearch.ecg.schema import EcgPayload, MeasurementRange, SearchFilter
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import pipeline, sources
 from ecgsearch.search import filters
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.client import EcgSearchClient, bad_request
-from ecgsearch.search.schema import EcgPayload, MeasurementRange, SearchFilter
 from ecgsearch.search.server import run_server
 from ecgsearch.search.store import EdgeStore, open_store
 

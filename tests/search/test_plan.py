@@ -10,8 +10,8 @@ import pytest
 
 from ecgsearch.bench.metrics import MISSING, exact_topk
 from ecgsearch.bench.recall import Dataset, row_of, synthetic_dataset
+from ecgsearch.ecg.schema import SearchFilter
 from ecgsearch.search.plan import PlanLimits, choose
-from ecgsearch.search.schema import SearchFilter
 from ecgsearch.search.store import EdgeStore, IndexSettings, open_store
 
 LIMITS = PlanLimits(

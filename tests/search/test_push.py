@@ -12,15 +12,14 @@ import grpc
 import numpy as np
 import pytest
 
-from ecgsearch.encoder import signals
-from ecgsearch.encoder.readers import read_ecg
+from ecgsearch.ecg import intake, signals
+from ecgsearch.ecg.identity import Pseudonymizer, default_secret, site_pseudonymizer
+from ecgsearch.ecg.readers import read_ecg
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import pipeline, sources
-from ecgsearch.search import intake
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.api import EcgFile, EcgQuery, UpsertItem
 from ecgsearch.search.client import EcgSearchClient, bad_request
-from ecgsearch.search.identity import Pseudonymizer, default_secret, site_pseudonymizer
 from ecgsearch.search.server import WRITE_METHODS, run_server
 from ecgsearch.search.settings import ServiceSettings
 from ecgsearch.search.store import EdgeStore

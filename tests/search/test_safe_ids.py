@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ecgsearch.encoder import signals
+from ecgsearch.ecg import intake, schema, signals
 from ecgsearch.export.runtime import Embedder
-from ecgsearch.search import intake, push, schema
+from ecgsearch.search import push
 from ecgsearch.search.api import EcgFile, EcgQuery, UpsertItem
 from ecgsearch.search.client import EcgSearchClient, bad_request
 from ecgsearch.search.server import run_server

@@ -18,14 +18,14 @@ from typer.testing import CliRunner
 
 from ecgsearch.bench.metrics import exact_topk
 from ecgsearch.cli.main import app
-from ecgsearch.encoder import signals
+from ecgsearch.ecg import codes, signals
+from ecgsearch.ecg.schema import MAX_K, EcgPayload
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import sources
-from ecgsearch.search import codes, wire
+from ecgsearch.search import wire
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
 from ecgsearch.search.client import EcgSearchClient
-from ecgsearch.search.schema import MAX_K, EcgPayload
 from ecgsearch.search.server import SERVICE_NAME, run_server
 from ecgsearch.search.settings import ServiceSettings
 from ecgsearch.search.store import EdgeStore

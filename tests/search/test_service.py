@@ -8,10 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from ecgsearch.encoder import signals
-from ecgsearch.search import codes
+from ecgsearch.ecg import codes, signals
+from ecgsearch.ecg.schema import MAX_K, CollectionInfo, EcgPayload, Hit, InvalidQuery, SearchFilter
 from ecgsearch.search.api import Budget, DeadlineExceeded, EcgQuery, Query, SearchOptions
-from ecgsearch.search.schema import MAX_K, CollectionInfo, EcgPayload, Hit, InvalidQuery, SearchFilter
 from ecgsearch.search.service import (
     EVERY_SITE as ALL,
 )

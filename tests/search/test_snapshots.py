@@ -16,9 +16,9 @@ from sited import TOKENS, build, tokens_file
 from typer.testing import CliRunner
 
 from ecgsearch.cli.main import app
+from ecgsearch.ecg.schema import SearchFilter
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.search.client import EcgSearchClient
-from ecgsearch.search.schema import SearchFilter
 from ecgsearch.search.server import run_server
 from ecgsearch.search.settings import ServiceSettings
 from ecgsearch.search.store import EdgeStore, StoreError, open_store

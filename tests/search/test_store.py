@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from ecgsearch.bench.metrics import MISSING, exact_topk
+from ecgsearch.ecg.schema import InvalidQuery, SearchFilter, StoreUnavailable, UnknownRecord
 from ecgsearch.search.filters import matches
-from ecgsearch.search.schema import InvalidQuery, SearchFilter, StoreUnavailable, UnknownRecord
 from ecgsearch.search.store import (
     EdgeStore,
     IndexSettings,
@@ -193,7 +193,7 @@ def test_second_open_is_unavailable(edge_store: EdgeStore):
         EdgeStore(edge_store.root, "ecgs")
     code = (
         "import sys\n"
-        "from ecgsearch.search.schema import StoreUnavailable\n"
+        "from ecgsearch.ecg.schema import StoreUnavailable\n"
         "from ecgsearch.search.store import open_store\n"
         "try:\n"
         f"    open_store(path={str(edge_store.root)!r}, collection='ecgs')\n"

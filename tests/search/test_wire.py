@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from ecgsearch.ecg.schema import EcgPayload
 from ecgsearch.search import wire
 from ecgsearch.search._proto import search_pb2 as pb
-from ecgsearch.search.schema import EcgPayload
 
 # Payload fields that are not sent, each with the reason. None today: a field added to one side only fails
 # test_every_payload_field_is_on_the_wire until it is added to the other or named here.

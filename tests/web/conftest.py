@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from ecgsearch.bench.service import wait_serving
+from ecgsearch.ecg.schema import EcgPayload, SearchFilter
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import sources
-from ecgsearch.search.schema import EcgPayload, SearchFilter
 from ecgsearch.search.store import EdgeStore
 
 N_RECORDS = 60

@@ -252,7 +252,7 @@ def test_upload_with_a_sex_filter_keeps_only_that_sex(
 def test_pick_a_diagnosis_by_typing_part_of_its_name(page: Page, viewer: Viewer, service: Service) -> None:
     """The typeahead lists the collection's diagnoses by name and code; part of a name that names one
     diagnosis is enough, and the search keeps only neighbours carrying it."""
-    from ecgsearch.search import codes
+    from ecgsearch.ecg import codes
 
     counts = Counter(c for p in service.payloads for c in p.diagnoses)
     names = {code: codes.describe(code) for code in counts}

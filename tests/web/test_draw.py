@@ -118,7 +118,7 @@ def test_first_r_peak_on_synthetic_and_real_leads(ptbxl_dir) -> None:
     assert peaks.first_r_peak(_spikes([57, 140]), 100.0) == 57
     assert peaks.first_r_peak(_spikes([90, 170], invert=True), 100.0) == 90
     assert peaks.first_r_peak(np.zeros(1000), 100.0) is None
-    from ecgsearch.encoder import signals
+    from ecgsearch.ecg import signals
 
     lead_ii = signals.load(ptbxl_dir / "records100" / "00000" / "00001_lr")[1]
     first = peaks.first_r_peak(lead_ii, 100.0)
@@ -209,7 +209,7 @@ def test_median_beats_line_up_an_irregular_rhythm_beat_by_beat() -> None:
 
 def test_median_beat_of_a_real_af_record_is_centred_on_r(ptbxl_dir) -> None:
     """PTB-XL ecg_id 17 (AFIB), as the service prepares it, and the same ECG 230 ms later: one median beat."""
-    from ecgsearch.encoder import signals
+    from ecgsearch.ecg import signals
 
     x = signals.load(ptbxl_dir / "records100" / "00000" / "00017_lr")
     beat, n = peaks.median_beat(x, 100.0)

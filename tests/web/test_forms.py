@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from werkzeug.datastructures import MultiDict
 
+from ecgsearch.ecg.schema import MEASUREMENTS, EcgPayload, MeasurementRange, SearchFilter
 from ecgsearch.search.cli import parse_measures
-from ecgsearch.search.schema import MEASUREMENTS, EcgPayload, MeasurementRange, SearchFilter
 from ecgsearch.web import measures
 from ecgsearch.web.forms import MAX_K, FormError, SearchForm, describe_filter, parse_search
 from ecgsearch.web.measures import SPECS

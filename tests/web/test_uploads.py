@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecgsearch.encoder import signals
+from ecgsearch.ecg import signals
 from ecgsearch.web import ecgdraw
 from ecgsearch.web.uploads import UploadError, Uploads, read_upload
 
