@@ -125,7 +125,7 @@ def run_bench(
 ) -> dict:
     """All stages on the same records; returns the results document."""
     from ecgsearch.export.runtime import Embedder
-    from ecgsearch.search.store import open_store
+    from ecgsearch.search.engine.store import open_store
 
     load_before = load_average()
     candidates = list(select(enumerate_source(source)))[:limit]

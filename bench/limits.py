@@ -46,7 +46,7 @@ from ecgsearch.bench.results import load_average, machine, percentiles, relative
 from ecgsearch.bench.service import _cli, _free_port, serve
 from ecgsearch.ecg import signals
 from ecgsearch.search._proto import search_pb2 as pb
-from ecgsearch.search.service import MAX_BATCH, MAX_BATCH_SAMPLES
+from ecgsearch.search.serving.service import MAX_BATCH, MAX_BATCH_SAMPLES
 
 SERVICE = "/ecgsearch.v1.EcgSearchService/"
 SITE_A, SITE_B = "site-a", "site-b"
@@ -467,8 +467,8 @@ def _equal_work_in_process(store: Path, ids_b: list[str], pairs: int) -> dict[st
     """The service's own lookup for a site-a caller, without transport (``get_record``)."""
     from ecgsearch.ecg.schema import UnknownRecord
     from ecgsearch.export.runtime import Embedder
-    from ecgsearch.search.service import SearchService
-    from ecgsearch.search.store import open_store
+    from ecgsearch.search.engine.store import open_store
+    from ecgsearch.search.serving.service import SearchService
 
     sites = frozenset({SITE_A})
     with closing(open_store(path=store)) as opened:  # what the store's own __exit__ does

@@ -282,7 +282,7 @@ def bench_store(
     ``qdrant-local`` is the ServerStore on qdrant-client's on-disk local mode, which searches by
     brute force: one run per filter, recorded with ``hnsw_ef`` null, and optimize is a no-op wait.
     """
-    from ecgsearch.search import store as store_mod
+    from ecgsearch.search.engine import store as store_mod
 
     if engine not in STORE_ENGINES:
         raise ValueError(f"unknown store engine {engine!r}")
@@ -337,7 +337,7 @@ def bench_store(
                     fallbacks: Counter[str] = fallbacks,
                 ) -> np.ndarray:
                     hits = st.search(q, k=k, filter=f.filter_of(i), ef=ef)
-                    plan = getattr(st, "last_plan", None)  # the embedded store's plan (search/plan.py)
+                    plan = getattr(st, "last_plan", None)  # the embedded store's plan (search/engine/plan.py)
                     if plan is not None:
                         plans[plan.kind] += 1
                         fallbacks["queries"] += plan.fallback

@@ -246,7 +246,7 @@ def run_store_load(
     A search by record does what the service does: get the stored vector, then search with the
     record and its patient excluded. No encoding, validation, conversion or transport.
     """
-    from ecgsearch.search.store import open_store
+    from ecgsearch.search.engine.store import open_store
 
     ids, vectors = material["record_ids"], material["vectors"]
     samples: list[list[tuple[str, float, bool]]] = [[] for _ in range(concurrency)]

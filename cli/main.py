@@ -101,8 +101,8 @@ for _part in PARTS:
     importlib.import_module(_part).register(app, bench, evaluate)
 
 importlib.import_module("ecgsearch.bench.cli").register(bench, evaluate)
-importlib.import_module("ecgsearch.search.admin_cli").register(app, collection)
-importlib.import_module("ecgsearch.search.snapshot_cli").register(app)
+importlib.import_module("ecgsearch.search.ops.admin_cli").register(app, collection)
+importlib.import_module("ecgsearch.search.ops.snapshot_cli").register(app)
 
 app.add_typer(bench, name="bench")
 app.add_typer(evaluate, name="eval")

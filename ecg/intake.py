@@ -1,6 +1,6 @@
 """A hospital file's ECG -> what may be stored: its record id, its signal as read, its payload.
 
-Ingest (``ingest.sources``) and the service's push (``search.push``) both build stored ECGs from a
+Ingest (``ingest.sources``) and the service's push (``search.serving.push``) both build stored ECGs from a
 reader's ``ReadEcg`` here, so a file pushed to a live service and the same file ingested from a folder
 get one id, one content hash and one payload.
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ecgsearch.ingest.remote import PushSummary
     from ecgsearch.ingest.sources import Candidate
     from ecgsearch.search.client import EcgSearchClient
-    from ecgsearch.search.store import IndexSettings, Store
+    from ecgsearch.search.engine.store import IndexSettings, Store
 
 DUPLICATE_THRESHOLD = (
     0.999  # = ecg.identity.DUPLICATE_THRESHOLD (a test checks); literal so --help imports nothing
@@ -211,11 +211,11 @@ def ingest_command(
     from ecgsearch.ecg.identity import site_pseudonymizer
     from ecgsearch.export.runtime import Embedder, ModelError
     from ecgsearch.ingest.sources import SourceError, enumerate_source, select
-    from ecgsearch.search.store import default_store_path
+    from ecgsearch.search.engine.store import default_store_path
 
     if store is not None and qdrant_url is not None:
         raise typer.BadParameter("give --store or --qdrant-url, not both")
-    from ecgsearch.search.auth import check_site
+    from ecgsearch.search.serving.auth import check_site
 
     try:
         check_site(site)
@@ -477,7 +477,7 @@ def _run(
 
 def _index_settings(**given: Any) -> IndexSettings | None:  # IndexSettings imported late (CLI start-up)
     """IndexSettings from the options given on the command line; None when none was given."""
-    from ecgsearch.search.store import IndexSettings
+    from ecgsearch.search.engine.store import IndexSettings
 
     chosen = {key: value for key, value in given.items() if value is not None}
     return IndexSettings(**chosen) if chosen else None
@@ -493,7 +493,7 @@ def _open_target(
     settings: IndexSettings | None,
 ) -> Store:
     """open_store with the cluster layout options; a layout without a server is a usage error."""
-    from ecgsearch.search.store import open_store
+    from ecgsearch.search.engine.store import open_store
 
     if url is None and (shard_number, replication_factor) != (1, 1):
         raise typer.BadParameter("--shards/--replicas need --qdrant-url")

@@ -48,8 +48,8 @@ from ecgsearch.ecg.schema import SearchFilter
 from ecgsearch.ecg.signals import RawEcg, SignalError, prepare_batch
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest.sources import Candidate, Record, file_label, hash_of, load, load_file, read
-from ecgsearch.search.push import Archive
-from ecgsearch.search.store import Store
+from ecgsearch.search.engine.store import Store
+from ecgsearch.search.serving.push import Archive
 
 REJECT_COLUMNS = ("record", "path", "reason")
 DUPLICATE_NEIGHBOURS = 8  # stored candidates looked at per new ECG (the first of equal duration wins)

@@ -20,7 +20,7 @@ from ecgsearch.ingest.pipeline import REJECT_COLUMNS, Reject
 from ecgsearch.ingest.sources import Candidate, file_label, read
 from ecgsearch.search.api import EcgFile, EcgQuery, UpsertItem
 from ecgsearch.search.client import EcgSearchClient
-from ecgsearch.search.push import MAX_ITEMS
+from ecgsearch.search.serving.push import MAX_ITEMS
 
 MAX_BATCH_BYTES = 8 * 1024 * 1024  # half the service's default message limit
 BYTES_PER_SAMPLE = 4

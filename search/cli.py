@@ -19,7 +19,7 @@ from ecgsearch.cli.tokens import TokenArgv, TokenFile, resolve
 if TYPE_CHECKING:
     from ecgsearch.search.api import SearchResult
 
-DEFAULT_K = 10  # the service's default (ecgsearch.search.service.DEFAULT_K), without importing it here
+DEFAULT_K = 10  # the service's default (search.serving.service.DEFAULT_K), without importing it here
 
 
 def _error(message: str) -> None:
@@ -182,7 +182,7 @@ def serve_command(
     """
     from pydantic import ValidationError
 
-    from ecgsearch.search.settings import ServiceSettings
+    from ecgsearch.search.serving.settings import ServiceSettings
 
     given: dict[str, Any] = {  # raw option values: ServiceSettings validates them
         "store_path": store,
@@ -215,8 +215,8 @@ def serve_command(
         raise typer.BadParameter(_describe(exc)) from None
     from ecgsearch.ecg.schema import StoreUnavailable
     from ecgsearch.export.runtime import ModelError
-    from ecgsearch.search.server import configure_logging, serve
-    from ecgsearch.search.store import StoreError
+    from ecgsearch.search.engine.store import StoreError
+    from ecgsearch.search.serving.server import configure_logging, serve
 
     configure_logging(settings.log_level)
     try:

@@ -36,7 +36,7 @@ def test_dockerignore_patterns_are_applied_like_docker() -> None:
     assert build_stage.ignored(".git/config", patterns)
     assert build_stage.ignored("search/__pycache__/x.pyc", patterns)
     assert build_stage.ignored("tests/test_x.py", patterns)
-    assert not build_stage.ignored("search/server.py", patterns)
+    assert not build_stage.ignored("search/serving/server.py", patterns)
 
 
 def test_an_instruction_the_replay_does_not_know_is_refused(tmp_path: Path) -> None:

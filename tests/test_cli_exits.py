@@ -63,8 +63,8 @@ def store(source: Path, ptbxl_dir: Path, tmp_path_factory: pytest.TempPathFactor
 def served(store: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real gRPC server over the store; callers reader (search), writer (+write), ops (+admin)."""
     from ecgsearch.export.runtime import Embedder
-    from ecgsearch.search.server import run_server
-    from ecgsearch.search.store import open_store
+    from ecgsearch.search.engine.store import open_store
+    from ecgsearch.search.serving.server import run_server
 
     callers = tmp_path_factory.mktemp("callers") / "tokens"
     callers.write_text(

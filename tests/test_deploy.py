@@ -28,8 +28,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
 from ecgsearch.cli.main import app
-from ecgsearch.search.auth import CallerRegistry, digest
-from ecgsearch.search.settings import ServiceSettings
+from ecgsearch.search.serving.auth import CallerRegistry, digest
+from ecgsearch.search.serving.settings import ServiceSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -437,7 +437,7 @@ def small_store(tmp_path: Path, ptbxl_dir: Path) -> Path:
     """An embedded store with a few real records, made by ingest's own code with the bundled model."""
     from ecgsearch.export.runtime import Embedder
     from ecgsearch.ingest import pipeline, sources
-    from ecgsearch.search.store import open_store
+    from ecgsearch.search.engine.store import open_store
 
     candidates = list(sources.enumerate_source(ptbxl_dir))[:5]
     store = open_store(path=tmp_path / "store")

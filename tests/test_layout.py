@@ -60,17 +60,19 @@ MODULE_ALLOWED = {
         "ecgsearch.export.card",
         "ecgsearch.ecg.signals",  # inside search_by_wfdb only
     },
-    "search/settings.py": {"ecgsearch.search.store"},  # the default store path, inside a validator
-    "search/filters.py": {"ecgsearch.ecg.schema"},
-    "search/plan.py": set(),
-    "search/loopback.py": set(),
-    "search/snapshots.py": {"ecgsearch.search.api"},  # the archive format, used by the store
-    "search/store.py": {
+    "search/serving/settings.py": {
+        "ecgsearch.search.engine.store"
+    },  # the default store path, inside a validator
+    "search/engine/filters.py": {"ecgsearch.ecg.schema"},
+    "search/engine/plan.py": set(),
+    "search/serving/loopback.py": set(),
+    "search/engine/snapshots.py": {"ecgsearch.search.api"},  # the archive format, used by the store
+    "search/engine/store.py": {
         "ecgsearch.search.api",
-        "ecgsearch.search.filters",
-        "ecgsearch.search.plan",
+        "ecgsearch.search.engine.filters",
+        "ecgsearch.search.engine.plan",
         "ecgsearch.ecg.schema",
-        "ecgsearch.search.snapshots",
+        "ecgsearch.search.engine.snapshots",
     },
     "bench/results.py": set(),
     "bench/synthetic.py": set(),
@@ -90,7 +92,9 @@ COMMAND_MODULES = {
     "bench/cli.py",
     "cli/main.py",
 }
-COMMAND_MODULES |= {p for p in ("search/admin_cli.py", "search/snapshot_cli.py") if (REPO / p).exists()}
+COMMAND_MODULES |= {
+    p for p in ("search/ops/admin_cli.py", "search/ops/snapshot_cli.py") if (REPO / p).exists()
+}
 HEAVY = ("onnxruntime", "qdrant_client", "qdrant_edge", "grpc", "scipy", "wfdb", "torch", "faiss")
 # Reference decoders only tests compare the readers with (dev extra): no shipped module may import them,
 # not even by name through importlib. ecgdatakit's wheel carries 61 MiB of network weights.
@@ -279,7 +283,7 @@ def test_serving_imports_without_torch() -> None:
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
         "sys.meta_path.insert(0, NoTorch())\n"
-        "import ecgsearch.search.server, ecgsearch.ingest.cli, ecgsearch.export.runtime\n"
+        "import ecgsearch.search.serving.server, ecgsearch.ingest.cli, ecgsearch.export.runtime\n"
         "from typer.testing import CliRunner\n"
         "from ecgsearch.cli.main import app\n"
         "r = CliRunner().invoke(app, ['--help'])\n"

@@ -66,7 +66,7 @@ def web_command(
 
         ecgsearch web --host 0.0.0.0 --allow-remote --allowed-host ecg-viewer.hospital.example
     """
-    from ecgsearch.search.loopback import is_loopback
+    from ecgsearch.search.serving.loopback import is_loopback
 
     if not is_loopback(host) and not allow_remote:
         raise typer.BadParameter(

@@ -390,8 +390,8 @@ def test_serving_imports_no_scipy() -> None:
         "ecgsearch.ecg.readers",
         *(f"ecgsearch.ecg.readers.{m}" for m in ("aecg", "dicom", "edf", "muse", "philips", "scp")),
         "ecgsearch.export.runtime",
-        "ecgsearch.search.service",
-        "ecgsearch.search.server",
+        "ecgsearch.search.serving.service",
+        "ecgsearch.search.serving.server",
         "ecgsearch.ingest.pipeline",
         "ecgsearch.web.peaks",
     ]

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from ecgsearch.cli.main import app
 from ecgsearch.ecg.schema import MEASUREMENTS
-from ecgsearch.search.store import open_store
+from ecgsearch.search.engine.store import open_store
 
 N_SAMPLES = 16
 # hl7aecg_fda_subject1_0.xml is the HL7 example with only the subject id and times changed: the same
@@ -112,7 +112,7 @@ def test_a_damaged_export_is_a_reject_named_by_its_hash(tmp_path: Path, hospital
 
 
 def test_measurement_fields_are_numbers_with_range_indexes():
-    from ecgsearch.search.store import PAYLOAD_INDEXES
+    from ecgsearch.search.engine.store import PAYLOAD_INDEXES
 
     assert all(PAYLOAD_INDEXES[m] == "float" for m in MEASUREMENTS)
 

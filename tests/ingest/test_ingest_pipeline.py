@@ -23,7 +23,7 @@ from ecgsearch.ecg.ptbxl import read_table
 from ecgsearch.ecg.schema import SearchFilter
 from ecgsearch.ingest.cli import EXIT_FAILED, EXIT_OK, EXIT_REJECTS
 from ecgsearch.ingest.sources import enumerate_source, hash_of, read
-from ecgsearch.search.store import Store, open_store
+from ecgsearch.search.engine.store import Store, open_store
 
 # The ingest commands alone, mounted the way the root app mounts them.
 APP_SOURCE = """

@@ -14,7 +14,7 @@ import pytest
 from ecgsearch.ecg import signals
 from ecgsearch.ecg.schema import EcgPayload
 from ecgsearch.ingest.sources import enumerate_source, load, select
-from ecgsearch.search.store import EdgeStore, IndexSettings, ServerStore, open_store
+from ecgsearch.search.engine.store import EdgeStore, IndexSettings, ServerStore, open_store
 
 N_RECORDS = 60
 FAKE_DIM = 256

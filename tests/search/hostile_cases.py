@@ -163,8 +163,8 @@ def _serve_ptbxl(n: int):
 
     from ecgsearch.export.runtime import Embedder
     from ecgsearch.ingest import sources
-    from ecgsearch.search.server import run_server
-    from ecgsearch.search.store import EdgeStore
+    from ecgsearch.search.engine.store import EdgeStore
+    from ecgsearch.search.serving.server import run_server
 
     stack = ExitStack()
     data = Path(__file__).resolve().parents[3] / "shared" / "data" / "ptb-xl"

@@ -14,7 +14,7 @@ import numpy as np
 from ecgsearch.ecg.schema import EcgPayload
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import sources
-from ecgsearch.search.store import EdgeStore
+from ecgsearch.search.engine.store import EdgeStore
 
 SITES = ("site-a", "site-b")
 TOKENS = {"ward-a": "tok-ward-a", "ingest": "tok-ingest", "ops": "tok-ops", "pusher": "tok-pusher"}

@@ -18,9 +18,9 @@ from ecgsearch.ecg.identity import site_pseudonymizer
 from ecgsearch.ecg.schema import UnknownRecord
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import sources
-from ecgsearch.search.admin import collection_info, get_record, switch_alias
-from ecgsearch.search.server import run_server
-from ecgsearch.search.store import open_store
+from ecgsearch.search.engine.store import open_store
+from ecgsearch.search.ops.admin import collection_info, get_record, switch_alias
+from ecgsearch.search.serving.server import run_server
 
 N = 8
 

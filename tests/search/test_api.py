@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 # Libraries only the server or training need; a client that loads one of them pays seconds and megabytes.
 SERVER_ONLY = ("onnxruntime", "qdrant_client", "qdrant_edge", "scipy", "wfdb", "torch")
-SERVICE = "ecgsearch.search.service"
+SERVICE = "ecgsearch.search.serving.service"
 
 
 def _loaded_after(statement: str) -> list[str]:
@@ -54,7 +54,7 @@ def test_clients_never_import_the_service_module() -> None:
 
 def test_server_takes_only_the_service_itself_from_service_py() -> None:
     """The server builds a SearchService; every type it exchanges with callers comes from api.py."""
-    for rel in ("search/server.py", "search/door.py", "search/cost.py"):
+    for rel in ("search/serving/server.py", "search/serving/door.py", "search/serving/cost.py"):
         prefix = SERVICE + "."
         names = {m.removeprefix(prefix) for m in _imports_of(REPO / rel) if m.startswith(prefix)}
         assert names <= {"SearchService"}, f"{rel} imports {sorted(names)} from {SERVICE}"
@@ -63,9 +63,9 @@ def test_server_takes_only_the_service_itself_from_service_py() -> None:
 def test_api_types_are_defined_once() -> None:
     """service.py, push.py and snapshots.py use api.py's classes, not copies of them."""
     import ecgsearch.search.api as api
-    import ecgsearch.search.push as push
-    import ecgsearch.search.service as service
-    import ecgsearch.search.snapshots as snapshots
+    import ecgsearch.search.engine.snapshots as snapshots
+    import ecgsearch.search.serving.push as push
+    import ecgsearch.search.serving.service as service
 
     for module in (service, push, snapshots):
         tree = ast.parse(Path(module.__file__).read_text())

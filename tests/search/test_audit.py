@@ -17,8 +17,8 @@ from sited import TOKENS, Sited, auth, build, tokens_file
 
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
-from ecgsearch.search.audit import MAX_IDS, entry
-from ecgsearch.search.server import SERVICE_NAME, run_server
+from ecgsearch.search.serving.audit import MAX_IDS, entry
+from ecgsearch.search.serving.server import SERVICE_NAME, run_server
 
 
 @pytest.fixture(scope="module")
@@ -281,8 +281,8 @@ def test_calls_past_the_concurrency_limit_are_refused_and_audited(
     call arrives and have it refused instead: then that held call has its line too, and a new one starts."""
     import threading
 
-    from ecgsearch.search.settings import ServiceSettings
-    from ecgsearch.search.store import EdgeStore
+    from ecgsearch.search.engine.store import EdgeStore
+    from ecgsearch.search.serving.settings import ServiceSettings
 
     store = EdgeStore(tmp_path / "store", "ecgs")
     store.create_collection(dim=fake_embedder.dim, model_version=fake_embedder.version)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from sited import TOKENS, Sited, auth, build, sha, tokens_file
 
-from ecgsearch.search import server as server_module
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
-from ecgsearch.search.auth import Caller, CallerRegistry, TokensFileError, digest, legacy, parse
-from ecgsearch.search.server import run_server
-from ecgsearch.search.settings import ServiceSettings
+from ecgsearch.search.serving import server as server_module
+from ecgsearch.search.serving.auth import Caller, CallerRegistry, TokensFileError, digest, legacy, parse
+from ecgsearch.search.serving.server import run_server
+from ecgsearch.search.serving.settings import ServiceSettings
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +299,7 @@ def test_ingest_sets_the_site_and_refuses_a_bad_one(ptbxl_dir: Path, tmp_path: P
 
     from ecgsearch.cli.main import app
     from ecgsearch.ecg.schema import SearchFilter
-    from ecgsearch.search.store import open_store
+    from ecgsearch.search.engine.store import open_store
 
     store = tmp_path / "store"
     args = ["ingest", str(ptbxl_dir), "--store", str(store), "--limit", "4", "--quiet"]

@@ -18,7 +18,8 @@ from ecgsearch.ecg import signals
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
 from ecgsearch.search.api import Budget, DeadlineExceeded
-from ecgsearch.search.cost import (
+from ecgsearch.search.engine.store import EdgeStore
+from ecgsearch.search.serving.cost import (
     HeavyBudget,
     HitSize,
     Overloaded,
@@ -27,9 +28,8 @@ from ecgsearch.search.cost import (
     check_reply,
     search_cost,
 )
-from ecgsearch.search.server import run_server
-from ecgsearch.search.settings import ServiceSettings
-from ecgsearch.search.store import EdgeStore
+from ecgsearch.search.serving.server import run_server
+from ecgsearch.search.serving.settings import ServiceSettings
 
 TOKEN = "t"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

@@ -26,7 +26,7 @@ from ecgsearch.ecg.schema import SITE_SEPARATOR
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.api import EcgQuery, Query, UpsertItem
 from ecgsearch.search.client import EcgSearchClient
-from ecgsearch.search.server import RPCS, SERVICE, run_server
+from ecgsearch.search.serving.server import RPCS, SERVICE, run_server
 
 A, B = SITES
 CALLERS = {  # name: (scopes, sites)

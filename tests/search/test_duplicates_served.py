@@ -24,9 +24,9 @@ from ecgsearch.export.runtime import Embedder
 from ecgsearch.search import wire
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
-from ecgsearch.search.filters import matches, to_client, to_edge
-from ecgsearch.search.server import run_server
-from ecgsearch.search.store import EdgeStore, open_store
+from ecgsearch.search.engine.filters import matches, to_client, to_edge
+from ecgsearch.search.engine.store import EdgeStore, open_store
+from ecgsearch.search.serving.server import run_server
 
 TOKEN = "t"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

@@ -8,7 +8,7 @@ import qdrant_edge as edge
 from qdrant_client import models as qm
 
 from ecgsearch.ecg.schema import EcgPayload, SearchFilter, point_id
-from ecgsearch.search.filters import conditions, matches, to_client, to_edge
+from ecgsearch.search.engine.filters import conditions, matches, to_client, to_edge
 
 
 def payload(**fields: object) -> EcgPayload:

@@ -23,9 +23,9 @@ from hostile_cases import cases, send
 from ecgsearch.ecg import signals
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
-from ecgsearch.search.server import MAX_MESSAGE_CHARS, run_server
-from ecgsearch.search.service import MAX_BATCH, SearchService
-from ecgsearch.search.store import EdgeStore
+from ecgsearch.search.engine.store import EdgeStore
+from ecgsearch.search.serving.server import MAX_MESSAGE_CHARS, run_server
+from ecgsearch.search.serving.service import MAX_BATCH, SearchService
 
 TOKEN = "t"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -199,7 +199,7 @@ def test_oversized_request_id_is_not_echoed(hostile: Hostile) -> None:
 
 def test_concurrency_limit_is_configured(tmp_path: Path, corpus, fake_embedder) -> None:
     """Excess calls beyond max_concurrent_rpcs get RESOURCE_EXHAUSTED instead of queueing without bound."""
-    from ecgsearch.search.settings import ServiceSettings
+    from ecgsearch.search.serving.settings import ServiceSettings
 
     store = EdgeStore(tmp_path / "store", "ecgs")
     store.create_collection(dim=fake_embedder.dim, model_version=fake_embedder.version)

@@ -18,11 +18,11 @@ from ecgsearch.cli.main import app
 from ecgsearch.ecg.schema import EcgPayload, MeasurementRange, SearchFilter
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import pipeline, sources
-from ecgsearch.search import filters
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.client import EcgSearchClient, bad_request
-from ecgsearch.search.server import run_server
-from ecgsearch.search.store import EdgeStore, open_store
+from ecgsearch.search.engine import filters
+from ecgsearch.search.engine.store import EdgeStore, open_store
+from ecgsearch.search.serving.server import run_server
 
 TOKEN = "t"
 QUERY_FILE = "muse_braveheart_example4.xml"  # QRS 128 ms, QTc 463 ms

@@ -11,8 +11,8 @@ import pytest
 from ecgsearch.bench.metrics import MISSING, exact_topk
 from ecgsearch.bench.recall import Dataset, row_of, synthetic_dataset
 from ecgsearch.ecg.schema import SearchFilter
-from ecgsearch.search.plan import PlanLimits, choose
-from ecgsearch.search.store import EdgeStore, IndexSettings, open_store
+from ecgsearch.search.engine.plan import PlanLimits, choose
+from ecgsearch.search.engine.store import EdgeStore, IndexSettings, open_store
 
 LIMITS = PlanLimits(
     exact_max_points=100_000, postfilter_min_fraction=0.2, postfilter_safety=10.0, postfilter_max_limit=1000

@@ -20,9 +20,9 @@ from ecgsearch.ingest import pipeline, sources
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.api import EcgFile, EcgQuery, UpsertItem
 from ecgsearch.search.client import EcgSearchClient, bad_request
-from ecgsearch.search.server import WRITE_METHODS, run_server
-from ecgsearch.search.settings import ServiceSettings
-from ecgsearch.search.store import EdgeStore
+from ecgsearch.search.engine.store import EdgeStore
+from ecgsearch.search.serving.server import WRITE_METHODS, run_server
+from ecgsearch.search.serving.settings import ServiceSettings
 
 TOKEN = "t"
 
@@ -187,8 +187,8 @@ def test_pushing_through_the_qdrant_client_store_needs_a_given_secret_and_archiv
     """A Qdrant server has no folder of ours: the secret and the archive must be configured; without
     them a push is FAILED_PRECONDITION and nothing is stored. (qdrant-client's local mode stands in
     for the server: the same ServerStore code path.)"""
-    from ecgsearch.search.settings import ServiceSettings
-    from ecgsearch.search.store import open_store
+    from ecgsearch.search.engine.store import open_store
+    from ecgsearch.search.serving.settings import ServiceSettings
 
     embedder = Embedder()
     store = open_store(local=True, collection="pushed")
@@ -259,7 +259,7 @@ def test_getecg_returns_ingested_hospital_ecgs_from_the_stores_archive(live: Liv
 
 def test_a_site_restricted_writer_pushes_into_its_site_only(data_dir: Path, tmp_path: Path) -> None:
     """A writer of one site stores pushes under that site; a writer of several sites cannot say which."""
-    from ecgsearch.search.store import open_store
+    from ecgsearch.search.engine.store import open_store
 
     embedder = Embedder()
     store = open_store(local=True, collection="sited")

@@ -12,11 +12,11 @@ import pytest
 
 from ecgsearch.ecg import intake, schema, signals
 from ecgsearch.export.runtime import Embedder
-from ecgsearch.search import push
 from ecgsearch.search.api import EcgFile, EcgQuery, UpsertItem
 from ecgsearch.search.client import EcgSearchClient, bad_request
-from ecgsearch.search.server import run_server
-from ecgsearch.search.store import EdgeStore
+from ecgsearch.search.engine.store import EdgeStore
+from ecgsearch.search.serving import push
+from ecgsearch.search.serving.server import run_server
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 TOKEN = "t"

@@ -26,9 +26,9 @@ from ecgsearch.search import wire
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
 from ecgsearch.search.client import EcgSearchClient
-from ecgsearch.search.server import SERVICE_NAME, run_server
-from ecgsearch.search.settings import ServiceSettings
-from ecgsearch.search.store import EdgeStore
+from ecgsearch.search.engine.store import EdgeStore
+from ecgsearch.search.serving.server import SERVICE_NAME, run_server
+from ecgsearch.search.serving.settings import ServiceSettings
 
 N_RECORDS = 60
 TOKEN = "t"

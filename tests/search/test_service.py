@@ -11,16 +11,16 @@ import pytest
 from ecgsearch.ecg import codes, signals
 from ecgsearch.ecg.schema import MAX_K, CollectionInfo, EcgPayload, Hit, InvalidQuery, SearchFilter
 from ecgsearch.search.api import Budget, DeadlineExceeded, EcgQuery, Query, SearchOptions
-from ecgsearch.search.service import (
+from ecgsearch.search.engine.store import ModelMismatch
+from ecgsearch.search.serving.service import (
     EVERY_SITE as ALL,
 )
-from ecgsearch.search.service import (
+from ecgsearch.search.serving.service import (
     SearchService,
     resolve_filter,
     summarise,
 )
-from ecgsearch.search.settings import ServiceSettings
-from ecgsearch.search.store import ModelMismatch
+from ecgsearch.search.serving.settings import ServiceSettings
 
 
 @pytest.fixture

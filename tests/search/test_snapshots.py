@@ -19,9 +19,9 @@ from ecgsearch.cli.main import app
 from ecgsearch.ecg.schema import SearchFilter
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.search.client import EcgSearchClient
-from ecgsearch.search.server import run_server
-from ecgsearch.search.settings import ServiceSettings
-from ecgsearch.search.store import EdgeStore, StoreError, open_store
+from ecgsearch.search.engine.store import EdgeStore, StoreError, open_store
+from ecgsearch.search.serving.server import run_server
+from ecgsearch.search.serving.settings import ServiceSettings
 
 
 def _run(*args: str) -> tuple[int, str, str]:

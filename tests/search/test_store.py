@@ -13,8 +13,8 @@ import pytest
 
 from ecgsearch.bench.metrics import MISSING, exact_topk
 from ecgsearch.ecg.schema import InvalidQuery, SearchFilter, StoreUnavailable, UnknownRecord
-from ecgsearch.search.filters import matches
-from ecgsearch.search.store import (
+from ecgsearch.search.engine.filters import matches
+from ecgsearch.search.engine.store import (
     EdgeStore,
     IndexSettings,
     ModelMismatch,
@@ -194,7 +194,7 @@ def test_second_open_is_unavailable(edge_store: EdgeStore):
     code = (
         "import sys\n"
         "from ecgsearch.ecg.schema import StoreUnavailable\n"
-        "from ecgsearch.search.store import open_store\n"
+        "from ecgsearch.search.engine.store import open_store\n"
         "try:\n"
         f"    open_store(path={str(edge_store.root)!r}, collection='ecgs')\n"
         "except StoreUnavailable as e:\n"

@@ -14,8 +14,8 @@ from sited import Sited, auth, build, tokens_file
 
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
-from ecgsearch.search.server import run_server
-from ecgsearch.search.telemetry import Telemetry, quantile
+from ecgsearch.search.serving.server import run_server
+from ecgsearch.search.serving.telemetry import Telemetry, quantile
 
 
 @pytest.fixture(scope="module")

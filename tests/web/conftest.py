@@ -23,7 +23,7 @@ from ecgsearch.bench.service import wait_serving
 from ecgsearch.ecg.schema import EcgPayload, SearchFilter
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import sources
-from ecgsearch.search.store import EdgeStore
+from ecgsearch.search.engine.store import EdgeStore
 
 N_RECORDS = 60
 TOKEN = "viewer-secret"

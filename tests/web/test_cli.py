@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from ecgsearch.search.loopback import is_loopback
+from ecgsearch.search.serving.loopback import is_loopback
 from ecgsearch.web.cli import register
 
 

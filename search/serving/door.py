@@ -43,13 +43,13 @@ from ecgsearch.search.api import (
     SnapshotInfo,
     UpsertItem,
 )
-from ecgsearch.search.auth import Caller
-from ecgsearch.search.cost import Cost, HeavyBudget, HitSize, ReplyMeter, check_reply
+from ecgsearch.search.serving.auth import Caller
+from ecgsearch.search.serving.cost import Cost, HeavyBudget, HitSize, ReplyMeter, check_reply
 
 if TYPE_CHECKING:
     from ecgsearch.export.card import ModelCard
-    from ecgsearch.search.service import SearchService
-    from ecgsearch.search.telemetry import Telemetry
+    from ecgsearch.search.serving.service import SearchService
+    from ecgsearch.search.serving.telemetry import Telemetry
 
 HIT_SAMPLE = 1000  # stored hits per probe when the size of a hit is (re)measured
 

@@ -55,7 +55,7 @@ def info_command(
 
         ECGSEARCH_TOKEN=secret ecgsearch collection info --target localhost:50051
     """
-    from ecgsearch.search.admin import collection_info, service_info
+    from ecgsearch.search.ops.admin import collection_info, service_info
 
     if target is not None:
         _only_target(store, qdrant_url)
@@ -105,7 +105,7 @@ def get_command(
         ecgsearch collection get ptbxl:17 --target localhost:50051 --token-file ./token
     """
     from ecgsearch.ecg.schema import UnknownRecord
-    from ecgsearch.search.admin import get_record, service_record
+    from ecgsearch.search.ops.admin import get_record, service_record
 
     try:
         if target is not None:
@@ -149,7 +149,7 @@ def alias_command(
 
         ecgsearch collection alias ecgs ecgs-v2 --qdrant-url http://qdrant:6333 --json
     """
-    from ecgsearch.search.admin import switch_alias
+    from ecgsearch.search.ops.admin import switch_alias
 
     result = _with_store(store, qdrant_url, api_key, target, lambda s: switch_alias(s, name, target))
     if as_json:
@@ -209,8 +209,8 @@ def _with_store(
 ) -> Any:
     """Open the store, run ``action`` on it, close it; environment and store problems exit 1 in one line."""
     from ecgsearch.ecg.schema import InvalidQuery, StoreUnavailable
-    from ecgsearch.search.admin import open_for_admin
-    from ecgsearch.search.store import StoreError, default_store_path
+    from ecgsearch.search.engine.store import StoreError, default_store_path
+    from ecgsearch.search.ops.admin import open_for_admin
 
     if store is not None and url is not None:
         raise typer.BadParameter("give --store or --qdrant-url, not both")

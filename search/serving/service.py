@@ -65,8 +65,8 @@ from ecgsearch.search.api import (
 if TYPE_CHECKING:
     from ecgsearch.export.card import ModelCard
     from ecgsearch.export.runtime import Embedder
-    from ecgsearch.search.push import Archive, Prepared, Writer
-    from ecgsearch.search.store import Store
+    from ecgsearch.search.engine.store import Store
+    from ecgsearch.search.serving.push import Archive, Prepared, Writer
 
 log = logging.getLogger("ecgsearch.service")
 
@@ -195,7 +195,7 @@ class SearchService:
         self._writer_lock = threading.Lock()
         info = store.info()
         if info.model_version != embedder.version or info.dim != embedder.dim:
-            from ecgsearch.search.store import ModelMismatch
+            from ecgsearch.search.engine.store import ModelMismatch
 
             raise ModelMismatch(
                 f"collection {info.name!r} holds {info.dim}-d vectors of model {info.model_version}, "
@@ -272,7 +272,7 @@ class SearchService:
         item that breaks a rule is rejected alone, the others go on.
         """
         from ecgsearch.ecg.readers import ReaderError
-        from ecgsearch.search import push
+        from ecgsearch.search.serving import push
 
         if not items:
             raise FieldViolation("items", "no ECGs to add")
@@ -313,7 +313,7 @@ class SearchService:
         return results
 
     def _prepare_item(self, writer: Writer, item: UpsertItem, dataset: str) -> Prepared:
-        from ecgsearch.search import push
+        from ecgsearch.search.serving import push
 
         if (item.file is None) == (item.ecg is None):
             raise FieldViolation("", "give exactly one of file, ecg")
@@ -342,7 +342,7 @@ class SearchService:
         return self._archive_path
 
     def _archive(self) -> Archive | None:
-        from ecgsearch.search.push import Archive
+        from ecgsearch.search.serving.push import Archive
 
         root = getattr(self.store, "root", None)
         if self._archive_path is not None:
@@ -352,7 +352,7 @@ class SearchService:
     def _open_writer(self) -> Writer:
         """The writer, made on the first push: a server that is never pushed to needs no secret."""
         from ecgsearch.ecg.identity import SecretError, site_pseudonymizer
-        from ecgsearch.search.push import Writer
+        from ecgsearch.search.serving.push import Writer
 
         with self._writer_lock:
             if self._writer is None:

@@ -53,7 +53,7 @@ from pydantic import ValidationError
 from ecgsearch.ecg.schema import MAX_K, InvalidQuery, StoreUnavailable, UnknownRecord
 from ecgsearch.ecg.signals import SignalError
 from ecgsearch.export.runtime import Embedder
-from ecgsearch.search import audit, wire
+from ecgsearch.search import wire
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.api import (
     DEFAULT_K,
@@ -65,8 +65,10 @@ from ecgsearch.search.api import (
     SnapshotError,
     describe_validation,
 )
-from ecgsearch.search.auth import ANONYMOUS, Caller, CallerRegistry, Callers, legacy
-from ecgsearch.search.cost import (
+from ecgsearch.search.engine.store import Store, StoreError, open_store
+from ecgsearch.search.serving import audit
+from ecgsearch.search.serving.auth import ANONYMOUS, Caller, CallerRegistry, Callers, legacy
+from ecgsearch.search.serving.cost import (
     PREPARED_BYTES,
     Cost,
     HeavyBudget,
@@ -74,12 +76,11 @@ from ecgsearch.search.cost import (
     ReplyTooLarge,
     search_cost,
 )
-from ecgsearch.search.door import Door, PermissionDenied, Pricing, Rpc, Unauthenticated, Walled
-from ecgsearch.search.loopback import is_loopback
-from ecgsearch.search.service import SearchService
-from ecgsearch.search.settings import ServiceSettings
-from ecgsearch.search.store import Store, StoreError, open_store
-from ecgsearch.search.telemetry import Telemetry
+from ecgsearch.search.serving.door import Door, PermissionDenied, Pricing, Rpc, Unauthenticated, Walled
+from ecgsearch.search.serving.loopback import is_loopback
+from ecgsearch.search.serving.service import SearchService
+from ecgsearch.search.serving.settings import ServiceSettings
+from ecgsearch.search.serving.telemetry import Telemetry
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EcgSearchService"]
 SERVICE_NAME = SERVICE.full_name

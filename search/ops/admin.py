@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ecgsearch.ecg.schema import EcgPayload, StoreUnavailable
-from ecgsearch.search.store import Store, open_store
+from ecgsearch.search.engine.store import Store, open_store
 
 CARD_FIELDS = ("name", "version", "embedding_dim", "initialisation", "sampling_rate_hz", "embedding")
 

@@ -114,8 +114,8 @@ def list_command(
     if target is not None:
         found = _with_service(target, resolve(token_file, token), lambda c: c.list_snapshots())
     elif qdrant_url is None:
-        from ecgsearch.search import snapshots
-        from ecgsearch.search.store import default_store_path
+        from ecgsearch.search.engine import snapshots
+        from ecgsearch.search.engine.store import default_store_path
 
         root = store or default_store_path(os.environ.get("ECGSEARCH_HOME"))
         found = snapshots.list_archives(directory or snapshots.default_directory(root), collection)
@@ -197,7 +197,7 @@ def restore_command(
 
 
 def _default_store() -> Path:
-    from ecgsearch.search.store import default_store_path
+    from ecgsearch.search.engine.store import default_store_path
 
     return default_store_path(os.environ.get("ECGSEARCH_HOME"))
 
@@ -207,9 +207,9 @@ def _with_store(
 ) -> Any:
     """Open the store, run ``action``, close it; store and snapshot problems exit 1 in one line."""
     from ecgsearch.ecg.schema import StoreUnavailable
-    from ecgsearch.search.admin import open_for_admin
-    from ecgsearch.search.snapshots import SnapshotError
-    from ecgsearch.search.store import StoreError
+    from ecgsearch.search.engine.snapshots import SnapshotError
+    from ecgsearch.search.engine.store import StoreError
+    from ecgsearch.search.ops.admin import open_for_admin
 
     if store is not None and url is not None:
         raise typer.BadParameter("give --store or --qdrant-url, not both")

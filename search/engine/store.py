@@ -40,8 +40,8 @@ from ecgsearch.ecg.schema import (
     UnknownRecord,
     point_id,
 )
-from ecgsearch.search.filters import to_client, to_edge
-from ecgsearch.search.plan import Plan, PlanLimits, choose
+from ecgsearch.search.engine.filters import to_client, to_edge
+from ecgsearch.search.engine.plan import Plan, PlanLimits, choose
 
 if TYPE_CHECKING:
     from ecgsearch.search.api import SnapshotInfo
@@ -152,7 +152,7 @@ class IndexSettings(BaseModel):
     selectivity 1.0) whenever a filtered search walks the graph, since plain filtered HNSW loses
     recall on filters that keep a large share of points. The
     embedded store plans each filtered search by the filter's estimated matching count
-    (search/plan.py): an exact scan up to ``exact_max_points`` (a count, so it holds at any
+    (search/engine/plan.py): an exact scan up to ``exact_max_points`` (a count, so it holds at any
     collection size), an oversampled unfiltered search post-filtered for filters keeping at least
     ``postfilter_min_fraction``, ACORN between; defaults from results/recall_1m.json. With ACORN
     on, Qdrant's extra per-payload-value links (``payload_m``) add build time (+30 % at 100k) and
@@ -202,7 +202,7 @@ class IndexSettings(BaseModel):
     )
 
     def plan_limits(self) -> PlanLimits:
-        """The search-plan thresholds (search/plan.py) of this collection."""
+        """The search-plan thresholds (search/engine/plan.py) of this collection."""
         return PlanLimits(
             exact_max_points=self.exact_max_points,
             postfilter_min_fraction=self.postfilter_min_fraction,
@@ -497,7 +497,7 @@ class EdgeStore(_Backend):
         ef: int | None = None,
         score_threshold: float | None = None,
     ) -> list[list[Hit]]:
-        """Search by the plan for this filter (search/plan.py); ``exact`` forces an exact scan.
+        """Search by the plan for this filter (search/engine/plan.py); ``exact`` forces an exact scan.
 
         The plan taken is kept in ``last_plan`` and logged at DEBUG (for tests and benchmarks).
         """
@@ -708,13 +708,13 @@ class EdgeStore(_Backend):
 
     def create_snapshot(self, directory: Path | None = None, archive: Path | None = None) -> SnapshotInfo:
         """Flush, then archive the collection and the kept signals of its archived points
-        (``ecgsearch.search.snapshots``): edge cannot snapshot.
+        (``ecgsearch.search.engine.snapshots``): edge cannot snapshot.
 
         This process holds the shard's lock and edge optimizes only when asked, so the copied files are
         those of the flushed state. Default directory: ``<store>/snapshots``; default archive of kept
         signals: ``<store>/archive`` (give the service's ``--archive-path`` when it has one).
         """
-        from ecgsearch.search import snapshots
+        from ecgsearch.search.engine import snapshots
 
         manifest = self._manifest()
         self.shard.flush()
@@ -732,7 +732,7 @@ class EdgeStore(_Backend):
 
     def list_snapshots(self, directory: Path | None = None) -> list[SnapshotInfo]:
         """This collection's archives in ``directory`` (default ``<store>/snapshots``), oldest first."""
-        from ecgsearch.search import snapshots
+        from ecgsearch.search.engine import snapshots
 
         return snapshots.list_archives(directory or snapshots.default_directory(self.root), self.name)
 
@@ -751,7 +751,7 @@ class EdgeStore(_Backend):
         """Verify an archive, unpack it as this collection (which must not exist yet) and its kept
         signals into ``archive`` (default ``<store>/archive``), open it and check its count; on any
         failure nothing of it is left on disk."""
-        from ecgsearch.search import snapshots
+        from ecgsearch.search.engine import snapshots
 
         if self.manifest is not None:
             raise StoreError(
@@ -794,7 +794,7 @@ class ServerStore(_Backend):
 
     Filtered searches are planned by the server itself, per segment, from its payload-index
     cardinality estimates (exact below ``full_scan_threshold_kb`` of matching vectors, else filtered
-    HNSW with ACORN); the embedded store's plan (search/plan.py) is not applied here. That threshold
+    HNSW with ACORN); the embedded store's plan (search/engine/plan.py) is not applied here. That threshold
     is in bytes and per segment: size ``full_scan_threshold_kb`` from the matching points a rare
     filter keeps per segment (1 KB each at 256-d float32), or a rare diagnosis outgrows it.
     """

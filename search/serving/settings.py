@@ -24,7 +24,7 @@ class ServiceSettings(BaseSettings):
     - ``ECGSEARCH_HOST`` / ``ECGSEARCH_PORT``: listen address (default 127.0.0.1:50051;
       containers set 0.0.0.0).
     - ``ECGSEARCH_TOKENS_FILE``: the callers file, one ``name scopes sites sha256:<digest>`` (or
-      ``cert:<common name>``) per line, re-read when it changes (format: ``ecgsearch.search.auth``,
+      ``cert:<common name>``) per line, re-read when it changes (format: ``ecgsearch.search.serving.auth``,
       docs/deploy.md); a line of one word is a plain token of caller ``default`` with scope search.
       ``ECGSEARCH_TOKENS``: comma-separated plain tokens, each such a ``default`` caller.
     - ``ECGSEARCH_INSECURE``: allow no tokens at all (local use only; the server refuses to start otherwise).
@@ -106,7 +106,7 @@ class ServiceSettings(BaseSettings):
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("TLS_CLIENT_CA (mutual TLS) needs TLS_CERT and TLS_KEY")
         if not self.store_path and not self.qdrant_url:
-            from ecgsearch.search.store import default_store_path
+            from ecgsearch.search.engine.store import default_store_path
 
             self.store_path = default_store_path(self.home)
         return self
@@ -118,7 +118,7 @@ class ServiceSettings(BaseSettings):
     def token_list(self) -> list[str]:
         """Plain bearer tokens: TOKENS and TOKENS_FILE's one-word lines (blank and '#' lines skipped).
 
-        TOKENS_FILE's caller lines hold digests, not tokens: ``ecgsearch.search.auth`` reads them.
+        TOKENS_FILE's caller lines hold digests, not tokens: ``ecgsearch.search.serving.auth`` reads them.
         """
         found = [t.strip() for t in (self.tokens or "").split(",")]
         if self.tokens_file:

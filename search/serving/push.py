@@ -34,7 +34,7 @@ from ecgsearch.search.api import Pushed
 
 if TYPE_CHECKING:
     from ecgsearch.export.runtime import Embedder
-    from ecgsearch.search.store import Store
+    from ecgsearch.search.engine.store import Store
 
 MAX_ITEMS = 64  # per UpsertEcgs call
 MAX_NATIVE_ID_CHARS = schema.MAX_NATIVE_ID_CHARS

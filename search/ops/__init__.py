@@ -1,0 +1,1 @@
+"""Operating a store: collection info, aliases, snapshots and their commands."""
