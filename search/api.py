@@ -197,6 +197,10 @@ class DiagnosisConcentration(BaseModel):
     base_rate: float
     enrichment: float
     in_query: bool = False
+    # what ``search.summary.evidence`` decides, carried so that API clients read the one rule
+    enrichment_low: float | None = None
+    enrichment_high: float | None = None
+    highlighted: bool = False
 
 
 class NeighbourhoodSummary(BaseModel):

@@ -364,6 +364,9 @@ def summary_from_proto(msg: pb.NeighbourhoodSummary) -> NeighbourhoodSummary:
             base_rate=r.base_rate,
             enrichment=r.enrichment,
             in_query=r.in_query,
+            enrichment_low=r.enrichment_low if r.HasField("enrichment_low") else None,
+            enrichment_high=r.enrichment_high if r.HasField("enrichment_high") else None,
+            highlighted=r.highlighted,
         )
         for r in msg.diagnoses
     ]

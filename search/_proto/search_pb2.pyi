@@ -336,7 +336,7 @@ class Hit(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ...) -> None: ...
 
 class DiagnosisConcentration(_message.Message):
-    __slots__ = ("code", "description", "count", "fraction", "base_rate", "enrichment", "in_query")
+    __slots__ = ("code", "description", "count", "fraction", "base_rate", "enrichment", "in_query", "enrichment_low", "enrichment_high", "highlighted")
     CODE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -344,6 +344,9 @@ class DiagnosisConcentration(_message.Message):
     BASE_RATE_FIELD_NUMBER: _ClassVar[int]
     ENRICHMENT_FIELD_NUMBER: _ClassVar[int]
     IN_QUERY_FIELD_NUMBER: _ClassVar[int]
+    ENRICHMENT_LOW_FIELD_NUMBER: _ClassVar[int]
+    ENRICHMENT_HIGH_FIELD_NUMBER: _ClassVar[int]
+    HIGHLIGHTED_FIELD_NUMBER: _ClassVar[int]
     code: str
     description: str
     count: int
@@ -351,7 +354,10 @@ class DiagnosisConcentration(_message.Message):
     base_rate: float
     enrichment: float
     in_query: bool
-    def __init__(self, code: _Optional[str] = ..., description: _Optional[str] = ..., count: _Optional[int] = ..., fraction: _Optional[float] = ..., base_rate: _Optional[float] = ..., enrichment: _Optional[float] = ..., in_query: _Optional[bool] = ...) -> None: ...
+    enrichment_low: float
+    enrichment_high: float
+    highlighted: bool
+    def __init__(self, code: _Optional[str] = ..., description: _Optional[str] = ..., count: _Optional[int] = ..., fraction: _Optional[float] = ..., base_rate: _Optional[float] = ..., enrichment: _Optional[float] = ..., in_query: _Optional[bool] = ..., enrichment_low: _Optional[float] = ..., enrichment_high: _Optional[float] = ..., highlighted: _Optional[bool] = ...) -> None: ...
 
 class NeighbourhoodSummary(_message.Message):
     __slots__ = ("n_neighbours", "collection_count", "diagnoses", "exclusions")

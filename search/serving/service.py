@@ -61,6 +61,7 @@ from ecgsearch.search.api import (
     WritesUnavailable,
     describe_validation,
 )
+from ecgsearch.search.summary import evidence
 
 if TYPE_CHECKING:
     from ecgsearch.export.card import ModelCard
@@ -850,15 +851,23 @@ def summarise(
     for code, count in counts.items():
         fraction = count / n
         base_rate = info.diagnosis_counts.get(code, 0) / info.count if info.count else 0.0
+        row = DiagnosisConcentration(
+            code=code,
+            description=codes.describe(code),
+            count=count,
+            fraction=fraction,
+            base_rate=base_rate,
+            enrichment=fraction / base_rate if base_rate > 0 else 0.0,
+            in_query=code in in_query,
+        )
+        seen = evidence(row, n)  # the one highlight rule, carried on the wire for API clients
         rows.append(
-            DiagnosisConcentration(
-                code=code,
-                description=codes.describe(code),
-                count=count,
-                fraction=fraction,
-                base_rate=base_rate,
-                enrichment=fraction / base_rate if base_rate > 0 else 0.0,
-                in_query=code in in_query,
+            row.model_copy(
+                update={
+                    "enrichment_low": seen.low,
+                    "enrichment_high": seen.high,
+                    "highlighted": seen.highlighted,
+                }
             )
         )
     rows.sort(key=lambda r: (-r.count, -r.enrichment, r.code))

@@ -29,6 +29,7 @@ from ecgsearch.search.client import EcgSearchClient
 from ecgsearch.search.engine.store import EdgeStore
 from ecgsearch.search.serving.server import SERVICE_NAME, run_server
 from ecgsearch.search.serving.settings import ServiceSettings
+from ecgsearch.search.summary import MIN_COUNT, evidence
 
 N_RECORDS = 60
 TOKEN = "t"
@@ -311,7 +312,15 @@ def test_summary_counts_and_enrichment(grpc_server: Served) -> None:
         assert row.enrichment == pytest.approx((count / 12) / (total[row.code] / N_RECORDS))
         assert row.in_query == (row.code in record.diagnoses)
         assert row.description == codes.describe(row.code)
+        seen = evidence(row, 12)  # the one highlight rule, as the CLI and the viewer apply it
+        assert row.highlighted is seen.highlighted
+        assert (row.enrichment_low, row.enrichment_high) == pytest.approx((seen.low, seen.high))
+        assert row.enrichment_low < row.enrichment < row.enrichment_high
+        assert row.highlighted == (row.count >= MIN_COUNT and row.enrichment_low > 1)
     assert {r.code for r in summary.diagnoses} == {c for p in neighbours for c in p.diagnoses}
+    back = wire.summary_from_proto(summary)  # what a Python client reads carries the same decision
+    assert [r.highlighted for r in back.diagnoses] == [r.highlighted for r in summary.diagnoses]
+    assert [r.enrichment_low for r in back.diagnoses] == [r.enrichment_low for r in summary.diagnoses]
 
 
 def test_batch_mixes_query_kinds(grpc_server: Served) -> None:

@@ -55,3 +55,39 @@ def test_a_ratio_is_highlighted_only_from_three_neighbours_beyond_chance(
 def test_a_code_without_a_base_rate_has_no_ratio_and_is_never_highlighted() -> None:
     seen = evidence(_row(5, 10, 0.0), 10)
     assert (seen.ratio, seen.highlighted) == (None, False) and "5/10 neighbours" in seen.text()
+
+
+def test_the_service_decides_the_highlight_once_and_the_wire_carries_it() -> None:
+    """``service.summarise`` fills interval and decision by ``evidence``; a proto round trip keeps them, so
+    an API client reads the same decision as the CLI and the viewer."""
+    from ecgsearch.ecg.schema import CollectionInfo, EcgPayload, Hit
+    from ecgsearch.search import wire
+    from ecgsearch.search.serving.service import summarise
+
+    af, norm, rare = "164889003", "426783006", "164909002"
+    carried = [[af, norm]] * 4 + [[norm]] * 5 + [[rare]]  # AF in 4 of 10 where 5% carry it
+    hits = [
+        Hit(
+            record_id=f"t:{i}",
+            score=0.9,
+            payload=EcgPayload(record_id=f"t:{i}", dataset="t", diagnoses=dx, sampling_rate_hz=500),
+        )
+        for i, dx in enumerate(carried)
+    ]
+    counts = {af: 50, norm: 600, rare: 2}
+    info = CollectionInfo(
+        name="c", count=1000, dim=8, model_version="m", backend="edge", indexed=True, diagnosis_counts=counts
+    )
+    summary = summarise(hits, info)
+    rows = {r.code: r for r in summary.diagnoses}
+    assert rows[af].highlighted and not rows[norm].highlighted  # x8 from four; x1.5 within chance
+    assert not rows[rare].highlighted and rows[rare].enrichment == pytest.approx(50.0)  # x50 from one
+    back = wire.summary_from_proto(wire.summary_to_proto(summary))
+    assert back == summary
+    for row in back.diagnoses:
+        seen = evidence(row, 10)
+        assert (row.enrichment_low, row.enrichment_high, row.highlighted) == (
+            seen.low,
+            seen.high,
+            seen.highlighted,
+        )
