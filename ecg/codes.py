@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 
+from ecgsearch.ecg.formats import FORMATS
 from ecgsearch.ecg.schema import InvalidQuery
 
 SCP_PREFIX = "SCP:"
@@ -118,14 +119,7 @@ def describe(code: str) -> str:
 # algorithm as its XML exports write them; a code not listed here (ET, LVHCNP, STELVH, NPTA, ...) is
 # kept in ``source_codes`` only, never guessed. Free-text statements are never read (the readers keep
 # short codes only).
-VENDOR_PREFIX = {
-    "philips-xml": "PHILIPS",
-    "muse-xml": "MUSE",
-    "hl7-aecg": "AECG",
-    "dicom": "DICOM",
-    "scp-ecg": "SCP-ECG",
-    "edf": "EDF",
-}
+VENDOR_PREFIX = {f.name: f.vendor_prefix for f in FORMATS}
 VENDOR_STATEMENTS: dict[str, dict[str, str]] = {
     "PHILIPS": {
         "SR": "426783006",  # sinus rhythm

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgsearch.ecg import dsp
+from ecgsearch.ecg.bounds import MAX_RATE_HZ, MIN_RATE_HZ
 
 # WFDB reading lives in its own module (one per outside format); ingest, the CLI and tests import it here.
 from ecgsearch.ecg.wfdb_io import read_wfdb
@@ -48,11 +49,9 @@ NORMALISATION = "highpass-0.5Hz, mV; the model divides by the global RMS over no
 HIGHPASS_HZ = 0.5
 FLAT_STD_MV = 1e-6
 CLIP = 20.0
-# Sampling rates accepted anywhere (files and requests). Below 50 Hz the QRS complex (energy up to ~40 Hz)
-# is aliased and no ECG archive records that slowly; 10 kHz covers high-resolution and pacemaker-spike
-# recordings. The range also bounds the resampling cost: the polyphase ratio stays within 1000/1.
-MIN_FS = 50.0
-MAX_FS = 10_000.0
+# Sampling rates accepted anywhere (files and requests): ecg.bounds, which says why.
+MIN_FS = MIN_RATE_HZ
+MAX_FS = MAX_RATE_HZ
 RATIO_LIMIT = 1000
 
 _LEAD_INDEX = {name.upper(): i for i, name in enumerate(LEADS)}

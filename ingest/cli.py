@@ -191,7 +191,7 @@ def ingest_command(
 
     Identity: a record is `<dataset>:<native id>` (PTB-XL: `ptbxl:<ecg_id>`; WFDB folders: the
     record name, the dataset from --dataset or the folder holding it). Hospital exports in a folder
-    (MUSE XML, Philips XML, HL7 aECG, DICOM, SCP-ECG, EDF; told by content) are named by the file's own
+    (every format `query --file` reads; told by content) are named by the file's own
     id or its content hash, never by the file name, and store no path. Patient ids are stored only as
     keyed pseudonyms (HMAC with the site secret); an ECG without one gets a pseudonym of its own.
 

@@ -1,5 +1,5 @@
 """Where ECGs come from: a PTB-XL folder, a manifest CSV or a folder of WFDB records and hospital
-exports (MUSE XML, Philips XML, HL7 aECG, DICOM, SCP-ECG, EDF, mixed) -> Records.
+exports (every format of ``ecg.formats``, mixed) -> Records.
 
 Enumeration is lazy and cheap (no signal is read), so a source of any size streams; ``load`` does the
 expensive part (read, prepare, build the payload) and runs in worker processes, so everything it takes
@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgsearch.ecg import intake, ptbxl, signals
+from ecgsearch.ecg import formats, intake, ptbxl, signals
 from ecgsearch.ecg.codes import normalise_snomed, scp_to_normalised
 from ecgsearch.ecg.identity import Pseudonymizer, content_hash
 from ecgsearch.ecg.readers import ReaderError, read_ecg, sniff
@@ -281,11 +281,12 @@ def _dataset_of(folder: Path, root: Path) -> str:
     return folder.name
 
 
-# Files a folder of ECGs also holds that are never ECGs; anything else without a WFDB header beside it
-# is sniffed. An unknown content is skipped silently, except under the extensions ECG exports use,
-# where it is a reject (a damaged export must not vanish from the report).
+# Files a folder of ECGs also holds that are never ECGs (unless a format we read uses the extension);
+# anything else without a WFDB header beside it is sniffed. An unknown content is skipped silently,
+# except under the extensions of ecg.formats, where it is a reject (a damaged export must not vanish
+# from the report).
 _NOT_ECG = {".tsv", ".csv", ".txt", ".md", ".json", ".pdf", ".html", ".py", ".sh", ".zip", ".gz"}
-_ECG_EXTENSIONS = {".xml", ".dcm", ".scp", ".edf", ".ecg"}
+_NOT_ECG -= formats.EXTENSIONS
 _WFDB_SIGNAL = {".dat", ".mat"}
 SNIFF_BYTES = 8192
 
@@ -325,7 +326,7 @@ def _hospital_file(path: Path, root: Path, dataset: str) -> Candidate | None:
     try:
         fmt = sniff(head)
     except ReaderError:
-        if path.suffix.lower() not in _ECG_EXTENSIONS:
+        if path.suffix.lower() not in formats.EXTENSIONS:
             return None
         fmt = "unknown"
     where = _relative(path, root) or path.name

@@ -1,4 +1,10 @@
-"""Regenerate ``search/_proto/`` from ``proto/ecgsearch/v1/search.proto`` (needs grpcio-tools, a dev extra).
+"""Regenerate ``search/_proto/`` from ``proto/ecgsearch/v1/search.proto`` (needs grpcio-tools, a dev extra),
+after rewriting the proto's generated blocks from the Python tables they mirror.
+
+A block runs from ``// BEGIN GENERATED <name>`` to ``// END GENERATED <name>``; ``BLOCKS`` says which
+table writes it (the file formats of ``ecgsearch.ecg.formats``...). Everything else in the proto is
+written by hand. tests/test_generated.py checks that the committed proto and stubs are what this
+writes.
 
 protoc names the Python modules and their imports after the proto's path below ``-I``. To make the
 generated code import itself as ``ecgsearch.search._proto.search_pb2`` without editing its output, the
@@ -11,9 +17,11 @@ Usage: ``python proto/generate.py`` (writes into search/_proto/) or ``python pro
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -24,8 +32,38 @@ STAGED = Path("ecgsearch") / "search" / "_proto" / "search.proto"
 GENERATED = ("search_pb2.py", "search_pb2.pyi", "search_pb2_grpc.py")
 
 
-def generate(out_dir: Path = TARGET) -> list[Path]:
-    """Compile the proto and place the generated modules in ``out_dir``; returns their paths."""
+def _ecg_formats() -> list[str]:
+    from ecgsearch.ecg.formats import FORMATS
+
+    return [f"{f.wire_name} = {f.wire_number}; // {f.display}" for f in FORMATS]
+
+
+BLOCKS: dict[str, Callable[[], list[str]]] = {"ecg-formats": _ecg_formats}
+_BLOCK = re.compile(
+    r"^(?P<indent>[ \t]*)// BEGIN GENERATED (?P<name>[\w-]+)[^\n]*\n.*?^[ \t]*// END GENERATED (?P=name)\n",
+    re.M | re.S,
+)
+
+
+def render(text: str) -> str:
+    """The proto ``text`` with every generated block rewritten from its table."""
+    seen: set[str] = set()
+
+    def block(m: re.Match[str]) -> str:
+        name, indent = m.group("name"), m.group("indent")
+        seen.add(name)
+        lines = [f"// BEGIN GENERATED {name}: proto/generate.py writes these lines", *BLOCKS[name]()]
+        return "".join(f"{indent}{line}\n" for line in [*lines, f"// END GENERATED {name}"])
+
+    out = _BLOCK.sub(block, text)
+    if missing := set(BLOCKS) - seen:
+        raise ValueError(f"{SOURCE}: no generated block {sorted(missing)}")
+    return out
+
+
+def generate(out_dir: Path = TARGET, proto: str | None = None) -> list[Path]:
+    """Compile the proto (``proto``: its text, default the committed file) and place the generated
+    modules in ``out_dir``; returns their paths."""
     from grpc_tools import protoc
 
     out_dir = Path(out_dir)
@@ -34,7 +72,7 @@ def generate(out_dir: Path = TARGET) -> list[Path]:
         build = Path(tmp) / "build"
         (root / STAGED).parent.mkdir(parents=True)
         build.mkdir()
-        shutil.copyfile(SOURCE, root / STAGED)
+        (root / STAGED).write_text(SOURCE.read_text() if proto is None else proto)
         well_known = resources.files("grpc_tools") / "_proto"
         args = [
             "grpc_tools.protoc",
@@ -58,5 +96,11 @@ def generate(out_dir: Path = TARGET) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for path in generate(Path(sys.argv[1]) if len(sys.argv) > 1 else TARGET):
+    rendered = render(SOURCE.read_text())
+    if len(sys.argv) > 1:
+        written = generate(Path(sys.argv[1]), rendered)
+    else:
+        SOURCE.write_text(rendered)
+        written = [SOURCE, *generate(TARGET)]
+    for path in written:
         print(path)

@@ -3,9 +3,10 @@ and the domain errors a caller sees.
 
 The client, the wire conversions, the viewer and the server import these from here, never the server's
 domain module (``service.py``), so a client loads no model runtime, vector store or signal library. This
-module imports only the stored-record schema, pydantic and the standard library (numpy is named in
-annotations only). ``InvalidQuery``, ``UnknownRecord`` and ``StoreUnavailable`` live in the schema, which
-raises them too; they are named here so that a caller finds every error in one place.
+module imports only the stored-record schema, the format table, pydantic and the standard library
+(numpy is named in annotations only). ``InvalidQuery``, ``UnknownRecord`` and ``StoreUnavailable`` live
+in the schema, which raises them too; they are named here so that a caller finds every error in one
+place.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from ecgsearch.ecg.formats import NAMES
 from ecgsearch.ecg.schema import Hit, InvalidQuery, SearchFilter, StoreUnavailable, UnknownRecord
 
 if TYPE_CHECKING:
@@ -52,7 +54,7 @@ __all__ = [
 ]
 
 DEFAULT_K = 10
-FILE_FORMATS = ("muse-xml", "philips-xml", "hl7-aecg", "dicom", "scp-ecg", "edf")
+FILE_FORMATS = NAMES  # the format hints a file may carry (ecg.formats)
 
 # --- errors ---------------------------------------------------------------------------------------
 

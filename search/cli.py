@@ -15,6 +15,7 @@ import typer
 
 import ecgsearch.cli.exits as exits
 from ecgsearch.cli.tokens import TokenArgv, TokenFile, resolve
+from ecgsearch.ecg.formats import DISPLAY_LIST
 
 if TYPE_CHECKING:
     from ecgsearch.search.api import SearchResult
@@ -240,8 +241,8 @@ def query_command(
         Path | None,
         typer.Option(
             "--file",
-            help="Search by an ECG file: MUSE XML, Philips XML, HL7 aECG, DICOM, SCP-ECG, EDF (sent as "
-            "its bytes, read by the server) or a WFDB record (read here, sent raw).",
+            help=f"Search by an ECG file: {DISPLAY_LIST} (sent as its bytes, read by the server) or a "
+            "WFDB record (read here, sent raw).",
         ),
     ] = None,
     k: Annotated[int, typer.Option(help="Number of neighbours (1-1000).")] = DEFAULT_K,

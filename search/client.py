@@ -117,8 +117,8 @@ class EcgSearchClient:
     def search_by_file(
         self, file: str | Path | bytes, *, format_hint: str | None = None, **options: Any
     ) -> SearchResult:
-        """Neighbours of an ECG file (MUSE XML, Philips XML, HL7 aECG, DICOM, SCP-ECG, EDF): its bytes
-        are sent as they are and read by the server, so nothing needs decoding here."""
+        """Neighbours of an ECG file of any format the server reads (``ecgsearch.ecg.formats``): its
+        bytes are sent as they are and read by the server, so nothing needs decoding here."""
         content = file if isinstance(file, bytes) else Path(file).read_bytes()
         request = pb.SearchByFileRequest(
             file=wire.file_to_proto(EcgFile(content, format_hint)), options=_options(**options)

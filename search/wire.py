@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ecgsearch.ecg.formats import FORMATS
 from ecgsearch.ecg.schema import (
     MEASUREMENTS,
     CollectionInfo,
@@ -63,14 +64,9 @@ EXCLUSION_TO_PROTO = {
 EXCLUSION_FROM_PROTO = {v: k for k, v in EXCLUSION_TO_PROTO.items()}
 MEASUREMENT_TO_PROTO = {name: i for i, name in enumerate(MEASUREMENTS, start=1)}  # enum order = tuple order
 MEASUREMENT_FROM_PROTO = {v: k for k, v in MEASUREMENT_TO_PROTO.items()}
-FORMAT_TO_PROTO = {
+FORMAT_TO_PROTO: dict[str | None, pb.EcgFormat] = {
     None: pb.ECG_FORMAT_UNSPECIFIED,
-    "muse-xml": pb.ECG_FORMAT_MUSE_XML,
-    "philips-xml": pb.ECG_FORMAT_PHILIPS_XML,
-    "hl7-aecg": pb.ECG_FORMAT_HL7_AECG,
-    "dicom": pb.ECG_FORMAT_DICOM,
-    "scp-ecg": pb.ECG_FORMAT_SCP_ECG,
-    "edf": pb.ECG_FORMAT_EDF,
+    **{f.name: pb.EcgFormat.Value(f.wire_name) for f in FORMATS},  # the proto enum is written from FORMATS
 }
 FORMAT_FROM_PROTO = {v: k for k, v in FORMAT_TO_PROTO.items()}
 STATUS_TO_PROTO: dict[PushStatus, pb.UpsertStatus] = {

@@ -26,7 +26,7 @@ from markupsafe import Markup
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response as BaseResponse
 
-from ecgsearch.ecg import codes
+from ecgsearch.ecg import codes, formats
 from ecgsearch.ecg.schema import CollectionInfo, EcgPayload, Hit
 from ecgsearch.search.client import EcgSearchClient
 from ecgsearch.search.summary import RULE as SUMMARY_RULE
@@ -166,6 +166,7 @@ def create_app(
         summary_rule=SUMMARY_RULE,
         max_k=MAX_K,
         max_upload_mb=f"{upload_mb:g}",
+        file_formats=formats.DISPLAY_LIST,
         target=target,
     )
 

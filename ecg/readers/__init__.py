@@ -1,5 +1,6 @@
 """Read the ECG files hospital systems export, choosing the reader by content, not by extension.
 
+The formats, their content tests and their reader modules are one table, ``ecg.formats``.
 ``read_ecg(path_or_bytes, format_hint=None) -> ReadEcg``: GE MUSE XML, Philips Sierra/PhilipsECG XML
 (1.03, 1.04, 1.04.01; UTF-8 or UTF-16), HL7 aECG, DICOM 12-lead / General ECG waveform, SCP-ECG and
 EDF/EDF+. The result holds the leads as the file stores them in mV (``complete_leads`` gives the 12
@@ -7,8 +8,9 @@ in model order), the sampling rate, the format name, a non-personal ``native_id`
 one (DICOM SOPInstanceUID, aECG document id), and an ``EcgHeader`` of non-personal fields plus
 ``patient_key`` (the source's raw patient id, only for the caller to pseudonymise; hidden from repr).
 Every failure is a ``ReaderError(ValueError)`` naming a field, never the file name or personal data.
-Bounds: at most 50 MB, 16 channels, 10 minutes of samples, 50-20000 Hz; Philips XLI at most 4 million
-samples (its LZW decoder is pure Python, ~0.4 us a byte).
+Bounds (``ecg.bounds``, shared with preparation and the service): at most 50 MiB, 16 channels, 10
+minutes of samples, 50-10000 Hz; Philips XLI at most 4 million samples (its LZW decoder is pure
+Python, ~0.4 us a byte).
 
 Libraries (versions pinned in pyproject.toml; measured on the 16 files in shared/data/hospital):
 - defusedxml 0.7.1 (PSF, 128 kB): every XML parse; entity declarations (billion laughs, external
@@ -31,15 +33,17 @@ no serving module may import it (tests/test_layout.py).
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from ecgsearch.ecg.bounds import MAX_FILE_BYTES as MAX_BYTES
+from ecgsearch.ecg.formats import BY_NAME
+from ecgsearch.ecg.formats import NAMES as FORMATS
 from ecgsearch.ecg.readers.leads import complete_leads
 from ecgsearch.ecg.readers.sniff import sniff
 from ecgsearch.ecg.readers.types import (
-    FORMATS,
-    MAX_BYTES,
     EcgHeader,
     Measurements,
     ReadEcg,
@@ -90,13 +94,8 @@ def _load(path_or_bytes: str | os.PathLike[str] | bytes) -> bytes:
 
 
 def _reader(fmt: str) -> Callable[[bytes], ReadEcg]:
-    from ecgsearch.ecg.readers import aecg, dicom, edf, muse, philips, scp
-
-    return {
-        "muse-xml": muse.read,
-        "philips-xml": philips.read,
-        "hl7-aecg": aecg.read,
-        "dicom": dicom.read,
-        "scp-ecg": scp.read,
-        "edf": edf.read,
-    }[fmt]
+    """The format's reader (ecg.formats names its module), imported on first use: pydicom and
+    sierraecg load only when a file of theirs arrives."""
+    module = importlib.import_module(f"{__name__}.{BY_NAME[fmt].reader}")
+    read: Callable[[bytes], ReadEcg] = module.read
+    return read

@@ -1,31 +1,34 @@
-"""Tell the format from the bytes: magic numbers for binary formats, the root element for XML."""
+"""Tell the format from the bytes, by each format's content test in ``ecg.formats``."""
 
 from __future__ import annotations
 
 import re
 
+from ecgsearch.ecg.formats import FORMATS
 from ecgsearch.ecg.readers.types import ReaderError
 
-_XML_ROOTS = {"restingecg": "muse-xml", "restingecgdata": "philips-xml", "annotatedecg": "hl7-aecg"}
+_XML_ROOTS = {f.xml_root: f.name for f in FORMATS if f.xml_root is not None}
 _ROOT = re.compile(r"<([A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]*)[\s/>]")
+_NONE_OF = ", ".join(f.display for f in FORMATS[:-1]) + f" or {FORMATS[-1].display}"
 
 
 def sniff(data: bytes) -> str:
-    """One of FORMATS, or ReaderError('format') when the content is none of them."""
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return "dicom"
-    if len(data) >= 22 and data[16:22] == b"SCPECG":
-        return "scp-ecg"
-    if len(data) >= 256 and data[:8] == b"0       ":
-        return "edf"
+    """The name of the format (ecg.formats) whose content test ``data`` passes: magic numbers first,
+    then an XML root element, then the other tests; else ReaderError('format')."""
+    for fmt in FORMATS:
+        if fmt.magic is not None and fmt.magic.matches(data):
+            return fmt.name
     head = _xml_head(data[:8192])
     if head is not None:
         for m in _ROOT.finditer(_strip_prolog(head)):
-            fmt = _XML_ROOTS.get(m.group(2).lower())
-            if fmt:
-                return fmt
+            name = _XML_ROOTS.get(m.group(2).lower())
+            if name:
+                return name
             raise ReaderError("format", f"XML root element <{m.group(2)[:40]}> is not an ECG format we read")
-    raise ReaderError("format", "content is not MUSE XML, Philips XML, HL7 aECG, DICOM, SCP-ECG or EDF")
+    for fmt in FORMATS:
+        if fmt.detect is not None and fmt.detect(data):
+            return fmt.name
+    raise ReaderError("format", f"content is not {_NONE_OF}")
 
 
 def _xml_head(data: bytes) -> str | None:

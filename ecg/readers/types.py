@@ -1,4 +1,4 @@
-"""What every reader returns, the one error type, and the bounds every reader enforces.
+"""What every reader returns, the one error type, and the checks of the bounds (``ecg.bounds``).
 
 The header keeps only fields that may leave the file: derived age, sex, acquisition month, vendor and
 model, the machine's measurements and vendor statement codes. ``patient_key`` is the one exception:
@@ -15,14 +15,9 @@ from datetime import date, datetime
 
 import numpy as np
 
-MAX_BYTES = 50 * 1024 * 1024
-MAX_CHANNELS = 16
-MAX_SECONDS = 600.0
-MIN_RATE_HZ = 50.0
-MAX_RATE_HZ = 20_000.0
-AGE_CAP = 90  # ages over 89 are stored as 90 (HIPAA safe harbour)
+from ecgsearch.ecg.bounds import MAX_CHANNELS, MAX_RATE_HZ, MAX_SECONDS, MIN_RATE_HZ
 
-FORMATS = ("muse-xml", "philips-xml", "hl7-aecg", "dicom", "scp-ecg", "edf")
+AGE_CAP = 90  # ages over 89 are stored as 90 (HIPAA safe harbour)
 
 _STATEMENT_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,31}$")
 

@@ -115,8 +115,8 @@ class EcgSearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SearchByFile(self, request, context):
-        """Neighbours of an ECG file as hospital systems export it (MUSE XML, Philips XML, HL7 aECG, DICOM,
-        SCP-ECG, EDF), read and prepared by the server under the same bounds as a raw ECG.
+        """Neighbours of an ECG file as hospital systems export it (a format of EcgFormat), read and prepared
+        by the server under the same bounds as a raw ECG.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

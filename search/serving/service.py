@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from ecgsearch.ecg import codes, signals
+from ecgsearch.ecg.bounds import MAX_FILE_BYTES
 from ecgsearch.ecg.schema import (
     MAX_K,
     MEASUREMENTS,
@@ -99,10 +100,9 @@ MAX_BATCH = 256  # queries per BatchSearch
 # ten-second 12-lead ECGs at 500 Hz; preparation costs ~O(samples read), so this bounds a batch's CPU.
 MAX_BATCH_SAMPLES = 4_000_000
 QUOTE_CHARS = 32  # at most this much of any client string is echoed in an error
-# Files (SearchByFile, UpsertEcgs): the readers' own bounds (50 MB, 16 channels, 10 minutes, 50 Hz to
-# 20 kHz) cap the decoding; of the decoded ECG the first MAX_FILE_SECONDS are kept, then the raw-ECG
+# Files (SearchByFile, UpsertEcgs): the bounds of ecg.bounds (50 MiB, 16 channels, 10 minutes, 50 Hz to
+# 10 kHz) cap the decoding; of the decoded ECG the first MAX_FILE_SECONDS are kept, then the raw-ECG
 # bounds above apply as to any ECG. Preparation reads the first 10 s.
-MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_FILE_SECONDS = 30.0
 _UNITS = {"mv", "uv", "v", ""}  # amplitude units signals.prepare_array reads
 

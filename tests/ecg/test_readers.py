@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ecgsearch.ecg.bounds import MAX_FILE_BYTES as MAX_BYTES
 from ecgsearch.ecg.readers import FORMATS, ReaderError, complete_leads, read_ecg, sniff
-from ecgsearch.ecg.readers.types import MAX_BYTES, age_from_dates, normalise_lead_name
+from ecgsearch.ecg.readers.types import age_from_dates, normalise_lead_name
 from ecgsearch.ecg.signals import LEADS, MODEL_SAMPLES, prepare_array
 
 FORMAT_BY_PREFIX = {
