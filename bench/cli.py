@@ -33,6 +33,11 @@ def _logger(quiet: bool) -> Callable[[str], None]:
     return log
 
 
+def _beside(out: Path, plot: Path | None) -> Path:
+    """The plot path: ``--plot`` when given, else beside ``--out`` (never a committed plot elsewhere)."""
+    return plot if plot is not None else out.with_suffix(".png")
+
+
 def recall(
     sizes: Annotated[
         str, typer.Option(help="synthetic collection sizes (default 100k, 300k, 1M)", show_default=False)
@@ -76,8 +81,8 @@ def recall(
     ] = Path("results/recall.json"),
     plot: Annotated[
         Path | None,
-        typer.Option(help="recall@10 vs latency plot (default results/recall.png)", show_default=False),
-    ] = Path("results/recall.png"),
+        typer.Option(help="recall@10 vs latency plot (default: beside --out, as .png)", show_default=False),
+    ] = None,
     scratch: Annotated[
         Path | None,
         typer.Option(
@@ -111,6 +116,7 @@ def recall(
     from ecgsearch.bench.results import write_results
 
     log = _logger(quiet)
+    plot = _beside(out, plot)
     if merge:
         paths = [Path(p) for p in merge.split(",") if p.strip()]
         for path in paths:
@@ -171,9 +177,10 @@ def retrieval(
         int | None, typer.Option(min=20, help="use only the first N records (quick checks)")
     ] = None,
     out: Annotated[Path, typer.Option(help="results JSON")] = Path("results/retrieval.json"),
-    plot: Annotated[Path | None, typer.Option(help="curves and agreement plot")] = Path(
-        "results/retrieval.png"
-    ),
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="curves and agreement plot (default: beside --out, as .png)", show_default=False),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
 ) -> None:
     """Retrieval quality on PTB-XL: the trained encoder vs its random-init twin, chance and baselines.
@@ -197,6 +204,7 @@ def retrieval(
 
     if not (ptbxl / "ptbxl_database.csv").is_file():
         raise typer.BadParameter(f"no ptbxl_database.csv in {ptbxl}")
+    plot = _beside(out, plot)
     try:
         result = ev.run(
             ptbxl,

@@ -86,6 +86,16 @@ def test_bench_recall_end_to_end(tmp_path: Path) -> None:
     assert png.stat().st_size > 1000
 
 
+def test_bench_recall_plot_goes_beside_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a stray default would land in ./results/recall.png
+    out = tmp_path / "elsewhere" / "small.json"
+    args = ["bench", "recall", "--sizes", "500", "--queries", "5", "--dim", "16", "--engines", "edge"]
+    result = CliRunner().invoke(app, [*args, "--edge-ef", "16", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "elsewhere" / "small.png").stat().st_size > 1000
+    assert not (tmp_path / "results").exists()
+
+
 def test_bench_recall_qdrant_local_runs_like_edge_and_is_skipped_above_its_limit(tmp_path: Path) -> None:
     out = tmp_path / "recall.json"
     args = ["bench", "recall", "--sizes", "1000,2000", "--queries", "10", "--dim", "32"]
