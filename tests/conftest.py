@@ -60,6 +60,7 @@ SLOW_MODULES = {
     "tests/ingest/test_hospital.py",
     "tests/search/test_snapshots.py",
     "tests/search/test_store.py",
+    "tests/search/test_store_conformance.py",
     "tests/web/test_browser.py",
 }
 SLOW_TESTS = {

@@ -71,12 +71,14 @@ MODULE_ALLOWED = {
     },  # the default store path, inside a validator
     "search/engine/filters.py": {"ecgsearch.ecg.schema"},
     "search/engine/plan.py": set(),
+    "search/engine/settings.py": {"ecgsearch.search.engine.plan"},  # IndexSettings and their translation
     "search/serving/loopback.py": set(),
     "search/engine/snapshots.py": {"ecgsearch.search.api"},  # the archive format, used by the store
     "search/engine/store.py": {
         "ecgsearch.search.api",
         "ecgsearch.search.engine.filters",
         "ecgsearch.search.engine.plan",
+        "ecgsearch.search.engine.settings",
         "ecgsearch.ecg.schema",
         "ecgsearch.search.engine.snapshots",
     },

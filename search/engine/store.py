@@ -41,16 +41,29 @@ from ecgsearch.ecg.schema import (
     point_id,
 )
 from ecgsearch.search.engine.filters import to_client, to_edge
-from ecgsearch.search.engine.plan import Plan, PlanLimits, choose
+from ecgsearch.search.engine.plan import Plan, choose
+from ecgsearch.search.engine.settings import (
+    CLIENT,
+    EDGE,
+    IndexSettings,
+    build,
+    payload_schemas,
+    search_params,
+)
 
 if TYPE_CHECKING:
     from ecgsearch.search.api import SnapshotInfo
 
 
 class Store(Protocol):
-    """A collection of ECG embeddings with payloads, whatever the backend."""
+    """A collection of ECG embeddings with payloads, whatever the backend.
 
-    name: str
+    Both backends implement every method (tests/search/test_store_conformance.py runs each on both);
+    where one cannot do a thing (qdrant-client's local mode has no snapshots) it raises StoreError.
+    """
+
+    name: str  # the collection (an alias resolved)
+    backend: str  # "qdrant-edge", "qdrant-server" or "qdrant-local"
 
     def create_collection(self, *, dim: int, model_version: str) -> None:
         """Create if absent; if present, refuse (ModelMismatch) unless dim and model_version match, and
@@ -130,6 +143,14 @@ class Store(Protocol):
     def list_snapshots(self, directory: Path | None = None) -> list[SnapshotInfo]:
         """The collection's snapshots, oldest first."""
 
+    def restore_snapshot(self, source: str | Path, archive: Path | None = None) -> SnapshotInfo:
+        """Recover this collection from a snapshot (and, embedded, its kept signals into ``archive``)."""
+
+    def __enter__(self) -> Self:
+        """``with open_store(...) as store:`` closes the store on leaving."""
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 class StoreError(RuntimeError):
     """A store operation that cannot be done as asked (not a connectivity problem)."""
@@ -141,74 +162,6 @@ class ModelMismatch(StoreError):
 
 class SettingsMismatch(StoreError):
     """Index settings were asked for that differ from those an existing collection was made with."""
-
-
-class IndexSettings(BaseModel):
-    """Index and search settings of a collection; build-time ones are fixed when it is created.
-
-    Defaults favour recall, as clinical search should: a denser graph (m 32, ef_construct 256), ef 512
-    at search (at 300k, ef 256 left unfiltered and by-record searches at 0.994-0.995 recall@10 and ef
-    512 reached 0.998-1.000 for 1.2-1.5x the latency: results/recall_300k_ef.json), and ACORN (max
-    selectivity 1.0) whenever a filtered search walks the graph, since plain filtered HNSW loses
-    recall on filters that keep a large share of points. The
-    embedded store plans each filtered search by the filter's estimated matching count
-    (search/engine/plan.py): an exact scan up to ``exact_max_points`` (a count, so it holds at any
-    collection size), an oversampled unfiltered search post-filtered for filters keeping at least
-    ``postfilter_min_fraction``, ACORN between; defaults from results/recall_1m.json. With ACORN
-    on, Qdrant's extra per-payload-value links (``payload_m``) add build time (+30 % at 100k) and
-    no recall, so they are off. Vectors are int8-quantized with float32 rescoring: at 1M it built
-    2.3x faster than float32 and reached recall@10 0.997 unfiltered at ef 256, where float32
-    reached 0.990.
-    ``ecgsearch bench recall`` measures what these settings give (results/recall_*.json).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    hnsw_m: int = Field(default=32, ge=4, le=128, description="HNSW edges per node")
-    hnsw_ef_construct: int = Field(default=256, ge=8, le=2048, description="HNSW build candidates")
-    search_ef: int = Field(default=512, ge=1, le=4096, description="HNSW search candidates when not given")
-    quantization: bool = Field(default=True, description="int8 scalar quantization (4x less vector RAM)")
-    rescore: bool = Field(default=True, description="rescore quantized candidates with float32 vectors")
-    oversampling: float = Field(default=2.0, ge=1.0, le=16.0, description="quantized candidates per result")
-    acorn: bool = Field(default=True, description="ACORN for filtered HNSW search (recall on broad filters)")
-    acorn_max_selectivity: float | None = Field(
-        default=1.0, gt=0.0, le=1.0, description="ACORN only for filters keeping at most this fraction"
-    )
-    full_scan_threshold_kb: int = Field(
-        default=10_000, ge=0, description="below this many KB of matching vectors Qdrant searches exactly"
-    )
-    indexing_threshold_kb: int = Field(
-        default=1, ge=1, description="segments above this size get an HNSW graph when optimized"
-    )
-    payload_m: int = Field(
-        default=0, ge=0, le=128, description="edges of extra per-payload-value HNSW links (0: none)"
-    )
-    exact_max_points: int = Field(
-        default=100_000,
-        ge=0,
-        description="filters matching at most this many points (estimated) are searched exactly",
-    )
-    postfilter_min_fraction: float = Field(
-        default=0.2,
-        gt=0.0,
-        le=1.0,
-        description="filters keeping at least this fraction post-filter an unfiltered HNSW search",
-    )
-    postfilter_safety: float = Field(
-        default=10.0, ge=1.0, le=100.0, description="post-filter candidates: k / fraction x this"
-    )
-    postfilter_max_limit: int = Field(
-        default=1000, ge=1, le=10_000, description="most candidates a post-filtered search asks for"
-    )
-
-    def plan_limits(self) -> PlanLimits:
-        """The search-plan thresholds (search/engine/plan.py) of this collection."""
-        return PlanLimits(
-            exact_max_points=self.exact_max_points,
-            postfilter_min_fraction=self.postfilter_min_fraction,
-            postfilter_safety=self.postfilter_safety,
-            postfilter_max_limit=self.postfilter_max_limit,
-        )
 
 
 class CollectionManifest(BaseModel):
@@ -350,6 +303,7 @@ class EdgeStore(_Backend):
         self.requested = _check_name(collection)
         self.name = self._aliases().get(collection, collection)
         self._shard: edge.EdgeShard | None = None
+        self._closed = False
         self.last_plan: Plan | None = None  # the plan of the latest search (tests, benchmarks)
         self.manifest = self._read_manifest()
         self.requested_settings = settings
@@ -407,6 +361,8 @@ class EdgeStore(_Backend):
 
     @property
     def shard(self) -> edge.EdgeShard:
+        if self._closed:
+            raise StoreUnavailable(f"store {self.root} is closed")
         if self._shard is None:
             raise StoreUnavailable(
                 f"collection {self.requested!r} does not exist in {self.root}; ingest ECGs first"
@@ -420,30 +376,16 @@ class EdgeStore(_Backend):
             _check_match(self.manifest, dim, model_version, self.requested_settings)
             return
         s = self.settings
+        made = build(s, EDGE)
         config = edge.EdgeConfig(
             vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
-            hnsw_config=edge.HnswIndexConfig(
-                m=s.hnsw_m,
-                ef_construct=s.hnsw_ef_construct,
-                full_scan_threshold=s.full_scan_threshold_kb,
-                payload_m=s.payload_m,
-            ),
-            quantization_config=(
-                edge.ScalarQuantizationConfig(type=edge.ScalarType.Int8, quantile=0.99, always_ram=True)
-                if s.quantization
-                else None
-            ),
-            optimizers=edge.EdgeOptimizersConfig(indexing_threshold=s.indexing_threshold_kb),
+            hnsw_config=made.hnsw,
+            quantization_config=made.quantization,
+            optimizers=made.optimizers,
         )
         self._dir.mkdir(parents=True, exist_ok=True)
         shard = self._open(lambda: edge.EdgeShard.create(str(self._shard_dir), config))
-        for field_name, kind in PAYLOAD_INDEXES.items():
-            schemas: dict[str, edge.PayloadSchemaType | edge.PayloadSchemaParams] = {
-                "integer": edge.IntegerIndexParams(lookup=True, range=True),
-                "float": edge.PayloadSchemaType.Float,
-                "tenant": edge.KeywordIndexParams(is_tenant=True),
-            }
-            schema = schemas.get(kind, edge.PayloadSchemaType.Keyword)
+        for field_name, schema in payload_schemas(PAYLOAD_INDEXES, EDGE).items():
             shard.update(edge.UpdateOperation.create_field_index(field_name, schema))
         shard.flush()
         manifest = CollectionManifest(
@@ -640,6 +582,7 @@ class EdgeStore(_Backend):
         self.shard.flush()
 
     def close(self) -> None:
+        self._closed = True
         if self._shard is not None:
             self._shard.flush()
             self._shard.close()
@@ -672,21 +615,8 @@ class EdgeStore(_Backend):
         return _as_matrix(vectors, self._manifest().dim)
 
     def _params(self, *, exact: bool, ef: int | None, filtered: bool) -> edge.SearchParams:
-        s = self.settings
-        return edge.SearchParams(
-            hnsw_ef=ef or s.search_ef,
-            exact=exact,
-            quantization=(
-                edge.QuantizationSearchParams(rescore=s.rescore, oversampling=s.oversampling)
-                if s.quantization
-                else None
-            ),
-            acorn=(
-                edge.AcornSearchParams(enable=True, max_selectivity=s.acorn_max_selectivity)
-                if s.acorn and filtered
-                else None
-            ),
-        )
+        params: edge.SearchParams = search_params(self.settings, EDGE, exact=exact, ef=ef, filtered=filtered)
+        return params
 
     # -- snapshots ------------------------------------------------------------------------------
     def _archived_signals(self) -> list[str]:
@@ -822,7 +752,12 @@ class ServerStore(_Backend):
         self.shard_number, self.replication_factor = shard_number, replication_factor
         if client is None:
             if local_path is not None:
-                client = QdrantClient(path=str(local_path))
+                try:
+                    client = QdrantClient(path=str(local_path))
+                except RuntimeError as error:  # qdrant-client's lock on the folder
+                    raise StoreUnavailable(
+                        f"store {local_path} is already open in another process or client"
+                    ) from error
             elif in_memory:
                 client = QdrantClient(location=":memory:")
             elif url is not None:
@@ -835,6 +770,7 @@ class ServerStore(_Backend):
         if self._local:
             self.backend = "qdrant-local"
         self._dim: int | None = None
+        self._closed = False
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         """Run one client call; connection failures become StoreUnavailable.
@@ -842,6 +778,8 @@ class ServerStore(_Backend):
         Local mode warns that payload indexes and HNSW settings do nothing there; true and known, so
         those two warnings are silenced for the call alone (no process-wide filter).
         """
+        if self._closed:
+            raise StoreUnavailable(f"store {self.client.init_options.get('url') or self.name} is closed")
         try:
             if not self._local:
                 return fn()
@@ -854,6 +792,12 @@ class ServerStore(_Backend):
         except (ResponseHandlingException, ConnectionError, grpc.RpcError) as error:
             where = self.client.init_options.get("url")
             raise StoreUnavailable(f"Qdrant at {where} is unreachable: {error}") from error
+        except ValueError as error:  # local mode's word for a server's 404
+            if self._local and str(error) == f"Collection {self.name} not found":
+                raise StoreUnavailable(
+                    f"collection {self.name!r} does not exist; ingest ECGs first"
+                ) from error
+            raise
         except UnexpectedResponse as error:
             if error.status_code == 404:
                 raise StoreUnavailable(
@@ -892,38 +836,20 @@ class ServerStore(_Backend):
             "created": datetime.now(UTC).isoformat(),
             "settings": s.model_dump(),
         }
+        made = build(s, CLIENT)
         self._call(
             lambda: self.client.create_collection(
                 self.name,
                 vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
                 shard_number=self.shard_number,
                 replication_factor=self.replication_factor,
-                hnsw_config=qm.HnswConfigDiff(
-                    m=s.hnsw_m,
-                    ef_construct=s.hnsw_ef_construct,
-                    full_scan_threshold=s.full_scan_threshold_kb,
-                    payload_m=s.payload_m,
-                ),
-                optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=s.indexing_threshold_kb),
-                quantization_config=(
-                    qm.ScalarQuantization(
-                        scalar=qm.ScalarQuantizationConfig(
-                            type=qm.ScalarType.INT8, quantile=0.99, always_ram=True
-                        )
-                    )
-                    if s.quantization
-                    else None
-                ),
+                hnsw_config=made.hnsw,
+                optimizers_config=made.optimizers,
+                quantization_config=made.quantization,
                 metadata=meta,
             )
         )
-        for field_name, kind in PAYLOAD_INDEXES.items():
-            schemas: dict[str, qm.PayloadSchemaType | qm.PayloadSchemaParams] = {
-                "integer": qm.IntegerIndexParams(type=qm.IntegerIndexType.INTEGER, lookup=True, range=True),
-                "float": qm.PayloadSchemaType.FLOAT,
-                "tenant": qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True),
-            }
-            schema = schemas.get(kind, qm.PayloadSchemaType.KEYWORD)
+        for field_name, schema in payload_schemas(PAYLOAD_INDEXES, CLIENT).items():
             self._call(
                 partial(
                     self.client.create_payload_index, self.name, field_name, field_schema=schema, wait=True
@@ -985,21 +911,7 @@ class ServerStore(_Backend):
         _check_k(k)
         matrix = _as_matrix(vectors, self._dimension())
         flt = to_client(filter)
-        s = self.settings
-        params = qm.SearchParams(
-            hnsw_ef=ef or s.search_ef,
-            exact=exact,
-            quantization=(
-                qm.QuantizationSearchParams(rescore=s.rescore, oversampling=s.oversampling)
-                if s.quantization
-                else None
-            ),
-            acorn=(
-                qm.AcornSearchParams(enable=True, max_selectivity=s.acorn_max_selectivity)
-                if s.acorn and flt is not None
-                else None
-            ),
-        )
+        params = search_params(self.settings, CLIENT, exact=exact, ef=ef, filtered=flt is not None)
         requests = [
             qm.QueryRequest(
                 query=row.tolist(),
@@ -1065,6 +977,7 @@ class ServerStore(_Backend):
             time.sleep(1.0)
 
     def close(self) -> None:
+        self._closed = True
         self.client.close()
 
     def set_alias(self, alias: str, collection: str) -> None:
