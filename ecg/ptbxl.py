@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
@@ -41,6 +42,17 @@ class PtbxlRow:
         if prefer_hr and self.filename_hr and (self.root / f"{self.filename_hr}.hea").is_file():
             return self.root / self.filename_hr
         return self.root / self.filename_lr
+
+
+_LOW_RATE_FILE = re.compile(r"records100/(\d{5})/(\d{5})_lr")
+
+
+def high_rate_twin(source_path: str) -> str | None:
+    """The 500 Hz file of the PTB-XL ECG whose 100 Hz file is ``source_path``, as PTB-XL names its files
+    (``records100/00000/00001_lr`` -> ``records500/00000/00001_hr``); None for any other path. One ECG, two
+    files: a reader showing the ECG wants the clinical rate where the 500 Hz file exists."""
+    found = _LOW_RATE_FILE.fullmatch(source_path)
+    return f"records500/{found[1]}/{found[2]}_hr" if found else None
 
 
 @cache

@@ -130,6 +130,14 @@ def load(path: str | Path) -> np.ndarray:
     return prepare(read_wfdb(path))
 
 
+def recorded(raw: RawEcg) -> np.ndarray:
+    """The whole recording in the model's 12 leads (missing limb leads derived) and mV, at its own rate and
+    unfiltered: the ECG as a reader is shown it, which preparation would resample to 100 Hz and cut at
+    10 s. SignalError as for ``prepare`` (units, leads, NaN, length)."""
+    x, _ = _model_leads(raw.signal, raw.fs, raw.leads, raw.units, raw.record, seconds=None)
+    return x.astype(np.float32)
+
+
 def prepare_array(
     signal: np.ndarray,
     fs: float,
@@ -173,8 +181,10 @@ def _model_leads(
     leads: tuple[str, ...] | list[str],
     units: tuple[str, ...] | list[str] | str,
     record: str,
+    seconds: float | None = MODEL_SECONDS,
 ) -> tuple[np.ndarray, float]:
-    """Checks, units and lead order: (12, samples of the first 10 s + 1) in mV, and the rate."""
+    """Checks, units and lead order: (12, samples of the first ``seconds`` + 1; None: all) in mV, and the
+    rate."""
     x = np.asarray(signal, dtype=np.float64)
     if x.ndim != 2:
         raise InvalidSamples(record, f"expected a 2-D array (leads, samples), got shape {x.shape}")
@@ -189,7 +199,8 @@ def _model_leads(
         bad = int((~np.isfinite(x)).sum())
         raise InvalidSamples(record, f"{bad} NaN or infinite samples")
     factors = _unit_factors(units, x.shape[0], record)
-    x = x[:, : int(math.ceil(MODEL_SECONDS * fs)) + 1]  # only the first 10 s are read further
+    if seconds is not None:
+        x = x[:, : int(math.ceil(seconds * fs)) + 1]  # only the first 10 s are read further
     x = _to_model_leads(x * factors[:, None] if (factors != 1.0).any() else x, leads, record)
     seconds = np.shape(signal)[1] / fs
     if seconds < MIN_SECONDS:

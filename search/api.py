@@ -42,6 +42,8 @@ __all__ = [
     "Pushed",
     "PushStatus",
     "Query",
+    "RecordedEcg",
+    "RecordTooLong",
     "SearchOptions",
     "SearchResult",
     "SnapshotError",
@@ -80,6 +82,10 @@ class EcgUnavailable(RuntimeError):
     """A stored record whose source file the service cannot read (maps to FAILED_PRECONDITION)."""
 
 
+class RecordTooLong(EcgUnavailable):
+    """GetEcg as recorded of a recording over the declared samples per lead (FAILED_PRECONDITION)."""
+
+
 class WritesUnavailable(EcgUnavailable):
     """A push to a server not set up to write: no site secret or no archive (FAILED_PRECONDITION)."""
 
@@ -96,6 +102,15 @@ def describe_validation(exc: ValidationError) -> str:
         message = str(err["msg"]).removeprefix("Value error, ")
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class RecordedEcg:
+    """A stored record's ECG as its file holds it: (12, n) float32 mV in the model's lead order, unfiltered,
+    at ``fs``, the file's own rate (GetEcg with ``as_recorded``)."""
+
+    signal: np.ndarray
+    fs: float
 
 
 # --- budgets --------------------------------------------------------------------------------------

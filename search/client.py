@@ -30,6 +30,7 @@ from ecgsearch.search.api import (
     EcgQuery,
     Pushed,
     Query,
+    RecordedEcg,
     SearchOptions,
     SearchResult,
     SnapshotInfo,
@@ -164,6 +165,12 @@ class EcgSearchClient:
         return wire.ecg_response_from_proto(
             self._call(self.stub.GetEcg, pb.GetEcgRequest(record_id=record_id))
         )
+
+    def recorded_ecg(self, record_id: str) -> RecordedEcg:
+        """A stored record's whole recording at its file's own rate: (12, n) float32 mV, the model's lead
+        order, unfiltered (PTB-XL: the 500 Hz file where the server holds one)."""
+        request = pb.GetEcgRequest(record_id=record_id, as_recorded=True)
+        return wire.recorded_response_from_proto(self._call(self.stub.GetEcg, request))
 
     def info(self) -> CollectionInfo:
         return wire.info_from_proto(self._call(self.stub.CollectionInfo, pb.CollectionInfoRequest()))[0]

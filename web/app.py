@@ -28,6 +28,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from ecgsearch.ecg import codes, formats
 from ecgsearch.ecg.schema import CollectionInfo, EcgPayload, Hit
+from ecgsearch.search.api import RecordedEcg
 from ecgsearch.search.client import EcgSearchClient
 from ecgsearch.search.summary import RULE as SUMMARY_RULE
 from ecgsearch.search.summary import evidence
@@ -44,10 +45,10 @@ from ecgsearch.web.forms import (
 )
 from ecgsearch.web.uploads import HeldEcg, UploadError, Uploads, read_upload
 
-MODEL_FS = 100.0  # GetEcg returns the prepared signal at the model's rate
+MODEL_FS = 100.0  # GetEcg's prepared signal (the comparison aligns both ECGs as the model reads them)
 INFO_TTL_S = 60.0
 CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-FETCH_THREADS = 4  # neighbours' signals are fetched in parallel: each GetEcg reads one file on the service
+FETCH_THREADS = 4  # neighbours' recordings are fetched in parallel: each GetEcg reads one file on the service
 REPORT_NEIGHBOURS = 6  # neighbours on the one-page printable report
 REPORT_ROWS = 6  # diagnoses in its table, most frequent among the neighbours first
 READY_TIMEOUT_S = 2.0  # /readyz: the service's health check must answer within this
@@ -103,12 +104,13 @@ class Viewer:
         except grpc.RpcError:
             return {}
 
-    def signals(self, record_ids: Sequence[str]) -> list[np.ndarray | grpc.RpcError]:
-        """Each record's prepared signal, or the error that kept it back (fetched in parallel)."""
+    def recordings(self, record_ids: Sequence[str]) -> list[RecordedEcg | grpc.RpcError]:
+        """Each record as its file holds it, at the file's own rate (what is drawn), or the error that kept
+        it back (fetched in parallel)."""
 
-        def one(record_id: str) -> np.ndarray | grpc.RpcError:
+        def one(record_id: str) -> RecordedEcg | grpc.RpcError:
             try:
-                return self.client.get_ecg(record_id)
+                return self.client.recorded_ecg(record_id)
             except grpc.RpcError as error:
                 return error
 
@@ -306,14 +308,18 @@ def create_app(
         except grpc.RpcError as error:
             status, message = describe_rpc_error(error, target)
             return page("index.html", status, error=message)
-        signal = viewer.signals([record_id])[0]
-        svg, problem = None, None
-        if isinstance(signal, grpc.RpcError):
-            problem = describe_rpc_error(signal, target)[1]
+        recording = viewer.recordings([record_id])[0]
+        svg, problem, fs = None, None, None
+        if isinstance(recording, grpc.RpcError):
+            problem = describe_rpc_error(recording, target)[1]
         else:
-            svg = Markup(ecgdraw.twelve_lead(signal, MODEL_FS, ecgdraw.MV, uid=_svg_id(record_id, "full-")))
+            fs = recording.fs
+            svg = Markup(
+                ecgdraw.twelve_lead(recording.signal, fs, ecgdraw.MV, uid=_svg_id(record_id, "full-"))
+            )
         return page(
             "ecg.html",
+            fs=fs,
             payload=payload,
             diagnoses=[_diagnosis(c) for c in payload.diagnoses],
             svg=svg,
@@ -397,33 +403,31 @@ def _results(viewer: Viewer, form: SearchForm) -> dict[str, Any]:
     else:
         payload, _ = client.get_record(form.record_id)
         result = client.search_by_record(form.record_id, **options)
-        fetched = viewer.signals([form.record_id])[0]
+        fetched = viewer.recordings([form.record_id])[0]
         query.update(
             label=form.record_id,
             payload=payload,
             diagnoses=[_diagnosis(c) for c in payload.diagnoses],
             scale=ecgdraw.MV,
         )
-        query_svg = (
-            None
-            if isinstance(fetched, grpc.RpcError)
-            else ecgdraw.twelve_lead(fetched, MODEL_FS, ecgdraw.MV, uid="query")
-        )
+        query_svg = None
         if isinstance(fetched, grpc.RpcError):
             query["problem"] = describe_rpc_error(fetched, viewer.target)[1]
+        else:
+            query["fs"] = fetched.fs
+            query_svg = ecgdraw.twelve_lead(fetched.signal, fetched.fs, ecgdraw.MV, uid="query")
     neighbours = []
-    drawn = viewer.signals([h.record_id for h in result.hits])
+    drawn = viewer.recordings([h.record_id for h in result.hits])
     for rank, (hit, signal) in enumerate(zip(result.hits, drawn, strict=True), start=1):
-        problem = describe_rpc_error(signal, viewer.target)[1] if isinstance(signal, grpc.RpcError) else None
-        svg = (
-            None
-            if problem
-            else Markup(
+        if isinstance(signal, grpc.RpcError):
+            problem, svg = describe_rpc_error(signal, viewer.target)[1], None
+        else:
+            problem = None
+            svg = Markup(
                 ecgdraw.twelve_lead(
-                    signal, MODEL_FS, ecgdraw.MV, uid=_svg_id(hit.record_id, "n-"), compact=True
+                    signal.signal, signal.fs, ecgdraw.MV, uid=_svg_id(hit.record_id, "n-"), compact=True
                 )
             )
-        )
         neighbours.append(Neighbour(rank, hit, [_diagnosis(c) for c in hit.payload.diagnoses], svg, problem))
     summary = result.summary
     chart = (

@@ -29,6 +29,7 @@ ROW_MM = 35.0  # baseline to baseline
 PULSE_MM = 10.0  # left margin holding the calibration pulse
 PULSE_WIDTH_S = 0.2
 RHYTHM_LEAD = "II"
+THUMB_FS = 100.0  # thumbnails thin recordings above this rate to each bucket's extremes (peaks survive)
 THUMB_LABEL_MM = 9.0  # thumbnails are shown ~3x smaller than paper scale: labels still readable
 # Bold, with a white halo (drawn under the fill) so a label stays legible where a trace crosses it.
 THUMB_LABEL_STYLE = (
@@ -71,12 +72,37 @@ def _points(x_mm: np.ndarray, y_mm: np.ndarray) -> str:
     return " ".join(f"{x},{y}" for x, y in zip(xs, ys, strict=True))
 
 
-def _trace(
-    values: np.ndarray, fs: float, x0_mm: float, baseline_mm: float, scale: Scale, **attrs: str
-) -> str:
-    """One polyline: sample i at x0 + i/fs * 25 mm, value v at baseline - v * mm_per_unit (up is up)."""
+def thinned(values: np.ndarray, fs: float, max_fs: float) -> tuple[np.ndarray, np.ndarray]:
+    """(sample positions, values) to draw: every sample up to ``max_fs``; above it, each bucket of
+    ceil(fs / max_fs) samples keeps only its lowest and highest, in time order, so a thumbnail of a 500 Hz
+    recording is as light as one at 100 Hz and still reaches every R peak and pacing spike."""
     v = np.asarray(values, dtype=np.float64)
-    x = x0_mm + np.arange(len(v)) / fs * PAPER_SPEED_MM_S
+    step = int(np.ceil(fs / max_fs - 1e-9))
+    if step <= 1 or len(v) < 2 * step:
+        return np.arange(len(v)), v
+    whole = len(v) // step * step
+    buckets = v[:whole].reshape(-1, step)
+    starts = np.arange(buckets.shape[0])[:, None] * step
+    lo, hi = buckets.argmin(axis=1), buckets.argmax(axis=1)
+    pairs = np.stack([np.minimum(lo, hi), np.maximum(lo, hi)], axis=1) + starts  # non-decreasing
+    at = pairs.ravel()
+    at = np.concatenate([at[np.r_[True, np.diff(at) > 0]], np.arange(whole, len(v))])  # a flat bucket: once
+    return at, v[at]
+
+
+def _trace(
+    values: np.ndarray,
+    fs: float,
+    x0_mm: float,
+    baseline_mm: float,
+    scale: Scale,
+    max_fs: float | None = None,
+    **attrs: str,
+) -> str:
+    """One polyline: sample i at x0 + i/fs * 25 mm, value v at baseline - v * mm_per_unit (up is up);
+    with ``max_fs``, the samples ``thinned`` keeps."""
+    at, v = thinned(values, fs, max_fs) if max_fs else (np.arange(len(values)), np.asarray(values, float))
+    x = x0_mm + at / fs * PAPER_SPEED_MM_S
     y = baseline_mm - v * scale.mm_per_unit
     extra = "".join(f' {k.replace("_", "-")}="{escape(str(val))}"' for k, val in attrs.items())
     return f'<polyline class="trace" points="{_points(x, y)}"{extra}/>'
@@ -153,8 +179,8 @@ def twelve_lead(
     """A 12-lead ECG as SVG in the 3 x 4 layout (each column its own 2.5 s) and a 10 s lead II strip.
 
     ``compact`` (thumbnails): no 1 mm grid, no calibration pulse, no caption, no rhythm strip; lead labels
-    large enough to read at thumbnail size, and each row's traces clipped to the row, so that large
-    complexes do not run into the next row.
+    large enough to read at thumbnail size, each row's traces clipped to the row, so that large
+    complexes do not run into the next row, and recordings above ``THUMB_FS`` ``thinned`` for drawing.
     """
     x = check_signal(signal, fs)
     n_show = min(x.shape[1], int(round(SECONDS * fs)))
@@ -186,9 +212,10 @@ def twelve_lead(
             x0 = margin + col * col_s * PAPER_SPEED_MM_S
             if stop > start:
                 values = x[lead, start : stop + (1 if stop < n_show and col < COLUMNS - 1 else 0)]
+                trace = _trace(values, fs, x0, baseline, scale, THUMB_FS if compact else None)
                 parts.append(
                     f'<g class="lead" data-lead="{LEADS[lead]}" data-t0="{start / fs:g}" '
-                    f"{stroke}{clip}>{_trace(values, fs, x0, baseline, scale)}</g>"
+                    f"{stroke}{clip}>{trace}</g>"
                 )
             if compact:
                 parts.append(

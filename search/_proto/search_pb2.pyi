@@ -446,24 +446,30 @@ class GetRecordResponse(_message.Message):
     def __init__(self, payload: _Optional[_Union[Payload, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GetEcgRequest(_message.Message):
-    __slots__ = ("record_id",)
+    __slots__ = ("record_id", "as_recorded")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    AS_RECORDED_FIELD_NUMBER: _ClassVar[int]
     record_id: str
-    def __init__(self, record_id: _Optional[str] = ...) -> None: ...
+    as_recorded: bool
+    def __init__(self, record_id: _Optional[str] = ..., as_recorded: _Optional[bool] = ...) -> None: ...
 
 class GetEcgResponse(_message.Message):
-    __slots__ = ("record_id", "lead_names", "sampling_rate_hz", "n_samples", "samples")
+    __slots__ = ("record_id", "lead_names", "sampling_rate_hz", "n_samples", "samples", "as_recorded", "recorded_rate_hz")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     LEAD_NAMES_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    AS_RECORDED_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     lead_names: _containers.RepeatedScalarFieldContainer[str]
     sampling_rate_hz: int
     n_samples: int
     samples: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, record_id: _Optional[str] = ..., lead_names: _Optional[_Iterable[str]] = ..., sampling_rate_hz: _Optional[int] = ..., n_samples: _Optional[int] = ..., samples: _Optional[_Iterable[float]] = ...) -> None: ...
+    as_recorded: bool
+    recorded_rate_hz: float
+    def __init__(self, record_id: _Optional[str] = ..., lead_names: _Optional[_Iterable[str]] = ..., sampling_rate_hz: _Optional[int] = ..., n_samples: _Optional[int] = ..., samples: _Optional[_Iterable[float]] = ..., as_recorded: _Optional[bool] = ..., recorded_rate_hz: _Optional[float] = ...) -> None: ...
 
 class CollectionInfoRequest(_message.Message):
     __slots__ = ()

@@ -154,8 +154,10 @@ class EcgSearchServiceServicer:
 
     def GetEcg(self, request, context):
         """The prepared signal of one record (the model's input: 12 leads x 1000 samples at 100 Hz, mV), read
-        from its source file or, for hospital files (pushed or ingested), the archive beside the store.
-        FAILED_PRECONDITION when the server cannot reach either.
+        from its source file or, for hospital files (pushed or ingested), the archive beside the store;
+        with as_recorded, the whole recording at the file's own rate instead (PTB-XL: its 500 Hz file
+        where present). FAILED_PRECONDITION when the server cannot reach either, or when the recording
+        is longer than 120,000 samples per lead (2 min at 1 kHz).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

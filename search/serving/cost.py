@@ -38,6 +38,7 @@ DEFAULT_HIT_BYTES = 512  # before a sample was taken (an empty collection)
 RESULT_BYTES = 16  # per search result: its tags and lengths, and an empty summary
 SUMMARY_ROW_BYTES = 216  # one DiagnosisConcentration: code, description (cut at ~120), 7 numbers, 2 flags
 PREPARED_BYTES = 12 * 1000 * 4  # one prepared ECG (12 leads x 10 s at 100 Hz, float32)
+RECORDED_BYTES = 12 * 10_000 * 4  # one ECG as recorded, priced as 10 s at 1 kHz (GetEcg as_recorded)
 HEAVY_BYTES = 1 << 20  # a call weighing more than this runs under the heavy budget
 WAIT_POLL_S = 0.5  # how often a waiting heavy call looks at its caller's cancellation
 

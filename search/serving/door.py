@@ -38,6 +38,7 @@ from ecgsearch.search.api import (
     EcgQuery,
     Pushed,
     Query,
+    RecordedEcg,
     SearchOptions,
     SearchResult,
     SnapshotInfo,
@@ -130,6 +131,9 @@ class Walled:
 
     def get_ecg(self, record_id: str) -> np.ndarray:
         return self._service.get_ecg(record_id, sites=self._sites)
+
+    def recorded_ecg(self, record_id: str) -> RecordedEcg:
+        return self._service.recorded_ecg(record_id, sites=self._sites)
 
     def info(self) -> tuple[CollectionInfo, ModelCard, datetime]:
         svc = self._service

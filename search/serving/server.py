@@ -70,6 +70,7 @@ from ecgsearch.search.serving import audit
 from ecgsearch.search.serving.auth import ANONYMOUS, Caller, CallerRegistry, Callers, legacy
 from ecgsearch.search.serving.cost import (
     PREPARED_BYTES,
+    RECORDED_BYTES,
     Cost,
     HeavyBudget,
     Overloaded,
@@ -259,7 +260,18 @@ def _get_record(view: Walled, request: pb.GetRecordRequest) -> pb.GetRecordRespo
 
 
 def _get_ecg(view: Walled, request: pb.GetEcgRequest) -> pb.GetEcgResponse:
+    if request.as_recorded:
+        return wire.recorded_response_to_proto(
+            request.record_id.strip(), view.recorded_ecg(request.record_id)
+        )
     return wire.ecg_response_to_proto(request.record_id.strip(), view.get_ecg(request.record_id))
+
+
+def _get_ecg_cost(request: pb.GetEcgRequest, p: Pricing) -> Cost:
+    """The prepared signal's size; as recorded, a 10 s recording at 1 kHz (longer ones are bounded by the
+    service's MAX_RECORDED_SAMPLES, and the message limit still holds)."""
+    reply = RECORDED_BYTES if request.as_recorded else PREPARED_BYTES
+    return Cost(reply_bytes=reply + 256, ecgs=1)
 
 
 def _collection_info(view: Walled, request: pb.CollectionInfoRequest) -> pb.CollectionInfoResponse:
@@ -328,7 +340,7 @@ RPCS: dict[str, Rpc] = {
         lambda r, p: Cost(reply_bytes=p.hit.estimate + HIT_ROOM + (5 * p.dim if r.with_vector else 0)),
         _get_record,
     ),
-    "GetEcg": Rpc(_fixed(PREPARED_BYTES + 256, ecgs=1), _get_ecg),
+    "GetEcg": Rpc(_get_ecg_cost, _get_ecg),
     "CollectionInfo": Rpc(lambda r, p: Cost(reply_bytes=16_384 + 64 * p.summary_rows), _collection_info),
     "ServerStats": Rpc(_fixed(4096 + 128 * len(SERVICE.methods)), _server_stats),
     "CreateSnapshot": Rpc(_fixed(1024), _create_snapshot),

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import ValidationError
 
-from ecgsearch.ecg import codes, signals
+from ecgsearch.ecg import codes, ptbxl, signals
 from ecgsearch.ecg.bounds import MAX_FILE_BYTES
 from ecgsearch.ecg.schema import (
     MAX_K,
@@ -56,6 +56,8 @@ from ecgsearch.search.api import (
     NeighbourhoodSummary,
     Pushed,
     Query,
+    RecordedEcg,
+    RecordTooLong,
     SearchOptions,
     SearchResult,
     UpsertItem,
@@ -95,6 +97,9 @@ MAX_SAMPLES_PER_LEAD = 300_000
 # Samples after resampling to the model's rate: the first 10 s give MODEL_SAMPLES (+1 for rounding);
 # twice that is a generous guard that the resampling plan is what we think it is.
 MAX_RESAMPLED = 2 * signals.MODEL_SAMPLES
+# GetEcg as recorded: 2 min at 1 kHz (the Challenge's longest PTB records, 115 s at 1 kHz, fit), 5.8 MB
+# as float32 over 12 leads, within the default 16 MiB message.
+MAX_RECORDED_SAMPLES = 120_000
 MAX_BATCH = 256  # queries per BatchSearch
 # Raw samples over all ECGs of one batch: about what a 16 MiB message carries as float32, i.e. ~66
 # ten-second 12-lead ECGs at 500 Hz; preparation costs ~O(samples read), so this bounds a batch's CPU.
@@ -469,19 +474,49 @@ class SearchService:
         self._count_prepared(1)
         return prepared
 
+    def recorded_ecg(self, record_id: str, *, sites: Sites) -> RecordedEcg:
+        """A stored record's whole recording at its file's own rate, 12 leads in mV (PTB-XL: its 500 Hz
+        file where one exists beside the 100 Hz one); hospital files from the archive.
+
+        UnknownRecord, EcgUnavailable as ``get_ecg``; RecordTooLong beyond MAX_RECORDED_SAMPLES per lead.
+        """
+        payload, _ = self._get(check_id(record_id, "record_id"), sites)
+        if payload.archived and payload.content_hash:
+            raw = self._archived_raw(payload)
+        else:
+            path = self._source_file(payload, ptbxl.high_rate_twin(payload.source_path or ""))
+            try:
+                raw = signals.read_wfdb(path)
+            except signals.SignalError as exc:
+                raise EcgUnavailable(
+                    f"record {quote(payload.record_id)}: source file unreadable ({exc.reason})"
+                ) from exc
+        n = raw.signal.shape[-1]
+        if n > MAX_RECORDED_SAMPLES:
+            raise RecordTooLong(
+                f"record {quote(payload.record_id)}: {n:,} samples per lead as recorded; GetEcg returns "
+                f"at most {MAX_RECORDED_SAMPLES:,}"
+            )
+        try:
+            return RecordedEcg(signals.recorded(raw), float(raw.fs))
+        except signals.SignalError as exc:
+            raise EcgUnavailable(f"record {quote(payload.record_id)}: {exc.reason}") from exc
+
     def _archived_ecg(self, payload: EcgPayload) -> np.ndarray:
+        prepared = signals.prepare(self._archived_raw(payload))
+        self._count_prepared(1)
+        return prepared
+
+    def _archived_raw(self, payload: EcgPayload) -> signals.RawEcg:
         archive = self._archive()
         try:
             if archive is None:
                 raise FileNotFoundError
-            raw = archive.load(payload.content_hash or "", payload.record_id)
+            return archive.load(payload.content_hash or "", payload.record_id)
         except (OSError, ValueError, KeyError):
             raise EcgUnavailable(
                 f"record {quote(payload.record_id)}: its archived signal is missing"
             ) from None
-        prepared = signals.prepare(raw)
-        self._count_prepared(1)
-        return prepared
 
     def info(self, *, sites: Sites) -> CollectionInfo:
         """Collection facts of the points of ``sites`` as last refreshed in the background (a site set
@@ -654,16 +689,19 @@ class SearchService:
             for h, p in zip(kept, payloads, strict=True)
         ]
 
-    def _source_file(self, payload: EcgPayload) -> Path:
+    def _source_file(self, payload: EcgPayload, preferred: str | None = None) -> Path:
+        """The record's WFDB file under one of the ECG roots; ``preferred`` (another file of the same ECG,
+        relative like ``source_path``) first where a root holds it."""
         if not payload.source_path:
             raise EcgUnavailable(f"record {quote(payload.record_id)} has no source file on record")
         if not self.ecg_roots:
             raise EcgUnavailable("this server reads no source files (set ECGSEARCH_ECG_ROOTS)")
-        for root in self.ecg_roots:
-            base = root.resolve()
-            path = (base / payload.source_path).resolve()
-            if base in path.parents and path.with_name(path.name + ".hea").is_file():
-                return path
+        for relative in (preferred, payload.source_path) if preferred else (payload.source_path,):
+            for root in self.ecg_roots:
+                base = root.resolve()
+                path = (base / relative).resolve()
+                if base in path.parents and path.with_name(path.name + ".hea").is_file():
+                    return path
         raise EcgUnavailable(
             f"record {quote(payload.record_id)}: its source file is under none of the ECG roots"
         )

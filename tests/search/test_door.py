@@ -21,7 +21,7 @@ import pytest
 from sited import SITES, Sited, build, sha
 
 from ecgsearch.ecg import intake, signals
-from ecgsearch.ecg.readers import read_ecg
+from ecgsearch.ecg.readers import complete_leads, read_ecg
 from ecgsearch.ecg.schema import SITE_SEPARATOR
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search.api import EcgQuery, Query, UpsertItem
@@ -220,9 +220,20 @@ def _get_record(walled: Walled) -> None:
 
 
 def _get_ecg(walled: Walled) -> None:
+    """Prepared, and as recorded: a pushed file at its own rate (MUSE, 500 Hz), a pushed signal at its
+    own (100 Hz), both from the archive; another site's records are unknown either way."""
+    pushed_file, pushed_signal = walled.pushes["writer-a"][:2]
     with walled.client("reader-a") as client:
-        assert client.get_ecg(walled.pushes["writer-a"][1].record_id).shape == (12, signals.MODEL_SAMPLES)
+        assert client.get_ecg(pushed_signal.record_id).shape == (12, signals.MODEL_SAMPLES)
         _not_found_alike(walled, client.get_ecg)
+        as_file = client.recorded_ecg(pushed_file.record_id)
+        as_signal = client.recorded_ecg(pushed_signal.record_id)
+        _not_found_alike(walled, client.recorded_ecg)
+    ecg = read_ecg((walled.hospital / PUSHED_FILE).read_bytes())
+    assert as_file.fs == ecg.sampling_rate_hz == 500
+    np.testing.assert_allclose(as_file.signal, complete_leads(ecg), atol=1e-6)
+    assert as_signal.fs == 100
+    np.testing.assert_array_equal(as_signal.signal, signals.recorded(walled.raw("00040_lr")))
 
 
 def _upsert_ecgs(walled: Walled) -> None:

@@ -565,6 +565,50 @@ def test_get_ecg_reads_the_source_file_when_reachable(grpc_server: Served, ptbxl
     np.testing.assert_array_equal(prepared, expected)
 
 
+def test_get_ecg_as_recorded_reads_the_file_at_its_own_rate(
+    grpc_server: Served, ptbxl_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As recorded: PTB-XL's 500 Hz file where a root holds it, else the stored 100 Hz file, every sample
+    as read; a recording over the declared bound is refused, naming the record and the bound."""
+    from ecgsearch.search.serving import service
+
+    record = grpc_server.payloads[6]
+    assert record.source_path is not None and record.source_path.startswith("records100/")
+    low_only = tmp_path / "low"  # a root with the 100 Hz file only (copied: roots refuse links outside)
+    (low_only / record.source_path).parent.mkdir(parents=True)
+    for suffix in (".hea", ".dat"):
+        source = ptbxl_dir / f"{record.source_path}{suffix}"
+        (low_only / f"{record.source_path}{suffix}").write_bytes(source.read_bytes())
+    high = signals.read_wfdb(
+        ptbxl_dir
+        / "records500"
+        / Path(record.source_path).parent.name
+        / f"{Path(record.source_path).name[:5]}_hr"
+    )
+    low = signals.read_wfdb(ptbxl_dir / record.source_path)
+
+    def recorded(root: Path):
+        settings = ServiceSettings.model_construct(tokens=TOKEN, ecg_roots=str(root)).model_copy(
+            update={"port": 0}
+        )
+        served = run_server(settings, store=grpc_server.store, embedder=grpc_server.embedder)
+        with served as (_, port), EcgSearchClient(f"127.0.0.1:{port}", token=TOKEN) as client:
+            return client.recorded_ecg(record.record_id)
+
+    at_500 = recorded(ptbxl_dir)
+    assert (at_500.fs, at_500.signal.shape, at_500.signal.dtype) == (500.0, (12, 5000), np.float32)
+    np.testing.assert_array_equal(at_500.signal, signals.recorded(high))
+    at_100 = recorded(low_only)
+    assert (at_100.fs, at_100.signal.shape) == (100.0, (12, 1000))
+    np.testing.assert_array_equal(at_100.signal, signals.recorded(low))
+    monkeypatch.setattr(service, "MAX_RECORDED_SAMPLES", 4000)
+    with pytest.raises(grpc.RpcError) as refused:
+        recorded(ptbxl_dir)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "5,000 samples per lead" in refused.value.details() and "at most 4,000" in refused.value.details()
+    assert record.record_id in refused.value.details()
+
+
 def test_invalid_argument_names_the_field_in_bad_request_details(grpc_server: Served) -> None:
     from ecgsearch.search.client import bad_request
 

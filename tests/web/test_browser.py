@@ -87,6 +87,10 @@ def test_search_by_record_draws_query_neighbours_and_summary(
     assert page.locator("#query-ecg g.lead").count() == 13
     assert page.locator("#query-ecg g.rhythm").get_attribute("data-lead") == "II"
     assert "10 mm/mV" in page.inner_text("#query-ecg")
+    # Drawn as recorded, from its 500 Hz file: the 10 s lead II strip has every one of its 5,000 samples.
+    assert query.source_path and query.source_path.startswith("records100/")  # stored from the 100 Hz file
+    assert "at 500 Hz" in page.inner_text("#query-rate")
+    assert len(page.locator("#query-ecg g.rhythm polyline").get_attribute("points").split()) == 5000
     # Ten neighbours, never the query itself nor its patient's other ECGs, each as a 12-lead thumbnail.
     ids = _neighbour_ids(page)
     same_patient = {p.record_id for p in service.payloads if p.patient_id == query.patient_id}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ecgsearch.ecg import signals
 from ecgsearch.search.api import DiagnosisConcentration
 from ecgsearch.web import charts, ecgdraw, peaks
 
@@ -244,3 +246,28 @@ def test_thumbnail_labels_are_readable_and_large_complexes_stay_in_their_row() -
     assert root.find(".//s:g[@data-lead='V2']", NS).get("clip-path") == "url(#t-row1)"  # ... and is clipped
     full = _parse(ecgdraw.twelve_lead(x, 100.0, uid="f"))
     assert full.find(".//s:clipPath", NS) is None  # full size: as on paper, complexes may overlap
+
+
+def test_a_500_hz_thumbnail_is_thinned_but_keeps_every_peak_and_the_full_drawing_every_sample(
+    ptbxl_dir: Path,
+) -> None:
+    """A real 500 Hz PTB-XL recording drawn as a thumbnail keeps at most two points per 10 ms bucket (no
+    heavier than at 100 Hz) yet reaches each lead segment's highest and lowest sample; full size draws all."""
+    x = signals.recorded(signals.read_wfdb(ptbxl_dir / "records500" / "00000" / "00009_hr"))
+    assert x.shape == (12, 5000)
+    x[1, 1234] = 4.0  # a one-sample pacing spike in lead II, 2.47 s: column 0 shows it
+    thumb = _parse(ecgdraw.twelve_lead(x, 500.0, compact=True, uid="t"))
+    full = _parse(ecgdraw.twelve_lead(x, 500.0, uid="f"))
+    for lead in ecgdraw.LEADS:
+        g = _lead(thumb, lead)
+        drawn = _points(g.find("s:polyline", NS))
+        t0 = float(g.get("data-t0"))
+        segment = x[ecgdraw.LEADS.index(lead), round(t0 * 500) : round(t0 * 500) + 1251]
+        assert len(drawn) <= 2 * 250 + 2  # 2.5 s: 250 buckets of 5 samples, two points each
+        heights = (35 * (ecgdraw.LEADS.index(lead) % 3) + 5 + 17.5) * UNITS_PER_MM - drawn[:, 1]
+        assert heights.max() == pytest.approx(round(segment.max() * 100), abs=1)  # 0.1 mm units
+        assert heights.min() == pytest.approx(round(segment.min() * 100), abs=1)
+        assert np.all(np.diff(drawn[:, 0]) >= 0)  # in time order
+        assert len(_points(_lead(full, lead).find("s:polyline", NS))) in (1250, 1251)
+    spike = _points(_lead(thumb, "II").find("s:polyline", NS))
+    assert (35 + 5 + 17.5) * UNITS_PER_MM - spike[:, 1].min() == 400  # 4 mV = 40 mm
