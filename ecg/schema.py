@@ -11,28 +11,141 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Sex = Literal["M", "F"]
 MAX_K = 1000
-# The acquiring machine's global measurements, stored as numbers beside each ECG that carries them
-# (ms, degrees, beats per minute) and filterable as ranges; the names are the payload's field names.
-MEASUREMENTS: tuple[str, ...] = (
-    "ventricular_rate_bpm",
-    "pr_ms",
-    "qrs_ms",
-    "qt_ms",
-    "qtc_ms",
-    "p_axis",
-    "r_axis",
-    "t_axis",
+IndexKind = Literal["keyword", "integer", "float", "tenant"]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A machine measurement: what a clinician calls it, its unit, its value in the proto's Measurement
+    enum (never reused)."""
+
+    label: str
+    unit: str
+    wire_number: int
+
+
+@dataclass(frozen=True)
+class PayloadField:
+    """One field of EcgPayload as every layer treats it: the store indexes it (``index``; the filters
+    read only indexed fields), the wire carries it as message Payload's field ``number`` of type
+    ``proto`` (search/wire.py converts by that type), and a measurement (``measure``) is also a range
+    filter, an enum value and a labelled value in the viewer."""
+
+    name: str  # the EcgPayload field, and the key in the stored payload
+    number: int  # field number in the proto's message Payload (never reused)
+    proto: str  # its proto type there: 'string', 'optional double', 'repeated string', 'Sex', ...
+    index: IndexKind | None = None
+    measure: Measure | None = None
+    note: str = ""  # the proto's comment on it
+
+
+def _measurement(name: str, number: int, label: str, unit: str, wire_number: int) -> PayloadField:
+    """Stored as a number where the file carries it, indexed as float, filtered as a range."""
+    return PayloadField(name, number, "optional double", "float", Measure(label, unit, wire_number))
+
+
+# The one declaration of the stored payload's fields, in proto field order. EcgPayload (below) types
+# them; the store's payload indexes, the wire conversion, the proto's message Payload and Measurement
+# enum (written by proto/generate.py), the measurement filters and the viewer's measurements derive
+# from this table, and tests/ecg/test_payload_fields.py checks EcgPayload and pb.Payload against it.
+# Adding a field: a row here, its EcgPayload field (and a Measurements field for a machine
+# measurement), the reader or ingest step that fills it, a test.
+PAYLOAD_FIELDS: tuple[PayloadField, ...] = (
+    PayloadField("record_id", 1, "string"),
+    PayloadField("dataset", 2, "string", "keyword"),
+    PayloadField("patient_id", 3, "optional string", "keyword"),
+    PayloadField("diagnoses", 4, "repeated string", "keyword"),
+    PayloadField("source_codes", 5, "repeated string"),
+    PayloadField("scp_likelihoods", 6, "map<string, float>"),
+    PayloadField("superclasses", 7, "repeated string"),
+    PayloadField("age", 8, "optional int32", "integer"),
+    PayloadField("age_over_89", 9, "bool"),
+    PayloadField("sex", 10, "Sex", "keyword"),
+    PayloadField("sampling_rate_hz", 11, "double"),
+    PayloadField("duration_s", 12, "optional double"),
+    PayloadField(
+        "recorded_at",
+        13,
+        "google.protobuf.Timestamp",
+        note="Wall-clock time of the recording; sources carry no time zone, so it is sent as if it were UTC.",
+    ),
+    PayloadField(
+        "source_path",
+        14,
+        "string",
+        note="inside its source folder, as the dataset names it; empty when not stored",
+    ),
+    PayloadField(
+        "content_hash",
+        15,
+        "optional string",
+        note="SHA-256 of the ECG as stored (rate, leads, units, samples)",
+    ),
+    PayloadField(
+        "duplicate_of", 16, "optional string", note="record id of the other dataset's ECG this one copies"
+    ),
+    PayloadField(
+        "source_format", 17, "optional string", note="file format read, e.g. 'muse-xml'; unset for WFDB"
+    ),
+    PayloadField(
+        "acquired_month", 18, "optional string", note="'YYYY-MM': hospital files keep no exact time"
+    ),
+    PayloadField("vendor", 19, "optional string"),
+    PayloadField("device_model", 20, "optional string"),
+    _measurement("ventricular_rate_bpm", 21, "Rate", "bpm", 1),
+    _measurement("pr_ms", 22, "PR", "ms", 2),
+    _measurement("qrs_ms", 23, "QRS", "ms", 3),
+    _measurement("qt_ms", 24, "QT", "ms", 4),
+    _measurement("qtc_ms", 25, "QTc", "ms", 5),
+    _measurement("p_axis", 26, "P axis", "°", 6),
+    _measurement("r_axis", 27, "R axis", "°", 7),
+    _measurement("t_axis", 28, "T axis", "°", 8),
+    PayloadField(
+        "archived", 29, "bool", note="the server keeps the signal (pushed ECGs): GetEcg reads it from there"
+    ),
+    PayloadField(
+        "site",
+        30,
+        "optional string",
+        "tenant",  # keyword, stored grouped by site (Qdrant's tenant index)
+        note="The site (hospital, department) the ECG belongs to. Unset only from servers older than "
+        "this field: read it as 'local', the default site.",
+    ),
 )
-Measurement = Literal[
-    "ventricular_rate_bpm", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms", "p_axis", "r_axis", "t_axis"
-]
+PAYLOAD_BY_NAME: dict[str, PayloadField] = {f.name: f for f in PAYLOAD_FIELDS}
+# The acquiring machine's global measurements, stored as numbers beside each ECG that carries them
+# (ms, degrees, beats per minute) and filterable as ranges; the names are the payload's field names,
+# in the order a printed ECG report lists them.
+MEASUREMENTS: tuple[str, ...] = tuple(f.name for f in PAYLOAD_FIELDS if f.measure is not None)
+if TYPE_CHECKING:
+    Measurement = str
+else:
+    Measurement = Literal[MEASUREMENTS]  # validated as the Literal of those names
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """The acquiring machine's global measurements as a reader finds them (ms, degrees, beats per
+    minute): one field per MEASUREMENTS name, in that order (a test checks)."""
+
+    ventricular_rate_bpm: float | None = None
+    pr_ms: float | None = None
+    qrs_ms: float | None = None
+    qt_ms: float | None = None
+    qtc_ms: float | None = None
+    p_axis: float | None = None
+    r_axis: float | None = None
+    t_axis: float | None = None
+
+
 MEASUREMENT_LIMIT = 10_000.0  # |value| of any measurement or range bound; real ones stay far inside
 POINT_NAMESPACE = uuid.UUID("6f1c1f2e-9a52-4c2b-8d53-3c1d0e4a7b10")
 

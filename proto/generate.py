@@ -2,9 +2,9 @@
 after rewriting the proto's generated blocks from the Python tables they mirror.
 
 A block runs from ``// BEGIN GENERATED <name>`` to ``// END GENERATED <name>``; ``BLOCKS`` says which
-table writes it (the file formats of ``ecgsearch.ecg.formats``...). Everything else in the proto is
-written by hand. tests/test_generated.py checks that the committed proto and stubs are what this
-writes.
+table writes it: the file formats of ``ecgsearch.ecg.formats``, the payload fields and measurements of
+``ecgsearch.ecg.schema.PAYLOAD_FIELDS``. Everything else in the proto is written by hand.
+tests/test_generated.py checks that the committed proto and stubs are what this writes.
 
 protoc names the Python modules and their imports after the proto's path below ``-I``. To make the
 generated code import itself as ``ecgsearch.search._proto.search_pb2`` without editing its output, the
@@ -21,6 +21,7 @@ import re
 import shutil
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -38,7 +39,35 @@ def _ecg_formats() -> list[str]:
     return [f"{f.wire_name} = {f.wire_number}; // {f.display}" for f in FORMATS]
 
 
-BLOCKS: dict[str, Callable[[], list[str]]] = {"ecg-formats": _ecg_formats}
+def _payload_fields() -> list[str]:
+    from ecgsearch.ecg.schema import PAYLOAD_FIELDS
+
+    lines: list[str] = []
+    for f in PAYLOAD_FIELDS:
+        line = f"{f.proto} {f.name} = {f.number};"
+        if f.note and len(f"  {line} // {f.note}") <= 110:
+            line += f" // {f.note}"
+        elif f.note:
+            lines += [f"// {part}" for part in textwrap.wrap(f.note, 100)]
+        lines.append(line)
+    return lines
+
+
+def _measurements() -> list[str]:
+    from ecgsearch.ecg.schema import PAYLOAD_FIELDS
+
+    return [
+        f"MEASUREMENT_{f.name.upper()} = {f.measure.wire_number}; // {f.measure.label} ({f.measure.unit})"
+        for f in PAYLOAD_FIELDS
+        if f.measure is not None
+    ]
+
+
+BLOCKS: dict[str, Callable[[], list[str]]] = {
+    "ecg-formats": _ecg_formats,
+    "payload-fields": _payload_fields,
+    "measurements": _measurements,
+}
 _BLOCK = re.compile(
     r"^(?P<indent>[ \t]*)// BEGIN GENERATED (?P<name>[\w-]+)[^\n]*\n.*?^[ \t]*// END GENERATED (?P=name)\n",
     re.M | re.S,

@@ -1,8 +1,10 @@
 """pydantic/numpy <-> protobuf: every conversion between the domain models and the wire, one function each.
 
-The servicer and the client both convert here, so a field added to the payload or the filter is added
-in one place for both ends. Nothing here validates a value: ``SearchService`` does, once. Decoding only
-refuses what cannot be represented at all (a per-lead ECG whose leads differ in length).
+The servicer and the client both convert here, so a field added to the filter is added in one place for
+both ends; a payload field needs nothing here: ``payload_to_proto``/``payload_from_proto`` convert every
+field of ``ecg.schema.PAYLOAD_FIELDS`` by its proto type. Nothing here validates a value:
+``SearchService`` does, once. Decoding only refuses what cannot be represented at all (a per-lead ECG
+whose leads differ in length).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ecgsearch.ecg.formats import FORMATS
 from ecgsearch.ecg.schema import (
-    MEASUREMENTS,
+    PAYLOAD_FIELDS,
     CollectionInfo,
     EcgPayload,
     Hit,
@@ -63,7 +65,7 @@ EXCLUSION_TO_PROTO = {
     "duplicate_copy": pb.EXCLUSION_DUPLICATE_COPY,
 }
 EXCLUSION_FROM_PROTO = {v: k for k, v in EXCLUSION_TO_PROTO.items()}
-MEASUREMENT_TO_PROTO = {name: i for i, name in enumerate(MEASUREMENTS, start=1)}  # enum order = tuple order
+MEASUREMENT_TO_PROTO = {f.name: f.measure.wire_number for f in PAYLOAD_FIELDS if f.measure is not None}
 MEASUREMENT_FROM_PROTO = {v: k for k, v in MEASUREMENT_TO_PROTO.items()}
 FORMAT_TO_PROTO: dict[str | None, pb.EcgFormat] = {
     None: pb.ECG_FORMAT_UNSPECIFIED,
@@ -76,7 +78,6 @@ STATUS_TO_PROTO: dict[PushStatus, pb.UpsertStatus] = {
     "rejected": pb.UPSERT_STATUS_REJECTED,
 }
 STATUS_FROM_PROTO: dict[pb.UpsertStatus, PushStatus] = {v: k for k, v in STATUS_TO_PROTO.items()}
-PAYLOAD_TEXT = ("source_format", "acquired_month", "vendor", "device_model")
 
 # --- filter and options --------------------------------------------------------------------------
 
@@ -274,64 +275,45 @@ def timestamp_to_proto(when: datetime, msg: Timestamp) -> None:
 
 
 def payload_to_proto(payload: EcgPayload) -> pb.Payload:
-    msg = pb.Payload(
-        record_id=payload.record_id,
-        dataset=payload.dataset,
-        site=payload.site,
-        diagnoses=payload.diagnoses,
-        source_codes=payload.source_codes,
-        scp_likelihoods=payload.scp_likelihoods,
-        superclasses=payload.superclasses,
-        age_over_89=payload.age_over_89,
-        sex=SEX_TO_PROTO[payload.sex],
-        sampling_rate_hz=payload.sampling_rate_hz,
-        source_path=payload.source_path or "",
-    )
-    if payload.content_hash is not None:
-        msg.content_hash = payload.content_hash
-    if payload.duplicate_of is not None:
-        msg.duplicate_of = payload.duplicate_of
-    if payload.patient_id is not None:
-        msg.patient_id = payload.patient_id
-    if payload.age is not None:
-        msg.age = payload.age
-    if payload.duration_s is not None:
-        msg.duration_s = payload.duration_s
-    if payload.recorded_at is not None:
-        timestamp_to_proto(payload.recorded_at, msg.recorded_at)
-    for name in (*PAYLOAD_TEXT, *MEASUREMENTS):
-        if getattr(payload, name) is not None:
-            setattr(msg, name, getattr(payload, name))
-    msg.archived = payload.archived
+    """Every field of PAYLOAD_FIELDS by its proto type; an absent optional value stays unset."""
+    msg = pb.Payload()
+    for f in PAYLOAD_FIELDS:
+        value = getattr(payload, f.name)
+        if f.proto == "Sex":
+            msg.sex = SEX_TO_PROTO[value]
+        elif f.proto == "google.protobuf.Timestamp":
+            if value is not None:
+                timestamp_to_proto(value, getattr(msg, f.name))
+        elif f.proto.startswith("repeated "):
+            getattr(msg, f.name).extend(value)
+        elif f.proto.startswith("map<"):
+            getattr(msg, f.name).update(value)
+        elif value is not None:
+            setattr(msg, f.name, value)
     return msg
 
 
 def payload_from_proto(msg: pb.Payload) -> EcgPayload:
-    recorded_at = None
-    if msg.HasField("recorded_at"):
-        recorded_at = msg.recorded_at.ToDatetime()  # naive, as stored
-    site: dict[str, Any] = {"site": msg.site} if msg.HasField("site") else {}  # unset: an older server
-    return EcgPayload(
-        record_id=msg.record_id,
-        dataset=msg.dataset,
-        patient_id=msg.patient_id if msg.HasField("patient_id") else None,
-        diagnoses=list(msg.diagnoses),
-        source_codes=list(msg.source_codes),
-        scp_likelihoods=dict(msg.scp_likelihoods),
-        superclasses=list(msg.superclasses),
-        age=msg.age if msg.HasField("age") else None,
-        age_over_89=msg.age_over_89,
-        sex=SEX_FROM_PROTO.get(msg.sex),
-        sampling_rate_hz=msg.sampling_rate_hz,
-        duration_s=msg.duration_s if msg.HasField("duration_s") else None,
-        recorded_at=recorded_at,
-        source_path=msg.source_path or None,
-        content_hash=msg.content_hash if msg.HasField("content_hash") else None,
-        duplicate_of=msg.duplicate_of if msg.HasField("duplicate_of") else None,
-        archived=msg.archived,
-        **site,
-        **{name: getattr(msg, name) for name in (*PAYLOAD_TEXT, *MEASUREMENTS) if msg.HasField(name)},
-    )
+    """The payload of a Payload message. A value the wire cannot tell from unset (an unset optional
+    field; '', 0 or false of a plain one that the payload need not have) is left to the payload's
+    default: None, or 'local' for the site of a server older than that field."""
+    values: dict[str, Any] = {}
+    for f in PAYLOAD_FIELDS:
+        if f.proto == "Sex":
+            values[f.name] = SEX_FROM_PROTO.get(msg.sex)
+        elif f.proto == "google.protobuf.Timestamp":
+            if msg.HasField(f.name):
+                values[f.name] = getattr(msg, f.name).ToDatetime()  # naive, as stored
+        elif f.proto.startswith("repeated "):
+            values[f.name] = list(getattr(msg, f.name))
+        elif f.proto.startswith("map<"):
+            values[f.name] = dict(getattr(msg, f.name))
+        elif f.proto.startswith("optional "):
+            if msg.HasField(f.name):
+                values[f.name] = getattr(msg, f.name)
+        elif getattr(msg, f.name) or EcgPayload.model_fields[f.name].is_required():
+            values[f.name] = getattr(msg, f.name)
+    return EcgPayload(**values)
 
 
 def hit_to_proto(hit: Hit) -> pb.Hit:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ecgsearch.ecg.schema import PAYLOAD_FIELDS
+
 
 @dataclass(frozen=True)
 class MeasureSpec:
@@ -20,17 +22,9 @@ class MeasureSpec:
         return f"{self.label} {number}{gap}{self.unit}"
 
 
-# In the order a printed ECG report lists them; names are the service's (search.schema.MEASUREMENTS,
-# every one of them: a test checks).
-SPECS: tuple[MeasureSpec, ...] = (
-    MeasureSpec("ventricular_rate_bpm", "Rate", "bpm"),
-    MeasureSpec("pr_ms", "PR", "ms"),
-    MeasureSpec("qrs_ms", "QRS", "ms"),
-    MeasureSpec("qt_ms", "QT", "ms"),
-    MeasureSpec("qtc_ms", "QTc", "ms"),
-    MeasureSpec("p_axis", "P axis", "°"),
-    MeasureSpec("r_axis", "R axis", "°"),
-    MeasureSpec("t_axis", "T axis", "°"),
+# In the order a printed ECG report lists them: the payload's measurements (ecg.schema.PAYLOAD_FIELDS).
+SPECS: tuple[MeasureSpec, ...] = tuple(
+    MeasureSpec(f.name, f.measure.label, f.measure.unit) for f in PAYLOAD_FIELDS if f.measure is not None
 )
 BY_NAME = {spec.name: spec for spec in SPECS}
 

@@ -16,6 +16,7 @@ from datetime import date, datetime
 import numpy as np
 
 from ecgsearch.ecg.bounds import MAX_CHANNELS, MAX_RATE_HZ, MAX_SECONDS, MIN_RATE_HZ
+from ecgsearch.ecg.schema import Measurements  # a reader's measurements are the payload's
 
 AGE_CAP = 90  # ages over 89 are stored as 90 (HIPAA safe harbour)
 
@@ -29,20 +30,6 @@ class ReaderError(ValueError):
         super().__init__(f"{field_name}: {reason}")
         self.field = field_name
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class Measurements:
-    """The acquiring machine's global measurements (ms, degrees, beats per minute)."""
-
-    ventricular_rate_bpm: float | None = None
-    pr_ms: float | None = None
-    qrs_ms: float | None = None
-    qt_ms: float | None = None
-    qtc_ms: float | None = None
-    p_axis: float | None = None
-    r_axis: float | None = None
-    t_axis: float | None = None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import grpc
 import numpy as np
@@ -30,10 +30,11 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from ecgsearch.ecg.schema import (
     MAX_K,
-    MEASUREMENTS,
+    PAYLOAD_FIELDS,
     CollectionInfo,
     EcgPayload,
     Hit,
+    IndexKind,
     InvalidQuery,
     SearchFilter,
     StoreUnavailable,
@@ -176,15 +177,8 @@ class CollectionManifest(BaseModel):
     settings: IndexSettings = Field(default_factory=IndexSettings)
 
 
-PAYLOAD_INDEXES: dict[str, Literal["keyword", "integer", "float", "tenant"]] = {
-    "site": "tenant",  # keyword, stored grouped by site (Qdrant's tenant index)
-    "diagnoses": "keyword",
-    "age": "integer",
-    "sex": "keyword",
-    "dataset": "keyword",
-    "patient_id": "keyword",
-    **dict.fromkeys(MEASUREMENTS, "float"),  # the machine's measurements, filtered as ranges
-}
+# The payload fields the filters read (ecg.schema.PAYLOAD_FIELDS declares which, and how).
+PAYLOAD_INDEXES: dict[str, IndexKind] = {f.name: f.index for f in PAYLOAD_FIELDS if f.index is not None}
 BATCH = 512
 log = logging.getLogger(__name__)
 FACET_LIMIT = 10_000

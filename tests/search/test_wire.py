@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ecgsearch.ecg.schema import EcgPayload
+from ecgsearch.ecg.schema import MEASUREMENTS, EcgPayload
 from ecgsearch.search import wire
 from ecgsearch.search._proto import search_pb2 as pb
 
@@ -37,15 +37,9 @@ def _every_field_set() -> EcgPayload:
         acquired_month="2021-05",
         vendor="GE Healthcare",
         device_model="MAC 5500",
-        ventricular_rate_bpm=72.0,
-        pr_ms=160.0,
-        qrs_ms=92.0,
-        qt_ms=380.0,
-        qtc_ms=415.5,
-        p_axis=45.0,
-        r_axis=-30.0,
-        t_axis=60.0,
         archived=True,
+        # every machine measurement, a distinct value each (qtc 415.5: a fraction crosses too)
+        **{name: 60.0 + 50 * i + 0.5 * (name == "qtc_ms") for i, name in enumerate(MEASUREMENTS)},
     )
 
 
