@@ -259,7 +259,8 @@ def query_command(
         list[str] | None,
         typer.Option(
             help="Keep neighbours whose machine measurement is in range: NAME>=X, NAME<=X or NAME=X..Y "
-            "(qrs_ms, qtc_ms, qt_ms, pr_ms, ventricular_rate_bpm, p_axis, r_axis, t_axis; 'qrs' = qrs_ms)."
+            "(a stored measurement such as qrs_ms, qtc_ms or r_axis, 'qrs' = qrs_ms; an unknown NAME is "
+            "refused with the list of all)."
         ),
     ] = None,
     dataset: Annotated[list[str] | None, typer.Option(help="Keep neighbours from these datasets.")] = None,
