@@ -88,7 +88,7 @@ def test_format_is_chosen_by_content_not_by_name(hospital, sources, tmp_path):
     renamed.write_bytes((hospital / "scp_ecgtoolkit_Example.scp").read_bytes())
     assert read_ecg(renamed).format == "scp-ecg"
     assert read_ecg((hospital / "philips_v1.04_ad4d3d80-d165.xml").read_bytes()).format == "philips-xml"
-    assert set(FORMATS) == set(FORMAT_BY_PREFIX.values())
+    assert set(FORMAT_BY_PREFIX.values()) <= set(FORMATS)
 
 
 def test_a_format_hint_must_agree_with_the_content(hospital):
