@@ -929,7 +929,7 @@ def _resolved(values: Sequence[str], where: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-class _located:  # noqa: N801 - used as a context manager like contextlib's lower-case helpers
+class _located:  # lower-case: used as a context manager, like contextlib's helpers
     """Re-raise a FieldViolation or SignalError with the batch position in its field path."""
 
     def __init__(self, where: str) -> None:
