@@ -1,8 +1,7 @@
 """How every command that calls the service takes its bearer token: from a file or the environment.
 
 ``--token-file PATH`` (env ``ECGSEARCH_TOKEN_FILE``; its first non-empty line) or env ``ECGSEARCH_TOKEN``;
-never the command line, where any user of the machine can read it (``ps``). The ``--token`` flag of
-earlier releases is still accepted, hidden from --help, with a one-line warning on stderr.
+never the command line, where any user of the machine can read it (``ps``): there is no ``--token``.
 
 A leaf: typer and the standard library only, so every part's command module may import it.
 """
@@ -10,7 +9,6 @@ A leaf: typer and the standard library only, so every part's command module may 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -18,10 +16,6 @@ import typer
 
 ENV_TOKEN = "ECGSEARCH_TOKEN"
 ENV_TOKEN_FILE = "ECGSEARCH_TOKEN_FILE"
-ARGV_WARNING = (
-    "warning: --token puts the token where other users of this machine can read it (ps); "
-    f"use --token-file or {ENV_TOKEN}"
-)
 
 TokenFile = Annotated[
     Path | None,
@@ -31,8 +25,6 @@ TokenFile = Annotated[
         help=f"File whose first line is the bearer token (else env {ENV_TOKEN}; never on the command line).",
     ),
 ]
-# Earlier releases' flag: still accepted (scripts and deployment files use it), hidden, and warned about.
-TokenArgv = Annotated[str | None, typer.Option("--token", hidden=True)]
 
 
 def read_token_file(path: Path) -> str:
@@ -47,11 +39,8 @@ def read_token_file(path: Path) -> str:
     return token
 
 
-def resolve(token_file: Path | None, argv_token: str | None = None) -> str | None:
-    """The token to send: --token (warned about), else --token-file, else env ECGSEARCH_TOKEN, else none."""
-    if argv_token is not None:
-        print(ARGV_WARNING, file=sys.stderr)
-        return argv_token or None
+def resolve(token_file: Path | None) -> str | None:
+    """The token to send: --token-file, else env ECGSEARCH_TOKEN, else none."""
     if token_file is not None:
         return read_token_file(token_file)
     return os.environ.get(ENV_TOKEN) or None

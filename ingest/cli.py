@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 import ecgsearch.cli.exits as exits
-from ecgsearch.cli.tokens import TokenArgv, TokenFile, resolve
+from ecgsearch.cli.options import command_of
+from ecgsearch.cli.tokens import TokenFile, resolve
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     from ecgsearch.ingest.remote import PushSummary
     from ecgsearch.ingest.sources import Candidate
     from ecgsearch.search.client import EcgSearchClient
-    from ecgsearch.search.engine.store import IndexSettings, Store
+    from ecgsearch.search.engine.store import Store
 
 DUPLICATE_THRESHOLD = (
     0.999  # = ecg.identity.DUPLICATE_THRESHOLD (a test checks); literal so --help imports nothing
@@ -42,71 +44,74 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def ingest_command(
+@dataclass(frozen=True)
+class IngestOptions:
+    """The options of `ingest_command`, one field per option."""
+
     source: Annotated[
         Path,
         typer.Argument(
             metavar="SOURCE",
             help="PTB-XL folder, manifest .csv (path[,record_id,dataset]) or folder of WFDB records.",
         ),
-    ],
-    collection: Annotated[
-        str, typer.Option(envvar="ECGSEARCH_COLLECTION", help="Collection to fill.")
-    ] = "ecgs",
+    ]
+    collection: Annotated[str, typer.Option(envvar="ECGSEARCH_COLLECTION", help="Collection to fill.")] = (
+        "ecgs"
+    )
     store: Annotated[
         Path | None,
         typer.Option(
             envvar="ECGSEARCH_STORE_PATH", help="Embedded store directory (default: $ECGSEARCH_HOME/store)."
         ),
-    ] = None,
+    ] = None
     qdrant_url: Annotated[
         str | None,
         typer.Option(envvar="ECGSEARCH_QDRANT_URL", help="Qdrant server instead of an embedded store."),
-    ] = None,
+    ] = None
     api_key: Annotated[
         str | None, typer.Option(envvar="ECGSEARCH_QDRANT_API_KEY", help="API key of the Qdrant server.")
-    ] = None,
+    ] = None
     model: Annotated[
         Path | None, typer.Option(envvar="ECGSEARCH_MODEL", help="ONNX encoder (default: the bundled model).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="ECGs per embedding and upsert batch.")] = 256,
+    ] = None
+    batch_size: Annotated[int, typer.Option(min=1, help="ECGs per embedding and upsert batch.")] = 256
     workers: Annotated[
         int, typer.Option(min=0, help="Processes reading and preparing ECGs (0: in-process).")
-    ] = 2,
+    ] = 2
     threads: Annotated[
         int | None, typer.Option(min=1, help="onnxruntime threads (default: CPUs, at most 4).")
-    ] = None,
+    ] = None
     shard: Annotated[
         str | None, typer.Option(help="Only shard i of N (1-based), split by a stable hash of record id.")
-    ] = None,
+    ] = None
     rejects: Annotated[
         Path | None,
         typer.Option(help="Rejects report name; each run adds its UTC time (default: beside the store)."),
-    ] = None,
+    ] = None
     limit: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many records (after sharding).")
-    ] = None,
+    ] = None
     prefer_hr: Annotated[
         bool, typer.Option("--prefer-hr", help="PTB-XL: read the 500 Hz file where present.")
-    ] = False,
+    ] = False
     no_optimize: Annotated[
         bool, typer.Option("--no-optimize", help="Skip building the index at the end.")
-    ] = False,
+    ] = False
     dataset: Annotated[
         str | None,
         typer.Option(
             help="Dataset name for every record, the first part of its id (default: 'ptbxl' for PTB-XL, "
             "else the folder holding the record; the Challenge's g1, g2... group folders are skipped)."
         ),
-    ] = None,
+    ] = None
     shards: Annotated[
         int | None,
         typer.Option("--shards", min=1, help="Qdrant server: shards of a new collection (cluster: e.g. 6)."),
-    ] = None,
+    ] = None
     replicas: Annotated[
         int | None,
         typer.Option("--replicas", min=1, help="Qdrant server: copies of each shard of a new collection."),
-    ] = None,
+    ] = None
     float32: Annotated[
         bool,
         typer.Option(
@@ -114,20 +119,20 @@ def ingest_command(
             help="New collection: float32 vectors only, instead of the default int8 scalar quantization "
             "(4x less vector memory, float32 kept for rescoring).",
         ),
-    ] = False,
+    ] = False
     hnsw_m: Annotated[
         int | None, typer.Option(min=4, max=128, help="New collection: HNSW edges per node (default 32).")
-    ] = None,
+    ] = None
     ef_construct: Annotated[
         int | None,
         typer.Option(
             "--ef-construct", min=8, max=2048, help="New collection: HNSW build candidates (default 256)."
         ),
-    ] = None,
+    ] = None
     search_ef: Annotated[
         int | None,
         typer.Option(min=1, max=4096, help="New collection: HNSW search candidates (default 256)."),
-    ] = None,
+    ] = None
     site_secret_file: Annotated[
         Path | None,
         typer.Option(
@@ -136,7 +141,7 @@ def ingest_command(
             "every ingest of the site. Default for an embedded store: <store>/site-secret, generated "
             "once (0600); required with --qdrant-url.",
         ),
-    ] = None,
+    ] = None
     site: Annotated[
         str,
         typer.Option(
@@ -144,7 +149,7 @@ def ingest_command(
             help="Site the ECGs belong to (payload field 'site'); callers restricted to sites see only "
             "theirs.",
         ),
-    ] = "local",
+    ] = "local"
     duplicate_threshold: Annotated[
         float,
         typer.Option(
@@ -153,8 +158,8 @@ def ingest_command(
             help="Cosine at or above which an ECG of equal duration to a stored one is recorded as its "
             "copy (duplicate_of).",
         ),
-    ] = DUPLICATE_THRESHOLD,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    ] = DUPLICATE_THRESHOLD
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False
     as_json: Annotated[
         bool,
         typer.Option(
@@ -162,7 +167,7 @@ def ingest_command(
             help="Print the run summary as one JSON document on stdout (counts, rejects report, "
             "collection, elapsed); progress and rejects stay on stderr.",
         ),
-    ] = False,
+    ] = False
     service: Annotated[
         str | None,
         typer.Option(
@@ -170,15 +175,12 @@ def ingest_command(
             help="Send the ECGs through a running service (UpsertEcgs) instead of writing a store: the "
             "way into a served embedded store. Needs a token with the write scope.",
         ),
-    ] = None,
-    token_file: TokenFile = None,
-    token: TokenArgv = None,
-    # Earlier spellings, still accepted (deployment files use them), kept out of --help.
-    shard_number: Annotated[int | None, typer.Option(min=1, hidden=True)] = None,
-    replication_factor: Annotated[int | None, typer.Option(min=1, hidden=True)] = None,
-    int8: Annotated[bool, typer.Option("--int8", hidden=True)] = False,
-    hnsw_ef_construct: Annotated[int | None, typer.Option(min=8, max=2048, hidden=True)] = None,
-) -> None:
+    ] = None
+    token_file: TokenFile = None
+
+
+@command_of(IngestOptions)
+def ingest_command(o: IngestOptions) -> None:
     """Embed ECGs from SOURCE and store them with their payloads; reruns skip what is already stored.
 
     Exit status (the table in docs/commands.md): 0 every record stored (or already present with the
@@ -213,20 +215,21 @@ def ingest_command(
     from ecgsearch.ingest.sources import SourceError, enumerate_source, select
     from ecgsearch.search.engine.store import default_store_path
 
-    if store is not None and qdrant_url is not None:
+    if o.store is not None and o.qdrant_url is not None:
         raise typer.BadParameter("give --store or --qdrant-url, not both")
+    if o.qdrant_url is None and (o.shards or 1, o.replicas or 1) != (1, 1):
+        raise typer.BadParameter("--shards/--replicas need --qdrant-url")
     from ecgsearch.search.serving.auth import check_site
 
     try:
-        check_site(site)
+        check_site(o.site)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--site") from None
-    shard_spec = parse_shard(shard)
+    shard_spec = parse_shard(o.shard)
 
     def candidates() -> Iterator[Candidate]:  # enumerated twice: once to count (cheap), once to ingest
-        return select(
-            enumerate_source(source, dataset=dataset, prefer_hr=prefer_hr), shard=shard_spec, limit=limit
-        )
+        found = enumerate_source(o.source, dataset=o.dataset, prefer_hr=o.prefer_hr)
+        return select(found, shard=shard_spec, limit=o.limit)
 
     try:
         total = sum(1 for _ in candidates())
@@ -234,77 +237,37 @@ def ingest_command(
         raise typer.BadParameter(str(exc), param_hint="SOURCE") from None
     if total == 0:
         raise typer.BadParameter(
-            f"{source}: no ECGs found (or none left after --shard/--limit); nothing to ingest",
+            f"{o.source}: no ECGs found (or none left after --shard/--limit); nothing to ingest",
             param_hint="SOURCE",
         )
-    if service is not None:
-        if store is not None or qdrant_url is not None:
+    if o.service is not None:
+        if o.store is not None or o.qdrant_url is not None:
             raise typer.BadParameter(
                 "--service sends through a running service: give no --store/--qdrant-url"
             )
-        _push(
-            candidates(),
-            service,
-            resolve(token_file, token),
-            rejects or Path.cwd() / f"{collection}-rejects.csv",
-            quiet,
-            as_json,
-        )
-    store_path = None if qdrant_url else (store or default_store_path(os.environ.get("ECGSEARCH_HOME")))
-    rejects_path = unused_path(rejects or (store_path or Path.cwd()) / f"{collection}-rejects.csv")
+        _push(candidates(), o.service, o)
+    home = os.environ.get("ECGSEARCH_HOME")
+    store_path = None if o.qdrant_url else (o.store or default_store_path(home))
+    rejects_path = unused_path(o.rejects or (store_path or Path.cwd()) / f"{o.collection}-rejects.csv")
     try:
-        pseudonyms = site_pseudonymizer(site_secret_file, store_path)
-        embedder = Embedder(model, threads=threads)
-        settings = _index_settings(
-            quantization=False if float32 else (True if int8 else None),
-            hnsw_m=hnsw_m,
-            hnsw_ef_construct=ef_construct or hnsw_ef_construct,
-            search_ef=search_ef,
-        )
-        target = _open_target(
-            store_path,
-            qdrant_url,
-            api_key,
-            collection,
-            shards or shard_number or 1,
-            replicas or replication_factor or 1,
-            settings,
-        )
+        pseudonyms = site_pseudonymizer(o.site_secret_file, store_path)
+        embedder = Embedder(o.model, threads=o.threads)
+        target = _open_target(o, store_path)
     except (ModelError, OSError, RuntimeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
     try:
-        summary = _run(
-            candidates(),
-            total,
-            target,
-            embedder,
-            batch_size,
-            workers,
-            rejects_path,
-            not no_optimize,
-            quiet,
-            pseudonyms=pseudonyms,
-            duplicate_threshold=duplicate_threshold,
-            site=site,
-        )
+        summary = _run(candidates(), total, target, embedder, rejects_path, o, pseudonyms=pseudonyms)
     except (SourceError, OSError, RuntimeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
     finally:
         target.close()
-    report(summary, as_json)
+    report(summary, o.as_json)
     raise typer.Exit(EXIT_OK if summary.ok else EXIT_REJECTS)
 
 
-def _push(
-    candidates: Iterable[Candidate],
-    service: str,
-    token: str | None,
-    rejects: Path,
-    quiet: bool,
-    as_json: bool,
-) -> NoReturn:
+def _push(candidates: Iterable[Candidate], service: str, o: IngestOptions) -> NoReturn:
     """``--service``: send through UpsertEcgs; exits like ingest (0 all stored or present, 3 rejects)."""
     import time
 
@@ -314,9 +277,10 @@ def _push(
     from ecgsearch.search.client import EcgSearchClient
 
     started = time.monotonic()
+    token, rejects = resolve(o.token_file), o.rejects or Path.cwd() / f"{o.collection}-rejects.csv"
 
     def progress(s: PushSummary) -> None:
-        if not quiet:
+        if not o.quiet:
             typer.echo(
                 f"sent {s.sent}: stored {s.stored}, skipped {s.skipped}, rejected {s.rejected}", err=True
             )
@@ -335,7 +299,7 @@ def _push(
         for r in summary.rejects[:20]:
             typer.echo(f"  rejected {r.record}: {r.reason}", err=True)
         typer.echo(f"rejects report: {path}", err=True)
-    if as_json:
+    if o.as_json:
         document = run_document(
             collection=collection,
             service=service,
@@ -415,12 +379,9 @@ def _run(
     total: int,
     store: Store,
     embedder: Embedder,
-    batch_size: int,
-    workers: int,
     rejects_path: Path,
-    optimize: bool,
-    quiet: bool,
-    **identity: Any,  # pseudonyms, duplicate_threshold, site: passed on to ingest
+    o: IngestOptions,
+    **identity: Any,  # pseudonyms: passed on to ingest
 ) -> IngestSummary:
     """The pipeline under a progress bar: records done of total, rate, elapsed and ETA."""
     from rich.console import Console
@@ -447,6 +408,7 @@ def _run(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
+    quiet = o.quiet
     with Progress(*columns, console=err, disable=quiet) as progress:
         task = progress.add_task("ingest", total=total, skipped=0, rejected=0, rate="-")
 
@@ -466,45 +428,37 @@ def _run(
             candidates,
             store,
             embedder,
-            batch_size=batch_size,
-            workers=workers,
+            batch_size=o.batch_size,
+            workers=o.workers,
             rejects_path=rejects_path,
-            optimize=optimize,
+            optimize=not o.no_optimize,
             on_batch=update,
+            duplicate_threshold=o.duplicate_threshold,
+            site=o.site,
             **identity,
         )
 
 
-def _index_settings(**given: Any) -> IndexSettings | None:  # IndexSettings imported late (CLI start-up)
-    """IndexSettings from the options given on the command line; None when none was given."""
-    from ecgsearch.search.engine.store import IndexSettings
-
-    chosen = {key: value for key, value in given.items() if value is not None}
-    return IndexSettings(**chosen) if chosen else None
-
-
-def _open_target(
-    path: Path | None,
-    url: str | None,
-    api_key: str | None,
-    collection: str,
-    shard_number: int,
-    replication_factor: int,
-    settings: IndexSettings | None,
-) -> Store:
-    """open_store with the cluster layout options; a layout without a server is a usage error."""
+def _open_target(o: IngestOptions, path: Path | None) -> Store:
+    """open_store with the index settings and cluster layout asked."""
+    from ecgsearch.search.engine.settings import IndexSettings
     from ecgsearch.search.engine.store import open_store
 
-    if url is None and (shard_number, replication_factor) != (1, 1):
-        raise typer.BadParameter("--shards/--replicas need --qdrant-url")
+    asked: dict[str, Any] = {
+        "quantization": False if o.float32 else None,
+        "hnsw_m": o.hnsw_m,
+        "hnsw_ef_construct": o.ef_construct,
+        "search_ef": o.search_ef,
+    }
+    chosen = {key: value for key, value in asked.items() if value is not None}
     return open_store(
         path=path,
-        url=url,
-        api_key=api_key,
-        collection=collection,
-        shard_number=shard_number,
-        replication_factor=replication_factor,
-        settings=settings,
+        url=o.qdrant_url,
+        api_key=o.api_key,
+        collection=o.collection,
+        shard_number=o.shards or 1,
+        replication_factor=o.replicas or 1,
+        settings=IndexSettings(**chosen) if chosen else None,
     )
 
 

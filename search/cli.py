@@ -6,18 +6,22 @@ Heavy libraries (grpc, onnxruntime, qdrant) are imported inside the commands, so
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 import ecgsearch.cli.exits as exits
-from ecgsearch.cli.tokens import TokenArgv, TokenFile, resolve
+from ecgsearch.cli.options import command_of
+from ecgsearch.cli.tokens import TokenFile, resolve
 from ecgsearch.ecg.formats import DISPLAY_LIST
 
 if TYPE_CHECKING:
+    from ecgsearch.ecg.schema import SearchFilter
     from ecgsearch.search.api import SearchResult
 
 DEFAULT_K = 10  # the service's default (search.serving.service.DEFAULT_K), without importing it here
@@ -30,27 +34,30 @@ def _error(message: str) -> None:
     Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {message}", highlight=False)
 
 
-def serve_command(
+@dataclass(frozen=True)
+class ServeOptions:
+    """The options of `serve_command`, one field per option."""
+
     store: Annotated[
         Path | None,
         typer.Option(
             help="Embedded store directory (env ECGSEARCH_STORE_PATH; default: $ECGSEARCH_HOME/store)."
         ),
-    ] = None,
+    ] = None
     qdrant_url: Annotated[
         str | None,
         typer.Option(help="Qdrant server instead of an embedded store (env ECGSEARCH_QDRANT_URL)."),
-    ] = None,
+    ] = None
     collection: Annotated[
         str | None, typer.Option(help="Collection (env ECGSEARCH_COLLECTION; default: ecgs).")
-    ] = None,
+    ] = None
     model: Annotated[
         Path | None, typer.Option(help="ONNX encoder (env ECGSEARCH_MODEL; default: bundled).")
-    ] = None,
+    ] = None
     host: Annotated[
         str | None, typer.Option(help="Listen address (env ECGSEARCH_HOST; default: 127.0.0.1).")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="Port (env ECGSEARCH_PORT; default: 50051).")] = None,
+    ] = None
+    port: Annotated[int | None, typer.Option(help="Port (env ECGSEARCH_PORT; default: 50051).")] = None
     tokens_file: Annotated[
         Path | None,
         typer.Option(
@@ -59,45 +66,45 @@ def serve_command(
             "caller 'default' with scope search, may instead come comma-separated in env "
             "ECGSEARCH_TOKENS."
         ),
-    ] = None,
+    ] = None
     insecure: Annotated[
         bool,
         typer.Option(
             "--insecure", help="Allow serving without tokens (local use only) (env ECGSEARCH_INSECURE)."
         ),
-    ] = False,
-    tls_cert: Annotated[
-        Path | None, typer.Option(help="TLS certificate PEM (env ECGSEARCH_TLS_CERT).")
-    ] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="TLS private key PEM (env ECGSEARCH_TLS_KEY).")] = None,
+    ] = False
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate PEM (env ECGSEARCH_TLS_CERT).")] = (
+        None
+    )
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key PEM (env ECGSEARCH_TLS_KEY).")] = None
     tls_client_ca: Annotated[
         Path | None,
         typer.Option(help="CA that signs client certificates: mutual TLS (env ECGSEARCH_TLS_CLIENT_CA)."),
-    ] = None,
+    ] = None
     max_message_mb: Annotated[
         float | None, typer.Option(help="Largest message in MiB (env ECGSEARCH_MAX_MESSAGE_MB; default: 16).")
-    ] = None,
+    ] = None
     max_workers: Annotated[
         int | None,
         typer.Option(
             help="Request threads (env ECGSEARCH_MAX_WORKERS; default: --max-concurrent-rpcs + 1/8, "
             "at least + 4)."
         ),
-    ] = None,
+    ] = None
     max_concurrent_rpcs: Annotated[
         int | None,
         typer.Option(
             help="Calls in progress before RESOURCE_EXHAUSTED (env ECGSEARCH_MAX_CONCURRENT_RPCS; "
             "default: 64)."
         ),
-    ] = None,
+    ] = None
     heavy_budget_mb: Annotated[
         float | None,
         typer.Option(
             help="MiB of replies, samples and files that heavy calls may handle at once; more wait their "
             "turn while light calls go on (env ECGSEARCH_HEAVY_BUDGET_MB; default: 2 x --max-message-mb)."
         ),
-    ] = None,
+    ] = None
     allow_insecure_remote: Annotated[
         bool,
         typer.Option(
@@ -105,32 +112,32 @@ def serve_command(
             help="With --insecure, allow a non-loopback --host (refused otherwise) "
             "(env ECGSEARCH_ALLOW_INSECURE_REMOTE).",
         ),
-    ] = False,
+    ] = False
     ecg_roots: Annotated[
         str | None,
         typer.Option(
             help="Folders (':'-separated) holding stored records' files, for GetEcg "
             "(env ECGSEARCH_ECG_ROOTS)."
         ),
-    ] = None,
+    ] = None
     site_secret_file: Annotated[
         Path | None,
         typer.Option(
             help="Site secret keying pushed ECGs' patient pseudonyms (UpsertEcgs), the file ingest uses "
             "(env ECGSEARCH_SITE_SECRET_FILE; default for an embedded store: <store>/site-secret)."
         ),
-    ] = None,
+    ] = None
     archive_path: Annotated[
         Path | None,
         typer.Option(
             help="Where pushed ECGs' signals are kept for GetEcg (env ECGSEARCH_ARCHIVE_PATH; default: "
             "<store>/archive; a Qdrant server needs it for pushes)."
         ),
-    ] = None,
+    ] = None
     log_level: Annotated[
         str | None,
         typer.Option(help="DEBUG, INFO, WARNING or ERROR (env ECGSEARCH_LOG_LEVEL; default: INFO)."),
-    ] = None,
+    ] = None
     audit_log: Annotated[
         str | None,
         typer.Option(
@@ -138,7 +145,7 @@ def serve_command(
             "(env ECGSEARCH_AUDIT_LOG; default: none). A call whose line cannot be written is refused "
             "(UNAVAILABLE) and health says NOT_SERVING until the file takes lines again."
         ),
-    ] = None,
+    ] = None
     audit_fail_open: Annotated[
         bool,
         typer.Option(
@@ -146,7 +153,7 @@ def serve_command(
             help="Answer calls even when their audit line cannot be written (each lost line is logged) "
             "(env ECGSEARCH_AUDIT_FAIL_OPEN).",
         ),
-    ] = False,
+    ] = False
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -154,8 +161,11 @@ def serve_command(
             max=65535,
             help="Serve Prometheus metrics at http://HOST:PORT/metrics (env ECGSEARCH_METRICS_PORT).",
         ),
-    ] = None,
-) -> None:
+    ] = None
+
+
+@command_of(ServeOptions)
+def serve_command(o: ServeOptions) -> None:
     """Serve similarity search over gRPC (ecgsearch.v1.EcgSearchService, health, reflection).
 
     Runs until SIGTERM. Every option also reads its ECGSEARCH_* environment variable; the command line
@@ -165,7 +175,9 @@ def serve_command(
     one per request, with its request id, caller and latency; --audit-log writes the audit trail
     (who asked for which records) to its own sink.
 
-    Read from the environment only: ECGSEARCH_TOKENS (comma-separated plain tokens), ECGSEARCH_HOME,
+    Read from the environment only: ECGSEARCH_TOKENS (comma-separated plain tokens, each the caller
+    'default' with scope search over every site: the quickstart's one-token setup, kept beside the
+    callers file, which names callers and limits their scopes and sites), ECGSEARCH_HOME,
     ECGSEARCH_QDRANT_API_KEY, ECGSEARCH_STATS_REFRESH_S (seconds between collection statistics reads,
     default 30), ECGSEARCH_GRACE_S (seconds calls get to finish on shutdown, default 10).
 
@@ -185,31 +197,10 @@ def serve_command(
 
     from ecgsearch.search.serving.settings import ServiceSettings
 
-    given: dict[str, Any] = {  # raw option values: ServiceSettings validates them
-        "store_path": store,
-        "qdrant_url": qdrant_url,
-        "collection": collection,
-        "model": model,
-        "host": host,
-        "port": port,
-        "tokens_file": tokens_file,
-        "insecure": insecure or None,
-        "tls_cert": tls_cert,
-        "tls_key": tls_key,
-        "tls_client_ca": tls_client_ca,
-        "max_message_mb": max_message_mb,
-        "max_workers": max_workers,
-        "max_concurrent_rpcs": max_concurrent_rpcs,
-        "heavy_budget_mb": heavy_budget_mb,
-        "allow_insecure_remote": allow_insecure_remote or None,
-        "ecg_roots": ecg_roots,
-        "site_secret_file": site_secret_file,
-        "archive_path": archive_path,
-        "log_level": log_level,
-        "audit_log": audit_log,
-        "audit_fail_open": audit_fail_open or None,
-        "metrics_port": metrics_port,
-    }
+    given = dataclasses.asdict(o)
+    given["store_path"] = given.pop("store")
+    for flag in ("insecure", "allow_insecure_remote", "audit_fail_open"):  # unset: the environment's
+        given[flag] = given[flag] or None
     try:
         settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
@@ -227,16 +218,18 @@ def serve_command(
         raise typer.Exit(exits.FAILED) from None
 
 
-def query_command(
-    target: Annotated[
-        str, typer.Option(envvar="ECGSEARCH_TARGET", help="Server host:port.")
-    ] = "127.0.0.1:50051",
-    token_file: TokenFile = None,
-    token: TokenArgv = None,
-    record_id: Annotated[str | None, typer.Option(help="Search by a stored record, e.g. ptbxl:17.")] = None,
-    wfdb: Annotated[
-        Path | None, typer.Option(help="Search by a WFDB record (path without extension).")
-    ] = None,
+@dataclass(frozen=True)
+class QueryOptions:
+    """The options of `query_command`, one field per option."""
+
+    target: Annotated[str, typer.Option(envvar="ECGSEARCH_TARGET", help="Server host:port.")] = (
+        "127.0.0.1:50051"
+    )
+    token_file: TokenFile = None
+    record_id: Annotated[str | None, typer.Option(help="Search by a stored record, e.g. ptbxl:17.")] = None
+    wfdb: Annotated[Path | None, typer.Option(help="Search by a WFDB record (path without extension).")] = (
+        None
+    )
     file: Annotated[
         Path | None,
         typer.Option(
@@ -244,17 +237,17 @@ def query_command(
             help=f"Search by an ECG file: {DISPLAY_LIST} (sent as its bytes, read by the server) or a "
             "WFDB record (read here, sent raw).",
         ),
-    ] = None,
-    k: Annotated[int, typer.Option(help="Number of neighbours (1-1000).")] = DEFAULT_K,
-    diagnosis: Annotated[
-        list[str] | None, typer.Option(help="Keep neighbours with any of these codes.")
-    ] = None,
-    exclude_diagnosis: Annotated[
-        list[str] | None, typer.Option(help="Drop neighbours with these codes.")
-    ] = None,
-    age_min: Annotated[int | None, typer.Option(help="Minimum age.")] = None,
-    age_max: Annotated[int | None, typer.Option(help="Maximum age.")] = None,
-    sex: Annotated[str | None, typer.Option(help="M or F.")] = None,
+    ] = None
+    k: Annotated[int, typer.Option(help="Number of neighbours (1-1000).")] = DEFAULT_K
+    diagnosis: Annotated[list[str] | None, typer.Option(help="Keep neighbours with any of these codes.")] = (
+        None
+    )
+    exclude_diagnosis: Annotated[list[str] | None, typer.Option(help="Drop neighbours with these codes.")] = (
+        None
+    )
+    age_min: Annotated[int | None, typer.Option(help="Minimum age.")] = None
+    age_max: Annotated[int | None, typer.Option(help="Maximum age.")] = None
+    sex: Annotated[str | None, typer.Option(help="M or F.")] = None
     measure: Annotated[
         list[str] | None,
         typer.Option(
@@ -262,37 +255,38 @@ def query_command(
             "(a stored measurement such as qrs_ms, qtc_ms or r_axis, 'qrs' = qrs_ms; an unknown NAME is "
             "refused with the list of all)."
         ),
-    ] = None,
-    dataset: Annotated[list[str] | None, typer.Option(help="Keep neighbours from these datasets.")] = None,
+    ] = None
+    dataset: Annotated[list[str] | None, typer.Option(help="Keep neighbours from these datasets.")] = None
     exclude_patient: Annotated[
         list[str] | None, typer.Option(help="Drop neighbours of these patient ids.")
-    ] = None,
+    ] = None
     include_same_patient: Annotated[
         bool,
         typer.Option(
             "--include-same-patient", help="With --record-id: keep the record's patient's other ECGs."
         ),
-    ] = False,
+    ] = False
     include_duplicates: Annotated[
         bool,
         typer.Option(
             "--include-duplicates", help="Keep ECGs recorded at ingest as copies of another (duplicate_of)."
         ),
-    ] = False,
-    threshold: Annotated[float | None, typer.Option(help="Minimum cosine similarity.")] = None,
-    exact: Annotated[bool, typer.Option("--exact", help="Exact search instead of the index.")] = False,
-    summary: Annotated[
-        bool, typer.Option("--summary", help="Add the diagnosis concentration summary.")
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    tls: Annotated[bool, typer.Option("--tls", help="Connect with TLS (system roots).")] = False,
-    ca: Annotated[
-        Path | None, typer.Option("--ca", "--root-cert", help="CA certificate PEM for TLS.")
-    ] = None,
-    cert: Annotated[Path | None, typer.Option("--cert", help="Client certificate PEM (mutual TLS).")] = None,
-    key: Annotated[Path | None, typer.Option("--key", help="Client private key PEM (mutual TLS).")] = None,
-    timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 30.0,
-) -> None:
+    ] = False
+    threshold: Annotated[float | None, typer.Option(help="Minimum cosine similarity.")] = None
+    exact: Annotated[bool, typer.Option("--exact", help="Exact search instead of the index.")] = False
+    summary: Annotated[bool, typer.Option("--summary", help="Add the diagnosis concentration summary.")] = (
+        False
+    )
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False
+    tls: Annotated[bool, typer.Option("--tls", help="Connect with TLS (system roots).")] = False
+    ca: Annotated[Path | None, typer.Option("--ca", "--root-cert", help="CA certificate PEM for TLS.")] = None
+    cert: Annotated[Path | None, typer.Option("--cert", help="Client certificate PEM (mutual TLS).")] = None
+    key: Annotated[Path | None, typer.Option("--key", help="Client private key PEM (mutual TLS).")] = None
+    timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 30.0
+
+
+@command_of(QueryOptions)
+def query_command(o: QueryOptions) -> None:
     """Find the ECGs most similar to a stored record or to an ECG file, on a running server.
 
     A hospital export (--file) is sent as its bytes and read by the server; a WFDB record is read here
@@ -319,80 +313,66 @@ def query_command(
 
     from ecgsearch.ecg.schema import SearchFilter
 
-    if sum(x is not None for x in (record_id, wfdb, file)) != 1:
+    if sum(x is not None for x in (o.record_id, o.wfdb, o.file)) != 1:
         raise typer.BadParameter("give exactly one of --record-id, --wfdb or --file")
-    if file is not None and (file.suffix.lower() == ".hea" or file.with_suffix(".hea").is_file()):
-        wfdb, file = file.with_suffix(""), None
-    if bool(cert) != bool(key):
+    if o.file is not None and (o.file.suffix.lower() == ".hea" or o.file.with_suffix(".hea").is_file()):
+        o = dataclasses.replace(o, wfdb=o.file.with_suffix(""), file=None)
+    if bool(o.cert) != bool(o.key):
         raise typer.BadParameter("--cert and --key go together (mutual TLS)")
     fields: dict[str, Any] = {  # raw option values: SearchFilter validates them
-        "diagnoses_any": diagnosis or [],
-        "diagnoses_none": exclude_diagnosis or [],
-        "age_min": age_min,
-        "age_max": age_max,
-        "sex": sex.upper() if sex else None,
-        "datasets": dataset or [],
-        "exclude_patient_ids": exclude_patient or [],
-        "measurements": parse_measures(measure or []),
+        "diagnoses_any": o.diagnosis or [],
+        "diagnoses_none": o.exclude_diagnosis or [],
+        "age_min": o.age_min,
+        "age_max": o.age_max,
+        "sex": o.sex.upper() if o.sex else None,
+        "datasets": o.dataset or [],
+        "exclude_patient_ids": o.exclude_patient or [],
+        "measurements": parse_measures(o.measure or []),
     }
     try:
         flt = SearchFilter(**fields)
     except ValidationError as exc:
         raise typer.BadParameter(_describe(exc)) from None
-    result = _search(
-        target,
-        {
-            "token": resolve(token_file, token),
-            "tls": tls,
-            "root_cert": ca,
-            "client_cert": cert,
-            "client_key": key,
-            "timeout": timeout,
-        },
-        record_id,
-        wfdb,
-        file,
-        {
-            "k": k,
-            "filter": flt,
-            "score_threshold": threshold,
-            "exact": exact,
-            "with_summary": summary,
-            "include_duplicates": include_duplicates,
-        },
-        include_same_patient,
-    )
-    if as_json:
+    result = _search(o, flt)
+    if o.as_json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
     else:
         print_result(result)
 
 
-def _search(
-    target: str,
-    connection: dict,
-    record_id: str | None,
-    wfdb: Path | None,
-    file: Path | None,
-    options: dict,
-    include_same_patient: bool,
-) -> SearchResult:
+def _search(o: QueryOptions, flt: SearchFilter) -> SearchResult:
     """One search on the server; a failure is one line on stderr and the documented exit code."""
     import grpc
 
     from ecgsearch.ecg.signals import SignalError
     from ecgsearch.search.client import EcgSearchClient
 
+    options: dict[str, Any] = {
+        "k": o.k,
+        "filter": flt,
+        "score_threshold": o.threshold,
+        "exact": o.exact,
+        "with_summary": o.summary,
+        "include_duplicates": o.include_duplicates,
+    }
+    connection: dict[str, Any] = {
+        "token": resolve(o.token_file),
+        "tls": o.tls,
+        "root_cert": o.ca,
+        "client_cert": o.cert,
+        "client_key": o.key,
+        "timeout": o.timeout,
+    }
     try:
-        with EcgSearchClient(target, **connection) as client:
-            if record_id is not None:
+        with EcgSearchClient(o.target, **connection) as client:
+            if o.record_id is not None:
                 return client.search_by_record(
-                    record_id, include_same_patient=include_same_patient, **options
+                    o.record_id, include_same_patient=o.include_same_patient, **options
                 )
-            if file is not None:
-                return client.search_by_file(file, **options)
-            assert wfdb is not None
-            return client.search_by_wfdb(wfdb, **options)
+            if o.file is not None:
+                return client.search_by_file(o.file, **options)
+            assert o.wfdb is not None
+            return client.search_by_wfdb(o.wfdb, **options)
     except grpc.RpcError as exc:
         _error(f"{exc.code().name}: {exc.details()}")
         raise typer.Exit(exits.for_rpc_error(exc)) from None

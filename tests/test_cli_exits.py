@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from ecgsearch.cli import exits
 from ecgsearch.cli.main import app
-from ecgsearch.cli.tokens import ARGV_WARNING
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENS = {"reader": "tok-reader", "writer": "tok-writer", "ops": "tok-ops"}
@@ -176,21 +175,21 @@ def test_an_unknown_record_exits_5(served: str) -> None:
     assert code == exits.NOT_FOUND and "grammar:nope" in err
 
 
-def test_tokens_come_from_a_file_or_the_environment_and_argv_is_warned_about(
-    served: str, tmp_path: Path
-) -> None:
+def test_tokens_come_from_a_file_or_the_environment_never_argv(served: str, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(f"\n{TOKENS['reader']}\n")
     args = ["query", "--target", served, "--record-id", RECORD, "--k", 2, "--json"]
     by_file, by_env = invoke(*args, "--token-file", token_file), invoke(*args, token=TOKENS["reader"])
     assert by_file[0] == by_env[0] == exits.OK and json.loads(by_file[1]) == json.loads(by_env[1])
-    assert ARGV_WARNING.split(";")[0] not in by_file[2] + by_env[2]
-    code, out, err = invoke(*args, "--token", TOKENS["reader"])
-    assert code == exits.OK and json.loads(out)["hits"] and ARGV_WARNING in err
+    code, _, err = invoke(*args, "--token", TOKENS["reader"])
+    assert code == exits.USAGE and "No such option: --token" in err
     for name in ("query", "stats", "ingest", "web", "collection info", "snapshot create"):
         code, help_text, _ = invoke(*name.split(), "--help")
         assert "--token-file" in help_text and "ECGSEARCH_TOKEN" in help_text, name
         assert "--token " not in help_text, name  # the argv flag is not offered
+    code, help_text, _ = invoke("serve", "--help")  # the service's plain tokens: documented, env only
+    words = " ".join(help_text.split())
+    assert code == exits.OK and "ECGSEARCH_TOKENS (comma-separated plain tokens" in words
 
 
 def test_ingest_json_is_one_document(store: tuple[Path, dict]) -> None:

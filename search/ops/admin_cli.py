@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 import ecgsearch.cli.exits as exits
-from ecgsearch.cli.tokens import TokenArgv, TokenFile, resolve
+from ecgsearch.cli.tokens import TokenFile, resolve
 
 Store = Annotated[
     Path | None,
@@ -39,7 +39,6 @@ def info_command(
     ] = None,
     target: Target = None,
     token_file: TokenFile = None,
-    token: TokenArgv = None,
     as_json: AsJson = False,
 ) -> None:
     """Show a collection: count, dimension, model and its card, index settings, aliases.
@@ -59,7 +58,7 @@ def info_command(
 
     if target is not None:
         _only_target(store, qdrant_url)
-        result = _with_service(target, resolve(token_file, token), service_info)
+        result = _with_service(target, resolve(token_file), service_info)
     else:
         result = _with_store(store, qdrant_url, api_key, collection, lambda s: collection_info(s, model))
     if as_json:
@@ -89,7 +88,6 @@ def get_command(
     vector: Annotated[bool, typer.Option("--vector", help="Include the stored vector.")] = False,
     target: Target = None,
     token_file: TokenFile = None,
-    token: TokenArgv = None,
     as_json: AsJson = False,
 ) -> None:
     """Show one stored record's payload (and, with --vector, its embedding).
@@ -110,7 +108,7 @@ def get_command(
     try:
         if target is not None:
             _only_target(store, qdrant_url)
-            token_text = resolve(token_file, token)
+            token_text = resolve(token_file)
             result = _with_service(target, token_text, lambda c: service_record(c, record_id, vector=vector))
         else:
             result = _with_store(
@@ -163,7 +161,6 @@ def stats_command(
         str, typer.Option("--target", "-t", envvar="ECGSEARCH_TARGET", help="Server host:port.")
     ] = "127.0.0.1:50051",
     token_file: TokenFile = None,
-    token: TokenArgv = None,
     tls: Annotated[bool, typer.Option("--tls", help="Connect with TLS (system roots).")] = False,
     root_cert: Annotated[Path | None, typer.Option(help="CA certificate PEM for TLS.")] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="Deadline in seconds.")] = 10.0,
@@ -186,7 +183,7 @@ def stats_command(
 
     try:
         with EcgSearchClient(
-            target, token=resolve(token_file, token), tls=tls, root_cert=root_cert, timeout=timeout
+            target, token=resolve(token_file), tls=tls, root_cert=root_cert, timeout=timeout
         ) as client:
             result = client.stats()
     except grpc.RpcError as exc:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 import ecgsearch.cli.exits as exits
-from ecgsearch.cli.tokens import TokenArgv, TokenFile, resolve
+from ecgsearch.cli.tokens import TokenFile, resolve
 
 Store = Annotated[
     Path | None,
@@ -57,7 +57,6 @@ def create_command(
     archive_path: ArchivePath = None,
     target: Target = None,
     token_file: TokenFile = None,
-    token: TokenArgv = None,
     as_json: AsJson = False,
 ) -> None:
     """Snapshot a collection: an archive of the embedded store, or Qdrant's own snapshot on a server.
@@ -77,7 +76,7 @@ def create_command(
         ecgsearch snapshot create --qdrant-url http://qdrant:6333 -c ecgs --json
     """
     if target is not None:
-        info = _with_service(target, resolve(token_file, token), lambda c: c.create_snapshot())
+        info = _with_service(target, resolve(token_file), lambda c: c.create_snapshot())
     else:
         info = _with_store(
             store,
@@ -98,7 +97,6 @@ def list_command(
     directory: Directory = None,
     target: Target = None,
     token_file: TokenFile = None,
-    token: TokenArgv = None,
     as_json: AsJson = False,
 ) -> None:
     """List a collection's snapshots, oldest first (of a running service's collection with --target).
@@ -112,7 +110,7 @@ def list_command(
         ecgsearch snapshot list --qdrant-url http://qdrant:6333 -c ecgs --json
     """
     if target is not None:
-        found = _with_service(target, resolve(token_file, token), lambda c: c.list_snapshots())
+        found = _with_service(target, resolve(token_file), lambda c: c.list_snapshots())
     elif qdrant_url is None:
         from ecgsearch.search.engine import snapshots
         from ecgsearch.search.engine.store import default_store_path

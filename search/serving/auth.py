@@ -41,7 +41,7 @@ from ecgsearch.ecg.schema import SITE_PATTERN
 SCOPES = ("search", "write", "admin")
 ALL_SITES = "*"
 DEFAULT_SITE = "local"
-LEGACY_CALLER = "default"
+PLAIN_CALLER = "default"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}")
 _SITE = re.compile(SITE_PATTERN)
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -266,7 +266,7 @@ class CallerRegistry:
         return bool(self.current())
 
 
-def legacy(tokens: Iterable[str]) -> Callers:
+def plain_tokens(tokens: Iterable[str]) -> Callers:
     """Plain tokens (``ECGSEARCH_TOKENS``, ``run_server(token=...)``): caller ``default``, scope search."""
-    caller = Caller(LEGACY_CALLER, frozenset({"search"}))
+    caller = Caller(PLAIN_CALLER, frozenset({"search"}))
     return Callers(tuple((digest(t.strip()), caller) for t in tokens if t.strip()))

@@ -67,7 +67,7 @@ from ecgsearch.search.api import (
 )
 from ecgsearch.search.engine.store import Store, StoreError, open_store
 from ecgsearch.search.serving import audit
-from ecgsearch.search.serving.auth import ANONYMOUS, Caller, CallerRegistry, Callers, legacy
+from ecgsearch.search.serving.auth import ANONYMOUS, Caller, CallerRegistry, Callers, plain_tokens
 from ecgsearch.search.serving.cost import (
     PREPARED_BYTES,
     RECORDED_BYTES,
@@ -868,7 +868,7 @@ class _Health:
 
 def _registry(settings: ServiceSettings, token: str | None) -> CallerRegistry | None:
     """The callers of TOKENS_FILE (re-read on change) plus TOKENS and ``token`` (plain, scope search)."""
-    fixed = legacy([*(settings.tokens or "").split(","), *([token] if token else [])])
+    fixed = plain_tokens([*(settings.tokens or "").split(","), *([token] if token else [])])
     if settings.tokens_file is None and not fixed:
         return None
     return CallerRegistry(settings.tokens_file, fixed)

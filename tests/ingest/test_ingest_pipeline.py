@@ -180,11 +180,19 @@ def test_empty_source_is_an_error_and_creates_no_collection(tmp_path: Path) -> N
     assert not (tmp_path / "store").exists()
 
 
-def test_deployment_spellings_of_cluster_options_still_work(tmp_path: Path, ptbxl_dir: Path) -> None:
-    """deploy/k8s passes --shard-number/--replication-factor; without a server both are refused alike."""
-    for args in (("--shard-number", 6, "--replication-factor", 2), ("--shards", 6, "--replicas", 2)):
-        code, _, err = invoke(ptbxl_dir, "--store", tmp_path / "store", *args)
-        assert code == 2 and "need --qdrant-url" in err
+def test_cluster_options_need_a_server_and_no_earlier_spelling_is_taken(
+    tmp_path: Path, ptbxl_dir: Path
+) -> None:
+    """--shards/--replicas lay out a collection on a Qdrant cluster; the spellings of earlier releases
+    (--shard-number, --replication-factor, --int8, --hnsw-ef-construct) are gone, not hidden."""
+    code, _, err = invoke(ptbxl_dir, "--store", tmp_path / "store", "--shards", 6, "--replicas", 2)
+    assert code == 2 and "need --qdrant-url" in err
+    for gone in ("--shard-number", "--replication-factor", "--int8", "--hnsw-ef-construct"):
+        code, _, err = invoke(
+            ptbxl_dir, "--store", tmp_path / "store", gone, *([] if gone == "--int8" else [6])
+        )
+        assert code == 2 and f"No such option: {gone}" in err, gone
+    assert not (tmp_path / "store").exists()
 
 
 def test_resume_after_kill_9(tmp_path: Path, ptbxl_dir: Path) -> None:

@@ -16,7 +16,7 @@ from sited import TOKENS, Sited, auth, build, sha, tokens_file
 from ecgsearch.search._proto import search_pb2 as pb
 from ecgsearch.search._proto import search_pb2_grpc as pb_grpc
 from ecgsearch.search.serving import server as server_module
-from ecgsearch.search.serving.auth import Caller, CallerRegistry, TokensFileError, digest, legacy, parse
+from ecgsearch.search.serving.auth import Caller, CallerRegistry, TokensFileError, digest, parse, plain_tokens
 from ecgsearch.search.serving.server import run_server
 from ecgsearch.search.serving.settings import ServiceSettings
 
@@ -191,11 +191,11 @@ def test_a_broken_file_at_start_is_refused_naming_the_line(tmp_path: Path) -> No
 
 
 def test_plain_tokens_are_default_search_callers_outside_the_file() -> None:
-    callers = legacy(["secret-one", " ", ""])
+    callers = plain_tokens(["secret-one", " ", ""])
     assert callers.by_token("secret-one") == Caller("default", frozenset({"search"}))
     assert callers.by_token("secret-two") is None
     with pytest.raises(TokensFileError, match="line 2: one field"):
-        parse(["# legacy", "secret-one", ""])
+        parse(["# plain", "secret-one", ""])
 
 
 def test_certificate_names_map_to_callers() -> None:

@@ -1,0 +1,48 @@
+"""A command's options as one frozen dataclass: ``@command_of(ServeOptions)`` over ``def serve(o)``.
+
+Typer reads a command's parameters from its signature. Here they are the fields of a frozen dataclass,
+each annotated with its ``typer.Option``/``typer.Argument`` as a parameter would be, so the command
+body takes one object, passes it on whole and never repeats a long parameter list.
+
+A leaf: typer and the standard library only, so every part's command module may import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar, get_type_hints
+
+Opts = TypeVar("Opts")
+R = TypeVar("R")
+
+
+def command_of(options: type[Opts]) -> Callable[[Callable[[Opts], R]], Callable[..., R]]:
+    """A typer command whose parameters are the fields of ``options`` (names, defaults, Annotated
+    typer metadata) and which calls the decorated function with one ``options`` instance."""
+    if not dataclasses.is_dataclass(options):
+        raise TypeError(f"{options.__name__} is not a dataclass")
+    hints = get_type_hints(options, include_extras=True)
+    parameters = [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default,
+            annotation=hints[f.name],
+        )
+        for f in dataclasses.fields(options)
+    ]
+
+    def wrap(body: Callable[[Opts], R]) -> Callable[..., R]:
+        @functools.wraps(body)
+        def command(**given: Any) -> R:
+            return body(options(**given))
+
+        del command.__wrapped__  # typer must read the options' signature, not the body's
+        command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
+        return command
+
+    return wrap
