@@ -513,6 +513,57 @@ def crossfit(
     typer.echo(f"{cf.line(result)} -> {out}")
 
 
+def views(
+    data: Annotated[
+        Path, typer.Option(help="folder holding ptb-xl/ (and challenge/ptb_xl for the copies)")
+    ] = Path("../shared/data"),
+    model: Annotated[Path | None, typer.Option(help="served ONNX model (default: bundled)")] = None,
+    limit: Annotated[int | None, typer.Option(min=50, help="use only the first N ECGs (smoke runs)")] = None,
+    cache: Annotated[Path | None, typer.Option(help="prepared-array cache")] = Path("runs/cache"),
+    out: Annotated[Path, typer.Option(help="results JSON")] = Path("results/views.json"),
+    statistics: Annotated[
+        Path | None, typer.Option(help="also write the served views' statistics and default blend here")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
+) -> None:
+    """Similar by what? P@10 of each named view (waveform, rhythm, voltage) and their blends.
+
+    Cross-fitted over five fold groups: the measured views' z-scores, the baselines and the blend
+    weights (weighted RRF and a score formula over each view's top 100, as the store fuses them) are
+    fitted on the other groups; every PTB-XL ECG is a query once (own patient excluded). Also checks
+    the Challenge's 5x-gain copies of PTB-XL ECGs. Needs the bench extra.
+
+    Examples:
+
+        ecgsearch eval views --out results/views.json --statistics ecg/data/view_statistics.json
+
+        ecgsearch eval views --limit 300 --out /tmp/views.json
+    """
+    if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
+        raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
+    from ecgsearch.bench.results import write_results
+
+    try:
+        from ecgsearch.bench import views as bv
+    except ImportError as exc:
+        _missing(exc)
+    result = bv.run(
+        data,
+        model=model,
+        cache_dir=cache,
+        limit=limit,
+        command="ecgsearch eval views"
+        + (f" --limit {limit}" if limit else "")
+        + f" --out {out}"
+        + (f" --statistics {statistics}" if statistics else ""),
+        log=_logger(quiet),
+    )
+    write_results(out, result)
+    if statistics is not None:
+        bv.write_statistics(result, statistics)
+    typer.echo(f"{bv.line(result)} -> {out}")
+
+
 def _missing(exc: ImportError) -> None:
     """A benchmark library that is not installed: say which extra brings it."""
     _fail(f"{exc.name or exc} is not installed; pip install 'ecgsearch[bench]' (and [train] for torch)")
@@ -534,3 +585,4 @@ def register(bench: typer.Typer, evaluate: typer.Typer) -> None:
     evaluate.command("retrieval")(retrieval)
     evaluate.command("training")(training)
     evaluate.command("crossfit")(crossfit)
+    evaluate.command("views")(views)

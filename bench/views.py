@@ -1,0 +1,411 @@
+"""Similar by what? Every named view, and blends of them, through the retrieval evaluator.
+
+Each view of ``ecg.views`` (waveform, rhythm, voltage) answers every PTB-XL ECG as a query (search
+space: every record, the query's own patient left out, scored by ``bench.retrieval.per_query``) beside
+the handcrafted baselines of ``bench.retrieval``. Cross-fitted: the ten strat folds form five groups;
+for each, the measured views' standardisation, the baselines' fits and the blend's weights are chosen
+on the other groups' rows and queries, then answer that group's queries. The waveform view is the
+shipped model's learned part: it trained self-supervised on folds 1-8 and never saw a label, so every
+query is fair for it (as for the rhythm and voltage views, which have no learned part).
+
+A blend is what the store computes for a query naming several views: each view's top PREFETCH
+neighbours (a Qdrant prefetch, own patient filtered out), fused either by weighted reciprocal rank
+(Qdrant's ``Fusion.Rrf(k, weights)``, see ``rrf``) or by a score formula (sum of w x the
+view's score: cosine for the waveform, minus the Euclidean distance for a measured view; a point
+missing from a view's prefetch gets that prefetch's worst score). Both are simulated here in numpy,
+exactly over the same candidates. The weights of each are chosen by the mean P@10 over any superclass
+and the six codes (AFIB, LVH, CLBBB, CRBBB, IMI, ASMI) on the training groups' queries.
+
+Also: the Challenge's 5x-gain copies of PTB-XL ECGs, each checked for its waveform neighbour (its
+original?) and its voltage vector (right, or ``gain_suspect``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ecgsearch.bench.crossfit import CROSSFIT_CODES, corpus_of, fold_groups, group_of
+from ecgsearch.bench.metrics import bootstrap_mean, neighbours_excluding_patient
+from ecgsearch.bench.results import load_average, machine, relative, write_results
+from ecgsearch.bench.retrieval import BOOTSTRAP, HANDCRAFTED, SEED, Corpus, baseline_methods, per_query
+from ecgsearch.ecg import signals, views
+from ecgsearch.export.runtime import DEFAULT_MODEL, Embedder, bundled_model
+
+PREFETCH, RRF_K = views.PREFETCH, views.RRF_K  # as the store fuses
+FUSIONS = ("rrf", "formula")
+WEIGHTS = {  # waveform weight 1; the measured views' weights, per fusion
+    "rrf": (0.0, 0.25, 0.5, 1.0, 2.0),
+    "formula": (0.0, 0.01, 0.03, 0.1, 0.3),
+}
+OBJECTIVE = ("p10_any_superclass", *CROSSFIT_CODES)
+RHYTHM_KNN = ("knn-hr-rr", "knn-hr-rr-median", "knn-hr-rmssd")
+AMPLITUDE_KNN = "knn-lead-log-rms-mv"
+GROUPS = 5
+SERVED_FOLDS = tuple(range(1, 9))
+COPIES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 599)  # challenge/ptb_xl/HR<n> is PTB-XL ecg_id n at 5x gain
+
+
+def measured_views(corpus: Corpus, fit: np.ndarray) -> dict[str, views.ViewStatistics]:
+    """The measured views' standardisation from the rows ``fit``."""
+    folds = tuple(int(f) for f in np.unique(corpus.folds[fit]))
+    return {
+        name: views.fit_statistics(name, views.MEASURES[name](corpus.mv[fit]), folds)
+        for name in views.MEASURED
+    }
+
+
+def view_matrices(served: np.ndarray, corpus: Corpus, stats: dict[str, views.ViewStatistics]) -> dict:
+    """Every view of every ECG; gain-suspect voltage rows (none in PTB-XL) would be NaN."""
+    v = views.view_vectors(served, corpus.mv, stats)
+    return {views.WAVEFORM: v.waveform, views.RHYTHM: v.rhythm, views.VOLTAGE: v.voltage}
+
+
+def _scores(x: np.ndarray, euclidean: bool, pid: np.ndarray) -> np.ndarray:
+    """(n, n) the store's score of every pair (cosine, or minus the Euclidean distance); own patient -inf."""
+    a = np.asarray(x, dtype=np.float64)
+    if euclidean:
+        sq = (a**2).sum(axis=1)
+        s = -np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * a @ a.T, 0.0))
+    else:
+        s = a @ a.T
+    s[pid[:, None] == pid[None, :]] = -np.inf
+    return s
+
+
+def _patient_codes(patients: list[object]) -> np.ndarray:
+    codes: dict = {}
+    return np.array(
+        [
+            codes.setdefault(("p", p) if p is not None else ("r", i), len(codes))
+            for i, p in enumerate(patients)
+        ]
+    )
+
+
+class Prefetched:
+    """Each view's top PREFETCH per query (own patient out): ranks and scores, the fusions' inputs."""
+
+    def __init__(self, mats: dict[str, np.ndarray], pid: np.ndarray, limit: int = PREFETCH) -> None:
+        n = len(pid)
+        self.rank: dict[str, np.ndarray] = {}
+        self.score: dict[str, np.ndarray] = {}
+        for name, x in mats.items():
+            s = _scores(x, name in views.EUCLIDEAN, pid)
+            top = np.argsort(-s, axis=1, kind="stable")[:, :limit]
+            rank = np.full((n, n), np.inf)
+            np.put_along_axis(
+                rank, top, np.arange(1, limit + 1, dtype=np.float64)[None, :].repeat(n, 0), axis=1
+            )
+            worst = np.take_along_axis(s, top[:, -1:], axis=1)
+            self.rank[name] = rank
+            self.score[name] = np.where(np.isfinite(rank), s, worst)
+        self.excluded = pid[:, None] == pid[None, :]
+
+    def fuse(self, fusion: str, weights: dict[str, float], k: int = 10) -> np.ndarray:
+        """(n, k) neighbours of every query under a blend: candidates are the union of the prefetches."""
+        used = {name: w for name, w in weights.items() if w > 0}
+        candidate = np.zeros_like(self.excluded)
+        total = np.zeros(self.excluded.shape)
+        for name, w in used.items():
+            found = np.isfinite(self.rank[name])
+            candidate |= found
+            total += rrf(self.rank[name], w) if fusion == "rrf" else w * self.score[name]
+        total[~candidate | self.excluded] = -np.inf
+        return top_k(total, k)
+
+
+def rrf(rank: np.ndarray, weight: float, k: int = RRF_K) -> np.ndarray:
+    """Qdrant's weighted reciprocal rank (1-based ``rank``): w / (rank + k + w - 2), as both backends
+    score it (measured: a first place under weight 2 and k 2 scores 2/3, a second 1/2, a third 2/5)."""
+    return weight / (rank + k + weight - 2)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """(n, k) column indices of each row's k highest scores, best first."""
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def write_statistics(result: dict, path: Path) -> None:
+    """The served standardisation and default blend (``ecg/data/view_statistics.json``) from a run."""
+    served = result["served_default"]
+    write_results(
+        path,
+        {
+            "source": f"{result.get('command') or 'bench.views.run'} (results/views.json)",
+            "model_version": result["model_version"],
+            "folds": served["chosen_on_folds"],
+            "views": served["statistics"],
+            "default_blend": {"fusion": served["fusion"], "weights": served["weights"]},
+        },
+    )
+
+
+def _objective(scores: dict[str, np.ndarray], queries: np.ndarray) -> float:
+    return float(np.mean([np.nanmean(scores[key][queries]) for key in OBJECTIVE]))
+
+
+def choose_weights(pre: Prefetched, fusion: str, corpus: Corpus, queries: np.ndarray) -> tuple[dict, float]:
+    """The grid's weights with the best objective on ``queries`` (ties: the earlier, smaller weights)."""
+    best: tuple[dict, float] = ({}, -np.inf)
+    for wr, wv in itertools.product(WEIGHTS[fusion], repeat=2):
+        w = {views.WAVEFORM: 1.0, views.RHYTHM: wr, views.VOLTAGE: wv}
+        value = _objective(per_query(pre.fuse(fusion, w), corpus), queries)
+        if value > best[1] + 1e-12:
+            best = (w, value)
+    return best
+
+
+def _interval(values: np.ndarray) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    mean, low, high = bootstrap_mean(v[np.isfinite(v)], BOOTSTRAP, SEED)
+    return {"value": mean, "ci95": [low, high], "n": int(np.isfinite(v).sum())}
+
+
+def summarise(scores: dict[str, np.ndarray]) -> dict:
+    return {
+        "p10_any_superclass": _interval(scores["p10_any_superclass"]),
+        "codes": {code: _interval(scores[code]) for code in CROSSFIT_CODES},
+    }
+
+
+def _pool(per_group: list[dict[str, np.ndarray]], group: np.ndarray) -> dict[str, np.ndarray]:
+    """Each query's scores from its own group's run."""
+    out = {key: np.full(len(group), np.nan) for key in per_group[0]}
+    for g, scores in enumerate(per_group):
+        for key, v in scores.items():
+            out[key][group == g] = v[group == g]
+    return out
+
+
+def run(
+    data_root: Path,
+    *,
+    model: Path | None = None,
+    cache_dir: Path | None = None,
+    limit: int | None = None,
+    command: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Cross-fitted P@10 of every view, both fusions' chosen blends and the baselines; copies checked."""
+    from ecgsearch.encoder.data import load_ptbxl
+
+    started = machine()
+    t0 = time.perf_counter()
+    data = load_ptbxl(data_root, max_records=limit, cache_dir=cache_dir)
+    corpus = corpus_of(data, data_root / "ptb-xl")
+    groups = fold_groups(GROUPS)
+    group = group_of(corpus.folds, groups)
+    pid = _patient_codes(corpus.patients)
+    embedder = Embedder(model or bundled_model(DEFAULT_MODEL))
+    served = np.concatenate([embedder.embed(corpus.mv[i : i + 256]) for i in range(0, len(corpus.mv), 256)])
+    log(f"prepared and embedded {len(corpus.rows)} ECGs ({time.perf_counter() - t0:.0f} s)")
+    everyone = np.arange(len(corpus.rows))
+    per_method: dict[str, list[dict[str, np.ndarray]]] = {}
+    chosen: dict[str, list[dict]] = {f: [] for f in FUSIONS}
+    for g, held_out in enumerate(groups):
+        fit = group != g
+        stats = measured_views(corpus, fit)
+        mats = view_matrices(served, corpus, stats)
+        for name, x in mats.items():
+            nbrs, _ = neighbours_excluding_patient(
+                x, corpus.patients, 10, everyone, euclidean=name in views.EUCLIDEAN
+            )
+            per_method.setdefault(f"view:{name}", []).append(per_query(nbrs, corpus))
+        for method in baseline_methods(corpus, fit, views.LEARNED_DIM):
+            x = method.embed(corpus.x, corpus.mv, everyone)
+            nbrs, _ = neighbours_excluding_patient(
+                x, corpus.patients, 10, everyone, euclidean=method.euclidean
+            )
+            per_method.setdefault(method.name, []).append(per_query(nbrs, corpus))
+        pre = Prefetched(mats, pid)
+        for fusion in FUSIONS:
+            weights, value = choose_weights(pre, fusion, corpus, np.flatnonzero(fit))
+            chosen[fusion].append(
+                {"held_out_folds": list(held_out), "weights": weights, "train_objective": value}
+            )
+            per_method.setdefault(f"blend:{fusion}", []).append(per_query(pre.fuse(fusion, weights), corpus))
+        log(
+            f"group {held_out}: weights {[c[-1]['weights'] for c in chosen.values()]} "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
+    pooled = {name: _pool(s, group) for name, s in per_method.items()}
+    methods = {name: summarise(s) for name, s in pooled.items()}
+    default = choose_default(methods)
+    served_stats = measured_views(corpus, np.isin(corpus.folds, SERVED_FOLDS))
+    served_pre = Prefetched(view_matrices(served, corpus, served_stats), pid)
+    served_weights, served_value = choose_weights(
+        served_pre, default, corpus, np.flatnonzero(np.isin(corpus.folds, SERVED_FOLDS))
+    )
+    result = {
+        "evaluation": "named views, cross-fitted",
+        "dataset": {
+            "root": relative(data_root),
+            "records": len(corpus.rows),
+            "limit": limit,
+            "groups": [list(g) for g in groups],
+        },
+        "protocol": PROTOCOL,
+        "model_version": embedder.version,
+        "methods": methods,
+        "differences": differences(pooled, default),
+        "chosen_weights": chosen,
+        "default_fusion": default,
+        "served_default": {
+            "fusion": default,
+            "weights": served_weights,
+            "chosen_on_folds": list(SERVED_FOLDS),
+            "objective": served_value,
+            "statistics": {k: v.to_dict() for k, v in served_stats.items()},
+            "view_versions": views.view_versions(embedder.version, served_stats),
+        },
+        "aims": judge(methods, default),
+        "copies": copies(data_root, embedder, served, corpus, served_stats) if limit is None else None,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "machine": {**started, "load_avg_at_end": load_average()},
+        **({"command": command} if command else {}),
+    }
+    return result
+
+
+def choose_default(methods: dict) -> str:
+    """The fusion whose cross-fitted blend has the higher mean of the objective's P@10s (recorded)."""
+
+    def mean(name: str) -> float:
+        m = methods[f"blend:{name}"]
+        return float(
+            np.mean([m["p10_any_superclass"]["value"], *(m["codes"][c]["value"] for c in CROSSFIT_CODES)])
+        )
+
+    return max(FUSIONS, key=mean)
+
+
+def differences(pooled: dict[str, dict[str, np.ndarray]], default: str) -> dict:
+    """Paired intervals: the default blend minus the waveform view and the best rival per code."""
+    blend = pooled[f"blend:{default}"]
+    out: dict = {}
+    for other in ("view:waveform", "view:rhythm", "view:voltage", *HANDCRAFTED):
+        out[other] = {
+            key: _interval(blend[key] - pooled[other][key]) for key in ("p10_any_superclass", *CROSSFIT_CODES)
+        }
+    return out
+
+
+def judge(methods: dict, default: str) -> list[dict]:
+    """The issue's aims on point estimates."""
+
+    def p(name: str, key: str) -> float:
+        m = methods[name]
+        return float(m[key]["value"] if key == "p10_any_superclass" else m["codes"][key]["value"])
+
+    best_rhythm = max(RHYTHM_KNN, key=lambda h: p(h, "AFIB"))
+    aims = [
+        _aim(
+            "rhythm view AFIB P@10 >= best rhythm kNN",
+            p("view:rhythm", "AFIB"),
+            p(best_rhythm, "AFIB"),
+            best_rhythm,
+        ),
+        _aim(
+            "voltage view LVH P@10 >= amplitude kNN",
+            p("view:voltage", "LVH"),
+            p(AMPLITUDE_KNN, "LVH"),
+            AMPLITUDE_KNN,
+        ),
+    ]
+    blend = f"blend:{default}"
+    for code in CROSSFIT_CODES:
+        best = max(HANDCRAFTED, key=lambda h: p(h, code))
+        aims.append(
+            _aim(f"default blend {code} P@10 >= best handcrafted kNN", p(blend, code), p(best, code), best)
+        )
+    aims.append(
+        _aim(
+            "default blend P@10 any superclass >= waveform view",
+            p(blend, "p10_any_superclass"),
+            p("view:waveform", "p10_any_superclass"),
+            "view:waveform",
+        )
+    )
+    return aims
+
+
+def _aim(name: str, value: float, target: float, rival: str) -> dict:
+    return {"aim": name, "value": value, "target": target, "rival": rival, "met": bool(value >= target)}
+
+
+def copies(
+    data_root: Path,
+    embedder: Embedder,
+    served: np.ndarray,
+    corpus: Corpus,
+    stats: dict[str, views.ViewStatistics],
+) -> dict:
+    """The Challenge's 5x-gain copies of PTB-XL ECGs: waveform top-1 among PTB-XL, voltage or the flag."""
+    index = {r.ecg_id: i for i, r in enumerate(corpus.rows)}
+    base = views.view_vectors(served, corpus.mv, stats)
+    rows = []
+    for n in COPIES:
+        path = data_root / "challenge" / "ptb_xl" / f"HR{n:05d}"
+        if n not in index or not path.with_suffix(".hea").is_file():
+            continue
+        mv = signals.prepare(signals.read_wfdb(path))[None]
+        v = views.view_vectors(embedder.embed(mv), mv, stats)
+        i = index[n]
+        cos = base.waveform @ v.waveform[0]
+        ratio = float(signals.global_rms(mv)[0] / signals.global_rms(corpus.mv[i]))
+        voltage_error = None if v.gain_suspect[0] else float(np.linalg.norm(v.voltage[0] - base.voltage[i]))
+        rows.append(
+            {
+                "copy": f"ptb_xl:HR{n:05d}",
+                "original": f"ptbxl:{n}",
+                "waveform_cosine": float(cos[i]),
+                "waveform_top1_is_original": bool(int(np.argmax(cos)) == i),
+                "amplitude_ratio": ratio,
+                "gain_suspect": bool(v.gain_suspect[0]),
+                "voltage_distance_to_original": voltage_error,
+            }
+        )
+    return {
+        "rows": rows,
+        "found_as_same_ecg": sum(r["waveform_top1_is_original"] for r in rows),
+        "gain_suspect": sum(r["gain_suspect"] for r in rows),
+        "wrong_voltage_vector": sum(not r["gain_suspect"] for r in rows),
+        "of": len(rows),
+    }
+
+
+def line(result: dict) -> str:
+    m = result["methods"]
+    d = f"blend:{result['default_fusion']}"
+    parts = [f"{k.split(':')[-1]} {m[k]['p10_any_superclass']['value']:.3f}" for k in ("view:waveform", d)]
+    met = sum(a["met"] for a in result["aims"])
+    return f"P@10 any superclass {', '.join(parts)}; aims met {met}/{len(result['aims'])}"
+
+
+PROTOCOL = {
+    "k": 10,
+    "crossfit": (
+        f"the 10 strat folds in {GROUPS} consecutive groups; per group the measured views' z-scores, the "
+        "baselines' fits and the blend weights come from the other groups' rows/queries; every ECG is a "
+        "query once; the waveform view is the shipped model's learned part (self-supervised on folds 1-8, "
+        "no labels)"
+    ),
+    "search_space": "every record; the query's own patient excluded in every view and blend",
+    "blend": (
+        f"each view's top {PREFETCH} (prefetch), fused by Qdrant's weighted RRF (k {RRF_K}: "
+        "w / (rank + k + w - 2), 1-based rank) or a score formula "
+        "(sum of w x score: cosine, or minus Euclidean distance; a point missing from a prefetch gets that "
+        "prefetch's worst score); waveform weight 1; grids "
+        + "; ".join(f"{f}: {list(w)}" for f, w in WEIGHTS.items())
+    ),
+    "weights_chosen_by": "mean of P@10 any superclass and the six codes' P@10, training groups' queries",
+    "default_fusion": "the fusion with the higher cross-fitted mean of the same seven P@10s",
+    "intervals": f"bootstrap 95% over queries, {BOOTSTRAP} resamples, seed {SEED}; differences paired",
+}

@@ -1,0 +1,209 @@
+"""Named views of one ECG: what "similar" means is chosen per query, not fixed at ingest.
+
+A cardiologist asking for "ECGs like this one" may mean the same rhythm (AF), the same voltage (LVH)
+or the same waveform (a bundle-branch pattern). One fixed vector cannot rank all three well, so every
+ECG carries one vector per view and a query names the view, or a blend of views that the store fuses:
+
+- ``waveform``: the learned embedding alone (the model's 256 learned dims, unit norm; cosine). The
+  served ONNX vector appends the rhythm block; this view drops it (``waveform_from_embedding``).
+- ``rhythm``: heart rate and three RR irregularities (trimmed RMSSD, median |ΔRR|, RMSSD, each over the
+  typical RR) from lead-II R peaks (``features.rhythm``), z-scored with the training folds' statistics;
+  Euclidean. Scale-free, so it is the same for any gain.
+- ``voltage``: the natural log of each lead's RMS in mV (``features.lead_log_rms``), z-scored likewise;
+  Euclidean. Only as right as the header's gain: an ECG whose global RMS lies outside
+  ``PLAUSIBLE_GLOBAL_RMS_MV`` gets no voltage vector and is flagged ``gain_suspect`` instead.
+
+The features were chosen on the training folds' queries (``bench.views``; results/views.json). Numpy
+only, so ingest, push and query compute every view through this one module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import numpy as np
+
+from ecgsearch.ecg import features
+from ecgsearch.ecg.signals import LEADS, global_rms
+
+WAVEFORM, RHYTHM, VOLTAGE = "waveform", "rhythm", "voltage"
+VIEWS = (WAVEFORM, RHYTHM, VOLTAGE)
+MEASURED = (RHYTHM, VOLTAGE)
+EUCLIDEAN = frozenset(MEASURED)  # the waveform view is cosine (unit vectors), the measured views Euclidean
+RHYTHM_FEATURES = (
+    "heart_rate_bpm",
+    "rr_irregularity_trimmed",
+    "rr_irregularity_median",
+    "rr_irregularity_rmssd",
+)
+VOLTAGE_FEATURES = tuple(f"log_rms_mv_{lead}" for lead in LEADS)
+LEARNED_DIM = 256  # the learned part of the served vector; the rest is the rhythm block
+# Global RMS (mV, non-flat leads, after the 0.5 Hz high-pass) of a surface ECG read with a right gain:
+# PTB-XL's 1,987 span 0.076-0.82 mV and the Challenge's other groups 0.017-0.51; the Challenge's 5x-gain
+# copies of PTB-XL ECGs read 0.51-1.60 and its 1000x group ~0.0002. Outside the range the voltage is
+# unknown. A 5x error of a quiet ECG stays inside it: the signal alone cannot tell it (see gain_suspect).
+PLAUSIBLE_GLOBAL_RMS_MV = (0.01, 0.85)
+STATISTICS_FILE = "view_statistics.json"
+PREFETCH = 100  # a blend fuses each view's top PREFETCH (at least k)
+RRF_K = 2  # Qdrant's reciprocal-rank constant
+
+
+class ViewError(ValueError):
+    """An unknown view name, or statistics that do not fit the view's features."""
+
+
+@dataclass(frozen=True)
+class ViewStatistics:
+    """Mean and std of a measured view's features over the training folds: its standardisation."""
+
+    view: str
+    names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    folds: tuple[int, ...]
+    n: int
+
+    def to_dict(self) -> dict:
+        return {
+            "names": list(self.names),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "folds": list(self.folds),
+            "n": self.n,
+        }
+
+
+def check_view(name: str) -> str:
+    if name not in VIEWS:
+        raise ViewError(f"unknown view {name!r}; views are {', '.join(VIEWS)}")
+    return name
+
+
+def rhythm_measures(ecgs: np.ndarray) -> np.ndarray:
+    """(n, 12, T) prepared ECGs (any scale) -> (n, 4) RHYTHM_FEATURES; NaN rows without 3 R peaks."""
+    trimmed = features.rhythm(ecgs, "trimmed")
+    median = features.rhythm(ecgs, "median")[:, 1]
+    rmssd = features.rhythm(ecgs, "rmssd")[:, 1]
+    return np.column_stack([trimmed, median, rmssd])
+
+
+def voltage_measures(ecgs_mv: np.ndarray) -> np.ndarray:
+    """(n, 12, T) prepared ECGs in mV -> (n, 12) VOLTAGE_FEATURES."""
+    return features.lead_log_rms(ecgs_mv)
+
+
+MEASURES = {RHYTHM: rhythm_measures, VOLTAGE: voltage_measures}
+NAMES = {RHYTHM: RHYTHM_FEATURES, VOLTAGE: VOLTAGE_FEATURES}
+
+
+def gain_suspect(ecgs_mv: np.ndarray) -> np.ndarray:
+    """(n,) bool: the ECG's global RMS is outside PLAUSIBLE_GLOBAL_RMS_MV (or every lead is flat)."""
+    g = np.asarray(global_rms(np.asarray(ecgs_mv)), dtype=np.float64)
+    low, high = PLAUSIBLE_GLOBAL_RMS_MV
+    return ~((g >= low) & (g <= high))
+
+
+def fit_statistics(view: str, measures: np.ndarray, folds: tuple[int, ...]) -> ViewStatistics:
+    """Standardisation of a measured view from the training rows' measures (NaN rows left out)."""
+    v = np.asarray(measures, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] != len(NAMES[view]):
+        raise ViewError(f"{view}: expected (n, {len(NAMES[view])}) measures, got {v.shape}")
+    return ViewStatistics(
+        view,
+        NAMES[view],
+        tuple(float(x) for x in np.nanmean(v, axis=0)),
+        tuple(float(x) for x in np.nanstd(v, axis=0)),
+        tuple(int(f) for f in folds),
+        int(np.isfinite(v).all(axis=1).sum()),
+    )
+
+
+def standardised(view: str, measures: np.ndarray, stats: ViewStatistics) -> np.ndarray:
+    """z-scores of a measured view (clipped, missing measurement = 0), float32."""
+    if stats.names != NAMES[view]:
+        raise ViewError(f"statistics for {stats.view} {stats.names} do not fit view {view}")
+    return features.standardise(measures, stats.mean, stats.std).astype(np.float32)
+
+
+def waveform_from_embedding(served: np.ndarray, learned_dim: int = LEARNED_DIM) -> np.ndarray:
+    """The served vectors' learned part, back at unit norm (cosine): the waveform view."""
+    e = np.asarray(served, dtype=np.float64)[:, :learned_dim]
+    return (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ViewVectors:
+    """Every view of a batch: ``voltage`` rows of gain-suspect ECGs are NaN and must not be stored."""
+
+    waveform: np.ndarray
+    rhythm: np.ndarray
+    voltage: np.ndarray
+    gain_suspect: np.ndarray
+
+    def row(self, i: int) -> dict[str, list[float]]:
+        """One ECG's named vectors, the voltage view left out when its gain is suspect."""
+        out = {WAVEFORM: self.waveform[i].tolist(), RHYTHM: self.rhythm[i].tolist()}
+        if not self.gain_suspect[i]:
+            out[VOLTAGE] = self.voltage[i].tolist()
+        return out
+
+
+def view_vectors(
+    served: np.ndarray,
+    ecgs_mv: np.ndarray,
+    statistics: dict[str, ViewStatistics] | None = None,
+    learned_dim: int = LEARNED_DIM,
+) -> ViewVectors:
+    """The served embeddings and the prepared ECGs (mV) of one batch -> every view of each ECG."""
+    stats = statistics or served_statistics()
+    suspect = gain_suspect(ecgs_mv)
+    voltage = standardised(VOLTAGE, voltage_measures(ecgs_mv), stats[VOLTAGE])
+    voltage[suspect] = np.nan
+    return ViewVectors(
+        waveform_from_embedding(served, learned_dim),
+        standardised(RHYTHM, rhythm_measures(ecgs_mv), stats[RHYTHM]),
+        voltage,
+        suspect,
+    )
+
+
+@cache
+def served_statistics() -> dict[str, ViewStatistics]:
+    """The shipped standardisation (PTB-XL folds 1-8, the encoder's training folds)."""
+    raw = json.loads(resources.files("ecgsearch.ecg").joinpath("data", STATISTICS_FILE).read_text())
+    return {
+        view: ViewStatistics(
+            view,
+            tuple(s["names"]),
+            tuple(s["mean"]),
+            tuple(s["std"]),
+            tuple(s["folds"]),
+            int(s["n"]),
+        )
+        for view, s in raw["views"].items()
+    }
+
+
+def view_dims(learned_dim: int = LEARNED_DIM) -> dict[str, int]:
+    return {WAVEFORM: learned_dim, RHYTHM: len(RHYTHM_FEATURES), VOLTAGE: len(VOLTAGE_FEATURES)}
+
+
+def view_versions(model_version: str, statistics: dict[str, ViewStatistics] | None = None) -> dict[str, str]:
+    """The version of each view's vectors: the model's for the waveform, a hash of the rule and its
+    statistics for a measured view (a collection refuses vectors of another version, per view)."""
+    stats = statistics or served_statistics()
+    out = {WAVEFORM: model_version}
+    for view in MEASURED:
+        blob = json.dumps({"view": view, "rule": _RULES[view], **stats[view].to_dict()}, sort_keys=True)
+        out[view] = f"{view}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    return out
+
+
+_RULES = {
+    RHYTHM: "features.rhythm trimmed/median/rmssd on lead II, z-scored, clip 5, missing 0",
+    VOLTAGE: f"features.lead_log_rms, z-scored, clip 5; gain suspect outside {PLAUSIBLE_GLOBAL_RMS_MV}",
+}
