@@ -25,8 +25,10 @@ from ecgsearch.search.serving.server import run_server
 N = 8
 
 
-def run(*args: object) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
+def run(*args: object, token: str | None = None) -> tuple[int, str, str]:
+    """The real CLI in-process; the token, when given, comes from the environment as documented."""
+    env = {"ECGSEARCH_TOKEN": token} if token is not None else {}
+    result = CliRunner().invoke(app, [str(a) for a in args], env=env)
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     # Usage errors come in a rich box that wraps lines: compare words, not layout.
@@ -147,15 +149,15 @@ def served(built: Path) -> Iterator[str]:
 
 
 def test_stats_of_a_running_server(served: str) -> None:
-    assert run("query", "--target", served, "--token", "t", "--record-id", "ptbxl:1", "--json")[0] == 0
-    code, out, err = run("stats", "--target", served, "--token", "t", "--json")
+    assert run("query", "--target", served, "--record-id", "ptbxl:1", "--json", token="t")[0] == 0
+    code, out, err = run("stats", "--target", served, "--json", token="t")
     assert code == 0, err
     stats = json.loads(out)
     searches = [row for method, row in stats.items() if "Record" in method and row["count"] >= 1]
     assert searches and searches[0]["errors"] == 0 and searches[0]["p50_ms"] > 0
-    code, out, _ = run("stats", "--target", served, "--token", "t")
+    code, out, _ = run("stats", "--target", served, token="t")
     assert code == 0 and "p99 ms" in out
-    code, _, err = run("stats", "--target", served, "--token", "wrong")
+    code, _, err = run("stats", "--target", served, token="wrong")
     assert code == 4 and "UNAUTHENTICATED" in err and "Traceback" not in err  # exit table: denied
 
 
@@ -175,7 +177,7 @@ def test_corrupt_collection_files_are_named(built: Path, tmp_path: Path) -> None
 
 def test_collection_info_and_get_through_a_running_service(served: str, embedder: Embedder) -> None:
     """The embedded store is held by the server: ask the server instead."""
-    code, out, err = run("collection", "info", "--target", served, "--token", "t", "--json")
+    code, out, err = run("collection", "info", "--target", served, "--json", token="t")
     assert code == 0, err
     info = json.loads(out)
     assert (info["count"], info["model_version"], info["model_card"]["version"]) == (
@@ -184,11 +186,9 @@ def test_collection_info_and_get_through_a_running_service(served: str, embedder
         embedder.version,
     )
     assert info["index_settings"] is None and info["aliases"] is None
-    code, out, err = run(
-        "collection", "get", "ptbxl:1", "--target", served, "--token", "t", "--vector", "--json"
-    )
+    code, out, err = run("collection", "get", "ptbxl:1", "--target", served, "--vector", "--json", token="t")
     assert code == 0, err
     got = json.loads(out)
     assert got["payload"]["record_id"] == "ptbxl:1" and len(got["vector"]) == embedder.dim
-    code, _, err = run("collection", "get", "ptbxl:999999", "--target", served, "--token", "t")
+    code, _, err = run("collection", "get", "ptbxl:999999", "--target", served, token="t")
     assert code == 5 and "ptbxl:999999" in err  # exit table: not found

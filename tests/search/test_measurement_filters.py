@@ -157,7 +157,7 @@ def test_query_command_filters_by_measurement_on_a_hospital_file(served: Served)
 
 
 def test_query_command_refuses_a_malformed_measure(served: Served):
-    args = ["query", "--target", served.target, "--token", TOKEN, "--record-id", "x:1"]
+    args = ["query", "--target", served.target, "--record-id", "x:1"]
     for bad in ("qrs>120", "heart>=1", "qrs_ms=130..120"):
-        result = CliRunner().invoke(app, [*args, "--measure", bad])
+        result = CliRunner().invoke(app, [*args, "--measure", bad], env={"ECGSEARCH_TOKEN": TOKEN})
         assert result.exit_code == 2, (bad, result.output)

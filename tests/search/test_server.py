@@ -189,13 +189,14 @@ def test_mutual_tls(grpc_server: Served, tmp_path: Path) -> None:
                 anonymous.info()
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         record = grpc_server.payloads[0].record_id
-        args = ["query", "--target", target, "--token", TOKEN, "--record-id", record, "--json"]
+        args = ["query", "--target", target, "--record-id", record, "--json"]
         certs = ["--ca", str(server_cert), "--cert", str(client_cert), "--key", str(client_key)]
         runner = CliRunner()
-        found = runner.invoke(app, [*args, *certs])
+        found = runner.invoke(app, [*args, *certs], env={"ECGSEARCH_TOKEN": TOKEN})
         assert found.exit_code == 0, found.output
         assert len(json.loads(found.stdout)["hits"]) == 10
-        assert runner.invoke(app, [*args, "--ca", str(server_cert)]).exit_code == 6
+        untrusted = runner.invoke(app, [*args, "--ca", str(server_cert)], env={"ECGSEARCH_TOKEN": TOKEN})
+        assert untrusted.exit_code == 6
 
 
 # --- search results ------------------------------------------------------------------------------
@@ -486,7 +487,7 @@ def test_query_command_against_the_live_server(grpc_server: Served) -> None:
     assert len(document["hits"]) == 3 and document["summary"]["n_neighbours"] == 3
     assert record.record_id not in {h["record_id"] for h in document["hits"]}
 
-    table = runner.invoke(app, [*args, "--token", TOKEN])
+    table = runner.invoke(app, args, env={"ECGSEARCH_TOKEN": TOKEN})
     assert table.exit_code == 0 and document["hits"][0]["record_id"] in table.stdout
 
     wfdb = runner.invoke(
@@ -495,24 +496,24 @@ def test_query_command_against_the_live_server(grpc_server: Served) -> None:
             "query",
             "--target",
             grpc_server.target,
-            "--token",
-            TOKEN,
             "--wfdb",
             str(grpc_server.paths[4]),
             "--json",
         ],
+        env={"ECGSEARCH_TOKEN": TOKEN},
     )
     assert wfdb.exit_code == 0, wfdb.output
     assert json.loads(wfdb.stdout)["hits"][0]["record_id"] == record.record_id
 
     denied = runner.invoke(app, args)
     assert denied.exit_code == 4 and "UNAUTHENTICATED" in denied.stderr
-    bad = runner.invoke(app, [*args, "--token", TOKEN, "--diagnosis", "NOT-A-CODE"])
+    bad = runner.invoke(app, [*args, "--diagnosis", "NOT-A-CODE"], env={"ECGSEARCH_TOKEN": TOKEN})
     assert bad.exit_code == 2 and "INVALID_ARGUMENT" in bad.stderr and "NOT-A-CODE" in bad.stderr
-    missing = ["query", "--target", grpc_server.target, "--token", TOKEN, "--record-id", "ptbxl:999999"]
-    gone = runner.invoke(app, missing)
+    missing = ["query", "--target", grpc_server.target, "--record-id", "ptbxl:999999"]
+    gone = runner.invoke(app, missing, env={"ECGSEARCH_TOKEN": TOKEN})
     assert gone.exit_code == 5 and "NOT_FOUND" in gone.stderr
-    nobody = runner.invoke(app, [*args, "--token", TOKEN, "--target", "127.0.0.1:1", "--timeout", "2"])
+    unreachable = [*args, "--target", "127.0.0.1:1", "--timeout", "2"]
+    nobody = runner.invoke(app, unreachable, env={"ECGSEARCH_TOKEN": TOKEN})
     assert nobody.exit_code == 6 and "UNAVAILABLE" in nobody.stderr
 
 

@@ -24,8 +24,9 @@ from ecgsearch.search.serving.server import run_server
 from ecgsearch.search.serving.settings import ServiceSettings
 
 
-def _run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
+def _run(*args: str, token: str | None = None) -> tuple[int, str, str]:
+    env = {"ECGSEARCH_TOKEN": token} if token is not None else {}
+    result = CliRunner().invoke(app, list(args), env=env)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -94,14 +95,12 @@ def test_a_running_service_snapshots_its_store_for_an_admin_caller(ptbxl_dir: Pa
         callers = tokens_file(tmp_path / "tokens")
         with run_server(store=sited.store, embedder=sited.embedder, port=0, tokens_file=callers) as (_, port):
             target = f"127.0.0.1:{port}"
-            code, _, err = _run("snapshot", "create", "--target", target, "--token", TOKENS["ingest"])
+            code, _, err = _run("snapshot", "create", "--target", target, token=TOKENS["ingest"])
             assert code == 4 and "PERMISSION_DENIED" in err  # exit table: not permitted
-            code, out, err = _run(
-                "snapshot", "create", "--target", target, "--token", TOKENS["ops"], "--json"
-            )
+            code, out, err = _run("snapshot", "create", "--target", target, "--json", token=TOKENS["ops"])
             assert code == 0, err
             made = json.loads(out)
-            code, out, _ = _run("snapshot", "list", "--target", target, "--token", TOKENS["ops"], "--json")
+            code, out, _ = _run("snapshot", "list", "--target", target, "--json", token=TOKENS["ops"])
             assert [s["location"] for s in json.loads(out)] == [made["location"]]
     finally:
         sited.store.close()
