@@ -47,12 +47,13 @@ SHIPPED = (
 READ_ALL = """
 import hashlib, json, sys
 from pathlib import Path
+from ecgsearch.ecg.formats import EXTENSIONS
 from ecgsearch.ecg.readers import read_ecg
 from ecgsearch.ecg.signals import read_wfdb
 data = Path(sys.argv[1])
 out = {}
 for path in sorted((data / "hospital").iterdir()):
-    if path.suffix.lower() in {".xml", ".dcm", ".scp", ".edf"}:
+    if path.suffix.lower() in EXTENSIONS:
         ecg = read_ecg(path)
         digest = hashlib.sha256(ecg.signal.tobytes()).hexdigest()
         out[path.name] = [digest, ecg.sampling_rate_hz, list(ecg.lead_names), ecg.format]

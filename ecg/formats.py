@@ -43,7 +43,7 @@ class FileFormat:
     extensions: tuple[str, ...]  # lower-case suffixes its exports use (ingest reports these if unreadable)
     magic: Magic | None = None  # binary formats
     xml_root: str | None = None  # XML formats: the root element's local name, lower case
-    detect: Callable[[bytes], bool] | None = None  # any other content test (first 8 KiB of the file)
+    detect: Callable[[bytes], bool] | None = None  # any other content test (of SNIFF_BYTES at most)
 
     @property
     def wire_name(self) -> str:
@@ -69,3 +69,4 @@ NAMES: tuple[str, ...] = tuple(BY_NAME)
 EXTENSIONS: frozenset[str] = frozenset(ext for f in FORMATS for ext in f.extensions)
 # 'MUSE XML, Philips XML, HL7 aECG, DICOM, SCP-ECG, EDF': what help texts and the viewer list.
 DISPLAY_LIST = ", ".join(f.display for f in FORMATS)
+SNIFF_BYTES = 8192  # what the content tests read of a file: ingest reads no more to tell a file's format

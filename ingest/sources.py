@@ -288,7 +288,6 @@ def _dataset_of(folder: Path, root: Path) -> str:
 _NOT_ECG = {".tsv", ".csv", ".txt", ".md", ".json", ".pdf", ".html", ".py", ".sh", ".zip", ".gz"}
 _NOT_ECG -= formats.EXTENSIONS
 _WFDB_SIGNAL = {".dat", ".mat"}
-SNIFF_BYTES = 8192
 
 
 def _wfdb_folder(root: Path, dataset: str | None) -> Iterator[Candidate]:
@@ -320,7 +319,7 @@ def _hospital_file(path: Path, root: Path, dataset: str) -> Candidate | None:
     """A candidate for a file of a hospital format (by content), or None for a file that is no ECG."""
     try:
         with path.open("rb") as handle:
-            head = handle.read(SNIFF_BYTES)
+            head = handle.read(formats.SNIFF_BYTES)
     except OSError:
         head = b""
     try:

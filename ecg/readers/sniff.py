@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ecgsearch.ecg.formats import FORMATS
+from ecgsearch.ecg.formats import FORMATS, SNIFF_BYTES
 from ecgsearch.ecg.readers.types import ReaderError
 
 _XML_ROOTS = {f.xml_root: f.name for f in FORMATS if f.xml_root is not None}
@@ -18,7 +18,7 @@ def sniff(data: bytes) -> str:
     for fmt in FORMATS:
         if fmt.magic is not None and fmt.magic.matches(data):
             return fmt.name
-    head = _xml_head(data[:8192])
+    head = _xml_head(data[:SNIFF_BYTES])
     if head is not None:
         for m in _ROOT.finditer(_strip_prolog(head)):
             name = _XML_ROOTS.get(m.group(2).lower())
@@ -26,7 +26,7 @@ def sniff(data: bytes) -> str:
                 return name
             raise ReaderError("format", f"XML root element <{m.group(2)[:40]}> is not an ECG format we read")
     for fmt in FORMATS:
-        if fmt.detect is not None and fmt.detect(data):
+        if fmt.detect is not None and fmt.detect(data[:SNIFF_BYTES]):
             return fmt.name
     raise ReaderError("format", f"content is not {_NONE_OF}")
 
