@@ -2,18 +2,22 @@
 
 Every call of ``ecgsearch.v1.EcgSearchService`` takes one path:
 
-1. ``CallInterceptor`` (outermost): admits the call or refuses it (the server at its limit of
-   concurrent calls: RESOURCE_EXHAUSTED; an unknown method: UNIMPLEMENTED), each refusal audited;
+1. ``CallInterceptor`` (outermost, a gRPC interceptor): admits the call or refuses it (the server at
+   its limit of concurrent calls: RESOURCE_EXHAUSTED; an unknown method: UNIMPLEMENTED); a refusal
+   passes only the Metrics and Audit stages, so it is logged, counted and audited like any call;
 2. ``Calls.serve``, the handler of every method (registered as client-streaming so that a request
-   gRPC refuses while receiving it, such as one over the message limit, still reaches it): request
-   id; the trail's ``ready`` (a broken audit sink refuses before any work); the one request message;
-   the caller, resolved from its bearer token or client certificate (``Identity``); undecodable bytes
-   -> INVALID_ARGUMENT; then ``Door.enter`` (``door.py``: scope, cost, heavy budget, the caller's
-   sites on every read and its site on every write) and the RPC's thin handler in ``RPCS``;
-3. the reply is serialized here and its size checked; every exception becomes a status through one
-   table (``ERROR_TABLE``) with google.rpc.BadRequest details; the log line, the metrics and the audit
-   line are written; with a fail-closed audit trail (the default), a call whose line cannot be
-   written is answered UNAVAILABLE instead of its reply.
+   gRPC refuses while receiving it, such as one over the message limit, still reaches it), gives the
+   call a request id and runs it through one chain of stages, each with one job (see "the call
+   pipeline" below): ``Metrics`` (in-flight gauge, per-method counts and latency, the log line),
+   ``Audit`` (exactly one audit line per call; with a fail-closed trail, the default, no work while
+   it cannot be written and UNAVAILABLE instead of a reply whose line was lost), ``errors`` (every
+   exception becomes a status through one table, ``ERROR_TABLE``, with google.rpc.BadRequest
+   details), ``Receive`` (the one request message), ``Identity`` (the caller, from its bearer token
+   or client certificate);
+3. last, ``Calls.enter``: the caller's scope, undecodable bytes -> INVALID_ARGUMENT, the deadline, then
+   ``Door.enter`` (``door.py``: scope, cost, heavy budget, the caller's sites on every read and its
+   site on every write) and the RPC's thin handler in ``RPCS``; the reply is serialized and its size
+   checked.
 
 What gRPC-Python answers before any of this runs, and so is neither audited nor counted here:
 request metadata over gRPC's header limit (16 KiB by default), calls beyond gRPC's own backstop of
@@ -27,6 +31,7 @@ MAX_MESSAGE_CHARS.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import re
@@ -36,12 +41,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import Message
@@ -107,10 +112,6 @@ def scope_of(method: str) -> str:
     return "search"
 
 
-class AuditUnavailable(RuntimeError):
-    """The audit trail cannot be written and the server fails closed (maps to UNAVAILABLE)."""
-
-
 class NotReceived(RuntimeError):
     """gRPC refused the request message while receiving it: over the message limit (RESOURCE_EXHAUSTED)."""
 
@@ -123,7 +124,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], 
     (UnknownRecord, grpc.StatusCode.NOT_FOUND),
     ((EcgUnavailable, StoreError, SnapshotError), grpc.StatusCode.FAILED_PRECONDITION),
     ((ReplyTooLarge, Overloaded, NotReceived), grpc.StatusCode.RESOURCE_EXHAUSTED),
-    ((StoreUnavailable, AuditUnavailable), grpc.StatusCode.UNAVAILABLE),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Cancelled, grpc.StatusCode.CANCELLED),
 )
@@ -398,6 +399,12 @@ class Identity:
             raise Unauthenticated("missing or invalid bearer token")
         return found
 
+    def __call__(self, call: Call, inner: Next) -> None:
+        """The pipeline's identity stage: the caller is known (or Unauthenticated) before the door."""
+        call.principal = self.resolve(call.metadata, call.context)
+        call.caller = call.principal.name
+        inner(call)
+
     def name_of(self, metadata: dict[str, str], context: grpc.ServicerContext) -> str:
         """The caller's name for a refusal's audit line, or ``unauthenticated``."""
         try:
@@ -407,6 +414,15 @@ class Identity:
 
 
 # --- the call pipeline ---------------------------------------------------------------------------
+#
+# Each call passes a chain of stages, outermost first, each with one job: Metrics (the in-flight gauge,
+# per-method counts and latency, the log line), Audit (one audit line per call, failing closed),
+# Errors (an exception -> its status, through ERROR_TABLE), Receive (the one request message),
+# Identity (the caller, from its bearer token or certificate), and last the door's entry (scope, then
+# Door.enter: cost, heavy budget, the wall; then the reply's size). A stage is ``stage(call, inner)``:
+# it may act before and after ``inner(call)``; what it learns it writes on the call for the stages
+# outside it. Plain functions rather than gRPC interceptors, because a gRPC interceptor wraps the
+# handler and never sees the status a call ends with, which the log, the metrics and the audit need.
 
 
 def _metadata(pairs: Any) -> dict[str, str]:
@@ -419,19 +435,146 @@ def _request_id(metadata: dict[str, str]) -> str:
 
 
 @dataclass
-class _Outcome:
-    """What became of one call, as the log line, the metrics and the audit line record it."""
+class Call:
+    """One call as it passes the stages, and what became of it (the log, metrics and audit line)."""
 
+    method: str
+    context: grpc.ServicerContext
+    requests: Iterator[Any] = field(default_factory=lambda: iter(()))
+    metadata: dict[str, str] = field(default_factory=dict)
+    request_id: str = ""
+    received: Any = None  # the request message, or _Undecodable
+    principal: Caller | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
     message: str = ""
     violations: tuple[tuple[str, str], ...] = ()
     caller: str = audit.UNAUTHENTICATED
-    request: Message | None = None
     reply: Message | None = None
+    data: bytes | None = None
+
+    @property
+    def request(self) -> Message | None:
+        return self.received if isinstance(self.received, Message) else None
+
+    def fail(self, code: grpc.StatusCode, message: str, violations: Sequence[tuple[str, str]] = ()) -> None:
+        """End the call with this status and no reply."""
+        self.code, self.message, self.violations = code, message, tuple(violations)
+        self.reply, self.data = None, None
+
+
+Next = Callable[[Call], None]
+Stage = Callable[[Call, Next], None]
+
+
+def chain(stages: Sequence[Stage], last: Next) -> Next:
+    """``stages[0]`` around ``stages[1]`` ... around ``last``."""
+    handler = last
+    for stage in reversed(stages):
+        handler = functools.partial(lambda s, inner, call: s(call, inner), stage, handler)
+    return handler
+
+
+class Metrics:
+    """The in-flight gauge, per-method counts and latency, and the call's JSON log line."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+
+    def __call__(self, call: Call, inner: Next) -> None:
+        start = time.perf_counter()
+        self.telemetry.in_flight.inc()
+        try:
+            inner(call)
+        finally:
+            self.telemetry.in_flight.dec()
+        seconds = time.perf_counter() - start
+        self.telemetry.record(call.method, call.code.name, seconds)
+        fields = {
+            "method": call.method,
+            "request_id": call.request_id,
+            "caller": call.caller,
+            "code": call.code.name,
+            "latency_ms": round(seconds * 1000, 3),
+            "peer": bounded(call.context.peer(), 80),
+        }
+        if call.message:
+            fields["error"] = call.message
+        log.info("rpc", extra={"fields": fields})
+
+
+class Audit:
+    """Exactly one audit line per call. Failing closed: no work while the trail cannot be written, and
+    a call whose line could not be written is answered UNAVAILABLE instead of its reply."""
+
+    def __init__(self, trail: audit.AuditTrail) -> None:
+        self.trail = trail
+
+    def __call__(self, call: Call, inner: Next) -> None:
+        start = time.perf_counter()
+        refused = call.code is not grpc.StatusCode.OK  # refused before the service: nothing to withhold
+        if refused or self.trail.ready():
+            inner(call)
+        else:
+            call.fail(grpc.StatusCode.UNAVAILABLE, AUDIT_REFUSAL)
+        line = audit.entry(
+            request_id=call.request_id,
+            caller=call.caller,
+            method=call.method,
+            status=call.code.name,
+            request=call.request,
+            reply=call.reply,
+            latency_s=time.perf_counter() - start,
+            error=call.message or None,
+        )
+        if not self.trail.record(line) and not refused:
+            call.fail(grpc.StatusCode.UNAVAILABLE, AUDIT_REFUSAL)
+
+
+def errors(call: Call, inner: Next) -> None:
+    """Every exception of the stages inside becomes the call's status (ERROR_TABLE); INTERNAL is logged
+    with its traceback and answered without one."""
+    try:
+        inner(call)
+    except Exception as exc:
+        code, message, violations = status_of(exc, call.request_id)
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception(
+                "internal error", extra={"fields": {"method": call.method, "request_id": call.request_id}}
+            )
+        call.fail(code, message, violations)
+
+
+class Receive:
+    """The call's one request message (a unary RPC: exactly one); a message gRPC refused while
+    receiving it is NotReceived (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, message_limit: int) -> None:
+        self.message_limit = message_limit
+
+    def __call__(self, call: Call, inner: Next) -> None:
+        try:
+            call.received = next(call.requests)
+        except StopIteration:
+            if call.context.is_active():  # the client sent none
+                raise FieldViolation("request", "no request message") from None
+            self._not_received(call.context)
+        except grpc.RpcError:
+            self._not_received(call.context)
+        inner(call)
+
+    def _not_received(self, context: grpc.ServicerContext) -> NoReturn:
+        """gRPC ended the call while receiving its message, and answered the client itself."""
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded("deadline exceeded before the request arrived")
+        raise NotReceived(
+            f"request not received: larger than the server's {self.message_limit:,}-byte message limit "
+            "(or cancelled before it arrived)"
+        )
 
 
 class Calls:
-    """The handler of every method of the service (see the module doc, step 2 and 3)."""
+    """The handler of every method of the service: the stages above, then the door's entry."""
 
     def __init__(
         self,
@@ -443,9 +586,10 @@ class Calls:
     ) -> None:
         self.door = door
         self.identity = identity
-        self.trail = trail
-        self.telemetry = telemetry
         self.message_limit = message_limit
+        metrics, trail_stage = Metrics(telemetry), Audit(trail)
+        self._call = chain([metrics, trail_stage, errors, Receive(message_limit), identity], self.enter)
+        self._refusal = chain([metrics, trail_stage], self._refused)
 
     def handlers(self) -> grpc.GenericRpcHandler:
         """The service's methods, each a client-streaming handler of one request message."""
@@ -455,7 +599,7 @@ class Calls:
             table[method.name] = grpc.stream_unary_rpc_method_handler(
                 self._behavior(method.name),
                 request_deserializer=_tolerant(request_type.FromString, method.input_type.name),
-                response_serializer=None,  # the reply is serialized (and its size checked) in serve
+                response_serializer=None,  # the reply is serialized (and its size checked) in enter
             )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, table)
 
@@ -463,132 +607,52 @@ class Calls:
         return lambda requests, context: self.serve(method, requests, context)
 
     def serve(self, method: str, requests: Iterator[Any], context: grpc.ServicerContext) -> bytes | None:
-        metadata = _metadata(context.invocation_metadata())
-        request_id = _request_id(metadata)
-        context.set_trailing_metadata(((REQUEST_ID, request_id),))
-        start = time.perf_counter()
-        outcome = _Outcome()
-        data: bytes | None = None
-        self.telemetry.in_flight.inc()
-        try:
-            data = self._answer(method, requests, context, metadata, outcome)
-        except Exception as exc:
-            code, message, violations = status_of(exc, request_id)
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception(
-                    "internal error", extra={"fields": {"method": method, "request_id": request_id}}
-                )
-            outcome.code, outcome.message, outcome.violations = code, message, tuple(violations)
-            outcome.reply, data = None, None
-        finally:
-            self.telemetry.in_flight.dec()
-        seconds = time.perf_counter() - start
-        line = self._line(request_id, method, outcome, seconds)
-        if not self.trail.record(line):
-            outcome.code, outcome.message, outcome.violations = grpc.StatusCode.UNAVAILABLE, AUDIT_REFUSAL, ()
-            data = None
-        self._observe(method, request_id, outcome, seconds, context)
-        if outcome.code is not grpc.StatusCode.OK:
-            context.abort_with_status(
-                rich_status(outcome.code, outcome.message, list(outcome.violations), request_id)
-            )
-        return data
+        call = self._start(Call(method, context, requests))
+        self._call(call)
+        return self._finish(call)
 
-    def _answer(
-        self,
-        method: str,
-        requests: Iterator[Any],
-        context: grpc.ServicerContext,
-        metadata: dict[str, str],
-        outcome: _Outcome,
-    ) -> bytes:
-        if not self.trail.ready():
-            raise AuditUnavailable(AUDIT_REFUSAL)
-        request = self._receive(requests, context)
-        if isinstance(request, Message):
-            outcome.request = request
-        caller = self.identity.resolve(metadata, context)
-        outcome.caller = caller.name
-        scope = scope_of(method)
-        self.door.admit(caller, scope, method)
-        if isinstance(request, _Undecodable):
-            raise FieldViolation("request", request.message)
-        remaining = context.time_remaining()
+    def refuse(self, method: str, code: grpc.StatusCode, message: str, context: grpc.ServicerContext) -> None:
+        """Answer a call refused before the service (no request read), with its log and audit line."""
+        call = self._start(Call(method, context))
+        call.fail(code, message)
+        self._refusal(call)
+        self._finish(call)
+
+    def _start(self, call: Call) -> Call:
+        call.metadata = _metadata(call.context.invocation_metadata())
+        call.request_id = _request_id(call.metadata)
+        call.context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
+        return call
+
+    def _finish(self, call: Call) -> bytes | None:
+        if call.code is not grpc.StatusCode.OK:
+            call.context.abort_with_status(
+                rich_status(call.code, call.message, list(call.violations), call.request_id)
+            )
+        return call.data
+
+    def _refused(self, call: Call) -> None:
+        call.caller = self.identity.name_of(call.metadata, call.context)
+
+    def enter(self, call: Call) -> None:
+        """The scope first (an unscoped caller learns nothing of its request), then the request's form
+        and deadline, then ``Door.enter``; the reply serialized and held to the message limit."""
+        assert call.principal is not None  # Identity ran
+        scope = scope_of(call.method)
+        self.door.admit(call.principal, scope, call.method)
+        if isinstance(call.received, _Undecodable):
+            raise FieldViolation("request", call.received.message)
+        remaining = call.context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise DeadlineExceeded("deadline exceeded before the request started")
-        reply = self.door.enter(caller, method, scope, request, budget_of(context))
+        reply = self.door.enter(call.principal, call.method, scope, call.received, budget_of(call.context))
         data = reply.SerializeToString()
         if len(data) > self.message_limit:
             raise ReplyTooLarge(
                 f"the reply is {len(data):,} bytes, over the server's {self.message_limit:,}-byte message "
                 "limit: ask for fewer queries or a smaller k"
             )
-        outcome.reply = reply
-        return data
-
-    def _receive(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-        """The call's one request message (a unary RPC: exactly one)."""
-        try:
-            return next(requests)
-        except StopIteration:
-            if context.is_active():  # the client sent none
-                raise FieldViolation("request", "no request message") from None
-            return self._not_received(context)
-        except grpc.RpcError:
-            return self._not_received(context)
-
-    def _not_received(self, context: grpc.ServicerContext) -> Any:
-        """gRPC ended the call while receiving its message, and answered the client itself."""
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            raise DeadlineExceeded("deadline exceeded before the request arrived")
-        raise NotReceived(
-            f"request not received: larger than the server's {self.message_limit:,}-byte message limit "
-            "(or cancelled before it arrived)"
-        )
-
-    def _line(self, request_id: str, method: str, outcome: _Outcome, seconds: float) -> dict[str, Any]:
-        return audit.entry(
-            request_id=request_id,
-            caller=outcome.caller,
-            method=method,
-            status=outcome.code.name,
-            request=outcome.request,
-            reply=outcome.reply,
-            latency_s=seconds,
-            error=outcome.message or None,
-        )
-
-    def _observe(
-        self, method: str, request_id: str, outcome: _Outcome, seconds: float, context: grpc.ServicerContext
-    ) -> None:
-        self.telemetry.record(method, outcome.code.name, seconds)
-        fields = {
-            "method": method,
-            "request_id": request_id,
-            "caller": outcome.caller,
-            "code": outcome.code.name,
-            "latency_ms": round(seconds * 1000, 3),
-            "peer": bounded(context.peer(), 80),
-        }
-        if outcome.message:
-            fields["error"] = outcome.message
-        log.info("rpc", extra={"fields": fields})
-
-    def refuse(
-        self,
-        method: str,
-        code: grpc.StatusCode,
-        message: str,
-        context: grpc.ServicerContext,
-    ) -> None:
-        """Answer a call refused before the service (no request read), with its log and audit line."""
-        metadata = _metadata(context.invocation_metadata())
-        request_id = _request_id(metadata)
-        outcome = _Outcome(code=code, message=message, caller=self.identity.name_of(metadata, context))
-        self.trail.record(self._line(request_id, method, outcome, 0.0))
-        self._observe(method, request_id, outcome, 0.0, context)
-        context.abort_with_status(rich_status(code, message, [], request_id))
+        call.reply, call.data = reply, data
 
 
 class CallInterceptor(grpc.ServerInterceptor):
