@@ -31,14 +31,6 @@ HASH_VERSION = b"ecgsearch-content-v1"
 SECRET_FILE_NAME = "site-secret"
 MIN_SECRET_BYTES = 16
 PSEUDONYM_HEX = 32  # 128 bits: collisions are negligible at any archive size
-# Cosine at or above which two ECGs of equal duration are taken for copies of one recording (the
-# ingest records ``duplicate_of``). Measured by `python -m ecgsearch.ingest.duplicates` into
-# results/duplicate_threshold.json (model ca8ab04b87626a84): copies read at the same rate embed at
-# 1.000000; the nearest different ECG reaches 0.993 among ~2,200 real ECGs. A false copy would hide a
-# different ECG from results, so the threshold sits well above that tail (1 - cos 0.001 vs 0.007),
-# where a much larger archive is still unlikely to reach; copies re-sampled by another filter (PTB-XL's
-# 100 Hz files vs the Challenge's 500 Hz copies: 0.991-0.9998) are caught only when above it.
-DUPLICATE_THRESHOLD = 0.999
 
 
 class SecretError(ValueError):

@@ -90,7 +90,10 @@ PAYLOAD_FIELDS: tuple[PayloadField, ...] = (
         note="SHA-256 of the ECG as stored (rate, leads, units, samples)",
     ),
     PayloadField(
-        "duplicate_of", 16, "optional string", note="record id of the other dataset's ECG this one copies"
+        "duplicate_of",
+        16,
+        "optional string",
+        note="record id of the ECG stored before this one that it copies (the same recording by content)",
     ),
     PayloadField(
         "source_format", 17, "optional string", note="file format read, e.g. 'muse-xml'; unset for WFDB"
@@ -121,6 +124,9 @@ PAYLOAD_FIELDS: tuple[PayloadField, ...] = (
     ),
 )
 PAYLOAD_BY_NAME: dict[str, PayloadField] = {f.name: f for f in PAYLOAD_FIELDS}
+# EcgPayload fields the store keeps beside the declared ones, never indexed, sent, dumped or logged
+# (excluded from model_dump): the content fingerprint that copy detection reads with each hit.
+STORED_ONLY: frozenset[str] = frozenset({"fingerprint"})
 # The acquiring machine's global measurements, stored as numbers beside each ECG that carries them
 # (ms, degrees, beats per minute) and filterable as ranges; the names are the payload's field names,
 # in the order a printed ECG report lists them.
@@ -297,8 +303,8 @@ class EcgPayload(BaseModel):
     )
     duplicate_of: str | None = Field(
         default=None,
-        description="record id of an ECG of another dataset, stored before this one, that this one "
-        "copies (cosine at or above the ingest threshold, equal duration); results skip such copies",
+        description="record id of the ECG, stored before this one, that this one copies (the same "
+        "recording by content: ``ecg.fingerprint``, any dataset); results skip such copies",
     )
     source_format: str | None = Field(
         default=None, description="the file format read ('muse-xml', 'dicom', ...); None for WFDB"
@@ -318,6 +324,10 @@ class EcgPayload(BaseModel):
     p_axis: float | None = Field(default=None, ge=-MEASUREMENT_LIMIT, le=MEASUREMENT_LIMIT)
     r_axis: float | None = Field(default=None, ge=-MEASUREMENT_LIMIT, le=MEASUREMENT_LIMIT)
     t_axis: float | None = Field(default=None, ge=-MEASUREMENT_LIMIT, le=MEASUREMENT_LIMIT)
+    # The ECG's content fingerprint (``ecg.fingerprint``, base64 int8, ~4 KB): stored with the point so
+    # copy detection needs no re-read. Not indexed, left out of model_dump (so of every reply, JSON
+    # and log) and never on the wire; the store writes it explicitly (``store._payload_dict``).
+    fingerprint: str | None = Field(default=None, exclude=True, repr=False, max_length=8192)
     archived: bool = Field(
         default=False,
         description="the signal is kept content-addressed beside the store (pushed ECGs), so GetEcg "

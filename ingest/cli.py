@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ecgsearch.search.engine.store import Store
 
 DUPLICATE_THRESHOLD = (
-    0.999  # = ecg.identity.DUPLICATE_THRESHOLD (a test checks); literal so --help imports nothing
+    0.97  # = ecg.fingerprint.COPY_THRESHOLD (a test checks); literal so --help imports nothing
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS = exits.OK, exits.FAILED, exits.USAGE, exits.REJECTS
@@ -155,8 +155,8 @@ class IngestOptions:
         typer.Option(
             min=0.5,
             max=1.0,
-            help="Cosine at or above which an ECG of equal duration to a stored one is recorded as its "
-            "copy (duplicate_of).",
+            help="Content score (windowed correlation of the fingerprints, ecg/fingerprint.py) at or "
+            "above which an ECG is recorded as a copy (duplicate_of) of one of its nearest stored ECGs.",
         ),
     ] = DUPLICATE_THRESHOLD
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False

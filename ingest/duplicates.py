@@ -1,11 +1,18 @@
-"""Measure the cosine that tells a copy of an ECG from a different ECG (sets ``DUPLICATE_THRESHOLD``).
+"""Measure the content score that tells a copy of an ECG from a different ECG (sets ``COPY_THRESHOLD``).
 
-Copies: the Challenge re-distributes PTB-XL ECGs (``challenge/ptb_xl/HR<ecg_id>``, from the 500 Hz
-files); each is compared with its PTB-XL original read from the 500 Hz file (``--prefer-hr``; same
-rate as the copy) and from the 100 Hz file (the default ingest: PTB-XL's own down-sampling).
-Different ECGs: every PTB-XL ECG's nearest *other* PTB-XL ECG (the same patient's other recordings
-included: they are different ECGs and must not be taken for copies), and every Challenge record's
-nearest other record among PTB-XL and the Challenge, its own PTB-XL original left out.
+Every ECG of the default ingest (``ptb-xl`` at its default 100 Hz, ``challenge``, ``cinc2021`` when
+present, ``hospital``) is read, prepared, fingerprinted (``ecg.fingerprint``) and embedded as ingest
+does. Pairs scored, each by ``fingerprint.score``:
+- copies: every Challenge ``ptb_xl/HR<ecg_id>`` (from PTB-XL's 500 Hz files) with its PTB-XL original
+  (100 Hz file), and the hospital files the sources name as one ECG in several formats (aECG = SCP-ECG
+  = ECG Toolkit DICOM; MUSE = ecg2dcm DICOM: ``hospital/SOURCES.tsv``);
+- identical content: two files of one dataset with one content hash (a real duplicate);
+- same patient: every pair of one PTB-XL patient's ECGs (different recordings, never copies);
+- nearest non-copies: each ECG's ``--neighbours`` nearest by embedding that are none of the above
+  (ingest confirms only its ``copies.CANDIDATES`` nearest; the wider set stresses the score);
+- synthetic copies of the PTB-XL ECGs that have a 500 Hz file, against their 100 Hz original: the
+  500 Hz file, x5 gain, 0.16 s cut at the start, + noise and 50 Hz hum, 8 leads in uV (MUSE-like),
+  three flat leads; with the original's embedding rank among all ECGs.
 
     python -m ecgsearch.ingest.duplicates ../shared/data --out results/duplicate_threshold.json
 """
@@ -14,117 +21,229 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
+from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ecgsearch.ecg import signals
-from ecgsearch.ecg.identity import DUPLICATE_THRESHOLD, Pseudonymizer
-from ecgsearch.ingest.sources import enumerate_source, load
+from ecgsearch.ecg import dsp, fingerprint, signals
+from ecgsearch.ecg.identity import Pseudonymizer
+from ecgsearch.ecg.schema import EcgPayload
+from ecgsearch.ingest.sources import enumerate_source, load, load_file
 
 if TYPE_CHECKING:
     from ecgsearch.export.runtime import Embedder
 
-QUANTILES = (0.0, 0.5, 0.9, 0.99, 0.999, 1.0)
+QUANTILES = (0.0, 0.01, 0.5, 0.99, 1.0)
+FOLDERS = ("ptb-xl", "challenge", "cinc2021", "hospital")
+# hospital/SOURCES.tsv: files that hold one ECG. hl7aecg_fda_subject1_0.xml is, by its source, the FDA's
+# copy of the HL7 example "with only subject ID/time/timepoint changed": the same recording again, a copy
+# (its record id and content hash equal the example's, so ingest skips it as the ECG already stored).
+HOSPITAL_COPIES = (
+    (
+        "hl7aecg_Example_aECG.xml",
+        "hl7aecg_fda_subject1_0.xml",
+        "scp_ecgtoolkit_Example.scp",
+        "dicom_ecgtoolkit_Example.dcm",
+    ),
+    ("muse_guangxi_sinus_rhythm.xml", "dicom_ecg2dcm_guangxi_sinus_rhythm.dcm"),
+)
+EIGHT = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
-def _embed(source: Path, embedder: Embedder, *, dataset: str | None = None) -> tuple[list, np.ndarray]:
+def _load(data_dir: Path) -> tuple[list[EcgPayload], list[str], np.ndarray]:
+    """Payloads, file names (hospital) or '' and prepared signals of every readable ECG."""
     keys = Pseudonymizer.ephemeral()
-    payloads, prepared = [], []
-    for candidate in enumerate_source(source, dataset=dataset):
-        try:
-            record = load(candidate, keys)
-        except signals.SignalError:
+    payloads, names, prepared = [], [], []
+    for folder in FOLDERS:
+        if not (data_dir / folder).is_dir():
             continue
-        payloads.append(record.payload)
-        prepared.append(record.signal)
-    vectors = np.concatenate(
-        [embedder.embed(np.stack(prepared[i : i + 256])) for i in range(0, len(prepared), 256)]
-    )
-    return payloads, vectors
+        for candidate in enumerate_source(data_dir / folder):
+            try:
+                record = load_file(candidate, keys) if candidate.file_format else load(candidate, keys)
+            except ValueError:  # unreadable or unpreparable: ingest rejects it too
+                continue
+            payloads.append(record.payload)
+            names.append(candidate.path.name if candidate.file_format else "")
+            prepared.append(record.signal)
+    return payloads, names, np.stack(prepared)
 
 
-def _summary(values: np.ndarray) -> dict[str, float | int]:
-    out: dict[str, float | int] = {"n": int(values.size)}
-    out |= {f"q{q:g}": round(float(np.quantile(values, q)), 5) for q in QUANTILES}
+def _summary(values: list[float]) -> dict[str, float | int]:
+    out: dict[str, float | int] = {"n": len(values)}
+    if values:
+        out |= {f"q{q:g}": round(float(np.quantile(values, q)), 5) for q in QUANTILES}
     return out
 
 
-def measure(data_dir: Path, model: Path | None = None, threads: int = 2) -> dict:
-    """Cosines of copies and of nearest different ECGs, and the margin left by the threshold."""
+def _synthetic(
+    data_dir: Path, embedder: Embedder, vectors: np.ndarray, index: dict[str, int], fps: list[np.ndarray]
+) -> dict:
+    """Copies made here of PTB-XL ECGs with a 500 Hz file: score to the 100 Hz original, and its rank."""
+    rng = np.random.default_rng(0)
+    folder = data_dir / "ptb-xl" / "records500" / "00000"
+    scores: dict[str, list[float]] = defaultdict(list)
+    ranks: dict[str, list[int]] = defaultdict(list)
+    for header in sorted(folder.glob("*_hr.hea")):
+        row = index.get(f"ptbxl:{int(header.name[:5])}")
+        if row is None:
+            continue
+        raw = signals.read_wfdb(header.with_suffix(""))
+        x, leads = raw.signal, list(raw.leads)
+        cut = x[:, 80:]  # 0.16 s at 500 Hz
+        t = np.arange(cut.shape[1]) / raw.fs
+        eight = [leads.index(n) for n in EIGHT]
+        flat = x.copy()
+        flat[[leads.index(n) for n in ("V2", "V4", "V6")]] = 0.0
+        variants = {
+            "500hz_file": (x, leads, "mV"),
+            "500hz_x5_gain": (5 * x, leads, "mV"),
+            "cut_0.16s_x5_gain": (5 * cut, leads, "mV"),
+            "cut_0.16s_noise_hum": (
+                cut + rng.normal(0, 0.02, cut.shape) + 0.02 * np.sin(2 * np.pi * 50 * t),
+                leads,
+                "mV",
+            ),
+            "8_leads_uV_4.88uV_steps": (np.round(cut[eight] * 1000 / 4.88) * 4.88, list(EIGHT), "uV"),
+            "V2_V4_V6_flat": (flat, leads, "mV"),
+            "100hz_upsampled_500hz_x5": (5 * dsp.resample_poly(x[:, ::5], 5, 1, axis=-1), leads, "mV"),
+        }
+        names = list(variants)
+        prepared = np.stack([signals.prepare_array(s, raw.fs, ld, units=u) for s, ld, u in variants.values()])
+        embedded = embedder.embed(prepared)
+        for name, ecg, vector in zip(names, prepared, embedded, strict=True):
+            scores[name].append(fingerprint.score(fingerprint.compute(ecg), fps[row]))
+            ranks[name].append(int((vectors @ vector > float(vectors[row] @ vector)).sum()) + 1)
+    return {name: {"score": _summary(scores[name]), "original_rank_max": max(ranks[name])} for name in scores}
+
+
+def _marking_cost(payloads: list[EcgPayload], vectors: np.ndarray, version: str) -> dict[str, float | int]:
+    """What marking adds to ingest: ``copies.mark_copies`` on each batch of 256 against an embedded
+    store holding every earlier batch (search, fingerprints read with the hits, scores), ms per ECG;
+    and which ECGs it marks, the ingest order being this measure's (every folder in FOLDERS' order)."""
+    import tempfile
+
+    from ecgsearch.search.engine.copies import mark_copies
+    from ecgsearch.search.engine.store import EdgeStore
+
+    fresh = [p.model_copy(update={"duplicate_of": None}) for p in payloads]
+    seconds, marked = 0.0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EdgeStore(Path(tmp) / "store")
+        store.create_collection(dim=vectors.shape[1], model_version=version)
+        try:
+            for i in range(0, len(fresh), 256):
+                start = time.perf_counter()
+                marked += mark_copies(fresh[i : i + 256], vectors[i : i + 256], store)
+                seconds += time.perf_counter() - start
+                store.upsert(fresh[i : i + 256], vectors[i : i + 256])
+        finally:
+            store.close()
+    return {"mark_per_ecg_ms": round(seconds / len(fresh) * 1e3, 3), "marked": marked}
+
+
+def measure(data_dir: Path, model: Path | None = None, threads: int = 2, neighbours: int = 20) -> dict:
+    """Score distributions of copies, same-patient pairs and nearest non-copies; see the module doc."""
     from ecgsearch.export.runtime import Embedder
+    from ecgsearch.search.engine.copies import CANDIDATES
 
     embedder = Embedder(model, threads=threads)
-    ptb, ptb_v = _embed(data_dir / "ptb-xl", embedder)
-    chal, chal_v = _embed(data_dir / "challenge", embedder)
-    ptb_index = {p.record_id.split(":")[1]: i for i, p in enumerate(ptb)}
-    original = {}  # challenge row -> PTB-XL row of its original
-    for i, p in enumerate(chal):
-        native = p.record_id.split(":")[1]
-        if p.dataset == "ptb_xl" and native.startswith("HR") and str(int(native[2:])) in ptb_index:
-            original[i] = ptb_index[str(int(native[2:]))]
-    copies = np.array([float(chal_v[i] @ ptb_v[j]) for i, j in original.items()])
-    keys = Pseudonymizer.ephemeral()
-    wanted = {ptb[j].record_id for j in original.values()}
-    hr = {
-        c.record_id: c for c in enumerate_source(data_dir / "ptb-xl", prefer_hr=True) if c.record_id in wanted
-    }
-    same_rate = {}
-    for i, j in original.items():
-        candidate = hr[ptb[j].record_id]
-        if candidate.path.name.endswith("_hr"):
-            vector = embedder.embed(load(candidate, keys).signal[None])[0]
-            same_rate[chal[i].record_id] = float(chal_v[i] @ vector)
-    copies_hr = np.array(list(same_rate.values()))
+    payloads, names, prepared = _load(data_dir)
+    n = len(payloads)
+    start = time.perf_counter()
+    fps = [fingerprint.compute(x) for x in prepared]
+    fp_ms = (time.perf_counter() - start) / n * 1e3
+    vectors = np.concatenate([embedder.embed(prepared[i : i + 256]) for i in range(0, n, 256)]).astype(
+        np.float32
+    )
+    ids = [p.record_id for p in payloads]
+    index = {r: i for i, r in enumerate(ids)}
+    by_name = {name: i for i, name in enumerate(names) if name}
 
-    sim = ptb_v @ ptb_v.T
+    copies: set[tuple[int, int]] = set()
+    for i, p in enumerate(payloads):
+        native = p.record_id.split(":", 1)[1]
+        if p.dataset == "ptb_xl" and native.startswith("HR"):
+            j = index.get(f"ptbxl:{int(native[2:])}")
+            if j is not None:
+                copies.add((min(i, j), max(i, j)))
+    for group in HOSPITAL_COPIES:
+        rows = sorted(by_name[f] for f in group)
+        copies |= {(a, b) for a in rows for b in rows if a < b}
+    by_hash = defaultdict(list)
+    for i, p in enumerate(payloads):
+        by_hash[p.content_hash].append(i)
+    identical = {(a, b) for g in by_hash.values() for a in g for b in g if a < b}
+    ptb_patients = defaultdict(list)
+    for i, p in enumerate(payloads):
+        if p.dataset == "ptbxl":
+            ptb_patients[p.patient_id].append(i)
+    same_patient = {(a, b) for g in ptb_patients.values() for a in g for b in g if a < b} - copies
+
+    sim = vectors @ vectors.T
     np.fill_diagonal(sim, -np.inf)
-    ptb_top1 = sim.max(axis=1)
-    same_duration = np.array([[abs(a.duration_s - b.duration_s) <= 0.02 for b in ptb] for a in ptb])
-    sim[~same_duration] = -np.inf
-    ptb_top1_equal = sim.max(axis=1)
+    order = np.argsort(-sim, axis=1)
+    rank = {(i, int(j)): r + 1 for i in range(n) for r, j in enumerate(order[i, :neighbours])}
+    near = {(min(i, j), max(i, j)) for (i, j) in rank} - copies - identical - same_patient
+    candidates = {(min(i, j), max(i, j)) for (i, j), r in rank.items() if r <= CANDIDATES}
 
-    everyone = np.concatenate([ptb_v, chal_v])
-    cross = chal_v @ everyone.T
-    for i in range(len(chal)):
-        cross[i, len(ptb) + i] = -np.inf  # itself
-        if i in original:
-            cross[i, original[i]] = -np.inf  # its PTB-XL original: a copy, measured above
-    chal_top1 = cross.max(axis=1)
-    nearest_different = max(float(ptb_top1.max()), float(chal_top1.max()))
+    start = time.perf_counter()
+    score = {pair: fingerprint.score(fps[pair[0]], fps[pair[1]]) for pair in copies | identical | near}
+    score |= {pair: fingerprint.score(fps[pair[0]], fps[pair[1]]) for pair in same_patient}
+    pair_ms = (time.perf_counter() - start) / len(score) * 1e3
+
+    def name(i: int) -> str:
+        return names[i] or ids[i]
+
+    threshold = fingerprint.COPY_THRESHOLD
+    noncopy = sorted(((score[p], p) for p in near | same_patient), reverse=True)
+    missed = [
+        (name(a), name(b))
+        for a, b in copies | identical
+        if score[(a, b)] < threshold or ((a, b) not in candidates)
+    ]
     return {
         "model_version": embedder.version,
-        "threshold": DUPLICATE_THRESHOLD,
+        "threshold": threshold,
+        "n_ecgs": n,
+        "candidates_per_ecg": CANDIDATES,
         "copies": {
-            "pairs": {chal[i].record_id: ptb[j].record_id for i, j in original.items()},
-            "cosine_to_500hz_original": {k: round(v, 6) for k, v in same_rate.items()},
-            "cosine_to_100hz_original": {
-                chal[i].record_id: round(float(c), 6)
-                for (i, _), c in zip(original.items(), copies, strict=True)
-            },
+            f"{name(a)} = {name(b)}": {
+                "score": round(score[(a, b)], 5),
+                "cosine": round(float(sim[a, b]), 5),
+                "rank": [rank.get((a, b)), rank.get((b, a))],
+            }
+            for a, b in sorted(copies | identical)
         },
-        "copies_same_rate": _summary(copies_hr),
-        "copies_100hz_original": _summary(copies),
-        "ptbxl_top1_other_ecg": _summary(ptb_top1),
-        "ptbxl_top1_other_ecg_equal_duration": _summary(ptb_top1_equal[np.isfinite(ptb_top1_equal)]),
-        "challenge_top1_other_ecg": _summary(chal_top1),
-        "different_at_or_above_threshold": int((ptb_top1 >= DUPLICATE_THRESHOLD).sum())
-        + int((chal_top1 >= DUPLICATE_THRESHOLD).sum()),
-        "copies_same_rate_below_threshold": int((copies_hr < DUPLICATE_THRESHOLD).sum()),
-        "copies_100hz_original_below_threshold": int((copies < DUPLICATE_THRESHOLD).sum()),
-        "nearest_different": round(nearest_different, 5),
-        "margin_to_nearest_different": round(DUPLICATE_THRESHOLD - nearest_different, 5),
+        "score_copies": _summary([score[p] for p in copies]),
+        "score_identical_content": _summary([score[p] for p in identical]),
+        "score_ptbxl_same_patient": _summary([score[p] for p in same_patient]),
+        f"score_nearest_{neighbours}_non_copies": _summary([score[p] for p in near]),
+        "score_candidate_non_copies": _summary([score[p] for p in near & candidates]),
+        "top_non_copies": [
+            {"a": name(a), "b": name(b), "score": round(s, 5), "same_patient": (a, b) in same_patient}
+            for s, (a, b) in noncopy[:10]
+        ],
+        "copies_missed_at_threshold": missed,
+        "non_copies_at_or_above_threshold": sum(s >= threshold for s, _ in noncopy),
+        "margin_below_lowest_copy": round(min(score[p] for p in copies) - threshold, 5),
+        "margin_above_highest_non_copy": round(threshold - noncopy[0][0], 5),
+        "synthetic_copies": _synthetic(data_dir, embedder, vectors, index, fps),
+        "cost_ms": {"fingerprint_per_ecg": round(fp_ms, 3), "score_per_pair": round(pair_ms, 3)},
+        "ingest_marking": _marking_cost(payloads, vectors, embedder.version),
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir", type=Path, help="folder holding ptb-xl/ and challenge/")
+    parser.add_argument("data_dir", type=Path, help="folder holding ptb-xl/, challenge/, hospital/")
     parser.add_argument("--model", type=Path, default=None, help="ONNX encoder (default: bundled)")
+    parser.add_argument("--neighbours", type=int, default=20, help="nearest non-copies scored per ECG")
     parser.add_argument("--out", type=Path, default=Path("results/duplicate_threshold.json"))
     args = parser.parse_args(argv)
-    result = measure(args.data_dir, args.model)
+    result = measure(args.data_dir, args.model, neighbours=args.neighbours)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "copies"}, indent=2))

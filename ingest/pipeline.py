@@ -11,10 +11,10 @@ Why it is shaped like this:
   after kill -9 adds only what is missing), another hash is a different ECG under a taken id (a
   collision, written to the rejects report; the stored one is kept). Ids stored while a batch was in
   flight, and one id twice in a batch, are checked the same way just before the upsert;
-- an ECG whose embedding is at cosine >= ``duplicate_threshold`` to an ECG of another dataset stored
-  before it (or earlier in its batch) with the same duration is a copy of it (the Challenge
-  re-distributes PTB-XL): it is stored with ``duplicate_of`` naming the first one, so searches can
-  skip it. Copies within one dataset are that dataset's own matter and are not looked for;
+- an ECG that is the same recording as one stored before it (or earlier in its batch), in any
+  dataset (the Challenge re-distributes PTB-XL; an archive holds one ECG as aECG and as DICOM), is
+  stored with ``duplicate_of`` naming that first one, so searches can skip it: candidates are its
+  nearest stored neighbours, confirmed by their content fingerprints (``search.engine.copies``);
 - a record that cannot be read or prepared is written to the rejects report and the run goes on;
 - hospital exports store no path, so an embedded store keeps their signals as read in its archive
   (``<store>/archive/<hash[:2]>/<hash>.npz``, as the service keeps pushed ECGs) for GetEcg;
@@ -42,18 +42,17 @@ from typing import TextIO
 import numpy as np
 from pydantic import BaseModel
 
-from ecgsearch.ecg.identity import DUPLICATE_THRESHOLD, Pseudonymizer
+from ecgsearch.ecg import fingerprint
+from ecgsearch.ecg.identity import Pseudonymizer
 from ecgsearch.ecg.readers import ReaderError
-from ecgsearch.ecg.schema import SearchFilter
 from ecgsearch.ecg.signals import RawEcg, SignalError, prepare_batch
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest.sources import Candidate, Record, file_label, hash_of, load, load_file, read
+from ecgsearch.search.engine.copies import mark_copies
 from ecgsearch.search.engine.store import Store
 from ecgsearch.search.serving.push import Archive
 
 REJECT_COLUMNS = ("record", "path", "reason")
-DUPLICATE_NEIGHBOURS = 8  # stored candidates looked at per new ECG (the first of equal duration wins)
-DURATION_TOLERANCE_S = 0.02  # "equal duration": within one sample at 50 Hz
 MAX_REASON = 300
 
 
@@ -121,7 +120,7 @@ def ingest(
     optimize: bool = True,
     on_batch: Progress | None = None,
     pseudonyms: Pseudonymizer | None = None,
-    duplicate_threshold: float = DUPLICATE_THRESHOLD,
+    duplicate_threshold: float = fingerprint.COPY_THRESHOLD,
     site: str | None = None,
 ) -> IngestSummary:
     """Ingest every candidate into ``store`` (created for this model if absent); see the module doc.
@@ -171,11 +170,12 @@ def ingest(
                 reject(clash, collision=True)
             if records:
                 vectors = embedder.embed(np.stack([r.signal for r in records]))
-                summary.duplicates += _mark_duplicates(records, vectors, store, duplicate_threshold)
-                _archive(records, store)
                 payloads = [r.payload for r in records]
-                if site is not None:
-                    payloads = [p.model_copy(update={"site": site}) for p in payloads]
+                if site is not None:  # before marking: copies are looked for within the site
+                    for payload in payloads:
+                        payload.site = site
+                summary.duplicates += mark_copies(payloads, vectors, store, threshold=duplicate_threshold)
+                _archive(records, store)
                 store.upsert(payloads, vectors)
                 summary.ingested += len(records)
             _finish(summary, start)
@@ -237,51 +237,6 @@ def _settle(records: list[Record], store: Store) -> tuple[list[Record], int, lis
             held[p.record_id] = p.content_hash
             kept.append(record)
     return kept, skipped, clashes
-
-
-def _mark_duplicates(records: list[Record], vectors: np.ndarray, store: Store, threshold: float) -> int:
-    """Set ``duplicate_of`` on each new ECG that copies an ECG of another dataset stored before it (or
-    earlier in its batch); returns how many. A store holding only the batch's own datasets is not
-    searched at all, so ingesting one dataset costs nothing extra; otherwise one search per batch."""
-    own = sorted({r.payload.dataset for r in records})
-    others = store.count() - store.count(SearchFilter(datasets=own))
-    stored = (
-        store.search_batch(vectors, k=DUPLICATE_NEIGHBOURS, score_threshold=threshold)
-        if others
-        else [[] for _ in records]
-    )
-    within = vectors @ vectors.T
-    marked = 0
-    for i, record in enumerate(records):
-        p = record.payload
-        original = None
-        for hit in stored[i]:
-            if (
-                hit.score >= threshold
-                and hit.payload.dataset != p.dataset
-                and _same_duration(p.duration_s, hit.payload.duration_s)
-            ):
-                original = hit.payload.duplicate_of or hit.record_id
-                break
-        if original is None:
-            earlier = [
-                j
-                for j in range(i)
-                if within[i, j] >= threshold
-                and records[j].payload.dataset != p.dataset
-                and _same_duration(p.duration_s, records[j].payload.duration_s)
-            ]
-            if earlier:
-                first = records[max(earlier, key=lambda j: within[i, j])].payload
-                original = first.duplicate_of or first.record_id
-        if original is not None and original != p.record_id:
-            p.duplicate_of = original
-            marked += 1
-    return marked
-
-
-def _same_duration(a: float | None, b: float | None) -> bool:
-    return a is not None and b is not None and abs(a - b) <= DURATION_TOLERANCE_S
 
 
 def load_all(

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgsearch.ecg import formats, intake, ptbxl, signals
+from ecgsearch.ecg import fingerprint, formats, intake, ptbxl, signals
 from ecgsearch.ecg.codes import normalise_snomed, scp_to_normalised
 from ecgsearch.ecg.identity import Pseudonymizer, content_hash
 from ecgsearch.ecg.readers import ReaderError, read_ecg, sniff
@@ -202,6 +202,7 @@ def load(
         recorded_at=meta.recorded_at,
         source_path=candidate.source_path,
         content_hash=hash_of(raw),
+        fingerprint=fingerprint.encode(signal),
     )
     return Record(signal=signal, payload=payload)
 
@@ -350,7 +351,9 @@ def load_file(candidate: Candidate, pseudonyms: Pseudonymizer | None = None) -> 
     digest = intake.hash_of(ecg)
     payload = intake.payload_of(ecg, dataset=candidate.dataset, pseudonyms=pseudonyms, digest=digest)
     raw = intake.raw_of(ecg, payload.record_id)
-    return Record(signal=signals.prepare(raw), payload=payload, raw=raw)
+    signal = signals.prepare(raw)
+    payload.fingerprint = fingerprint.encode(signal)
+    return Record(signal=signal, payload=payload, raw=raw)
 
 
 _CHALLENGE_SEX: dict[str, Sex] = {"male": "M", "m": "M", "female": "F", "f": "F"}  # header "# Sex:" spellings

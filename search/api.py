@@ -155,6 +155,9 @@ class SearchOptions:
     with_summary: bool = False
     # Also return ECGs recorded at ingest as copies of another stored ECG (``duplicate_of``).
     include_duplicates: bool = False
+    # Searches by ECG or file: also return the stored ECG that is the query itself (the same recording
+    # by content) and its copies; by default they are left out and named in ``query_record_id``.
+    include_query_record: bool = False
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,9 @@ class SearchResult(BaseModel):
 
     hits: list[Hit]
     summary: NeighbourhoodSummary | None = None
+    # Searches by ECG or file: the stored record that is the query ECG itself (its original when it is
+    # also stored as copies), found by content (``search.engine.copies``); None when it is not stored.
+    query_record_id: str | None = None
 
 
 PushStatus = Literal["stored", "skipped", "rejected"]

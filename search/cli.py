@@ -272,6 +272,14 @@ class QueryOptions:
             "--include-duplicates", help="Keep ECGs recorded at ingest as copies of another (duplicate_of)."
         ),
     ] = False
+    include_query_record: Annotated[
+        bool,
+        typer.Option(
+            "--include-query-record",
+            help="With --wfdb/--file: keep the stored ECG that is the query itself (found by content, "
+            "named as query_record_id) and its copies.",
+        ),
+    ] = False
     threshold: Annotated[float | None, typer.Option(help="Minimum cosine similarity.")] = None
     exact: Annotated[bool, typer.Option("--exact", help="Exact search instead of the index.")] = False
     summary: Annotated[bool, typer.Option("--summary", help="Add the diagnosis concentration summary.")] = (
@@ -354,6 +362,7 @@ def _search(o: QueryOptions, flt: SearchFilter) -> SearchResult:
         "exact": o.exact,
         "with_summary": o.summary,
         "include_duplicates": o.include_duplicates,
+        "include_query_record": o.include_query_record,
     }
     connection: dict[str, Any] = {
         "token": resolve(o.token_file),
@@ -428,6 +437,8 @@ def print_result(result: SearchResult) -> None:
     from ecgsearch.ecg import codes
 
     console = Console()
+    if result.query_record_id is not None:
+        console.print(f"The query ECG is stored as {result.query_record_id} (left out of the neighbours).")
     hits = Table("#", "record", "score", "age", "sex", "diagnoses", title="Nearest ECGs")
     for rank, hit in enumerate(result.hits, 1):
         p = hit.payload

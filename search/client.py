@@ -242,6 +242,7 @@ def options(
     exact: bool = False,
     with_summary: bool = False,
     include_duplicates: bool = False,
+    include_query_record: bool = False,
     filter: SearchFilter | None = None,
     **filter_fields: Any,
 ) -> SearchOptions:
@@ -254,6 +255,7 @@ def options(
         exact=exact,
         with_summary=with_summary,
         include_duplicates=include_duplicates,
+        include_query_record=include_query_record,
     )
 
 

@@ -137,6 +137,7 @@ def options_to_proto(options: SearchOptions) -> pb.SearchOptions:
         exact=options.exact,
         with_summary=options.with_summary,
         include_duplicates=options.include_duplicates,
+        include_query_record=options.include_query_record,
     )
     if options.score_threshold is not None:
         msg.score_threshold = options.score_threshold
@@ -151,6 +152,7 @@ def options_from_proto(msg: pb.SearchOptions) -> SearchOptions:
         exact=msg.exact,
         with_summary=msg.with_summary,
         include_duplicates=msg.include_duplicates,
+        include_query_record=msg.include_query_record,
     )
 
 
@@ -371,6 +373,8 @@ def result_to_proto(result: SearchResult, kind: type[ResultMessage]) -> ResultMe
     msg = kind(hits=[hit_to_proto(h) for h in result.hits])
     if result.summary is not None:
         msg.summary.CopyFrom(summary_to_proto(result.summary))
+    if result.query_record_id is not None:
+        msg.query_record_id = result.query_record_id
     return msg
 
 
@@ -378,7 +382,8 @@ def result_from_proto(
     msg: pb.SearchResult | pb.SearchByRecordResponse | pb.SearchByEcgResponse | pb.SearchByVectorResponse,
 ) -> SearchResult:
     summary = summary_from_proto(msg.summary) if msg.HasField("summary") else None
-    return SearchResult(hits=[hit_from_proto(h) for h in msg.hits], summary=summary)
+    query = msg.query_record_id if msg.HasField("query_record_id") else None
+    return SearchResult(hits=[hit_from_proto(h) for h in msg.hits], summary=summary, query_record_id=query)
 
 
 # --- collection and model ------------------------------------------------------------------------

@@ -125,20 +125,22 @@ class Filter(_message.Message):
     def __init__(self, diagnoses_any: _Optional[_Iterable[str]] = ..., diagnoses_all: _Optional[_Iterable[str]] = ..., diagnoses_none: _Optional[_Iterable[str]] = ..., age_min: _Optional[int] = ..., age_max: _Optional[int] = ..., sex: _Optional[_Union[Sex, str]] = ..., datasets: _Optional[_Iterable[str]] = ..., exclude_record_ids: _Optional[_Iterable[str]] = ..., exclude_patient_ids: _Optional[_Iterable[str]] = ..., measurements: _Optional[_Iterable[_Union[MeasurementRange, _Mapping]]] = ...) -> None: ...
 
 class SearchOptions(_message.Message):
-    __slots__ = ("filter", "k", "score_threshold", "exact", "with_summary", "include_duplicates")
+    __slots__ = ("filter", "k", "score_threshold", "exact", "with_summary", "include_duplicates", "include_query_record")
     FILTER_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
     WITH_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_QUERY_RECORD_FIELD_NUMBER: _ClassVar[int]
     filter: Filter
     k: int
     score_threshold: float
     exact: bool
     with_summary: bool
     include_duplicates: bool
-    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., exact: _Optional[bool] = ..., with_summary: _Optional[bool] = ..., include_duplicates: _Optional[bool] = ...) -> None: ...
+    include_query_record: bool
+    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., exact: _Optional[bool] = ..., with_summary: _Optional[bool] = ..., include_duplicates: _Optional[bool] = ..., include_query_record: _Optional[bool] = ...) -> None: ...
 
 class LeadSamples(_message.Message):
     __slots__ = ("values",)
@@ -203,12 +205,14 @@ class SearchByFileRequest(_message.Message):
     def __init__(self, file: _Optional[_Union[EcgFile, _Mapping]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
 
 class SearchByFileResponse(_message.Message):
-    __slots__ = ("hits", "summary")
+    __slots__ = ("hits", "summary", "query_record_id")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    QUERY_RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     summary: NeighbourhoodSummary
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ...) -> None: ...
+    query_record_id: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ..., query_record_id: _Optional[str] = ...) -> None: ...
 
 class UpsertItem(_message.Message):
     __slots__ = ("file", "ecg", "native_id", "patient_key")
@@ -372,36 +376,44 @@ class NeighbourhoodSummary(_message.Message):
     def __init__(self, n_neighbours: _Optional[int] = ..., collection_count: _Optional[int] = ..., diagnoses: _Optional[_Iterable[_Union[DiagnosisConcentration, _Mapping]]] = ..., exclusions: _Optional[_Iterable[_Union[Exclusion, str]]] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("hits", "summary")
+    __slots__ = ("hits", "summary", "query_record_id")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    QUERY_RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     summary: NeighbourhoodSummary
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ...) -> None: ...
+    query_record_id: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ..., query_record_id: _Optional[str] = ...) -> None: ...
 
 class SearchByRecordResponse(_message.Message):
-    __slots__ = ("hits", "summary")
+    __slots__ = ("hits", "summary", "query_record_id")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    QUERY_RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     summary: NeighbourhoodSummary
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ...) -> None: ...
+    query_record_id: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ..., query_record_id: _Optional[str] = ...) -> None: ...
 
 class SearchByEcgResponse(_message.Message):
-    __slots__ = ("hits", "summary")
+    __slots__ = ("hits", "summary", "query_record_id")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    QUERY_RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     summary: NeighbourhoodSummary
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ...) -> None: ...
+    query_record_id: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ..., query_record_id: _Optional[str] = ...) -> None: ...
 
 class SearchByVectorResponse(_message.Message):
-    __slots__ = ("hits", "summary")
+    __slots__ = ("hits", "summary", "query_record_id")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    QUERY_RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     summary: NeighbourhoodSummary
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ...) -> None: ...
+    query_record_id: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., summary: _Optional[_Union[NeighbourhoodSummary, _Mapping]] = ..., query_record_id: _Optional[str] = ...) -> None: ...
 
 class Query(_message.Message):
     __slots__ = ("record_id", "ecg", "vector", "options", "include_same_patient")

@@ -209,8 +209,12 @@ def _as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
 
 
 def _payload_dict(payload: EcgPayload) -> dict[str, Any]:
-    """Stored form of a payload: JSON types, unknown fields left out so they match no condition."""
-    return payload.model_dump(mode="json", exclude_none=True)
+    """Stored form of a payload: JSON types, unknown fields left out so they match no condition; the
+    fingerprint (excluded from every dump) is stored too, for copy detection."""
+    stored = payload.model_dump(mode="json", exclude_none=True)
+    if payload.fingerprint is not None:
+        stored["fingerprint"] = payload.fingerprint
+    return stored
 
 
 def _vector_of(stored: Any) -> np.ndarray:

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ecgsearch.ecg import intake, schema, signals
+from ecgsearch.ecg import fingerprint, intake, schema, signals
 from ecgsearch.ecg.identity import Pseudonymizer, content_hash
 from ecgsearch.ecg.readers import ReaderError, read_ecg
 from ecgsearch.ecg.schema import EcgPayload
 from ecgsearch.search.api import Pushed
+from ecgsearch.search.engine.copies import mark_copies
 
 if TYPE_CHECKING:
     from ecgsearch.export.runtime import Embedder
@@ -112,7 +113,9 @@ class Writer:
         digest = intake.hash_of(ecg)
         payload = intake.payload_of(ecg, dataset=dataset, pseudonyms=self.pseudonyms, digest=digest)
         raw = intake.raw_of(ecg, payload.record_id)
-        return Prepared(payload.model_copy(update={"archived": True}), signals.prepare(raw), raw)
+        prepared = signals.prepare(raw)
+        update = {"archived": True, "fingerprint": fingerprint.encode(prepared)}
+        return Prepared(payload.model_copy(update=update), prepared, raw)
 
     def prepare_raw(self, raw: signals.RawEcg, dataset: str, native_id: str, patient_key: str) -> Prepared:
         """A raw ECG (already bounded by the service) named by the sender's id or its content hash."""
@@ -128,6 +131,7 @@ class Writer:
             sampling_rate_hz=float(raw.fs),
             duration_s=round(raw.signal.shape[1] / raw.fs, 3),
             content_hash=digest,
+            fingerprint=fingerprint.encode(prepared),
             archived=True,
         )
         return Prepared(payload, prepared, raw)
@@ -160,6 +164,7 @@ class Writer:
                 outcome[i] = Pushed(p.record_id, "stored")
             if new:
                 vectors = self.embedder.embed(np.stack([p.signal for p in new]))
+                mark_copies([p.payload for p in new], vectors, self.store)  # ingest's rule
                 for fresh in new:  # the signal first: a stored point always finds its archive
                     self.archive.save(fresh.payload.content_hash or "", fresh.raw)
                 self.store.upsert([p.payload for p in new], vectors)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import ValidationError
 
-from ecgsearch.ecg import codes, ptbxl, signals
+from ecgsearch.ecg import codes, fingerprint, ptbxl, signals
 from ecgsearch.ecg.bounds import MAX_FILE_BYTES
 from ecgsearch.ecg.schema import (
     MAX_K,
@@ -64,6 +64,7 @@ from ecgsearch.search.api import (
     WritesUnavailable,
     describe_validation,
 )
+from ecgsearch.search.engine.copies import stored_matches
 from ecgsearch.search.summary import evidence
 
 if TYPE_CHECKING:
@@ -242,8 +243,8 @@ class SearchService:
         """Prepare the raw ECG exactly like stored ones, encode it, search."""
         options = self.validate(options or SearchOptions())
         checked = check_ecg(ecg, "ecg")
-        (vector,) = self.encode([checked], budget=budget)
-        return self._search(_Plan(options, vector), budget, sites)
+        ((vector,), (mark,)) = self._encode_marked([checked], ["ecg"], budget)
+        return self._search(_Plan(options, vector, fingerprint=mark), budget, sites)
 
     def search_by_file(
         self,
@@ -256,8 +257,8 @@ class SearchService:
         """Read an ECG file (any format the readers know), prepare it like stored ECGs, encode, search."""
         options = self.validate(options or SearchOptions())
         ecg = read_file(file, "file")
-        (vector,) = self.encode([ecg], names=["file"], budget=budget)
-        return self._search(_Plan(options, vector), budget, sites)
+        ((vector,), (mark,)) = self._encode_marked([ecg], ["file"], budget)
+        return self._search(_Plan(options, vector, fingerprint=mark), budget, sites)
 
     def upsert(
         self,
@@ -443,8 +444,14 @@ class SearchService:
                     plans.append(_Plan(options, None))
         ecgs = [ecg for _, _, ecg in checked if ecg is not None]
         names = [f"queries[{i}].ecg" for i, (_, _, ecg) in enumerate(checked) if ecg is not None]
-        encoded = iter(self.encode(ecgs, names=names, budget=budget)) if ecgs else iter(())
-        ready = [plan if plan.vector is not None else replace(plan, vector=next(encoded)) for plan in plans]
+        vectors, marks = self._encode_marked(ecgs, names, budget) if ecgs else (np.empty((0, 0)), [])
+        encoded = iter(zip(vectors, marks, strict=True))
+        ready = []
+        for plan in plans:
+            if plan.vector is None:
+                vector, mark = next(encoded)
+                plan = replace(plan, vector=vector, fingerprint=mark)
+            ready.append(plan)
         return (self._search(plan, budget, sites) for plan in ready)
 
     def get_record(
@@ -571,6 +578,7 @@ class SearchService:
             options.exact,
             options.with_summary,
             options.include_duplicates,
+            options.include_query_record,
         )
 
     def check_vector(self, vector: np.ndarray | Sequence[float] | None, where: str = "vector") -> np.ndarray:
@@ -593,7 +601,16 @@ class SearchService:
 
         The budget is checked before each ECG and before each model call: a cancelled call stops here.
         """
-        names = names or ["ecg"] * len(ecgs)
+        return self._embed(self._prepare(ecgs, names or ["ecg"] * len(ecgs), budget), budget)
+
+    def _encode_marked(
+        self, ecgs: Sequence[EcgQuery], names: Sequence[str], budget: Budget
+    ) -> tuple[np.ndarray, list[str]]:
+        """``encode``, and each ECG's content fingerprint (to find the query among stored ECGs)."""
+        prepared = self._prepare(ecgs, names, budget)
+        return self._embed(prepared, budget), [fingerprint.encode(x) for x in prepared]
+
+    def _prepare(self, ecgs: Sequence[EcgQuery], names: Sequence[str], budget: Budget) -> list[np.ndarray]:
         prepared = []
         for ecg, name in zip(ecgs, names, strict=True):
             budget.check(f"preparing {name}")
@@ -604,6 +621,9 @@ class SearchService:
                 )
             )
             self._count_prepared(1)
+        return prepared
+
+    def _embed(self, prepared: list[np.ndarray], budget: Budget) -> np.ndarray:
         vectors = []
         for start in range(0, len(prepared), ENCODE_CHUNK):
             budget.check("encoding")
@@ -663,6 +683,10 @@ class SearchService:
             update["exclude_duplicates"] = True
         if sites is not None:
             update["sites"] = sorted(sites) or [NO_SITE]
+        query_record = self._stored_as(plan, sites) if plan.fingerprint is not None else None
+        if query_record is not None and not options.include_query_record:
+            exclusions.insert(0, "query_record")
+            update["exclude_record_ids"] = [*options.filter.exclude_record_ids, *query_record[1]]
         flt = options.filter.model_copy(update=update)
         hits = self.store.search(
             plan.vector,
@@ -675,7 +699,25 @@ class SearchService:
             hits = self._walled(hits, sites)
         info = self.info(sites=sites) if options.with_summary else None
         summary = summarise(hits, info, plan.query_codes, exclusions) if info is not None else None
-        return SearchResult(hits=hits, summary=summary)
+        stored_as = query_record[0] if query_record is not None else None
+        return SearchResult(hits=hits, summary=summary, query_record_id=stored_as)
+
+    def _stored_as(self, plan: _Plan, sites: Sites) -> tuple[str, list[str]] | None:
+        """When the query ECG is itself stored (the same recording by content, among the records of
+        ``sites``): the record to name (its original when visible, else the stored copy found) and
+        every record id that is it (the original and the copies found), to leave out of the hits."""
+        assert plan.vector is not None
+        (matches,) = stored_matches(
+            self.store, plan.vector[None], [plan.fingerprint], filter=site_filter(sites)
+        )
+        if not matches:
+            return None
+        originals = {m.original for m in matches}
+        if sites is not None:
+            held = self.store.sites_of(sorted(originals))
+            originals = {r for r in originals if held.get(r, NO_SITE) in sites}
+        named = matches[0].original if matches[0].original in originals else matches[0].record_id
+        return named, sorted(originals | {m.record_id for m in matches})
 
     def _walled(self, hits: list[Hit], sites: frozenset[str]) -> list[Hit]:
         """The hits of ``sites`` only (the store's filter already keeps them: a second wall), their
@@ -719,6 +761,7 @@ class _Plan:
     vector: np.ndarray | None
     query_codes: list[str] | None = None
     exclusions: list[str] = field(default_factory=list)
+    fingerprint: str | None = None  # a query ECG's content fingerprint: is the query itself stored?
 
 
 def site_filter(sites: Sites) -> SearchFilter | None:

@@ -139,7 +139,7 @@ def test_unreadable_records_are_described(tmp_path: Path, data_dir: Path) -> Non
 
 def test_cli_default_duplicate_threshold_is_the_measured_one() -> None:
     """The CLI states the threshold as a literal (so --help imports nothing); it must be the library's."""
-    from ecgsearch.ecg import identity
+    from ecgsearch.ecg import fingerprint
     from ecgsearch.ingest import cli
 
-    assert cli.DUPLICATE_THRESHOLD == identity.DUPLICATE_THRESHOLD
+    assert cli.DUPLICATE_THRESHOLD == fingerprint.COPY_THRESHOLD

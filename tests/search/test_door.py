@@ -183,8 +183,12 @@ def _search_by_file(walled: Walled) -> None:
     SearchByFile ignoring the caller's site)."""
     path = walled.hospital / PUSHED_FILE
     with walled.client("reader-a") as client:
-        hits = client.search_by_file(path, k=100, exact=True, include_duplicates=True).hits
+        found = client.search_by_file(
+            path, k=100, exact=True, include_duplicates=True, include_query_record=True
+        )
+        hits = found.hits
         _only_own(walled, hits)
+        assert found.query_record_id == walled.pushes["writer-a"][0].record_id
         assert hits[0].record_id == walled.pushes["writer-a"][0].record_id and hits[0].score > 0.999
         _only_own(walled, client.search_by_file(path, k=100, datasets=["ptbxl"]).hits)  # site-a's ingested
 
@@ -329,14 +333,18 @@ def test_a_site_a_caller_gets_nothing_of_site_b(walled: Walled, method: str) -> 
 def test_the_wall_holds_for_the_other_site_too(walled: Walled) -> None:
     """Site-b's writer searches the file both sites pushed: its own copy, none of site-a's."""
     with walled.client("writer-b") as client:
-        hits = client.search_by_file(walled.hospital / PUSHED_FILE, k=200, include_duplicates=True).hits
+        hits = client.search_by_file(
+            walled.hospital / PUSHED_FILE, k=200, include_duplicates=True, include_query_record=True
+        ).hits
     ids = {h.record_id for h in hits}
     assert walled.other_pushed in ids and not ids & set(walled.own)
 
 
 def test_every_site_caller_sees_both(walled: Walled) -> None:
     with walled.client("everyone") as client:
-        hits = client.search_by_file(walled.hospital / PUSHED_FILE, k=200, exact=True).hits
+        hits = client.search_by_file(
+            walled.hospital / PUSHED_FILE, k=200, exact=True, include_query_record=True
+        ).hits
         assert {walled.other_pushed, walled.pushes["writer-a"][0].record_id} <= {h.record_id for h in hits}
         everything = client.info().count  # (the figures of the start: refreshed in the background)
     with walled.client("reader-a") as client:

@@ -106,19 +106,26 @@ def test_search_by_a_copy_leaves_out_its_original(served: Served) -> None:
 
 
 def test_search_by_ecg_and_batch_apply_the_same_rule(served: Served, data_dir: Path) -> None:
+    """The query ECG is stored (ptbxl:1, and its copy HR00001): the reply names it and leaves both out,
+    unless asked to include them; a batch query by ECG does the same."""
     raw = signals.read_wfdb(data_dir / "ptb-xl" / "records500" / "00000" / "00001_hr")
     ecg = wire.ecg_to_proto(raw.signal, raw.fs, raw.leads, raw.units)
     default = pb.SearchOptions(k=5, exact=True, with_summary=True)
     reply = served.stub.SearchByEcg(pb.SearchByEcgRequest(ecg=ecg, options=default), metadata=AUTH)
     ids = [h.record_id for h in reply.hits]
-    assert ids[0] == "ptbxl:1" and not set(ids) & set(COPIES)
-    assert list(reply.summary.exclusions) == [pb.EXCLUSION_DUPLICATE_COPY]
-    wide = pb.SearchOptions(k=5, exact=True, include_duplicates=True)
+    assert reply.query_record_id == "ptbxl:1"
+    assert len(ids) == 5 and not set(ids) & {*COPIES, "ptbxl:1"}
+    assert list(reply.summary.exclusions) == [pb.EXCLUSION_QUERY_RECORD, pb.EXCLUSION_DUPLICATE_COPY]
+    itself = pb.SearchOptions(k=5, exact=True, include_query_record=True)
+    reply = served.stub.SearchByEcg(pb.SearchByEcgRequest(ecg=ecg, options=itself), metadata=AUTH)
+    assert reply.query_record_id == "ptbxl:1" and reply.hits[0].record_id == "ptbxl:1"
+    wide = pb.SearchOptions(k=5, exact=True, include_duplicates=True, include_query_record=True)
     batch = served.stub.BatchSearch(
         pb.BatchSearchRequest(queries=[pb.Query(ecg=ecg, options=default), pb.Query(ecg=ecg, options=wide)]),
         metadata=AUTH,
     )
     assert [h.record_id for h in batch.results[0].hits] == ids
+    assert [r.query_record_id for r in batch.results] == ["ptbxl:1", "ptbxl:1"]
     assert {"ptbxl:1", "ptb_xl:HR00001"} <= {h.record_id for h in batch.results[1].hits[:2]}
 
 

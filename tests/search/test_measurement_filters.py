@@ -86,12 +86,19 @@ def test_ranges_through_grpc_match_the_reference(served: Served):
     for bounds in cases:
         ranges = [MeasurementRange(measurement=n, min=lo, max=hi) for n, (lo, hi) in bounds.items()]
         result = served.client.search_by_file(
-            served.hospital / QUERY_FILE, k=100, exact=True, measurements=ranges
+            served.hospital / QUERY_FILE,
+            k=100,
+            exact=True,
+            measurements=ranges,
+            include_duplicates=True,
+            include_query_record=True,
         )
         got = {h.record_id for h in result.hits}
         assert got == _expected(served.payloads, **bounds), bounds
         assert got, bounds  # every case selects something: the test cannot pass on empty results
-    wide = served.client.search_by_file(served.hospital / QUERY_FILE, k=100, exact=True)
+    wide = served.client.search_by_file(
+        served.hospital / QUERY_FILE, k=100, exact=True, include_duplicates=True, include_query_record=True
+    )
     assert len(wide.hits) == len(served.payloads)
 
 
@@ -149,6 +156,7 @@ def test_one_measurement_twice_is_refused(served: Served):
 def test_query_command_filters_by_measurement_on_a_hospital_file(served: Served):
     args = ["query", "--target", served.target, "--file", str(served.hospital / QUERY_FILE)]
     args += ["--measure", "qrs>=120", "--measure", "qtc_ms>=460", "--k", "50", "--exact", "--json"]
+    args += ["--include-query-record"]  # the query file is stored, and it is the one ECG that matches
     result = CliRunner().invoke(app, args, env={"ECGSEARCH_TOKEN": TOKEN})
     assert result.exit_code == 0, result.output
     got = {h["record_id"] for h in json.loads(result.output)["hits"]}

@@ -84,9 +84,14 @@ def test_a_pushed_file_is_found_by_the_next_query_and_skipped_when_pushed_again(
 
     (first,) = live.client.upsert_files([path], dataset="hospital")
     assert (first.record_id, first.status, first.reason) == (expected_id, "stored", "")
-    hit = live.client.search_by_file(path, k=1, exact=True).hits[0]
+    # The file is now stored: a search by it names that record and leaves it out of the neighbours ...
+    found = live.client.search_by_file(path, k=5, exact=True)
+    assert found.query_record_id == expected_id and expected_id not in {h.record_id for h in found.hits}
+    # ... unless asked to include it
+    hit = live.client.search_by_file(path, k=1, exact=True, include_query_record=True).hits[0]
     assert hit.record_id == expected_id and hit.score > 0.999
-    assert live.client.search_by_file(path, k=1).hits[0].record_id == expected_id  # through the index too
+    indexed = live.client.search_by_file(path, k=1, include_query_record=True)  # through the index too
+    assert indexed.hits[0].record_id == expected_id
 
     (again,) = live.client.upsert_files([path], dataset="hospital")
     assert (again.record_id, again.status) == (expected_id, "skipped")
@@ -125,8 +130,9 @@ def test_raw_ecgs_are_named_by_the_senders_id_and_pseudonymised_with_the_site_se
     site = Pseudonymizer(default_secret(live.root))
     assert payload.patient_id == site.patient("cardiology-a", "MRN-778812")
     assert "MRN-778812" not in payload.model_dump_json()
-    hit = live.client.search_by_ecg(raw.signal, raw.fs, raw.leads, units=raw.units, k=1, exact=True).hits[0]
-    assert hit.record_id == "cardiology-a:ECG-2026-0001"
+    found = live.client.search_by_ecg(raw.signal, raw.fs, raw.leads, units=raw.units, k=1, exact=True)
+    assert found.query_record_id == "cardiology-a:ECG-2026-0001"  # the query ECG is stored: named, left out
+    assert found.hits[0].record_id != found.query_record_id
 
 
 def test_a_bad_request_fails_as_a_whole_naming_the_field(live: Live):
@@ -157,8 +163,11 @@ def test_every_format_is_searchable_by_file_and_finds_itself(live: Live):
     for name in ("scp_ecgtoolkit_Example.scp", "dicom_pydicom_waveform_ecg.dcm", "edf_contec_0000050.edf"):
         ecg = read_ecg(live.hospital / name)
         own = intake.record_id_of("hospital", ecg.native_id, intake.hash_of(ecg))
-        hits = live.client.search_by_file(live.hospital / name, k=4, exact=True).hits
-        assert own in {h.record_id for h in hits if h.score > 0.999}, name
+        found = live.client.search_by_file(
+            live.hospital / name, k=4, exact=True, include_duplicates=True, include_query_record=True
+        )
+        assert own in {h.record_id for h in found.hits if h.score > 0.999}, name
+        assert found.query_record_id is not None, name
 
 
 def test_ingest_with_service_sends_a_folder_through_the_running_service(live: Live, tmp_path: Path):
@@ -221,7 +230,8 @@ def test_pushing_through_the_qdrant_client_store_needs_a_given_secret_and_archiv
         ):
             (pushed,) = client.upsert_files([path], dataset="site-a")
             assert pushed.status == "stored"
-            assert client.search_by_file(path, k=1).hits[0].record_id == pushed.record_id
+            found = client.search_by_file(path, k=1, include_query_record=True)
+            assert found.hits[0].record_id == found.query_record_id == pushed.record_id
             assert client.get_ecg(pushed.record_id).shape == (12, signals.MODEL_SAMPLES)
         payload, _ = store.get(pushed.record_id)
         # its header's patient id is the mask '9999': no patient, so a pseudonym of its own

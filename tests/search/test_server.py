@@ -273,6 +273,11 @@ def test_search_by_raw_ecg_finds_the_record_first(grpc_server: Served) -> None:
     raw = signals.read_wfdb(grpc_server.paths[8])
     with EcgSearchClient(grpc_server.target, token=TOKEN) as client:
         result = client.search_by_ecg(raw.signal, raw.fs, raw.leads, units=raw.units, k=3)
+        assert result.query_record_id == grpc_server.payloads[8].record_id  # stored: named, left out
+        assert grpc_server.payloads[8].record_id not in {h.record_id for h in result.hits}
+        result = client.search_by_ecg(
+            raw.signal, raw.fs, raw.leads, units=raw.units, k=3, include_query_record=True
+        )
         assert result.hits[0].record_id == grpc_server.payloads[8].record_id
         assert result.hits[0].score == pytest.approx(1.0, abs=1e-3)
         # the per-lead form of the same ECG gives the same answer
@@ -282,8 +287,9 @@ def test_search_by_raw_ecg_finds_the_record_first(grpc_server: Served) -> None:
             units=wire.units_to_proto(raw.units),
             leads=[pb.LeadSamples(values=lead.tolist()) for lead in raw.signal],
         )
-        reply = grpc_server.stub.SearchByEcg(pb.SearchByEcgRequest(ecg=ecg), metadata=AUTH)
-        assert reply.hits[0].record_id == grpc_server.payloads[8].record_id
+        itself = pb.SearchOptions(include_query_record=True)
+        reply = grpc_server.stub.SearchByEcg(pb.SearchByEcgRequest(ecg=ecg, options=itself), metadata=AUTH)
+        assert reply.hits[0].record_id == reply.query_record_id == grpc_server.payloads[8].record_id
 
 
 def test_summary_counts_and_enrichment(grpc_server: Served) -> None:
@@ -336,7 +342,7 @@ def test_batch_mixes_query_kinds(grpc_server: Served) -> None:
                     flat_samples=raw.signal.ravel().tolist(),
                     n_leads=len(raw.leads),
                 ),
-                options=pb.SearchOptions(k=2),
+                options=pb.SearchOptions(k=2, include_query_record=True),
             ),
             pb.Query(vector=pb.Vector(values=grpc_server.vectors[4].tolist())),
         ]
@@ -344,13 +350,14 @@ def test_batch_mixes_query_kinds(grpc_server: Served) -> None:
     reply = grpc_server.stub.BatchSearch(request, metadata=AUTH)
     assert [len(r.hits) for r in reply.results] == [4, 2, 10]
     assert reply.results[1].hits[0].record_id == grpc_server.payloads[2].record_id
+    assert reply.results[1].query_record_id == grpc_server.payloads[2].record_id
     assert reply.results[2].hits[0].record_id == grpc_server.payloads[4].record_id
 
 
 def test_get_record_and_info(grpc_server: Served) -> None:
     with EcgSearchClient(grpc_server.target, token=TOKEN) as client:
         payload, vector = client.get_record(grpc_server.payloads[7].record_id, with_vector=True)
-        assert payload == grpc_server.payloads[7]
+        assert payload == grpc_server.payloads[7].model_copy(update={"fingerprint": None})  # never sent
         assert vector == pytest.approx(grpc_server.vectors[7], abs=1e-6)
         info, card = client.info(), client.model_card()
         assert info.count == N_RECORDS and info.dim == card.embedding_dim
@@ -503,7 +510,9 @@ def test_query_command_against_the_live_server(grpc_server: Served) -> None:
         env={"ECGSEARCH_TOKEN": TOKEN},
     )
     assert wfdb.exit_code == 0, wfdb.output
-    assert json.loads(wfdb.stdout)["hits"][0]["record_id"] == record.record_id
+    found = json.loads(wfdb.stdout)  # the query ECG is stored: named, and left out of the hits
+    assert found["query_record_id"] == record.record_id
+    assert record.record_id not in {h["record_id"] for h in found["hits"]}
 
     denied = runner.invoke(app, args)
     assert denied.exit_code == 4 and "UNAUTHENTICATED" in denied.stderr

@@ -9,9 +9,11 @@ from ecgsearch.ecg.schema import MEASUREMENTS, EcgPayload
 from ecgsearch.search import wire
 from ecgsearch.search._proto import search_pb2 as pb
 
-# Payload fields that are not sent, each with the reason. None today: a field added to one side only fails
+# Payload fields that are not sent, each with the reason: a field added to one side only fails
 # test_every_payload_field_is_on_the_wire until it is added to the other or named here.
-NOT_ON_THE_WIRE: dict[str, str] = {}
+NOT_ON_THE_WIRE: dict[str, str] = {
+    "fingerprint": "the content fingerprint (~4 KB) the server confirms copies with; never sent or shown",
+}
 
 
 def _every_field_set() -> EcgPayload:
@@ -40,6 +42,7 @@ def _every_field_set() -> EcgPayload:
         archived=True,
         # every machine measurement, a distinct value each (qtc 415.5: a fraction crosses too)
         **{name: 60.0 + 50 * i + 0.5 * (name == "qtc_ms") for i, name in enumerate(MEASUREMENTS)},
+        fingerprint="AAAA",
     )
 
 
@@ -58,7 +61,7 @@ def test_a_payload_with_every_field_set_round_trips() -> None:
     assert not unset, f"the sample leaves {unset} at their defaults: a lost field would go unnoticed"
     msg = wire.payload_to_proto(payload)
     back = wire.payload_from_proto(pb.Payload.FromString(msg.SerializeToString()))
-    assert back == payload
+    assert back == payload.model_copy(update=dict.fromkeys(NOT_ON_THE_WIRE))
     assert back.site == "st-marys.cardiology"
 
 
@@ -66,3 +69,11 @@ def test_a_payload_from_a_server_without_the_site_field_is_local() -> None:
     msg = wire.payload_to_proto(_every_field_set())
     msg.ClearField("site")  # what a server older than the field sends
     assert wire.payload_from_proto(msg).site == "local"
+
+
+def test_the_fingerprint_is_never_sent_dumped_or_shown() -> None:
+    """Stored with each point for copy detection, never in a reply, a JSON dump or a log line."""
+    payload = _every_field_set()
+    assert "fingerprint" not in payload.model_dump() and "AAAA" not in payload.model_dump_json()
+    assert "AAAA" not in repr(payload)
+    assert b"AAAA" not in wire.payload_to_proto(payload).SerializeToString()
