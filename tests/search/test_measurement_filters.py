@@ -159,7 +159,7 @@ def test_query_command_filters_by_measurement_on_a_hospital_file(served: Served)
     args += ["--include-query-record"]  # the query file is stored, and it is the one ECG that matches
     result = CliRunner().invoke(app, args, env={"ECGSEARCH_TOKEN": TOKEN})
     assert result.exit_code == 0, result.output
-    got = {h["record_id"] for h in json.loads(result.output)["hits"]}
+    got = {h["record_id"] for h in json.loads(result.stdout)["hits"]}  # stderr may carry log lines
     assert got == _expected(served.payloads, qrs_ms=(120, None), qtc_ms=(460, None))
     assert len(got) == 1
 
