@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 import ecgsearch.cli.exits as exits
+from ecgsearch.cli.output import AsJson, emit, results
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
@@ -90,6 +91,7 @@ def recall(
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Recall@k vs exact search, latency, build time and memory of the store, FAISS HNSW and IVF-PQ.
 
@@ -129,7 +131,7 @@ def recall(
         write_results(out, result)
         if plot:
             b.plot(result, plot)
-        typer.echo(f"wrote {out}")
+        emit(results(out, plot), f"wrote {out}" + (f" and {plot}" if plot else ""), as_json)
         return
     known = {"edge", "edge-int8", "faiss-hnsw", "faiss-ivfpq", "qdrant-local"}
     chosen = tuple(e.strip() for e in engines.split(",") if e.strip())
@@ -158,7 +160,7 @@ def recall(
             b.run_bench(cfg, out, plot, log, scratch=scratch)
     except ImportError as exc:
         _missing(exc)
-    typer.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
+    emit(results(out, plot), f"wrote {out}" + (f" and {plot}" if plot else ""), as_json)
 
 
 def retrieval(
@@ -182,6 +184,7 @@ def retrieval(
         typer.Option(help="curves and agreement plot (default: beside --out, as .png)", show_default=False),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Retrieval quality on PTB-XL: the trained encoder vs its random-init twin, chance and baselines.
 
@@ -220,7 +223,7 @@ def retrieval(
         _missing(exc)
     except ModelError as exc:
         _fail(str(exc))
-    typer.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
+    emit(results(out, plot), f"wrote {out}" + (f" and {plot}" if plot else ""), as_json)
 
 
 def encoder(
@@ -234,6 +237,7 @@ def encoder(
             "--out", help="Results JSON (default: encoder_throughput.json in results/).", show_default=False
         ),
     ] = Path("results/encoder_throughput.json"),
+    as_json: AsJson = False,
 ) -> None:
     """Measure encoder throughput (ECGs/s) in onnxruntime and, if installed, torch.
 
@@ -249,8 +253,11 @@ def encoder(
         result = run_benchmark(model, threads=threads, batch_sizes=sizes, min_seconds=seconds, out=out)
     except (ModelError, OSError) as exc:
         _fail(exc)
-    for row in result["results"]:
-        typer.echo(f"{row['runtime']:12s} batch {row['batch_size']:4d}: {row['ecgs_per_s']:9.1f} ECGs/s")
+    rows = [
+        f"{r['runtime']:12s} batch {r['batch_size']:4d}: {r['ecgs_per_s']:9.1f} ECGs/s"
+        for r in result["results"]
+    ]
+    emit(results(out), rows, as_json)
 
 
 def ingest(
@@ -261,6 +268,7 @@ def ingest(
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads.")] = 2,
     model: Annotated[Path | None, typer.Option(envvar="ECGSEARCH_MODEL", help="ONNX model.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N records.")] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Ingest throughput end to end vs the bare encoder and the read/prepare stage, into a fresh store.
 
@@ -284,7 +292,8 @@ def ingest(
     except (ModelError, OSError, RuntimeError) as exc:
         _fail(exc)
     write_results(out, result)
-    typer.echo(
+    emit(
+        results(out),
         f"end-to-end {result['end_to_end']['rate']} ECGs/s "
         f"(steady {result['end_to_end']['steady_rate_after_first_batch']}, "
         f"{result['steady_vs_encoder']} of the bare encoder); "
@@ -293,7 +302,8 @@ def ingest(
         f"read+prepare {result['read_prepare']['rate']} ({workers} workers); "
         f"overhead vs encoder {result['overhead_vs_encoder']}, "
         f"vs slowest stage {result['overhead_vs_slowest_stage']} "
-        f"-> {out}"
+        f"-> {out}",
+        as_json,
     )
 
 
@@ -306,6 +316,7 @@ def service(
     k: Annotated[int, typer.Option(min=1, max=1000, help="Neighbours per query.")] = 10,
     model: Annotated[Path | None, typer.Option(help="ONNX encoder (default: bundled).")] = None,
     out: Annotated[Path, typer.Option(help="Results JSON.")] = Path("results/service_load.json"),
+    as_json: AsJson = False,
 ) -> None:
     """Load the gRPC service with concurrent clients: QPS, p50/p95/p99 latency and errors.
 
@@ -337,11 +348,12 @@ def service(
     except (RuntimeError, TimeoutError, OSError) as exc:
         _fail(exc)
     write_results(out, report)
-    print(
+    emit(
+        results(out),
         f"{report['qps']} QPS, p50 {report['latency_ms']['p50']} ms, p95 {report['latency_ms']['p95']} ms, "
         f"p99 {report['latency_ms']['p99']} ms, {report['errors']} errors; bare store "
         f"{report['bare_store']['qps']} QPS (service / store {report['service_vs_store_qps']}) -> {out}",
-        file=sys.stderr,
+        as_json,
     )
 
 
@@ -352,6 +364,7 @@ def limits(
     batches: Annotated[int, typer.Option(min=1, help="Concurrent max-cost batches.")] = 32,
     pairs: Annotated[int, typer.Option(min=10, help="Calls per kind of id for the NOT_FOUND timing.")] = 1000,
     out: Annotated[Path, typer.Option(help="Results JSON.")] = Path("results/service_limits.json"),
+    as_json: AsJson = False,
 ) -> None:
     """Measure the service's limits under hostile cost (issue 23's done-when figures).
 
@@ -374,13 +387,14 @@ def limits(
         _fail(exc)
     write_results(out, report)
     verdict = report["done_when"]
-    print(
+    emit(
+        results(out),
         f"256 x k=1000 refused in {verdict['refused_in_s']} s (+{verdict['refusal_growth_mb']} MB); "
         f"plain search max {verdict['plain_search_max_ms_while_batches_run']} ms while {batches} max-cost "
         f"batches run ({verdict['plain_search_max_ms_while_requests_arrive']} ms while they arrive); "
         f"RSS after - before {verdict['rss_after_minus_before_mb']} MB; NOT_FOUND median difference "
         f"{verdict['not_found_median_difference_us']} us -> {out}",
-        file=sys.stderr,
+        as_json,
     )
 
 
@@ -392,6 +406,7 @@ def training(
     data: Annotated[Path, typer.Option("--data", help="Folder holding ptb-xl/.")] = Path("../shared/data"),
     cache: Annotated[Path | None, typer.Option("--cache", help="Prepared-array cache.")] = Path("runs/cache"),
     out: Annotated[Path, typer.Option("--out", help="Results JSON.")] = Path("results/train_default.json"),
+    as_json: AsJson = False,
 ) -> None:
     """The training report: a checkpoint vs the random-init encoder of its config, on folds 1-9.
 
@@ -433,12 +448,12 @@ def training(
     except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError) as exc:
         _fail(f"{checkpoint}: not a readable training checkpoint ({exc})")
     write_results(out, report)
-    for which in ("trained", "random_init"):
-        row = report["fold9"][which]
-        typer.echo(
-            f"fold 9 {which}: agreement@10 {row['fold9_queries_folds1to9']:.3f} (folds 1-9 searched), "
-            f"{row['fold9_within_fold9']:.3f} (fold 9 searched), probe macro-AUC {row['probe']['macro_auc']}"
-        )
+    rows = [
+        f"fold 9 {which}: agreement@10 {row['fold9_queries_folds1to9']:.3f} (folds 1-9 searched), "
+        f"{row['fold9_within_fold9']:.3f} (fold 9 searched), probe macro-AUC {row['probe']['macro_auc']}"
+        for which, row in ((w, report["fold9"][w]) for w in ("trained", "random_init"))
+    ]
+    emit(results(out), rows, as_json)
 
 
 def crossfit(
@@ -458,6 +473,7 @@ def crossfit(
     cache: Annotated[Path | None, typer.Option(help="prepared-array cache")] = Path("runs/cache"),
     out: Annotated[Path, typer.Option(help="results JSON")] = Path("results/retrieval_crossfit.json"),
     quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Cross-fitted retrieval: every labelled PTB-XL ECG a query judged by a model that never saw it.
 
@@ -478,6 +494,8 @@ def crossfit(
             raise typer.BadParameter(f"no config file {path}")
     if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
         raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
+    import yaml
+
     from ecgsearch.bench.results import write_results
     from ecgsearch.encoder.config import load_config
 
@@ -489,8 +507,8 @@ def crossfit(
         main = load_config(config).with_overrides(epochs=epochs)
         other = None if compare is None else load_config(compare).with_overrides(epochs=epochs)
         cf.fold_groups(groups)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    except (ValueError, TypeError, yaml.YAMLError) as exc:  # as train: malformed YAML, unknown fields
+        raise typer.BadParameter(" ".join(str(exc).split())) from None
     result = cf.run(
         data,
         main,
@@ -510,7 +528,7 @@ def crossfit(
         log=_logger(quiet),
     )
     write_results(out, result)
-    typer.echo(f"{cf.line(result)} -> {out}")
+    emit(results(out), f"{cf.line(result)} -> {out}", as_json)
 
 
 def views(

@@ -10,6 +10,10 @@ from __future__ import annotations
 OK = 0  # done
 FAILED = 1  # anything else: the store, the model, a file that cannot be written, an unexpected status
 USAGE = 2  # bad usage or an invalid argument (typer's own usage errors exit 2 as well)
+# Where a file goes wrong (tests/test_cli_exits.py walks every command through these): the run's input
+# or settings that is not one (a source, a config, a store named to read) is USAGE, refused before any
+# work; a model, checkpoint, archive or results file found unreadable when loaded, or an output that
+# cannot be written, is FAILED. serve reports a missing store as an environment problem (FAILED).
 REJECTS = 3  # the run finished but some records were rejected (listed in the rejects report)
 DENIED = 4  # not authenticated or not permitted (no, a wrong or an unscoped token)
 NOT_FOUND = 5  # the record (or other named thing) is not there
@@ -18,8 +22,16 @@ UNAVAILABLE = 6  # the service cannot be reached, is overloaded, or the deadline
 # (code, meaning) in the order docs/commands.md shows them.
 TABLE = (
     (OK, "done"),
-    (FAILED, "failed for any other reason (store, model, files, an unexpected server error)"),
-    (USAGE, "bad usage or an invalid argument, here or as the service judged it (INVALID_ARGUMENT)"),
+    (
+        FAILED,
+        "failed for any other reason: a model, checkpoint or archive that cannot be read, an output that "
+        "cannot be written, the store, an unexpected server error",
+    ),
+    (
+        USAGE,
+        "bad usage or an invalid argument (a source, config or store to read that is not one), here or "
+        "as the service judged it (INVALID_ARGUMENT)",
+    ),
     (REJECTS, "ingest, prepare: finished, but some records were rejected (see the rejects report)"),
     (DENIED, "not authenticated or not permitted: no, a wrong or an unscoped token"),
     (NOT_FOUND, "a named record is not stored (NOT_FOUND)"),

@@ -6,10 +6,14 @@ Each part's ``cli`` module imports only typer at its top and its machinery insid
 
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import TYPE_CHECKING, Annotated, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
+
+import ecgsearch.cli.exits as exits
 
 if TYPE_CHECKING:
     from typer import _click
@@ -107,6 +111,34 @@ importlib.import_module("ecgsearch.search.ops.snapshot_cli").register(app)
 app.add_typer(bench, name="bench")
 app.add_typer(evaluate, name="eval")
 app.add_typer(collection, name="collection")
+
+
+def _one_line(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command``, ending in one line and exit 1 on a file it cannot read or write (a folder that is a
+    file, a full disk, no permission) wherever its machinery meets it, never in a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            raise typer.Exit(exits.FAILED) from None
+
+    return run
+
+
+def _guard(group: typer.Typer) -> None:
+    for info in group.registered_commands:
+        if info.callback is not None:
+            info.callback = _one_line(info.callback)
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _guard(sub.typer_instance)
+
+
+_guard(app)
 
 if __name__ == "__main__":
     app()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +9,7 @@ from typing import Annotated
 import typer
 
 import ecgsearch.cli.exits as exits
+from ecgsearch.cli.output import AsJson, emit, results
 
 DEFAULT_DATA = Path("../shared/data")
 DEFAULT_CONFIG = Path("configs/default.yaml")
@@ -48,6 +48,7 @@ def train_command(
     val_records: Annotated[
         int, typer.Option(min=2, help="--shards: ECGs of the validation fold evaluated.")
     ] = 2048,
+    as_json: AsJson = False,
 ) -> None:
     """Train the encoder on PTB-XL folds 1-8, keeping the best checkpoint by fold-9 retrieval.
 
@@ -120,9 +121,12 @@ def train_command(
     if os.environ.get("RANK", "0") != "0":
         return
     keys = ("wall_time_s", "steps", "val_agreement_best", "best_epoch")
-    typer.echo(
-        json.dumps({k: summary[k] for k in keys} | {"ecgs_per_s": summary["throughput"]["ecgs_per_s"]})
-    )
+    document = {"out": str(out)} | {k: summary[k] for k in keys}
+    document["ecgs_per_s"] = summary["throughput"]["ecgs_per_s"]
+    steps, seconds, rate = document["steps"], document["wall_time_s"], document["ecgs_per_s"]
+    best, epoch = document["val_agreement_best"], document["best_epoch"]
+    text = f"{steps} steps in {seconds} s ({rate} ECGs/s); best validation {best} at epoch {epoch} -> {out}"
+    emit(document, text, as_json)
 
 
 def synthetic_archive_command(
@@ -131,6 +135,7 @@ def synthetic_archive_command(
     count: Annotated[int, typer.Option("--count", min=1, help="Synthetic ECGs to write.")] = 200_000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the augmentations.")] = 0,
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="ECGs per shard file.")] = 4096,
+    as_json: AsJson = False,
 ) -> None:
     """Write an archive of COUNT synthetic ECGs: seeded augmentations of the ECGs of BASE.
 
@@ -159,7 +164,8 @@ def synthetic_archive_command(
     except ArchiveError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exits.FAILED) from None
-    typer.echo(json.dumps({"out": str(out), "ecgs": len(archive), "shards": len(archive.shards)}))
+    document = {"out": str(out), "ecgs": len(archive), "shards": len(archive.shards)}
+    emit(document, f"{document['ecgs']} synthetic ECGs in {document['shards']} shards -> {out}", as_json)
 
 
 def train_scale_command(
@@ -171,6 +177,7 @@ def train_scale_command(
     cpu_threads: Annotated[int, typer.Option(min=1, help="Torch threads in all, split over processes.")] = 2,
     runs: Annotated[Path, typer.Option(help="Where the runs' checkpoints go.")] = Path("runs/train_scale"),
     out: Annotated[Path, typer.Option("--out", help="Results file.")] = Path("results/train_scale.json"),
+    as_json: AsJson = False,
 ) -> None:
     """Training ECGs/s and peak memory of `ecgsearch train --shards` for 1 and several processes (CPU).
 
@@ -181,14 +188,21 @@ def train_scale_command(
 
         ecgsearch bench train-scale archive/synthetic-20k archive/synthetic-200k --steps 10
     """
+    if not config.is_file():
+        raise typer.BadParameter(f"no config file {config}", param_hint="--config")
+    from ecgsearch.ecg.shards import ArchiveError
     from ecgsearch.encoder.scale import train_scale, write
 
-    result = train_scale(
-        archives, processes, config, steps=steps, workers=workers, cpu_threads=cpu_threads, runs=runs,
-        log=lambda line: typer.echo(line, err=True),
-    )  # fmt: skip
+    try:
+        result = train_scale(
+            archives, processes, config, steps=steps, workers=workers, cpu_threads=cpu_threads, runs=runs,
+            log=lambda line: typer.echo(line, err=True),
+        )  # fmt: skip
+    except ArchiveError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exits.FAILED) from None
     write(out, result)
-    typer.echo(str(out))
+    emit(results(out), f"wrote {out}", as_json)
 
 
 def register(app: typer.Typer, bench: typer.Typer, evaluate: typer.Typer) -> None:

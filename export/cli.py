@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 import ecgsearch.cli.exits as exits
+from ecgsearch.cli.output import AsJson, emit
 
 DEFAULT_DATA = Path("../shared/data")
 
@@ -25,6 +26,7 @@ def export_command(
     ] = None,
     data: Annotated[Path, typer.Option("--data", help="Folder holding ptb-xl/.")] = DEFAULT_DATA,
     name: Annotated[str, typer.Option("--name", help="Model name in the card.")] = "ecg-encoder",
+    as_json: AsJson = False,
 ) -> None:
     """Export an encoder to ONNX with its model card; fails if onnxruntime and torch disagree.
 
@@ -61,8 +63,11 @@ def export_command(
         typer.echo(f"error: {checkpoint}: not a readable training checkpoint ({exc})", err=True)
         raise typer.Exit(exits.FAILED) from None
     assert card.model_extra is not None  # a dict on every card: the class allows extra fields
-    typer.echo(
-        f"{out}: version {card.version}, parity max abs diff {card.model_extra['parity']['max_abs_diff']:.2e}"
+    parity = card.model_extra["parity"]
+    emit(
+        {"out": str(out), "version": card.version, "parity": parity},
+        f"{out}: version {card.version}, parity max abs diff {parity['max_abs_diff']:.2e}",
+        as_json,
     )
 
 

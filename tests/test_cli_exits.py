@@ -248,3 +248,149 @@ def test_flags_are_shown_as_flags() -> None:
         code, help_text, _ = invoke(*path, "--help")
         assert code == exits.OK and "<bool>" not in help_text, path
     assert "<int range>" in invoke("ingest", "--help")[1]  # options that take a value keep their type
+
+
+# --- every command through the same failure classes ------------------------------------------------
+
+SERVERS = {("serve",), ("web",)}  # they run until stopped: nothing to report, no --json
+# Heavy to reach (torch, a store built, an evaluation run) before the failure: the second tier.
+HEAVY = {"train", "export", "bench recall", "eval retrieval", "eval training"}
+
+
+def _failure_cases(root: Path, ptbxl: Path) -> list[tuple[str, str, list[object], int]]:
+    """(class, command, args, documented code). A file that is not what its option names: 2 where it is the
+    run's input or settings (a source, a config; refused before any work), 1 where it is a model,
+    checkpoint, archive or results file found unreadable when loaded. A store named to read that does not
+    exist: 2 (serve and bench service, which start a server, report it as an environment problem: 1). An
+    output that cannot be written (a path under a regular file: unwritable even to root): 1. Every one in
+    one line on stderr, no traceback."""
+    bad, config = root / "bad.bin", root / "bad.yaml"  # written by the test
+    missing, blocked = root / "no-store", bad / "out"
+    tiny = REPO / "configs" / "tiny.yaml"
+    bad_file = {
+        "ingest": (["ingest", bad, "--store", root / "s1", "-q"], exits.USAGE),
+        "prepare": (["prepare", bad, "--out", root / "a1"], exits.USAGE),
+        "embed": (["embed", bad], exits.USAGE),
+        "bench ingest": (["bench", "ingest", bad, "--out", root / "i.json"], exits.USAGE),
+        "train": (["train", "--config", config, "--out", root / "run"], exits.USAGE),
+        "eval crossfit": (["eval", "crossfit", "--config", config, "--out", root / "c.json"], exits.USAGE),
+        "bench train-scale": (["bench", "train-scale", bad, "--out", root / "t.json"], exits.FAILED),
+        "export": (["export", "--checkpoint", bad, "--out", root / "m.onnx"], exits.FAILED),
+        "eval training": (["eval", "training", "--checkpoint", bad, "--out", root / "t.json"], exits.FAILED),
+        "bench encoder": (["bench", "encoder", "--model", bad, "--out", root / "e.json"], exits.FAILED),
+        "bench recall": (["bench", "recall", "--merge", bad, "--out", root / "r.json"], exits.FAILED),
+        "bench synthetic-archive": (["bench", "synthetic-archive", bad, "--out", root / "syn"], exits.FAILED),
+        "snapshot restore": (["snapshot", "restore", bad, "--store", root / "s2"], exits.FAILED),
+    }
+    missing_store = {
+        "collection info": (["collection", "info", "--store", missing], exits.USAGE),
+        "collection get": (["collection", "get", RECORD, "--store", missing], exits.USAGE),
+        "collection alias": (["collection", "alias", "x", "ecgs", "--store", missing], exits.USAGE),
+        "snapshot create": (["snapshot", "create", "--store", missing], exits.USAGE),
+        "snapshot list": (["snapshot", "list", "--store", missing], exits.USAGE),
+        "serve": (["serve", "--store", missing, "--insecure"], exits.FAILED),
+    }
+    unwritable = {
+        "prepare": (["prepare", ptbxl, "--limit", 2, "--out", blocked], exits.FAILED),
+        "ingest": (["ingest", ptbxl, "--limit", 2, "--store", blocked, "-q"], exits.FAILED),
+        "proto": (["proto", "--out", blocked], exits.FAILED),
+        "bench encoder": (
+            ["bench", "encoder", "--seconds", 0.01, "--batch-sizes", 1, "--out", blocked / "e.json"],
+            exits.FAILED,
+        ),
+        "snapshot restore": (["snapshot", "restore", bad, "--store", blocked], exits.FAILED),
+        "bench recall": (
+            ["bench", "recall", "--sizes", 1000, "--queries", 10, "--engines", "edge", "--edge-ef", 64]
+            + ["--out", blocked / "r.json"],
+            exits.FAILED,
+        ),
+        "eval retrieval": (["eval", "retrieval", "--limit", 20, "--out", blocked / "r.json"], exits.FAILED),
+        "export": (["export", "--random", "--config", tiny, "--out", blocked / "m.onnx"], exits.FAILED),
+        "train": (["train", "--config", tiny, "--epochs", 1, "--out", blocked], exits.FAILED),
+    }
+    return [
+        (kind, name, args, code)
+        for kind, table in (
+            ("bad input file", bad_file),
+            ("missing store", missing_store),
+            ("unwritable", unwritable),
+        )
+        for name, (args, code) in table.items()
+    ]
+
+
+CLASSES = [(kind, name) for kind, name, _, _ in _failure_cases(Path("/nonexistent"), Path("/nonexistent"))]
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [pytest.param(k, n, marks=[pytest.mark.slow] if n in HEAVY else []) for k, n in CLASSES],
+    ids=[f"{k}: {n}" for k, n in CLASSES],
+)
+def test_every_command_exits_by_the_table_in_each_failure_class(
+    kind: str, name: str, tmp_path: Path, ptbxl_dir: Path
+) -> None:
+    (tmp_path / "bad.bin").write_bytes(b"garbage\x00\x01")
+    (tmp_path / "bad.yaml").write_text("a: [\n")
+    cases = _failure_cases(tmp_path, ptbxl_dir)
+    args, code = next((a, c) for k, n, a, c in cases if (k, n) == (kind, name))
+    got, out, err = invoke(*args)  # an exception other than SystemExit is raised here: never an answer
+    assert got == code, (kind, name, got, err)
+    assert "Traceback" not in err and ("error:" in err or "Usage:" in err), err
+    assert kind != "unwritable" or not any(p.is_file() for p in tmp_path.rglob("*.json")), (
+        "no partial results"
+    )
+
+
+def test_every_command_that_reports_takes_json() -> None:
+    """One grammar: every command but the two servers prints one JSON document with --json."""
+    for path in _leaf_commands():
+        _, help_text, _ = invoke(*path, "--help")
+        assert ("--json" in help_text) == (tuple(path) not in SERVERS), path
+
+
+def test_every_environment_variable_a_command_reads_is_named_in_its_help() -> None:
+    """The variables its options read, those its own code names, and (serve) every ServiceSettings field."""
+    import inspect
+    import re
+
+    from ecgsearch.search.serving.settings import ServiceSettings
+
+    group = typer.main.get_command(app)
+    for path in _leaf_commands():
+        command = group
+        for name in path:
+            command = command.commands[name]  # type: ignore[attr-defined]
+        read = {
+            e for p in command.params for e in ([p.envvar] if isinstance(p.envvar, str) else p.envvar or [])
+        }
+        read |= set(re.findall(r"ECGSEARCH_[A-Z0-9_]+", inspect.getsource(inspect.unwrap(command.callback))))
+        if path == ["serve"]:
+            read |= {f"ECGSEARCH_{field.upper()}" for field in ServiceSettings.model_fields}
+        help_text = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "250"}).stdout
+        assert not {e for e in read if e not in help_text}, (
+            path,
+            sorted(e for e in read if e not in help_text),
+        )
+
+
+def test_json_is_one_document_and_text_otherwise(tmp_path: Path) -> None:
+    """A benchmark's --json is its results file as written, with the file's path; without, human lines."""
+    args = ["bench", "encoder", "--seconds", 0.01, "--batch-sizes", 1, "--threads", 1]
+    code, out, err = invoke(*args, "--out", tmp_path / "e.json", "--json")
+    assert code == exits.OK, err
+    document = json.loads(out)
+    assert document["out"] == str(tmp_path / "e.json") and document["plot"] is None
+    assert document["results"] == json.loads((tmp_path / "e.json").read_text())
+    code, text, err = invoke(*args, "--out", tmp_path / "e2.json")
+    assert code == exits.OK and "ECGs/s" in text and not text.lstrip().startswith("{")
+    code, out, err = invoke("proto", "--out", tmp_path / "contracts", "--json")
+    assert code == exits.OK and Path(json.loads(out)["out"]).is_file()
+
+
+def test_a_file_the_service_cannot_read_is_bad_usage(served: str, tmp_path: Path) -> None:
+    """query --file sends the file to the service (SearchByFile): INVALID_ARGUMENT, exit 2, one line."""
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"garbage\x00\x01")
+    code, out, err = invoke("query", "--target", served, "--file", bad, token=TOKENS["reader"])
+    assert code == exits.USAGE and "INVALID_ARGUMENT" in err and not out, (code, err)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 import ecgsearch.cli.exits as exits
+from ecgsearch.cli.output import AsJson, emit
 from ecgsearch.cli.tokens import TokenFile, resolve
 
 Store = Annotated[
@@ -23,7 +24,6 @@ ApiKey = Annotated[str | None, typer.Option(envvar="ECGSEARCH_QDRANT_API_KEY", h
 Collection = Annotated[
     str, typer.Option("--collection", "-c", envvar="ECGSEARCH_COLLECTION", help="Collection or alias.")
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Target = Annotated[
     str | None, typer.Option("--target", "-t", help="A running service (host:port) instead of a store.")
 ]
@@ -268,6 +268,7 @@ def proto_command(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder to write ecgsearch/v1/search.proto under.")
     ],
+    as_json: AsJson = False,
 ) -> None:
     """Write the service's wire contract (the .proto shipped in the package) for a client in another language.
 
@@ -287,7 +288,7 @@ def proto_command(
     except OSError as exc:
         typer.echo(f"error: cannot write {target}: {exc.strerror}", err=True)
         raise typer.Exit(exits.FAILED) from exc
-    typer.echo(str(target))
+    emit({"out": str(target)}, str(target), as_json)
 
 
 def register(app: typer.Typer, collection: typer.Typer) -> None:

@@ -10,11 +10,17 @@ from typing import Annotated, Any
 import typer
 
 import ecgsearch.cli.exits as exits
+from ecgsearch.cli.output import AsJson
 from ecgsearch.cli.tokens import TokenFile, resolve
 
 Store = Annotated[
     Path | None,
-    typer.Option("--store", "-s", envvar="ECGSEARCH_STORE_PATH", help="Embedded store directory."),
+    typer.Option(
+        "--store",
+        "-s",
+        envvar="ECGSEARCH_STORE_PATH",
+        help="Embedded store directory (default: $ECGSEARCH_HOME/store).",
+    ),
 ]
 Url = Annotated[
     str | None, typer.Option("--qdrant-url", "-u", envvar="ECGSEARCH_QDRANT_URL", help="Qdrant server URL.")
@@ -23,7 +29,6 @@ ApiKey = Annotated[str | None, typer.Option(envvar="ECGSEARCH_QDRANT_API_KEY", h
 Collection = Annotated[
     str, typer.Option("--collection", "-c", envvar="ECGSEARCH_COLLECTION", help="Collection (or alias).")
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Target = Annotated[
     str | None,
     typer.Option(
@@ -116,6 +121,7 @@ def list_command(
         from ecgsearch.search.engine.store import default_store_path
 
         root = store or default_store_path(os.environ.get("ECGSEARCH_HOME"))
+        _held(root)
         found = snapshots.list_archives(directory or snapshots.default_directory(root), collection)
     else:
         found = _with_store(store, qdrant_url, api_key, collection, lambda s: s.list_snapshots(directory))
@@ -200,6 +206,12 @@ def _default_store() -> Path:
     return default_store_path(os.environ.get("ECGSEARCH_HOME"))
 
 
+def _held(path: Path) -> None:
+    """A store given to read must exist: bad usage (2) otherwise, as for every command reading a store."""
+    if not (path / "collections").is_dir():
+        raise typer.BadParameter(f"{path} holds no collections; ingest ECGs first", param_hint="--store")
+
+
 def _with_store(
     store: Path | None, url: str | None, api_key: str | None, collection: str, action: Any, new: bool = False
 ) -> Any:
@@ -212,8 +224,8 @@ def _with_store(
     if store is not None and url is not None:
         raise typer.BadParameter("give --store or --qdrant-url, not both")
     path = None if url else (store or _default_store())
-    if path is not None and not new and not (path / "collections").is_dir():
-        raise typer.BadParameter(f"{path} holds no collections; ingest ECGs first", param_hint="--store")
+    if path is not None and not new:
+        _held(path)
     try:
         opened = open_for_admin(path=path, url=url, api_key=api_key, collection=collection)
     except (StoreUnavailable, StoreError, ValueError) as exc:

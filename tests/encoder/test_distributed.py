@@ -85,7 +85,7 @@ def _torchrun(archive: Path, out: Path, *extra: str) -> subprocess.CompletedProc
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
         str(_free_port()), "--max-restarts", "1", "-m", "ecgsearch.cli.main", "train",
         "--config", str(TINY_CONFIG), "--shards", str(archive), "--out", str(out), "--workers", "1",
-        "--device", "cpu", "--val-records", "64", *extra,
+        "--device", "cpu", "--val-records", "64", "--json", *extra,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
