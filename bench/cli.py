@@ -543,6 +543,7 @@ def views(
         Path | None, typer.Option(help="also write the served views' statistics and default blend here")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Similar by what? P@10 of each named view (waveform, rhythm, voltage) and their blends.
 
@@ -579,7 +580,7 @@ def views(
     write_results(out, result)
     if statistics is not None:
         bv.write_statistics(result, statistics)
-    typer.echo(f"{bv.line(result)} -> {out}")
+    emit(results(out), f"{bv.line(result)} -> {out}", as_json)
 
 
 def _missing(exc: ImportError) -> None:
