@@ -101,7 +101,7 @@ def test_two_processes_resume_from_their_checkpoint_and_finish(archive: Path, tm
     assert not torch.equal(ckpt["generators"][0], ckpt["generators"][1])  # each process its own draws
     finished = _torchrun(archive, tmp_path, "--resume")
     assert finished.returncode == 0, finished.stderr[-2000:]
-    line = json.loads(finished.stdout.strip().splitlines()[-1])  # the first process speaks for both
+    line = json.loads(finished.stdout[finished.stdout.index("{") :])  # the first process speaks for both
     assert line["steps"] == full_steps
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["epochs"] == 2 and summary["steps"] == full_steps
