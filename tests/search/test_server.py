@@ -633,3 +633,31 @@ def test_invalid_argument_names_the_field_in_bad_request_details(grpc_server: Se
         with pytest.raises(grpc.RpcError) as error:
             client.search_by_record("ptbxl:999999")
         assert error.value.code() == grpc.StatusCode.NOT_FOUND and bad_request(error.value) == []
+
+
+def test_get_ecg_as_recorded_returns_a_challenge_record_whole_at_1000_hz(
+    grpc_server: Served, data_dir: Path, tmp_path: Path
+) -> None:
+    """A Challenge PTB record of 115.2 s at 1 kHz (the longest in the shared data) comes back whole at its
+    own rate: 5.5 MB, within the 120,000-sample bound and the default 16 MiB message."""
+    root = data_dir / "challenge"
+    candidates = [c for c in sources.enumerate_source(root / "ptb") if c.record_id.endswith("S0002")]
+    records = [sources.load(c) for c in candidates]
+    assert [r.payload.source_path for r in records] == ["S0002"]
+    store = EdgeStore(tmp_path / "store", "ecgs")
+    store.create_collection(dim=grpc_server.embedder.dim, model_version=grpc_server.embedder.version)
+    store.upsert(
+        [r.payload for r in records], grpc_server.embedder.embed(np.stack([r.signal for r in records]))
+    )
+    settings = ServiceSettings.model_construct(tokens=TOKEN, ecg_roots=str(root / "ptb")).model_copy(
+        update={"port": 0}
+    )
+    try:
+        served = run_server(settings, store=store, embedder=grpc_server.embedder)
+        with served as (_, port), EcgSearchClient(f"127.0.0.1:{port}", token=TOKEN) as client:
+            recorded = client.recorded_ecg(records[0].payload.record_id)
+    finally:
+        store.close()
+    raw = signals.read_wfdb(root / "ptb" / "S0002")
+    assert (recorded.fs, recorded.signal.shape) == (1000.0, (12, 115_200))
+    np.testing.assert_array_equal(recorded.signal, signals.recorded(raw))
