@@ -15,7 +15,12 @@ from ecgsearch.cli.tokens import TokenFile, resolve
 
 Store = Annotated[
     Path | None,
-    typer.Option("--store", "-s", envvar="ECGSEARCH_STORE_PATH", help="Embedded store directory."),
+    typer.Option(
+        "--store",
+        "-s",
+        envvar="ECGSEARCH_STORE_PATH",
+        help="Embedded store directory (default: $ECGSEARCH_HOME/store).",
+    ),
 ]
 Url = Annotated[
     str | None, typer.Option("--qdrant-url", "-u", envvar="ECGSEARCH_QDRANT_URL", help="Qdrant server URL.")
