@@ -465,6 +465,13 @@ def crossfit(
         typer.Option(help="a second config trained the same way, reported as 'self-supervised'"),
     ] = None,
     data: Annotated[Path, typer.Option(help="folder holding ptb-xl/")] = Path("../shared/data"),
+    compare_name: Annotated[str, typer.Option(help="the --compare model's name in the results")] = (
+        "self-supervised"
+    ),
+    nested: Annotated[
+        bool,
+        typer.Option(help="pick the served blocks' weights per group on an inner fold of its training folds"),
+    ] = False,
     groups: Annotated[int, typer.Option(min=2, max=10, help="held-out fold groups (2, 5 or 10)")] = 5,
     k: Annotated[int, typer.Option(min=1, help="neighbours per query")] = 10,
     threads: Annotated[int, typer.Option(min=1, help="torch threads")] = 1,
@@ -486,6 +493,8 @@ def crossfit(
     Examples:
 
         ecgsearch eval crossfit --config configs/label_aware.yaml --compare configs/default.yaml
+
+        ecgsearch eval crossfit --config configs/label_head.yaml --nested --compare configs/label_aware.yaml
 
         ecgsearch eval crossfit --config configs/tiny.yaml --groups 2 --limit 200 --out /tmp/cf.json
     """
@@ -515,13 +524,16 @@ def crossfit(
         config_path=config,
         compare=other,
         compare_path=compare,
+        compare_name=compare_name,
+        nested=nested,
         n_groups=groups,
         k=k,
         threads=threads,
         limit=limit,
         cache_dir=cache,
         command=f"ecgsearch eval crossfit --config {config} --groups {groups} --threads {threads}"
-        + (f" --compare {compare}" if compare else "")
+        + (f" --compare {compare} --compare-name {compare_name}" if compare else "")
+        + (" --nested" if nested else "")
         + (f" --epochs {epochs}" if epochs else "")
         + (f" --limit {limit}" if limit else "")
         + f" --out {out}",

@@ -13,7 +13,13 @@ raw samples, kNN on heart rate + RR irregularity, per-lead log-RMS and heart rat
 random-init twin answer the same queries, each fitted (PCA, z-scores, the served rhythm block's
 statistics) on the query's training folds only. Every difference trained - other has a paired bootstrap
 interval over the same queries. A second view searches only the held-out group (every neighbour unseen
-too). Settings are fixed before the run (the config file); nothing here chooses them.
+too).
+
+Settings are fixed before the run (the config file), or, with ``nested``, chosen inside each group's
+training folds only: an inner model trains on those folds less the last one, and the served blocks'
+weights (statement probabilities, rhythm) are picked from a fixed grid by an inner score on that last
+fold's queries, searching the training folds' records. The group's model then trains on all its folds
+and serves the weights picked, so no reported query influenced any choice.
 """
 
 from __future__ import annotations
@@ -47,6 +53,13 @@ CROSSFIT_CODES = ("AFIB", "LVH", "CLBBB", "CRBBB", "IMI", "ASMI")
 AIM_P10 = 0.72
 CODE_AIMS = ("AFIB", "CLBBB", "CRBBB", "ASMI")  # at or above the best handcrafted kNN baseline
 KNN_BASELINES = ("knn-hr-rr", "knn-lead-log-rms-mv", "knn-hr-age")  # the issue's "handcrafted kNN"
+# the nested choice: served-block weights tried on the inner fold, fixed before any run; ties go to the
+# earlier (lighter) setting
+GRID = {"statement_weight": (0.0, 0.5, 1.0, 1.5, 2.0), "rhythm_weight": (0.0, 0.25, 0.5)}
+INNER_SCORE = (
+    "mean of (P@10 any superclass, the mean code P@10 over the cross-fitted codes with an inner query) on "
+    "the inner fold's queries, searching the group's training records, own patient excluded"
+)
 
 
 def fold_groups(n_groups: int) -> list[tuple[int, ...]]:
@@ -113,7 +126,7 @@ def train_group(
     out = scratch / f"{label}-heldout-{'-'.join(map(str, held_out))}"
     t0 = time.perf_counter()
     summary = train(cfg, "", out, device="cpu", threads=threads, arrays=(train_arrays, val_arrays))
-    encoder, _, _ = load_checkpoint(out / LAST)
+    encoder, cfg, _ = load_checkpoint(out / LAST)  # its config holds the statement vocabulary
     dev = torch.device("cpu")
     assert data.mv is not None
     served, _ = serving_module(encoder, cfg, "", train=train_arrays)
@@ -129,9 +142,121 @@ def train_group(
         "wall_s": round(time.perf_counter() - t0, 1),
         "final_losses": summary["final_losses"],
         "labelled_train": summary["data"].get("labelled_train"),
+        "statement_vocabulary": list(cfg.statement_vocabulary),
+        "served": {"statement_weight": cfg.statement_weight, "rhythm_weight": cfg.rhythm_weight},
     }
     log(f"{label} held out {held_out}: trained on {info['train_ecgs']} ECGs in {info['wall_s']:.0f} s")
     return _unit(trained), _unit(rand), info
+
+
+def served_blocks(encoder: object, config: EncoderConfig, train: EcgArrays, mv: np.ndarray) -> dict:
+    """The served vector's blocks at weight 1, each ECG of ``mv``: the unit conv embedding, the rhythm
+    block (z / sqrt 2) and, with a statement head, its probabilities over their norm. ``compose`` weighs
+    them as serving would."""
+    import torch
+
+    from ecgsearch.encoder.train import embed
+    from ecgsearch.export.onnx import serving_module
+
+    has_head = bool(config.statement_vocabulary)
+    full = config.with_overrides(rhythm_weight=1.0, amplitude_weight=0.0, statement_weight=float(has_head))
+    served, _ = serving_module(encoder, full, "", train=train)  # type: ignore[arg-type]
+    v = embed(served, mv, torch.device("cpu")).astype(np.float64)
+    d = config.embedding_dim
+    return {"embedding": v[:, :d], "rhythm": v[:, d : d + 2], "statements": v[:, d + 2 :]}
+
+
+def compose(blocks: dict, statement_weight: float, rhythm_weight: float) -> np.ndarray:
+    """Unit vectors [embedding | rhythm_weight * rhythm | statement_weight * statements]: what the model
+    served with those weights gives (the runtime L2-normalises)."""
+    parts = [blocks["embedding"], rhythm_weight * blocks["rhythm"]]
+    if statement_weight > 0:
+        parts.append(statement_weight * blocks["statements"])
+    return _unit(np.concatenate(parts, axis=1))
+
+
+def inner_score(vectors: np.ndarray, corpus: Corpus, queries: np.ndarray, k: int) -> dict:
+    """INNER_SCORE of ``vectors`` (rows of ``corpus``): every row searched, ``queries`` asking."""
+    top, _ = neighbours_excluding_patient(vectors, corpus.patients, k, queries)
+    nbrs = np.zeros((len(corpus.rows), k), dtype=int)
+    nbrs[queries] = top
+    scores = per_query(nbrs, corpus)
+    asked = np.zeros(len(corpus.rows), dtype=bool)
+    asked[queries] = True
+    p10 = float(np.nanmean(np.where(asked, scores["p10_any_superclass"], np.nan)))
+    codes = {
+        c: float(np.nanmean(np.where(asked, scores[c], np.nan)))
+        for c in CROSSFIT_CODES
+        if np.isfinite(np.where(asked, scores[c], np.nan)).any()
+    }
+    code_mean = float(np.mean(list(codes.values()))) if codes else p10  # no code asked: P@10 alone
+    return {"score": 0.5 * p10 + 0.5 * code_mean, "p10_any": p10, "codes": codes}
+
+
+def nested_choice(
+    config: EncoderConfig,
+    data: EcgArrays,
+    corpus: Corpus,
+    held_out: tuple[int, ...],
+    scratch: Path,
+    threads: int,
+    k: int,
+    log: Callable[[str], None],
+) -> tuple[EncoderConfig, dict]:
+    """Pick the served weights of ``held_out``'s model inside its training folds only (GRID, INNER_SCORE).
+
+    The inner model trains on the training folds less the last, which asks the queries; the search
+    space is the training folds' records. Returns the config with the weights picked, and the record.
+    """
+    from ecgsearch.encoder.model import load_checkpoint
+    from ecgsearch.encoder.train import LAST, train
+
+    outer = [f for f in FOLDS if f not in held_out]
+    inner_fold = outer[-1]
+    cfg = training_config(config, (*held_out, inner_fold), threads)
+    rows = np.flatnonzero(np.isin(data.folds, outer))  # never a held-out row
+    if np.isin(data.folds[rows], held_out).any():
+        raise AssertionError("a held-out fold reached the nested choice")
+    inner_train = data.select(np.isin(data.folds, cfg.train_folds))
+    out = scratch / f"inner-heldout-{'-'.join(map(str, held_out))}"
+    t0 = time.perf_counter()
+    train(
+        cfg,
+        "",
+        out,
+        device="cpu",
+        threads=threads,
+        arrays=(inner_train, inner_train.in_folds([cfg.val_fold])),
+    )
+    encoder, trained_cfg, _ = load_checkpoint(out / LAST)
+    assert data.mv is not None
+    blocks = served_blocks(encoder, trained_cfg, inner_train, data.mv[rows])
+    sub = Corpus([corpus.rows[i] for i in rows], corpus.x[rows], corpus.mv[rows], [])
+    queries = np.flatnonzero(data.folds[rows] == inner_fold)
+    weights = GRID["statement_weight"] if trained_cfg.statement_vocabulary else (0.0,)
+    tried = []
+    for sw in weights:
+        for rw in GRID["rhythm_weight"]:
+            tried.append(
+                {
+                    "statement_weight": sw,
+                    "rhythm_weight": rw,
+                    **inner_score(compose(blocks, sw, rw), sub, queries, k),
+                }
+            )
+    best = max(tried, key=lambda t: t["score"])  # the first of equals: the lighter setting
+    chosen = {"statement_weight": best["statement_weight"], "rhythm_weight": best["rhythm_weight"]}
+    record = {
+        "inner_train_folds": list(cfg.train_folds),
+        "inner_fold": inner_fold,
+        "inner_queries": int(len(queries)),
+        "search_space": int(len(rows)),
+        "chosen": chosen,
+        "tried": tried,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    log(f"held out {held_out}: inner fold {inner_fold} picks {chosen} (score {best['score']:.3f})")
+    return config.with_overrides(**chosen), record
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -206,6 +331,8 @@ def run(
     compare_path: Path | None = None,
     n_groups: int = 5,
     k: int = 10,
+    nested: bool = False,
+    compare_name: str = "self-supervised",
     threads: int = 1,
     limit: int | None = None,
     cache_dir: Path | None = None,
@@ -226,14 +353,18 @@ def run(
     corpus = corpus_of(data, root / "ptb-xl")
     group = group_of(data.folds, groups)
     log(f"prepared {len(data)} ECGs; groups {groups}")
-    configs = {"trained": config, **({"self-supervised": compare} if compare is not None else {})}
+    configs = {"trained": config, **({compare_name: compare} if compare is not None else {})}
     vectors: dict[str, list[np.ndarray]] = {name: [] for name in (*configs, "random-init")}
     euclidean: dict[str, bool] = {name: False for name in vectors}
     training: dict[str, list[dict]] = {name: [] for name in configs}
+    choices: list[dict] = []
     dim = 0
     with tempfile.TemporaryDirectory(prefix="crossfit-") as tmp:
         for held_out in groups:
             for name, cfg in configs.items():
+                if nested and name == "trained":
+                    cfg, choice = nested_choice(cfg, data, corpus, held_out, Path(tmp), threads, k, log)
+                    choices.append({"held_out_folds": list(held_out), **choice})
                 trained, rand, info = train_group(cfg, data, held_out, Path(tmp), threads, name, log)
                 vectors[name].append(trained)
                 training[name].append(info)
@@ -267,6 +398,9 @@ def run(
         },
         "protocol": {"k": k, **PROTOCOL},
         "config": _config_entry(config, config_path),
+        **(
+            {"nested_choice": {"grid": GRID, "inner_score": INNER_SCORE, "groups": choices}} if nested else {}
+        ),
         **({"compare_config": _config_entry(compare, compare_path)} if compare is not None else {}),
         "training": training,
         "threads": threads,

@@ -43,6 +43,10 @@ class EncoderConfig:
     # > 0: it also appends the 12 per-lead log-RMS amplitudes in mV (standardised on the training
     # folds, computed inside the graph from the prepared ECG) at this weight: absolute voltage
     amplitude_weight: float = 0.0
+    # > 0: it also appends the statement head's sigmoid outputs (a probability per SCP statement of the
+    # training folds' vocabulary, ``statement_vocabulary``), divided by their norm, at this weight: what
+    # the network learned to read from the diagnoses, in the graph (needs w_statement > 0 in training)
+    statement_weight: float = 0.0
     recon_source: str = "pooled"  # decode from the "pooled" embedding or the temporal "features" map
 
     # views: two windows of ``window`` samples from one 10 s ECG
@@ -73,6 +77,13 @@ class EncoderConfig:
     # what a label set holds: "statements" (every SCP statement of the ECG, diagnostic, form and
     # rhythm, plus its diagnostic superclasses) or "superclasses" (the superclasses only)
     label_sets: str = "statements"
+    # > 0: add w_statement * a multi-label BCE of a linear statement head on the embedding, over every
+    # label (statement or superclass, as label_sets="statements" forms them) with at least
+    # statement_min_count positives in the training rows; training writes that vocabulary into the
+    # checkpoint's config (statement_vocabulary), which sizes the head
+    w_statement: float = 0.0
+    statement_min_count: int = 10
+    statement_vocabulary: tuple[str, ...] = ()
 
     # schedule
     epochs: int = 30
@@ -111,17 +122,26 @@ class EncoderConfig:
             raise ValueError(f"label_temperature must be > 0, not {self.label_temperature}")
         if self.label_sets not in ("statements", "superclasses"):
             raise ValueError(f"label_sets must be 'statements' or 'superclasses', not {self.label_sets!r}")
+        if not self.w_statement >= 0 or not self.statement_weight >= 0:
+            raise ValueError(
+                f"w_statement and statement_weight must be >= 0: {self.w_statement}, {self.statement_weight}"
+            )
+        if self.statement_weight > 0 and not self.w_statement > 0:
+            raise ValueError("statement_weight > 0 serves a statement head: it needs w_statement > 0")
+        if self.statement_min_count < 1:
+            raise ValueError(f"statement_min_count must be >= 1, not {self.statement_min_count}")
         if self.recon_source not in ("pooled", "features"):
             raise ValueError(f"recon_source must be 'pooled' or 'features', not {self.recon_source!r}")
 
     @property
     def output_dim(self) -> int:
-        """Length of the exported embedding: the conv embedding, plus 2 rhythm and 12 amplitude features
-        when they are appended."""
+        """Length of the exported embedding: the conv embedding, plus 2 rhythm, 12 amplitude and one value
+        per statement of the vocabulary when they are appended."""
         return (
             self.embedding_dim
             + (2 if self.rhythm_weight > 0 else 0)
             + (12 if self.amplitude_weight > 0 else 0)
+            + (len(self.statement_vocabulary) if self.statement_weight > 0 else 0)
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,6 +8,10 @@ The label term (``label_contrast``, weight ``w_label``) uses the diagnoses an ar
 supervised contrastive loss whose soft targets are the Jaccard overlaps of two ECGs' statement sets, on
 the embedding itself (what search compares). ECGs without statements take no part in it and keep the
 self-supervised terms only.
+
+The statement term (``w_statement``) reads the same labels another way: a linear head on the embedding
+predicts each statement of the training folds' vocabulary (multi-label BCE), so the embedding must carry
+what tells the statements apart, and the served model can append the head's probabilities.
 """
 
 from __future__ import annotations
@@ -94,6 +98,20 @@ def label_contrast(h: torch.Tensor, labels: torch.Tensor, temperature: float = 0
     return -(targets * log_p[anchors].masked_fill(eye[anchors], 0.0)).sum(dim=1).mean()
 
 
+def statement_loss(model: SelfSupervised, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Multi-label BCE of the encoder's statement head on embeddings ``h``, over rows with any statement.
+
+    The head's vocabulary is the first columns of ``labels`` (``train_data`` orders it so); rows without
+    statements (unlabelled ECGs) take no part; 0 (with a gradient path) when none is left.
+    """
+    keep = labels.sum(dim=1) > 0
+    if not keep.any():
+        return h.sum() * 0.0
+    logits = model.encoder.statement_logits(h[keep])
+    targets = labels[keep][:, : logits.shape[1]].to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
 def tri_objective(
     model: SelfSupervised,
     half_a: torch.Tensor,
@@ -105,11 +123,12 @@ def tri_objective(
     labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """w_halves*NT-Xent(A, B) + w_augment*NT-Xent(A, aug A) + w_recon*MSE(decode(A), A)
-    [+ w_label*label_contrast over the embeddings of A and B].
+    [+ w_label*label_contrast + w_statement*statement_loss over the embeddings of A and B].
 
     ``augmented_b`` (optional) replaces B in the halves term; ``gather`` makes the contrastive negatives
     those of every process (see ``nt_xent``); ``labels`` (n, L) multi-hot statement sets of the batch's
-    ECGs turn on the label term when ``w_label`` > 0. Returns the total and each term's value.
+    ECGs turn on the label terms when ``w_label`` or ``w_statement`` > 0. Returns the total and each
+    term's value.
     """
     n = half_a.shape[0]
     views = [half_a, half_b if augmented_b is None else augmented_b, augmented_a]
@@ -120,12 +139,16 @@ def tri_objective(
     recon = F.mse_loss(model.reconstruct(f[:n], h[:n], half_a.shape[-1]), half_a)
     total = config.w_halves * halves + config.w_augment * augment + config.w_recon * recon
     terms = {"halves": halves.item(), "augment": augment.item(), "recon": recon.item()}
+    if labels is not None and (config.w_label > 0 or config.w_statement > 0) and gather is not None:
+        raise ValueError("the label terms run in one process only (in-memory PTB-XL)")
     if config.w_label > 0 and labels is not None:
-        if gather is not None:
-            raise ValueError("the label term runs in one process only (in-memory PTB-XL)")
         # both windows of each ECG: its other window is a candidate with overlap 1
         label = label_contrast(h[: 2 * n], torch.cat([labels, labels]), config.label_temperature)
         total = total + config.w_label * label
         terms["label"] = label.item()
+    if config.w_statement > 0 and labels is not None:
+        statement = statement_loss(model, h[: 2 * n], torch.cat([labels, labels]))
+        total = total + config.w_statement * statement
+        terms["statement"] = statement.item()
     terms["total"] = total.item()
     return total, terms

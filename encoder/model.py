@@ -95,6 +95,11 @@ class Encoder(nn.Module):
         self.head = nn.Sequential(
             nn.Conv1d(width, head_channels, 1, bias=False), nn.BatchNorm1d(head_channels), nn.GELU()
         )
+        # a logit per statement of the training folds' vocabulary (w_statement > 0): trained by the
+        # label BCE, served as a block of the embedding; absent otherwise, so older models are unchanged
+        self.statements: nn.Linear | None = (
+            nn.Linear(c.embedding_dim, len(c.statement_vocabulary)) if c.statement_vocabulary else None
+        )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(n, 12, T) -> (n, C, T') feature map before pooling (C = embedding_dim, or half for meanmax)."""
@@ -108,6 +113,12 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x))
+
+    def statement_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(n, embedding_dim) embeddings -> (n, L) statement logits; an error without a statement head."""
+        if self.statements is None:
+            raise ValueError("this encoder has no statement head (trained with w_statement = 0)")
+        return self.statements(h)
 
 
 def _upsampling(channels: int, ups: int) -> list[nn.Module]:
@@ -316,7 +327,7 @@ class LeadAmplitudes(nn.Module):
 
 class ServingEncoder(nn.Module):
     """What is exported: prepared ECGs in mV -> [unit conv embedding | w_r/sqrt(2) * rhythm z |
-    w_a/sqrt(12) * amplitude z].
+    w_a/sqrt(12) * amplitude z | w_s * statement probabilities / their norm].
 
     The encoder and the rhythm features read the ECG divided by its global RMS (``UnitRms``), as in
     training; the amplitude block reads the voltage. A block of z-scores with weight w weighs about
@@ -330,11 +341,15 @@ class ServingEncoder(nn.Module):
         rhythm_weight: float = 0.0,
         amplitude: LeadAmplitudes | None = None,
         amplitude_weight: float = 0.0,
+        statement_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.scale, self.encoder = UnitRms(), encoder
         self.rhythm, self.rhythm_weight = rhythm, float(rhythm_weight)
         self.amplitude, self.amplitude_weight = amplitude, float(amplitude_weight)
+        if statement_weight > 0 and encoder.statements is None:
+            raise ValueError("a statement block needs an encoder with a statement head")
+        self.statement_weight = float(statement_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         unit, scale = self.scale(x)
@@ -344,4 +359,7 @@ class ServingEncoder(nn.Module):
             parts.append(self.rhythm(unit) * (self.rhythm_weight / 2**0.5))
         if self.amplitude is not None:
             parts.append(self.amplitude(unit, scale) * (self.amplitude_weight / 12**0.5))
+        if self.statement_weight > 0:
+            p = torch.sigmoid(self.encoder.statement_logits(e))
+            parts.append(p * (self.statement_weight / p.norm(dim=1, keepdim=True).clamp(min=1e-12)))
         return torch.cat(parts, dim=1)

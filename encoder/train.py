@@ -195,7 +195,6 @@ def _train(
     arrays: tuple[EcgArrays, EcgArrays] | None,
 ) -> dict[str, Any]:
     make_deterministic(config, dev, threads)
-    model = SelfSupervised(config).to(dev)  # same seed -> same weights as export.onnx.random_encoder
     if shards_dir is None:
         if world.distributed or checkpoint_every:
             raise ValueError("several processes and mid-epoch checkpoints need --shards (a prepared archive)")
@@ -205,7 +204,13 @@ def _train(
     else:
         if config.w_label > 0:
             raise ValueError("the label term (w_label > 0) trains on in-memory PTB-XL only, not --shards")
+        if config.w_statement > 0:
+            raise ValueError("the statement head (w_statement > 0) trains on in-memory PTB-XL only")
         data = train_data.Streamed(config, shards_dir, world, workers, dev.type == "cuda", val_records)
+    if config.w_statement > 0 and isinstance(data, train_data.InMemory):
+        # the head's size is the training rows' vocabulary: the checkpoint's config records it
+        config = config.with_overrides(statement_vocabulary=data.statement_vocabulary)
+    model = SelfSupervised(config).to(dev)  # same seed -> same weights as export.onnx.random_encoder
     val = data.val
     objective: torch.nn.Module = _Objective(
         model, config, distributed.gather_with_grad if world.distributed else None

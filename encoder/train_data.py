@@ -7,6 +7,7 @@ multi-hot label sets, else None), the validation split ``val`` and a ``descripti
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,9 @@ class InMemory:
     """PTB-XL folds as arrays: batches of a seeded permutation drawn, per epoch, from the loop's generator.
 
     ``arrays`` (train, val) replaces reading the folds (the cross-fitted evaluation loads PTB-XL once).
-    With ``w_label`` > 0 each batch carries its ECGs' label sets over the training rows' vocabulary.
+    With ``w_label`` or ``w_statement`` > 0 each batch carries its ECGs' label sets over the training
+    rows' vocabulary, whose first columns are ``statement_vocabulary``: the labels with at least
+    ``statement_min_count`` positives among the training rows (what the statement head predicts).
     """
 
     def __init__(
@@ -44,12 +47,20 @@ class InMemory:
         self.x = torch.from_numpy(self.train.x)
         self.y: torch.Tensor | None = None
         self.description = {"dataset": "PTB-XL v1.0.3 subset, records100", "n_train": len(self.train)}
-        if config.w_label > 0:
+        self.statement_vocabulary: tuple[str, ...] = ()
+        if config.w_label > 0 or config.w_statement > 0:
             sets = label_sets(self.train, config.label_sets)
-            vocabulary = sorted(set().union(*sets))
+            counts = Counter(label for s in sets for label in s)
+            if config.w_statement > 0:
+                self.statement_vocabulary = tuple(
+                    sorted(c for c, n in counts.items() if n >= config.statement_min_count)
+                )
+            rest = sorted(set(counts) - set(self.statement_vocabulary))
+            vocabulary = [*self.statement_vocabulary, *rest]
             self.y = torch.from_numpy(multi_hot(sets, vocabulary))
             self.description["labelled_train"] = sum(1 for s in sets if s)
             self.description["label_vocabulary"] = len(vocabulary)
+            self.description["statement_vocabulary"] = len(self.statement_vocabulary)
         self.batch = config.batch_size
         self.steps_per_epoch = max(1, len(self.train) // config.batch_size)
 

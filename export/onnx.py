@@ -75,6 +75,13 @@ AMPLITUDE_NOTE = (
     "relative lead amplitudes count."
 )
 
+STATEMENT_NOTE = (
+    " Then {n} statement probabilities: a linear head on the {dim}-d embedding (before its normalisation), "
+    "trained with a multi-label cross entropy on the training folds' PTB-XL statements and superclasses "
+    "with at least {min_count} positives there (card field 'features'), through a sigmoid, divided by "
+    "their norm and weighted {w:g}."
+)
+
 LAYOUT_NOTE = (
     " The exported vector is [the {dim}-d embedding divided by its norm | the measured blocks in this "
     "order] ({out} values), which the runtime L2-normalises: a block of weight w has a squared norm of "
@@ -94,6 +101,13 @@ def embedding_note(config: EncoderConfig) -> str:
     if config.amplitude_weight > 0:
         low, high = features.VOLTAGE_RANGE_MV
         note += AMPLITUDE_NOTE.format(zclip=features.Z_CLIP, w=config.amplitude_weight, low=low, high=high)
+    if config.statement_weight > 0:
+        note += STATEMENT_NOTE.format(
+            n=len(config.statement_vocabulary),
+            dim=config.embedding_dim,
+            min_count=config.statement_min_count,
+            w=config.statement_weight,
+        )
     if config.output_dim > config.embedding_dim:
         note += LAYOUT_NOTE.format(dim=config.embedding_dim, out=config.output_dim)
     return note
@@ -152,7 +166,16 @@ def serving_module(
             tuple(stats["mean"]), tuple(stats["std"]), stats["global_rms_mv"]["median"]
         )
         cards["amplitude"] = {**stats, "weight": config.amplitude_weight}
-    module = ServingEncoder(encoder, rhythm, config.rhythm_weight, amplitude, config.amplitude_weight)
+    if config.statement_weight > 0:
+        cards["statements"] = {
+            "vocabulary": list(config.statement_vocabulary),
+            "min_count": config.statement_min_count,
+            "weight": config.statement_weight,
+            **folds,
+        }
+    module = ServingEncoder(
+        encoder, rhythm, config.rhythm_weight, amplitude, config.amplitude_weight, config.statement_weight
+    )
     return module, cards
 
 
@@ -282,6 +305,7 @@ def export_checkpoint(
             trained = trained.with_overrides(
                 rhythm_weight=config.rhythm_weight,
                 amplitude_weight=config.amplitude_weight,
+                statement_weight=config.statement_weight,
                 notes=config.notes,
             )
         config = trained

@@ -134,6 +134,42 @@ def test_crossfit_neighbours_come_from_each_querys_own_model() -> None:
     assert 1 not in same_patient[0] and 0 not in same_patient[1]
 
 
+def test_nested_choice_scores_exactly_what_would_be_served(data_dir: Path) -> None:
+    import torch
+
+    from ecgsearch.bench import crossfit as cf
+    from ecgsearch.encoder.config import EncoderConfig
+    from ecgsearch.encoder.data import load_ptbxl
+    from ecgsearch.encoder.train import embed
+    from ecgsearch.export.onnx import random_encoder, serving_module
+
+    data = load_ptbxl(data_dir, folds=[1, 2], max_records=30)
+    assert data.mv is not None
+    config = EncoderConfig(
+        stem_channels=8, stage_channels=(16,), stage_kernels=(3,), embedding_dim=24, w_statement=1.0,
+        statement_vocabulary=("NORM", "SR", "superclass:MI"),
+    )  # fmt: skip
+    encoder = random_encoder(config)
+    blocks = cf.served_blocks(encoder, config, data, data.mv)
+    assert [b.shape[1] for b in blocks.values()] == [24, 2, 3]
+    for sw, rw in ((0.0, 0.25), (1.5, 0.5), (0.5, 0.0)):
+        served, _ = serving_module(
+            encoder, config.with_overrides(statement_weight=sw, rhythm_weight=rw), "", train=data
+        )
+        direct = embed(served, data.mv, torch.device("cpu")).astype(np.float64)
+        direct /= np.linalg.norm(direct, axis=1, keepdims=True)
+        composed = cf.compose(blocks, sw, rw)  # a weight 0 block stays as zeros: the same cosines
+        assert np.allclose(composed @ composed.T, direct @ direct.T, atol=1e-5)
+        assert np.allclose(composed[:, :24], direct[:, :24], atol=1e-5)
+    corpus = cf.corpus_of(data, data_dir / "ptb-xl")
+    queries = np.flatnonzero(data.folds == 2)
+    scored = cf.inner_score(cf.compose(blocks, 1.0, 0.25), corpus, queries, k=5)
+    codes = list(scored["codes"].values()) or [scored["p10_any"]]
+    assert 0 <= scored["p10_any"] <= 1 and scored["score"] == pytest.approx(
+        0.5 * scored["p10_any"] + 0.5 * np.mean(codes)
+    )
+
+
 def normalise(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
@@ -164,3 +200,32 @@ def test_eval_crossfit_end_to_end(data_dir: Path, tmp_path: Path) -> None:
     random = view["methods"]["random-init"]["pooled"]["p10_any_superclass"]["value"]
     assert diff["value"] == pytest.approx(pooled["value"] - random)
     assert [a["aim"].split()[0] for a in data["aims"][1:]] == ["AFIB", "LVH", "CLBBB", "CRBBB", "IMI", "ASMI"]
+
+
+@pytest.mark.slow
+def test_eval_crossfit_nested_choice_stays_inside_the_training_folds(data_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "tiny_head.yaml"
+    config.write_text(
+        "stem_channels: 8\nstage_channels: [16, 16]\nstage_kernels: [5, 3]\nembedding_dim: 32\n"
+        "projection_dim: 16\ndecoder_channels: 8\nbatch_size: 16\nepochs: 1\nw_statement: 1.0\n"
+        "statement_min_count: 3\nstatement_weight: 1.0\nrhythm_weight: 0.25\n"
+    )
+    out = tmp_path / "crossfit.json"
+    args = ["eval", "crossfit", "--config", str(config), "--data", str(data_dir), "--groups", "2", "--nested"]
+    args += ["--limit", "120", "--cache", str(tmp_path / "cache"), "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    nested = data["nested_choice"]
+    assert len(nested["groups"]) == 2 and "--nested" in data["command"]
+    for choice, info in zip(nested["groups"], data["training"]["trained"], strict=True):
+        held_out = set(choice["held_out_folds"])
+        assert choice["inner_fold"] not in held_out and not set(choice["inner_train_folds"]) & held_out
+        assert choice["inner_fold"] not in choice["inner_train_folds"]
+        assert len(choice["tried"]) == len(nested["grid"]["statement_weight"]) * len(
+            nested["grid"]["rhythm_weight"]
+        )
+        best = max(t["score"] for t in choice["tried"])
+        picked = [t for t in choice["tried"] if t["score"] == best][0]
+        assert choice["chosen"] == {k: picked[k] for k in ("statement_weight", "rhythm_weight")}
+        assert info["served"] == choice["chosen"] and info["statement_vocabulary"]

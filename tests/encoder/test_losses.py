@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ecgsearch.encoder.config import EncoderConfig
-from ecgsearch.encoder.losses import jaccard, label_contrast, nt_xent, tri_objective
+from ecgsearch.encoder.losses import jaccard, label_contrast, nt_xent, statement_loss, tri_objective
 from ecgsearch.encoder.model import SelfSupervised
 
 
@@ -100,3 +100,28 @@ def test_tri_objective_adds_the_weighted_label_term_only_with_labels() -> None:
     assert total.item() == pytest.approx(plain.item() + 2.0 * terms["label"], rel=1e-5)
     _, h, _ = model.encode(torch.cat([x[0], x[1], x[2]]))  # one batch as in the objective (batch norm)
     assert terms["label"] == pytest.approx(label_contrast(h[:8], torch.cat([y, y])).item(), rel=1e-5)
+
+
+def test_statement_term_is_the_heads_bce_over_labelled_rows() -> None:
+    torch.manual_seed(0)
+    config = EncoderConfig(
+        w_statement=3.0, stem_channels=8, stage_channels=(16, 16), stage_kernels=(5, 3), embedding_dim=32,
+        statement_vocabulary=("A", "B"),
+    )  # fmt: skip
+    model = SelfSupervised(config)
+    x = torch.randn(3, 4, 12, 500)
+    # columns: the head's two statements first, then a label outside the head's vocabulary
+    y = torch.tensor([[1, 0, 0], [1, 1, 1], [0, 0, 1], [0, 0, 0]])
+    plain, _ = tri_objective(model, x[0], x[1], x[2], config)
+    total, terms = tri_objective(model, x[0], x[1], x[2], config, labels=y)
+    assert "label" not in terms and terms["statement"] > 0
+    assert total.item() == pytest.approx(plain.item() + 3.0 * terms["statement"], rel=1e-5)
+    _, h, _ = model.encode(torch.cat([x[0], x[1], x[2]]))
+    keep = torch.tensor([0, 1, 2, 4, 5, 6])  # row 3 (and its second window) has no label at all
+    logits = model.encoder.statement_logits(h[keep])
+    targets = torch.cat([y, y])[keep][:, :2].float()
+    by_hand = -(targets * logits.sigmoid().log() + (1 - targets) * (1 - logits.sigmoid()).log()).mean()
+    assert terms["statement"] == pytest.approx(by_hand.item(), rel=1e-4)
+    none = statement_loss(model, h[:2], torch.zeros(2, 3))
+    assert none.item() == 0.0
+    none.backward()

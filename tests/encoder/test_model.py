@@ -87,6 +87,29 @@ def test_serving_encoder_appends_weighted_rhythm_and_amplitude_blocks() -> None:
     assert config.with_overrides(rhythm_weight=0.5, amplitude_weight=0.4).output_dim == 38
 
 
+def test_serving_encoder_appends_the_statement_probabilities_at_their_weight() -> None:
+    from ecgsearch.encoder.model import ServingEncoder, UnitRms
+
+    config = EncoderConfig(
+        stem_channels=8, stage_channels=(16,), stage_kernels=(3,), embedding_dim=24,
+        w_statement=1.0, statement_weight=0.7, statement_vocabulary=("AFIB", "NORM", "SR"),
+    )  # fmt: skip
+    encoder = Encoder(config).eval()
+    assert encoder.statements is not None and encoder.statements.out_features == 3
+    x = torch.randn(3, 12, 1000) * 0.3
+    with torch.no_grad():
+        out = ServingEncoder(encoder, statement_weight=0.7)(x)
+        p = torch.sigmoid(encoder.statement_logits(encoder(UnitRms()(x)[0])))
+    assert out.shape == (3, config.output_dim) == (3, 27)
+    assert torch.allclose(out[:, 24:].norm(dim=1), torch.full((3,), 0.7), atol=1e-5)
+    assert torch.allclose(out[:, 24:], 0.7 * p / p.norm(dim=1, keepdim=True), atol=1e-6)
+    assert Encoder(config.with_overrides(statement_vocabulary=())).statements is None
+    with pytest.raises(ValueError, match="statement head"):
+        ServingEncoder(Encoder(config.with_overrides(statement_vocabulary=())), statement_weight=0.7)
+    with pytest.raises(ValueError, match="w_statement"):
+        EncoderConfig(statement_weight=0.5)
+
+
 def test_in_graph_scaling_and_amplitudes_equal_the_numpy_rules() -> None:
     """UnitRms = signals.unit_rms, LeadAmplitudes = standardised features.lead_log_rms of the mV ECG."""
     import numpy as np

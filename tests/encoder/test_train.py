@@ -190,3 +190,48 @@ def test_label_aware_run_is_deterministic_and_logs_its_term(data_dir: Path, tmp_
     train(config.with_overrides(w_label=0.0), data_dir, tmp_path / "plain", device="cpu")
     plain = torch.load(tmp_path / "plain" / "last.pt", weights_only=False)["state_dict"]
     assert not torch.equal(runs[0]["encoder.stem.0.weight"], plain["encoder.stem.0.weight"])
+
+
+def test_statement_vocabulary_is_the_training_rows_frequent_labels(data_dir: Path) -> None:
+    from collections import Counter
+
+    from ecgsearch.encoder.data import label_sets, load_ptbxl
+    from ecgsearch.encoder.train_data import InMemory
+
+    data = load_ptbxl(data_dir, folds=[1], max_records=40)
+    loaded = InMemory(
+        TINY.with_overrides(w_statement=1.0, statement_min_count=5), data_dir, None, (data, data)
+    )
+    counts = Counter(label for s in label_sets(data) for label in s)
+    assert loaded.statement_vocabulary == tuple(sorted(c for c, n in counts.items() if n >= 5))
+    assert "superclass:NORM" in loaded.statement_vocabulary and 0 < len(loaded.statement_vocabulary) < len(
+        counts
+    )
+    assert loaded.y is not None
+    head = loaded.y[:, : len(loaded.statement_vocabulary)].numpy()
+    assert head.sum(axis=0).tolist() == [counts[c] for c in loaded.statement_vocabulary]
+
+
+@pytest.mark.slow
+def test_statement_head_run_is_deterministic_and_exports(data_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    from ecgsearch.encoder.model import load_checkpoint
+    from ecgsearch.encoder.train import train
+    from ecgsearch.export.onnx import export_checkpoint
+
+    config = TINY.with_overrides(epochs=1, w_statement=1.0, statement_min_count=3, statement_weight=0.8)
+    runs = []
+    for name in ("a", "b"):
+        summary = train(config, data_dir, tmp_path / name, device="cpu")
+        runs.append(torch.load(tmp_path / name / "last.pt", weights_only=False)["state_dict"])
+    assert summary["final_losses"]["statement"] > 0
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    encoder, saved, _ = load_checkpoint(tmp_path / "a" / "last.pt")
+    vocabulary = saved.statement_vocabulary
+    assert len(vocabulary) == summary["data"]["statement_vocabulary"] > 0
+    assert encoder.statements is not None and encoder.statements.out_features == len(vocabulary)
+    card = export_checkpoint(tmp_path / "a" / "last.pt", tmp_path / "s.onnx", data_dir)
+    assert card.embedding_dim == 32 + len(vocabulary) and card.parity["max_abs_diff"] < 1e-4
+    assert card.features["statements"]["vocabulary"] == list(vocabulary)
+    assert "statement probabilities" in card.embedding
