@@ -17,9 +17,9 @@ too).
 
 Settings are fixed before the run (the config file), or, with ``nested``, chosen inside each group's
 training folds only: an inner model trains on those folds less the last one, and the served blocks'
-weights (statement probabilities, rhythm) are picked from a fixed grid by an inner score on that last
-fold's queries, searching the training folds' records. The group's model then trains on all its folds
-and serves the weights picked, so no reported query influenced any choice.
+settings (the statement block's kind and weight, the rhythm block's weight) are picked from a fixed
+grid by an inner score on that last fold's queries, searching the training folds' records. The group's
+model then trains on all its folds and serves the settings picked, so no reported query influenced any choice.
 """
 
 from __future__ import annotations
@@ -55,7 +55,14 @@ CODE_AIMS = ("AFIB", "CLBBB", "CRBBB", "ASMI")  # at or above the best handcraft
 KNN_BASELINES = ("knn-hr-rr", "knn-lead-log-rms-mv", "knn-hr-age")  # the issue's "handcrafted kNN"
 # the nested choice: served-block weights tried on the inner fold, fixed before any run; ties go to the
 # earlier (lighter) setting
-GRID = {"statement_weight": (0.0, 0.5, 1.0, 1.5, 2.0), "rhythm_weight": (0.0, 0.25, 0.5)}
+STATEMENT_BLOCKS: tuple[str, ...] = ("probabilities", "logit_z")
+STATEMENT_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
+RHYTHM_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5)
+GRID: dict[str, tuple] = {
+    "statement_block": STATEMENT_BLOCKS,
+    "statement_weight": STATEMENT_WEIGHTS,
+    "rhythm_weight": RHYTHM_WEIGHTS,
+}
 INNER_SCORE = (
     "mean of (P@10 any superclass, the mean code P@10 over the cross-fitted codes with an inner query) on "
     "the inner fold's queries, searching the group's training records, own patient excluded"
@@ -143,7 +150,7 @@ def train_group(
         "final_losses": summary["final_losses"],
         "labelled_train": summary["data"].get("labelled_train"),
         "statement_vocabulary": list(cfg.statement_vocabulary),
-        "served": {"statement_weight": cfg.statement_weight, "rhythm_weight": cfg.rhythm_weight},
+        "served": {key: getattr(cfg, key) for key in GRID},
     }
     log(f"{label} held out {held_out}: trained on {info['train_ecgs']} ECGs in {info['wall_s']:.0f} s")
     return _unit(trained), _unit(rand), info
@@ -151,27 +158,36 @@ def train_group(
 
 def served_blocks(encoder: object, config: EncoderConfig, train: EcgArrays, mv: np.ndarray) -> dict:
     """The served vector's blocks at weight 1, each ECG of ``mv``: the unit conv embedding, the rhythm
-    block (z / sqrt 2) and, with a statement head, its probabilities over their norm. ``compose`` weighs
-    them as serving would."""
+    block (z / sqrt 2) and, with a statement head, each kind of statement block (GRID). ``compose``
+    weighs them as serving would."""
     import torch
 
     from ecgsearch.encoder.train import embed
     from ecgsearch.export.onnx import serving_module
 
-    has_head = bool(config.statement_vocabulary)
-    full = config.with_overrides(rhythm_weight=1.0, amplitude_weight=0.0, statement_weight=float(has_head))
-    served, _ = serving_module(encoder, full, "", train=train)  # type: ignore[arg-type]
-    v = embed(served, mv, torch.device("cpu")).astype(np.float64)
     d = config.embedding_dim
-    return {"embedding": v[:, :d], "rhythm": v[:, d : d + 2], "statements": v[:, d + 2 :]}
+    blocks: dict[str, np.ndarray] = {}
+    for kind in STATEMENT_BLOCKS if config.statement_vocabulary else ("probabilities",):
+        full = config.with_overrides(
+            rhythm_weight=1.0,
+            amplitude_weight=0.0,
+            statement_weight=float(bool(config.statement_vocabulary)),
+            statement_block=kind,
+        )
+        served, _ = serving_module(encoder, full, "", train=train)  # type: ignore[arg-type]
+        v = embed(served, mv, torch.device("cpu")).astype(np.float64)
+        blocks |= {"embedding": v[:, :d], "rhythm": v[:, d : d + 2], kind: v[:, d + 2 :]}
+    return blocks
 
 
-def compose(blocks: dict, statement_weight: float, rhythm_weight: float) -> np.ndarray:
-    """Unit vectors [embedding | rhythm_weight * rhythm | statement_weight * statements]: what the model
-    served with those weights gives (the runtime L2-normalises)."""
+def compose(
+    blocks: dict, statement_weight: float, rhythm_weight: float, statement_block: str = "probabilities"
+) -> np.ndarray:
+    """Unit vectors [embedding | rhythm_weight * rhythm | statement_weight * statement block]: what the
+    model served with those settings gives (the runtime L2-normalises)."""
     parts = [blocks["embedding"], rhythm_weight * blocks["rhythm"]]
     if statement_weight > 0:
-        parts.append(statement_weight * blocks["statements"])
+        parts.append(statement_weight * blocks[statement_block])
     return _unit(np.concatenate(parts, axis=1))
 
 
@@ -233,19 +249,17 @@ def nested_choice(
     blocks = served_blocks(encoder, trained_cfg, inner_train, data.mv[rows])
     sub = Corpus([corpus.rows[i] for i in rows], corpus.x[rows], corpus.mv[rows], [])
     queries = np.flatnonzero(data.folds[rows] == inner_fold)
-    weights = GRID["statement_weight"] if trained_cfg.statement_vocabulary else (0.0,)
+    head = bool(trained_cfg.statement_vocabulary)
     tried = []
-    for sw in weights:
-        for rw in GRID["rhythm_weight"]:
-            tried.append(
-                {
-                    "statement_weight": sw,
-                    "rhythm_weight": rw,
-                    **inner_score(compose(blocks, sw, rw), sub, queries, k),
-                }
-            )
+    for kind in STATEMENT_BLOCKS if head else ("probabilities",):
+        for sw in STATEMENT_WEIGHTS if head else (0.0,):
+            if sw == 0 and kind != STATEMENT_BLOCKS[0]:
+                continue  # no block: the same vectors whatever its kind
+            for rw in RHYTHM_WEIGHTS:
+                setting = {"statement_block": kind, "statement_weight": sw, "rhythm_weight": rw}
+                tried.append({**setting, **inner_score(compose(blocks, sw, rw, kind), sub, queries, k)})
     best = max(tried, key=lambda t: t["score"])  # the first of equals: the lighter setting
-    chosen = {"statement_weight": best["statement_weight"], "rhythm_weight": best["rhythm_weight"]}
+    chosen = {key: best[key] for key in GRID}
     record = {
         "inner_train_folds": list(cfg.train_folds),
         "inner_fold": inner_fold,

@@ -47,6 +47,10 @@ class EncoderConfig:
     # training folds' vocabulary, ``statement_vocabulary``), divided by their norm, at this weight: what
     # the network learned to read from the diagnoses, in the graph (needs w_statement > 0 in training)
     statement_weight: float = 0.0
+    # how the head's outputs form that block: "probabilities" (sigmoid outputs over their norm) or
+    # "logit_z" (each statement's logit standardised on the training folds, clipped, over sqrt(L), so a
+    # rare statement weighs as much as a common one)
+    statement_block: str = "probabilities"
     recon_source: str = "pooled"  # decode from the "pooled" embedding or the temporal "features" map
 
     # views: two windows of ``window`` samples from one 10 s ECG
@@ -128,6 +132,10 @@ class EncoderConfig:
             )
         if self.statement_weight > 0 and not self.w_statement > 0:
             raise ValueError("statement_weight > 0 serves a statement head: it needs w_statement > 0")
+        if self.statement_block not in ("probabilities", "logit_z"):
+            raise ValueError(
+                f"statement_block must be 'probabilities' or 'logit_z', not {self.statement_block!r}"
+            )
         if self.statement_min_count < 1:
             raise ValueError(f"statement_min_count must be >= 1, not {self.statement_min_count}")
         if self.recon_source not in ("pooled", "features"):

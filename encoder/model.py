@@ -325,9 +325,38 @@ class LeadAmplitudes(nn.Module):
         return z.clamp(-self.f.Z_CLIP, self.f.Z_CLIP)
 
 
+class StatementBlock(nn.Module):
+    """(n, L) statement logits -> the served block at weight 1: the sigmoid outputs over their norm
+    ("probabilities"), or the logits standardised with the training folds' mean and std, clipped, over
+    sqrt(L) ("logit_z"; buffers set at export)."""
+
+    # buffers
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, kind: str, mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> None:
+        super().__init__()
+        from ecgsearch.ecg import features
+
+        if kind not in ("probabilities", "logit_z") or (kind == "logit_z" and (mean is None or std is None)):
+            raise ValueError(
+                f"a {kind!r} statement block needs its kind known and, for logit_z, mean and std"
+            )
+        self.kind, self.clip = kind, float(features.Z_CLIP)
+        self.register_buffer("mean", torch.zeros(0) if mean is None else mean.float())
+        self.register_buffer("std", torch.ones(0) if std is None else std.float().clamp(min=1e-6))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.kind == "logit_z":
+            z = ((logits - self.mean) / self.std).clamp(-self.clip, self.clip)
+            return z / logits.shape[1] ** 0.5
+        p = torch.sigmoid(logits)
+        return p / p.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
 class ServingEncoder(nn.Module):
     """What is exported: prepared ECGs in mV -> [unit conv embedding | w_r/sqrt(2) * rhythm z |
-    w_a/sqrt(12) * amplitude z | w_s * statement probabilities / their norm].
+    w_a/sqrt(12) * amplitude z | w_s * statement block].
 
     The encoder and the rhythm features read the ECG divided by its global RMS (``UnitRms``), as in
     training; the amplitude block reads the voltage. A block of z-scores with weight w weighs about
@@ -342,6 +371,7 @@ class ServingEncoder(nn.Module):
         amplitude: LeadAmplitudes | None = None,
         amplitude_weight: float = 0.0,
         statement_weight: float = 0.0,
+        statement: StatementBlock | None = None,
     ) -> None:
         super().__init__()
         self.scale, self.encoder = UnitRms(), encoder
@@ -350,6 +380,7 @@ class ServingEncoder(nn.Module):
         if statement_weight > 0 and encoder.statements is None:
             raise ValueError("a statement block needs an encoder with a statement head")
         self.statement_weight = float(statement_weight)
+        self.statement = statement or StatementBlock("probabilities")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         unit, scale = self.scale(x)
@@ -360,6 +391,5 @@ class ServingEncoder(nn.Module):
         if self.amplitude is not None:
             parts.append(self.amplitude(unit, scale) * (self.amplitude_weight / 12**0.5))
         if self.statement_weight > 0:
-            p = torch.sigmoid(self.encoder.statement_logits(e))
-            parts.append(p * (self.statement_weight / p.norm(dim=1, keepdim=True).clamp(min=1e-12)))
+            parts.append(self.statement(self.encoder.statement_logits(e)) * self.statement_weight)
         return torch.cat(parts, dim=1)

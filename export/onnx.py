@@ -27,6 +27,7 @@ from ecgsearch.encoder.model import (
     RhythmFeatures,
     SelfSupervised,
     ServingEncoder,
+    StatementBlock,
     count_parameters,
     load_checkpoint,
 )
@@ -76,11 +77,17 @@ AMPLITUDE_NOTE = (
 )
 
 STATEMENT_NOTE = (
-    " Then {n} statement probabilities: a linear head on the {dim}-d embedding (before its normalisation), "
+    " Then {n} statement values: a linear head on the {dim}-d embedding (before its normalisation), "
     "trained with a multi-label cross entropy on the training folds' PTB-XL statements and superclasses "
-    "with at least {min_count} positives there (card field 'features'), through a sigmoid, divided by "
-    "their norm and weighted {w:g}."
+    "with at least {min_count} positives there (card field 'features'); {how}, weighted {w:g}."
 )
+STATEMENT_HOW = {
+    "probabilities": "its statement probabilities (sigmoid outputs) divided by their norm",
+    "logit_z": (
+        "each statement's logit standardised with the training folds' mean and std, clipped to +-{zclip:g}, "
+        "over sqrt({n})"
+    ),
+}
 
 LAYOUT_NOTE = (
     " The exported vector is [the {dim}-d embedding divided by its norm | the measured blocks in this "
@@ -107,6 +114,9 @@ def embedding_note(config: EncoderConfig) -> str:
             dim=config.embedding_dim,
             min_count=config.statement_min_count,
             w=config.statement_weight,
+            how=STATEMENT_HOW[config.statement_block].format(
+                zclip=features.Z_CLIP, n=len(config.statement_vocabulary)
+            ),
         )
     if config.output_dim > config.embedding_dim:
         note += LAYOUT_NOTE.format(dim=config.embedding_dim, out=config.output_dim)
@@ -166,17 +176,48 @@ def serving_module(
             tuple(stats["mean"]), tuple(stats["std"]), stats["global_rms_mv"]["median"]
         )
         cards["amplitude"] = {**stats, "weight": config.amplitude_weight}
+    statement = None
     if config.statement_weight > 0:
         cards["statements"] = {
             "vocabulary": list(config.statement_vocabulary),
             "min_count": config.statement_min_count,
             "weight": config.statement_weight,
+            "block": config.statement_block,
             **folds,
         }
+        statement = StatementBlock("probabilities")
+        if config.statement_block == "logit_z":
+            if train is None:
+                train = load_ptbxl(
+                    data_root, folds=config.train_folds, cache_dir=cache_dir, max_records=config.max_records
+                )
+            mean, std = logit_statistics(encoder, train)
+            statement = StatementBlock("logit_z", mean, std)
+            cards["statements"].update(mean=mean.tolist(), std=std.tolist(), n=len(train))
     module = ServingEncoder(
-        encoder, rhythm, config.rhythm_weight, amplitude, config.amplitude_weight, config.statement_weight
+        encoder,
+        rhythm,
+        config.rhythm_weight,
+        amplitude,
+        config.amplitude_weight,
+        config.statement_weight,
+        statement,
     )
     return module, cards
+
+
+@torch.no_grad()
+def logit_statistics(
+    encoder: Encoder, train: EcgArrays, batch: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-statement mean and std of the head's logits over the training folds' ECGs (unit RMS, as the
+    served graph feeds the encoder): the ``logit_z`` block's standardisation."""
+    was_training = encoder.training
+    encoder.eval()
+    x = torch.from_numpy(np.ascontiguousarray(train.x))
+    logits = torch.cat([encoder.statement_logits(encoder(x[i : i + batch])) for i in range(0, len(x), batch)])
+    encoder.train(was_training)
+    return logits.mean(dim=0), logits.std(dim=0, unbiased=False)
 
 
 class ParityError(RuntimeError):
@@ -306,6 +347,7 @@ def export_checkpoint(
                 rhythm_weight=config.rhythm_weight,
                 amplitude_weight=config.amplitude_weight,
                 statement_weight=config.statement_weight,
+                statement_block=config.statement_block,
                 notes=config.notes,
             )
         config = trained

@@ -151,14 +151,15 @@ def test_nested_choice_scores_exactly_what_would_be_served(data_dir: Path) -> No
     )  # fmt: skip
     encoder = random_encoder(config)
     blocks = cf.served_blocks(encoder, config, data, data.mv)
-    assert [b.shape[1] for b in blocks.values()] == [24, 2, 3]
-    for sw, rw in ((0.0, 0.25), (1.5, 0.5), (0.5, 0.0)):
-        served, _ = serving_module(
-            encoder, config.with_overrides(statement_weight=sw, rhythm_weight=rw), "", train=data
-        )
+    assert {k: b.shape[1] for k, b in blocks.items()} == {
+        "embedding": 24, "rhythm": 2, "probabilities": 3, "logit_z": 3
+    }  # fmt: skip
+    for sw, rw, kind in ((0.0, 0.25, "probabilities"), (1.5, 0.5, "logit_z"), (0.5, 0.0, "probabilities")):
+        setting = config.with_overrides(statement_weight=sw, rhythm_weight=rw, statement_block=kind)
+        served, _ = serving_module(encoder, setting, "", train=data)
         direct = embed(served, data.mv, torch.device("cpu")).astype(np.float64)
         direct /= np.linalg.norm(direct, axis=1, keepdims=True)
-        composed = cf.compose(blocks, sw, rw)  # a weight 0 block stays as zeros: the same cosines
+        composed = cf.compose(blocks, sw, rw, kind)  # a weight 0 block stays as zeros: the same cosines
         assert np.allclose(composed @ composed.T, direct @ direct.T, atol=1e-5)
         assert np.allclose(composed[:, :24], direct[:, :24], atol=1e-5)
     corpus = cf.corpus_of(data, data_dir / "ptb-xl")
@@ -222,10 +223,10 @@ def test_eval_crossfit_nested_choice_stays_inside_the_training_folds(data_dir: P
         held_out = set(choice["held_out_folds"])
         assert choice["inner_fold"] not in held_out and not set(choice["inner_train_folds"]) & held_out
         assert choice["inner_fold"] not in choice["inner_train_folds"]
-        assert len(choice["tried"]) == len(nested["grid"]["statement_weight"]) * len(
-            nested["grid"]["rhythm_weight"]
-        )
+        grid = nested["grid"]
+        settings = (2 * len(grid["statement_weight"]) - 1) * len(grid["rhythm_weight"])  # 0: one kind
+        assert len(choice["tried"]) == settings
         best = max(t["score"] for t in choice["tried"])
         picked = [t for t in choice["tried"] if t["score"] == best][0]
-        assert choice["chosen"] == {k: picked[k] for k in ("statement_weight", "rhythm_weight")}
+        assert choice["chosen"] == {k: picked[k] for k in grid}
         assert info["served"] == choice["chosen"] and info["statement_vocabulary"]

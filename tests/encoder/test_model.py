@@ -88,7 +88,7 @@ def test_serving_encoder_appends_weighted_rhythm_and_amplitude_blocks() -> None:
 
 
 def test_serving_encoder_appends_the_statement_probabilities_at_their_weight() -> None:
-    from ecgsearch.encoder.model import ServingEncoder, UnitRms
+    from ecgsearch.encoder.model import ServingEncoder, StatementBlock, UnitRms
 
     config = EncoderConfig(
         stem_channels=8, stage_channels=(16,), stage_kernels=(3,), embedding_dim=24,
@@ -103,6 +103,12 @@ def test_serving_encoder_appends_the_statement_probabilities_at_their_weight() -
     assert out.shape == (3, config.output_dim) == (3, 27)
     assert torch.allclose(out[:, 24:].norm(dim=1), torch.full((3,), 0.7), atol=1e-5)
     assert torch.allclose(out[:, 24:], 0.7 * p / p.norm(dim=1, keepdim=True), atol=1e-6)
+    mean, std = torch.tensor([0.5, -1.0, 0.0]), torch.tensor([2.0, 1.0, 0.5])
+    with torch.no_grad():
+        z = ServingEncoder(encoder, statement_weight=0.7, statement=StatementBlock("logit_z", mean, std))(x)
+        logits = encoder.statement_logits(encoder(UnitRms()(x)[0]))
+    expected = ((logits - mean) / std).clamp(-5, 5) / 3**0.5 * 0.7
+    assert torch.allclose(z[:, 24:], expected, atol=1e-5) and torch.equal(z[:, :24], out[:, :24])
     assert Encoder(config.with_overrides(statement_vocabulary=())).statements is None
     with pytest.raises(ValueError, match="statement head"):
         ServingEncoder(Encoder(config.with_overrides(statement_vocabulary=())), statement_weight=0.7)
