@@ -235,3 +235,7 @@ def test_statement_head_run_is_deterministic_and_exports(data_dir: Path, tmp_pat
     assert card.embedding_dim == 32 + len(vocabulary) and card.parity["max_abs_diff"] < 1e-4
     assert card.features["statements"]["vocabulary"] == list(vocabulary)
     assert "statement probabilities" in card.embedding
+    standardised = config.with_overrides(statement_block="logit_z")
+    card = export_checkpoint(tmp_path / "a" / "last.pt", tmp_path / "z.onnx", data_dir, config=standardised)
+    assert card.parity["max_abs_diff"] < 1e-4 and len(card.features["statements"]["std"]) == len(vocabulary)
+    assert "logit standardised" in card.embedding
