@@ -478,6 +478,10 @@ def crossfit(
     epochs: Annotated[int | None, typer.Option(min=1, help="override the configs' epochs")] = None,
     limit: Annotated[int | None, typer.Option(min=50, help="use only the first N ECGs (smoke runs)")] = None,
     cache: Annotated[Path | None, typer.Option(help="prepared-array cache")] = Path("runs/cache"),
+    work: Annotated[
+        Path | None,
+        typer.Option(help="keep the trained models here and reuse those of the same config already finished"),
+    ] = None,
     out: Annotated[Path, typer.Option(help="results JSON")] = Path("results/retrieval_crossfit.json"),
     quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
     as_json: AsJson = False,
@@ -531,6 +535,7 @@ def crossfit(
         threads=threads,
         limit=limit,
         cache_dir=cache,
+        work=work,
         command=f"ecgsearch eval crossfit --config {config} --groups {groups} --threads {threads}"
         + (f" --compare {compare} --compare-name {compare_name}" if compare else "")
         + (" --nested" if nested else "")

@@ -24,6 +24,7 @@ model then trains on all its folds and serves the settings picked, so no reporte
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -121,7 +122,7 @@ def train_group(
     import torch
 
     from ecgsearch.encoder.model import load_checkpoint
-    from ecgsearch.encoder.train import LAST, embed, train
+    from ecgsearch.encoder.train import LAST, embed
     from ecgsearch.export.onnx import random_encoder, serving_module
 
     cfg = training_config(config, held_out, threads)
@@ -132,7 +133,7 @@ def train_group(
     val_arrays = train_arrays.in_folds([cfg.val_fold])
     out = scratch / f"{label}-heldout-{'-'.join(map(str, held_out))}"
     t0 = time.perf_counter()
-    summary = train(cfg, "", out, device="cpu", threads=threads, arrays=(train_arrays, val_arrays))
+    summary = train_once(cfg, out, threads, (train_arrays, val_arrays))
     encoder, cfg, _ = load_checkpoint(out / LAST)  # its config holds the statement vocabulary
     dev = torch.device("cpu")
     assert data.mv is not None
@@ -225,7 +226,7 @@ def nested_choice(
     space is the training folds' records. Returns the config with the weights picked, and the record.
     """
     from ecgsearch.encoder.model import load_checkpoint
-    from ecgsearch.encoder.train import LAST, train
+    from ecgsearch.encoder.train import LAST
 
     outer = [f for f in FOLDS if f not in held_out]
     inner_fold = outer[-1]
@@ -236,14 +237,7 @@ def nested_choice(
     inner_train = data.select(np.isin(data.folds, cfg.train_folds))
     out = scratch / f"inner-heldout-{'-'.join(map(str, held_out))}"
     t0 = time.perf_counter()
-    train(
-        cfg,
-        "",
-        out,
-        device="cpu",
-        threads=threads,
-        arrays=(inner_train, inner_train.in_folds([cfg.val_fold])),
-    )
+    train_once(cfg, out, threads, (inner_train, inner_train.in_folds([cfg.val_fold])))
     encoder, trained_cfg, _ = load_checkpoint(out / LAST)
     assert data.mv is not None
     blocks = served_blocks(encoder, trained_cfg, inner_train, data.mv[rows])
@@ -271,6 +265,22 @@ def nested_choice(
     }
     log(f"held out {held_out}: inner fold {inner_fold} picks {chosen} (score {best['score']:.3f})")
     return config.with_overrides(**chosen), record
+
+
+def train_once(config: EncoderConfig, out: Path, threads: int, arrays: tuple[EcgArrays, EcgArrays]) -> dict:
+    """Train ``config`` into ``out``, or reuse the finished training already there when its config is
+    this one (training is deterministic per seed and threads, so it is the model this run would train:
+    a cross-fit can be split over processes sharing ``--work``). The run summary."""
+    from ecgsearch.encoder.train import train
+
+    done = out / "summary.json"
+    if done.is_file():
+        summary = json.loads(done.read_text())
+        saved = {k: v for k, v in summary["config"].items() if k != "statement_vocabulary"}
+        wanted = {k: v for k, v in config.to_dict().items() if k != "statement_vocabulary"}
+        if saved == wanted:
+            return summary
+    return train(config, "", out, device="cpu", threads=threads, arrays=arrays)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -350,12 +360,14 @@ def run(
     threads: int = 1,
     limit: int | None = None,
     cache_dir: Path | None = None,
+    work: Path | None = None,
     command: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train one model per held-out group (and one of ``compare`` per group), embed, score; the results.
 
-    ``root`` holds ``ptb-xl/``; ``limit`` keeps the first N ECGs (smoke runs, tests).
+    ``root`` holds ``ptb-xl/``; ``limit`` keeps the first N ECGs (smoke runs, tests); ``work`` keeps
+    the trained models (else a temporary folder) and reuses those already finished there (``train_once``).
     """
     import torch
 
@@ -373,7 +385,8 @@ def run(
     training: dict[str, list[dict]] = {name: [] for name in configs}
     choices: list[dict] = []
     dim = 0
-    with tempfile.TemporaryDirectory(prefix="crossfit-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="crossfit-") as scratch:
+        tmp = scratch if work is None else str(work)
         for held_out in groups:
             for name, cfg in configs.items():
                 if nested and name == "trained":

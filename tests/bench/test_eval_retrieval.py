@@ -214,9 +214,18 @@ def test_eval_crossfit_nested_choice_stays_inside_the_training_folds(data_dir: P
     out = tmp_path / "crossfit.json"
     args = ["eval", "crossfit", "--config", str(config), "--data", str(data_dir), "--groups", "2", "--nested"]
     args += ["--limit", "120", "--cache", str(tmp_path / "cache"), "--out", str(out), "--quiet"]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, [*args, "--work", str(tmp_path / "work")])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
+    # a second run over the same --work reuses the four finished trainings: the same results
+    summaries = sorted((tmp_path / "work").glob("*/summary.json"))
+    assert len(summaries) == 4
+    stamps = [p.stat().st_mtime_ns for p in summaries]
+    again = tmp_path / "again.json"
+    args[args.index("--out") + 1] = str(again)
+    assert CliRunner().invoke(app, [*args, "--work", str(tmp_path / "work")]).exit_code == 0
+    assert [p.stat().st_mtime_ns for p in summaries] == stamps
+    assert json.loads(again.read_text())["views"] == data["views"]
     nested = data["nested_choice"]
     assert len(nested["groups"]) == 2 and "--nested" in data["command"]
     for choice, info in zip(nested["groups"], data["training"]["trained"], strict=True):
