@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 import ecgsearch.cli.exits as exits
 from ecgsearch.cli.output import AsJson
 from ecgsearch.cli.tokens import TokenFile, resolve
+
+if TYPE_CHECKING:
+    from ecgsearch.search.engine import store as engine
+
+T = TypeVar("T")
 
 Store = Annotated[
     Path | None,
@@ -213,8 +219,13 @@ def _held(path: Path) -> None:
 
 
 def _with_store(
-    store: Path | None, url: str | None, api_key: str | None, collection: str, action: Any, new: bool = False
-) -> Any:
+    store: Path | None,
+    url: str | None,
+    api_key: str | None,
+    collection: str,
+    action: Callable[[engine.Store], T],
+    new: bool = False,
+) -> T:
     """Open the store, run ``action``, close it; store and snapshot problems exit 1 in one line."""
     from ecgsearch.ecg.schema import StoreUnavailable
     from ecgsearch.search.engine.snapshots import SnapshotError
@@ -268,7 +279,7 @@ def _print(rows: list[Any], as_json: bool, single: bool = False) -> None:
         typer.echo(f"{r.collection}  {when}  {count}  {size}  {r.location}")
 
 
-def _fail(message: str, code: int = exits.FAILED) -> None:
+def _fail(message: str, code: int = exits.FAILED) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
