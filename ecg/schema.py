@@ -89,10 +89,13 @@ PAYLOAD_FIELDS: tuple[PayloadField, ...] = (
         "optional string",
         note="SHA-256 of the ECG as stored (rate, leads, units, samples)",
     ),
+    # Indexed: every search the service runs drops copies (duplicate_of empty); without the index the
+    # engine guesses that filter keeps half the points, and the plan is a post-filter, not HNSW.
     PayloadField(
         "duplicate_of",
         16,
         "optional string",
+        "keyword",
         note="record id of the ECG stored before this one that it copies (the same recording by content)",
     ),
     PayloadField(

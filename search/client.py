@@ -204,6 +204,21 @@ class EcgSearchClient:
             for r in reply.rpcs
         }
 
+    def search_plans(self) -> dict[str, dict[str, int | None]]:
+        """Per plan of the embedded store (search/engine/plan.py): the searches that took it, how many of
+        them were filtered, and the engine's estimate (matching points of ``total``) for the latest
+        filtered one (None: none was)."""
+        reply = self._call(self.stub.ServerStats, pb.ServerStatsRequest())
+        return {
+            p.plan: {
+                "count": p.count,
+                "filtered": p.filtered,
+                "estimate": p.estimate if p.HasField("estimate") else None,
+                "total": p.total if p.HasField("total") else None,
+            }
+            for p in reply.search_plans
+        }
+
     def create_snapshot(self) -> SnapshotInfo:
         """Snapshot the served collection (needs a caller with scope admin)."""
         reply = self._call(self.stub.CreateSnapshot, pb.CreateSnapshotRequest())

@@ -558,17 +558,33 @@ class RpcStats(_message.Message):
     p99_ms: float
     def __init__(self, method: _Optional[str] = ..., count: _Optional[int] = ..., errors: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ...) -> None: ...
 
+class SearchPlanStats(_message.Message):
+    __slots__ = ("plan", "count", "filtered", "estimate", "total")
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    FILTERED_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    plan: str
+    count: int
+    filtered: int
+    estimate: int
+    total: int
+    def __init__(self, plan: _Optional[str] = ..., count: _Optional[int] = ..., filtered: _Optional[int] = ..., estimate: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
 class ServerStatsResponse(_message.Message):
-    __slots__ = ("uptime_s", "rpcs", "started_at", "ecgs_prepared")
+    __slots__ = ("uptime_s", "rpcs", "started_at", "ecgs_prepared", "search_plans")
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     RPCS_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     ECGS_PREPARED_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_PLANS_FIELD_NUMBER: _ClassVar[int]
     uptime_s: float
     rpcs: _containers.RepeatedCompositeFieldContainer[RpcStats]
     started_at: _timestamp_pb2.Timestamp
     ecgs_prepared: int
-    def __init__(self, uptime_s: _Optional[float] = ..., rpcs: _Optional[_Iterable[_Union[RpcStats, _Mapping]]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ecgs_prepared: _Optional[int] = ...) -> None: ...
+    search_plans: _containers.RepeatedCompositeFieldContainer[SearchPlanStats]
+    def __init__(self, uptime_s: _Optional[float] = ..., rpcs: _Optional[_Iterable[_Union[RpcStats, _Mapping]]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ecgs_prepared: _Optional[int] = ..., search_plans: _Optional[_Iterable[_Union[SearchPlanStats, _Mapping]]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
     __slots__ = ("name", "location", "collection", "backend", "created", "size_bytes", "count", "model_version")

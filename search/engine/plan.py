@@ -2,7 +2,10 @@
 
 A pure function of counts and settings, so the decision is unit-tested without an engine:
 
-- ``hnsw``: no filter, plain HNSW;
+- ``hnsw``: no filter, or a near-total one (keeping at least ``hnsw_min_fraction`` of points, such as
+  the service's rule that drops copies, ``duplicate_of`` empty): the engine's own HNSW search with the
+  filter checked as it walks, without ACORN. Almost every node passes, so the walk is the unfiltered
+  one (100k: p50 1.0 ms and recall@10 0.997 where the post-filter took 6.1 ms);
 - ``exact``: few matching points (at most ``exact_max_points``, and not a broad filter): score
   every one of them. The engine enumerates them through the payload index, so the cost follows the
   matching count, not the collection size, and recall is exact at any scale. The bound is a
@@ -18,6 +21,7 @@ A pure function of counts and settings, so the decision is unit-tested without a
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,6 +36,7 @@ class PlanLimits:
     postfilter_min_fraction: float
     postfilter_safety: float
     postfilter_max_limit: int
+    hnsw_min_fraction: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ def choose(*, k: int, estimate: int | None, total: int, limits: PlanLimits, sear
         return Plan("hnsw", None, total)
     estimate = max(0, min(estimate, total))
     fraction = estimate / total if total else 0.0
+    if fraction >= limits.hnsw_min_fraction and total > limits.postfilter_max_limit:
+        return Plan("hnsw", estimate, total)
     broad = fraction >= limits.postfilter_min_fraction
     # A broad filter is post-filtered even under the exact bound (a few hundred candidates cost less
     # than scanning a large share), except in a collection no larger than the candidates themselves.
@@ -66,3 +73,40 @@ def choose(*, k: int, estimate: int | None, total: int, limits: PlanLimits, sear
         limit = max(k, min(limit, limits.postfilter_max_limit))
         return Plan("postfilter", estimate, total, limit=limit, ef=max(search_ef, limit))
     return Plan("acorn", estimate, total)
+
+
+class PlanTally:
+    """How many searches took each plan (how many of them filtered), and the engine's estimate for the
+    latest filtered one: matching points of ``total``.
+
+    The embedded store records every search here; the server reports it (``ecgsearch stats``), so
+    an operator sees which plan the service's own filters take, not the bare store's.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, list[int]] = {}  # kind: [searches, filtered searches]
+        self._latest: dict[str, Plan] = {}  # kind: the latest filtered search's plan
+
+    def record(self, plan: Plan) -> None:
+        with self._lock:
+            counts = self._counts.setdefault(plan.kind, [0, 0])
+            counts[0] += 1
+            if plan.estimate is not None:
+                counts[1] += 1
+                self._latest[plan.kind] = plan
+
+    def rows(self) -> dict[str, dict[str, int | None]]:
+        """Per plan kind: ``count``, ``filtered`` (of them with a filter), and the latest filtered one's
+        ``estimate`` and ``total`` points (None: none was filtered)."""
+        with self._lock:
+            rows: dict[str, dict[str, int | None]] = {}
+            for kind, (n, filtered) in sorted(self._counts.items()):
+                latest = self._latest.get(kind)
+                rows[kind] = {
+                    "count": n,
+                    "filtered": filtered,
+                    "estimate": latest.estimate if latest else None,
+                    "total": latest.total if latest else None,
+                }
+            return rows

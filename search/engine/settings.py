@@ -79,6 +79,12 @@ class IndexSettings(BaseModel):
     postfilter_max_limit: int = Field(
         default=1000, ge=1, le=10_000, description="most candidates a post-filtered search asks for"
     )
+    hnsw_min_fraction: float = Field(
+        default=0.9,
+        gt=0.0,
+        le=1.0,
+        description="filters keeping at least this fraction run as the engine's filtered HNSW (no ACORN)",
+    )
 
     def plan_limits(self) -> PlanLimits:
         """The search-plan thresholds (search/engine/plan.py) of this collection."""
@@ -87,6 +93,7 @@ class IndexSettings(BaseModel):
             postfilter_min_fraction=self.postfilter_min_fraction,
             postfilter_safety=self.postfilter_safety,
             postfilter_max_limit=self.postfilter_max_limit,
+            hnsw_min_fraction=self.hnsw_min_fraction,
         )
 
 

@@ -42,7 +42,7 @@ from ecgsearch.ecg.schema import (
     point_id,
 )
 from ecgsearch.search.engine.filters import to_client, to_edge
-from ecgsearch.search.engine.plan import Plan, choose
+from ecgsearch.search.engine.plan import Plan, PlanTally, choose
 from ecgsearch.search.engine.settings import (
     CLIENT,
     EDGE,
@@ -65,6 +65,7 @@ class Store(Protocol):
 
     name: str  # the collection (an alias resolved)
     backend: str  # "qdrant-edge", "qdrant-server" or "qdrant-local"
+    plans: PlanTally  # the plan of every search (the embedded store's; a Qdrant server plans its own)
 
     def create_collection(self, *, dim: int, model_version: str) -> None:
         """Create if absent; if present, refuse (ModelMismatch) unless dim and model_version match, and
@@ -185,6 +186,22 @@ FACET_LIMIT = 10_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+def _index_payloads(shard: edge.EdgeShard) -> None:
+    """Create the payload indexes of PAYLOAD_INDEXES the shard lacks (a new shard: all of them).
+
+    A collection made before an index was declared gets it when opened, so its filters are
+    estimated and planned as a new collection's; an index already there is left as it is.
+    """
+    have = set(shard.info().payload_schema)
+    missing = {f: schema for f, schema in payload_schemas(PAYLOAD_INDEXES, EDGE).items() if f not in have}
+    for field_name, schema in missing.items():
+        shard.update(edge.UpdateOperation.create_field_index(field_name, schema))
+    if missing:
+        shard.flush()
+        if have:
+            log.info("payload indexes added to an existing collection: %s", ", ".join(missing))
+
+
 def _check_name(name: str) -> str:
     if not _NAME.match(name):
         raise StoreError(f"invalid collection or alias name {name!r}: use letters, digits, '.', '_', '-'")
@@ -303,11 +320,13 @@ class EdgeStore(_Backend):
         self._shard: edge.EdgeShard | None = None
         self._closed = False
         self.last_plan: Plan | None = None  # the plan of the latest search (tests, benchmarks)
+        self.plans = PlanTally()  # every search's plan, for the server's stats
         self.manifest = self._read_manifest()
         self.requested_settings = settings
         self.settings = settings or (self.manifest.settings if self.manifest else IndexSettings())
         if self.manifest is not None:
             self._shard = self._open(lambda: edge.EdgeShard.load(str(self._shard_dir)))
+            _index_payloads(self._shard)
 
     # -- layout ---------------------------------------------------------------------------------
     @property
@@ -383,9 +402,7 @@ class EdgeStore(_Backend):
         )
         self._dir.mkdir(parents=True, exist_ok=True)
         shard = self._open(lambda: edge.EdgeShard.create(str(self._shard_dir), config))
-        for field_name, schema in payload_schemas(PAYLOAD_INDEXES, EDGE).items():
-            shard.update(edge.UpdateOperation.create_field_index(field_name, schema))
-        shard.flush()
+        _index_payloads(shard)
         manifest = CollectionManifest(
             name=self.name, dim=dim, model_version=model_version, created=datetime.now(UTC), settings=s
         )
@@ -446,13 +463,15 @@ class EdgeStore(_Backend):
         flt = to_edge(filter)
         plan = Plan("exact") if exact else self.plan_for(filter, k)
         self.last_plan = plan
-        log.debug("search plan %s", plan)
         rows = [row.tolist() for row in matrix]
         if plan.kind == "postfilter" and flt is not None:
             results = self._postfiltered(rows, k, flt, plan, ef, score_threshold)
         else:
             params = self._params(exact=plan.kind == "exact", ef=ef, filtered=plan.kind == "acorn")
             results = self._query(rows, k, flt, params, score_threshold, with_payload=True)
+        log.debug("search plan %s", self.last_plan)
+        if self.last_plan is not None:
+            self.plans.record(self.last_plan)
         return [[_hit(p.payload, p.score) for p in points] for points in results]
 
     def plan_for(self, filter: SearchFilter | None, k: int) -> Plan:
@@ -673,6 +692,7 @@ class EdgeStore(_Backend):
         self.manifest = self._read_manifest()
         self.settings = self.requested_settings or self._manifest().settings
         self._shard = self._open(lambda: edge.EdgeShard.load(str(self._shard_dir)))
+        _index_payloads(self._shard)
         return self.count()
 
     def restore_snapshot(self, source: str | Path, archive: Path | None = None) -> SnapshotInfo:
@@ -745,6 +765,7 @@ class ServerStore(_Backend):
         timeout: int = 30,
     ) -> None:
         self.name = _check_name(collection)
+        self.plans = PlanTally()  # stays empty: the server plans its searches itself
         self.requested_settings = settings
         self.settings = settings or IndexSettings()
         self.shard_number, self.replication_factor = shard_number, replication_factor

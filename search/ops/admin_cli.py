@@ -171,7 +171,8 @@ def stats_command(
     timeout: Annotated[float, typer.Option(min=0.1, help="Deadline in seconds.")] = 10.0,
     as_json: AsJson = False,
 ) -> None:
-    """Per-RPC request counts, errors and latency percentiles of a running server since it started.
+    """Per-RPC request counts, errors and latency percentiles of a running server since it started,
+    and how its searches were planned (``search_plans``: hnsw, exact, postfilter, acorn).
 
     Needs a token (--token-file or env ECGSEARCH_TOKEN). Exit status: the table in docs/commands.md
     (4 token refused, 6 server unreachable).
@@ -191,12 +192,13 @@ def stats_command(
             target, token=resolve(token_file), tls=tls, root_cert=root_cert, timeout=timeout
         ) as client:
             result = client.stats()
+            plans = client.search_plans()
     except grpc.RpcError as exc:
         _fail(f"{target}: {exc.code().name}: {exc.details()}", exits.for_rpc_error(exc))
     except (OSError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
-        _print_json(result)
+        _print_json({"rpcs": result, "search_plans": plans})
         return
     typer.echo(f"{'rpc':<24} {'count':>8} {'errors':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
     for method, row in sorted(result.items()):
@@ -204,6 +206,9 @@ def stats_command(
             f"{method:<24} {row['count']:>8.0f} {row['errors']:>7.0f} {row['p50_ms']:>8.2f} "
             f"{row['p95_ms']:>8.2f} {row['p99_ms']:>8.2f}"
         )
+    for plan, p in plans.items():
+        seen = "" if p["estimate"] is None else f", the latest ~{p['estimate']} of {p['total']} points"
+        typer.echo(f"search plan {plan:<11} {p['count']:>8} searches ({p['filtered']} filtered{seen})")
 
 
 def _with_store(

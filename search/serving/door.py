@@ -88,6 +88,7 @@ class ServerFigures:
     started_at: datetime
     rpcs: dict[str, dict[str, float]]
     ecgs_prepared: int
+    search_plans: dict[str, dict[str, int | None]]  # plan kind: count, latest estimate and total
 
 
 class Walled:
@@ -149,6 +150,7 @@ class Walled:
             started_at=telemetry.started_at,
             rpcs=telemetry.per_method() if every else {},
             ecgs_prepared=self._service.prepared_count if every else 0,
+            search_plans=self._service.store.plans.rows() if every else {},
         )
 
     # --- writes ----------------------------------------------------------------------------------

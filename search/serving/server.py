@@ -295,6 +295,16 @@ def _server_stats(view: Walled, request: pb.ServerStatsRequest) -> pb.ServerStat
             for method, row in figures.rpcs.items()
         ],
         ecgs_prepared=figures.ecgs_prepared,
+        search_plans=[
+            pb.SearchPlanStats(
+                plan=plan,
+                count=row["count"] or 0,
+                filtered=row["filtered"] or 0,
+                estimate=row["estimate"],
+                total=row["total"],
+            )
+            for plan, row in figures.search_plans.items()
+        ],
     )
     reply.started_at.FromDatetime(figures.started_at)
     return reply

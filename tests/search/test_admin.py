@@ -153,8 +153,11 @@ def test_stats_of_a_running_server(served: str) -> None:
     code, out, err = run("stats", "--target", served, "--json", token="t")
     assert code == 0, err
     stats = json.loads(out)
-    searches = [row for method, row in stats.items() if "Record" in method and row["count"] >= 1]
+    searches = [row for method, row in stats["rpcs"].items() if "Record" in method and row["count"] >= 1]
     assert searches and searches[0]["errors"] == 0 and searches[0]["p50_ms"] > 0
+    # the search by record was filtered (record, patient, copies): its plan and the engine's estimate
+    filtered = [row for row in stats["search_plans"].values() if row["filtered"]]
+    assert filtered and all(0 < row["estimate"] <= row["total"] for row in filtered)
     code, out, _ = run("stats", "--target", served, token="t")
     assert code == 0 and "p99 ms" in out
     code, _, err = run("stats", "--target", served, token="wrong")

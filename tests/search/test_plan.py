@@ -11,7 +11,7 @@ import pytest
 from ecgsearch.bench.metrics import MISSING, exact_topk
 from ecgsearch.bench.recall import Dataset, row_of, synthetic_dataset
 from ecgsearch.ecg.schema import SearchFilter
-from ecgsearch.search.engine.plan import PlanLimits, choose
+from ecgsearch.search.engine.plan import Plan, PlanLimits, PlanTally, choose
 from ecgsearch.search.engine.store import EdgeStore, IndexSettings, open_store
 
 LIMITS = PlanLimits(
@@ -56,6 +56,28 @@ def test_broad_filter_oversamples_an_unfiltered_search() -> None:
 def test_postfilter_limit_is_capped_and_ef_follows_it() -> None:
     plan = choose(k=100, estimate=250_000, total=1_000_000, limits=LIMITS, search_ef=256)
     assert (plan.kind, plan.limit, plan.ef) == ("postfilter", 1000, 1000)
+
+
+@pytest.mark.parametrize("estimate", [900_000, 995_000, 1_000_000])
+def test_near_total_filter_is_the_engines_hnsw(estimate: int) -> None:
+    """The service's copy rule keeps ~99.5%: the engine's own filtered HNSW, not a post-filter."""
+    plan = choose(k=10, estimate=estimate, total=1_000_000, limits=LIMITS, search_ef=256)
+    assert (plan.kind, plan.estimate, plan.limit) == ("hnsw", estimate, None)
+    assert choose(k=10, estimate=899_999, total=1_000_000, limits=LIMITS, search_ef=256).kind == "postfilter"
+
+
+def test_near_total_filter_in_a_tiny_collection_is_still_exact() -> None:
+    assert choose(k=10, estimate=995, total=1_000, limits=LIMITS, search_ef=256).kind == "exact"
+
+
+def test_tally_counts_each_plan_and_keeps_the_latest_estimate() -> None:
+    tally = PlanTally()
+    for plan in (Plan("hnsw", 990, 1000), Plan("exact", 5, 1000), Plan("hnsw", 995, 1000), Plan("hnsw")):
+        tally.record(plan)
+    assert tally.rows() == {
+        "exact": {"count": 1, "filtered": 1, "estimate": 5, "total": 1000},
+        "hnsw": {"count": 3, "filtered": 2, "estimate": 995, "total": 1000},
+    }
 
 
 def test_between_the_bounds_is_acorn() -> None:
@@ -199,3 +221,35 @@ def test_estimate_is_close_to_the_matching_count(built: Path, data: Dataset) -> 
             true = int(mask.sum())
             assert plan.estimate is not None and plan.total == N
             assert abs(plan.estimate - true) <= max(20, 0.5 * true), (name, plan.estimate, true)
+
+
+def test_the_copy_rule_is_planned_as_hnsw_at_numpys_answer(built: Path, data: Dataset) -> None:
+    """What the service adds to every search (copies dropped): estimated exactly, searched as HNSW."""
+    copies = np.array([p.duplicate_of is not None for p in data.payloads(0, N)])
+    assert 0 < copies.sum() < 0.01 * N
+    flt = SearchFilter(exclude_duplicates=True)
+    with EdgeStore(built) as st:
+        plan = st.plan_for(flt, K)
+        assert (plan.kind, plan.estimate, plan.total) == ("hnsw", int((~copies).sum()), N)
+        overlap = _mean_overlap(st, data, flt, ~copies, "hnsw")
+        assert st.plans.rows()["hnsw"]["count"] == N_QUERIES
+    assert overlap >= 0.99
+
+
+def test_a_collection_without_the_copy_index_gets_it_when_opened(tmp_path: Path, data: Dataset) -> None:
+    import qdrant_edge as edge
+
+    flt = SearchFilter(exclude_duplicates=True)
+    with open_store(path=tmp_path) as st:
+        st.create_collection(dim=64, model_version="plan-test")
+        st.upsert(data.payloads(0, N), data.vectors)
+        st.shard.update(edge.UpdateOperation.delete_field_index("duplicate_of"))
+        before = st.plan_for(flt, K)
+    assert before.estimate is not None and before.estimate < 0.9 * N  # unindexed: a guess, not HNSW
+    with EdgeStore(tmp_path) as st:
+        assert "duplicate_of" in st.shard.info().payload_schema
+        assert st.plan_for(flt, K).estimate == N - sum(
+            p.duplicate_of is not None for p in data.payloads(0, N)
+        )
+    with EdgeStore(tmp_path) as st:  # opening again changes nothing
+        assert st.count() == N
