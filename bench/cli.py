@@ -53,8 +53,9 @@ def recall(
     engines: Annotated[
         str,
         typer.Option(
-            help="engines to run, of edge, edge-int8, faiss-hnsw, faiss-ivfpq (default: these four) and "
-            "qdrant-local (the ServerStore in local mode)",
+            help="engines to run, of edge, edge-int8, faiss-hnsw, faiss-ivfpq (default: these four), "
+            "qdrant-local (the ServerStore in local mode) and service (the int8 store searched through "
+            "the service as a one-site caller: copies dropped, sites kept; needs --dim of the model)",
             show_default=False,
         ),
     ] = "edge,edge-int8,faiss-hnsw,faiss-ivfpq",
@@ -110,6 +111,8 @@ def recall(
 
         ecgsearch bench recall --sizes 100000 --engines edge,qdrant-local --out results/recall_local.json
 
+        ecgsearch bench recall --sizes 200000 --dim 258 --engines service --out results/recall_service.json
+
         ecgsearch bench recall --real-ptbxl ../shared/data/ptb-xl --out results/recall_real.json
 
         ecgsearch bench recall --merge results/recall_small.json,results/recall_1m.json
@@ -133,7 +136,7 @@ def recall(
             b.plot(result, plot)
         emit(results(out, plot), f"wrote {out}" + (f" and {plot}" if plot else ""), as_json)
         return
-    known = {"edge", "edge-int8", "faiss-hnsw", "faiss-ivfpq", "qdrant-local"}
+    known = {"edge", "edge-int8", "faiss-hnsw", "faiss-ivfpq", "qdrant-local", "service"}
     chosen = tuple(e.strip() for e in engines.split(",") if e.strip())
     if not chosen or set(chosen) - known:
         raise typer.BadParameter(f"engines: choose from {sorted(known)}, got {engines!r}")

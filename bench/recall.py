@@ -126,6 +126,23 @@ def synthetic_dataset(n: int, dim: int, n_queries: int, seed: int) -> Dataset:
 
 
 RECORDS_PER_PATIENT = 4
+SITE, OTHER_SITE = "syn", "syn-other"
+OTHER_SITE_EVERY, COPY_EVERY = 100, 200  # 1% of rows in another site, 0.5% copies of the row before
+
+
+def synthetic_site(row: int) -> str:
+    return OTHER_SITE if row % OTHER_SITE_EVERY == 3 else SITE
+
+
+def synthetic_copy_of(row: int) -> str | None:
+    """The record a copy row repeats (the row before it, the same patient), or None."""
+    return f"syn:{row - 1}" if row % COPY_EVERY == 7 else None
+
+
+def served_rows(n: int) -> np.ndarray:
+    """Rows a caller of SITE sees by default: its site's, without copies (the service's own rules)."""
+    rows = np.arange(n)
+    return (rows % OTHER_SITE_EVERY != 3) & (rows % COPY_EVERY != 7)
 
 
 def synthetic_patient(row: int) -> str:
@@ -155,10 +172,12 @@ def by_record_class(vectors: np.ndarray, n_queries: int, seed: int) -> FilterCla
     )
 
 
-def by_record_truth(vectors: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-k per stored query row among the rows of other patients."""
+def by_record_truth(
+    vectors: np.ndarray, rows: np.ndarray, k: int, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Exact top-k per stored query row among the rows (of ``mask``) of other patients."""
     extra = k + RECORDS_PER_PATIENT
-    ids, _ = exact_topk_multi(vectors[rows], vectors, extra, {"": None})[""]
+    ids, _ = exact_topk_multi(vectors[rows], vectors, extra, {"": mask})[""]
     out = np.full((len(rows), k), -1, dtype=np.int64)
     for i, (row, found) in enumerate(zip(rows, ids, strict=True)):
         same = row // RECORDS_PER_PATIENT
@@ -184,6 +203,8 @@ def synthetic_payload(row: int, pay: synthetic.Payloads, index: int) -> EcgPaylo
         duration_s=10.0,
         recorded_at=None,
         source_path="synthetic",
+        site=synthetic_site(row),
+        duplicate_of=synthetic_copy_of(row),
     )
 
 
@@ -296,24 +317,7 @@ def bench_store(
         return store_mod.open_store(path=path, settings=settings, local=local)
 
     n = len(data.vectors)
-    gc.collect()
-    rss0 = rss_bytes()
-    st = open_()
-    st.create_collection(dim=data.vectors.shape[1], model_version="bench")
-    t0, c0 = time.perf_counter(), cpu_seconds()
-    for start in range(0, n, batch):
-        stop = min(n, start + batch)
-        st.upsert(data.payloads(start, stop), data.vectors[start:stop])
-        if start // batch % 50 == 0:
-            log(f"{name}: upserted {stop}/{n} ({time.perf_counter() - t0:.0f} s)")
-    upsert_s, upsert_cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    t1, c1 = time.perf_counter(), cpu_seconds()
-    st.optimize()
-    optimize_s, optimize_cpu = time.perf_counter() - t1, cpu_seconds() - c1
-    rss_built = rss_bytes() - rss0
-    st.close()
-    disk = dir_bytes(path)
-    log(f"{name}: upsert {upsert_s:.1f} s, optimize {optimize_s:.1f} s, disk {disk / n:.0f} B/pt")
+    built = build_store(data, open_, path, name=name, log=log, batch=batch)
     gc.collect()
     rss1 = rss_bytes()
     t2 = time.perf_counter()
@@ -357,22 +361,149 @@ def bench_store(
         "backend": "qdrant-client local mode (exact, pure Python)" if local else "qdrant-edge",
         "settings": settings.model_dump(mode="json"),
         "default_hnsw_ef": default_ef,
+        **built,
+        "open_s": open_s,
+        "rss_delta_serving_bytes": rss_serving,
+        "rss_serving_bytes_per_million": rss_serving / n * 1e6,
+    }
+    shutil.rmtree(path, ignore_errors=True)
+    return EngineResult(name, build, runs)
+
+
+def build_store(
+    data: Dataset,
+    open_: Callable[[], Any],
+    path: Path,
+    *,
+    name: str,
+    log: Callable[[str], None],
+    batch: int = 2000,
+    model_version: str = "bench",
+) -> dict:
+    """Create, upsert every row in batches, optimize and close a store; build time, disk and RSS."""
+    n = len(data.vectors)
+    gc.collect()
+    rss0 = rss_bytes()
+    st = open_()
+    st.create_collection(dim=data.vectors.shape[1], model_version=model_version)
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    for start in range(0, n, batch):
+        stop = min(n, start + batch)
+        st.upsert(data.payloads(start, stop), data.vectors[start:stop])
+        if start // batch % 50 == 0:
+            log(f"{name}: upserted {stop}/{n} ({time.perf_counter() - t0:.0f} s)")
+    upsert_s, upsert_cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    t1, c1 = time.perf_counter(), cpu_seconds()
+    st.optimize()
+    optimize_s, optimize_cpu = time.perf_counter() - t1, cpu_seconds() - c1
+    rss_built = rss_bytes() - rss0
+    st.close()
+    disk = dir_bytes(path)
+    log(f"{name}: upsert {upsert_s:.1f} s, optimize {optimize_s:.1f} s, disk {disk / n:.0f} B/pt")
+    return {
         "upsert_s": upsert_s,
         "upsert_points_per_s": n / upsert_s if upsert_s else None,
         "optimize_s": optimize_s,
         "upsert_cpu_s": upsert_cpu,
         "optimize_cpu_s": optimize_cpu,
         "build_s": upsert_s + optimize_s,
-        "open_s": open_s,
         "disk_bytes": disk,
         "disk_bytes_per_vector": disk / n,
         "rss_delta_build_bytes": rss_built,
-        "rss_delta_serving_bytes": rss_serving,
-        "rss_serving_bytes_per_million": rss_serving / n * 1e6,
         "rss_build_bytes_per_million": rss_built / n * 1e6,
     }
+
+
+def bench_service(
+    data: Dataset, *, k: int, workdir: Path, log: Callable[[str], None], batch: int = 2000
+) -> EngineResult:
+    """The int8 store searched through the service's own search path, as a caller of one site.
+
+    Each class's filter goes in as the caller's filter; the service adds what it adds to every search
+    (copies dropped, the caller's sites kept; by record: the record and its patient excluded), so
+    the plan and the recall are those of served queries. The ground truth applies the same rules:
+    the class's rows of SITE that are not copies. Needs the data's dimension to be the bundled model's
+    (the service refuses a collection of another model).
+    """
+    from ecgsearch.export.runtime import Embedder
+    from ecgsearch.search.api import SearchOptions
+    from ecgsearch.search.engine.store import EdgeStore, IndexSettings
+    from ecgsearch.search.serving.service import SearchService
+
+    embedder = Embedder(threads=1)
+    n, dim = data.vectors.shape
+    if dim != embedder.dim:
+        raise ValueError(f"the service engine needs --dim {embedder.dim} (the bundled model's), got {dim}")
+    path = workdir / "service"
     shutil.rmtree(path, ignore_errors=True)
-    return EngineResult(name, build, runs)
+    settings = IndexSettings()
+    built = build_store(
+        data,
+        lambda: EdgeStore(path, settings=settings),
+        path,
+        name="service",
+        log=log,
+        batch=batch,
+        model_version=embedder.version,
+    )
+    keep = served_rows(n)
+    masks = {f.name: keep if f.mask is None else f.mask & keep for f in data.filters if f.rows is None}
+    truth = {name: ids for name, (ids, _) in exact_topk_multi(data.queries, data.vectors, k, masks).items()}
+    sites = frozenset({SITE})
+    store = EdgeStore(path)
+    service = SearchService(store, embedder)
+    runs = []
+    try:
+        for f in data.filters:
+            plans: Counter[str] = Counter()
+            fractions: list[float] = []
+            if f.rows is not None:
+                rows = f.rows[f.rows % OTHER_SITE_EVERY != 3]  # the caller's own records (copies too)
+                want = by_record_truth(data.vectors, rows, k, mask=keep)
+                queries = data.vectors[rows]
+            else:
+                want, queries, rows = truth[f.name], data.queries, None
+
+            def one(
+                q: np.ndarray,
+                i: int,
+                f: FilterClass = f,
+                rows: np.ndarray | None = rows,
+                plans: Counter[str] = plans,
+                fractions: list[float] = fractions,
+            ) -> np.ndarray:
+                options = SearchOptions(k=k, filter=f.filter or SearchFilter())
+                if rows is not None:
+                    result = service.search_by_record(f"syn:{int(rows[i])}", options, sites=sites)
+                else:
+                    result = service.search_by_vector(q, options, sites=sites)
+                plan = store.last_plan
+                if plan is not None:
+                    plans[plan.kind] += 1
+                    if plan.estimate is not None and plan.total:
+                        fractions.append(plan.estimate / plan.total)
+                return np.array([row_of(h.record_id) for h in result.hits])
+
+            run = time_queries(one, queries, k)
+            run.engine, run.setting, run.filter = "service", {"hnsw_ef": settings.search_ef}, f.name
+            fraction = float(np.mean(fractions)) if fractions else None
+            extra = {"plans": dict(plans), "estimated_fraction": fraction, "queries": len(queries)}
+            runs.append(score(run, want) | extra)
+            log(_fmt(runs[-1]) + f" plans={dict(plans)}")
+    finally:
+        service.close()
+        store.close()
+    shutil.rmtree(path, ignore_errors=True)
+    build = {
+        "n": n,
+        "backend": "qdrant-edge, searched through SearchService (in process)",
+        "settings": settings.model_dump(mode="json"),
+        "default_hnsw_ef": settings.search_ef,
+        "caller_sites": sorted(sites),
+        "served_fraction": float(keep.mean()),
+        **built,
+    }
+    return EngineResult("service", build, runs)
 
 
 def _bitmap(mask: np.ndarray) -> tuple[faiss.IDSelectorBitmap, np.ndarray]:
@@ -533,7 +664,9 @@ def run_dataset(
             if engine == "qdrant-local" and len(data.vectors) > cfg.local_max_size:
                 skipped.append({"engine": engine, "reason": f"n > local_max_size {cfg.local_max_size}"})
                 continue
-            if engine in STORE_ENGINES:
+            if engine == "service":
+                res = bench_service(data, k=cfg.k, workdir=Path(tmp), log=log)
+            elif engine in STORE_ENGINES:
                 res = bench_store(
                     data, truth, engine=engine, efs=cfg.edge_efs, k=cfg.k, workdir=Path(tmp), log=log
                 )

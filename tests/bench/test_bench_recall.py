@@ -69,9 +69,10 @@ def test_bench_recall_end_to_end(tmp_path: Path) -> None:
     }
     edge = {r["filter"]: r for r in block["runs"] if r["engine"] == "edge" and r["hnsw_ef"] == 64}
     assert len(edge) == 6 and all(r["recall@10"] > 0.9 for r in edge.values())
-    # the plan each class took is recorded: a selective filter is scanned, a broad one post-filtered
-    assert edge["none"]["plans"] == {"hnsw": 20} and edge["selective"]["plans"] == {"exact": 20}
-    assert edge["broad"]["plans"] == edge["by_record"]["plans"] == {"postfilter": 20}
+    # the plan each class took is recorded: a selective filter is scanned, a broad one post-filtered,
+    # a near-total one (by record: all but one patient's) searched by the engine's own HNSW
+    assert edge["none"]["plans"] == edge["by_record"]["plans"] == {"hnsw": 20}
+    assert edge["selective"]["plans"] == {"exact": 20} and edge["broad"]["plans"] == {"postfilter": 20}
     faiss = {r["filter"] for r in block["runs"] if r["engine"] == "faiss-hnsw"}
     assert faiss == {
         "none",
@@ -84,6 +85,25 @@ def test_bench_recall_end_to_end(tmp_path: Path) -> None:
     assert build["disk_bytes_per_vector"] > 32 * 4 and build["upsert_points_per_s"] > 0
     assert data["machine"]["cpus"] and data["summary"]
     assert png.stat().st_size > 1000
+
+
+def test_bench_recall_through_the_service(tmp_path: Path) -> None:
+    """The service's own filters (copies dropped, one site kept): HNSW for plain searches, exact answers."""
+    out = tmp_path / "service.json"
+    args = ["bench", "recall", "--sizes", "3000", "--queries", "30", "--dim", "258", "--engines", "service"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    block = json.loads(out.read_text())["results"][0]
+    runs = {r["filter"]: r for r in block["runs"]}
+    assert set(runs) == {"none", "selective", "moderate", "broad", "broad_age", "by_record"}
+    assert all(r["recall@10"] >= 0.99 for r in runs.values()), {f: r["recall@10"] for f, r in runs.items()}
+    assert runs["none"]["plans"] == {"hnsw": 30} and runs["by_record"]["plans"] == {
+        "hnsw": runs["by_record"]["queries"]
+    }
+    assert 0.98 < runs["none"]["estimated_fraction"] < 0.99  # 1% another site's, 0.5% copies
+    assert runs["selective"]["plans"] == {"exact": 30}
+    build = block["engines"][0]["build"]
+    assert build["caller_sites"] == ["syn"] and build["served_fraction"] == pytest.approx(0.985, abs=0.002)
 
 
 def test_bench_recall_plot_goes_beside_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
