@@ -312,7 +312,9 @@ def ingest(
 
 def service(
     duration: Annotated[float, typer.Option(min=1, help="Seconds of load.")] = 20.0,
-    concurrency: Annotated[int, typer.Option(min=1, help="Client threads, one channel each.")] = 8,
+    concurrency: Annotated[
+        str, typer.Option(help="Client threads (one channel each), one load run per value: 1,16")
+    ] = "1,16",
     store: Annotated[Path | None, typer.Option(help="Serve this embedded store.")] = None,
     ptbxl: Annotated[Path | None, typer.Option(help="PTB-XL folder to build a temporary store from.")] = None,
     records: Annotated[int, typer.Option(min=10, help="PTB-XL records in the temporary store.")] = 2000,
@@ -324,12 +326,14 @@ def service(
     """Load the gRPC service with concurrent clients: QPS, p50/p95/p99 latency and errors.
 
     Starts `ecgsearch serve` in its own process over --store, or over a temporary store that `ecgsearch
-    ingest` fills from --ptbxl, then runs --concurrency client threads for --duration seconds, cycling
-    through unfiltered and filtered searches by vector and by record id.
+    ingest` fills from --ptbxl, then for each --concurrency runs that many client threads for --duration
+    seconds, cycling through unfiltered and filtered searches by vector and by record id; then the same
+    queries on the bare store in-process. Reports each level's service / store QPS and p50 difference,
+    and the plans the server's searches took.
 
     Examples:
 
-        ecgsearch bench service --ptbxl ../shared/data/ptb-xl --duration 20 --concurrency 8
+        ecgsearch bench service --ptbxl ../shared/data/ptb-xl --duration 20 --concurrency 1,16
 
         ecgsearch bench service --store ./store --out results/service_load.json
     """
@@ -341,7 +345,7 @@ def service(
     try:
         report = bench_service(
             duration=duration,
-            concurrency=concurrency,
+            concurrency=_ints(concurrency, "concurrency"),
             store=store,
             ptbxl=ptbxl,
             records=records,
@@ -351,13 +355,14 @@ def service(
     except (RuntimeError, TimeoutError, OSError) as exc:
         _fail(exc)
     write_results(out, report)
-    emit(
-        results(out),
-        f"{report['qps']} QPS, p50 {report['latency_ms']['p50']} ms, p95 {report['latency_ms']['p95']} ms, "
-        f"p99 {report['latency_ms']['p99']} ms, {report['errors']} errors; bare store "
-        f"{report['bare_store']['qps']} QPS (service / store {report['service_vs_store_qps']}) -> {out}",
-        as_json,
-    )
+    lines = [
+        f"{level['concurrency']} clients: {level['qps']} QPS, p50 {level['latency_ms']['p50']} ms, "
+        f"p99 {level['latency_ms']['p99']} ms, {level['errors']} errors; bare store "
+        f"{level['bare_store']['qps']} QPS, p50 {level['bare_store']['latency_ms']['p50']} ms "
+        f"(service / store {level['service_vs_store_qps']}, p50 +{level['p50_service_minus_store_ms']} ms)"
+        for level in report["levels"]
+    ]
+    emit(results(out), [*lines, f"search plans {report['search_plans']} -> {out}"], as_json)
 
 
 def limits(

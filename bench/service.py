@@ -36,7 +36,7 @@ KINDS = ("vector", "vector_filtered", "record", "record_filtered")
 def bench_service(
     *,
     duration: float,
-    concurrency: int,
+    concurrency: tuple[int, ...],
     store: Path | None = None,
     ptbxl: Path | None = None,
     records: int = 2000,
@@ -62,10 +62,18 @@ def bench_service(
             info = client.info()
             material = query_material(client, n=min(200, info.count))
             flt = typical_filter(info.diagnosis_counts, info.count)
-            load = run_load(target, token, material, flt, duration=duration, concurrency=concurrency, k=k)
+            loads = [
+                run_load(target, token, material, flt, duration=duration, concurrency=c, k=k)
+                for c in concurrency
+            ]
             server_stats = client.stats()
+            search_plans = client.search_plans()
         # The server has exited (it held the store's lock): the same queries on the bare store.
-        bare = run_store_load(store, material, flt, duration=duration, concurrency=concurrency, k=k)
+        bares = [
+            run_store_load(store, material, flt, duration=duration, concurrency=c, k=k) for c in concurrency
+        ]
+        gil = gil_probe(store, material["vectors"])
+    levels = [_level(c, load, bare) for c, load, bare in zip(concurrency, loads, bares, strict=True)]
     return {
         "benchmark": "service_load",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -82,10 +90,69 @@ def bench_service(
         "collection": info.model_dump(exclude={"diagnosis_counts"}),
         "store_build_s": round(built_s, 2) if built else None,
         "machine": machine(grpc=grpc.__version__),
-        **load,
+        "summary": [
+            {
+                key: level[key]
+                for key in ("concurrency", "qps", "service_vs_store_qps", "p50_service_minus_store_ms")
+            }
+            | {"p50_ms": level["latency_ms"]["p50"], "store_qps": level["bare_store"]["qps"]}
+            | {"store_p50_ms": level["bare_store"]["latency_ms"]["p50"]}
+            for level in levels
+        ],
+        "levels": levels,
         "server_stats": server_stats,
+        "search_plans": search_plans,
+        "gil_probe": gil,
+    }
+
+
+def gil_probe(store: Path, vectors: np.ndarray, rounds: int = 3) -> list[dict[str, float]]:
+    """Does a search hold Python's GIL? One long store call (a batch of exact searches) on a thread while
+    this thread wakes every millisecond: wake-ups stop for the whole call when the binding holds the
+    GIL (the longest gap is the call's time), and go on when it releases it.
+
+    Why a server's search threads add no throughput beyond one core's worth of searches.
+    """
+    from ecgsearch.search.engine.store import open_store
+
+    rows = np.resize(vectors, (400, vectors.shape[1]))
+    out = []
+    with closing(open_store(path=store)) as st:
+        for _ in range(rounds):
+            took: list[float] = []
+
+            def call(took: list[float] = took) -> None:
+                began = time.perf_counter()
+                st.search_batch(rows, k=10, exact=True)
+                took.append(time.perf_counter() - began)
+
+            thread = threading.Thread(target=call)
+            gaps, last = [], time.perf_counter()
+            thread.start()
+            while thread.is_alive():
+                time.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+            thread.join()
+            out.append(
+                {
+                    "call_ms": round(took[0] * 1000, 1),
+                    "longest_gap_ms": round(max(gaps) * 1000, 1),
+                    "wakeups": len(gaps),
+                }
+            )
+    return out
+
+
+def _level(concurrency: int, load: dict[str, Any], bare: dict[str, Any]) -> dict[str, Any]:
+    """One concurrency: the service's load, the bare store's, and how they compare."""
+    return {
+        "concurrency": concurrency,
+        **load,
         "bare_store": bare,
         "service_vs_store_qps": round(load["qps"] / bare["qps"], 3) if bare["qps"] else None,
+        "p50_service_minus_store_ms": round(load["latency_ms"]["p50"] - bare["latency_ms"]["p50"], 3),
         "latency_split_p50_ms": {
             kind: {
                 "store": bare["by_kind"][kind]["latency_ms"]["p50"],
@@ -243,8 +310,9 @@ def run_store_load(
 ) -> dict[str, Any]:
     """The same query mix and concurrency on the store opened in this process: the engine's share.
 
-    A search by record does what the service does: get the stored vector, then search with the
-    record and its patient excluded. No encoding, validation, conversion or transport.
+    Every search drops copies, as the service's do (so both take the same plan); a search by record
+    does what the service does: get the stored vector, then search with the record and its patient
+    excluded. No encoding, validation, conversion or transport.
     """
     from ecgsearch.search.engine.store import open_store
 
@@ -260,12 +328,15 @@ def run_store_load(
                 update["exclude_patient_ids"] = [payload.patient_id]
             st.search(vector, k=k, filter=base.model_copy(update=update))
 
+        served = flt.model_copy(update={"exclude_duplicates": True})
+        plain = SearchFilter(exclude_duplicates=True)
+
         def ask(kind: str, i: int) -> bool:
-            filtered = kind.endswith("filtered")
+            base = served if kind.endswith("filtered") else plain
             if kind.startswith("vector"):
-                st.search(vectors[i], k=k, filter=flt if filtered else None)
+                st.search(vectors[i], k=k, filter=base)
             else:
-                by_record(ids[i], flt if filtered else SearchFilter())
+                by_record(ids[i], base)
             return True
 
         def worker(index: int) -> None:
