@@ -109,7 +109,7 @@ def test_each_backend_has_every_protocol_method_with_its_parameters(backend: typ
             assert have[param.name].kind == param.kind, f"{backend.__name__}.{name}({param.name})"
         extra = [p for p in have.values() if p.name not in wanted.parameters]
         assert all(p.default is not inspect.Parameter.empty for p in extra), f"{backend.__name__}.{name}"
-    assert set(Store.__annotations__) == {"name", "backend"}
+    assert set(Store.__annotations__) == {"name", "backend", "plans"}
 
 
 def test_search_with_every_filter_class_gives_the_exact_answer(store: Store, corpus: Any) -> None:
