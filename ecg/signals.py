@@ -138,6 +138,19 @@ def recorded(raw: RawEcg) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def for_comparison(signal: np.ndarray, fs: float, to_fs: float) -> np.ndarray:
+    """A recording (12, n) in mV at ``fs`` (``recorded``) -> its first 10 s at ``to_fs``, baseline wander
+    removed by the model's 0.5 Hz high-pass, still in mV: two ECGs of different rates on one sample grid,
+    to be drawn one over the other at the finer rate's detail rather than the model's 100 Hz."""
+    x = np.asarray(signal, dtype=np.float64)[:, : int(math.ceil(MODEL_SECONDS * fs)) + 1]
+    ratio = Fraction(to_fs / fs).limit_denominator(RATIO_LIMIT)
+    if ratio != 1:
+        up, down = ratio.numerator, ratio.denominator
+        x = dsp.resample_poly(x, up, down, axis=-1, window=_polyphase_filter(up, down))
+    x = dsp.sosfiltfilt(dsp.butter_highpass_sos(2, HIGHPASS_HZ, to_fs), x, axis=-1)
+    return x[:, : int(round(MODEL_SECONDS * to_fs))].astype(np.float32)
+
+
 def prepare_array(
     signal: np.ndarray,
     fs: float,

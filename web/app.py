@@ -26,7 +26,7 @@ from markupsafe import Markup
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response as BaseResponse
 
-from ecgsearch.ecg import codes, formats
+from ecgsearch.ecg import codes, formats, signals
 from ecgsearch.ecg.schema import CollectionInfo, EcgPayload, Hit
 from ecgsearch.search.api import RecordedEcg
 from ecgsearch.search.client import EcgSearchClient
@@ -45,7 +45,6 @@ from ecgsearch.web.forms import (
 )
 from ecgsearch.web.uploads import HeldEcg, UploadError, Uploads, read_upload
 
-MODEL_FS = 100.0  # GetEcg's prepared signal (the comparison aligns both ECGs as the model reads them)
 INFO_TTL_S = 60.0
 CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 FETCH_THREADS = 4  # neighbours' recordings are fetched in parallel: each GetEcg reads one file on the service
@@ -334,8 +333,8 @@ def create_app(
             form = parse_search(request.args)
             if not neighbour or not (form.record_id or form.upload):
                 raise FormError("compare", "needs a query (record id or upload) and a neighbour")
-            query, query_label = _query_prepared(viewer, form)
-            other = client.get_ecg(neighbour)
+            (query_signal, query_fs), query_label = _query_recorded(viewer, form)
+            other = client.recorded_ecg(neighbour)
             payload, _ = client.get_record(neighbour)
         except FormError as exc:
             return page("index.html", 400, error=f"Invalid comparison: {exc}")
@@ -344,13 +343,16 @@ def create_app(
         except grpc.RpcError as error:
             status, message = describe_rpc_error(error, target)
             return page("index.html", status, error=message)
-        shift = peaks.alignment_shift(query, other, MODEL_FS)
-        svg = ecgdraw.overlay(query, other, MODEL_FS, shift or 0, ecgdraw.MV)
-        query_beat, other_beat = peaks.median_beat(query, MODEL_FS), peaks.median_beat(other, MODEL_FS)
+        fs = max(query_fs, other.fs)  # both on the finer rate's grid, baseline wander removed
+        query = signals.for_comparison(query_signal, query_fs, fs)
+        drawn_other = signals.for_comparison(other.signal, other.fs, fs)
+        shift = peaks.alignment_shift(query, drawn_other, fs)
+        svg = ecgdraw.overlay(query, drawn_other, fs, shift or 0, ecgdraw.MV)
+        query_beat, other_beat = peaks.median_beat(query, fs), peaks.median_beat(drawn_other, fs)
         beats = None
         if query_beat is not None and other_beat is not None:
-            r_at = int(round(peaks.BEAT_BEFORE_S * MODEL_FS))
-            drawn = ecgdraw.median_beats(query_beat[0], other_beat[0], MODEL_FS, r_at, ecgdraw.MV)
+            r_at = int(round(peaks.BEAT_BEFORE_S * fs))
+            drawn = ecgdraw.median_beats(query_beat[0], other_beat[0], fs, r_at, ecgdraw.MV)
             beats = {"svg": Markup(drawn), "query": query_beat[1], "neighbour": other_beat[1]}
         return page(
             "compare.html",
@@ -359,7 +361,8 @@ def create_app(
             payload=payload,
             diagnoses=[_diagnosis(c) for c in payload.diagnoses],
             query_label=query_label,
-            shift_ms=None if shift is None else shift / MODEL_FS * 1000,
+            shift_ms=None if shift is None else shift / fs * 1000,
+            fs=fs,
             svg=Markup(svg),
             beats=beats,
         )
@@ -374,12 +377,13 @@ def _held(viewer: Viewer, token: str) -> HeldEcg:
     return held
 
 
-def _query_prepared(viewer: Viewer, form: SearchForm) -> tuple[np.ndarray, str]:
-    """The query as the service prepares it (for the overlay), and how to name it."""
+def _query_recorded(viewer: Viewer, form: SearchForm) -> tuple[tuple[np.ndarray, float], str]:
+    """The query as recorded, (12, n) mV at its own rate, and how to name it."""
     if form.upload:
         held = _held(viewer, form.upload)
-        return held.prepared, f"uploaded {held.format} file"
-    return viewer.client.get_ecg(form.record_id), form.record_id
+        return (held.signal, held.fs), f"uploaded {held.format} file"
+    recorded = viewer.client.recorded_ecg(form.record_id)
+    return (recorded.signal, recorded.fs), form.record_id
 
 
 def _search_url(form: SearchForm) -> str:

@@ -327,6 +327,10 @@ def test_open_a_neighbour_and_compare(page: Page, viewer: Viewer, service: Servi
     assert page.locator("#compare-ecg polyline[data-role=neighbour]").count() == 12
     assert page.locator("#compare-ecg polyline[data-role=query]").count() == 12
     assert "Aligned on the first R peak of lead II" in page.inner_text("#alignment")
+    # The 60 stored records (ecg_id up to 60) all have 500 Hz files: compared as recorded, at 500 Hz.
+    assert "at 500 Hz" in page.inner_text("#alignment")
+    query_ii = page.locator("#compare-ecg g.lead[data-lead=II] polyline[data-role=query]")
+    assert len(query_ii.get_attribute("points").split()) == 5000
 
 
 def test_bad_upload_shows_the_error(page: Page, viewer: Viewer, tmp_path: Path) -> None:
