@@ -125,6 +125,12 @@ PAYLOAD_FIELDS: tuple[PayloadField, ...] = (
         note="The site (hospital, department) the ECG belongs to. Unset only from servers older than "
         "this field: read it as 'local', the default site.",
     ),
+    PayloadField(
+        "gain_suspect",
+        31,
+        "optional bool",
+        note="true: the amplitude is implausible for the header's gain (5x, 1000x errors); no voltage view",
+    ),
 )
 PAYLOAD_BY_NAME: dict[str, PayloadField] = {f.name: f for f in PAYLOAD_FIELDS}
 # EcgPayload fields the store keeps beside the declared ones, never indexed, sent, dumped or logged
@@ -243,6 +249,25 @@ class InvalidQuery(ValueError):
     """A query or filter that cannot be answered as asked (maps to INVALID_ARGUMENT)."""
 
 
+# The named views of an ECG (ecg/views.py computes them) and the distance each is searched by: a query
+# names one view, or blends several with weights (each view's top VIEW_PREFETCH, fused by Qdrant's
+# weighted reciprocal rank with constant VIEW_RRF_K).
+VIEW_DISTANCE: dict[str, Literal["cosine", "euclid"]] = {
+    "waveform": "cosine",
+    "rhythm": "euclid",
+    "voltage": "euclid",
+}
+VIEW_PREFETCH = 100
+VIEW_RRF_K = 2
+
+
+def check_view(name: str) -> str:
+    """A view name, or InvalidQuery naming the views."""
+    if name not in VIEW_DISTANCE:
+        raise InvalidQuery(f"unknown view {name!r}; views are {', '.join(VIEW_DISTANCE)}")
+    return name
+
+
 class UnknownRecord(LookupError):
     """A record id that is not in the collection (maps to NOT_FOUND)."""
 
@@ -335,6 +360,11 @@ class EcgPayload(BaseModel):
         default=False,
         description="the signal is kept content-addressed beside the store (pushed ECGs), so GetEcg "
         "reads it from there",
+    )
+    gain_suspect: bool | None = Field(
+        default=None,
+        description="True: the ECG's amplitude is implausible for its header's gain (``ecg.views``), so "
+        "it is stored without a voltage vector",
     )
 
 

@@ -24,16 +24,18 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Protocol
 
 import numpy as np
 
 from ecgsearch.ecg import features
+from ecgsearch.ecg.schema import VIEW_DISTANCE, VIEW_PREFETCH, VIEW_RRF_K, EcgPayload
 from ecgsearch.ecg.signals import LEADS, global_rms
 
 WAVEFORM, RHYTHM, VOLTAGE = "waveform", "rhythm", "voltage"
-VIEWS = (WAVEFORM, RHYTHM, VOLTAGE)
+VIEWS = tuple(VIEW_DISTANCE)  # declared in ecg.schema (the store reads the declaration only)
 MEASURED = (RHYTHM, VOLTAGE)
-EUCLIDEAN = frozenset(MEASURED)  # the waveform view is cosine (unit vectors), the measured views Euclidean
+EUCLIDEAN = frozenset(v for v, d in VIEW_DISTANCE.items() if d == "euclid")
 RHYTHM_FEATURES = (
     "heart_rate_bpm",
     "rr_irregularity_trimmed",
@@ -48,12 +50,11 @@ LEARNED_DIM = 256  # the learned part of the served vector; the rest is the rhyt
 # unknown. A 5x error of a quiet ECG stays inside it: the signal alone cannot tell it (see gain_suspect).
 PLAUSIBLE_GLOBAL_RMS_MV = (0.01, 0.85)
 STATISTICS_FILE = "view_statistics.json"
-PREFETCH = 100  # a blend fuses each view's top PREFETCH (at least k)
-RRF_K = 2  # Qdrant's reciprocal-rank constant
+PREFETCH, RRF_K = VIEW_PREFETCH, VIEW_RRF_K  # a blend fuses each view's top PREFETCH (at least k)
 
 
 class ViewError(ValueError):
-    """An unknown view name, or statistics that do not fit the view's features."""
+    """Statistics that do not fit a view's features."""
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,6 @@ class ViewStatistics:
             "folds": list(self.folds),
             "n": self.n,
         }
-
-
-def check_view(name: str) -> str:
-    if name not in VIEWS:
-        raise ViewError(f"unknown view {name!r}; views are {', '.join(VIEWS)}")
-    return name
 
 
 def rhythm_measures(ecgs: np.ndarray) -> np.ndarray:
@@ -151,6 +146,16 @@ class ViewVectors:
             out[VOLTAGE] = self.voltage[i].tolist()
         return out
 
+    def rows(self) -> list[dict[str, list[float]]]:
+        return [self.row(i) for i in range(len(self.waveform))]
+
+    def flagged(self, payloads: list[EcgPayload]) -> list[EcgPayload]:
+        """The payloads, ``gain_suspect`` set on those whose voltage view is withheld."""
+        return [
+            p.model_copy(update={"gain_suspect": True}) if suspect else p
+            for p, suspect in zip(payloads, self.gain_suspect, strict=True)
+        ]
+
 
 def view_vectors(
     served: np.ndarray,
@@ -169,6 +174,27 @@ def view_vectors(
         voltage,
         suspect,
     )
+
+
+class Encoder(Protocol):
+    """What ``embed_views`` needs of an embedder (``export.runtime.Embedder``)."""
+
+    @property
+    def learned_dim(self) -> int: ...
+
+    @property
+    def version(self) -> str: ...
+
+    def embed(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def embed_views(encoder: Encoder, ecgs_mv: np.ndarray) -> tuple[np.ndarray, ViewVectors]:
+    """The served vectors and every view of prepared ECGs (mV): ingest, push and queries all take their
+    views here."""
+    x = np.asarray(ecgs_mv, dtype=np.float32)
+    x = x[None] if x.ndim == 2 else x
+    served = encoder.embed(x)
+    return served, view_vectors(served, x, learned_dim=encoder.learned_dim)
 
 
 @cache

@@ -98,6 +98,12 @@ class Embedder:
         (out,) = self.session.run(None, {self._input: x})
         return normalise_rows(out)
 
+    @property
+    def learned_dim(self) -> int:
+        """Dims of the learned part: the served vector less the measured blocks its card lists."""
+        blocks = self.card.features or {}
+        return self.dim - sum(len(b.get("names", ())) for b in blocks.values() if isinstance(b, dict))
+
 
 def normalise_rows(x: np.ndarray) -> np.ndarray:
     """L2-normalise rows (zero rows stay zero)."""

@@ -42,14 +42,14 @@ from typing import TextIO
 import numpy as np
 from pydantic import BaseModel
 
-from ecgsearch.ecg import fingerprint
+from ecgsearch.ecg import fingerprint, views
 from ecgsearch.ecg.identity import Pseudonymizer
 from ecgsearch.ecg.readers import ReaderError
 from ecgsearch.ecg.signals import RawEcg, SignalError, prepare_batch
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest.sources import Candidate, Record, file_label, hash_of, load, load_file, read
 from ecgsearch.search.engine.copies import mark_copies
-from ecgsearch.search.engine.store import Store
+from ecgsearch.search.engine.store import Store, view_specs
 from ecgsearch.search.serving.push import Archive
 
 REJECT_COLUMNS = ("record", "path", "reason")
@@ -134,7 +134,11 @@ def ingest(
     if not 0.0 < duplicate_threshold <= 1.0:
         raise ValueError(f"duplicate_threshold must be in (0, 1], got {duplicate_threshold}")
     pseudonyms = pseudonyms or Pseudonymizer.for_this_process()
-    store.create_collection(dim=embedder.dim, model_version=embedder.version)
+    store.create_collection(
+        dim=embedder.dim,
+        model_version=embedder.version,
+        views=view_specs(views.view_dims(embedder.learned_dim), views.view_versions(embedder.version)),
+    )
     summary = IngestSummary(
         collection=store.name,
         model_version=embedder.version,
@@ -169,14 +173,14 @@ def ingest(
             for clash in clashes:
                 reject(clash, collision=True)
             if records:
-                vectors = embedder.embed(np.stack([r.signal for r in records]))
+                vectors, named = views.embed_views(embedder, np.stack([r.signal for r in records]))
                 payloads = [r.payload for r in records]
                 if site is not None:  # before marking: copies are looked for within the site
                     for payload in payloads:
                         payload.site = site
                 summary.duplicates += mark_copies(payloads, vectors, store, threshold=duplicate_threshold)
                 _archive(records, store)
-                store.upsert(payloads, vectors)
+                store.upsert(named.flagged(payloads), vectors, named.rows())
                 summary.ingested += len(records)
             _finish(summary, start)
             if on_batch:

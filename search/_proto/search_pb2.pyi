@@ -259,7 +259,7 @@ class SearchByVectorRequest(_message.Message):
     def __init__(self, vector: _Optional[_Iterable[float]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ...) -> None: ...
 
 class Payload(_message.Message):
-    __slots__ = ("record_id", "dataset", "patient_id", "diagnoses", "source_codes", "scp_likelihoods", "superclasses", "age", "age_over_89", "sex", "sampling_rate_hz", "duration_s", "recorded_at", "source_path", "content_hash", "duplicate_of", "source_format", "acquired_month", "vendor", "device_model", "ventricular_rate_bpm", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms", "p_axis", "r_axis", "t_axis", "archived", "site")
+    __slots__ = ("record_id", "dataset", "patient_id", "diagnoses", "source_codes", "scp_likelihoods", "superclasses", "age", "age_over_89", "sex", "sampling_rate_hz", "duration_s", "recorded_at", "source_path", "content_hash", "duplicate_of", "source_format", "acquired_month", "vendor", "device_model", "ventricular_rate_bpm", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms", "p_axis", "r_axis", "t_axis", "archived", "site", "gain_suspect")
     class ScpLikelihoodsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +297,7 @@ class Payload(_message.Message):
     T_AXIS_FIELD_NUMBER: _ClassVar[int]
     ARCHIVED_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
+    GAIN_SUSPECT_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     dataset: str
     patient_id: str
@@ -327,7 +328,8 @@ class Payload(_message.Message):
     t_axis: float
     archived: bool
     site: str
-    def __init__(self, record_id: _Optional[str] = ..., dataset: _Optional[str] = ..., patient_id: _Optional[str] = ..., diagnoses: _Optional[_Iterable[str]] = ..., source_codes: _Optional[_Iterable[str]] = ..., scp_likelihoods: _Optional[_Mapping[str, float]] = ..., superclasses: _Optional[_Iterable[str]] = ..., age: _Optional[int] = ..., age_over_89: _Optional[bool] = ..., sex: _Optional[_Union[Sex, str]] = ..., sampling_rate_hz: _Optional[float] = ..., duration_s: _Optional[float] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_path: _Optional[str] = ..., content_hash: _Optional[str] = ..., duplicate_of: _Optional[str] = ..., source_format: _Optional[str] = ..., acquired_month: _Optional[str] = ..., vendor: _Optional[str] = ..., device_model: _Optional[str] = ..., ventricular_rate_bpm: _Optional[float] = ..., pr_ms: _Optional[float] = ..., qrs_ms: _Optional[float] = ..., qt_ms: _Optional[float] = ..., qtc_ms: _Optional[float] = ..., p_axis: _Optional[float] = ..., r_axis: _Optional[float] = ..., t_axis: _Optional[float] = ..., archived: _Optional[bool] = ..., site: _Optional[str] = ...) -> None: ...
+    gain_suspect: bool
+    def __init__(self, record_id: _Optional[str] = ..., dataset: _Optional[str] = ..., patient_id: _Optional[str] = ..., diagnoses: _Optional[_Iterable[str]] = ..., source_codes: _Optional[_Iterable[str]] = ..., scp_likelihoods: _Optional[_Mapping[str, float]] = ..., superclasses: _Optional[_Iterable[str]] = ..., age: _Optional[int] = ..., age_over_89: _Optional[bool] = ..., sex: _Optional[_Union[Sex, str]] = ..., sampling_rate_hz: _Optional[float] = ..., duration_s: _Optional[float] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_path: _Optional[str] = ..., content_hash: _Optional[str] = ..., duplicate_of: _Optional[str] = ..., source_format: _Optional[str] = ..., acquired_month: _Optional[str] = ..., vendor: _Optional[str] = ..., device_model: _Optional[str] = ..., ventricular_rate_bpm: _Optional[float] = ..., pr_ms: _Optional[float] = ..., qrs_ms: _Optional[float] = ..., qt_ms: _Optional[float] = ..., qtc_ms: _Optional[float] = ..., p_axis: _Optional[float] = ..., r_axis: _Optional[float] = ..., t_axis: _Optional[float] = ..., archived: _Optional[bool] = ..., site: _Optional[str] = ..., gain_suspect: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("record_id", "score", "payload")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 import grpc
 import numpy as np
@@ -31,6 +31,9 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from ecgsearch.ecg.schema import (
     MAX_K,
     PAYLOAD_FIELDS,
+    VIEW_DISTANCE,
+    VIEW_PREFETCH,
+    VIEW_RRF_K,
     CollectionInfo,
     EcgPayload,
     Hit,
@@ -39,6 +42,7 @@ from ecgsearch.ecg.schema import (
     SearchFilter,
     StoreUnavailable,
     UnknownRecord,
+    check_view,
     point_id,
 )
 from ecgsearch.search.engine.filters import to_client, to_edge
@@ -67,12 +71,41 @@ class Store(Protocol):
     backend: str  # "qdrant-edge", "qdrant-server" or "qdrant-local"
     plans: PlanTally  # the plan of every search (the embedded store's; a Qdrant server plans its own)
 
-    def create_collection(self, *, dim: int, model_version: str) -> None:
-        """Create if absent; if present, refuse (ModelMismatch) unless dim and model_version match, and
-        (SettingsMismatch) when the store was opened with explicit settings that differ from its own."""
+    def create_collection(
+        self, *, dim: int, model_version: str, views: dict[str, ViewSpec] | None = None
+    ) -> None:
+        """Create if absent; if present, refuse (ModelMismatch) unless dim, model_version and the named
+        views (when given) match, and (SettingsMismatch) when the store was opened with explicit
+        settings that differ from its own."""
 
-    def upsert(self, payloads: Sequence[EcgPayload], vectors: np.ndarray) -> None:
-        """Insert or overwrite points; the point id derives from payload.record_id (idempotent)."""
+    def upsert(
+        self,
+        payloads: Sequence[EcgPayload],
+        vectors: np.ndarray,
+        named: Sequence[dict[str, list[float]]] | None = None,
+    ) -> None:
+        """Insert or overwrite points; the point id derives from payload.record_id (idempotent). A
+        collection with views needs ``named``, each point's views (``ViewVectors.rows``: a gain-suspect
+        ECG has no voltage vector, and its payload says ``gain_suspect``)."""
+
+    def search_views(
+        self,
+        queries: Sequence[dict[str, list[float]]],
+        similar_by: dict[str, float],
+        *,
+        k: int,
+        filter: SearchFilter | None = None,
+        exact: bool = False,
+        ef: int | None = None,
+    ) -> list[list[Hit]]:
+        """Search one named view, or a weighted-RRF blend of several (InvalidQuery on a collection
+        made before views, naming the migration)."""
+
+    def get_views(self, record_id: str) -> dict[str, list[float]]:
+        """A stored record's named vectors."""
+
+    def views(self) -> dict[str, ViewSpec]:
+        """The named views this collection holds, with the version of each (none: made before views)."""
 
     def existing(self, record_ids: Sequence[str]) -> set[str]:
         """Which of these record ids are already stored (for resume)."""
@@ -166,6 +199,22 @@ class SettingsMismatch(StoreError):
     """Index settings were asked for that differ from those an existing collection was made with."""
 
 
+class ViewSpec(BaseModel):
+    """One named vector of a collection: its size, distance and the version of its vectors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dim: int = Field(gt=0)
+    distance: Literal["cosine", "euclid"]
+    version: str
+
+
+def view_specs(dims: dict[str, int], versions: dict[str, str]) -> dict[str, ViewSpec]:
+    """Every declared view (``ecg.schema.VIEW_DISTANCE``) as a collection holds it: its size
+    (``ecg.views.view_dims``) and the version of its vectors (``ecg.views.view_versions``)."""
+    return {v: ViewSpec(dim=dims[v], distance=d, version=versions[v]) for v, d in VIEW_DISTANCE.items()}
+
+
 class CollectionManifest(BaseModel):
     """What a collection was made with; the embedded store keeps it as JSON beside the shard."""
 
@@ -176,6 +225,11 @@ class CollectionManifest(BaseModel):
     model_version: str
     created: datetime
     settings: IndexSettings = Field(default_factory=IndexSettings)
+    views: dict[str, ViewSpec] = Field(
+        default_factory=dict,
+        description="named vectors beside the served one: view -> version of its vectors (none: made "
+        "before views; search it by its one vector, or migrate)",
+    )
 
 
 # The payload fields the filters read (ecg.schema.PAYLOAD_FIELDS declares which, and how).
@@ -262,6 +316,75 @@ def _check_match(
             f"collection {existing.name!r} was created with {diff}; index settings are fixed when a "
             "collection is created: ingest into a new collection to change them"
         )
+
+
+def _check_views(existing: CollectionManifest, views: dict[str, ViewSpec] | None) -> None:
+    """Refuse vectors of other views (or of another version of a view) than the collection holds."""
+    if views is None or views == existing.views:
+        return
+    have = ", ".join(f"{k} {v.version}" for k, v in sorted(existing.views.items())) or "no named views"
+    want = ", ".join(f"{k} {v.version}" for k, v in sorted(views.items())) or "no named views"
+    raise ModelMismatch(
+        f"collection {existing.name!r} holds {have}, not {want}; {MIGRATE}".format(name=existing.name)
+    )
+
+
+MIGRATE = (
+    "re-embed into a new collection (ecgsearch ingest SOURCE --collection {name}-views) and switch "
+    "the alias clients use to it (ecgsearch collection alias ALIAS {name}-views)"
+)
+
+
+def _views_query(existing: CollectionManifest, similar_by: dict[str, float]) -> dict[str, float]:
+    """The views a query blends (weight > 0), each one the collection holds."""
+    used = {check_view(v): float(w) for v, w in similar_by.items() if w > 0}
+    if not used:
+        raise InvalidQuery("similar_by needs at least one view with a weight above 0")
+    if not existing.views:
+        raise InvalidQuery(
+            f"collection {existing.name!r} holds no named views (it was made before them); "
+            + MIGRATE.format(name=existing.name)
+        )
+    missing = sorted(set(used) - set(existing.views))
+    if missing:
+        raise InvalidQuery(f"collection {existing.name!r} holds no {', '.join(missing)} view")
+    return used
+
+
+def _named_rows(
+    vectors: np.ndarray, named: Sequence[dict[str, list[float]]] | None, views: dict[str, ViewSpec]
+) -> list[Any]:
+    """Each point's stored vector: the served one alone, or the served one (named "") and its views."""
+    if not views:
+        return [v.tolist() for v in vectors]
+    if named is None or len(named) != len(vectors):
+        raise StoreError("this collection holds named views: upsert needs every point's views")
+    return [{"": v.tolist(), **row} for v, row in zip(vectors, named, strict=True)]
+
+
+def _edge_views(views: dict[str, ViewSpec]) -> dict[str, edge.EdgeVectorParams]:
+    kind = {"cosine": edge.Distance.Cosine, "euclid": edge.Distance.Euclid}
+    return {
+        v: edge.EdgeVectorParams(size=spec.dim, distance=kind[spec.distance]) for v, spec in views.items()
+    }
+
+
+def _client_views(views: dict[str, ViewSpec]) -> dict[str, qm.VectorParams]:
+    kind = {"cosine": qm.Distance.COSINE, "euclid": qm.Distance.EUCLID}
+    return {v: qm.VectorParams(size=spec.dim, distance=kind[spec.distance]) for v, spec in views.items()}
+
+
+def _query_view(query: dict[str, list[float]], view: str) -> list[float]:
+    if view not in query:
+        why = " (its gain is suspect)" if view == "voltage" else ""
+        raise InvalidQuery(f"the query ECG has no {view} vector{why}: search it by another view")
+    return list(query[view])
+
+
+def _views_of(stored: Any) -> dict[str, list[float]]:
+    if not isinstance(stored, dict):
+        return {}
+    return {name: list(v) for name, v in stored.items() if name}
 
 
 class _Backend:
@@ -387,15 +510,22 @@ class EdgeStore(_Backend):
         return self._shard
 
     # -- Store protocol -------------------------------------------------------------------------
-    def create_collection(self, *, dim: int, model_version: str) -> None:
-        """Create the shard and its payload indexes (before any HNSW graph), or check the existing one."""
+    def create_collection(
+        self, *, dim: int, model_version: str, views: dict[str, ViewSpec] | None = None
+    ) -> None:
+        """Create the shard and its payload indexes (before any HNSW graph), or check the existing one.
+
+        ``views`` (``view_specs``) adds a named vector per view beside the
+        served one (named ""), so a query can search any view or a blend of them."""
         if self.manifest is not None:
             _check_match(self.manifest, dim, model_version, self.requested_settings)
+            _check_views(self.manifest, views)
             return
         s = self.settings
         made = build(s, EDGE)
+        served = edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)
         config = edge.EdgeConfig(
-            vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
+            vectors={"": served, **_edge_views(views)} if views else served,
             hnsw_config=made.hnsw,
             quantization_config=made.quantization,
             optimizers=made.optimizers,
@@ -404,19 +534,30 @@ class EdgeStore(_Backend):
         shard = self._open(lambda: edge.EdgeShard.create(str(self._shard_dir), config))
         _index_payloads(shard)
         manifest = CollectionManifest(
-            name=self.name, dim=dim, model_version=model_version, created=datetime.now(UTC), settings=s
+            name=self.name,
+            dim=dim,
+            model_version=model_version,
+            created=datetime.now(UTC),
+            settings=s,
+            views=dict(views or {}),
         )
         _write_atomic(self._manifest_path, manifest.model_dump_json(indent=2))
         self.manifest, self._shard = manifest, shard
 
-    def upsert(self, payloads: Sequence[EcgPayload], vectors: np.ndarray) -> None:
+    def upsert(
+        self,
+        payloads: Sequence[EcgPayload],
+        vectors: np.ndarray,
+        named: Sequence[dict[str, list[float]]] | None = None,
+    ) -> None:
         matrix = self._matrix(vectors)
         if len(payloads) != len(matrix):
             raise ValueError(f"{len(payloads)} payloads but {len(matrix)} vectors")
+        rows = _named_rows(matrix, named, self._manifest().views)
         for start in range(0, len(payloads), BATCH):
             points = [
-                edge.Point(point_id(p.record_id), v.tolist(), _payload_dict(p))
-                for p, v in zip(payloads[start : start + BATCH], matrix[start : start + BATCH], strict=True)
+                edge.Point(point_id(p.record_id), rows[i], _payload_dict(p))
+                for i, p in enumerate(payloads[start : start + BATCH], start=start)
             ]
             self.shard.update(edge.UpdateOperation.upsert_points(points))
 
@@ -473,6 +614,61 @@ class EdgeStore(_Backend):
         if self.last_plan is not None:
             self.plans.record(self.last_plan)
         return [[_hit(p.payload, p.score) for p in points] for points in results]
+
+    def search_views(
+        self,
+        queries: Sequence[dict[str, list[float]]],
+        similar_by: dict[str, float],
+        *,
+        k: int,
+        filter: SearchFilter | None = None,
+        exact: bool = False,
+        ef: int | None = None,
+    ) -> list[list[Hit]]:
+        """Search named views: one view by its own vector, several fused by weighted RRF over each
+        view's filtered top ``ecg.views.PREFETCH`` (Qdrant's prefetch). The filter applies in every
+        view. A hit's score is the view's (cosine; Euclidean distance, lower is nearer) or the fusion's."""
+        _check_k(k)
+        used = _views_query(self._manifest(), similar_by)
+        flt = to_edge(filter)
+        plan = Plan("exact") if exact else self.plan_for(filter, k)
+        self.last_plan = plan
+        params = self._params(exact=plan.kind == "exact", ef=ef, filtered=flt is not None)
+        requests = []
+        for q in queries:
+            nearest = {v: edge.Query.Nearest(_query_view(q, v), using=v) for v in used}
+            if len(used) == 1:
+                request = edge.QueryRequest(
+                    limit=k, query=next(iter(nearest.values())), filter=flt, params=params, with_payload=True
+                )
+            else:
+                request = edge.QueryRequest(
+                    limit=k,
+                    prefetches=[
+                        edge.Prefetch(limit=max(VIEW_PREFETCH, k), query=n, filter=flt, params=params)
+                        for n in nearest.values()
+                    ],
+                    # the stub types this as Fusion, the binding takes its Fusion.Rrf variant
+                    query=edge.Fusion.Rrf(k=VIEW_RRF_K, weights=list(used.values())),  # type: ignore[arg-type]
+                    with_payload=True,
+                )
+            requests.append(request)
+        results = (
+            [self.shard.query(requests[0])]
+            if len(requests) == 1
+            else self.shard.query_batch(edge.QueryBatchRequest(requests))
+        )
+        return [[_hit(p.payload, p.score) for p in points] for points in results]
+
+    def views(self) -> dict[str, ViewSpec]:
+        return dict(self._manifest().views)
+
+    def get_views(self, record_id: str) -> dict[str, list[float]]:
+        """A stored record's named vectors (none in a collection made before views)."""
+        records = self.shard.retrieve([point_id(record_id)], with_payload=False, with_vector=True)
+        if not records:
+            raise UnknownRecord(record_id)
+        return _views_of(records[0].vector)
 
     def plan_for(self, filter: SearchFilter | None, k: int) -> Plan:
         """The plan a top-k search with this filter takes, from the payload indexes' estimate.
@@ -790,6 +986,7 @@ class ServerStore(_Backend):
             self.backend = "qdrant-local"
         self._dim: int | None = None
         self._closed = False
+        self._views: dict[str, ViewSpec] | None = None
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         """Run one client call; connection failures become StoreUnavailable.
@@ -837,6 +1034,7 @@ class ServerStore(_Backend):
             model_version=str(meta.get("model_version", "")),
             created=meta.get("created") or datetime.now(UTC),
             settings=IndexSettings.model_validate(meta["settings"]) if "settings" in meta else self.settings,
+            views={v: ViewSpec.model_validate(spec) for v, spec in (meta.get("views") or {}).items()},
         )
 
     def _dimension(self) -> int:
@@ -844,9 +1042,13 @@ class ServerStore(_Backend):
             self._dim = self._manifest().dim
         return self._dim
 
-    def create_collection(self, *, dim: int, model_version: str) -> None:
+    def create_collection(
+        self, *, dim: int, model_version: str, views: dict[str, ViewSpec] | None = None
+    ) -> None:
         if self._call(lambda: self.client.collection_exists(self.name)):
-            _check_match(self._manifest(), dim, model_version, self.requested_settings)
+            manifest = self._manifest()
+            _check_match(manifest, dim, model_version, self.requested_settings)
+            _check_views(manifest, views)
             return
         s = self.settings
         meta = {
@@ -854,12 +1056,14 @@ class ServerStore(_Backend):
             "model_version": model_version,
             "created": datetime.now(UTC).isoformat(),
             "settings": s.model_dump(),
+            "views": {v: spec.model_dump() for v, spec in (views or {}).items()},
         }
         made = build(s, CLIENT)
+        served = qm.VectorParams(size=dim, distance=qm.Distance.COSINE)
         self._call(
             lambda: self.client.create_collection(
                 self.name,
-                vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
+                vectors_config={"": served, **_client_views(views)} if views else served,
                 shard_number=self.shard_number,
                 replication_factor=self.replication_factor,
                 hnsw_config=made.hnsw,
@@ -875,15 +1079,30 @@ class ServerStore(_Backend):
                 )
             )
         self._dim = dim
+        self._views = dict(views or {})
 
-    def upsert(self, payloads: Sequence[EcgPayload], vectors: np.ndarray) -> None:
+    def views(self) -> dict[str, ViewSpec]:
+        return dict(self._held_views())
+
+    def _held_views(self) -> dict[str, ViewSpec]:
+        if self._views is None:
+            self._views = self._manifest().views
+        return self._views
+
+    def upsert(
+        self,
+        payloads: Sequence[EcgPayload],
+        vectors: np.ndarray,
+        named: Sequence[dict[str, list[float]]] | None = None,
+    ) -> None:
         matrix = _as_matrix(vectors, self._dimension())
         if len(payloads) != len(matrix):
             raise ValueError(f"{len(payloads)} payloads but {len(matrix)} vectors")
+        rows = _named_rows(matrix, named, self._held_views())
         for start in range(0, len(payloads), BATCH):
             points = [
-                qm.PointStruct(id=point_id(p.record_id), vector=v.tolist(), payload=_payload_dict(p))
-                for p, v in zip(payloads[start : start + BATCH], matrix[start : start + BATCH], strict=True)
+                qm.PointStruct(id=point_id(p.record_id), vector=rows[i], payload=_payload_dict(p))
+                for i, p in enumerate(payloads[start : start + BATCH], start=start)
             ]
             self._call(partial(self.client.upsert, self.name, points=points, wait=True))
 
@@ -944,6 +1163,55 @@ class ServerStore(_Backend):
         ]
         responses = self._call(lambda: self.client.query_batch_points(self.name, requests))
         return [[_hit(p.payload, p.score) for p in r.points] for r in responses]
+
+    def search_views(
+        self,
+        queries: Sequence[dict[str, list[float]]],
+        similar_by: dict[str, float],
+        *,
+        k: int,
+        filter: SearchFilter | None = None,
+        exact: bool = False,
+        ef: int | None = None,
+    ) -> list[list[Hit]]:
+        """As ``EdgeStore.search_views``: one view, or a weighted-RRF blend of filtered prefetches."""
+        _check_k(k)
+        used = _views_query(self._manifest(), similar_by)
+        flt = to_client(filter)
+        params = qm.SearchParams(hnsw_ef=ef or self.settings.search_ef, exact=exact)
+        requests = []
+        for q in queries:
+            rows = {v: _query_view(q, v) for v in used}
+            if len(used) == 1:
+                ((view, row),) = rows.items()
+                request = qm.QueryRequest(
+                    query=row, using=view, filter=flt, params=params, limit=k, with_payload=True
+                )
+            else:
+                request = qm.QueryRequest(
+                    prefetch=[
+                        qm.Prefetch(
+                            query=row, using=v, filter=flt, params=params, limit=max(VIEW_PREFETCH, k)
+                        )
+                        for v, row in rows.items()
+                    ],
+                    query=qm.RrfQuery(rrf=qm.Rrf(k=VIEW_RRF_K, weights=list(used.values()))),
+                    limit=k,
+                    with_payload=True,
+                )
+            requests.append(request)
+        responses = self._call(lambda: self.client.query_batch_points(self.name, requests))
+        return [[_hit(p.payload, p.score) for p in r.points] for r in responses]
+
+    def get_views(self, record_id: str) -> dict[str, list[float]]:
+        records = self._call(
+            lambda: self.client.retrieve(
+                self.name, [point_id(record_id)], with_payload=False, with_vectors=True
+            )
+        )
+        if not records:
+            raise UnknownRecord(record_id)
+        return _views_of(records[0].vector)
 
     def get(self, record_id: str, *, sites: Sequence[str] | None = None) -> tuple[EcgPayload, np.ndarray]:
         if sites is None:

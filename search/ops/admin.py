@@ -56,10 +56,12 @@ def lock_holders(root: Path) -> list[str]:
 
 
 def collection_info(store: Store, model: Path | None = None) -> dict[str, Any]:
-    """Count, dim, model version and card, index settings, aliases and diagnosis counts."""
+    """Count, dim, model version and card, index settings, aliases, diagnosis counts and the named views
+    (each with its size, distance and version; empty for a collection made before views)."""
     info = store.info()
     settings = store.index_settings().model_dump(mode="json")
-    return _info_report(info, model_card(info.model_version, model), settings, store.aliases())
+    report = _info_report(info, model_card(info.model_version, model), settings, store.aliases())
+    return {**report, "views": {v: spec.model_dump() for v, spec in store.views().items()}}
 
 
 def model_card(version: str, model: Path | None = None) -> dict[str, Any] | None:

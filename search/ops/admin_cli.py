@@ -78,6 +78,11 @@ def info_command(
     typer.echo(f"  model card      {_card_line(card)}")
     settings = ", ".join(f"{k} {v}" for k, v in (result["index_settings"] or {}).items())
     typer.echo(f"  index settings  {settings or 'not reported by the service'}")
+    if "views" in result:
+        held = ", ".join(
+            f"{v} {spec['dim']}-d {spec['distance']} {spec['version']}" for v, spec in result["views"].items()
+        )
+        typer.echo(f"  views           {held or 'none (made before views: re-embed into a new collection)'}")
     aliases = ", ".join(f"{a} -> {c}" for a, c in (result["aliases"] or {}).items()) or "none"
     typer.echo(f"  aliases         {aliases}")
     top = list(result["diagnosis_counts"].items())[:5]

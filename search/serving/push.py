@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ecgsearch.ecg import fingerprint, intake, schema, signals
+from ecgsearch.ecg import fingerprint, intake, schema, signals, views
 from ecgsearch.ecg.identity import Pseudonymizer, content_hash
 from ecgsearch.ecg.readers import ReaderError, read_ecg
 from ecgsearch.ecg.schema import EcgPayload
@@ -163,11 +163,11 @@ class Writer:
                 new.append(item)
                 outcome[i] = Pushed(p.record_id, "stored")
             if new:
-                vectors = self.embedder.embed(np.stack([p.signal for p in new]))
+                vectors, named = views.embed_views(self.embedder, np.stack([p.signal for p in new]))
                 mark_copies([p.payload for p in new], vectors, self.store)  # ingest's rule
                 for fresh in new:  # the signal first: a stored point always finds its archive
                     self.archive.save(fresh.payload.content_hash or "", fresh.raw)
-                self.store.upsert([p.payload for p in new], vectors)
+                self.store.upsert(named.flagged([p.payload for p in new]), vectors, named.rows())
         return [outcome[i] if isinstance(item, Prepared) else item for i, item in enumerate(items)]
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ecgsearch.ecg import signals, views
+from ecgsearch.ecg.schema import InvalidQuery, check_view
 from ecgsearch.export.runtime import Embedder, bundled_model
 
 
@@ -85,5 +86,5 @@ def test_versions_name_the_model_and_change_with_the_statistics() -> None:
     )
     assert views.view_versions("abc", other)[views.RHYTHM] != first[views.RHYTHM]
     assert views.view_versions("abc", other)[views.VOLTAGE] == first[views.VOLTAGE]
-    with pytest.raises(views.ViewError, match="unknown view 'shape'"):
-        views.check_view("shape")
+    with pytest.raises(InvalidQuery, match="unknown view 'shape'"):
+        check_view("shape")

@@ -39,6 +39,8 @@ class FakeEmbedder:
         out = x.reshape(len(x), -1) @ self._projection
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
+    learned_dim = FAKE_DIM  # no measured blocks: the waveform view is the whole vector
+
 
 @dataclass(frozen=True)
 class Corpus:

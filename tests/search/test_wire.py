@@ -40,6 +40,7 @@ def _every_field_set() -> EcgPayload:
         vendor="GE Healthcare",
         device_model="MAC 5500",
         archived=True,
+        gain_suspect=True,
         # every machine measurement, a distinct value each (qtc 415.5: a fraction crosses too)
         **{name: 60.0 + 50 * i + 0.5 * (name == "qtc_ms") for i, name in enumerate(MEASUREMENTS)},
         fingerprint="AAAA",
