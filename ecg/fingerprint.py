@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -92,16 +93,38 @@ def decode(stored: str) -> np.ndarray:
     return np.frombuffer(raw, np.int8).reshape(len(_ROWS), SAMPLES)
 
 
-def score(a: np.ndarray, b: np.ndarray) -> float:
+@dataclass(frozen=True)
+class Print:
+    """A fingerprint made ready to score against many others (what ``score`` needs of it, once):
+    the samples as float64, the live leads, their spectra and cumulative energies per lead."""
+
+    samples: np.ndarray  # (8, SAMPLES) float64
+    live: np.ndarray  # (8,) bool: not all zero
+    spectrum: np.ndarray  # (8, SAMPLES + 1) rfft over 2 * SAMPLES points (no wrap-around for any lag)
+    energy: np.ndarray  # (8, SAMPLES + 1) cumulative sum of squares per lead, from 0
+
+
+def ready(fp: np.ndarray | Print) -> Print:
+    """A fingerprint (8, 400) int8 -> its ``Print`` (a Print is returned as it is)."""
+    if isinstance(fp, Print):
+        return fp
+    x = np.asarray(fp, dtype=np.float64)
+    energy = np.zeros((x.shape[0], SAMPLES + 1))
+    np.cumsum(x * x, axis=1, out=energy[:, 1:])
+    return Print(x, np.abs(x).sum(axis=1) > 0, np.fft.rfft(x, 2 * SAMPLES, axis=1), energy)
+
+
+def score(a: np.ndarray | Print, b: np.ndarray | Print) -> float:
     """How surely two fingerprints are one recording: the median windowed joint r at the best lag
-    (see the module doc); 0.0 when they share no live lead or fewer than 3 windows of signal."""
-    x = np.asarray(a, dtype=np.float64)
-    y = np.asarray(b, dtype=np.float64)
-    live = (np.abs(x).sum(axis=1) > 0) & (np.abs(y).sum(axis=1) > 0)
+    (see the module doc); 0.0 when they share no live lead or fewer than 3 windows of signal. Give
+    ``Print``s (``ready``) to score one fingerprint against many without redoing its part."""
+    pa, pb = ready(a), ready(b)
+    live = pa.live & pb.live
     if not live.any():
         return 0.0
-    x, y = x[live], y[live]
-    lag = _best_lag(x, y)
+    every = bool(live.all())  # the common case: no copies of the arrays
+    lag = _best_lag(pa, pb, None if every else live)
+    x, y = (pa.samples, pb.samples) if every else (pa.samples[live], pb.samples[live])
     if lag >= 0:
         xs, ys = x[:, : SAMPLES - lag], y[:, lag:]
     else:
@@ -113,25 +136,36 @@ def score(a: np.ndarray, b: np.ndarray) -> float:
     xx = np.einsum("lwt,lwt->w", xs, xs)
     yy = np.einsum("lwt,lwt->w", ys, ys)
     ok = (xx > 0) & (yy > 0)
-    if ok.any():
-        ok &= (xx >= WINDOW_ENERGY * xx[ok].mean()) & (yy >= WINDOW_ENERGY * yy[ok].mean())
-    if ok.sum() < MIN_WINDOWS:
+    n_ok = int(ok.sum())
+    if n_ok:
+        ok &= (xx * n_ok >= WINDOW_ENERGY * xx[ok].sum()) & (yy * n_ok >= WINDOW_ENERGY * yy[ok].sum())
+    r = np.sort(xy[ok] / np.sqrt(xx[ok] * yy[ok]))
+    if r.size < MIN_WINDOWS:
         return 0.0
-    return float(np.median(xy[ok] / np.sqrt(xx[ok] * yy[ok])))
+    half = r.size // 2
+    return float(r[half] if r.size % 2 else (r[half - 1] + r[half]) / 2)  # the median
 
 
-def _best_lag(x: np.ndarray, y: np.ndarray) -> int:
-    """The lag (y(t + lag) matches x(t)) within +-MAX_LAG maximising the joint r over the overlap."""
-    padded = np.pad(y, ((0, 0), (MAX_LAG, MAX_LAG)))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, SAMPLES, axis=1)  # (leads, lags, T)
-    num = np.einsum("lt,lkt->k", x, windows)
-    eyy = np.einsum("lkt,lkt->k", windows, windows)
-    cum = np.concatenate([[0.0], np.cumsum((x * x).sum(axis=0))])
-    lags = np.arange(-MAX_LAG, MAX_LAG + 1)
-    # x's energy over the samples facing real (not padded) samples of y at each lag
-    exx = np.where(lags >= 0, cum[SAMPLES - np.maximum(lags, 0)], cum[SAMPLES] - cum[np.maximum(-lags, 0)])
-    r = num / np.sqrt(np.maximum(exx * eyy, 1e-30))
-    return int(lags[int(np.argmax(r))])
+_LAGS = np.arange(-MAX_LAG, MAX_LAG + 1)
+_AHEAD = np.maximum(_LAGS, 0)  # x(0 .. T - lag) faces y(lag .. T) for lag >= 0, the mirror below
+_BEHIND = np.maximum(-_LAGS, 0)
+
+
+def _best_lag(a: Print, b: Print, live: np.ndarray | None) -> int:
+    """The lag (b(t + lag) matches a(t)) within +-MAX_LAG maximising the joint r over the live leads'
+    overlap (None: every lead): their cross-correlation summed by FFT, each lag's energies from
+    cumulative sums."""
+    sa, sb, ea, eb = a.spectrum, b.spectrum, a.energy, b.energy
+    if live is not None:
+        sa, sb, ea, eb = sa[live], sb[live], ea[live], eb[live]
+    cross = np.einsum("lf,lf->f", sa.conj(), sb)
+    cc = np.fft.irfft(cross, 2 * SAMPLES)  # cc[lag mod 2T] = sum over leads and t of a(t) b(t + lag)
+    ca = ea.sum(axis=0)
+    cb = eb.sum(axis=0)
+    exx = ca[SAMPLES - _AHEAD] - ca[_BEHIND]
+    eyy = cb[SAMPLES - _BEHIND] - cb[_AHEAD]
+    r = cc[_LAGS % (2 * SAMPLES)] / np.sqrt(np.maximum(exx * eyy, 1e-30))
+    return int(_LAGS[int(np.argmax(r))])
 
 
 def score_stored(a: str | None, b: str | None) -> float:

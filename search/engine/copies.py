@@ -76,27 +76,36 @@ def mark_copies(
     k: int = CANDIDATES,
     threshold: float = fingerprint.COPY_THRESHOLD,
 ) -> int:
-    """Set ``duplicate_of`` on each new payload that is a copy of a stored ECG or of one earlier in
-    the batch (stored ones first: the first stored wins); returns how many were marked. Payloads
-    without a fingerprint are never marked. Originals are looked for among the batch's own sites
-    only: a copy never points at (and so is never hidden behind) an ECG its readers cannot see."""
+    """Set ``duplicate_of`` on each new payload that is a copy of an ECG stored before it or earlier in
+    its batch; returns how many were marked. Candidates are its ``k`` nearest among both together (the
+    best-scoring confirmed one names the original: the first stored, as a copy names its original).
+    Payloads without a fingerprint are never marked. Originals are looked for among the batch's own
+    sites only: a copy never points at (and so is never hidden behind) an ECG its readers cannot see."""
     sites = SearchFilter(sites=sorted({p.site for p in payloads}))
-    fps = [p.fingerprint for p in payloads]
-    stored = stored_matches(store, vectors, fps, k=k, filter=sites, threshold=threshold)
-    within = np.asarray(vectors, dtype=np.float32) @ np.asarray(vectors, dtype=np.float32).T
+    matrix = np.asarray(vectors, dtype=np.float32)
+    stored = store.search_batch(matrix, k=k, filter=sites) if store.count() else [[] for _ in payloads]
+    prints = [
+        fingerprint.ready(fingerprint.decode(p.fingerprint)) if p.fingerprint else None for p in payloads
+    ]
+    within = matrix @ matrix.T
     marked = 0
     for i, p in enumerate(payloads):
-        original = stored[i][0].original if stored[i] else None
-        if original is None and i:
-            earlier = np.argsort(-within[i, :i])[:k]
-            scored = [
-                (fingerprint.score_stored(p.fingerprint, payloads[j].fingerprint), j)
-                for j in earlier
-                if payloads[j].site == p.site
-            ]
-            best = max(scored, default=(0.0, -1))
-            if best[0] >= threshold:
-                original = original_of(payloads[best[1]])
+        mine = prints[i]
+        if mine is None:
+            continue
+        # (cosine, candidate, its decoded print: the batch's are decoded already, the store's on use)
+        near: list[tuple[float, EcgPayload, fingerprint.Print | None]] = [
+            (h.score, h.payload, None) for h in stored[i] if h.payload.fingerprint
+        ]
+        earlier = [int(j) for j in np.argsort(-within[i, :i])[:k] if payloads[j].site == p.site]
+        near += [(float(within[i, j]), payloads[j], prints[j]) for j in earlier]
+        best, original = threshold, None
+        for _, candidate, theirs in sorted(near, key=lambda c: -c[0])[:k]:
+            if theirs is None:
+                theirs = fingerprint.ready(fingerprint.decode(candidate.fingerprint or ""))
+            got = fingerprint.score(mine, theirs)
+            if got >= best:
+                best, original = got, original_of(candidate)
         if original is not None and original != p.record_id:
             p.duplicate_of = original
             marked += 1
