@@ -14,7 +14,8 @@ Two files with one id and one content hash are one ECG, stored once (the second 
 re-export of a stored ECG is): so ``hl7aecg_fda_subject1_0.xml``, the FDA's copy of the HL7 example
 with only the subject id and times changed (same document id, identical samples), is the example's
 ECG, not a second one. Copies under different ids (one recording exported as aECG, SCP-ECG and DICOM)
-are separate points of one dataset; ``duplicate_of`` marks copies across datasets only, as for WFDB.
+are separate points, the later ones stored with ``duplicate_of`` naming the first (by content, as for
+every source: ``search.engine.copies``).
 
 Payload: only what may leave the file (``EcgHeader.public_fields``): age (over 89 as 90), sex,
 acquisition year-month, vendor and device model, the machine's measurements, and statement codes as

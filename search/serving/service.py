@@ -663,7 +663,7 @@ class SearchService:
         """A stored record's vector and codes, with the record (and its patient's ECGs) excluded."""
         payload, vector = self._get(record_id, sites)
         exclusions = ["query_record"]
-        # A copy's original is the query ECG again, under another dataset's id.
+        # A copy's original is the query ECG again, under another id.
         own = [payload.record_id, *([payload.duplicate_of] if payload.duplicate_of else [])]
         update = {"exclude_record_ids": [*options.filter.exclude_record_ids, *own]}
         if not include_same_patient and payload.patient_id is not None:

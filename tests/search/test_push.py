@@ -135,6 +135,20 @@ def test_raw_ecgs_are_named_by_the_senders_id_and_pseudonymised_with_the_site_se
     assert found.hits[0].record_id != found.query_record_id
 
 
+def test_a_pushed_copy_is_marked_as_ingest_marks_one(live: Live):
+    """A stored hospital ECG pushed again as raw samples, x5 in uV and every other 500 Hz sample dropped
+    (250 Hz), under another dataset's id: the same recording, so stored duplicate_of its original."""
+    ecg = read_ecg(live.hospital / "muse_guangxi_sinus_rhythm.xml")
+    stored_id = intake.record_id_of("hospital", ecg.native_id, intake.hash_of(ecg))
+    stored, _ = live.store.get(stored_id)
+    original = stored.duplicate_of or stored_id  # its ecg2dcm DICOM, when ingested first
+    raw = intake.raw_of(ecg, "x")
+    copy = EcgQuery(5000 * raw.signal[:, ::2], raw.fs / 2, raw.leads, "uV")
+    (pushed,) = live.client.upsert([UpsertItem(ecg=copy, native_id="guangxi-again")], dataset="copies")
+    assert pushed.status == "stored"
+    assert live.store.get(pushed.record_id)[0].duplicate_of == original
+
+
 def test_a_bad_request_fails_as_a_whole_naming_the_field(live: Live):
     with pytest.raises(grpc.RpcError) as err:
         live.client.upsert([UpsertItem(file=EcgFile(b"x"))], dataset="no spaces allowed")
