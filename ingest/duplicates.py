@@ -124,7 +124,9 @@ def _synthetic(
     return {name: {"score": _summary(scores[name]), "original_rank_max": max(ranks[name])} for name in scores}
 
 
-def _marking_cost(payloads: list[EcgPayload], vectors: np.ndarray, version: str) -> dict[str, float | int]:
+def _marking_cost(
+    payloads: list[EcgPayload], vectors: np.ndarray, version: str
+) -> dict[str, float | int | None]:
     """What marking adds to ingest: ``copies.mark_copies`` on each batch of 256 against an embedded
     store holding every earlier batch (search, fingerprints read with the hits, scores), ms per ECG;
     and which ECGs it marks, the ingest order being this measure's (every folder in FOLDERS' order)."""
