@@ -268,6 +268,23 @@ def check_view(name: str) -> str:
     return name
 
 
+def parse_similar_by(text: str) -> tuple[tuple[str, float], ...]:
+    """'rhythm' -> one view; 'waveform=1,rhythm=0.5' -> a blend: (view, weight) pairs (InvalidQuery)."""
+    out: list[tuple[str, float]] = []
+    for part in (p.strip() for p in text.split(",")):
+        name, _, weight = part.partition("=")
+        try:
+            value = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise InvalidQuery(f"similar_by {part[:40]!r}: weight must be a number") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise InvalidQuery(f"similar_by {part[:40]!r}: weight must be a finite number above 0")
+        out.append((check_view(name.strip().lower()), value))
+    if len({v for v, _ in out}) != len(out):
+        raise InvalidQuery(f"similar_by {text[:60]!r}: a view is named twice")
+    return tuple(out)
+
+
 class UnknownRecord(LookupError):
     """A record id that is not in the collection (maps to NOT_FOUND)."""
 

@@ -158,6 +158,9 @@ class SearchOptions:
     # Searches by ECG or file: also return the stored ECG that is the query itself (the same recording
     # by content) and its copies; by default they are left out and named in ``query_record_id``.
     include_query_record: bool = False
+    # Similar by what (``ecg.schema.VIEW_DISTANCE``): (view, weight) pairs, one view or a blend; empty:
+    # the served vector, as before views.
+    similar_by: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

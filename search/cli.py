@@ -280,6 +280,14 @@ class QueryOptions:
             "named as query_record_id) and its copies.",
         ),
     ] = False
+    similar_by: Annotated[
+        str | None,
+        typer.Option(
+            "--similar-by",
+            help="Similar by what: a view (waveform, rhythm, voltage) or a blend, e.g. "
+            "'waveform=1,rhythm=0.5' (default: the served vector).",
+        ),
+    ] = None
     threshold: Annotated[float | None, typer.Option(help="Minimum cosine similarity.")] = None
     exact: Annotated[bool, typer.Option("--exact", help="Exact search instead of the index.")] = False
     summary: Annotated[bool, typer.Option("--summary", help="Add the diagnosis concentration summary.")] = (
@@ -363,6 +371,7 @@ def _search(o: QueryOptions, flt: SearchFilter) -> SearchResult:
         "with_summary": o.summary,
         "include_duplicates": o.include_duplicates,
         "include_query_record": o.include_query_record,
+        "similar_by": _similar_by(o.similar_by),
     }
     connection: dict[str, Any] = {
         "token": resolve(o.token_file),
@@ -391,6 +400,17 @@ def _search(o: QueryOptions, flt: SearchFilter) -> SearchResult:
     except (OSError, ValueError) as exc:
         _error(str(exc))
         raise typer.Exit(exits.FAILED) from None
+
+
+def _similar_by(text: str | None) -> tuple[tuple[str, float], ...] | None:
+    from ecgsearch.ecg.schema import InvalidQuery, parse_similar_by
+
+    if text is None:
+        return None
+    try:
+        return parse_similar_by(text)
+    except InvalidQuery as exc:
+        raise typer.BadParameter(str(exc), param_hint="--similar-by") from None
 
 
 _MEASURE = re.compile(r"^\s*([A-Za-z_]+)\s*(>=|<=|=)\s*(-?\d+(?:\.\d*)?)(?:\s*\.\.\s*(-?\d+(?:\.\d*)?))?\s*$")

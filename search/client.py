@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ecgsearch.ecg.schema import CollectionInfo, EcgPayload, SearchFilter
+from ecgsearch.ecg.schema import CollectionInfo, EcgPayload, SearchFilter, check_view, parse_similar_by
 from ecgsearch.export.card import ModelCard
 from ecgsearch.search import wire
 from ecgsearch.search._proto import search_pb2 as pb
@@ -258,10 +258,14 @@ def options(
     with_summary: bool = False,
     include_duplicates: bool = False,
     include_query_record: bool = False,
+    similar_by: str | dict[str, float] | Sequence[tuple[str, float]] | None = None,
     filter: SearchFilter | None = None,
     **filter_fields: Any,
 ) -> SearchOptions:
-    """Search options from keywords: filter fields (``diagnoses_any=["AF"]``, ``age_min=60``) or a filter."""
+    """Search options from keywords: filter fields (``diagnoses_any=["AF"]``, ``age_min=60``) or a filter.
+
+    ``similar_by``: a view (``"rhythm"``), a blend (``"waveform=1,rhythm=0.5"`` or a dict of view ->
+    weight); None searches the served vector, as before views."""
     flt = filter if filter is not None else SearchFilter(**filter_fields)
     return SearchOptions(
         filter=flt,
@@ -271,7 +275,19 @@ def options(
         with_summary=with_summary,
         include_duplicates=include_duplicates,
         include_query_record=include_query_record,
+        similar_by=_similar_by(similar_by),
     )
+
+
+def _similar_by(
+    value: str | dict[str, float] | Sequence[tuple[str, float]] | None,
+) -> tuple[tuple[str, float], ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return parse_similar_by(value)
+    pairs = value.items() if isinstance(value, dict) else value
+    return tuple((check_view(v), float(w)) for v, w in pairs)
 
 
 def ecg_query(

@@ -20,12 +20,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ecgsearch.ecg.formats import FORMATS
 from ecgsearch.ecg.schema import (
     PAYLOAD_FIELDS,
+    VIEW_DISTANCE,
     CollectionInfo,
     EcgPayload,
     Hit,
     InvalidQuery,
     SearchFilter,
     Sex,
+    check_view,
 )
 from ecgsearch.export.card import ModelCard
 from ecgsearch.search._proto import search_pb2 as pb
@@ -141,6 +143,8 @@ def options_to_proto(options: SearchOptions) -> pb.SearchOptions:
     )
     if options.score_threshold is not None:
         msg.score_threshold = options.score_threshold
+    for view, weight in options.similar_by:
+        msg.similar_by.add(view=VIEW_TO_PROTO[check_view(view)], weight=weight)
     return msg
 
 
@@ -153,7 +157,18 @@ def options_from_proto(msg: pb.SearchOptions) -> SearchOptions:
         with_summary=msg.with_summary,
         include_duplicates=msg.include_duplicates,
         include_query_record=msg.include_query_record,
+        similar_by=tuple((_view_from_proto(v.view), float(v.weight)) for v in msg.similar_by),
     )
+
+
+VIEW_TO_PROTO = {name: pb.View.Value(f"VIEW_{name.upper()}") for name in VIEW_DISTANCE}
+VIEW_FROM_PROTO = {number: name for name, number in VIEW_TO_PROTO.items()}
+
+
+def _view_from_proto(value: int) -> str:
+    if value not in VIEW_FROM_PROTO:
+        raise InvalidQuery(f"options.similar_by: unknown view {value}; views are {', '.join(VIEW_DISTANCE)}")
+    return VIEW_FROM_PROTO[value]
 
 
 # --- ECGs and vectors ----------------------------------------------------------------------------

@@ -42,6 +42,13 @@ class Measurement(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MEASUREMENT_R_AXIS: _ClassVar[Measurement]
     MEASUREMENT_T_AXIS: _ClassVar[Measurement]
 
+class View(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VIEW_UNSPECIFIED: _ClassVar[View]
+    VIEW_WAVEFORM: _ClassVar[View]
+    VIEW_RHYTHM: _ClassVar[View]
+    VIEW_VOLTAGE: _ClassVar[View]
+
 class EcgFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ECG_FORMAT_UNSPECIFIED: _ClassVar[EcgFormat]
@@ -78,6 +85,10 @@ MEASUREMENT_QTC_MS: Measurement
 MEASUREMENT_P_AXIS: Measurement
 MEASUREMENT_R_AXIS: Measurement
 MEASUREMENT_T_AXIS: Measurement
+VIEW_UNSPECIFIED: View
+VIEW_WAVEFORM: View
+VIEW_RHYTHM: View
+VIEW_VOLTAGE: View
 ECG_FORMAT_UNSPECIFIED: EcgFormat
 ECG_FORMAT_MUSE_XML: EcgFormat
 ECG_FORMAT_PHILIPS_XML: EcgFormat
@@ -125,7 +136,7 @@ class Filter(_message.Message):
     def __init__(self, diagnoses_any: _Optional[_Iterable[str]] = ..., diagnoses_all: _Optional[_Iterable[str]] = ..., diagnoses_none: _Optional[_Iterable[str]] = ..., age_min: _Optional[int] = ..., age_max: _Optional[int] = ..., sex: _Optional[_Union[Sex, str]] = ..., datasets: _Optional[_Iterable[str]] = ..., exclude_record_ids: _Optional[_Iterable[str]] = ..., exclude_patient_ids: _Optional[_Iterable[str]] = ..., measurements: _Optional[_Iterable[_Union[MeasurementRange, _Mapping]]] = ...) -> None: ...
 
 class SearchOptions(_message.Message):
-    __slots__ = ("filter", "k", "score_threshold", "exact", "with_summary", "include_duplicates", "include_query_record")
+    __slots__ = ("filter", "k", "score_threshold", "exact", "with_summary", "include_duplicates", "include_query_record", "similar_by")
     FILTER_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +144,7 @@ class SearchOptions(_message.Message):
     WITH_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_QUERY_RECORD_FIELD_NUMBER: _ClassVar[int]
+    SIMILAR_BY_FIELD_NUMBER: _ClassVar[int]
     filter: Filter
     k: int
     score_threshold: float
@@ -140,7 +152,16 @@ class SearchOptions(_message.Message):
     with_summary: bool
     include_duplicates: bool
     include_query_record: bool
-    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., exact: _Optional[bool] = ..., with_summary: _Optional[bool] = ..., include_duplicates: _Optional[bool] = ..., include_query_record: _Optional[bool] = ...) -> None: ...
+    similar_by: _containers.RepeatedCompositeFieldContainer[ViewWeight]
+    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., exact: _Optional[bool] = ..., with_summary: _Optional[bool] = ..., include_duplicates: _Optional[bool] = ..., include_query_record: _Optional[bool] = ..., similar_by: _Optional[_Iterable[_Union[ViewWeight, _Mapping]]] = ...) -> None: ...
+
+class ViewWeight(_message.Message):
+    __slots__ = ("view", "weight")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    view: View
+    weight: float
+    def __init__(self, view: _Optional[_Union[View, str]] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class LeadSamples(_message.Message):
     __slots__ = ("values",)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import ValidationError
 
-from ecgsearch.ecg import codes, fingerprint, ptbxl, signals
+from ecgsearch.ecg import codes, fingerprint, ptbxl, signals, views
 from ecgsearch.ecg.bounds import MAX_FILE_BYTES
 from ecgsearch.ecg.schema import (
     MAX_K,
@@ -43,6 +43,7 @@ from ecgsearch.ecg.schema import (
     InvalidQuery,
     SearchFilter,
     UnknownRecord,
+    check_view,
 )
 from ecgsearch.search.api import (
     FILE_FORMATS,
@@ -243,8 +244,8 @@ class SearchService:
         """Prepare the raw ECG exactly like stored ones, encode it, search."""
         options = self.validate(options or SearchOptions())
         checked = check_ecg(ecg, "ecg")
-        ((vector,), (mark,)) = self._encode_marked([checked], ["ecg"], budget)
-        return self._search(_Plan(options, vector, fingerprint=mark), budget, sites)
+        ((vector,), (mark,), (named,)) = self._encode_marked([checked], ["ecg"], budget)
+        return self._search(_Plan(options, vector, fingerprint=mark, views=named), budget, sites)
 
     def search_by_file(
         self,
@@ -257,8 +258,8 @@ class SearchService:
         """Read an ECG file (any format the readers know), prepare it like stored ECGs, encode, search."""
         options = self.validate(options or SearchOptions())
         ecg = read_file(file, "file")
-        ((vector,), (mark,)) = self._encode_marked([ecg], ["file"], budget)
-        return self._search(_Plan(options, vector, fingerprint=mark), budget, sites)
+        ((vector,), (mark,), (named,)) = self._encode_marked([ecg], ["file"], budget)
+        return self._search(_Plan(options, vector, fingerprint=mark, views=named), budget, sites)
 
     def upsert(
         self,
@@ -444,13 +445,15 @@ class SearchService:
                     plans.append(_Plan(options, None))
         ecgs = [ecg for _, _, ecg in checked if ecg is not None]
         names = [f"queries[{i}].ecg" for i, (_, _, ecg) in enumerate(checked) if ecg is not None]
-        vectors, marks = self._encode_marked(ecgs, names, budget) if ecgs else (np.empty((0, 0)), [])
-        encoded = iter(zip(vectors, marks, strict=True))
+        vectors, marks, named = (
+            self._encode_marked(ecgs, names, budget) if ecgs else (np.empty((0, 0)), [], [])
+        )
+        encoded = iter(zip(vectors, marks, named, strict=True))
         ready = []
         for plan in plans:
             if plan.vector is None:
-                vector, mark = next(encoded)
-                plan = replace(plan, vector=vector, fingerprint=mark)
+                vector, mark, rows = next(encoded)
+                plan = replace(plan, vector=vector, fingerprint=mark, views=rows)
             ready.append(plan)
         return (self._search(plan, budget, sites) for plan in ready)
 
@@ -579,6 +582,7 @@ class SearchService:
             options.with_summary,
             options.include_duplicates,
             options.include_query_record,
+            check_similar_by(options.similar_by),
         )
 
     def check_vector(self, vector: np.ndarray | Sequence[float] | None, where: str = "vector") -> np.ndarray:
@@ -605,10 +609,13 @@ class SearchService:
 
     def _encode_marked(
         self, ecgs: Sequence[EcgQuery], names: Sequence[str], budget: Budget
-    ) -> tuple[np.ndarray, list[str]]:
-        """``encode``, and each ECG's content fingerprint (to find the query among stored ECGs)."""
+    ) -> tuple[np.ndarray, list[str], list[dict[str, list[float]]]]:
+        """``encode``, each ECG's content fingerprint (to find the query among stored ECGs) and its named
+        views (``ecg.views``, as ingest computes them)."""
         prepared = self._prepare(ecgs, names, budget)
-        return self._embed(prepared, budget), [fingerprint.encode(x) for x in prepared]
+        vectors = self._embed(prepared, budget)
+        named = views.view_vectors(vectors, np.stack(prepared), learned_dim=self.embedder.learned_dim)
+        return vectors, [fingerprint.encode(x) for x in prepared], named.rows()
 
     def _prepare(self, ecgs: Sequence[EcgQuery], names: Sequence[str], budget: Budget) -> list[np.ndarray]:
         prepared = []
@@ -670,7 +677,8 @@ class SearchService:
             exclusions.append("same_patient")
             update["exclude_patient_ids"] = [*options.filter.exclude_patient_ids, payload.patient_id]
         flt = options.filter.model_copy(update=update)
-        return _Plan(replace(options, filter=flt), vector, payload.diagnoses, exclusions)
+        named = self.store.get_views(payload.record_id) if options.similar_by else None
+        return _Plan(replace(options, filter=flt), vector, payload.diagnoses, exclusions, views=named)
 
     def _search(self, plan: _Plan, budget: Budget, sites: Sites) -> SearchResult:
         budget.check("search")
@@ -688,13 +696,26 @@ class SearchService:
             exclusions.insert(0, "query_record")
             update["exclude_record_ids"] = [*options.filter.exclude_record_ids, *query_record[1]]
         flt = options.filter.model_copy(update=update)
-        hits = self.store.search(
-            plan.vector,
-            k=options.k,
-            filter=None if flt.is_empty() else flt,
-            exact=options.exact,
-            score_threshold=options.score_threshold,
-        )
+        if options.similar_by:
+            if plan.views is None:
+                raise FieldViolation(
+                    "options.similar_by", "a search by vector has no views: search by record or ECG"
+                )
+            (hits,) = self.store.search_views(
+                [plan.views],
+                dict(options.similar_by),
+                k=options.k,
+                filter=None if flt.is_empty() else flt,
+                exact=options.exact,
+            )
+        else:
+            hits = self.store.search(
+                plan.vector,
+                k=options.k,
+                filter=None if flt.is_empty() else flt,
+                exact=options.exact,
+                score_threshold=options.score_threshold,
+            )
         if sites is not None:
             hits = self._walled(hits, sites)
         info = self.info(sites=sites) if options.with_summary else None
@@ -762,6 +783,24 @@ class _Plan:
     query_codes: list[str] | None = None
     exclusions: list[str] = field(default_factory=list)
     fingerprint: str | None = None  # a query ECG's content fingerprint: is the query itself stored?
+    views: dict[str, list[float]] | None = None  # the query's named views (``similar_by`` searches)
+
+
+def check_similar_by(similar_by: Sequence[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
+    """Views named once each, with finite weights above 0 (FieldViolation naming the entry)."""
+    seen: set[str] = set()
+    for i, (view, weight) in enumerate(similar_by):
+        where = f"options.similar_by[{i}]"
+        try:
+            check_view(view)
+        except InvalidQuery as error:
+            raise FieldViolation(where, str(error)) from None
+        if view in seen:
+            raise FieldViolation(where, f"view {view} named twice")
+        if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
+            raise FieldViolation(where, f"weight must be a finite number above 0, got {weight!r:.20}")
+        seen.add(view)
+    return tuple((v, float(w)) for v, w in similar_by)
 
 
 def site_filter(sites: Sites) -> SearchFilter | None:

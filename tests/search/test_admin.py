@@ -195,3 +195,22 @@ def test_collection_info_and_get_through_a_running_service(served: str, embedder
     assert got["payload"]["record_id"] == "ptbxl:1" and len(got["vector"]) == embedder.dim
     code, _, err = run("collection", "get", "ptbxl:999999", "--target", served, token="t")
     assert code == 5 and "ptbxl:999999" in err  # exit table: not found
+
+
+def test_query_similar_by_a_view_or_a_blend_over_grpc(served: str) -> None:
+    """`ecgsearch ingest` stores the views; `query --similar-by` searches them through the service."""
+    found = {}
+    for how in (None, "rhythm", "waveform=1,rhythm=0.5"):
+        extra = ["--similar-by", how] if how else []
+        args = ["query", "--target", served, "--record-id", "ptbxl:1", "--k", 5, *extra, "--json"]
+        code, out, err = run(*args, token="t")
+        assert code == 0, err
+        hits = json.loads(out)["hits"]
+        found[how] = [(h["record_id"], h["score"]) for h in hits]
+        assert len(hits) == 5 and "ptbxl:1" not in {h["record_id"] for h in hits}
+    rhythm = [score for _, score in found["rhythm"]]  # Euclidean distances, nearest first
+    assert rhythm == sorted(rhythm) and found["rhythm"] != found[None], found
+    code, _, err = run(
+        "query", "--target", served, "--record-id", "ptbxl:1", "--similar-by", "shape", token="t"
+    )
+    assert code == 2 and "unknown view 'shape'" in err
