@@ -76,6 +76,55 @@ def firwin(numtaps: int, cutoff: float, beta: float = 5.0) -> np.ndarray:
     return h
 
 
+def firwin_bandpass(numtaps: int, low_hz: float, high_hz: float, fs: float) -> np.ndarray:
+    """Band-pass FIR taps: scipy.signal.firwin(numtaps, (low_hz, high_hz), pass_zero=False, fs=fs).
+
+    Windowed sinc (the difference of two low-passes) under scipy's default Hamming window, scaled to
+    unit gain at the band's centre frequency; odd ``numtaps`` only (a band-pass needs a centre tap).
+    """
+    if numtaps < 3 or numtaps % 2 == 0:
+        raise ValueError("a band-pass needs an odd numtaps of at least 3")
+    nyquist = fs / 2.0
+    low, high = low_hz / nyquist, high_hz / nyquist
+    if not 0.0 < low < high < 1.0:
+        raise ValueError("band edges must satisfy 0 < low < high < fs / 2")
+    m = np.arange(0, numtaps, dtype=np.float64) - 0.5 * (numtaps - 1)
+    h = high * np.sinc(high * m) - low * np.sinc(low * m)
+    h *= np.hamming(numtaps)
+    centre = 0.5 * (low + high)
+    return h / np.sum(h * np.cos(np.pi * m * centre))
+
+
+# --- moving windows along the last axis (scipy.ndimage's 1-D filters, mode="constant") -----------
+
+
+def _windows(x: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """(..., T) -> (..., T, size): the centred window of every sample, ``fill`` beyond the edges."""
+    if size < 1 or size % 2 == 0:
+        raise ValueError("window size must be odd and positive")
+    half = size // 2
+    padded = np.pad(
+        np.asarray(x, dtype=np.float64), [(0, 0)] * (x.ndim - 1) + [(half, half)], constant_values=fill
+    )
+    return np.lib.stride_tricks.sliding_window_view(padded, size, axis=-1)
+
+
+def correlate_same(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """scipy.ndimage.correlate1d(x, weights, axis=-1, mode="constant"): zeros beyond the edges."""
+    w = np.asarray(weights, dtype=np.float64)
+    return _windows(x, len(w), 0.0) @ w
+
+
+def moving_mean(x: np.ndarray, size: int) -> np.ndarray:
+    """scipy.ndimage.uniform_filter1d(x, size, axis=-1, mode="constant"): zeros beyond the edges."""
+    return _windows(x, size, 0.0).mean(axis=-1)
+
+
+def moving_max(x: np.ndarray, size: int) -> np.ndarray:
+    """scipy.ndimage.maximum_filter1d(x, size, axis=-1, mode="constant", cval=-inf)."""
+    return _windows(x, size, -np.inf).max(axis=-1)
+
+
 # --- polyphase resampling -----------------------------------------------------------------------
 
 

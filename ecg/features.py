@@ -1,7 +1,7 @@
 """Handcrafted ECG features: lead-II R peaks, heart rate, RR irregularity, per-lead log-RMS amplitudes.
 
-numpy and scipy only (no torch), so serving can compute them beside the ONNX encoder. They measure
-what a convolutional embedding pooled over time carries poorly: the timing of beats (an irregular
+numpy only (``ecg.dsp``: no scipy, no torch), so serving can compute them beside the ONNX encoder.
+They measure what a convolutional embedding pooled over time carries poorly: the timing of beats (an irregular
 RR sequence is the mark of atrial fibrillation) and absolute voltage, which preparation divides out
 (a high QRS voltage is the mark of left ventricular hypertrophy).
 
@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
-from scipy import signal as sps
 
+from ecgsearch.ecg import dsp
 from ecgsearch.ecg.signals import LEADS, MODEL_FS
 
 LEAD_II = LEADS.index("II")
@@ -36,14 +35,14 @@ LOG_RMS_FLOOR_MV = 1e-3
 # the voltage is treated as unknown. A 5x error stays inside it and cannot be told from the signal.
 VOLTAGE_RANGE_MV = (0.01, 10.0)
 Z_CLIP = 5.0  # standardised features are clipped, so one odd measurement cannot dominate a vector
-QRS_FIR = sps.firwin(FIR_TAPS, QRS_BAND_HZ, pass_zero=False, fs=MODEL_FS).astype(np.float32)
+QRS_FIR = dsp.firwin_bandpass(FIR_TAPS, *QRS_BAND_HZ, fs=MODEL_FS).astype(np.float32)
 
 
 def qrs_energy(lead: np.ndarray) -> np.ndarray:
     """(n, T) leads at MODEL_FS -> (n, T) QRS-band energy: FIR band-pass, squared, moving average."""
     x = np.asarray(lead, dtype=np.float64)
-    band = ndimage.correlate1d(x, QRS_FIR.astype(np.float64), axis=1, mode="constant")
-    return ndimage.uniform_filter1d(band**2, ENERGY_SAMPLES, axis=1, mode="constant")
+    band = dsp.correlate_same(x, QRS_FIR.astype(np.float64))
+    return dsp.moving_mean(band**2, ENERGY_SAMPLES)
 
 
 def r_peaks(lead: np.ndarray) -> np.ndarray:
@@ -61,7 +60,7 @@ def r_peaks(lead: np.ndarray) -> np.ndarray:
 def _peak_mask(energy: np.ndarray) -> np.ndarray:
     rank = min(TOP_RANK, energy.shape[1])
     top = -np.sort(-energy, axis=1)[:, rank - 1 : rank]
-    local = ndimage.maximum_filter1d(energy, 2 * PEAK_HALF_WIDTH + 1, axis=1, mode="constant", cval=-np.inf)
+    local = dsp.moving_max(energy, 2 * PEAK_HALF_WIDTH + 1)
     return (energy == local) & (energy > THRESHOLD * top) & (energy > 0)
 
 

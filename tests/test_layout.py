@@ -369,3 +369,19 @@ def test_pyproject_lists_every_package() -> None:
     for package, folder in config["package-dir"].items():
         assert package in packages
         assert (REPO / folder / "__init__.py").is_file(), folder
+
+
+SERVED_PARTS = ("ecg", "search", "ingest", "web")
+NOT_SERVED = ("scipy", "wfdb", "torch", "pandas", "matplotlib", "edfio", "sklearn", "faiss")
+
+
+def test_served_code_imports_no_library_the_serving_install_leaves_out() -> None:
+    """The serving lock has no scipy, wfdb, torch, pandas, matplotlib or edfio: a served module that
+    imports one, even inside a function, fails only in the image (deploy/build_stage.py finds it late)."""
+    for part in SERVED_PARTS:
+        for path in _python_files(part):
+            used = sorted({m for m, _ in _imports(path) if m.split(".")[0] in NOT_SERVED})
+            assert not used, f"{path.relative_to(REPO)} imports {used}"
+    for rel in ("export/runtime.py", "export/card.py"):
+        used = sorted({m for m, _ in _imports(REPO / rel) if m.split(".")[0] in NOT_SERVED})
+        assert not used, f"{rel} imports {used}"

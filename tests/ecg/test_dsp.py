@@ -400,3 +400,33 @@ def test_serving_imports_no_scipy() -> None:
     code = f"import sys, {', '.join(modules)}; assert 'scipy' not in sys.modules, 'scipy imported'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_band_pass_taps_equal_scipy() -> None:
+    from ecgsearch.ecg import features
+
+    for taps, band, fs in ((31, (5.0, 25.0), 100.0), (101, (0.5, 40.0), 500.0), (3, (1.0, 2.0), 10.0)):
+        expected = sps.firwin(taps, band, pass_zero=False, fs=fs)
+        np.testing.assert_allclose(dsp.firwin_bandpass(taps, *band, fs=fs), expected, rtol=0, atol=TAPS_TOL)
+    with pytest.raises(ValueError, match="odd"):
+        dsp.firwin_bandpass(30, 5.0, 25.0, fs=100.0)
+    with pytest.raises(ValueError, match="band edges"):
+        dsp.firwin_bandpass(31, 25.0, 5.0, fs=100.0)
+    assert features.QRS_FIR.shape == (features.FIR_TAPS,)
+
+
+def test_moving_windows_equal_scipy_ndimage(ecg500: np.ndarray) -> None:
+    """The three 1-D filters the R-peak rule uses, on a real ECG's leads, with the edges zero (-inf for
+    the maximum) as scipy.ndimage's mode="constant"."""
+    from scipy import ndimage
+
+    x = ecg500.T[:, :1000].astype(np.float64)
+    w = sps.firwin(31, (5.0, 25.0), pass_zero=False, fs=100.0)
+    expected = ndimage.correlate1d(x, w, axis=1, mode="constant")
+    np.testing.assert_allclose(dsp.correlate_same(x, w), expected, rtol=0, atol=1e-12)
+    expected = ndimage.uniform_filter1d(x**2, 9, axis=1, mode="constant")
+    np.testing.assert_allclose(dsp.moving_mean(x**2, 9), expected, rtol=0, atol=1e-12)
+    expected = ndimage.maximum_filter1d(x, 25, axis=1, mode="constant", cval=-np.inf)
+    np.testing.assert_array_equal(dsp.moving_max(x, 25), expected)
+    with pytest.raises(ValueError, match="odd"):
+        dsp.moving_mean(x, 8)
