@@ -66,6 +66,7 @@ def bench_service(
                 run_load(target, token, material, flt, duration=duration, concurrency=c, k=k)
                 for c in concurrency
             ]
+            round_trips = round_trip_p50(client, target, material["vectors"][0])
             server_stats = client.stats()
             search_plans = client.search_plans()
         # The server has exited (it held the store's lock): the same queries on the bare store.
@@ -100,10 +101,38 @@ def bench_service(
             for level in levels
         ],
         "levels": levels,
+        "round_trip_p50_ms": round_trips,
         "server_stats": server_stats,
         "search_plans": search_plans,
         "gil_probe": gil,
     }
+
+
+def round_trip_p50(
+    client: EcgSearchClient, target: str, vector: np.ndarray, n: int = 300
+) -> dict[str, float]:
+    """One client's p50 (ms) of calls that do less and less than a search: where a search's time goes
+    beyond the store (gRPC's own health check: transport only; CollectionInfo: the server's call
+    pipeline with a cached answer; searches of k=1 and k=10)."""
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        calls: dict[str, Callable[[], object]] = {
+            "grpc_health_check": lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10),
+            "collection_info": client.info,
+            "search_by_vector_k1": lambda: client.search_by_vector(vector, k=1),
+            "search_by_vector_k10": lambda: client.search_by_vector(vector, k=10),
+        }
+        out = {}
+        for name, call in calls.items():
+            for _ in range(20):
+                call()
+            seconds = []
+            for _ in range(n):
+                began = time.perf_counter()
+                call()
+                seconds.append(time.perf_counter() - began)
+            out[name] = round(float(np.median(seconds)) * 1000, 3)
+    return out
 
 
 def gil_probe(store: Path, vectors: np.ndarray, rounds: int = 3) -> list[dict[str, float]]:
