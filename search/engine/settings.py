@@ -33,7 +33,9 @@ class IndexSettings(BaseModel):
     embedded store plans each filtered search by the filter's estimated matching count
     (search/engine/plan.py): an exact scan up to ``exact_max_points`` (a count, so it holds at any
     collection size), an oversampled unfiltered search post-filtered for filters keeping at least
-    ``postfilter_min_fraction``, ACORN between; defaults from results/recall_1m.json. With ACORN
+    ``postfilter_min_fraction``, ACORN between; defaults from results/recall_1m.json. A near-total
+    filter (at least ``hnsw_min_fraction``, such as the service's copy rule) is the engine's own
+    filtered HNSW without ACORN (results/recall_200k_service.json). With ACORN
     on, Qdrant's extra per-payload-value links (``payload_m``) add build time (+30 % at 100k) and
     no recall, so they are off. Vectors are int8-quantized with float32 rescoring: at 1M it built
     2.3x faster than float32 and reached recall@10 0.997 unfiltered at ef 256, where float32
