@@ -27,7 +27,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response as BaseResponse
 
 from ecgsearch.ecg import codes, formats, signals
-from ecgsearch.ecg.schema import CollectionInfo, EcgPayload, Hit
+from ecgsearch.ecg.schema import VIEW_DISTANCE, CollectionInfo, EcgPayload, Hit
 from ecgsearch.search.api import RecordedEcg
 from ecgsearch.search.client import EcgSearchClient
 from ecgsearch.search.summary import RULE as SUMMARY_RULE
@@ -183,7 +183,7 @@ def create_app(
             context.setdefault("info", None)
             problem, status = problem or message, status if problem else code
         context.setdefault("form", SearchForm())
-        return render_template(template, error=problem, **context), status
+        return render_template(template, error=problem, views=list(VIEW_DISTANCE), **context), status
 
     @app.before_request
     def known_host_same_origin() -> Response | None:
@@ -284,7 +284,10 @@ def create_app(
             if not form.record_id:
                 return page("index.html", 400, error="Enter a stored record id.", form=form)
             return redirect(
-                _search_url(SearchForm(record_id=form.record_id, k=form.k, flt=form.flt)), code=303
+                _search_url(
+                    SearchForm(record_id=form.record_id, k=form.k, flt=form.flt, similar_by=form.similar_by)
+                ),
+                code=303,
             )
         if file is None or not file.filename:
             return page("index.html", 400, error="Choose an ECG file to upload.", form=form)
@@ -293,7 +296,10 @@ def create_app(
         except UploadError as exc:
             return page("index.html", 400, error=f"Upload refused: {exc}", form=form)
         token = viewer.uploads.add(held)
-        return redirect(_search_url(SearchForm(upload=token, k=form.k, flt=form.flt)), code=303)
+        return redirect(
+            _search_url(SearchForm(upload=token, k=form.k, flt=form.flt, similar_by=form.similar_by)),
+            code=303,
+        )
 
     @app.get("/ecg/<path:rid>")
     def ecg(rid: str) -> tuple[str, int]:
@@ -397,6 +403,8 @@ def _results(viewer: Viewer, form: SearchForm) -> dict[str, Any]:
     """Everything a results page shows: the query drawn, its neighbours drawn, the summary chart."""
     client = viewer.client
     options: dict[str, Any] = {"k": form.k, "filter": form.flt, "with_summary": True}
+    if form.similar_by:
+        options["similar_by"] = form.similar_by
     query: dict[str, Any] = {}
     query_svg: str | None
     if form.upload:
@@ -442,6 +450,7 @@ def _results(viewer: Viewer, form: SearchForm) -> dict[str, Any]:
     return {
         "form": form,
         "filter_phrases": describe_filter(form.flt, codes.describe),
+        "similar_by": form.similar_by_label(),
         "query": query,
         "query_svg": Markup(query_svg) if query_svg else None,
         "neighbours": neighbours,

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ecgsearch.ecg import codes
-from ecgsearch.ecg.schema import MEASUREMENT_LIMIT, InvalidQuery, SearchFilter
+from ecgsearch.ecg.schema import MEASUREMENT_LIMIT, VIEW_DISTANCE, InvalidQuery, SearchFilter
 from ecgsearch.web.measures import SPECS, MeasureSpec
 
 MAX_K = 50  # a results page draws every neighbour: keep it readable and fast
@@ -50,10 +50,17 @@ class SearchForm:
     upload: str = ""
     k: int = DEFAULT_K
     flt: SearchFilter = field(default_factory=SearchFilter)
+    similar_by: str = ""  # a view (ecg.schema.VIEW_DISTANCE); empty: the served vector
+
+    def similar_by_label(self) -> str:
+        """Which view produced the page, in words."""
+        return f"the {self.similar_by} view" if self.similar_by else "the served embedding (default)"
 
     def query_args(self) -> dict[str, str | list[str]]:
         """The form as query-string arguments (for links that keep the filter)."""
         args: dict[str, str | list[str]] = {"k": str(self.k)}
+        if self.similar_by:
+            args["similar_by"] = self.similar_by
         if self.record_id:
             args["record_id"] = self.record_id
         if self.upload:
@@ -199,6 +206,9 @@ def parse_search(args: Mapping[str, object], names: Mapping[str, str] | None = N
     if len(upload) > MAX_ID_CHARS:
         raise FormError("upload", "not an upload this viewer holds")
     k = _int(a.one("k"), "k", 1, MAX_K) or DEFAULT_K
+    similar_by = a.one("similar_by").strip().lower()
+    if similar_by and similar_by not in VIEW_DISTANCE:
+        raise FormError("similar by", f"expected {', '.join(VIEW_DISTANCE)} or the default")
     sex = a.one("sex").upper()
     if sex not in ("", "M", "F"):
         raise FormError("sex", "expected M, F or any")
@@ -226,7 +236,7 @@ def parse_search(args: Mapping[str, object], names: Mapping[str, str] | None = N
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "diagnoses"
         raise FormError(where.replace("_", " "), str(first["msg"]).removeprefix("Value error, ")) from None
-    return SearchForm(record_id=record_id, upload=upload, k=k, flt=flt)
+    return SearchForm(record_id=record_id, upload=upload, k=k, flt=flt, similar_by=similar_by)
 
 
 def describe_filter(flt: SearchFilter, name_of: Callable[[str], str]) -> list[str]:

@@ -319,8 +319,9 @@ def _check_match(
 
 
 def _check_views(existing: CollectionManifest, views: dict[str, ViewSpec] | None) -> None:
-    """Refuse vectors of other views (or of another version of a view) than the collection holds."""
-    if views is None or views == existing.views:
+    """Refuse vectors of other views (or of another version of a view) than the collection holds. A
+    collection made before views takes the served vectors alone, as before (``upsert`` drops the views)."""
+    if views is None or views == existing.views or not existing.views:
         return
     have = ", ".join(f"{k} {v.version}" for k, v in sorted(existing.views.items())) or "no named views"
     want = ", ".join(f"{k} {v.version}" for k, v in sorted(views.items())) or "no named views"

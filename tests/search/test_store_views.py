@@ -120,16 +120,22 @@ def test_a_collection_made_before_views_names_the_migration(tmp_path: Path, embe
         old.upsert(payloads, served, named.rows())
         with pytest.raises(InvalidQuery, match="made before them.*ingest .*--collection ecgs-views.*alias"):
             old.search_views([named.row(0)], {views.RHYTHM: 1.0}, k=K)
-        with pytest.raises(ModelMismatch, match="holds no named views"):
-            old.create_collection(
-                dim=embedder.dim,
-                model_version=embedder.version,
-                views=view_specs(
-                    views.view_dims(embedder.learned_dim), views.view_versions(embedder.version)
-                ),
-            )
+        # this ingest still adds to it (served vectors only, as before views)
+        old.create_collection(
+            dim=embedder.dim,
+            model_version=embedder.version,
+            views=view_specs(views.view_dims(embedder.learned_dim), views.view_versions(embedder.version)),
+        )
+        assert old.views() == {}
     with open_store(path=tmp_path / "new") as new:
         _fill(new, embedded)
+        other = dict(views.view_versions(embedder.version), rhythm="rhythm-other")
+        with pytest.raises(ModelMismatch, match="rhythm rhythm-other.*re-embed into a new collection"):
+            new.create_collection(
+                dim=embedder.dim,
+                model_version=embedder.version,
+                views=view_specs(views.view_dims(embedder.learned_dim), other),
+            )
         with pytest.raises(StoreError, match="needs every point's views"):
             new.upsert(payloads[:1], served[:1])
         with pytest.raises(InvalidQuery, match="unknown view 'shape'"):

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 
 from ecgsearch.bench.service import wait_serving
+from ecgsearch.ecg import views
 from ecgsearch.ecg.schema import EcgPayload, SearchFilter
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import sources
-from ecgsearch.search.engine.store import EdgeStore
+from ecgsearch.search.engine.store import EdgeStore, view_specs
 
 N_RECORDS = 60
 TOKEN = "viewer-secret"
@@ -103,8 +104,13 @@ def start_service(
     records = [sources.load(c) for c in candidates]
     store = EdgeStore(root / "store", "ecgs")
     try:
-        store.create_collection(dim=embedder.dim, model_version=embedder.version)
-        store.upsert([r.payload for r in records], embedder.embed(np.stack([r.signal for r in records])))
+        store.create_collection(
+            dim=embedder.dim,
+            model_version=embedder.version,
+            views=view_specs(views.view_dims(embedder.learned_dim), views.view_versions(embedder.version)),
+        )
+        served, named = views.embed_views(embedder, np.stack([r.signal for r in records]))
+        store.upsert(named.flagged([r.payload for r in records]), served, named.rows())
         store.optimize()
     finally:
         store.close()

@@ -538,3 +538,19 @@ def test_the_printable_report_renders_on_one_page(page: Page, viewer: Viewer, se
     assert not page.locator("header").is_visible()
     pdf = page.pdf(format="A4", prefer_css_page_size=True)
     assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page[^s]", pdf)) == 1
+
+
+def test_similar_by_a_view_is_chosen_beside_the_filters_and_named_on_the_page(
+    page: Page, viewer: Viewer, service: Service
+) -> None:
+    query = service.payloads[0]
+    _search_by_record(page, viewer, query.record_id)
+    assert "Similar by the served embedding (default)" in page.inner_text("#similar-by")
+    default_ids = _neighbour_ids(page)
+    page.select_option("#similar_by", "rhythm")
+    page.click("#search-button")
+    page.wait_for_selector("#query-label")
+    assert page.inner_text("#similar-by") == "Similar by the rhythm view."
+    assert page.locator("#similar_by").input_value() == "rhythm"
+    ids = _neighbour_ids(page)
+    assert ids and query.record_id not in ids and ids != default_ids

@@ -190,3 +190,13 @@ def test_the_active_filter_is_described_in_words() -> None:
         "QRS: 120 to any ms",
     ]
     assert describe_filter(SearchFilter(), NAMES.__getitem__) == []
+
+
+def test_similar_by_is_one_view_or_the_default_and_survives_links() -> None:
+    form = parse_search(MultiDict([("record_id", "ptbxl:17"), ("similar_by", "Rhythm")]))
+    assert form.similar_by == "rhythm" and form.similar_by_label() == "the rhythm view"
+    assert parse_search(MultiDict(form.query_args())).similar_by == "rhythm"
+    default = parse_search(MultiDict([("record_id", "ptbxl:17")]))
+    assert default.similar_by == "" and "similar_by" not in default.query_args()
+    with pytest.raises(FormError, match="similar by"):
+        parse_search(MultiDict([("record_id", "ptbxl:17"), ("similar_by", "shape")]))
