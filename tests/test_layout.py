@@ -385,3 +385,32 @@ def test_served_code_imports_no_library_the_serving_install_leaves_out() -> None
     for rel in ("export/runtime.py", "export/card.py"):
         used = sorted({m for m, _ in _imports(REPO / rel) if m.split(".")[0] in NOT_SERVED})
         assert not used, f"{rel} imports {used}"
+
+
+def test_package_data_ships_every_data_file() -> None:
+    """Every file a package folder holds beside its code is matched by a package-data pattern, so the
+    installed package (the image, a wheel) has it: a table read at run time and left out fails only there."""
+    import fnmatch
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {REPO / folder: package for package, folder in config["package-dir"].items()}
+    patterns = config["package-data"]
+    missing = []
+    for folder, package in folders.items():
+        for path in folder.rglob("*"):
+            if path.is_dir() or path.suffix in {".py", ".pyc"} or "__pycache__" in path.parts:
+                continue
+            owner = max((f for f in folders if path.is_relative_to(f)), key=lambda f: len(f.parts))
+            if owner != folder:
+                continue  # a subpackage's file: checked under its own package
+            rel = path.relative_to(folder).as_posix()
+            globs = patterns.get(package, []) + patterns.get("*", [])
+            if not any(fnmatch.fnmatch(rel, g) and rel.count("/") == g.count("/") for g in globs):
+                missing.append(path.relative_to(REPO).as_posix())
+    assert sorted(missing) == sorted(NOT_SHIPPED), "not in [tool.setuptools.package-data]: " + ", ".join(
+        sorted(set(missing) - NOT_SHIPPED)
+    )
+
+
+# Files in package folders that the installed package does not need: the proto's lint configuration.
+NOT_SHIPPED = {"proto/buf.yaml"}
