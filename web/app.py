@@ -428,6 +428,9 @@ def _results(viewer: Viewer, form: SearchForm) -> dict[str, Any]:
         else:
             query["fs"] = fetched.fs
             query_svg = ecgdraw.twelve_lead(fetched.signal, fetched.fs, ecgdraw.MV, uid="query")
+    # A search by ECG whose ECG is stored (by content, in any file format): the service names that
+    # record and leaves it and its copies out of the neighbours, so one ECG never fills the page.
+    query["stored_as"] = result.query_record_id
     neighbours = []
     drawn = viewer.recordings([h.record_id for h in result.hits])
     for rank, (hit, signal) in enumerate(zip(result.hits, drawn, strict=True), start=1):

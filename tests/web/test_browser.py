@@ -554,3 +554,34 @@ def test_similar_by_a_view_is_chosen_beside_the_filters_and_named_on_the_page(
     assert page.locator("#similar_by").input_value() == "rhythm"
     ids = _neighbour_ids(page)
     assert ids and query.record_id not in ids and ids != default_ids
+
+
+def test_an_uploaded_ecg_stored_in_three_formats_is_one_ecg(
+    page: Page,
+    data_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    launch_service: Callable[..., Iterator[Service]],
+    launch_viewer: Callable[..., Viewer],
+) -> None:
+    """The HL7 aECG example is stored three times (aECG, SCP-ECG and DICOM exports of one ECG): its
+    upload names the stored record and none of the three fills a neighbour's place."""
+    root = tmp_path_factory.mktemp("one-ecg")
+    service = launch_service(root, data_dir / "ptb-xl", 12, hospital=data_dir / "hospital")
+    served = next(service)
+    viewer = launch_viewer(served.target, root / "home", "--token-file", str(served.token_file))
+    try:
+        copies = [p for p in served.payloads if p.duplicate_of is not None]
+        originals = {p.duplicate_of for p in copies}
+        one_ecg = {p.record_id for p in copies} | originals
+        assert len(one_ecg) >= 3  # the store knows the three files are one ECG
+        page.goto(viewer.url + "/")
+        page.set_input_files("#ecg-file", str(data_dir / "hospital" / "hl7aecg_Example_aECG.xml"))
+        page.click("#upload-button")
+        page.wait_for_selector("#query-label")
+        stored = page.inner_text("#query-stored a")
+        assert stored in one_ecg
+        ids = _neighbour_ids(page)
+        assert ids and not set(ids) & one_ecg
+    finally:
+        viewer.close()
+        service.close()
