@@ -13,6 +13,7 @@ import typer
 
 import ecgsearch.cli.exits as exits
 from ecgsearch.cli.tokens import TokenFile, resolve
+from ecgsearch.ecg.bounds import MAX_FILE_BYTES
 
 THREADS = 4
 
@@ -41,7 +42,12 @@ def web_command(
         ),
     ] = None,
     max_upload_mb: Annotated[
-        float, typer.Option(min=0.01, max=50.0, help="Largest uploaded file, in MB (10^6 bytes).")
+        float,
+        typer.Option(
+            min=0.01,
+            max=MAX_FILE_BYTES / 1_000_000,
+            help="Largest uploaded file, in MB (10^6 bytes); at most the service's bound on a file.",
+        ),
     ] = 10.0,
     timeout: Annotated[float, typer.Option(min=0.1, help="Deadline of each call to the service, s.")] = 10.0,
     tls: Annotated[bool, typer.Option("--tls", help="Connect to the service with TLS.")] = False,
