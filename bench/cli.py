@@ -567,6 +567,13 @@ def views(
     statistics: Annotated[
         Path | None, typer.Option(help="also write the served views' statistics and default blend here")
     ] = None,
+    through_store: Annotated[
+        bool,
+        typer.Option(
+            "--through-store",
+            help="instead: the rhythm (AFIB) and voltage (LVH) views searched through the embedded store",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
     as_json: AsJson = False,
 ) -> None:
@@ -582,6 +589,8 @@ def views(
         ecgsearch eval views --out results/views.json --statistics ecg/data/view_statistics.json
 
         ecgsearch eval views --limit 300 --out /tmp/views.json
+
+        ecgsearch eval views --through-store --out results/views_store.json
     """
     if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
         raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
@@ -591,6 +600,17 @@ def views(
         from ecgsearch.bench import views as bv
     except ImportError as exc:
         _missing(exc)
+    if through_store:
+        checked = bv.through_store(
+            data,
+            cache_dir=cache,
+            command=f"ecgsearch eval views --through-store --out {out}",
+            log=_logger(quiet),
+        )
+        write_results(out, checked)
+        met = sum(c["met"] for c in checked["checks"])
+        emit(results(out), f"{met}/{len(checked['checks'])} views at or above their kNN -> {out}", as_json)
+        return
     result = bv.run(
         data,
         model=model,
