@@ -66,6 +66,16 @@ def test_a_payload_with_every_field_set_round_trips() -> None:
     assert back.site == "st-marys.cardiology"
 
 
+def test_zeros_and_absences_keep_their_meaning_across_the_wire() -> None:
+    """An optional field set to zero stays zero, an unset one stays None, an empty list stays empty."""
+    payload = EcgPayload(
+        record_id="x:1", dataset="x", sampling_rate_hz=500.0, age=0, pr_ms=0.0, age_over_89=False
+    )
+    back = wire.payload_from_proto(pb.Payload.FromString(wire.payload_to_proto(payload).SerializeToString()))
+    assert back == payload
+    assert (back.age, back.pr_ms, back.qrs_ms, back.recorded_at, back.diagnoses) == (0, 0.0, None, None, [])
+
+
 def test_a_payload_from_a_server_without_the_site_field_is_local() -> None:
     msg = wire.payload_to_proto(_every_field_set())
     msg.ClearField("site")  # what a server older than the field sends
