@@ -499,6 +499,8 @@ class Metrics:
             self.telemetry.in_flight.dec()
         seconds = time.perf_counter() - start
         self.telemetry.record(call.method, call.code.name, seconds)
+        if not log.isEnabledFor(logging.INFO):  # the line would be dropped: not worth its fields
+            return
         fields = {
             "method": call.method,
             "request_id": call.request_id,
