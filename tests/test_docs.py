@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from ecgsearch.bench.service import wait_serving
+
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").glob("*.md"))]
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -89,6 +91,9 @@ def test_quickstart_and_grpcurl_example_run_as_written(tmp_path: Path, data_dir:
                 command = line.rstrip()[:-1]
                 server = subprocess.Popen(["bash", "-c", command], cwd=REPO, env=env, start_new_session=True)
                 _wait_for_port(50051, server)
+                # Listening is not ready: the store and model open after the port (calls meanwhile get
+                # UNAVAILABLE "starting"); health says SERVING once both are open, as a script should wait.
+                wait_serving("127.0.0.1:50051", server)
                 continue
             done = subprocess.run(["bash", "-c", line], cwd=REPO, env=env, capture_output=True, text=True)
             assert done.returncode == 0, f"{line}\n-> exit {done.returncode}\n{done.stderr[-3000:]}"
