@@ -568,22 +568,19 @@ class EdgeStore(_Backend):
         return [str(r.id) for r in records]
 
     def content_hashes(self, record_ids: Sequence[str]) -> dict[str, str | None]:
-        by_point = {point_id(r): r for r in record_ids}
-        ids: list[edge.PointId] = list(by_point)
-        found: dict[str, str | None] = {}
-        for start in range(0, len(ids), BATCH):
-            for r in self.shard.retrieve(ids[start : start + BATCH], with_payload=True, with_vector=False):
-                found[by_point[str(r.id)]] = (r.payload or {}).get("content_hash")
-        return found
+        return self._payload_values(record_ids, "content_hash")
 
     def sites_of(self, record_ids: Sequence[str]) -> dict[str, str | None]:
+        return self._payload_values(record_ids, "site")
+
+    def _payload_values(self, record_ids: Sequence[str], key: str) -> dict[str, str | None]:
+        """One payload key of each stored record (absent ids are left out), reading only that key."""
         by_point = {point_id(r): r for r in record_ids}
         ids: list[edge.PointId] = list(by_point)
         found: dict[str, str | None] = {}
         for start in range(0, len(ids), BATCH):
-            part = ids[start : start + BATCH]
-            for r in self.shard.retrieve(part, with_payload=["site"], with_vector=False):
-                found[by_point[str(r.id)]] = (r.payload or {}).get("site")
+            for r in self.shard.retrieve(ids[start : start + BATCH], with_payload=[key], with_vector=False):
+                found[by_point[str(r.id)]] = (r.payload or {}).get(key)
         return found
 
     def search_batch(
@@ -1114,27 +1111,21 @@ class ServerStore(_Backend):
         return [str(r.id) for r in records]
 
     def content_hashes(self, record_ids: Sequence[str]) -> dict[str, str | None]:
-        by_point = {point_id(r): r for r in record_ids}
-        ids, found = list(by_point), {}
-        for start in range(0, len(ids), BATCH):
-            part = ids[start : start + BATCH]
-            records = self._call(
-                partial(
-                    self.client.retrieve, self.name, part, with_payload=["content_hash"], with_vectors=False
-                )
-            )
-            found.update({by_point[str(r.id)]: (r.payload or {}).get("content_hash") for r in records})
-        return found
+        return self._payload_values(record_ids, "content_hash")
 
     def sites_of(self, record_ids: Sequence[str]) -> dict[str, str | None]:
+        return self._payload_values(record_ids, "site")
+
+    def _payload_values(self, record_ids: Sequence[str], key: str) -> dict[str, str | None]:
+        """One payload key of each stored record (absent ids are left out), reading only that key."""
         by_point = {point_id(r): r for r in record_ids}
         ids, found = list(by_point), {}
         for start in range(0, len(ids), BATCH):
             part = ids[start : start + BATCH]
             records = self._call(
-                partial(self.client.retrieve, self.name, part, with_payload=["site"], with_vectors=False)
+                partial(self.client.retrieve, self.name, part, with_payload=[key], with_vectors=False)
             )
-            found.update({by_point[str(r.id)]: (r.payload or {}).get("site") for r in records})
+            found.update({by_point[str(r.id)]: (r.payload or {}).get(key) for r in records})
         return found
 
     def search_batch(
