@@ -95,6 +95,7 @@ REQUEST_ID = "x-request-id"
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 AUDIT_REFUSAL = "the audit trail cannot be written: the server answers no call until it can"
 MAX_MESSAGE_CHARS = 300  # caller-facing error messages and logged errors are cut here
+CANCEL_WAIT_S = 0.25  # how long a request stream that ended empty may take to show it was cancelled
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a caller's x-request-id is kept only in this form
 
 log = logging.getLogger("ecgsearch.server")
@@ -567,7 +568,7 @@ class Receive:
         try:
             call.received = next(call.requests)
         except StopIteration:
-            if call.context.is_active():  # the client sent none
+            if not _cancelled_soon(call.context):  # the client closed its stream without a message
                 raise FieldViolation("request", "no request message") from None
             self._not_received(call.context)
         except grpc.RpcError:
@@ -583,6 +584,16 @@ class Receive:
             f"request not received: larger than the server's {self.message_limit:,}-byte message limit "
             "(or cancelled before it arrived)"
         )
+
+
+def _cancelled_soon(context: grpc.ServicerContext, wait_s: float = CANCEL_WAIT_S) -> bool:
+    """Whether gRPC ends the call within ``wait_s``. A message over the limit first reads as an empty
+    stream and only a moment later as a cancelled call (gRPC-Python sees the two events apart), so a
+    look at ``is_active`` right away would call an oversized request "no message"."""
+    ended = threading.Event()
+    if not context.add_callback(ended.set):
+        return True  # already over
+    return ended.wait(wait_s)
 
 
 class Calls:

@@ -130,6 +130,21 @@ def test_request_id_is_echoed(grpc_server: Served) -> None:
     assert dict(call.trailing_metadata())["x-request-id"]
 
 
+def test_a_request_stream_without_a_message_is_invalid_argument(grpc_server: Served) -> None:
+    """A message over the limit also first reads as an empty stream (test_audit checks that one)."""
+    empty = grpc_server.channel.stream_unary(f"/{SERVICE_NAME}/CollectionInfo")
+    with pytest.raises(grpc.RpcError) as info:
+        empty(iter(()), metadata=AUTH, timeout=30)
+    assert (info.value.code(), info.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "request: no request message",
+    )
+    dim = grpc_server.vectors.shape[1]
+    assert len(
+        grpc_server.stub.SearchByVector(pb.SearchByVectorRequest(vector=[0.1] * dim), metadata=AUTH).hits
+    )
+
+
 def test_no_tokens_refused_unless_insecure(grpc_server: Served) -> None:
     with pytest.raises(ValueError, match="no bearer tokens"), run_server(port=0):
         pass
