@@ -556,11 +556,115 @@ def crossfit(
     emit(results(out), f"{cf.line(result)} -> {out}", as_json)
 
 
+def choose(
+    config: Annotated[Path, typer.Option(help="training config of the model to ship")] = Path(
+        "configs/label_head.yaml"
+    ),
+    held_out: Annotated[
+        list[int], typer.Option(min=1, max=10, help="folds kept out of training and choice (repeatable)")
+    ] = [10],  # noqa: B006
+    data: Annotated[Path, typer.Option(help="folder holding ptb-xl/")] = Path("../shared/data"),
+    k: Annotated[int, typer.Option(min=1, help="neighbours per query")] = 10,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads (part of the training recipe)")] = 1,
+    limit: Annotated[int | None, typer.Option(min=50, help="use only the first N ECGs (smoke runs)")] = None,
+    cache: Annotated[Path | None, typer.Option(help="prepared-array cache")] = Path("runs/cache"),
+    work: Annotated[
+        Path | None,
+        typer.Option(help="keep the inner model here and reuse one of the same config already finished"),
+    ] = None,
+    write_config: Annotated[
+        Path, typer.Option(help="the config to train the shipped model with (YAML)")
+    ] = Path("configs/shipped.yaml"),
+    out: Annotated[Path, typer.Option(help="results JSON: every setting tried and its inner score")] = Path(
+        "results/shipped_choice.json"
+    ),
+    quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Pick the shipped model's served settings inside its training folds, as eval crossfit --nested
+    picks each group's: an inner model trains on the folds outside --held-out less the last, the grid
+    of served weights is scored on that last fold's queries, and the winner is written to
+    --write-config with every fold outside --held-out as training folds. Train and export from it;
+    report on --held-out only.
+
+    Examples:
+
+        ecgsearch eval choose --config configs/label_head.yaml --held-out 10
+
+        ecgsearch train --config configs/shipped.yaml --out runs/shipped --threads 1
+    """
+    if not config.is_file():
+        raise typer.BadParameter(f"no config file {config}", param_hint="--config")
+    if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
+        raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
+    import yaml
+
+    from ecgsearch.bench.results import write_results
+    from ecgsearch.encoder.config import load_config
+
+    try:
+        from ecgsearch.bench import crossfit as cf
+    except ImportError as exc:
+        _missing(exc)
+    try:
+        base = load_config(config)
+    except (ValueError, TypeError, yaml.YAMLError) as exc:
+        raise typer.BadParameter(f"{config}: {' '.join(str(exc).split())}", param_hint="--config") from None
+    folds = tuple(sorted(set(held_out)))
+    if len(folds) > 8:
+        raise typer.BadParameter(
+            "keep at least two folds for training and the inner choice", param_hint="--held-out"
+        )
+    command = (
+        f"ecgsearch eval choose --config {config} "
+        + " ".join(f"--held-out {f}" for f in folds)
+        + f" --threads {threads}"
+        + (f" --limit {limit}" if limit else "")
+        + f" --write-config {write_config} --out {out}"
+    )
+    chosen, record = cf.choose_for_shipping(
+        data, base, folds, threads=threads, k=k, limit=limit, cache_dir=cache, work=work, log=_logger(quiet)
+    )
+    settings = {key: getattr(chosen, key) for key in cf.GRID}
+    notes = (
+        f"{base.notes.strip()} Shipped: trains on folds {', '.join(map(str, chosen.train_folds))}; "
+        f"served settings {settings} picked inside them (inner fold {record['inner_fold']}) by "
+        f"`{command}`; fold(s) {', '.join(map(str, folds))} report it."
+    )
+    fields = {key: value for key, value in chosen.with_overrides(notes=notes).to_dict().items()}
+    fields.pop("statement_vocabulary", None)  # training derives it from its folds
+    write_config.parent.mkdir(parents=True, exist_ok=True)
+    write_config.write_text(
+        f"# Written by `{command}`: edit the base config and rerun, not this file.\n"
+        + yaml.safe_dump(fields, sort_keys=False, width=100)
+    )
+    result = {
+        "evaluation": "served settings of the shipped model, chosen inside its training folds",
+        "config": {"path": str(config), **base.to_dict()},
+        "chosen": settings,
+        "written_config": str(write_config),
+        "choice": record,
+        "command": command,
+    }
+    write_results(out, result)
+    emit(
+        {"chosen": settings, "config": str(write_config), "out": str(out)},
+        f"picked {settings} inside folds {', '.join(map(str, chosen.train_folds))} -> {write_config}, {out}",
+        as_json,
+    )
+
+
 def views(
     data: Annotated[
         Path, typer.Option(help="folder holding ptb-xl/ (and challenge/ptb_xl for the copies)")
     ] = Path("../shared/data"),
     model: Annotated[Path | None, typer.Option(help="served ONNX model (default: bundled)")] = None,
+    crossfit_work: Annotated[
+        Path | None,
+        typer.Option(
+            help="a model that learned labels: the `eval crossfit --work` folder of its recipe's group models"
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=50, help="use only the first N ECGs (smoke runs)")] = None,
     cache: Annotated[Path | None, typer.Option(help="prepared-array cache")] = Path("runs/cache"),
     out: Annotated[Path, typer.Option(help="results JSON")] = Path("results/views.json"),
@@ -586,7 +690,8 @@ def views(
 
     Examples:
 
-        ecgsearch eval views --out results/views.json --statistics ecg/data/view_statistics.json
+        ecgsearch eval views --crossfit-work runs/crossfit --out results/views.json
+            --statistics ecg/data/view_statistics.json
 
         ecgsearch eval views --limit 300 --out /tmp/views.json
 
@@ -611,17 +716,22 @@ def views(
         met = sum(c["met"] for c in checked["checks"])
         emit(results(out), f"{met}/{len(checked['checks'])} views at or above their kNN -> {out}", as_json)
         return
-    result = bv.run(
-        data,
-        model=model,
-        cache_dir=cache,
-        limit=limit,
-        command="ecgsearch eval views"
-        + (f" --limit {limit}" if limit else "")
-        + f" --out {out}"
-        + (f" --statistics {statistics}" if statistics else ""),
-        log=_logger(quiet),
-    )
+    try:
+        result = bv.run(
+            data,
+            model=model,
+            crossfit_work=crossfit_work,
+            cache_dir=cache,
+            limit=limit,
+            command="ecgsearch eval views"
+            + (f" --crossfit-work {crossfit_work}" if crossfit_work else "")
+            + (f" --limit {limit}" if limit else "")
+            + f" --out {out}"
+            + (f" --statistics {statistics}" if statistics else ""),
+            log=_logger(quiet),
+        )
+    except (bv.NeedsGroupModels, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--crossfit-work") from None
     write_results(out, result)
     if statistics is not None:
         bv.write_statistics(result, statistics)
@@ -649,4 +759,5 @@ def register(bench: typer.Typer, evaluate: typer.Typer) -> None:
     evaluate.command("retrieval")(retrieval)
     evaluate.command("training")(training)
     evaluate.command("crossfit")(crossfit)
+    evaluate.command("choose")(choose)
     evaluate.command("views")(views)

@@ -267,6 +267,86 @@ def nested_choice(
     return config.with_overrides(**chosen), record
 
 
+def choose_for_shipping(
+    root: Path,
+    config: EncoderConfig,
+    held_out: tuple[int, ...],
+    *,
+    threads: int = 1,
+    k: int = 10,
+    limit: int | None = None,
+    cache_dir: Path | None = None,
+    work: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[EncoderConfig, dict]:
+    """The shipped model's config: its served settings picked as ``nested_choice`` picks each group's,
+    inside the folds outside ``held_out`` (which the model then trains on, as ``training_config`` says).
+    Returns the config to train and the record of the choice; ``held_out`` stays unseen for its report."""
+    import torch
+
+    torch.set_num_threads(threads)
+    data = load_ptbxl(root, max_records=limit, cache_dir=cache_dir)
+    corpus = corpus_of(data, root / "ptb-xl")
+    with tempfile.TemporaryDirectory(prefix="choose-") as scratch:
+        chosen, record = nested_choice(
+            config, data, corpus, held_out, Path(scratch if work is None else work), threads, k, log
+        )
+    return training_config(chosen, held_out, threads), {
+        "held_out_folds": list(held_out),
+        "grid": GRID,
+        "inner_score": INNER_SCORE,
+        **record,
+    }
+
+
+def served_settings(card_features: dict | None) -> dict:
+    """The served blocks' settings a model card records (what ``compose`` and the export take)."""
+    f = card_features or {}
+    statements = f.get("statements") or {}
+    return {
+        "rhythm_weight": float((f.get("rhythm") or {}).get("weight", 0.0)),
+        "amplitude_weight": float((f.get("amplitude") or {}).get("weight", 0.0)),
+        "statement_weight": float(statements.get("weight", 0.0)),
+        "statement_block": str(statements.get("block", "probabilities")),
+    }
+
+
+def group_vectors(
+    work: Path, groups: Sequence[tuple[int, ...]], data: EcgArrays, settings: dict
+) -> list[np.ndarray]:
+    """Every ECG's served vector from each held-out group's model in ``work`` (``eval crossfit --work``),
+    served with ``settings``: a shipped model's recipe judged with every query answered by a model that
+    saw neither its signal nor its labels."""
+    import torch
+
+    from ecgsearch.encoder.model import load_checkpoint
+    from ecgsearch.encoder.train import LAST, embed
+    from ecgsearch.export.onnx import serving_module
+
+    out = []
+    assert data.mv is not None
+    for held_out in groups:
+        path = work / f"trained-heldout-{'-'.join(map(str, held_out))}" / LAST
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: no model with folds {list(held_out)} held out; train them with "
+                f"`ecgsearch eval crossfit --groups {len(groups)} --work {work}`"
+            )
+        encoder, cfg, _ = load_checkpoint(path)
+        if set(cfg.train_folds) & set(held_out):  # the guard the judgement rests on
+            raise AssertionError(
+                f"{path} trained on held-out folds {sorted(set(cfg.train_folds) & set(held_out))}"
+            )
+        served, _ = serving_module(
+            encoder,
+            cfg.with_overrides(**settings),
+            "",
+            train=data.select(np.isin(data.folds, cfg.train_folds)),
+        )
+        out.append(_unit(embed(served, data.mv, torch.device("cpu"))))
+    return out
+
+
 def train_once(config: EncoderConfig, out: Path, threads: int, arrays: tuple[EcgArrays, EcgArrays]) -> dict:
     """Train ``config`` into ``out``, or reuse the finished training already there when its config is
     this one (training is deterministic per seed and threads, so it is the model this run would train:

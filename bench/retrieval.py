@@ -46,7 +46,7 @@ BOOTSTRAP = 1000
 PROBE_BOOTSTRAP = 200
 SEED = 0
 CHANCE_DIM = 256
-AIMS = {"p10_any": 0.70, "probe_auc": 0.85, "top10_overlap": 0.90, "cosine": 0.99}
+AIMS = {"p10_any": 0.72, "probe_auc": 0.85, "top10_overlap": 0.90, "cosine": 0.99}
 LEAD_II = signals.LEADS.index("II")
 HR_METHOD = "R peaks on lead II of the prepared 100 Hz signal (5-15 Hz band-pass, 250 ms refractory)"
 
@@ -138,8 +138,18 @@ def onnx_method(name: str, model: Path, batch: int = 256) -> Method:
         "initialisation": card.initialisation,
         "embedding_dim": card.embedding_dim,
         "name": card.name,
+        "labelled_folds": labelled_folds(card.training),
     }
     return Method(name, run, False, meta)
+
+
+def labelled_folds(training: dict) -> list[int]:
+    """The folds whose diagnoses trained a model (none for a self-supervised or random one): their
+    queries judge nothing of it."""
+    config = training.get("config") or {}
+    if training.get("note") or not (config.get("w_label", 0) > 0 or config.get("w_statement", 0) > 0):
+        return []
+    return sorted(int(f) for f in config.get("train_folds", ()))
 
 
 def log_spectra(x: np.ndarray) -> np.ndarray:
@@ -529,7 +539,7 @@ def judge(methods: list[dict]) -> list[dict]:
         )
 
     p = t["fold10"]["p10_any_superclass"]
-    add("P@10 any superclass >= 0.70", p["value"], AIMS["p10_any"], p["ci95"], "fold 10")
+    add(f"P@10 any superclass >= {AIMS['p10_any']:.2f}", p["value"], AIMS["p10_any"], p["ci95"], "fold 10")
     lp = t["linear_probe"]
     add(
         "probe macro-AUC >= 0.85",
@@ -538,14 +548,20 @@ def judge(methods: list[dict]) -> list[dict]:
         lp["fold10_macro_auc_ci95"],
         "fold 10",
     )
+    saw_labels = bool(t["meta"].get("labelled_folds"))
     for code in AIM_CODES:
         row10 = next(r for r in t["fold10"]["codes"] if r["code"] == code)
-        scope = "fold10" if row10["queries"] >= MIN_FOLD_QUERIES else "all_queries"
+        scope = "fold10" if row10["queries"] >= MIN_FOLD_QUERIES or saw_labels else "all_queries"
         mine = next(r for r in t[scope]["codes"] if r["code"] == code)
         rivals = [(next(r for r in by[h][scope]["codes"] if r["code"] == code), h) for h in HANDCRAFTED]
         best, best_name = max(rivals, key=lambda pair: np.nan_to_num(pair[0]["p10"], nan=-np.inf))
         label = "fold 10"
-        if scope != "fold10":
+        if saw_labels and row10["queries"] < MIN_FOLD_QUERIES:
+            label = (
+                f"fold 10, {row10['queries']} queries: the encoder learned the other folds' labels, so only "
+                "fold 10 may judge it (per code with every ECG a query: eval crossfit)"
+            )
+        elif scope != "fold10":
             label = (
                 f"all folds' queries (fold 10 has {row10['queries']} < {MIN_FOLD_QUERIES}; "
                 "the encoder never sees labels)"
@@ -697,13 +713,19 @@ def plot(result: dict, path: Path) -> None:
     shown = [m for m in methods if m["method"] in ("trained", "random-init", *HANDCRAFTED)]
     cx = np.arange(len(AIM_CODES))
     width = 0.8 / len(shown)
+    trained = next(m for m in methods if m["method"] == "trained")
+    scope = "fold10" if trained["meta"].get("labelled_folds") else "all_queries"
     for j, m in enumerate(shown):
-        rows = {r["code"]: r for r in m["all_queries"]["codes"]}
+        rows = {r["code"]: r for r in m[scope]["codes"]}
         axes[1].bar(
             cx + j * width - 0.4 + width / 2, [rows[c]["p10"] for c in AIM_CODES], width, label=m["method"]
         )
     axes[1].set_xticks(cx, AIM_CODES)
-    axes[1].set_title("code P@10, all queries (the encoder never sees labels)")
+    axes[1].set_title(
+        "code P@10, fold 10 (the encoder learned folds 1-9's labels)"
+        if scope == "fold10"
+        else "code P@10, all queries (the encoder never sees labels)"
+    )
     axes[1].legend(fontsize=7)
     for m in methods:
         stab = m["shift_stability"].get("circular")

@@ -5,8 +5,10 @@ space: every record, the query's own patient left out, scored by ``bench.retriev
 the handcrafted baselines of ``bench.retrieval``. Cross-fitted: the ten strat folds form five groups;
 for each, the measured views' standardisation, the baselines' fits and the blend's weights are chosen
 on the other groups' rows and queries, then answer that group's queries. The waveform view is the
-shipped model's learned part: it trained self-supervised on folds 1-8 and never saw a label, so every
-query is fair for it (as for the rhythm and voltage views, which have no learned part).
+learned part of the served vector. A shipped model that learned no label answers every query fairly
+(as the rhythm and voltage views, which have no learned part, do); one that learned folds 1-9's
+diagnoses judges nothing there, so each group's queries are answered by its recipe's model of that
+group (``eval crossfit --work``: trained without the group's folds), served as the shipped model is.
 
 A blend is what the store computes for a query naming several views: each view's top PREFETCH
 neighbours (a Qdrant prefetch, own patient filtered out), fused either by weighted reciprocal rank
@@ -14,7 +16,9 @@ neighbours (a Qdrant prefetch, own patient filtered out), fused either by weight
 view's score: cosine for the waveform, minus the Euclidean distance for a measured view; a point
 missing from a view's prefetch gets that prefetch's worst score). Both are simulated here in numpy,
 exactly over the same candidates. The weights of each are chosen by the mean P@10 over any superclass
-and the six codes (AFIB, LVH, CLBBB, CRBBB, IMI, ASMI) on the training groups' queries.
+and the six codes (AFIB, LVH, CLBBB, CRBBB, IMI, ASMI) on the other groups' queries, each scored as its
+own group's run scores it; the served blend's on the queries of folds 1-9 (fold 10 reports the shipped
+model).
 
 Also: the Challenge's 5x-gain copies of PTB-XL ECGs, each checked for its waveform neighbour (its
 original?) and its voltage vector (right, or ``gain_suspect``).
@@ -29,10 +33,25 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgsearch.bench.crossfit import CROSSFIT_CODES, corpus_of, fold_groups, group_of
+from ecgsearch.bench.crossfit import (
+    CROSSFIT_CODES,
+    corpus_of,
+    fold_groups,
+    group_of,
+    group_vectors,
+    served_settings,
+)
 from ecgsearch.bench.metrics import bootstrap_mean, neighbours_excluding_patient
 from ecgsearch.bench.results import load_average, machine, relative, write_results
-from ecgsearch.bench.retrieval import BOOTSTRAP, HANDCRAFTED, SEED, Corpus, baseline_methods, per_query
+from ecgsearch.bench.retrieval import (
+    BOOTSTRAP,
+    HANDCRAFTED,
+    SEED,
+    Corpus,
+    baseline_methods,
+    labelled_folds,
+    per_query,
+)
 from ecgsearch.ecg import signals, views
 from ecgsearch.export.runtime import DEFAULT_MODEL, Embedder, bundled_model
 
@@ -46,8 +65,13 @@ OBJECTIVE = ("p10_any_superclass", *CROSSFIT_CODES)
 RHYTHM_KNN = ("knn-hr-rr", "knn-hr-rr-median", "knn-hr-rmssd")
 AMPLITUDE_KNN = "knn-lead-log-rms-mv"
 GROUPS = 5
-SERVED_FOLDS = tuple(range(1, 9))
+SERVED_FOLDS = tuple(range(1, 9))  # the served rhythm and voltage statistics
+CHOICE_FOLDS = tuple(range(1, 10))  # the served blend's weights: every query but the reporting fold 10's
 COPIES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 599)  # challenge/ptb_xl/HR<n> is PTB-XL ecg_id n at 5x gain
+
+
+class NeedsGroupModels(ValueError):
+    """A model that learned labels cannot judge its own views: its recipe's group models must."""
 
 
 def measured_views(corpus: Corpus, fit: np.ndarray) -> dict[str, views.ViewStatistics]:
@@ -59,9 +83,11 @@ def measured_views(corpus: Corpus, fit: np.ndarray) -> dict[str, views.ViewStati
     }
 
 
-def view_matrices(served: np.ndarray, corpus: Corpus, stats: dict[str, views.ViewStatistics]) -> dict:
+def view_matrices(
+    served: np.ndarray, corpus: Corpus, stats: dict[str, views.ViewStatistics], learned_dim: int
+) -> dict:
     """Every view of every ECG; gain-suspect voltage rows (none in PTB-XL) would be NaN."""
-    v = views.view_vectors(served, corpus.mv, stats)
+    v = views.view_vectors(served, corpus.mv, stats, learned_dim=learned_dim)
     return {views.WAVEFORM: v.waveform, views.RHYTHM: v.rhythm, views.VOLTAGE: v.voltage}
 
 
@@ -148,15 +174,27 @@ def write_statistics(result: dict, path: Path) -> None:
 
 
 def _objective(scores: dict[str, np.ndarray], queries: np.ndarray) -> float:
-    return float(np.mean([np.nanmean(scores[key][queries]) for key in OBJECTIVE]))
+    """Mean of the OBJECTIVE's P@10s over ``queries``; a code none of them carries is left out."""
+    means = [scores[key][queries] for key in OBJECTIVE]
+    return float(np.mean([np.nanmean(m) for m in means if np.isfinite(m).any()]))
 
 
-def choose_weights(pre: Prefetched, fusion: str, corpus: Corpus, queries: np.ndarray) -> tuple[dict, float]:
-    """The grid's weights with the best objective on ``queries`` (ties: the earlier, smaller weights)."""
+def weight_grid(fusion: str) -> list[dict[str, float]]:
+    """The blends tried, waveform weight 1, in order (ties go to the earlier, smaller weights)."""
+    return [
+        {views.WAVEFORM: 1.0, views.RHYTHM: wr, views.VOLTAGE: wv}
+        for wr, wv in itertools.product(WEIGHTS[fusion], repeat=2)
+    ]
+
+
+def choose_weights(
+    tried: list[dict[str, np.ndarray]], fusion: str, queries: np.ndarray
+) -> tuple[dict, float]:
+    """The grid's weights whose pooled scores (``tried``, in ``weight_grid`` order) have the best
+    objective on ``queries``."""
     best: tuple[dict, float] = ({}, -np.inf)
-    for wr, wv in itertools.product(WEIGHTS[fusion], repeat=2):
-        w = {views.WAVEFORM: 1.0, views.RHYTHM: wr, views.VOLTAGE: wv}
-        value = _objective(per_query(pre.fuse(fusion, w), corpus), queries)
+    for w, scores in zip(weight_grid(fusion), tried, strict=True):
+        value = _objective(scores, queries)
         if value > best[1] + 1e-12:
             best = (w, value)
     return best
@@ -188,6 +226,7 @@ def run(
     data_root: Path,
     *,
     model: Path | None = None,
+    crossfit_work: Path | None = None,
     cache_dir: Path | None = None,
     limit: int | None = None,
     command: str | None = None,
@@ -198,21 +237,37 @@ def run(
 
     started = machine()
     t0 = time.perf_counter()
+    embedder = Embedder(model or bundled_model(DEFAULT_MODEL))
+    labelled = labelled_folds(embedder.card.training)
+    if labelled and limit is None and crossfit_work is None:
+        raise NeedsGroupModels(
+            f"model {embedder.version} learned the diagnoses of folds {labelled}, so its own vectors "
+            "judge nothing there: give the work folder of `ecgsearch eval crossfit --work` holding one "
+            "model of its recipe per held-out group"
+        )
     data = load_ptbxl(data_root, max_records=limit, cache_dir=cache_dir)
     corpus = corpus_of(data, data_root / "ptb-xl")
     groups = fold_groups(GROUPS)
     group = group_of(corpus.folds, groups)
     pid = _patient_codes(corpus.patients)
-    embedder = Embedder(model or bundled_model(DEFAULT_MODEL))
     served = np.concatenate([embedder.embed(corpus.mv[i : i + 256]) for i in range(0, len(corpus.mv), 256)])
+    learned = embedder.learned_dim
+    if crossfit_work is not None:
+        by_group = group_vectors(crossfit_work, groups, data, served_settings(embedder.card.features))
+        waveform = (
+            f"each group's queries answered by the shipped recipe's model of that group ({crossfit_work})"
+        )
+    else:
+        by_group = [served] * len(groups)
+        waveform = "the shipped model" + (", which learned no label" if not labelled else " (a smoke run)")
     log(f"prepared and embedded {len(corpus.rows)} ECGs ({time.perf_counter() - t0:.0f} s)")
     everyone = np.arange(len(corpus.rows))
     per_method: dict[str, list[dict[str, np.ndarray]]] = {}
-    chosen: dict[str, list[dict]] = {f: [] for f in FUSIONS}
+    tried: dict[str, list[list[dict[str, np.ndarray]]]] = {f: [[] for _ in weight_grid(f)] for f in FUSIONS}
     for g, held_out in enumerate(groups):
         fit = group != g
         stats = measured_views(corpus, fit)
-        mats = view_matrices(served, corpus, stats)
+        mats = view_matrices(by_group[g], corpus, stats, learned)
         for name, x in mats.items():
             nbrs, _ = neighbours_excluding_patient(
                 x, corpus.patients, 10, everyone, euclidean=name in views.EUCLIDEAN
@@ -226,22 +281,28 @@ def run(
             per_method.setdefault(method.name, []).append(per_query(nbrs, corpus))
         pre = Prefetched(mats, pid)
         for fusion in FUSIONS:
-            weights, value = choose_weights(pre, fusion, corpus, np.flatnonzero(fit))
+            for i, weights in enumerate(weight_grid(fusion)):
+                tried[fusion][i].append(per_query(pre.fuse(fusion, weights), corpus))
+        del pre
+        log(f"group {held_out}: every view and blend ({time.perf_counter() - t0:.0f} s)")
+    # every blend's scores pooled: each query answered by its own group's model and statistics
+    pooled_tried = {f: [_pool(per_group, group) for per_group in tried[f]] for f in FUSIONS}
+    chosen: dict[str, list[dict]] = {f: [] for f in FUSIONS}
+    for fusion in FUSIONS:
+        blend: list[dict[str, np.ndarray]] = []
+        for g, held_out in enumerate(groups):
+            weights, value = choose_weights(pooled_tried[fusion], fusion, np.flatnonzero(group != g))
             chosen[fusion].append(
                 {"held_out_folds": list(held_out), "weights": weights, "train_objective": value}
             )
-            per_method.setdefault(f"blend:{fusion}", []).append(per_query(pre.fuse(fusion, weights), corpus))
-        log(
-            f"group {held_out}: weights {[c[-1]['weights'] for c in chosen.values()]} "
-            f"({time.perf_counter() - t0:.0f} s)"
-        )
+            blend.append(pooled_tried[fusion][weight_grid(fusion).index(weights)])
+        per_method[f"blend:{fusion}"] = blend
     pooled = {name: _pool(s, group) for name, s in per_method.items()}
     methods = {name: summarise(s) for name, s in pooled.items()}
     default = choose_default(methods)
     served_stats = measured_views(corpus, np.isin(corpus.folds, SERVED_FOLDS))
-    served_pre = Prefetched(view_matrices(served, corpus, served_stats), pid)
     served_weights, served_value = choose_weights(
-        served_pre, default, corpus, np.flatnonzero(np.isin(corpus.folds, SERVED_FOLDS))
+        pooled_tried[default], default, np.flatnonzero(np.isin(corpus.folds, CHOICE_FOLDS))
     )
     result = {
         "evaluation": "named views, cross-fitted",
@@ -260,12 +321,14 @@ def run(
         "served_default": {
             "fusion": default,
             "weights": served_weights,
-            "chosen_on_folds": list(SERVED_FOLDS),
+            "chosen_on_folds": list(CHOICE_FOLDS),
+            "statistics_folds": list(SERVED_FOLDS),
             "objective": served_value,
             "statistics": {k: v.to_dict() for k, v in served_stats.items()},
             "view_versions": views.view_versions(embedder.version, served_stats),
         },
         "aims": judge(methods, default),
+        "waveform_view": waveform,
         "copies": copies(data_root, embedder, served, corpus, served_stats) if limit is None else None,
         "wall_s": round(time.perf_counter() - t0, 1),
         "machine": {**started, "load_avg_at_end": load_average()},
@@ -349,14 +412,14 @@ def copies(
 ) -> dict:
     """The Challenge's 5x-gain copies of PTB-XL ECGs: waveform top-1 among PTB-XL, voltage or the flag."""
     index = {r.ecg_id: i for i, r in enumerate(corpus.rows)}
-    base = views.view_vectors(served, corpus.mv, stats)
+    base = views.view_vectors(served, corpus.mv, stats, learned_dim=embedder.learned_dim)
     rows = []
     for n in COPIES:
         path = data_root / "challenge" / "ptb_xl" / f"HR{n:05d}"
         if n not in index or not path.with_suffix(".hea").is_file():
             continue
         mv = signals.prepare(signals.read_wfdb(path))[None]
-        v = views.view_vectors(embedder.embed(mv), mv, stats)
+        v = views.view_vectors(embedder.embed(mv), mv, stats, learned_dim=embedder.learned_dim)
         i = index[n]
         cos = base.waveform @ v.waveform[0]
         ratio = float(signals.global_rms(mv)[0] / signals.global_rms(corpus.mv[i]))
@@ -394,8 +457,8 @@ PROTOCOL = {
     "crossfit": (
         f"the 10 strat folds in {GROUPS} consecutive groups; per group the measured views' z-scores, the "
         "baselines' fits and the blend weights come from the other groups' rows/queries; every ECG is a "
-        "query once; the waveform view is the shipped model's learned part (self-supervised on folds 1-8, "
-        "no labels)"
+        "query once; the waveform view is the served vector's learned part, from a model that saw neither "
+        "the query nor its labels (see waveform_view)"
     ),
     "search_space": "every record; the query's own patient excluded in every view and blend",
     "blend": (
@@ -405,7 +468,10 @@ PROTOCOL = {
         "prefetch's worst score); waveform weight 1; grids "
         + "; ".join(f"{f}: {list(w)}" for f, w in WEIGHTS.items())
     ),
-    "weights_chosen_by": "mean of P@10 any superclass and the six codes' P@10, training groups' queries",
+    "weights_chosen_by": (
+        "mean of P@10 any superclass and the six codes' P@10 over the other groups' queries, each scored by "
+        "its own group's run; the served blend's over folds 1-9's queries"
+    ),
     "default_fusion": "the fusion with the higher cross-fitted mean of the same seven P@10s",
     "intervals": f"bootstrap 95% over queries, {BOOTSTRAP} resamples, seed {SEED}; differences paired",
 }

@@ -100,9 +100,18 @@ class Embedder:
 
     @property
     def learned_dim(self) -> int:
-        """Dims of the learned part: the served vector less the measured blocks its card lists."""
-        blocks = self.card.features or {}
-        return self.dim - sum(len(b.get("names", ())) for b in blocks.values() if isinstance(b, dict))
+        """Dims of the learned part: the served vector less the measured blocks its card lists (those
+        with feature ``names``: heart rate, amplitudes). The learned part is the leading columns (the
+        waveform view takes them), so a statement block, which the graph appends after the measured
+        ones, cannot share a model with them."""
+        blocks = [b for b in (self.card.features or {}).values() if isinstance(b, dict)]
+        measured = sum(len(b.get("names", ())) for b in blocks)
+        if measured and any("vocabulary" in b for b in blocks):
+            raise ValueError(
+                f"model {self.version}: a statement block after measured blocks leaves no leading learned "
+                "part for the waveform view; export it with rhythm_weight and amplitude_weight 0"
+            )
+        return self.dim - measured
 
 
 def normalise_rows(x: np.ndarray) -> np.ndarray:

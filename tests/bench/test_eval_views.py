@@ -1,0 +1,90 @@
+"""The shipped model's choice of served settings, and the named views judged with a label-trained
+waveform: every query answered by a model that saw neither it nor its labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ecgsearch.bench import crossfit as cf
+from ecgsearch.cli.main import app
+from ecgsearch.encoder.config import load_config
+from ecgsearch.encoder.data import load_ptbxl
+
+TINY_HEAD = (
+    "stem_channels: 8\nstage_channels: [16, 16]\nstage_kernels: [5, 3]\nembedding_dim: 32\n"
+    "projection_dim: 16\ndecoder_channels: 8\nbatch_size: 16\nepochs: 1\nw_statement: 1.0\n"
+    "statement_min_count: 3\nstatement_weight: 1.0\nrhythm_weight: 0.25\n"
+)
+
+
+def test_views_of_a_label_trained_model_need_its_group_models(data_dir: Path, tmp_path: Path) -> None:
+    """The bundled model learned folds 1-9's diagnoses: its own vectors may not judge the views."""
+    out = tmp_path / "views.json"
+    result = CliRunner().invoke(app, ["eval", "views", "--data", str(data_dir), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "learned the diagnoses of folds [1, 2, 3, 4, 5, 6, 7, 8, 9]" in said
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_choose_writes_a_config_trained_outside_the_held_out_fold(data_dir: Path, tmp_path: Path) -> None:
+    base = tmp_path / "tiny_head.yaml"
+    base.write_text(TINY_HEAD)
+    written, out = tmp_path / "shipped.yaml", tmp_path / "choice.json"
+    args = ["eval", "choose", "--config", str(base), "--data", str(data_dir), "--held-out", "10"]
+    args += ["--limit", "150", "--cache", str(tmp_path / "cache"), "--work", str(tmp_path / "work")]
+    result = CliRunner().invoke(app, [*args, "--write-config", str(written), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    config = load_config(written)  # the written file is a config training reads as it is
+    assert config.train_folds == tuple(range(1, 10)) and config.val_fold == 9
+    assert {key: getattr(config, key) for key in cf.GRID} == record["chosen"]
+    choice = record["choice"]
+    assert choice["inner_fold"] == 9 and choice["inner_train_folds"] == list(range(1, 9))
+    best = max(choice["tried"], key=lambda t: t["score"])
+    assert record["chosen"] == {key: best[key] for key in cf.GRID}
+    assert "--held-out 10" in record["command"] and "--held-out 10" in config.notes
+
+
+@pytest.mark.slow
+def test_views_take_each_groups_waveform_from_its_own_model(data_dir: Path, tmp_path: Path) -> None:
+    config, work = tmp_path / "tiny_head.yaml", tmp_path / "work"
+    config.write_text(TINY_HEAD)
+    common = ["--data", str(data_dir), "--limit", "150", "--cache", str(tmp_path / "cache"), "--quiet"]
+    trained = CliRunner().invoke(
+        app,
+        ["eval", "crossfit", "--config", str(config), "--groups", "5", "--work", str(work), *common]
+        + ["--out", str(tmp_path / "crossfit.json")],
+    )
+    assert trained.exit_code == 0, trained.output
+    data = load_ptbxl(data_dir, max_records=150, cache_dir=tmp_path / "cache")
+    settings = {"rhythm_weight": 0.0, "amplitude_weight": 0.0, "statement_weight": 1.0}
+    vectors = cf.group_vectors(
+        work, cf.fold_groups(5), data, {**settings, "statement_block": "probabilities"}
+    )
+    # five models, each with its own folds' statement vocabulary after the 32 learned dims
+    assert len(vectors) == 5 and all(len(v) == 150 and v.shape[1] > 32 for v in vectors)
+    assert not np.allclose(vectors[0][:, :32], vectors[1][:, :32])
+    with pytest.raises(FileNotFoundError, match="held out"):
+        cf.group_vectors(tmp_path / "nowhere", cf.fold_groups(5), data, settings)
+
+    out = tmp_path / "views.json"
+    result = CliRunner().invoke(
+        app, ["eval", "views", "--crossfit-work", str(work), *common, "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    views = json.loads(out.read_text())
+    assert str(work) in views["waveform_view"] and f"--crossfit-work {work}" in views["command"]
+    assert {"view:waveform", "view:rhythm", "view:voltage", "blend:rrf", "blend:formula"} <= set(
+        views["methods"]
+    )
+    served = views["served_default"]
+    assert served["chosen_on_folds"] == list(range(1, 10)) and served["statistics_folds"] == list(range(1, 9))
+    for fusion, chosen in views["chosen_weights"].items():
+        assert len(chosen) == 5 and all(c["weights"]["waveform"] == 1.0 for c in chosen), fusion
