@@ -111,7 +111,7 @@ def recall(
 
         ecgsearch bench recall --sizes 100000 --engines edge,qdrant-local --out results/recall_local.json
 
-        ecgsearch bench recall --sizes 200000 --dim 258 --engines service --out /tmp/service.json
+        ecgsearch bench recall --sizes 200000 --dim 304 --engines service --out /tmp/service.json
 
         ecgsearch bench recall --real-ptbxl ../shared/data/ptb-xl --out results/recall_real.json
 

@@ -85,12 +85,15 @@ def _synthetic(
     vectors: np.ndarray,
     index: dict[str, int],
     fps: list[fingerprint.Print],
+    candidates: int,
 ) -> dict:
-    """Copies made here of PTB-XL ECGs with a 500 Hz file: score to the 100 Hz original, and its rank."""
+    """Copies made here of PTB-XL ECGs with a 500 Hz file: score to the 100 Hz original, its cosine and
+    its rank among the copy's nearest by embedding (ingest confirms the ``candidates`` nearest)."""
     rng = np.random.default_rng(0)
     folder = data_dir / "ptb-xl" / "records500" / "00000"
     scores: dict[str, list[float]] = defaultdict(list)
     ranks: dict[str, list[int]] = defaultdict(list)
+    cosines: dict[str, list[float]] = defaultdict(list)
     for header in sorted(folder.glob("*_hr.hea")):
         row = index.get(f"ptbxl:{int(header.name[:5])}")
         if row is None:
@@ -120,12 +123,21 @@ def _synthetic(
         embedded = embedder.embed(prepared)
         for name, ecg, vector in zip(names, prepared, embedded, strict=True):
             scores[name].append(fingerprint.score(fingerprint.compute(ecg), fps[row]))
-            ranks[name].append(int((vectors @ vector > float(vectors[row] @ vector)).sum()) + 1)
-    return {name: {"score": _summary(scores[name]), "original_rank_max": max(ranks[name])} for name in scores}
+            cosines[name].append(float(vectors[row] @ vector))
+            ranks[name].append(int((vectors @ vector > cosines[name][-1]).sum()) + 1)
+    return {
+        name: {
+            "score": _summary(scores[name]),
+            "cosine_to_original": _summary(cosines[name]),
+            "original_rank_max": max(ranks[name]),
+            "original_within_candidates": round(float(np.mean(np.array(ranks[name]) <= candidates)), 4),
+        }
+        for name in scores
+    }
 
 
 def _marking_cost(
-    payloads: list[EcgPayload], vectors: np.ndarray, version: str
+    payloads: list[EcgPayload], vectors: np.ndarray, version: str, candidates: int
 ) -> dict[str, float | int | None]:
     """What marking adds to ingest: ``copies.mark_copies`` on each batch of 256 against an embedded
     store holding every earlier batch (search, fingerprints read with the hits, scores), ms per ECG;
@@ -143,7 +155,7 @@ def _marking_cost(
         try:
             for i in range(0, len(fresh), 256):
                 start = time.perf_counter()
-                marked += mark_copies(fresh[i : i + 256], vectors[i : i + 256], store)
+                marked += mark_copies(fresh[i : i + 256], vectors[i : i + 256], store, k=candidates)
                 seconds += time.perf_counter() - start
                 store.upsert(fresh[i : i + 256], vectors[i : i + 256])
         finally:
@@ -157,10 +169,19 @@ def _marking_cost(
     }
 
 
-def measure(data_dir: Path, model: Path | None = None, threads: int = 2, neighbours: int = 20) -> dict:
-    """Score distributions of copies, same-patient pairs and nearest non-copies; see the module doc."""
+def measure(
+    data_dir: Path,
+    model: Path | None = None,
+    threads: int = 2,
+    neighbours: int = 20,
+    candidates: int | None = None,
+) -> dict:
+    """Score distributions of copies, same-patient pairs and nearest non-copies; see the module doc.
+    ``candidates``: the nearest an ingest confirms (default: ``copies.CANDIDATES``, what ingest does)."""
     from ecgsearch.export.runtime import Embedder
     from ecgsearch.search.engine.copies import CANDIDATES
+
+    confirmed = candidates or CANDIDATES
 
     embedder = Embedder(model, threads=threads)
     payloads, names, prepared = _load(data_dir)
@@ -200,7 +221,7 @@ def measure(data_dir: Path, model: Path | None = None, threads: int = 2, neighbo
     order = np.argsort(-sim, axis=1)
     rank = {(i, int(j)): r + 1 for i in range(n) for r, j in enumerate(order[i, :neighbours])}
     near = {(min(i, j), max(i, j)) for (i, j) in rank} - copies - identical - same_patient
-    candidates = {(min(i, j), max(i, j)) for (i, j), r in rank.items() if r <= CANDIDATES}
+    candidates_ = {(min(i, j), max(i, j)) for (i, j), r in rank.items() if r <= confirmed}
 
     start = time.perf_counter()
     score = {pair: fingerprint.score(fps[pair[0]], fps[pair[1]]) for pair in copies | identical | near}
@@ -215,13 +236,13 @@ def measure(data_dir: Path, model: Path | None = None, threads: int = 2, neighbo
     missed = [
         (name(a), name(b))
         for a, b in copies | identical
-        if score[(a, b)] < threshold or ((a, b) not in candidates)
+        if score[(a, b)] < threshold or ((a, b) not in candidates_)
     ]
     return {
         "model_version": embedder.version,
         "threshold": threshold,
         "n_ecgs": n,
-        "candidates_per_ecg": CANDIDATES,
+        "candidates_per_ecg": confirmed,
         "copies": {
             f"{name(a)} = {name(b)}": {
                 "score": round(score[(a, b)], 5),
@@ -234,7 +255,7 @@ def measure(data_dir: Path, model: Path | None = None, threads: int = 2, neighbo
         "score_identical_content": _summary([score[p] for p in identical]),
         "score_ptbxl_same_patient": _summary([score[p] for p in same_patient]),
         f"score_nearest_{neighbours}_non_copies": _summary([score[p] for p in near]),
-        "score_candidate_non_copies": _summary([score[p] for p in near & candidates]),
+        "score_candidate_non_copies": _summary([score[p] for p in near & candidates_]),
         "top_non_copies": [
             {"a": name(a), "b": name(b), "score": round(s, 5), "same_patient": (a, b) in same_patient}
             for s, (a, b) in noncopy[:10]
@@ -243,9 +264,9 @@ def measure(data_dir: Path, model: Path | None = None, threads: int = 2, neighbo
         "non_copies_at_or_above_threshold": sum(s >= threshold for s, _ in noncopy),
         "margin_below_lowest_copy": round(min(score[p] for p in copies) - threshold, 5),
         "margin_above_highest_non_copy": round(threshold - noncopy[0][0], 5),
-        "synthetic_copies": _synthetic(data_dir, embedder, vectors, index, fps),
+        "synthetic_copies": _synthetic(data_dir, embedder, vectors, index, fps, confirmed),
         "cost_ms": {"fingerprint_and_ready_per_ecg": round(fp_ms, 3), "score_per_pair": round(pair_ms, 3)},
-        "ingest_marking": _marking_cost(payloads, vectors, embedder.version),
+        "ingest_marking": _marking_cost(payloads, vectors, embedder.version, confirmed),
     }
 
 
@@ -254,9 +275,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("data_dir", type=Path, help="folder holding ptb-xl/, challenge/, hospital/")
     parser.add_argument("--model", type=Path, default=None, help="ONNX encoder (default: bundled)")
     parser.add_argument("--neighbours", type=int, default=20, help="nearest non-copies scored per ECG")
+    parser.add_argument(
+        "--candidates", type=int, default=None, help="nearest confirmed per ECG (default: ingest's)"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/duplicate_threshold.json"))
     args = parser.parse_args(argv)
-    result = measure(args.data_dir, args.model, neighbours=args.neighbours)
+    result = measure(args.data_dir, args.model, neighbours=args.neighbours, candidates=args.candidates)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "copies"}, indent=2))

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from ecgsearch.bench import recall as bench
 from ecgsearch.bench import synthetic
 from ecgsearch.cli.main import app
+from ecgsearch.export.runtime import Embedder
 
 
 def test_score_of_an_engine_returning_one_wrong_id() -> None:
@@ -90,7 +91,8 @@ def test_bench_recall_end_to_end(tmp_path: Path) -> None:
 def test_bench_recall_through_the_service(tmp_path: Path) -> None:
     """The service's own filters (copies dropped, one site kept): HNSW for plain searches, exact answers."""
     out = tmp_path / "service.json"
-    args = ["bench", "recall", "--sizes", "3000", "--queries", "30", "--dim", "258", "--engines", "service"]
+    dim = str(Embedder().dim)  # the service checks vectors against the bundled model's dimension
+    args = ["bench", "recall", "--sizes", "3000", "--queries", "30", "--dim", dim, "--engines", "service"]
     result = CliRunner().invoke(app, [*args, "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     block = json.loads(out.read_text())["results"][0]
