@@ -556,6 +556,47 @@ def crossfit(
     emit(results(out), f"{cf.line(result)} -> {out}", as_json)
 
 
+def views_at_scale(
+    size: Annotated[int, typer.Option(min=1000, help="synthetic points in the store")] = 100_000,
+    dim: Annotated[int, typer.Option(min=8, help="served vector dimension (the bundled model's: 304)")] = 304,
+    queries: Annotated[int, typer.Option(min=1, help="queries, drawn apart from the data")] = 500,
+    seed: Annotated[int, typer.Option(help="seed of the synthetic data")] = 0,
+    scratch: Annotated[
+        Path | None, typer.Option(help="folder for the store being built (default: temp)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="results JSON")] = Path("results/views_100k.json"),
+    quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Named views at scale: p50/p99 and recall@10 of each view, a two-view blend and the served vector.
+
+    One embedded store with the default settings holds --size synthetic points with every view (waveform
+    = the served vector, rhythm 4-d and voltage 12-d z-scores, fixed seed); each search runs one query
+    at a time, no filter; recall is against exact search (cosine, or Euclidean for the measured views).
+
+    Examples:
+
+        ecgsearch bench views --size 100000 --out results/views_100k.json
+
+        ecgsearch bench views --size 1000000 --out results/views_1m.json
+    """
+    import tempfile
+
+    from ecgsearch.bench import views_scale
+    from ecgsearch.bench.results import write_results
+
+    with tempfile.TemporaryDirectory(prefix="views-scale-", dir=scratch) as tmp:
+        result = views_scale.run(
+            size, dim=dim, n_queries=queries, seed=seed, workdir=Path(tmp), log=_logger(quiet)
+        )
+    result["command"] = (
+        f"ecgsearch bench views --size {size} --dim {dim} --queries {queries} --seed {seed} --out {out}"
+    )
+    write_results(out, result)
+    met = sum(a["met"] for a in result["aims"])
+    emit(results(out), f"{met}/{len(result['aims'])} aims met -> {out}", as_json)
+
+
 def choose(
     config: Annotated[Path, typer.Option(help="training config of the model to ship")] = Path(
         "configs/label_head.yaml"
@@ -756,6 +797,7 @@ def register(bench: typer.Typer, evaluate: typer.Typer) -> None:
     bench.command("recall")(recall)
     bench.command("service")(service)
     bench.command("limits")(limits)
+    bench.command("views")(views_at_scale)
     evaluate.command("retrieval")(retrieval)
     evaluate.command("training")(training)
     evaluate.command("crossfit")(crossfit)
