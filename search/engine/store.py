@@ -28,6 +28,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from ecgsearch.ecg import views as ecg_views
 from ecgsearch.ecg.schema import (
     MAX_K,
     PAYLOAD_FIELDS,
@@ -207,12 +208,34 @@ class ViewSpec(BaseModel):
     dim: int = Field(gt=0)
     distance: Literal["cosine", "euclid"]
     version: str
+    served: bool = False  # the view is the served vector itself: stored once, searched as it
 
 
-def view_specs(dims: dict[str, int], versions: dict[str, str]) -> dict[str, ViewSpec]:
+def view_specs(
+    dims: dict[str, int], versions: dict[str, str], *, served_dim: int | None = None
+) -> dict[str, ViewSpec]:
     """Every declared view (``ecg.schema.VIEW_DISTANCE``) as a collection holds it: its size
-    (``ecg.views.view_dims``) and the version of its vectors (``ecg.views.view_versions``)."""
-    return {v: ViewSpec(dim=dims[v], distance=d, version=versions[v]) for v, d in VIEW_DISTANCE.items()}
+    (``ecg.views.view_dims``) and the version of its vectors (``ecg.views.view_versions``). A waveform
+    view as wide as the served vector (``served_dim``) is that vector (``views.waveform_from_embedding``
+    of a model without measured blocks), so it is not stored a second time."""
+    return {
+        v: ViewSpec(
+            dim=dims[v],
+            distance=d,
+            version=versions[v],
+            served=v == ecg_views.WAVEFORM and dims[v] == served_dim,
+        )
+        for v, d in VIEW_DISTANCE.items()
+    }
+
+
+def encoder_views(encoder: ecg_views.Encoder) -> dict[str, ViewSpec]:
+    """The views a collection of this encoder's vectors holds (ingest, push, benchmarks, tests)."""
+    return view_specs(
+        ecg_views.view_dims(encoder.learned_dim),
+        ecg_views.view_versions(encoder.version),
+        served_dim=encoder.dim,
+    )
 
 
 class CollectionManifest(BaseModel):
@@ -360,19 +383,33 @@ def _named_rows(
         return [v.tolist() for v in vectors]
     if named is None or len(named) != len(vectors):
         raise StoreError("this collection holds named views: upsert needs every point's views")
-    return [{"": v.tolist(), **row} for v, row in zip(vectors, named, strict=True)]
+    return [
+        {"": v.tolist(), **{name: x for name, x in row.items() if not views[name].served}}
+        for v, row in zip(vectors, named, strict=True)
+    ]
 
 
 def _edge_views(views: dict[str, ViewSpec]) -> dict[str, edge.EdgeVectorParams]:
     kind = {"cosine": edge.Distance.Cosine, "euclid": edge.Distance.Euclid}
     return {
-        v: edge.EdgeVectorParams(size=spec.dim, distance=kind[spec.distance]) for v, spec in views.items()
+        v: edge.EdgeVectorParams(size=spec.dim, distance=kind[spec.distance])
+        for v, spec in views.items()
+        if not spec.served
     }
 
 
 def _client_views(views: dict[str, ViewSpec]) -> dict[str, qm.VectorParams]:
     kind = {"cosine": qm.Distance.COSINE, "euclid": qm.Distance.EUCLID}
-    return {v: qm.VectorParams(size=spec.dim, distance=kind[spec.distance]) for v, spec in views.items()}
+    return {
+        v: qm.VectorParams(size=spec.dim, distance=kind[spec.distance])
+        for v, spec in views.items()
+        if not spec.served
+    }
+
+
+def _using(views: dict[str, ViewSpec], view: str) -> str:
+    """The stored vector a view is searched by: its own, or the served one ("") it is."""
+    return "" if views[view].served else view
 
 
 def _query_view(query: dict[str, list[float]], view: str) -> list[float]:
@@ -382,10 +419,11 @@ def _query_view(query: dict[str, list[float]], view: str) -> list[float]:
     return list(query[view])
 
 
-def _views_of(stored: Any) -> dict[str, list[float]]:
+def _views_of(stored: Any, views: dict[str, ViewSpec]) -> dict[str, list[float]]:
+    """A point's views as stored: its named vectors, and the served one under a view that is it."""
     if not isinstance(stored, dict):
         return {}
-    return {name: list(v) for name, v in stored.items() if name}
+    return {v: list(stored[_using(views, v)]) for v in views if _using(views, v) in stored}
 
 
 class _Backend:
@@ -627,14 +665,17 @@ class EdgeStore(_Backend):
         view's filtered top ``ecg.views.PREFETCH`` (Qdrant's prefetch). The filter applies in every
         view. A hit's score is the view's (cosine; Euclidean distance, lower is nearer) or the fusion's."""
         _check_k(k)
-        used = _views_query(self._manifest(), similar_by)
+        manifest = self._manifest()
+        used = _views_query(manifest, similar_by)
         flt = to_edge(filter)
         plan = Plan("exact") if exact else self.plan_for(filter, k)
         self.last_plan = plan
         params = self._params(exact=plan.kind == "exact", ef=ef, filtered=flt is not None)
         requests = []
         for q in queries:
-            nearest = {v: edge.Query.Nearest(_query_view(q, v), using=v) for v in used}
+            nearest = {
+                v: edge.Query.Nearest(_query_view(q, v), using=_using(manifest.views, v)) for v in used
+            }
             if len(used) == 1:
                 request = edge.QueryRequest(
                     limit=k, query=next(iter(nearest.values())), filter=flt, params=params, with_payload=True
@@ -666,7 +707,7 @@ class EdgeStore(_Backend):
         records = self.shard.retrieve([point_id(record_id)], with_payload=False, with_vector=True)
         if not records:
             raise UnknownRecord(record_id)
-        return _views_of(records[0].vector)
+        return _views_of(records[0].vector, self._manifest().views)
 
     def plan_for(self, filter: SearchFilter | None, k: int) -> Plan:
         """The plan a top-k search with this filter takes, from the payload indexes' estimate.
@@ -1168,6 +1209,7 @@ class ServerStore(_Backend):
     ) -> list[list[Hit]]:
         """As ``EdgeStore.search_views``: one view, or a weighted-RRF blend of filtered prefetches."""
         _check_k(k)
+        held = self._held_views()
         used = _views_query(self._manifest(), similar_by)
         flt = to_client(filter)
         params = qm.SearchParams(hnsw_ef=ef or self.settings.search_ef, exact=exact)
@@ -1177,13 +1219,17 @@ class ServerStore(_Backend):
             if len(used) == 1:
                 ((view, row),) = rows.items()
                 request = qm.QueryRequest(
-                    query=row, using=view, filter=flt, params=params, limit=k, with_payload=True
+                    query=row, using=_using(held, view), filter=flt, params=params, limit=k, with_payload=True
                 )
             else:
                 request = qm.QueryRequest(
                     prefetch=[
                         qm.Prefetch(
-                            query=row, using=v, filter=flt, params=params, limit=max(VIEW_PREFETCH, k)
+                            query=row,
+                            using=_using(held, v),
+                            filter=flt,
+                            params=params,
+                            limit=max(VIEW_PREFETCH, k),
                         )
                         for v, row in rows.items()
                     ],
@@ -1203,7 +1249,7 @@ class ServerStore(_Backend):
         )
         if not records:
             raise UnknownRecord(record_id)
-        return _views_of(records[0].vector)
+        return _views_of(records[0].vector, self._held_views())
 
     def get(self, record_id: str, *, sites: Sequence[str] | None = None) -> tuple[EcgPayload, np.ndarray]:
         if sites is None:

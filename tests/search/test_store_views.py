@@ -13,7 +13,14 @@ from ecgsearch.ecg import views
 from ecgsearch.ecg.schema import InvalidQuery, SearchFilter
 from ecgsearch.export.runtime import Embedder, bundled_model
 from ecgsearch.ingest.sources import enumerate_source, load, select
-from ecgsearch.search.engine.store import ModelMismatch, Store, StoreError, open_store, view_specs
+from ecgsearch.search.engine.store import (
+    ModelMismatch,
+    Store,
+    StoreError,
+    encoder_views,
+    open_store,
+    view_specs,
+)
 
 N = 80
 K = 5
@@ -35,7 +42,7 @@ def _fill(store: Store, embedded: tuple) -> Store:
     store.create_collection(
         dim=embedder.dim,
         model_version=embedder.version,
-        views=view_specs(views.view_dims(embedder.learned_dim), views.view_versions(embedder.version)),
+        views=encoder_views(embedder),
     )
     store.upsert(named.flagged(payloads), served, named.rows())
     store.optimize()
@@ -124,7 +131,7 @@ def test_a_collection_made_before_views_names_the_migration(tmp_path: Path, embe
         old.create_collection(
             dim=embedder.dim,
             model_version=embedder.version,
-            views=view_specs(views.view_dims(embedder.learned_dim), views.view_versions(embedder.version)),
+            views=encoder_views(embedder),
         )
         assert old.views() == {}
     with open_store(path=tmp_path / "new") as new:
@@ -134,7 +141,7 @@ def test_a_collection_made_before_views_names_the_migration(tmp_path: Path, embe
             new.create_collection(
                 dim=embedder.dim,
                 model_version=embedder.version,
-                views=view_specs(views.view_dims(embedder.learned_dim), other),
+                views=view_specs(views.view_dims(embedder.learned_dim), other, served_dim=embedder.dim),
             )
         with pytest.raises(StoreError, match="needs every point's views"):
             new.upsert(payloads[:1], served[:1])
@@ -153,6 +160,45 @@ def test_collection_info_names_each_view_and_its_version(tmp_path: Path, embedde
         "dim": embedder.learned_dim,
         "distance": "cosine",
         "version": embedder.version,
+        "served": embedder.learned_dim == embedder.dim,  # the bundled model's: all of its vector
     }
     assert held[views.RHYTHM]["version"] == views.view_versions(embedder.version)[views.RHYTHM]
     assert held[views.VOLTAGE]["distance"] == "euclid" and held[views.VOLTAGE]["dim"] == 12
+
+
+def test_a_waveform_view_that_is_the_served_vector_is_stored_once(
+    store: Store, embedded: tuple, tmp_path: Path
+) -> None:
+    """Model 4's waveform view is all of its served vector: searched through it, never stored twice."""
+    payloads, served, named, embedder = embedded
+    assert embedder.learned_dim == embedder.dim and store.views()[views.WAVEFORM].served
+    for q in (3, 17):
+        by_view = store.search_views([named.row(q)], {views.WAVEFORM: 1.0}, k=K, exact=True)[0]
+        by_vector = store.search(served[q], k=K, exact=True)
+        assert [h.record_id for h in by_view] == [h.record_id for h in by_vector]
+    stored = store.get_views(payloads[3].record_id)
+    assert np.allclose(stored[views.WAVEFORM], served[3], atol=1e-6)
+    assert set(stored) == {views.WAVEFORM, views.RHYTHM, views.VOLTAGE}
+    # a waveform narrower than the served vector (a model with measured blocks) is its own vector
+    narrower = view_specs(
+        views.view_dims(embedder.dim - 2), views.view_versions(embedder.version), served_dim=embedder.dim
+    )
+    assert not narrower[views.WAVEFORM].served
+    assert not any(spec.served for v, spec in narrower.items())
+
+
+def test_the_served_waveform_takes_no_second_vector_on_disk(tmp_path: Path, embedded: tuple) -> None:
+    payloads, served, named, embedder = embedded
+    sizes = {}
+    for name, served_dim in (("once", embedder.dim), ("twice", None)):
+        specs = view_specs(
+            views.view_dims(embedder.learned_dim),
+            views.view_versions(embedder.version),
+            served_dim=served_dim,
+        )
+        with open_store(path=tmp_path / name) as s:
+            s.create_collection(dim=embedder.dim, model_version=embedder.version, views=specs)
+            s.upsert(named.flagged(payloads), served, named.rows())
+            s.optimize()
+        sizes[name] = sum(p.stat().st_size for p in (tmp_path / name).rglob("*") if p.is_file())
+    assert sizes["once"] < sizes["twice"]
