@@ -650,7 +650,9 @@ def choose(
     try:
         base = load_config(config)
     except (ValueError, TypeError, yaml.YAMLError) as exc:
-        raise typer.BadParameter(f"{config}: {' '.join(str(exc).split())}", param_hint="--config") from None
+        said = " ".join(str(exc).split())
+        said = said if str(config) in said else f"{config}: {said}"
+        raise typer.BadParameter(said, param_hint="--config") from None
     folds = tuple(sorted(set(held_out)))
     if len(folds) > 8:
         raise typer.BadParameter(
