@@ -192,7 +192,8 @@ def retrieval(
     """Retrieval quality on PTB-XL: the trained encoder vs its random-init twin, chance and baselines.
 
     Baselines: PCA of log-spectra and of the raw samples, kNN on heart rate + RR irregularity, on
-    per-lead log-RMS in mV, and on heart rate + age. Queries are fold 10 (every number is repeated
+    per-lead log-RMS in mV, and on heart rate + age; a peer row when openecg is installed (the
+    results say when it is not). Queries are fold 10 (every number is repeated
     with all records as queries, labelled), the search space is every record, and neighbours of the
     query's own patient are left out. Reports P@k (any superclass, same superclass set), a probe
     macro-AUC, per-code P@k and enrichment with bootstrap 95% intervals, shift stability and the

@@ -111,6 +111,7 @@ class Method:
     euclidean: bool
     meta: dict
     fixed: np.ndarray | None = None  # vectors not derived from the signal (chance)
+    shift_rows: str = "all"  # "fold10": a slow method's shift checks move only the fold-10 ECGs
 
     def embed(self, x: np.ndarray, mv: np.ndarray, idx: np.ndarray) -> np.ndarray:
         if self.vectors is None:
@@ -203,7 +204,10 @@ def _zscore_method(
 
 
 def methods_for(corpus: Corpus, model: Path, random_model: Path, pca_dim: int | None) -> list[Method]:
-    """The trained model, its random-init twin, chance and the baselines, in table order."""
+    """The trained model, its random-init twin, chance, the baselines and the installed peers, in table
+    order (``peers.installed`` says which peers are missing)."""
+    from ecgsearch.bench import peers
+
     fit = np.isin(corpus.folds, list(TRAIN_FOLDS))
     trained = onnx_method("trained", model)
     rand = onnx_method("random-init", random_model)
@@ -216,7 +220,8 @@ def methods_for(corpus: Corpus, model: Path, random_model: Path, pca_dim: int | 
         {"vectors": f"Gaussian, {CHANCE_DIM}-d, seed {SEED}"},
         normalise_rows(rng.standard_normal((len(corpus.rows), CHANCE_DIM))),
     )
-    return [trained, rand, chance, *baseline_methods(corpus, fit, dim)]
+    peer = peers.openecg_method(corpus)
+    return [trained, rand, chance, *baseline_methods(corpus, fit, dim), *([peer] if peer else [])]
 
 
 def baseline_methods(corpus: Corpus, fit: np.ndarray, dim: int) -> list[Method]:
@@ -373,23 +378,29 @@ def shift_stability(
     """Cosine of each ECG to itself circularly shifted, and how many of its k neighbours stay.
 
     Neighbours of the shifted ECG are searched among the unshifted collection (own patient
-    excluded) and compared with the unshifted ECG's. Summaries: fold-10 queries and all records.
+    excluded) and compared with the unshifted ECG's. Summaries: fold-10 queries and all records
+    (a method with ``shift_rows="fold10"`` moves only the fold-10 ECGs: no "all" summary).
     """
     if method.vectors is None:
         return {"note": "chance vectors do not depend on the signal"}
     folds = corpus.folds
-    everyone = np.arange(len(corpus.rows))
+    rows = np.arange(len(corpus.rows))
     out: dict = {"circular": {}}
+    if method.shift_rows != "all":
+        rows = np.flatnonzero(folds == TEST_FOLD)
+        out["rows"] = "fold 10 only (a slow method)"
     for s in SHIFTS:
-        moved = method.embed(np.roll(corpus.x, s, axis=2), np.roll(corpus.mv, s, axis=2), everyone)
-        out["circular"][str(s)] = _stability(method, corpus, base, nbrs, moved, everyone, k, folds)
+        moved = method.embed(np.roll(corpus.x[rows], s, axis=2), np.roll(corpus.mv[rows], s, axis=2), rows)
+        out["circular"][str(s)] = _stability(method, corpus, base, nbrs, moved, rows, k, folds)
     if hr500 is not None:
         out["later_start_500hz"] = {}
-        idx = hr500["idx"]
-        start = method.embed(hr500["x"][0], hr500["mv"][0], idx)
+        keep = np.isin(hr500["idx"], rows)
+        idx = hr500["idx"][keep]
+        views = {"x": hr500["x"][:, keep], "mv": hr500["mv"][:, keep]}
+        start = method.embed(views["x"][0], views["mv"][0], idx)
         start_nbrs = _neighbours(method, corpus, base, start, idx, k)
         for j, drop in enumerate(LATE_STARTS_500HZ, start=1):
-            moved = method.embed(hr500["x"][j], hr500["mv"][j], idx)
+            moved = method.embed(views["x"][j], views["mv"][j], idx)
             key = f"{drop / 500:g}s"
             out["later_start_500hz"][key] = _stability(
                 method, corpus, base, start_nbrs, moved, idx, k, folds, start
@@ -428,10 +439,10 @@ def _stability(
     )
     test = folds[idx] == TEST_FOLD
     key = "cosine" if not method.euclidean else "minus_squared_distance"
-    return {
-        "fold10": {key: _interval(sim[test]), "top10_overlap": _interval(overlap[test])},
-        "all": {key: _interval(sim), "top10_overlap": _interval(overlap)},
-    }
+    out = {"fold10": {key: _interval(sim[test]), "top10_overlap": _interval(overlap[test])}}
+    if method.shift_rows == "all":
+        out["all"] = {key: _interval(sim), "top10_overlap": _interval(overlap)}
+    return out
 
 
 def _patient_codes(patients: list[object]) -> np.ndarray:
@@ -637,6 +648,8 @@ def run(
     log(f"prepared {len(corpus.rows)} records ({len(corpus.rejected)} rejected)")
     hr500 = load_500hz(corpus, log)
     hr = np.array([heart_rate(x[LEAD_II], signals.MODEL_FS) or np.nan for x in corpus.x])
+    from ecgsearch.bench import peers
+
     methods = methods_for(
         corpus, model or bundled_model(DEFAULT_MODEL), random_model or bundled_model(RANDOM_MODEL), pca_dim
     )
@@ -664,6 +677,7 @@ def run(
             "median_bpm": float(np.nanmedian(hr)) if np.isfinite(hr).any() else None,
         },
         "methods": results,
+        "peers": peers.installed(),
         "aims": judge(results),
         "wall_s": time.perf_counter() - t0,
     }

@@ -25,6 +25,7 @@ METHODS = [
     "knn-hr-rmssd",
     "knn-lead-log-rms-mv",
     "knn-hr-age",
+    "peer:openecg",  # CI installs every extra, so the peer is there
 ]
 
 
@@ -56,6 +57,16 @@ def test_eval_retrieval_end_to_end(ptbxl_dir: Path, tmp_path: Path) -> None:
     assert set(trained["later_start_500hz"]) == {"0.16s", "1s"}
     assert by["pca-raw"]["shift_stability"]["circular"]["50"]["all"]["top10_overlap"]["value"] < 0.5
     assert "note" in by["chance"]["shift_stability"]
+    # the peer is scored like the others: finite P@10 on fold 10, its inputs and training data stated
+    assert data["peers"] == {"peer:openecg": "0.11.0"}
+    peer = by["peer:openecg"]
+    p10 = peer["fold10"]["p10_any_superclass"]
+    assert p10["n"] > 0 and np.isfinite(p10["value"]) and 0.0 <= p10["value"] <= 1.0
+    assert peer["meta"]["embedding_dim"] == 16 and "100 Hz" in peer["meta"]["input"]
+    assert "PTB-XL" in peer["meta"]["labelled_folds"]
+    # a slow method's shift checks move only the fold-10 ECGs, so it reports no all-records summary
+    peer_shift = peer["shift_stability"]["circular"]["4"]
+    assert set(peer_shift) == {"fold10"} and peer_shift["fold10"]["top10_overlap"]["n"] > 0
     rho = by["knn-hr-age"]["similarity_vs_difference"]["abs_delta_age"]["rho"]
     assert rho < -0.3  # similarity in a heart-rate + age space must fall as ages part
     aims = {a["aim"]: a for a in data["aims"]}
@@ -194,7 +205,7 @@ def test_eval_crossfit_end_to_end(data_dir: Path, tmp_path: Path) -> None:
         assert info["final_losses"]["label"] > 0
     assert sum(data["dataset"]["group_sizes"]) == data["dataset"]["records"] == 80
     view = data["views"]["all_records"]
-    assert set(view["methods"]) == {"trained", "random-init", *METHODS[3:]}
+    assert set(view["methods"]) == {"trained", "random-init", *METHODS[3:-1]}  # no peer row
     pooled = view["methods"]["trained"]["pooled"]["p10_any_superclass"]
     assert pooled["n"] == data["dataset"]["labelled_queries"]
     assert 0 <= pooled["ci95"][0] <= pooled["value"] <= pooled["ci95"][1] <= 1
@@ -240,3 +251,38 @@ def test_eval_crossfit_nested_choice_stays_inside_the_training_folds(data_dir: P
         picked = [t for t in choice["tried"] if t["score"] == best][0]
         assert choice["chosen"] == {k: picked[k] for k in grid}
         assert info["served"] == choice["chosen"] and info["statement_vocabulary"]
+
+
+def test_a_missing_peer_is_stated_not_omitted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without openecg the results say so instead of dropping its row silently."""
+    import sys
+
+    from ecgsearch.bench import peers
+
+    monkeypatch.setitem(sys.modules, "openecg", None)  # import openecg now raises ImportError
+    monkeypatch.setitem(sys.modules, "openecg.deploy", None)
+    assert peers.installed() == {"peer:openecg": "not installed"}
+    assert peers.openecg_method(None) is None  # type: ignore[arg-type]  # returns before reading it
+
+
+def test_the_peer_feeds_openecg_as_its_own_codec_does(ptbxl_dir: Path) -> None:
+    """The pooled heads come from the same input openecg's OnnxCodec builds: its labels are their argmax."""
+    from openecg.deploy import OnnxCodec
+    from openecg.eval import SUPER_QRS
+
+    from ecgsearch.bench import peers
+    from ecgsearch.ecg import dsp
+
+    session = peers.openecg_session()
+    codec = OnnxCodec()
+    lead = signals.LEADS.index(peers.OPENECG_LEAD)
+    for row in ptbxl.read_table(ptbxl_dir)[:3]:
+        mv = signals.prepare(signals.read_wfdb(row.path()))
+        x = dsp.resample_poly(mv[lead].astype(np.float64), peers.OPENECG_FS // signals.MODEL_FS, 1)
+        probs = peers.codec_probabilities(session, x)
+        assert probs.shape == (peers.OPENECG_SAMPLES, 16)
+        assert np.allclose(probs[:, :4].sum(axis=1), 1.0) and np.allclose(probs[:, 10:].sum(axis=1), 1.0)
+        labels = codec.encode(x.astype(np.float32), fs=peers.OPENECG_FS)
+        assert np.array_equal(probs[:, :4].argmax(axis=1), labels.frame)
+        assert np.array_equal(probs[:, 10:].argmax(axis=1), labels.rhythm)
+        assert (labels.frame == SUPER_QRS).any()  # QRS found: a real ECG went in, not noise
