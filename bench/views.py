@@ -496,7 +496,7 @@ def through_store(
 
     from ecgsearch.ecg.schema import EcgPayload, SearchFilter
     from ecgsearch.encoder.data import load_ptbxl
-    from ecgsearch.search.engine.store import EdgeStore, encoder_views
+    from ecgsearch.search.engine.store import EdgeStore, view_specs
 
     started = machine()
     t0 = time.perf_counter()
@@ -523,7 +523,7 @@ def through_store(
         store.create_collection(
             dim=embedder.dim,
             model_version=embedder.version,
-            views=encoder_views(embedder),
+            views=view_specs(**views.collection_layout(embedder)),
         )
         store.upsert(named.flagged(payloads), served, named.rows())
         store.optimize()

@@ -259,6 +259,7 @@ VIEW_DISTANCE: dict[str, Literal["cosine", "euclid"]] = {
 }
 VIEW_PREFETCH = 100
 VIEW_RRF_K = 2
+LEARNED_VIEW = "waveform"  # the learned part of the served vector: when that is all of it, it is the vector
 
 
 def check_view(name: str) -> str:

@@ -29,10 +29,10 @@ from typing import Protocol
 import numpy as np
 
 from ecgsearch.ecg import features
-from ecgsearch.ecg.schema import VIEW_DISTANCE, VIEW_PREFETCH, VIEW_RRF_K, EcgPayload
+from ecgsearch.ecg.schema import LEARNED_VIEW, VIEW_DISTANCE, VIEW_PREFETCH, VIEW_RRF_K, EcgPayload
 from ecgsearch.ecg.signals import LEADS, global_rms
 
-WAVEFORM, RHYTHM, VOLTAGE = "waveform", "rhythm", "voltage"
+WAVEFORM, RHYTHM, VOLTAGE = LEARNED_VIEW, "rhythm", "voltage"
 VIEWS = tuple(VIEW_DISTANCE)  # declared in ecg.schema (the store reads the declaration only)
 MEASURED = (RHYTHM, VOLTAGE)
 EUCLIDEAN = frozenset(v for v, d in VIEW_DISTANCE.items() if d == "euclid")
@@ -189,6 +189,17 @@ class Encoder(Protocol):
     def version(self) -> str: ...
 
     def embed(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def collection_layout(encoder: Encoder) -> dict:
+    """What a collection of this encoder's vectors declares per view (``store.view_specs`` takes it):
+    each view's size and version, and the served vector's width (a waveform view as wide is that
+    vector, stored once)."""
+    return {
+        "dims": view_dims(encoder.learned_dim),
+        "versions": view_versions(encoder.version),
+        "served_dim": encoder.dim,
+    }
 
 
 def embed_views(encoder: Encoder, ecgs_mv: np.ndarray) -> tuple[np.ndarray, ViewVectors]:

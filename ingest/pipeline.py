@@ -49,7 +49,7 @@ from ecgsearch.ecg.signals import RawEcg, SignalError, prepare_batch
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest.sources import Candidate, Record, file_label, hash_of, load, load_file, read
 from ecgsearch.search.engine.copies import mark_copies
-from ecgsearch.search.engine.store import Store, encoder_views
+from ecgsearch.search.engine.store import Store, view_specs
 from ecgsearch.search.serving.push import Archive
 
 REJECT_COLUMNS = ("record", "path", "reason")
@@ -137,7 +137,7 @@ def ingest(
     store.create_collection(
         dim=embedder.dim,
         model_version=embedder.version,
-        views=encoder_views(embedder),
+        views=view_specs(**views.collection_layout(embedder)),
     )
     summary = IngestSummary(
         collection=store.name,

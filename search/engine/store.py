@@ -28,8 +28,8 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from ecgsearch.ecg import views as ecg_views
 from ecgsearch.ecg.schema import (
+    LEARNED_VIEW,
     MAX_K,
     PAYLOAD_FIELDS,
     VIEW_DISTANCE,
@@ -215,27 +215,19 @@ def view_specs(
     dims: dict[str, int], versions: dict[str, str], *, served_dim: int | None = None
 ) -> dict[str, ViewSpec]:
     """Every declared view (``ecg.schema.VIEW_DISTANCE``) as a collection holds it: its size
-    (``ecg.views.view_dims``) and the version of its vectors (``ecg.views.view_versions``). A waveform
-    view as wide as the served vector (``served_dim``) is that vector (``views.waveform_from_embedding``
-    of a model without measured blocks), so it is not stored a second time."""
+    (``ecg.views.view_dims``) and the version of its vectors (``ecg.views.view_versions``);
+    ``ecg.views.collection_layout(encoder)`` gives all three. A learned view as wide as the served vector
+    (``served_dim``) is that vector (``views.waveform_from_embedding`` of a model without measured
+    blocks), so it is not stored a second time."""
     return {
         v: ViewSpec(
             dim=dims[v],
             distance=d,
             version=versions[v],
-            served=v == ecg_views.WAVEFORM and dims[v] == served_dim,
+            served=v == LEARNED_VIEW and dims[v] == served_dim,
         )
         for v, d in VIEW_DISTANCE.items()
     }
-
-
-def encoder_views(encoder: ecg_views.Encoder) -> dict[str, ViewSpec]:
-    """The views a collection of this encoder's vectors holds (ingest, push, benchmarks, tests)."""
-    return view_specs(
-        ecg_views.view_dims(encoder.learned_dim),
-        ecg_views.view_versions(encoder.version),
-        served_dim=encoder.dim,
-    )
 
 
 class CollectionManifest(BaseModel):

@@ -15,7 +15,7 @@ from ecgsearch.export.runtime import Embedder, bundled_model
 from ecgsearch.ingest.sources import enumerate_source, load, select
 from ecgsearch.search import wire
 from ecgsearch.search.api import EcgQuery, FieldViolation, SearchOptions
-from ecgsearch.search.engine.store import EdgeStore, encoder_views, open_store
+from ecgsearch.search.engine.store import EdgeStore, open_store, view_specs
 from ecgsearch.search.serving.service import SearchService
 
 N = 60
@@ -32,7 +32,7 @@ def served(ptbxl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     store.create_collection(
         dim=embedder.dim,
         model_version=embedder.version,
-        views=encoder_views(embedder),
+        views=view_specs(**views.collection_layout(embedder)),
     )
     payloads = named.flagged([r.payload for r in records])
     store.upsert(payloads, served_vectors, named.rows())

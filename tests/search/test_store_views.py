@@ -17,7 +17,6 @@ from ecgsearch.search.engine.store import (
     ModelMismatch,
     Store,
     StoreError,
-    encoder_views,
     open_store,
     view_specs,
 )
@@ -42,7 +41,7 @@ def _fill(store: Store, embedded: tuple) -> Store:
     store.create_collection(
         dim=embedder.dim,
         model_version=embedder.version,
-        views=encoder_views(embedder),
+        views=view_specs(**views.collection_layout(embedder)),
     )
     store.upsert(named.flagged(payloads), served, named.rows())
     store.optimize()
@@ -131,7 +130,7 @@ def test_a_collection_made_before_views_names_the_migration(tmp_path: Path, embe
         old.create_collection(
             dim=embedder.dim,
             model_version=embedder.version,
-            views=encoder_views(embedder),
+            views=view_specs(**views.collection_layout(embedder)),
         )
         assert old.views() == {}
     with open_store(path=tmp_path / "new") as new:

@@ -24,7 +24,7 @@ from ecgsearch.ecg import views
 from ecgsearch.ecg.schema import EcgPayload, SearchFilter
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest import sources
-from ecgsearch.search.engine.store import EdgeStore, encoder_views
+from ecgsearch.search.engine.store import EdgeStore, view_specs
 
 N_RECORDS = 60
 TOKEN = "viewer-secret"
@@ -107,7 +107,7 @@ def start_service(
         store.create_collection(
             dim=embedder.dim,
             model_version=embedder.version,
-            views=encoder_views(embedder),
+            views=view_specs(**views.collection_layout(embedder)),
         )
         served, named = views.embed_views(embedder, np.stack([r.signal for r in records]))
         store.upsert(named.flagged([r.payload for r in records]), served, named.rows())
