@@ -4,8 +4,10 @@ A cardiologist asking for "ECGs like this one" may mean the same rhythm (AF), th
 or the same waveform (a bundle-branch pattern). One fixed vector cannot rank all three well, so every
 ECG carries one vector per view and a query names the view, or a blend of views that the store fuses:
 
-- ``waveform``: the learned embedding alone (the model's 256 learned dims, unit norm; cosine). The
-  served ONNX vector appends the rhythm block; this view drops it (``waveform_from_embedding``).
+- ``waveform``: the learned part of the served vector, at unit norm (cosine): what the model learned,
+  without the measured blocks a model may append (model 3's rhythm block; ``waveform_from_embedding``).
+  Model 4 appends none (its 256 learned dims and 48 statement probabilities are all learned), so its
+  waveform view is the served vector itself, and a collection stores it once (``collection_layout``).
 - ``rhythm``: heart rate and three RR irregularities (trimmed RMSSD, median |ΔRR|, RMSSD, each over the
   typical RR) from lead-II R peaks (``features.rhythm``), z-scored with the training folds' statistics;
   Euclidean. Scale-free, so it is the same for any gain.
@@ -43,7 +45,7 @@ RHYTHM_FEATURES = (
     "rr_irregularity_rmssd",
 )
 VOLTAGE_FEATURES = tuple(f"log_rms_mv_{lead}" for lead in LEADS)
-LEARNED_DIM = 256  # the learned part of the served vector; the rest is the rhythm block
+LEARNED_DIM = 256  # the conv embedding's width: the learned part of a model with measured blocks
 # Global RMS (mV, non-flat leads, after the 0.5 Hz high-pass) of a surface ECG read with a right gain:
 # PTB-XL's 1,987 span 0.076-0.82 mV and the Challenge's other groups 0.017-0.51; the Challenge's 5x-gain
 # copies of PTB-XL ECGs read 0.51-1.60 and its 1000x group ~0.0002. Outside the range the voltage is
