@@ -55,6 +55,15 @@ def test_eval_retrieval_end_to_end(ptbxl_dir: Path, tmp_path: Path) -> None:
     trained = by["trained"]["shift_stability"]
     assert trained["circular"]["4"]["all"]["cosine"]["value"] > 0.95
     assert set(trained["later_start_500hz"]) == {"0.16s", "1s"}
+    # later starts over every fold-10 ECG from its 100 Hz file; the 500 Hz read against the 100 Hz one
+    n10, n500 = data["dataset"]["fold_sizes"]["10"], data["dataset"]["records_500hz_fold10"]
+    assert data["dataset"]["records_100hz_later_start_fold10"] == n10 > 0 and n500 == n10
+    assert set(trained["later_start_100hz"]) == {"0.16s", "0.24s"}
+    for late in trained["later_start_100hz"].values():
+        assert late["fold10"]["top10_overlap"]["n"] == n10 and 0.9 < late["fold10"]["cosine"]["value"] <= 1
+    read = trained["read_500hz_vs_100hz"]
+    assert read["fold10"]["top10_overlap"]["n"] == n500 and 0.95 < read["fold10"]["cosine"]["value"] <= 1
+    assert read["all"]["top10_overlap"]["n"] == data["dataset"]["records_500hz"]
     assert by["pca-raw"]["shift_stability"]["circular"]["50"]["all"]["top10_overlap"]["value"] < 0.5
     assert "note" in by["chance"]["shift_stability"]
     # the peer is scored like the others: finite P@10 on fold 10, its inputs and training data stated
@@ -67,6 +76,7 @@ def test_eval_retrieval_end_to_end(ptbxl_dir: Path, tmp_path: Path) -> None:
     # a slow method's shift checks move only the fold-10 ECGs, so it reports no all-records summary
     peer_shift = peer["shift_stability"]["circular"]["4"]
     assert set(peer_shift) == {"fold10"} and peer_shift["fold10"]["top10_overlap"]["n"] > 0
+    assert peer["shift_stability"]["later_start_100hz"]["0.24s"]["fold10"]["top10_overlap"]["n"] == n10
     rho = by["knn-hr-age"]["similarity_vs_difference"]["abs_delta_age"]["rho"]
     assert rho < -0.3  # similarity in a heart-rate + age space must fall as ages part
     aims = {a["aim"]: a for a in data["aims"]}
@@ -77,6 +87,14 @@ def test_eval_retrieval_end_to_end(ptbxl_dir: Path, tmp_path: Path) -> None:
     assert by["trained"]["meta"]["labelled_folds"] == list(range(1, 10))
     assert by["random-init"]["meta"]["labelled_folds"] == []
     assert aims["AFIB P@10 above the best handcrafted baseline"]["scope"].startswith("fold 10, ")
+    for start, late in trained["later_start_100hz"].items():
+        name = f"start {start} later (100 Hz)"
+        assert aims[f"top-10 overlap >= 0.90, {name}"]["value"] == late["fold10"]["top10_overlap"]["value"]
+        assert aims[f"cosine >= 0.99, {name}"]["value"] == late["fold10"]["cosine"]["value"]
+    read_aim = aims["top-10 overlap >= 0.95, 500 Hz vs 100 Hz read"]
+    assert read_aim["value"] == read["fold10"]["top10_overlap"]["value"] and read_aim["met"] == (
+        read_aim["value"] >= 0.95
+    )
     assert png.stat().st_size > 1000
 
 
@@ -91,6 +109,24 @@ def test_corpus_holds_prepared_mv_and_the_same_at_unit_rms(ptbxl_dir: Path) -> N
             rms = np.sqrt(np.mean(mv[live].astype(np.float64) ** 2))
             assert np.allclose(unit, np.clip(mv / rms, -signals.CLIP, signals.CLIP), atol=1e-5)
             assert 0.01 < rms < 2.0  # mV, not normalised units
+
+
+def test_later_starts_read_the_same_ecg_again_and_move_it(ptbxl_dir: Path) -> None:
+    """The start view is the corpus's own preparation; a later start is the same ECG moved earlier by the
+    dropped samples (away from the edges, where the padding and the high-pass differ)."""
+    corpus = ev.load_corpus(ptbxl_dir, limit=40, log=lambda _: None)
+    rows = np.flatnonzero(corpus.folds == 10)
+    late = ev.load_later_starts(corpus, signals.MODEL_FS, (16, 24), print, rows)
+    assert (
+        late is not None and late["idx"].tolist() == rows.tolist() and late["x"].shape[:2] == (3, len(rows))
+    )
+    assert np.array_equal(late["mv"][0], corpus.mv[rows]) and np.array_equal(late["x"][0], corpus.x[rows])
+    for j, drop in enumerate((16, 24), start=1):
+        moved, start = late["mv"][j][:, :, 100:800], late["mv"][0][:, :, 100 + drop : 800 + drop]
+        assert np.abs(moved - start).max() < 0.1 * np.abs(start).max()
+        assert np.abs(late["mv"][j] - late["mv"][0]).max() > 0.3 * np.abs(start).max()  # it did move
+    hr = ev.load_later_starts(corpus, 500, (80,), print, rows)
+    assert hr is not None and hr["fs"] == 500 and hr["mv"].shape == (2, len(rows), 12, signals.MODEL_SAMPLES)
 
 
 def test_bootstrap_mean_and_euclidean_neighbours() -> None:
