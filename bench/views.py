@@ -410,7 +410,8 @@ def copies(
     corpus: Corpus,
     stats: dict[str, views.ViewStatistics],
 ) -> dict:
-    """The Challenge's 5x-gain copies of PTB-XL ECGs: waveform top-1 among PTB-XL, voltage or the flag."""
+    """The Challenge's 5x-gain copies of PTB-XL ECGs: waveform top-1 among PTB-XL, and a right voltage or
+    the flag (by the plausible range, or, as ingest settles a marked copy, by its original's voltage)."""
     index = {r.ecg_id: i for i, r in enumerate(corpus.rows)}
     base = views.view_vectors(served, corpus.mv, stats, learned_dim=embedder.learned_dim)
     rows = []
@@ -423,7 +424,13 @@ def copies(
         i = index[n]
         cos = base.waveform @ v.waveform[0]
         ratio = float(signals.global_rms(mv)[0] / signals.global_rms(corpus.mv[i]))
-        voltage_error = None if v.gain_suspect[0] else float(np.linalg.norm(v.voltage[0] - base.voltage[i]))
+        by_range = bool(v.gain_suspect[0])
+        # as ingest settles a marked copy's gain against its original (search.engine.copies)
+        by_original = not by_range and views.copy_gain_is_off(
+            v.voltage[0], base.voltage[i], stats[views.VOLTAGE]
+        )
+        suspect = by_range or by_original
+        voltage_error = None if suspect else float(np.linalg.norm(v.voltage[0] - base.voltage[i]))
         rows.append(
             {
                 "copy": f"ptb_xl:HR{n:05d}",
@@ -431,7 +438,8 @@ def copies(
                 "waveform_cosine": float(cos[i]),
                 "waveform_top1_is_original": bool(int(np.argmax(cos)) == i),
                 "amplitude_ratio": ratio,
-                "gain_suspect": bool(v.gain_suspect[0]),
+                "gain_suspect": suspect,
+                "gain_suspect_by": "range" if by_range else "original" if by_original else None,
                 "voltage_distance_to_original": voltage_error,
             }
         )

@@ -21,8 +21,10 @@ only, so ingest, push and query compute every view through this one module.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -126,6 +128,25 @@ def standardised(view: str, measures: np.ndarray, stats: ViewStatistics) -> np.n
     return features.standardise(measures, stats.mean, stats.std).astype(np.float32)
 
 
+GAIN_DISAGREEMENT = (
+    2.0  # a copy whose voltage is more than 2x (or under half) its original's has a gain error
+)
+
+
+def copy_gain_is_off(mine: np.ndarray, original: np.ndarray, stats: ViewStatistics | None = None) -> bool:
+    """Whether a copy's voltage view (z-scores) disagrees with its original's by more than
+    GAIN_DISAGREEMENT in amplitude and is the less plausible of the two (further from the training
+    folds' typical voltage). Same recording, so the two may differ only by a header's gain: the one
+    nearer a typical ECG keeps its voltage. A 5x error inside the plausible range (a quiet ECG stored
+    at 5x) is found this way, which the signal alone cannot do (``gain_suspect``)."""
+    std = np.asarray((stats or served_statistics()[VOLTAGE]).std, dtype=np.float64)
+    a, b = np.asarray(mine, dtype=np.float64), np.asarray(original, dtype=np.float64)
+    log_ratio = float(np.mean((a - b) * std))  # mean log-RMS difference = log of the gain ratio
+    if abs(log_ratio) <= np.log(GAIN_DISAGREEMENT):
+        return False
+    return abs(float(np.mean(a))) > abs(float(np.mean(b)))
+
+
 def waveform_from_embedding(served: np.ndarray, learned_dim: int = LEARNED_DIM) -> np.ndarray:
     """The served vectors' learned part, back at unit norm (cosine): the waveform view."""
     e = np.asarray(served, dtype=np.float64)[:, :learned_dim]
@@ -150,6 +171,13 @@ class ViewVectors:
 
     def rows(self) -> list[dict[str, list[float]]]:
         return [self.row(i) for i in range(len(self.waveform))]
+
+    def withholding_voltage(self, rows: Sequence[int]) -> ViewVectors:
+        """The same views with the voltage of ``rows`` withheld (their gain is suspect)."""
+        suspect, voltage = self.gain_suspect.copy(), self.voltage.copy()
+        suspect[list(rows)] = True
+        voltage[suspect] = np.nan
+        return dataclasses.replace(self, voltage=voltage, gain_suspect=suspect)
 
     def flagged(self, payloads: list[EcgPayload]) -> list[EcgPayload]:
         """The payloads, ``gain_suspect`` set on those whose voltage view is withheld."""

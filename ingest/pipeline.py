@@ -48,7 +48,7 @@ from ecgsearch.ecg.readers import ReaderError
 from ecgsearch.ecg.signals import RawEcg, SignalError, prepare_batch
 from ecgsearch.export.runtime import Embedder
 from ecgsearch.ingest.sources import Candidate, Record, file_label, hash_of, load, load_file, read
-from ecgsearch.search.engine.copies import mark_copies
+from ecgsearch.search.engine.copies import mark_copies, settle_copy_gains
 from ecgsearch.search.engine.store import Store, view_specs
 from ecgsearch.search.serving.push import Archive
 
@@ -179,6 +179,7 @@ def ingest(
                     for payload in payloads:
                         payload.site = site
                 summary.duplicates += mark_copies(payloads, vectors, store, threshold=duplicate_threshold)
+                named = settle_copy_gains(payloads, named, store)
                 _archive(records, store)
                 store.upsert(named.flagged(payloads), vectors, named.rows())
                 summary.ingested += len(records)

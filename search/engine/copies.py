@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ecgsearch.ecg import fingerprint
-from ecgsearch.ecg.schema import EcgPayload, SearchFilter
+from ecgsearch.ecg import fingerprint, views
+from ecgsearch.ecg.schema import EcgPayload, SearchFilter, UnknownRecord
 
 if TYPE_CHECKING:
     from ecgsearch.search.engine.store import Store
@@ -110,3 +110,27 @@ def mark_copies(
             p.duplicate_of = original
             marked += 1
     return marked
+
+
+def settle_copy_gains(
+    payloads: Sequence[EcgPayload], named: views.ViewVectors, store: Store
+) -> views.ViewVectors:
+    """Withhold the voltage view of each marked copy whose gain disagrees with its original's and is the
+    less plausible (``views.copy_gain_is_off``): one recording has one voltage. The original's voltage
+    comes from the batch or, stored before, from the store (copies are few: one read each)."""
+    batch = {p.record_id: i for i, p in enumerate(payloads)}
+    off = []
+    for i, p in enumerate(payloads):
+        if p.duplicate_of is None or named.gain_suspect[i]:
+            continue
+        j = batch.get(p.duplicate_of)
+        if j is not None:
+            theirs = None if named.gain_suspect[j] else named.voltage[j]
+        else:
+            try:
+                theirs = store.get_views(p.duplicate_of).get(views.VOLTAGE)
+            except UnknownRecord:
+                theirs = None
+        if theirs is not None and views.copy_gain_is_off(named.voltage[i], np.asarray(theirs)):
+            off.append(i)
+    return named.withholding_voltage(off) if off else named

@@ -31,7 +31,7 @@ from ecgsearch.ecg.identity import Pseudonymizer, content_hash
 from ecgsearch.ecg.readers import ReaderError, read_ecg
 from ecgsearch.ecg.schema import EcgPayload
 from ecgsearch.search.api import Pushed
-from ecgsearch.search.engine.copies import mark_copies
+from ecgsearch.search.engine.copies import mark_copies, settle_copy_gains
 
 if TYPE_CHECKING:
     from ecgsearch.export.runtime import Embedder
@@ -164,7 +164,8 @@ class Writer:
                 outcome[i] = Pushed(p.record_id, "stored")
             if new:
                 vectors, named = views.embed_views(self.embedder, np.stack([p.signal for p in new]))
-                mark_copies([p.payload for p in new], vectors, self.store)  # ingest's rule
+                mark_copies([p.payload for p in new], vectors, self.store)  # ingest's rules
+                named = settle_copy_gains([p.payload for p in new], named, self.store)
                 for fresh in new:  # the signal first: a stored point always finds its archive
                     self.archive.save(fresh.payload.content_hash or "", fresh.raw)
                 self.store.upsert(named.flagged([p.payload for p in new]), vectors, named.rows())

@@ -88,3 +88,20 @@ def test_versions_name_the_model_and_change_with_the_statistics() -> None:
     assert views.view_versions("abc", other)[views.VOLTAGE] == first[views.VOLTAGE]
     with pytest.raises(InvalidQuery, match="unknown view 'shape'"):
         check_view("shape")
+
+
+def test_a_copy_at_another_gain_is_told_by_its_original() -> None:
+    stats = views.served_statistics()[views.VOLTAGE]
+    std = np.asarray(stats.std)
+    typical = np.zeros(12)  # an ECG at the training folds' typical voltage
+    five_x = typical + np.log(5.0) / std  # the same recording with a 5x header gain
+    assert views.copy_gain_is_off(five_x, typical, stats)  # the copy is the loud one: it loses its voltage
+    assert not views.copy_gain_is_off(typical, five_x, stats)  # the original is off: the copy keeps its own
+    assert not views.copy_gain_is_off(typical + np.log(1.5) / std, typical, stats)  # within 2x: one ECG
+    ecgs = np.random.default_rng(0).normal(0, 0.2, (3, 12, 1000))  # plausible voltage, every lead live
+    named = views.view_vectors(np.eye(3, 8), ecgs, learned_dim=8)
+    assert not named.gain_suspect.any()
+    held = named.withholding_voltage([1])
+    assert held.gain_suspect.tolist() == [False, True, False] and np.isnan(held.voltage[1]).all()
+    assert views.VOLTAGE not in held.row(1) and views.VOLTAGE in held.row(0)
+    assert not named.gain_suspect.any()  # the original views are left as they were

@@ -166,3 +166,15 @@ def test_a_file_search_never_returns_its_own_stored_copy(ingested: Ingested, dat
                 assert itself.hits[0].record_id in ids and itself.hits[0].score > 0.999
     finally:
         store.close()
+
+
+def test_every_challenge_copy_at_5x_gain_carries_no_voltage(ingested: Ingested) -> None:
+    """The Challenge stores its copies of PTB-XL ECGs at 5x: seven read louder than any right gain and
+    four, quiet ECGs, inside the range; those disagree with their originals by 5x and lose the voltage."""
+    payloads = ingested.payloads
+    copies = [r for r, p in payloads.items() if r.startswith("ptb_xl:HR") and p.duplicate_of]
+    assert len(copies) == 11 and all(payloads[r].gain_suspect for r in copies)
+    assert not [r for r, p in payloads.items() if p.dataset == "ptbxl" and p.gain_suspect]
+    with open_store(path=ingested.path, collection="ecgs") as store:
+        assert all("voltage" not in store.get_views(r) for r in copies)
+        assert all("voltage" in store.get_views(payloads[r].duplicate_of or "") for r in copies)
