@@ -351,19 +351,19 @@ MIGRATE = (
 )
 
 
-def _views_query(existing: CollectionManifest, similar_by: dict[str, float]) -> dict[str, float]:
-    """The views a query blends (weight > 0), each one the collection holds."""
+def _views_query(name: str, held: dict[str, ViewSpec], similar_by: dict[str, float]) -> dict[str, float]:
+    """The views a query blends (weight > 0), each one the collection ``name`` holds (``held``)."""
     used = {check_view(v): float(w) for v, w in similar_by.items() if w > 0}
     if not used:
         raise InvalidQuery("similar_by needs at least one view with a weight above 0")
-    if not existing.views:
+    if not held:
         raise InvalidQuery(
-            f"collection {existing.name!r} holds no named views (it was made before them); "
-            + MIGRATE.format(name=existing.name)
+            f"collection {name!r} holds no named views (it was made before them); "
+            + MIGRATE.format(name=name)
         )
-    missing = sorted(set(used) - set(existing.views))
+    missing = sorted(set(used) - set(held))
     if missing:
-        raise InvalidQuery(f"collection {existing.name!r} holds no {', '.join(missing)} view")
+        raise InvalidQuery(f"collection {name!r} holds no {', '.join(missing)} view")
     return used
 
 
@@ -658,7 +658,7 @@ class EdgeStore(_Backend):
         view. A hit's score is the view's (cosine; Euclidean distance, lower is nearer) or the fusion's."""
         _check_k(k)
         manifest = self._manifest()
-        used = _views_query(manifest, similar_by)
+        used = _views_query(manifest.name, manifest.views, similar_by)
         flt = to_edge(filter)
         plan = Plan("exact") if exact else self.plan_for(filter, k)
         self.last_plan = plan
@@ -684,12 +684,7 @@ class EdgeStore(_Backend):
                     with_payload=True,
                 )
             requests.append(request)
-        results = (
-            [self.shard.query(requests[0])]
-            if len(requests) == 1
-            else self.shard.query_batch(edge.QueryBatchRequest(requests))
-        )
-        return [[_hit(p.payload, p.score) for p in points] for points in results]
+        return [[_hit(p.payload, p.score) for p in points] for points in self._execute(requests)]
 
     def views(self) -> dict[str, ViewSpec]:
         return dict(self._manifest().views)
@@ -735,6 +730,10 @@ class EdgeStore(_Backend):
             )
             for row in rows
         ]
+        return self._execute(requests)
+
+    def _execute(self, requests: list[edge.QueryRequest]) -> list[list[Any]]:
+        """One query alone, several as one batch: each request's points."""
         if len(requests) == 1:
             return [self.shard.query(requests[0])]
         return self.shard.query_batch(edge.QueryBatchRequest(requests))
@@ -1201,8 +1200,8 @@ class ServerStore(_Backend):
     ) -> list[list[Hit]]:
         """As ``EdgeStore.search_views``: one view, or a weighted-RRF blend of filtered prefetches."""
         _check_k(k)
-        held = self._held_views()
-        used = _views_query(self._manifest(), similar_by)
+        held = self._held_views()  # read once per store, as upsert does: no manifest round trips per search
+        used = _views_query(self.name, held, similar_by)
         flt = to_client(filter)
         params = qm.SearchParams(hnsw_ef=ef or self.settings.search_ef, exact=exact)
         requests = []
