@@ -252,13 +252,10 @@ def test_eval_crossfit_end_to_end(data_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_eval_crossfit_nested_choice_stays_inside_the_training_folds(data_dir: Path, tmp_path: Path) -> None:
-    config = tmp_path / "tiny_head.yaml"
-    config.write_text(
-        "stem_channels: 8\nstage_channels: [16, 16]\nstage_kernels: [5, 3]\nembedding_dim: 32\n"
-        "projection_dim: 16\ndecoder_channels: 8\nbatch_size: 16\nepochs: 1\nw_statement: 1.0\n"
-        "statement_min_count: 3\nstatement_weight: 1.0\nrhythm_weight: 0.25\n"
-    )
+def test_eval_crossfit_nested_choice_stays_inside_the_training_folds(
+    data_dir: Path, tmp_path: Path, tiny_head_config: Path
+) -> None:
+    config = tiny_head_config
     out = tmp_path / "crossfit.json"
     args = ["eval", "crossfit", "--config", str(config), "--data", str(data_dir), "--groups", "2", "--nested"]
     args += ["--limit", "120", "--cache", str(tmp_path / "cache"), "--out", str(out), "--quiet"]

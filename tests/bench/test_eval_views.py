@@ -15,12 +15,6 @@ from ecgsearch.cli.main import app
 from ecgsearch.encoder.config import load_config
 from ecgsearch.encoder.data import load_ptbxl
 
-TINY_HEAD = (
-    "stem_channels: 8\nstage_channels: [16, 16]\nstage_kernels: [5, 3]\nembedding_dim: 32\n"
-    "projection_dim: 16\ndecoder_channels: 8\nbatch_size: 16\nepochs: 1\nw_statement: 1.0\n"
-    "statement_min_count: 3\nstatement_weight: 1.0\nrhythm_weight: 0.25\n"
-)
-
 
 def test_views_of_a_label_trained_model_need_its_group_models(data_dir: Path, tmp_path: Path) -> None:
     """The bundled model learned folds 1-9's diagnoses: its own vectors may not judge the views."""
@@ -33,9 +27,10 @@ def test_views_of_a_label_trained_model_need_its_group_models(data_dir: Path, tm
 
 
 @pytest.mark.slow
-def test_choose_writes_a_config_trained_outside_the_held_out_fold(data_dir: Path, tmp_path: Path) -> None:
-    base = tmp_path / "tiny_head.yaml"
-    base.write_text(TINY_HEAD)
+def test_choose_writes_a_config_trained_outside_the_held_out_fold(
+    data_dir: Path, tmp_path: Path, tiny_head_config: Path
+) -> None:
+    base = tiny_head_config
     written, out = tmp_path / "shipped.yaml", tmp_path / "choice.json"
     args = ["eval", "choose", "--config", str(base), "--data", str(data_dir), "--held-out", "10"]
     args += ["--limit", "150", "--cache", str(tmp_path / "cache"), "--work", str(tmp_path / "work")]
@@ -53,9 +48,10 @@ def test_choose_writes_a_config_trained_outside_the_held_out_fold(data_dir: Path
 
 
 @pytest.mark.slow
-def test_views_take_each_groups_waveform_from_its_own_model(data_dir: Path, tmp_path: Path) -> None:
-    config, work = tmp_path / "tiny_head.yaml", tmp_path / "work"
-    config.write_text(TINY_HEAD)
+def test_views_take_each_groups_waveform_from_its_own_model(
+    data_dir: Path, tmp_path: Path, tiny_head_config: Path
+) -> None:
+    config, work = tiny_head_config, tmp_path / "work"
     common = ["--data", str(data_dir), "--limit", "150", "--cache", str(tmp_path / "cache"), "--quiet"]
     trained = CliRunner().invoke(
         app,
