@@ -91,6 +91,15 @@ def recall(
             envvar="ECGSEARCH_BENCH_TMP", help="folder for the stores built and cached ground truth"
         ),
     ] = None,
+    memory_cap_gb: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="run inside a memory cgroup of this many GB (heap and page cache; needs the right to "
+            "create one): a build that completes under it fits a node of that size",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
     as_json: AsJson = False,
 ) -> None:
@@ -112,6 +121,9 @@ def recall(
         ecgsearch bench recall --sizes 100000 --engines edge,qdrant-local --out results/recall_local.json
 
         ecgsearch bench recall --sizes 200000 --dim 304 --engines service --out /tmp/service.json
+
+        ecgsearch bench recall --sizes 4000000 --dim 304 --engines service --memory-cap-gb 6.4
+        --scratch /data/bench --out results/recall_4m.json
 
         ecgsearch bench recall --real-ptbxl ../shared/data/ptb-xl --out results/recall_real.json
 
@@ -156,11 +168,20 @@ def recall(
     )
     if real_ptbxl is not None and not (real_ptbxl / "ptbxl_database.csv").is_file():
         raise typer.BadParameter(f"no ptbxl_database.csv in {real_ptbxl}", param_hint="--real-ptbxl")
+    cap = None
+    if memory_cap_gb is not None:
+        from ecgsearch.bench.memory import CapUnavailable, MemoryCap
+
+        try:
+            cap = MemoryCap.join(int(memory_cap_gb * 1e9))
+            log(f"running inside {cap.path} (limit {memory_cap_gb} GB)")
+        except CapUnavailable as exc:
+            _fail(f"--memory-cap-gb: {exc}")
     try:
         if real_ptbxl is not None:
             b.run_real(cfg, real_ptbxl, model, out, plot, log, scratch=scratch)
         else:
-            b.run_bench(cfg, out, plot, log, scratch=scratch)
+            b.run_bench(cfg, out, plot, log, scratch=scratch, memory_cap=cap)
     except ImportError as exc:
         _missing(exc)
     emit(results(out, plot), f"wrote {out}" + (f" and {plot}" if plot else ""), as_json)

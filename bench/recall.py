@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ecgsearch.bench import synthetic
+from ecgsearch.bench.memory import MemoryCap, PeakSampler, rss_bytes
 from ecgsearch.bench.metrics import exact_topk_multi, latency_summary, recall_at_k
 from ecgsearch.bench.results import machine, relative, write_results
 from ecgsearch.ecg import ptbxl
@@ -89,10 +90,14 @@ class Run:
     seconds: list[float]
 
 
-def synthetic_dataset(n: int, dim: int, n_queries: int, seed: int) -> Dataset:
-    """The synthetic set of size n (a prefix of every larger one with the same seed)."""
+def synthetic_dataset(n: int, dim: int, n_queries: int, seed: int, folder: Path | None = None) -> Dataset:
+    """The synthetic set of size n (a prefix of every larger one with the same seed).
+
+    With ``folder`` the vectors are memory-mapped from a file there (``synthetic.generate_mapped``),
+    so the benchmark's own heap stays small beside the store it measures.
+    """
     mix = synthetic.mixture(dim, seed=seed)
-    vectors, pay = synthetic.generate(mix, n)
+    vectors, pay = synthetic.generate(mix, n) if folder is None else synthetic.generate_mapped(mix, n, folder)
     queries, _ = synthetic.queries(mix, n_queries)
     rare = [i for i, c in enumerate(synthetic.CODES) if c[0] == synthetic.RARE_CODE][0]
     moderate = [i for i, c in enumerate(synthetic.CODES) if c[0] == MODERATE_CODE][0]
@@ -256,17 +261,6 @@ def cpu_seconds() -> float:
     return t.user + t.system
 
 
-def rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc; 0 elsewhere)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
@@ -380,26 +374,35 @@ def build_store(
     batch: int = 2000,
     model_version: str = "bench",
 ) -> dict:
-    """Create, upsert every row in batches, optimize and close a store; build time, disk and RSS."""
+    """Create, upsert every row in batches, optimize and close a store; build time, disk and memory.
+
+    Memory is sampled while it runs (``bench.memory``): the peak growth of anonymous and of
+    file-backed resident pages over the start, each per million points, besides VmRSS after optimize.
+    """
     n = len(data.vectors)
     gc.collect()
     rss0 = rss_bytes()
-    st = open_()
-    st.create_collection(dim=data.vectors.shape[1], model_version=model_version)
-    t0, c0 = time.perf_counter(), cpu_seconds()
-    for start in range(0, n, batch):
-        stop = min(n, start + batch)
-        st.upsert(data.payloads(start, stop), data.vectors[start:stop])
-        if start // batch % 50 == 0:
-            log(f"{name}: upserted {stop}/{n} ({time.perf_counter() - t0:.0f} s)")
-    upsert_s, upsert_cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    t1, c1 = time.perf_counter(), cpu_seconds()
-    st.optimize()
-    optimize_s, optimize_cpu = time.perf_counter() - t1, cpu_seconds() - c1
-    rss_built = rss_bytes() - rss0
-    st.close()
+    with PeakSampler() as sampler:
+        st = open_()
+        st.create_collection(dim=data.vectors.shape[1], model_version=model_version)
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        for start in range(0, n, batch):
+            stop = min(n, start + batch)
+            st.upsert(data.payloads(start, stop), data.vectors[start:stop])
+            if start // batch % 50 == 0:
+                log(f"{name}: upserted {stop}/{n} ({time.perf_counter() - t0:.0f} s)")
+        upsert_s, upsert_cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        t1, c1 = time.perf_counter(), cpu_seconds()
+        st.optimize()
+        optimize_s, optimize_cpu = time.perf_counter() - t1, cpu_seconds() - c1
+        rss_built = rss_bytes() - rss0
+        st.close()
     disk = dir_bytes(path)
-    log(f"{name}: upsert {upsert_s:.1f} s, optimize {optimize_s:.1f} s, disk {disk / n:.0f} B/pt")
+    peak = sampler.peak
+    log(
+        f"{name}: upsert {upsert_s:.1f} s, optimize {optimize_s:.1f} s, disk {disk / n:.0f} B/pt, peak "
+        f"anon {peak.anon_bytes / n * 1e6 / 1e9:.2f} GB/M, file {peak.file_bytes / n * 1e6 / 1e9:.2f} GB/M"
+    )
     return {
         "upsert_s": upsert_s,
         "upsert_points_per_s": n / upsert_s if upsert_s else None,
@@ -411,6 +414,7 @@ def build_store(
         "disk_bytes_per_vector": disk / n,
         "rss_delta_build_bytes": rss_built,
         "rss_build_bytes_per_million": rss_built / n * 1e6,
+        **peak.as_dict(n),
     }
 
 
@@ -760,8 +764,12 @@ def run_bench(
     plot_path: Path | None,
     log: Callable[[str], None],
     scratch: Path | None = None,
+    memory_cap: MemoryCap | None = None,
 ) -> dict:
-    """Every size in turn; the JSON (and plot) is rewritten after each size so a long run reports early."""
+    """Every size in turn; the JSON (and plot) is rewritten after each size so a long run reports early.
+
+    Under ``memory_cap`` each save records the cgroup's limit and the highest usage so far.
+    """
     from dataclasses import asdict
 
     result: dict[str, Any] = {
@@ -777,13 +785,15 @@ def run_bench(
         result["results"] = blocks
         result["wall_s"] = time.perf_counter() - t0
         result["summary"] = summarise(blocks)
+        if memory_cap is not None:
+            result["memory_cap"] = memory_cap.report()
         write_results(out, result)
         if plot_path:
             plot(result, plot_path)
 
     for n in sorted(cfg.sizes):
         t1 = time.perf_counter()
-        data = synthetic_dataset(n, cfg.dim, cfg.queries, cfg.seed)
+        data = synthetic_dataset(n, cfg.dim, cfg.queries, cfg.seed, folder=scratch)
         log(f"{data.name}: generated in {time.perf_counter() - t1:.1f} s")
         done.append(
             run_dataset(data, cfg, log, progress=lambda partial: save([*done, partial]), scratch=scratch)

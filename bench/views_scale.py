@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from ecgsearch.bench.memory import rss_bytes
 from ecgsearch.bench.metrics import exact_topk, latency_summary, recall_at_k
-from ecgsearch.bench.recall import cpu_seconds, dir_bytes, row_of, rss_bytes, synthetic_dataset, time_queries
+from ecgsearch.bench.recall import cpu_seconds, dir_bytes, row_of, synthetic_dataset, time_queries
 from ecgsearch.bench.results import load_average, machine
 from ecgsearch.ecg import views
 

@@ -250,6 +250,11 @@ class CollectionManifest(BaseModel):
 # The payload fields the filters read (ecg.schema.PAYLOAD_FIELDS declares which, and how).
 PAYLOAD_INDEXES: dict[str, IndexKind] = {f.name: f.index for f in PAYLOAD_FIELDS if f.index is not None}
 BATCH = 512
+# Points written between flushes of the embedded shard: a flush lets the engine drop write-ahead-log
+# segments it has persisted, so a bulk load keeps ~100 MB of log instead of ~2.2 KB per point written
+# (9 GB at 4M, all replayed after a crash); at 304-d one flush took ~0.2 s in a probe, against ~6 s for
+# the store to upsert 50,000 points.
+FLUSH_EVERY_POINTS = 50_000
 log = logging.getLogger(__name__)
 FACET_LIMIT = 10_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -473,6 +478,7 @@ class EdgeStore(_Backend):
         self.name = self._aliases().get(collection, collection)
         self._shard: edge.EdgeShard | None = None
         self._closed = False
+        self._unflushed = 0  # points upserted since the last flush (FLUSH_EVERY_POINTS)
         self.last_plan: Plan | None = None  # the plan of the latest search (tests, benchmarks)
         self.plans = PlanTally()  # every search's plan, for the server's stats
         self.manifest = self._read_manifest()
@@ -591,6 +597,10 @@ class EdgeStore(_Backend):
                 for i, p in enumerate(payloads[start : start + BATCH], start=start)
             ]
             self.shard.update(edge.UpdateOperation.upsert_points(points))
+        self._unflushed += len(payloads)
+        if self._unflushed >= FLUSH_EVERY_POINTS:
+            self.shard.flush()
+            self._unflushed = 0
 
     def _stored_ids(self, ids: list[str]) -> list[str]:
         # qdrant_edge's stub: List[PointId] (invariant) where the ids are only read

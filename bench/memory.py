@@ -1,0 +1,169 @@
+"""Process memory as Linux reports it, and its peak over a stretch of work.
+
+Resident memory has two parts that mean different things for sizing a node: anonymous pages (heap,
+the engine's graphs and in-RAM vectors) must fit in RAM, while file-backed pages (memory-mapped
+vectors, segments being written) are page cache the kernel can write back and drop under pressure.
+VmRSS adds them; the scale benchmarks report both, and the peak of each, sampled while the work runs
+(a value read after the work misses the peak).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+FIELDS = ("VmRSS", "RssAnon", "RssFile", "VmHWM")
+
+
+def status(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS, RssAnon, RssFile and VmHWM of a process in bytes (empty off Linux)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    found = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in FIELDS:
+            found[key] = int(value.split()[0]) * 1024
+    return found
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (0 off Linux)."""
+    return status().get("VmRSS", 0)
+
+
+@dataclass
+class Peak:
+    """Highest resident memory seen while sampling, each part on its own, minus the start."""
+
+    anon_bytes: int = 0
+    file_bytes: int = 0
+    rss_bytes: int = 0
+    samples: int = 0
+
+    def per_million(self, n: int) -> dict[str, float]:
+        """The peaks as bytes per million points (what a node's sizing scales by)."""
+        scale = 1e6 / n if n else 0.0
+        return {
+            "peak_anon_bytes_per_million": self.anon_bytes * scale,
+            "peak_file_bytes_per_million": self.file_bytes * scale,
+            "peak_rss_bytes_per_million": self.rss_bytes * scale,
+        }
+
+    def as_dict(self, n: int) -> dict[str, float | int]:
+        return {
+            "peak_anon_bytes": self.anon_bytes,
+            "peak_file_bytes": self.file_bytes,
+            "peak_rss_bytes": self.rss_bytes,
+            "memory_samples": self.samples,
+            **self.per_million(n),
+        }
+
+
+class PeakSampler:
+    """Sample this process's memory every ``interval_s`` on a thread; peaks are growth over the start.
+
+    ``with PeakSampler() as peak: work()`` then read ``peak.peak``. The engine's own threads and
+    allocations count, as they are this process's.
+    """
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.interval_s = interval_s
+        self.peak = Peak()
+        self._start: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        now = status()
+        if not now:
+            return
+        p = self.peak
+        p.anon_bytes = max(p.anon_bytes, now["RssAnon"] - self._start["RssAnon"])
+        p.file_bytes = max(p.file_bytes, now["RssFile"] - self._start["RssFile"])
+        p.rss_bytes = max(p.rss_bytes, now["VmRSS"] - self._start["VmRSS"])
+        p.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> PeakSampler:
+        self._start = status()
+        if self._start:
+            self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._start:
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+
+
+class CapUnavailable(RuntimeError):
+    """This machine offers no memory cgroup this process may create and join."""
+
+
+@dataclass(frozen=True)
+class MemoryCap:
+    """A memory cgroup this process runs in from now on: its limit counts heap and page cache alike.
+
+    A build that completes under the cap fits a node of that much memory, whatever RSS says (file
+    pages above the limit are written back and dropped instead of counted). cgroup v2 where its memory
+    controller is enabled, else v1's memory hierarchy; both need the right to create a cgroup (root
+    in most containers and VMs).
+    """
+
+    path: Path
+    limit_bytes: int
+    version: int
+
+    @classmethod
+    def join(cls, limit_bytes: int, name: str | None = None) -> MemoryCap:
+        """Create the cgroup (``ecgsearch-<pid>`` unless named), set its limit, move this process in."""
+        name = name or f"ecgsearch-{os.getpid()}"
+        v2 = Path("/sys/fs/cgroup")
+        v1 = v2 / "memory"
+        if "memory" in _read(v2 / "cgroup.subtree_control").split():
+            version, root, limit_file = 2, v2, "memory.max"
+        elif (v1 / "memory.limit_in_bytes").is_file():
+            version, root, limit_file = 1, v1, "memory.limit_in_bytes"
+        else:
+            raise CapUnavailable("no memory cgroup controller is mounted (neither cgroup v2 nor v1)")
+        path = root / name
+        try:
+            path.mkdir(exist_ok=True)
+            (path / limit_file).write_text(str(limit_bytes))
+            (path / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError as error:
+            raise CapUnavailable(f"cannot create or join memory cgroup {path}: {error.strerror}") from error
+        return cls(path, limit_bytes, version)
+
+    def report(self) -> dict[str, int | str | None]:
+        """The limit, the highest usage the kernel recorded (heap + page cache) and OOM events so far."""
+        peak_file = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"
+        peak = _read(self.path / peak_file).strip()
+        events = _read(self.path / ("memory.events" if self.version == 2 else "memory.oom_control"))
+        oom = next((line.split()[1] for line in events.splitlines() if line.startswith("oom_kill ")), None)
+        return {
+            "cgroup": str(self.path),
+            "cgroup_version": self.version,
+            "limit_bytes": self.limit_bytes,
+            "peak_usage_bytes": int(peak) if peak.isdigit() else None,
+            "oom_kills": int(oom) if oom is not None and oom.isdigit() else None,
+        }
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
