@@ -292,9 +292,21 @@ def query_from_proto(msg: pb.Query) -> Query:
 # --- payloads, hits, summaries -------------------------------------------------------------------
 
 
+_EPOCH = datetime(1970, 1, 1)  # naive: what Timestamp counts from, in UTC
+
+
+def timestamp_fields(when: datetime) -> dict[str, int]:
+    """A datetime as Timestamp fields (what a message's constructor takes); a naive one (the sources carry
+    no zone) is read as if UTC. Computed here, not by ``FromDatetime``: a hit's conversion runs for every
+    hit of every reply, and ``FromDatetime`` cost a third of it."""
+    naive = when if when.tzinfo is None else when.astimezone(UTC).replace(tzinfo=None)
+    delta = naive - _EPOCH
+    return {"seconds": delta.days * 86_400 + delta.seconds, "nanos": delta.microseconds * 1000}
+
+
 def timestamp_to_proto(when: datetime, msg: Timestamp) -> None:
-    """A naive datetime (the sources carry no zone) into a Timestamp, read as if UTC."""
-    msg.FromDatetime(when if when.tzinfo else when.replace(tzinfo=UTC))
+    """Set ``msg`` to ``when`` (``timestamp_fields``)."""
+    msg.CopyFrom(Timestamp(**timestamp_fields(when)))
 
 
 def _wire_kind(proto: str) -> str:
@@ -314,64 +326,82 @@ def _wire_kind(proto: str) -> str:
     )
 
 
-# (name, wire kind, required by EcgPayload) per field, worked out once: a hit's conversion runs for every
-# hit of every reply, on both ends, and reading the proto types per field cost ~50 us a payload.
-_WIRE_FIELDS = tuple(
-    (f.name, _wire_kind(f.proto), EcgPayload.model_fields[f.name].is_required()) for f in PAYLOAD_FIELDS
-)
+# The payload's fields by how they cross the wire, worked out once from PAYLOAD_FIELDS: a hit's conversion
+# runs for every hit of every reply, on both ends, and reading the proto types per field cost ~50 us a
+# payload. A plain field's default is indistinguishable from unset: ``_PLAIN`` says which the payload needs.
+_KINDS = tuple((f.name, _wire_kind(f.proto)) for f in PAYLOAD_FIELDS)
+_PLAIN = tuple((n, EcgPayload.model_fields[n].is_required()) for n, kind in _KINDS if kind == "plain")
+_OPTIONAL = tuple(n for n, kind in _KINDS if kind == "optional")
+_REPEATED = tuple(n for n, kind in _KINDS if kind == "repeated")
+_MAPS = tuple(n for n, kind in _KINDS if kind == "map")
+_STAMPS = tuple(n for n, kind in _KINDS if kind == "timestamp")
+_SEXES = tuple(n for n, kind in _KINDS if kind == "sex")
+_SCALARS = tuple(n for n, _ in _PLAIN) + _OPTIONAL
+
+
+def payload_fields(payload: EcgPayload) -> dict[str, Any]:
+    """Every field of PAYLOAD_FIELDS as ``pb.Payload``'s constructor takes it; an absent optional value
+    stays unset. A reply is built from these in one constructor call (``result_to_proto``): building
+    each hit's message apart and then copying it into the reply cost twice as much."""
+    values: dict[str, Any] = {}
+    for name in _SCALARS:
+        value = getattr(payload, name)
+        if value is not None:
+            values[name] = value
+    for name in _REPEATED + _MAPS:
+        values[name] = getattr(payload, name)
+    for name in _STAMPS:
+        when = getattr(payload, name)
+        if when is not None:
+            values[name] = timestamp_fields(when)
+    for name in _SEXES:
+        values[name] = SEX_TO_PROTO[getattr(payload, name)]
+    return values
 
 
 def payload_to_proto(payload: EcgPayload) -> pb.Payload:
-    """Every field of PAYLOAD_FIELDS by its proto type; an absent optional value stays unset."""
+    """Every field of PAYLOAD_FIELDS by its proto type (``payload_fields``)."""
+    return pb.Payload(**payload_fields(payload))
+
+
+def payload_values(msg: pb.Payload) -> dict[str, Any]:
+    """The fields of a Payload message as ``EcgPayload`` takes them. A value the wire cannot tell from
+    unset (an unset optional field; '', 0 or false of a plain one that the payload need not have) is
+    left to the payload's default: None, or 'local' for the site of a server older than that field.
+
+    Each field is read by name (``HasField`` for those with presence): listing the set fields and
+    looking each one's name up cost more, for every hit of every reply."""
     values: dict[str, Any] = {}
-    stamps: list[tuple[str, datetime]] = []
-    for name, kind, _ in _WIRE_FIELDS:
-        value = getattr(payload, name)
-        if kind == "sex":
-            values[name] = SEX_TO_PROTO[value]
-        elif value is None:
-            continue
-        elif kind == "timestamp":
-            stamps.append((name, value))
-        else:
+    for name, required in _PLAIN:
+        value = getattr(msg, name)
+        if value or required:
             values[name] = value
-    msg = pb.Payload(**values)
-    for name, when in stamps:
-        timestamp_to_proto(when, getattr(msg, name))
-    return msg
+    for name in _OPTIONAL:
+        if msg.HasField(name):
+            values[name] = getattr(msg, name)
+    for name in _REPEATED:
+        values[name] = list(getattr(msg, name))
+    for name in _MAPS:
+        values[name] = dict(getattr(msg, name))
+    for name in _STAMPS:
+        if msg.HasField(name):
+            values[name] = getattr(msg, name).ToDatetime()  # naive, as stored
+    for name in _SEXES:
+        values[name] = SEX_FROM_PROTO.get(getattr(msg, name))
+    return values
 
 
 def payload_from_proto(msg: pb.Payload) -> EcgPayload:
-    """The payload of a Payload message. A value the wire cannot tell from unset (an unset optional
-    field; '', 0 or false of a plain one that the payload need not have) is left to the payload's
-    default: None, or 'local' for the site of a server older than that field.
+    """The payload of a Payload message (``payload_values``), validated."""
+    return EcgPayload(**payload_values(msg))
 
-    Each field is read by name (``HasField`` for those with presence): listing the set fields and
-    looking each one's name up cost twice as much, for every hit of every reply."""
-    values: dict[str, Any] = {}
-    for name, kind, required in _WIRE_FIELDS:
-        if kind == "sex":
-            values[name] = SEX_FROM_PROTO.get(msg.sex)
-        elif kind == "repeated":
-            values[name] = list(getattr(msg, name))
-        elif kind == "map":
-            values[name] = dict(getattr(msg, name))
-        elif kind == "plain":
-            value = getattr(msg, name)
-            if value or required:  # a plain field's default is indistinguishable from unset
-                values[name] = value
-        elif msg.HasField(name):  # optional or timestamp
-            value = getattr(msg, name)
-            values[name] = value.ToDatetime() if kind == "timestamp" else value  # naive, as stored
-    return EcgPayload(**values)
+
+def _hit_fields(hit: Hit) -> dict[str, Any]:
+    return {"record_id": hit.record_id, "score": hit.score, "payload": payload_fields(hit.payload)}
 
 
 def hit_to_proto(hit: Hit) -> pb.Hit:
-    return pb.Hit(record_id=hit.record_id, score=hit.score, payload=payload_to_proto(hit.payload))
-
-
-def hit_from_proto(msg: pb.Hit) -> Hit:
-    return Hit(record_id=msg.record_id, score=msg.score, payload=payload_from_proto(msg.payload))
+    return pb.Hit(**_hit_fields(hit))
 
 
 def summary_to_proto(summary: NeighbourhoodSummary) -> pb.NeighbourhoodSummary:
@@ -418,7 +448,7 @@ ResultMessage = TypeVar(
 
 def result_to_proto(result: SearchResult, kind: type[ResultMessage]) -> ResultMessage:
     """Hits and summary into ``kind``: each search RPC has its own response message of the same shape."""
-    msg = kind(hits=[hit_to_proto(h) for h in result.hits])
+    msg = kind(hits=[_hit_fields(h) for h in result.hits])  # one constructor: no per-hit message copies
     if result.summary is not None:
         msg.summary.CopyFrom(summary_to_proto(result.summary))
     if result.query_record_id is not None:
@@ -429,9 +459,17 @@ def result_to_proto(result: SearchResult, kind: type[ResultMessage]) -> ResultMe
 def result_from_proto(
     msg: pb.SearchResult | pb.SearchByRecordResponse | pb.SearchByEcgResponse | pb.SearchByVectorResponse,
 ) -> SearchResult:
-    summary = summary_from_proto(msg.summary) if msg.HasField("summary") else None
-    query = msg.query_record_id if msg.HasField("query_record_id") else None
-    return SearchResult(hits=[hit_from_proto(h) for h in msg.hits], summary=summary, query_record_id=query)
+    """Hits validated in one pass (pydantic's validator over the whole list, not one model per hit)."""
+    hits = [
+        {"record_id": h.record_id, "score": h.score, "payload": payload_values(h.payload)} for h in msg.hits
+    ]
+    return SearchResult.model_validate(
+        {
+            "hits": hits,
+            "summary": summary_from_proto(msg.summary) if msg.HasField("summary") else None,
+            "query_record_id": msg.query_record_id if msg.HasField("query_record_id") else None,
+        }
+    )
 
 
 # --- collection and model ------------------------------------------------------------------------

@@ -88,3 +88,42 @@ def test_the_fingerprint_is_never_sent_dumped_or_shown() -> None:
     assert "fingerprint" not in payload.model_dump() and "AAAA" not in payload.model_dump_json()
     assert "AAAA" not in repr(payload)
     assert b"AAAA" not in wire.payload_to_proto(payload).SerializeToString()
+
+
+def test_timestamps_cross_as_protobuf_reads_them() -> None:
+    """``timestamp_fields`` (computed for every hit instead of ``FromDatetime``) gives the same Timestamp:
+    a naive time read as UTC, an aware one converted, before 1970 and to the microsecond."""
+    from datetime import UTC, timedelta, timezone
+
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    for when in (
+        datetime(2021, 5, 3, 14, 7, 9, 123456),
+        datetime(1969, 12, 31, 23, 59, 59, 999999),
+        datetime(1901, 1, 1),
+        datetime(2021, 5, 3, 14, 7, 9, 1, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(2021, 5, 3, tzinfo=UTC),
+    ):
+        expected = Timestamp()
+        expected.FromDatetime(when if when.tzinfo else when.replace(tzinfo=UTC))
+        assert Timestamp(**wire.timestamp_fields(when)) == expected, when
+        sent = Timestamp()
+        wire.timestamp_to_proto(when, sent)
+        assert sent == expected
+
+
+def test_a_result_of_several_hits_round_trips_in_one_message() -> None:
+    """A reply is built from field dicts in one constructor and read back in one validation: the same
+    as each hit's own message, and every payload comes back whole."""
+    from ecgsearch.ecg.schema import Hit
+    from ecgsearch.search.api import SearchResult
+
+    full = _every_field_set()
+    bare = EcgPayload(record_id="x:1", dataset="x", sampling_rate_hz=100.0, age=0)
+    hits = [Hit(record_id=p.record_id, score=s, payload=p) for p, s in ((full, 0.875), (bare, -0.25))]
+    msg = wire.result_to_proto(SearchResult(hits=hits, query_record_id="x:9"), pb.SearchByVectorResponse)
+    assert list(msg.hits) == [wire.hit_to_proto(h) for h in hits]
+    back = wire.result_from_proto(pb.SearchByVectorResponse.FromString(msg.SerializeToString()))
+    assert back.query_record_id == "x:9" and back.summary is None
+    assert [h.payload for h in back.hits] == [full.model_copy(update=dict.fromkeys(NOT_ON_THE_WIRE)), bare]
+    assert [(h.record_id, h.score) for h in back.hits] == [("muse:12345", 0.875), ("x:1", -0.25)]
