@@ -78,7 +78,7 @@ def _filter_of(request: Message) -> dict[str, Any] | str | None:
     if request.DESCRIPTOR.fields_by_name.get("queries") is not None:
         options.extend(q.options for q in request.queries)
     for opt in options:
-        if opt.HasField("filter"):
+        if opt.filter.ByteSize():  # an empty filter (most searches) is not worth MessageToDict's ~20 us
             found = MessageToDict(opt.filter, preserving_proto_field_name=True)
             if found:
                 text = json.dumps(found, separators=(",", ":"))
@@ -86,8 +86,8 @@ def _filter_of(request: Message) -> dict[str, Any] | str | None:
     return None
 
 
-def _requested(request: Message) -> tuple[list[str], list[str]]:
-    """Record ids and patient pseudonyms a request names."""
+def _requested(request: Message, flt: dict[str, Any] | str | None) -> tuple[list[str], list[str]]:
+    """Record ids and patient pseudonyms a request names (``flt``: its ``_filter_of``)."""
     records: list[str] = []
     patients: list[str] = []
     fields = request.DESCRIPTOR.fields_by_name
@@ -95,7 +95,6 @@ def _requested(request: Message) -> tuple[list[str], list[str]]:
         records.append(request.record_id)
     if "queries" in fields:
         records.extend(q.record_id for q in request.queries if q.record_id)
-    flt = _filter_of(request)
     if isinstance(flt, dict):
         patients.extend(flt.get("exclude_patient_ids", []))
     return records, patients
@@ -138,7 +137,8 @@ def entry(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """The audit record of one call (``request``/``reply``: protobuf messages, or None)."""
-    records, patients = _requested(request) if isinstance(request, Message) else ([], [])
+    flt = _filter_of(request) if isinstance(request, Message) else None
+    records, patients = _requested(request, flt) if isinstance(request, Message) else ([], [])
     returned, revealed = _returned(reply if isinstance(reply, Message) else None)
     line = {
         "time": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -148,7 +148,7 @@ def entry(
         "status": status,
         "record_ids": _ids(records),
         "patient_ids": _ids(list(dict.fromkeys(patients + revealed))),
-        "filter": _filter_of(request) if isinstance(request, Message) else None,
+        "filter": flt,
         "returned": len(returned),
         "returned_ids": _ids(returned),
         "latency_ms": round(latency_s * 1000, 3),

@@ -591,9 +591,10 @@ class SearchService:
         dim = self.embedder.dim
         if x.ndim != 1 or x.shape[0] != dim:
             raise FieldViolation(where, f"must have {dim} values, got shape {tuple(x.shape)}")
-        if not np.isfinite(x).all():
-            raise FieldViolation(where, "holds NaN or infinite values")
-        norm = float(np.linalg.norm(x))
+        norm = math.sqrt(float(x @ x))  # NaN or infinite when any value is: one pass, not three
+        if not math.isfinite(norm):
+            finite = np.isfinite(x).all()
+            raise FieldViolation(where, "has values too large" if finite else "holds NaN or infinite values")
         if norm == 0.0:
             raise FieldViolation(where, "is all zeros")
         return (x / norm).astype(np.float32)
@@ -943,8 +944,11 @@ def check_filter(flt: SearchFilter, where: str = "options.filter") -> None:
 def resolve_filter(flt: SearchFilter, where: str = "options.filter") -> SearchFilter:
     """Bound the filter, resolve every diagnosis code to the stored code system, then validate it once.
 
-    The wire hands an unvalidated filter (``model_construct``); this is where it becomes valid.
+    The wire hands an unvalidated filter (``model_construct``); this is where it becomes valid. An empty
+    one (most searches) has nothing to bound, resolve or validate: it is the default filter.
     """
+    if flt.is_empty():
+        return SearchFilter()
     check_filter(flt, where)
     fields = {name: getattr(flt, name) for name in SearchFilter.model_fields}
     for name in ("diagnoses_any", "diagnoses_all", "diagnoses_none"):

@@ -337,3 +337,25 @@ def test_calls_past_the_concurrency_limit_are_refused_and_audited(
     status = {line["request_id"]: line["status"] for line in lines}
     assert status[helds[-1]] == "OK"
     assert all(status[h] == "RESOURCE_EXHAUSTED" for h in helds[:-1])
+
+
+def test_the_filter_is_recorded_as_given_and_an_empty_one_as_none() -> None:
+    """An empty filter message (what clients send with no conditions) records as no filter; a condition
+    set to zero is still a condition."""
+
+    def recorded(options: pb.SearchOptions | None) -> object:
+        request = pb.SearchByVectorRequest(options=options) if options else pb.SearchByVectorRequest()
+        return entry(
+            request_id="r",
+            caller="c",
+            method="SearchByVector",
+            status="OK",
+            request=request,
+            reply=None,
+            latency_s=0.0,
+        )["filter"]
+
+    assert recorded(None) is None
+    assert recorded(pb.SearchOptions(k=3, filter=pb.Filter())) is None
+    assert recorded(pb.SearchOptions(filter=pb.Filter(age_min=0))) == {"age_min": 0}
+    assert recorded(pb.SearchOptions(filter=pb.Filter(sex=pb.SEX_FEMALE))) == {"sex": "SEX_FEMALE"}
