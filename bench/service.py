@@ -55,8 +55,9 @@ def bench_service(
             built_s = time.perf_counter() - started
             built = True
         token = secrets.token_hex(16)
+        audit_log = Path(tmp) / "audit.jsonl"
         with (
-            server_process(store, token, model=model) as target,
+            server_process(store, token, model=model, audit_log=audit_log) as target,
             EcgSearchClient(target, token=token, timeout=30) as client,
         ):
             info = client.info()
@@ -69,6 +70,7 @@ def bench_service(
             round_trips = round_trip_p50(client, target, material["vectors"][0])
             server_stats = client.stats()
             search_plans = client.search_plans()
+        audited = len(audit_log.read_bytes().splitlines())
         # The server has exited (it held the store's lock): the same queries on the bare store.
         bares = [
             run_store_load(store, material, flt, duration=duration, concurrency=c, k=k) for c in concurrency
@@ -87,6 +89,7 @@ def bench_service(
             "filter": flt.model_dump(exclude_defaults=True),
             "query_kinds": list(KINDS),
             "transport": "gRPC over 127.0.0.1, server in its own process, one channel per client thread",
+            "audit": "on: one JSON line per call appended to a file, as a deployment runs",
         },
         "collection": info.model_dump(exclude={"diagnosis_counts"}),
         "store_build_s": round(built_s, 2) if built else None,
@@ -102,6 +105,7 @@ def bench_service(
         ],
         "levels": levels,
         "round_trip_p50_ms": round_trips,
+        "audit_lines": audited,
         "server_stats": server_stats,
         "search_plans": search_plans,
         "gil_probe": gil,
@@ -230,9 +234,14 @@ def serve(settings: dict[str, str], *, stop_s: float = 30) -> Iterator[tuple[str
 
 
 @contextmanager
-def server_process(store: Path, token: str, *, model: Path | None = None) -> Iterator[str]:
-    """``ecgsearch serve`` over ``store`` with one plain token; yields its target once SERVING."""
+def server_process(
+    store: Path, token: str, *, model: Path | None = None, audit_log: Path | None = None
+) -> Iterator[str]:
+    """``ecgsearch serve`` over ``store`` with one plain token (and an audit trail into ``audit_log``);
+    yields its target once SERVING."""
     settings = {"ECGSEARCH_STORE_PATH": str(store), "ECGSEARCH_TOKENS": token}
+    if audit_log is not None:
+        settings["ECGSEARCH_AUDIT_LOG"] = str(audit_log)
     if model is not None:
         settings["ECGSEARCH_MODEL"] = str(model)
     with serve(settings) as (target, _):

@@ -34,5 +34,7 @@ def test_bench_service_end_to_end(ptbxl_dir: Path, tmp_path: Path) -> None:
     # the server planned its searches (copies dropped from each: near-total, the engine's HNSW)
     assert data["search_plans"]["hnsw"]["count"] > 0
     assert all(r["longest_gap_ms"] > 0 and r["call_ms"] > 0 for r in data["gil_probe"])
+    # the server ran with its audit trail, as deployed: a line for every call, the loads' and the rest
+    assert data["audit_lines"] >= sum(level["requests"] for level in data["levels"])
     trips = data["round_trip_p50_ms"]
     assert trips["grpc_health_check"] > 0 and trips["search_by_vector_k1"] > 0
