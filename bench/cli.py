@@ -91,6 +91,13 @@ def recall(
             envvar="ECGSEARCH_BENCH_TMP", help="folder for the stores built and cached ground truth"
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="keep stores under --scratch/stores/ and continue a build stopped part-way (or reuse a "
+            "finished one): a multi-million build in resumable stages",
+        ),
+    ] = False,
     memory_cap_gb: Annotated[
         float | None,
         typer.Option(
@@ -123,7 +130,7 @@ def recall(
         ecgsearch bench recall --sizes 200000 --dim 304 --engines service --out /tmp/service.json
 
         ecgsearch bench recall --sizes 4000000 --dim 304 --engines service --memory-cap-gb 6.4
-        --scratch /data/bench --out results/recall_4m.json
+        --scratch /data/bench --resume --out results/recall_4m.json
 
         ecgsearch bench recall --real-ptbxl ../shared/data/ptb-xl --out results/recall_real.json
 
@@ -165,7 +172,10 @@ def recall(
         faiss_max_size=faiss_max_size,
         faiss_ef_construction=faiss_ef_construction,
         local_max_size=local_max_size,
+        resume=resume,
     )
+    if resume and scratch is None:
+        raise typer.BadParameter("--resume keeps its stores under --scratch: name one", param_hint="--resume")
     if real_ptbxl is not None and not (real_ptbxl / "ptbxl_database.csv").is_file():
         raise typer.BadParameter(f"no ptbxl_database.csv in {real_ptbxl}", param_hint="--real-ptbxl")
     cap = None

@@ -42,6 +42,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from ecgsearch.bench.memory import status
 from ecgsearch.bench.results import load_average, machine, percentiles, relative
 from ecgsearch.bench.service import _cli, _free_port, serve
 from ecgsearch.ecg import signals
@@ -159,14 +160,13 @@ def _server(store: Path, callers: Path) -> Iterator[tuple[str, int, int]]:
         yield target, process.pid, metrics
 
 
+MB = 1 << 20
+
+
 def _memory_mb(pid: int) -> dict[str, float]:
     """Resident memory now and its peak so far (VmRSS, VmHWM), in MB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = round(int(value.split()[0]) / 1024, 1)
-    return {"rss_mb": fields["VmRSS"], "peak_mb": fields["VmHWM"]}
+    now = status(pid)
+    return {"rss_mb": round(now["VmRSS"] / MB, 1), "peak_mb": round(now["VmHWM"] / MB, 1)}
 
 
 def _heavy_calls(metrics: int) -> int:

@@ -290,6 +290,7 @@ def bench_store(
     workdir: Path,
     log: Callable[[str], None],
     batch: int = 2000,
+    resume: bool = False,
 ) -> EngineResult:
     """One of the project's stores: upsert, optimize, measure disk and RSS, then search per filter.
 
@@ -303,7 +304,8 @@ def bench_store(
         raise ValueError(f"unknown store engine {engine!r}")
     name = engine
     path = workdir / name
-    shutil.rmtree(path, ignore_errors=True)
+    if not resume:
+        shutil.rmtree(path, ignore_errors=True)
     settings = store_mod.IndexSettings(quantization=engine == "edge-int8")
     local = engine == "qdrant-local"
 
@@ -311,7 +313,7 @@ def bench_store(
         return store_mod.open_store(path=path, settings=settings, local=local)
 
     n = len(data.vectors)
-    built = build_store(data, open_, path, name=name, log=log, batch=batch)
+    built = build_store(data, open_, path, name=name, log=log, batch=batch, resume=resume)
     gc.collect()
     rss1 = rss_bytes()
     t2 = time.perf_counter()
@@ -360,7 +362,8 @@ def bench_store(
         "rss_delta_serving_bytes": rss_serving,
         "rss_serving_bytes_per_million": rss_serving / n * 1e6,
     }
-    shutil.rmtree(path, ignore_errors=True)
+    if not resume:
+        shutil.rmtree(path, ignore_errors=True)
     return EngineResult(name, build, runs)
 
 
@@ -373,20 +376,31 @@ def build_store(
     log: Callable[[str], None],
     batch: int = 2000,
     model_version: str = "bench",
+    resume: bool = False,
 ) -> dict:
     """Create, upsert every row in batches, optimize and close a store; build time, disk and memory.
 
     Memory is sampled while it runs (``bench.memory``): the peak growth of anonymous and of
     file-backed resident pages over the start, each per million points, besides VmRSS after optimize.
+    With ``resume`` a finished build (its figures kept beside the store) is reused, and a store left
+    part-way continues from its last whole batch; the figures then cover this process's part only
+    (``resumed_from_row`` says where it began).
     """
     n = len(data.vectors)
+    finished = path.with_name(path.name + ".built.json")
+    if resume and finished.is_file():
+        log(f"{name}: reusing the finished build in {path}")
+        return dict(json.loads(finished.read_text()))
     gc.collect()
     rss0 = rss_bytes()
     with PeakSampler() as sampler:
         st = open_()
         st.create_collection(dim=data.vectors.shape[1], model_version=model_version)
+        first = (st.count() // batch) * batch if resume else 0
+        if first:
+            log(f"{name}: resuming at row {first} of {n}")
         t0, c0 = time.perf_counter(), cpu_seconds()
-        for start in range(0, n, batch):
+        for start in range(first, n, batch):
             stop = min(n, start + batch)
             st.upsert(data.payloads(start, stop), data.vectors[start:stop])
             if start // batch % 50 == 0:
@@ -403,7 +417,7 @@ def build_store(
         f"{name}: upsert {upsert_s:.1f} s, optimize {optimize_s:.1f} s, disk {disk / n:.0f} B/pt, peak "
         f"anon {peak.anon_bytes / n * 1e6 / 1e9:.2f} GB/M, file {peak.file_bytes / n * 1e6 / 1e9:.2f} GB/M"
     )
-    return {
+    built = {
         "upsert_s": upsert_s,
         "upsert_points_per_s": n / upsert_s if upsert_s else None,
         "optimize_s": optimize_s,
@@ -415,11 +429,21 @@ def build_store(
         "rss_delta_build_bytes": rss_built,
         "rss_build_bytes_per_million": rss_built / n * 1e6,
         **peak.as_dict(n),
+        "resumed_from_row": first,
     }
+    if resume:
+        finished.write_text(json.dumps(built))
+    return built
 
 
 def bench_service(
-    data: Dataset, *, k: int, workdir: Path, log: Callable[[str], None], batch: int = 2000
+    data: Dataset,
+    *,
+    k: int,
+    workdir: Path,
+    log: Callable[[str], None],
+    batch: int = 2000,
+    resume: bool = False,
 ) -> EngineResult:
     """The int8 store searched through the service's own search path, as a caller of one site.
 
@@ -439,7 +463,8 @@ def bench_service(
     if dim != embedder.dim:
         raise ValueError(f"the service engine needs --dim {embedder.dim} (the bundled model's), got {dim}")
     path = workdir / "service"
-    shutil.rmtree(path, ignore_errors=True)
+    if not resume:
+        shutil.rmtree(path, ignore_errors=True)
     settings = IndexSettings()
     built = build_store(
         data,
@@ -449,6 +474,7 @@ def bench_service(
         log=log,
         batch=batch,
         model_version=embedder.version,
+        resume=resume,
     )
     keep = served_rows(n)
     masks = {f.name: keep if f.mask is None else f.mask & keep for f in data.filters if f.rows is None}
@@ -497,7 +523,8 @@ def bench_service(
     finally:
         service.close()
         store.close()
-    shutil.rmtree(path, ignore_errors=True)
+    if not resume:
+        shutil.rmtree(path, ignore_errors=True)
     build = {
         "n": n,
         "backend": "qdrant-edge, searched through SearchService (in process)",
@@ -626,6 +653,7 @@ class BenchConfig:
     faiss_max_size: int = 1_000_000
     faiss_ef_construction: int = 256  # as the store's ef_construct, so the graphs compare like for like
     local_max_size: int = 100_000  # qdrant-local upserts ~850 points/s and searches by brute force
+    resume: bool = False  # stores kept under scratch/stores/, a stopped build continues (needs scratch)
 
 
 def run_dataset(
@@ -661,6 +689,8 @@ def run_dataset(
         }
 
     with tempfile.TemporaryDirectory(prefix="ecgbench-", dir=scratch) as tmp:
+        work = Path(scratch) / "stores" / data.name if cfg.resume and scratch else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for engine in cfg.engines:
             if engine.startswith("faiss") and len(data.vectors) > cfg.faiss_max_size:
                 skipped.append({"engine": engine, "reason": f"n > faiss_max_size {cfg.faiss_max_size}"})
@@ -669,10 +699,17 @@ def run_dataset(
                 skipped.append({"engine": engine, "reason": f"n > local_max_size {cfg.local_max_size}"})
                 continue
             if engine == "service":
-                res = bench_service(data, k=cfg.k, workdir=Path(tmp), log=log)
+                res = bench_service(data, k=cfg.k, workdir=work, log=log, resume=cfg.resume)
             elif engine in STORE_ENGINES:
                 res = bench_store(
-                    data, truth, engine=engine, efs=cfg.edge_efs, k=cfg.k, workdir=Path(tmp), log=log
+                    data,
+                    truth,
+                    engine=engine,
+                    efs=cfg.edge_efs,
+                    k=cfg.k,
+                    workdir=work,
+                    log=log,
+                    resume=cfg.resume,
                 )
             elif engine == "faiss-hnsw":
                 res = bench_faiss(

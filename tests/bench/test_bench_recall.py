@@ -190,3 +190,27 @@ def test_summary_gives_latency_relative_to_unfiltered_search() -> None:
     rows = {r["filter"]: r for r in bench.summarise([block])}
     assert rows["broad"]["p50_vs_unfiltered"] == pytest.approx(1.5)
     assert rows["none"]["p50_vs_unfiltered"] == pytest.approx(1.0)
+
+
+def test_a_resumed_build_continues_where_the_stopped_one_left_off(tmp_path: Path) -> None:
+    """A build stopped part-way (here: half the rows upserted) continues at its last whole batch,
+    ends with every row once, records where it resumed, and a finished build is reused as it is."""
+    from ecgsearch.search.engine.store import EdgeStore
+
+    data = bench.synthetic_dataset(1000, 16, 5, seed=2, folder=tmp_path / "data")
+    path = tmp_path / "stores" / "edge-int8"
+    with EdgeStore(path) as stopped:
+        stopped.create_collection(dim=16, model_version="bench")
+        stopped.upsert(data.payloads(0, 450), data.vectors[:450])
+
+    def build() -> dict:
+        return bench.build_store(
+            data, lambda: EdgeStore(path), path, name="t", log=print, batch=200, resume=True
+        )
+
+    first = build()
+    assert first["resumed_from_row"] == 400  # the last whole batch of 200 below the 450 stored
+    with EdgeStore(path) as done:
+        assert done.count() == 1000
+        assert done.search(data.vectors[999], k=1)[0].record_id == "syn:999"
+    assert build() == first  # finished: its figures reused, nothing rebuilt
