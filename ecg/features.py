@@ -59,7 +59,7 @@ def r_peaks(lead: np.ndarray) -> np.ndarray:
 
 def _peak_mask(energy: np.ndarray) -> np.ndarray:
     rank = min(TOP_RANK, energy.shape[1])
-    top = -np.sort(-energy, axis=1)[:, rank - 1 : rank]
+    top = -np.partition(-energy, rank - 1, axis=1)[:, rank - 1 : rank]  # the rank-th largest
     local = dsp.moving_max(energy, 2 * PEAK_HALF_WIDTH + 1)
     return (energy == local) & (energy > THRESHOLD * top) & (energy > 0)
 
@@ -79,26 +79,57 @@ def rhythm(ecgs: np.ndarray, irregularity: str = "trimmed") -> np.ndarray:
     absolute value. Chosen on fold 9 (results/rhythm_variants_fold9.json). Rows with fewer than three
     R peaks get NaN (no interval sequence to describe). Any amplitude scale gives the same.
     """
-    if irregularity not in IRREGULARITY:
-        raise ValueError(f"irregularity must be one of {IRREGULARITY}, not {irregularity!r}")
+    return rhythms(ecgs, (irregularity,))[irregularity]
+
+
+def rhythms(ecgs: np.ndarray, irregularities: Sequence[str]) -> dict[str, np.ndarray]:
+    """``rhythm`` under several irregularity rules from one R-peak detection, every row at once (the
+    rhythm view takes three; ingest measures whole batches)."""
+    for irregularity in irregularities:
+        if irregularity not in IRREGULARITY:
+            raise ValueError(f"irregularity must be one of {IRREGULARITY}, not {irregularity!r}")
     x = _batch(ecgs)
     peaks = _peak_mask(qrs_energy(x[:, LEAD_II]))
-    out = np.full((len(x), 2), np.nan)
-    for i, row in enumerate(peaks):
-        at = np.flatnonzero(row)[:MAX_PEAKS]
-        if len(at) < 3:
-            continue
-        rr = np.diff(at) / MODEL_FS
-        typical = float(rr.mean() if irregularity == "rmssd" else np.median(rr))
-        d = np.abs(np.diff(rr))
-        if irregularity == "median":
-            spread = float(np.median(d)) if len(d) else 0.0
-        else:
-            if irregularity == "trimmed" and len(d) > TRIM_LARGEST + 1:
-                d = np.sort(d)[: len(d) - TRIM_LARGEST]
-            spread = float(np.sqrt(np.mean(d**2))) if len(d) else 0.0
-        out[i] = 60.0 / typical, spread / typical
+    # Each row's first MAX_PEAKS peak positions, left-aligned; the rest NaN (sorted last).
+    count = np.minimum(peaks.sum(axis=1), MAX_PEAKS)
+    at = np.full((len(x), MAX_PEAKS), np.nan)
+    rows, cols = np.nonzero(peaks)
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)  # position of each peak within its row
+    keep = rank < MAX_PEAKS
+    at[rows[keep], rank[keep]] = cols[keep]
+    rr = np.diff(at, axis=1) / MODEL_FS  # NaN past each row's last interval
+    d = np.abs(np.diff(rr, axis=1))
+    n_rr, n_d = count - 1, count - 2
+    measured = count >= 3
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {}
+        for irregularity in irregularities:
+            typical = _row_mean(rr, n_rr) if irregularity == "rmssd" else _row_median(rr, n_rr)
+            if irregularity == "median":
+                spread = _row_median(d, n_d)
+            elif irregularity == "trimmed":
+                trimmed = np.where(n_d > TRIM_LARGEST + 1, n_d - TRIM_LARGEST, n_d)
+                spread = np.sqrt(_row_mean(np.sort(d, axis=1) ** 2, trimmed))
+            else:
+                spread = np.sqrt(_row_mean(d**2, n_d))
+            spread = np.where(n_d > 0, spread, 0.0)
+            got = np.column_stack([60.0 / typical, spread / typical])
+            out[irregularity] = np.where(measured[:, None], got, np.nan)
     return out
+
+
+def _row_median(values: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Median of the first ``n[i]`` values of each row (the rest NaN); NaN where ``n`` is 0."""
+    ordered = np.sort(values, axis=1)
+    rows = np.arange(len(values))
+    lo, hi = np.maximum((n - 1) // 2, 0), np.maximum(n // 2, 0)
+    return np.where(n > 0, (ordered[rows, lo] + ordered[rows, hi]) / 2, np.nan)
+
+
+def _row_mean(values: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Mean of the first ``n[i]`` values of each row (``values`` sorted or in order, NaN-padded)."""
+    used = np.arange(values.shape[1])[None, :] < n[:, None]
+    return np.where(used, values, 0.0).sum(axis=1) / n
 
 
 def rhythm_statistics(values: np.ndarray) -> dict:

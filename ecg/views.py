@@ -84,10 +84,8 @@ class ViewStatistics:
 
 def rhythm_measures(ecgs: np.ndarray) -> np.ndarray:
     """(n, 12, T) prepared ECGs (any scale) -> (n, 4) RHYTHM_FEATURES; NaN rows without 3 R peaks."""
-    trimmed = features.rhythm(ecgs, "trimmed")
-    median = features.rhythm(ecgs, "median")[:, 1]
-    rmssd = features.rhythm(ecgs, "rmssd")[:, 1]
-    return np.column_stack([trimmed, median, rmssd])
+    got = features.rhythms(ecgs, ("trimmed", "median", "rmssd"))
+    return np.column_stack([got["trimmed"], got["median"][:, 1], got["rmssd"][:, 1]])
 
 
 def voltage_measures(ecgs_mv: np.ndarray) -> np.ndarray:

@@ -85,6 +85,36 @@ def test_graph_rhythm_features_match_numpy_on_real_ecgs(ptbxl_dir: Path) -> None
     assert 40 < np.median(rates) < 110
 
 
+def _rhythm_one(peaks: np.ndarray, kind: str) -> tuple[float, float]:
+    """The documented rule for one ECG's R peaks, written plainly (the batch form must agree)."""
+    rr = np.diff(peaks[: features.MAX_PEAKS]) / FS
+    if len(rr) < 2:
+        return np.nan, np.nan
+    typical = rr.mean() if kind == "rmssd" else np.median(rr)
+    d = np.abs(np.diff(rr))
+    if kind == "median":
+        spread = np.median(d)
+    else:
+        d = np.sort(d)[: len(d) - features.TRIM_LARGEST] if kind == "trimmed" and len(d) > 3 else d
+        spread = np.sqrt(np.mean(d**2))
+    return 60 / typical, spread / typical
+
+
+def test_batch_rhythm_agrees_with_each_ecg_alone(ptbxl_dir: Path) -> None:
+    """Every variant at once over a batch whose rows hold 3, 4, 5 beats, more than MAX_PEAKS, none,
+    and real ECGs: as each row's R peaks give one by one."""
+    real = [signals.load(p.with_suffix("")) for p in sorted(ptbxl_dir.glob("records100/*/*.hea"))[:24]]
+    made = [synthetic(list(np.arange(0.5, 0.5 + n * 0.9, 0.9))) for n in (3, 4, 5, 6)]
+    made += [synthetic([1.0, 1.7, 2.9, 3.4, 4.8, 5.3]), synthetic(list(np.arange(0.2, 9.9, 0.2)))]
+    x = np.stack([*made, np.zeros((12, 1000), np.float32), *real])
+    got = features.rhythms(x, features.IRREGULARITY)
+    for kind in features.IRREGULARITY:
+        want = np.array([_rhythm_one(features.r_peaks(row[features.LEAD_II]), kind) for row in x])
+        np.testing.assert_allclose(got[kind], want, rtol=1e-12, err_msg=kind)
+        np.testing.assert_array_equal(features.rhythm(x, kind), got[kind])
+    assert np.isnan(got["trimmed"][len(made)]).all() and np.isfinite(got["trimmed"][: len(made)]).all()
+
+
 def test_standardise_and_append() -> None:
     z = features.standardise(np.array([[80.0, np.nan], [1000.0, 0.1]]), [70.0, 0.05], [10.0, 0.05])
     assert np.allclose(z, [[1.0, 0.0], [features.Z_CLIP, 1.0]])
