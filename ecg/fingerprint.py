@@ -95,77 +95,108 @@ def decode(stored: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Print:
-    """A fingerprint made ready to score against many others (what ``score`` needs of it, once):
-    the samples as float64, the live leads, their spectra and cumulative energies per lead."""
+    """A fingerprint made ready to score against many others (what ``score`` needs of it, once): the
+    samples as float64, the live leads and cumulative energies per lead. ``ready`` of a stack
+    (n, 8, 400) gives every field that leading axis: ``take`` picks rows, ``scores`` scores one Print
+    against many at once."""
 
-    samples: np.ndarray  # (8, SAMPLES) float64
-    live: np.ndarray  # (8,) bool: not all zero
-    spectrum: np.ndarray  # (8, SAMPLES + 1) rfft over 2 * SAMPLES points (no wrap-around for any lag)
-    energy: np.ndarray  # (8, SAMPLES + 1) cumulative sum of squares per lead, from 0
+    samples: np.ndarray  # (..., 8, SAMPLES) float64
+    live: np.ndarray  # (..., 8) bool: not all zero
+    energy: np.ndarray  # (..., 8, SAMPLES + 1) cumulative sum of squares per lead, from 0
+
+    def take(self, rows: int | np.ndarray | list[int]) -> Print:
+        """The Prints of ``rows`` of a stack (one Print for one row)."""
+        return Print(self.samples[rows], self.live[rows], self.energy[rows])
 
 
 def ready(fp: np.ndarray | Print) -> Print:
-    """A fingerprint (8, 400) int8 -> its ``Print`` (a Print is returned as it is)."""
+    """A fingerprint (8, 400) int8 or a stack of them (n, 8, 400) -> its ``Print`` (a Print is
+    returned as it is)."""
     if isinstance(fp, Print):
         return fp
     x = np.asarray(fp, dtype=np.float64)
-    energy = np.zeros((x.shape[0], SAMPLES + 1))
-    np.cumsum(x * x, axis=1, out=energy[:, 1:])
-    return Print(x, np.abs(x).sum(axis=1) > 0, np.fft.rfft(x, 2 * SAMPLES, axis=1), energy)
+    energy = np.zeros((*x.shape[:-1], SAMPLES + 1))
+    np.cumsum(x * x, axis=-1, out=energy[..., 1:])
+    return Print(x, np.abs(x).sum(axis=-1) > 0, energy)
 
 
 def score(a: np.ndarray | Print, b: np.ndarray | Print) -> float:
     """How surely two fingerprints are one recording: the median windowed joint r at the best lag
     (see the module doc); 0.0 when they share no live lead or fewer than 3 windows of signal. Give
-    ``Print``s (``ready``) to score one fingerprint against many without redoing its part."""
-    pa, pb = ready(a), ready(b)
-    live = pa.live & pb.live
-    if not live.any():
-        return 0.0
-    every = bool(live.all())  # the common case: no copies of the arrays
-    lag = _best_lag(pa, pb, None if every else live)
-    x, y = (pa.samples, pb.samples) if every else (pa.samples[live], pb.samples[live])
-    if lag >= 0:
-        xs, ys = x[:, : SAMPLES - lag], y[:, lag:]
-    else:
-        xs, ys = x[:, -lag:], y[:, : SAMPLES + lag]
-    n = (xs.shape[1] // WINDOW) * WINDOW
-    xs = xs[:, :n].reshape(xs.shape[0], -1, WINDOW)
-    ys = ys[:, :n].reshape(ys.shape[0], -1, WINDOW)
-    xy = np.einsum("lwt,lwt->w", xs, ys)
-    xx = np.einsum("lwt,lwt->w", xs, xs)
-    yy = np.einsum("lwt,lwt->w", ys, ys)
-    ok = (xx > 0) & (yy > 0)
-    n_ok = int(ok.sum())
-    if n_ok:
-        ok &= (xx * n_ok >= WINDOW_ENERGY * xx[ok].sum()) & (yy * n_ok >= WINDOW_ENERGY * yy[ok].sum())
-    r = np.sort(xy[ok] / np.sqrt(xx[ok] * yy[ok]))
-    if r.size < MIN_WINDOWS:
-        return 0.0
-    half = r.size // 2
-    return float(r[half] if r.size % 2 else (r[half - 1] + r[half]) / 2)  # the median
+    ``Print``s (``ready``) to score one fingerprint against many without redoing its part, or
+    ``scores`` to score it against a stack of them at once."""
+    pb = ready(b)
+    return float(scores(ready(a), Print(pb.samples[None], pb.live[None], pb.energy[None]))[0])
 
 
 _LAGS = np.arange(-MAX_LAG, MAX_LAG + 1)
 _AHEAD = np.maximum(_LAGS, 0)  # x(0 .. T - lag) faces y(lag .. T) for lag >= 0, the mirror below
 _BEHIND = np.maximum(-_LAGS, 0)
+_EXACT_FLOAT32 = 2.0**24  # energies below: every sum of products of two prints is an exact float32
+_PADDED = SAMPLES + 2 * MAX_LAG
 
 
-def _best_lag(a: Print, b: Print, live: np.ndarray | None) -> int:
-    """The lag (b(t + lag) matches a(t)) within +-MAX_LAG maximising the joint r over the live leads'
-    overlap (None: every lead): their cross-correlation summed by FFT, each lag's energies from
-    cumulative sums."""
-    sa, sb, ea, eb = a.spectrum, b.spectrum, a.energy, b.energy
-    if live is not None:
-        sa, sb, ea, eb = sa[live], sb[live], ea[live], eb[live]
-    cross = np.einsum("lf,lf->f", sa.conj(), sb)
-    cc = np.fft.irfft(cross, 2 * SAMPLES)  # cc[lag mod 2T] = sum over leads and t of a(t) b(t + lag)
-    ca = ea.sum(axis=0)
-    cb = eb.sum(axis=0)
-    exx = ca[SAMPLES - _AHEAD] - ca[_BEHIND]
-    eyy = cb[SAMPLES - _BEHIND] - cb[_AHEAD]
-    r = cc[_LAGS % (2 * SAMPLES)] / np.sqrt(np.maximum(exx * eyy, 1e-30))
-    return int(_LAGS[int(np.argmax(r))])
+def scores(a: Print, others: Print) -> np.ndarray:
+    """``score(a, o)`` for each row ``o`` of the stack ``others`` (``ready`` of (n, 8, 400)), in numpy
+    passes over all of them: ingest confirms ~5 candidates per new ECG.
+
+    Each pair's lag (o(t + lag) matches a(t)) within +-MAX_LAG maximises the joint r over the leads
+    live in both: their cross-correlations summed over the leads, every lag of every pair in one
+    matrix product (``a`` shifted by each lag against each padded ``o``), each lag's energies from
+    cumulative sums. The samples are integers, so every sum is exact, in any order: in float32 when
+    Cauchy-Schwarz keeps every partial sum below 2**24 (any print ``compute`` makes: its energy is
+    ~8e5), else in float64. A lead dead in either is all zeros, so it adds nothing to a
+    cross-correlation; its energy is left out by a mask. At the best lag (the first of equals), the
+    joint r of each whole 1 s window from the overlap's start."""
+    n, leads = len(others.live), len(_ROWS)
+    live = a.live & others.live  # (n, 8)
+    every = bool(live.all())  # the common case: no lead to leave out
+    exact32 = (
+        max(float(a.energy[:, -1].sum()), float(others.energy[:, :, -1].sum(axis=1).max(initial=0)))
+        < _EXACT_FLOAT32
+    )
+    dtype = np.float32 if exact32 else np.float64
+    # shifted[k] holds a moved k samples right in a row of _PADDED; others padded by MAX_LAG each side
+    placed = np.zeros((leads, _PADDED + 2 * MAX_LAG), dtype)
+    placed[:, 2 * MAX_LAG : 2 * MAX_LAG + SAMPLES] = a.samples
+    windows = np.lib.stride_tricks.sliding_window_view(placed, _PADDED, axis=1)  # (8, 2 MAX_LAG + 1, _PADDED)
+    shifted = np.ascontiguousarray(windows[:, ::-1].transpose(1, 0, 2)).reshape(len(_LAGS), -1)
+    padded = np.zeros((n, leads, _PADDED), dtype)
+    padded[:, :, MAX_LAG : MAX_LAG + SAMPLES] = others.samples
+    cc = (padded.reshape(n, -1) @ shifted.T).astype(np.float64)  # (n, lags): sum of a(t) o(t + lag)
+    if every:
+        ca, cb = np.broadcast_to(a.energy.sum(axis=0), (n, SAMPLES + 1)), others.energy.sum(axis=1)
+    else:
+        ca, cb = (a.energy * live[..., None]).sum(axis=1), (others.energy * live[..., None]).sum(axis=1)
+    exx = ca[:, SAMPLES - _AHEAD] - ca[:, _BEHIND]
+    eyy = cb[:, SAMPLES - _BEHIND] - cb[:, _AHEAD]
+    lag = _LAGS[np.argmax(cc / np.sqrt(np.maximum(exx * eyy, 1e-30)), axis=1)]
+    # each pair's overlap at its lag, in whole windows from its start (zeros after)
+    xs, ys = np.zeros((n, leads, SAMPLES)), np.zeros((n, leads, SAMPLES))
+    for k, shift in enumerate(lag.tolist()):
+        span = (SAMPLES - abs(shift)) // WINDOW * WINDOW
+        xs[k, :, :span] = a.samples[:, max(-shift, 0) : max(-shift, 0) + span]
+        ys[k, :, :span] = others.samples[k, :, max(shift, 0) : max(shift, 0) + span]
+    if not every:
+        xs *= live[..., None]
+        ys *= live[..., None]
+    cut = (n, leads, SAMPLES // WINDOW, WINDOW)
+    xw, yw = xs.reshape(cut), ys.reshape(cut)
+    xy = np.einsum("nlwt,nlwt->nw", xw, yw)
+    xx = np.einsum("nlwt,nlwt->nw", xw, xw)
+    yy = np.einsum("nlwt,nlwt->nw", yw, yw)
+    ok = (xx > 0) & (yy > 0)
+    n_ok = ok.sum(axis=1, keepdims=True)
+    ok &= (xx * n_ok >= WINDOW_ENERGY * (xx * ok).sum(axis=1, keepdims=True)) & (
+        yy * n_ok >= WINDOW_ENERGY * (yy * ok).sum(axis=1, keepdims=True)
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.sort(np.where(ok, xy / np.sqrt(xx * yy), np.inf), axis=1)  # windows not ok sort last
+    count = ok.sum(axis=1)
+    rows, half = np.arange(n), count // 2
+    upper, lower = r[rows, np.minimum(half, r.shape[1] - 1)], r[rows, np.maximum(half - 1, 0)]
+    median = np.where(count % 2 == 1, upper, (lower + upper) / 2)  # the median of the windows' r
+    return np.where(live.any(axis=1) & (count >= MIN_WINDOWS), median, 0.0)
 
 
 def score_stored(a: str | None, b: str | None) -> float:

@@ -79,33 +79,45 @@ def mark_copies(
     """Set ``duplicate_of`` on each new payload that is a copy of an ECG stored before it or earlier in
     its batch; returns how many were marked. Candidates are its ``k`` nearest among both together (the
     best-scoring confirmed one names the original: the first stored, as a copy names its original).
-    Payloads without a fingerprint are never marked. Originals are looked for among the batch's own
-    sites only: a copy never points at (and so is never hidden behind) an ECG its readers cannot see."""
+    Payloads without a fingerprint are never marked nor candidates. Originals are looked for among the
+    batch's own sites only: a copy never points at (and so is never hidden behind) an ECG its readers
+    cannot see.
+
+    Every fingerprint a candidate needs is decoded and made ready once for the batch (a stored ECG is
+    often a candidate of several), and each ECG's candidates are scored together (``fingerprint.scores``).
+    """
     sites = SearchFilter(sites=sorted({p.site for p in payloads}))
     matrix = np.asarray(vectors, dtype=np.float32)
     stored = store.search_batch(matrix, k=k, filter=sites) if store.count() else [[] for _ in payloads]
-    prints = [
-        fingerprint.ready(fingerprint.decode(p.fingerprint)) if p.fingerprint else None for p in payloads
-    ]
     within = matrix @ matrix.T
-    marked = 0
+    # Each ECG's candidates in the order the rule reads them (nearest first), as (payload, print row):
+    # the batch's prints first in the bank, then each stored fingerprint needed, once.
+    rows: dict[str, int] = {}
+    for p in payloads:
+        if p.fingerprint:
+            rows.setdefault(p.fingerprint, len(rows))
+    candidates: list[list[tuple[EcgPayload, int]]] = []
     for i, p in enumerate(payloads):
-        mine = prints[i]
-        if mine is None:
+        if not p.fingerprint:
+            candidates.append([])
             continue
-        # (cosine, candidate, its decoded print: the batch's are decoded already, the store's on use)
-        near: list[tuple[float, EcgPayload, fingerprint.Print | None]] = [
-            (h.score, h.payload, None) for h in stored[i] if h.payload.fingerprint
-        ]
+        near = [(h.score, h.payload) for h in stored[i] if h.payload.fingerprint]
         earlier = [int(j) for j in np.argsort(-within[i, :i])[:k] if payloads[j].site == p.site]
-        near += [(float(within[i, j]), payloads[j], prints[j]) for j in earlier]
+        near += [(float(within[i, j]), payloads[j]) for j in earlier if payloads[j].fingerprint]
+        chosen = [candidate for _, candidate in sorted(near, key=lambda c: -c[0])[:k]]
+        candidates.append([(c, rows.setdefault(c.fingerprint or "", len(rows))) for c in chosen])
+    if not rows:
+        return 0
+    bank = fingerprint.ready(np.stack([fingerprint.decode(fp) for fp in rows]))
+    marked = 0
+    for p, mine in zip(payloads, candidates, strict=True):
+        if not mine:
+            continue
+        got = fingerprint.scores(bank.take(rows[p.fingerprint or ""]), bank.take([r for _, r in mine]))
         best, original = threshold, None
-        for _, candidate, theirs in sorted(near, key=lambda c: -c[0])[:k]:
-            if theirs is None:
-                theirs = fingerprint.ready(fingerprint.decode(candidate.fingerprint or ""))
-            got = fingerprint.score(mine, theirs)
-            if got >= best:
-                best, original = got, original_of(candidate)
+        for (candidate, _), score in zip(mine, got.tolist(), strict=True):
+            if score >= best:
+                best, original = score, original_of(candidate)
         if original is not None and original != p.record_id:
             p.duplicate_of = original
             marked += 1

@@ -80,6 +80,54 @@ def test_flat_and_lead_less_prints_confirm_nothing(original: np.ndarray) -> None
     assert fingerprint.score(half, original) >= fingerprint.COPY_THRESHOLD
 
 
+def _score_plain(a: np.ndarray, b: np.ndarray) -> float:
+    """The score's rule written plainly, pair by pair and lag by lag (no FFT, no batching)."""
+    live = (np.abs(a).sum(axis=1) > 0) & (np.abs(b).sum(axis=1) > 0)
+    if not live.any():
+        return 0.0
+    x, y = a[live].astype(np.float64), b[live].astype(np.float64)
+    n = x.shape[1]
+
+    def overlap(lag: int) -> tuple[np.ndarray, np.ndarray]:
+        return (x[:, : n - lag], y[:, lag:]) if lag >= 0 else (x[:, -lag:], y[:, : n + lag])
+
+    def joint_r(lag: int) -> float:
+        xs, ys = overlap(lag)
+        return float((xs * ys).sum() / np.sqrt(max((xs * xs).sum() * (ys * ys).sum(), 1e-30)))
+
+    lags = range(-fingerprint.MAX_LAG, fingerprint.MAX_LAG + 1)
+    xs, ys = overlap(max(lags, key=joint_r))
+    w = fingerprint.WINDOW
+    whole = xs.shape[1] // w
+    rs, xx, yy, xy = [], [], [], []
+    for i in range(whole):
+        xw, yw = xs[:, i * w : (i + 1) * w], ys[:, i * w : (i + 1) * w]
+        xx.append((xw * xw).sum()), yy.append((yw * yw).sum()), xy.append((xw * yw).sum())
+    ok = [i for i in range(whole) if xx[i] > 0 and yy[i] > 0]
+    mean_x, mean_y = sum(xx[i] for i in ok) / max(len(ok), 1), sum(yy[i] for i in ok) / max(len(ok), 1)
+    for i in ok:
+        if xx[i] >= fingerprint.WINDOW_ENERGY * mean_x and yy[i] >= fingerprint.WINDOW_ENERGY * mean_y:
+            rs.append(xy[i] / np.sqrt(xx[i] * yy[i]))
+    return float(np.median(rs)) if len(rs) >= fingerprint.MIN_WINDOWS else 0.0
+
+
+def test_scores_of_many_pairs_at_once_follow_the_rule(ptbxl_dir: Path) -> None:
+    """One print against a stack (as ingest confirms candidates): the plain rule's score for every
+    pair, with leads dead in one side or the other, shifted copies and a flat print among them."""
+    prints = np.stack([_print(_record(ptbxl_dir, i)) for i in (1, 2, 3, 26, 28)])
+    some = prints.copy()
+    some[0, 2:], some[1, ::2], some[2] = 0, 0, 0
+    shifted = np.stack([np.roll(prints[0], 7, axis=1), np.roll(prints[1], -11, axis=1)])
+    stack = np.concatenate([prints, some, shifted])
+    bank = fingerprint.ready(stack)
+    for i in (0, 1, 5, 6, 7, 10):
+        got = fingerprint.scores(bank.take(i), bank)
+        want = [_score_plain(stack[i], other) for other in stack]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+        assert [fingerprint.score(stack[i], other) for other in stack] == got.tolist()
+    assert fingerprint.scores(bank.take(0), bank.take([10]))[0] >= fingerprint.COPY_THRESHOLD  # shifted
+
+
 def test_threshold_is_the_measured_one() -> None:
     """COPY_THRESHOLD sits between the measured copies and the closest different ECGs."""
     measured = json.loads((REPO / "results" / "duplicate_threshold.json").read_text())
