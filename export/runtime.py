@@ -45,12 +45,14 @@ def _card_from_meta(meta: dict[str, str], model_path: str | Path) -> ModelCard:
     return ModelCard.model_validate(json.loads(meta[CARD_METADATA_KEY]))
 
 
-def _session(path: Path, threads: int | None) -> ort.InferenceSession:
+def _session(path: Path, threads: int | None, spinning: bool = True) -> ort.InferenceSession:
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
     options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -59,11 +61,19 @@ def _session(path: Path, threads: int | None) -> ort.InferenceSession:
 
 
 class Embedder:
-    """Batch of prepared ECGs (n, 12, 1000) -> unit vectors (n, dim). Thread-safe for concurrent calls."""
+    """Batch of prepared ECGs (n, 12, 1000) -> unit vectors (n, dim). Thread-safe for concurrent calls.
 
-    def __init__(self, model_path: str | Path | None = None, *, threads: int | None = None) -> None:
+    ``spinning`` False: onnxruntime's threads sleep between a run's parallel parts instead of spinning.
+    Spinning answers one query sooner on idle cores; where other processes need the cores (ingest's
+    reading workers) a spinning thread burns CPU they need, nearly doubling the CPU per ECG on 2
+    shared cores (``bench ingest`` records the encoder's CPU per ECG with ingest's settings).
+    """
+
+    def __init__(
+        self, model_path: str | Path | None = None, *, threads: int | None = None, spinning: bool = True
+    ) -> None:
         self.path = Path(model_path) if model_path else bundled_model()
-        self.session = _session(self.path, threads)
+        self.session = _session(self.path, threads, spinning)
         self.card = _card_from_meta(self.session.get_modelmeta().custom_metadata_map, self.path)
         if (
             self.card.sampling_rate_hz != MODEL_FS

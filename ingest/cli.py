@@ -251,7 +251,7 @@ def ingest_command(o: IngestOptions) -> None:
     rejects_path = unused_path(o.rejects or (store_path or Path.cwd()) / f"{o.collection}-rejects.csv")
     try:
         pseudonyms = site_pseudonymizer(o.site_secret_file, store_path)
-        embedder = Embedder(o.model, threads=o.threads)
+        embedder = Embedder(o.model, threads=o.threads, spinning=False)  # the workers need the cores
         target = _open_target(o, store_path)
     except (ModelError, OSError, RuntimeError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

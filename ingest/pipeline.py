@@ -3,8 +3,9 @@
 Why it is shaped like this:
 - memory stays bounded whatever the source size: candidates are enumerated lazily and at most
   ``prefetch`` batches are being read/prepared at any time;
-- reading and preparing WFDB files is the slow part, so it runs in a process pool; one Embedder in this
-  process embeds whole batches, and batches are upserted in order;
+- reading, preparing and describing ECGs (payload, content hash, fingerprint) runs in a process pool;
+  one Embedder in this process embeds whole batches in a thread, one batch ahead of the store stage
+  (marking copies, upserting), so that both keep a core busy; batches are upserted in order;
 - point ids derive from record ids, and an id is never overwritten: before a batch is read the store
   is asked which of its ids it holds and with which content hash. Those records are only read and
   hashed, not prepared or embedded: the same hash is the same ECG (skipped, so a rerun or a resume
@@ -32,8 +33,8 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -98,6 +99,14 @@ class Seen:
 
 
 @dataclass
+class _Encoded:
+    """A batch's records to store, and their served vectors and views being computed."""
+
+    records: list[Record]
+    views: Future[tuple[np.ndarray, views.ViewVectors]] | None  # None: nothing to store
+
+
+@dataclass
 class _Batch:
     """One batch on its way: stored ids with their hashes, and the pool loading the batch."""
 
@@ -154,38 +163,56 @@ def ingest(
             if len(summary.rejects) < MAX_REJECTS_KEPT:
                 summary.rejects.append(item)
 
-        for batch in _loaded_batches(candidates, store, pool, batch_size, workers, pseudonyms):
-            records: list[Record] = []
-            for future in batch.futures:
-                for item in future.result():
-                    if isinstance(item, Reject):
-                        reject(item)
-                    elif isinstance(item, Seen):
-                        clash = _compare(item.record_id, item.path, item.content_hash, batch.known)
-                        if clash is None:
-                            summary.skipped += 1
-                        else:
-                            reject(clash, collision=True)
-                    else:
-                        records.append(item)
-            records, skipped, clashes = _settle(records, store)
-            summary.skipped += skipped
-            for clash in clashes:
-                reject(clash, collision=True)
-            if records:
-                vectors, named = views.embed_views(embedder, np.stack([r.signal for r in records]))
-                payloads = [r.payload for r in records]
+        def stored(batch: _Encoded) -> None:
+            """The store stage, batch after batch in order: mark copies against everything stored
+            before, archive, upsert."""
+            if batch.views is not None:
+                vectors, named = batch.views.result()
+                payloads = [r.payload for r in batch.records]
                 if site is not None:  # before marking: copies are looked for within the site
                     for payload in payloads:
                         payload.site = site
                 summary.duplicates += mark_copies(payloads, vectors, store, threshold=duplicate_threshold)
                 named = settle_copy_gains(payloads, named, store)
-                _archive(records, store)
+                _archive(batch.records, store)
                 store.upsert(named.flagged(payloads), vectors, named.rows())
-                summary.ingested += len(records)
+                summary.ingested += len(batch.records)
             _finish(summary, start)
             if on_batch:
                 on_batch(summary)
+
+        # One batch is encoded (onnxruntime and numpy, outside the GIL mostly) while the one before it
+        # is marked and stored, so this process keeps a second core busy where there is one.
+        pending: _Encoded | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="ingest-encode") as encoding:
+            for batch in _loaded_batches(candidates, store, pool, batch_size, workers, pseudonyms):
+                records: list[Record] = []
+                for future in batch.futures:
+                    for item in future.result():
+                        if isinstance(item, Reject):
+                            reject(item)
+                        elif isinstance(item, Seen):
+                            clash = _compare(item.record_id, item.path, item.content_hash, batch.known)
+                            if clash is None:
+                                summary.skipped += 1
+                            else:
+                                reject(clash, collision=True)
+                        else:
+                            records.append(item)
+                in_flight = pending.records if pending is not None else []
+                records, skipped, clashes = _settle(records, store, in_flight)
+                summary.skipped += skipped
+                for clash in clashes:
+                    reject(clash, collision=True)
+                encoded = _Encoded(records, None)
+                if records:
+                    ecgs = np.stack([r.signal for r in records])
+                    encoded.views = encoding.submit(views.embed_views, embedder, ecgs)
+                if pending is not None:
+                    stored(pending)
+                pending = encoded
+            if pending is not None:
+                stored(pending)
     if optimize:
         store.optimize()
     return _finish(summary, start)
@@ -222,12 +249,18 @@ def _compare(record_id: str, path: str, digest: str, stored: dict[str, str | Non
     return Reject(record=record_id, path=path, reason=why)
 
 
-def _settle(records: list[Record], store: Store) -> tuple[list[Record], int, list[Reject]]:
-    """Check a batch's new records against ids stored since it was submitted and against each other:
+def _settle(
+    records: list[Record], store: Store, in_flight: Sequence[Record] = ()
+) -> tuple[list[Record], int, list[Reject]]:
+    """Check a batch's new records against ids stored since it was submitted, the batch ahead of it
+    still on its way to the store (``in_flight``: as if stored), and each other:
     (records to store, same-ECG repeats skipped, collisions)."""
     if not records:
         return records, 0, []
-    held = store.content_hashes([r.payload.record_id for r in records])
+    ids = [r.payload.record_id for r in records]
+    held = store.content_hashes(ids)
+    wanted = set(ids)
+    held |= {r.payload.record_id: r.payload.content_hash for r in in_flight if r.payload.record_id in wanted}
     kept: list[Record] = []
     skipped, clashes = 0, []
     for record in records:
