@@ -305,7 +305,8 @@ def ingest(
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N records.")] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Ingest throughput end to end vs the bare encoder and the read/prepare stage, into a fresh store.
+    """Ingest throughput end to end vs the ceiling the cores allow (read, prepare, encode only), into a
+    fresh store, and the CPU per ECG of every step.
 
     Examples:
 
@@ -330,13 +331,12 @@ def ingest(
     emit(
         results(out),
         f"end-to-end {result['end_to_end']['rate']} ECGs/s "
-        f"(steady {result['end_to_end']['steady_rate_after_first_batch']}, "
-        f"{result['steady_vs_encoder']} of the bare encoder); "
-        f"bare encoder {result['bare_encoder']['rate']}; "
-        f"prepare {result['core_ms_per_ecg']['prepare']} core-ms/ECG; "
-        f"read+prepare {result['read_prepare']['rate']} ({workers} workers); "
-        f"overhead vs encoder {result['overhead_vs_encoder']}, "
-        f"vs slowest stage {result['overhead_vs_slowest_stage']} "
+        f"(steady {result['end_to_end']['steady_rate_after_first_batch']}); "
+        f"ceiling {result['ceiling']['rate']} ({result['ceiling']['read_prepare_encode_ms']} CPU ms per "
+        f"ECG read+prepare+encode on {result['ceiling']['cores']} cores): steady at "
+        f"{result['steady_vs_ceiling']} of it; beyond the three "
+        f"{result['beyond_ceiling_ms']['total']} CPU ms per ECG; pipeline "
+        f"{result['pipeline_cpu_ms_per_ecg']['total']} CPU ms per ECG "
         f"-> {out}",
         as_json,
     )

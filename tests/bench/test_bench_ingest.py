@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ecgsearch.bench.ingest import run_bench
 from ecgsearch.export.runtime import Embedder
 
@@ -14,13 +16,23 @@ def test_ingest_bench_times_every_stage_on_the_same_records(ptbxl_dir: Path) -> 
     assert result["records"] == 40
     assert result["prepared"] == result["end_to_end"]["ingested"] == 40
     assert result["end_to_end"]["rejected"] == 0
-    assert result["end_to_end"]["steady_rate_after_first_batch"] > 0
+    steady = result["end_to_end"]["steady_rate_after_first_batch"]
+    assert steady > 0
     assert result["read_prepare"]["pool_start_seconds"] > 0
-    split = result["read_prepare"]["per_ecg_single_process"]
-    assert split["records"] == 40 and split["read_ms"] > 0 and split["prepare_ms"] > 0
-    assert split["batch"] == 8 and split["prepare_single_ms"] > 0  # batch of 8 per worker, as ingest
-    assert result["core_ms_per_ecg"]["prepare"] == split["prepare_ms"]
-    assert result["steady_vs_encoder"] > 0
+    costs = result["core_ms_per_ecg"]
+    assert costs["records"] == 40 and costs["batch"] == 8  # batch of 8 per worker, as ingest
+    steps = ("read", "prepare", "describe", "hand_over", "encode", "views", "copies", "upsert")
+    assert all(costs[step] > 0 for step in (*steps, "prepare_single"))
+    # the ceiling is the cores over read + prepare + encode, and the ratio is taken in the same run
+    three = costs["read"] + costs["prepare"] + costs["encode"]
+    assert result["ceiling"]["read_prepare_encode_ms"] == pytest.approx(three, abs=1e-3)
+    assert result["ceiling"]["rate"] == pytest.approx(1e3 * result["ceiling"]["cores"] / three, rel=1e-3)
+    assert result["steady_vs_ceiling"] == pytest.approx(steady / result["ceiling"]["rate"], abs=1e-3)
+    beyond = result["beyond_ceiling_ms"]
+    assert beyond["total"] == pytest.approx(sum(costs[s] for s in steps[2:] if s != "encode"), abs=1e-2)
+    assert result["every_step_ms"] == pytest.approx(three + beyond["total"], abs=1e-2)
+    cpu = result["pipeline_cpu_ms_per_ecg"]
+    assert cpu["main_process_steady"] > 0 and cpu["workers"] > 0
     assert result["model_version"] == Embedder(threads=1).version
     assert not Path(result["source"]).is_absolute()  # results name files relative to the repository
     assert result["machine"]["cpus"] >= 1
