@@ -212,8 +212,11 @@ class AuditLog:
             os.close(fd)
 
 
+_LINE = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=True)  # one encoder, not one per line
+
+
 def format_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(", ", ": "), ensure_ascii=True) + "\n"
+    return _LINE.encode(record) + "\n"
 
 
 class AuditTrail:
