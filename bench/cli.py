@@ -194,6 +194,9 @@ def recall(
             b.run_bench(cfg, out, plot, log, scratch=scratch, memory_cap=cap)
     except ImportError as exc:
         _missing(exc)
+    finally:
+        if cap is not None:
+            cap.leave()
     emit(results(out, plot), f"wrote {out}" + (f" and {plot}" if plot else ""), as_json)
 
 

@@ -125,6 +125,7 @@ class MemoryCap:
     path: Path
     limit_bytes: int
     version: int
+    home: Path | None = None  # the cgroup this process came from, returned to by ``leave``
 
     @classmethod
     def join(cls, limit_bytes: int, name: str | None = None) -> MemoryCap:
@@ -139,13 +140,23 @@ class MemoryCap:
         else:
             raise CapUnavailable("no memory cgroup controller is mounted (neither cgroup v2 nor v1)")
         path = root / name
+        home = _current(root, version)
         try:
             path.mkdir(exist_ok=True)
             (path / limit_file).write_text(str(limit_bytes))
             (path / "cgroup.procs").write_text(str(os.getpid()))
         except OSError as error:
             raise CapUnavailable(f"cannot create or join memory cgroup {path}: {error.strerror}") from error
-        return cls(path, limit_bytes, version)
+        return cls(path, limit_bytes, version, home)
+
+    def leave(self) -> None:
+        """Move this process back where it came from and remove the cgroup (best effort)."""
+        try:
+            if self.home is not None:
+                (self.home / "cgroup.procs").write_text(str(os.getpid()))
+            self.path.rmdir()
+        except OSError:
+            pass
 
     def report(self) -> dict[str, int | str | None]:
         """The limit, the highest usage the kernel recorded (heap + page cache) and OOM events so far."""
@@ -160,6 +171,15 @@ class MemoryCap:
             "peak_usage_bytes": int(peak) if peak.isdigit() else None,
             "oom_kills": int(oom) if oom is not None and oom.isdigit() else None,
         }
+
+
+def _current(root: Path, version: int) -> Path | None:
+    """This process's cgroup folder under ``root`` (from /proc/self/cgroup), None if unknown."""
+    for line in _read(Path("/proc/self/cgroup")).splitlines():
+        _, controllers, where = line.split(":", 2)
+        if (version == 2 and controllers == "") or (version == 1 and "memory" in controllers.split(",")):
+            return root / where.lstrip("/")
+    return None
 
 
 def _read(path: Path) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import mmap
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -75,3 +77,29 @@ def test_cap_report_reads_the_cgroup_files(tmp_path: Path) -> None:
     (tmp_path / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
     v2 = MemoryCap(tmp_path, 2_000_000, 2).report()
     assert v2["peak_usage_bytes"] == 777 and v2["oom_kills"] == 1 and v2["cgroup_version"] == 2
+
+
+def test_joining_a_cap_limits_this_process_or_says_why_not() -> None:
+    """In a child process: where cgroups may be made, the child runs under the limit and leaves no
+    cgroup behind; elsewhere joining raises CapUnavailable naming what is missing."""
+    code = """
+import json, os
+from pathlib import Path
+from ecgsearch.bench.memory import CapUnavailable, MemoryCap
+try:
+    cap = MemoryCap.join(512 * 2**20)
+except CapUnavailable as error:
+    print(json.dumps({"unavailable": str(error)}))
+else:
+    inside = str(cap.path.name) in Path("/proc/self/cgroup").read_text()
+    report = cap.report()
+    cap.leave()
+    print(json.dumps({"inside": inside, "limit": report["limit_bytes"], "left": not cap.path.exists()}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    if "unavailable" in outcome:
+        assert "cgroup" in outcome["unavailable"]
+    else:
+        assert outcome == {"inside": True, "limit": 512 * 2**20, "left": True}
