@@ -317,6 +317,9 @@ def ingest(
 
         ecgsearch bench ingest ../shared/data/ptb-xl --limit 200 --out /tmp/ingest.json
     """
+    from ecgsearch.ingest.cli import one_blas_thread
+
+    one_blas_thread()  # as `ecgsearch ingest` runs
     from ecgsearch.bench.ingest import run_bench
     from ecgsearch.bench.results import write_results
     from ecgsearch.export.runtime import ModelError
@@ -337,7 +340,8 @@ def ingest(
         f"(steady {result['end_to_end']['steady_rate_after_first_batch']}); "
         f"ceiling {result['ceiling']['rate']} ({result['ceiling']['read_prepare_encode_ms']} CPU ms per "
         f"ECG read+prepare+encode on {result['ceiling']['cores']} cores): steady at "
-        f"{result['steady_vs_ceiling']} of it; beyond the three "
+        f"{result['steady_vs_ceiling']} of it ({result['cpu_vs_ceiling']} by its own CPU per ECG, "
+        f"{result['cores_used_steady']} cores used); beyond the three "
         f"{result['beyond_ceiling_ms']['total']} CPU ms per ECG; pipeline "
         f"{result['pipeline_cpu_ms_per_ecg']['total']} CPU ms per ECG "
         f"-> {out}",

@@ -398,3 +398,22 @@ def test_rerun_and_collision_on_both_backends(tmp_path: Path, data_dir: Path, lo
         assert store.get("georgia:E00001")[0].patient_id == keys.lone_ecg("georgia:E00001")
     finally:
         store.close()
+
+
+def test_ingest_runs_numpy_on_one_blas_thread_unless_told_otherwise() -> None:
+    """What `ecgsearch ingest` does first, in a fresh process (and so in its spawned workers): numpy's
+    BLAS on one thread; a value the caller set is kept."""
+    pytest.importorskip("threadpoolctl")
+    code = (
+        "from ecgsearch.ingest.cli import one_blas_thread; one_blas_thread(); import numpy, threadpoolctl; "
+        "print(max(p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "1"
+    if (os.cpu_count() or 1) >= 2:
+        chosen = {**env, "OPENBLAS_NUM_THREADS": "2"}
+        run = subprocess.run(
+            [sys.executable, "-c", code], env=chosen, capture_output=True, text=True, check=True
+        )
+        assert run.stdout.strip() == "2"
