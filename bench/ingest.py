@@ -298,6 +298,12 @@ def run_bench(
             "rate": round(ceiling, 1),
         },
         "steady_vs_ceiling": round(steady_rate / ceiling, 3) if steady_rate else None,
+        # On cores shared with other jobs the pipeline gets less than all of them: its own CPU per ECG
+        # against the three steps' says what it reaches where the cores are its own.
+        "cpu_vs_ceiling": round(ideal_ms / pipeline_ms, 3) if pipeline_ms else None,
+        "cores_used_steady": round(steady_rate * pipeline_ms / 1e3, 2)
+        if steady_rate and pipeline_ms
+        else None,
         "beyond_ceiling_ms": {**beyond, "total": round(sum(beyond.values()), 3)},
         "every_step_ms": round(every_ms, 3),
         "every_step_rate": round(1e3 * cpus / every_ms, 1),

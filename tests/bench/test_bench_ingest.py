@@ -33,6 +33,9 @@ def test_ingest_bench_times_every_stage_on_the_same_records(ptbxl_dir: Path) -> 
     assert result["every_step_ms"] == pytest.approx(three + beyond["total"], abs=1e-2)
     cpu = result["pipeline_cpu_ms_per_ecg"]
     assert cpu["main_process_steady"] > 0 and cpu["workers"] > 0
+    assert cpu["total"] == pytest.approx(cpu["main_process_steady"] + cpu["workers"], abs=1e-2)
+    assert result["cpu_vs_ceiling"] == pytest.approx(three / cpu["total"], abs=1e-2)
+    assert result["cores_used_steady"] == pytest.approx(steady * cpu["total"] / 1e3, abs=0.02)
     assert result["model_version"] == Embedder(threads=1).version
     assert not Path(result["source"]).is_absolute()  # results name files relative to the repository
     assert result["machine"]["cpus"] >= 1
