@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import resource
 import tempfile
 import time
 from collections.abc import Iterator
@@ -39,26 +38,33 @@ def _rate(n: int, seconds: float) -> float:
     return round(n / seconds, 1) if seconds > 0 else 0.0
 
 
-def _children_cpu() -> float:
-    """CPU seconds of this process's ended (waited-for) children: the ingest's worker processes."""
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return used.ru_utime + used.ru_stime
+def _children_cpu() -> float | None:
+    """CPU seconds so far of this process's running children (the ingest's worker processes), read
+    from /proc; None where there is no /proc."""
+    me, tick, total = str(os.getpid()), os.sysconf("SC_CLK_TCK"), 0
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if fields[1] == me:  # state, ppid, ... utime (11), stime (12)
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def stage_read_prepare(
     candidates: list[Candidate], workers: int, batch_size: int
-) -> tuple[list[Record], float, float, float]:
+) -> tuple[list[Record], float, float]:
     """Every record loaded through the same worker pool the pipeline uses.
 
-    Returns the records, the seconds spent loading them, the seconds the pool took to start
-    (spawned workers import numpy and the readers once; timed apart so the rate is the steady one),
-    and the CPU seconds the workers spent starting.
+    Returns the records, the seconds spent loading them, and the seconds the pool took to start
+    (spawned workers import numpy and the readers once; timed apart so the rate is the steady one).
     """
-    cpu_before = _children_cpu()
-    with worker_pool(workers) as pool:
-        if pool:
-            list(pool.map(load_all, [[] for _ in range(workers)]))
-    start_cpu = _children_cpu() - cpu_before
     with worker_pool(workers) as pool:
         start = time.perf_counter()
         if pool:
@@ -69,25 +75,28 @@ def stage_read_prepare(
         results = list(pool.map(load_all, parts)) if pool else [load_all(p) for p in parts]
         seconds = time.perf_counter() - started
     records = [r for part in results for r in part if isinstance(r, Record)]
-    return records, seconds, started - start, start_cpu
+    return records, seconds, started - start
 
 
 class _BatchClock:
-    """Marks each stored batch of an ingest run (wall and this process's CPU), so the rate after the
-    first batch (pool warm) and the CPU this process spends per ECG meanwhile are known."""
+    """Marks each stored batch of an ingest run (wall, this process's CPU, its workers' CPU), so the
+    rate after the first batch (pool warm) and the CPU spent per ECG meanwhile are known."""
 
     def __init__(self) -> None:
-        self.marks: list[tuple[float, float, int]] = []
+        self.marks: list[tuple[float, float, float | None, int]] = []
 
     def __call__(self, summary: IngestSummary) -> None:
-        self.marks.append((time.perf_counter(), time.process_time(), summary.ingested + summary.rejected))
+        done = summary.ingested + summary.rejected
+        self.marks.append((time.perf_counter(), time.process_time(), _children_cpu(), done))
 
-    def steady(self) -> tuple[float, float] | None:
-        """(ECGs per second, this process's CPU ms per ECG) from the first batch's end to the last's."""
+    def steady(self) -> tuple[float, float, float | None] | None:
+        """(ECGs per second, this process's CPU ms per ECG, its workers' CPU ms per ECG) from the first
+        batch's end to the last's."""
         if len(self.marks) < 3:
             return None
-        (t0, c0, n0), (t1, c1, n1) = self.marks[0], self.marks[-1]
-        return _rate(n1 - n0, t1 - t0), round(1e3 * (c1 - c0) / (n1 - n0), 3)
+        (t0, c0, w0, n0), (t1, c1, w1, n1) = self.marks[0], self.marks[-1]
+        workers = round(1e3 * (w1 - w0) / (n1 - n0), 3) if w0 is not None and w1 is not None else None
+        return _rate(n1 - n0, t1 - t0), round(1e3 * (c1 - c0) / (n1 - n0), 3), workers
 
 
 class StageCosts(TypedDict):
@@ -217,7 +226,7 @@ def run_bench(
     load_before = load_average()
     candidates = list(select(enumerate_source(source)))[:limit]
     embedder = Embedder(model, threads=threads, spinning=False)  # as `ecgsearch ingest` makes it
-    records, read_s, pool_start_s, pool_start_cpu = stage_read_prepare(candidates, workers, batch_size)
+    records, read_s, pool_start_s = stage_read_prepare(candidates, workers, batch_size)
     arrays = np.stack([r.signal for r in records])
     encoder_s, encoder_cpu = stage_encoder(embedder, arrays, batch_size)
     chunk = max(1, -(-batch_size // max(workers, 1)))
@@ -225,7 +234,6 @@ def run_bench(
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(path=Path(tmp) / "store", collection="bench")
         clock = _BatchClock()
-        children_before = _children_cpu()
         try:
             summary = ingest(
                 candidates,
@@ -236,7 +244,6 @@ def run_bench(
                 optimize=False,
                 on_batch=clock,
             )
-            workers_cpu = _children_cpu() - children_before - (pool_start_cpu if workers else 0.0)
             t0 = time.perf_counter()
             store.optimize()
             optimize_s = time.perf_counter() - t0
@@ -245,7 +252,7 @@ def run_bench(
     n = len(records)
     cpus = os.cpu_count() or 1
     steady = clock.steady()
-    steady_rate, main_ms = steady if steady else (None, None)
+    steady_rate, main_ms, workers_ms = steady if steady else (None, None, None)
     ideal_ms = costs["read"] + costs["prepare"] + costs["encode"]
     beyond = {
         "describe": costs["describe"],
@@ -256,7 +263,7 @@ def run_bench(
     }
     every_ms = ideal_ms + sum(beyond.values())
     ceiling = 1e3 * cpus / ideal_ms
-    pipeline_ms = main_ms + 1e3 * workers_cpu / n if main_ms is not None and n else None
+    pipeline_ms = main_ms + (workers_ms or 0.0) if main_ms is not None else None
     encoder_rate = _rate(n, encoder_s)
     return {
         "source": relative(source),
@@ -288,7 +295,6 @@ def run_bench(
             "seconds": round(read_s, 3),
             "rate": _rate(n, read_s),
             "pool_start_seconds": round(pool_start_s, 3),
-            "pool_start_cpu_seconds": round(pool_start_cpu, 3),
         },
         "core_ms_per_ecg": costs,
         "ceiling": {
@@ -309,7 +315,7 @@ def run_bench(
         "every_step_rate": round(1e3 * cpus / every_ms, 1),
         "pipeline_cpu_ms_per_ecg": {
             "main_process_steady": main_ms,
-            "workers": round(1e3 * workers_cpu / n, 3) if n else None,
+            "workers_steady": workers_ms,
             "total": round(pipeline_ms, 3) if pipeline_ms is not None else None,
         },
         "steady_vs_encoder": round(steady_rate / encoder_rate, 3) if steady_rate and encoder_rate else None,
