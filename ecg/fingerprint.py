@@ -96,17 +96,24 @@ def decode(stored: str) -> np.ndarray:
 @dataclass(frozen=True)
 class Print:
     """A fingerprint made ready to score against many others (what ``score`` needs of it, once): the
-    samples as float64, the live leads and cumulative energies per lead. ``ready`` of a stack
+    samples as float64, the live leads and the cumulative energy over the leads. ``ready`` of a stack
     (n, 8, 400) gives every field that leading axis: ``take`` picks rows, ``scores`` scores one Print
     against many at once."""
 
     samples: np.ndarray  # (..., 8, SAMPLES) float64
     live: np.ndarray  # (..., 8) bool: not all zero
-    energy: np.ndarray  # (..., 8, SAMPLES + 1) cumulative sum of squares per lead, from 0
+    energy: np.ndarray  # (..., SAMPLES + 1) cumulative sum over time of the squares summed over leads
 
     def take(self, rows: int | np.ndarray | list[int]) -> Print:
         """The Prints of ``rows`` of a stack (one Print for one row)."""
         return Print(self.samples[rows], self.live[rows], self.energy[rows])
+
+
+def _cumulative(squares: np.ndarray) -> np.ndarray:
+    """(..., SAMPLES) -> (..., SAMPLES + 1): cumulative sums from 0 (exact: sums of int8 squares)."""
+    out = np.zeros((*squares.shape[:-1], SAMPLES + 1))
+    np.cumsum(squares, axis=-1, out=out[..., 1:])
+    return out
 
 
 def ready(fp: np.ndarray | Print) -> Print:
@@ -115,9 +122,7 @@ def ready(fp: np.ndarray | Print) -> Print:
     if isinstance(fp, Print):
         return fp
     x = np.asarray(fp, dtype=np.float64)
-    energy = np.zeros((*x.shape[:-1], SAMPLES + 1))
-    np.cumsum(x * x, axis=-1, out=energy[..., 1:])
-    return Print(x, np.abs(x).sum(axis=-1) > 0, energy)
+    return Print(x, np.abs(x).sum(axis=-1) > 0, _cumulative((x * x).sum(axis=-2)))
 
 
 def score(a: np.ndarray | Print, b: np.ndarray | Print) -> float:
@@ -151,23 +156,29 @@ def scores(a: Print, others: Print) -> np.ndarray:
     n, leads = len(others.live), len(_ROWS)
     live = a.live & others.live  # (n, 8)
     every = bool(live.all())  # the common case: no lead to leave out
-    exact32 = (
-        max(float(a.energy[:, -1].sum()), float(others.energy[:, :, -1].sum(axis=1).max(initial=0)))
-        < _EXACT_FLOAT32
-    )
+    exact32 = max(float(a.energy[-1]), float(others.energy[:, -1].max(initial=0))) < _EXACT_FLOAT32
     dtype = np.float32 if exact32 else np.float64
     # shifted[k] holds a moved k samples right in a row of _PADDED; others padded by MAX_LAG each side
     placed = np.zeros((leads, _PADDED + 2 * MAX_LAG), dtype)
     placed[:, 2 * MAX_LAG : 2 * MAX_LAG + SAMPLES] = a.samples
-    windows = np.lib.stride_tricks.sliding_window_view(placed, _PADDED, axis=1)  # (8, 2 MAX_LAG + 1, _PADDED)
-    shifted = np.ascontiguousarray(windows[:, ::-1].transpose(1, 0, 2)).reshape(len(_LAGS), -1)
+    # shifted[k, l, s] = placed[l, s + 2 MAX_LAG - k]: a view stepping back one sample per lag, copied
+    step, row = placed.strides[1], placed.strides[0]
+    view = np.lib.stride_tricks.as_strided(
+        placed[:, 2 * MAX_LAG :],
+        shape=(len(_LAGS), leads, _PADDED),
+        strides=(-step, row, step),
+        writeable=False,
+    )
+    shifted = view.reshape(len(_LAGS), -1)  # a copy: the view is not contiguous
     padded = np.zeros((n, leads, _PADDED), dtype)
     padded[:, :, MAX_LAG : MAX_LAG + SAMPLES] = others.samples
     cc = (padded.reshape(n, -1) @ shifted.T).astype(np.float64)  # (n, lags): sum of a(t) o(t + lag)
     if every:
-        ca, cb = np.broadcast_to(a.energy.sum(axis=0), (n, SAMPLES + 1)), others.energy.sum(axis=1)
-    else:
-        ca, cb = (a.energy * live[..., None]).sum(axis=1), (others.energy * live[..., None]).sum(axis=1)
+        ca, cb = np.broadcast_to(a.energy, (n, SAMPLES + 1)), others.energy
+    else:  # the energies of the leads live in both only
+        lead = live[..., None]
+        ca = _cumulative((a.samples * a.samples * lead).sum(axis=1))
+        cb = _cumulative((others.samples * others.samples * lead).sum(axis=1))
     exx = ca[:, SAMPLES - _AHEAD] - ca[:, _BEHIND]
     eyy = cb[:, SAMPLES - _BEHIND] - cb[:, _AHEAD]
     lag = _LAGS[np.argmax(cc / np.sqrt(np.maximum(exx * eyy, 1e-30)), axis=1)]
