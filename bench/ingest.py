@@ -59,44 +59,43 @@ def _children_cpu() -> float | None:
 
 def stage_read_prepare(
     candidates: list[Candidate], workers: int, batch_size: int
-) -> tuple[list[Record], float, float]:
+) -> tuple[list[Record], float, float, float | None]:
     """Every record loaded through the same worker pool the pipeline uses.
 
-    Returns the records, the seconds spent loading them, and the seconds the pool took to start
-    (spawned workers import numpy and the readers once; timed apart so the rate is the steady one).
+    Returns the records, the seconds spent loading them, the seconds the pool took to start
+    (spawned workers import numpy and the readers once; timed apart so the rate is the steady one),
+    and the workers' CPU seconds for the loading (None without /proc, or without workers).
     """
     with worker_pool(workers) as pool:
         start = time.perf_counter()
         if pool:
             list(pool.map(load_all, [[] for _ in range(workers)]))
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), _children_cpu()
         chunk = max(1, -(-batch_size // max(workers, 1)))
         parts = list(_chunks(iter(candidates), chunk))
         results = list(pool.map(load_all, parts)) if pool else [load_all(p) for p in parts]
-        seconds = time.perf_counter() - started
+        seconds, cpu_after = time.perf_counter() - started, _children_cpu()
     records = [r for part in results for r in part if isinstance(r, Record)]
-    return records, seconds, started - start
+    cpu = cpu_after - cpu_before if pool and cpu_before is not None and cpu_after is not None else None
+    return records, seconds, started - start, cpu
 
 
 class _BatchClock:
-    """Marks each stored batch of an ingest run (wall, this process's CPU, its workers' CPU), so the
-    rate after the first batch (pool warm) and the CPU spent per ECG meanwhile are known."""
+    """Marks each stored batch of an ingest run (wall and this process's CPU), so the rate after the
+    first batch (pool warm) and the CPU this process spends per ECG meanwhile are known."""
 
     def __init__(self) -> None:
-        self.marks: list[tuple[float, float, float | None, int]] = []
+        self.marks: list[tuple[float, float, int]] = []
 
     def __call__(self, summary: IngestSummary) -> None:
-        done = summary.ingested + summary.rejected
-        self.marks.append((time.perf_counter(), time.process_time(), _children_cpu(), done))
+        self.marks.append((time.perf_counter(), time.process_time(), summary.ingested + summary.rejected))
 
-    def steady(self) -> tuple[float, float, float | None] | None:
-        """(ECGs per second, this process's CPU ms per ECG, its workers' CPU ms per ECG) from the first
-        batch's end to the last's."""
+    def steady(self) -> tuple[float, float] | None:
+        """(ECGs per second, this process's CPU ms per ECG) from the first batch's end to the last's."""
         if len(self.marks) < 3:
             return None
-        (t0, c0, w0, n0), (t1, c1, w1, n1) = self.marks[0], self.marks[-1]
-        workers = round(1e3 * (w1 - w0) / (n1 - n0), 3) if w0 is not None and w1 is not None else None
-        return _rate(n1 - n0, t1 - t0), round(1e3 * (c1 - c0) / (n1 - n0), 3), workers
+        (t0, c0, n0), (t1, c1, n1) = self.marks[0], self.marks[-1]
+        return _rate(n1 - n0, t1 - t0), round(1e3 * (c1 - c0) / (n1 - n0), 3)
 
 
 class StageCosts(TypedDict):
@@ -226,7 +225,7 @@ def run_bench(
     load_before = load_average()
     candidates = list(select(enumerate_source(source)))[:limit]
     embedder = Embedder(model, threads=threads, spinning=False)  # as `ecgsearch ingest` makes it
-    records, read_s, pool_start_s = stage_read_prepare(candidates, workers, batch_size)
+    records, read_s, pool_start_s, workers_cpu = stage_read_prepare(candidates, workers, batch_size)
     arrays = np.stack([r.signal for r in records])
     encoder_s, encoder_cpu = stage_encoder(embedder, arrays, batch_size)
     chunk = max(1, -(-batch_size // max(workers, 1)))
@@ -252,7 +251,8 @@ def run_bench(
     n = len(records)
     cpus = os.cpu_count() or 1
     steady = clock.steady()
-    steady_rate, main_ms, workers_ms = steady if steady else (None, None, None)
+    steady_rate, main_ms = steady if steady else (None, None)
+    workers_ms = round(1e3 * workers_cpu / n, 3) if workers_cpu is not None and n else None
     ideal_ms = costs["read"] + costs["prepare"] + costs["encode"]
     beyond = {
         "describe": costs["describe"],
@@ -315,7 +315,7 @@ def run_bench(
         "every_step_rate": round(1e3 * cpus / every_ms, 1),
         "pipeline_cpu_ms_per_ecg": {
             "main_process_steady": main_ms,
-            "workers_steady": workers_ms,
+            "workers": workers_ms,  # the warm pool loading every record, as the pipeline's workers do
             "total": round(pipeline_ms, 3) if pipeline_ms is not None else None,
         },
         "steady_vs_encoder": round(steady_rate / encoder_rate, 3) if steady_rate and encoder_rate else None,

@@ -32,8 +32,8 @@ def test_ingest_bench_times_every_stage_on_the_same_records(ptbxl_dir: Path) -> 
     assert beyond["total"] == pytest.approx(sum(costs[s] for s in steps[2:] if s != "encode"), abs=1e-2)
     assert result["every_step_ms"] == pytest.approx(three + beyond["total"], abs=1e-2)
     cpu = result["pipeline_cpu_ms_per_ecg"]
-    assert cpu["main_process_steady"] > 0 and cpu["workers_steady"] >= 0  # /proc ticks: 10 ms
-    assert cpu["total"] == pytest.approx(cpu["main_process_steady"] + cpu["workers_steady"], abs=1e-2)
+    assert cpu["main_process_steady"] > 0 and cpu["workers"] > 0
+    assert cpu["total"] == pytest.approx(cpu["main_process_steady"] + cpu["workers"], abs=1e-2)
     assert result["cpu_vs_ceiling"] == pytest.approx(three / cpu["total"], abs=1e-2)
     assert result["cores_used_steady"] == pytest.approx(steady * cpu["total"] / 1e3, abs=0.02)
     assert result["model_version"] == Embedder(threads=1).version
