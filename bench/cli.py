@@ -317,7 +317,7 @@ def ingest(
 
         ecgsearch bench ingest ../shared/data/ptb-xl --limit 200 --out /tmp/ingest.json
     """
-    from ecgsearch.ingest.cli import one_blas_thread
+    from ecgsearch.ingest.threads import one_blas_thread
 
     one_blas_thread()  # as `ecgsearch ingest` runs
     from ecgsearch.bench.ingest import run_bench

@@ -31,18 +31,6 @@ DUPLICATE_THRESHOLD = (
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS = exits.OK, exits.FAILED, exits.USAGE, exits.REJECTS
 
 
-def one_blas_thread() -> None:
-    """Single-threaded BLAS for this process and the workers it starts, unless the caller chose.
-
-    Ingest's parallelism is its worker processes and its encoding thread. numpy's OpenBLAS threads
-    spin-wait after each parallel matrix product, and ingest makes many small ones (scoring copies,
-    filters): on 2 cores they burned as much CPU again as copy marking itself (``bench ingest``'s
-    copies step, run with and without). OpenBLAS reads this once, when numpy is first imported, so
-    it is called before the command imports its machinery; workers are spawned with it.
-    """
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-
 def parse_shard(value: str | None) -> tuple[int, int] | None:
     """'i/N' (1 <= i <= N) -> (i, N)."""
     if value is None:
@@ -222,7 +210,9 @@ def ingest_command(o: IngestOptions) -> None:
 
         ecgsearch ingest ../shared/data/hospital --service localhost:50051 --token-file token --json
     """
-    one_blas_thread()
+    from ecgsearch.ingest.threads import one_blas_thread
+
+    one_blas_thread()  # before numpy loads
     from ecgsearch.ecg.identity import site_pseudonymizer
     from ecgsearch.export.runtime import Embedder, ModelError
     from ecgsearch.ingest.sources import SourceError, enumerate_source, select

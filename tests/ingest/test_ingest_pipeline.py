@@ -405,7 +405,8 @@ def test_ingest_runs_numpy_on_one_blas_thread_unless_told_otherwise() -> None:
     BLAS on one thread; a value the caller set is kept."""
     pytest.importorskip("threadpoolctl")
     code = (
-        "from ecgsearch.ingest.cli import one_blas_thread; one_blas_thread(); import numpy, threadpoolctl; "
+        "from ecgsearch.ingest.threads import one_blas_thread; one_blas_thread(); "
+        "import numpy, threadpoolctl; "
         "print(max(p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas'))"
     )
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
