@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -67,32 +68,26 @@ class Peak:
         }
 
 
-# The watcher runs in its own process: qdrant-edge's binding holds this process's GIL for most of an
-# optimize (a thread here took 6 samples in a 55-minute 4M build), so a thread cannot see the peak.
-_WATCH = """
-import json, select, sys
-pid, interval = sys.argv[1], float(sys.argv[2])
-start = json.loads(sys.argv[3])
-peak = {key: 0 for key in start}
-samples = 0
-def sample():
-    global samples
-    try:
-        text = open(f"/proc/{pid}/status").read()
-    except OSError:
-        return
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in peak:
-            peak[key] = max(peak[key], int(value.split()[0]) * 1024 - start[key])
-    samples += 1
-while True:
-    sample()
-    if select.select([sys.stdin], [], [], interval)[0]:
-        break
-sample()
-print(json.dumps({"peak": peak, "samples": samples}))
-"""
+def watch(pid: int, interval_s: float, start: dict[str, int]) -> None:
+    """The watcher's loop: sample ``pid`` until stdin has a line, then print the peaks as JSON.
+
+    It runs in its own process (``python -m ecgsearch.bench.memory``): qdrant-edge's binding holds the
+    watched process's GIL for most of an optimize (a thread there took 6 samples in a 55-minute 4M
+    build), so a thread cannot see the peak.
+    """
+    peak = dict.fromkeys(start, 0)
+    samples = 0
+    stop = False
+    while True:  # a sample at the start, one per interval, and one when told to stop
+        now = status(pid)
+        if now:
+            for key in peak:
+                peak[key] = max(peak[key], now[key] - start[key])
+            samples += 1
+        if stop:
+            break
+        stop = bool(select.select([sys.stdin], [], [], interval_s)[0])
+    print(json.dumps({"peak": peak, "samples": samples}))
 
 
 class PeakSampler:
@@ -114,7 +109,7 @@ class PeakSampler:
         if start:
             begin = {"RssAnon": start["RssAnon"], "RssFile": start["RssFile"], "VmRSS": start["VmRSS"]}
             self._watcher = subprocess.Popen(
-                [sys.executable, "-c", _WATCH, str(os.getpid()), str(self.interval_s), json.dumps(begin)],
+                [sys.executable, "-m", __name__, str(os.getpid()), str(self.interval_s), json.dumps(begin)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -216,3 +211,7 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3]))

@@ -96,13 +96,18 @@ def chunks(
 def generate(mix: Mixture, n: int, *, stream: int = 1, chunk: int = CHUNK) -> tuple[np.ndarray, Payloads]:
     """All n points at once (n * dim * 4 bytes of memory)."""
     vectors = np.empty((n, mix.dim), dtype=np.float32)
+    return vectors, _fill(vectors, mix, stream=stream, chunk=chunk)
+
+
+def _fill(vectors: np.ndarray, mix: Mixture, *, stream: int = 1, chunk: int = CHUNK) -> Payloads:
+    """Draw ``len(vectors)`` points chunk by chunk into ``vectors`` (an array or a memory map)."""
     parts = []
     start = 0
-    for x, p in chunks(mix, n, stream=stream, chunk=chunk):
+    for x, p in chunks(mix, len(vectors), stream=stream, chunk=chunk):
         vectors[start : start + len(x)] = x
         parts.append(p)
         start += len(x)
-    return vectors, concat(parts)
+    return concat(parts)
 
 
 def generate_mapped(mix: Mixture, n: int, folder: Path) -> tuple[np.ndarray, Payloads]:
@@ -119,14 +124,9 @@ def generate_mapped(mix: Mixture, n: int, folder: Path) -> tuple[np.ndarray, Pay
     if not (vectors_path.is_file() and columns_path.is_file()):
         partial = stem.with_suffix(".partial.npy")
         out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, mix.dim))
-        parts, start = [], 0
-        for x, p in chunks(mix, n):
-            out[start : start + len(x)] = x
-            parts.append(p)
-            start += len(x)
+        columns = _fill(out, mix)
         out.flush()
         del out
-        columns = concat(parts)
         partial_columns = stem.with_suffix(".partial.columns.npz")
         np.savez(partial_columns, codes=columns.codes, age=columns.age, female=columns.female)
         partial_columns.replace(columns_path)
