@@ -9,6 +9,7 @@ a keyword index as an enum vs a params object). ``filters.py`` does the same for
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
@@ -39,7 +40,11 @@ class IndexSettings(BaseModel):
     on, Qdrant's extra per-payload-value links (``payload_m``) add build time (+30 % at 100k) and
     no recall, so they are off. Vectors are int8-quantized with float32 rescoring: at 1M it built
     2.3x faster than float32 and reached recall@10 0.997 unfiltered at ef 256, where float32
-    reached 0.990.
+    reached 0.990. A collection is indexed in segments of at most ``max_segment_points`` (1M: the
+    size whose recall through the service is measured >= 0.99 in every class,
+    results/recall_1m_service.json): one graph of 4M points lost recall at the same ef and held
+    2.2 GB of heap per million while it was built (results/recall_4m.json), where bounded segments
+    keep each build, and each graph a search walks, at the measured size.
     ``ecgsearch bench recall`` measures what these settings give (results/recall_*.json).
     """
 
@@ -87,6 +92,18 @@ class IndexSettings(BaseModel):
         le=1.0,
         description="filters keeping at least this fraction run as the engine's filtered HNSW (no ACORN)",
     )
+    max_segment_points: int | None = Field(
+        default=1_000_000,
+        ge=1000,
+        description="points per segment: a larger collection is indexed as several bounded segments",
+    )
+
+    def max_segment_kb(self, vector_dim: int) -> int | None:
+        """The engine's segment bound (KB of float32 vectors of the largest named vector), with 10 %
+        headroom so a segment closed a flush past the bound is still whole."""
+        if self.max_segment_points is None:
+            return None
+        return math.ceil(self.max_segment_points * 1.1 * vector_dim * 4 / 1024)
 
     def plan_limits(self) -> PlanLimits:
         """The search-plan thresholds (search/engine/plan.py) of this collection."""
@@ -174,8 +191,9 @@ class Build:
     quantization: Any | None
 
 
-def build(s: IndexSettings, engine: Engine) -> Build:
-    """The graph, optimizer and quantization settings of a new collection."""
+def build(s: IndexSettings, engine: Engine, *, vector_dim: int) -> Build:
+    """The graph, optimizer and quantization settings of a new collection whose largest named vector
+    has ``vector_dim`` dimensions (the engine bounds a segment by that vector's bytes)."""
     return Build(
         hnsw=engine.hnsw(
             m=s.hnsw_m,
@@ -183,7 +201,9 @@ def build(s: IndexSettings, engine: Engine) -> Build:
             full_scan_threshold=s.full_scan_threshold_kb,
             payload_m=s.payload_m,
         ),
-        optimizers=engine.optimizers(indexing_threshold=s.indexing_threshold_kb),
+        optimizers=engine.optimizers(
+            indexing_threshold=s.indexing_threshold_kb, max_segment_size=s.max_segment_kb(vector_dim)
+        ),
         quantization=engine.int8() if s.quantization else None,
     )
 

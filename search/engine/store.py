@@ -211,6 +211,11 @@ class ViewSpec(BaseModel):
     served: bool = False  # the view is the served vector itself: stored once, searched as it
 
 
+def _largest_dim(dim: int, views: dict[str, ViewSpec] | None) -> int:
+    """The largest named vector's size: the engine measures a segment by it."""
+    return max([dim, *(spec.dim for spec in (views or {}).values())])
+
+
 def view_specs(
     dims: dict[str, int], versions: dict[str, str], *, served_dim: int | None = None
 ) -> dict[str, ViewSpec]:
@@ -479,6 +484,7 @@ class EdgeStore(_Backend):
         self._shard: edge.EdgeShard | None = None
         self._closed = False
         self._unflushed = 0  # points upserted since the last flush (FLUSH_EVERY_POINTS)
+        self._unindexed = 0  # points written since the last optimize (IndexSettings.max_segment_points)
         self.last_plan: Plan | None = None  # the plan of the latest search (tests, benchmarks)
         self.plans = PlanTally()  # every search's plan, for the server's stats
         self.manifest = self._read_manifest()
@@ -487,6 +493,8 @@ class EdgeStore(_Backend):
         if self.manifest is not None:
             self._shard = self._open(lambda: edge.EdgeShard.load(str(self._shard_dir)))
             _index_payloads(self._shard)
+            loaded = self._shard.info()
+            self._unindexed = max(0, loaded.points_count - loaded.indexed_vectors_count)
 
     # -- layout ---------------------------------------------------------------------------------
     @property
@@ -559,7 +567,7 @@ class EdgeStore(_Backend):
             _check_views(self.manifest, views)
             return
         s = self.settings
-        made = build(s, EDGE)
+        made = build(s, EDGE, vector_dim=_largest_dim(dim, views))
         served = edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)
         config = edge.EdgeConfig(
             vectors={"": served, **_edge_views(views)} if views else served,
@@ -598,7 +606,14 @@ class EdgeStore(_Backend):
             ]
             self.shard.update(edge.UpdateOperation.upsert_points(points))
         self._unflushed += len(payloads)
-        if self._unflushed >= FLUSH_EVERY_POINTS:
+        self._unindexed += len(payloads)
+        bound = self.settings.max_segment_points
+        if bound is not None and self._unindexed >= bound:
+            # Close the segment being written at its bound: indexing it now builds one graph of at
+            # most ``bound`` points (a bounded peak of memory), and later points start a new
+            # segment, since the engine's optimizer never grows an indexed segment past the bound.
+            self.optimize()
+        elif self._unflushed >= FLUSH_EVERY_POINTS:
             self.shard.flush()
             self._unflushed = 0
 
@@ -833,6 +848,7 @@ class EdgeStore(_Backend):
     def optimize(self) -> None:
         self.shard.optimize()
         self.shard.flush()
+        self._unflushed = self._unindexed = 0
 
     def close(self) -> None:
         self._closed = True
@@ -1098,7 +1114,7 @@ class ServerStore(_Backend):
             "settings": s.model_dump(),
             "views": {v: spec.model_dump() for v, spec in (views or {}).items()},
         }
-        made = build(s, CLIENT)
+        made = build(s, CLIENT, vector_dim=_largest_dim(dim, views))
         served = qm.VectorParams(size=dim, distance=qm.Distance.COSINE)
         self._call(
             lambda: self.client.create_collection(

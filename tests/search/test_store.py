@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from test_store_conformance import FAKE_DIM, FAKE_VERSION, TEST_SETTINGS, K, exact_ids, queries
 
+from ecgsearch.bench.metrics import exact_topk, recall_at_k
+from ecgsearch.bench.recall import synthetic_dataset
 from ecgsearch.ecg.schema import StoreUnavailable
 from ecgsearch.search.engine.store import (
     EdgeStore,
@@ -112,3 +115,29 @@ def test_local_mode_leaves_the_process_warning_filters_alone(corpus: Any):
     store.close()
     assert list(warnings.filters) == before
     assert not [w for w in caught if "local" in str(w.message).lower()]
+
+
+def test_segments_stay_within_their_bound(tmp_path: Path):
+    """A collection past ``max_segment_points`` is indexed as several bounded segments (each its own
+    graph, a bounded build), a reopened store goes on counting from what is not yet indexed, and the
+    search over all segments still finds the exact neighbours."""
+    data = synthetic_dataset(3500, 32, 10, seed=1)
+    settings = IndexSettings(max_segment_points=1000, full_scan_threshold_kb=1, indexing_threshold_kb=1)
+    path = tmp_path / "store"
+    with EdgeStore(path, "ecgs", settings) as store:
+        store.create_collection(dim=32, model_version=FAKE_VERSION)
+        for start in range(0, 2500, 500):
+            store.upsert(data.payloads(start, start + 500), data.vectors[start : start + 500])
+    with EdgeStore(path, "ecgs") as store:  # 500 points written since the last bound was reached
+        store.upsert(data.payloads(2500, 3000), data.vectors[2500:3000])  # 1000: a third segment
+        assert store.shard.info().indexed_vectors_count == 3000
+        store.upsert(data.payloads(3000, 3500), data.vectors[3000:3500])
+        store.optimize()
+        shard = store.shard.info()
+        assert shard.indexed_vectors_count == shard.points_count == 3500
+        assert shard.segments_count >= 4  # three full segments and the rest; one graph never holds all
+        truth, _ = exact_topk(data.queries, np.asarray(data.vectors), K)
+        found = np.array(
+            [[int(h.record_id.split(":")[1]) for h in store.search(q, k=K)] for q in data.queries]
+        )
+    assert recall_at_k(found, truth, K) >= 0.95
