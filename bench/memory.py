@@ -14,11 +14,13 @@ import os
 import select
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 FIELDS = ("VmRSS", "RssAnon", "RssFile", "VmHWM")
+TIMELINE_EVERY_S = 10.0  # a 4M build of ~1.5 hours keeps ~550 rows
 
 
 def status(pid: int | str = "self") -> dict[str, int]:
@@ -48,6 +50,7 @@ class Peak:
     file_bytes: int = 0
     rss_bytes: int = 0
     samples: int = 0
+    timeline: tuple[tuple[float, int, int], ...] = ()  # (seconds, anon, file growth), every so often
 
     def per_million(self, n: int) -> dict[str, float]:
         """The peaks as bytes per million points (what a node's sizing scales by)."""
@@ -65,11 +68,16 @@ class Peak:
             "peak_rss_bytes": self.rss_bytes,
             "memory_samples": self.samples,
             **self.per_million(n),
+            "memory_timeline": [list(row) for row in self.timeline],
         }
 
 
-def watch(pid: int, interval_s: float, start: dict[str, int]) -> None:
-    """The watcher's loop: sample ``pid`` until stdin has a line, then print the peaks as JSON.
+def watch(
+    pid: int, interval_s: float, start: dict[str, int], timeline_every_s: float = TIMELINE_EVERY_S
+) -> None:
+    """The watcher's loop: sample ``pid`` until stdin has a line, then print the peaks as JSON, with
+    the anonymous and file-backed growth every ``timeline_every_s`` (how a long build's heap rises:
+    what each finished segment keeps, what building one adds).
 
     It runs in its own process (``python -m ecgsearch.bench.memory``): qdrant-edge's binding holds the
     watched process's GIL for most of an optimize (a thread there took 6 samples in a 55-minute 4M
@@ -77,6 +85,8 @@ def watch(pid: int, interval_s: float, start: dict[str, int]) -> None:
     """
     peak = dict.fromkeys(start, 0)
     samples = 0
+    timeline: list[tuple[float, int, int]] = []
+    began = time.monotonic()
     stop = False
     while True:  # a sample at the start, one per interval, and one when told to stop
         now = status(pid)
@@ -84,10 +94,15 @@ def watch(pid: int, interval_s: float, start: dict[str, int]) -> None:
             for key in peak:
                 peak[key] = max(peak[key], now[key] - start[key])
             samples += 1
+            elapsed = time.monotonic() - began
+            if stop or not timeline or elapsed - timeline[-1][0] >= timeline_every_s:
+                timeline.append(
+                    (round(elapsed, 1), now["RssAnon"] - start["RssAnon"], now["RssFile"] - start["RssFile"])
+                )
         if stop:
             break
         stop = bool(select.select([sys.stdin], [], [], interval_s)[0])
-    print(json.dumps({"peak": peak, "samples": samples}))
+    print(json.dumps({"peak": peak, "samples": samples, "timeline": timeline}))
 
 
 class PeakSampler:
@@ -99,8 +114,9 @@ class PeakSampler:
     GIL is held by a native call.
     """
 
-    def __init__(self, interval_s: float = 0.2) -> None:
+    def __init__(self, interval_s: float = 0.2, timeline_every_s: float = TIMELINE_EVERY_S) -> None:
         self.interval_s = interval_s
+        self.timeline_every_s = timeline_every_s
         self.peak = Peak()
         self._watcher: subprocess.Popen[str] | None = None
 
@@ -109,7 +125,15 @@ class PeakSampler:
         if start:
             begin = {"RssAnon": start["RssAnon"], "RssFile": start["RssFile"], "VmRSS": start["VmRSS"]}
             self._watcher = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(os.getpid()), str(self.interval_s), json.dumps(begin)],
+                [
+                    sys.executable,
+                    "-m",
+                    __name__,
+                    str(os.getpid()),
+                    str(self.interval_s),
+                    json.dumps(begin),
+                    str(self.timeline_every_s),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -129,6 +153,7 @@ class PeakSampler:
             file_bytes=max(0, peak["RssFile"]),
             rss_bytes=max(0, peak["VmRSS"]),
             samples=seen["samples"],
+            timeline=tuple((float(t), int(anon), int(file)) for t, anon, file in seen["timeline"]),
         )
 
 
@@ -214,4 +239,4 @@ def _read(path: Path) -> str:
 
 
 if __name__ == "__main__":
-    watch(int(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3]))
+    watch(int(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3]), *map(float, sys.argv[4:5]))

@@ -44,6 +44,23 @@ def test_peak_sampler_tells_heap_from_mapped_file(tmp_path: Path) -> None:
 
 
 @linux_only
+def test_timeline_shows_the_heap_rise_and_fall() -> None:
+    with PeakSampler(interval_s=0.01, timeline_every_s=0.05) as sampler:
+        time.sleep(0.1)
+        block = np.ones(64 * MB, dtype=np.uint8)
+        time.sleep(0.3)
+        del block
+        time.sleep(0.2)
+    timeline = sampler.peak.timeline
+    seconds = [row[0] for row in timeline]
+    assert len(timeline) >= 6 and seconds == sorted(seconds)
+    highest = max(range(len(timeline)), key=lambda i: timeline[i][1])
+    assert timeline[highest][1] >= 48 * MB and 0 < highest < len(timeline) - 1  # risen, then freed
+    assert timeline[-1][1] < 16 * MB
+    assert sampler.peak.as_dict(1)["memory_timeline"][highest][1] == timeline[highest][1]
+
+
+@linux_only
 def test_status_reads_this_process() -> None:
     now = status()
     assert set(now) == {"VmRSS", "RssAnon", "RssFile", "VmHWM"}
