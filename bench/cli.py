@@ -34,6 +34,12 @@ def _logger(quiet: bool) -> Callable[[str], None]:
     return log
 
 
+def _need_ptbxl(folder: Path, hint: str) -> None:
+    """Refuse a PTB-XL folder without its table before any work starts, naming the option."""
+    if not (folder / "ptbxl_database.csv").is_file():
+        raise typer.BadParameter(f"no ptbxl_database.csv in {folder}", param_hint=hint)
+
+
 def _beside(out: Path, plot: Path | None) -> Path:
     """The plot path: ``--plot`` when given, else beside ``--out`` (never a committed plot elsewhere)."""
     return plot if plot is not None else out.with_suffix(".png")
@@ -176,8 +182,8 @@ def recall(
     )
     if resume and scratch is None:
         raise typer.BadParameter("--resume keeps its stores under --scratch: name one", param_hint="--resume")
-    if real_ptbxl is not None and not (real_ptbxl / "ptbxl_database.csv").is_file():
-        raise typer.BadParameter(f"no ptbxl_database.csv in {real_ptbxl}", param_hint="--real-ptbxl")
+    if real_ptbxl is not None:
+        _need_ptbxl(real_ptbxl, "--real-ptbxl")
     cap = None
     if memory_cap_gb is not None:
         from ecgsearch.bench.memory import CapUnavailable, MemoryCap
@@ -243,8 +249,7 @@ def retrieval(
     from ecgsearch.bench import retrieval as ev
     from ecgsearch.export.runtime import ModelError
 
-    if not (ptbxl / "ptbxl_database.csv").is_file():
-        raise typer.BadParameter(f"no ptbxl_database.csv in {ptbxl}")
+    _need_ptbxl(ptbxl, "--ptbxl")
     plot = _beside(out, plot)
     try:
         result = ev.run(
@@ -466,8 +471,7 @@ def training(
     """
     if not checkpoint.is_file():
         raise typer.BadParameter(f"no checkpoint {checkpoint}", param_hint="--checkpoint")
-    if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
-        raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
+    _need_ptbxl(data / "ptb-xl", "--data")
     import pickle
 
     from ecgsearch.bench.results import relative, write_results
@@ -552,8 +556,7 @@ def crossfit(
     for path in (config, compare):
         if path is not None and not path.is_file():
             raise typer.BadParameter(f"no config file {path}")
-    if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
-        raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
+    _need_ptbxl(data / "ptb-xl", "--data")
     import yaml
 
     from ecgsearch.bench.results import write_results
@@ -675,8 +678,7 @@ def choose(
     """
     if not config.is_file():
         raise typer.BadParameter(f"no config file {config}", param_hint="--config")
-    if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
-        raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
+    _need_ptbxl(data / "ptb-xl", "--data")
     import yaml
 
     from ecgsearch.bench.results import write_results
@@ -779,8 +781,7 @@ def views(
 
         ecgsearch eval views --through-store --out results/views_store.json
     """
-    if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
-        raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
+    _need_ptbxl(data / "ptb-xl", "--data")
     from ecgsearch.bench.results import write_results
 
     try:
