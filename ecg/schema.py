@@ -446,7 +446,12 @@ class SearchFilter(BaseModel):
         return self
 
     def is_empty(self) -> bool:
-        return self == SearchFilter()
+        """No condition at all: the default filter (compared with one kept for it, not one built per call:
+        every search asks, and building a filter runs its validators)."""
+        return self == _NO_FILTER
+
+
+_NO_FILTER = SearchFilter()  # never handed out: only compared with
 
 
 class Hit(BaseModel):
