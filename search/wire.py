@@ -340,25 +340,25 @@ _MAPS = tuple(n for n, kind in _KINDS if kind == "map")
 _STAMPS = tuple(n for n, kind in _KINDS if kind == "timestamp")
 _SEXES = tuple(n for n, kind in _KINDS if kind == "sex")
 _SCALARS = tuple(n for n, _ in _PLAIN) + _OPTIONAL
+_COLLECTIONS = _REPEATED + _MAPS
 
 
 def payload_fields(payload: EcgPayload) -> dict[str, Any]:
     """Every field of PAYLOAD_FIELDS as ``pb.Payload``'s constructor takes it; an absent optional value
-    stays unset. A reply is built from these in one constructor call (``result_to_proto``): building
-    each hit's message apart and then copying it into the reply cost twice as much."""
-    values: dict[str, Any] = {}
-    for name in _SCALARS:
-        value = getattr(payload, name)
-        if value is not None:
+    and an empty list or map stay unset (the same message). A reply is built from these in one
+    constructor call (``result_to_proto``): building each hit's message apart and then copying it into
+    the reply cost twice as much. The values are read from the model's ``__dict__``, where pydantic
+    keeps them: an attribute lookup per field cost a fifth more, for every hit of every reply."""
+    held = payload.__dict__
+    values = {name: value for name in _SCALARS if (value := held[name]) is not None}
+    for name in _COLLECTIONS:
+        if value := held[name]:
             values[name] = value
-    for name in _REPEATED + _MAPS:
-        values[name] = getattr(payload, name)
     for name in _STAMPS:
-        when = getattr(payload, name)
-        if when is not None:
+        if (when := held[name]) is not None:
             values[name] = timestamp_fields(when)
     for name in _SEXES:
-        values[name] = SEX_TO_PROTO[getattr(payload, name)]
+        values[name] = SEX_TO_PROTO[held[name]]
     return values
 
 
