@@ -8,6 +8,7 @@ temporary store is filled from PTB-XL by ``ecgsearch ingest`` with the bundled m
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -68,7 +69,7 @@ def bench_service(
                 run_load(target, token, material, flt, duration=duration, concurrency=c, k=k)
                 for c in concurrency
             ]
-            round_trips = round_trip_p50(client, target, material["vectors"][0])
+            round_trips, server_side = round_trip_p50(client, target, material["vectors"][0], audit_log)
             server_stats = client.stats()
             search_plans = client.search_plans()
         audited = len(audit_log.read_bytes().splitlines())
@@ -106,6 +107,7 @@ def bench_service(
         ],
         "levels": levels,
         "round_trip_p50_ms": round_trips,
+        "round_trip_server_p50_ms": server_side,
         "audit_lines": audited,
         "server_stats": server_stats,
         "search_plans": search_plans,
@@ -114,11 +116,16 @@ def bench_service(
 
 
 def round_trip_p50(
-    client: EcgSearchClient, target: str, vector: np.ndarray, n: int = 300
-) -> dict[str, float]:
+    client: EcgSearchClient, target: str, vector: np.ndarray, audit_log: Path, n: int = 300
+) -> tuple[dict[str, float], dict[str, float]]:
     """One client's p50 (ms) of calls that do less and less than a search: where a search's time goes
     beyond the store (gRPC's own health check: transport only; CollectionInfo: the server's call
-    pipeline with a cached answer; searches of k=1 and k=10)."""
+    pipeline with a cached answer; searches of k=1 and k=10).
+
+    And of each audited call, the p50 of the time its audit line records (``latency_ms``: from the
+    call reaching the audit stage, its request message still to be received, to the line): the
+    server's own share; the rest of the round trip is transport, gRPC handing the call to a worker
+    thread and sending the reply, and the client's conversion. The health check is not audited."""
     with grpc.insecure_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         calls: dict[str, Callable[[], object]] = {
@@ -127,17 +134,24 @@ def round_trip_p50(
             "search_by_vector_k1": lambda: client.search_by_vector(vector, k=1),
             "search_by_vector_k10": lambda: client.search_by_vector(vector, k=10),
         }
-        out = {}
+        audited = {"collection_info": "CollectionInfo", "search_by_vector_k1": "SearchByVector"}
+        audited["search_by_vector_k10"] = "SearchByVector"
+        out, server = {}, {}
         for name, call in calls.items():
             for _ in range(20):
                 call()
+            before = len(audit_log.read_bytes().splitlines())
             seconds = []
             for _ in range(n):
                 began = time.perf_counter()
                 call()
                 seconds.append(time.perf_counter() - began)
             out[name] = round(float(np.median(seconds)) * 1000, 3)
-    return out
+            if name in audited:  # this loop's lines: one client, calls one after another
+                lines = [json.loads(line) for line in audit_log.read_bytes().splitlines()[before:]]
+                took = [line["latency_ms"] for line in lines if line["method"] == audited[name]]
+                server[name] = round(float(np.median(took)), 3)
+    return out, server
 
 
 def gil_probe(store: Path, vectors: np.ndarray, rounds: int = 3) -> list[dict[str, float]]:

@@ -38,3 +38,7 @@ def test_bench_service_end_to_end(ptbxl_dir: Path, tmp_path: Path) -> None:
     assert data["audit_lines"] >= sum(level["requests"] for level in data["levels"])
     trips = data["round_trip_p50_ms"]
     assert trips["grpc_health_check"] > 0 and trips["search_by_vector_k1"] > 0
+    # the server's own share of each audited call, from its audit lines: part of the round trip
+    server = data["round_trip_server_p50_ms"]
+    assert set(server) == {"collection_info", "search_by_vector_k1", "search_by_vector_k10"}
+    assert all(0 < server[name] < trips[name] for name in server)
