@@ -36,7 +36,7 @@ class IndexSettings(BaseModel):
     collection size), an oversampled unfiltered search post-filtered for filters keeping at least
     ``postfilter_min_fraction``, ACORN between; defaults from results/recall_1m.json, the exact bound
     raised from 100,000 to 250,000 after ACORN over 158,000 matching points at 4M took p50 70 ms for
-    recall@10 0.960 (results/recall_4m.json), where an exact scan costs ~15 ms per 100,000 points
+    recall@10 0.960 (results/recall_4m_one_segment.json), where an exact scan costs ~15 ms per 100,000 points
     (docs/results.md, the search plan) and is exact by construction. A near-total
     filter (at least ``hnsw_min_fraction``, such as the service's copy rule) is the engine's own
     filtered HNSW without ACORN (results/recall_200k_service.json). With ACORN
@@ -46,8 +46,8 @@ class IndexSettings(BaseModel):
     reached 0.990. A collection is indexed in segments of at most ``max_segment_points`` (1M: the
     size whose recall through the service is measured >= 0.99 in every class,
     results/recall_1m_service.json): one graph of 4M points lost recall at the same ef and held
-    2.2 GB of heap per million while it was built (results/recall_4m.json), where bounded segments
-    keep each build, and each graph a search walks, at the measured size.
+    2.2 GB of heap per million while it was built (results/recall_4m_one_segment.json); in 1M
+    segments every class reached >= 0.996 and the heap 1.06 GB per million (results/recall_4m.json).
     ``ecgsearch bench recall`` measures what these settings give (results/recall_*.json).
     """
 
