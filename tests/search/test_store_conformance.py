@@ -323,12 +323,13 @@ OTHER = IndexSettings(
     full_scan_threshold_kb=5,
     indexing_threshold_kb=7,
     payload_m=4,
+    max_segment_points=20_000,
 )
 
 
 @pytest.mark.parametrize("engine", [EDGE, CLIENT], ids=lambda e: e.name)
 def test_settings_reach_each_engine_objects(engine: Engine) -> None:
-    made = engine_settings.build(OTHER, engine)
+    made = engine_settings.build(OTHER, engine, vector_dim=64)
     assert (made.hnsw.m, made.hnsw.ef_construct, made.hnsw.full_scan_threshold, made.hnsw.payload_m) == (
         12,
         96,
@@ -336,11 +337,15 @@ def test_settings_reach_each_engine_objects(engine: Engine) -> None:
         4,
     )
     assert made.optimizers.indexing_threshold == 7
+    assert made.optimizers.max_segment_size == 5500  # KB: 20,000 x 1.1 float32 vectors of 64 dims
     int8 = getattr(made.quantization, "scalar", made.quantization)  # the client wraps it
     assert str(int8.type).lower().endswith("int8") and int8.always_ram is True
     assert int8.quantile == pytest.approx(0.99)
     assert (
-        engine_settings.build(OTHER.model_copy(update={"quantization": False}), engine).quantization is None
+        engine_settings.build(
+            OTHER.model_copy(update={"quantization": False}), engine, vector_dim=64
+        ).quantization
+        is None
     )
 
     filtered = engine_settings.search_params(OTHER, engine, exact=False, ef=None, filtered=True)
