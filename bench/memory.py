@@ -61,7 +61,7 @@ class Peak:
             "peak_rss_bytes_per_million": self.rss_bytes * scale,
         }
 
-    def as_dict(self, n: int) -> dict[str, float | int]:
+    def as_dict(self, n: int) -> dict[str, float | int | list[list[float]]]:
         return {
             "peak_anon_bytes": self.anon_bytes,
             "peak_file_bytes": self.file_bytes,
