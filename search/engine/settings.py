@@ -103,7 +103,7 @@ class IndexSettings(BaseModel):
 
     def max_segment_kb(self, vector_dim: int) -> int | None:
         """The engine's segment bound (KB of float32 vectors of the largest named vector), with 10 %
-        headroom so a segment closed a flush past the bound is still whole."""
+        headroom so a segment closed by the upsert that crossed the bound is still whole."""
         if self.max_segment_points is None:
             return None
         return math.ceil(self.max_segment_points * 1.1 * vector_dim * 4 / 1024)
