@@ -568,11 +568,14 @@ class EdgeStore(_Backend):
             return
         s = self.settings
         made = build(s, EDGE, vector_dim=_largest_dim(dim, views))
-        served = edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)
+        # int8 copies for the served vector only: a view of 4-12 numbers saves a few bytes a point by
+        # them and loses neighbours (4-d at 200k: recall@10 0.985 quantized, 1.0 in float32)
+        served = edge.EdgeVectorParams(
+            size=dim, distance=edge.Distance.Cosine, quantization_config=made.quantization
+        )
         config = edge.EdgeConfig(
             vectors={"": served, **_edge_views(views)} if views else served,
             hnsw_config=made.hnsw,
-            quantization_config=made.quantization,
             optimizers=made.optimizers,
         )
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -1115,7 +1118,9 @@ class ServerStore(_Backend):
             "views": {v: spec.model_dump() for v, spec in (views or {}).items()},
         }
         made = build(s, CLIENT, vector_dim=_largest_dim(dim, views))
-        served = qm.VectorParams(size=dim, distance=qm.Distance.COSINE)
+        served = qm.VectorParams(  # int8 for the served vector only, as the embedded store
+            size=dim, distance=qm.Distance.COSINE, quantization_config=made.quantization
+        )
         self._call(
             lambda: self.client.create_collection(
                 self.name,
@@ -1124,7 +1129,6 @@ class ServerStore(_Backend):
                 replication_factor=self.replication_factor,
                 hnsw_config=made.hnsw,
                 optimizers_config=made.optimizers,
-                quantization_config=made.quantization,
                 metadata=meta,
             )
         )
