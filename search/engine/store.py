@@ -211,6 +211,15 @@ class ViewSpec(BaseModel):
     served: bool = False  # the view is the served vector itself: stored once, searched as it
 
 
+def _unindexed_points(shard: edge.EdgeShard, manifest: CollectionManifest) -> int:
+    """Points not yet in an indexed segment. The engine counts indexed vectors, one per named vector a
+    point holds (a point without some view holds fewer), so dividing by the vectors a point can hold
+    gives at most the indexed points: an error towards closing a segment early, never late."""
+    info = shard.info()
+    per_point = 1 + sum(not spec.served for spec in manifest.views.values())
+    return max(0, info.points_count - info.indexed_vectors_count // per_point)
+
+
 def _largest_dim(dim: int, views: dict[str, ViewSpec] | None) -> int:
     """The largest named vector's size: the engine measures a segment by it."""
     return max([dim, *(spec.dim for spec in (views or {}).values())])
@@ -493,8 +502,7 @@ class EdgeStore(_Backend):
         if self.manifest is not None:
             self._shard = self._open(lambda: edge.EdgeShard.load(str(self._shard_dir)))
             _index_payloads(self._shard)
-            loaded = self._shard.info()
-            self._unindexed = max(0, loaded.points_count - loaded.indexed_vectors_count)
+            self._unindexed = _unindexed_points(self._shard, self.manifest)
 
     # -- layout ---------------------------------------------------------------------------------
     @property

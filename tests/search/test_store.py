@@ -21,6 +21,7 @@ from ecgsearch.search.engine.store import (
     IndexSettings,
     ServerStore,
     StoreError,
+    ViewSpec,
     default_store_path,
     open_store,
 )
@@ -141,3 +142,21 @@ def test_segments_stay_within_their_bound(tmp_path: Path):
             [[int(h.record_id.split(":")[1]) for h in store.search(q, k=K)] for q in data.queries]
         )
     assert recall_at_k(found, truth, K) >= 0.95
+
+
+def test_reopened_store_counts_unindexed_points_not_vectors(tmp_path: Path):
+    """With a named view each point holds two vectors and the engine counts indexed vectors: a
+    reopened store still closes its segment when the points written since the last one reach the
+    bound."""
+    data = synthetic_dataset(2500, 32, 1, seed=1)
+    views = {"rhythm": ViewSpec(dim=4, distance="euclid", version="v1")}
+    named = [{"rhythm": [0.1, 0.2, 0.3, float(i)]} for i in range(2500)]
+    settings = IndexSettings(max_segment_points=1000, full_scan_threshold_kb=1, indexing_threshold_kb=1)
+    with EdgeStore(tmp_path / "store", "ecgs", settings) as store:
+        store.create_collection(dim=32, model_version=FAKE_VERSION, views=views)
+        store.upsert(data.payloads(0, 1500), data.vectors[:1500], named[:1500])  # past the bound: indexed
+        store.upsert(data.payloads(1500, 2200), data.vectors[1500:2200], named[1500:2200])  # 700 not yet
+        assert store.shard.info().indexed_vectors_count == 2 * 1500
+    with EdgeStore(tmp_path / "store", "ecgs") as store:
+        store.upsert(data.payloads(2200, 2500), data.vectors[2200:2500], named[2200:2500])  # 700 + 300
+        assert store.shard.info().indexed_vectors_count == 2 * 2500
