@@ -134,8 +134,11 @@ def round_trip_p50(
             "search_by_vector_k1": lambda: client.search_by_vector(vector, k=1),
             "search_by_vector_k10": lambda: client.search_by_vector(vector, k=10),
         }
-        audited = {"collection_info": "CollectionInfo", "search_by_vector_k1": "SearchByVector"}
-        audited["search_by_vector_k10"] = "SearchByVector"
+        audited = {
+            "collection_info": "CollectionInfo",
+            "search_by_vector_k1": "SearchByVector",
+            "search_by_vector_k10": "SearchByVector",
+        }
         out, server = {}, {}
         for name, call in calls.items():
             for _ in range(20):
