@@ -364,6 +364,10 @@ def service(
     records: Annotated[int, typer.Option(min=10, help="PTB-XL records in the temporary store.")] = 2000,
     k: Annotated[int, typer.Option(min=1, max=1000, help="Neighbours per query.")] = 10,
     model: Annotated[Path | None, typer.Option(help="ONNX encoder (default: bundled).")] = None,
+    server_cpus: Annotated[
+        str | None,
+        typer.Option(help="The server's CPUs, as serve --cpus takes them: '1' (default: every CPU)."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Results JSON.")] = Path("results/service_load.json"),
     as_json: AsJson = False,
 ) -> None:
@@ -380,12 +384,20 @@ def service(
         ecgsearch bench service --ptbxl ../shared/data/ptb-xl --duration 20 --concurrency 1,16
 
         ecgsearch bench service --store ./store --out results/service_load.json
+
+        ecgsearch bench service --ptbxl ../shared/data/ptb-xl --server-cpus 1 \\
+            --out results/service_load_pinned.json
     """
     from ecgsearch.bench.results import write_results
     from ecgsearch.bench.service import bench_service
+    from ecgsearch.search.serving.cpus import format_cpus, parse_cpus
 
     if store is None and ptbxl is None:
         raise typer.BadParameter("give --store or --ptbxl")
+    try:
+        cpus = format_cpus(parse_cpus(server_cpus)) if server_cpus else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--server-cpus") from None
     try:
         report = bench_service(
             duration=duration,
@@ -395,6 +407,7 @@ def service(
             records=records,
             k=k,
             model=model,
+            server_cpus=cpus,
         )
     except (RuntimeError, TimeoutError, OSError) as exc:
         _fail(exc)

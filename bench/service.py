@@ -43,8 +43,12 @@ def bench_service(
     records: int = 2000,
     k: int = 10,
     model: Path | None = None,
+    server_cpus: str | None = None,
 ) -> dict[str, Any]:
-    """Start a server over ``store`` (or a fresh PTB-XL store), load it, return the results document."""
+    """Start a server over ``store`` (or a fresh PTB-XL store), load it, return the results document.
+
+    ``server_cpus``: the server's ECGSEARCH_CPUS (None: every CPU); the clients and the bare store run
+    in this process on every CPU."""
     with tempfile.TemporaryDirectory(prefix="ecgsearch-bench-") as tmp:
         built = False
         if store is None:
@@ -59,7 +63,7 @@ def bench_service(
         token = secrets.token_hex(16)
         audit_log = Path(tmp) / "audit.jsonl"
         with (
-            server_process(store, token, model=model, audit_log=audit_log) as target,
+            server_process(store, token, model=model, audit_log=audit_log, cpus=server_cpus) as target,
             EcgSearchClient(target, token=token, timeout=30) as client,
         ):
             info = client.info()
@@ -92,6 +96,8 @@ def bench_service(
             "query_kinds": list(KINDS),
             "transport": "gRPC over 127.0.0.1, server in its own process, one channel per client thread",
             "audit": "on: one JSON line per call appended to a file, as a deployment runs",
+            "server_cpus": server_cpus or "every CPU",
+            "clients_and_bare_store_cpus": "every CPU",
         },
         "collection": info.model_dump(exclude={"diagnosis_counts"}),
         "store_build_s": round(built_s, 2) if built else None,
@@ -253,11 +259,18 @@ def serve(settings: dict[str, str], *, stop_s: float = 30) -> Iterator[tuple[str
 
 @contextmanager
 def server_process(
-    store: Path, token: str, *, model: Path | None = None, audit_log: Path | None = None
+    store: Path,
+    token: str,
+    *,
+    model: Path | None = None,
+    audit_log: Path | None = None,
+    cpus: str | None = None,
 ) -> Iterator[str]:
-    """``ecgsearch serve`` over ``store`` with one plain token (and an audit trail into ``audit_log``);
-    yields its target once SERVING."""
+    """``ecgsearch serve`` over ``store`` with one plain token (an audit trail into ``audit_log``, on
+    ``cpus`` where given); yields its target once SERVING."""
     settings = {"ECGSEARCH_STORE_PATH": str(store), "ECGSEARCH_TOKENS": token}
+    if cpus is not None:
+        settings["ECGSEARCH_CPUS"] = cpus
     if audit_log is not None:
         settings["ECGSEARCH_AUDIT_LOG"] = str(audit_log)
     if model is not None:

@@ -162,6 +162,13 @@ class ServeOptions:
             help="Serve Prometheus metrics at http://HOST:PORT/metrics (env ECGSEARCH_METRICS_PORT).",
         ),
     ] = None
+    cpus: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on these CPUs only, as taskset -c lists them: '1', '0-3' (env ECGSEARCH_CPUS; "
+            "default: every CPU). One core answers an embedded store's searches sooner: docs/deploy.md.",
+        ),
+    ] = None
 
 
 @command_of(ServeOptions)

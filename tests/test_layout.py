@@ -67,8 +67,10 @@ MODULE_ALLOWED = {
         "ecgsearch.ecg.signals",  # inside search_by_wfdb only
     },
     "search/serving/settings.py": {
-        "ecgsearch.search.engine.store"
-    },  # the default store path, inside a validator
+        "ecgsearch.search.engine.store",  # the default store path, inside a validator
+        "ecgsearch.search.serving.cpus",  # the CPU list's reading
+    },
+    "search/serving/cpus.py": set(),
     "search/engine/filters.py": {"ecgsearch.ecg.schema"},
     "search/engine/plan.py": set(),
     "search/engine/settings.py": {"ecgsearch.search.engine.plan"},  # IndexSettings and their translation

@@ -82,6 +82,7 @@ from ecgsearch.search.serving.cost import (
     ReplyTooLarge,
     search_cost,
 )
+from ecgsearch.search.serving.cpus import pin_process
 from ecgsearch.search.serving.door import Door, PermissionDenied, Pricing, Rpc, Unauthenticated, Walled
 from ecgsearch.search.serving.loopback import is_loopback
 from ecgsearch.search.serving.service import SearchService
@@ -998,6 +999,10 @@ def serve(settings: ServiceSettings) -> None:
     def terminate(signum: int, frame: object) -> None:
         raise _Terminate(signal.Signals(signum).name)
 
+    cpus = settings.cpu_set()
+    if cpus is not None:  # before the server starts its threads; pin_process moves the earlier ones too
+        pin_process(cpus)
+        log.info("cpus", extra={"fields": {"cpus": settings.cpus}})
     previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with run_server(settings) as (server, _):

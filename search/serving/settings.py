@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ecgsearch.search.serving.cpus import format_cpus, parse_cpus
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -56,6 +58,9 @@ class ServiceSettings(BaseSettings):
     - ``ECGSEARCH_AUDIT_FAIL_OPEN``: answer calls even when their audit line cannot be written (each
       lost line is logged) (default: off).
     - ``ECGSEARCH_METRICS_PORT``: serve Prometheus text at ``http://HOST:PORT/metrics`` (default: off).
+    - ``ECGSEARCH_CPUS``: the CPUs the serving process runs on, as ``taskset -c`` lists them (``1``,
+      ``0-3``); default: every CPU it may use. One core answers an embedded store's searches sooner
+      (``search/serving/cpus.py`` says why and what it costs).
     """
 
     model_config = SettingsConfigDict(env_prefix="ECGSEARCH_", extra="ignore")
@@ -88,6 +93,7 @@ class ServiceSettings(BaseSettings):
     audit_log: str | None = None
     audit_fail_open: bool = False
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    cpus: str | None = None
 
     @field_validator("log_level")
     @classmethod
@@ -96,6 +102,18 @@ class ServiceSettings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
         return level
+
+    @field_validator("cpus")
+    @classmethod
+    def _usable_cpus(cls, value: str | None) -> str | None:
+        """A list the process can run on, written back in one form (``0,1,2``)."""
+        if value is None or not value.strip():
+            return None
+        return format_cpus(parse_cpus(value))
+
+    def cpu_set(self) -> frozenset[int] | None:
+        """CPUS as CPU ids; None: every CPU the process may use."""
+        return parse_cpus(self.cpus) if self.cpus else None
 
     @model_validator(mode="after")
     def _consistent(self) -> ServiceSettings:
