@@ -64,7 +64,9 @@ print(json.dumps(lists))
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc to read affinities")
 def test_every_thread_runs_on_the_cpus_those_started_before_and_after() -> None:
-    done = subprocess.run([sys.executable, "-c", PINNED, str(ONE)], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PINNED, str(ONE)], capture_output=True, text=True, check=True
+    )
     lists = json.loads(done.stdout)
     assert len(lists) >= 3  # the main thread and the two others
     assert set(lists.values()) == {str(ONE)}
@@ -78,5 +80,7 @@ def test_serve_refuses_a_cpu_it_cannot_use_and_pins_before_opening_the_store(tmp
     command = [sys.executable, "-m", "ecgsearch.cli.main", *base, "--cpus", str(ONE)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-    assert {"event": "cpus", "cpus": str(ONE)}.items() <= next(e for e in events if e["event"] == "cpus").items()
+    assert {"event": "cpus", "cpus": str(ONE)}.items() <= next(
+        e for e in events if e["event"] == "cpus"
+    ).items()
     assert done.returncode == 1  # then the missing store stops it, as without --cpus
