@@ -311,16 +311,26 @@ def ingest(
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads.")] = 2,
     model: Annotated[Path | None, typer.Option(envvar="ECGSEARCH_MODEL", help="ONNX model.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N records.")] = None,
+    prefill: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Synthetic points (fixed seed) stored before the ingest, not yet indexed: ingest into an "
+            "archive that is not empty.",
+        ),
+    ] = 0,
     as_json: AsJson = False,
 ) -> None:
     """Ingest throughput end to end vs the ceiling the cores allow (read, prepare, encode only), into a
-    fresh store, and the CPU per ECG of every step.
+    fresh store (or one holding --prefill synthetic points), and the CPU per ECG of every step.
 
     Examples:
 
         ecgsearch bench ingest ../shared/data/ptb-xl --out results/ingest_throughput.json
 
         ecgsearch bench ingest ../shared/data/ptb-xl --limit 200 --out /tmp/ingest.json
+
+        ecgsearch bench ingest ../shared/data/ptb-xl --prefill 200000 --out results/ingest_prefill_200k.json
     """
     from ecgsearch.ingest.threads import one_blas_thread
 
@@ -332,7 +342,13 @@ def ingest(
 
     try:
         result = run_bench(
-            source, batch_size=batch_size, workers=workers, threads=threads, model=model, limit=limit
+            source,
+            batch_size=batch_size,
+            workers=workers,
+            threads=threads,
+            model=model,
+            limit=limit,
+            prefilled=prefill,
         )
     except SourceError as exc:
         raise typer.BadParameter(str(exc), param_hint="SOURCE") from None

@@ -30,6 +30,7 @@ from ecgsearch.ingest.sources import Candidate, Record, enumerate_source, read, 
 
 if TYPE_CHECKING:
     from ecgsearch.export.runtime import Embedder
+    from ecgsearch.search.engine.store import Store
 
 SAMPLE = 512  # ECGs timed step by step in one process
 
@@ -115,7 +116,34 @@ class StageCosts(TypedDict):
     upsert: float
 
 
-def stage_costs(candidates: list[Candidate], model: Path | None, chunk: int) -> StageCosts:
+def prefill(store: Store, embedder: Embedder, n: int, *, seed: int = 0) -> None:
+    """``n`` synthetic ECG points (``bench.synthetic``, fixed seed, the model's dim) written into
+    ``store`` as ingest would have left them: not indexed yet. Measures ingest into an archive that is
+    not empty; the points carry no fingerprint, so none is ever confirmed as a copy, but every copy
+    search goes through them. Their views are left out (a gain-suspect ECG stores none either)."""
+    from ecgsearch.bench import synthetic
+    from ecgsearch.ecg.schema import EcgPayload
+    from ecgsearch.search.engine.store import view_specs
+
+    store.create_collection(
+        dim=embedder.dim,
+        model_version=embedder.version,
+        views=view_specs(**views.collection_layout(embedder)),
+    )
+    mix = synthetic.mixture(embedder.dim, seed=seed)
+    written = 0
+    for vectors, _ in synthetic.chunks(mix, n):
+        payloads = [
+            EcgPayload(record_id=f"synthetic:{written + i}", dataset="synthetic", sampling_rate_hz=100.0)
+            for i in range(len(vectors))
+        ]
+        store.upsert(payloads, vectors, [{} for _ in payloads])
+        written += len(vectors)
+
+
+def stage_costs(
+    candidates: list[Candidate], model: Path | None, chunk: int, prefilled: int = 0
+) -> StageCosts:
     """Every step of ingest, one after another in this process over the first ``SAMPLE`` records in
     chunks of ``chunk`` (as a worker prepares them): CPU ms per ECG of each.
 
@@ -123,8 +151,9 @@ def stage_costs(candidates: list[Candidate], model: Path | None, chunk: int) -> 
     content hash, fingerprint: the rest of a worker's ``load``), hand over (pickling a chunk's Records
     and back: what crosses between processes), encode (onnxruntime on one thread, the least CPU per
     ECG), views (rhythm, voltage), copies (``mark_copies`` and ``settle_copy_gains`` against the chunks
-    stored before) and upsert into a fresh embedded store. One chunk goes through every step before
-    the clock starts, paying the once-per-process costs (filter designs, first calls).
+    stored before) and upsert into a fresh embedded store (holding ``prefilled`` synthetic points
+    first). One chunk goes through every step before the clock starts, paying the once-per-process
+    costs (filter designs, first calls).
     """
     from ecgsearch.export.runtime import Embedder
     from ecgsearch.search.engine.copies import mark_copies, settle_copy_gains
@@ -148,6 +177,8 @@ def stage_costs(candidates: list[Candidate], model: Path | None, chunk: int) -> 
             model_version=embedder.version,
             views=view_specs(**views.collection_layout(embedder)),
         )
+        if prefilled:
+            prefill(store, embedder, prefilled)
         try:
             for n, part in enumerate([sample[:chunk], *_chunks(iter(sample), chunk)]):
                 if n == 1:
@@ -217,8 +248,10 @@ def run_bench(
     threads: int | None,
     model: Path | None,
     limit: int | None = None,
+    prefilled: int = 0,
 ) -> dict:
-    """All stages on the same records; returns the results document."""
+    """All stages on the same records, into stores holding ``prefilled`` synthetic points first;
+    returns the results document."""
     from ecgsearch.export.runtime import Embedder
     from ecgsearch.search.engine.store import open_store
 
@@ -229,11 +262,13 @@ def run_bench(
     arrays = np.stack([r.signal for r in records])
     encoder_s, encoder_cpu = stage_encoder(embedder, arrays, batch_size)
     chunk = max(1, -(-batch_size // max(workers, 1)))
-    costs = stage_costs(candidates, model, chunk)
+    costs = stage_costs(candidates, model, chunk, prefilled)
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(path=Path(tmp) / "store", collection="bench")
         clock = _BatchClock()
         try:
+            if prefilled:
+                prefill(store, embedder, prefilled)
             summary = ingest(
                 candidates,
                 store,
@@ -269,6 +304,11 @@ def run_bench(
         "source": relative(source),
         "records": len(candidates),
         "prepared": n,
+        "prefilled": {
+            "points": prefilled,
+            "what": "synthetic points (bench.synthetic, seed 0) stored before the ingest, not indexed, as "
+            "an ingest leaves them; both stores (the pipeline's and the per-step one) hold them",
+        },
         "batch_size": batch_size,
         "workers": workers,
         "threads": threads,
