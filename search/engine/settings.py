@@ -48,6 +48,11 @@ class IndexSettings(BaseModel):
     results/recall_1m_service.json): one graph of 4M points lost recall at the same ef and held
     2.2 GB of heap per million while it was built (results/recall_4m_one_segment.json); in 1M
     segments every class reached >= 0.996 and the heap 1.06 GB per million (results/recall_4m.json).
+    The embedded store indexes what it has written every ``index_after_points`` (50,000): every search
+    scans the points not yet indexed one by one, and ingest searches once per ECG for its copies, so a
+    store that indexed only at the segment bound made each ECG's copy search slower as the segment
+    filled (results/ingest_prefill_200k_before.json: 200,000 unindexed points); the engine adds the
+    newly indexed points to the open segment's graph up to the bound (Qdrant's incremental HNSW).
     ``ecgsearch bench recall`` measures what these settings give (results/recall_*.json).
     """
 
@@ -100,6 +105,17 @@ class IndexSettings(BaseModel):
         ge=1000,
         description="points per segment: a larger collection is indexed as several bounded segments",
     )
+    index_after_points: int | None = Field(
+        default=50_000,
+        ge=1000,
+        description="points the embedded store writes before it indexes them (searches scan the rest)",
+    )
+
+    def index_every(self) -> int | None:
+        """Points an embedded store writes between two indexings: ``index_after_points``, and never
+        more than a segment holds."""
+        given = [n for n in (self.index_after_points, self.max_segment_points) if n is not None]
+        return min(given) if given else None
 
     def max_segment_kb(self, vector_dim: int) -> int | None:
         """The engine's segment bound (KB of float32 vectors of the largest named vector), with 10 %

@@ -493,7 +493,7 @@ class EdgeStore(_Backend):
         self._shard: edge.EdgeShard | None = None
         self._closed = False
         self._unflushed = 0  # points upserted since the last flush (FLUSH_EVERY_POINTS)
-        self._unindexed = 0  # points written since the last optimize (IndexSettings.max_segment_points)
+        self._unindexed = 0  # points written since the last optimize (IndexSettings.index_every)
         self.last_plan: Plan | None = None  # the plan of the latest search (tests, benchmarks)
         self.plans = PlanTally()  # every search's plan, for the server's stats
         self.manifest = self._read_manifest()
@@ -618,11 +618,12 @@ class EdgeStore(_Backend):
             self.shard.update(edge.UpdateOperation.upsert_points(points))
         self._unflushed += len(payloads)
         self._unindexed += len(payloads)
-        bound = self.settings.max_segment_points
-        if bound is not None and self._unindexed >= bound:
-            # Close the segment being written at its bound: indexing it now builds one graph of at
-            # most ``bound`` points (a bounded peak of memory), and later points start a new
-            # segment, since the engine's optimizer never grows an indexed segment past the bound.
+        every = self.settings.index_every()
+        if every is not None and self._unindexed >= every:
+            # Index what was written: searches (ingest's copy search among them) scan unindexed points
+            # one by one. The engine adds them to the open segment's graph while it stays within
+            # ``max_segment_points`` and starts a new segment past it, so no graph outgrows the bound
+            # (a bounded peak of memory).
             self.optimize()
         elif self._unflushed >= FLUSH_EVERY_POINTS:
             self.shard.flush()

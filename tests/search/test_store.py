@@ -144,6 +144,31 @@ def test_segments_stay_within_their_bound(tmp_path: Path):
     assert recall_at_k(found, truth, K) >= 0.95
 
 
+def test_written_points_are_indexed_every_index_after_points_within_bounded_segments(tmp_path: Path):
+    """Searches scan unindexed points one by one, so the store indexes what it wrote every
+    ``index_after_points``; the engine grows the open segment's graph with them up to the segment
+    bound, then starts another: a few bounded segments, not one per indexing."""
+    data = synthetic_dataset(7000, 32, 10, seed=2)
+    settings = IndexSettings(
+        max_segment_points=3000, index_after_points=1000, full_scan_threshold_kb=1, indexing_threshold_kb=1
+    )
+    with EdgeStore(tmp_path / "store", "ecgs", settings) as store:
+        store.create_collection(dim=32, model_version=FAKE_VERSION)
+        for start in range(0, 7000, 500):
+            store.upsert(data.payloads(start, start + 500), data.vectors[start : start + 500])
+            shard = store.shard.info()
+            assert shard.points_count - shard.indexed_vectors_count == (start + 500) % 1000
+        assert 3 <= shard.segments_count <= 5  # 7,000 points in segments of at most ~3,000 (+ the open one)
+        truth, _ = exact_topk(data.queries, np.asarray(data.vectors), K)
+        found = np.array(
+            [[int(h.record_id.split(":")[1]) for h in store.search(q, k=K)] for q in data.queries]
+        )
+    assert recall_at_k(found, truth, K) >= 0.95
+    assert IndexSettings().index_every() == 50_000
+    assert IndexSettings(max_segment_points=20_000).index_every() == 20_000
+    assert IndexSettings(max_segment_points=None, index_after_points=None).index_every() is None
+
+
 def test_reopened_store_counts_unindexed_points_not_vectors(tmp_path: Path):
     """With a named view each point holds two vectors and the engine counts indexed vectors: a
     reopened store still closes its segment when the points written since the last one reach the
