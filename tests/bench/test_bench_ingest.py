@@ -39,3 +39,25 @@ def test_ingest_bench_times_every_stage_on_the_same_records(ptbxl_dir: Path) -> 
     assert result["model_version"] == Embedder(threads=1).version
     assert not Path(result["source"]).is_absolute()  # results name files relative to the repository
     assert result["machine"]["cpus"] >= 1
+
+
+def test_prefilled_stores_hold_the_synthetic_points_before_the_ingest(
+    ptbxl_dir: Path, tmp_path: Path
+) -> None:
+    """--prefill: the synthetic points are in the store, not indexed (as ingest leaves them), and never
+    mistaken for copies of the real ECGs ingested beside them (they carry no fingerprint)."""
+    from ecgsearch.bench.ingest import prefill
+    from ecgsearch.ingest.pipeline import ingest
+    from ecgsearch.ingest.sources import enumerate_source, select
+    from ecgsearch.search.engine.store import EdgeStore
+
+    embedder = Embedder(threads=1)
+    with EdgeStore(tmp_path / "store", "ecgs") as store:
+        prefill(store, embedder, 3000)
+        info = store.shard.info()
+        assert info.points_count == 3000 and info.indexed_vectors_count == 0
+        candidates = list(select(enumerate_source(ptbxl_dir)))[:24]
+        summary = ingest(candidates, store, embedder, batch_size=8, optimize=False)
+        assert summary.ingested == 24 and summary.duplicates == 0 and store.count() == 3024
+    result = run_bench(ptbxl_dir, batch_size=8, workers=0, threads=1, model=None, limit=16, prefilled=2000)
+    assert result["prefilled"]["points"] == 2000 and result["end_to_end"]["ingested"] == 16
