@@ -16,19 +16,22 @@ import os
 
 def parse_cpus(text: str) -> frozenset[int]:
     """``'1'``, ``'0-3'``, ``'0,2,4-5'`` as a set of CPU ids; ValueError naming what is wrong."""
+    allowed = usable_cpus()
     cpus: set[int] = set()
     for part in text.replace(" ", "").split(","):
         first, dash, last = part.partition("-")
         if not first.isdigit() or (dash and not last.isdigit()):
-            raise ValueError(f"CPUS: {part!r} is not a CPU id or a range like 0-3 (give e.g. '1' or '0,2-3')")
+            raise ValueError(
+                f"CPUS: {part[:40]!r} is not a CPU id or a range like 0-3 (give e.g. '1' or '0,2-3')"
+            )
         low, high = int(first), int(last) if dash else int(first)
         if high < low:
-            raise ValueError(f"CPUS: the range {part!r} runs backwards")
-        cpus.update(range(low, high + 1))
-    allowed = usable_cpus()
+            raise ValueError(f"CPUS: the range {part[:40]!r} runs backwards")
+        # checked before the range is spelled out: '0-99999999' names no CPU this process may use
+        cpus.update(range(low, min(high, max(low, max(allowed) + 1)) + 1))
     if not cpus <= allowed:
         raise ValueError(
-            f"CPUS: {format_cpus(cpus - allowed)} not among the CPUs this process may use "
+            f"CPUS: {format_cpus(cpus - allowed)[:80]} not among the CPUs this process may use "
             f"({format_cpus(allowed)})"
         )
     return frozenset(cpus)

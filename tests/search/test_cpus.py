@@ -36,6 +36,7 @@ def test_lists_and_ranges_read_as_taskset_writes_them() -> None:
         ("3-1", "runs backwards"),
         (",", "'' is not a CPU id"),
         (str(ONE + 4096), f"{ONE + 4096} not among the CPUs this process may use"),
+        (f"0-{10**12}", f"{max(usable_cpus()) + 1} not among the CPUs"),  # refused, never spelled out
     ],
 )
 def test_a_list_the_process_cannot_run_on_is_refused_by_name(text: str, says: str) -> None:
