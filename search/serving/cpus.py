@@ -22,16 +22,16 @@ def parse_cpus(text: str) -> frozenset[int]:
         first, dash, last = part.partition("-")
         if not first.isdigit() or (dash and not last.isdigit()):
             raise ValueError(
-                f"CPUS: {part[:40]!r} is not a CPU id or a range like 0-3 (give e.g. '1' or '0,2-3')"
+                f"{part[:40]!r} is not a CPU id or a range like 0-3 (give e.g. '1' or '0,2-3')"
             )
         low, high = int(first), int(last) if dash else int(first)
         if high < low:
-            raise ValueError(f"CPUS: the range {part[:40]!r} runs backwards")
+            raise ValueError(f"the range {part[:40]!r} runs backwards")
         # checked before the range is spelled out: '0-99999999' names no CPU this process may use
         cpus.update(range(low, min(high, max(low, max(allowed) + 1)) + 1))
     if not cpus <= allowed:
         raise ValueError(
-            f"CPUS: {format_cpus(cpus - allowed)[:80]} not among the CPUs this process may use "
+            f"CPU {format_cpus(cpus - allowed)[:80]} not among the CPUs this process may use "
             f"({format_cpus(allowed)})"
         )
     return frozenset(cpus)
@@ -51,7 +51,7 @@ def usable_cpus() -> frozenset[int]:
 def pin_process(cpus: frozenset[int]) -> None:
     """Run every thread of this process, and every thread it starts later, on ``cpus`` only."""
     if not hasattr(os, "sched_setaffinity"):
-        raise OSError("CPUS: this platform cannot restrict a process to CPUs; leave ECGSEARCH_CPUS unset")
+        raise OSError("this platform cannot restrict a process to CPUs: leave ECGSEARCH_CPUS (--cpus) unset")
     threads = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]
     for thread in threads:  # threads started before this call (gRPC's, the runtime's) too
         try:

@@ -40,7 +40,7 @@ def test_lists_and_ranges_read_as_taskset_writes_them() -> None:
     ],
 )
 def test_a_list_the_process_cannot_run_on_is_refused_by_name(text: str, says: str) -> None:
-    with pytest.raises(ValueError, match="CPUS") as refused:
+    with pytest.raises(ValueError) as refused:
         parse_cpus(text)
     assert says in str(refused.value)
 
