@@ -21,9 +21,7 @@ def parse_cpus(text: str) -> frozenset[int]:
     for part in text.replace(" ", "").split(","):
         first, dash, last = part.partition("-")
         if not first.isdigit() or (dash and not last.isdigit()):
-            raise ValueError(
-                f"{part[:40]!r} is not a CPU id or a range like 0-3 (give e.g. '1' or '0,2-3')"
-            )
+            raise ValueError(f"{part[:40]!r} is not a CPU id or a range like 0-3 (give e.g. '1' or '0,2-3')")
         low, high = int(first), int(last) if dash else int(first)
         if high < low:
             raise ValueError(f"the range {part[:40]!r} runs backwards")
