@@ -52,7 +52,8 @@ class IndexSettings(BaseModel):
     scans the points not yet indexed one by one, and ingest searches once per ECG for its copies, so a
     store that indexed only at the segment bound made each ECG's copy search slower as the segment
     filled (results/ingest_prefill_200k_before.json: 200,000 unindexed points); the engine adds the
-    newly indexed points to the open segment's graph up to the bound (Qdrant's incremental HNSW).
+    newly indexed points to the open segment's graph up to the bound (Qdrant's incremental HNSW), for
+    51% more build CPU at 1M (results/recall_1m_indexed_every_50k.json).
     ``ecgsearch bench recall`` measures what these settings give (results/recall_*.json).
     """
 
