@@ -77,10 +77,35 @@ def test_views_take_each_groups_waveform_from_its_own_model(
     assert result.exit_code == 0, result.output
     views = json.loads(out.read_text())
     assert str(work) in views["waveform_view"] and f"--crossfit-work {work}" in views["command"]
-    assert {"view:waveform", "view:rhythm", "view:voltage", "blend:rrf", "blend:formula"} <= set(
-        views["methods"]
-    )
+    assert {
+        "view:waveform",
+        "view:rhythm",
+        "view:voltage",
+        "blend:rrf",
+        "blend:formula",
+        "blend:gated",
+    } <= set(views["methods"])
     served = views["served_default"]
     assert served["chosen_on_folds"] == list(range(1, 10)) and served["statistics_folds"] == list(range(1, 9))
     for fusion, chosen in views["chosen_weights"].items():
         assert len(chosen) == 5 and all(c["weights"]["waveform"] == 1.0 for c in chosen), fusion
+
+
+def test_the_gated_rerank_reorders_the_waveform_candidates_by_rhythm_only_for_an_irregular_query() -> None:
+    """Query 0's waveform neighbours are 1, 2, 3 (in that order) and its rhythm twin is 4, outside them:
+    above the gate the rhythm view reorders 1-3 (3 shares the rhythm) and never brings 4 in; below it,
+    or with no rhythm weight, the order stays the waveform's."""
+    from ecgsearch.bench import views as bv
+    from ecgsearch.ecg import views
+
+    angle = np.array([0.0, 0.1, 0.2, 0.3, 1.5, 1.6])
+    waveform = np.column_stack([np.cos(angle), np.sin(angle)])
+    rhythm = np.zeros((6, 4))
+    rhythm[:, bv.GATE_FEATURE] = [2.0, 0.0, 0.0, 2.0, 2.0, 0.0]  # 0, 3 and 4 irregular alike
+    mats = {views.WAVEFORM: waveform, views.RHYTHM: rhythm, views.VOLTAGE: np.zeros((6, 12))}
+    pre = bv.Prefetched(mats, np.arange(6), limit=3)
+    weights = {views.WAVEFORM: 1.0, views.RHYTHM: 1.0, views.VOLTAGE: 0.0, bv.GATE: 1.0}
+    assert pre.fuse("gated", weights, k=3)[0].tolist() == [3, 1, 2]
+    assert pre.fuse("gated", {**weights, bv.GATE: 2.5}, k=3)[0].tolist() == [1, 2, 3]
+    assert pre.fuse("gated", {**weights, views.RHYTHM: 0.0}, k=3)[0].tolist() == [1, 2, 3]
+    assert all(len(w) == 4 and w[views.WAVEFORM] == 1.0 for w in bv.weight_grid("gated"))
