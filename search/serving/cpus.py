@@ -4,9 +4,9 @@ Why a serving process may want fewer CPUs than the machine has: gRPC-Python hand
 polling thread to a worker thread and the reply back, and the embedded store's binding holds the GIL
 while it searches, so the process searches on one core at a time whatever it is given. Kept on one
 core, those hand-offs stay in one core's caches instead of waking a thread on another: measured on
-2 cores, a k=10 search answered ~0.4 ms sooner at one client and no slower at 16
-(results/service_load_pinned.json beside results/service_load.json). What it costs: pushes and
-searches by ECG or file encode on those CPUs only.
+2 cores, one client's searches answered 0.59 ms sooner at the median and 16 clients got 0.78 of the
+bare store's QPS instead of 0.50 (results/service_load_pinned.json beside results/service_load.json).
+What it costs: pushes and searches by ECG or file encode on those CPUs only.
 """
 
 from __future__ import annotations
