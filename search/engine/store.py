@@ -623,8 +623,14 @@ class EdgeStore(_Backend):
             # Index what was written: searches (ingest's copy search among them) scan unindexed points
             # one by one. The engine adds them to the open segment's graph while it stays within
             # ``max_segment_points`` and starts a new segment past it, so no graph outgrows the bound
-            # (a bounded peak of memory).
+            # (a bounded peak of memory). A serving process answers nothing else meanwhile: say so.
+            started, pending = time.perf_counter(), self._unindexed
             self.optimize()
+            log.info(
+                "indexed the %d points written since the last indexing in %.1f s",
+                pending,
+                time.perf_counter() - started,
+            )
         elif self._unflushed >= FLUSH_EVERY_POINTS:
             self.shard.flush()
             self._unflushed = 0

@@ -144,7 +144,9 @@ def test_segments_stay_within_their_bound(tmp_path: Path):
     assert recall_at_k(found, truth, K) >= 0.95
 
 
-def test_written_points_are_indexed_every_index_after_points_within_bounded_segments(tmp_path: Path):
+def test_written_points_are_indexed_every_index_after_points_within_bounded_segments(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     """Searches scan unindexed points one by one, so the store indexes what it wrote every
     ``index_after_points``; the engine grows the open segment's graph with them up to the segment
     bound, then starts another: a few bounded segments, not one per indexing."""
@@ -152,6 +154,7 @@ def test_written_points_are_indexed_every_index_after_points_within_bounded_segm
     settings = IndexSettings(
         max_segment_points=3000, index_after_points=1000, full_scan_threshold_kb=1, indexing_threshold_kb=1
     )
+    caplog.set_level("INFO", logger="ecgsearch.search.engine.store")
     with EdgeStore(tmp_path / "store", "ecgs", settings) as store:
         store.create_collection(dim=32, model_version=FAKE_VERSION)
         for start in range(0, 7000, 500):
@@ -164,6 +167,8 @@ def test_written_points_are_indexed_every_index_after_points_within_bounded_segm
             [[int(h.record_id.split(":")[1]) for h in store.search(q, k=K)] for q in data.queries]
         )
     assert recall_at_k(found, truth, K) >= 0.95
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("indexed the 1000 points")]
+    assert len(said) == 7  # each indexing is logged: a serving process answers nothing else meanwhile
     assert IndexSettings().index_every() == 50_000
     assert IndexSettings(max_segment_points=20_000).index_every() == 20_000
     assert IndexSettings(max_segment_points=None, index_after_points=None).index_every() is None
