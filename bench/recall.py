@@ -38,6 +38,8 @@ MODERATE_CODE = "59118001"  # RBBB, ~4% of synthetic points
 if TYPE_CHECKING:
     import faiss
 
+    from ecgsearch.search.engine.store import Store
+
 
 @dataclass(frozen=True)
 class FilterClass:
@@ -520,12 +522,18 @@ def bench_service(
             extra = {"plans": dict(plans), "estimated_fraction": fraction, "queries": len(queries)}
             runs.append(score(run, want) | extra)
             log(_fmt(runs[-1]) + f" plans={dict(plans)}")
+        copies = copy_search(store, data.vectors, seed=len(data.queries))
+        log(
+            f"  copy search: original among the {copies['candidates']} candidates "
+            f"{copies['original_among_candidates']:.3f}, {copies['cpu_ms_per_ecg']:.2f} CPU ms per ECG"
+        )
     finally:
         service.close()
         store.close()
     if not resume:
         shutil.rmtree(path, ignore_errors=True)
     build = {
+        "copy_search": copies,
         "n": n,
         "backend": "qdrant-edge, searched through SearchService (in process)",
         "settings": settings.model_dump(mode="json"),
@@ -535,6 +543,43 @@ def bench_service(
         **built,
     }
     return EngineResult("service", build, runs)
+
+
+COPY_COSINE = 0.99  # a copy read at another rate or through another format's filters (DOMAIN.md: 0.991+)
+
+
+def copy_search(
+    store: Store, vectors: np.ndarray, *, seed: int, n: int = 256, batch: int = 128
+) -> dict[str, Any]:
+    """The search ingest makes for every ECG to find what it may be a copy of (``mark_copies``: its
+    CANDIDATES nearest within its site, batch by batch), for ``n`` near-duplicates of stored rows of
+    SITE at cosine COPY_COSINE: how often their original is among the candidates, and the CPU per ECG."""
+    from ecgsearch.search.engine.copies import CANDIDATES
+
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(vectors), n * 2, replace=False)
+    rows = rows[served_rows(len(vectors))[rows]][:n]  # the caller's own originals, not copies
+    originals = np.array(vectors[rows], dtype=np.float32)
+    originals /= np.linalg.norm(originals, axis=1, keepdims=True)
+    noise = rng.standard_normal(originals.shape).astype(np.float32)
+    noise -= (noise * originals).sum(axis=1, keepdims=True) * originals  # orthogonal to the original
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    queries = COPY_COSINE * originals + np.sqrt(1 - COPY_COSINE**2) * noise
+    site = SearchFilter(sites=[SITE])
+    store.search_batch(queries[:16], k=CANDIDATES, filter=site)  # warm
+    found, cpu = [], time.process_time()
+    for start in range(0, len(queries), batch):
+        part = rows[start : start + batch]
+        hits = store.search_batch(queries[start : start + batch], k=CANDIDATES, filter=site)
+        found += [f"syn:{int(r)}" in {h.record_id for h in hs} for r, hs in zip(part, hits, strict=True)]
+    return {
+        "queries": len(queries),
+        "cosine_to_original": COPY_COSINE,
+        "candidates": CANDIDATES,
+        "batch": batch,
+        "original_among_candidates": float(np.mean(found)),
+        "cpu_ms_per_ecg": round((time.process_time() - cpu) / len(queries) * 1e3, 3),
+    }
 
 
 def _bitmap(mask: np.ndarray) -> tuple[faiss.IDSelectorBitmap, np.ndarray]:

@@ -106,6 +106,9 @@ def test_bench_recall_through_the_service(tmp_path: Path) -> None:
     assert runs["selective"]["plans"] == {"exact": 30}
     build = block["engines"][0]["build"]
     assert build["caller_sites"] == ["syn"] and build["served_fraction"] == pytest.approx(0.985, abs=0.002)
+    copies = build["copy_search"]  # ingest's copy search finds a near-duplicate's original at this size
+    assert copies["queries"] == 256 and copies["original_among_candidates"] == 1.0
+    assert copies["cpu_ms_per_ecg"] > 0 and copies["cosine_to_original"] == 0.99
 
 
 def test_bench_recall_plot_goes_beside_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
