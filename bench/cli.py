@@ -401,8 +401,7 @@ def service(
 
         ecgsearch bench service --store ./store --out results/service_load.json
 
-        ecgsearch bench service --ptbxl ../shared/data/ptb-xl --server-cpus 1 \\
-            --out results/service_load_pinned.json
+        ecgsearch bench service --store ./store --server-cpus 1 --out results/service_load_pinned.json
     """
     from ecgsearch.bench.results import write_results
     from ecgsearch.bench.service import bench_service
