@@ -17,10 +17,10 @@ view's score: cosine for the waveform, minus the Euclidean distance for a measur
 missing from a view's prefetch gets that prefetch's worst score). Both are simulated here in numpy,
 exactly over the same candidates. A third, the gated rerank, keeps the waveform's candidates only and
 reorders them by the score formula, weighting the rhythm view only for queries with an irregular rhythm
-(``GATED_*``): measured, not served. The weights of each are chosen by the mean P@10 over any superclass
-and the six codes (AFIB, LVH, CLBBB, CRBBB, IMI, ASMI) on the other groups' queries, each scored as its
-own group's run scores it; the served blend's on the queries of folds 1-9 (fold 10 reports the shipped
-model).
+(``GATED_*``); it is served as ``similar_by`` "blend" (the stores' ``search_reranked``). The weights
+of each are chosen by the mean P@10 over any superclass and the six codes (AFIB, LVH, CLBBB, CRBBB,
+IMI, ASMI) on the other groups' queries, each scored as its own group's run scores it; the served
+blend's on the queries of folds 1-9 (fold 10 reports the shipped model).
 
 Also: the Challenge's 5x-gain copies of PTB-XL ECGs, each checked for its waveform neighbour (its
 original?) and its voltage vector (right, or ``gain_suspect``).
@@ -70,8 +70,8 @@ WEIGHTS = {  # waveform weight 1; the measured views' weights, per fusion
 GATED_THRESHOLDS = (0.5, 1.0, 1.5, 2.0, 3.0)
 GATED_RHYTHM = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 GATED_VOLTAGE = (0.0, 0.01)
-GATE_FEATURE = views.RHYTHM_FEATURES.index("rr_irregularity_trimmed")
-GATE = "irregularity_above"  # the gated blend's threshold, beside its weights
+GATE_FEATURE = views.GATE_FEATURE
+GATE = "irregularity_above"  # the gated blend's threshold, beside its weights (views.default_blend)
 OBJECTIVE = ("p10_any_superclass", *CROSSFIT_CODES)
 RHYTHM_KNN = ("knn-hr-rr", "knn-hr-rr-median", "knn-hr-rmssd")
 AMPLITUDE_KNN = "knn-lead-log-rms-mv"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
@@ -260,6 +261,11 @@ VIEW_DISTANCE: dict[str, Literal["cosine", "euclid"]] = {
 VIEW_PREFETCH = 100
 VIEW_RRF_K = 2
 LEARNED_VIEW = "waveform"  # the learned part of the served vector: when that is all of it, it is the vector
+# The default blend, named in similar_by like a view and alone: the waveform view's top VIEW_PREFETCH
+# reranked with the rhythm view (for a query whose rhythm is irregular) and the voltage view, by the
+# weights the views' evaluation chose (``ecg.views.default_blend``; docs/results.md).
+DEFAULT_BLEND = "blend"
+SIMILAR_BY = (*VIEW_DISTANCE, DEFAULT_BLEND)
 
 
 def check_view(name: str) -> str:
@@ -267,6 +273,19 @@ def check_view(name: str) -> str:
     if name not in VIEW_DISTANCE:
         raise InvalidQuery(f"unknown view {name!r}; views are {', '.join(VIEW_DISTANCE)}")
     return name
+
+
+def check_view_or_blend(name: str) -> str:
+    """A view name or DEFAULT_BLEND, or InvalidQuery naming them."""
+    if name not in SIMILAR_BY:
+        raise InvalidQuery(f"unknown view {name!r}; views are {', '.join(VIEW_DISTANCE)}, or {DEFAULT_BLEND}")
+    return name
+
+
+def check_blend_alone(names: Sequence[str]) -> None:
+    """DEFAULT_BLEND is a blend of its own: InvalidQuery when it is named beside a view."""
+    if DEFAULT_BLEND in names and len(names) > 1:
+        raise InvalidQuery(f"similar_by {DEFAULT_BLEND!r} is a blend of its own: name it alone")
 
 
 def parse_similar_by(text: str) -> tuple[tuple[str, float], ...]:
@@ -280,9 +299,10 @@ def parse_similar_by(text: str) -> tuple[tuple[str, float], ...]:
             raise InvalidQuery(f"similar_by {part[:40]!r}: weight must be a number") from None
         if not value > 0 or value != value or value == float("inf"):
             raise InvalidQuery(f"similar_by {part[:40]!r}: weight must be a finite number above 0")
-        out.append((check_view(name.strip().lower()), value))
+        out.append((check_view_or_blend(name.strip().lower()), value))
     if len({v for v, _ in out}) != len(out):
         raise InvalidQuery(f"similar_by {text[:60]!r}: a view is named twice")
+    check_blend_alone([v for v, _ in out])
     return tuple(out)
 
 

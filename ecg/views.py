@@ -55,6 +55,7 @@ LEARNED_DIM = 256  # the conv embedding's width: the learned part of a model wit
 PLAUSIBLE_GLOBAL_RMS_MV = (0.01, 0.85)
 STATISTICS_FILE = "view_statistics.json"
 PREFETCH, RRF_K = VIEW_PREFETCH, VIEW_RRF_K  # a blend fuses each view's top PREFETCH (at least k)
+GATE_FEATURE = RHYTHM_FEATURES.index("rr_irregularity_trimmed")  # the default blend's rhythm gate
 
 
 class ViewError(ValueError):
@@ -95,6 +96,9 @@ def voltage_measures(ecgs_mv: np.ndarray) -> np.ndarray:
 
 MEASURES = {RHYTHM: rhythm_measures, VOLTAGE: voltage_measures}
 NAMES = {RHYTHM: RHYTHM_FEATURES, VOLTAGE: VOLTAGE_FEATURES}
+# The distance a reranked candidate without a view's vector (a gain-suspect ECG has no voltage vector)
+# counts as: the mean distance of two unrelated ECGs' z-scored features, sqrt(2 x features).
+UNKNOWN_DISTANCE = {view: float(np.sqrt(2 * len(names))) for view, names in NAMES.items()}
 
 
 def gain_suspect(ecgs_mv: np.ndarray) -> np.ndarray:
@@ -254,6 +258,32 @@ def served_statistics() -> dict[str, ViewStatistics]:
         )
         for view, s in raw["views"].items()
     }
+
+
+@dataclass(frozen=True)
+class DefaultBlend:
+    """The default blend (``similar_by`` "blend"): the waveform view's candidates reranked by cosine
+    minus ``rhythm`` x the rhythm distance (only for a query whose trimmed RR irregularity z-score is
+    above ``irregularity_above``) minus ``voltage`` x the voltage distance."""
+
+    rhythm: float
+    voltage: float
+    irregularity_above: float
+
+    def rhythm_weight(self, rhythm_view: Sequence[float]) -> float:
+        """The rhythm view's weight for a query with this rhythm view."""
+        return self.rhythm if rhythm_view[GATE_FEATURE] > self.irregularity_above else 0.0
+
+
+@cache
+def default_blend() -> DefaultBlend:
+    """The shipped default blend (``ecgsearch eval views --statistics``: weights chosen on folds 1-9)."""
+    raw = json.loads(resources.files("ecgsearch.ecg").joinpath("data", STATISTICS_FILE).read_text())
+    blend = raw["default_blend"]
+    if blend["fusion"] != "gated":
+        raise ViewError(f"{STATISTICS_FILE}: the default blend is {blend['fusion']!r}, not the gated rerank")
+    w = blend["weights"]
+    return DefaultBlend(float(w[RHYTHM]), float(w[VOLTAGE]), float(w["irregularity_above"]))
 
 
 def view_dims(learned_dim: int = LEARNED_DIM) -> dict[str, int]:

@@ -291,8 +291,9 @@ class QueryOptions:
         str | None,
         typer.Option(
             "--similar-by",
-            help="Similar by what: a view (waveform, rhythm, voltage) or a blend, e.g. "
-            "'waveform=1,rhythm=0.5' (default: the served vector).",
+            help="Similar by what: a view (waveform, rhythm, voltage), a blend, e.g. "
+            "'waveform=1,rhythm=0.5', or 'blend': the waveform's candidates reranked by rhythm when it "
+            "is irregular and by voltage (default: the served vector).",
         ),
     ] = None
     threshold: Annotated[float | None, typer.Option(help="Minimum cosine similarity.")] = None

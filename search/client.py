@@ -19,7 +19,14 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ecgsearch.ecg.schema import CollectionInfo, EcgPayload, SearchFilter, check_view, parse_similar_by
+from ecgsearch.ecg.schema import (
+    CollectionInfo,
+    EcgPayload,
+    SearchFilter,
+    check_blend_alone,
+    check_view_or_blend,
+    parse_similar_by,
+)
 from ecgsearch.export.card import ModelCard
 from ecgsearch.search import wire
 from ecgsearch.search._proto import search_pb2 as pb
@@ -265,7 +272,8 @@ def options(
     """Search options from keywords: filter fields (``diagnoses_any=["AF"]``, ``age_min=60``) or a filter.
 
     ``similar_by``: a view (``"rhythm"``), a blend (``"waveform=1,rhythm=0.5"`` or a dict of view ->
-    weight); None searches the served vector, as before views."""
+    weight), or ``"blend"``, the default blend (the waveform's candidates reranked by rhythm when it is
+    irregular, and by voltage); None searches the served vector, as before views."""
     flt = filter if filter is not None else SearchFilter(**filter_fields)
     return SearchOptions(
         filter=flt,
@@ -286,8 +294,11 @@ def _similar_by(
         return ()
     if isinstance(value, str):
         return parse_similar_by(value)
-    pairs = value.items() if isinstance(value, dict) else value
-    return tuple((check_view(v), float(w)) for v, w in pairs)
+    pairs = tuple(
+        (check_view_or_blend(v), float(w)) for v, w in (value.items() if isinstance(value, dict) else value)
+    )
+    check_blend_alone([v for v, _ in pairs])
+    return pairs
 
 
 def ecg_query(

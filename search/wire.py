@@ -20,14 +20,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ecgsearch.ecg.formats import FORMATS
 from ecgsearch.ecg.schema import (
     PAYLOAD_FIELDS,
-    VIEW_DISTANCE,
+    SIMILAR_BY,
     CollectionInfo,
     EcgPayload,
     Hit,
     InvalidQuery,
     SearchFilter,
     Sex,
-    check_view,
+    check_view_or_blend,
 )
 from ecgsearch.export.card import ModelCard
 from ecgsearch.search._proto import search_pb2 as pb
@@ -153,7 +153,7 @@ def options_to_proto(options: SearchOptions) -> pb.SearchOptions:
     if options.score_threshold is not None:
         msg.score_threshold = options.score_threshold
     for view, weight in options.similar_by:
-        msg.similar_by.add(view=VIEW_TO_PROTO[check_view(view)], weight=weight)
+        msg.similar_by.add(view=VIEW_TO_PROTO[check_view_or_blend(view)], weight=weight)
     return msg
 
 
@@ -170,13 +170,13 @@ def options_from_proto(msg: pb.SearchOptions) -> SearchOptions:
     )
 
 
-VIEW_TO_PROTO = {name: pb.View.Value(f"VIEW_{name.upper()}") for name in VIEW_DISTANCE}
+VIEW_TO_PROTO = {name: pb.View.Value(f"VIEW_{name.upper()}") for name in SIMILAR_BY}
 VIEW_FROM_PROTO = {number: name for name, number in VIEW_TO_PROTO.items()}
 
 
 def _view_from_proto(value: int) -> str:
     if value not in VIEW_FROM_PROTO:
-        raise InvalidQuery(f"options.similar_by: unknown view {value}; views are {', '.join(VIEW_DISTANCE)}")
+        raise InvalidQuery(f"options.similar_by: unknown view {value}; views are {', '.join(SIMILAR_BY)}")
     return VIEW_FROM_PROTO[value]
 
 

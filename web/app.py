@@ -27,7 +27,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response as BaseResponse
 
 from ecgsearch.ecg import codes, formats, signals
-from ecgsearch.ecg.schema import VIEW_DISTANCE, CollectionInfo, EcgPayload, Hit
+from ecgsearch.ecg.schema import SIMILAR_BY, CollectionInfo, EcgPayload, Hit
 from ecgsearch.search.api import RecordedEcg
 from ecgsearch.search.client import EcgSearchClient
 from ecgsearch.search.summary import RULE as SUMMARY_RULE
@@ -183,7 +183,7 @@ def create_app(
             context.setdefault("info", None)
             problem, status = problem or message, status if problem else code
         context.setdefault("form", SearchForm())
-        return render_template(template, error=problem, views=list(VIEW_DISTANCE), **context), status
+        return render_template(template, error=problem, views=list(SIMILAR_BY), **context), status
 
     @app.before_request
     def known_host_same_origin() -> Response | None:

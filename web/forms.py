@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ecgsearch.ecg import codes
-from ecgsearch.ecg.schema import MEASUREMENT_LIMIT, VIEW_DISTANCE, InvalidQuery, SearchFilter
+from ecgsearch.ecg.schema import DEFAULT_BLEND, MEASUREMENT_LIMIT, SIMILAR_BY, InvalidQuery, SearchFilter
 from ecgsearch.web.measures import SPECS, MeasureSpec
 
 MAX_K = 50  # a results page draws every neighbour: keep it readable and fast
@@ -50,10 +50,12 @@ class SearchForm:
     upload: str = ""
     k: int = DEFAULT_K
     flt: SearchFilter = field(default_factory=SearchFilter)
-    similar_by: str = ""  # a view (ecg.schema.VIEW_DISTANCE); empty: the served vector
+    similar_by: str = ""  # a view or the default blend (ecg.schema.SIMILAR_BY); empty: the served vector
 
     def similar_by_label(self) -> str:
         """Which view produced the page, in words."""
+        if self.similar_by == DEFAULT_BLEND:
+            return "the default blend of the waveform, rhythm and voltage views"
         return f"the {self.similar_by} view" if self.similar_by else "the served embedding (default)"
 
     def query_args(self) -> dict[str, str | list[str]]:
@@ -207,8 +209,8 @@ def parse_search(args: Mapping[str, object], names: Mapping[str, str] | None = N
         raise FormError("upload", "not an upload this viewer holds")
     k = _int(a.one("k"), "k", 1, MAX_K) or DEFAULT_K
     similar_by = a.one("similar_by").strip().lower()
-    if similar_by and similar_by not in VIEW_DISTANCE:
-        raise FormError("similar by", f"expected {', '.join(VIEW_DISTANCE)} or the default")
+    if similar_by and similar_by not in SIMILAR_BY:
+        raise FormError("similar by", f"expected {', '.join(SIMILAR_BY)} or the default")
     sex = a.one("sex").upper()
     if sex not in ("", "M", "F"):
         raise FormError("sex", "expected M, F or any")

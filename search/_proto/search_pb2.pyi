@@ -48,6 +48,7 @@ class View(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VIEW_WAVEFORM: _ClassVar[View]
     VIEW_RHYTHM: _ClassVar[View]
     VIEW_VOLTAGE: _ClassVar[View]
+    VIEW_BLEND: _ClassVar[View]
 
 class EcgFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -89,6 +90,7 @@ VIEW_UNSPECIFIED: View
 VIEW_WAVEFORM: View
 VIEW_RHYTHM: View
 VIEW_VOLTAGE: View
+VIEW_BLEND: View
 ECG_FORMAT_UNSPECIFIED: EcgFormat
 ECG_FORMAT_MUSE_XML: EcgFormat
 ECG_FORMAT_PHILIPS_XML: EcgFormat

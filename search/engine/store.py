@@ -102,6 +102,21 @@ class Store(Protocol):
         """Search one named view, or a weighted-RRF blend of several (InvalidQuery on a collection
         made before views, naming the migration)."""
 
+    def search_reranked(
+        self,
+        queries: Sequence[dict[str, list[float]]],
+        weights: Sequence[dict[str, float]],
+        *,
+        k: int,
+        missing: dict[str, float],
+        filter: SearchFilter | None = None,
+        exact: bool = False,
+        ef: int | None = None,
+    ) -> list[list[Hit]]:
+        """Each query's top VIEW_PREFETCH by the learned view (filtered), reranked by its cosine minus,
+        per other view in the query's ``weights``, weight x the candidate's distance in that view (a
+        candidate without the view's vector: ``missing[view]``): the default blend's search."""
+
     def get_views(self, record_id: str) -> dict[str, list[float]]:
         """A stored record's named vectors."""
 
@@ -418,6 +433,13 @@ def _client_views(views: dict[str, ViewSpec]) -> dict[str, qm.VectorParams]:
     }
 
 
+def _reranking(name: str, held: dict[str, ViewSpec], weights: dict[str, float]) -> dict[str, float]:
+    """The views (other than the learned one) that rerank a query's candidates, weight > 0, each one the
+    collection holds (InvalidQuery as ``_views_query`` says it)."""
+    _views_query(name, held, {LEARNED_VIEW: 1.0, **weights})
+    return {v: float(w) for v, w in weights.items() if v != LEARNED_VIEW and w > 0}
+
+
 def _using(views: dict[str, ViewSpec], view: str) -> str:
     """The stored vector a view is searched by: its own, or the served one ("") it is."""
     return "" if views[view].served else view
@@ -727,6 +749,53 @@ class EdgeStore(_Backend):
                     with_payload=True,
                 )
             requests.append(request)
+        return [[_hit(p.payload, p.score) for p in points] for points in self._execute(requests)]
+
+    def search_reranked(
+        self,
+        queries: Sequence[dict[str, list[float]]],
+        weights: Sequence[dict[str, float]],
+        *,
+        k: int,
+        missing: dict[str, float],
+        filter: SearchFilter | None = None,
+        exact: bool = False,
+        ef: int | None = None,
+    ) -> list[list[Hit]]:
+        """The learned view's candidates rescored by Qdrant's nested prefetches (each other view's
+        distance to the same candidates) and a score formula."""
+        _check_k(k)
+        manifest = self._manifest()
+        held = manifest.views
+        flt = to_edge(filter)
+        plan = Plan("exact") if exact else self.plan_for(filter, k)
+        self.last_plan = plan
+        params = self._params(exact=plan.kind == "exact", ef=ef, filtered=flt is not None)
+        limit = max(VIEW_PREFETCH, k)
+        requests = []
+        for q, w in zip(queries, weights, strict=True):
+            used = _reranking(manifest.name, held, w)
+
+            def nearest(view: str, q: dict[str, list[float]] = q) -> Any:
+                return edge.Query.Nearest(_query_view(q, view), using=_using(held, view))
+
+            base = edge.Prefetch(limit=limit, query=nearest(LEARNED_VIEW), filter=flt, params=params)
+            rescored = [edge.Prefetch(limit=limit, query=nearest(v), prefetches=[base]) for v in used]
+            terms = [edge.Expression.Variable("$score[0]")] + [
+                edge.Expression.Mult(
+                    [edge.Expression.Constant(-wv), edge.Expression.Variable(f"$score[{i}]")]
+                )
+                for i, wv in enumerate(used.values(), start=1)
+            ]
+            defaults = {f"$score[{i}]": missing[v] for i, v in enumerate(used, start=1)}
+            requests.append(
+                edge.QueryRequest(
+                    limit=k,
+                    prefetches=[base, *rescored],
+                    query=edge.Formula(edge.Expression.Sum(terms), defaults=defaults),
+                    with_payload=True,
+                )
+            )
         return [[_hit(p.payload, p.score) for p in points] for points in self._execute(requests)]
 
     def views(self) -> dict[str, ViewSpec]:
@@ -1274,6 +1343,54 @@ class ServerStore(_Backend):
                     with_payload=True,
                 )
             requests.append(request)
+        responses = self._call(lambda: self.client.query_batch_points(self.name, requests))
+        return [[_hit(p.payload, p.score) for p in r.points] for r in responses]
+
+    def search_reranked(
+        self,
+        queries: Sequence[dict[str, list[float]]],
+        weights: Sequence[dict[str, float]],
+        *,
+        k: int,
+        missing: dict[str, float],
+        filter: SearchFilter | None = None,
+        exact: bool = False,
+        ef: int | None = None,
+    ) -> list[list[Hit]]:
+        """As ``EdgeStore.search_reranked``: nested prefetches and a score formula."""
+        _check_k(k)
+        held = self._held_views()
+        flt = to_client(filter)
+        params = qm.SearchParams(hnsw_ef=ef or self.settings.search_ef, exact=exact)
+        limit = max(VIEW_PREFETCH, k)
+        requests = []
+        for q, w in zip(queries, weights, strict=True):
+            used = _reranking(self.name, held, w)
+            base = qm.Prefetch(
+                query=_query_view(q, LEARNED_VIEW),
+                using=_using(held, LEARNED_VIEW),
+                filter=flt,
+                params=params,
+                limit=limit,
+            )
+            rescored = [
+                qm.Prefetch(query=_query_view(q, v), using=_using(held, v), prefetch=[base], limit=limit)
+                for v in used
+            ]
+            terms: list[Any] = ["$score[0]"] + [
+                qm.MultExpression(mult=[-wv, f"$score[{i}]"]) for i, wv in enumerate(used.values(), start=1)
+            ]
+            requests.append(
+                qm.QueryRequest(
+                    prefetch=[base, *rescored],
+                    query=qm.FormulaQuery(
+                        formula=qm.SumExpression(sum=terms),
+                        defaults={f"$score[{i}]": missing[v] for i, v in enumerate(used, start=1)},
+                    ),
+                    limit=k,
+                    with_payload=True,
+                )
+            )
         responses = self._call(lambda: self.client.query_batch_points(self.name, requests))
         return [[_hit(p.payload, p.score) for p in r.points] for r in responses]
 

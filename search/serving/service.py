@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from ecgsearch.ecg import codes, fingerprint, ptbxl, signals, views
 from ecgsearch.ecg.bounds import MAX_FILE_BYTES
 from ecgsearch.ecg.schema import (
+    DEFAULT_BLEND,
     MAX_K,
     MEASUREMENTS,
     SITE_SEPARATOR,
@@ -43,7 +44,8 @@ from ecgsearch.ecg.schema import (
     InvalidQuery,
     SearchFilter,
     UnknownRecord,
-    check_view,
+    check_blend_alone,
+    check_view_or_blend,
 )
 from ecgsearch.search.api import (
     FILE_FORMATS,
@@ -702,13 +704,23 @@ class SearchService:
                 raise FieldViolation(
                     "options.similar_by", "a search by vector has no views: search by record or ECG"
                 )
-            (hits,) = self.store.search_views(
-                [plan.views],
-                dict(options.similar_by),
-                k=options.k,
-                filter=None if flt.is_empty() else flt,
-                exact=options.exact,
-            )
+            if dict(options.similar_by).keys() == {DEFAULT_BLEND}:
+                (hits,) = self.store.search_reranked(
+                    [plan.views],
+                    [_blend_weights(plan.views)],
+                    k=options.k,
+                    missing=views.UNKNOWN_DISTANCE,
+                    filter=None if flt.is_empty() else flt,
+                    exact=options.exact,
+                )
+            else:
+                (hits,) = self.store.search_views(
+                    [plan.views],
+                    dict(options.similar_by),
+                    k=options.k,
+                    filter=None if flt.is_empty() else flt,
+                    exact=options.exact,
+                )
         else:
             hits = self.store.search(
                 plan.vector,
@@ -787,13 +799,25 @@ class _Plan:
     views: dict[str, list[float]] | None = None  # the query's named views (``similar_by`` searches)
 
 
+def _blend_weights(query: dict[str, list[float]]) -> dict[str, float]:
+    """The default blend's weights for one query: rhythm only for an irregular rhythm, voltage unless
+    the query has no voltage vector (gain suspect)."""
+    blend = views.default_blend()
+    return {
+        views.RHYTHM: blend.rhythm_weight(query[views.RHYTHM]) if views.RHYTHM in query else 0.0,
+        views.VOLTAGE: blend.voltage if views.VOLTAGE in query else 0.0,
+    }
+
+
 def check_similar_by(similar_by: Sequence[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
-    """Views named once each, with finite weights above 0 (FieldViolation naming the entry)."""
+    """Views named once each (the default blend alone), with finite weights above 0 (FieldViolation
+    naming the entry)."""
     seen: set[str] = set()
     for i, (view, weight) in enumerate(similar_by):
         where = f"options.similar_by[{i}]"
         try:
-            check_view(view)
+            check_view_or_blend(view)
+            check_blend_alone([v for v, _ in similar_by])
         except InvalidQuery as error:
             raise FieldViolation(where, str(error)) from None
         if view in seen:

@@ -89,6 +89,52 @@ def test_similar_by_crosses_the_wire_and_parses_from_text() -> None:
     assert wire.options_from_proto(wire.options_to_proto(SearchOptions())).similar_by == ()
     assert parse_similar_by("rhythm") == (("rhythm", 1.0),)
     assert parse_similar_by("waveform=1, rhythm=0.5") == (("waveform", 1.0), ("rhythm", 0.5))
-    for bad in ("shape", "rhythm=-1", "rhythm=x", "rhythm,rhythm=2"):
+    for bad in ("shape", "rhythm=-1", "rhythm=x", "rhythm,rhythm=2", "blend,rhythm"):
         with pytest.raises(InvalidQuery):
             parse_similar_by(bad)
+    blend = SearchOptions(similar_by=parse_similar_by("blend"))
+    assert wire.options_from_proto(wire.options_to_proto(blend)).similar_by == (("blend", 1.0),)
+
+
+def test_the_default_blend_reranks_the_waveform_candidates_with_the_shipped_weights(served: tuple) -> None:
+    """similar_by "blend": the store's reranked search with the shipped default blend's weights for
+    this query (rhythm only when its rhythm is irregular), the service's exclusions kept; alone only."""
+    service, records = served
+    store = service.store
+    blend = views.default_blend()
+    gate = {
+        r.payload.record_id: store.get_views(r.payload.record_id)["rhythm"][views.GATE_FEATURE]
+        for r in records
+    }
+    irregular = [r for r in records if gate[r.payload.record_id] > blend.irregularity_above]
+    regular = [r for r in records if gate[r.payload.record_id] <= blend.irregularity_above]
+    assert irregular and regular  # both kinds among the first 60 PTB-XL ECGs
+    gated = views.DefaultBlend(rhythm=0.5, voltage=0.0, irregularity_above=1.0)
+    assert (
+        gated.rhythm_weight([70.0, 1.5, 0.0, 0.0]) == 0.5 and gated.rhythm_weight([70.0, 0.9, 3.0, 3.0]) == 0
+    )
+    for record in (irregular[0], regular[0]):
+        query = record.payload
+        result = service.search_by_record(
+            query.record_id, SearchOptions(k=8, similar_by=(("blend", 1.0),)), sites=None
+        )
+        named = store.get_views(query.record_id)
+        rhythm = blend.rhythm if gate[query.record_id] > blend.irregularity_above else 0.0
+        flt = SearchFilter(exclude_record_ids=[query.record_id], exclude_duplicates=True)
+        if query.patient_id is not None:
+            flt = flt.model_copy(update={"exclude_patient_ids": [query.patient_id]})
+        (want,) = store.search_reranked(
+            [named],
+            [{"rhythm": rhythm, "voltage": blend.voltage}],
+            k=8,
+            missing=views.UNKNOWN_DISTANCE,
+            filter=flt,
+        )
+        assert [h.record_id for h in result.hits] == [h.record_id for h in want]
+        assert all(h.payload.patient_id != query.patient_id for h in result.hits)
+    with pytest.raises(FieldViolation, match="blend of its own"):
+        service.search_by_record(
+            records[0].payload.record_id,
+            SearchOptions(similar_by=(("blend", 1.0), ("rhythm", 1.0))),
+            sites=None,
+        )

@@ -99,6 +99,36 @@ def test_blend_is_weighted_rank_fusion_of_the_filtered_views(store: Store, embed
     assert all((h.payload.age or 0) >= 50 for h in hits)
 
 
+def test_the_default_blend_reranks_the_waveform_candidates_by_every_views_distance(
+    store: Store, embedded: tuple
+) -> None:
+    """The learned view's filtered top PREFETCH, each candidate scored by its cosine minus the weighted
+    rhythm and voltage distances; a candidate with no voltage vector counts the unknown distance."""
+    payloads, _, named, _ = embedded
+    weights = {views.RHYTHM: 0.3, views.VOLTAGE: 0.05}
+    flt = SearchFilter(age_min=30)
+    allowed = np.array([(p.age or 0) >= 30 for p in payloads])
+    for q in (3, 11):
+        (hits,) = store.search_reranked(
+            [named.row(q)], [weights], k=K, missing=views.UNKNOWN_DISTANCE, filter=flt, exact=True
+        )
+        candidates = _ranked(named.waveform, q, False, allowed)[: views.PREFETCH]
+        voltage = np.linalg.norm(named.voltage - named.voltage[q], axis=1)
+        voltage[~np.isfinite(voltage)] = views.UNKNOWN_DISTANCE[views.VOLTAGE]  # the 1000x ECG
+        score = (
+            named.waveform[candidates] @ named.waveform[q]
+            - 0.3 * np.linalg.norm(named.rhythm[candidates] - named.rhythm[q], axis=1)
+            - 0.05 * voltage[candidates]
+        )
+        want = candidates[np.argsort(-score, kind="stable")[:K]]
+        assert [h.record_id for h in hits] == [payloads[i].record_id for i in want]
+        assert [h.score for h in hits] == pytest.approx(sorted(score, reverse=True)[:K], abs=1e-4)
+    (plain,) = store.search_reranked([named.row(3)], [{}], k=K, missing={}, exact=True)
+    assert [h.record_id for h in plain] == [
+        payloads[i].record_id for i in _ranked(named.waveform, 3, False, allowed | True)[:K]
+    ]
+
+
 def test_a_gain_suspect_ecg_has_the_flag_and_no_voltage_vector(store: Store, embedded: tuple) -> None:
     payloads, _, named, _ = embedded
     suspect = payloads[-1].record_id
