@@ -45,7 +45,9 @@ def test_bench_views_times_and_scores_every_view(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     runs = {r["search"]: r for r in data["runs"]}
-    assert set(runs) == {"served", "waveform", "rhythm", "voltage", "blend:waveform+rhythm"}
+    blend = "default blend (waveform top 100 reranked)"
+    assert set(runs) == {"served", "waveform", "rhythm", "voltage", "blend:waveform+rhythm", blend}
+    assert runs[blend]["p50_ms"] > 0 and "recall@10" not in runs[blend]
     assert all(runs[v]["recall@10"] >= 0.99 for v in ("served", "waveform", "rhythm", "voltage"))
     assert runs["served"]["p50_vs_served"] == 1.0 and "recall@10" not in runs["blend:waveform+rhythm"]
     assert data["build"]["dims"] == {"served": 64, "waveform": 64, "rhythm": 4, "voltage": 12}
