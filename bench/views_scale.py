@@ -119,8 +119,7 @@ def run(
     def reranked(_q: np.ndarray, i: int) -> np.ndarray:
         """The default blend as the service asks it (``similar_by`` "blend"): this query's weights."""
         q = query(i)
-        weights = {views.RHYTHM: blend.rhythm_weight(q[views.RHYTHM]), views.VOLTAGE: blend.voltage}
-        return ids(store.search_reranked([q], [weights], k=k, missing=views.UNKNOWN_DISTANCE)[0])
+        return ids(store.search_reranked([q], [blend.weights(q)], k=k, missing=views.UNKNOWN_DISTANCE)[0])
 
     searches: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
         "served": lambda q, _i: ids(store.search(q, k=k)),

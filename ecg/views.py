@@ -274,6 +274,14 @@ class DefaultBlend:
         """The rhythm view's weight for a query with this rhythm view."""
         return self.rhythm if rhythm_view[GATE_FEATURE] > self.irregularity_above else 0.0
 
+    def weights(self, query: dict[str, list[float]]) -> dict[str, float]:
+        """One query's reranking weights (its named views): rhythm only for an irregular rhythm,
+        voltage unless the query has no voltage vector (gain suspect)."""
+        return {
+            RHYTHM: self.rhythm_weight(query[RHYTHM]) if RHYTHM in query else 0.0,
+            VOLTAGE: self.voltage if VOLTAGE in query else 0.0,
+        }
+
 
 @cache
 def default_blend() -> DefaultBlend:

@@ -707,7 +707,7 @@ class SearchService:
             if dict(options.similar_by).keys() == {DEFAULT_BLEND}:
                 (hits,) = self.store.search_reranked(
                     [plan.views],
-                    [_blend_weights(plan.views)],
+                    [views.default_blend().weights(plan.views)],
                     k=options.k,
                     missing=views.UNKNOWN_DISTANCE,
                     filter=None if flt.is_empty() else flt,
@@ -797,16 +797,6 @@ class _Plan:
     exclusions: list[str] = field(default_factory=list)
     fingerprint: str | None = None  # a query ECG's content fingerprint: is the query itself stored?
     views: dict[str, list[float]] | None = None  # the query's named views (``similar_by`` searches)
-
-
-def _blend_weights(query: dict[str, list[float]]) -> dict[str, float]:
-    """The default blend's weights for one query: rhythm only for an irregular rhythm, voltage unless
-    the query has no voltage vector (gain suspect)."""
-    blend = views.default_blend()
-    return {
-        views.RHYTHM: blend.rhythm_weight(query[views.RHYTHM]) if views.RHYTHM in query else 0.0,
-        views.VOLTAGE: blend.voltage if views.VOLTAGE in query else 0.0,
-    }
 
 
 def check_similar_by(similar_by: Sequence[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
