@@ -70,8 +70,6 @@ WEIGHTS = {  # waveform weight 1; the measured views' weights, per fusion
 GATED_THRESHOLDS = (0.5, 1.0, 1.5, 2.0, 3.0)
 GATED_RHYTHM = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 GATED_VOLTAGE = (0.0, 0.01)
-GATE_FEATURE = views.GATE_FEATURE
-GATE = "irregularity_above"  # the gated blend's threshold, beside its weights (views.default_blend)
 OBJECTIVE = ("p10_any_superclass", *CROSSFIT_CODES)
 RHYTHM_KNN = ("knn-hr-rr", "knn-hr-rr-median", "knn-hr-rmssd")
 AMPLITUDE_KNN = "knn-lead-log-rms-mv"
@@ -145,7 +143,7 @@ class Prefetched:
             self.score[name] = np.where(np.isfinite(rank), s, worst)
         self.excluded = pid[:, None] == pid[None, :]
         # each query's gate value: its rhythm irregularity as z-score (no R peaks: 0, never above)
-        self.irregularity = np.nan_to_num(mats[views.RHYTHM][:, GATE_FEATURE], nan=0.0)
+        self.irregularity = np.nan_to_num(mats[views.RHYTHM][:, views.GATE_FEATURE], nan=0.0)
 
     def fuse(self, fusion: str, weights: dict[str, float], k: int = 10) -> np.ndarray:
         """(n, k) neighbours of every query under a blend: candidates are the union of the prefetches
@@ -165,7 +163,7 @@ class Prefetched:
     def _gated(self, weights: dict[str, float], k: int) -> np.ndarray:
         """The waveform's candidates, each scored by its own distance in every view (as a store scores
         given candidates by another vector: Qdrant's nested prefetch)."""
-        rhythm = np.where(self.irregularity > weights[GATE], weights[views.RHYTHM], 0.0)[:, None]
+        rhythm = np.where(self.irregularity > weights[views.GATE], weights[views.RHYTHM], 0.0)[:, None]
         with np.errstate(invalid="ignore"):  # 0 x -inf on the excluded pairs, which are dropped below
             total = (
                 self.exact[views.WAVEFORM]
@@ -214,7 +212,7 @@ def weight_grid(fusion: str) -> list[dict[str, float]]:
     """The blends tried, waveform weight 1, in order (ties go to the earlier, smaller weights)."""
     if fusion == "gated":
         return [
-            {views.WAVEFORM: 1.0, views.RHYTHM: wr, views.VOLTAGE: wv, GATE: gate}
+            {views.WAVEFORM: 1.0, views.RHYTHM: wr, views.VOLTAGE: wv, views.GATE: gate}
             for gate, wr, wv in itertools.product(GATED_THRESHOLDS, GATED_RHYTHM, GATED_VOLTAGE)
         ]
     return [

@@ -56,6 +56,7 @@ PLAUSIBLE_GLOBAL_RMS_MV = (0.01, 0.85)
 STATISTICS_FILE = "view_statistics.json"
 PREFETCH, RRF_K = VIEW_PREFETCH, VIEW_RRF_K  # a blend fuses each view's top PREFETCH (at least k)
 GATE_FEATURE = RHYTHM_FEATURES.index("rr_irregularity_trimmed")  # the default blend's rhythm gate
+GATE = "irregularity_above"  # the default blend's gate threshold, beside its weights in STATISTICS_FILE
 
 
 class ViewError(ValueError):
@@ -291,7 +292,7 @@ def default_blend() -> DefaultBlend:
     if blend["fusion"] != "gated":
         raise ViewError(f"{STATISTICS_FILE}: the default blend is {blend['fusion']!r}, not the gated rerank")
     w = blend["weights"]
-    return DefaultBlend(float(w[RHYTHM]), float(w[VOLTAGE]), float(w["irregularity_above"]))
+    return DefaultBlend(float(w[RHYTHM]), float(w[VOLTAGE]), float(w[GATE]))
 
 
 def view_dims(learned_dim: int = LEARNED_DIM) -> dict[str, int]:

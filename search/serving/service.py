@@ -807,7 +807,6 @@ def check_similar_by(similar_by: Sequence[tuple[str, float]]) -> tuple[tuple[str
         where = f"options.similar_by[{i}]"
         try:
             check_view_or_blend(view)
-            check_blend_alone([v for v, _ in similar_by])
         except InvalidQuery as error:
             raise FieldViolation(where, str(error)) from None
         if view in seen:
@@ -815,6 +814,10 @@ def check_similar_by(similar_by: Sequence[tuple[str, float]]) -> tuple[tuple[str
         if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
             raise FieldViolation(where, f"weight must be a finite number above 0, got {weight!r:.20}")
         seen.add(view)
+    try:
+        check_blend_alone(list(seen))
+    except InvalidQuery as error:
+        raise FieldViolation("options.similar_by", str(error)) from None
     return tuple((v, float(w)) for v, w in similar_by)
 
 

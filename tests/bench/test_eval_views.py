@@ -101,11 +101,11 @@ def test_the_gated_rerank_reorders_the_waveform_candidates_by_rhythm_only_for_an
     angle = np.array([0.0, 0.1, 0.2, 0.3, 1.5, 1.6])
     waveform = np.column_stack([np.cos(angle), np.sin(angle)])
     rhythm = np.zeros((6, 4))
-    rhythm[:, bv.GATE_FEATURE] = [2.0, 0.0, 0.0, 2.0, 2.0, 0.0]  # 0, 3 and 4 irregular alike
+    rhythm[:, views.GATE_FEATURE] = [2.0, 0.0, 0.0, 2.0, 2.0, 0.0]  # 0, 3 and 4 irregular alike
     mats = {views.WAVEFORM: waveform, views.RHYTHM: rhythm, views.VOLTAGE: np.zeros((6, 12))}
     pre = bv.Prefetched(mats, np.arange(6), limit=3)
-    weights = {views.WAVEFORM: 1.0, views.RHYTHM: 1.0, views.VOLTAGE: 0.0, bv.GATE: 1.0}
+    weights = {views.WAVEFORM: 1.0, views.RHYTHM: 1.0, views.VOLTAGE: 0.0, views.GATE: 1.0}
     assert pre.fuse("gated", weights, k=3)[0].tolist() == [3, 1, 2]
-    assert pre.fuse("gated", {**weights, bv.GATE: 2.5}, k=3)[0].tolist() == [1, 2, 3]
+    assert pre.fuse("gated", {**weights, views.GATE: 2.5}, k=3)[0].tolist() == [1, 2, 3]
     assert pre.fuse("gated", {**weights, views.RHYTHM: 0.0}, k=3)[0].tolist() == [1, 2, 3]
     assert all(len(w) == 4 and w[views.WAVEFORM] == 1.0 for w in bv.weight_grid("gated"))
