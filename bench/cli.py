@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 import ecgsearch.cli.exits as exits
+from ecgsearch.cli.options import need_file
 from ecgsearch.cli.output import AsJson, emit, results
 
 
@@ -36,8 +37,9 @@ def _logger(quiet: bool) -> Callable[[str], None]:
 
 def _need_ptbxl(folder: Path, hint: str) -> None:
     """Refuse a PTB-XL folder without its table before any work starts, naming the option."""
-    if not (folder / "ptbxl_database.csv").is_file():
-        raise typer.BadParameter(f"no ptbxl_database.csv in {folder}", param_hint=hint)
+    from ecgsearch.ecg import ptbxl
+
+    need_file(folder, ptbxl.TABLE, hint)
 
 
 def _beside(out: Path, plot: Path | None) -> Path:
@@ -667,6 +669,64 @@ def views_at_scale(
     emit(results(out), f"{met}/{len(result['aims'])} aims met -> {out}", as_json)
 
 
+def candidates(
+    work: Annotated[
+        Path,
+        typer.Option(help="the models of an `eval crossfit --nested --work` run (inner and outer per group)"),
+    ] = Path("runs/crossfit"),
+    data: Annotated[Path, typer.Option(help="folder holding ptb-xl/")] = Path("../shared/data"),
+    groups: Annotated[int, typer.Option(min=2, max=10, help="held-out fold groups, as the --work run")] = 5,
+    k: Annotated[int, typer.Option(min=1, help="neighbours per query")] = 10,
+    limit: Annotated[
+        int | None, typer.Option(min=50, help="use only the first N ECGs, as the --work run")
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help="prepared-array cache")] = Path("runs/cache"),
+    out: Annotated[Path, typer.Option(help="results JSON")] = Path("results/candidate_blocks.json"),
+    quiet: Annotated[bool, typer.Option(help="no progress lines on stderr")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Judge candidate served blocks as the shipped ones were judged, on the models of a nested run.
+
+    Each candidate (a log-spectrum block, a rhythm block gated by the ECG's own irregularity, the
+    rhythm statements as their own block, statement or rhythm weights beyond the grid) adds settings to
+    the nested grid; each group's inner model picks among the base grid and them on its inner fold, the
+    group's model serves the pick, and the pooled cross-fitted figures are compared with the base
+    grid's pick on the same queries. Nothing is retrained. Needs the train and bench extras.
+
+    Examples:
+
+        ecgsearch eval crossfit --config configs/label_head.yaml --nested --work runs/crossfit
+
+        ecgsearch eval candidates --work runs/crossfit --out results/candidate_blocks.json
+    """
+    _need_ptbxl(data / "ptb-xl", "--data")
+    if not work.is_dir():
+        raise typer.BadParameter(f"no folder {work}", param_hint="--work")
+    from ecgsearch.bench.results import write_results
+
+    try:
+        from ecgsearch.bench import candidates as cb
+    except ImportError as exc:
+        _missing(exc)
+    try:
+        result = cb.run(
+            data,
+            work,
+            n_groups=groups,
+            k=k,
+            limit=limit,
+            cache_dir=cache,
+            command=f"ecgsearch eval candidates --work {work} --groups {groups}"
+            + (f" --limit {limit}" if limit else "")
+            + f" --out {out}",
+            log=_logger(quiet),
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise typer.BadParameter(" ".join(str(exc).split()), param_hint="--work") from None
+    write_results(out, result)
+    emit(results(out), f"{cb.line(result)} -> {out}", as_json)
+
+
 def choose(
     config: Annotated[Path, typer.Option(help="training config of the model to ship")] = Path(
         "configs/label_head.yaml"
@@ -872,4 +932,5 @@ def register(bench: typer.Typer, evaluate: typer.Typer) -> None:
     evaluate.command("training")(training)
     evaluate.command("crossfit")(crossfit)
     evaluate.command("choose")(choose)
+    evaluate.command("candidates")(candidates)
     evaluate.command("views")(views)

@@ -192,9 +192,23 @@ def compose(
     return _unit(np.concatenate(parts, axis=1))
 
 
-def inner_score(vectors: np.ndarray, corpus: Corpus, queries: np.ndarray, k: int) -> dict:
+def grid_settings(head: bool) -> list[dict]:
+    """GRID's settings in order, lighter first (a tie goes to the earlier); a model without a statement
+    head has no statement block, and a block of weight 0 is one setting whatever its kind."""
+    return [
+        {"statement_block": kind, "statement_weight": sw, "rhythm_weight": rw}
+        for kind in (STATEMENT_BLOCKS if head else STATEMENT_BLOCKS[:1])
+        for sw in (STATEMENT_WEIGHTS if head else (0.0,))
+        if sw > 0 or kind == STATEMENT_BLOCKS[0]
+        for rw in RHYTHM_WEIGHTS
+    ]
+
+
+def inner_score(
+    vectors: np.ndarray, corpus: Corpus, queries: np.ndarray, k: int, euclidean: bool = False
+) -> dict:
     """INNER_SCORE of ``vectors`` (rows of ``corpus``): every row searched, ``queries`` asking."""
-    top, _ = neighbours_excluding_patient(vectors, corpus.patients, k, queries)
+    top, _ = neighbours_excluding_patient(vectors, corpus.patients, k, queries, euclidean=euclidean)
     nbrs = np.zeros((len(corpus.rows), k), dtype=int)
     nbrs[queries] = top
     scores = per_query(nbrs, corpus)
@@ -243,15 +257,10 @@ def nested_choice(
     blocks = served_blocks(encoder, trained_cfg, inner_train, data.mv[rows])
     sub = Corpus([corpus.rows[i] for i in rows], corpus.x[rows], corpus.mv[rows], [])
     queries = np.flatnonzero(data.folds[rows] == inner_fold)
-    head = bool(trained_cfg.statement_vocabulary)
-    tried = []
-    for kind in STATEMENT_BLOCKS if head else ("probabilities",):
-        for sw in STATEMENT_WEIGHTS if head else (0.0,):
-            if sw == 0 and kind != STATEMENT_BLOCKS[0]:
-                continue  # no block: the same vectors whatever its kind
-            for rw in RHYTHM_WEIGHTS:
-                setting = {"statement_block": kind, "statement_weight": sw, "rhythm_weight": rw}
-                tried.append({**setting, **inner_score(compose(blocks, sw, rw, kind), sub, queries, k)})
+    tried = [
+        {**s, **inner_score(compose(blocks, **s), sub, queries, k)}
+        for s in grid_settings(bool(trained_cfg.statement_vocabulary))
+    ]
     best = max(tried, key=lambda t: t["score"])  # the first of equals: the lighter setting
     chosen = {key: best[key] for key in GRID}
     record = {

@@ -13,7 +13,10 @@ import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
+
+import typer
 
 Opts = TypeVar("Opts")
 R = TypeVar("R")
@@ -46,3 +49,10 @@ def command_of(options: type[Opts]) -> Callable[[Callable[[Opts], R]], Callable[
         return command
 
     return wrap
+
+
+def need_file(folder: Path, name: str, hint: str) -> None:
+    """Refuse a folder without the file a command reads first (PTB-XL's table, say), naming the option,
+    before any work starts."""
+    if not (folder / name).is_file():
+        raise typer.BadParameter(f"no {name} in {folder}", param_hint=hint)

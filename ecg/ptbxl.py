@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Literal
 
 SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
+TABLE = "ptbxl_database.csv"  # one row per ECG: ids, folds, SCP codes, metadata
+STATEMENTS = "scp_statements.csv"  # one row per SCP code: its kind (diagnostic, form, rhythm) and class
+SINUS_RHYTHM = "SR"  # the rhythm statement most ECGs carry
 AGE_OVER_89 = 300  # PTB-XL's de-identified "over 89"
 _SEX: dict[str, Literal["M", "F"]] = {"0": "M", "1": "F"}  # the table's sex column
 
@@ -56,15 +59,31 @@ def high_rate_twin(source_path: str) -> str | None:
 
 
 @cache
+def _statements(root: Path) -> tuple[tuple[str, dict[str, str]], ...]:
+    """Every row of ``scp_statements.csv``: (SCP code, its columns)."""
+    with (Path(root) / STATEMENTS).open(newline="") as handle:
+        return tuple(
+            (row[""] if "" in row else next(iter(row.values())), row) for row in csv.DictReader(handle)
+        )
+
+
 def diagnostic_classes(root: Path) -> dict[str, str]:
     """SCP code -> diagnostic superclass, for the diagnostic statements only."""
-    out: dict[str, str] = {}
-    with (Path(root) / "scp_statements.csv").open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            code = row[""] if "" in row else next(iter(row.values()))
-            if row.get("diagnostic") == "1.0" and row.get("diagnostic_class"):
-                out[code] = row["diagnostic_class"]
-    return out
+    return {
+        code: row["diagnostic_class"]
+        for code, row in _statements(Path(root))
+        if row.get("diagnostic") == "1.0" and row.get("diagnostic_class")
+    }
+
+
+def rhythm_statements(root: Path) -> frozenset[str]:
+    """The SCP codes PTB-XL marks as rhythm statements (SR, AFIB, STACH, ...)."""
+    return frozenset(code for code, row in _statements(Path(root)) if row.get("rhythm") == "1.0")
+
+
+def has_table(root: Path) -> bool:
+    """Whether ``root`` holds PTB-XL's table (what every command reading PTB-XL checks first)."""
+    return (Path(root) / TABLE).is_file()
 
 
 def read_table(root: str | Path) -> list[PtbxlRow]:
@@ -72,7 +91,7 @@ def read_table(root: str | Path) -> list[PtbxlRow]:
     root = Path(root)
     classes = diagnostic_classes(root)
     rows = []
-    with (root / "ptbxl_database.csv").open(newline="") as handle:
+    with (root / TABLE).open(newline="") as handle:
         for row in csv.DictReader(handle):
             codes = {str(k): float(v) for k, v in ast.literal_eval(row["scp_codes"] or "{}").items()}
             rows.append(

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 import ecgsearch.cli.exits as exits
+from ecgsearch.cli.options import need_file
 from ecgsearch.cli.output import AsJson, emit, results
 
 DEFAULT_DATA = Path("../shared/data")
@@ -75,8 +76,10 @@ def train_command(
         raise typer.BadParameter(
             f"no index.json under {shards} (make it with ecgsearch prepare)", param_hint="--shards"
         )
-    if shards is None and not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
-        raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
+    if shards is None:
+        from ecgsearch.ecg import ptbxl
+
+        need_file(data / "ptb-xl", ptbxl.TABLE, "--data")
     import yaml
     from rich.console import Console
 

@@ -32,6 +32,7 @@ class EcgArrays:
     superclasses: list[frozenset[str]]
     mv: np.ndarray | None = None
     statements: list[frozenset[str]] | None = None
+    rhythm_statements: frozenset[str] = frozenset()  # which statements of the source are rhythm statements
 
     def __len__(self) -> int:
         return len(self.ecg_ids)
@@ -46,6 +47,7 @@ class EcgArrays:
             superclasses=[self.superclasses[i] for i in idx],
             mv=None if self.mv is None else self.mv[idx],
             statements=None if self.statements is None else [self.statements[i] for i in idx],
+            rhythm_statements=self.rhythm_statements,
         )
 
     def in_folds(self, folds: Iterable[int]) -> EcgArrays:
@@ -75,6 +77,7 @@ def load_ptbxl(
         superclasses=[r.superclasses for r in rows],
         mv=mv,
         statements=[frozenset(r.scp_codes) for r in rows],
+        rhythm_statements=ptbxl.rhythm_statements(Path(data_root) / "ptb-xl"),
     ).select(keep)
 
 

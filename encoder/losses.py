@@ -72,9 +72,26 @@ def jaccard(labels: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1.0), torch.zeros_like(inter))
 
 
-def label_contrast(h: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+def label_overlap(
+    labels: torch.Tensor, rhythm: torch.Tensor | None = None, share: float = 0.0
+) -> torch.Tensor:
+    """(n, n) target overlaps of label sets: their Jaccard, or with ``rhythm`` (a column mask) and
+    ``share`` > 0, (1 - share) x the Jaccard of the other columns + share x that of the rhythm columns."""
+    if rhythm is None or share <= 0:
+        return jaccard(labels)
+    return (1 - share) * jaccard(labels[:, ~rhythm]) + share * jaccard(labels[:, rhythm])
+
+
+def label_contrast(
+    h: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 0.1,
+    rhythm: torch.Tensor | None = None,
+    rhythm_share: float = 0.0,
+) -> torch.Tensor:
     """Supervised contrast with soft targets: each labelled row's softmax over the other labelled rows
-    (cosine / temperature) is pulled towards its Jaccard overlaps with them, normalised to sum 1.
+    (cosine / temperature) is pulled towards its overlaps with them (``label_overlap``), normalised to
+    sum 1.
 
     ``labels`` is (n, L) multi-hot; rows without any statement take no part (neither as anchor nor as
     candidate), nor do anchors that share nothing with any other row. The loss is the mean, over the
@@ -86,7 +103,7 @@ def label_contrast(h: torch.Tensor, labels: torch.Tensor, temperature: float = 0
     z = F.normalize(h[keep], dim=1)
     if z.shape[0] < 2:
         return h.sum() * 0.0
-    w = jaccard(labels[keep])
+    w = label_overlap(labels[keep], rhythm, rhythm_share)
     eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
     w = w.masked_fill(eye, 0.0)
     mass = w.sum(dim=1)
@@ -121,6 +138,7 @@ def tri_objective(
     augmented_b: torch.Tensor | None = None,
     gather: Gather | None = None,
     labels: torch.Tensor | None = None,
+    rhythm_columns: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """w_halves*NT-Xent(A, B) + w_augment*NT-Xent(A, aug A) + w_recon*MSE(decode(A), A)
     [+ w_label*label_contrast + w_statement*statement_loss over the embeddings of A and B].
@@ -143,7 +161,13 @@ def tri_objective(
         raise ValueError("the label terms run in one process only (in-memory PTB-XL)")
     if config.w_label > 0 and labels is not None:
         # both windows of each ECG: its other window is a candidate with overlap 1
-        label = label_contrast(h[: 2 * n], torch.cat([labels, labels]), config.label_temperature)
+        label = label_contrast(
+            h[: 2 * n],
+            torch.cat([labels, labels]),
+            config.label_temperature,
+            rhythm_columns,
+            config.label_rhythm_share,
+        )
         total = total + config.w_label * label
         terms["label"] = label.item()
     if config.w_statement > 0 and labels is not None:

@@ -86,9 +86,16 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 class _Objective(torch.nn.Module):
     """The tri-objective as a module's forward, so DistributedDataParallel sees every parameter used."""
 
-    def __init__(self, model: SelfSupervised, config: EncoderConfig, gather: Gather | None) -> None:
+    def __init__(
+        self,
+        model: SelfSupervised,
+        config: EncoderConfig,
+        gather: Gather | None,
+        rhythm_columns: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.model, self.config, self.gather = model, config, gather
+        self.rhythm_columns = rhythm_columns  # the label term's rhythm statements (label_rhythm_share)
 
     def forward(
         self,
@@ -98,7 +105,9 @@ class _Objective(torch.nn.Module):
         b_aug: torch.Tensor | None,
         labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        return tri_objective(self.model, a, b, a_aug, self.config, b_aug, self.gather, labels)
+        return tri_objective(
+            self.model, a, b, a_aug, self.config, b_aug, self.gather, labels, self.rhythm_columns
+        )
 
 
 def _views(
@@ -212,8 +221,12 @@ def _train(
         config = config.with_overrides(statement_vocabulary=data.statement_vocabulary)
     model = SelfSupervised(config).to(dev)  # same seed -> same weights as export.onnx.random_encoder
     val = data.val
+    rhythm = data.rhythm_columns if isinstance(data, train_data.InMemory) else None
     objective: torch.nn.Module = _Objective(
-        model, config, distributed.gather_with_grad if world.distributed else None
+        model,
+        config,
+        distributed.gather_with_grad if world.distributed else None,
+        None if rhythm is None else rhythm.to(dev),
     )
     if world.distributed:
         ids = [dev.index] if dev.type == "cuda" else None

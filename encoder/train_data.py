@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ecgsearch.ecg import shards, signals
+from ecgsearch.ecg import ptbxl, shards, signals
 from ecgsearch.encoder import distributed, stream
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays, label_sets, load_ptbxl, multi_hot
@@ -48,6 +48,7 @@ class InMemory:
         self.y: torch.Tensor | None = None
         self.description = {"dataset": "PTB-XL v1.0.3 subset, records100", "n_train": len(self.train)}
         self.statement_vocabulary: tuple[str, ...] = ()
+        self.rhythm_columns: torch.Tensor | None = None  # label columns that are rhythm statements
         if config.w_label > 0 or config.w_statement > 0:
             sets = label_sets(self.train, config.label_sets)
             counts = Counter(label for s in sets for label in s)
@@ -58,6 +59,14 @@ class InMemory:
             rest = sorted(set(counts) - set(self.statement_vocabulary))
             vocabulary = [*self.statement_vocabulary, *rest]
             self.y = torch.from_numpy(multi_hot(sets, vocabulary))
+            if config.label_rhythm_share > 0:
+                if not self.train.rhythm_statements:
+                    raise ValueError(
+                        "label_rhythm_share > 0 needs ECGs whose source names its rhythm statements"
+                    )
+                # sinus rhythm, shared by most ECGs, would spread the rhythm half over nearly every row
+                rhythms = self.train.rhythm_statements - {ptbxl.SINUS_RHYTHM}
+                self.rhythm_columns = torch.tensor([c in rhythms for c in vocabulary])
             self.description["labelled_train"] = sum(1 for s in sets if s)
             self.description["label_vocabulary"] = len(vocabulary)
             self.description["statement_vocabulary"] = len(self.statement_vocabulary)

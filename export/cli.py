@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 import ecgsearch.cli.exits as exits
+from ecgsearch.cli.options import need_file
 from ecgsearch.cli.output import AsJson, emit
 
 DEFAULT_DATA = Path("../shared/data")
@@ -41,8 +42,9 @@ def export_command(
         raise typer.BadParameter(f"no checkpoint {checkpoint}", param_hint="--checkpoint")
     if config is not None and not config.is_file():
         raise typer.BadParameter(f"no config file {config}", param_hint="--config")
-    if not (data / "ptb-xl" / "ptbxl_database.csv").is_file():
-        raise typer.BadParameter(f"no ptb-xl/ptbxl_database.csv under {data}", param_hint="--data")
+    from ecgsearch.ecg import ptbxl
+
+    need_file(data / "ptb-xl", ptbxl.TABLE, "--data")
     import pickle
 
     import yaml

@@ -30,7 +30,7 @@ from ecgsearch.ecg import ptbxl, signals
 from ecgsearch.ecg.identity import Pseudonymizer
 from ecgsearch.ecg.shards import ShardWriter
 from ecgsearch.ingest.pipeline import REJECT_COLUMNS, Reject, Seen, load_all, worker_pool
-from ecgsearch.ingest.sources import PTBXL_TABLE, Candidate, Record, enumerate_source
+from ecgsearch.ingest.sources import Candidate, Record, enumerate_source
 
 CHUNK = 64  # candidates per task sent to a worker
 FOLDS = 10
@@ -57,7 +57,7 @@ def hash_fold(key: str) -> int:
 
 def ptbxl_folds(source: Path, dataset: str) -> dict[str, int]:
     """record id -> PTB-XL's strat_fold, when ``source`` is a PTB-XL folder (else empty)."""
-    if not (source / PTBXL_TABLE).is_file():
+    if not ptbxl.has_table(source):
         return {}
     return {f"{dataset}:{row.ecg_id}": row.fold for row in ptbxl.read_table(source)}
 

@@ -54,7 +54,6 @@ from ecgsearch.ecg.readers import ReaderError, read_ecg, sniff
 from ecgsearch.ecg.schema import EcgPayload, Sex, UnsafeId, check_dataset_name, check_record_id
 
 PTBXL_DATASET = "ptbxl"
-PTBXL_TABLE = "ptbxl_database.csv"
 AGE_CAP = 90  # ages above 89 are stored as 90 with age_over_89, as PTB-XL de-identifies them
 
 
@@ -126,7 +125,7 @@ def enumerate_source(
         return iter([found])
     if not source.is_dir():
         raise SourceError(f"{source}: no such folder or manifest")
-    if (source / PTBXL_TABLE).is_file():
+    if ptbxl.has_table(source):
         return _ptbxl(source, dataset or PTBXL_DATASET, prefer_hr)
     return _wfdb_folder(source, dataset)
 

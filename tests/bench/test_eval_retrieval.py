@@ -284,6 +284,23 @@ def test_eval_crossfit_nested_choice_stays_inside_the_training_folds(
         picked = [t for t in choice["tried"] if t["score"] == best][0]
         assert choice["chosen"] == {k: picked[k] for k in grid}
         assert info["served"] == choice["chosen"] and info["statement_vocabulary"]
+    # candidate blocks judged on the same models: the base grid reproduces the nested run's figures
+    judged = tmp_path / "candidates.json"
+    args = ["eval", "candidates", "--work", str(tmp_path / "work"), "--data", str(data_dir), "--groups", "2"]
+    args += ["--limit", "120", "--cache", str(tmp_path / "cache"), "--out", str(judged), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    candidates = json.loads(judged.read_text())["results"]
+    trained = data["views"]["all_records"]["methods"]["trained"]["pooled"]
+    reference = candidates["inner_score/base"]
+    assert reference["pooled"] == trained and reference["minus_reference"] is None
+    assert [p["chosen"] for p in reference["picks"]] == [c["chosen"] for c in nested["groups"]]
+    assert {name.split("/")[0] for name in candidates} == {"inner_score", "aims_first"}
+    for name, judged_one in candidates.items():
+        picks = judged_one["picks"]
+        assert len(picks) == 2 and all(p["settings_tried"] >= len(choice["tried"]) for p in picks), name
+        if [p["chosen"] for p in picks] == [p["chosen"] for p in reference["picks"]]:
+            assert judged_one["pooled"] == trained  # the same picks: the same vectors, the same figures
 
 
 def test_a_missing_peer_is_stated_not_omitted(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from ecgsearch.encoder.config import EncoderConfig
-from ecgsearch.encoder.losses import jaccard, label_contrast, nt_xent, statement_loss, tri_objective
+from ecgsearch.encoder.losses import (
+    jaccard,
+    label_contrast,
+    label_overlap,
+    nt_xent,
+    statement_loss,
+    tri_objective,
+)
 from ecgsearch.encoder.model import SelfSupervised
 
 
@@ -55,6 +62,21 @@ def test_jaccard_of_label_sets() -> None:
     y = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
     expected = torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 0.0]])
     assert torch.allclose(jaccard(y), expected)
+
+
+def test_a_rhythm_share_makes_a_shared_rhythm_count_apart_from_the_morphology() -> None:
+    # columns: two morphology labels, then one rhythm statement (AF, say)
+    y = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 0, 0], [1, 1, 0]])
+    rhythm = torch.tensor([False, False, True])
+    assert torch.equal(label_overlap(y), jaccard(y)) and torch.equal(
+        label_overlap(y, rhythm, 0.0), jaccard(y)
+    )
+    w = label_overlap(y, rhythm, 0.5)
+    assert w[0, 1] == pytest.approx(0.5)  # the same rhythm, no morphology in common: half (Jaccard 1/3)
+    assert jaccard(y)[0, 1] == pytest.approx(1 / 3)
+    assert w[0, 2] == pytest.approx(0.5)  # the same morphology, one without the rhythm: the other half
+    assert w[2, 3] == pytest.approx(0.25)  # neither in that rhythm: half their morphology Jaccard
+    assert torch.allclose(w, w.T)
 
 
 def test_label_contrast_known_answer() -> None:

@@ -173,6 +173,24 @@ def test_batches_carry_their_own_ecgs_label_sets(data_dir: Path) -> None:
             assert np.array_equal(labels, expected[i])
 
 
+def test_the_rhythm_share_marks_the_rhythm_statements_but_sinus_rhythm(data_dir: Path) -> None:
+    from ecgsearch.encoder.data import label_sets, load_ptbxl
+    from ecgsearch.encoder.train_data import InMemory
+
+    data = load_ptbxl(data_dir, folds=[1], max_records=60)
+    assert {"SR", "AFIB"} <= data.rhythm_statements and "NORM" not in data.rhythm_statements
+    shared = InMemory(TINY.with_overrides(w_label=1.0, label_rhythm_share=0.5), data_dir, None, (data, data))
+    plain = InMemory(TINY.with_overrides(w_label=1.0), data_dir, None, arrays=(data, data))
+    assert plain.rhythm_columns is None and shared.rhythm_columns is not None and shared.y is not None
+    vocabulary = sorted(set().union(*(s for s in label_sets(shared.train))))
+    marked = {c for c, m in zip(vocabulary, shared.rhythm_columns.tolist(), strict=True) if m}
+    assert marked == (data.rhythm_statements - {"SR"}) & set(vocabulary) and "SR" in vocabulary
+    with pytest.raises(ValueError, match="label_rhythm_share"):
+        TINY.with_overrides(label_rhythm_share=1.5)
+    with pytest.raises(ValueError, match="label_sets"):
+        TINY.with_overrides(label_rhythm_share=0.5, label_sets="superclasses")
+
+
 @pytest.mark.slow
 def test_label_aware_run_is_deterministic_and_logs_its_term(data_dir: Path, tmp_path: Path) -> None:
     import torch

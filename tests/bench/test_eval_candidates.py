@@ -1,0 +1,78 @@
+"""Candidate served blocks: what each block is, and that composing them leaves the base vectors alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ecgsearch.bench import candidates as cb
+from ecgsearch.bench import crossfit as cf
+from ecgsearch.ecg import ptbxl
+
+
+def blocks(n: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "embedding": cf._unit(rng.standard_normal((n, 8))),
+        "rhythm": rng.standard_normal((n, 2)) / np.sqrt(2),
+        "probabilities": cf._unit(rng.random((n, 4))),
+        "logit_z": rng.standard_normal((n, 4)) / 2,
+    }
+
+
+def test_the_gated_rhythm_block_is_zero_for_a_regular_ecg_and_whole_a_z_above_the_gate() -> None:
+    rhythm = np.array([[0.3, 0.2], [0.3, 1.5], [0.3, 2.0], [-1.0, 3.0]]) / np.sqrt(2)  # irregularity z 0.2..3
+    gated = cb.gated_rhythm(rhythm, above=1.0)
+    assert np.all(gated[0] == 0)  # under the gate: nothing
+    assert np.allclose(gated[1], 0.5 * rhythm[1])  # half way up the ramp
+    assert np.allclose(gated[2:], rhythm[2:])  # a z or more above: the whole block
+
+
+def test_rhythm_statements_come_from_ptbxl_and_keep_the_block_scale(data_dir: Path) -> None:
+    rhythm = ptbxl.rhythm_statements(data_dir / "ptb-xl")
+    assert {"SR", "AFIB", "STACH", "SBRAD"} <= rhythm and not {"NORM", "CLBBB", "LVH"} & rhythm
+    z = np.full((3, 16), 0.25)  # each logit's z / sqrt(16)
+    block = cb.rhythm_statements(z, [0, 5, 9, 11])
+    assert block.shape == (3, 4) and np.allclose(block, 0.5)  # z / sqrt(4): the same z, its own scale
+
+
+def test_a_setting_without_a_candidate_block_is_the_base_grids_vectors() -> None:
+    b = blocks()
+    served = cb.Served(b, np.zeros((6, 3)), np.ones(6, dtype=bool), [1, 2])
+    for setting in cf.grid_settings(True):
+        assert np.array_equal(cb.vectors(served, setting), cf.compose(b, **setting))
+    with_block = cb.vectors(served, {**cf.grid_settings(True)[0], "rhythm_statements_weight": 1.0})
+    assert with_block.shape == (6, 8 + 2 + 2) and np.allclose(np.linalg.norm(with_block, axis=1), 1)
+
+
+def test_the_spectrum_block_is_fitted_on_the_training_rows_only() -> None:
+    rng = np.random.default_rng(1)
+    spectra = rng.standard_normal((40, 12))
+    fit = np.arange(40) < 30
+    served = cb.Served(blocks(40), spectra.copy(), fit, [])
+    before = served.spectrum(4)
+    spectra_changed = spectra.copy()
+    spectra_changed[~fit] *= 100  # the held-out rows change: the projection learnt from the rest does not
+    again = cb.Served(blocks(40), spectra_changed, fit, []).spectrum(4)
+    assert np.allclose(np.abs(before[fit]), np.abs(again[fit]))
+    assert before.shape == (40, 4) and np.allclose(np.linalg.norm(before, axis=1), 1)
+
+
+def test_every_candidate_adds_settings_the_base_grid_does_not_have() -> None:
+    base = cf.grid_settings(True)
+    for candidate in cb.CANDIDATES:
+        extra = candidate.settings(base)
+        assert extra and not any(s in base for s in extra), candidate.name
+
+
+def test_a_work_folder_without_a_groups_model_is_refused_naming_it(data_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ecgsearch.cli.main import app
+
+    args = ["eval", "candidates", "--work", str(tmp_path), "--data", str(data_dir), "--groups", "2"]
+    result = CliRunner().invoke(
+        app, [*args, "--limit", "60", "--cache", str(tmp_path / "c"), "--quiet"], env={"COLUMNS": "400"}
+    )
+    assert result.exit_code == 2 and "heldout-1-2-3-4-5" in result.output and "--nested" in result.output
