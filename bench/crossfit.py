@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -48,6 +49,9 @@ from ecgsearch.bench.retrieval import (
 from ecgsearch.ecg import ptbxl
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays, load_ptbxl
+
+if TYPE_CHECKING:  # torch only where a model is loaded
+    from ecgsearch.encoder.model import Encoder
 
 FOLDS = tuple(range(1, 11))
 CROSSFIT_CODES = ("AFIB", "LVH", "CLBBB", "CRBBB", "IMI", "ASMI")
@@ -320,6 +324,29 @@ def served_settings(card_features: dict | None) -> dict:
     }
 
 
+def group_model(
+    work: Path, label: str, held_out: tuple[int, ...], how: str = ""
+) -> tuple[Encoder, EncoderConfig]:
+    """The model ``eval crossfit --work`` left for ``held_out`` (``label``: trained or inner), and its
+    config; refused when missing (``how``: the eval crossfit options that train it) or when it trained
+    on a held-out fold."""
+    from ecgsearch.encoder.model import load_checkpoint
+    from ecgsearch.encoder.train import LAST
+
+    path = work / f"{label}-heldout-{'-'.join(map(str, held_out))}" / LAST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no model with folds {list(held_out)} held out; train them with "
+            f"`ecgsearch eval crossfit {how} --work {work}`"
+        )
+    encoder, cfg, _ = load_checkpoint(path)
+    if set(cfg.train_folds) & set(held_out):  # the guard the judgement rests on
+        raise AssertionError(
+            f"{path} trained on held-out folds {sorted(set(cfg.train_folds) & set(held_out))}"
+        )
+    return encoder, cfg
+
+
 def group_vectors(
     work: Path, groups: Sequence[tuple[int, ...]], data: EcgArrays, settings: dict
 ) -> list[np.ndarray]:
@@ -328,24 +355,13 @@ def group_vectors(
     saw neither its signal nor its labels."""
     import torch
 
-    from ecgsearch.encoder.model import load_checkpoint
-    from ecgsearch.encoder.train import LAST, embed
+    from ecgsearch.encoder.train import embed
     from ecgsearch.export.onnx import serving_module
 
     out = []
     assert data.mv is not None
     for held_out in groups:
-        path = work / f"trained-heldout-{'-'.join(map(str, held_out))}" / LAST
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: no model with folds {list(held_out)} held out; train them with "
-                f"`ecgsearch eval crossfit --groups {len(groups)} --work {work}`"
-            )
-        encoder, cfg, _ = load_checkpoint(path)
-        if set(cfg.train_folds) & set(held_out):  # the guard the judgement rests on
-            raise AssertionError(
-                f"{path} trained on held-out folds {sorted(set(cfg.train_folds) & set(held_out))}"
-            )
+        encoder, cfg = group_model(work, "trained", held_out, f"--groups {len(groups)}")
         served, _ = serving_module(
             encoder,
             cfg.with_overrides(**settings),

@@ -14,12 +14,33 @@ import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
 Opts = TypeVar("Opts")
 R = TypeVar("R")
+
+
+# The options that name a store, declared once for every command that opens one.
+StoreOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--store",
+        "-s",
+        envvar="ECGSEARCH_STORE_PATH",
+        help="Embedded store directory (default: $ECGSEARCH_HOME/store).",
+    ),
+]
+QdrantUrlOption = Annotated[
+    str | None, typer.Option("--qdrant-url", "-u", envvar="ECGSEARCH_QDRANT_URL", help="Qdrant server URL.")
+]
+QdrantApiKeyOption = Annotated[
+    str | None, typer.Option(envvar="ECGSEARCH_QDRANT_API_KEY", help="Qdrant API key.")
+]
+CollectionOption = Annotated[
+    str, typer.Option("--collection", "-c", envvar="ECGSEARCH_COLLECTION", help="Collection or alias.")
+]
 
 
 def command_of(options: type[Opts]) -> Callable[[Callable[[Opts], R]], Callable[..., R]]:

@@ -10,35 +10,20 @@ from typing import Annotated, Any
 import typer
 
 import ecgsearch.cli.exits as exits
+from ecgsearch.cli.options import CollectionOption, QdrantApiKeyOption, QdrantUrlOption, StoreOption
 from ecgsearch.cli.output import AsJson, emit
 from ecgsearch.cli.tokens import TokenFile, resolve
 
-Store = Annotated[
-    Path | None,
-    typer.Option(
-        "--store",
-        "-s",
-        envvar="ECGSEARCH_STORE_PATH",
-        help="Embedded store directory (default: $ECGSEARCH_HOME/store).",
-    ),
-]
-Url = Annotated[
-    str | None, typer.Option("--qdrant-url", "-u", envvar="ECGSEARCH_QDRANT_URL", help="Qdrant server URL.")
-]
-ApiKey = Annotated[str | None, typer.Option(envvar="ECGSEARCH_QDRANT_API_KEY", help="Qdrant API key.")]
-Collection = Annotated[
-    str, typer.Option("--collection", "-c", envvar="ECGSEARCH_COLLECTION", help="Collection or alias.")
-]
 Target = Annotated[
     str | None, typer.Option("--target", "-t", help="A running service (host:port) instead of a store.")
 ]
 
 
 def info_command(
-    store: Store = None,
-    qdrant_url: Url = None,
-    api_key: ApiKey = None,
-    collection: Collection = "ecgs",
+    store: StoreOption = None,
+    qdrant_url: QdrantUrlOption = None,
+    api_key: QdrantApiKeyOption = None,
+    collection: CollectionOption = "ecgs",
     model: Annotated[
         Path | None, typer.Option(envvar="ECGSEARCH_MODEL", help="ONNX model whose card to show.")
     ] = None,
@@ -91,10 +76,10 @@ def info_command(
 
 def get_command(
     record_id: Annotated[str, typer.Argument(help="Stored record id, e.g. ptbxl:17.")],
-    store: Store = None,
-    qdrant_url: Url = None,
-    api_key: ApiKey = None,
-    collection: Collection = "ecgs",
+    store: StoreOption = None,
+    qdrant_url: QdrantUrlOption = None,
+    api_key: QdrantApiKeyOption = None,
+    collection: CollectionOption = "ecgs",
     vector: Annotated[bool, typer.Option("--vector", help="Include the stored vector.")] = False,
     target: Target = None,
     token_file: TokenFile = None,
@@ -141,9 +126,9 @@ def get_command(
 def alias_command(
     name: Annotated[str, typer.Argument(help="Alias that clients use, e.g. ecgs.")],
     target: Annotated[str, typer.Argument(help="Collection it should point at, e.g. ecgs-v2.")],
-    store: Store = None,
-    qdrant_url: Url = None,
-    api_key: ApiKey = None,
+    store: StoreOption = None,
+    qdrant_url: QdrantUrlOption = None,
+    api_key: QdrantApiKeyOption = None,
     as_json: AsJson = False,
 ) -> None:
     """Point alias NAME at collection TARGET: how a collection built with a new model goes live.

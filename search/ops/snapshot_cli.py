@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 import ecgsearch.cli.exits as exits
+from ecgsearch.cli.options import CollectionOption, QdrantApiKeyOption, QdrantUrlOption, StoreOption
 from ecgsearch.cli.output import AsJson
 from ecgsearch.cli.tokens import TokenFile, resolve
 
@@ -19,22 +20,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-Store = Annotated[
-    Path | None,
-    typer.Option(
-        "--store",
-        "-s",
-        envvar="ECGSEARCH_STORE_PATH",
-        help="Embedded store directory (default: $ECGSEARCH_HOME/store).",
-    ),
-]
-Url = Annotated[
-    str | None, typer.Option("--qdrant-url", "-u", envvar="ECGSEARCH_QDRANT_URL", help="Qdrant server URL.")
-]
-ApiKey = Annotated[str | None, typer.Option(envvar="ECGSEARCH_QDRANT_API_KEY", help="Qdrant API key.")]
-Collection = Annotated[
-    str, typer.Option("--collection", "-c", envvar="ECGSEARCH_COLLECTION", help="Collection (or alias).")
-]
 Target = Annotated[
     str | None,
     typer.Option(
@@ -60,10 +45,10 @@ snapshot = typer.Typer(
 
 @snapshot.command("create")
 def create_command(
-    store: Store = None,
-    qdrant_url: Url = None,
-    api_key: ApiKey = None,
-    collection: Collection = "ecgs",
+    store: StoreOption = None,
+    qdrant_url: QdrantUrlOption = None,
+    api_key: QdrantApiKeyOption = None,
+    collection: CollectionOption = "ecgs",
     directory: Directory = None,
     archive_path: ArchivePath = None,
     target: Target = None,
@@ -101,10 +86,10 @@ def create_command(
 
 @snapshot.command("list")
 def list_command(
-    store: Store = None,
-    qdrant_url: Url = None,
-    api_key: ApiKey = None,
-    collection: Collection = "ecgs",
+    store: StoreOption = None,
+    qdrant_url: QdrantUrlOption = None,
+    api_key: QdrantApiKeyOption = None,
+    collection: CollectionOption = "ecgs",
     directory: Directory = None,
     target: Target = None,
     token_file: TokenFile = None,
@@ -143,10 +128,10 @@ def restore_command(
             "location the server reads (file:///qdrant/snapshots/..., http://...)."
         ),
     ],
-    store: Store = None,
-    qdrant_url: Url = None,
-    api_key: ApiKey = None,
-    collection: Collection = "ecgs",
+    store: StoreOption = None,
+    qdrant_url: QdrantUrlOption = None,
+    api_key: QdrantApiKeyOption = None,
+    collection: CollectionOption = "ecgs",
     from_collection: Annotated[
         str | None,
         typer.Option(help="Server: the collection the snapshot was made of (default: --collection)."),
