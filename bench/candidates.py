@@ -37,6 +37,7 @@ GATED_WEIGHTS = (0.5, 1.0, 1.5, 2.0)
 RHYTHM_STATEMENT_WEIGHTS = (0.5, 1.0, 1.5, 2.0)
 STATEMENT_WEIGHTS_BEYOND = (2.5, 3.0, 4.0, 6.0)
 RHYTHM_WEIGHTS_BEYOND = (0.75, 1.0)
+IRREGULARITY_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,17 @@ CANDIDATES = (
         "irregular ECGs share it, a regular one carries none, so it cannot crowd regular queries",
         lambda base: [
             {**s, "gate_above": t, "gated_weight": w} for s in base for t in GATE_ABOVE for w in GATED_WEIGHTS
+        ],
+    ),
+    Candidate(
+        "irregularity_only",
+        "the rhythm block without heart rate: the RR irregularity z alone, in place of the two-number "
+        "block (heart rate says little about morphology, and a regular ECG's irregularity sits near 0)",
+        lambda base: [
+            {**s, "rhythm_weight": 0.0, "irregularity_weight": w}
+            for s in base
+            if s["rhythm_weight"] == 0
+            for w in IRREGULARITY_WEIGHTS
         ],
     ),
     Candidate(
@@ -170,6 +182,9 @@ def vectors(served: Served, setting: dict) -> np.ndarray:
         extra.append(setting["spectrum_weight"] * served.spectrum(setting["spectrum_dim"]))
     if setting.get("gated_weight"):
         extra.append(setting["gated_weight"] * gated_rhythm(served.blocks["rhythm"], setting["gate_above"]))
+    if setting.get("irregularity_weight"):
+        z = served.blocks["rhythm"][:, RHYTHM_IRREGULARITY : RHYTHM_IRREGULARITY + 1] * np.sqrt(2)
+        extra.append(setting["irregularity_weight"] * z)
     if setting.get("rhythm_statements_weight"):
         block = rhythm_statements(served.blocks["logit_z"], served.rhythm_columns)
         extra.append(setting["rhythm_statements_weight"] * block)
@@ -180,22 +195,11 @@ def _served(
     work: Path, name: str, held_out: tuple[int, ...], data: EcgArrays, rows: np.ndarray, ctx: dict
 ) -> tuple[Served, EncoderConfig]:
     """The served blocks of ``work/<name>-heldout-*``'s model over ``rows``; also its config."""
-    from ecgsearch.encoder.model import load_checkpoint
-    from ecgsearch.encoder.train import LAST
-
-    path = work / f"{name}-heldout-{'-'.join(map(str, held_out))}" / LAST
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no model with folds {list(held_out)} held out; train them with "
-            f"`ecgsearch eval crossfit --nested --work {work}`"
-        )
-    encoder, cfg, _ = load_checkpoint(path)
-    if set(cfg.train_folds) & set(held_out):  # the guard the judgement rests on
-        raise AssertionError(
-            f"{path} trained on held-out folds {sorted(set(cfg.train_folds) & set(held_out))}"
-        )
+    encoder, cfg = cf.group_model(work, name, held_out, "--nested")
     if not cfg.statement_vocabulary:
-        raise ValueError(f"{path}: no statement head (the candidates extend the statement-head recipe)")
+        raise ValueError(
+            f"{work}/{name}-heldout-*: no statement head (the candidates extend the statement-head recipe)"
+        )
     train = np.isin(data.folds, cfg.train_folds)
     assert data.mv is not None
     blocks = cf.served_blocks(encoder, cfg, data.select(train), data.mv[rows])
