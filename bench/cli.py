@@ -557,6 +557,9 @@ def crossfit(
     k: Annotated[int, typer.Option(min=1, help="neighbours per query")] = 10,
     threads: Annotated[int, typer.Option(min=1, help="torch threads")] = 1,
     epochs: Annotated[int | None, typer.Option(min=1, help="override the configs' epochs")] = None,
+    seed: Annotated[
+        int | None, typer.Option(min=0, help="override the configs' seed (another draw of the same recipe)")
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=50, help="use only the first N ECGs (smoke runs)")] = None,
     cache: Annotated[Path | None, typer.Option(help="prepared-array cache")] = Path("runs/cache"),
     work: Annotated[
@@ -597,8 +600,8 @@ def crossfit(
     except ImportError as exc:
         _missing(exc)
     try:
-        main = load_config(config).with_overrides(epochs=epochs)
-        other = None if compare is None else load_config(compare).with_overrides(epochs=epochs)
+        main = load_config(config).with_overrides(epochs=epochs, seed=seed)
+        other = None if compare is None else load_config(compare).with_overrides(epochs=epochs, seed=seed)
         cf.fold_groups(groups)
     except (ValueError, TypeError, yaml.YAMLError) as exc:  # as train: malformed YAML, unknown fields
         raise typer.BadParameter(" ".join(str(exc).split())) from None
@@ -620,6 +623,7 @@ def crossfit(
         + (f" --compare {compare} --compare-name {compare_name}" if compare else "")
         + (" --nested" if nested else "")
         + (f" --epochs {epochs}" if epochs else "")
+        + (f" --seed {seed}" if seed is not None else "")
         + (f" --limit {limit}" if limit else "")
         + f" --out {out}",
         log=_logger(quiet),
