@@ -268,8 +268,9 @@ def run(
                     key: best[key] for key in best if key not in ("score", "p10_any", "codes", "aims_first")
                 }
                 if name == "inner_score/base" and any(getattr(cfg, key) != v for key, v in setting.items()):
-                    raise AssertionError(
-                        f"{work}: the base grid's pick {setting} is not what the group's model serves"
+                    raise ValueError(
+                        f"{work}: the base grid picks {setting} for folds {list(held_out)}, not what that "
+                        "group's model serves: were its models trained with these --groups and --limit?"
                     )
                 picks[name].append(
                     {
