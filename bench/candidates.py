@@ -10,7 +10,8 @@ queries (paired intervals). A candidate goes into the ONNX graph only if it wins
 
 Nothing is retrained: the models are those ``ecgsearch eval crossfit --nested --work W`` left in W (a
 nested run trains one inner and one outer model per group); the candidate blocks are computed from their
-served blocks in numpy. Every candidate's settings are fixed here, before the run.
+served blocks in numpy. Every candidate's settings are fixed here, before a run; a candidate written after
+an earlier run's figures were seen says so (``post_hoc``, copied into the results).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ RHYTHM_WEIGHTS_BEYOND = (0.75, 1.0)
 IRREGULARITY_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 
 
+class WorkMismatch(ValueError):
+    """The models of --work are not those of a nested run with the options given."""
+
+
 @dataclass(frozen=True)
 class Candidate:
     """Settings added to the base grid (each a base setting plus this candidate's keys), and why."""
@@ -47,6 +52,7 @@ class Candidate:
     name: str
     why: str
     settings: Callable[[list[dict]], list[dict]]
+    post_hoc: bool = False  # designed after an earlier run of this command had shown the others
 
 
 CANDIDATES = (
@@ -99,6 +105,7 @@ CANDIDATES = (
             if s["rhythm_weight"] == 0
             for w in IRREGULARITY_WEIGHTS
         ],
+        post_hoc=True,
     ),
     Candidate(
         "rhythm_statements",
@@ -131,7 +138,7 @@ def aims_first(scored: dict, rivals: dict[str, float]) -> float:
 def inner_rivals(sub: Corpus, fit: np.ndarray, queries: np.ndarray, k: int) -> dict[str, float]:
     """Per code, the best handcrafted kNN's P@10 on the inner queries (``crossfit.KNN_BASELINES``)."""
     best: dict[str, float] = {}
-    for method in baseline_methods(sub, fit, 2):
+    for method in baseline_methods(sub, fit, 2):  # 2: the PCA baselines' dims, unused here
         if method.name in cf.KNN_BASELINES:
             v = method.embed(sub.x, sub.mv, np.arange(len(sub.rows)))
             for code, value in cf.inner_score(v, sub, queries, k, method.euclidean)["codes"].items():
@@ -167,7 +174,7 @@ def gated_rhythm(rhythm: np.ndarray, above: float) -> np.ndarray:
     return np.clip(z - above, 0.0, 1.0) * rhythm
 
 
-def rhythm_statements(logit_z: np.ndarray, columns: list[int]) -> np.ndarray:
+def rhythm_statement_block(logit_z: np.ndarray, columns: list[int]) -> np.ndarray:
     """The rhythm statements' columns of the logit-z block (each z / sqrt L), rescaled to z / sqrt L_r."""
     return logit_z[:, columns] * np.sqrt(logit_z.shape[1] / max(len(columns), 1))
 
@@ -186,7 +193,7 @@ def vectors(served: Served, setting: dict) -> np.ndarray:
         z = served.blocks["rhythm"][:, RHYTHM_IRREGULARITY : RHYTHM_IRREGULARITY + 1] * np.sqrt(2)
         extra.append(setting["irregularity_weight"] * z)
     if setting.get("rhythm_statements_weight"):
-        block = rhythm_statements(served.blocks["logit_z"], served.rhythm_columns)
+        block = rhythm_statement_block(served.blocks["logit_z"], served.rhythm_columns)
         extra.append(setting["rhythm_statements_weight"] * block)
     return cf._unit(np.concatenate([base, *extra], axis=1)) if extra else base
 
@@ -195,7 +202,7 @@ def _served(
     work: Path, name: str, held_out: tuple[int, ...], data: EcgArrays, rows: np.ndarray, ctx: dict
 ) -> tuple[Served, EncoderConfig]:
     """The served blocks of ``work/<name>-heldout-*``'s model over ``rows``; also its config."""
-    encoder, cfg = cf.group_model(work, name, held_out, "--nested")
+    encoder, cfg = cf.group_model(work, name, held_out, ctx["how"], data)
     if not cfg.statement_vocabulary:
         raise ValueError(
             f"{work}/{name}-heldout-*: no statement head (the candidates extend the statement-head recipe)"
@@ -231,6 +238,7 @@ def run(
     ctx = {
         "spectra": log_spectra(data.x).astype(np.float32),
         "rhythm": ptbxl.rhythm_statements(root / "ptb-xl"),
+        "how": f"--nested --groups {n_groups}" + (f" --limit {limit}" if limit else ""),
     }
     names = [f"{rule}/{c}" for rule in RULES for c in ("base", *(c.name for c in CANDIDATES))]
     served_vectors: dict[str, list[np.ndarray]] = {name: [] for name in names}
@@ -244,9 +252,7 @@ def run(
         rows = np.flatnonzero(np.isin(data.folds, outer))  # never a held-out row
         inner, inner_cfg = _served(work, "inner", held_out, data, rows, ctx)
         if inner_fold in inner_cfg.train_folds:
-            raise AssertionError(
-                f"the inner model of {list(held_out)} trained on its inner fold {inner_fold}"
-            )
+            raise WorkMismatch(f"the inner model of {list(held_out)} trained on its inner fold {inner_fold}")
         sub = Corpus([corpus.rows[i] for i in rows], corpus.x[rows], corpus.mv[rows], [])
         queries = np.flatnonzero(data.folds[rows] == inner_fold)
         rivals = inner_rivals(sub, np.isin(data.folds[rows], inner_cfg.train_folds), queries, k)
@@ -268,9 +274,9 @@ def run(
                     key: best[key] for key in best if key not in ("score", "p10_any", "codes", "aims_first")
                 }
                 if name == "inner_score/base" and any(getattr(cfg, key) != v for key, v in setting.items()):
-                    raise ValueError(
+                    raise WorkMismatch(
                         f"{work}: the base grid picks {setting} for folds {list(held_out)}, not what that "
-                        "group's model serves: were its models trained with these --groups and --limit?"
+                        "group's model serves: were its models chosen with this --k?"
                     )
                 picks[name].append(
                     {
@@ -321,9 +327,13 @@ def run(
             f"excluded; differences minus {REFERENCE} on the same queries, bootstrap 95% paired",
         },
         "candidates": {
-            c.name: {"why": c.why, "extra_settings": len(c.settings(cf.grid_settings(True)))}
+            c.name: {
+                "why": c.why,
+                "extra_settings": len(c.settings(cf.grid_settings(True))),
+                "post_hoc": c.post_hoc,
+            }
             for c in CANDIDATES
-        },  # fmt: skip
+        },
         "results": results,
         "wall_s": round(time.perf_counter() - t0, 1),
         "machine": {**started_on, "load_avg_at_end": load_average()},

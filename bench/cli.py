@@ -691,11 +691,13 @@ def candidates(
 ) -> None:
     """Judge candidate served blocks as the shipped ones were judged, on the models of a nested run.
 
-    Each candidate (a log-spectrum block, a rhythm block gated by the ECG's own irregularity, the
-    rhythm statements as their own block, statement or rhythm weights beyond the grid) adds settings to
-    the nested grid; each group's inner model picks among the base grid and them on its inner fold, the
-    group's model serves the pick, and the pooled cross-fitted figures are compared with the base
-    grid's pick on the same queries. Nothing is retrained. Needs the train and bench extras.
+    Each candidate (statement or rhythm weights beyond the grid, a log-spectrum block, a rhythm block
+    gated by the ECG's own irregularity, the irregularity alone, the rhythm statements as their own
+    block) adds settings to the nested grid; each group's inner model picks among the base grid and
+    them on its inner fold by each of two rules (the nested run's inner score; aims first), the group's
+    model serves the pick, and the pooled cross-fitted figures are compared with the nested run's pick
+    on the same queries. Nothing is retrained. --groups, --limit and --k must be those of the run that
+    trained --work. Needs the train and bench extras.
 
     Examples:
 
@@ -706,6 +708,8 @@ def candidates(
     _need_ptbxl(data / "ptb-xl", "--data")
     if not work.is_dir():
         raise typer.BadParameter(f"no folder {work}", param_hint="--work")
+    if 10 % groups:
+        raise typer.BadParameter(f"groups must divide the 10 folds, not {groups}", param_hint="--groups")
     from ecgsearch.bench.results import write_results
 
     try:
@@ -725,7 +729,7 @@ def candidates(
             + f" --out {out}",
             log=_logger(quiet),
         )
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, cb.WorkMismatch) as exc:
         raise typer.BadParameter(" ".join(str(exc).split()), param_hint="--work") from None
     write_results(out, result)
     emit(results(out), f"{cb.line(result)} -> {out}", as_json)

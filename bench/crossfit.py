@@ -325,11 +325,12 @@ def served_settings(card_features: dict | None) -> dict:
 
 
 def group_model(
-    work: Path, label: str, held_out: tuple[int, ...], how: str = ""
+    work: Path, label: str, held_out: tuple[int, ...], how: str = "", data: EcgArrays | None = None
 ) -> tuple[Encoder, EncoderConfig]:
     """The model ``eval crossfit --work`` left for ``held_out`` (``label``: trained or inner), and its
-    config; refused when missing (``how``: the eval crossfit options that train it) or when it trained
-    on a held-out fold."""
+    config; refused when missing (``how``: the eval crossfit options that train it), when it trained
+    on a held-out fold, or (given ``data``) when it trained on another number of ECGs than ``data``
+    holds in its training folds (another --limit)."""
     from ecgsearch.encoder.model import load_checkpoint
     from ecgsearch.encoder.train import LAST
 
@@ -337,13 +338,20 @@ def group_model(
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no model with folds {list(held_out)} held out; train them with "
-            f"`ecgsearch eval crossfit {how} --work {work}`"
+            f"`ecgsearch eval crossfit {how + ' ' if how else ''}--work {work}`"
         )
-    encoder, cfg, _ = load_checkpoint(path)
+    encoder, cfg, ckpt = load_checkpoint(path)
     if set(cfg.train_folds) & set(held_out):  # the guard the judgement rests on
         raise AssertionError(
             f"{path} trained on held-out folds {sorted(set(cfg.train_folds) & set(held_out))}"
         )
+    trained_on = ((ckpt.get("summary") or {}).get("data") or {}).get("n_train")
+    if data is not None and trained_on is not None:
+        here = int(np.isin(data.folds, cfg.train_folds).sum())
+        if here != trained_on:
+            raise ValueError(
+                f"{path} trained on {trained_on} ECGs; its folds hold {here} here (another --limit?)"
+            )
     return encoder, cfg
 
 

@@ -22,7 +22,7 @@ Opts = TypeVar("Opts")
 R = TypeVar("R")
 
 
-# The options that name a store, declared once for every command that opens one.
+# The options that name a store, declared once for the operator commands (collection, stats, snapshot).
 StoreOption = Annotated[
     Path | None,
     typer.Option(

@@ -82,7 +82,7 @@ def rhythm_statements(root: Path) -> frozenset[str]:
 
 
 def has_table(root: Path) -> bool:
-    """Whether ``root`` holds PTB-XL's table (what every command reading PTB-XL checks first)."""
+    """Whether ``root`` holds PTB-XL's table (``TABLE``): a PTB-XL folder, not a folder of records."""
     return (Path(root) / TABLE).is_file()
 
 

@@ -81,10 +81,10 @@ class EncoderConfig:
     # what a label set holds: "statements" (every SCP statement of the ECG, diagnostic, form and
     # rhythm, plus its diagnostic superclasses) or "superclasses" (the superclasses only)
     label_sets: str = "statements"
-    # > 0: the label term's target overlap is (1 - share) x the Jaccard of the labels that are not rhythm
-    # statements + share x the Jaccard of the rhythm statements other than sinus rhythm (PTB-XL's rhythm
-    # column: AFIB, STACH, SBRAD, ...), so a shared abnormal rhythm counts apart from the morphology, not
-    # as one label among ~70; 0 = one Jaccard over every label
+    # > 0: the label term's target overlap is share x the Jaccard of the rhythm statements other than
+    # sinus rhythm (PTB-XL's rhythm column: AFIB, STACH, SBRAD, ...) + (1 - share) x the Jaccard of every
+    # other label (sinus rhythm among them), so a shared abnormal rhythm counts apart from the morphology,
+    # not as one label among ~70; 0 = one Jaccard over every label (needs w_label > 0)
     label_rhythm_share: float = 0.0
     # > 0: add w_statement * a multi-label BCE of a linear statement head on the embedding, over every
     # label (statement or superclass, as label_sets="statements" forms them) with at least
@@ -129,12 +129,15 @@ class EncoderConfig:
             raise ValueError(f"w_label must be >= 0, not {self.w_label}")
         if not self.label_temperature > 0:
             raise ValueError(f"label_temperature must be > 0, not {self.label_temperature}")
-        if not 0 <= self.label_rhythm_share <= 1:
-            raise ValueError(f"label_rhythm_share must be in [0, 1], not {self.label_rhythm_share}")
-        if self.label_rhythm_share > 0 and self.label_sets != "statements":
-            raise ValueError("label_rhythm_share needs label_sets 'statements' (superclasses hold no rhythm)")
         if self.label_sets not in ("statements", "superclasses"):
             raise ValueError(f"label_sets must be 'statements' or 'superclasses', not {self.label_sets!r}")
+        if not 0 <= self.label_rhythm_share <= 1:
+            raise ValueError(f"label_rhythm_share must be in [0, 1], not {self.label_rhythm_share}")
+        if self.label_rhythm_share > 0 and (self.label_sets != "statements" or not self.w_label > 0):
+            raise ValueError(
+                "label_rhythm_share shapes the label term: it needs w_label > 0 and label_sets 'statements' "
+                "(superclasses hold no rhythm)"
+            )
         if not self.w_statement >= 0 or not self.statement_weight >= 0:
             raise ValueError(
                 f"w_statement and statement_weight must be >= 0: {self.w_statement}, {self.statement_weight}"

@@ -160,7 +160,7 @@ def tri_objective(
     if labels is not None and (config.w_label > 0 or config.w_statement > 0) and gather is not None:
         raise ValueError("the label terms run in one process only (in-memory PTB-XL)")
     if config.w_label > 0 and labels is not None:
-        # both windows of each ECG: its other window is a candidate with overlap 1
+        # both windows of each ECG: its other window is a candidate with the largest overlap
         label = label_contrast(
             h[: 2 * n],
             torch.cat([labels, labels]),

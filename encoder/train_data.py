@@ -66,7 +66,7 @@ class InMemory:
                     )
                 # sinus rhythm, shared by most ECGs, would spread the rhythm half over nearly every row
                 rhythms = self.train.rhythm_statements - {ptbxl.SINUS_RHYTHM}
-                self.rhythm_columns = torch.tensor([c in rhythms for c in vocabulary])
+                self.rhythm_columns = torch.tensor([c in rhythms for c in vocabulary], dtype=torch.bool)
             self.description["labelled_train"] = sum(1 for s in sets if s)
             self.description["label_vocabulary"] = len(vocabulary)
             self.description["statement_vocabulary"] = len(self.statement_vocabulary)

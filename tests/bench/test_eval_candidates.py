@@ -33,7 +33,7 @@ def test_rhythm_statements_come_from_ptbxl_and_keep_the_block_scale(data_dir: Pa
     rhythm = ptbxl.rhythm_statements(data_dir / "ptb-xl")
     assert {"SR", "AFIB", "STACH", "SBRAD"} <= rhythm and not {"NORM", "CLBBB", "LVH"} & rhythm
     z = np.full((3, 16), 0.25)  # each logit's z / sqrt(16)
-    block = cb.rhythm_statements(z, [0, 5, 9, 11])
+    block = cb.rhythm_statement_block(z, [0, 5, 9, 11])
     assert block.shape == (3, 4) and np.allclose(block, 0.5)  # z / sqrt(4): the same z, its own scale
 
 
@@ -75,4 +75,7 @@ def test_a_work_folder_without_a_groups_model_is_refused_naming_it(data_dir: Pat
     result = CliRunner().invoke(
         app, [*args, "--limit", "60", "--cache", str(tmp_path / "c"), "--quiet"], env={"COLUMNS": "400"}
     )
-    assert result.exit_code == 2 and "heldout-1-2-3-4-5" in result.output and "--nested" in result.output
+    assert result.exit_code == 2 and "heldout-1-2-3-4-5" in result.output
+    assert "--nested --groups 2 --limit 60" in result.output  # the command that trains them
+    bad_groups = CliRunner().invoke(app, [*args[:-2], "--groups", "3"], env={"COLUMNS": "400"})
+    assert bad_groups.exit_code == 2 and "--groups" in bad_groups.output

@@ -185,10 +185,24 @@ def test_the_rhythm_share_marks_the_rhythm_statements_but_sinus_rhythm(data_dir:
     vocabulary = sorted(set().union(*(s for s in label_sets(shared.train))))
     marked = {c for c, m in zip(vocabulary, shared.rhythm_columns.tolist(), strict=True) if m}
     assert marked == (data.rhythm_statements - {"SR"}) & set(vocabulary) and "SR" in vocabulary
+    head = InMemory(
+        TINY.with_overrides(w_label=1.0, w_statement=1.0, statement_min_count=5, label_rhythm_share=0.5),
+        data_dir,
+        None,
+        (data, data),
+    )
+    assert head.y is not None and head.rhythm_columns is not None and head.statement_vocabulary
+    columns = [*head.statement_vocabulary, *sorted(set(vocabulary) - set(head.statement_vocabulary))]
+    for j, code in enumerate(columns):  # the head's columns come first: the mask follows them
+        assert bool(head.rhythm_columns[j]) == (code in marked)
+        has = np.array([code in s for s in label_sets(head.train)])
+        assert np.array_equal(head.y[:, j].numpy().astype(bool), has)
     with pytest.raises(ValueError, match="label_rhythm_share"):
         TINY.with_overrides(label_rhythm_share=1.5)
+    with pytest.raises(ValueError, match="w_label"):
+        TINY.with_overrides(label_rhythm_share=0.5)
     with pytest.raises(ValueError, match="label_sets"):
-        TINY.with_overrides(label_rhythm_share=0.5, label_sets="superclasses")
+        TINY.with_overrides(w_label=1.0, label_rhythm_share=0.5, label_sets="superclasses")
 
 
 @pytest.mark.slow
