@@ -3,10 +3,11 @@
 The statement-head recipe's served blocks (unit embedding, rhythm block, statement block) leave AFIB under
 the rhythm kNN and CLBBB under PCA of log spectra (``results/retrieval_crossfit_nested.json``). Each
 candidate below adds settings to the nested grid (``crossfit.grid_settings``): per held-out group, the
-group's inner model picks among the base grid and the candidate's settings by the same INNER_SCORE on its
-inner fold, inside the training folds; the group's model serves the pick; pooled over the groups, every
-labelled ECG is a query once, and each candidate is compared with the base grid's pick on the same
-queries (paired intervals). A candidate goes into the ONNX graph only if it wins under this judgement.
+group's inner model picks among the base grid and the candidate's settings on its inner fold, inside the
+training folds, by each of two rules (``RULES``: the nested run's INNER_SCORE, and aims first); the
+group's model serves the pick; pooled over the groups, every labelled ECG is a query once, and each
+candidate is compared with the nested run's own pick on the same queries (paired intervals). A candidate
+goes into the ONNX graph only if it wins under this judgement and a check it was not chosen on.
 
 Nothing is retrained: the models are those ``ecgsearch eval crossfit --nested --work W`` left in W (a
 nested run trains one inner and one outer model per group); the candidate blocks are computed from their
@@ -126,6 +127,7 @@ AIMS_FIRST = (
     "kNN's on the same inner queries (fitted on the inner training folds), plus P@10 any superclass"
 )
 RULES = {"inner_score": cf.INNER_SCORE, "aims_first": AIMS_FIRST}
+RULE_KEY = {"inner_score": "score", "aims_first": "aims_first"}  # the field of a tried setting each maximises
 REFERENCE = "inner_score/base"  # what results/retrieval_crossfit_nested.json reports
 
 
@@ -257,21 +259,19 @@ def run(
         queries = np.flatnonzero(data.folds[rows] == inner_fold)
         rivals = inner_rivals(sub, np.isin(data.folds[rows], inner_cfg.train_folds), queries, k)
         base = cf.grid_settings(True)
-        scored = {id(s): cf.inner_score(vectors(inner, s), sub, queries, k) for s in base}
+        base_scores = [cf.inner_score(vectors(inner, s), sub, queries, k) for s in base]
         model, cfg = _served(work, "trained", held_out, data, everything, ctx)
         for candidate in (None, *CANDIDATES):
             extra = [] if candidate is None else candidate.settings(base)
-            tried = [{**s, **scored[id(s)]} for s in base]
+            tried = [{**s, **scored} for s, scored in zip(base, base_scores, strict=True)]
             tried += [{**s, **cf.inner_score(vectors(inner, s), sub, queries, k)} for s in extra]
             for t in tried:
                 t["aims_first"] = aims_first(t, rivals)
             for rule in RULES:
                 name = f"{rule}/{'base' if candidate is None else candidate.name}"
-                best = max(
-                    tried, key=lambda t: t["score" if rule == "inner_score" else rule]
-                )  # first of equals
+                best = max(tried, key=lambda t: t[RULE_KEY[rule]])  # the first of equals
                 setting = {
-                    key: best[key] for key in best if key not in ("score", "p10_any", "codes", "aims_first")
+                    key: v for key, v in best.items() if key not in ("p10_any", "codes", *RULE_KEY.values())
                 }
                 if name == "inner_score/base" and any(getattr(cfg, key) != v for key, v in setting.items()):
                     raise WorkMismatch(
