@@ -851,6 +851,13 @@ def views(
     statistics: Annotated[
         Path | None, typer.Option(help="also write the served views' statistics and default blend here")
     ] = None,
+    objective: Annotated[
+        str,
+        typer.Option(
+            help="how blend weights are chosen on the training groups' queries: mean (of the seven P@10s) "
+            "or aims-first (the blend aims met on them, the mean breaking ties)"
+        ),
+    ] = "mean",
     through_store: Annotated[
         bool,
         typer.Option(
@@ -878,6 +885,8 @@ def views(
         ecgsearch eval views --through-store --out results/views_store.json
     """
     _need_ptbxl(data / "ptb-xl", "--data")
+    if objective not in ("mean", "aims-first"):
+        raise typer.BadParameter(f"mean or aims-first, not {objective!r}", param_hint="--objective")
     from ecgsearch.bench.results import write_results
 
     try:
@@ -902,9 +911,11 @@ def views(
             crossfit_work=crossfit_work,
             cache_dir=cache,
             limit=limit,
+            objective=objective,
             command="ecgsearch eval views"
             + (f" --crossfit-work {crossfit_work}" if crossfit_work else "")
             + (f" --limit {limit}" if limit else "")
+            + (f" --objective {objective}" if objective != "mean" else "")
             + f" --out {out}"
             + (f" --statistics {statistics}" if statistics else ""),
             log=_logger(quiet),
