@@ -885,14 +885,16 @@ def views(
         ecgsearch eval views --through-store --out results/views_store.json
     """
     _need_ptbxl(data / "ptb-xl", "--data")
-    if objective not in ("mean", "aims-first"):
-        raise typer.BadParameter(f"mean or aims-first, not {objective!r}", param_hint="--objective")
     from ecgsearch.bench.results import write_results
 
     try:
         from ecgsearch.bench import views as bv
     except ImportError as exc:
         _missing(exc)
+    if objective not in bv.OBJECTIVES:
+        raise typer.BadParameter(
+            f"one of {sorted(bv.OBJECTIVES)}, not {objective!r}", param_hint="--objective"
+        )
     if through_store:
         checked = bv.through_store(
             data,

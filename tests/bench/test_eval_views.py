@@ -109,3 +109,22 @@ def test_the_gated_rerank_reorders_the_waveform_candidates_by_rhythm_only_for_an
     assert pre.fuse("gated", {**weights, views.GATE: 2.5}, k=3)[0].tolist() == [1, 2, 3]
     assert pre.fuse("gated", {**weights, views.RHYTHM: 0.0}, k=3)[0].tolist() == [1, 2, 3]
     assert all(len(w) == 4 and w[views.WAVEFORM] == 1.0 for w in bv.weight_grid("gated"))
+
+
+def test_aims_first_prefers_the_weights_that_meet_the_blend_aims_over_a_higher_mean() -> None:
+    from ecgsearch.bench import views as bv
+
+    n = 40
+    queries = np.arange(n)
+    rivals = {h: {k: np.full(n, 0.1) for k in bv.OBJECTIVE} for h in bv.HANDCRAFTED}
+    rivals["view:waveform"] = {k: np.full(n, 0.5) for k in bv.OBJECTIVE}
+    rivals["knn-hr-rr-median"]["AFIB"] = np.full(n, 0.4)
+    high_mean = {k: np.full(n, 0.9) for k in bv.OBJECTIVE} | {"AFIB": np.full(n, 0.3)}  # AFIB under 0.4
+    every_aim = {k: np.full(n, 0.6) for k in bv.OBJECTIVE} | {"AFIB": np.full(n, 0.45)}
+    tried = [high_mean, every_aim] + [high_mean] * (len(bv.weight_grid("gated")) - 2)
+    grid = bv.weight_grid("gated")
+    assert bv.choose_weights(tried, "gated", queries)[0] == grid[0]  # the mean: the higher one
+    weights, value = bv.choose_weights(tried, "gated", queries, "aims-first", rivals)
+    assert weights == grid[1] and 7 < value < 8  # 7 aims met on these queries, the mean below 1
+    with pytest.raises(ValueError, match="objective"):
+        bv.choose_weights(tried, "gated", queries, "best")
