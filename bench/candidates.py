@@ -26,7 +26,7 @@ import numpy as np
 
 from ecgsearch.bench import crossfit as cf
 from ecgsearch.bench.results import load_average, machine, relative
-from ecgsearch.bench.retrieval import Corpus, baseline_methods, log_spectra, per_query
+from ecgsearch.bench.retrieval import Corpus, baseline_methods, knn_methods, log_spectra, per_query
 from ecgsearch.ecg import ptbxl
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays, load_ptbxl
@@ -140,7 +140,7 @@ def aims_first(scored: dict, rivals: dict[str, float]) -> float:
 def inner_rivals(sub: Corpus, fit: np.ndarray, queries: np.ndarray, k: int) -> dict[str, float]:
     """Per code, the best handcrafted kNN's P@10 on the inner queries (``crossfit.KNN_BASELINES``)."""
     best: dict[str, float] = {}
-    for method in baseline_methods(sub, fit, 2):  # 2: the PCA baselines' dims, unused here
+    for method in knn_methods(sub, fit):
         if method.name in cf.KNN_BASELINES:
             v = method.embed(sub.x, sub.mv, np.arange(len(sub.rows)))
             for code, value in cf.inner_score(v, sub, queries, k, method.euclidean)["codes"].items():

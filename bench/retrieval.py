@@ -227,7 +227,6 @@ def methods_for(corpus: Corpus, model: Path, random_model: Path, pca_dim: int | 
 
 def baseline_methods(corpus: Corpus, fit: np.ndarray, dim: int) -> list[Method]:
     """The baselines that need no learning beyond PCA and z-scores, fitted on the rows ``fit``."""
-    ages = corpus.ages
     return [
         pca_method(
             "pca-log-spectra",
@@ -245,6 +244,14 @@ def baseline_methods(corpus: Corpus, fit: np.ndarray, dim: int) -> list[Method]:
             dim,
             "prepared samples (shift-sensitive)",
         ),
+        *knn_methods(corpus, fit),
+    ]
+
+
+def knn_methods(corpus: Corpus, fit: np.ndarray) -> list[Method]:
+    """The kNN baselines on z-scored measurements (mean and std from the rows ``fit``)."""
+    ages = corpus.ages
+    return [
         _zscore_method(
             "knn-hr-rr",
             lambda x, _mv, _i: features.rhythm(x),
