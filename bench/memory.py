@@ -21,6 +21,7 @@ from types import TracebackType
 
 FIELDS = ("VmRSS", "RssAnon", "RssFile", "VmHWM")
 TIMELINE_EVERY_S = 10.0  # a 4M build of ~1.5 hours keeps ~550 rows
+READY = "sampling"  # the watcher's first line: its first sample is taken
 
 
 def status(pid: int | str = "self") -> dict[str, int]:
@@ -87,7 +88,7 @@ def watch(
     samples = 0
     timeline: list[tuple[float, int, int]] = []
     began = time.monotonic()
-    stop = False
+    stop = announced = False
     while True:  # a sample at the start, one per interval, and one when told to stop
         now = status(pid)
         if now:
@@ -101,6 +102,9 @@ def watch(
                 )
         if stop:
             break
+        if not announced:  # the sampler's caller waits for this before its work starts
+            print(READY, flush=True)
+            announced = True
         stop = bool(select.select([sys.stdin], [], [], interval_s)[0])
     print(json.dumps({"peak": peak, "samples": samples, "timeline": timeline}))
 
@@ -138,6 +142,13 @@ class PeakSampler:
                 stdout=subprocess.PIPE,
                 text=True,
             )
+            # A watcher still starting would miss whatever the caller does first (a loaded machine
+            # takes a good part of a second to start Python), so the work waits for its first sample.
+            assert self._watcher.stdout is not None
+            first = self._watcher.stdout.readline().strip()
+            if first != READY:
+                self._watcher.kill()
+                raise RuntimeError(f"memory watcher did not start (said {first[:200]!r})")
         return self
 
     def __exit__(
