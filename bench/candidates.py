@@ -40,6 +40,8 @@ RHYTHM_STATEMENT_WEIGHTS = (0.5, 1.0, 1.5, 2.0)
 STATEMENT_WEIGHTS_BEYOND = (2.5, 3.0, 4.0, 6.0)
 RHYTHM_WEIGHTS_BEYOND = (0.75, 1.0)
 IRREGULARITY_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
+AF_WEIGHTS = (0.5, 1.0, 2.0, 3.0)
+AF_CODE = "AFIB"
 
 
 class WorkMismatch(ValueError):
@@ -109,6 +111,14 @@ CANDIDATES = (
         post_hoc=True,
     ),
     Candidate(
+        "af_probability",
+        "the probability of AFIB given the rhythm block (heart rate and RR irregularity z), a logistic "
+        "regression fitted on the model's training rows, as a one-number block: near 0 for a regular ECG, "
+        "so unlike the irregularity z it leaves regular queries' neighbours alone",
+        lambda base: [{**s, "af_weight": w} for s in base for w in AF_WEIGHTS],
+        post_hoc=True,
+    ),
+    Candidate(
         "rhythm_statements",
         "the statement head's rhythm statements (PTB-XL's rhythm column: SR, AFIB, STACH, ...) as their own "
         "block, so AFIB is not one label of 44-48",
@@ -156,9 +166,21 @@ class Served:
     spectra: np.ndarray  # log power spectra of the rows
     fit: np.ndarray  # rows (of these) whose spectra fit the PCA: the model's training rows
     rhythm_columns: list[int]  # statement-vocabulary columns of the rhythm statements
+    af: np.ndarray  # whether each row carries AF_CODE
 
     def __post_init__(self) -> None:
         self._pca: dict[int, np.ndarray] = {}
+        self._af: np.ndarray | None = None
+
+    def af_probability(self) -> np.ndarray:
+        """(n, 1) P(AF_CODE | rhythm block) of a logistic regression fitted on the training rows only."""
+        if self._af is None:
+            from sklearn.linear_model import LogisticRegression
+
+            rhythm = np.nan_to_num(self.blocks["rhythm"])
+            model = LogisticRegression(C=1.0, max_iter=1000).fit(rhythm[self.fit], self.af[self.fit])
+            self._af = model.predict_proba(rhythm)[:, 1:].astype(np.float32)
+        return self._af
 
     def spectrum(self, dim: int) -> np.ndarray:
         """Unit rows of the spectra's PCA, fitted on the training rows only."""
@@ -194,6 +216,8 @@ def vectors(served: Served, setting: dict) -> np.ndarray:
     if setting.get("irregularity_weight"):
         z = served.blocks["rhythm"][:, RHYTHM_IRREGULARITY : RHYTHM_IRREGULARITY + 1] * np.sqrt(2)
         extra.append(setting["irregularity_weight"] * z)
+    if setting.get("af_weight"):
+        extra.append(setting["af_weight"] * served.af_probability())
     if setting.get("rhythm_statements_weight"):
         block = rhythm_statement_block(served.blocks["logit_z"], served.rhythm_columns)
         extra.append(setting["rhythm_statements_weight"] * block)
@@ -213,7 +237,7 @@ def _served(
     assert data.mv is not None
     blocks = cf.served_blocks(encoder, cfg, data.select(train), data.mv[rows])
     columns = [i for i, code in enumerate(cfg.statement_vocabulary) if code in ctx["rhythm"]]
-    return Served(blocks, ctx["spectra"][rows], train[rows], columns), cfg
+    return Served(blocks, ctx["spectra"][rows], train[rows], columns, ctx["af"][rows]), cfg
 
 
 def run(
@@ -240,6 +264,7 @@ def run(
     ctx = {
         "spectra": log_spectra(data.x).astype(np.float32),
         "rhythm": ptbxl.rhythm_statements(root / "ptb-xl"),
+        "af": np.array([AF_CODE in r.scp_codes for r in corpus.rows]),
         "how": f"--nested --groups {n_groups}" + (f" --limit {limit}" if limit else ""),
     }
     names = [f"{rule}/{c}" for rule in RULES for c in ("base", *(c.name for c in CANDIDATES))]

@@ -39,7 +39,7 @@ def test_rhythm_statements_come_from_ptbxl_and_keep_the_block_scale(data_dir: Pa
 
 def test_a_setting_without_a_candidate_block_is_the_base_grids_vectors() -> None:
     b = blocks()
-    served = cb.Served(b, np.zeros((6, 3)), np.ones(6, dtype=bool), [1, 2])
+    served = cb.Served(b, np.zeros((6, 3)), np.ones(6, dtype=bool), [1, 2], np.zeros(6, dtype=bool))
     for setting in cf.grid_settings(True):
         assert np.array_equal(cb.vectors(served, setting), cf.compose(b, **setting))
     with_block = cb.vectors(served, {**cf.grid_settings(True)[0], "rhythm_statements_weight": 1.0})
@@ -50,13 +50,32 @@ def test_the_spectrum_block_is_fitted_on_the_training_rows_only() -> None:
     rng = np.random.default_rng(1)
     spectra = rng.standard_normal((40, 12))
     fit = np.arange(40) < 30
-    served = cb.Served(blocks(40), spectra.copy(), fit, [])
+    served = cb.Served(blocks(40), spectra.copy(), fit, [], np.zeros(40, dtype=bool))
     before = served.spectrum(4)
     spectra_changed = spectra.copy()
     spectra_changed[~fit] *= 100  # the held-out rows change: the projection learnt from the rest does not
-    again = cb.Served(blocks(40), spectra_changed, fit, []).spectrum(4)
+    again = cb.Served(blocks(40), spectra_changed, fit, [], np.zeros(40, dtype=bool)).spectrum(4)
     assert np.allclose(np.abs(before[fit]), np.abs(again[fit]))
     assert before.shape == (40, 4) and np.allclose(np.linalg.norm(before, axis=1), 1)
+
+
+def test_the_af_probability_is_learnt_from_the_training_rows_and_low_for_a_regular_ecg() -> None:
+    rng = np.random.default_rng(2)
+    n = 200
+    irregularity = np.where(np.arange(n) % 10 == 0, 3.0, 0.0) + rng.normal(0, 0.3, n)  # every 10th irregular
+    b = {**blocks(n), "rhythm": np.column_stack([rng.normal(0, 1, n), irregularity]) / np.sqrt(2)}
+    af = irregularity > 1.5
+    fit = np.arange(n) < 150
+    p = cb.Served(b, np.zeros((n, 3)), fit, [], af).af_probability()
+    assert p.shape == (n, 1) and p[af].min() > 0.5 and p[~af].max() < 0.5
+    assert np.median(p[~af]) < 0.05  # a regular ECG carries (nearly) none of the block
+    flipped = af.copy()
+    flipped[~fit] = ~flipped[~fit]  # the held-out rows' labels cannot reach the fit
+    assert np.array_equal(p, cb.Served(b, np.zeros((n, 3)), fit, [], flipped).af_probability())
+    vectors = cb.vectors(
+        cb.Served(b, np.zeros((n, 3)), fit, [], af), {**cf.grid_settings(True)[0], "af_weight": 2.0}
+    )
+    assert vectors.shape == (n, 8 + 2 + 1) and np.allclose(np.linalg.norm(vectors, axis=1), 1)
 
 
 def test_every_candidate_adds_settings_the_base_grid_does_not_have() -> None:
