@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Sex = Literal["M", "F"]
 MAX_K = 1000
-IndexKind = Literal["keyword", "integer", "float", "tenant"]
+IndexKind = Literal["keyword", "integer", "float", "bool", "tenant"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,7 @@ PAYLOAD_FIELDS: tuple[PayloadField, ...] = (
         "gain_suspect",
         31,
         "optional bool",
+        "bool",  # counted by the store's indexing status: these points hold no voltage vector
         note="true: the amplitude is implausible for the header's gain (5x, 1000x errors); no voltage view",
     ),
 )
@@ -261,6 +262,7 @@ VIEW_DISTANCE: dict[str, Literal["cosine", "euclid"]] = {
 VIEW_PREFETCH = 100
 VIEW_RRF_K = 2
 LEARNED_VIEW = "waveform"  # the learned part of the served vector: when that is all of it, it is the vector
+GAIN_VIEW = "voltage"  # the view an ECG flagged gain_suspect is stored without (its voltage is unknown)
 # The default blend, named in similar_by like a view and alone: the waveform view's top VIEW_PREFETCH
 # reranked with the rhythm view (for a query whose rhythm is irregular) and the voltage view, by the
 # weights the views' evaluation chose (``ecg.views.default_blend``; docs/results.md).

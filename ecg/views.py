@@ -33,10 +33,17 @@ from typing import Protocol
 import numpy as np
 
 from ecgsearch.ecg import features
-from ecgsearch.ecg.schema import LEARNED_VIEW, VIEW_DISTANCE, VIEW_PREFETCH, VIEW_RRF_K, EcgPayload
+from ecgsearch.ecg.schema import (
+    GAIN_VIEW,
+    LEARNED_VIEW,
+    VIEW_DISTANCE,
+    VIEW_PREFETCH,
+    VIEW_RRF_K,
+    EcgPayload,
+)
 from ecgsearch.ecg.signals import LEADS, global_rms
 
-WAVEFORM, RHYTHM, VOLTAGE = LEARNED_VIEW, "rhythm", "voltage"
+WAVEFORM, RHYTHM, VOLTAGE = LEARNED_VIEW, "rhythm", GAIN_VIEW
 VIEWS = tuple(VIEW_DISTANCE)  # declared in ecg.schema (the store reads the declaration only)
 MEASURED = (RHYTHM, VOLTAGE)
 EUCLIDEAN = frozenset(v for v, d in VIEW_DISTANCE.items() if d == "euclid")

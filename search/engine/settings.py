@@ -12,15 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 import qdrant_edge as edge
 from pydantic import BaseModel, ConfigDict, Field
 from qdrant_client import models as qm
 
+from ecgsearch.ecg.schema import IndexKind
 from ecgsearch.search.engine.plan import PlanLimits
-
-IndexKind = Literal["keyword", "integer", "float", "tenant"]
 
 
 class IndexSettings(BaseModel):
@@ -178,6 +177,7 @@ EDGE = Engine(
     payload={
         "keyword": lambda: edge.PayloadSchemaType.Keyword,
         "float": lambda: edge.PayloadSchemaType.Float,
+        "bool": lambda: edge.PayloadSchemaType.Bool,
         "integer": lambda: edge.IntegerIndexParams(**INTEGER_INDEX),
         "tenant": lambda: edge.KeywordIndexParams(**TENANT_INDEX),
     },
@@ -193,6 +193,7 @@ CLIENT = Engine(
     payload={
         "keyword": lambda: qm.PayloadSchemaType.KEYWORD,
         "float": lambda: qm.PayloadSchemaType.FLOAT,
+        "bool": lambda: qm.PayloadSchemaType.BOOL,
         "integer": lambda: qm.IntegerIndexParams(type=qm.IntegerIndexType.INTEGER, **INTEGER_INDEX),
         "tenant": lambda: qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, **TENANT_INDEX),
     },

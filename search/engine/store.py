@@ -29,6 +29,7 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from ecgsearch.ecg.schema import (
+    GAIN_VIEW,
     LEARNED_VIEW,
     MAX_K,
     PAYLOAD_FIELDS,
@@ -226,13 +227,26 @@ class ViewSpec(BaseModel):
     served: bool = False  # the view is the served vector itself: stored once, searched as it
 
 
+GAIN_SUSPECT = edge.Filter(must_not=[edge.IsEmptyCondition(key="gain_suspect")])  # stored only when true
+
+
 def _unindexed_points(shard: edge.EdgeShard, manifest: CollectionManifest) -> int:
     """Points not yet in an indexed segment. The engine counts indexed vectors, one per named vector a
-    point holds (a point without some view holds fewer), so dividing by the vectors a point can hold
-    gives at most the indexed points: an error towards closing a segment early, never late."""
+    point holds: the served vector, each stored view, less the voltage vector a gain-suspect ECG is
+    stored without (counted on the payload index of ``gain_suspect``). The vectors still missing,
+    divided by those a point holds and rounded up, err towards indexing early, never late.
+
+    (``MatchValue(True)`` of qdrant-edge-py 0.9.0 matches no stored ``true``, so the flag is counted as
+    "not empty": only ``true`` is ever stored, ``None`` being left out of the payload.)
+    """
     info = shard.info()
-    per_point = 1 + sum(not spec.served for spec in manifest.views.values())
-    return max(0, info.points_count - info.indexed_vectors_count // per_point)
+    views = [name for name, spec in manifest.views.items() if not spec.served]
+    per_point = 1 + len(views)
+    without_voltage = (
+        shard.count(edge.CountRequest(exact=True, filter=GAIN_SUSPECT)) if GAIN_VIEW in views else 0
+    )
+    missing = info.points_count * per_point - without_voltage - info.indexed_vectors_count
+    return max(0, -(-missing // per_point))
 
 
 def _largest_dim(dim: int, views: dict[str, ViewSpec] | None) -> int:
@@ -918,7 +932,6 @@ class EdgeStore(_Backend):
 
     def info(self, filter: SearchFilter | None = None) -> CollectionInfo:
         manifest = self._manifest()
-        shard_info = self.shard.info()
         facets = self.shard.facet(
             edge.FacetRequest(key="diagnoses", limit=FACET_LIMIT, exact=True, filter=to_edge(filter))
         )
@@ -928,7 +941,7 @@ class EdgeStore(_Backend):
             dim=manifest.dim,
             model_version=manifest.model_version,
             backend=self.backend,
-            indexed=shard_info.indexed_vectors_count >= shard_info.points_count,
+            indexed=_unindexed_points(self.shard, manifest) == 0,
             diagnosis_counts={str(h.value): h.count for h in facets.hits},
         )
 

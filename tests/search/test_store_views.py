@@ -231,3 +231,22 @@ def test_the_served_waveform_takes_no_second_vector_on_disk(tmp_path: Path, embe
             s.optimize()
         sizes[name] = sum(p.stat().st_size for p in (tmp_path / name).rglob("*") if p.is_file())
     assert sizes["once"] < sizes["twice"]
+
+
+def test_a_collection_with_views_is_indexed_once_every_vector_it_holds_is(
+    tmp_path: Path, embedded: tuple
+) -> None:
+    """The engine counts indexed vectors, one per named vector: a gain-suspect ECG holds one fewer."""
+    payloads, served, named, embedder = embedded
+    with open_store(path=tmp_path / "store") as s:
+        s.create_collection(
+            dim=embedder.dim,
+            model_version=embedder.version,
+            views=view_specs(**views.collection_layout(embedder)),
+        )
+        s.upsert(named.flagged(payloads), served, named.rows())
+        assert not s.info().indexed  # written, not yet indexed
+        s.optimize()
+        per_point = 1 + sum(not spec.served for spec in s.views().values())
+        assert s.shard.info().indexed_vectors_count == N * per_point - int(named.gain_suspect.sum())
+        assert named.gain_suspect.sum() == 1 and s.info().indexed
