@@ -22,7 +22,8 @@ Opts = TypeVar("Opts")
 R = TypeVar("R")
 
 
-# The options that name a store, declared once for the operator commands (collection, stats, snapshot).
+# The options that name a store, declared once for ingest and the operator commands (collection, stats,
+# snapshot).
 StoreOption = Annotated[
     Path | None,
     typer.Option(

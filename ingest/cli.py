@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 import ecgsearch.cli.exits as exits
-from ecgsearch.cli.options import command_of
+from ecgsearch.cli.options import (
+    CollectionOption,
+    QdrantApiKeyOption,
+    QdrantUrlOption,
+    StoreOption,
+    command_of,
+)
 from ecgsearch.cli.tokens import TokenFile, resolve
 
 if TYPE_CHECKING:
@@ -55,22 +61,10 @@ class IngestOptions:
             help="PTB-XL folder, manifest .csv (path[,record_id,dataset]) or folder of WFDB records.",
         ),
     ]
-    collection: Annotated[str, typer.Option(envvar="ECGSEARCH_COLLECTION", help="Collection to fill.")] = (
-        "ecgs"
-    )
-    store: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="ECGSEARCH_STORE_PATH", help="Embedded store directory (default: $ECGSEARCH_HOME/store)."
-        ),
-    ] = None
-    qdrant_url: Annotated[
-        str | None,
-        typer.Option(envvar="ECGSEARCH_QDRANT_URL", help="Qdrant server instead of an embedded store."),
-    ] = None
-    api_key: Annotated[
-        str | None, typer.Option(envvar="ECGSEARCH_QDRANT_API_KEY", help="API key of the Qdrant server.")
-    ] = None
+    collection: CollectionOption = "ecgs"
+    store: StoreOption = None
+    qdrant_url: QdrantUrlOption = None
+    api_key: QdrantApiKeyOption = None
     model: Annotated[
         Path | None, typer.Option(envvar="ECGSEARCH_MODEL", help="ONNX encoder (default: the bundled model).")
     ] = None

@@ -73,7 +73,10 @@ MODULE_ALLOWED = {
     "search/serving/cpus.py": set(),
     "search/engine/filters.py": {"ecgsearch.ecg.schema"},
     "search/engine/plan.py": set(),
-    "search/engine/settings.py": {"ecgsearch.search.engine.plan"},  # IndexSettings and their translation
+    "search/engine/settings.py": {
+        "ecgsearch.search.engine.plan",
+        "ecgsearch.ecg.schema",
+    },  # IndexSettings, IndexKind's engines
     "search/serving/loopback.py": set(),
     "search/engine/snapshots.py": {"ecgsearch.search.api"},  # the archive format, used by the store
     "search/engine/store.py": {
