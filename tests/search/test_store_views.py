@@ -237,6 +237,8 @@ def test_a_collection_with_views_is_indexed_once_every_vector_it_holds_is(
     tmp_path: Path, embedded: tuple
 ) -> None:
     """The engine counts indexed vectors, one per named vector: a gain-suspect ECG holds one fewer."""
+    import qdrant_edge as edge
+
     payloads, served, named, embedder = embedded
     with open_store(path=tmp_path / "store") as s:
         s.create_collection(
@@ -250,3 +252,6 @@ def test_a_collection_with_views_is_indexed_once_every_vector_it_holds_is(
         per_point = 1 + sum(not spec.served for spec in s.views().values())
         assert s.shard.info().indexed_vectors_count == N * per_point - int(named.gain_suspect.sum())
         assert named.gain_suspect.sum() == 1 and s.info().indexed
+        s.shard.update(edge.UpdateOperation.delete_field_index("gain_suspect"))  # a store made before it
+    with open_store(path=tmp_path / "store") as s:
+        assert "gain_suspect" in s.shard.info().payload_schema and s.info().indexed
