@@ -178,8 +178,12 @@ class Served:
             from sklearn.linear_model import LogisticRegression
 
             rhythm = np.nan_to_num(self.blocks["rhythm"])
-            model = LogisticRegression(C=1.0, max_iter=1000).fit(rhythm[self.fit], self.af[self.fit])
-            self._af = model.predict_proba(rhythm)[:, 1:].astype(np.float32)
+            seen = self.af[self.fit]
+            if seen.all() or not seen.any():  # one class in the training rows (a small --limit): no block
+                self._af = np.full((len(rhythm), 1), float(seen.all()), dtype=np.float32)
+            else:
+                model = LogisticRegression(C=1.0, max_iter=1000).fit(rhythm[self.fit], seen)
+                self._af = model.predict_proba(rhythm)[:, 1:].astype(np.float32)
         return self._af
 
     def spectrum(self, dim: int) -> np.ndarray:

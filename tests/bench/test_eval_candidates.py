@@ -72,6 +72,8 @@ def test_the_af_probability_is_learnt_from_the_training_rows_and_low_for_a_regul
     flipped = af.copy()
     flipped[~fit] = ~flipped[~fit]  # the held-out rows' labels cannot reach the fit
     assert np.array_equal(p, cb.Served(b, np.zeros((n, 3)), fit, [], flipped).af_probability())
+    none_seen = cb.Served(b, np.zeros((n, 3)), fit, [], np.zeros(n, dtype=bool)).af_probability()
+    assert np.array_equal(none_seen, np.zeros((n, 1)))  # no AF among the training rows: an empty block
     vectors = cb.vectors(
         cb.Served(b, np.zeros((n, 3)), fit, [], af), {**cf.grid_settings(True)[0], "af_weight": 2.0}
     )
