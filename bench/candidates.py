@@ -27,9 +27,9 @@ import numpy as np
 from ecgsearch.bench import crossfit as cf
 from ecgsearch.bench.results import load_average, machine, relative
 from ecgsearch.bench.retrieval import Corpus, baseline_methods, knn_methods, log_spectra, per_query
-from ecgsearch.ecg import ptbxl
+from ecgsearch.ecg import features, ptbxl
 from ecgsearch.encoder.config import EncoderConfig
-from ecgsearch.encoder.data import EcgArrays, load_ptbxl
+from ecgsearch.encoder.data import EcgArrays, label_sets, load_ptbxl, multi_hot
 
 RHYTHM_IRREGULARITY = 1  # column of the rhythm block (z / sqrt 2) holding the RR irregularity
 SPECTRUM_DIMS = (32, 128)
@@ -42,6 +42,7 @@ RHYTHM_WEIGHTS_BEYOND = (0.75, 1.0)
 IRREGULARITY_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 AF_WEIGHTS = (0.5, 1.0, 2.0, 3.0)
 AF_CODE = "AFIB"
+HEAD_C = 1.0  # inverse L2 strength of the refitted heads' logistic regressions (fixed, not tuned)
 
 
 class WorkMismatch(ValueError):
@@ -119,6 +120,22 @@ CANDIDATES = (
         post_hoc=True,
     ),
     Candidate(
+        "refit_head",
+        "control for rhythm_head: the statement head refitted as one logistic regression per statement on "
+        "the unit embedding alone, on the model's training rows, in place of the trained head",
+        lambda base: [{**s, "head_inputs": "embedding"} for s in base if s["statement_weight"] > 0],
+        post_hoc=True,
+    ),
+    Candidate(
+        "rhythm_head",
+        "the statement head refitted on the unit embedding and the rhythm block (heart rate, RR "
+        "irregularity z): AFIB, SR, STACH... read from the measured rhythm beside the waveform, so the "
+        "statement block carries the rhythm it was blind to (the probe a network head with those inputs "
+        "would give, on frozen embeddings)",
+        lambda base: [{**s, "head_inputs": "embedding+rhythm"} for s in base if s["statement_weight"] > 0],
+        post_hoc=True,
+    ),
+    Candidate(
         "rhythm_statements",
         "the statement head's rhythm statements (PTB-XL's rhythm column: SR, AFIB, STACH, ...) as their own "
         "block, so AFIB is not one label of 44-48",
@@ -167,10 +184,41 @@ class Served:
     fit: np.ndarray  # rows (of these) whose spectra fit the PCA: the model's training rows
     rhythm_columns: list[int]  # statement-vocabulary columns of the rhythm statements
     af: np.ndarray  # whether each row carries AF_CODE
+    labels: np.ndarray | None = None  # (n, L) the model's statement vocabulary, multi-hot (refitted heads)
 
     def __post_init__(self) -> None:
         self._pca: dict[int, np.ndarray] = {}
         self._af: np.ndarray | None = None
+        self._heads: dict[str, dict[str, np.ndarray]] = {}
+
+    def refit_blocks(self, inputs: str) -> dict[str, np.ndarray]:
+        """The served blocks with both statement blocks from a head refitted on the training rows: one
+        logistic regression per statement on the unit embedding (``inputs`` "embedding") or on it and the
+        rhythm block ("embedding+rhythm"); each block built as the served graph builds it."""
+        if inputs not in self._heads:
+            from sklearn.linear_model import LogisticRegression
+
+            assert self.labels is not None
+            x = self.blocks["embedding"]
+            if inputs == "embedding+rhythm":
+                x = np.concatenate([x, np.nan_to_num(self.blocks["rhythm"])], axis=1)
+            logits = np.zeros((len(x), self.labels.shape[1]))
+            for j in range(self.labels.shape[1]):
+                seen = self.labels[self.fit, j]
+                if seen.all() or not seen.any():  # one class in the training rows: a constant logit
+                    logits[:, j] = 10.0 if seen.all() else -10.0
+                    continue
+                model = LogisticRegression(C=HEAD_C, max_iter=2000).fit(x[self.fit], seen)
+                logits[:, j] = model.decision_function(x)
+            p = 1.0 / (1.0 + np.exp(-logits))
+            mean, std = logits[self.fit].mean(axis=0), logits[self.fit].std(axis=0).clip(min=1e-6)
+            z = np.clip((logits - mean) / std, -features.Z_CLIP, features.Z_CLIP)
+            self._heads[inputs] = {
+                **self.blocks,
+                "probabilities": p / np.linalg.norm(p, axis=1, keepdims=True).clip(min=1e-12),
+                "logit_z": z / np.sqrt(logits.shape[1]),
+            }
+        return self._heads[inputs]
 
     def af_probability(self) -> np.ndarray:
         """(n, 1) P(AF_CODE | rhythm block) of a logistic regression fitted on the training rows only."""
@@ -209,8 +257,9 @@ def rhythm_statement_block(logit_z: np.ndarray, columns: list[int]) -> np.ndarra
 
 def vectors(served: Served, setting: dict) -> np.ndarray:
     """Unit vectors of a setting: the base blocks (``crossfit.compose``) and any candidate block."""
+    blocks = served.refit_blocks(setting["head_inputs"]) if setting.get("head_inputs") else served.blocks
     base = cf.compose(
-        served.blocks, setting["statement_weight"], setting["rhythm_weight"], setting["statement_block"]
+        blocks, setting["statement_weight"], setting["rhythm_weight"], setting["statement_block"]
     )
     extra = []
     if setting.get("spectrum_weight"):
@@ -241,7 +290,8 @@ def _served(
     assert data.mv is not None
     blocks = cf.served_blocks(encoder, cfg, data.select(train), data.mv[rows])
     columns = [i for i, code in enumerate(cfg.statement_vocabulary) if code in ctx["rhythm"]]
-    return Served(blocks, ctx["spectra"][rows], train[rows], columns, ctx["af"][rows]), cfg
+    labels = multi_hot([ctx["labels"][i] for i in rows], list(cfg.statement_vocabulary)).astype(bool)
+    return Served(blocks, ctx["spectra"][rows], train[rows], columns, ctx["af"][rows], labels), cfg
 
 
 def run(
@@ -269,6 +319,7 @@ def run(
         "spectra": log_spectra(data.x).astype(np.float32),
         "rhythm": ptbxl.rhythm_statements(root / "ptb-xl"),
         "af": np.array([AF_CODE in r.scp_codes for r in corpus.rows]),
+        "labels": label_sets(data, "statements"),
         "how": f"--nested --groups {n_groups}" + (f" --limit {limit}" if limit else ""),
     }
     names = [f"{rule}/{c}" for rule in RULES for c in ("base", *(c.name for c in CANDIDATES))]

@@ -80,6 +80,28 @@ def test_the_af_probability_is_learnt_from_the_training_rows_and_low_for_a_regul
     assert vectors.shape == (n, 8 + 2 + 1) and np.allclose(np.linalg.norm(vectors, axis=1), 1)
 
 
+def test_a_refitted_head_reads_the_rhythm_block_only_when_given_it() -> None:
+    """A statement decided by the irregularity alone: the head with the rhythm block finds it, the
+    embedding-only head cannot; both are fitted on the training rows, both blocks built as served."""
+    rng = np.random.default_rng(3)
+    n = 300
+    irregular = np.arange(n) % 5 == 0
+    b = {**blocks(n), "rhythm": np.column_stack([rng.normal(0, 1, n), 3.0 * irregular]) / np.sqrt(2)}
+    labels = np.column_stack([irregular, rng.random(n) < 0.5])
+    fit = np.arange(n) < 200
+    served = cb.Served(b, np.zeros((n, 3)), fit, [], irregular, labels)
+    with_rhythm, without = served.refit_blocks("embedding+rhythm"), served.refit_blocks("embedding")
+    held_out = ~fit
+    z = with_rhythm["logit_z"][:, 0] * np.sqrt(2)
+    assert z[held_out & irregular].min() > z[held_out & ~irregular].max()
+    blind = without["logit_z"][:, 0]
+    assert not blind[held_out & irregular].min() > blind[held_out & ~irregular].max()
+    assert np.allclose(np.linalg.norm(with_rhythm["probabilities"], axis=1), 1)
+    assert np.array_equal(with_rhythm["embedding"], b["embedding"])  # only the statement blocks change
+    setting = {**cf.grid_settings(True)[-1], "head_inputs": "embedding+rhythm"}
+    assert np.allclose(cb.vectors(served, setting), cf.compose(with_rhythm, **cf.grid_settings(True)[-1]))
+
+
 def test_every_candidate_adds_settings_the_base_grid_does_not_have() -> None:
     base = cf.grid_settings(True)
     for candidate in cb.CANDIDATES:
