@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from ecgsearch.bench.retrieval import Corpus, baseline_methods, knn_methods, log
 from ecgsearch.ecg import features, ptbxl
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays, label_sets, load_ptbxl, multi_hot
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 RHYTHM_IRREGULARITY = 1  # column of the rhythm block (z / sqrt 2) holding the RR irregularity
 SPECTRUM_DIMS = (32, 128)
@@ -43,6 +47,19 @@ IRREGULARITY_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 AF_WEIGHTS = (0.5, 1.0, 2.0, 3.0)
 AF_CODE = "AFIB"
 HEAD_C = 1.0  # inverse L2 strength of the refitted heads' logistic regressions (fixed, not tuned)
+
+
+def _logistic(
+    x: np.ndarray, y: np.ndarray, fit: np.ndarray, c: float, max_iter: int
+) -> LogisticRegression | None:
+    """A logistic regression of ``y`` on ``x`` fitted on the rows ``fit`` only; None when those rows hold
+    one class (a small --limit), which no regression can separate."""
+    from sklearn.linear_model import LogisticRegression
+
+    seen = y[fit]
+    if seen.all() or not seen.any():
+        return None
+    return LogisticRegression(C=c, max_iter=max_iter).fit(x[fit], seen)
 
 
 class WorkMismatch(ValueError):
@@ -196,20 +213,17 @@ class Served:
         logistic regression per statement on the unit embedding (``inputs`` "embedding") or on it and the
         rhythm block ("embedding+rhythm"); each block built as the served graph builds it."""
         if inputs not in self._heads:
-            from sklearn.linear_model import LogisticRegression
-
             assert self.labels is not None
             x = self.blocks["embedding"]
             if inputs == "embedding+rhythm":
                 x = np.concatenate([x, np.nan_to_num(self.blocks["rhythm"])], axis=1)
             logits = np.zeros((len(x), self.labels.shape[1]))
             for j in range(self.labels.shape[1]):
-                seen = self.labels[self.fit, j]
-                if seen.all() or not seen.any():  # one class in the training rows: a constant logit
-                    logits[:, j] = 10.0 if seen.all() else -10.0
-                    continue
-                model = LogisticRegression(C=HEAD_C, max_iter=2000).fit(x[self.fit], seen)
-                logits[:, j] = model.decision_function(x)
+                model = _logistic(x, self.labels[:, j], self.fit, HEAD_C, 2000)
+                if model is None:  # one class in the training rows: a constant logit
+                    logits[:, j] = 10.0 if self.labels[self.fit, j].all() else -10.0
+                else:
+                    logits[:, j] = model.decision_function(x)
             p = 1.0 / (1.0 + np.exp(-logits))
             mean, std = logits[self.fit].mean(axis=0), logits[self.fit].std(axis=0).clip(min=1e-6)
             z = np.clip((logits - mean) / std, -features.Z_CLIP, features.Z_CLIP)
@@ -223,14 +237,11 @@ class Served:
     def af_probability(self) -> np.ndarray:
         """(n, 1) P(AF_CODE | rhythm block) of a logistic regression fitted on the training rows only."""
         if self._af is None:
-            from sklearn.linear_model import LogisticRegression
-
             rhythm = np.nan_to_num(self.blocks["rhythm"])
-            seen = self.af[self.fit]
-            if seen.all() or not seen.any():  # one class in the training rows (a small --limit): no block
-                self._af = np.full((len(rhythm), 1), float(seen.all()), dtype=np.float32)
+            model = _logistic(rhythm, self.af, self.fit, 1.0, 1000)
+            if model is None:  # one class in the training rows: the block is that class's certainty
+                self._af = np.full((len(rhythm), 1), float(self.af[self.fit].all()), dtype=np.float32)
             else:
-                model = LogisticRegression(C=1.0, max_iter=1000).fit(rhythm[self.fit], seen)
                 self._af = model.predict_proba(rhythm)[:, 1:].astype(np.float32)
         return self._af
 

@@ -891,10 +891,10 @@ def views(
         from ecgsearch.bench import views as bv
     except ImportError as exc:
         _missing(exc)
-    if objective not in bv.OBJECTIVES:
-        raise typer.BadParameter(
-            f"one of {sorted(bv.OBJECTIVES)}, not {objective!r}", param_hint="--objective"
-        )
+    try:
+        bv.check_objective(objective)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--objective") from None
     if through_store:
         checked = bv.through_store(
             data,

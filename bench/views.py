@@ -235,6 +235,13 @@ def weight_grid(fusion: str) -> list[dict[str, float]]:
     ]
 
 
+def check_objective(objective: str) -> str:
+    """``objective`` if OBJECTIVES names it; else a ValueError naming the choices."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, not {objective!r}")
+    return objective
+
+
 def _aims_first(
     scores: dict[str, np.ndarray], queries: np.ndarray, rivals: dict[str, dict[str, np.ndarray]]
 ) -> float:
@@ -258,8 +265,7 @@ def choose_weights(
 ) -> tuple[dict, float]:
     """The grid's weights whose pooled scores (``tried``, in ``weight_grid`` order) have the best
     ``objective`` (OBJECTIVES) on ``queries``; aims first needs the ``rivals``' pooled scores."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, not {objective!r}")
+    check_objective(objective)
     best: tuple[dict, float] = ({}, -np.inf)
     for w, scores in zip(weight_grid(fusion), tried, strict=True):
         if objective == "aims-first":
@@ -307,8 +313,7 @@ def run(
 ) -> dict:
     """Cross-fitted P@10 of every view, both fusions' chosen blends and the baselines; copies checked.
     ``objective`` (OBJECTIVES) chooses the blends' weights."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, not {objective!r}")
+    check_objective(objective)  # before the data and the models are loaded
     from ecgsearch.encoder.data import load_ptbxl
 
     started = machine()
