@@ -93,6 +93,10 @@ class EncoderConfig:
     w_statement: float = 0.0
     statement_min_count: int = 10
     statement_vocabulary: tuple[str, ...] = ()
+    # True: the statement head also reads the window's heart rate and RR irregularity (the rhythm block's
+    # two numbers, computed in the graph, no learned weights), so a rhythm statement such as AFIB can be
+    # told from the R-R intervals instead of only from what the pooled embedding kept of them
+    statement_rhythm: bool = False
 
     # schedule
     epochs: int = 30
@@ -144,6 +148,8 @@ class EncoderConfig:
             )
         if self.statement_weight > 0 and not self.w_statement > 0:
             raise ValueError("statement_weight > 0 serves a statement head: it needs w_statement > 0")
+        if self.statement_rhythm and not self.w_statement > 0:
+            raise ValueError("statement_rhythm feeds the statement head: it needs w_statement > 0")
         if self.statement_block not in ("probabilities", "logit_z"):
             raise ValueError(
                 f"statement_block must be 'probabilities' or 'logit_z', not {self.statement_block!r}"

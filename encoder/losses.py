@@ -115,8 +115,11 @@ def label_contrast(
     return -(targets * log_p[anchors].masked_fill(eye[anchors], 0.0)).sum(dim=1).mean()
 
 
-def statement_loss(model: SelfSupervised, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Multi-label BCE of the encoder's statement head on embeddings ``h``, over rows with any statement.
+def statement_loss(
+    model: SelfSupervised, h: torch.Tensor, labels: torch.Tensor, x: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Multi-label BCE of the encoder's statement head on embeddings ``h`` of windows ``x``, over rows with
+    any statement (``x`` is read by a head with the rhythm input only).
 
     The head's vocabulary is the first columns of ``labels`` (``train_data`` orders it so); rows without
     statements (unlabelled ECGs) take no part; 0 (with a gradient path) when none is left.
@@ -124,7 +127,7 @@ def statement_loss(model: SelfSupervised, h: torch.Tensor, labels: torch.Tensor)
     keep = labels.sum(dim=1) > 0
     if not keep.any():
         return h.sum() * 0.0
-    logits = model.encoder.statement_logits(h[keep])
+    logits = model.encoder.statement_logits(h[keep], None if x is None else x[keep])
     targets = labels[keep][:, : logits.shape[1]].to(logits.dtype)
     return F.binary_cross_entropy_with_logits(logits, targets)
 
@@ -150,7 +153,8 @@ def tri_objective(
     """
     n = half_a.shape[0]
     views = [half_a, half_b if augmented_b is None else augmented_b, augmented_a]
-    f, h, p = model.encode(torch.cat(views))
+    windows = torch.cat(views)
+    f, h, p = model.encode(windows)
     p_a, p_b, p_aug = p[:n], p[n : 2 * n], p[2 * n :]
     halves = nt_xent(p_a, p_b, config.temperature, gather)
     augment = nt_xent(p_a, p_aug, config.temperature, gather)
@@ -171,7 +175,7 @@ def tri_objective(
         total = total + config.w_label * label
         terms["label"] = label.item()
     if config.w_statement > 0 and labels is not None:
-        statement = statement_loss(model, h[: 2 * n], torch.cat([labels, labels]))
+        statement = statement_loss(model, h[: 2 * n], torch.cat([labels, labels]), windows[: 2 * n])
         total = total + config.w_statement * statement
         terms["statement"] = statement.item()
     terms["total"] = total.item()

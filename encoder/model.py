@@ -61,6 +61,13 @@ class ResidualBlock(nn.Module):
         return F.gelu(y + self.skip(x))
 
 
+# The statement head's rhythm input: heart rate (bpm) and RR irregularity centred and scaled by fixed round
+# numbers near PTB-XL's (74 +- 19 bpm, 0.05 +- 0.09), not by statistics of the training folds: the head's
+# weights learn the rest, and a model (or its random-init twin) needs no data to be built.
+HEAD_RHYTHM_CENTRE = (75.0, 0.05)
+HEAD_RHYTHM_SCALE = (20.0, 0.1)
+
+
 class Encoder(nn.Module):
     """(n, 12, T) prepared ECG -> (n, embedding_dim) by conv stages and global pooling over time.
 
@@ -96,9 +103,16 @@ class Encoder(nn.Module):
             nn.Conv1d(width, head_channels, 1, bias=False), nn.BatchNorm1d(head_channels), nn.GELU()
         )
         # a logit per statement of the training folds' vocabulary (w_statement > 0): trained by the
-        # label BCE, served as a block of the embedding; absent otherwise, so older models are unchanged
+        # label BCE, served as a block of the embedding; absent otherwise, so older models are unchanged.
+        # With statement_rhythm it reads the window's rhythm numbers beside the embedding.
+        self.statement_rhythm: RhythmFeatures | None = (
+            RhythmFeatures(HEAD_RHYTHM_CENTRE, HEAD_RHYTHM_SCALE)
+            if c.statement_rhythm and c.statement_vocabulary
+            else None
+        )
+        head_inputs = c.embedding_dim + (2 if self.statement_rhythm is not None else 0)
         self.statements: nn.Linear | None = (
-            nn.Linear(c.embedding_dim, len(c.statement_vocabulary)) if c.statement_vocabulary else None
+            nn.Linear(head_inputs, len(c.statement_vocabulary)) if c.statement_vocabulary else None
         )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,10 +128,15 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x))
 
-    def statement_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """(n, embedding_dim) embeddings -> (n, L) statement logits; an error without a statement head."""
+    def statement_logits(self, h: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, embedding_dim) embeddings of the unit-RMS windows ``x`` (n, 12, T) -> (n, L) statement
+        logits; an error without a statement head. ``x`` is read only by a head with the rhythm input."""
         if self.statements is None:
             raise ValueError("this encoder has no statement head (trained with w_statement = 0)")
+        if self.statement_rhythm is not None:
+            if x is None:
+                raise ValueError("this statement head reads the ECG's rhythm: pass the windows it embedded")
+            h = torch.cat([h, self.statement_rhythm(x)], dim=1)
         return self.statements(h)
 
 
@@ -391,5 +410,5 @@ class ServingEncoder(nn.Module):
         if self.amplitude is not None:
             parts.append(self.amplitude(unit, scale) * (self.amplitude_weight / 12**0.5))
         if self.statement_weight > 0:
-            parts.append(self.statement(self.encoder.statement_logits(e)) * self.statement_weight)
+            parts.append(self.statement(self.encoder.statement_logits(e, unit)) * self.statement_weight)
         return torch.cat(parts, dim=1)

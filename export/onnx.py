@@ -22,6 +22,8 @@ from ecgsearch.ecg import features, signals
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays, load_ptbxl
 from ecgsearch.encoder.model import (
+    HEAD_RHYTHM_CENTRE,
+    HEAD_RHYTHM_SCALE,
     Encoder,
     LeadAmplitudes,
     RhythmFeatures,
@@ -77,9 +79,14 @@ AMPLITUDE_NOTE = (
 )
 
 STATEMENT_NOTE = (
-    " Then {n} statement values: a linear head on the {dim}-d embedding (before its normalisation), "
+    " Then {n} statement values: a linear head on the {dim}-d embedding (before its normalisation){rhythm}, "
     "trained with a multi-label cross entropy on the training folds' PTB-XL statements and superclasses "
     "with at least {min_count} positives there (card field 'features'); {how}, weighted {w:g}."
+)
+STATEMENT_RHYTHM_INPUT = (
+    " and on the ECG's heart rate and RR irregularity (as measured for the rhythm block, centred on "
+    "{centre[0]:g} bpm and {centre[1]:g}, scaled by {scale[0]:g} bpm and {scale[1]:g}, clipped to "
+    "+-{zclip:g})"
 )
 STATEMENT_HOW = {
     "probabilities": "its statement probabilities (sigmoid outputs) divided by their norm",
@@ -114,6 +121,11 @@ def embedding_note(config: EncoderConfig) -> str:
             dim=config.embedding_dim,
             min_count=config.statement_min_count,
             w=config.statement_weight,
+            rhythm=STATEMENT_RHYTHM_INPUT.format(
+                centre=HEAD_RHYTHM_CENTRE, scale=HEAD_RHYTHM_SCALE, zclip=features.Z_CLIP
+            )
+            if config.statement_rhythm
+            else "",
             how=STATEMENT_HOW[config.statement_block].format(
                 zclip=features.Z_CLIP, n=len(config.statement_vocabulary)
             ),
@@ -215,7 +227,12 @@ def logit_statistics(
     was_training = encoder.training
     encoder.eval()
     x = torch.from_numpy(np.ascontiguousarray(train.x))
-    logits = torch.cat([encoder.statement_logits(encoder(x[i : i + batch])) for i in range(0, len(x), batch)])
+    logits = torch.cat(
+        [
+            encoder.statement_logits(encoder(x[i : i + batch]), x[i : i + batch])
+            for i in range(0, len(x), batch)
+        ]
+    )
     encoder.train(was_training)
     return logits.mean(dim=0), logits.std(dim=0, unbiased=False)
 

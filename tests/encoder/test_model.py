@@ -181,3 +181,35 @@ def test_shift_stability_separates_invariant_from_sensitive_embeddings() -> None
     assert steady["cosine"] > 0.999 and steady["top10_overlap"] == 1.0
     moved = shift_stability(samples, data, shifts=(8,))["8"]
     assert moved["cosine"] < 0.5 and moved["top10_overlap"] < 0.5
+
+
+def test_a_statement_head_with_the_rhythm_input_reads_the_r_r_intervals() -> None:
+    """Same embedding, another rhythm: the head's logits move; without the windows it refuses."""
+    from ecgsearch.encoder.model import UnitRms
+
+    config = EncoderConfig(
+        stem_channels=8, stage_channels=(16,), stage_kernels=(3,), embedding_dim=24,
+        w_statement=1.0, statement_vocabulary=("AFIB", "NORM"), statement_rhythm=True,
+    )  # fmt: skip
+    encoder = Encoder(config).eval()
+    assert encoder.statements is not None and encoder.statements.in_features == 26
+    t = torch.arange(1000) / 100.0
+    beats = {
+        "regular": [0.5 + 0.8 * i for i in range(12)],
+        "irregular": [0.4, 0.9, 1.9, 2.3, 3.6, 4.0, 5.2, 6.5, 6.9, 8.3, 8.8],
+    }
+    x = torch.zeros(2, 12, 1000)
+    for row, times in enumerate(beats.values()):
+        for b in times:
+            x[row] += torch.exp(-(((t - b) / 0.02) ** 2))
+    unit = UnitRms()(x)[0]
+    h = torch.randn(1, 24).expand(2, 24)
+    with torch.no_grad():
+        rhythm = encoder.statement_rhythm(unit)  # type: ignore[misc]
+        logits = encoder.statement_logits(h, unit)
+    assert rhythm[1, 1] > rhythm[0, 1] + 1  # the irregular one is more than a scale unit more irregular
+    assert not torch.allclose(logits[0], logits[1])
+    with pytest.raises(ValueError, match="rhythm"):
+        encoder.statement_logits(h)
+    with pytest.raises(ValueError, match="w_statement"):
+        EncoderConfig(statement_rhythm=True)

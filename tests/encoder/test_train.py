@@ -245,14 +245,23 @@ def test_statement_vocabulary_is_the_training_rows_frequent_labels(data_dir: Pat
 
 
 @pytest.mark.slow
-def test_statement_head_run_is_deterministic_and_exports(data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("statement_rhythm", [False, True], ids=["embedding", "embedding+rhythm"])
+def test_statement_head_run_is_deterministic_and_exports(
+    data_dir: Path, tmp_path: Path, statement_rhythm: bool
+) -> None:
     import torch
 
     from ecgsearch.encoder.model import load_checkpoint
     from ecgsearch.encoder.train import train
     from ecgsearch.export.onnx import export_checkpoint
 
-    config = TINY.with_overrides(epochs=1, w_statement=1.0, statement_min_count=3, statement_weight=0.8)
+    config = TINY.with_overrides(
+        epochs=1,
+        w_statement=1.0,
+        statement_min_count=3,
+        statement_weight=0.8,
+        statement_rhythm=statement_rhythm,
+    )
     runs = []
     for name in ("a", "b"):
         summary = train(config, data_dir, tmp_path / name, device="cpu")
@@ -263,10 +272,12 @@ def test_statement_head_run_is_deterministic_and_exports(data_dir: Path, tmp_pat
     vocabulary = saved.statement_vocabulary
     assert len(vocabulary) == summary["data"]["statement_vocabulary"] > 0
     assert encoder.statements is not None and encoder.statements.out_features == len(vocabulary)
+    assert encoder.statements.in_features == 32 + 2 * statement_rhythm
     card = export_checkpoint(tmp_path / "a" / "last.pt", tmp_path / "s.onnx", data_dir)
     assert card.embedding_dim == 32 + len(vocabulary) and card.parity["max_abs_diff"] < 1e-4
     assert card.features["statements"]["vocabulary"] == list(vocabulary)
     assert "statement probabilities" in card.embedding
+    assert ("RR irregularity" in card.embedding) == statement_rhythm  # TINY serves no rhythm block
     standardised = config.with_overrides(statement_block="logit_z")
     card = export_checkpoint(tmp_path / "a" / "last.pt", tmp_path / "z.onnx", data_dir, config=standardised)
     assert card.parity["max_abs_diff"] < 1e-4 and len(card.features["statements"]["std"]) == len(vocabulary)
