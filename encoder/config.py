@@ -37,6 +37,11 @@ class EncoderConfig:
     stem_conv_stride: int = (
         1  # with antialias: the stem conv's own stride; BlurPools do the rest of stem_stride
     )
+    # served: the last dense_levels subsamplings (BlurPools) are evaluated at every phase, the convolutions
+    # after them dilated (a trous), so the pooled embedding reads the ECG at 2^dense_levels offsets of the
+    # coarsest grid instead of one: the same weights, steadier neighbours when an ECG starts a little later
+    # (needs antialias; 0 = the grid the network trained on)
+    dense_levels: int = 0
     # > 0: the exported embedding appends lead-II heart rate and RR irregularity (standardised on the
     # training folds, computed inside the ONNX graph) at this weight beside the unit conv embedding
     rhythm_weight: float = 0.0
@@ -121,6 +126,11 @@ class EncoderConfig:
             raise ValueError(
                 f"stem_conv_stride {self.stem_conv_stride} must divide stem_stride {self.stem_stride}"
             )
+        if self.dense_levels and not 0 < self.dense_levels <= len(self.blur_pools):
+            raise ValueError(
+                f"dense_levels {self.dense_levels} needs antialias and at most {len(self.blur_pools)} "
+                "subsamplings (BlurPools)"
+            )
         if self.view_offset < 0 or self.view_offset >= self.window:
             raise ValueError(f"view_offset must be in [0, window), not {self.view_offset}")
         if not self.rhythm_weight >= 0:
@@ -158,6 +168,15 @@ class EncoderConfig:
             raise ValueError(f"statement_min_count must be >= 1, not {self.statement_min_count}")
         if self.recon_source not in ("pooled", "features"):
             raise ValueError(f"recon_source must be 'pooled' or 'features', not {self.recon_source!r}")
+
+    @property
+    def blur_pools(self) -> tuple[str, ...]:
+        """Where the network halves time through a BlurPool, in order ("stem" or "stage"): with antialias
+        the stem's after its conv and one before each stage; none without (strided convolutions)."""
+        if not self.antialias:
+            return ()
+        stem = (self.stem_stride // self.stem_conv_stride).bit_length() - 1
+        return ("stem",) * stem + ("stage",) * len(self.stage_channels)
 
     @property
     def output_dim(self) -> int:

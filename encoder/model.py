@@ -21,17 +21,27 @@ class BlurPool(nn.Module):
 
     Removing content above the new Nyquist rate before subsampling makes the output change smoothly
     when the input shifts by one sample, instead of jumping between the two subsampling phases.
+
+    ``dense``: keep every sample instead (both phases, interleaved), on an input whose samples are
+    ``dilation`` apart on the grid the weights were trained on (the a trous algorithm).
     """
 
     kernel: torch.Tensor  # buffer
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, dilation: int = 1, dense: bool = False) -> None:
         super().__init__()
-        self.channels = channels
+        self.channels, self.dilation, self.stride = channels, dilation, 1 if dense else 2
         self.register_buffer("kernel", torch.tensor([[[0.25, 0.5, 0.25]]]).repeat(channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(x, self.kernel, stride=2, padding=1, groups=self.channels)
+        return F.conv1d(
+            x,
+            self.kernel,
+            stride=self.stride,
+            padding=self.dilation,
+            dilation=self.dilation,
+            groups=self.channels,
+        )
 
 
 class ResidualBlock(nn.Module):
@@ -41,14 +51,27 @@ class ResidualBlock(nn.Module):
     the lower rate with stride-1 convolutions: the same cost, without aliasing.
     """
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 2, antialias: bool = False) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        stride: int = 2,
+        antialias: bool = False,
+        dilation: int = 1,
+        dense: bool = False,
+    ) -> None:
         super().__init__()
-        pad = kernel // 2
-        self.down: nn.Module = BlurPool(c_in) if antialias else nn.Identity()
+        self.down: nn.Module = BlurPool(c_in, dilation, dense) if antialias else nn.Identity()
         conv_stride = 1 if antialias else stride
-        self.conv1 = nn.Conv1d(c_in, c_out, kernel, stride=conv_stride, padding=pad, bias=False)
+        # a dense BlurPool leaves the phases interleaved: the convolutions after it skip over the others
+        after = 2 * dilation if dense else dilation
+        pad = after * (kernel // 2)
+        self.conv1 = nn.Conv1d(
+            c_in, c_out, kernel, stride=conv_stride, padding=pad, dilation=after, bias=False
+        )
         self.bn1 = nn.BatchNorm1d(c_out)
-        self.conv2 = nn.Conv1d(c_out, c_out, kernel, padding=pad, bias=False)
+        self.conv2 = nn.Conv1d(c_out, c_out, kernel, padding=pad, dilation=after, bias=False)
         self.bn2 = nn.BatchNorm1d(c_out)
         self.skip = nn.Sequential(
             nn.Conv1d(c_in, c_out, 1, stride=conv_stride, bias=False), nn.BatchNorm1d(c_out)
@@ -76,27 +99,48 @@ class Encoder(nn.Module):
 
     ``pooling="mean"``: the mean of an embedding_dim-channel feature map. ``"meanmax"``: the mean and
     the max of an embedding_dim/2-channel map, concatenated (both inside the exported graph).
+
+    ``dense_levels`` N > 0 (antialias only): the last N BlurPools keep every phase and the convolutions
+    after them are dilated to match, so the feature map holds the network's output at 2^N offsets of its
+    coarsest grid, interleaved, and the pooling reads them all: what the ECG looks like, less where the
+    grid happened to fall. The same weights serve either way (a served setting, like the blocks').
     """
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         c = config
-        self.pooling = c.pooling
+        self.pooling, self.dense_levels = c.pooling, c.dense_levels
         head_channels = c.embedding_dim // 2 if c.pooling == "meanmax" else c.embedding_dim
         stem_stride = c.stem_conv_stride if c.antialias else c.stem_stride
-        blurs = (c.stem_stride // c.stem_conv_stride).bit_length() - 1
-        stem_blur = [BlurPool(c.stem_channels) for _ in range(blurs)]
+        # per subsampling in order (the stem's BlurPools, then one per stage): whether it keeps every
+        # phase, and how far apart its input's samples are on the grid the weights were trained on
+        levels = max(len(c.blur_pools), len(c.stage_channels))  # no antialias: strided stages, never dense
+        first_dense = levels - c.dense_levels
+        dense = [i >= first_dense for i in range(levels)]
+        dilations = [2 ** max(0, i - first_dense) for i in range(levels)]
+        blurs = c.blur_pools.count("stem")
+        stem_blur = [BlurPool(c.stem_channels, dilations[i], dense[i]) for i in range(blurs)]
         self.stem = nn.Sequential(
             nn.Conv1d(
                 c.in_leads, c.stem_channels, c.stem_kernel, stem_stride, c.stem_kernel // 2, bias=False
             ),
             nn.BatchNorm1d(c.stem_channels),
             nn.GELU(),
-            *(stem_blur if c.antialias else []),
+            *stem_blur,
         )
         blocks, width = [], c.stem_channels
-        for channels, kernel in zip(c.stage_channels, c.stage_kernels, strict=True):
-            blocks.append(ResidualBlock(width, channels, kernel, antialias=c.antialias))
+        for i, (channels, kernel) in enumerate(zip(c.stage_channels, c.stage_kernels, strict=True)):
+            level = blurs + i
+            blocks.append(
+                ResidualBlock(
+                    width,
+                    channels,
+                    kernel,
+                    antialias=c.antialias,
+                    dilation=dilations[level],
+                    dense=dense[level],
+                )
+            )
             width = channels
         self.stages = nn.Sequential(*blocks)
         self.head = nn.Sequential(
@@ -114,6 +158,14 @@ class Encoder(nn.Module):
         self.statements: nn.Linear | None = (
             nn.Linear(head_inputs, len(c.statement_vocabulary)) if c.statement_vocabulary else None
         )
+
+    def served_as(self, config: EncoderConfig) -> Encoder:
+        """These weights in the network ``config`` describes: the same, or another ``dense_levels``."""
+        if config.dense_levels == self.dense_levels:
+            return self
+        other = Encoder(config)
+        other.load_state_dict(self.state_dict())
+        return other.train(self.training)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(n, 12, T) -> (n, C, T') feature map before pooling (C = embedding_dim, or half for meanmax)."""

@@ -27,6 +27,16 @@ def export_command(
     ] = None,
     data: Annotated[Path, typer.Option("--data", help="Folder holding ptb-xl/.")] = DEFAULT_DATA,
     name: Annotated[str, typer.Option("--name", help="Model name in the card.")] = "ecg-encoder",
+    dense_levels: Annotated[
+        int | None,
+        typer.Option(
+            "--dense-levels",
+            min=0,
+            help="Evaluate the network's last N subsamplings at every phase: the same weights, steadier "
+            "neighbours when an ECG starts a little later, more compute per ECG (`bench encoder` measures "
+            "it). Default: the config's (0).",
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Export an encoder to ONNX with its model card; fails if onnxruntime and torch disagree.
@@ -57,7 +67,9 @@ def export_command(
     except (ValueError, TypeError, yaml.YAMLError) as exc:
         raise typer.BadParameter(f"{config}: {' '.join(str(exc).split())}", param_hint="--config") from None
     try:
-        card = export_checkpoint(checkpoint, out, data, random=random, config=cfg, name=name)
+        card = export_checkpoint(
+            checkpoint, out, data, random=random, config=cfg, name=name, dense_levels=dense_levels
+        )
     except ParityError as exc:
         typer.echo(f"export failed: {exc}", err=True)
         raise typer.Exit(exits.FAILED) from None

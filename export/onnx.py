@@ -61,6 +61,12 @@ SCALE_NOTE = (
     "(clipped to +-{clip:g}), as in training, so the learned part is blind to gain."
 )
 
+DENSE_NOTE = (
+    " The last {n} subsamplings run at every phase (stride 1, the convolutions after them dilated: the a "
+    "trous algorithm), so the pooling reads the feature map at {phases} offsets of the network's coarsest "
+    "grid, with the weights trained on that grid."
+)
+
 RHYTHM_NOTE = (
     " Then two measured numbers join it, also inside the ONNX graph: heart rate (60 / median RR, bpm) "
     "and RR irregularity (RMS of the successive RR differences without the two largest, over the median "
@@ -109,6 +115,8 @@ def embedding_note(config: EncoderConfig) -> str:
         note = EMBEDDING_NOTE_MEANMAX.format(dim=config.embedding_dim, half=config.embedding_dim // 2)
     else:
         note = EMBEDDING_NOTE.format(dim=config.embedding_dim)
+    if config.dense_levels:
+        note += DENSE_NOTE.format(n=config.dense_levels, phases=2**config.dense_levels)
     note += SCALE_NOTE.format(clip=signals.CLIP)
     if config.rhythm_weight > 0:
         note += RHYTHM_NOTE.format(zclip=features.Z_CLIP, w=config.rhythm_weight)
@@ -347,11 +355,13 @@ def export_checkpoint(
     config: EncoderConfig | None = None,
     name: str = "ecg-encoder",
     cache_dir: str | Path | None = None,
+    dense_levels: int | None = None,
 ) -> ModelCard:
     """Export a training checkpoint, or (``random``) the same architecture at its seed's initial weights.
 
     With a checkpoint, ``config`` gives only what is chosen at export: the weights of the measured
-    feature blocks and the notes (the network is the checkpoint's).
+    feature blocks, the dense levels and the notes (the weights are the checkpoint's). ``dense_levels``
+    overrides the config's.
     """
     training: dict[str, Any] = {}
     if checkpoint is not None:
@@ -365,10 +375,15 @@ def export_checkpoint(
                 amplitude_weight=config.amplitude_weight,
                 statement_weight=config.statement_weight,
                 statement_block=config.statement_block,
+                dense_levels=config.dense_levels,
                 notes=config.notes,
             )
+            encoder = encoder.served_as(trained)
         config = trained
     config = config or EncoderConfig()
+    if dense_levels is not None:
+        config = config.with_overrides(dense_levels=dense_levels)
+        encoder = encoder.served_as(config) if checkpoint is not None else encoder
     if random:
         encoder = random_encoder(config)
         training = {"config": config.to_dict(), "note": "randomly initialised, never trained"}

@@ -213,3 +213,39 @@ def test_a_statement_head_with_the_rhythm_input_reads_the_r_r_intervals() -> Non
         encoder.statement_logits(h)
     with pytest.raises(ValueError, match="w_statement"):
         EncoderConfig(statement_rhythm=True)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_dense_levels_keep_the_weights_and_add_the_other_phases(levels: int) -> None:
+    """Every 2^levels-th position of the dense feature map is the strided network's own output (the a trous
+    identity, exact); the others are the phases it skipped, and an ECG moved by half the coarsest grid
+    moves its pooled mean less than on the strided grid."""
+    config = EncoderConfig(
+        stem_channels=8, stage_channels=(16, 16), stage_kernels=(5, 3), embedding_dim=24, antialias=True,
+        stem_stride=4, stem_conv_stride=2, pooling="meanmax",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    strided = Encoder(config).eval()
+    dense = strided.served_as(config.with_overrides(dense_levels=levels))
+    assert dense is not strided and strided.served_as(config) is strided
+    assert {k: v.shape for k, v in dense.state_dict().items()} == {
+        k: v.shape for k, v in strided.state_dict().items()
+    }
+    x = torch.randn(4, 12, 1000)
+    with torch.no_grad():
+        f, g = strided.features(x), dense.features(x)
+        assert torch.allclose(g[..., :: 2**levels][..., : f.shape[2]], f, atol=1e-5)
+        assert g.shape[2] > f.shape[2] * (2**levels - 1)
+        stride = 16  # the stem's 4, then 2 per stage: half of it is the worst phase of the coarsest grid
+        moved = torch.roll(x, stride // 2, dims=2)
+        step_strided = (strided.features(moved).mean(2) - f.mean(2)).norm()
+        step_dense = (dense.features(moved).mean(2) - g.mean(2)).norm()
+    assert step_dense < step_strided
+
+
+def test_dense_levels_are_refused_where_no_subsampling_can_take_them() -> None:
+    with pytest.raises(ValueError, match="dense_levels"):
+        EncoderConfig(dense_levels=1)  # no antialias: the subsampling is in strided convolutions
+    with pytest.raises(ValueError, match="at most 4"):  # one stem BlurPool and three stages
+        EncoderConfig(antialias=True, stem_conv_stride=2, dense_levels=5)
+    assert EncoderConfig(antialias=True, stem_conv_stride=2, dense_levels=4).dense_levels == 4
