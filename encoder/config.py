@@ -79,6 +79,10 @@ class EncoderConfig:
     w_halves: float = 1.0
     w_augment: float = 1.0
     w_recon: float = 1.0
+    # > 0: add w_steady * the mean (1 - cosine) between the embedding of window A and of the same window
+    # started up to view_offset samples earlier or later (not augmented): search compares embeddings, and
+    # the contrastive terms, on the projection at a temperature, tolerate small moves that reorder near ties
+    w_steady: float = 0.0
     # > 0: add w_label * a supervised contrastive term on the embeddings of ECGs with statements, soft
     # targets = Jaccard overlap of their label sets (losses.label_contrast); 0 = self-supervised only
     w_label: float = 0.0
@@ -139,6 +143,8 @@ class EncoderConfig:
             raise ValueError(f"amplitude_weight must be >= 0, not {self.amplitude_weight}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, not {self.threads}")
+        if not self.w_steady >= 0 or (self.w_steady > 0 and not self.view_offset > 0):
+            raise ValueError(f"w_steady must be >= 0 and needs view_offset > 0, not {self.w_steady}")
         if not self.w_label >= 0:
             raise ValueError(f"w_label must be >= 0, not {self.w_label}")
         if not self.label_temperature > 0:

@@ -142,20 +142,24 @@ def tri_objective(
     gather: Gather | None = None,
     labels: torch.Tensor | None = None,
     rhythm_columns: torch.Tensor | None = None,
+    moved_a: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """w_halves*NT-Xent(A, B) + w_augment*NT-Xent(A, aug A) + w_recon*MSE(decode(A), A)
     [+ w_label*label_contrast + w_statement*statement_loss over the embeddings of A and B].
 
     ``augmented_b`` (optional) replaces B in the halves term; ``gather`` makes the contrastive negatives
     those of every process (see ``nt_xent``); ``labels`` (n, L) multi-hot statement sets of the batch's
-    ECGs turn on the label terms when ``w_label`` or ``w_statement`` > 0. Returns the total and each
-    term's value.
+    ECGs turn on the label terms when ``w_label`` or ``w_statement`` > 0; ``moved_a`` (A starting a few
+    samples earlier or later, not augmented) turns on the steadiness term when ``w_steady`` > 0. Returns
+    the total and each term's value.
     """
     n = half_a.shape[0]
     views = [half_a, half_b if augmented_b is None else augmented_b, augmented_a]
+    if config.w_steady > 0 and moved_a is not None:
+        views.append(moved_a)
     windows = torch.cat(views)
     f, h, p = model.encode(windows)
-    p_a, p_b, p_aug = p[:n], p[n : 2 * n], p[2 * n :]
+    p_a, p_b, p_aug = p[:n], p[n : 2 * n], p[2 * n : 3 * n]
     halves = nt_xent(p_a, p_b, config.temperature, gather)
     augment = nt_xent(p_a, p_aug, config.temperature, gather)
     recon = F.mse_loss(model.reconstruct(f[:n], h[:n], half_a.shape[-1]), half_a)
@@ -178,5 +182,10 @@ def tri_objective(
         statement = statement_loss(model, h[: 2 * n], torch.cat([labels, labels]), windows[: 2 * n])
         total = total + config.w_statement * statement
         terms["statement"] = statement.item()
+    if config.w_steady > 0 and moved_a is not None:
+        # the embedding search compares, not the projection: a few samples' offset should barely move it
+        steady = (1 - F.cosine_similarity(h[:n], h[3 * n :], dim=1)).mean()
+        total = total + config.w_steady * steady
+        terms["steady"] = steady.item()
     terms["total"] = total.item()
     return total, terms

@@ -104,16 +104,18 @@ class _Objective(torch.nn.Module):
         a_aug: torch.Tensor,
         b_aug: torch.Tensor | None,
         labels: torch.Tensor | None = None,
+        a_moved: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         return tri_objective(
-            self.model, a, b, a_aug, self.config, b_aug, self.gather, labels, self.rhythm_columns
+            self.model, a, b, a_aug, self.config, b_aug, self.gather, labels, self.rhythm_columns, a_moved
         )
 
 
 def _views(
     x: torch.Tensor, config: EncoderConfig, g: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(A, B, augmented A', augmented B or None) of a batch, drawn from ``g``."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(A, B, augmented A', augmented B or None, A' itself with w_steady > 0 or None) of a batch, drawn
+    from ``g``."""
     if config.view_offset:
         a, b, a_shifted = three_windows(x, config.window, config.random_crop, config.view_offset, g)
     else:
@@ -121,7 +123,7 @@ def _views(
         a_shifted = a
     a_aug = augment(a_shifted, config, g)
     b_aug = augment(b, config, g) if config.augment_pair else None
-    return a, b, a_aug, b_aug
+    return a, b, a_aug, b_aug, a_shifted if config.w_steady > 0 else None
 
 
 def train(
@@ -298,12 +300,12 @@ def _train(
         sums: dict[str, float] = state.pop("partial_sums", {}) if start else {}
         tick, cpu_tick = time.perf_counter(), time.process_time()
         for x, y in data.batches(epoch, start, g):
-            a, b, a_aug, b_aug = (
+            a, b, a_aug, b_aug, a_moved = (
                 v if v is None else v.to(dev, non_blocking=True) for v in _views(x, config, g)
             )
             labels = None if y is None else y.to(dev)
             with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
-                loss, terms = objective(a, b, a_aug, b_aug, labels)
+                loss, terms = objective(a, b, a_aug, b_aug, labels, a_moved)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -409,10 +411,8 @@ def validation_loss(model: SelfSupervised, val: EcgArrays, config: EncoderConfig
         chunk = x[i : i + config.batch_size]
         if len(chunk) < 2:
             break
-        a, b, a_aug, b_aug = _views(chunk, config, g)
-        a, b, a_aug = a.to(dev), b.to(dev), a_aug.to(dev)
-        b_aug = None if b_aug is None else b_aug.to(dev)
-        _, terms = tri_objective(model, a, b, a_aug, config, b_aug)
+        a, b, a_aug, b_aug, a_moved = (v if v is None else v.to(dev) for v in _views(chunk, config, g))
+        _, terms = tri_objective(model, a, b, a_aug, config, b_aug, a_moved=a_moved)
         losses.append(terms["total"])
         weights.append(len(chunk))
     model.train(was_training)

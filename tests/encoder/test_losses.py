@@ -147,3 +147,23 @@ def test_statement_term_is_the_heads_bce_over_labelled_rows() -> None:
     none = statement_loss(model, h[:2], torch.zeros(2, 3))
     assert none.item() == 0.0
     none.backward()
+
+
+def test_steadiness_term_is_zero_for_the_same_window_and_weighs_a_moved_one() -> None:
+    torch.manual_seed(0)
+    config = EncoderConfig(view_offset=16, w_steady=10.0)
+    model = SelfSupervised(config).eval()  # eval: batch norm does not mix the views
+    x = torch.randn(3, 4, 12, 500)
+    base, base_terms = tri_objective(config=EncoderConfig(view_offset=16), model=model, half_a=x[0],
+                                     half_b=x[1], augmented_a=x[2])  # fmt: skip
+    same, terms = tri_objective(model, x[0], x[1], x[2], config, moved_a=x[0])
+    assert terms["steady"] == pytest.approx(0.0, abs=1e-6) and same.item() == pytest.approx(
+        base.item(), rel=1e-5
+    )
+    moved, terms = tri_objective(model, x[0], x[1], x[2], config, moved_a=torch.roll(x[0], 8, dims=2))
+    assert terms["steady"] > 0 and moved.item() == pytest.approx(
+        base.item() + 10.0 * terms["steady"], rel=1e-5
+    )
+    assert "steady" not in base_terms
+    with pytest.raises(ValueError, match="view_offset"):
+        EncoderConfig(w_steady=1.0)
