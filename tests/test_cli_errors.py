@@ -41,6 +41,16 @@ def test_a_file_that_is_not_a_checkpoint(files: dict[str, Path], data_dir: Path,
     assert code == 1 and "bad.pt: not a readable training checkpoint" in err
 
 
+def test_export_names_dense_levels_the_network_cannot_take(data_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "plain.yaml").write_text("antialias: false\n")  # strided convolutions: no BlurPool to densify
+    code, err = run(
+        "export", "--random", "--config", tmp_path / "plain.yaml", "--dense-levels", 1,
+        "--out", tmp_path / "m.onnx", "--data", data_dir,
+    )  # fmt: skip
+    assert code == 2 and "--dense-levels" in err and "needs antialias" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_bench_and_eval_name_missing_inputs(tmp_path: Path) -> None:
     code, err = run("bench", "recall", "--merge", tmp_path / "none.json", "--out", tmp_path / "r.json")
     assert code == 2 and "none.json" in err
