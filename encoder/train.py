@@ -411,8 +411,16 @@ def validation_loss(model: SelfSupervised, val: EcgArrays, config: EncoderConfig
         chunk = x[i : i + config.batch_size]
         if len(chunk) < 2:
             break
-        a, b, a_aug, b_aug, a_moved = (v if v is None else v.to(dev) for v in _views(chunk, config, g))
-        _, terms = tri_objective(model, a, b, a_aug, config, b_aug, a_moved=a_moved)
+        a, b, a_aug, b_aug, a_moved = _views(chunk, config, g)
+        _, terms = tri_objective(
+            model,
+            a.to(dev),
+            b.to(dev),
+            a_aug.to(dev),
+            config,
+            None if b_aug is None else b_aug.to(dev),
+            moved_a=None if a_moved is None else a_moved.to(dev),
+        )
         losses.append(terms["total"])
         weights.append(len(chunk))
     model.train(was_training)

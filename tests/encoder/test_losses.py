@@ -167,3 +167,26 @@ def test_steadiness_term_is_zero_for_the_same_window_and_weighs_a_moved_one() ->
     assert "steady" not in base_terms
     with pytest.raises(ValueError, match="view_offset"):
         EncoderConfig(w_steady=1.0)
+
+
+@pytest.mark.parametrize("w_steady", [0.0, 10.0])
+def test_validation_loss_draws_the_views_its_objective_needs(w_steady: float) -> None:
+    """The unlabelled-split validation runs the same objective, the steadiness view included."""
+    import numpy as np
+
+    from ecgsearch.encoder.data import EcgArrays
+    from ecgsearch.encoder.train import validation_loss
+
+    config = EncoderConfig(
+        stem_channels=8, stage_channels=(16,), stage_kernels=(3,), embedding_dim=24, view_offset=16,
+        w_steady=w_steady, batch_size=4,
+    )  # fmt: skip
+    n = 6
+    val = EcgArrays(
+        x=np.random.default_rng(0).standard_normal((n, 12, 1000)).astype(np.float32),
+        ecg_ids=np.arange(n), patient_ids=list(range(n)), folds=np.full(n, 9),
+        superclasses=[frozenset()] * n,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    loss = validation_loss(SelfSupervised(config), val, config, torch.device("cpu"))
+    assert math.isfinite(loss) and loss > 0
