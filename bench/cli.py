@@ -276,6 +276,15 @@ def encoder(
     threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads, both runtimes.")] = 2,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated sizes.")] = "1,32,256",
     seconds: Annotated[float, typer.Option("--seconds", min=0.01, help="Timed seconds per size.")] = 3.0,
+    compare: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--compare",
+            help="Another ONNX model to time against --model, taking turns in one process (repeatable; "
+            "onnxruntime only): on a machine whose speed drifts, the ratio is what one run can tell.",
+        ),
+    ] = None,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="With --compare: rounds of turns.")] = 3,
     out: Annotated[
         Path,
         typer.Option(
@@ -284,16 +293,39 @@ def encoder(
     ] = Path("results/encoder_throughput.json"),
     as_json: AsJson = False,
 ) -> None:
-    """Measure encoder throughput (ECGs/s) in onnxruntime and, if installed, torch.
+    """Measure encoder throughput (ECGs/s) in onnxruntime and, if installed, torch; or compare models.
 
     Examples:
 
         ecgsearch bench encoder --threads 2 --batch-sizes 1,32,256
+
+        ecgsearch bench encoder --model a.onnx --compare b.onnx --rounds 5 --out /tmp/ab.json
     """
-    from ecgsearch.bench.encoder import run_benchmark
+    from ecgsearch.bench.encoder import compare_models, run_benchmark
     from ecgsearch.export.runtime import ModelError
 
     sizes = _ints(batch_sizes, "batch-sizes")
+    if compare:
+        if model is None:
+            raise typer.BadParameter("--compare times against --model: give both", param_hint="--model")
+        try:
+            compared = compare_models(
+                [model, *compare],
+                threads=threads,
+                batch_sizes=sizes,
+                min_seconds=seconds,
+                rounds=rounds,
+                out=out,
+            )
+        except (ModelError, OSError) as exc:
+            _fail(exc)
+        lines = [
+            f"{r['model']} batch {r['batch_size']:4d}: {r['ecgs_per_s_median']:9.1f} ECGs/s "
+            f"(x{r['relative_to_first_median']:.2f} of the first)"
+            for r in compared["results"]
+        ]
+        emit(results(out), lines, as_json)
+        return
     try:
         result = run_benchmark(model, threads=threads, batch_sizes=sizes, min_seconds=seconds, out=out)
     except (ModelError, OSError) as exc:

@@ -85,3 +85,55 @@ def run_benchmark(
     if out is not None:
         write_results(out, result)
     return result
+
+
+def compare_models(
+    models: list[str | Path],
+    *,
+    threads: int = 2,
+    batch_sizes: list[int] | tuple[int, ...] = (1, 32, 256),
+    min_seconds: float = 3.0,
+    rounds: int = 3,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Time several ONNX models in onnxruntime, taking turns within each round, in one process.
+
+    A machine whose speed drifts between runs (a shared host) moves every model alike within a round, so
+    each model's rate relative to the first, per round, is what one run can tell; the median over rounds
+    is reported beside every round's rate.
+    """
+    if len(models) < 2 or rounds < 1:
+        raise ValueError("compare needs two or more models and one or more rounds")
+    embedders = [Embedder(m, threads=threads) for m in models]
+    rng = np.random.default_rng(0)
+    inputs = {s: rng.standard_normal((s, len(LEADS), MODEL_SAMPLES)).astype(np.float32) for s in batch_sizes}
+    rates: dict[tuple[int, int], list[float]] = {(i, s): [] for i in range(len(models)) for s in batch_sizes}
+    for _ in range(rounds):
+        for size in batch_sizes:
+            for i, embedder in enumerate(embedders):
+                rates[i, size].append(_rate(embedder.embed, inputs[size], min_seconds))
+    rows = []
+    for i, embedder in enumerate(embedders):
+        for size in batch_sizes:
+            mine, first = rates[i, size], rates[0, size]
+            rows.append(
+                {
+                    "model": relative(embedder.path),
+                    "model_version": embedder.version,
+                    "batch_size": size,
+                    "ecgs_per_s_median": float(np.median(mine)),
+                    "ecgs_per_s_rounds": mine,
+                    "relative_to_first_median": float(np.median(np.array(mine) / np.array(first))),
+                }
+            )
+    result = {
+        "benchmark": "encoder throughput compared: onnxruntime, the models taking turns within each round",
+        "threads": threads,
+        "min_seconds": min_seconds,
+        "rounds": rounds,
+        "results": rows,
+        "machine": machine(load_average_at_end=load_average(), onnxruntime=ort.__version__),
+    }
+    if out is not None:
+        write_results(out, result)
+    return result
