@@ -47,6 +47,12 @@ def _torch_runner(embedder: Embedder, threads: int) -> tuple[Callable[[np.ndarra
     return run, torch.__version__
 
 
+def _inputs(batch_sizes: list[int] | tuple[int, ...]) -> dict[int, np.ndarray]:
+    """Random prepared-shape ECGs per batch size, drawn in order from one fixed seed."""
+    rng = np.random.default_rng(0)
+    return {s: rng.standard_normal((s, len(LEADS), MODEL_SAMPLES)).astype(np.float32) for s in batch_sizes}
+
+
 def run_benchmark(
     model: str | Path | None,
     *,
@@ -57,14 +63,12 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Time both runtimes at each batch size; write and return the results dict."""
     embedder = Embedder(model, threads=threads)
-    rng = np.random.default_rng(0)
     runners: list[tuple[str, Callable[[np.ndarray], object]]] = [("onnxruntime", embedder.embed)]
     torch_runner = _torch_runner(embedder, threads)
     if torch_runner is not None:
         runners.append(("torch", torch_runner[0]))
     rows = []
-    for size in batch_sizes:
-        x = rng.standard_normal((size, len(LEADS), MODEL_SAMPLES)).astype(np.float32)
+    for size, x in _inputs(batch_sizes).items():
         for name, fn in runners:
             rows.append({"runtime": name, "batch_size": size, "ecgs_per_s": _rate(fn, x, min_seconds)})
     result = {
@@ -105,8 +109,7 @@ def compare_models(
     if len(models) < 2 or rounds < 1:
         raise ValueError("compare needs two or more models and one or more rounds")
     embedders = [Embedder(m, threads=threads) for m in models]
-    rng = np.random.default_rng(0)
-    inputs = {s: rng.standard_normal((s, len(LEADS), MODEL_SAMPLES)).astype(np.float32) for s in batch_sizes}
+    inputs = _inputs(batch_sizes)
     rates: dict[tuple[int, int], list[float]] = {(i, s): [] for i in range(len(models)) for s in batch_sizes}
     for _ in range(rounds):
         for size in batch_sizes:

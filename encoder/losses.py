@@ -155,8 +155,9 @@ def tri_objective(
     """
     n = half_a.shape[0]
     views = [half_a, half_b if augmented_b is None else augmented_b, augmented_a]
-    if config.w_steady > 0 and moved_a is not None:
-        views.append(moved_a)
+    steady_view = moved_a if config.w_steady > 0 else None
+    if steady_view is not None:
+        views.append(steady_view)
     windows = torch.cat(views)
     f, h, p = model.encode(windows)
     p_a, p_b, p_aug = p[:n], p[n : 2 * n], p[2 * n : 3 * n]
@@ -182,7 +183,7 @@ def tri_objective(
         statement = statement_loss(model, h[: 2 * n], torch.cat([labels, labels]), windows[: 2 * n])
         total = total + config.w_statement * statement
         terms["statement"] = statement.item()
-    if config.w_steady > 0 and moved_a is not None:
+    if steady_view is not None:
         # the embedding search compares, not the projection: a few samples' offset should barely move it
         steady = (1 - F.cosine_similarity(h[:n], h[3 * n :], dim=1)).mean()
         total = total + config.w_steady * steady

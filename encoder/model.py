@@ -112,14 +112,14 @@ class Encoder(nn.Module):
         self.pooling, self.dense_levels = c.pooling, c.dense_levels
         head_channels = c.embedding_dim // 2 if c.pooling == "meanmax" else c.embedding_dim
         stem_stride = c.stem_conv_stride if c.antialias else c.stem_stride
-        # per subsampling in order (the stem's BlurPools, then one per stage): whether it keeps every
-        # phase, and how far apart its input's samples are on the grid the weights were trained on
-        levels = max(len(c.blur_pools), len(c.stage_channels))  # no antialias: strided stages, never dense
-        first_dense = levels - c.dense_levels
-        dense = [i >= first_dense for i in range(levels)]
-        dilations = [2 ** max(0, i - first_dense) for i in range(levels)]
+        # per BlurPool in order (the stem's, then one per stage): how far apart its input's samples are on
+        # the grid the weights were trained on, and whether it keeps every phase
+        first_dense = len(c.blur_pools) - c.dense_levels
+        plan = [(2 ** max(0, i - first_dense), i >= first_dense) for i in range(len(c.blur_pools))]
         blurs = c.blur_pools.count("stem")
-        stem_blur = [BlurPool(c.stem_channels, dilations[i], dense[i]) for i in range(blurs)]
+        # without antialias the stages subsample by strided convolutions: no BlurPool, never dense
+        stage_plan = plan[blurs:] or [(1, False)] * len(c.stage_channels)
+        stem_blur = [BlurPool(c.stem_channels, dilation, dense) for dilation, dense in plan[:blurs]]
         self.stem = nn.Sequential(
             nn.Conv1d(
                 c.in_leads, c.stem_channels, c.stem_kernel, stem_stride, c.stem_kernel // 2, bias=False
@@ -129,17 +129,11 @@ class Encoder(nn.Module):
             *stem_blur,
         )
         blocks, width = [], c.stem_channels
-        for i, (channels, kernel) in enumerate(zip(c.stage_channels, c.stage_kernels, strict=True)):
-            level = blurs + i
+        for channels, kernel, (dilation, dense) in zip(
+            c.stage_channels, c.stage_kernels, stage_plan, strict=True
+        ):
             blocks.append(
-                ResidualBlock(
-                    width,
-                    channels,
-                    kernel,
-                    antialias=c.antialias,
-                    dilation=dilations[level],
-                    dense=dense[level],
-                )
+                ResidualBlock(width, channels, kernel, antialias=c.antialias, dilation=dilation, dense=dense)
             )
             width = channels
         self.stages = nn.Sequential(*blocks)

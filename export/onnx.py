@@ -378,12 +378,12 @@ def export_checkpoint(
                 dense_levels=config.dense_levels,
                 notes=config.notes,
             )
-            encoder = encoder.served_as(trained)
         config = trained
     config = config or EncoderConfig()
     if dense_levels is not None:
         config = config.with_overrides(dense_levels=dense_levels)
-        encoder = encoder.served_as(config) if checkpoint is not None else encoder
+    if checkpoint is not None:
+        encoder = encoder.served_as(config)  # the checkpoint's weights in the network served
     if random:
         encoder = random_encoder(config)
         training = {"config": config.to_dict(), "note": "randomly initialised, never trained"}
