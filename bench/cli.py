@@ -783,6 +783,14 @@ def choose(
         Path | None,
         typer.Option(help="keep the inner model here and reuse one of the same config already finished"),
     ] = None,
+    whiten: Annotated[
+        bool,
+        typer.Option(
+            "--whitening",
+            help="also pick the served whitening's shrinkage on the same inner model: the vector whitened "
+            "against how it moves when the same ECG is read a little differently (steadier neighbours)",
+        ),
+    ] = False,
     write_config: Annotated[
         Path, typer.Option(help="the config to train the shipped model with (YAML)")
     ] = Path("configs/shipped.yaml"),
@@ -832,12 +840,22 @@ def choose(
         + " ".join(f"--held-out {f}" for f in folds)
         + f" --threads {threads}"
         + (f" --limit {limit}" if limit else "")
+        + (" --whitening" if whiten else "")
         + f" --write-config {write_config} --out {out}"
     )
     chosen, record = cf.choose_for_shipping(
-        data, base, folds, threads=threads, k=k, limit=limit, cache_dir=cache, work=work, log=_logger(quiet)
+        data,
+        base,
+        folds,
+        threads=threads,
+        k=k,
+        limit=limit,
+        cache_dir=cache,
+        work=work,
+        whiten=whiten,
+        log=_logger(quiet),
     )
-    settings = {key: getattr(chosen, key) for key in cf.GRID}
+    settings = {key: getattr(chosen, key) for key in (*cf.GRID, *(("whitening",) if whiten else ()))}
     notes = (
         f"{base.notes.strip()} Shipped: trains on folds {', '.join(map(str, chosen.train_folds))}; "
         f"served settings {settings} picked inside them (inner fold {record['inner_fold']}) by "

@@ -178,6 +178,7 @@ def served_blocks(encoder: object, config: EncoderConfig, train: EcgArrays, mv: 
             amplitude_weight=0.0,
             statement_weight=float(bool(config.statement_vocabulary)),
             statement_block=kind,
+            whitening=0.0,  # compose weighs the blocks; no whitening is fitted here
         )
         served, _ = serving_module(encoder, full, "", train=train)  # type: ignore[arg-type]
         v = embed(served, mv, torch.device("cpu")).astype(np.float64)
@@ -290,10 +291,12 @@ def choose_for_shipping(
     limit: int | None = None,
     cache_dir: Path | None = None,
     work: Path | None = None,
+    whiten: bool = False,
     log: Callable[[str], None] = print,
 ) -> tuple[EncoderConfig, dict]:
     """The shipped model's config: its served settings picked as ``nested_choice`` picks each group's,
     inside the folds outside ``held_out`` (which the model then trains on, as ``training_config`` says).
+    ``whiten``: then the whitening's shrinkage too, on the same inner model (``bench.whitening_choice``).
     Returns the config to train and the record of the choice; ``held_out`` stays unseen for its report."""
     import torch
 
@@ -301,9 +304,20 @@ def choose_for_shipping(
     data = load_ptbxl(root, max_records=limit, cache_dir=cache_dir)
     corpus = corpus_of(data, root / "ptb-xl")
     with tempfile.TemporaryDirectory(prefix="choose-") as scratch:
-        chosen, record = nested_choice(
-            config, data, corpus, held_out, Path(scratch if work is None else work), threads, k, log
-        )
+        folder = Path(scratch if work is None else work)
+        chosen, record = nested_choice(config, data, corpus, held_out, folder, threads, k, log)
+        if whiten:
+            from ecgsearch.bench import whitening_choice
+            from ecgsearch.encoder.model import load_checkpoint
+            from ecgsearch.encoder.train import LAST
+
+            inner = folder / f"inner-heldout-{'-'.join(map(str, held_out))}" / LAST
+            encoder, trained, _ = load_checkpoint(inner)
+            served = trained.with_overrides(**record["chosen"])
+            shrink, record["whitening"] = whitening_choice.choose(
+                encoder, served, data, corpus, record["inner_fold"], k, log
+            )
+            chosen = chosen.with_overrides(whitening=shrink)
     return training_config(chosen, held_out, threads), {
         "held_out_folds": list(held_out),
         "grid": GRID,

@@ -534,7 +534,7 @@ def load_later_starts(
             continue
         try:
             raw = signals.read_wfdb(path)
-            views = [_read(raw)] + [_read(_drop(raw, n)) for n in drops]
+            views = [_read(raw)] + [_read(raw.starting_at(n)) for n in drops]
         except (signals.SignalError, OSError, ValueError, KeyError) as exc:
             log(f"ptbxl:{row.ecg_id}: {fs} Hz file left out ({exc})")
             continue
@@ -550,10 +550,6 @@ def load_later_starts(
         "x": np.stack(xs, axis=1),
         "mv": np.stack(mvs, axis=1),
     }
-
-
-def _drop(raw: signals.RawEcg, n: int) -> signals.RawEcg:
-    return signals.RawEcg(raw.record, raw.signal[:, n:], raw.fs, raw.leads, raw.units)
 
 
 def judge(methods: list[dict]) -> list[dict]:

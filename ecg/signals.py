@@ -96,6 +96,10 @@ class RawEcg:
     comments: tuple[str, ...] = ()
     recorded_at: datetime | None = None
 
+    def starting_at(self, n: int) -> RawEcg:
+        """The same recording with its first ``n`` samples dropped: a recording started later."""
+        return RawEcg(self.record, self.signal[:, n:], self.fs, self.leads, self.units)
+
 
 def prepare(raw: RawEcg) -> np.ndarray:
     """A RawEcg -> model input (12, MODEL_SAMPLES) float32."""

@@ -42,6 +42,11 @@ class EncoderConfig:
     # coarsest grid instead of one: the same weights, steadier neighbours when an ECG starts a little later
     # (needs antialias; 0 = the grid the network trained on)
     dense_levels: int = 0
+    # served, > 0: the vector is whitened against how it moves when the same ECG is read a little
+    # differently (later starts, other sampling phases, its other-rate file), the moves' covariance shrunk
+    # toward the identity by this share of its mean eigenvalue; fitted on the training folds at export
+    # (export.whitening), so near-tie neighbours stay put; 0 = off
+    whitening: float = 0.0
     # > 0: the exported embedding appends lead-II heart rate and RR irregularity (standardised on the
     # training folds, computed inside the ONNX graph) at this weight beside the unit conv embedding
     rhythm_weight: float = 0.0
@@ -135,6 +140,8 @@ class EncoderConfig:
                 f"dense_levels {self.dense_levels} needs antialias and at most {len(self.blur_pools)} "
                 "subsamplings (BlurPools)"
             )
+        if not self.whitening >= 0:
+            raise ValueError(f"whitening must be >= 0, not {self.whitening}")
         if self.view_offset < 0 or self.view_offset >= self.window:
             raise ValueError(f"view_offset must be in [0, window), not {self.view_offset}")
         if not self.rhythm_weight >= 0:

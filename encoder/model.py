@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -421,12 +422,14 @@ class StatementBlock(nn.Module):
 
 class ServingEncoder(nn.Module):
     """What is exported: prepared ECGs in mV -> [unit conv embedding | w_r/sqrt(2) * rhythm z |
-    w_a/sqrt(12) * amplitude z | w_s * statement block].
+    w_a/sqrt(12) * amplitude z | w_s * statement block], times the whitening matrix where one is set.
 
     The encoder and the rhythm features read the ECG divided by its global RMS (``UnitRms``), as in
     training; the amplitude block reads the voltage. A block of z-scores with weight w weighs about
     w^2 against the learned part in a cosine. The runtime L2-normalises the whole.
     """
+
+    whitening: torch.Tensor | None  # buffer
 
     def __init__(
         self,
@@ -446,6 +449,11 @@ class ServingEncoder(nn.Module):
             raise ValueError("a statement block needs an encoder with a statement head")
         self.statement_weight = float(statement_weight)
         self.statement = statement or StatementBlock("probabilities")
+        self.register_buffer("whitening", None)  # (d, d), set by ``whiten``
+
+    def whiten(self, matrix: np.ndarray | None) -> None:
+        """Serve ``vector @ matrix`` from now on (None: the vector as it is): export.whitening's fit."""
+        self.whitening = None if matrix is None else torch.from_numpy(np.asarray(matrix, dtype=np.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         unit, scale = self.scale(x)
@@ -457,4 +465,5 @@ class ServingEncoder(nn.Module):
             parts.append(self.amplitude(unit, scale) * (self.amplitude_weight / 12**0.5))
         if self.statement_weight > 0:
             parts.append(self.statement(self.encoder.statement_logits(e, unit)) * self.statement_weight)
-        return torch.cat(parts, dim=1)
+        out = torch.cat(parts, dim=1)
+        return out if self.whitening is None else out @ self.whitening

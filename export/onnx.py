@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from ecgsearch.ecg import features, signals
+from ecgsearch.ecg import features, ptbxl, signals
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays, load_ptbxl
 from ecgsearch.encoder.model import (
@@ -33,6 +33,7 @@ from ecgsearch.encoder.model import (
     count_parameters,
     load_checkpoint,
 )
+from ecgsearch.export import whitening
 from ecgsearch.export.card import CARD_METADATA_KEY, ModelCard, write_card_file
 
 OPSET = 17
@@ -108,6 +109,13 @@ LAYOUT_NOTE = (
     "about w^2 on average beside 1 for the learned part."
 )
 
+WHITENING_NOTE = (
+    " Last, the graph multiplies the vector by a symmetric whitening matrix fitted on the training folds "
+    "(features.whitening): the inverse square root of how the vector moves when the same ECG is read a "
+    "little differently, shrunk toward the identity by {shrink:g} of its mean eigenvalue, so that the "
+    "directions such reads move count less in the cosine."
+)
+
 
 def embedding_note(config: EncoderConfig) -> str:
     """The model card's ``embedding`` field: how the vector is formed from the input."""
@@ -140,6 +148,8 @@ def embedding_note(config: EncoderConfig) -> str:
         )
     if config.output_dim > config.embedding_dim:
         note += LAYOUT_NOTE.format(dim=config.embedding_dim, out=config.output_dim)
+    if config.whitening > 0:
+        note += WHITENING_NOTE.format(shrink=config.whitening)
     return note
 
 
@@ -223,7 +233,31 @@ def serving_module(
         config.statement_weight,
         statement,
     )
+    if config.whitening > 0:
+        if train is None:
+            train = load_ptbxl(
+                data_root, folds=config.train_folds, cache_dir=cache_dir, max_records=config.max_records
+            )
+        matrix, entry = fit_whitening(module, train, data_root, config.whitening)
+        module.whiten(matrix)
+        cards["whitening"] = {**entry, **folds}
     return module, cards
+
+
+def fit_whitening(
+    module: torch.nn.Module, train: EcgArrays, data_root: str | Path, shrink: float
+) -> tuple[np.ndarray, dict]:
+    """``export.whitening.fit`` of the served ``module``'s vectors on the training folds' ECGs."""
+    from ecgsearch.encoder.train import embed
+
+    by_id = {row.ecg_id: row for row in ptbxl.read_table(Path(data_root) / "ptb-xl")}
+    assert train.mv is not None  # load_ptbxl keeps the reads in mV
+    return whitening.fit(
+        lambda mv: embed(module, mv, torch.device("cpu")),
+        [by_id[int(i)] for i in train.ecg_ids],
+        train.mv,
+        shrink,
+    )
 
 
 @torch.no_grad()
@@ -376,6 +410,7 @@ def export_checkpoint(
                 statement_weight=config.statement_weight,
                 statement_block=config.statement_block,
                 dense_levels=config.dense_levels,
+                whitening=config.whitening,
                 notes=config.notes,
             )
         config = trained
