@@ -14,6 +14,17 @@ import ecgsearch.cli.exits as exits
 from ecgsearch.cli.options import need_file
 from ecgsearch.cli.output import AsJson, emit, results
 
+# the nested choices' --whitening (eval choose, eval crossfit --nested)
+Whitening = Annotated[
+    bool,
+    typer.Option(
+        "--whitening",
+        help="also pick the served whitening's shrinkage on the same inner model: the vector whitened "
+        "against how it moves when the same ECG is read a little differently (steadier neighbours; needs "
+        "--nested in eval crossfit)",
+    ),
+]
+
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
     try:
@@ -585,6 +596,7 @@ def crossfit(
         bool,
         typer.Option(help="pick the served blocks' weights per group on an inner fold of its training folds"),
     ] = False,
+    whiten: Whitening = False,
     groups: Annotated[int, typer.Option(min=2, max=10, help="held-out fold groups (2, 5 or 10)")] = 5,
     k: Annotated[int, typer.Option(min=1, help="neighbours per query")] = 10,
     threads: Annotated[int, typer.Option(min=1, help="torch threads")] = 1,
@@ -621,6 +633,10 @@ def crossfit(
     for path in (config, compare):
         if path is not None and not path.is_file():
             raise typer.BadParameter(f"no config file {path}")
+    if whiten and not nested:
+        raise typer.BadParameter(
+            "the whitening is picked by the nested choice: add --nested", param_hint="--whitening"
+        )
     _need_ptbxl(data / "ptb-xl", "--data")
     import yaml
 
@@ -645,6 +661,7 @@ def crossfit(
         compare_path=compare,
         compare_name=compare_name,
         nested=nested,
+        whiten=whiten,
         n_groups=groups,
         k=k,
         threads=threads,
@@ -654,6 +671,7 @@ def crossfit(
         command=f"ecgsearch eval crossfit --config {config} --groups {groups} --threads {threads}"
         + (f" --compare {compare} --compare-name {compare_name}" if compare else "")
         + (" --nested" if nested else "")
+        + (" --whitening" if whiten else "")
         + (f" --epochs {epochs}" if epochs else "")
         + (f" --seed {seed}" if seed is not None else "")
         + (f" --limit {limit}" if limit else "")
@@ -783,14 +801,7 @@ def choose(
         Path | None,
         typer.Option(help="keep the inner model here and reuse one of the same config already finished"),
     ] = None,
-    whiten: Annotated[
-        bool,
-        typer.Option(
-            "--whitening",
-            help="also pick the served whitening's shrinkage on the same inner model: the vector whitened "
-            "against how it moves when the same ECG is read a little differently (steadier neighbours)",
-        ),
-    ] = False,
+    whiten: Whitening = False,
     write_config: Annotated[
         Path, typer.Option(help="the config to train the shipped model with (YAML)")
     ] = Path("configs/shipped.yaml"),

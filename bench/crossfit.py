@@ -120,9 +120,11 @@ def train_group(
     threads: int,
     label: str,
     log: Callable[[str], None],
+    root: Path,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Train ``config`` on the folds outside ``held_out`` and embed every ECG with what would be served;
-    also the random-init twin (same seed's initial weights, same served blocks). (trained, random, info)."""
+    also the random-init twin (same seed's initial weights, same served blocks, its own whitening).
+    ``root`` holds ptb-xl/ (a whitening rereads the files). (trained, random, info)."""
     import torch
 
     from ecgsearch.encoder.model import load_checkpoint
@@ -141,9 +143,9 @@ def train_group(
     encoder, cfg, _ = load_checkpoint(out / LAST)  # its config holds the statement vocabulary
     dev = torch.device("cpu")
     assert data.mv is not None
-    served, _ = serving_module(encoder, cfg, "", train=train_arrays)
+    served, _ = serving_module(encoder, cfg, root, train=train_arrays)
     trained = embed(served, data.mv, dev)
-    twin, _ = serving_module(random_encoder(cfg), cfg, "", train=train_arrays)
+    twin, _ = serving_module(random_encoder(cfg), cfg, root, train=train_arrays)
     rand = embed(twin, data.mv, dev)
     info = {
         "train_folds": list(cfg.train_folds),
@@ -156,6 +158,7 @@ def train_group(
         "labelled_train": summary["data"].get("labelled_train"),
         "statement_vocabulary": list(cfg.statement_vocabulary),
         "served": {key: getattr(cfg, key) for key in GRID},
+        "whitening": cfg.whitening,
     }
     log(f"{label} held out {held_out}: trained on {info['train_ecgs']} ECGs in {info['wall_s']:.0f} s")
     return _unit(trained), _unit(rand), info
@@ -238,11 +241,14 @@ def nested_choice(
     threads: int,
     k: int,
     log: Callable[[str], None],
+    whiten: bool = False,
 ) -> tuple[EncoderConfig, dict]:
     """Pick the served weights of ``held_out``'s model inside its training folds only (GRID, INNER_SCORE).
 
     The inner model trains on the training folds less the last, which asks the queries; the search
-    space is the training folds' records. Returns the config with the weights picked, and the record.
+    space is the training folds' records. ``whiten``: then the whitening's shrinkage on the same inner
+    model, serving the weights picked (``bench.whitening_choice``). Returns the config with the
+    settings picked, and the record.
     """
     from ecgsearch.encoder.model import load_checkpoint
     from ecgsearch.encoder.train import LAST
@@ -268,6 +274,13 @@ def nested_choice(
     ]
     best = max(tried, key=lambda t: t["score"])  # the first of equals: the lighter setting
     chosen = {key: best[key] for key in GRID}
+    whitening = None
+    if whiten:
+        from ecgsearch.bench import whitening_choice
+
+        chosen["whitening"], whitening = whitening_choice.choose(
+            encoder, trained_cfg.with_overrides(**chosen), data, corpus, inner_fold, k, log
+        )
     record = {
         "inner_train_folds": list(cfg.train_folds),
         "inner_fold": inner_fold,
@@ -275,6 +288,7 @@ def nested_choice(
         "search_space": int(len(rows)),
         "chosen": chosen,
         "tried": tried,
+        **({"whitening": whitening} if whitening is not None else {}),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     log(f"held out {held_out}: inner fold {inner_fold} picks {chosen} (score {best['score']:.3f})")
@@ -304,20 +318,9 @@ def choose_for_shipping(
     data = load_ptbxl(root, max_records=limit, cache_dir=cache_dir)
     corpus = corpus_of(data, root / "ptb-xl")
     with tempfile.TemporaryDirectory(prefix="choose-") as scratch:
-        folder = Path(scratch if work is None else work)
-        chosen, record = nested_choice(config, data, corpus, held_out, folder, threads, k, log)
-        if whiten:
-            from ecgsearch.bench import whitening_choice
-            from ecgsearch.encoder.model import load_checkpoint
-            from ecgsearch.encoder.train import LAST
-
-            inner = folder / f"inner-heldout-{'-'.join(map(str, held_out))}" / LAST
-            encoder, trained, _ = load_checkpoint(inner)
-            served = trained.with_overrides(**record["chosen"])
-            shrink, record["whitening"] = whitening_choice.choose(
-                encoder, served, data, corpus, record["inner_fold"], k, log
-            )
-            chosen = chosen.with_overrides(whitening=shrink)
+        chosen, record = nested_choice(
+            config, data, corpus, held_out, Path(scratch if work is None else work), threads, k, log, whiten
+        )
     return training_config(chosen, held_out, threads), {
         "held_out_folds": list(held_out),
         "grid": GRID,
@@ -483,6 +486,7 @@ def run(
     n_groups: int = 5,
     k: int = 10,
     nested: bool = False,
+    whiten: bool = False,
     compare_name: str = "self-supervised",
     threads: int = 1,
     limit: int | None = None,
@@ -517,9 +521,11 @@ def run(
         for held_out in groups:
             for name, cfg in configs.items():
                 if nested and name == "trained":
-                    cfg, choice = nested_choice(cfg, data, corpus, held_out, Path(tmp), threads, k, log)
+                    cfg, choice = nested_choice(
+                        cfg, data, corpus, held_out, Path(tmp), threads, k, log, whiten
+                    )
                     choices.append({"held_out_folds": list(held_out), **choice})
-                trained, rand, info = train_group(cfg, data, held_out, Path(tmp), threads, name, log)
+                trained, rand, info = train_group(cfg, data, held_out, Path(tmp), threads, name, log, root)
                 vectors[name].append(trained)
                 training[name].append(info)
                 if name == "trained":

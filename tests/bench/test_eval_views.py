@@ -48,6 +48,28 @@ def test_choose_writes_a_config_trained_outside_the_held_out_fold(
 
 
 @pytest.mark.slow
+def test_choose_with_whitening_picks_a_shrinkage_from_its_grid_inside_the_training_folds(
+    data_dir: Path, tmp_path: Path, tiny_head_config: Path
+) -> None:
+    from ecgsearch.export import whitening
+
+    written, out = tmp_path / "shipped.yaml", tmp_path / "choice.json"
+    args = ["eval", "choose", "--config", str(tiny_head_config), "--data", str(data_dir), "--whitening"]
+    args += ["--limit", "150", "--cache", str(tmp_path / "cache"), "--write-config", str(written)]
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    judged = record["choice"]["whitening"]
+    assert [t["shrink"] for t in judged["tried"]] == list(whitening.GRID)
+    assert judged["fitted_on_folds"] == list(range(1, 9)) and judged["inner_fold"] == 9
+    assert judged["read_queries"] > 0 and judged["later_start_queries"] == judged["queries"]
+    for tried in judged["tried"]:
+        assert set(tried["top10_overlap"]) == {"0.16s", "0.24s", "read_500hz_vs_100hz"}
+    assert record["chosen"]["whitening"] == judged["chosen"] == load_config(written).whitening
+    assert "--whitening" in record["command"]
+
+
+@pytest.mark.slow
 def test_views_take_each_groups_waveform_from_its_own_model(
     data_dir: Path, tmp_path: Path, tiny_head_config: Path
 ) -> None:
