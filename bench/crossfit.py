@@ -338,6 +338,7 @@ def served_settings(card_features: dict | None) -> dict:
         "amplitude_weight": float((f.get("amplitude") or {}).get("weight", 0.0)),
         "statement_weight": float(statements.get("weight", 0.0)),
         "statement_block": str(statements.get("block", "probabilities")),
+        "whitening": float((f.get("whitening") or {}).get("shrink", 0.0)),
     }
 
 
@@ -373,7 +374,7 @@ def group_model(
 
 
 def group_vectors(
-    work: Path, groups: Sequence[tuple[int, ...]], data: EcgArrays, settings: dict
+    work: Path, groups: Sequence[tuple[int, ...]], data: EcgArrays, settings: dict, root: Path
 ) -> list[np.ndarray]:
     """Every ECG's served vector from each held-out group's model in ``work`` (``eval crossfit --work``),
     served with ``settings``: a shipped model's recipe judged with every query answered by a model that
@@ -390,7 +391,7 @@ def group_vectors(
         served, _ = serving_module(
             encoder,
             cfg.with_overrides(**settings),
-            "",
+            root,  # a whitening rereads the training folds' files
             train=data.select(np.isin(data.folds, cfg.train_folds)),
         )
         out.append(_unit(embed(served, data.mv, torch.device("cpu"))))

@@ -334,7 +334,9 @@ def run(
     served = np.concatenate([embedder.embed(corpus.mv[i : i + 256]) for i in range(0, len(corpus.mv), 256)])
     learned = embedder.learned_dim
     if crossfit_work is not None:
-        by_group = group_vectors(crossfit_work, groups, data, served_settings(embedder.card.features))
+        by_group = group_vectors(
+            crossfit_work, groups, data, served_settings(embedder.card.features), data_root
+        )
         waveform = (
             f"each group's queries answered by the shipped recipe's model of that group ({crossfit_work})"
         )

@@ -84,13 +84,13 @@ def test_views_take_each_groups_waveform_from_its_own_model(
     data = load_ptbxl(data_dir, max_records=150, cache_dir=tmp_path / "cache")
     settings = {"rhythm_weight": 0.0, "amplitude_weight": 0.0, "statement_weight": 1.0}
     vectors = cf.group_vectors(
-        work, cf.fold_groups(5), data, {**settings, "statement_block": "probabilities"}
+        work, cf.fold_groups(5), data, {**settings, "statement_block": "probabilities"}, data_dir
     )
     # five models, each with its own folds' statement vocabulary after the 32 learned dims
     assert len(vectors) == 5 and all(len(v) == 150 and v.shape[1] > 32 for v in vectors)
     assert not np.allclose(vectors[0][:, :32], vectors[1][:, :32])
     with pytest.raises(FileNotFoundError, match="held out"):
-        cf.group_vectors(tmp_path / "nowhere", cf.fold_groups(5), data, settings)
+        cf.group_vectors(tmp_path / "nowhere", cf.fold_groups(5), data, settings, data_dir)
 
     out = tmp_path / "views.json"
     result = CliRunner().invoke(
