@@ -113,13 +113,18 @@ class Embedder:
         """Dims of the learned part: the served vector less the measured blocks its card lists (those
         with feature ``names``: heart rate, amplitudes). The learned part is the leading columns (the
         waveform view takes them), so a statement block, which the graph appends after the measured
-        ones, cannot share a model with them."""
+        ones, cannot share a model with them, nor can a whitening, which mixes every column."""
         blocks = [b for b in (self.card.features or {}).values() if isinstance(b, dict)]
         measured = sum(len(b.get("names", ())) for b in blocks)
         if measured and any("vocabulary" in b for b in blocks):
             raise ValueError(
                 f"model {self.version}: a statement block after measured blocks leaves no leading learned "
                 "part for the waveform view; export it with rhythm_weight and amplitude_weight 0"
+            )
+        if measured and (self.card.features or {}).get("whitening"):
+            raise ValueError(
+                f"model {self.version}: its whitening mixes the measured blocks into every column, so no "
+                "leading part is the waveform alone; export it with rhythm_weight and amplitude_weight 0"
             )
         return self.dim - measured
 

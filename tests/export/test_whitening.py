@@ -72,6 +72,18 @@ def test_whitened_export_serves_the_matrix_with_parity_and_says_so(data_dir: Pat
     assert not np.allclose(after, before, atol=1e-3)  # the same weights, served through the matrix
 
 
+def test_a_whitened_model_with_measured_blocks_has_no_waveform_part(data_dir: Path, tmp_path: Path) -> None:
+    from ecgsearch.export.onnx import export_checkpoint
+    from ecgsearch.export.runtime import Embedder
+
+    config = SMALL.with_overrides(rhythm_weight=0.3, whitening=0.1, max_records=30)
+    export_checkpoint(None, tmp_path / "w.onnx", data_dir, random=True, config=config)
+    embedder = Embedder(tmp_path / "w.onnx", threads=1)
+    assert embedder.dim == 24 + 2
+    with pytest.raises(ValueError, match="mixes the measured blocks"):
+        _ = embedder.learned_dim
+
+
 def test_choice_rule_prefers_the_lightest_shrinkage_meeting_the_aims() -> None:
     from ecgsearch.bench.whitening_choice import _pick
 
