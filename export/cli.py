@@ -37,6 +37,17 @@ def export_command(
             "it). Default: the config's (0).",
         ),
     ] = None,
+    whitening: Annotated[
+        float | None,
+        typer.Option(
+            "--whitening",
+            min=0.0,
+            help="Whiten the served vector against how it moves when the same ECG is read a little "
+            "differently, fitted on the training folds' ECGs and their moved reads, shrunk toward the "
+            "identity by this share (0 = off): steadier neighbours for about 0.005 of P@10 "
+            "(docs/results.md). Default: the config's (0).",
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Export an encoder to ONNX with its model card; fails if onnxruntime and torch disagree.
@@ -68,7 +79,14 @@ def export_command(
         raise typer.BadParameter(f"{config}: {' '.join(str(exc).split())}", param_hint="--config") from None
     try:
         card = export_checkpoint(
-            checkpoint, out, data, random=random, config=cfg, name=name, dense_levels=dense_levels
+            checkpoint,
+            out,
+            data,
+            random=random,
+            config=cfg,
+            name=name,
+            dense_levels=dense_levels,
+            whitening=whitening,
         )
     except ParityError as exc:
         typer.echo(f"export failed: {exc}", err=True)

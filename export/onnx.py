@@ -390,12 +390,13 @@ def export_checkpoint(
     name: str = "ecg-encoder",
     cache_dir: str | Path | None = None,
     dense_levels: int | None = None,
+    whitening: float | None = None,
 ) -> ModelCard:
     """Export a training checkpoint, or (``random``) the same architecture at its seed's initial weights.
 
     With a checkpoint, ``config`` gives only what is chosen at export: the weights of the measured
-    feature blocks, the dense levels and the notes (the weights are the checkpoint's). ``dense_levels``
-    overrides the config's.
+    feature blocks, the dense levels, the whitening and the notes (the weights are the checkpoint's).
+    ``dense_levels`` and ``whitening`` override the config's.
     """
     training: dict[str, Any] = {}
     if checkpoint is not None:
@@ -417,6 +418,8 @@ def export_checkpoint(
     config = config or EncoderConfig()
     if dense_levels is not None:
         config = config.with_overrides(dense_levels=dense_levels)
+    if whitening is not None:
+        config = config.with_overrides(whitening=whitening)
     if checkpoint is not None:
         encoder = encoder.served_as(config)  # the checkpoint's weights in the network served
     if random:

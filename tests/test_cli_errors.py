@@ -51,6 +51,15 @@ def test_export_names_dense_levels_the_network_cannot_take(data_dir: Path, tmp_p
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_export_and_crossfit_name_a_whitening_they_cannot_take(data_dir: Path, tmp_path: Path) -> None:
+    code, err = run(
+        "export", "--random", "--whitening", -0.1, "--out", tmp_path / "m.onnx", "--data", data_dir
+    )
+    assert code == 2 and "--whitening" in err and not (tmp_path / "m.onnx").exists()
+    code, err = run("eval", "crossfit", "--whitening", "--data", data_dir, "--out", tmp_path / "c.json")
+    assert code == 2 and "add --nested" in err and not (tmp_path / "c.json").exists()
+
+
 def test_bench_and_eval_name_missing_inputs(tmp_path: Path) -> None:
     code, err = run("bench", "recall", "--merge", tmp_path / "none.json", "--out", tmp_path / "r.json")
     assert code == 2 and "none.json" in err
