@@ -49,6 +49,7 @@ from ecgsearch.bench.retrieval import (
 from ecgsearch.ecg import ptbxl
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays, load_ptbxl
+from ecgsearch.export.runtime import normalise_rows
 
 if TYPE_CHECKING:  # torch only where a model is loaded
     from ecgsearch.encoder.model import Encoder
@@ -415,8 +416,7 @@ def train_once(config: EncoderConfig, out: Path, threads: int, arrays: tuple[Ecg
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return normalise_rows(v, np.float64)
 
 
 def corpus_of(data: EcgArrays, root: Path) -> Corpus:

@@ -2,14 +2,16 @@
 
 The inner model of the nested choice (trained on the training folds less the last) serves the blocks
 the choice picked. Its whitening is fitted on its own training folds (``export.whitening``), and each
-shrinkage of ``whitening.GRID`` is judged on the last training fold's ECGs, searching the training
+shrinkage of ``GRID`` is judged on the last training fold's ECGs, searching the training
 folds' records, own patient excluded, as the evaluation judges fold 10 (``bench.retrieval``): top-10
 overlap at 0.16 s and 0.24 s later starts of the 100 Hz file, and between the 500 Hz and the 100 Hz
 read, with P@10 any superclass beside them.
 
-The rule, fixed before any run: a shrinkage may cost at most ``P10_TOLERANCE`` of the inner P@10
-against no whitening; of those, the lightest (largest shrinkage) whose three overlaps meet the aims
-wins; if none does, the one with the largest smallest margin to the aims (ties to the lighter).
+The rule (set before the choice's first run; scratch runs of the same kind on the same inner model
+and fold came before it, as docs/results.md says): a shrinkage may cost at most ``P10_TOLERANCE`` of
+the inner P@10 against no whitening; of those, the lightest (largest shrinkage) whose three overlaps
+meet the aims wins; if none does, the one with the largest smallest margin to the aims (ties to the
+lighter).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from ecgsearch.ecg import signals
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays
 from ecgsearch.export import whitening
+from ecgsearch.export.runtime import normalise_rows
 
 if TYPE_CHECKING:  # torch only where a model is loaded
     from ecgsearch.encoder.model import Encoder
 
+GRID = (0.0, 1.0, 0.3, 0.1, 0.03, 0.01)  # shrinkages tried, lightest first (0: no whitening)
 P10_TOLERANCE = 0.02
 RULE = (
     f"inner P@10 any superclass at most {P10_TOLERANCE} below no whitening; of those, the lightest shrinkage "
@@ -59,7 +63,7 @@ def choose(
     served, _ = serving_module(encoder, config.with_overrides(whitening=0.0), "", train=train)
 
     def vectors(mv: np.ndarray) -> np.ndarray:
-        return whitening.unit(embed(served, mv, torch.device("cpu")))
+        return normalise_rows(embed(served, mv, torch.device("cpu")), np.float64)
 
     fit_rows = np.flatnonzero(np.isin(data.folds, config.train_folds))
     covariance = whitening.move_covariance(
@@ -83,11 +87,11 @@ def choose(
     }
     method = Method("whitened", None, False, {})
     tried = []
-    for shrink in whitening.GRID:
+    for shrink in GRID:
         matrix = whitening.whitening_matrix(covariance, shrink) if shrink > 0 else np.eye(len(covariance))
-        space_v = whitening.unit(base @ matrix)
+        space_v = normalise_rows(base @ matrix, np.float64)
         top = {
-            name: _neighbours(method, sub, space_v, whitening.unit(v @ matrix), idx, k)
+            name: _neighbours(method, sub, space_v, normalise_rows(v @ matrix, np.float64), idx, k)
             for name, (v, idx) in reads.items()
         }
         overlaps = {name: _overlap(top["start"], top[name]) for name in later}

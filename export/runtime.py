@@ -129,8 +129,8 @@ class Embedder:
         return self.dim - measured
 
 
-def normalise_rows(x: np.ndarray) -> np.ndarray:
-    """L2-normalise rows (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
+def normalise_rows(x: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
+    """L2-normalise rows (zero rows stay zero), in ``dtype`` (served vectors: float32)."""
+    x = np.asarray(x, dtype=dtype)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)

@@ -20,11 +20,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ecgsearch.ecg import ptbxl, signals
+from ecgsearch.export.runtime import normalise_rows
 
 # 100 Hz samples dropped from the start (the rest zero-padded to 10 s, as any 8-10 s recording is)
 LATER_STARTS = (5, 12, 20, 28, 37, 45)
 CIRCULAR_SHIFTS = (3, 11, 19, 27, 35)  # 100 Hz samples, the prepared signal rolled
-GRID = (0.0, 1.0, 0.3, 0.1, 0.03, 0.01)  # shrinkages tried by the in-fold choice, lightest first
 
 Embed = Callable[[np.ndarray], np.ndarray]  # prepared ECGs (n, 12, 1000) in mV -> served vectors (n, d)
 
@@ -54,21 +54,15 @@ def _prepared(raws: Sequence[signals.RawEcg]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([i for i, _ in done]), np.stack([x for _, x in done])
 
 
-def unit(v: np.ndarray) -> np.ndarray:
-    """Rows over their norm, as the runtime serves them."""
-    v = np.asarray(v, dtype=np.float64)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-
-
 def move_covariance(
     embed: Embed, mv: np.ndarray, moves: list[tuple[str, np.ndarray, np.ndarray]]
 ) -> np.ndarray:
     """Mean outer product of (moved read's unit vector - the read's unit vector) over every move."""
-    base = unit(embed(mv))
+    base = normalise_rows(embed(mv), np.float64)  # unit vectors, as the runtime serves them
     total, count = np.zeros((base.shape[1], base.shape[1])), 0
     for _, idx, reads in moves:
         if len(idx):
-            d = unit(embed(reads)) - base[idx]
+            d = normalise_rows(embed(reads), np.float64) - base[idx]
             total += d.T @ d
             count += len(d)
     if not count:
@@ -77,7 +71,7 @@ def move_covariance(
 
 
 def whitening_matrix(covariance: np.ndarray, shrink: float) -> np.ndarray:
-    """(C + shrink * mean eigenvalue * I)^(-1/2), scaled to a mean eigenvalue of 1: symmetric, so the
+    """(C + shrink * mean eigenvalue * I)^(-1/2), its gains scaled to a mean of 1: symmetric, and the
     runtime's L2 normalisation after it is all that serving adds."""
     if not shrink > 0:
         raise ValueError(f"the whitening's shrinkage must be > 0, not {shrink}")

@@ -51,7 +51,7 @@ def test_choose_writes_a_config_trained_outside_the_held_out_fold(
 def test_choose_with_whitening_picks_a_shrinkage_from_its_grid_inside_the_training_folds(
     data_dir: Path, tmp_path: Path, tiny_head_config: Path
 ) -> None:
-    from ecgsearch.export import whitening
+    from ecgsearch.bench.whitening_choice import GRID
 
     written, out = tmp_path / "shipped.yaml", tmp_path / "choice.json"
     args = ["eval", "choose", "--config", str(tiny_head_config), "--data", str(data_dir), "--whitening"]
@@ -60,7 +60,7 @@ def test_choose_with_whitening_picks_a_shrinkage_from_its_grid_inside_the_traini
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
     judged = record["choice"]["whitening"]
-    assert [t["shrink"] for t in judged["tried"]] == list(whitening.GRID)
+    assert [t["shrink"] for t in judged["tried"]] == list(GRID)
     assert judged["fitted_on_folds"] == list(range(1, 9)) and judged["inner_fold"] == 9
     assert judged["read_queries"] > 0 and judged["later_start_queries"] == judged["queries"]
     for tried in judged["tried"]:
