@@ -140,8 +140,8 @@ class EncoderConfig:
                 f"dense_levels {self.dense_levels} needs antialias and at most {len(self.blur_pools)} "
                 "subsamplings (BlurPools)"
             )
-        if not self.whitening >= 0:
-            raise ValueError(f"whitening must be >= 0, not {self.whitening}")
+        if not 0 <= self.whitening < float("inf"):
+            raise ValueError(f"whitening must be a finite number >= 0, not {self.whitening}")
         if self.view_offset < 0 or self.view_offset >= self.window:
             raise ValueError(f"view_offset must be in [0, window), not {self.view_offset}")
         if not self.rhythm_weight >= 0:

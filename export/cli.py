@@ -94,6 +94,8 @@ def export_command(
     except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError) as exc:
         if dense_levels is not None and "dense_levels" in str(exc):  # the network has fewer subsamplings
             raise typer.BadParameter(str(exc), param_hint="--dense-levels") from None
+        if whitening is not None and "whitening" in str(exc):  # e.g. inf
+            raise typer.BadParameter(str(exc), param_hint="--whitening") from None
         typer.echo(f"error: {checkpoint}: not a readable training checkpoint ({exc})", err=True)
         raise typer.Exit(exits.FAILED) from None
     assert card.model_extra is not None  # a dict on every card: the class allows extra fields
