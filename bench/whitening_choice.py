@@ -27,7 +27,6 @@ from ecgsearch.ecg import signals
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays
 from ecgsearch.export import whitening
-from ecgsearch.export.runtime import normalise_rows
 
 if TYPE_CHECKING:  # torch only where a model is loaded
     from ecgsearch.encoder.model import Encoder
@@ -63,22 +62,20 @@ def choose(
     served, _ = serving_module(encoder, config.with_overrides(whitening=0.0), "", train=train)
 
     def vectors(mv: np.ndarray) -> np.ndarray:
-        return normalise_rows(embed(served, mv, torch.device("cpu")), np.float64)
+        return whitening.unit(embed(served, mv, torch.device("cpu")))
 
-    fit_rows = np.flatnonzero(np.isin(data.folds, config.train_folds))
-    covariance = whitening.move_covariance(
-        vectors,
-        corpus.mv[fit_rows],
-        whitening.moved_reads([corpus.rows[i] for i in fit_rows], corpus.mv[fit_rows]),
-    )
     space = np.flatnonzero(np.isin(data.folds, (*config.train_folds, inner_fold)))
     sub = Corpus([corpus.rows[i] for i in space], corpus.x[space], corpus.mv[space], [])
+    base = vectors(sub.mv)  # the search space; its training-fold rows are what the whitening is fitted on
+    fit = np.flatnonzero(np.isin(data.folds[space], config.train_folds))
+    covariance, _ = whitening.move_covariance(
+        vectors, base[fit], whitening.moved_reads([sub.rows[i] for i in fit], sub.mv[fit])
+    )
     queries = np.flatnonzero(data.folds[space] == inner_fold)
     late = load_later_starts(sub, signals.MODEL_FS, LATE_STARTS_100HZ, log, queries)
     high = load_later_starts(sub, 500, (), log, queries)
     if late is None or high is None:
         raise ValueError(f"fold {inner_fold} has no ECG to judge the whitening on")
-    base = vectors(sub.mv)
     later = [f"{n / signals.MODEL_FS:g}s" for n in LATE_STARTS_100HZ]
     reads = {
         "start": (vectors(late["mv"][0]), late["idx"]),
@@ -89,9 +86,9 @@ def choose(
     tried = []
     for shrink in GRID:
         matrix = whitening.whitening_matrix(covariance, shrink) if shrink > 0 else np.eye(len(covariance))
-        space_v = normalise_rows(base @ matrix, np.float64)
+        space_v = whitening.unit(base @ matrix)
         top = {
-            name: _neighbours(method, sub, space_v, normalise_rows(v @ matrix, np.float64), idx, k)
+            name: _neighbours(method, sub, space_v, whitening.unit(v @ matrix), idx, k)
             for name, (v, idx) in reads.items()
         }
         overlaps = {name: _overlap(top["start"], top[name]) for name in later}

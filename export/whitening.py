@@ -15,7 +15,7 @@ the record's 500 Hz file where PTB-XL has one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -29,21 +29,22 @@ CIRCULAR_SHIFTS = (3, 11, 19, 27, 35)  # 100 Hz samples, the prepared signal rol
 Embed = Callable[[np.ndarray], np.ndarray]  # prepared ECGs (n, 12, 1000) in mV -> served vectors (n, d)
 
 
-def moved_reads(rows: Sequence[ptbxl.PtbxlRow], mv: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Each move of the ``rows`` (whose prepared reads are ``mv``): (name, row indices, prepared moved
-    reads). A record whose moved read cannot be prepared is left out of that move."""
+def moved_reads(
+    rows: Sequence[ptbxl.PtbxlRow], mv: np.ndarray
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Each move of the ``rows`` (whose prepared reads are ``mv``) in turn: (name, row indices, prepared
+    moved reads). One move at a time, so only one set of moved reads is held. A record whose moved read
+    cannot be prepared is left out of that move."""
     raws = [signals.read_wfdb(row.path()) for row in rows]
-    moves: list[tuple[str, np.ndarray, np.ndarray]] = []
     for n in LATER_STARTS:
-        moves.append((f"later_start_{n}", *_prepared([raw.starting_at(n) for raw in raws])))
+        yield (f"later_start_{n}", *_prepared([raw.starting_at(n) for raw in raws]))
     for n in CIRCULAR_SHIFTS:
-        moves.append((f"circular_{n}", np.arange(len(rows)), np.roll(mv, n, axis=2)))
+        yield f"circular_{n}", np.arange(len(rows)), np.roll(mv, n, axis=2)
     high = [(i, row.path(prefer_hr=True)) for i, row in enumerate(rows)]
     high = [(i, path) for i, path in high if path != rows[i].path()]
     if high:
         idx, reads = _prepared([signals.read_wfdb(path) for _, path in high])
-        moves.append(("500hz_file", np.array([high[j][0] for j in idx]), reads))
-    return moves
+        yield "500hz_file", np.array([high[j][0] for j in idx]), reads
 
 
 def _prepared(raws: Sequence[signals.RawEcg]) -> tuple[np.ndarray, np.ndarray]:
@@ -55,19 +56,25 @@ def _prepared(raws: Sequence[signals.RawEcg]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def move_covariance(
-    embed: Embed, mv: np.ndarray, moves: list[tuple[str, np.ndarray, np.ndarray]]
-) -> np.ndarray:
-    """Mean outer product of (moved read's unit vector - the read's unit vector) over every move."""
-    base = normalise_rows(embed(mv), np.float64)  # unit vectors, as the runtime serves them
-    total, count = np.zeros((base.shape[1], base.shape[1])), 0
-    for _, idx, reads in moves:
+    embed: Embed, base: np.ndarray, moves: Iterable[tuple[str, np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Mean outer product of (moved read's unit vector - the read's unit vector ``base``) over every move,
+    and how many reads each move gave."""
+    total, count, counts = np.zeros((base.shape[1], base.shape[1])), 0, {}
+    for name, idx, reads in moves:
+        counts[name] = len(idx)
         if len(idx):
-            d = normalise_rows(embed(reads), np.float64) - base[idx]
+            d = unit(embed(reads)) - base[idx]
             total += d.T @ d
             count += len(d)
     if not count:
         raise ValueError("no moved read could be prepared: the whitening has nothing to fit")
-    return total / count
+    return total / count, counts
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """Served vectors as the runtime serves them (unit rows), in float64 for the covariance."""
+    return normalise_rows(vectors, np.float64)
 
 
 def whitening_matrix(covariance: np.ndarray, shrink: float) -> np.ndarray:
@@ -85,12 +92,11 @@ def fit(
     embed: Embed, rows: Sequence[ptbxl.PtbxlRow], mv: np.ndarray, shrink: float
 ) -> tuple[np.ndarray, dict]:
     """The whitening of ``embed``'s vectors fitted on ``rows`` (prepared reads ``mv``), and its card entry."""
-    moves = moved_reads(rows, mv)
-    covariance = move_covariance(embed, mv, moves)
+    covariance, counts = move_covariance(embed, unit(embed(mv)), moved_reads(rows, mv))
     card = {
         "shrink": shrink,
         "ecgs": len(rows),
-        "moves": {name: len(idx) for name, idx, _ in moves},
+        "moves": counts,
         "mean_move_variance": float(np.trace(covariance) / len(covariance)),
         "note": (
             "the served vector times (C + shrink * mean eigenvalue of C * I)^(-1/2), C the covariance of how "

@@ -29,7 +29,7 @@ def test_moved_reads_of_real_records_and_their_covariance(ptbxl_dir: Path) -> No
 
     rows = ptbxl.read_table(ptbxl_dir)[:6]  # ecg_id 1-6: each has a 500 Hz file too
     mv = np.stack([signals.prepare(signals.read_wfdb(row.path())) for row in rows])
-    moves = whitening.moved_reads(rows, mv)
+    moves = list(whitening.moved_reads(rows, mv))
     names = [name for name, _, _ in moves]
     assert names == [
         *(f"later_start_{n}" for n in whitening.LATER_STARTS),
@@ -46,7 +46,9 @@ def test_moved_reads_of_real_records_and_their_covariance(ptbxl_dir: Path) -> No
     ]
     assert not np.allclose(later, mv) and min(same) > 0.95
     projection = np.random.default_rng(0).standard_normal((12 * signals.MODEL_SAMPLES, 8))
-    covariance = whitening.move_covariance(lambda x: x.reshape(len(x), -1) @ projection, mv, moves)
+    project = lambda x: x.reshape(len(x), -1) @ projection  # noqa: E731
+    covariance, counts = whitening.move_covariance(project, whitening.unit(project(mv)), moves)
+    assert counts == {name: len(idx) for name, idx, _ in moves}
     assert covariance.shape == (8, 8) and np.allclose(covariance, covariance.T)
     assert np.linalg.eigvalsh(covariance).min() >= -1e-12 and np.trace(covariance) > 0
 
