@@ -25,6 +25,7 @@ model then trains on all its folds and serves the settings picked, so no reporte
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -405,14 +406,44 @@ def train_once(config: EncoderConfig, out: Path, threads: int, arrays: tuple[Ecg
     a cross-fit can be split over processes sharing ``--work``). The run summary."""
     from ecgsearch.encoder.train import train
 
+    wanted = {k: v for k, v in config.to_dict().items() if k != "statement_vocabulary"}
+    _claim(out, wanted)
     done = out / "summary.json"
     if done.is_file():
         summary = json.loads(done.read_text())
         saved = {k: v for k, v in summary["config"].items() if k != "statement_vocabulary"}
-        wanted = {k: v for k, v in config.to_dict().items() if k != "statement_vocabulary"}
         if saved == wanted:
             return summary
     return train(config, "", out, device="cpu", threads=threads, arrays=arrays)
+
+
+CLAIM = "claimed_by.json"
+
+
+def _claim(out: Path, config: dict) -> None:
+    """Mark ``out`` as this config's training folder, or refuse one that another config claimed.
+
+    Training writes ``last.pt`` every epoch and the evaluation reads it back, so two configs training
+    into one folder (runs of different configs sharing ``--work``) would each read the other's weights.
+    The claim is written whole, then linked into place: of two processes starting at once one claims,
+    and the other reads a complete claim."""
+    out.mkdir(parents=True, exist_ok=True)
+    claim = out / CLAIM
+    with tempfile.NamedTemporaryFile("w", dir=out, suffix=".tmp", delete=False) as f:
+        json.dump(config, f, sort_keys=True)
+    try:
+        os.link(f.name, claim)
+        return
+    except FileExistsError:
+        saved = json.loads(claim.read_text())
+    finally:
+        os.unlink(f.name)
+    if saved != config:
+        differ = sorted(k for k in config.keys() | saved.keys() if config.get(k) != saved.get(k))
+        raise ValueError(
+            f"{out} holds the training of another config (differs in {', '.join(differ[:5])}); "
+            "give this run its own --work, or delete that folder to retrain it"
+        )
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -157,6 +158,21 @@ def test_crossfit_groups_never_train_on_their_queries() -> None:
             cf.fold_groups(bad)
     folds = np.array([1, 2, 3, 10, 9])
     assert cf.group_of(folds, cf.fold_groups(5)).tolist() == [0, 0, 1, 4, 4]
+
+
+def test_a_work_folder_trained_by_one_config_is_refused_to_another(tmp_path: Path) -> None:
+    """Two configs training into one folder would read each other's per-epoch last.pt."""
+    from ecgsearch.bench import crossfit as cf
+    from ecgsearch.encoder.config import EncoderConfig
+
+    out = tmp_path / "inner-heldout-9-10"
+    first = EncoderConfig(epochs=12).to_dict()
+    cf._claim(out, first)
+    cf._claim(out, first)  # the same config again (another process of one run) may go on
+    with pytest.raises(ValueError, match=r"inner-heldout-9-10 holds the training of another config .*epochs"):
+        cf.train_once(EncoderConfig(epochs=48), out, 1, cast(Any, (None, None)))
+    assert not (out / "last.pt").exists()
+    assert sorted(p.name for p in out.iterdir()) == [cf.CLAIM]
 
 
 def test_crossfit_neighbours_come_from_each_querys_own_model() -> None:
