@@ -48,7 +48,7 @@ from ecgsearch.bench.retrieval import (
     per_query,
 )
 from ecgsearch.ecg import ptbxl
-from ecgsearch.encoder.config import EncoderConfig
+from ecgsearch.encoder.config import SERVED_ONLY, EncoderConfig, training_settings
 from ecgsearch.encoder.data import EcgArrays, load_ptbxl
 from ecgsearch.export.runtime import normalise_rows
 
@@ -129,8 +129,7 @@ def train_group(
     ``root`` holds ptb-xl/ (a whitening rereads the files). (trained, random, info)."""
     import torch
 
-    from ecgsearch.encoder.model import load_checkpoint
-    from ecgsearch.encoder.train import LAST, embed
+    from ecgsearch.encoder.train import embed
     from ecgsearch.export.onnx import random_encoder, serving_module
 
     cfg = training_config(config, held_out, threads)
@@ -142,7 +141,7 @@ def train_group(
     out = scratch / f"{label}-heldout-{'-'.join(map(str, held_out))}"
     t0 = time.perf_counter()
     summary = train_once(cfg, out, threads, (train_arrays, val_arrays))
-    encoder, cfg, _ = load_checkpoint(out / LAST)  # its config holds the statement vocabulary
+    encoder, cfg = load_trained(out, cfg)
     dev = torch.device("cpu")
     assert data.mv is not None
     served, _ = serving_module(encoder, cfg, root, train=train_arrays)
@@ -252,9 +251,6 @@ def nested_choice(
     model, serving the weights picked (``bench.whitening_choice``). Returns the config with the
     settings picked, and the record.
     """
-    from ecgsearch.encoder.model import load_checkpoint
-    from ecgsearch.encoder.train import LAST
-
     outer = [f for f in FOLDS if f not in held_out]
     inner_fold = outer[-1]
     cfg = training_config(config, (*held_out, inner_fold), threads)
@@ -265,7 +261,7 @@ def nested_choice(
     out = scratch / f"inner-heldout-{'-'.join(map(str, held_out))}"
     t0 = time.perf_counter()
     train_once(cfg, out, threads, (inner_train, inner_train.in_folds([cfg.val_fold])))
-    encoder, trained_cfg, _ = load_checkpoint(out / LAST)
+    encoder, trained_cfg = load_trained(out, cfg)
     assert data.mv is not None
     blocks = served_blocks(encoder, trained_cfg, inner_train, data.mv[rows])
     sub = Corpus([corpus.rows[i] for i in rows], corpus.x[rows], corpus.mv[rows], [])
@@ -401,20 +397,30 @@ def group_vectors(
 
 
 def train_once(config: EncoderConfig, out: Path, threads: int, arrays: tuple[EcgArrays, EcgArrays]) -> dict:
-    """Train ``config`` into ``out``, or reuse the finished training already there when its config is
-    this one (training is deterministic per seed and threads, so it is the model this run would train:
-    a cross-fit can be split over processes sharing ``--work``). The run summary."""
+    """Train ``config`` into ``out``, or reuse the finished training already there when its training
+    settings are this one's (training is deterministic per seed and threads, so it is the model this run
+    would train: a cross-fit can be split over processes sharing ``--work``, and a run with other served
+    settings reuses it; load it with ``load_trained``). The run summary."""
     from ecgsearch.encoder.train import train
 
-    wanted = {k: v for k, v in config.to_dict().items() if k != "statement_vocabulary"}
+    wanted = training_settings(config.to_dict())
     _claim(out, wanted)
     done = out / "summary.json"
     if done.is_file():
         summary = json.loads(done.read_text())
-        saved = {k: v for k, v in summary["config"].items() if k != "statement_vocabulary"}
-        if saved == wanted:
+        if training_settings(summary["config"]) == wanted:
             return summary
     return train(config, "", out, device="cpu", threads=threads, arrays=arrays)
+
+
+def load_trained(out: Path, config: EncoderConfig) -> tuple[Encoder, EncoderConfig]:
+    """The network ``train_once`` left in ``out``, and its config with ``config``'s served settings: the
+    training may have been made, and reused, under others. The vocabulary is the checkpoint's own."""
+    from ecgsearch.encoder.model import load_checkpoint
+    from ecgsearch.encoder.train import LAST
+
+    encoder, trained, _ = load_checkpoint(out / LAST)
+    return encoder, trained.with_overrides(**{k: getattr(config, k) for k in SERVED_ONLY})
 
 
 CLAIM = "claimed_by.json"

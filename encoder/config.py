@@ -221,6 +221,19 @@ class EncoderConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
+# what the export reads from a config and training never does: two configs that differ only here train
+# the same network, so one training serves both (``eval crossfit`` reuses it under other served settings)
+SERVED_ONLY = frozenset(
+    {"whitening", "rhythm_weight", "amplitude_weight", "statement_weight", "statement_block"}
+)
+
+
+def training_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a config dict that decide its trained weights (the statement vocabulary is read
+    from the training folds, not set)."""
+    return {k: v for k, v in config.items() if k not in SERVED_ONLY and k != "statement_vocabulary"}
+
+
 def load_config(path: str | Path | None) -> EncoderConfig:
     """Read a YAML config file (a mapping of field overrides); None gives the defaults."""
     if path is None:

@@ -161,18 +161,26 @@ def test_crossfit_groups_never_train_on_their_queries() -> None:
 
 
 def test_a_work_folder_trained_by_one_config_is_refused_to_another(tmp_path: Path) -> None:
-    """Two configs training into one folder would read each other's per-epoch last.pt."""
+    """Two configs training into one folder would read each other's per-epoch last.pt; a config that
+    differs only in what is served reuses the training (it would train the same network)."""
     from ecgsearch.bench import crossfit as cf
-    from ecgsearch.encoder.config import EncoderConfig
+    from ecgsearch.encoder.config import SERVED_ONLY, EncoderConfig
 
     out = tmp_path / "inner-heldout-9-10"
-    first = EncoderConfig(epochs=12).to_dict()
-    cf._claim(out, first)
-    cf._claim(out, first)  # the same config again (another process of one run) may go on
+    first = EncoderConfig(epochs=12, w_statement=1.0)
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"config": first.to_dict(), "epochs": 12}))
+    no_arrays = cast(Any, (None, None))  # a reused training reads no data
+    served = first.with_overrides(
+        whitening=0.1, statement_weight=2.0, statement_block="logit_z", rhythm_weight=0.5, amplitude_weight=1
+    )
+    assert {k for k in SERVED_ONLY if getattr(served, k) != getattr(first, k)} == SERVED_ONLY
+    assert cf.train_once(served, out, 1, no_arrays)["epochs"] == 12
+    assert cf.train_once(first, out, 1, no_arrays)["epochs"] == 12  # another process of one run goes on
     with pytest.raises(ValueError, match=r"inner-heldout-9-10 holds the training of another config .*epochs"):
-        cf.train_once(EncoderConfig(epochs=48), out, 1, cast(Any, (None, None)))
+        cf.train_once(first.with_overrides(epochs=48), out, 1, no_arrays)
     assert not (out / "last.pt").exists()
-    assert sorted(p.name for p in out.iterdir()) == [cf.CLAIM]
+    assert sorted(p.name for p in out.iterdir()) == [cf.CLAIM, "summary.json"]
 
 
 def test_crossfit_neighbours_come_from_each_querys_own_model() -> None:
