@@ -112,21 +112,36 @@ class Embedder:
     def learned_dim(self) -> int:
         """Dims of the learned part: the served vector less the measured blocks its card lists (those
         with feature ``names``: heart rate, amplitudes). The learned part is the leading columns (the
-        waveform view takes them), so a statement block, which the graph appends after the measured
-        ones, cannot share a model with them, nor can a whitening, which mixes every column."""
+        waveform view takes them); ``waveform_split_error`` says which models have none."""
         blocks = [b for b in (self.card.features or {}).values() if isinstance(b, dict)]
         measured = sum(len(b.get("names", ())) for b in blocks)
-        if measured and any("vocabulary" in b for b in blocks):
-            raise ValueError(
-                f"model {self.version}: a statement block after measured blocks leaves no leading learned "
-                "part for the waveform view; export it with rhythm_weight and amplitude_weight 0"
-            )
-        if measured and (self.card.features or {}).get("whitening"):
-            raise ValueError(
-                f"model {self.version}: its whitening mixes the measured blocks into every column, so no "
-                "leading part is the waveform alone; export it with rhythm_weight and amplitude_weight 0"
-            )
+        refused = waveform_split_error(
+            measured > 0,
+            any("vocabulary" in b for b in blocks),
+            bool((self.card.features or {}).get("whitening")),
+        )
+        if refused:
+            raise ValueError(f"model {self.version}: {refused}")
         return self.dim - measured
+
+
+def waveform_split_error(measured: bool, statements: bool, whitened: bool) -> str | None:
+    """Why a served vector with these blocks has no leading learned part for the waveform view, or None.
+
+    The graph appends the statement block after the measured blocks (rhythm, amplitudes), and a
+    whitening mixes every column; either leaves the learned columns no longer leading. One rule for the
+    runtime, the export and the served settings a choice may pick (``bench.crossfit.grid_settings``)."""
+    if measured and statements:
+        return (
+            "a statement block after measured blocks leaves no leading learned part for the waveform view; "
+            "serve it with rhythm_weight and amplitude_weight 0"
+        )
+    if measured and whitened:
+        return (
+            "its whitening mixes the measured blocks into every column, so no leading part is the waveform "
+            "alone; serve it with rhythm_weight and amplitude_weight 0"
+        )
+    return None
 
 
 def normalise_rows(x: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:

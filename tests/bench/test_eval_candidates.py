@@ -122,3 +122,17 @@ def test_a_work_folder_without_a_groups_model_is_refused_naming_it(data_dir: Pat
     assert "--nested --groups 2 --limit 60" in result.output  # the command that trains them
     bad_groups = CliRunner().invoke(app, [*args[:-2], "--groups", "3"], env={"COLUMNS": "400"})
     assert bad_groups.exit_code == 2 and "--groups" in bad_groups.output
+
+
+def test_a_choice_picks_only_what_the_runtime_can_serve_with_named_views() -> None:
+    """A statement block beside the rhythm block leaves the waveform view no leading columns
+    (export.runtime.waveform_split_error): the nested choice and eval choose must not pick it."""
+    from ecgsearch.export.runtime import waveform_split_error
+
+    servable, full = cf.grid_settings(True), cf.grid_settings(True, servable=False)
+    assert all(not (s["statement_weight"] > 0 and s["rhythm_weight"] > 0) for s in servable)
+    assert [s for s in full if s in servable] == servable and len(full) > len(servable)
+    refused = [s for s in full if s not in servable]
+    assert refused and all(waveform_split_error(s["rhythm_weight"] > 0, True, False) for s in refused)
+    assert {s["rhythm_weight"] for s in servable if s["statement_weight"] == 0} == set(cf.RHYTHM_WEIGHTS)
+    assert cf.grid_settings(False) == cf.grid_settings(False, servable=False)  # no head: nothing refused
