@@ -52,7 +52,7 @@ def test_parity_failure_stops_export(tmp_path: Path, monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize("name", [DEFAULT_MODEL, RANDOM_MODEL])
 def test_bundled_models_load_without_torch_side_imports(name: str) -> None:
     embedder = Embedder(bundled_model(name), threads=1)
-    # model 4: 256 learned + the statement head's probabilities over its training folds' vocabulary
+    # model 5: 256 learned + the statement head's probabilities over its training folds' vocabulary
     vocabulary = (embedder.card.features or {})["statements"]["vocabulary"]
     assert embedder.dim == 256 + len(vocabulary) and "superclass:NORM" in vocabulary
     assert set(embedder.card.features or {}) == {"statements"}
