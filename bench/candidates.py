@@ -349,7 +349,7 @@ def run(
         sub = Corpus([corpus.rows[i] for i in rows], corpus.x[rows], corpus.mv[rows], [])
         queries = np.flatnonzero(data.folds[rows] == inner_fold)
         rivals = inner_rivals(sub, np.isin(data.folds[rows], inner_cfg.train_folds), queries, k)
-        base = cf.grid_settings(True, servable=False)
+        base = cf.grid_settings(True)
         base_scores = [cf.inner_score(vectors(inner, s), sub, queries, k) for s in base]
         model, cfg = _served(work, "trained", held_out, data, everything, ctx)
         for candidate in (None, *CANDIDATES):
@@ -420,7 +420,7 @@ def run(
         "candidates": {
             c.name: {
                 "why": c.why,
-                "extra_settings": len(c.settings(cf.grid_settings(True, servable=False))),
+                "extra_settings": len(c.settings(cf.grid_settings(True))),
                 "post_hoc": c.post_hoc,
             }
             for c in CANDIDATES

@@ -48,9 +48,11 @@ def test_readme_describes_the_shipped_training_config() -> None:
     config = yaml.safe_load((REPO / "configs" / "shipped.yaml").read_text())
     assert config["augment_pair"] and config["pooling"] == "meanmax" and config["lead_dropout"] > 0
     assert config["w_label"] > 0 and config["w_statement"] > 0 and config["rhythm_weight"] == 0
+    assert config["whitening"] > 0
     text = " ".join((REPO / "README.md").read_text().split())  # as read: line breaks are spaces
     assert (
         "both views are augmented" in text and "lead dropout" in text and "by its mean and by its max" in text
     )
     assert "multi-label BCE of a linear statement head" in text and "no rhythm block" in text
+    assert "then a whitening fitted on the training folds" in text
     assert "global average pooling" not in text and "one view is augmented" not in text
