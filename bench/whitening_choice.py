@@ -27,6 +27,7 @@ from ecgsearch.ecg import signals
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays
 from ecgsearch.export import whitening
+from ecgsearch.export.runtime import waveform_split_error
 
 if TYPE_CHECKING:  # torch only where a model is loaded
     from ecgsearch.encoder.model import Encoder
@@ -38,6 +39,14 @@ RULE = (
     f"whose inner top-10 overlaps meet the aims ({AIMS['top10_overlap']} at both later starts, "
     f"{AIMS['read_overlap']} between the two reads), else the largest smallest margin to them"
 )
+
+
+def shrinkages(config: EncoderConfig) -> tuple[float, ...]:
+    """The shrinkages a model served as ``config`` may be judged with: none but 0 (no whitening) where a
+    whitening would leave the runtime no waveform part (``export.runtime.waveform_split_error``)."""
+    measured = config.rhythm_weight > 0 or config.amplitude_weight > 0
+    servable = waveform_split_error(measured, config.statement_weight > 0, True) is None
+    return GRID if servable else GRID[:1]
 
 
 def choose(
@@ -84,7 +93,7 @@ def choose(
     }
     method = Method("whitened", None, False, {})
     tried = []
-    for shrink in GRID:
+    for shrink in shrinkages(config):
         matrix = whitening.whitening_matrix(covariance, shrink) if shrink > 0 else np.eye(len(covariance))
         space_v = whitening.unit(base @ matrix)
         top = {

@@ -130,7 +130,8 @@ def waveform_split_error(measured: bool, statements: bool, whitened: bool) -> st
 
     The graph appends the statement block after the measured blocks (rhythm, amplitudes), and a
     whitening mixes every column; either leaves the learned columns no longer leading. One rule for the
-    runtime, the export and the served settings a choice may pick (``bench.crossfit.grid_settings``)."""
+    runtime and for the served settings a choice may pick (``bench.crossfit.grid_settings``,
+    ``bench.whitening_choice.shrinkages``)."""
     if measured and statements:
         return (
             "a statement block after measured blocks leaves no leading learned part for the waveform view; "

@@ -100,3 +100,14 @@ def test_choice_rule_prefers_the_lightest_shrinkage_meeting_the_aims() -> None:
     assert _pick(tried)["shrink"] == 1.0  # the first meeting the aims, though a heavier one does better
     costly = [tried[0], entry(1.0, 0.70, 0.95, 0.99), entry(0.1, 0.75, 0.89, 0.96)]
     assert _pick(costly)["shrink"] == 0.1  # 1.0 costs too much P@10; none meets: the best margin wins
+
+
+def test_a_choice_whitens_only_what_the_runtime_can_split_into_views() -> None:
+    """A whitening mixes a rhythm block into every column (export.runtime.waveform_split_error): the
+    choice then judges no whitening only, and so never picks one that cannot ship."""
+    from ecgsearch.bench.whitening_choice import GRID, shrinkages
+
+    assert shrinkages(SMALL.with_overrides(w_statement=1.0, statement_weight=1.0)) == GRID
+    assert shrinkages(SMALL.with_overrides(rhythm_weight=0.25)) == (0.0,)
+    both = SMALL.with_overrides(amplitude_weight=0.5, w_statement=1.0, statement_weight=1.0)
+    assert shrinkages(both) == (0.0,)
