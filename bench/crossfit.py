@@ -201,18 +201,18 @@ def compose(
     return _unit(np.concatenate(parts, axis=1))
 
 
-def grid_settings(head: bool, servable: bool = True) -> list[dict]:
+def grid_settings(head: bool) -> list[dict]:
     """GRID's settings in order, lighter first (a tie goes to the earlier); a model without a statement
-    head has no statement block, and a block of weight 0 is one setting whatever its kind. ``servable``:
-    only the settings the runtime can serve with named views (``export.runtime.waveform_split_error``:
-    not a statement block beside the rhythm block), so a choice never picks what cannot ship."""
+    head has no statement block, and a block of weight 0 is one setting whatever its kind. Only the
+    settings the runtime can serve with named views (``export.runtime.waveform_split_error``: not a
+    statement block beside the rhythm block), so a choice never picks what cannot ship."""
     return [
         {"statement_block": kind, "statement_weight": sw, "rhythm_weight": rw}
         for kind in (STATEMENT_BLOCKS if head else STATEMENT_BLOCKS[:1])
         for sw in (STATEMENT_WEIGHTS if head else (0.0,))
         if sw > 0 or kind == STATEMENT_BLOCKS[0]
         for rw in RHYTHM_WEIGHTS
-        if not servable or waveform_split_error(rw > 0, sw > 0, False) is None
+        if waveform_split_error(rw > 0, sw > 0, False) is None
     ]
 
 

@@ -126,13 +126,19 @@ def test_a_work_folder_without_a_groups_model_is_refused_naming_it(data_dir: Pat
 
 def test_a_choice_picks_only_what_the_runtime_can_serve_with_named_views() -> None:
     """A statement block beside the rhythm block leaves the waveform view no leading columns
-    (export.runtime.waveform_split_error): the nested choice and eval choose must not pick it."""
+    (export.runtime.waveform_split_error): the nested choice and eval choose must not pick it, and
+    every other setting of the grid stays."""
     from ecgsearch.export.runtime import waveform_split_error
 
-    servable, full = cf.grid_settings(True), cf.grid_settings(True, servable=False)
-    assert all(not (s["statement_weight"] > 0 and s["rhythm_weight"] > 0) for s in servable)
-    assert [s for s in full if s in servable] == servable and len(full) > len(servable)
-    refused = [s for s in full if s not in servable]
-    assert refused and all(waveform_split_error(s["rhythm_weight"] > 0, True, False) for s in refused)
-    assert {s["rhythm_weight"] for s in servable if s["statement_weight"] == 0} == set(cf.RHYTHM_WEIGHTS)
-    assert cf.grid_settings(False) == cf.grid_settings(False, servable=False)  # no head: nothing refused
+    settings = cf.grid_settings(True)
+    assert all(
+        waveform_split_error(s["rhythm_weight"] > 0, s["statement_weight"] > 0, False) is None
+        for s in settings
+    )
+    assert waveform_split_error(True, True, False)  # the pair it leaves out is refused by the runtime
+    plain = {s["rhythm_weight"] for s in settings if s["statement_weight"] == 0}
+    blocks = {(s["statement_block"], s["statement_weight"]) for s in settings if s["statement_weight"] > 0}
+    assert plain == set(cf.RHYTHM_WEIGHTS) and len(settings) == len(plain) + len(blocks)
+    weights = [w for w in cf.STATEMENT_WEIGHTS if w > 0]
+    assert blocks == {(kind, w) for kind in cf.STATEMENT_BLOCKS for w in weights}
+    assert [s["rhythm_weight"] for s in cf.grid_settings(False)] == list(cf.RHYTHM_WEIGHTS)  # no head
