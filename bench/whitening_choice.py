@@ -44,8 +44,7 @@ RULE = (
 def shrinkages(config: EncoderConfig) -> tuple[float, ...]:
     """The shrinkages a model served as ``config`` may be judged with: none but 0 (no whitening) where a
     whitening would leave the runtime no waveform part (``export.runtime.waveform_split_error``)."""
-    measured = config.rhythm_weight > 0 or config.amplitude_weight > 0
-    servable = waveform_split_error(measured, config.statement_weight > 0, True) is None
+    servable = waveform_split_error(config.measured_blocks, config.statement_weight > 0, True) is None
     return GRID if servable else GRID[:1]
 
 

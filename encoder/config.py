@@ -202,6 +202,12 @@ class EncoderConfig:
             + (len(self.statement_vocabulary) if self.statement_weight > 0 else 0)
         )
 
+    @property
+    def measured_blocks(self) -> bool:
+        """Whether the served vector appends measured blocks (heart rate and irregularity, amplitudes),
+        which the export standardises on training data and a whitening would mix into every column."""
+        return self.rhythm_weight > 0 or self.amplitude_weight > 0
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-safe dict (tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -190,7 +190,7 @@ def serving_module(
     cards: dict[str, Any] = {}
     rhythm = amplitude = None
     folds = {"folds": list(config.train_folds)}
-    if train is None and (config.rhythm_weight > 0 or config.amplitude_weight > 0):
+    if train is None and config.measured_blocks:
         train = load_ptbxl(
             data_root, folds=config.train_folds, cache_dir=cache_dir, max_records=config.max_records
         )
