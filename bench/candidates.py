@@ -13,6 +13,10 @@ Nothing is retrained: the models are those ``ecgsearch eval crossfit --nested --
 nested run trains one inner and one outer model per group); the candidate blocks are computed from their
 served blocks in numpy. Every candidate's settings are fixed here, before a run; a candidate written after
 an earlier run's figures were seen says so (``post_hoc``, copied into the results).
+
+The statement head refitted on the embedding and the rhythm (once the ``rhythm_head`` candidate) passed
+its check on the 48-epoch models and is part of the grid (``statement_head: refit_rhythm``); results files
+written before that name it as a candidate.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ import numpy as np
 
 from ecgsearch.bench import crossfit as cf
 from ecgsearch.bench.results import load_average, machine, relative
-from ecgsearch.bench.retrieval import Corpus, baseline_methods, knn_methods, log_spectra, per_query
+from ecgsearch.bench.retrieval import Corpus, baseline_methods, log_spectra, per_query
 from ecgsearch.ecg import features, ptbxl
+from ecgsearch.encoder import refit_head
 from ecgsearch.encoder.config import EncoderConfig
 from ecgsearch.encoder.data import EcgArrays, label_sets, load_ptbxl, multi_hot
 
@@ -46,7 +51,6 @@ RHYTHM_WEIGHTS_BEYOND = (0.75, 1.0)
 IRREGULARITY_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 AF_WEIGHTS = (0.5, 1.0, 2.0, 3.0)
 AF_CODE = "AFIB"
-HEAD_C = 1.0  # inverse L2 strength of the refitted heads' logistic regressions (fixed, not tuned)
 
 
 def _logistic(
@@ -138,18 +142,9 @@ CANDIDATES = (
     ),
     Candidate(
         "refit_head",
-        "control for rhythm_head: the statement head refitted as one logistic regression per statement on "
-        "the unit embedding alone, on the model's training rows, in place of the trained head",
+        "control for the refit_rhythm head: the statement head refitted as one logistic regression per "
+        "statement on the unit embedding alone, on the model's training rows, in place of the trained head",
         lambda base: [{**s, "head_inputs": "embedding"} for s in base if s["statement_weight"] > 0],
-        post_hoc=True,
-    ),
-    Candidate(
-        "rhythm_head",
-        "the statement head refitted on the unit embedding and the rhythm block (heart rate, RR "
-        "irregularity z): AFIB, SR, STACH... read from the measured rhythm beside the waveform, so the "
-        "statement block carries the rhythm it was blind to (the probe a network head with those inputs "
-        "would give, on frozen embeddings)",
-        lambda base: [{**s, "head_inputs": "embedding+rhythm"} for s in base if s["statement_weight"] > 0],
         post_hoc=True,
     ),
     Candidate(
@@ -166,30 +161,11 @@ CANDIDATES = (
 )
 
 
-AIMS_FIRST = (
-    "the number of aim codes (crossfit.CODE_AIMS) whose inner-fold P@10 is at or above the best handcrafted "
-    "kNN's on the same inner queries (fitted on the inner training folds), plus P@10 any superclass"
-)
-RULES = {"inner_score": cf.INNER_SCORE, "aims_first": AIMS_FIRST}
-RULE_KEY = {"inner_score": "score", "aims_first": "aims_first"}  # the field of a tried setting each maximises
+# the nested choice's rules under this command's names (``crossfit.RULES``), as its results name them
+RULE_NAMES = {"inner_score": "inner-score", "aims_first": "aims-first"}
+RULES = {name: cf.RULES[rule] for name, rule in RULE_NAMES.items()}
+RULE_KEY = {name: cf.RULE_KEY[rule] for name, rule in RULE_NAMES.items()}
 REFERENCE = "inner_score/base"  # what results/retrieval_crossfit_nested.json reports
-
-
-def aims_first(scored: dict, rivals: dict[str, float]) -> float:
-    """AIMS_FIRST of one setting's inner figures: aims met on the inner fold first, P@10 to break ties."""
-    met = sum(scored["codes"][c] >= rivals[c] for c in cf.CODE_AIMS if c in scored["codes"] and c in rivals)
-    return float(met) + scored["p10_any"]
-
-
-def inner_rivals(sub: Corpus, fit: np.ndarray, queries: np.ndarray, k: int) -> dict[str, float]:
-    """Per code, the best handcrafted kNN's P@10 on the inner queries (``crossfit.KNN_BASELINES``)."""
-    best: dict[str, float] = {}
-    for method in knn_methods(sub, fit):
-        if method.name in cf.KNN_BASELINES:
-            v = method.embed(sub.x, sub.mv, np.arange(len(sub.rows)))
-            for code, value in cf.inner_score(v, sub, queries, k, method.euclidean)["codes"].items():
-                best[code] = max(best.get(code, -1.0), value)
-    return best
 
 
 @dataclass
@@ -209,21 +185,14 @@ class Served:
         self._heads: dict[str, dict[str, np.ndarray]] = {}
 
     def refit_blocks(self, inputs: str) -> dict[str, np.ndarray]:
-        """The served blocks with both statement blocks from a head refitted on the training rows: one
-        logistic regression per statement on the unit embedding (``inputs`` "embedding") or on it and the
-        rhythm block ("embedding+rhythm"); each block built as the served graph builds it."""
+        """The served blocks with both statement blocks from a head refitted on the training rows
+        (``encoder.refit_head.fit``) on the unit embedding alone (``inputs`` "embedding": the control of
+        the grid's refit_rhythm head, which adds the rhythm); each block built as the graph builds it."""
         if inputs not in self._heads:
-            assert self.labels is not None
+            assert self.labels is not None and inputs == "embedding"
             x = self.blocks["embedding"]
-            if inputs == "embedding+rhythm":
-                x = np.concatenate([x, np.nan_to_num(self.blocks["rhythm"])], axis=1)
-            logits = np.zeros((len(x), self.labels.shape[1]))
-            for j in range(self.labels.shape[1]):
-                model = _logistic(x, self.labels[:, j], self.fit, HEAD_C, 2000)
-                if model is None:  # one class in the training rows: a constant logit
-                    logits[:, j] = 10.0 if self.labels[self.fit, j].all() else -10.0
-                else:
-                    logits[:, j] = model.decision_function(x)
+            weights, bias = refit_head.fit(x[self.fit], self.labels[self.fit])
+            logits = x @ weights.T + bias
             p = 1.0 / (1.0 + np.exp(-logits))
             mean, std = logits[self.fit].mean(axis=0), logits[self.fit].std(axis=0).clip(min=1e-6)
             z = np.clip((logits - mean) / std, -features.Z_CLIP, features.Z_CLIP)
@@ -270,7 +239,11 @@ def vectors(served: Served, setting: dict) -> np.ndarray:
     """Unit vectors of a setting: the base blocks (``crossfit.compose``) and any candidate block."""
     blocks = served.refit_blocks(setting["head_inputs"]) if setting.get("head_inputs") else served.blocks
     base = cf.compose(
-        blocks, setting["statement_weight"], setting["rhythm_weight"], setting["statement_block"]
+        blocks,
+        setting["statement_weight"],
+        setting["rhythm_weight"],
+        setting["statement_block"],
+        setting.get("statement_head", cf.STATEMENT_HEADS_TRIED[0]),
     )
     extra = []
     if setting.get("spectrum_weight"):
@@ -348,7 +321,7 @@ def run(
             raise WorkMismatch(f"the inner model of {list(held_out)} trained on its inner fold {inner_fold}")
         sub = Corpus([corpus.rows[i] for i in rows], corpus.x[rows], corpus.mv[rows], [])
         queries = np.flatnonzero(data.folds[rows] == inner_fold)
-        rivals = inner_rivals(sub, np.isin(data.folds[rows], inner_cfg.train_folds), queries, k)
+        rivals = cf.inner_rivals(sub, np.isin(data.folds[rows], inner_cfg.train_folds), queries, k)
         base = cf.grid_settings(True)
         base_scores = [cf.inner_score(vectors(inner, s), sub, queries, k) for s in base]
         model, cfg = _served(work, "trained", held_out, data, everything, ctx)
@@ -357,18 +330,13 @@ def run(
             tried = [{**s, **scored} for s, scored in zip(base, base_scores, strict=True)]
             tried += [{**s, **cf.inner_score(vectors(inner, s), sub, queries, k)} for s in extra]
             for t in tried:
-                t["aims_first"] = aims_first(t, rivals)
+                t["aims_first"] = cf.aims_first(t, rivals)
             for rule in RULES:
                 name = f"{rule}/{'base' if candidate is None else candidate.name}"
                 best = max(tried, key=lambda t: t[RULE_KEY[rule]])  # the first of equals
                 setting = {
                     key: v for key, v in best.items() if key not in ("p10_any", "codes", *RULE_KEY.values())
                 }
-                if name == "inner_score/base" and any(getattr(cfg, key) != v for key, v in setting.items()):
-                    raise WorkMismatch(
-                        f"{work}: the base grid picks {setting} for folds {list(held_out)}, not what that "
-                        "group's model serves: were its models chosen with this --k?"
-                    )
                 picks[name].append(
                     {
                         "held_out_folds": list(held_out),

@@ -15,6 +15,15 @@ from ecgsearch.cli.options import need_file
 from ecgsearch.cli.output import AsJson, emit, results
 
 # the nested choices' --whitening (eval choose, eval crossfit --nested)
+Rule = Annotated[
+    str,
+    typer.Option(
+        "--rule",
+        help="how the nested choice ranks the settings on the inner fold: inner-score (the mean of P@10 "
+        "any superclass and the mean code P@10) or aims-first (the code aims met against the inner fold's "
+        "best handcrafted kNN first, then P@10 any superclass)",
+    ),
+]
 Whitening = Annotated[
     bool,
     typer.Option(
@@ -597,6 +606,7 @@ def crossfit(
         typer.Option(help="pick the served blocks' weights per group on an inner fold of its training folds"),
     ] = False,
     whiten: Whitening = False,
+    rule: Rule = "inner-score",
     groups: Annotated[int, typer.Option(min=2, max=10, help="held-out fold groups (2, 5 or 10)")] = 5,
     k: Annotated[int, typer.Option(min=1, help="neighbours per query")] = 10,
     threads: Annotated[int, typer.Option(min=1, help="torch threads")] = 1,
@@ -633,6 +643,8 @@ def crossfit(
     for path in (config, compare):
         if path is not None and not path.is_file():
             raise typer.BadParameter(f"no config file {path}")
+    if rule != "inner-score" and not nested:
+        raise typer.BadParameter("--rule ranks the nested choice: add --nested", param_hint="--rule")
     if whiten and not nested:
         raise typer.BadParameter(
             "the whitening is picked by the nested choice: add --nested", param_hint="--whitening"
@@ -647,6 +659,8 @@ def crossfit(
         from ecgsearch.bench import crossfit as cf
     except ImportError as exc:
         _missing(exc)
+    if rule not in cf.RULES:
+        raise typer.BadParameter(f"{rule!r}: one of {', '.join(cf.RULES)}", param_hint="--rule")
     try:
         main = load_config(config).with_overrides(epochs=epochs, seed=seed)
         other = None if compare is None else load_config(compare).with_overrides(epochs=epochs, seed=seed)
@@ -662,6 +676,7 @@ def crossfit(
         compare_name=compare_name,
         nested=nested,
         whiten=whiten,
+        rule=rule,
         n_groups=groups,
         k=k,
         threads=threads,
@@ -672,6 +687,7 @@ def crossfit(
         + (f" --compare {compare} --compare-name {compare_name}" if compare else "")
         + (" --nested" if nested else "")
         + (" --whitening" if whiten else "")
+        + (f" --rule {rule}" if rule != "inner-score" else "")
         + (f" --epochs {epochs}" if epochs else "")
         + (f" --seed {seed}" if seed is not None else "")
         + (f" --limit {limit}" if limit else "")
@@ -746,8 +762,10 @@ def candidates(
     block) adds settings to the nested grid; each group's inner model picks among the base grid and
     them on its inner fold by each of two rules (the nested run's inner score; aims first), the group's
     model serves the pick, and the pooled cross-fitted figures are compared with the nested run's pick
-    on the same queries. Nothing is retrained. --groups, --limit and --k must be those of the run that
-    trained --work. Needs the train and bench extras.
+    on the same queries. Nothing is retrained. --groups and --limit must be those of the run that
+    trained --work; the nested pick is recomputed here (the base rows), so the models' own served
+    settings, which a later --whitening run may have judged anew, do not matter. Needs the train and
+    bench extras.
 
     Examples:
 
@@ -802,6 +820,7 @@ def choose(
         typer.Option(help="keep the inner model here and reuse one of the same config already finished"),
     ] = None,
     whiten: Whitening = False,
+    rule: Rule = "inner-score",
     write_config: Annotated[
         Path, typer.Option(help="the config to train the shipped model with (YAML)")
     ] = Path("configs/shipped.yaml"),
@@ -835,6 +854,8 @@ def choose(
         from ecgsearch.bench import crossfit as cf
     except ImportError as exc:
         _missing(exc)
+    if rule not in cf.RULES:
+        raise typer.BadParameter(f"{rule!r}: one of {', '.join(cf.RULES)}", param_hint="--rule")
     try:
         base = load_config(config)
     except (ValueError, TypeError, yaml.YAMLError) as exc:
@@ -852,6 +873,7 @@ def choose(
         + f" --threads {threads}"
         + (f" --limit {limit}" if limit else "")
         + (" --whitening" if whiten else "")
+        + (f" --rule {rule}" if rule != "inner-score" else "")
         + f" --write-config {write_config} --out {out}"
     )
     chosen, record = cf.choose_for_shipping(
@@ -864,6 +886,7 @@ def choose(
         cache_dir=cache,
         work=work,
         whiten=whiten,
+        rule=rule,
         log=_logger(quiet),
     )
     settings = {key: getattr(chosen, key) for key in (*cf.GRID, *(("whitening",) if whiten else ()))}

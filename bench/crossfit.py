@@ -45,10 +45,11 @@ from ecgsearch.bench.retrieval import (
     SEED,
     Corpus,
     baseline_methods,
+    knn_methods,
     per_query,
 )
 from ecgsearch.ecg import ptbxl
-from ecgsearch.encoder.config import SERVED_ONLY, EncoderConfig, training_settings
+from ecgsearch.encoder.config import SERVED_ONLY, STATEMENT_HEADS, EncoderConfig, training_settings
 from ecgsearch.encoder.data import EcgArrays, load_ptbxl
 from ecgsearch.export.runtime import normalise_rows, waveform_split_error
 
@@ -63,17 +64,27 @@ KNN_BASELINES = ("knn-hr-rr", "knn-lead-log-rms-mv", "knn-hr-age")  # the issue'
 # the nested choice: served-block weights tried on the inner fold, fixed before any run; ties go to the
 # earlier (lighter) setting
 STATEMENT_BLOCKS: tuple[str, ...] = ("probabilities", "logit_z")
+STATEMENT_HEADS_TRIED: tuple[str, ...] = STATEMENT_HEADS  # the trained head first: a tie keeps it
 STATEMENT_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
 RHYTHM_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5)
 GRID: dict[str, tuple] = {
     "statement_block": STATEMENT_BLOCKS,
     "statement_weight": STATEMENT_WEIGHTS,
     "rhythm_weight": RHYTHM_WEIGHTS,
+    "statement_head": STATEMENT_HEADS_TRIED,
 }
 INNER_SCORE = (
     "mean of (P@10 any superclass, the mean code P@10 over the cross-fitted codes with an inner query) on "
     "the inner fold's queries, searching the group's training records, own patient excluded"
 )
+AIMS_FIRST = (
+    "the number of aim codes (CODE_AIMS) whose inner-fold P@10 is at or above the best handcrafted kNN's "
+    "(KNN_BASELINES) on the same inner queries (fitted on the inner training folds), plus P@10 any "
+    "superclass"
+)
+# how the nested choice ranks the settings it tries: the field of a tried setting each rule maximises
+RULES = {"inner-score": INNER_SCORE, "aims-first": AIMS_FIRST}
+RULE_KEY = {"inner-score": "score", "aims-first": "aims_first"}
 
 
 def fold_groups(n_groups: int) -> list[tuple[int, ...]]:
@@ -176,28 +187,45 @@ def served_blocks(encoder: object, config: EncoderConfig, train: EcgArrays, mv: 
 
     d = config.embedding_dim
     blocks: dict[str, np.ndarray] = {}
-    for kind in STATEMENT_BLOCKS if config.statement_vocabulary else ("probabilities",):
-        full = config.with_overrides(
-            rhythm_weight=1.0,
-            amplitude_weight=0.0,
-            statement_weight=float(bool(config.statement_vocabulary)),
-            statement_block=kind,
-            whitening=0.0,  # compose weighs the blocks; no whitening is fitted here
-        )
-        served, _ = serving_module(encoder, full, "", train=train)  # type: ignore[arg-type]
-        v = embed(served, mv, torch.device("cpu")).astype(np.float64)
-        blocks |= {"embedding": v[:, :d], "rhythm": v[:, d : d + 2], kind: v[:, d + 2 :]}
+    head = bool(config.statement_vocabulary)
+    for statement_head in STATEMENT_HEADS_TRIED if head else STATEMENT_HEADS_TRIED[:1]:
+        for kind in STATEMENT_BLOCKS if head else STATEMENT_BLOCKS[:1]:
+            full = config.with_overrides(
+                rhythm_weight=1.0,
+                amplitude_weight=0.0,
+                statement_weight=float(head),
+                statement_block=kind,
+                statement_head=statement_head,
+                whitening=0.0,  # compose weighs the blocks; no whitening is fitted here
+            )
+            served, _ = serving_module(encoder, full, "", train=train)  # type: ignore[arg-type]
+            v = embed(served, mv, torch.device("cpu")).astype(np.float64)
+            blocks |= {
+                "embedding": v[:, :d],
+                "rhythm": v[:, d : d + 2],
+                block_key(kind, statement_head): v[:, d + 2 :],
+            }
     return blocks
 
 
+def block_key(statement_block: str, statement_head: str) -> str:
+    """The key of ``served_blocks`` holding that statement block."""
+    trained = statement_head == STATEMENT_HEADS_TRIED[0]
+    return statement_block if trained else f"{statement_head}/{statement_block}"
+
+
 def compose(
-    blocks: dict, statement_weight: float, rhythm_weight: float, statement_block: str = "probabilities"
+    blocks: dict,
+    statement_weight: float,
+    rhythm_weight: float,
+    statement_block: str = "probabilities",
+    statement_head: str = STATEMENT_HEADS_TRIED[0],
 ) -> np.ndarray:
     """Unit vectors [embedding | rhythm_weight * rhythm | statement_weight * statement block]: what the
     model served with those settings gives (the runtime L2-normalises)."""
     parts = [blocks["embedding"], rhythm_weight * blocks["rhythm"]]
     if statement_weight > 0:
-        parts.append(statement_weight * blocks[statement_block])
+        parts.append(statement_weight * blocks[block_key(statement_block, statement_head)])
     return _unit(np.concatenate(parts, axis=1))
 
 
@@ -205,12 +233,14 @@ def grid_settings(head: bool) -> list[dict]:
     """GRID's settings in order, lighter first (a tie goes to the earlier); a model without a statement
     head has no statement block, and a block of weight 0 is one setting whatever its kind. Only the
     settings the runtime can serve with named views (``export.runtime.waveform_split_error``: not a
-    statement block beside the rhythm block), so a choice never picks what cannot ship."""
+    statement block beside the rhythm block), so a choice never picks what cannot ship. The refitted
+    head (``encoder.refit_head``) comes after every setting of the trained one."""
     return [
-        {"statement_block": kind, "statement_weight": sw, "rhythm_weight": rw}
+        {"statement_block": kind, "statement_weight": sw, "rhythm_weight": rw, "statement_head": sh}
+        for sh in (STATEMENT_HEADS_TRIED if head else STATEMENT_HEADS_TRIED[:1])
         for kind in (STATEMENT_BLOCKS if head else STATEMENT_BLOCKS[:1])
         for sw in (STATEMENT_WEIGHTS if head else (0.0,))
-        if sw > 0 or kind == STATEMENT_BLOCKS[0]
+        if (sw > 0 or kind == STATEMENT_BLOCKS[0]) and (sw > 0 or sh == STATEMENT_HEADS_TRIED[0])
         for rw in RHYTHM_WEIGHTS
         if waveform_split_error(rw > 0, sw > 0, False) is None
     ]
@@ -236,6 +266,23 @@ def inner_score(
     return {"score": 0.5 * p10 + 0.5 * code_mean, "p10_any": p10, "codes": codes}
 
 
+def aims_first(scored: dict, rivals: dict[str, float]) -> float:
+    """AIMS_FIRST of one setting's inner figures: aims met on the inner fold first, P@10 to break ties."""
+    met = sum(scored["codes"][c] >= rivals[c] for c in CODE_AIMS if c in scored["codes"] and c in rivals)
+    return float(met) + scored["p10_any"]
+
+
+def inner_rivals(sub: Corpus, fit: np.ndarray, queries: np.ndarray, k: int) -> dict[str, float]:
+    """Per code, the best handcrafted kNN's P@10 on the inner queries (KNN_BASELINES fitted on ``fit``)."""
+    best: dict[str, float] = {}
+    for method in knn_methods(sub, fit):
+        if method.name in KNN_BASELINES:
+            v = method.embed(sub.x, sub.mv, np.arange(len(sub.rows)))
+            for code, value in inner_score(v, sub, queries, k, method.euclidean)["codes"].items():
+                best[code] = max(best.get(code, -1.0), value)
+    return best
+
+
 def nested_choice(
     config: EncoderConfig,
     data: EcgArrays,
@@ -246,8 +293,10 @@ def nested_choice(
     k: int,
     log: Callable[[str], None],
     whiten: bool = False,
+    rule: str = "inner-score",
 ) -> tuple[EncoderConfig, dict]:
-    """Pick the served weights of ``held_out``'s model inside its training folds only (GRID, INNER_SCORE).
+    """Pick the served weights of ``held_out``'s model inside its training folds only (GRID, by ``rule``
+    of RULES).
 
     The inner model trains on the training folds less the last, which asks the queries; the search
     space is the training folds' records. ``whiten``: then the whitening's shrinkage on the same inner
@@ -273,7 +322,12 @@ def nested_choice(
         {**s, **inner_score(compose(blocks, **s), sub, queries, k)}
         for s in grid_settings(bool(trained_cfg.statement_vocabulary))
     ]
-    best = max(tried, key=lambda t: t["score"])  # the first of equals: the lighter setting
+    rivals = None
+    if rule == "aims-first":
+        rivals = inner_rivals(sub, np.isin(data.folds[rows], cfg.train_folds), queries, k)
+        for t in tried:
+            t["aims_first"] = aims_first(t, rivals)
+    best = max(tried, key=lambda t: t[RULE_KEY[rule]])  # the first of equals: the lighter setting
     chosen = {key: best[key] for key in GRID}
     whitening = None
     if whiten:
@@ -287,12 +341,14 @@ def nested_choice(
         "inner_fold": inner_fold,
         "inner_queries": int(len(queries)),
         "search_space": int(len(rows)),
+        "rule": rule,
+        **({"inner_rivals": rivals} if rivals is not None else {}),
         "chosen": chosen,
         "tried": tried,
         **({"whitening": whitening} if whitening is not None else {}),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    log(f"held out {held_out}: inner fold {inner_fold} picks {chosen} (score {best['score']:.3f})")
+    log(f"held out {held_out}: inner fold {inner_fold} picks {chosen} ({rule} {best[RULE_KEY[rule]]:.3f})")
     return config.with_overrides(**chosen), record
 
 
@@ -307,6 +363,7 @@ def choose_for_shipping(
     cache_dir: Path | None = None,
     work: Path | None = None,
     whiten: bool = False,
+    rule: str = "inner-score",
     log: Callable[[str], None] = print,
 ) -> tuple[EncoderConfig, dict]:
     """The shipped model's config: its served settings picked as ``nested_choice`` picks each group's,
@@ -319,13 +376,12 @@ def choose_for_shipping(
     data = load_ptbxl(root, max_records=limit, cache_dir=cache_dir)
     corpus = corpus_of(data, root / "ptb-xl")
     with tempfile.TemporaryDirectory(prefix="choose-") as scratch:
-        chosen, record = nested_choice(
-            config, data, corpus, held_out, Path(scratch if work is None else work), threads, k, log, whiten
-        )
+        folder = Path(scratch if work is None else work)
+        chosen, record = nested_choice(config, data, corpus, held_out, folder, threads, k, log, whiten, rule)
     return training_config(chosen, held_out, threads), {
         "held_out_folds": list(held_out),
         "grid": GRID,
-        "inner_score": INNER_SCORE,
+        "rule": RULES[rule],
         **record,
     }
 
@@ -339,6 +395,7 @@ def served_settings(card_features: dict | None) -> dict:
         "amplitude_weight": float((f.get("amplitude") or {}).get("weight", 0.0)),
         "statement_weight": float(statements.get("weight", 0.0)),
         "statement_block": str(statements.get("block", "probabilities")),
+        "statement_head": str(statements.get("head", STATEMENT_HEADS_TRIED[0])),
         "whitening": float((f.get("whitening") or {}).get("shrink", 0.0)),
     }
 
@@ -528,6 +585,7 @@ def run(
     k: int = 10,
     nested: bool = False,
     whiten: bool = False,
+    rule: str = "inner-score",
     compare_name: str = "self-supervised",
     threads: int = 1,
     limit: int | None = None,
@@ -563,7 +621,7 @@ def run(
             for name, cfg in configs.items():
                 if nested and name == "trained":
                     cfg, choice = nested_choice(
-                        cfg, data, corpus, held_out, Path(tmp), threads, k, log, whiten
+                        cfg, data, corpus, held_out, Path(tmp), threads, k, log, whiten, rule
                     )
                     choices.append({"held_out_folds": list(held_out), **choice})
                 trained, rand, info = train_group(cfg, data, held_out, Path(tmp), threads, name, log, root)
@@ -600,7 +658,9 @@ def run(
         "protocol": {"k": k, **PROTOCOL},
         "config": _config_entry(config, config_path),
         **(
-            {"nested_choice": {"grid": GRID, "inner_score": INNER_SCORE, "groups": choices}} if nested else {}
+            {"nested_choice": {"grid": GRID, "rule": rule, "ranks_by": RULES[rule], "groups": choices}}
+            if nested
+            else {}
         ),
         **({"compare_config": _config_entry(compare, compare_path)} if compare is not None else {}),
         "training": training,

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+STATEMENT_HEADS = ("trained", "refit_rhythm")  # EncoderConfig.statement_head
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -61,6 +63,10 @@ class EncoderConfig:
     # "logit_z" (each statement's logit standardised on the training folds, clipped, over sqrt(L), so a
     # rare statement weighs as much as a common one)
     statement_block: str = "probabilities"
+    # which head gives that block: the one trained with the network ("trained"), or one logistic
+    # regression per statement refitted at export on the training folds' unit embedding and rhythm z
+    # ("refit_rhythm", ``encoder.refit_head``), so the block reads the measured rhythm beside the waveform
+    statement_head: str = "trained"
     recon_source: str = "pooled"  # decode from the "pooled" embedding or the temporal "features" map
 
     # views: two windows of ``window`` samples from one 10 s ECG
@@ -177,6 +183,8 @@ class EncoderConfig:
             raise ValueError(
                 f"statement_block must be 'probabilities' or 'logit_z', not {self.statement_block!r}"
             )
+        if self.statement_head not in STATEMENT_HEADS:
+            raise ValueError(f"statement_head must be one of {STATEMENT_HEADS}, not {self.statement_head!r}")
         if self.statement_min_count < 1:
             raise ValueError(f"statement_min_count must be >= 1, not {self.statement_min_count}")
         if self.recon_source not in ("pooled", "features"):
@@ -230,7 +238,14 @@ class EncoderConfig:
 # what the export reads from a config and training never does: two configs that differ only here train
 # the same network, so one training serves both (``eval crossfit`` reuses it under other served settings)
 SERVED_ONLY = frozenset(
-    {"whitening", "rhythm_weight", "amplitude_weight", "statement_weight", "statement_block"}
+    {
+        "whitening",
+        "rhythm_weight",
+        "amplitude_weight",
+        "statement_weight",
+        "statement_block",
+        "statement_head",
+    }
 )
 
 

@@ -420,6 +420,23 @@ class StatementBlock(nn.Module):
         return p / p.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
+class RefitHead(nn.Module):
+    """Statement logits from the unit embedding and the rhythm z / sqrt 2 (``encoder.refit_head``): a
+    linear map with the refitted weights, and the rhythm features with the training folds' statistics,
+    in the graph."""
+
+    def __init__(self, rhythm: RhythmFeatures, weights: np.ndarray, bias: np.ndarray) -> None:
+        super().__init__()
+        self.rhythm = rhythm
+        self.linear = nn.Linear(weights.shape[1], weights.shape[0])
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.from_numpy(np.asarray(weights, dtype=np.float32)))
+            self.linear.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)))
+
+    def forward(self, unit_embedding: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.cat([unit_embedding, self.rhythm(x) / 2**0.5], dim=1))
+
+
 class ServingEncoder(nn.Module):
     """What is exported: prepared ECGs in mV -> [unit conv embedding | w_r/sqrt(2) * rhythm z |
     w_a/sqrt(12) * amplitude z | w_s * statement block], times the whitening matrix where one is set.
@@ -440,6 +457,7 @@ class ServingEncoder(nn.Module):
         amplitude_weight: float = 0.0,
         statement_weight: float = 0.0,
         statement: StatementBlock | None = None,
+        refit: RefitHead | None = None,
     ) -> None:
         super().__init__()
         self.scale, self.encoder = UnitRms(), encoder
@@ -449,6 +467,7 @@ class ServingEncoder(nn.Module):
             raise ValueError("a statement block needs an encoder with a statement head")
         self.statement_weight = float(statement_weight)
         self.statement = statement or StatementBlock("probabilities")
+        self.refit = refit  # the statement logits' head: this one, else the trained head
         self.register_buffer("whitening", None)  # (d, d), set by ``whiten``
 
     def whiten(self, matrix: np.ndarray | None) -> None:
@@ -464,6 +483,8 @@ class ServingEncoder(nn.Module):
         if self.amplitude is not None:
             parts.append(self.amplitude(unit, scale) * (self.amplitude_weight / 12**0.5))
         if self.statement_weight > 0:
-            parts.append(self.statement(self.encoder.statement_logits(e, unit)) * self.statement_weight)
+            refit = self.refit
+            logits = self.encoder.statement_logits(e, unit) if refit is None else refit(parts[0], unit)
+            parts.append(self.statement(logits) * self.statement_weight)
         out = torch.cat(parts, dim=1)
         return out if self.whitening is None else out @ self.whitening

@@ -19,13 +19,15 @@ import onnxruntime as ort
 import torch
 
 from ecgsearch.ecg import features, ptbxl, signals
-from ecgsearch.encoder.config import EncoderConfig
-from ecgsearch.encoder.data import EcgArrays, load_ptbxl
+from ecgsearch.encoder import refit_head
+from ecgsearch.encoder.config import SERVED_ONLY, EncoderConfig
+from ecgsearch.encoder.data import EcgArrays, label_sets, load_ptbxl, multi_hot
 from ecgsearch.encoder.model import (
     HEAD_RHYTHM_CENTRE,
     HEAD_RHYTHM_SCALE,
     Encoder,
     LeadAmplitudes,
+    RefitHead,
     RhythmFeatures,
     SelfSupervised,
     ServingEncoder,
@@ -95,6 +97,12 @@ STATEMENT_RHYTHM_INPUT = (
     "{centre[0]:g} bpm and {centre[1]:g}, scaled by {scale[0]:g} bpm and {scale[1]:g}, clipped to "
     "+-{zclip:g})"
 )
+REFIT_NOTE = (
+    " Then {n} statement values: one L2 logistic regression per statement (C {c:g}), fitted after training "
+    "on the training folds' [unit {dim}-d embedding | heart rate and RR irregularity z (the rhythm block's "
+    "numbers) / sqrt 2], for the training folds' PTB-XL statements and superclasses with at least "
+    "{min_count} positives there (card field 'features'); {how}, weighted {w:g}."
+)
 STATEMENT_HOW = {
     "probabilities": "its statement probabilities (sigmoid outputs) divided by their norm",
     "logit_z": (
@@ -131,7 +139,18 @@ def embedding_note(config: EncoderConfig) -> str:
     if config.amplitude_weight > 0:
         low, high = features.VOLTAGE_RANGE_MV
         note += AMPLITUDE_NOTE.format(zclip=features.Z_CLIP, w=config.amplitude_weight, low=low, high=high)
-    if config.statement_weight > 0:
+    if config.statement_weight > 0 and config.statement_head == "refit_rhythm":
+        note += REFIT_NOTE.format(
+            n=len(config.statement_vocabulary),
+            c=refit_head.C,
+            dim=config.embedding_dim,
+            min_count=config.statement_min_count,
+            w=config.statement_weight,
+            how=STATEMENT_HOW[config.statement_block].format(
+                zclip=features.Z_CLIP, n=len(config.statement_vocabulary)
+            ),
+        )
+    elif config.statement_weight > 0:
         note += STATEMENT_NOTE.format(
             n=len(config.statement_vocabulary),
             dim=config.embedding_dim,
@@ -206,22 +225,31 @@ def serving_module(
             tuple(stats["mean"]), tuple(stats["std"]), stats["global_rms_mv"]["median"]
         )
         cards["amplitude"] = {**stats, "weight": config.amplitude_weight}
-    statement = None
+    statement = refit = None
     if config.statement_weight > 0:
         cards["statements"] = {
             "vocabulary": list(config.statement_vocabulary),
             "min_count": config.statement_min_count,
             "weight": config.statement_weight,
             "block": config.statement_block,
+            "head": config.statement_head,
             **folds,
         }
         statement = StatementBlock("probabilities")
+        if train is None and (config.statement_block == "logit_z" or config.statement_head == "refit_rhythm"):
+            train = load_ptbxl(
+                data_root, folds=config.train_folds, cache_dir=cache_dir, max_records=config.max_records
+            )
+        train_logits = None
+        if config.statement_head == "refit_rhythm":
+            assert train is not None  # given, or loaded just above
+            refit, train_logits, cards["statements"]["refit"] = refit_rhythm_head(encoder, config, train)
         if config.statement_block == "logit_z":
-            if train is None:
-                train = load_ptbxl(
-                    data_root, folds=config.train_folds, cache_dir=cache_dir, max_records=config.max_records
-                )
-            mean, std = logit_statistics(encoder, train)
+            assert train is not None  # given, or loaded just above
+            if train_logits is None:
+                mean, std = logit_statistics(encoder, train)
+            else:
+                mean, std = train_logits.mean(dim=0), train_logits.std(dim=0, unbiased=False)
             statement = StatementBlock("logit_z", mean, std)
             cards["statements"].update(mean=mean.tolist(), std=std.tolist(), n=len(train))
     module = ServingEncoder(
@@ -232,6 +260,7 @@ def serving_module(
         config.amplitude_weight,
         config.statement_weight,
         statement,
+        refit,
     )
     if config.whitening > 0:
         if train is None:
@@ -242,6 +271,30 @@ def serving_module(
         module.whiten(matrix)
         cards["whitening"] = {**entry, **folds}
     return module, cards
+
+
+def refit_rhythm_head(
+    encoder: Encoder, config: EncoderConfig, train: EcgArrays
+) -> tuple[RefitHead, torch.Tensor, dict]:
+    """The statement head refitted on the training folds' [unit embedding | rhythm z / sqrt 2]
+    (``encoder.refit_head``): the graph's head, its logits over ``train`` (the logit_z block's
+    standardisation) and the card's entry."""
+    from ecgsearch.encoder.train import embed
+
+    assert train.mv is not None  # load_ptbxl keeps the reads in mV
+    stats = rhythm_statistics(train)
+    rhythm = (tuple(stats["mean"]), tuple(stats["std"]))
+    inputs = embed(ServingEncoder(encoder, RhythmFeatures(*rhythm), 1.0), train.mv, torch.device("cpu"))
+    labels = multi_hot(label_sets(train, "statements"), list(config.statement_vocabulary))
+    weights, bias = refit_head.fit(inputs, labels)
+    logits = torch.from_numpy((inputs.astype(np.float64) @ weights.T + bias).astype(np.float32))
+    entry = {
+        "inputs": "unit embedding, heart rate and RR irregularity z / sqrt 2",
+        "c": refit_head.C,
+        "rhythm": stats,
+        "n": len(train),
+    }
+    return RefitHead(RhythmFeatures(*rhythm), weights, bias), logits, entry
 
 
 def fit_whitening(
@@ -394,8 +447,8 @@ def export_checkpoint(
 ) -> ModelCard:
     """Export a training checkpoint, or (``random``) the same architecture at its seed's initial weights.
 
-    With a checkpoint, ``config`` gives only what is chosen at export: the weights of the measured
-    feature blocks, the dense levels, the whitening and the notes (the weights are the checkpoint's).
+    With a checkpoint, ``config`` gives only what is chosen at export: its served settings
+    (``encoder.config.SERVED_ONLY``), the dense levels and the notes (the weights are the checkpoint's).
     ``dense_levels`` and ``whitening`` override the config's.
     """
     training: dict[str, Any] = {}
@@ -406,12 +459,8 @@ def export_checkpoint(
         training.setdefault("step", ckpt.get("step"))
         if config is not None:
             trained = trained.with_overrides(
-                rhythm_weight=config.rhythm_weight,
-                amplitude_weight=config.amplitude_weight,
-                statement_weight=config.statement_weight,
-                statement_block=config.statement_block,
+                **{key: getattr(config, key) for key in SERVED_ONLY},
                 dense_levels=config.dense_levels,
-                whitening=config.whitening,
                 notes=config.notes,
             )
         config = trained

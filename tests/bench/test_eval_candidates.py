@@ -18,6 +18,8 @@ def blocks(n: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
         "rhythm": rng.standard_normal((n, 2)) / np.sqrt(2),
         "probabilities": cf._unit(rng.random((n, 4))),
         "logit_z": rng.standard_normal((n, 4)) / 2,
+        cf.block_key("probabilities", "refit_rhythm"): cf._unit(rng.random((n, 4))),
+        cf.block_key("logit_z", "refit_rhythm"): rng.standard_normal((n, 4)) / 2,
     }
 
 
@@ -80,26 +82,41 @@ def test_the_af_probability_is_learnt_from_the_training_rows_and_low_for_a_regul
     assert vectors.shape == (n, 8 + 2 + 1) and np.allclose(np.linalg.norm(vectors, axis=1), 1)
 
 
-def test_a_refitted_head_reads_the_rhythm_block_only_when_given_it() -> None:
-    """A statement decided by the irregularity alone: the head with the rhythm block finds it, the
-    embedding-only head cannot; both are fitted on the training rows, both blocks built as served."""
+def test_a_refitted_head_reads_the_rhythm_only_when_given_it() -> None:
+    """A statement decided by the irregularity alone: the head fitted on the embedding and the rhythm
+    finds it on held-out rows, the embedding-only control cannot; both fitted on the training rows."""
+    from ecgsearch.encoder import refit_head
+
     rng = np.random.default_rng(3)
     n = 300
     irregular = np.arange(n) % 5 == 0
     b = {**blocks(n), "rhythm": np.column_stack([rng.normal(0, 1, n), 3.0 * irregular]) / np.sqrt(2)}
-    labels = np.column_stack([irregular, rng.random(n) < 0.5])
+    labels = np.column_stack([irregular, rng.random(n) < 0.5, np.ones(n, dtype=bool)])
     fit = np.arange(n) < 200
-    served = cb.Served(b, np.zeros((n, 3)), fit, [], irregular, labels)
-    with_rhythm, without = served.refit_blocks("embedding+rhythm"), served.refit_blocks("embedding")
     held_out = ~fit
-    z = with_rhythm["logit_z"][:, 0] * np.sqrt(2)
-    assert z[held_out & irregular].min() > z[held_out & ~irregular].max()
+    inputs = np.concatenate([b["embedding"], b["rhythm"]], axis=1)
+    weights, bias = refit_head.fit(inputs[fit], labels[fit])
+    assert weights.shape == (3, 10) and bias[2] == refit_head.CONSTANT_LOGIT and not weights[2].any()
+    logit = inputs @ weights[0] + bias[0]
+    assert logit[held_out & irregular].min() > logit[held_out & ~irregular].max()
+    served = cb.Served(b, np.zeros((n, 3)), fit, [], irregular, labels[:, :2])
+    without = served.refit_blocks("embedding")
     blind = without["logit_z"][:, 0]
     assert not blind[held_out & irregular].min() > blind[held_out & ~irregular].max()
-    assert np.allclose(np.linalg.norm(with_rhythm["probabilities"], axis=1), 1)
-    assert np.array_equal(with_rhythm["embedding"], b["embedding"])  # only the statement blocks change
-    setting = {**cf.grid_settings(True)[-1], "head_inputs": "embedding+rhythm"}
-    assert np.allclose(cb.vectors(served, setting), cf.compose(with_rhythm, **cf.grid_settings(True)[-1]))
+    assert np.allclose(np.linalg.norm(without["probabilities"], axis=1), 1)
+    assert np.array_equal(without["embedding"], b["embedding"])  # only the statement blocks change
+    flipped = labels.copy()
+    flipped[held_out] = ~flipped[held_out]  # held-out labels cannot reach the fit
+    assert np.array_equal(refit_head.fit(inputs[fit], flipped[fit])[0], weights)
+
+
+def test_aims_first_ranks_the_aims_met_before_p10() -> None:
+    rivals = {"AFIB": 0.4, "CLBBB": 0.3, "CRBBB": 0.1, "ASMI": 0.2}
+    more_aims = {"p10_any": 0.70, "codes": {"AFIB": 0.41, "CLBBB": 0.3, "CRBBB": 0.2, "ASMI": 0.1}}
+    higher_p10 = {"p10_any": 0.80, "codes": {"AFIB": 0.39, "CLBBB": 0.3, "CRBBB": 0.2, "ASMI": 0.1}}
+    assert cf.aims_first(more_aims, rivals) == 3.70 and cf.aims_first(higher_p10, rivals) == 2.80
+    no_rival = {"p10_any": 0.5, "codes": {"IMI": 0.9, "AFIB": 0.5}}  # a code without an aim counts nothing
+    assert cf.aims_first(no_rival, rivals) == 1.5
 
 
 def test_every_candidate_adds_settings_the_base_grid_does_not_have() -> None:
@@ -137,8 +154,14 @@ def test_a_choice_picks_only_what_the_runtime_can_serve_with_named_views() -> No
     )
     assert waveform_split_error(True, True, False)  # the pair it leaves out is refused by the runtime
     plain = {s["rhythm_weight"] for s in settings if s["statement_weight"] == 0}
-    blocks = {(s["statement_block"], s["statement_weight"]) for s in settings if s["statement_weight"] > 0}
+    blocks = {
+        (s["statement_head"], s["statement_block"], s["statement_weight"])
+        for s in settings
+        if s["statement_weight"] > 0
+    }
     assert plain == set(cf.RHYTHM_WEIGHTS) and len(settings) == len(plain) + len(blocks)
     weights = [w for w in cf.STATEMENT_WEIGHTS if w > 0]
-    assert blocks == {(kind, w) for kind in cf.STATEMENT_BLOCKS for w in weights}
+    heads = cf.STATEMENT_HEADS_TRIED
+    assert blocks == {(head, kind, w) for head in heads for kind in cf.STATEMENT_BLOCKS for w in weights}
+    assert {s["statement_head"] for s in settings if s["statement_weight"] == 0} == {"trained"}
     assert [s["rhythm_weight"] for s in cf.grid_settings(False)] == list(cf.RHYTHM_WEIGHTS)  # no head

@@ -224,14 +224,23 @@ def test_nested_choice_scores_exactly_what_would_be_served(data_dir: Path) -> No
     encoder = random_encoder(config)
     blocks = cf.served_blocks(encoder, config, data, data.mv)
     assert {k: b.shape[1] for k, b in blocks.items()} == {
-        "embedding": 24, "rhythm": 2, "probabilities": 3, "logit_z": 3
+        "embedding": 24, "rhythm": 2, "probabilities": 3, "logit_z": 3,
+        "refit_rhythm/probabilities": 3, "refit_rhythm/logit_z": 3,
     }  # fmt: skip
-    for sw, rw, kind in ((0.0, 0.25, "probabilities"), (1.5, 0.5, "logit_z"), (0.5, 0.0, "probabilities")):
-        setting = config.with_overrides(statement_weight=sw, rhythm_weight=rw, statement_block=kind)
+    for sw, rw, kind, head in (
+        (0.0, 0.25, "probabilities", "trained"),
+        (1.5, 0.5, "logit_z", "trained"),
+        (0.5, 0.0, "probabilities", "trained"),
+        (1.0, 0.0, "probabilities", "refit_rhythm"),
+        (2.0, 0.0, "logit_z", "refit_rhythm"),
+    ):
+        setting = config.with_overrides(
+            statement_weight=sw, rhythm_weight=rw, statement_block=kind, statement_head=head
+        )
         served, _ = serving_module(encoder, setting, "", train=data)
         direct = embed(served, data.mv, torch.device("cpu")).astype(np.float64)
         direct /= np.linalg.norm(direct, axis=1, keepdims=True)
-        composed = cf.compose(blocks, sw, rw, kind)  # a weight 0 block stays as zeros: the same cosines
+        composed = cf.compose(blocks, sw, rw, kind, head)  # a weight 0 block stays as zeros: the same cosines
         assert np.allclose(composed @ composed.T, direct @ direct.T, atol=1e-5)
         assert np.allclose(composed[:, :24], direct[:, :24], atol=1e-5)
     corpus = cf.corpus_of(data, data_dir / "ptb-xl")

@@ -282,3 +282,10 @@ def test_statement_head_run_is_deterministic_and_exports(
     card = export_checkpoint(tmp_path / "a" / "last.pt", tmp_path / "z.onnx", data_dir, config=standardised)
     assert card.parity["max_abs_diff"] < 1e-4 and len(card.features["statements"]["std"]) == len(vocabulary)
     assert "logit standardised" in card.embedding
+    # the head refitted on the embedding and the rhythm, in the graph: parity, and the card says so
+    refit = standardised.with_overrides(statement_head="refit_rhythm")
+    card = export_checkpoint(tmp_path / "a" / "last.pt", tmp_path / "r.onnx", data_dir, config=refit)
+    statements = card.features["statements"]
+    assert card.parity["max_abs_diff"] < 1e-4 and statements["head"] == "refit_rhythm"
+    assert statements["refit"]["n"] == statements["n"] and len(statements["std"]) == len(vocabulary)
+    assert "logistic regression per statement" in card.embedding and "RR irregularity" in card.embedding
