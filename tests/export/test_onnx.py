@@ -52,10 +52,13 @@ def test_parity_failure_stops_export(tmp_path: Path, monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize("name", [DEFAULT_MODEL, RANDOM_MODEL])
 def test_bundled_models_load_without_torch_side_imports(name: str) -> None:
     embedder = Embedder(bundled_model(name), threads=1)
-    # model 5: 256 learned + the statement head's probabilities over its training folds' vocabulary, whitened
-    vocabulary = (embedder.card.features or {})["statements"]["vocabulary"]
-    assert embedder.dim == 256 + len(vocabulary) and "superclass:NORM" in vocabulary
-    assert set(embedder.card.features or {}) == {"statements", "whitening"}  # whitened: steadier neighbours
+    # model 6: 256 learned + a statement block over its training folds' vocabulary, from the head refitted
+    # on the embedding and the rhythm (encoder.refit_head), not whitened
+    statements = (embedder.card.features or {})["statements"]
+    vocabulary = statements["vocabulary"]
+    assert embedder.dim == 256 + len(vocabulary) and "superclass:NORM" in vocabulary and "AFIB" in vocabulary
+    assert set(embedder.card.features or {}) == {"statements"}
+    assert statements["head"] == "refit_rhythm" and statements["refit"]["n"] == statements["n"]
     assert embedder.learned_dim == embedder.dim  # no measured block: all of it is the waveform view
     assert embedder.card.parity["max_abs_diff"] < 1e-4
     assert "10 s" in embedder.card.embedding
