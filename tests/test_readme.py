@@ -48,11 +48,16 @@ def test_readme_describes_the_shipped_training_config() -> None:
     config = yaml.safe_load((REPO / "configs" / "shipped.yaml").read_text())
     assert config["augment_pair"] and config["pooling"] == "meanmax" and config["lead_dropout"] > 0
     assert config["w_label"] > 0 and config["w_statement"] > 0 and config["rhythm_weight"] == 0
-    assert config["whitening"] > 0
+    assert config["whitening"] == 0 and config["statement_head"] == "refit_rhythm"
+    assert config["statement_block"] == "logit_z" and config["statement_weight"] == 0.5
     text = " ".join((REPO / "README.md").read_text().split())  # as read: line breaks are spaces
     assert (
         "both views are augmented" in text and "lead dropout" in text and "by its mean and by its max" in text
     )
-    assert "multi-label BCE of a linear statement head" in text and "no rhythm block" in text
-    assert "then a whitening fitted on the training folds" in text
+    assert "multi-label BCE of a linear statement head" in text
+    assert (
+        "a head refitted after training on that embedding and the ECG's heart rate and RR irregularity"
+        in text
+    )
+    assert "standardised, at weight 0.5" in text and "whitening" not in text.split("**embedding**")[1][:600]
     assert "global average pooling" not in text and "one view is augmented" not in text
