@@ -390,13 +390,15 @@ def served_settings(card_features: dict | None) -> dict:
     """The served blocks' settings a model card records (what ``compose`` and the export take)."""
     f = card_features or {}
     statements = f.get("statements") or {}
+    whitened = f.get("whitening") or {}
     return {
         "rhythm_weight": float((f.get("rhythm") or {}).get("weight", 0.0)),
         "amplitude_weight": float((f.get("amplitude") or {}).get("weight", 0.0)),
         "statement_weight": float(statements.get("weight", 0.0)),
         "statement_block": str(statements.get("block", "probabilities")),
         "statement_head": str(statements.get("head", STATEMENT_HEADS_TRIED[0])),
-        "whitening": float((f.get("whitening") or {}).get("shrink", 0.0)),
+        "whitening": float(whitened.get("shrink", 0.0)),
+        "whitening_scope": "vector" if whitened.get("columns", "all") == "all" else "embedding",
     }
 
 

@@ -64,7 +64,7 @@ def choose(
     import torch
 
     from ecgsearch.encoder.train import embed
-    from ecgsearch.export.onnx import serving_module
+    from ecgsearch.export.onnx import serving_module, whitened_columns
 
     train = data.in_folds(config.train_folds)
     served, _ = serving_module(encoder, config.with_overrides(whitening=0.0), "", train=train)
@@ -93,7 +93,11 @@ def choose(
     method = Method("whitened", None, False, {})
     tried = []
     for shrink in shrinkages(config):
-        matrix = whitening.whitening_matrix(covariance, shrink) if shrink > 0 else np.eye(len(covariance))
+        matrix = (
+            whitening.whitening_matrix(covariance, shrink, whitened_columns(config))
+            if shrink > 0
+            else np.eye(len(covariance))
+        )
         space_v = whitening.unit(base @ matrix)
         top = {
             name: _neighbours(method, sub, space_v, whitening.unit(v @ matrix), idx, k)

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 STATEMENT_HEADS = ("trained", "refit_rhythm")  # EncoderConfig.statement_head
+WHITENING_SCOPES = ("vector", "embedding")  # EncoderConfig.whitening_scope
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class EncoderConfig:
     # toward the identity by this share of its mean eigenvalue; fitted on the training folds at export
     # (export.whitening), so near-tie neighbours stay put; 0 = off
     whitening: float = 0.0
+    # which columns the whitening mixes: the whole served vector ("vector"), or only the unit conv
+    # embedding ("embedding"), leaving the statement block (and its AF logit) as the head gives it
+    whitening_scope: str = "vector"
     # > 0: the exported embedding appends lead-II heart rate and RR irregularity (standardised on the
     # training folds, computed inside the ONNX graph) at this weight beside the unit conv embedding
     rhythm_weight: float = 0.0
@@ -148,6 +152,8 @@ class EncoderConfig:
             )
         if not 0 <= self.whitening < float("inf"):
             raise ValueError(f"whitening must be a finite number >= 0, not {self.whitening}")
+        if self.whitening_scope not in WHITENING_SCOPES:
+            raise ValueError(f"whitening_scope must be in {WHITENING_SCOPES}, not {self.whitening_scope!r}")
         if self.view_offset < 0 or self.view_offset >= self.window:
             raise ValueError(f"view_offset must be in [0, window), not {self.view_offset}")
         if not self.rhythm_weight >= 0:
@@ -240,6 +246,7 @@ class EncoderConfig:
 SERVED_ONLY = frozenset(
     {
         "whitening",
+        "whitening_scope",
         "rhythm_weight",
         "amplitude_weight",
         "statement_weight",

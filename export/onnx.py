@@ -125,6 +125,11 @@ WHITENING_NOTE = (
 )
 
 
+WHITENING_SCOPE_NOTE = (
+    " The whitening mixes the {dim} embedding columns only; the blocks after them pass through unchanged."
+)
+
+
 def embedding_note(config: EncoderConfig) -> str:
     """The model card's ``embedding`` field: how the vector is formed from the input."""
     if config.pooling == "meanmax":
@@ -169,6 +174,8 @@ def embedding_note(config: EncoderConfig) -> str:
         note += LAYOUT_NOTE.format(dim=config.embedding_dim, out=config.output_dim)
     if config.whitening > 0:
         note += WHITENING_NOTE.format(shrink=config.whitening)
+        if config.whitening_scope == "embedding":
+            note += WHITENING_SCOPE_NOTE.format(dim=config.embedding_dim)
     return note
 
 
@@ -267,7 +274,7 @@ def serving_module(
             train = load_ptbxl(
                 data_root, folds=config.train_folds, cache_dir=cache_dir, max_records=config.max_records
             )
-        matrix, entry = fit_whitening(module, train, data_root, config.whitening)
+        matrix, entry = fit_whitening(module, train, data_root, config.whitening, whitened_columns(config))
         module.whiten(matrix)
         cards["whitening"] = {**entry, **folds}
     return module, cards
@@ -297,10 +304,20 @@ def refit_rhythm_head(
     return RefitHead(RhythmFeatures(*rhythm), weights, bias), logits, entry
 
 
+def whitened_columns(config: EncoderConfig) -> int | None:
+    """The leading columns ``config``'s whitening mixes (None: all of them)."""
+    return config.embedding_dim if config.whitening_scope == "embedding" else None
+
+
 def fit_whitening(
-    module: torch.nn.Module, train: EcgArrays, data_root: str | Path, shrink: float
+    module: torch.nn.Module,
+    train: EcgArrays,
+    data_root: str | Path,
+    shrink: float,
+    columns: int | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """``export.whitening.fit`` of the served ``module``'s vectors on the training folds' ECGs."""
+    """``export.whitening.fit`` of the served ``module``'s vectors on the training folds' ECGs (of their
+    first ``columns`` only, ``whitened_columns``)."""
     from ecgsearch.encoder.train import embed
 
     by_id = {row.ecg_id: row for row in ptbxl.read_table(Path(data_root) / "ptb-xl")}
@@ -310,6 +327,7 @@ def fit_whitening(
         [by_id[int(i)] for i in train.ecg_ids],
         train.mv,
         shrink,
+        columns,
     )
 
 

@@ -77,11 +77,16 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return normalise_rows(vectors, np.float64)
 
 
-def whitening_matrix(covariance: np.ndarray, shrink: float) -> np.ndarray:
+def whitening_matrix(covariance: np.ndarray, shrink: float, columns: int | None = None) -> np.ndarray:
     """(C + shrink * mean eigenvalue * I)^(-1/2), its gains scaled to a mean of 1: symmetric, and the
-    runtime's L2 normalisation after it is all that serving adds."""
+    runtime's L2 normalisation after it is all that serving adds. ``columns``: whiten only the first
+    that many columns (their block of C), the identity on the rest."""
     if not shrink > 0:
         raise ValueError(f"the whitening's shrinkage must be > 0, not {shrink}")
+    if columns is not None and columns < len(covariance):
+        matrix = np.eye(len(covariance))
+        matrix[:columns, :columns] = whitening_matrix(covariance[:columns, :columns], shrink)
+        return matrix
     values, vectors = np.linalg.eigh(covariance)
     floor = shrink * max(float(np.mean(values)), 1e-12)
     gains = (np.maximum(values, 0.0) + floor) ** -0.5
@@ -89,12 +94,14 @@ def whitening_matrix(covariance: np.ndarray, shrink: float) -> np.ndarray:
 
 
 def fit(
-    embed: Embed, rows: Sequence[ptbxl.PtbxlRow], mv: np.ndarray, shrink: float
+    embed: Embed, rows: Sequence[ptbxl.PtbxlRow], mv: np.ndarray, shrink: float, columns: int | None = None
 ) -> tuple[np.ndarray, dict]:
-    """The whitening of ``embed``'s vectors fitted on ``rows`` (prepared reads ``mv``), and its card entry."""
+    """The whitening of ``embed``'s vectors fitted on ``rows`` (prepared reads ``mv``), and its card entry;
+    ``columns``: of the first that many columns only (``whitening_matrix``)."""
     covariance, counts = move_covariance(embed, unit(embed(mv)), moved_reads(rows, mv))
     card = {
         "shrink": shrink,
+        "columns": "all" if columns is None else f"the first {columns}",
         "ecgs": len(rows),
         "moves": counts,
         "mean_move_variance": float(np.trace(covariance) / len(covariance)),
@@ -105,4 +112,4 @@ def fit(
             f"{', '.join(map(str, CIRCULAR_SHIFTS))} samples, and the 500 Hz file's read where it exists"
         ),
     }
-    return whitening_matrix(covariance, shrink), card
+    return whitening_matrix(covariance, shrink, columns), card

@@ -24,6 +24,20 @@ def test_whitening_squeezes_the_direction_moves_push_and_keeps_the_still_one() -
         whitening.whitening_matrix(covariance, shrink=0.0)
 
 
+def test_a_whitening_of_the_leading_columns_leaves_the_rest_alone() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 5))
+    covariance = a @ a.T  # every column moves with every other
+    matrix = whitening.whitening_matrix(covariance, shrink=0.3, columns=3)
+    assert np.allclose(matrix[:3, :3], whitening.whitening_matrix(covariance[:3, :3], shrink=0.3))
+    assert np.array_equal(matrix[3:, 3:], np.eye(2)) and not matrix[:3, 3:].any() and not matrix[3:, :3].any()
+    assert np.allclose(
+        whitening.whitening_matrix(covariance, 0.3, columns=5), whitening.whitening_matrix(covariance, 0.3)
+    )
+    with pytest.raises(ValueError, match="whitening_scope"):
+        EncoderConfig(whitening_scope="statements")
+
+
 def test_moved_reads_of_real_records_and_their_covariance(ptbxl_dir: Path) -> None:
     from ecgsearch.ecg import signals
 
