@@ -14,7 +14,7 @@ import ecgsearch.cli.exits as exits
 from ecgsearch.cli.options import need_file
 from ecgsearch.cli.output import AsJson, emit, results
 
-# the nested choices' --whitening (eval choose, eval crossfit --nested)
+# the nested choices' --rule and --whitening (eval choose, eval crossfit --nested)
 Rule = Annotated[
     str,
     typer.Option(
