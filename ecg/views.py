@@ -268,6 +268,9 @@ def served_statistics() -> dict[str, ViewStatistics]:
     }
 
 
+DEFAULT_FUSION = "gated"  # the one fusion the runtime serves as similar_by "blend" (DefaultBlend)
+
+
 @dataclass(frozen=True)
 class DefaultBlend:
     """The default blend (``similar_by`` "blend"): the waveform view's candidates reranked by cosine
@@ -296,8 +299,8 @@ def default_blend() -> DefaultBlend:
     """The shipped default blend (``ecgsearch eval views --statistics``: weights chosen on folds 1-9)."""
     raw = json.loads(resources.files("ecgsearch.ecg").joinpath("data", STATISTICS_FILE).read_text())
     blend = raw["default_blend"]
-    if blend["fusion"] != "gated":
-        raise ViewError(f"{STATISTICS_FILE}: the default blend is {blend['fusion']!r}, not the gated rerank")
+    if blend["fusion"] != DEFAULT_FUSION:
+        raise ViewError(f"{STATISTICS_FILE}: the default blend is {blend['fusion']!r}, not {DEFAULT_FUSION}")
     w = blend["weights"]
     return DefaultBlend(float(w[RHYTHM]), float(w[VOLTAGE]), float(w[GATE]))
 
