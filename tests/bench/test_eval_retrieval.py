@@ -172,7 +172,13 @@ def test_a_work_folder_trained_by_one_config_is_refused_to_another(tmp_path: Pat
     (out / "summary.json").write_text(json.dumps({"config": first.to_dict(), "epochs": 12}))
     no_arrays = cast(Any, (None, None))  # a reused training reads no data
     served = first.with_overrides(
-        whitening=0.1, statement_weight=2.0, statement_block="logit_z", rhythm_weight=0.5, amplitude_weight=1
+        whitening=0.1,
+        whitening_scope="embedding",
+        statement_weight=2.0,
+        statement_block="logit_z",
+        statement_head="refit_rhythm",
+        rhythm_weight=0.5,
+        amplitude_weight=1,
     )
     assert {k for k in SERVED_ONLY if getattr(served, k) != getattr(first, k)} == SERVED_ONLY
     assert cf.train_once(served, out, 1, no_arrays)["epochs"] == 12
