@@ -112,9 +112,9 @@ STATEMENT_HOW = {
 }
 
 LAYOUT_NOTE = (
-    " The exported vector is [the {dim}-d embedding divided by its norm | the measured blocks in this "
+    " The exported vector is [the {dim}-d embedding divided by its norm | the blocks above in this "
     "order] ({out} values), which the runtime L2-normalises: a block of weight w has a squared norm of "
-    "about w^2 on average beside 1 for the learned part."
+    "about w^2 on average beside 1 for the embedding."
 )
 
 WHITENING_NOTE = (
