@@ -49,7 +49,13 @@ from ecgsearch.bench.retrieval import (
     per_query,
 )
 from ecgsearch.ecg import ptbxl
-from ecgsearch.encoder.config import SERVED_ONLY, STATEMENT_HEADS, EncoderConfig, training_settings
+from ecgsearch.encoder.config import (
+    SERVED_ONLY,
+    STATEMENT_HEADS,
+    WHITENING_SCOPES,
+    EncoderConfig,
+    training_settings,
+)
 from ecgsearch.encoder.data import EcgArrays, load_ptbxl
 from ecgsearch.export.runtime import normalise_rows, waveform_split_error
 
@@ -398,7 +404,7 @@ def served_settings(card_features: dict | None) -> dict:
         "statement_block": str(statements.get("block", "probabilities")),
         "statement_head": str(statements.get("head", STATEMENT_HEADS_TRIED[0])),
         "whitening": float(whitened.get("shrink", 0.0)),
-        "whitening_scope": "vector" if whitened.get("columns", "all") == "all" else "embedding",
+        "whitening_scope": str(whitened.get("scope", WHITENING_SCOPES[0])),  # older cards: the whole vector
     }
 
 

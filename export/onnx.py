@@ -276,7 +276,7 @@ def serving_module(
             )
         matrix, entry = fit_whitening(module, train, data_root, config.whitening, whitened_columns(config))
         module.whiten(matrix)
-        cards["whitening"] = {**entry, **folds}
+        cards["whitening"] = {**entry, "scope": config.whitening_scope, **folds}
     return module, cards
 
 

@@ -79,6 +79,14 @@ def test_whitened_export_serves_the_matrix_with_parity_and_says_so(data_dir: Pat
     assert entry["shrink"] == 0.1 and entry["ecgs"] == 30 and entry["folds"] == list(SMALL.train_folds)
     assert entry["moves"]["circular_3"] == 30 and 0 < entry["moves"]["500hz_file"] <= 30
     assert "whitening matrix" in card.embedding
+    from ecgsearch.bench.crossfit import served_settings
+
+    served = served_settings(card.features)  # what eval views serves the group models with
+    assert served["whitening"] == 0.1 and served["whitening_scope"] == "vector"
+    scoped = config.with_overrides(whitening_scope="embedding")
+    card = export_checkpoint(None, tmp_path / "e.onnx", data_dir, random=True, config=scoped, whitening=0.1)
+    assert served_settings(card.features)["whitening_scope"] == "embedding"
+    assert card.features["whitening"]["columns"] == "the first 24"  # the embedding's (here every column)
     x = parity_inputs(data_dir, n=4)
     before, after = (
         Embedder(tmp_path / "p.onnx", threads=1).embed(x),
