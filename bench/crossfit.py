@@ -51,6 +51,7 @@ from ecgsearch.bench.retrieval import (
 from ecgsearch.ecg import ptbxl
 from ecgsearch.encoder.config import (
     SERVED_ONLY,
+    STATEMENT_BLOCKS,
     STATEMENT_HEADS,
     WHITENING_SCOPES,
     EncoderConfig,
@@ -69,7 +70,6 @@ CODE_AIMS = ("AFIB", "CLBBB", "CRBBB", "ASMI")  # at or above the best handcraft
 KNN_BASELINES = ("knn-hr-rr", "knn-lead-log-rms-mv", "knn-hr-age")  # the "handcrafted kNN"
 # the nested choice: served-block weights tried on the inner fold, fixed before any run; ties go to the
 # earlier (lighter) setting
-STATEMENT_BLOCKS: tuple[str, ...] = ("probabilities", "logit_z")
 STATEMENT_HEADS_TRIED: tuple[str, ...] = STATEMENT_HEADS  # the trained head first: a tie keeps it
 STATEMENT_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
 RHYTHM_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5)

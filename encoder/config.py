@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+STATEMENT_BLOCKS = ("probabilities", "logit_z")  # EncoderConfig.statement_block (model.StatementBlock)
 STATEMENT_HEADS = ("trained", "refit_rhythm")  # EncoderConfig.statement_head
 WHITENING_SCOPES = ("vector", "embedding")  # EncoderConfig.whitening_scope
 
@@ -185,10 +186,8 @@ class EncoderConfig:
             raise ValueError("statement_weight > 0 serves a statement head: it needs w_statement > 0")
         if self.statement_rhythm and not self.w_statement > 0:
             raise ValueError("statement_rhythm feeds the statement head: it needs w_statement > 0")
-        if self.statement_block not in ("probabilities", "logit_z"):
-            raise ValueError(
-                f"statement_block must be 'probabilities' or 'logit_z', not {self.statement_block!r}"
-            )
+        if self.statement_block not in STATEMENT_BLOCKS:
+            raise ValueError(f"statement_block must be in {STATEMENT_BLOCKS}, not {self.statement_block!r}")
         if self.statement_head not in STATEMENT_HEADS:
             raise ValueError(f"statement_head must be one of {STATEMENT_HEADS}, not {self.statement_head!r}")
         if self.statement_min_count < 1:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ecgsearch.encoder.config import EncoderConfig
+from ecgsearch.encoder.config import STATEMENT_BLOCKS, EncoderConfig
 
 
 class BlurPool(nn.Module):
@@ -404,7 +404,7 @@ class StatementBlock(nn.Module):
         super().__init__()
         from ecgsearch.ecg import features
 
-        if kind not in ("probabilities", "logit_z") or (kind == "logit_z" and (mean is None or std is None)):
+        if kind not in STATEMENT_BLOCKS or (kind == "logit_z" and (mean is None or std is None)):
             raise ValueError(
                 f"a {kind!r} statement block needs its kind known and, for logit_z, mean and std"
             )
